@@ -1,0 +1,89 @@
+//! Typed decode errors: every malformed message says what was wrong with it.
+
+use bytes::Bytes;
+
+/// Why a multipart message could not be decoded.
+///
+/// Decoding never panics: every malformed input from the network ends up here, so the caller can log
+/// it against the peer and drop it (or DISCONNECT the peer, when the protocol asks for that).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The message had no frames at all.
+    #[error("empty message")]
+    Empty,
+    /// A message read from a ROUTER socket had no identity frame in front of the payload.
+    #[error("missing ROUTER identity frame")]
+    MissingIdentity,
+    /// Frame 0 must be empty (7/MDP: "Frame 0: Empty") but had bytes in it.
+    #[error("frame 0 must be empty, it has {0} bytes")]
+    MissingEmptyFrame(usize),
+    /// The protocol header frame is neither `MDPC01` nor `MDPW01`.
+    #[error("unknown protocol header {0:?}")]
+    UnknownHeader(Bytes),
+    /// A valid header, but of the other sub-protocol than the one expected here
+    /// (for example a worker command arriving on a client-only endpoint).
+    #[error("expected header {expected}, got {got:?}")]
+    UnexpectedHeader {
+        /// The header this endpoint accepts.
+        expected: &'static str,
+        /// What arrived.
+        got: Bytes,
+    },
+    /// The command frame of an MDP/Worker message is missing.
+    #[error("missing command frame")]
+    MissingCommand,
+    /// The command frame is not one byte long.
+    #[error("command frame must be one byte, it has {0}")]
+    BadCommandFrame(usize),
+    /// The command byte is not one this sub-protocol defines (or not valid in this direction).
+    #[error("unknown command byte 0x{0:02x}")]
+    UnknownCommand(u8),
+    /// The command is known but the message has the wrong number of frames for it.
+    #[error("{command} needs {expected} frames, got {got}")]
+    WrongFrameCount {
+        /// The command that was recognised.
+        command: &'static str,
+        /// What the RFC requires, in words ("3", "4 or more").
+        expected: &'static str,
+        /// How many frames arrived (without the ROUTER identity).
+        got: usize,
+    },
+    /// REQUEST or REPLY without a client address frame, or with an empty one.
+    #[error("missing or empty client address frame")]
+    MissingClientAddress,
+    /// The frame after the client address must be empty (7/MDP: "This frame MUST be followed by
+    /// an empty (zero sized) frame").
+    #[error("client address must be followed by an empty delimiter frame")]
+    MissingDelimiter,
+    /// The service name frame is empty.
+    #[error("empty service name")]
+    EmptyServiceName,
+    /// The service name is longer than the configured limit.
+    #[error("service name of {len} bytes exceeds the limit of {max}")]
+    ServiceNameTooLong {
+        /// Length of the name that arrived.
+        len: usize,
+        /// The configured limit ([`crate::Limits::max_service_name`]).
+        max: usize,
+    },
+    /// The whole message is larger than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Sum of the frame lengths.
+        size: usize,
+        /// The configured limit ([`crate::Limits::max_message_size`]).
+        max: usize,
+    },
+    /// The message has more frames than the configured limit.
+    #[error("message of {count} frames exceeds the limit of {max}")]
+    TooManyFrames {
+        /// How many frames arrived.
+        count: usize,
+        /// The configured limit ([`crate::Limits::max_frames`]).
+        max: usize,
+    },
+    /// A 6/PPP message that carries neither a command nor any body frame.
+    #[error("message has no body frame")]
+    MissingBody,
+}

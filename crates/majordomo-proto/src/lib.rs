@@ -1,0 +1,60 @@
+//! Sans-IO core of the Majordomo suite: the wire protocols of ZeroMQ's reliable request-reply
+//! patterns as typed messages, heartbeat bookkeeping, and the broker state machine.
+//!
+//! Nothing in this crate opens a socket, spawns a task or reads the clock. Messages are decoded
+//! from the frames a ZeroMQ socket delivers (`&[Bytes]`) and encoded back to frames; every
+//! time-dependent rule takes `now` as an argument and reports its next deadline. The tokio crates
+//! of the workspace drive this code over zmq.rs; tests drive it with simulated time.
+//!
+//! # Layout
+//! - [`mdp`]: 7/MDP v0.1 client and worker commands.
+//! - [`ppp`]: 6/PPP (Paranoid Pirate) commands and envelopes.
+//! - [`mmi`]: 8/MMI service names and status codes.
+//! - [`heartbeat`]: liveness tracking and reconnect backoff.
+//! - [`broker`]: the Majordomo broker state machine.
+//! - [`Limits`] and [`DecodeError`]: what a decoder accepts, and why it refused.
+#![warn(missing_docs)]
+
+pub mod broker;
+mod error;
+pub mod heartbeat;
+mod limits;
+pub mod mdp;
+pub mod mmi;
+pub mod ppp;
+
+use std::fmt;
+
+pub use error::DecodeError;
+pub use limits::Limits;
+
+/// Displays peer identities, service names and other frames for logs: printable ASCII as text,
+/// anything else as hex.
+#[derive(Clone, Copy)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let printable = !self.0.is_empty() && self.0.iter().all(|b| (0x20..0x7f).contains(b));
+        if printable {
+            // Frames are peer-controlled: cap what goes into a log line.
+            let shown = &self.0[..self.0.len().min(64)];
+            f.write_str(std::str::from_utf8(shown).unwrap_or_default())?;
+        } else {
+            f.write_str("0x")?;
+            for byte in self.0.iter().take(32) {
+                write!(f, "{byte:02x}")?;
+            }
+        }
+        if self.0.len() > 64 || (!printable && self.0.len() > 32) {
+            write!(f, "…({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

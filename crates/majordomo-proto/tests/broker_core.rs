@@ -1,0 +1,430 @@
+//! The broker state machine under simulated time: every rule without a socket.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use majordomo_proto::broker::{BrokerConfig, BrokerCore, Role, Transmit};
+use majordomo_proto::heartbeat::HeartbeatConfig;
+use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use majordomo_proto::{DecodeError, Limits};
+
+const HB: Duration = Duration::from_millis(100);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+struct Sim {
+    core: BrokerCore,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(BrokerConfig {
+            heartbeat: HeartbeatConfig {
+                interval: HB,
+                liveness: 3,
+            },
+            request_expiry: Duration::from_secs(1),
+            ..BrokerConfig::default()
+        })
+    }
+
+    fn with(config: BrokerConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            core: BrokerCore::new(now, config),
+            now,
+        }
+    }
+
+    fn client(&mut self, id: &str, service: &str, body: &str) {
+        let frames = ClientRequest::new(b(service), vec![b(body)]).encode();
+        self.core.handle_message(self.now, &b(id), &frames).unwrap();
+    }
+
+    fn worker(&mut self, id: &str, msg: WorkerMessage) {
+        self.core.handle_message(self.now, &b(id), &msg.encode()).unwrap();
+    }
+
+    fn ready(&mut self, id: &str, service: &str) {
+        self.worker(id, WorkerMessage::Ready { service: b(service) });
+    }
+
+    fn reply(&mut self, worker: &str, client: &str, body: &str) {
+        self.worker(
+            worker,
+            WorkerMessage::Reply {
+                client: b(client),
+                body: vec![b(body)],
+            },
+        );
+    }
+
+    fn drain(&mut self) -> Vec<Transmit> {
+        std::iter::from_fn(|| self.core.poll_transmit()).collect()
+    }
+
+    /// Steps simulated time deadline by deadline up to `until`, collecting what was sent.
+    fn advance(&mut self, by: Duration) -> Vec<Transmit> {
+        let until = self.now + by;
+        let mut out = self.drain();
+        for _ in 0..10_000 {
+            let next = self.core.poll_timeout();
+            if next > until {
+                break;
+            }
+            self.now = next.max(self.now);
+            self.core.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        self.now = until;
+        out
+    }
+}
+
+fn to_worker(t: &Transmit) -> (String, BrokerMessage) {
+    assert_eq!(t.role, Role::Worker);
+    let msg = BrokerMessage::decode(&t.frames[1..], &Limits::default()).unwrap();
+    (String::from_utf8_lossy(&t.frames[0]).into_owned(), msg)
+}
+
+fn to_client(t: &Transmit) -> (String, ClientReply) {
+    assert_eq!(t.role, Role::Client);
+    let msg = ClientReply::decode(&t.frames[1..], &Limits::default()).unwrap();
+    (String::from_utf8_lossy(&t.frames[0]).into_owned(), msg)
+}
+
+fn requests(ts: &[Transmit]) -> Vec<(String, String)> {
+    ts.iter()
+        .filter(|t| t.role == Role::Worker)
+        .filter_map(|t| match to_worker(t) {
+            (w, BrokerMessage::Request { body, .. }) => {
+                Some((w, String::from_utf8_lossy(&body[0]).into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(ts: &[Transmit]) -> Vec<(String, String)> {
+    ts.iter()
+        .filter(|t| t.role == Role::Client)
+        .map(|t| {
+            let (c, r) = to_client(t);
+            (c, String::from_utf8_lossy(&r.body[0]).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn request_is_routed_and_reply_returns_to_its_client() {
+    let mut s = Sim::new();
+    s.ready("w1", "echo");
+    s.client("c1", "echo", "hi");
+    let out = s.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].frames,
+        vec![b("w1"), b(""), b("MDPW01"), Bytes::from_static(&[2]), b("c1"), b(""), b("hi")]
+    );
+    s.reply("w1", "c1", "hi back");
+    let out = s.drain();
+    assert_eq!(
+        out[0].frames,
+        vec![b("c1"), b(""), b("MDPC01"), b("echo"), b("hi back")]
+    );
+}
+
+#[test]
+fn requests_queue_until_a_worker_registers() {
+    let mut s = Sim::new();
+    s.client("c1", "late", "1");
+    s.client("c2", "late", "2");
+    assert!(s.drain().is_empty());
+    assert_eq!(s.core.stats().queued, 2);
+    s.ready("w1", "late");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "1".into())]);
+    s.reply("w1", "c1", "r1");
+    let out = s.drain();
+    assert_eq!(replies(&out), [("c1".into(), "r1".into())]);
+    assert_eq!(requests(&out), [("w1".into(), "2".into())]);
+}
+
+#[test]
+fn idle_workers_are_used_least_recently_used_first() {
+    let mut s = Sim::new();
+    for w in ["w1", "w2", "w3"] {
+        s.ready(w, "svc");
+    }
+    let mut order = Vec::new();
+    for round in 0..6 {
+        let c = format!("c{round}");
+        s.client(&c, "svc", "x");
+        let (w, _) = requests(&s.drain()).pop().unwrap();
+        s.reply(&w, &c, "y");
+        s.drain();
+        order.push(w);
+    }
+    assert_eq!(order, ["w1", "w2", "w3", "w1", "w2", "w3"]);
+}
+
+#[test]
+fn clients_are_served_round_robin() {
+    let mut s = Sim::new();
+    for i in 0..3 {
+        s.client("greedy", "svc", &format!("g{i}"));
+    }
+    s.client("polite", "svc", "p0");
+    s.ready("w1", "svc");
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let out = s.drain();
+        let req = requests(&out);
+        let body = req[0].1.clone();
+        let client = if body.starts_with('g') { "greedy" } else { "polite" };
+        served.push(body);
+        s.reply("w1", client, "ok");
+    }
+    assert_eq!(served, ["g0", "p0", "g1", "g2"]);
+}
+
+#[test]
+fn workers_get_heartbeats_and_silent_ones_are_purged() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.ready("w2", "svc");
+    s.drain();
+    let mut hb_w1 = 0;
+    // w2 keeps heartbeating, w1 stays silent.
+    for _ in 0..10 {
+        let out = s.advance(HB / 2);
+        hb_w1 += out
+            .iter()
+            .filter(|t| to_worker(t) == ("w1".into(), BrokerMessage::Heartbeat))
+            .count();
+        s.worker("w2", WorkerMessage::Heartbeat);
+    }
+    assert!(hb_w1 >= 2, "w1 got {hb_w1} heartbeats");
+    let stats = s.core.stats();
+    assert_eq!(stats.workers, 1);
+    assert_eq!(stats.purged, 1);
+    assert!(s.core.has_worker(b"svc"));
+    // The purged worker is a stranger now: its heartbeat gets DISCONNECT.
+    s.worker("w1", WorkerMessage::Heartbeat);
+    assert_eq!(
+        s.drain().iter().map(to_worker).collect::<Vec<_>>(),
+        [("w1".into(), BrokerMessage::Disconnect)]
+    );
+}
+
+#[test]
+fn busy_worker_that_dies_has_its_request_served_by_another_once() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "job");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "job".into())]);
+    s.ready("w2", "svc");
+    s.drain();
+    // w1 goes silent while busy; w2 heartbeats.
+    let mut redelivered = Vec::new();
+    for _ in 0..10 {
+        redelivered.extend(requests(&s.advance(HB / 2)));
+        s.worker("w2", WorkerMessage::Heartbeat);
+    }
+    assert_eq!(redelivered, [("w2".into(), "job".into())]);
+    s.reply("w2", "c1", "done");
+    assert_eq!(replies(&s.drain()), [("c1".into(), "done".into())]);
+    // The frozen w1 wakes up and replies late: not delivered, w1 is told DISCONNECT.
+    s.reply("w1", "c1", "late");
+    let out = s.drain();
+    assert!(replies(&out).is_empty());
+    assert_eq!(out.iter().map(to_worker).collect::<Vec<_>>(), [("w1".into(), BrokerMessage::Disconnect)]);
+    assert_eq!(s.core.stats().replies, 1);
+}
+
+#[test]
+fn worker_disconnect_requeues_and_gets_nothing_more() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "job");
+    s.drain();
+    s.worker("w1", WorkerMessage::Disconnect);
+    assert!(s.drain().is_empty(), "no command after a worker's DISCONNECT");
+    assert_eq!(s.core.stats().queued, 1);
+    s.ready("w2", "svc");
+    assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+}
+
+#[test]
+fn request_is_abandoned_after_max_deliveries() {
+    let mut s = Sim::new();
+    s.client("c1", "svc", "poison");
+    for i in 0..3 {
+        let w = format!("w{i}");
+        s.ready(&w, "svc");
+        assert_eq!(requests(&s.drain()).len(), 1);
+        s.worker(&w, WorkerMessage::Disconnect);
+    }
+    let stats = s.core.stats();
+    assert_eq!((stats.abandoned, stats.queued, stats.requeued), (1, 0, 2));
+}
+
+#[test]
+fn unexpected_commands_get_disconnect() {
+    let cases: Vec<(&str, Vec<WorkerMessage>)> = vec![
+        ("reply before ready", vec![WorkerMessage::Reply { client: b("c"), body: vec![b("x")] }]),
+        ("heartbeat before ready", vec![WorkerMessage::Heartbeat]),
+        ("mmi service", vec![WorkerMessage::Ready { service: b("mmi.service") }]),
+        (
+            "second ready",
+            vec![WorkerMessage::Ready { service: b("a") }, WorkerMessage::Ready { service: b("a") }],
+        ),
+        (
+            "reply while idle",
+            vec![WorkerMessage::Ready { service: b("a") }, WorkerMessage::Reply { client: b("c"), body: vec![b("x")] }],
+        ),
+    ];
+    for (name, msgs) in cases {
+        let mut s = Sim::new();
+        for m in msgs {
+            s.worker("w", m);
+        }
+        let out = s.drain();
+        assert_eq!(
+            out.iter().map(to_worker).collect::<Vec<_>>(),
+            [("w".into(), BrokerMessage::Disconnect)],
+            "{name}"
+        );
+        assert_eq!(s.core.stats().workers, 0, "{name}");
+        assert_eq!(s.core.stats().protocol_errors, 1, "{name}");
+    }
+}
+
+#[test]
+fn reply_with_wrong_client_disconnects_and_requeues() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "job");
+    s.drain();
+    s.reply("w1", "c2", "forged");
+    let out = s.drain();
+    assert!(replies(&out).is_empty());
+    assert_eq!(s.core.stats().queued, 1);
+    s.ready("w2", "svc");
+    assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+}
+
+#[test]
+fn invalid_messages_are_dropped_and_invalid_workers_removed() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    let err = s
+        .core
+        .handle_message(s.now, &b("w1"), &[b(""), b("MDPW01"), Bytes::from_static(&[9])]);
+    assert_eq!(err, Err(DecodeError::UnknownCommand(9)));
+    assert_eq!(
+        s.drain().iter().map(to_worker).collect::<Vec<_>>(),
+        [("w1".into(), BrokerMessage::Disconnect)]
+    );
+    // From a stranger: dropped, nothing sent.
+    let err = s.core.handle_message(s.now, &b("x"), &[b("junk")]);
+    assert!(err.is_err());
+    assert!(s.drain().is_empty());
+    assert_eq!(s.core.stats().protocol_errors, 2);
+}
+
+#[test]
+fn mmi_service_codes() {
+    let mut s = Sim::new();
+    s.ready("w1", "echo");
+    s.client("c", "mmi.service", "echo");
+    s.client("c", "mmi.service", "nope");
+    s.client("c", "mmi.other", "x");
+    let out = s.drain();
+    let got: Vec<(String, String)> = out
+        .iter()
+        .map(|t| {
+            let (_, r) = to_client(t);
+            (
+                String::from_utf8_lossy(&r.service).into_owned(),
+                String::from_utf8_lossy(&r.body[0]).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("mmi.service".into(), "200".into()),
+            ("mmi.service".into(), "404".into()),
+            ("mmi.other".into(), "501".into())
+        ]
+    );
+    // A worker past its liveness is not "live": 404 even before the periodic purge ran.
+    s.now += HB * 4;
+    s.client("c", "mmi.service", "echo");
+    let (_, r) = to_client(&s.drain()[0]);
+    assert_eq!(r.body[0].as_ref(), b"404");
+}
+
+#[test]
+fn queued_requests_expire() {
+    let mut s = Sim::new();
+    s.client("c1", "nobody", "x");
+    s.advance(Duration::from_millis(500));
+    s.client("c2", "nobody", "y");
+    s.advance(Duration::from_millis(600));
+    let stats = s.core.stats();
+    assert_eq!((stats.expired, stats.queued), (1, 1));
+    s.ready("w", "nobody");
+    assert_eq!(requests(&s.drain()), [("w".into(), "y".into())]);
+    s.advance(Duration::from_secs(2));
+    // Nothing left for a service nobody serves any more, once its worker is gone.
+    s.worker("w", WorkerMessage::Disconnect);
+    assert_eq!(s.core.stats().services, 0);
+}
+
+#[test]
+fn queue_bounds_drop_new_requests() {
+    let mut s = Sim::with(BrokerConfig {
+        max_queued_per_service: 2,
+        max_queued_total: 3,
+        ..BrokerConfig::default()
+    });
+    for i in 0..4 {
+        s.client(&format!("c{i}"), "a", "x");
+    }
+    s.client("d", "b", "x");
+    s.client("e", "b", "x");
+    let stats = s.core.stats();
+    assert_eq!((stats.queued, stats.rejected), (3, 3));
+}
+
+#[test]
+fn shutdown_disconnects_every_worker() {
+    let mut s = Sim::new();
+    s.ready("w1", "a");
+    s.ready("w2", "b");
+    s.drain();
+    s.core.shutdown();
+    let mut got: Vec<_> = s.drain().iter().map(to_worker).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [("w1".into(), BrokerMessage::Disconnect), ("w2".into(), BrokerMessage::Disconnect)]
+    );
+    assert_eq!(s.core.stats().workers, 0);
+}
+
+#[test]
+fn undeliverable_request_goes_to_another_worker() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.ready("w2", "svc");
+    s.client("c", "svc", "job");
+    let out = s.drain();
+    assert_eq!(requests(&out), [("w1".into(), "job".into())]);
+    s.core.handle_undeliverable(s.now, Role::Worker, &b("w1"));
+    assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+}
