@@ -1,0 +1,305 @@
+//! `majordomo`: run a Majordomo broker, call services, serve them, or watch a demo.
+//!
+//! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
+
+mod demo;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
+use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
+use tokio::io::AsyncWriteExt;
+
+const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
+
+#[derive(Parser)]
+#[command(name = "majordomo", version, about = "ZeroMQ Majordomo (7/MDP) broker, client and worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Majordomo broker (7/MDP + 8/MMI).
+    Broker(BrokerArgs),
+    /// Send one request and print the reply frames, one per line.
+    Call(CallArgs),
+    /// Serve a service as a Majordomo worker.
+    Worker(WorkerArgs),
+    /// Broker, workers and clients in one process on loopback, with a throughput summary.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// Endpoint for clients and workers; repeat to bind several (tcp:// or ipc://).
+    /// Default tcp://127.0.0.1:5555 when no endpoint is given at all.
+    #[arg(long = "bind")]
+    bind: Vec<String>,
+    /// Endpoint for clients only; repeatable.
+    #[arg(long = "bind-clients")]
+    bind_clients: Vec<String>,
+    /// Endpoint for workers only; repeatable.
+    #[arg(long = "bind-workers")]
+    bind_workers: Vec<String>,
+    /// Heartbeat interval to workers, e.g. 2500ms or 1s.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Intervals of silence after which a worker is purged.
+    #[arg(long, default_value_t = 3)]
+    liveness: u32,
+    /// How long a request may wait for a worker before it is dropped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_expiry: Duration,
+    /// Most requests queued for one service; more are dropped and logged.
+    #[arg(long, default_value_t = 10_000)]
+    max_queued_per_service: usize,
+    /// Most requests queued in all; more are dropped and logged.
+    #[arg(long, default_value_t = 100_000)]
+    max_queued: usize,
+    /// Largest accepted message in bytes; larger ones are dropped and logged.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_message_size: usize,
+    /// How many workers one request may be given to before it is dropped.
+    #[arg(long, default_value_t = 3)]
+    max_deliveries: u32,
+}
+
+#[derive(Args, Clone)]
+struct ConnectArgs {
+    /// Broker endpoint.
+    #[arg(long, default_value = DEFAULT_ENDPOINT)]
+    connect: String,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// How long to wait for each attempt, e.g. 2500ms.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts in all before giving up.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Service name.
+    service: String,
+    /// Request body frames.
+    #[arg(required = true)]
+    body: Vec<String>,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Heartbeat interval, e.g. 2500ms; must match the broker's.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration, global = true)]
+    heartbeat: Duration,
+    /// Intervals of broker silence before reconnecting.
+    #[arg(long, default_value_t = 3, global = true)]
+    liveness: u32,
+    /// Logical workers to run, each with its own connection.
+    #[arg(long, default_value_t = 1, global = true)]
+    concurrency: usize,
+    /// First reconnect delay; it doubles on each failure up to --reconnect-max.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    reconnect_initial: Duration,
+    /// Largest reconnect delay.
+    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration, global = true)]
+    reconnect_max: Duration,
+    #[command(subcommand)]
+    kind: WorkerKind,
+}
+
+#[derive(Subcommand)]
+enum WorkerKind {
+    /// Serve the built-in `echo` service: the reply is the request.
+    Echo {
+        /// Service name to register.
+        #[arg(long, default_value = "echo")]
+        service: String,
+    },
+    /// Serve any program: the request body is its stdin, its stdout is the reply.
+    Exec {
+        /// Service name to register.
+        service: String,
+        /// Program and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, or at `default` when it is unset.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own story; its components only speak up about trouble.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    match cli.command {
+        Command::Broker(args) => run_broker(args).await,
+        Command::Call(args) => run_call(args).await,
+        Command::Worker(args) => run_worker(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn run_broker(args: BrokerArgs) -> Result<()> {
+    if args.liveness == 0 || args.heartbeat.is_zero() {
+        bail!("--heartbeat and --liveness must be positive");
+    }
+    let config = BrokerConfig {
+        heartbeat: HeartbeatConfig {
+            interval: args.heartbeat,
+            liveness: args.liveness,
+        },
+        request_expiry: args.request_expiry,
+        max_queued_per_service: args.max_queued_per_service,
+        max_queued_total: args.max_queued,
+        max_deliveries: args.max_deliveries,
+        limits: Limits {
+            max_message_size: args.max_message_size,
+            ..Limits::default()
+        },
+    };
+    let mut builder = Broker::builder().config(config);
+    let mut bind = args.bind;
+    if bind.is_empty() && args.bind_clients.is_empty() && args.bind_workers.is_empty() {
+        bind.push(DEFAULT_ENDPOINT.to_owned());
+    }
+    for ep in bind {
+        builder = builder.bind(ep);
+    }
+    for ep in args.bind_clients {
+        builder = builder.bind_clients(ep);
+    }
+    for ep in args.bind_workers {
+        builder = builder.bind_workers(ep);
+    }
+    let broker = builder.build().await.context("broker cannot start")?;
+    let stats = broker.run(shutdown_signal()).await?;
+    tracing::info!(?stats, "broker stopped");
+    Ok(())
+}
+
+async fn run_call(args: CallArgs) -> Result<()> {
+    let client = Client::new(
+        args.connect.connect,
+        ClientConfig {
+            timeout: args.timeout,
+            retries: args.retries,
+            ..ClientConfig::default()
+        },
+    );
+    let body = args.body.into_iter().map(Bytes::from).collect();
+    match client.request(args.service, body).await {
+        Ok(reply) => {
+            let mut out = tokio::io::stdout();
+            for frame in reply {
+                out.write_all(&frame).await?;
+                out.write_all(b"\n").await?;
+            }
+            out.flush().await?;
+            Ok(())
+        }
+        Err(error @ ClientError::NoReply { .. }) => {
+            eprintln!("majordomo call: {error}");
+            std::process::exit(2);
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn run_worker(args: WorkerArgs) -> Result<()> {
+    let config = WorkerConfig {
+        heartbeat: HeartbeatConfig {
+            interval: args.heartbeat,
+            liveness: args.liveness,
+        },
+        reconnect_initial: args.reconnect_initial,
+        reconnect_max: args.reconnect_max,
+        concurrency: args.concurrency,
+        ..WorkerConfig::default()
+    };
+    let endpoint = args.connect.connect;
+    match args.kind {
+        WorkerKind::Echo { service } => {
+            Worker::new(endpoint, service, config)
+                .run(handler_fn(|body| async move { Ok(body) }), shutdown_signal())
+                .await?
+        }
+        WorkerKind::Exec { service, command } => {
+            let command = std::sync::Arc::new(command);
+            let handler = handler_fn(move |body: Vec<Bytes>| {
+                let command = command.clone();
+                async move { exec(&command, body).await }
+            });
+            Worker::new(endpoint, service, config)
+                .run(handler, shutdown_signal())
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Runs `command` with the request body (frames concatenated) on stdin; its stdout is the reply.
+/// A program that exits non-zero is a handler error.
+async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = tokio::spawn(async move {
+        for frame in body {
+            stdin.write_all(&frame).await?;
+        }
+        stdin.shutdown().await
+    });
+    let output = child.wait_with_output().await?;
+    writer.await??;
+    if !output.status.success() {
+        return Err(format!("{} exited with {}", command[0], output.status).into());
+    }
+    Ok(vec![Bytes::from(output.stdout)])
+}

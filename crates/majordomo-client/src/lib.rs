@@ -1,0 +1,286 @@
+//! Majordomo (7/MDP) clients for tokio applications.
+//!
+//! - [`Client`]: `request(service, body)` with the Lazy Pirate strategy of 7/MDP built in: "If
+//!   there is no reply within some timeout, ... close the request socket and open a new socket,
+//!   and resend the request on that new socket. If there is no reply after several retries, ...
+//!   signal the transaction as failed." A `Client` is a cheap clone; many tasks may call it at
+//!   once and each gets exactly its own reply.
+//! - [`AsyncClient`]: the Guide's asynchronous Majordomo client (mdcliapi2): send many requests
+//!   without waiting, receive the replies as they come.
+//!
+//! # Correlation without a request id
+//! 7/MDP carries no request id, so a reply can only be matched to its request by the connection it
+//! arrives on. [`Client`] therefore keeps one DEALER socket per request in flight, from a pool: a
+//! socket carries one request at a time, and a socket whose request timed out is closed, never
+//! reused, so a late reply can never be taken for the answer to a later request. The wire format is
+//! plain 7/MDP and any broker serves it.
+//!
+//! # Layout
+//! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
+//! - [`AsyncClient`]: pipelined requests on one socket.
+//! - [`ClientError`]: what a call can fail with.
+#![warn(missing_docs)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use majordomo_proto::mdp::{ClientReply, ClientRequest};
+use majordomo_proto::{DecodeError, Hex, Limits};
+use tracing::{debug, warn};
+use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+/// Timeouts, retries and limits of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// How long to wait for each reply before giving up on that attempt (default 2500 ms). The
+    /// connection is made within the same budget.
+    pub timeout: Duration,
+    /// How many attempts in all before [`ClientError::NoReply`] (default 3, the Guide's
+    /// `REQUEST_RETRIES`: the request is sent, then resent twice on fresh sockets). Zero is
+    /// treated as one.
+    pub retries: u32,
+    /// Size limits applied to replies.
+    pub limits: Limits,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(2500),
+            retries: 3,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No reply arrived after every attempt ([`ClientConfig::retries`] attempts of
+    /// [`ClientConfig::timeout`] each): the broker is down, or no worker served the request in
+    /// time. The request is handed back.
+    #[error("no reply from the broker after {attempts} attempts; is it running?")]
+    NoReply {
+        /// Attempts made.
+        attempts: u32,
+        /// The service the request was for.
+        service: Bytes,
+        /// The request body, for the caller to retry or report.
+        body: Vec<Bytes>,
+    },
+    /// The broker answered with something that is not a 7/MDP client REPLY.
+    #[error("malformed reply: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The reply names another service than the request was sent to.
+    #[error("reply for service {got:?} to a request for {expected:?}")]
+    WrongService {
+        /// The service asked.
+        expected: Bytes,
+        /// The service the reply named.
+        got: Bytes,
+    },
+    /// The service name is empty or too long; nothing was sent.
+    #[error("invalid service name: {0}")]
+    InvalidService(DecodeError),
+    /// [`AsyncClient::recv`] waited [`ClientConfig::timeout`] and no reply came.
+    #[error("no reply within the timeout")]
+    Timeout,
+    /// The transport failed in a way a retry cannot fix.
+    #[error("transport error: {0}")]
+    Transport(#[from] zeromq::ZmqError),
+}
+
+/// A 7/MDP client. Clone it freely: clones share one pool of connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: String,
+    config: ClientConfig,
+    /// Idle sockets, each with no request outstanding.
+    pool: Mutex<Vec<PooledSocket>>,
+}
+
+struct PooledSocket(DealerSocket);
+
+impl std::fmt::Debug for PooledSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DealerSocket")
+    }
+}
+
+/// Opens a DEALER socket connected to `endpoint`, waiting at most `timeout`.
+async fn connect(endpoint: &str, timeout: Duration) -> Result<DealerSocket, zeromq::ZmqError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(timeout);
+    let mut socket = DealerSocket::with_options(options);
+    match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
+        Ok(result) => result.map(|()| socket),
+        Err(_) => Err(zeromq::ZmqError::Other("connect timed out")),
+    }
+}
+
+/// Waits for one reply on `socket` and checks it answers `service`.
+async fn recv_reply(
+    socket: &mut DealerSocket,
+    service: &Bytes,
+    limits: &Limits,
+) -> Result<Vec<Bytes>, ClientError> {
+    let frames = socket.recv().await?.into_vec();
+    let reply = ClientReply::decode(&frames, limits)?;
+    if &reply.service != service {
+        return Err(ClientError::WrongService {
+            expected: service.clone(),
+            got: reply.service,
+        });
+    }
+    Ok(reply.body)
+}
+
+impl Client {
+    /// A client for the broker at `endpoint`. Nothing connects until the first request.
+    pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                endpoint: endpoint.into(),
+                config,
+                pool: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Sends `body` to `service` and waits for the reply body, retrying on fresh connections per
+    /// [`ClientConfig`]. A reply for another service or a malformed reply is an error, never
+    /// taken for the answer.
+    pub async fn request(
+        &self,
+        service: impl Into<Bytes>,
+        body: Vec<Bytes>,
+    ) -> Result<Vec<Bytes>, ClientError> {
+        let config = &self.inner.config;
+        let service = service.into();
+        config
+            .limits
+            .check_service(&service)
+            .map_err(ClientError::InvalidService)?;
+        let frames = ClientRequest::new(service.clone(), body).encode();
+        let attempts = config.retries.max(1);
+        for attempt in 1..=attempts {
+            let pooled = self.inner.pool.lock().expect("pool lock").pop();
+            let mut socket = match pooled {
+                Some(PooledSocket(socket)) => socket,
+                None => match connect(&self.inner.endpoint, config.timeout).await {
+                    Ok(socket) => socket,
+                    Err(error) => {
+                        warn!(endpoint = %self.inner.endpoint, attempt, %error, "no connection to broker");
+                        continue;
+                    }
+                },
+            };
+            let msg = ZmqMessage::try_from(frames.clone()).expect("request has frames");
+            if let Err(error) = socket.send(msg).await {
+                // A pooled socket whose broker went away: drop it and count the attempt.
+                debug!(attempt, %error, "send failed, reconnecting");
+                continue;
+            }
+            match tokio::time::timeout(
+                config.timeout,
+                recv_reply(&mut socket, &service, &config.limits),
+            )
+            .await
+            {
+                Ok(Ok(body)) => {
+                    self.inner.pool.lock().expect("pool lock").push(PooledSocket(socket));
+                    return Ok(body);
+                }
+                Ok(Err(ClientError::Transport(error))) => {
+                    debug!(attempt, %error, "connection lost, reconnecting");
+                }
+                // The socket is dropped: a confused connection is not reused.
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    warn!(service = %Hex(&service), attempt, attempts, "no reply, retrying on a new connection");
+                }
+            }
+        }
+        let body = frames[3..].to_vec();
+        Err(ClientError::NoReply {
+            attempts,
+            service,
+            body,
+        })
+    }
+}
+
+/// A reply received by an [`AsyncClient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The service that answered.
+    pub service: Bytes,
+    /// The reply body.
+    pub body: Vec<Bytes>,
+}
+
+/// The asynchronous Majordomo client (the Guide's mdcliapi2): one DEALER socket, many requests in
+/// flight, replies in the order the broker sends them.
+///
+/// There are no retries here: 7/MDP replies carry no request id, so the caller correlates replies
+/// (for example by putting its own id in the body) and decides what to resend.
+pub struct AsyncClient {
+    socket: DealerSocket,
+    config: ClientConfig,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncClient").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl AsyncClient {
+    /// Connects to the broker at `endpoint`, waiting at most `config.timeout`.
+    pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        let socket = connect(endpoint, config.timeout).await?;
+        Ok(Self { socket, config })
+    }
+
+    /// Sends a request without waiting for its reply.
+    pub async fn send(
+        &mut self,
+        service: impl Into<Bytes>,
+        body: Vec<Bytes>,
+    ) -> Result<(), ClientError> {
+        let service = service.into();
+        self.config
+            .limits
+            .check_service(&service)
+            .map_err(ClientError::InvalidService)?;
+        let msg = ZmqMessage::try_from(ClientRequest::new(service, body).encode())
+            .expect("request has frames");
+        self.socket.send(msg).await?;
+        Ok(())
+    }
+
+    /// Waits up to [`ClientConfig::timeout`] for the next reply.
+    pub async fn recv(&mut self) -> Result<Reply, ClientError> {
+        let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
+            .await
+            .map_err(|_| ClientError::Timeout)??
+            .into_vec();
+        let reply = ClientReply::decode(&frames, &self.config.limits)?;
+        Ok(Reply {
+            service: reply.service,
+            body: reply.body,
+        })
+    }
+}

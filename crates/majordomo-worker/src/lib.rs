@@ -1,0 +1,351 @@
+//! Majordomo (7/MDP) workers for tokio applications.
+//!
+//! A [`Worker`] connects to a broker, registers one service with READY, and hands each REQUEST to
+//! a [`Handler`], one request at a time per logical worker. Heartbeats flow both ways while the
+//! handler runs (it runs on its own task), so a long request does not look like a dead worker.
+//! When the broker is silent for `liveness` intervals, or sends DISCONNECT, the worker closes its
+//! socket, waits (1 s doubling to 32 s by default, reset once the broker answers), opens a new
+//! socket and sends READY again: zmq.rs does not reconnect a DEALER socket by itself, and 7/MDP
+//! says "When the worker receives DISCONNECT ... it MUST close its socket, and reconnect to the
+//! broker on a new socket."
+//!
+//! # When a handler fails
+//! A handler that returns `Err` or panics does not stop the worker. 7/MDP has no error reply, so
+//! the worker does not invent one: it sends DISCONNECT, drops the request and registers again on a
+//! new socket at once. A broker that re-queues the requests of departed workers (ours does, up to
+//! its delivery limit) gives the request to another worker; other brokers drop it. Either way the
+//! client sees no reply for that attempt and retries after its timeout. A handler that wants the
+//! client to see an error should return it in the reply body.
+//!
+//! # Layout
+//! - [`Worker`], [`WorkerConfig`]: run `concurrency` logical workers until shutdown.
+//! - [`Handler`] and [`handler_fn`]: what serves a request.
+//! - [`WorkerError`]: configuration errors.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use majordomo_proto::heartbeat::{Backoff, Heartbeat, HeartbeatAction, HeartbeatConfig};
+use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
+use majordomo_proto::{Hex, Limits};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+/// The error type handlers return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Serves requests: takes the request body frames, returns the reply body frames.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request. An `Err` (or a panic) sends no reply; see the crate docs.
+    async fn handle(&self, request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError>;
+}
+
+/// A [`Handler`] made from an async closure; see [`handler_fn`].
+#[derive(Clone)]
+pub struct HandlerFn<F>(F);
+
+impl<F> std::fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerFn")
+    }
+}
+
+/// Wraps `f(request) -> impl Future<Output = Result<reply, BoxError>>` as a [`Handler`].
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(Vec<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
+{
+    HandlerFn(f)
+}
+
+#[async_trait]
+impl<F, Fut> Handler for HandlerFn<F>
+where
+    F: Fn(Vec<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
+{
+    async fn handle(&self, request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+        (self.0)(request).await
+    }
+}
+
+/// Heartbeats, reconnect backoff and concurrency of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Heartbeat interval and liveness (default 2500 ms, 3). Must match the broker's.
+    pub heartbeat: HeartbeatConfig,
+    /// First delay before reconnecting after the broker went silent (default 1 s).
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay; the delay doubles up to it (default 32 s).
+    pub reconnect_max: Duration,
+    /// Logical workers run on one handler, each with its own connection (default 1).
+    pub concurrency: usize,
+    /// Size limits applied to requests.
+    pub limits: Limits,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: HeartbeatConfig::default(),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(32),
+            concurrency: 1,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The configuration is unusable (the message says which setting).
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// The service name is empty, too long, or in the broker's reserved `mmi.` namespace.
+    #[error("invalid service name {0:?}")]
+    InvalidService(Bytes),
+}
+
+/// A Majordomo worker for one service.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    endpoint: String,
+    service: Bytes,
+    config: WorkerConfig,
+}
+
+/// How one connection ended.
+enum SessionEnd {
+    Shutdown,
+    /// The broker was silent past liveness or the connection failed.
+    Lost,
+    /// The broker sent DISCONNECT.
+    Disconnected,
+    /// The handler failed; the request was dropped.
+    HandlerFailed,
+}
+
+impl Worker {
+    /// A worker serving `service` at the broker `endpoint`.
+    pub fn new(endpoint: impl Into<String>, service: impl Into<Bytes>, config: WorkerConfig) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            service: service.into(),
+            config,
+        }
+    }
+
+    /// Runs [`WorkerConfig::concurrency`] logical workers until `shutdown` completes; each then
+    /// sends DISCONNECT to the broker. Connection failures are retried forever with backoff; only
+    /// a bad configuration is an error.
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
+        let config = self.config;
+        if config.heartbeat.interval.is_zero() || config.heartbeat.liveness == 0 {
+            return Err(WorkerError::Config("heartbeat interval and liveness must be positive"));
+        }
+        if config.concurrency == 0 {
+            return Err(WorkerError::Config("concurrency must be at least 1"));
+        }
+        if config.limits.check_service(&self.service).is_err()
+            || majordomo_proto::mmi::is_mmi(&self.service)
+        {
+            return Err(WorkerError::InvalidService(self.service));
+        }
+        let handler = Arc::new(handler);
+        let token = CancellationToken::new();
+        let mut tasks = Vec::with_capacity(config.concurrency);
+        for index in 0..config.concurrency {
+            let session = Session {
+                endpoint: self.endpoint.clone(),
+                service: self.service.clone(),
+                config,
+                handler: handler.clone(),
+                token: token.clone(),
+            };
+            let span = tracing::info_span!("worker", service = %Hex(&self.service), index);
+            tasks.push(tokio::spawn(session.run().instrument(span)));
+        }
+        shutdown.await;
+        token.cancel();
+        for task in tasks {
+            if let Err(error) = task.await {
+                warn!(%error, "worker task failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Session<H> {
+    endpoint: String,
+    service: Bytes,
+    config: WorkerConfig,
+    handler: Arc<H>,
+    token: CancellationToken,
+}
+
+async fn send(socket: &mut DealerSocket, frames: Vec<Bytes>, timeout: Duration) -> bool {
+    let msg = ZmqMessage::try_from(frames).expect("commands have frames");
+    matches!(tokio::time::timeout(timeout, socket.send(msg)).await, Ok(Ok(())))
+}
+
+impl<H: Handler> Session<H> {
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        while !self.token.is_cancelled() {
+            let end = match self.connect().await {
+                Some(mut socket) => {
+                    let end = self.serve(&mut socket, &mut backoff).await;
+                    if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
+                        // "The worker MAY send DISCONNECT at any time."
+                        send(&mut socket, WorkerMessage::Disconnect.encode(), self.config.heartbeat.interval).await;
+                        // zmq.rs has no linger: give the writer task a moment to flush.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    end
+                }
+                None => SessionEnd::Lost,
+            };
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::HandlerFailed => continue,
+                SessionEnd::Lost | SessionEnd::Disconnected => {
+                    let delay = backoff.next_delay();
+                    info!(delay_ms = delay.as_millis() as u64, "reconnecting to broker");
+                    tokio::select! {
+                        () = self.token.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        debug!("worker stopped");
+    }
+
+    /// Opens a socket, connects within one liveness period and sends READY.
+    async fn connect(&self) -> Option<DealerSocket> {
+        let timeout = self.config.heartbeat.expiry();
+        let mut options = SocketOptions::default();
+        options.connect_timeout(timeout);
+        let mut socket = DealerSocket::with_options(options);
+        let connected = tokio::select! {
+            () = self.token.cancelled() => return None,
+            result = tokio::time::timeout(timeout, socket.connect(&self.endpoint)) => result,
+        };
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(endpoint = %self.endpoint, %error, "cannot connect to broker");
+                return None;
+            }
+            Err(_) => {
+                warn!(endpoint = %self.endpoint, "connect to broker timed out");
+                return None;
+            }
+        }
+        let ready = WorkerMessage::Ready {
+            service: self.service.clone(),
+        };
+        if !send(&mut socket, ready.encode(), timeout).await {
+            warn!("cannot send READY");
+            return None;
+        }
+        info!(endpoint = %self.endpoint, "registered with broker");
+        Some(socket)
+    }
+
+    async fn serve(&self, socket: &mut DealerSocket, backoff: &mut Backoff) -> SessionEnd {
+        let send_timeout = self.config.heartbeat.interval;
+        let mut heartbeat = Heartbeat::new(Instant::now(), self.config.heartbeat);
+        let mut job: Option<(Bytes, JoinHandle<Result<Vec<Bytes>, BoxError>>)> = None;
+        let end = loop {
+            let deadline = tokio::time::Instant::from_std(heartbeat.next_deadline());
+            tokio::select! {
+                // Cancellation and timers are cancel-safe.
+                () = self.token.cancelled() => break SessionEnd::Shutdown,
+                // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
+                msg = socket.recv() => {
+                    let frames = match msg {
+                        Ok(msg) => msg.into_vec(),
+                        Err(error) => {
+                            warn!(%error, "connection to broker lost");
+                            break SessionEnd::Lost;
+                        }
+                    };
+                    // "Any received command except DISCONNECT acts as a heartbeat."
+                    heartbeat.on_recv(Instant::now());
+                    backoff.reset();
+                    match BrokerMessage::decode(&frames, &self.config.limits) {
+                        Ok(BrokerMessage::Request { client, body }) => {
+                            if job.is_some() {
+                                warn!(client = %Hex(&client), "broker sent a second request while one is in flight; dropped");
+                                continue;
+                            }
+                            let handler = self.handler.clone();
+                            job = Some((client, tokio::spawn(async move { handler.handle(body).await })));
+                        }
+                        Ok(BrokerMessage::Heartbeat) => {}
+                        Ok(BrokerMessage::Disconnect) => {
+                            info!("broker sent DISCONNECT");
+                            break SessionEnd::Disconnected;
+                        }
+                        Err(error) => warn!(%error, "invalid message from broker dropped"),
+                    }
+                }
+                // The JoinHandle is polled by reference, so an unfinished handler survives the
+                // other branches winning.
+                result = async { (&mut job.as_mut().expect("guarded").1).await }, if job.is_some() => {
+                    let (client, _) = job.take().expect("guarded");
+                    match result {
+                        Ok(Ok(body)) => {
+                            let reply = WorkerMessage::Reply { client, body };
+                            if !send(socket, reply.encode(), send_timeout).await {
+                                warn!("cannot send REPLY");
+                                break SessionEnd::Lost;
+                            }
+                            heartbeat.on_send(Instant::now());
+                        }
+                        Ok(Err(error)) => {
+                            warn!(%error, "handler failed; request dropped, re-registering");
+                            break SessionEnd::HandlerFailed;
+                        }
+                        Err(error) => {
+                            warn!(%error, "handler panicked; request dropped, re-registering");
+                            break SessionEnd::HandlerFailed;
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => match heartbeat.poll(Instant::now()) {
+                    HeartbeatAction::PeerDead => {
+                        warn!("broker silent past liveness");
+                        break SessionEnd::Lost;
+                    }
+                    HeartbeatAction::Send => {
+                        if !send(socket, WorkerMessage::Heartbeat.encode(), send_timeout).await {
+                            break SessionEnd::Lost;
+                        }
+                    }
+                    HeartbeatAction::Wait => {}
+                },
+            }
+        };
+        if let Some((_, task)) = job {
+            task.abort();
+        }
+        end
+    }
+}
