@@ -1,0 +1,478 @@
+//! The broker over real TCP on 127.0.0.1, driven by raw DEALER peers that check every frame.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use integration_tests::{frames, test_config, RawPeer, RunningBroker, PATIENCE, TEST_HEARTBEAT};
+use majordomo_broker::BrokerConfig;
+use majordomo_client::{Client, ClientConfig};
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+
+const HEARTBEAT: &[u8] = &[0x04];
+const DISCONNECT: &[u8] = &[0x05];
+
+async fn worker(endpoint: &str, service: &[u8]) -> Result<RawPeer> {
+    let mut w = RawPeer::connect(endpoint).await?;
+    w.send(frames(&[b"", b"MDPW01", &[0x01], service])).await?;
+    Ok(w)
+}
+
+async fn client(endpoint: &str) -> Result<RawPeer> {
+    RawPeer::connect(endpoint).await
+}
+
+/// Receives the next REQUEST on a raw worker; returns (client address, body frames).
+async fn take_request(w: &mut RawPeer) -> Result<(Bytes, Vec<Bytes>)> {
+    let msg = w.recv_skipping_heartbeats().await?;
+    assert_eq!(msg[..3], frames(&[b"", b"MDPW01", &[0x02]])[..], "not a REQUEST: {msg:?}");
+    assert!(msg[4].is_empty(), "client address must be followed by an empty frame");
+    Ok((msg[3].clone(), msg[5..].to_vec()))
+}
+
+async fn mmi_service(endpoint: &str, service: &[u8]) -> Result<Bytes> {
+    let mut c = client(endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"mmi.service", service])).await?;
+    let reply = c.recv().await?;
+    assert_eq!(reply[..3], frames(&[b"", b"MDPC01", b"mmi.service"])[..]);
+    Ok(reply[3].clone())
+}
+
+/// Polls `mmi.service` until it answers `want`, within a bounded number of tries.
+async fn wait_for_status(endpoint: &str, service: &[u8], want: &[u8]) -> Result<()> {
+    for _ in 0..200 {
+        if mmi_service(endpoint, service).await?.as_ref() == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("mmi.service never answered {want:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip_with_exact_framing() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut w = worker(&broker.endpoint, b"echo").await?;
+    wait_for_status(&broker.endpoint, b"echo", b"200").await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"echo", b"part1", b"part2"])).await?;
+
+    let (address, body) = take_request(&mut w).await?;
+    assert!(!address.is_empty());
+    assert_eq!(body, frames(&[b"part1", b"part2"]));
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.extend([address, Bytes::new(), Bytes::from_static(b"r1"), Bytes::from_static(b"r2")]);
+    w.send(reply).await?;
+
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"echo", b"r1", b"r2"]));
+    let stats = broker.stop().await?;
+    assert_eq!(stats.protocol_errors, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queue_until_a_worker_arrives() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"later", b"early bird"])).await?;
+    assert_eq!(c.recv_within(Duration::from_millis(200)).await?, None);
+
+    let mut w = worker(&broker.endpoint, b"later").await?;
+    let (address, body) = take_request(&mut w).await?;
+    assert_eq!(body, frames(&[b"early bird"]));
+    w.send(vec![
+        Bytes::new(),
+        Bytes::from_static(b"MDPW01"),
+        Bytes::from_static(&[0x03]),
+        address,
+        Bytes::new(),
+        Bytes::from_static(b"served"),
+    ])
+    .await?;
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"later", b"served"]));
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_get_requests_least_recently_used_first() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(worker(&broker.endpoint, b"lru").await?);
+        // Register one at a time so the idle order is known.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut c = client(&broker.endpoint).await?;
+    // Six sequential requests must visit workers 0,1,2,0,1,2.
+    for round in 0..6usize {
+        let body = format!("r{round}");
+        c.send(frames(&[b"", b"MDPC01", b"lru", body.as_bytes()])).await?;
+        let expected = round % 3;
+        let (address, got) = take_request(&mut workers[expected]).await?;
+        assert_eq!(got, frames(&[body.as_bytes()]));
+        workers[expected]
+            .send(vec![
+                Bytes::new(),
+                Bytes::from_static(b"MDPW01"),
+                Bytes::from_static(&[0x03]),
+                address,
+                Bytes::new(),
+                Bytes::from(body.clone()),
+            ])
+            .await?;
+        assert_eq!(c.recv().await?[3].as_ref(), body.as_bytes());
+    }
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_heartbeats_workers_and_purges_silent_ones() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut w = worker(&broker.endpoint, b"hb").await?;
+    let msg = w.recv().await?;
+    assert_eq!(msg, frames(&[b"", b"MDPW01", HEARTBEAT]));
+    // The worker stays silent: the broker purges it and mmi.service turns to 404.
+    wait_for_status(&broker.endpoint, b"hb", b"404").await?;
+    let stats = broker.stop().await?;
+    assert_eq!(stats.purged, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeating_worker_stays_registered() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut w = worker(&broker.endpoint, b"alive").await?;
+    for _ in 0..8 {
+        w.send(frames(&[b"", b"MDPW01", HEARTBEAT])).await?;
+        tokio::time::sleep(TEST_HEARTBEAT.interval).await;
+    }
+    assert_eq!(mmi_service(&broker.endpoint, b"alive").await?.as_ref(), b"200");
+    assert_eq!(broker.stop().await?.purged, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_worker_that_dies_has_its_request_served_by_another() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut doomed = worker(&broker.endpoint, b"job").await?;
+    wait_for_status(&broker.endpoint, b"job", b"200").await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"job", b"important"])).await?;
+    let (_, body) = take_request(&mut doomed).await?;
+    assert_eq!(body, frames(&[b"important"]));
+    drop(doomed); // dies holding the request
+
+    let mut rescuer = worker(&broker.endpoint, b"job").await?;
+    let (address, body) = take_request(&mut rescuer).await?;
+    assert_eq!(body, frames(&[b"important"]));
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.extend([address, Bytes::new(), Bytes::from_static(b"done")]);
+    rescuer.send(reply).await?;
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"job", b"done"]));
+    // Exactly one reply.
+    assert_eq!(c.recv_within(Duration::from_millis(300)).await?, None);
+    let stats = broker.stop().await?;
+    assert_eq!((stats.requeued, stats.replies), (1, 2));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_disconnect_gets_no_further_commands_and_request_moves_on() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut leaving = worker(&broker.endpoint, b"svc").await?;
+    wait_for_status(&broker.endpoint, b"svc", b"200").await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"svc", b"work"])).await?;
+    take_request(&mut leaving).await?;
+    leaving.send(frames(&[b"", b"MDPW01", DISCONNECT])).await?;
+    // Nothing more for it, not even heartbeats, over several intervals.
+    assert_eq!(leaving.recv_within(TEST_HEARTBEAT.interval * 4).await?, None);
+
+    let mut other = worker(&broker.endpoint, b"svc").await?;
+    let (_, body) = take_request(&mut other).await?;
+    assert_eq!(body, frames(&[b"work"]));
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_worker_commands_get_disconnect() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let cases: Vec<(&str, Vec<Vec<Bytes>>)> = vec![
+        ("REPLY before READY", vec![frames(&[b"", b"MDPW01", &[0x03], b"c", b"", b"x"])]),
+        ("HEARTBEAT before READY", vec![frames(&[b"", b"MDPW01", HEARTBEAT])]),
+        ("READY for mmi.*", vec![frames(&[b"", b"MDPW01", &[0x01], b"mmi.service"])]),
+        (
+            "second READY",
+            vec![
+                frames(&[b"", b"MDPW01", &[0x01], b"twice"]),
+                frames(&[b"", b"MDPW01", &[0x01], b"twice"]),
+            ],
+        ),
+    ];
+    for (name, msgs) in cases {
+        let mut peer = RawPeer::connect(&broker.endpoint).await?;
+        for m in msgs {
+            peer.send(m).await?;
+        }
+        let got = peer.recv_skipping_heartbeats().await?;
+        assert_eq!(got, frames(&[b"", b"MDPW01", DISCONNECT]), "{name}");
+        // "and then no further commands to that worker"
+        assert_eq!(peer.recv_within(TEST_HEARTBEAT.interval * 3).await?, None, "{name}");
+    }
+    let stats = broker.stop().await?;
+    assert_eq!(stats.protocol_errors, 4);
+    assert_eq!(stats.workers, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut junk = RawPeer::connect(&broker.endpoint).await?;
+    let bad: Vec<Vec<Bytes>> = vec![
+        frames(&[b"no empty frame"]),
+        frames(&[b"", b"MDPX01", b"svc", b"x"]),
+        frames(&[b"", b"MDPC01", b"svc"]),
+        frames(&[b"", b"MDPC01", b"", b"x"]),
+        frames(&[b"", b"MDPW01"]),
+        frames(&[b"", b"MDPW01", &[0x09]]),
+        frames(&[b"", b"MDPW01", &[0x01]]),
+        frames(&[b"", b"MDPW01", &[0x03], b"c", b"not empty", b"x"]),
+        frames(&[b"", b"MDPW01", &[0x04], b"extra"]),
+        vec![Bytes::new(), Bytes::from_static(b"MDPC01"), Bytes::from(vec![b'x'; 300]), Bytes::new()],
+    ];
+    let count = bad.len() as u64;
+    for m in bad {
+        junk.send(m).await?;
+    }
+    // None of it is answered.
+    assert_eq!(junk.recv_within(Duration::from_millis(300)).await?, None);
+    // A legitimate request still goes through (the raw worker registers now: it sends no
+    // heartbeats, so it would have been purged during the wait above).
+    let mut w = worker(&broker.endpoint, b"echo").await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"echo", b"still here"])).await?;
+    let (address, body) = take_request(&mut w).await?;
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.push(address);
+    reply.push(Bytes::new());
+    reply.extend(body);
+    w.send(reply).await?;
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"echo", b"still here"]));
+    assert_eq!(broker.stop().await?.protocol_errors, count);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_dropped() -> Result<()> {
+    let mut config = test_config();
+    config.limits.max_message_size = 1024;
+    let broker = RunningBroker::start(config).await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(vec![
+        Bytes::new(),
+        Bytes::from_static(b"MDPC01"),
+        Bytes::from_static(b"mmi.service"),
+        Bytes::from(vec![0u8; 4096]),
+    ])
+    .await?;
+    assert_eq!(c.recv_within(Duration::from_millis(300)).await?, None);
+    assert_eq!(broker.stop().await?.protocol_errors, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mmi_codes() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    assert_eq!(mmi_service(&broker.endpoint, b"echo").await?.as_ref(), b"404");
+    let _w = worker(&broker.endpoint, b"echo").await?;
+    wait_for_status(&broker.endpoint, b"echo", b"200").await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"mmi.nosuch", b"x"])).await?;
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"mmi.nosuch", b"501"]));
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_requests_expire() -> Result<()> {
+    let broker = RunningBroker::start(BrokerConfig {
+        request_expiry: Duration::from_millis(100),
+        ..test_config()
+    })
+    .await?;
+    let mut c = client(&broker.endpoint).await?;
+    c.send(frames(&[b"", b"MDPC01", b"ghost", b"x"])).await?;
+    // Past the expiry, a worker arriving finds nothing to do.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut w = worker(&broker.endpoint, b"ghost").await?;
+    let msg = w.recv().await?;
+    assert_eq!(msg, frames(&[b"", b"MDPW01", HEARTBEAT]), "expired request was delivered");
+    assert_eq!(broker.stop().await?.expired, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_disconnects_workers() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut w = worker(&broker.endpoint, b"bye").await?;
+    wait_for_status(&broker.endpoint, b"bye", b"200").await?;
+    broker.stop().await?;
+    assert_eq!(w.recv_skipping_heartbeats().await?, frames(&[b"", b"MDPW01", DISCONNECT]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_lose_and_misroute_nothing() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let stop = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let mut rx = stop.1.clone();
+        let w = Worker::new(
+            broker.endpoint.clone(),
+            "echo",
+            WorkerConfig {
+                heartbeat: TEST_HEARTBEAT,
+                ..WorkerConfig::default()
+            },
+        );
+        workers.push(tokio::spawn(w.run(
+            handler_fn(|body| async move { Ok(body) }),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    wait_for_status(&broker.endpoint, b"echo", b"200").await?;
+    let mut clients = Vec::new();
+    for c in 0..50 {
+        let endpoint = broker.endpoint.clone();
+        clients.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&endpoint).await?;
+            for i in 0..20 {
+                let body = format!("client {c} request {i}");
+                peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()])).await?;
+                let reply = peer.recv().await?;
+                anyhow::ensure!(
+                    reply == frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]),
+                    "client {c} got {reply:?} for {body}"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in clients {
+        tokio::time::timeout(PATIENCE * 3, c).await???;
+    }
+    let _ = stop.0.send(true);
+    for w in workers {
+        w.await??;
+    }
+    let stats = broker.stop().await?;
+    assert_eq!(stats.replies - 1, 1000, "one mmi reply plus every request");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mebibyte_body_arrives_intact() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let stop = tokio::sync::oneshot::channel::<()>();
+    let w = Worker::new(
+        broker.endpoint.clone(),
+        "echo",
+        WorkerConfig {
+            heartbeat: TEST_HEARTBEAT,
+            ..WorkerConfig::default()
+        },
+    );
+    let worker = tokio::spawn(w.run(handler_fn(|body| async move { Ok(body) }), async move {
+        let _ = stop.1.await;
+    }));
+    let body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
+    let reply = client.request("echo", vec![Bytes::from(body.clone())]).await?;
+    assert_eq!(reply.len(), 1);
+    assert!(reply[0] == body, "body changed in transit");
+    let _ = stop.0.send(());
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_client_and_worker_endpoints() -> Result<()> {
+    let broker = majordomo_broker::Broker::builder()
+        .bind_clients("tcp://127.0.0.1:0")
+        .bind_workers("tcp://127.0.0.1:0")
+        .config(test_config())
+        .build()
+        .await?;
+    let client_ep = broker.endpoints()[0].endpoint.clone();
+    let worker_ep = broker.endpoints()[1].endpoint.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(broker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut w = worker(&worker_ep, b"split").await?;
+    let mut c = client(&client_ep).await?;
+    c.send(frames(&[b"", b"MDPC01", b"split", b"x"])).await?;
+    let (address, _) = take_request(&mut w).await?;
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.extend([address, Bytes::new(), Bytes::from_static(b"y")]);
+    w.send(reply).await?;
+    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"split", b"y"]));
+    // A worker command on the client endpoint is dropped as invalid.
+    let mut misplaced = worker(&client_ep, b"split").await?;
+    assert_eq!(misplaced.recv_within(Duration::from_millis(300)).await?, None);
+    let _ = stop.send(());
+    let stats = task.await??;
+    assert_eq!(stats.protocol_errors, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_tcp_and_ipc_at_once() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mdp-ipc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ipc = format!("ipc://{}/broker.sock", dir.display());
+    let broker = majordomo_broker::Broker::builder()
+        .bind("tcp://127.0.0.1:0")
+        .bind(ipc.clone())
+        .config(test_config())
+        .build()
+        .await?;
+    let tcp = broker.endpoints()[0].endpoint.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(broker.run(async {
+        let _ = stopped.await;
+    }));
+    let mut w = worker(&ipc, b"both").await?;
+    let mut c = client(&tcp).await?;
+    c.send(frames(&[b"", b"MDPC01", b"both", b"x"])).await?;
+    let (address, _) = take_request(&mut w).await?;
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.extend([address, Bytes::new(), Bytes::from_static(b"via ipc")]);
+    w.send(reply).await?;
+    assert_eq!(c.recv().await?[3].as_ref(), b"via ipc");
+    let _ = stop.send(());
+    task.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_failure_is_a_clear_error() -> Result<()> {
+    let first = RunningBroker::start(test_config()).await?;
+    let err = majordomo_broker::Broker::builder()
+        .bind(first.endpoint.clone())
+        .build()
+        .await
+        .expect_err("second bind on the same port must fail");
+    assert!(err.to_string().contains(&first.endpoint), "{err}");
+    first.stop().await?;
+    Ok(())
+}

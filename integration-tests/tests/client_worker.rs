@@ -1,0 +1,316 @@
+//! Our client and worker crates against our broker over TCP: retries, reconnects, concurrency.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use integration_tests::{frames, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT};
+use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
+use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
+use tokio::sync::watch;
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+fn worker_config() -> WorkerConfig {
+    WorkerConfig {
+        heartbeat: TEST_HEARTBEAT,
+        reconnect_initial: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(400),
+        ..WorkerConfig::default()
+    }
+}
+
+fn quick_client(endpoint: &str, retries: u32) -> Client {
+    Client::new(
+        endpoint,
+        ClientConfig {
+            timeout: Duration::from_millis(300),
+            retries,
+            ..ClientConfig::default()
+        },
+    )
+}
+
+/// Runs worker(s) until the returned sender fires.
+fn spawn_worker<H: Handler>(
+    endpoint: &str,
+    service: &str,
+    config: WorkerConfig,
+    handler: H,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>) {
+    let (stop, mut rx) = watch::channel(false);
+    let worker = Worker::new(endpoint, service.to_owned(), config);
+    let task = tokio::spawn(worker.run(handler, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    (stop, task)
+}
+
+fn echo() -> impl Handler {
+    handler_fn(|body| async move { Ok(body) })
+}
+
+/// A free loopback port: bind, read it, release it.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Calls until it succeeds, a bounded number of times.
+async fn call_until_ok(client: &Client, service: &str, body: &str) -> Result<Vec<Bytes>> {
+    let mut last = None;
+    for _ in 0..30 {
+        match client.request(service.to_owned(), vec![Bytes::from(body.to_owned())]).await {
+            Ok(reply) => return Ok(reply),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!("never answered: {last:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gives_up_cleanly_when_no_broker_runs() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let client = quick_client(&endpoint, 3);
+    match client.request("echo", vec![Bytes::from_static(b"anyone?")]).await {
+        Err(ClientError::NoReply { attempts, service, body }) => {
+            assert_eq!(attempts, 3);
+            assert_eq!(service.as_ref(), b"echo");
+            assert_eq!(body, frames(&[b"anyone?"]), "the request is handed back");
+        }
+        other => panic!("expected NoReply, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let client = quick_client(&endpoint, 10);
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.request("echo", vec![Bytes::from_static(b"patience")]).await }
+    });
+    // Let at least one attempt time out before anything listens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
+    let reply = tokio::time::timeout(PATIENCE, call).await???;
+    assert_eq!(reply, frames(&[b"patience"]));
+    let _ = stop.send(true);
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reregisters_after_broker_crash_and_restart_on_same_port() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
+    let client = quick_client(&endpoint, 3);
+    assert_eq!(call_until_ok(&client, "echo", "one").await?, frames(&[b"one"]));
+
+    broker.kill(); // no DISCONNECT: the worker must notice by heartbeat silence
+    tokio::time::sleep(TEST_HEARTBEAT.interval * 2).await;
+    let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    assert_eq!(call_until_ok(&client, "echo", "two").await?, frames(&[b"two"]));
+
+    let _ = stop.send(true);
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reregisters_after_disconnect() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
+    let client = quick_client(&endpoint, 3);
+    call_until_ok(&client, "echo", "before").await?;
+    // A graceful stop sends the worker DISCONNECT; a new broker on the port gets it back.
+    broker.stop().await?;
+    let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    assert_eq!(call_until_ok(&client, "echo", "after").await?, frames(&[b"after"]));
+    let _ = stop.send(true);
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_tasks_on_one_handle_each_get_their_own_reply() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let config = WorkerConfig {
+        concurrency: 4,
+        ..worker_config()
+    };
+    let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, echo());
+    let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
+    call_until_ok(&client, "echo", "warm-up").await?;
+    let mut tasks = Vec::new();
+    for t in 0..100 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let body = Bytes::from(format!("task {t} call {i}"));
+                let reply = client.request("echo", vec![body.clone()]).await?;
+                anyhow::ensure!(reply == [body.clone()], "task {t} got {reply:?} for {body:?}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(PATIENCE * 3, task).await???;
+    }
+    let _ = stop.send(true);
+    worker.await??;
+    let stats = broker.stop().await?;
+    assert_eq!(stats.requeued, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_flow_while_a_long_handler_runs() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    // The handler takes ten liveness periods; the broker must not purge the worker meanwhile.
+    let slow = handler_fn(|body| async move {
+        tokio::time::sleep(TEST_HEARTBEAT.expiry() * 10).await;
+        Ok(body)
+    });
+    let (stop, worker) = spawn_worker(&broker.endpoint, "slow", worker_config(), slow);
+    let client = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig {
+            timeout: PATIENCE,
+            retries: 1,
+            ..ClientConfig::default()
+        },
+    );
+    let reply = client.request("slow", vec![Bytes::from_static(b"take your time")]).await?;
+    assert_eq!(reply, frames(&[b"take your time"]));
+    let _ = stop.send(true);
+    worker.await??;
+    let stats = broker.stop().await?;
+    assert_eq!((stats.purged, stats.requeued), (0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_panicking_handlers_do_not_kill_the_worker() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let handler = handler_fn(|body: Vec<Bytes>| async move {
+        match body[0].as_ref() {
+            b"fail" => Err::<Vec<Bytes>, BoxError>("refused".into()),
+            b"panic" => panic!("handler panicked on purpose"),
+            _ => Ok(body),
+        }
+    });
+    let (stop, worker) = spawn_worker(&broker.endpoint, "fragile", worker_config(), handler);
+    let client = quick_client(&broker.endpoint, 1);
+    call_until_ok(&client, "fragile", "ok").await?;
+    for bad in ["fail", "panic"] {
+        let result = client.request("fragile", vec![Bytes::from(bad)]).await;
+        assert!(matches!(result, Err(ClientError::NoReply { .. })), "{bad}: {result:?}");
+        // The worker is back and serving.
+        assert_eq!(call_until_ok(&client, "fragile", "again").await?, frames(&[b"again"]));
+    }
+    let _ = stop.send(true);
+    worker.await??;
+    let stats = broker.stop().await?;
+    // Each bad request went to a worker max_deliveries times, then was dropped.
+    assert_eq!(stats.abandoned, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (running, peak) = (running.clone(), peak.clone());
+        handler_fn(move |body| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(body)
+            }
+        })
+    };
+    let config = WorkerConfig {
+        concurrency: 3,
+        ..worker_config()
+    };
+    let (stop, worker) = spawn_worker(&broker.endpoint, "par", config, handler);
+    let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
+    call_until_ok(&client, "par", "warm-up").await?;
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move { client.request("par", vec![Bytes::from(format!("{i}"))]).await }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "three logical workers run at once, never more");
+    let _ = stop.send(true);
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_for_another_service_is_an_error() -> Result<()> {
+    // A misbehaving broker that answers every request as service "other".
+    let mut router = RouterSocket::new();
+    let endpoint = router.bind("tcp://127.0.0.1:0").await?.to_string();
+    let fake = tokio::spawn(async move {
+        let msg = router.recv().await?.into_vec();
+        let reply = vec![msg[0].clone(), Bytes::new(), Bytes::from_static(b"MDPC01"), Bytes::from_static(b"other"), Bytes::from_static(b"x")];
+        router.send(ZmqMessage::try_from(reply).expect("frames")).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::Ok(())
+    });
+    let client = quick_client(&endpoint, 1);
+    match client.request("echo", vec![Bytes::from_static(b"x")]).await {
+        Err(ClientError::WrongService { expected, got }) => {
+            assert_eq!((expected.as_ref(), got.as_ref()), (&b"echo"[..], &b"other"[..]));
+        }
+        other => panic!("expected WrongService, got {other:?}"),
+    }
+    fake.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_client_pipelines_many_requests() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let config = WorkerConfig {
+        concurrency: 2,
+        ..worker_config()
+    };
+    let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, echo());
+    call_until_ok(&quick_client(&broker.endpoint, 3), "echo", "warm-up").await?;
+    let mut client = AsyncClient::connect(&broker.endpoint, ClientConfig::default()).await?;
+    for i in 0..500 {
+        client.send("echo", vec![Bytes::from(format!("{i}"))]).await?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        let reply = client.recv().await?;
+        assert_eq!(reply.service.as_ref(), b"echo");
+        seen.insert(String::from_utf8(reply.body[0].to_vec())?.parse::<u32>()?);
+    }
+    assert_eq!(seen.len(), 500);
+    assert!(matches!(client.recv().await, Err(ClientError::Timeout)));
+    let _ = stop.send(true);
+    worker.await??;
+    broker.stop().await?;
+    Ok(())
+}
