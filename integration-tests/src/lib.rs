@@ -39,7 +39,11 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Binds `endpoint` (use port 0 for an ephemeral port) and runs a broker with `config`.
     pub async fn start_at(endpoint: &str, config: BrokerConfig) -> Result<Self> {
-        let broker = Broker::builder().bind(endpoint).config(config).build().await?;
+        let broker = Broker::builder()
+            .bind(endpoint)
+            .config(config)
+            .build()
+            .await?;
         let endpoint = broker.endpoints()[0].endpoint.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker.run(async {
@@ -144,5 +148,7 @@ pub fn python() -> Result<PathBuf> {
 
 /// Path of a script in `integration-tests/python/`.
 pub fn python_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }

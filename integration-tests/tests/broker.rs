@@ -25,14 +25,22 @@ async fn client(endpoint: &str) -> Result<RawPeer> {
 /// Receives the next REQUEST on a raw worker; returns (client address, body frames).
 async fn take_request(w: &mut RawPeer) -> Result<(Bytes, Vec<Bytes>)> {
     let msg = w.recv_skipping_heartbeats().await?;
-    assert_eq!(msg[..3], frames(&[b"", b"MDPW01", &[0x02]])[..], "not a REQUEST: {msg:?}");
-    assert!(msg[4].is_empty(), "client address must be followed by an empty frame");
+    assert_eq!(
+        msg[..3],
+        frames(&[b"", b"MDPW01", &[0x02]])[..],
+        "not a REQUEST: {msg:?}"
+    );
+    assert!(
+        msg[4].is_empty(),
+        "client address must be followed by an empty frame"
+    );
     Ok((msg[3].clone(), msg[5..].to_vec()))
 }
 
 async fn mmi_service(endpoint: &str, service: &[u8]) -> Result<Bytes> {
     let mut c = client(endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"mmi.service", service])).await?;
+    c.send(frames(&[b"", b"MDPC01", b"mmi.service", service]))
+        .await?;
     let reply = c.recv().await?;
     assert_eq!(reply[..3], frames(&[b"", b"MDPC01", b"mmi.service"])[..]);
     Ok(reply[3].clone())
@@ -55,16 +63,25 @@ async fn echo_round_trip_with_exact_framing() -> Result<()> {
     let mut w = worker(&broker.endpoint, b"echo").await?;
     wait_for_status(&broker.endpoint, b"echo", b"200").await?;
     let mut c = client(&broker.endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"echo", b"part1", b"part2"])).await?;
+    c.send(frames(&[b"", b"MDPC01", b"echo", b"part1", b"part2"]))
+        .await?;
 
     let (address, body) = take_request(&mut w).await?;
     assert!(!address.is_empty());
     assert_eq!(body, frames(&[b"part1", b"part2"]));
     let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.extend([address, Bytes::new(), Bytes::from_static(b"r1"), Bytes::from_static(b"r2")]);
+    reply.extend([
+        address,
+        Bytes::new(),
+        Bytes::from_static(b"r1"),
+        Bytes::from_static(b"r2"),
+    ]);
     w.send(reply).await?;
 
-    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"echo", b"r1", b"r2"]));
+    assert_eq!(
+        c.recv().await?,
+        frames(&[b"", b"MDPC01", b"echo", b"r1", b"r2"])
+    );
     let stats = broker.stop().await?;
     assert_eq!(stats.protocol_errors, 0);
     Ok(())
@@ -74,7 +91,8 @@ async fn echo_round_trip_with_exact_framing() -> Result<()> {
 async fn requests_queue_until_a_worker_arrives() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let mut c = client(&broker.endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"later", b"early bird"])).await?;
+    c.send(frames(&[b"", b"MDPC01", b"later", b"early bird"]))
+        .await?;
     assert_eq!(c.recv_within(Duration::from_millis(200)).await?, None);
 
     let mut w = worker(&broker.endpoint, b"later").await?;
@@ -89,7 +107,10 @@ async fn requests_queue_until_a_worker_arrives() -> Result<()> {
         Bytes::from_static(b"served"),
     ])
     .await?;
-    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"later", b"served"]));
+    assert_eq!(
+        c.recv().await?,
+        frames(&[b"", b"MDPC01", b"later", b"served"])
+    );
     broker.stop().await?;
     Ok(())
 }
@@ -107,7 +128,8 @@ async fn idle_workers_get_requests_least_recently_used_first() -> Result<()> {
     // Six sequential requests must visit workers 0,1,2,0,1,2.
     for round in 0..6usize {
         let body = format!("r{round}");
-        c.send(frames(&[b"", b"MDPC01", b"lru", body.as_bytes()])).await?;
+        c.send(frames(&[b"", b"MDPC01", b"lru", body.as_bytes()]))
+            .await?;
         let expected = round % 3;
         let (address, got) = take_request(&mut workers[expected]).await?;
         assert_eq!(got, frames(&[body.as_bytes()]));
@@ -148,7 +170,10 @@ async fn heartbeating_worker_stays_registered() -> Result<()> {
         w.send(frames(&[b"", b"MDPW01", HEARTBEAT])).await?;
         tokio::time::sleep(TEST_HEARTBEAT.interval).await;
     }
-    assert_eq!(mmi_service(&broker.endpoint, b"alive").await?.as_ref(), b"200");
+    assert_eq!(
+        mmi_service(&broker.endpoint, b"alive").await?.as_ref(),
+        b"200"
+    );
     assert_eq!(broker.stop().await?.purged, 0);
     Ok(())
 }
@@ -159,7 +184,8 @@ async fn busy_worker_that_dies_has_its_request_served_by_another() -> Result<()>
     let mut doomed = worker(&broker.endpoint, b"job").await?;
     wait_for_status(&broker.endpoint, b"job", b"200").await?;
     let mut c = client(&broker.endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"job", b"important"])).await?;
+    c.send(frames(&[b"", b"MDPC01", b"job", b"important"]))
+        .await?;
     let (_, body) = take_request(&mut doomed).await?;
     assert_eq!(body, frames(&[b"important"]));
     drop(doomed); // dies holding the request
@@ -188,7 +214,10 @@ async fn worker_disconnect_gets_no_further_commands_and_request_moves_on() -> Re
     take_request(&mut leaving).await?;
     leaving.send(frames(&[b"", b"MDPW01", DISCONNECT])).await?;
     // Nothing more for it, not even heartbeats, over several intervals.
-    assert_eq!(leaving.recv_within(TEST_HEARTBEAT.interval * 4).await?, None);
+    assert_eq!(
+        leaving.recv_within(TEST_HEARTBEAT.interval * 4).await?,
+        None
+    );
 
     let mut other = worker(&broker.endpoint, b"svc").await?;
     let (_, body) = take_request(&mut other).await?;
@@ -201,9 +230,18 @@ async fn worker_disconnect_gets_no_further_commands_and_request_moves_on() -> Re
 async fn unexpected_worker_commands_get_disconnect() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let cases: Vec<(&str, Vec<Vec<Bytes>>)> = vec![
-        ("REPLY before READY", vec![frames(&[b"", b"MDPW01", &[0x03], b"c", b"", b"x"])]),
-        ("HEARTBEAT before READY", vec![frames(&[b"", b"MDPW01", HEARTBEAT])]),
-        ("READY for mmi.*", vec![frames(&[b"", b"MDPW01", &[0x01], b"mmi.service"])]),
+        (
+            "REPLY before READY",
+            vec![frames(&[b"", b"MDPW01", &[0x03], b"c", b"", b"x"])],
+        ),
+        (
+            "HEARTBEAT before READY",
+            vec![frames(&[b"", b"MDPW01", HEARTBEAT])],
+        ),
+        (
+            "READY for mmi.*",
+            vec![frames(&[b"", b"MDPW01", &[0x01], b"mmi.service"])],
+        ),
         (
             "second READY",
             vec![
@@ -220,7 +258,11 @@ async fn unexpected_worker_commands_get_disconnect() -> Result<()> {
         let got = peer.recv_skipping_heartbeats().await?;
         assert_eq!(got, frames(&[b"", b"MDPW01", DISCONNECT]), "{name}");
         // "and then no further commands to that worker"
-        assert_eq!(peer.recv_within(TEST_HEARTBEAT.interval * 3).await?, None, "{name}");
+        assert_eq!(
+            peer.recv_within(TEST_HEARTBEAT.interval * 3).await?,
+            None,
+            "{name}"
+        );
     }
     let stats = broker.stop().await?;
     assert_eq!(stats.protocol_errors, 4);
@@ -242,7 +284,12 @@ async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result
         frames(&[b"", b"MDPW01", &[0x01]]),
         frames(&[b"", b"MDPW01", &[0x03], b"c", b"not empty", b"x"]),
         frames(&[b"", b"MDPW01", &[0x04], b"extra"]),
-        vec![Bytes::new(), Bytes::from_static(b"MDPC01"), Bytes::from(vec![b'x'; 300]), Bytes::new()],
+        vec![
+            Bytes::new(),
+            Bytes::from_static(b"MDPC01"),
+            Bytes::from(vec![b'x'; 300]),
+            Bytes::new(),
+        ],
     ];
     let count = bad.len() as u64;
     for m in bad {
@@ -254,14 +301,18 @@ async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result
     // heartbeats, so it would have been purged during the wait above).
     let mut w = worker(&broker.endpoint, b"echo").await?;
     let mut c = client(&broker.endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"echo", b"still here"])).await?;
+    c.send(frames(&[b"", b"MDPC01", b"echo", b"still here"]))
+        .await?;
     let (address, body) = take_request(&mut w).await?;
     let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
     reply.push(address);
     reply.push(Bytes::new());
     reply.extend(body);
     w.send(reply).await?;
-    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"echo", b"still here"]));
+    assert_eq!(
+        c.recv().await?,
+        frames(&[b"", b"MDPC01", b"echo", b"still here"])
+    );
     assert_eq!(broker.stop().await?.protocol_errors, count);
     Ok(())
 }
@@ -287,12 +338,19 @@ async fn oversized_message_is_dropped() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mmi_codes() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    assert_eq!(mmi_service(&broker.endpoint, b"echo").await?.as_ref(), b"404");
+    assert_eq!(
+        mmi_service(&broker.endpoint, b"echo").await?.as_ref(),
+        b"404"
+    );
     let _w = worker(&broker.endpoint, b"echo").await?;
     wait_for_status(&broker.endpoint, b"echo", b"200").await?;
     let mut c = client(&broker.endpoint).await?;
-    c.send(frames(&[b"", b"MDPC01", b"mmi.nosuch", b"x"])).await?;
-    assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"mmi.nosuch", b"501"]));
+    c.send(frames(&[b"", b"MDPC01", b"mmi.nosuch", b"x"]))
+        .await?;
+    assert_eq!(
+        c.recv().await?,
+        frames(&[b"", b"MDPC01", b"mmi.nosuch", b"501"])
+    );
     broker.stop().await?;
     Ok(())
 }
@@ -310,7 +368,11 @@ async fn unserved_requests_expire() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut w = worker(&broker.endpoint, b"ghost").await?;
     let msg = w.recv().await?;
-    assert_eq!(msg, frames(&[b"", b"MDPW01", HEARTBEAT]), "expired request was delivered");
+    assert_eq!(
+        msg,
+        frames(&[b"", b"MDPW01", HEARTBEAT]),
+        "expired request was delivered"
+    );
     assert_eq!(broker.stop().await?.expired, 1);
     Ok(())
 }
@@ -321,7 +383,10 @@ async fn graceful_shutdown_disconnects_workers() -> Result<()> {
     let mut w = worker(&broker.endpoint, b"bye").await?;
     wait_for_status(&broker.endpoint, b"bye", b"200").await?;
     broker.stop().await?;
-    assert_eq!(w.recv_skipping_heartbeats().await?, frames(&[b"", b"MDPW01", DISCONNECT]));
+    assert_eq!(
+        w.recv_skipping_heartbeats().await?,
+        frames(&[b"", b"MDPW01", DISCONNECT])
+    );
     Ok(())
 }
 
@@ -355,7 +420,8 @@ async fn fifty_concurrent_clients_lose_and_misroute_nothing() -> Result<()> {
             let mut peer = RawPeer::connect(&endpoint).await?;
             for i in 0..20 {
                 let body = format!("client {c} request {i}");
-                peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()])).await?;
+                peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]))
+                    .await?;
                 let reply = peer.recv().await?;
                 anyhow::ensure!(
                     reply == frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]),
@@ -389,12 +455,18 @@ async fn one_mebibyte_body_arrives_intact() -> Result<()> {
             ..WorkerConfig::default()
         },
     );
-    let worker = tokio::spawn(w.run(handler_fn(|body| async move { Ok(body) }), async move {
-        let _ = stop.1.await;
-    }));
-    let body: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let worker = tokio::spawn(
+        w.run(handler_fn(|body| async move { Ok(body) }), async move {
+            let _ = stop.1.await;
+        }),
+    );
+    let body: Vec<u8> = (0..1024 * 1024)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
-    let reply = client.request("echo", vec![Bytes::from(body.clone())]).await?;
+    let reply = client
+        .request("echo", vec![Bytes::from(body.clone())])
+        .await?;
     assert_eq!(reply.len(), 1);
     assert!(reply[0] == body, "body changed in transit");
     let _ = stop.0.send(());
@@ -427,7 +499,10 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
     assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"split", b"y"]));
     // A worker command on the client endpoint is dropped as invalid.
     let mut misplaced = worker(&client_ep, b"split").await?;
-    assert_eq!(misplaced.recv_within(Duration::from_millis(300)).await?, None);
+    assert_eq!(
+        misplaced.recv_within(Duration::from_millis(300)).await?,
+        None
+    );
     let _ = stop.send(());
     let stats = task.await??;
     assert_eq!(stats.protocol_errors, 1);

@@ -38,7 +38,10 @@ fn spawn_worker<H: Handler>(
     service: &str,
     config: WorkerConfig,
     handler: H,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>) {
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>,
+) {
     let (stop, mut rx) = watch::channel(false);
     let worker = Worker::new(endpoint, service.to_owned(), config);
     let task = tokio::spawn(worker.run(handler, async move {
@@ -61,7 +64,10 @@ fn free_port() -> Result<u16> {
 async fn call_until_ok(client: &Client, service: &str, body: &str) -> Result<Vec<Bytes>> {
     let mut last = None;
     for _ in 0..30 {
-        match client.request(service.to_owned(), vec![Bytes::from(body.to_owned())]).await {
+        match client
+            .request(service.to_owned(), vec![Bytes::from(body.to_owned())])
+            .await
+        {
             Ok(reply) => return Ok(reply),
             Err(e) => last = Some(e),
         }
@@ -73,8 +79,15 @@ async fn call_until_ok(client: &Client, service: &str, body: &str) -> Result<Vec
 async fn client_gives_up_cleanly_when_no_broker_runs() -> Result<()> {
     let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
     let client = quick_client(&endpoint, 3);
-    match client.request("echo", vec![Bytes::from_static(b"anyone?")]).await {
-        Err(ClientError::NoReply { attempts, service, body }) => {
+    match client
+        .request("echo", vec![Bytes::from_static(b"anyone?")])
+        .await
+    {
+        Err(ClientError::NoReply {
+            attempts,
+            service,
+            body,
+        }) => {
             assert_eq!(attempts, 3);
             assert_eq!(service.as_ref(), b"echo");
             assert_eq!(body, frames(&[b"anyone?"]), "the request is handed back");
@@ -90,7 +103,11 @@ async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
     let client = quick_client(&endpoint, 10);
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.request("echo", vec![Bytes::from_static(b"patience")]).await }
+        async move {
+            client
+                .request("echo", vec![Bytes::from_static(b"patience")])
+                .await
+        }
     });
     // Let at least one attempt time out before anything listens.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -110,12 +127,18 @@ async fn worker_reregisters_after_broker_crash_and_restart_on_same_port() -> Res
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
     let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
     let client = quick_client(&endpoint, 3);
-    assert_eq!(call_until_ok(&client, "echo", "one").await?, frames(&[b"one"]));
+    assert_eq!(
+        call_until_ok(&client, "echo", "one").await?,
+        frames(&[b"one"])
+    );
 
     broker.kill(); // no DISCONNECT: the worker must notice by heartbeat silence
     tokio::time::sleep(TEST_HEARTBEAT.interval * 2).await;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
-    assert_eq!(call_until_ok(&client, "echo", "two").await?, frames(&[b"two"]));
+    assert_eq!(
+        call_until_ok(&client, "echo", "two").await?,
+        frames(&[b"two"])
+    );
 
     let _ = stop.send(true);
     worker.await??;
@@ -133,7 +156,10 @@ async fn worker_reregisters_after_disconnect() -> Result<()> {
     // A graceful stop sends the worker DISCONNECT; a new broker on the port gets it back.
     broker.stop().await?;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
-    assert_eq!(call_until_ok(&client, "echo", "after").await?, frames(&[b"after"]));
+    assert_eq!(
+        call_until_ok(&client, "echo", "after").await?,
+        frames(&[b"after"])
+    );
     let _ = stop.send(true);
     worker.await??;
     broker.stop().await?;
@@ -157,7 +183,10 @@ async fn hundred_tasks_on_one_handle_each_get_their_own_reply() -> Result<()> {
             for i in 0..10 {
                 let body = Bytes::from(format!("task {t} call {i}"));
                 let reply = client.request("echo", vec![body.clone()]).await?;
-                anyhow::ensure!(reply == [body.clone()], "task {t} got {reply:?} for {body:?}");
+                anyhow::ensure!(
+                    reply == [body.clone()],
+                    "task {t} got {reply:?} for {body:?}"
+                );
             }
             anyhow::Ok(())
         }));
@@ -189,7 +218,9 @@ async fn heartbeats_flow_while_a_long_handler_runs() -> Result<()> {
             ..ClientConfig::default()
         },
     );
-    let reply = client.request("slow", vec![Bytes::from_static(b"take your time")]).await?;
+    let reply = client
+        .request("slow", vec![Bytes::from_static(b"take your time")])
+        .await?;
     assert_eq!(reply, frames(&[b"take your time"]));
     let _ = stop.send(true);
     worker.await??;
@@ -213,9 +244,15 @@ async fn failing_and_panicking_handlers_do_not_kill_the_worker() -> Result<()> {
     call_until_ok(&client, "fragile", "ok").await?;
     for bad in ["fail", "panic"] {
         let result = client.request("fragile", vec![Bytes::from(bad)]).await;
-        assert!(matches!(result, Err(ClientError::NoReply { .. })), "{bad}: {result:?}");
+        assert!(
+            matches!(result, Err(ClientError::NoReply { .. })),
+            "{bad}: {result:?}"
+        );
         // The worker is back and serving.
-        assert_eq!(call_until_ok(&client, "fragile", "again").await?, frames(&[b"again"]));
+        assert_eq!(
+            call_until_ok(&client, "fragile", "again").await?,
+            frames(&[b"again"])
+        );
     }
     let _ = stop.send(true);
     worker.await??;
@@ -253,12 +290,20 @@ async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
     let mut tasks = Vec::new();
     for i in 0..9 {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move { client.request("par", vec![Bytes::from(format!("{i}"))]).await }));
+        tasks.push(tokio::spawn(async move {
+            client
+                .request("par", vec![Bytes::from(format!("{i}"))])
+                .await
+        }));
     }
     for t in tasks {
         t.await??;
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 3, "three logical workers run at once, never more");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "three logical workers run at once, never more"
+    );
     let _ = stop.send(true);
     worker.await??;
     broker.stop().await?;
@@ -272,15 +317,26 @@ async fn reply_for_another_service_is_an_error() -> Result<()> {
     let endpoint = router.bind("tcp://127.0.0.1:0").await?.to_string();
     let fake = tokio::spawn(async move {
         let msg = router.recv().await?.into_vec();
-        let reply = vec![msg[0].clone(), Bytes::new(), Bytes::from_static(b"MDPC01"), Bytes::from_static(b"other"), Bytes::from_static(b"x")];
-        router.send(ZmqMessage::try_from(reply).expect("frames")).await?;
+        let reply = vec![
+            msg[0].clone(),
+            Bytes::new(),
+            Bytes::from_static(b"MDPC01"),
+            Bytes::from_static(b"other"),
+            Bytes::from_static(b"x"),
+        ];
+        router
+            .send(ZmqMessage::try_from(reply).expect("frames"))
+            .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         anyhow::Ok(())
     });
     let client = quick_client(&endpoint, 1);
     match client.request("echo", vec![Bytes::from_static(b"x")]).await {
         Err(ClientError::WrongService { expected, got }) => {
-            assert_eq!((expected.as_ref(), got.as_ref()), (&b"echo"[..], &b"other"[..]));
+            assert_eq!(
+                (expected.as_ref(), got.as_ref()),
+                (&b"echo"[..], &b"other"[..])
+            );
         }
         other => panic!("expected WrongService, got {other:?}"),
     }
@@ -299,7 +355,9 @@ async fn async_client_pipelines_many_requests() -> Result<()> {
     call_until_ok(&quick_client(&broker.endpoint, 3), "echo", "warm-up").await?;
     let mut client = AsyncClient::connect(&broker.endpoint, ClientConfig::default()).await?;
     for i in 0..500 {
-        client.send("echo", vec![Bytes::from(format!("{i}"))]).await?;
+        client
+            .send("echo", vec![Bytes::from(format!("{i}"))])
+            .await?;
     }
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..500 {

@@ -106,13 +106,15 @@ impl BrokerBuilder {
 
     /// Adds an endpoint for clients only; worker commands arriving there are dropped.
     pub fn bind_clients(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoints.push((EndpointRole::Clients, endpoint.into()));
+        self.endpoints
+            .push((EndpointRole::Clients, endpoint.into()));
         self
     }
 
     /// Adds an endpoint for workers only; client requests arriving there are dropped.
     pub fn bind_workers(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoints.push((EndpointRole::Workers, endpoint.into()));
+        self.endpoints
+            .push((EndpointRole::Workers, endpoint.into()));
         self
     }
 
@@ -143,7 +145,9 @@ impl BrokerBuilder {
             return Err(BrokerError::NoEndpoint);
         }
         if self.config.heartbeat.interval.is_zero() || self.config.heartbeat.liveness == 0 {
-            return Err(BrokerError::Config("heartbeat interval and liveness must be positive"));
+            return Err(BrokerError::Config(
+                "heartbeat interval and liveness must be positive",
+            ));
         }
         let mut sockets: [Option<RouterSocket>; 3] = [None, None, None];
         let mut bound = Vec::new();
@@ -187,7 +191,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("bound", &self.bound).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,7 +223,10 @@ impl Broker {
 
     /// Serves until `shutdown` completes, then sends DISCONNECT to every worker and returns the
     /// final counters.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<BrokerStats, BrokerError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<BrokerStats, BrokerError> {
         for b in &self.bound {
             info!(endpoint = %b.endpoint, role = ?b.role, "broker bound");
         }
@@ -308,7 +317,8 @@ impl Broker {
                 }
             };
             if failed {
-                self.core.handle_undeliverable(Instant::now(), role, &identity);
+                self.core
+                    .handle_undeliverable(Instant::now(), role, &identity);
             }
         }
     }

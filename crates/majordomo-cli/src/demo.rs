@@ -65,7 +65,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let (stop, shutdown) = Shutdown::new();
     let broker_task = tokio::spawn(broker.run(shutdown.clone().wait()));
 
-    let served: Arc<Vec<AtomicU64>> = Arc::new((0..args.workers).map(|_| AtomicU64::new(0)).collect());
+    let served: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.workers).map(|_| AtomicU64::new(0)).collect());
     let mut worker_tasks = Vec::new();
     for index in 0..args.workers {
         let served = served.clone();
@@ -89,7 +90,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     // Workers register asynchronously; mmi.service tells when the service is there.
     let mut found = false;
     for _ in 0..50 {
-        let status = client.request("mmi.service", vec![Bytes::from_static(b"echo")]).await?;
+        let status = client
+            .request("mmi.service", vec![Bytes::from_static(b"echo")])
+            .await?;
         if status[0].as_ref() == b"200" {
             found = true;
             break;
@@ -98,8 +101,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     }
     ensure!(found, "echo workers did not register");
     println!("mmi.service echo   -> 200 (found)");
-    let missing = client.request("mmi.service", vec![Bytes::from_static(b"nope")]).await?;
-    println!("mmi.service nope   -> {}", String::from_utf8_lossy(&missing[0]));
+    let missing = client
+        .request("mmi.service", vec![Bytes::from_static(b"nope")])
+        .await?;
+    println!(
+        "mmi.service nope   -> {}",
+        String::from_utf8_lossy(&missing[0])
+    );
 
     for text in ["hello", "majordomo"] {
         let reply = client.request("echo", vec![Bytes::from(text)]).await?;
@@ -138,7 +146,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let pipelined = 1000;
     let started = Instant::now();
     for i in 0..pipelined {
-        async_client.send("echo", vec![Bytes::from(i.to_string())]).await?;
+        async_client
+            .send("echo", vec![Bytes::from(i.to_string())])
+            .await?;
     }
     for _ in 0..pipelined {
         async_client.recv().await?;

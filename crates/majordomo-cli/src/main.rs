@@ -18,7 +18,11 @@ use tokio::io::AsyncWriteExt;
 const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
 
 #[derive(Parser)]
-#[command(name = "majordomo", version, about = "ZeroMQ Majordomo (7/MDP) broker, client and worker")]
+#[command(
+    name = "majordomo",
+    version,
+    about = "ZeroMQ Majordomo (7/MDP) broker, client and worker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -172,7 +176,11 @@ pub(crate) async fn shutdown_signal() {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; its components only speak up about trouble.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match cli.command {
         Command::Broker(args) => run_broker(args).await,
         Command::Call(args) => run_call(args).await,
@@ -262,7 +270,10 @@ async fn run_worker(args: WorkerArgs) -> Result<()> {
     match args.kind {
         WorkerKind::Echo { service } => {
             Worker::new(endpoint, service, config)
-                .run(handler_fn(|body| async move { Ok(body) }), shutdown_signal())
+                .run(
+                    handler_fn(|body| async move { Ok(body) }),
+                    shutdown_signal(),
+                )
                 .await?
         }
         WorkerKind::Exec { service, command } => {

@@ -133,7 +133,7 @@ async fn recv_reply(
 ) -> Result<Vec<Bytes>, ClientError> {
     let frames = socket.recv().await?.into_vec();
     let reply = ClientReply::decode(&frames, limits)?;
-    if &reply.service != service {
+    if reply.service != service {
         return Err(ClientError::WrongService {
             expected: service.clone(),
             got: reply.service,
@@ -200,7 +200,11 @@ impl Client {
             .await
             {
                 Ok(Ok(body)) => {
-                    self.inner.pool.lock().expect("pool lock").push(PooledSocket(socket));
+                    self.inner
+                        .pool
+                        .lock()
+                        .expect("pool lock")
+                        .push(PooledSocket(socket));
                     return Ok(body);
                 }
                 Ok(Err(ClientError::Transport(error))) => {
@@ -243,7 +247,9 @@ pub struct AsyncClient {
 
 impl std::fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncClient").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("AsyncClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

@@ -323,10 +323,7 @@ impl BrokerCore {
             self.handle_mmi(now, identity, request);
             return;
         }
-        let service_queued = self
-            .services
-            .get(&request.service)
-            .map_or(0, |s| s.queued);
+        let service_queued = self.services.get(&request.service).map_or(0, |s| s.queued);
         if self.requests.len() >= self.config.max_queued_total
             || service_queued >= self.config.max_queued_per_service
         {
@@ -380,7 +377,9 @@ impl BrokerCore {
                 WorkerMessage::Ready { service } => self.register(now, identity, service),
                 // "The worker MAY send DISCONNECT at any time, including before READY."
                 WorkerMessage::Disconnect => {}
-                WorkerMessage::Reply { .. } => self.protocol_violation(identity, "REPLY before READY"),
+                WorkerMessage::Reply { .. } => {
+                    self.protocol_violation(identity, "REPLY before READY")
+                }
                 WorkerMessage::Heartbeat => {
                     self.protocol_violation(identity, "HEARTBEAT before READY")
                 }
@@ -561,7 +560,10 @@ impl BrokerCore {
                 break;
             };
             let identity = svc.idle.pop_front().expect("not empty");
-            let worker = self.workers.get_mut(&identity).expect("idle workers are registered");
+            let worker = self
+                .workers
+                .get_mut(&identity)
+                .expect("idle workers are registered");
             request.deliveries += 1;
             worker.heartbeat.on_send(now);
             self.transmits.push_back(Transmit {

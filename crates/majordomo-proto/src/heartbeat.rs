@@ -198,7 +198,10 @@ mod tests {
         let mut hb = Heartbeat::new(t0, config());
         hb.on_send(t0 + Duration::from_millis(90));
         hb.on_recv(t0 + Duration::from_millis(90));
-        assert_eq!(hb.poll(t0 + Duration::from_millis(100)), HeartbeatAction::Wait);
+        assert_eq!(
+            hb.poll(t0 + Duration::from_millis(100)),
+            HeartbeatAction::Wait
+        );
         assert_eq!(hb.next_deadline(), t0 + Duration::from_millis(190));
     }
 

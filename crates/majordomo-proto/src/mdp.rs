@@ -216,8 +216,13 @@ fn split_command(rest: &[Bytes]) -> Result<(u8, &[Bytes]), DecodeError> {
     }
 }
 
-fn exact(command: &'static str, expected: &'static str, args: &[Bytes], want: usize, total: usize)
-    -> Result<(), DecodeError> {
+fn exact(
+    command: &'static str,
+    expected: &'static str,
+    args: &[Bytes],
+    want: usize,
+    total: usize,
+) -> Result<(), DecodeError> {
     if args.len() == want {
         Ok(())
     } else {

@@ -45,11 +45,18 @@ impl Sim {
     }
 
     fn worker(&mut self, id: &str, msg: WorkerMessage) {
-        self.core.handle_message(self.now, &b(id), &msg.encode()).unwrap();
+        self.core
+            .handle_message(self.now, &b(id), &msg.encode())
+            .unwrap();
     }
 
     fn ready(&mut self, id: &str, service: &str) {
-        self.worker(id, WorkerMessage::Ready { service: b(service) });
+        self.worker(
+            id,
+            WorkerMessage::Ready {
+                service: b(service),
+            },
+        );
     }
 
     fn reply(&mut self, worker: &str, client: &str, body: &str) {
@@ -127,7 +134,15 @@ fn request_is_routed_and_reply_returns_to_its_client() {
     assert_eq!(out.len(), 1);
     assert_eq!(
         out[0].frames,
-        vec![b("w1"), b(""), b("MDPW01"), Bytes::from_static(&[2]), b("c1"), b(""), b("hi")]
+        vec![
+            b("w1"),
+            b(""),
+            b("MDPW01"),
+            Bytes::from_static(&[2]),
+            b("c1"),
+            b(""),
+            b("hi")
+        ]
     );
     s.reply("w1", "c1", "hi back");
     let out = s.drain();
@@ -183,7 +198,11 @@ fn clients_are_served_round_robin() {
         let out = s.drain();
         let req = requests(&out);
         let body = req[0].1.clone();
-        let client = if body.starts_with('g') { "greedy" } else { "polite" };
+        let client = if body.starts_with('g') {
+            "greedy"
+        } else {
+            "polite"
+        };
         served.push(body);
         s.reply("w1", client, "ok");
     }
@@ -240,7 +259,10 @@ fn busy_worker_that_dies_has_its_request_served_by_another_once() {
     s.reply("w1", "c1", "late");
     let out = s.drain();
     assert!(replies(&out).is_empty());
-    assert_eq!(out.iter().map(to_worker).collect::<Vec<_>>(), [("w1".into(), BrokerMessage::Disconnect)]);
+    assert_eq!(
+        out.iter().map(to_worker).collect::<Vec<_>>(),
+        [("w1".into(), BrokerMessage::Disconnect)]
+    );
     assert_eq!(s.core.stats().replies, 1);
 }
 
@@ -251,7 +273,10 @@ fn worker_disconnect_requeues_and_gets_nothing_more() {
     s.client("c1", "svc", "job");
     s.drain();
     s.worker("w1", WorkerMessage::Disconnect);
-    assert!(s.drain().is_empty(), "no command after a worker's DISCONNECT");
+    assert!(
+        s.drain().is_empty(),
+        "no command after a worker's DISCONNECT"
+    );
     assert_eq!(s.core.stats().queued, 1);
     s.ready("w2", "svc");
     assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
@@ -274,16 +299,36 @@ fn request_is_abandoned_after_max_deliveries() {
 #[test]
 fn unexpected_commands_get_disconnect() {
     let cases: Vec<(&str, Vec<WorkerMessage>)> = vec![
-        ("reply before ready", vec![WorkerMessage::Reply { client: b("c"), body: vec![b("x")] }]),
+        (
+            "reply before ready",
+            vec![WorkerMessage::Reply {
+                client: b("c"),
+                body: vec![b("x")],
+            }],
+        ),
         ("heartbeat before ready", vec![WorkerMessage::Heartbeat]),
-        ("mmi service", vec![WorkerMessage::Ready { service: b("mmi.service") }]),
+        (
+            "mmi service",
+            vec![WorkerMessage::Ready {
+                service: b("mmi.service"),
+            }],
+        ),
         (
             "second ready",
-            vec![WorkerMessage::Ready { service: b("a") }, WorkerMessage::Ready { service: b("a") }],
+            vec![
+                WorkerMessage::Ready { service: b("a") },
+                WorkerMessage::Ready { service: b("a") },
+            ],
         ),
         (
             "reply while idle",
-            vec![WorkerMessage::Ready { service: b("a") }, WorkerMessage::Reply { client: b("c"), body: vec![b("x")] }],
+            vec![
+                WorkerMessage::Ready { service: b("a") },
+                WorkerMessage::Reply {
+                    client: b("c"),
+                    body: vec![b("x")],
+                },
+            ],
         ),
     ];
     for (name, msgs) in cases {
@@ -320,9 +365,11 @@ fn reply_with_wrong_client_disconnects_and_requeues() {
 fn invalid_messages_are_dropped_and_invalid_workers_removed() {
     let mut s = Sim::new();
     s.ready("w1", "svc");
-    let err = s
-        .core
-        .handle_message(s.now, &b("w1"), &[b(""), b("MDPW01"), Bytes::from_static(&[9])]);
+    let err = s.core.handle_message(
+        s.now,
+        &b("w1"),
+        &[b(""), b("MDPW01"), Bytes::from_static(&[9])],
+    );
     assert_eq!(err, Err(DecodeError::UnknownCommand(9)));
     assert_eq!(
         s.drain().iter().map(to_worker).collect::<Vec<_>>(),
@@ -412,7 +459,10 @@ fn shutdown_disconnects_every_worker() {
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         got,
-        [("w1".into(), BrokerMessage::Disconnect), ("w2".into(), BrokerMessage::Disconnect)]
+        [
+            ("w1".into(), BrokerMessage::Disconnect),
+            ("w2".into(), BrokerMessage::Disconnect)
+        ]
     );
     assert_eq!(s.core.stats().workers, 0);
 }

@@ -1,7 +1,9 @@
 //! Golden frames: each command byte for byte as 7/MDP and 6/PPP lay it out.
 
 use bytes::Bytes;
-use majordomo_proto::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use majordomo_proto::mdp::{
+    BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage,
+};
 use majordomo_proto::ppp::{Envelope, PppMessage};
 use majordomo_proto::{mdp, DecodeError, Limits};
 
@@ -33,13 +35,18 @@ fn client_reply_routed() {
         msg.encode_routed(&b(b"\x00ab")),
         f(&[b"\x00ab", b"", b"MDPC01", b"echo", b"hello"])
     );
-    assert_eq!(ClientReply::decode(&msg.encode(), &Limits::default()), Ok(msg));
+    assert_eq!(
+        ClientReply::decode(&msg.encode(), &Limits::default()),
+        Ok(msg)
+    );
 }
 
 #[test]
 fn worker_ready() {
     let wire = f(&[b"", b"MDPW01", &[0x01], b"echo"]);
-    let msg = WorkerMessage::Ready { service: b(b"echo") };
+    let msg = WorkerMessage::Ready {
+        service: b(b"echo"),
+    };
     assert_eq!(msg.encode(), wire);
     assert_eq!(WorkerMessage::decode(&wire, &Limits::default()), Ok(msg));
 }
@@ -52,7 +59,10 @@ fn worker_request_and_reply() {
         body: vec![b(b"body")],
     };
     assert_eq!(msg.encode_routed(&b(b"W1")), request);
-    assert_eq!(BrokerMessage::decode(&request[1..], &Limits::default()), Ok(msg));
+    assert_eq!(
+        BrokerMessage::decode(&request[1..], &Limits::default()),
+        Ok(msg)
+    );
 
     let reply = f(&[b"", b"MDPW01", &[0x03], b"C1", b"", b"a", b"b"]);
     let msg = WorkerMessage::Reply {
@@ -72,8 +82,14 @@ fn heartbeat_and_disconnect_both_ways() {
     assert_eq!(BrokerMessage::Heartbeat.encode(), hb);
     assert_eq!(BrokerMessage::Disconnect.encode(), dc);
     let limits = Limits::default();
-    assert_eq!(WorkerMessage::decode(&hb, &limits), Ok(WorkerMessage::Heartbeat));
-    assert_eq!(BrokerMessage::decode(&dc, &limits), Ok(BrokerMessage::Disconnect));
+    assert_eq!(
+        WorkerMessage::decode(&hb, &limits),
+        Ok(WorkerMessage::Heartbeat)
+    );
+    assert_eq!(
+        BrokerMessage::decode(&dc, &limits),
+        Ok(BrokerMessage::Disconnect)
+    );
 }
 
 #[test]
@@ -81,8 +97,14 @@ fn ppp_commands_and_envelopes() {
     let limits = Limits::default();
     assert_eq!(PppMessage::Ready.encode(), f(&[&[0x01]]));
     assert_eq!(PppMessage::Heartbeat.encode(), f(&[&[0x02]]));
-    assert_eq!(PppMessage::decode(&f(&[&[0x01]]), &limits), Ok(PppMessage::Ready));
-    assert_eq!(PppMessage::decode(&f(&[&[0x02]]), &limits), Ok(PppMessage::Heartbeat));
+    assert_eq!(
+        PppMessage::decode(&f(&[&[0x01]]), &limits),
+        Ok(PppMessage::Ready)
+    );
+    assert_eq!(
+        PppMessage::decode(&f(&[&[0x02]]), &limits),
+        Ok(PppMessage::Heartbeat)
+    );
     let wire = f(&[b"client", b"", b"hello"]);
     let msg = PppMessage::Payload(Envelope {
         address: vec![b(b"client")],
@@ -126,8 +148,14 @@ fn every_malformed_input_has_its_error() {
     };
     let cases: Vec<(Vec<Bytes>, DecodeError)> = vec![
         (vec![], DecodeError::Empty),
-        (f(&[b"x", b"MDPC01", b"s", b"b"]), DecodeError::MissingEmptyFrame(1)),
-        (f(&[b"", b"MDPX01", b"s", b"b"]), DecodeError::UnknownHeader(b(b"MDPX01"))),
+        (
+            f(&[b"x", b"MDPC01", b"s", b"b"]),
+            DecodeError::MissingEmptyFrame(1),
+        ),
+        (
+            f(&[b"", b"MDPX01", b"s", b"b"]),
+            DecodeError::UnknownHeader(b(b"MDPX01")),
+        ),
         (f(&[b""]), DecodeError::UnknownHeader(Bytes::new())),
         (
             f(&[b"", b"MDPC01", b"s"]),
@@ -137,16 +165,28 @@ fn every_malformed_input_has_its_error() {
                 got: 3,
             },
         ),
-        (f(&[b"", b"MDPC01", b"", b"b"]), DecodeError::EmptyServiceName),
+        (
+            f(&[b"", b"MDPC01", b"", b"b"]),
+            DecodeError::EmptyServiceName,
+        ),
         (
             f(&[b"", b"MDPC01", b"123456789", b"b"]),
             DecodeError::ServiceNameTooLong { len: 9, max: 8 },
         ),
         (f(&[b"", b"MDPW01"]), DecodeError::MissingCommand),
-        (f(&[b"", b"MDPW01", b"\x01\x01"]), DecodeError::BadCommandFrame(2)),
-        (f(&[b"", b"MDPW01", &[0x09]]), DecodeError::UnknownCommand(9)),
+        (
+            f(&[b"", b"MDPW01", b"\x01\x01"]),
+            DecodeError::BadCommandFrame(2),
+        ),
+        (
+            f(&[b"", b"MDPW01", &[0x09]]),
+            DecodeError::UnknownCommand(9),
+        ),
         // REQUEST is broker-to-worker only.
-        (f(&[b"", b"MDPW01", &[0x02], b"c", b"", b"b"]), DecodeError::UnknownCommand(2)),
+        (
+            f(&[b"", b"MDPW01", &[0x02], b"c", b"", b"b"]),
+            DecodeError::UnknownCommand(2),
+        ),
         (
             f(&[b"", b"MDPW01", &[0x01]]),
             DecodeError::WrongFrameCount {
@@ -163,9 +203,18 @@ fn every_malformed_input_has_its_error() {
                 got: 4,
             },
         ),
-        (f(&[b"", b"MDPW01", &[0x03]]), DecodeError::MissingClientAddress),
-        (f(&[b"", b"MDPW01", &[0x03], b"", b"", b"b"]), DecodeError::MissingClientAddress),
-        (f(&[b"", b"MDPW01", &[0x03], b"c", b"x", b"b"]), DecodeError::MissingDelimiter),
+        (
+            f(&[b"", b"MDPW01", &[0x03]]),
+            DecodeError::MissingClientAddress,
+        ),
+        (
+            f(&[b"", b"MDPW01", &[0x03], b"", b"", b"b"]),
+            DecodeError::MissingClientAddress,
+        ),
+        (
+            f(&[b"", b"MDPW01", &[0x03], b"c", b"x", b"b"]),
+            DecodeError::MissingDelimiter,
+        ),
         (
             f(&[b"", b"MDPW01", &[0x03], b"c", b""]),
             DecodeError::WrongFrameCount {

@@ -1,7 +1,9 @@
 //! Property tests: encode then decode gives the message back; arbitrary frames never panic.
 
 use bytes::Bytes;
-use majordomo_proto::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use majordomo_proto::mdp::{
+    BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage,
+};
 use majordomo_proto::ppp::{Envelope, PppMessage};
 use majordomo_proto::{mdp, Limits};
 use proptest::prelude::*;

@@ -137,7 +137,11 @@ enum SessionEnd {
 
 impl Worker {
     /// A worker serving `service` at the broker `endpoint`.
-    pub fn new(endpoint: impl Into<String>, service: impl Into<Bytes>, config: WorkerConfig) -> Self {
+    pub fn new(
+        endpoint: impl Into<String>,
+        service: impl Into<Bytes>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             endpoint: endpoint.into(),
             service: service.into(),
@@ -155,7 +159,9 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let config = self.config;
         if config.heartbeat.interval.is_zero() || config.heartbeat.liveness == 0 {
-            return Err(WorkerError::Config("heartbeat interval and liveness must be positive"));
+            return Err(WorkerError::Config(
+                "heartbeat interval and liveness must be positive",
+            ));
         }
         if config.concurrency == 0 {
             return Err(WorkerError::Config("concurrency must be at least 1"));
@@ -190,6 +196,9 @@ impl Worker {
     }
 }
 
+/// A request being handled on its own task, so heartbeats keep flowing meanwhile.
+type Job = JoinHandle<Result<Vec<Bytes>, BoxError>>;
+
 struct Session<H> {
     endpoint: String,
     service: Bytes,
@@ -200,7 +209,10 @@ struct Session<H> {
 
 async fn send(socket: &mut DealerSocket, frames: Vec<Bytes>, timeout: Duration) -> bool {
     let msg = ZmqMessage::try_from(frames).expect("commands have frames");
-    matches!(tokio::time::timeout(timeout, socket.send(msg)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(timeout, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 impl<H: Handler> Session<H> {
@@ -212,7 +224,12 @@ impl<H: Handler> Session<H> {
                     let end = self.serve(&mut socket, &mut backoff).await;
                     if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
                         // "The worker MAY send DISCONNECT at any time."
-                        send(&mut socket, WorkerMessage::Disconnect.encode(), self.config.heartbeat.interval).await;
+                        send(
+                            &mut socket,
+                            WorkerMessage::Disconnect.encode(),
+                            self.config.heartbeat.interval,
+                        )
+                        .await;
                         // zmq.rs has no linger: give the writer task a moment to flush.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -225,7 +242,10 @@ impl<H: Handler> Session<H> {
                 SessionEnd::HandlerFailed => continue,
                 SessionEnd::Lost | SessionEnd::Disconnected => {
                     let delay = backoff.next_delay();
-                    info!(delay_ms = delay.as_millis() as u64, "reconnecting to broker");
+                    info!(
+                        delay_ms = delay.as_millis() as u64,
+                        "reconnecting to broker"
+                    );
                     tokio::select! {
                         () = self.token.cancelled() => break,
                         () = tokio::time::sleep(delay) => {}
@@ -271,7 +291,7 @@ impl<H: Handler> Session<H> {
     async fn serve(&self, socket: &mut DealerSocket, backoff: &mut Backoff) -> SessionEnd {
         let send_timeout = self.config.heartbeat.interval;
         let mut heartbeat = Heartbeat::new(Instant::now(), self.config.heartbeat);
-        let mut job: Option<(Bytes, JoinHandle<Result<Vec<Bytes>, BoxError>>)> = None;
+        let mut job: Option<(Bytes, Job)> = None;
         let end = loop {
             let deadline = tokio::time::Instant::from_std(heartbeat.next_deadline());
             tokio::select! {

@@ -1,0 +1,178 @@
+//! Interop with libzmq through pyzmq: stock 7/MDP peers written from the RFC in
+//! `integration-tests/python/` against our broker, and our client and worker against a Python
+//! broker. `scripts/setup-interop.sh` makes the virtual environment; without it these tests fail
+//! with a message saying so.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use integration_tests::{
+    python, python_script, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+};
+use majordomo_client::{Client, ClientConfig};
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+struct Py {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Py {
+    fn spawn(script: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(python()?)
+            .arg(python_script(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {script}"))?;
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Self { child, lines })
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .context("no output from python peer")??
+            .context("python peer closed its output")
+    }
+
+    async fn exit_code(&mut self) -> Result<i32> {
+        let status = tokio::time::timeout(PATIENCE, self.child.wait()).await??;
+        Ok(status.code().unwrap_or(-1))
+    }
+}
+
+fn hb_ms() -> String {
+    TEST_HEARTBEAT.interval.as_millis().to_string()
+}
+
+async fn wait_for_service(client: &Client, service: &[u8]) -> Result<()> {
+    for _ in 0..200 {
+        let status = client
+            .request("mmi.service", vec![Bytes::copy_from_slice(service)])
+            .await?;
+        if status[0].as_ref() == b"200" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("service never registered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_req_client_and_dealer_worker_through_our_broker() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut worker = Py::spawn(
+        "mdp_dealer_worker.py",
+        &[&broker.endpoint, "pyecho", &hb_ms()],
+    )?;
+    assert_eq!(worker.line().await?, "ready");
+    wait_for_service(
+        &Client::new(broker.endpoint.clone(), ClientConfig::default()),
+        b"pyecho",
+    )
+    .await?;
+
+    let mut client = Py::spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "pyecho", "one", "two", "three"],
+    )?;
+    for body in ["one", "two", "three"] {
+        assert_eq!(client.line().await?, format!("[\"py:{body}\"]"));
+    }
+    assert_eq!(client.exit_code().await?, 0);
+
+    // The Python worker has been heartbeating all along; a graceful stop tells it DISCONNECT.
+    let stats = broker.stop().await?;
+    assert_eq!(worker.line().await?, "disconnected");
+    assert_eq!(worker.exit_code().await?, 0);
+    assert_eq!((stats.protocol_errors, stats.purged), (0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_req_client_through_our_broker_to_our_worker() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(
+        broker.endpoint.clone(),
+        "echo",
+        WorkerConfig {
+            heartbeat: TEST_HEARTBEAT,
+            ..WorkerConfig::default()
+        },
+    );
+    let task = tokio::spawn(
+        worker.run(handler_fn(|body| async move { Ok(body) }), async {
+            let _ = stopped.await;
+        }),
+    );
+    wait_for_service(
+        &Client::new(broker.endpoint.clone(), ClientConfig::default()),
+        b"echo",
+    )
+    .await?;
+    let mut client = Py::spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "echo", "hello", "libzmq"],
+    )?;
+    assert_eq!(client.line().await?, "[\"hello\"]");
+    assert_eq!(client.line().await?, "[\"libzmq\"]");
+    assert_eq!(client.exit_code().await?, 0);
+    // mmi.service from libzmq too.
+    let mut mmi = Py::spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "mmi.service", "echo", "nope"],
+    )?;
+    assert_eq!(mmi.line().await?, "[\"200\"]");
+    assert_eq!(mmi.line().await?, "[\"404\"]");
+    let _ = stop.send(());
+    task.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_and_worker_against_a_libzmq_broker() -> Result<()> {
+    let mut broker = Py::spawn("mdp_broker.py", &[&hb_ms()])?;
+    let line = broker.line().await?;
+    let endpoint = line
+        .strip_prefix("endpoint ")
+        .context("broker endpoint line")?
+        .to_owned();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(
+        endpoint.clone(),
+        "echo",
+        WorkerConfig {
+            heartbeat: TEST_HEARTBEAT,
+            concurrency: 2,
+            ..WorkerConfig::default()
+        },
+    );
+    let task = tokio::spawn(
+        worker.run(handler_fn(|body| async move { Ok(body) }), async {
+            let _ = stopped.await;
+        }),
+    );
+    let client = Client::new(endpoint.clone(), ClientConfig::default());
+    wait_for_service(&client, b"echo").await?;
+    for i in 0..20 {
+        let body = Bytes::from(format!("through libzmq {i}"));
+        assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);
+    }
+    // Our worker keeps its registration alive across many heartbeat intervals.
+    tokio::time::sleep(TEST_HEARTBEAT.expiry() * 3).await;
+    let body = Bytes::from_static(b"still registered");
+    assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);
+    let _ = stop.send(());
+    task.await??;
+    Ok(())
+}
