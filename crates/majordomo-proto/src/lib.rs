@@ -12,6 +12,7 @@
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
 //! - [`broker`]: the Majordomo broker state machine.
+//! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
 //! - [`Limits`] and [`DecodeError`]: what a decoder accepts, and why it refused.
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod heartbeat;
 mod limits;
 pub mod mdp;
 pub mod mmi;
+pub mod pirate;
 pub mod ppp;
 
 use std::fmt;

@@ -1,0 +1,438 @@
+//! The Simple and Paranoid Pirate queues (the Guide's spqueue and ppqueue, 6/PPP) as a state
+//! machine with no sockets and no clock.
+//!
+//! The queue has a frontend ROUTER for clients (REQ or Lazy Pirate clients) and a backend ROUTER
+//! for workers. Workers announce READY (`0x01`); requests go to the least-recently-used idle
+//! worker; the reply goes back to the client. With heartbeats configured (Paranoid Pirate), both
+//! sides send HEARTBEAT (`0x02`) and the queue expires workers silent for `liveness` intervals.
+//! Without (Simple Pirate), workers are REQ sockets that send only READY and replies.
+//!
+//! Beyond the Guide's queues: a worker that sends READY again is not counted twice (it restarted
+//! its conversation: whatever it held goes back to the queue); the request held by a worker that
+//! expired is re-queued for another worker; requests wait in a bounded queue with an expiry
+//! instead of the frontend being left unread.
+//!
+//! Calling order as for [`crate::broker::BrokerCore`]: `handle_*` with `now`, then drain
+//! [`PirateQueue::poll_transmit`], and call [`PirateQueue::handle_timeout`] at
+//! [`PirateQueue::poll_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use crate::heartbeat::{Heartbeat, HeartbeatConfig};
+use crate::ppp::{Envelope, PppMessage};
+use crate::{DecodeError, Hex, Limits};
+
+/// Queue behaviour and bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// `Some` for a Paranoid Pirate queue (6/PPP reference: 1 s, liveness 3); `None` for a Simple
+    /// Pirate queue, whose workers never heartbeat and are never expired.
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// How long a request may wait for a worker before it is dropped (default 10 s).
+    pub request_expiry: Duration,
+    /// Most requests waiting for a worker (default 10,000); more are dropped and logged.
+    pub max_queued: usize,
+    /// How many workers one request may be given to before it is dropped (default 3).
+    pub max_deliveries: u32,
+    /// Size limits; larger messages are dropped.
+    pub limits: Limits,
+}
+
+impl QueueConfig {
+    /// A Paranoid Pirate queue with the 6/PPP reference heartbeat: 1 s interval, liveness 3.
+    pub fn paranoid() -> Self {
+        Self {
+            heartbeat: Some(HeartbeatConfig {
+                interval: Duration::from_secs(1),
+                liveness: 3,
+            }),
+            ..Self::simple()
+        }
+    }
+
+    /// A Simple Pirate queue: no heartbeats.
+    pub fn simple() -> Self {
+        Self {
+            heartbeat: None,
+            request_expiry: Duration::from_secs(10),
+            max_queued: 10_000,
+            max_deliveries: 3,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self::paranoid()
+    }
+}
+
+/// Which ROUTER socket a [`QueueTransmit`] leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The clients' socket.
+    Frontend,
+    /// The workers' socket.
+    Backend,
+}
+
+/// A message to send; `frames[0]` is the destination's ROUTER identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTransmit {
+    /// The socket to send on.
+    pub side: Side,
+    /// Identity first, then the frames.
+    pub frames: Vec<Bytes>,
+}
+
+/// Counters and gauges of a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Registered workers.
+    pub workers: usize,
+    /// Workers waiting for a request.
+    pub idle_workers: usize,
+    /// Requests waiting for a worker.
+    pub queued: usize,
+    /// Requests accepted from clients.
+    pub requests: u64,
+    /// Replies sent to clients.
+    pub replies: u64,
+    /// Requests dropped after waiting past the expiry.
+    pub expired: u64,
+    /// Requests dropped at the queue bound.
+    pub rejected: u64,
+    /// Requests handed back to the queue after their worker went away.
+    pub requeued: u64,
+    /// Requests dropped after `max_deliveries` workers went away holding them.
+    pub abandoned: u64,
+    /// Workers expired for silence.
+    pub expired_workers: u64,
+    /// Malformed or unexpected messages dropped.
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug)]
+struct Request {
+    /// The client's ROUTER identity.
+    client: Bytes,
+    /// Whether the client put an empty delimiter before its body (REQ does).
+    delimited: bool,
+    body: Vec<Bytes>,
+    expires_at: Instant,
+    deliveries: u32,
+}
+
+#[derive(Debug)]
+struct Worker {
+    /// REQ workers (Simple Pirate) put an empty frame before everything they send and expect one
+    /// before everything they receive.
+    req_socket: bool,
+    heartbeat: Option<Heartbeat>,
+    in_flight: Option<Request>,
+}
+
+/// The Pirate queue's whole state.
+#[derive(Debug)]
+pub struct PirateQueue {
+    config: QueueConfig,
+    workers: HashMap<Bytes, Worker>,
+    /// Idle workers, least recently used first; each at most once.
+    idle: VecDeque<Bytes>,
+    /// Requests waiting, oldest first (re-queued ones go to the front).
+    queue: VecDeque<Request>,
+    next_tick: Instant,
+    transmits: VecDeque<QueueTransmit>,
+    stats: QueueStats,
+}
+
+impl PirateQueue {
+    /// An empty queue, its clock starting at `now`.
+    pub fn new(now: Instant, config: QueueConfig) -> Self {
+        let tick = config
+            .heartbeat
+            .map_or(Duration::from_secs(1), |hb| hb.interval);
+        Self {
+            next_tick: now + tick,
+            config,
+            workers: HashMap::new(),
+            idle: VecDeque::new(),
+            queue: VecDeque::new(),
+            transmits: VecDeque::new(),
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Current counters and gauges.
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            workers: self.workers.len(),
+            idle_workers: self.idle.len(),
+            queued: self.queue.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<QueueTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`PirateQueue::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.queue.iter().map(|r| r.expires_at).min() {
+            Some(at) => at.min(self.next_tick),
+            None => self.next_tick,
+        }
+    }
+
+    /// A message from the frontend: `[client identity, (empty,) body...]`.
+    pub fn handle_frontend(&mut self, now: Instant, frames: &[Bytes]) -> Result<(), DecodeError> {
+        let checked = self.config.limits.check(frames).and_then(|()| match frames {
+            [] => Err(DecodeError::Empty),
+            [_] => Err(DecodeError::MissingIdentity),
+            [client, first, body @ ..] if first.is_empty() => {
+                if body.is_empty() {
+                    Err(DecodeError::MissingBody)
+                } else {
+                    Ok((client.clone(), true, body.to_vec()))
+                }
+            }
+            [client, body @ ..] => Ok((client.clone(), false, body.to_vec())),
+        });
+        let (client, delimited, body) = match checked {
+            Ok(parts) => parts,
+            Err(error) => {
+                self.stats.protocol_errors += 1;
+                warn!(%error, "invalid client message dropped");
+                return Err(error);
+            }
+        };
+        self.stats.requests += 1;
+        if self.queue.len() >= self.config.max_queued {
+            self.stats.rejected += 1;
+            warn!(client = %Hex(&client), queued = self.queue.len(), "queue full, request dropped");
+            return Ok(());
+        }
+        self.queue.push_back(Request {
+            client,
+            delimited,
+            body,
+            expires_at: now + self.config.request_expiry,
+            deliveries: 0,
+        });
+        self.dispatch(now);
+        Ok(())
+    }
+
+    /// A message from the backend: `[worker identity, ...]`, a 6/PPP command or reply, preceded by
+    /// an empty frame when the worker is a REQ socket.
+    pub fn handle_backend(&mut self, now: Instant, frames: &[Bytes]) -> Result<(), DecodeError> {
+        let (identity, rest) = match crate::mdp::split_identity(frames) {
+            Ok(split) => split,
+            Err(error) => {
+                self.stats.protocol_errors += 1;
+                warn!(%error, "invalid worker message dropped");
+                return Err(error);
+            }
+        };
+        let (req_socket, rest) = match rest {
+            [first, tail @ ..] if first.is_empty() && !tail.is_empty() => (true, tail),
+            _ => (false, rest),
+        };
+        let message = match PppMessage::decode(rest, &self.config.limits) {
+            Ok(message) => message,
+            Err(error) => {
+                self.stats.protocol_errors += 1;
+                warn!(worker = %Hex(identity), %error, "invalid worker message dropped");
+                return Err(error);
+            }
+        };
+        let identity = identity.clone();
+        if let Some(worker) = self.workers.get_mut(&identity) {
+            if let Some(hb) = worker.heartbeat.as_mut() {
+                hb.on_recv(now);
+            }
+        }
+        match message {
+            PppMessage::Ready => {
+                if let Some(worker) = self.workers.get_mut(&identity) {
+                    // A known worker starting over: not a second worker. Whatever it held is
+                    // lost to it.
+                    info!(worker = %Hex(&identity), "worker sent READY again");
+                    worker.req_socket = req_socket;
+                    let lost = worker.in_flight.take();
+                    if let Some(request) = lost {
+                        self.requeue(now, request);
+                    }
+                    if !self.idle.contains(&identity) {
+                        self.idle.push_back(identity);
+                    }
+                } else {
+                    info!(worker = %Hex(&identity), "worker ready");
+                    self.workers.insert(
+                        identity.clone(),
+                        Worker {
+                            req_socket,
+                            heartbeat: self.config.heartbeat.map(|hb| Heartbeat::new(now, hb)),
+                            in_flight: None,
+                        },
+                    );
+                    self.idle.push_back(identity);
+                }
+                self.dispatch(now);
+            }
+            PppMessage::Heartbeat => {
+                if !self.workers.contains_key(&identity) {
+                    // Not registered (the queue restarted, or the worker was expired): it gets no
+                    // heartbeats from us, so it will reconnect and send READY.
+                    debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
+                }
+            }
+            PppMessage::Payload(Envelope { address, body }) => {
+                let Some(worker) = self.workers.get_mut(&identity) else {
+                    self.stats.protocol_errors += 1;
+                    warn!(worker = %Hex(&identity), "reply from unknown worker dropped");
+                    return Ok(());
+                };
+                match worker.in_flight.take() {
+                    Some(request) if address.first() == Some(&request.client) => {
+                        let mut out = Vec::with_capacity(2 + body.len());
+                        out.push(request.client);
+                        if request.delimited {
+                            out.push(Bytes::new());
+                        }
+                        out.extend(body);
+                        self.stats.replies += 1;
+                        self.transmits.push_back(QueueTransmit {
+                            side: Side::Frontend,
+                            frames: out,
+                        });
+                        self.idle.push_back(identity);
+                        self.dispatch(now);
+                    }
+                    other => {
+                        worker.in_flight = other;
+                        self.stats.protocol_errors += 1;
+                        warn!(worker = %Hex(&identity), "reply for no request in flight dropped");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports that a message to a worker could not be sent: the worker is dropped and its
+    /// request re-queued.
+    pub fn handle_undeliverable(&mut self, now: Instant, side: Side, identity: &Bytes) {
+        if side == Side::Backend {
+            self.remove_worker(now, identity);
+        }
+    }
+
+    /// Expires requests and, with heartbeats, heartbeats workers and expires silent ones.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let before = self.queue.len();
+        self.queue.retain(|r| r.expires_at > now);
+        let expired = before - self.queue.len();
+        if expired > 0 {
+            self.stats.expired += expired as u64;
+            debug!(expired, "requests expired waiting for a worker");
+        }
+        if now < self.next_tick {
+            return;
+        }
+        let Some(hb) = self.config.heartbeat else {
+            self.next_tick = now + Duration::from_secs(1);
+            return;
+        };
+        self.next_tick = now + hb.interval;
+        let dead: Vec<Bytes> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.heartbeat.as_ref().is_some_and(|h| h.is_peer_dead(now)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identity in dead {
+            self.stats.expired_workers += 1;
+            warn!(worker = %Hex(&identity), "worker silent past liveness, expired");
+            self.remove_worker(now, &identity);
+        }
+        for (identity, worker) in &mut self.workers {
+            if let Some(h) = worker.heartbeat.as_mut() {
+                h.on_send(now);
+                self.transmits.push_back(QueueTransmit {
+                    side: Side::Backend,
+                    frames: worker_frames(identity, worker.req_socket, PppMessage::Heartbeat.encode()),
+                });
+            }
+        }
+    }
+
+    fn remove_worker(&mut self, now: Instant, identity: &Bytes) {
+        if let Some(worker) = self.workers.remove(identity) {
+            self.idle.retain(|w| w != identity);
+            if let Some(request) = worker.in_flight {
+                self.requeue(now, request);
+            }
+        }
+    }
+
+    fn requeue(&mut self, now: Instant, mut request: Request) {
+        if request.deliveries >= self.config.max_deliveries {
+            self.stats.abandoned += 1;
+            warn!(client = %Hex(&request.client), "request abandoned after {} deliveries", request.deliveries);
+            return;
+        }
+        self.stats.requeued += 1;
+        request.expires_at = now + self.config.request_expiry;
+        self.queue.push_front(request);
+        self.dispatch(now);
+    }
+
+    fn dispatch(&mut self, now: Instant) {
+        while !self.queue.is_empty() {
+            let Some(identity) = self.idle.pop_front() else {
+                break;
+            };
+            let Some(worker) = self.workers.get_mut(&identity) else {
+                continue;
+            };
+            let mut request = self.queue.pop_front().expect("not empty");
+            request.deliveries += 1;
+            // 6/PPP REQUEST: the client's address, the null terminator, the content.
+            let mut payload = Vec::with_capacity(2 + request.body.len());
+            payload.push(request.client.clone());
+            payload.push(Bytes::new());
+            payload.extend(request.body.iter().cloned());
+            if let Some(h) = worker.heartbeat.as_mut() {
+                h.on_send(now);
+            }
+            self.transmits.push_back(QueueTransmit {
+                side: Side::Backend,
+                frames: worker_frames(&identity, worker.req_socket, payload),
+            });
+            worker.in_flight = Some(request);
+        }
+    }
+}
+
+fn worker_frames(identity: &Bytes, req_socket: bool, payload: Vec<Bytes>) -> Vec<Bytes> {
+    let mut frames = Vec::with_capacity(2 + payload.len());
+    frames.push(identity.clone());
+    if req_socket {
+        frames.push(Bytes::new());
+    }
+    frames.extend(payload);
+    frames
+}
