@@ -5,6 +5,9 @@
 //! - `mdclient2`: asynchronous Majordomo client, all requests in flight at once.
 //! - `mdworker`: an `echo` worker.
 //! - `mmiecho`: asks the broker whether `echo` is served (8/MMI).
+//! - `lpclient`, `lpserver`: Lazy Pirate client and a REP server that crashes and stalls at random.
+//! - `spqueue`, `spworker`: Simple Pirate queue and REQ worker.
+//! - `ppqueue`, `ppworker`: Paranoid Pirate (6/PPP) queue and worker.
 
 /// The broker endpoint the examples use unless given another as their first argument.
 pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";

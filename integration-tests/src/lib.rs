@@ -4,9 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::process::Stdio;
+
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use majordomo_broker::{Broker, BrokerConfig, BrokerStats, HeartbeatConfig};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -151,4 +155,50 @@ pub fn python_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(name)
+}
+
+/// A Python peer from `integration-tests/python/`, killed when dropped; its stdout is read line by
+/// line.
+pub struct PyPeer {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl PyPeer {
+    /// Starts `script` with `args` under the project's Python.
+    pub fn spawn(script: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(python()?)
+            .arg(python_script(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {script}"))?;
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Self { child, lines })
+    }
+
+    /// The next line the peer prints, within [`PATIENCE`].
+    pub async fn line(&mut self) -> Result<String> {
+        tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .context("no output from python peer")??
+            .context("python peer closed its output")
+    }
+
+    /// The endpoint a peer announces with a first line `endpoint tcp://...`.
+    pub async fn endpoint(&mut self) -> Result<String> {
+        let line = self.line().await?;
+        Ok(line
+            .strip_prefix("endpoint ")
+            .with_context(|| format!("expected an endpoint line, got {line:?}"))?
+            .to_owned())
+    }
+
+    /// Waits for the peer to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Result<i32> {
+        let status = tokio::time::timeout(PATIENCE, self.child.wait()).await??;
+        Ok(status.code().unwrap_or(-1))
+    }
 }

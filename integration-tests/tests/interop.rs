@@ -3,50 +3,13 @@
 //! broker. `scripts/setup-interop.sh` makes the virtual environment; without it these tests fail
 //! with a message saying so.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
-use integration_tests::{
-    python, python_script, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT,
-};
+use integration_tests::{test_config, PyPeer as Py, RunningBroker, TEST_HEARTBEAT};
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-struct Py {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Py {
-    fn spawn(script: &str, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(python()?)
-            .arg(python_script(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {script}"))?;
-        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        Ok(Self { child, lines })
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        tokio::time::timeout(PATIENCE, self.lines.next_line())
-            .await
-            .context("no output from python peer")??
-            .context("python peer closed its output")
-    }
-
-    async fn exit_code(&mut self) -> Result<i32> {
-        let status = tokio::time::timeout(PATIENCE, self.child.wait()).await??;
-        Ok(status.code().unwrap_or(-1))
-    }
-}
 
 fn hb_ms() -> String {
     TEST_HEARTBEAT.interval.as_millis().to_string()
@@ -141,11 +104,7 @@ async fn libzmq_req_client_through_our_broker_to_our_worker() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_and_worker_against_a_libzmq_broker() -> Result<()> {
     let mut broker = Py::spawn("mdp_broker.py", &[&hb_ms()])?;
-    let line = broker.line().await?;
-    let endpoint = line
-        .strip_prefix("endpoint ")
-        .context("broker endpoint line")?
-        .to_owned();
+    let endpoint = broker.endpoint().await?;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = Worker::new(

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
 use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_pirate::{Queue, QueueConfig};
 use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
 use tokio::io::AsyncWriteExt;
 
@@ -38,6 +39,32 @@ enum Command {
     Worker(WorkerArgs),
     /// Broker, workers and clients in one process on loopback, with a throughput summary.
     Demo(demo::DemoArgs),
+    /// Run a Paranoid Pirate queue (6/PPP): heartbeating workers on the backend.
+    Ppqueue(QueueArgs),
+    /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
+    Spqueue(QueueArgs),
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    /// Endpoint for clients (REQ or Lazy Pirate).
+    #[arg(long, default_value = "tcp://127.0.0.1:5555")]
+    frontend: String,
+    /// Endpoint for workers.
+    #[arg(long, default_value = "tcp://127.0.0.1:5556")]
+    backend: String,
+    /// Heartbeat interval with workers (ppqueue only), e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Intervals of worker silence before it is expired (ppqueue only).
+    #[arg(long, default_value_t = 3)]
+    liveness: u32,
+    /// How long a request may wait for a worker before it is dropped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_expiry: Duration,
+    /// Most requests waiting for a worker; more are dropped and logged.
+    #[arg(long, default_value_t = 10_000)]
+    max_queued: usize,
 }
 
 #[derive(Args)]
@@ -186,6 +213,8 @@ async fn main() -> Result<()> {
         Command::Call(args) => run_call(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Ppqueue(args) => run_queue(args, true).await,
+        Command::Spqueue(args) => run_queue(args, false).await,
     }
 }
 
@@ -224,6 +253,29 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     let broker = builder.build().await.context("broker cannot start")?;
     let stats = broker.run(shutdown_signal()).await?;
     tracing::info!(?stats, "broker stopped");
+    Ok(())
+}
+
+async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
+    let base = if paranoid {
+        QueueConfig::paranoid()
+    } else {
+        QueueConfig::simple()
+    };
+    let config = QueueConfig {
+        heartbeat: base.heartbeat.map(|_| HeartbeatConfig {
+            interval: args.heartbeat,
+            liveness: args.liveness,
+        }),
+        request_expiry: args.request_expiry,
+        max_queued: args.max_queued,
+        ..base
+    };
+    let queue = Queue::bind(&args.frontend, &args.backend, config)
+        .await
+        .context("queue cannot start")?;
+    let stats = queue.run(shutdown_signal()).await?;
+    tracing::info!(?stats, "queue stopped");
     Ok(())
 }
 

@@ -198,18 +198,22 @@ impl PirateQueue {
 
     /// A message from the frontend: `[client identity, (empty,) body...]`.
     pub fn handle_frontend(&mut self, now: Instant, frames: &[Bytes]) -> Result<(), DecodeError> {
-        let checked = self.config.limits.check(frames).and_then(|()| match frames {
-            [] => Err(DecodeError::Empty),
-            [_] => Err(DecodeError::MissingIdentity),
-            [client, first, body @ ..] if first.is_empty() => {
-                if body.is_empty() {
-                    Err(DecodeError::MissingBody)
-                } else {
-                    Ok((client.clone(), true, body.to_vec()))
+        let checked = self
+            .config
+            .limits
+            .check(frames)
+            .and_then(|()| match frames {
+                [] => Err(DecodeError::Empty),
+                [_] => Err(DecodeError::MissingIdentity),
+                [client, first, body @ ..] if first.is_empty() => {
+                    if body.is_empty() {
+                        Err(DecodeError::MissingBody)
+                    } else {
+                        Ok((client.clone(), true, body.to_vec()))
+                    }
                 }
-            }
-            [client, body @ ..] => Ok((client.clone(), false, body.to_vec())),
-        });
+                [client, body @ ..] => Ok((client.clone(), false, body.to_vec())),
+            });
         let (client, delimited, body) = match checked {
             Ok(parts) => parts,
             Err(error) => {
@@ -373,7 +377,11 @@ impl PirateQueue {
                 h.on_send(now);
                 self.transmits.push_back(QueueTransmit {
                     side: Side::Backend,
-                    frames: worker_frames(identity, worker.req_socket, PppMessage::Heartbeat.encode()),
+                    frames: worker_frames(
+                        identity,
+                        worker.req_socket,
+                        PppMessage::Heartbeat.encode(),
+                    ),
                 });
             }
         }

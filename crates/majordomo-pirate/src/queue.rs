@@ -1,0 +1,149 @@
+//! The tokio driver of the Pirate queue: one task owns the state and both ROUTER sockets.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
+use majordomo_proto::Hex;
+use tracing::{debug, info, warn, Instrument};
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// Why a queue could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// Binding an endpoint failed.
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What zmq.rs reported.
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    /// The configuration is unusable (the message says which setting).
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+}
+
+/// A Simple or Paranoid Pirate queue with its frontend (clients) and backend (workers) bound.
+pub struct Queue {
+    core: PirateQueue,
+    frontend: RouterSocket,
+    backend: RouterSocket,
+    endpoints: (String, String),
+    send_timeout: Duration,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(endpoint: &str) -> Result<(RouterSocket, String), QueueError> {
+    let mut socket = RouterSocket::new();
+    let bound = socket
+        .bind(endpoint)
+        .await
+        .map_err(|source| QueueError::Bind {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+    Ok((socket, bound.to_string()))
+}
+
+impl Queue {
+    /// Binds the client-facing `frontend` and the worker-facing `backend` endpoints.
+    pub async fn bind(
+        frontend: &str,
+        backend: &str,
+        config: QueueConfig,
+    ) -> Result<Self, QueueError> {
+        if let Some(hb) = config.heartbeat {
+            if hb.interval.is_zero() || hb.liveness == 0 {
+                return Err(QueueError::Config(
+                    "heartbeat interval and liveness must be positive",
+                ));
+            }
+        }
+        let (frontend, front_ep) = bind(frontend).await?;
+        let (backend, back_ep) = bind(backend).await?;
+        Ok(Self {
+            core: PirateQueue::new(Instant::now(), config),
+            frontend,
+            backend,
+            endpoints: (front_ep, back_ep),
+            send_timeout: Duration::from_millis(100),
+        })
+    }
+
+    /// The bound frontend endpoint, with an ephemeral port resolved.
+    pub fn frontend(&self) -> &str {
+        &self.endpoints.0
+    }
+
+    /// The bound backend endpoint, with an ephemeral port resolved.
+    pub fn backend(&self) -> &str {
+        &self.endpoints.1
+    }
+
+    /// Serves until `shutdown` completes; returns the final counters.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<QueueStats, QueueError> {
+        info!(frontend = %self.endpoints.0, backend = %self.endpoints.1, "queue bound");
+        let span = tracing::info_span!("queue");
+        async move {
+            tokio::pin!(shutdown);
+            loop {
+                let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
+                    msg = self.backend.recv() => match msg {
+                        Ok(msg) => { let _ = self.core.handle_backend(Instant::now(), &msg.into_vec()); }
+                        Err(error) => debug!(%error, "backend receive failed"),
+                    },
+                    msg = self.frontend.recv() => match msg {
+                        Ok(msg) => { let _ = self.core.handle_frontend(Instant::now(), &msg.into_vec()); }
+                        Err(error) => debug!(%error, "frontend receive failed"),
+                    },
+                    // A timer: dropping it unfired loses nothing.
+                    () = tokio::time::sleep_until(deadline) => self.core.handle_timeout(Instant::now()),
+                }
+                self.flush().await;
+            }
+            Ok(self.core.stats())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends what the core queued; a send that cannot finish within the send timeout is dropped
+    /// and the worker reported gone, so one stuck peer never stalls the queue.
+    async fn flush(&mut self) {
+        while let Some(QueueTransmit { side, frames }) = self.core.poll_transmit() {
+            let identity: Bytes = frames[0].clone();
+            let socket = match side {
+                Side::Frontend => &mut self.frontend,
+                Side::Backend => &mut self.backend,
+            };
+            let msg = ZmqMessage::try_from(frames).expect("transmits have frames");
+            let ok = matches!(
+                tokio::time::timeout(self.send_timeout, socket.send(msg)).await,
+                Ok(Ok(()))
+            );
+            if !ok {
+                warn!(peer = %Hex(&identity), ?side, "send failed, peer gone or stuck");
+                self.core
+                    .handle_undeliverable(Instant::now(), side, &identity);
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The Pirate queue state machine under simulated time.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use majordomo_proto::heartbeat::HeartbeatConfig;
+use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueTransmit, Side};
+
+const HB: Duration = Duration::from_millis(100);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn f(parts: &[&str]) -> Vec<Bytes> {
+    parts.iter().map(|p| b(p)).collect()
+}
+
+struct Sim {
+    q: PirateQueue,
+    now: Instant,
+}
+
+impl Sim {
+    fn paranoid() -> Self {
+        Self::with(QueueConfig {
+            heartbeat: Some(HeartbeatConfig {
+                interval: HB,
+                liveness: 3,
+            }),
+            ..QueueConfig::paranoid()
+        })
+    }
+
+    fn with(config: QueueConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            q: PirateQueue::new(now, config),
+            now,
+        }
+    }
+
+    fn ready(&mut self, w: &str) {
+        self.q
+            .handle_backend(self.now, &[b(w), Bytes::from_static(&[1])])
+            .unwrap();
+    }
+
+    fn heartbeat(&mut self, w: &str) {
+        self.q
+            .handle_backend(self.now, &[b(w), Bytes::from_static(&[2])])
+            .unwrap();
+    }
+
+    fn request(&mut self, client: &str, body: &str) {
+        self.q
+            .handle_frontend(self.now, &f(&[client, "", body]))
+            .unwrap();
+    }
+
+    fn reply(&mut self, w: &str, client: &str, body: &str) {
+        self.q
+            .handle_backend(self.now, &f(&[w, client, "", body]))
+            .unwrap();
+    }
+
+    fn drain(&mut self) -> Vec<QueueTransmit> {
+        std::iter::from_fn(|| self.q.poll_transmit()).collect()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<QueueTransmit> {
+        let until = self.now + by;
+        let mut out = self.drain();
+        for _ in 0..10_000 {
+            let next = self.q.poll_timeout();
+            if next > until {
+                break;
+            }
+            self.now = next.max(self.now);
+            self.q.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        self.now = until;
+        out
+    }
+}
+
+fn requests(out: &[QueueTransmit]) -> Vec<(String, String)> {
+    out.iter()
+        .filter(|t| t.side == Side::Backend && t.frames.len() > 2)
+        .map(|t| {
+            let body = t.frames.last().unwrap();
+            (
+                String::from_utf8_lossy(&t.frames[0]).into_owned(),
+                String::from_utf8_lossy(body).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn request_goes_to_worker_and_reply_back_to_client() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.request("c1", "hello");
+    let out = s.drain();
+    assert_eq!(
+        out[0],
+        QueueTransmit {
+            side: Side::Backend,
+            frames: f(&["w1", "c1", "", "hello"])
+        }
+    );
+    s.reply("w1", "c1", "world");
+    assert_eq!(
+        s.drain()[0],
+        QueueTransmit {
+            side: Side::Frontend,
+            frames: f(&["c1", "", "world"])
+        }
+    );
+}
+
+#[test]
+fn workers_are_used_least_recently_first() {
+    let mut s = Sim::paranoid();
+    for w in ["w1", "w2", "w3"] {
+        s.ready(w);
+    }
+    let mut order = Vec::new();
+    for i in 0..6 {
+        s.request("c", &i.to_string());
+        let (w, _) = requests(&s.drain()).pop().unwrap();
+        s.reply(&w, "c", "ok");
+        s.drain();
+        order.push(w);
+    }
+    assert_eq!(order, ["w1", "w2", "w3", "w1", "w2", "w3"]);
+}
+
+#[test]
+fn a_worker_that_comes_back_is_not_counted_twice() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.ready("w1");
+    s.heartbeat("w1");
+    assert_eq!((s.q.stats().workers, s.q.stats().idle_workers), (1, 1));
+    // Busy, then READY again: it starts over, its request goes back to the queue and to it.
+    s.request("c", "job");
+    s.drain();
+    s.ready("w1");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "job".into())]);
+    assert_eq!(s.q.stats().workers, 1);
+    assert_eq!(s.q.stats().requeued, 1);
+}
+
+#[test]
+fn silent_worker_is_expired_and_its_request_goes_to_another() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.request("c", "job");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "job".into())]);
+    s.ready("w2");
+    let mut later = Vec::new();
+    for _ in 0..10 {
+        later.extend(requests(&s.advance(HB / 2)));
+        s.heartbeat("w2");
+    }
+    assert_eq!(later, [("w2".into(), "job".into())]);
+    assert_eq!(s.q.stats().expired_workers, 1);
+    // A late reply from the expired worker goes nowhere.
+    s.reply("w1", "c", "late");
+    assert!(s.drain().iter().all(|t| t.side != Side::Frontend));
+}
+
+#[test]
+fn queue_heartbeats_workers_only_in_paranoid_mode() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    let out = s.advance(HB * 2);
+    assert!(out
+        .iter()
+        .any(|t| t.frames == [b("w1"), Bytes::from_static(&[2])]));
+
+    let mut simple = Sim::with(QueueConfig::simple());
+    simple
+        .q
+        .handle_backend(
+            simple.now,
+            &[b("r1"), Bytes::new(), Bytes::from_static(&[1])],
+        )
+        .unwrap();
+    assert!(simple.advance(Duration::from_secs(30)).is_empty());
+    assert_eq!(
+        simple.q.stats().workers,
+        1,
+        "simple mode never expires workers"
+    );
+}
+
+#[test]
+fn req_workers_get_and_give_an_extra_empty_frame() {
+    let mut s = Sim::with(QueueConfig::simple());
+    s.q.handle_backend(s.now, &[b("r1"), Bytes::new(), Bytes::from_static(&[1])])
+        .unwrap();
+    s.request("c", "x");
+    assert_eq!(s.drain()[0].frames, f(&["r1", "", "c", "", "x"]));
+    s.q.handle_backend(s.now, &f(&["r1", "", "c", "", "y"]))
+        .unwrap();
+    assert_eq!(s.drain()[0].frames, f(&["c", "", "y"]));
+}
+
+#[test]
+fn waiting_requests_expire_and_bounds_hold() {
+    let mut s = Sim::with(QueueConfig {
+        request_expiry: Duration::from_millis(500),
+        max_queued: 2,
+        ..QueueConfig::simple()
+    });
+    s.request("c1", "a");
+    s.request("c2", "b");
+    s.request("c3", "c");
+    assert_eq!(s.q.stats().rejected, 1);
+    s.advance(Duration::from_secs(1));
+    let stats = s.q.stats();
+    assert_eq!((stats.expired, stats.queued), (2, 0));
+}
+
+#[test]
+fn malformed_messages_are_errors_not_panics() {
+    let mut s = Sim::paranoid();
+    assert!(s.q.handle_frontend(s.now, &[]).is_err());
+    assert!(s.q.handle_frontend(s.now, &f(&["c"])).is_err());
+    assert!(s.q.handle_frontend(s.now, &f(&["c", ""])).is_err());
+    assert!(s.q.handle_backend(s.now, &f(&["w"])).is_err());
+    assert!(s.q.handle_backend(s.now, &f(&["w", "a", ""])).is_err());
+    // A reply from a stranger is dropped.
+    s.reply("stranger", "c", "x");
+    assert!(s.drain().is_empty());
+    assert_eq!(s.q.stats().protocol_errors, 6);
+}

@@ -1,0 +1,341 @@
+//! The Pirate ladder over TCP: Lazy Pirate client, Simple and Paranoid Pirate queues and workers,
+//! and interop with libzmq peers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use integration_tests::{frames, PyPeer, RawPeer, PATIENCE};
+use majordomo_pirate::{
+    LazyEvent, LazyPirate, LazyPirateConfig, LazyPirateError, PppWorker, PppWorkerConfig, Queue,
+    QueueConfig, QueueStats,
+};
+use majordomo_proto::heartbeat::HeartbeatConfig;
+use majordomo_worker::handler_fn;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use zeromq::{RepSocket, ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const HB: HeartbeatConfig = HeartbeatConfig {
+    interval: Duration::from_millis(100),
+    liveness: 3,
+};
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn quick(endpoint: &str, retries: u32) -> LazyPirate {
+    LazyPirate::new(
+        endpoint,
+        LazyPirateConfig {
+            timeout: Duration::from_millis(300),
+            retries,
+        },
+    )
+}
+
+/// A REP echo server that answers `count` requests, then closes.
+async fn rep_server(endpoint: &str, count: usize) -> Result<JoinHandle<Result<()>>> {
+    let mut server = RepSocket::new();
+    server.bind(endpoint).await?;
+    Ok(tokio::spawn(async move {
+        for _ in 0..count {
+            let msg = server.recv().await?;
+            server.send(msg).await?;
+        }
+        Ok(())
+    }))
+}
+
+struct RunningQueue {
+    frontend: String,
+    backend: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<QueueStats, majordomo_pirate::QueueError>>,
+}
+
+impl RunningQueue {
+    async fn start(frontend: &str, backend: &str, config: QueueConfig) -> Result<Self> {
+        let queue = Queue::bind(frontend, backend, config).await?;
+        let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(queue.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            frontend,
+            backend,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) -> Result<QueueStats> {
+        let _ = self.stop.send(());
+        Ok(tokio::time::timeout(PATIENCE, self.task).await???)
+    }
+}
+
+fn paranoid() -> QueueConfig {
+    QueueConfig {
+        heartbeat: Some(HB),
+        ..QueueConfig::paranoid()
+    }
+}
+
+fn ppp_worker(
+    endpoint: &str,
+) -> (
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), majordomo_pirate::PppWorkerError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = PppWorker::new(
+        endpoint,
+        PppWorkerConfig {
+            heartbeat: HB,
+            reconnect_initial: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(400),
+            ..PppWorkerConfig::default()
+        },
+    );
+    let task = tokio::spawn(
+        worker.run(handler_fn(|body| async move { Ok(body) }), async {
+            let _ = stopped.await;
+        }),
+    );
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_pirate_recovers_when_the_server_restarts_between_retries() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let server = rep_server(&endpoint, 1).await?;
+    let retries = Arc::new(Mutex::new(0));
+    let seen = retries.clone();
+    let mut client = quick(&endpoint, 10).on_event(move |e| {
+        if let LazyEvent::Retrying { .. } = e {
+            *seen.lock().unwrap() += 1;
+        }
+    });
+    assert_eq!(client.request(frames(&[b"1"])).await?, frames(&[b"1"]));
+    server.await??; // the server "crashes" after one request
+    let call = tokio::spawn(async move { client.request(frames(&[b"2"])).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let server = rep_server(&endpoint, 1).await?;
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, call).await???,
+        frames(&[b"2"])
+    );
+    assert!(*retries.lock().unwrap() >= 1, "the client retried");
+    server.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_pirate_abandons_when_the_server_never_comes_back() -> Result<()> {
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let mut client = quick(&endpoint, 3);
+    match client.request(frames(&[b"hello"])).await {
+        Err(LazyPirateError::ServerOffline { attempts, request }) => {
+            assert_eq!(attempts, 3);
+            assert_eq!(request, frames(&[b"hello"]));
+        }
+        other => panic!("expected ServerOffline, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_pirate_rejects_a_stale_reply() -> Result<()> {
+    // A server that first answers with a stale sequence number, then the right one.
+    let mut router = RouterSocket::new();
+    let endpoint = router.bind("tcp://127.0.0.1:0").await?.to_string();
+    let server = tokio::spawn(async move {
+        let msg = router.recv().await?.into_vec();
+        for body in [&b"6"[..], &b"7"[..]] {
+            let reply = vec![msg[0].clone(), Bytes::new(), Bytes::copy_from_slice(body)];
+            router
+                .send(ZmqMessage::try_from(reply).expect("frames"))
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::Ok(())
+    });
+    let rejected = Arc::new(Mutex::new(Vec::new()));
+    let seen = rejected.clone();
+    let mut client = quick(&endpoint, 1).on_event(move |e| {
+        if let LazyEvent::Rejected(reply) = e {
+            seen.lock().unwrap().push(reply);
+        }
+    });
+    let reply = client
+        .request_with(frames(&[b"7"]), |r| r == frames(&[b"7"]))
+        .await?;
+    assert_eq!(reply, frames(&[b"7"]));
+    assert_eq!(*rejected.lock().unwrap(), [frames(&[b"6"])]);
+    server.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_pirate_queue_with_req_workers() -> Result<()> {
+    let queue = RunningQueue::start(
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:0",
+        QueueConfig::simple(),
+    )
+    .await?;
+    let mut workers = Vec::new();
+    for tag in ["a", "b"] {
+        let backend = queue.backend.clone();
+        workers.push(tokio::spawn(async move {
+            let mut req = ReqSocket::new();
+            req.connect(&backend).await?;
+            req.send(ZmqMessage::from(Bytes::from_static(&[0x01])))
+                .await?;
+            for _ in 0..2 {
+                let mut frames = req.recv().await?.into_vec();
+                let body = frames.pop().expect("body");
+                frames.push(Bytes::from(format!(
+                    "{tag}:{}",
+                    String::from_utf8_lossy(&body)
+                )));
+                req.send(ZmqMessage::try_from(frames).expect("frames"))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut client = LazyPirate::new(queue.frontend.clone(), LazyPirateConfig::default());
+    let mut served_by = Vec::new();
+    for i in 0..4 {
+        let reply = client.request(frames(&[i.to_string().as_bytes()])).await?;
+        let text = String::from_utf8(reply[0].to_vec())?;
+        assert!(text.ends_with(&format!(":{i}")), "{text}");
+        served_by.push(text[..1].to_owned());
+    }
+    served_by.sort();
+    assert_eq!(
+        served_by,
+        ["a", "a", "b", "b"],
+        "both workers served, least recently used first"
+    );
+    for w in workers {
+        w.await??;
+    }
+    queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ppp_worker_survives_queue_restart_on_the_same_port() -> Result<()> {
+    let front = format!("tcp://127.0.0.1:{}", free_port()?);
+    let back = format!("tcp://127.0.0.1:{}", free_port()?);
+    let queue = RunningQueue::start(&front, &back, paranoid()).await?;
+    let (stop, worker) = ppp_worker(&back);
+    let mut client = LazyPirate::new(front.clone(), LazyPirateConfig::default());
+    assert_eq!(
+        client.request(frames(&[b"before"])).await?,
+        frames(&[b"before"])
+    );
+
+    queue.stop().await?;
+    let queue = RunningQueue::start(&front, &back, paranoid()).await?;
+    let mut client = LazyPirate::new(front.clone(), LazyPirateConfig::default());
+    assert_eq!(
+        client.request(frames(&[b"after"])).await?,
+        frames(&[b"after"])
+    );
+
+    let _ = stop.send(());
+    worker.await??;
+    let stats = queue.stop().await?;
+    assert_eq!(stats.workers, 1, "one worker, registered once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_worker_is_expired_and_its_request_served_by_another() -> Result<()> {
+    let queue = RunningQueue::start("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", paranoid()).await?;
+    // A raw PPP worker that takes the request and then goes silent.
+    let mut silent = RawPeer::connect(&queue.backend).await?;
+    silent.send(frames(&[&[0x01]])).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = LazyPirate::new(
+        queue.frontend.clone(),
+        LazyPirateConfig {
+            timeout: PATIENCE,
+            retries: 1,
+        },
+    );
+    let call = tokio::spawn(async move { client.request(frames(&[b"precious"])).await });
+    let got = loop {
+        let msg = silent.recv().await?;
+        if msg != frames(&[&[0x02]]) {
+            break msg;
+        }
+    };
+    assert_eq!(got.last().map(|b| b.as_ref()), Some(&b"precious"[..]));
+    // Now a healthy worker joins; the silent one is expired and its request moves.
+    let (stop, worker) = ppp_worker(&queue.backend);
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, call).await???,
+        frames(&[b"precious"])
+    );
+    let _ = stop.send(());
+    worker.await??;
+    let stats = queue.stop().await?;
+    assert_eq!(
+        (stats.expired_workers, stats.requeued, stats.replies),
+        (1, 1, 1)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_pirate_against_a_libzmq_rep_server() -> Result<()> {
+    let mut server = PyPeer::spawn("rep_server.py", &[])?;
+    let endpoint = server.endpoint().await?;
+    let mut client = LazyPirate::new(endpoint, LazyPirateConfig::default());
+    for i in 0..5 {
+        let body = i.to_string();
+        let reply = client.request(frames(&[body.as_bytes()])).await?;
+        assert_eq!(reply, frames(&[format!("py:{body}").as_bytes()]));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_ppp_worker_against_our_queue() -> Result<()> {
+    let queue = RunningQueue::start("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", paranoid()).await?;
+    let mut worker = PyPeer::spawn(
+        "ppp_worker.py",
+        &[&queue.backend, &HB.interval.as_millis().to_string()],
+    )?;
+    assert_eq!(worker.line().await?, "ready");
+    let mut client = LazyPirate::new(queue.frontend.clone(), LazyPirateConfig::default());
+    for i in 0..5 {
+        let body = format!("req {i}");
+        assert_eq!(
+            client.request(frames(&[body.as_bytes()])).await?,
+            frames(&[format!("py:{body}").as_bytes()])
+        );
+    }
+    // Several heartbeat intervals pass: the libzmq worker heartbeats and stays registered.
+    tokio::time::sleep(HB.expiry() * 3).await;
+    assert_eq!(
+        client.request(frames(&[b"later"])).await?,
+        frames(&[b"py:later"])
+    );
+    let stats = queue.stop().await?;
+    assert_eq!(
+        (stats.workers, stats.expired_workers, stats.protocol_errors),
+        (1, 0, 0)
+    );
+    Ok(())
+}
