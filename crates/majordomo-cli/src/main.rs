@@ -2,6 +2,7 @@
 //!
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
+mod bench;
 mod demo;
 
 use std::process::Stdio;
@@ -39,6 +40,11 @@ enum Command {
     Worker(WorkerArgs),
     /// Broker, workers and clients in one process on loopback, with a throughput summary.
     Demo(demo::DemoArgs),
+    /// Measure the transport's ceiling and the broker's throughput, latency, CPU and memory.
+    Bench(bench::BenchArgs),
+    /// Internal: the raw ROUTER echo server `bench` measures the ceiling against.
+    #[command(hide = true)]
+    BenchEcho(bench::EchoArgs),
     /// Run a Paranoid Pirate queue (6/PPP): heartbeating workers on the backend.
     Ppqueue(QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
@@ -202,17 +208,17 @@ pub(crate) async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The demo prints its own story; its components only speak up about trouble.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    // The demo and the benchmark print their own story; their components only speak up about
+    // trouble.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    init_tracing(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Broker(args) => run_broker(args).await,
         Command::Call(args) => run_call(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::BenchEcho(args) => bench::echo(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
     }
