@@ -233,8 +233,16 @@ impl Broker {
         let span = tracing::info_span!("broker");
         async move {
             tokio::pin!(shutdown);
+            // One timer, moved only when the core's deadline moves: registering a fresh timer on
+            // every message would cost more than routing the message.
+            let timer =
+                tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
+            tokio::pin!(timer);
             loop {
                 let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
                 tokio::select! {
                     biased;
                     // Cancel-safe: a future that has not completed has no effect.
@@ -244,7 +252,7 @@ impl Broker {
                     msg = recv_from(&mut self.clients) => self.on_recv(EndpointRole::Clients, msg),
                     msg = recv_from(&mut self.workers) => self.on_recv(EndpointRole::Workers, msg),
                     // A timer: dropping it unfired loses nothing.
-                    () = tokio::time::sleep_until(deadline) => {
+                    () = &mut timer => {
                         self.core.handle_timeout(Instant::now());
                     }
                 }
@@ -305,7 +313,15 @@ impl Broker {
             };
             let Some(socket) = socket else { continue };
             let msg = ZmqMessage::try_from(frames).expect("transmits have frames");
-            let failed = match tokio::time::timeout(self.send_timeout, socket.send(msg)).await {
+            let send = socket.send(msg);
+            tokio::pin!(send);
+            // Almost every send completes at once (the peer's queue has room); only a send that
+            // has to wait gets a timer.
+            let outcome = match futures::poll!(&mut send) {
+                std::task::Poll::Ready(result) => Ok(result),
+                std::task::Poll::Pending => tokio::time::timeout(self.send_timeout, send).await,
+            };
+            let failed = match outcome {
                 Ok(Ok(())) => false,
                 Ok(Err(error)) => {
                     debug!(peer = %Hex(&identity), %error, "send failed");

@@ -39,6 +39,10 @@ pub(crate) struct BenchArgs {
     /// Body sizes in bytes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "64,4096")]
     sizes: Vec<usize>,
+    /// Runtime threads of the broker and echo server processes (1: single-threaded runtime,
+    /// 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -50,6 +54,9 @@ pub(crate) struct EchoArgs {
     /// Endpoint to bind.
     #[arg(long)]
     bind: String,
+    /// Runtime threads (1: single-threaded runtime, 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
 }
 
 const WARMUP: u8 = 0;
@@ -109,14 +116,18 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 fn free_endpoint() -> Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     Ok(format!("tcp://127.0.0.1:{port}"))
 }
 
 async fn connect(endpoint: &str) -> Result<DealerSocket> {
     for _ in 0..100 {
         let mut socket = DealerSocket::new();
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), socket.connect(endpoint)).await {
+        if let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_millis(200), socket.connect(endpoint)).await
+        {
             return Ok(socket);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,7 +151,14 @@ struct ClientResult {
 }
 
 /// One client: keeps `in_flight` requests outstanding, checks every reply against its request.
-async fn client(endpoint: String, mode: Mode, id: u64, size: usize, in_flight: usize, phase: Arc<AtomicU8>) -> ClientResult {
+async fn client(
+    endpoint: String,
+    mode: Mode,
+    id: u64,
+    size: usize,
+    in_flight: usize,
+    phase: Arc<AtomicU8>,
+) -> ClientResult {
     let mut result = ClientResult::default();
     let mut socket = match connect(&endpoint).await {
         Ok(s) => s,
@@ -150,7 +168,10 @@ async fn client(endpoint: String, mode: Mode, id: u64, size: usize, in_flight: u
         }
     };
     let size = size.max(16);
-    let filler: Bytes = (0..size - 16).map(|i| (i as u8).wrapping_mul(31)).collect::<Vec<u8>>().into();
+    let filler: Bytes = (0..size - 16)
+        .map(|i| (i as u8).wrapping_mul(31))
+        .collect::<Vec<u8>>()
+        .into();
     let make = |seq: u64| -> ZmqMessage {
         let mut body = BytesMut::with_capacity(size);
         body.put_u64(id);
@@ -158,7 +179,12 @@ async fn client(endpoint: String, mode: Mode, id: u64, size: usize, in_flight: u
         body.extend_from_slice(&filler);
         let frames = match mode {
             Mode::Ceiling => vec![Bytes::new(), body.freeze()],
-            Mode::Broker => vec![Bytes::new(), Bytes::from_static(b"MDPC01"), Bytes::from_static(b"echo"), body.freeze()],
+            Mode::Broker => vec![
+                Bytes::new(),
+                Bytes::from_static(b"MDPC01"),
+                Bytes::from_static(b"echo"),
+                body.freeze(),
+            ],
         };
         ZmqMessage::try_from(frames).expect("frames")
     };
@@ -184,27 +210,38 @@ async fn client(endpoint: String, mode: Mode, id: u64, size: usize, in_flight: u
                 break;
             }
             Err(_) => {
-                result.errors.push(format!("client {id}: {} replies lost (none within 5 s)", outstanding.len()));
+                result.errors.push(format!(
+                    "client {id}: {} replies lost (none within 5 s)",
+                    outstanding.len()
+                ));
                 break;
             }
         };
         let ok_header = frames.len() == header + 1
             && frames[0].is_empty()
-            && (mode == Mode::Ceiling || (frames[1].as_ref() == b"MDPC01" && frames[2].as_ref() == b"echo"));
+            && (mode == Mode::Ceiling
+                || (frames[1].as_ref() == b"MDPC01" && frames[2].as_ref() == b"echo"));
         let body = &frames[frames.len() - 1];
         if !ok_header || body.len() != size || body[16..] != filler[..] {
-            result.errors.push(format!("client {id}: malformed reply {:?}", frames.iter().map(|f| f.len()).collect::<Vec<_>>()));
+            result.errors.push(format!(
+                "client {id}: malformed reply {:?}",
+                frames.iter().map(|f| f.len()).collect::<Vec<_>>()
+            ));
             break;
         }
         let from = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
         let seq = u64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
         let Some(sent) = (from == id).then(|| outstanding.remove(&seq)).flatten() else {
-            result.errors.push(format!("client {id}: reply for client {from} seq {seq} it did not expect"));
+            result.errors.push(format!(
+                "client {id}: reply for client {from} seq {seq} it did not expect"
+            ));
             break;
         };
         let current = phase.load(Ordering::Relaxed);
         if current == MEASURE {
-            result.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            result
+                .latencies_us
+                .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
             result.measured += 1;
         }
         if current != DRAIN {
@@ -249,10 +286,25 @@ impl Run {
     }
 }
 
-async fn measure(args: &BenchArgs, mode: Mode, endpoint: &str, server_pid: u32, size: usize) -> Result<Run> {
+async fn measure(
+    args: &BenchArgs,
+    mode: Mode,
+    endpoint: &str,
+    server_pid: u32,
+    size: usize,
+) -> Result<Run> {
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let tasks: Vec<_> = (0..args.clients)
-        .map(|id| tokio::spawn(client(endpoint.to_owned(), mode, id as u64, size, args.in_flight, phase.clone())))
+        .map(|id| {
+            tokio::spawn(client(
+                endpoint.to_owned(),
+                mode,
+                id as u64,
+                size,
+                args.in_flight,
+                phase.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(args.warmup).await;
     let (rss_start, _) = memory_kib(server_pid)?;
@@ -272,13 +324,21 @@ async fn measure(args: &BenchArgs, mode: Mode, endpoint: &str, server_pid: u32, 
         requests += r.measured;
         errors.extend(r.errors);
     }
-    ensure!(errors.is_empty(), "replies lost or mismatched: {}", errors.join("; "));
+    ensure!(
+        errors.is_empty(),
+        "replies lost or mismatched: {}",
+        errors.join("; ")
+    );
     ensure!(!latencies.is_empty(), "no reply during the measured run");
     let (rss_end, peak) = memory_kib(server_pid)?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     Ok(Run {
-        mode: if mode == Mode::Ceiling { "ceiling" } else { "broker" },
+        mode: if mode == Mode::Ceiling {
+            "ceiling"
+        } else {
+            "broker"
+        },
         size,
         requests,
         seconds,
@@ -293,18 +353,22 @@ async fn measure(args: &BenchArgs, mode: Mode, endpoint: &str, server_pid: u32, 
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
-    ensure!(args.clients > 0 && args.workers > 0 && args.in_flight > 0, "clients, workers and in-flight must be positive");
+    ensure!(
+        args.clients > 0 && args.workers > 0 && args.in_flight > 0,
+        "clients, workers and in-flight must be positive"
+    );
     let mut runs = Vec::new();
     for &size in &args.sizes {
         // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
         let echo_ep = free_endpoint()?;
-        let echo = Child::spawn(&["bench-echo", "--bind", &echo_ep])?;
+        let threads = args.server_threads.to_string();
+        let echo = Child::spawn(&["bench-echo", "--bind", &echo_ep, "--threads", &threads])?;
         runs.push(measure(&args, Mode::Ceiling, &echo_ep, echo.pid(), size).await?);
         drop(echo);
 
         // Our broker in its own process, echo workers here.
         let broker_ep = free_endpoint()?;
-        let broker = Child::spawn(&["broker", "--bind", &broker_ep])?;
+        let broker = Child::spawn(&["broker", "--bind", &broker_ep, "--threads", &threads])?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for _ in 0..args.workers {
@@ -317,9 +381,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                     ..WorkerConfig::default()
                 },
             );
-            workers.push(tokio::spawn(worker.run(handler_fn(|body| async move { Ok(body) }), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })));
+            workers.push(tokio::spawn(worker.run(
+                handler_fn(|body| async move { Ok(body) }),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )));
         }
         runs.push(measure(&args, Mode::Broker, &broker_ep, broker.pid(), size).await?);
         let _ = stop.send(true);
@@ -334,7 +401,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
 
 fn report(args: &BenchArgs, runs: &[Run]) {
     let ratio = |size: usize| {
-        let find = |mode| runs.iter().find(|r| r.mode == mode && r.size == size).map(Run::rate);
+        let find = |mode| {
+            runs.iter()
+                .find(|r| r.mode == mode && r.size == size)
+                .map(Run::rate)
+        };
         match (find("broker"), find("ceiling")) {
             (Some(b), Some(c)) if c > 0.0 => b / c,
             _ => 0.0,
@@ -342,7 +413,11 @@ fn report(args: &BenchArgs, runs: &[Run]) {
     };
     if args.json {
         let items: Vec<String> = runs.iter().map(Run::json).collect();
-        let ratios: Vec<String> = args.sizes.iter().map(|s| format!("\"{s}\":{:.3}", ratio(*s))).collect();
+        let ratios: Vec<String> = args
+            .sizes
+            .iter()
+            .map(|s| format!("\"{s}\":{:.3}", ratio(*s)))
+            .collect();
         println!(
             "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"runs\":[{}],\"broker_over_ceiling\":{{{}}}}}",
             args.clients,
@@ -354,10 +429,20 @@ fn report(args: &BenchArgs, runs: &[Run]) {
         return;
     }
     println!(
-        "{} clients x {} in flight, {} echo workers, {:?} measured after {:?} warm-up; every reply checked",
-        args.clients, args.in_flight, args.workers, args.duration, args.warmup
+        "{} clients x {} in flight, {} echo workers, {:?} measured after {:?} warm-up, server runtime threads {}; every reply checked",
+        args.clients, args.in_flight, args.workers, args.duration, args.warmup, args.server_threads
     );
-    println!("{:<8} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}", "run", "bytes", "req/s", "p50 ms", "p99 ms", "max ms", "cpu s/100k", "server rss KiB (peak)");
+    println!(
+        "{:<8} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
+        "run",
+        "bytes",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu s/100k",
+        "server rss KiB (peak)"
+    );
     for r in runs {
         println!(
             "{:<8} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({})",

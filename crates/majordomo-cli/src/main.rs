@@ -71,6 +71,9 @@ struct QueueArgs {
     /// Most requests waiting for a worker; more are dropped and logged.
     #[arg(long, default_value_t = 10_000)]
     max_queued: usize,
+    /// Runtime threads: 1 (the default) for a single-threaded runtime, 0 for one per core.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -106,6 +109,10 @@ struct BrokerArgs {
     /// How many workers one request may be given to before it is dropped.
     #[arg(long, default_value_t = 3)]
     max_deliveries: u32,
+    /// Runtime threads: 1 runs the broker on a single-threaded runtime (the default; the broker
+    /// is one task), 0 uses one thread per core.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(Args, Clone)]
@@ -205,9 +212,31 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The broker and the queues are one task that owns its state: a single-threaded runtime
+    // serves them without cross-thread wake-ups. Everything else gets a multi-threaded one.
+    let threads = match &cli.command {
+        Command::Broker(args) => args.threads,
+        Command::Ppqueue(args) | Command::Spqueue(args) => args.threads,
+        Command::BenchEcho(args) => args.threads,
+        _ => 0,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder.enable_all().build()?
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
     let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));

@@ -2,7 +2,10 @@
 //!
 //! A [`Worker`] connects to a broker, registers one service with READY, and hands each REQUEST to
 //! a [`Handler`], one request at a time per logical worker. Heartbeats flow both ways while the
-//! handler runs (it runs on its own task), so a long request does not look like a dead worker.
+//! handler's future runs (it is polled next to the socket and the heartbeat timer), so a long
+//! request does not look like a dead worker. A handler that computes for a long time without
+//! awaiting should move that work to `tokio::task::spawn_blocking`, or it holds up its worker's
+//! heartbeats like any code that blocks an async task.
 //! When the broker is silent for `liveness` intervals, or sends DISCONNECT, the worker closes its
 //! socket, waits (1 s doubling to 32 s by default, reset once the broker answers), opens a new
 //! socket and sends READY again: zmq.rs does not reconnect a DEALER socket by itself, and 7/MDP
@@ -24,15 +27,17 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use majordomo_proto::heartbeat::{Backoff, Heartbeat, HeartbeatAction, HeartbeatConfig};
 use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
 use majordomo_proto::{Hex, Limits};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -196,8 +201,10 @@ impl Worker {
     }
 }
 
-/// A request being handled on its own task, so heartbeats keep flowing meanwhile.
-type Job = JoinHandle<Result<Vec<Bytes>, BoxError>>;
+/// A request being handled. It is polled inside the session's `select!`, next to the socket and
+/// the heartbeat timer, so heartbeats keep flowing while it runs without the cost of a task per
+/// request; a panic is caught and reported like an error.
+type Job = Pin<Box<dyn Future<Output = std::thread::Result<Result<Vec<Bytes>, BoxError>>> + Send>>;
 
 struct Session<H> {
     endpoint: String,
@@ -316,7 +323,8 @@ impl<H: Handler> Session<H> {
                                 continue;
                             }
                             let handler = self.handler.clone();
-                            job = Some((client, tokio::spawn(async move { handler.handle(body).await })));
+                            let work = AssertUnwindSafe(async move { handler.handle(body).await });
+                            job = Some((client, Box::pin(work.catch_unwind())));
                         }
                         Ok(BrokerMessage::Heartbeat) => {}
                         Ok(BrokerMessage::Disconnect) => {
@@ -326,9 +334,9 @@ impl<H: Handler> Session<H> {
                         Err(error) => warn!(%error, "invalid message from broker dropped"),
                     }
                 }
-                // The JoinHandle is polled by reference, so an unfinished handler survives the
-                // other branches winning.
-                result = async { (&mut job.as_mut().expect("guarded").1).await }, if job.is_some() => {
+                // The job is polled by reference, so an unfinished handler survives the other
+                // branches winning.
+                result = async { job.as_mut().expect("guarded").1.as_mut().await }, if job.is_some() => {
                     let (client, _) = job.take().expect("guarded");
                     match result {
                         Ok(Ok(body)) => {
@@ -343,8 +351,8 @@ impl<H: Handler> Session<H> {
                             warn!(%error, "handler failed; request dropped, re-registering");
                             break SessionEnd::HandlerFailed;
                         }
-                        Err(error) => {
-                            warn!(%error, "handler panicked; request dropped, re-registering");
+                        Err(_) => {
+                            warn!("handler panicked; request dropped, re-registering");
                             break SessionEnd::HandlerFailed;
                         }
                     }
@@ -363,9 +371,8 @@ impl<H: Handler> Session<H> {
                 },
             }
         };
-        if let Some((_, task)) = job {
-            task.abort();
-        }
+        // Dropping an unfinished job cancels the handler.
+        drop(job);
         end
     }
 }
