@@ -202,3 +202,167 @@ impl PyPeer {
         Ok(status.code().unwrap_or(-1))
     }
 }
+
+/// The `majordomo` binary built alongside the tests (`target/<profile>/majordomo`).
+pub fn majordomo_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/majordomo
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let bin = dir.join("majordomo");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(anyhow!(
+            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            bin.display()
+        ))
+    }
+}
+
+/// A `majordomo` process, killed with SIGKILL when dropped.
+pub struct Proc {
+    child: std::process::Child,
+    stderr_path: PathBuf,
+}
+
+impl Proc {
+    /// Starts `majordomo` with `args`, logging at `debug` to a temporary file.
+    pub fn spawn(args: &[&str]) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path =
+            std::env::temp_dir().join(format!("majordomo-test-{}-{n}.log", std::process::id()));
+        let child = std::process::Command::new(majordomo_bin()?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .spawn()
+            .context("spawning majordomo")?;
+        Ok(Self { child, stderr_path })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Whether the process has exited, without waiting.
+    pub fn has_exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
+    }
+
+    /// Waits up to [`PATIENCE`] for the process to exit and returns how it ended.
+    pub async fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        for _ in 0..(PATIENCE.as_millis() / 20) {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow!("process {} did not exit", self.pid()))
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Resident memory in KiB (`VmRSS` from /proc).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("no value")?
+            .parse()?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// A hand-made ZMTP 3.0 peer on a plain TCP stream: it can announce frames it never sends and
+/// never read what it is sent, which no well-behaved socket library does.
+pub struct RawZmtp {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawZmtp {
+    /// Connects to `tcp://host:port` and performs the NULL-mechanism handshake as a DEALER.
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        let addr = endpoint
+            .strip_prefix("tcp://")
+            .context("tcp endpoints only")?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
+        let mut mechanism = b"NULL".to_vec();
+        mechanism.resize(20, 0);
+        greeting.extend(mechanism);
+        greeting.push(0); // as-server
+        greeting.resize(64, 0);
+        stream.write_all(&greeting).await?;
+        let mut body = vec![5];
+        body.extend(b"READY");
+        body.push(11);
+        body.extend(b"Socket-Type");
+        body.extend(6u32.to_be_bytes());
+        body.extend(b"DEALER");
+        let mut command = vec![0x04, body.len() as u8];
+        command.extend(body);
+        stream.write_all(&command).await?;
+        Ok(Self { stream })
+    }
+
+    /// Sends one multipart message of short frames.
+    pub async fn send(&mut self, frames: &[&[u8]]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let more = if i + 1 < frames.len() { 0x01 } else { 0x00 };
+            if frame.len() < 256 {
+                out.push(more);
+                out.push(frame.len() as u8);
+            } else {
+                out.push(more | 0x02);
+                out.extend((frame.len() as u64).to_be_bytes());
+            }
+            out.extend_from_slice(frame);
+        }
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Writes the header of a final frame announcing `size` bytes, and nothing of its body.
+    pub async fn announce_frame(&mut self, size: u64) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = vec![0x02];
+        out.extend(size.to_be_bytes());
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+}

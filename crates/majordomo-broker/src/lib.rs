@@ -19,6 +19,7 @@
 //! - [`BrokerError`]: what can stop a broker from starting.
 #![warn(missing_docs)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -126,7 +127,8 @@ impl BrokerBuilder {
 
     /// How long one send may wait for room in a peer's queue (default 100 ms). zmq.rs queues up to
     /// 100,000 messages per peer and then blocks the sender; a peer that far behind is treated as
-    /// gone rather than stalling every other peer.
+    /// gone rather than stalling every other peer, and messages to it are dropped without waiting
+    /// for the next 5 s.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
         self
@@ -174,6 +176,7 @@ impl BrokerBuilder {
             bound,
             send_timeout: self.send_timeout,
             linger: self.linger,
+            stuck: HashMap::new(),
         })
     }
 }
@@ -187,7 +190,14 @@ pub struct Broker {
     bound: Vec<BoundEndpoint>,
     send_timeout: Duration,
     linger: Duration,
+    /// Peers whose last send waited out the send timeout, and until when further sends to them
+    /// are dropped without waiting: a peer that stopped reading must cost one timeout, not one
+    /// per message.
+    stuck: HashMap<Bytes, Instant>,
 }
+
+/// How long a peer whose send timed out is skipped.
+const STUCK_HOLD: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -312,6 +322,15 @@ impl Broker {
                 Role::Worker => self.workers.as_mut().or(self.shared.as_mut()),
             };
             let Some(socket) = socket else { continue };
+            if let Some(until) = self.stuck.get(&identity) {
+                if *until > Instant::now() {
+                    debug!(peer = %Hex(&identity), "peer not reading, message dropped");
+                    self.core
+                        .handle_undeliverable(Instant::now(), role, &identity);
+                    continue;
+                }
+                self.stuck.remove(&identity);
+            }
             let msg = ZmqMessage::try_from(frames).expect("transmits have frames");
             let send = socket.send(msg);
             tokio::pin!(send);
@@ -328,7 +347,16 @@ impl Broker {
                     true
                 }
                 Err(_) => {
-                    warn!(peer = %Hex(&identity), "peer queue full past the send timeout, dropping message");
+                    warn!(
+                        peer = %Hex(&identity),
+                        hold_s = STUCK_HOLD.as_secs(),
+                        "peer queue full past the send timeout: dropping this and further messages to it"
+                    );
+                    let now = Instant::now();
+                    if self.stuck.len() >= 1024 {
+                        self.stuck.retain(|_, until| *until > now);
+                    }
+                    self.stuck.insert(identity.clone(), now + STUCK_HOLD);
                     true
                 }
             };

@@ -93,6 +93,9 @@ impl Transmit {
 }
 
 /// Counters and gauges, for logs, tests and benchmarks.
+///
+/// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
+/// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerStats {
     /// Registered workers.
@@ -103,6 +106,8 @@ pub struct BrokerStats {
     pub services: usize,
     /// Requests queued, not yet with a worker.
     pub queued: usize,
+    /// Requests with a worker, not yet answered.
+    pub in_flight: usize,
     /// Requests accepted from clients (MMI included).
     pub requests: u64,
     /// Replies sent to clients (MMI included).
@@ -258,6 +263,11 @@ impl BrokerCore {
             idle_workers: self.services.values().map(|s| s.idle.len()).sum(),
             services: self.services.len(),
             queued: self.requests.len(),
+            in_flight: self
+                .workers
+                .values()
+                .filter(|w| w.in_flight.is_some())
+                .count(),
             ..self.stats.clone()
         }
     }

@@ -1,0 +1,486 @@
+//! Fault scenarios against the real `majordomo` binary running as separate processes on
+//! 127.0.0.1: workers and brokers killed, frozen and flooded while clients keep calling.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use integration_tests::{frames, Proc, RawPeer, RawZmtp, PATIENCE};
+use majordomo_client::{Client, ClientConfig};
+
+const HB: &[&str] = &["--heartbeat", "100ms", "--liveness", "3"];
+
+fn free_endpoint() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("tcp://127.0.0.1:{port}"))
+}
+
+fn broker(endpoint: &str, extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["broker", "--bind", endpoint];
+    args.extend_from_slice(HB);
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// A worker process serving `service` with a shell command (request on stdin, reply on stdout).
+fn exec_worker(endpoint: &str, service: &str, script: &str) -> Result<Proc> {
+    let mut args = vec![
+        "worker",
+        "--connect",
+        endpoint,
+        "--reconnect-initial",
+        "100ms",
+        "--reconnect-max",
+        "1s",
+    ];
+    args.extend_from_slice(HB);
+    args.extend_from_slice(&["exec", service, "--", "sh", "-c", script]);
+    Proc::spawn(&args)
+}
+
+fn echo_worker(endpoint: &str) -> Result<Proc> {
+    let mut args = vec![
+        "worker",
+        "--connect",
+        endpoint,
+        "--reconnect-initial",
+        "100ms",
+        "--reconnect-max",
+        "1s",
+    ];
+    args.extend_from_slice(HB);
+    args.push("echo");
+    Proc::spawn(&args)
+}
+
+fn client(endpoint: &str) -> Client {
+    Client::new(
+        endpoint,
+        ClientConfig {
+            timeout: Duration::from_millis(500),
+            retries: 20,
+            ..ClientConfig::default()
+        },
+    )
+}
+
+async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
+    let c = client(endpoint);
+    for _ in 0..250 {
+        if let Ok(status) = c
+            .request("mmi.service", vec![Bytes::from(service.to_owned())])
+            .await
+        {
+            if status[0].as_ref() == b"200" {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{service} never registered")
+}
+
+fn scratch_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("majordomo-faults-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Waits until a handler has left a file in `dir`.
+async fn wait_for_marker(dir: &Path) -> Result<()> {
+    for _ in 0..500 {
+        if std::fs::read_dir(dir)?.next().is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("no handler started")
+}
+
+async fn request_exactly_one_reply(
+    c: &mut RawPeer,
+    service: &[u8],
+    body: &[u8],
+) -> Result<Vec<Bytes>> {
+    c.send(frames(&[b"", b"MDPC01", service, body])).await?;
+    let reply = c.recv().await?;
+    // Long enough for a duplicate to show up if one were coming.
+    anyhow::ensure!(
+        c.recv_within(Duration::from_millis(800)).await?.is_none(),
+        "a second reply arrived"
+    );
+    Ok(reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_request_client_gets_exactly_one_reply() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _broker = broker(&ep, &[])?;
+    let dir = scratch_dir("kill")?;
+    let script = format!("touch {}/started.$$; sleep 0.5; cat", dir.display());
+    let doomed = exec_worker(&ep, "slow", &script)?;
+    wait_for_service(&ep, "slow").await?;
+
+    let mut c = RawPeer::connect(&ep).await?;
+    c.send(frames(&[b"", b"MDPC01", b"slow", b"payload"]))
+        .await?;
+    wait_for_marker(&dir).await?;
+    let _rescuer = exec_worker(&ep, "slow", &script)?;
+    doomed.signal("KILL")?;
+
+    assert_eq!(
+        c.recv().await?,
+        frames(&[b"", b"MDPC01", b"slow", b"payload"])
+    );
+    assert_eq!(
+        c.recv_within(Duration::from_millis(800)).await?,
+        None,
+        "exactly one reply"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_workers_return_and_clients_succeed() -> Result<()> {
+    let ep = free_endpoint()?;
+    let first = broker(&ep, &[])?;
+    let _w1 = echo_worker(&ep)?;
+    let _w2 = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+    let c = client(&ep);
+    assert_eq!(
+        c.request("echo", vec![Bytes::from_static(b"before")])
+            .await?,
+        frames(&[b"before"])
+    );
+
+    first.signal("KILL")?;
+    drop(first);
+    let _second = broker(&ep, &[])?;
+    // Ten callers at once; each must succeed through retries, none may hang.
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            let body = Bytes::from(format!("after {i}"));
+            let reply = c.request("echo", vec![body.clone()]).await?;
+            anyhow::ensure!(reply == [body], "wrong reply");
+            anyhow::Ok(())
+        }));
+    }
+    for call in calls {
+        tokio::time::timeout(PATIENCE * 2, call)
+            .await
+            .context("a client hung")???;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _broker = broker(&ep, &[])?;
+    let dir = scratch_dir("stop")?;
+    // The reply names the worker process that served it ($PPID of the shell).
+    let script = format!(
+        "touch {}/started.$$; sleep 0.3; printf '%s:' $PPID; cat",
+        dir.display()
+    );
+    let frozen = exec_worker(&ep, "job", &script)?;
+    wait_for_service(&ep, "job").await?;
+
+    let mut c = RawPeer::connect(&ep).await?;
+    c.send(frames(&[b"", b"MDPC01", b"job", b"x"])).await?;
+    wait_for_marker(&dir).await?;
+    frozen.signal("STOP")?;
+    let other = exec_worker(&ep, "job", &script)?;
+
+    let reply = c.recv().await?;
+    assert_eq!(
+        reply[3],
+        Bytes::from(format!("{}:x", other.pid())),
+        "served by the live worker"
+    );
+
+    // Resumed, the frozen worker finishes and replies late: that reply must not reach the client.
+    frozen.signal("CONT")?;
+    assert_eq!(
+        c.recv_within(Duration::from_millis(1000)).await?,
+        None,
+        "late reply delivered"
+    );
+
+    // It re-registers: sequential requests reach both workers again.
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let body = format!("r{i}");
+        let reply = request_exactly_one_reply(&mut c, b"job", body.as_bytes()).await?;
+        let text = String::from_utf8(reply[3].to_vec())?;
+        served_by.insert(text.split(':').next().unwrap_or_default().to_owned());
+        if served_by.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        served_by.contains(&frozen.pid().to_string()),
+        "frozen worker never came back: {served_by:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Deterministic junk: truncated commands, wrong headers, bad command bytes, random frames, and
+/// now and then a frame over the broker's size limit. Never a valid READY for `echo`.
+fn junk(seed: &mut u64) -> Vec<Vec<u8>> {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    };
+    let kind = next() % 8;
+    let random_frame =
+        |n: u64| -> Vec<u8> { (0..(n % 40)).map(|i| (n >> (i % 8)) as u8).collect() };
+    match kind {
+        0 => vec![b"".to_vec(), b"MDPC01".to_vec()],
+        1 => vec![
+            b"".to_vec(),
+            b"MDPW01".to_vec(),
+            vec![(next() % 250) as u8 + 6],
+        ],
+        2 => vec![
+            b"".to_vec(),
+            b"MDPX01".to_vec(),
+            b"echo".to_vec(),
+            b"x".to_vec(),
+        ],
+        3 => vec![
+            b"".to_vec(),
+            b"MDPW01".to_vec(),
+            vec![0x03],
+            b"c".to_vec(),
+            b"not-empty".to_vec(),
+            b"x".to_vec(),
+        ],
+        4 => vec![
+            b"".to_vec(),
+            b"MDPC01".to_vec(),
+            vec![b'x'; 300],
+            b"x".to_vec(),
+        ],
+        5 => vec![
+            b"".to_vec(),
+            b"MDPC01".to_vec(),
+            b"echo".to_vec(),
+            vec![7u8; 2 * 1024 * 1024],
+        ],
+        _ => (0..(next() % 6)).map(|_| random_frame(next())).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_floods_lose_no_legitimate_request() -> Result<()> {
+    let ep = free_endpoint()?;
+    let mut broker = broker(&ep, &["--max-message-size", "1048576"])?;
+    let _w1 = echo_worker(&ep)?;
+    let _w2 = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+
+    let mut attackers = Vec::new();
+    for a in 0..4u64 {
+        let ep = ep.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&ep).await?;
+            let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (a + 1);
+            for _ in 0..500 {
+                let msg: Vec<Bytes> = junk(&mut seed).into_iter().map(Bytes::from).collect();
+                if !msg.is_empty() {
+                    peer.send(msg).await?;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut legit = Vec::new();
+    for c in 0..10 {
+        let ep = ep.clone();
+        legit.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&ep).await?;
+            for i in 0..30 {
+                let body = format!("legit {c}/{i}");
+                peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]))
+                    .await?;
+                let reply = peer.recv().await?;
+                anyhow::ensure!(
+                    reply == frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]),
+                    "bad reply {reply:?}"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in legit {
+        tokio::time::timeout(PATIENCE * 3, task)
+            .await
+            .context("legitimate client stuck")???;
+    }
+    for task in attackers {
+        task.await??;
+    }
+    assert!(!broker.has_exited()?, "broker died");
+    let reply = client(&ep)
+        .request("mmi.service", vec![Bytes::from_static(b"echo")])
+        .await?;
+    assert_eq!(reply, frames(&[b"200"]));
+    assert!(
+        broker.log().contains("dropped invalid message"),
+        "invalid traffic is logged"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_leaves_memory_near_baseline() -> Result<()> {
+    let ep = free_endpoint()?;
+    let broker = broker(&ep, &[])?;
+    let _w = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+    let cycle = |n: usize| {
+        let ep = ep.clone();
+        async move {
+            for i in 0..n {
+                let mut peer = RawPeer::connect(&ep).await?;
+                let body = format!("churn {i}");
+                peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]))
+                    .await?;
+                let reply = peer.recv().await?;
+                anyhow::ensure!(reply[3].as_ref() == body.as_bytes(), "bad reply");
+            }
+            anyhow::Ok(())
+        }
+    };
+    // Warm up allocator and tables, then take the baseline.
+    cycle(300).await?;
+    let baseline = broker.rss_kib()?;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(cycle(750)));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = broker.rss_kib()?;
+    println!(
+        "broker RSS: {baseline} KiB after warm-up, {after} KiB after 3000 more client connections"
+    );
+    // zmq.rs keeps ~120-265 bytes per finished ROUTER connection; 3000 cycles stay well under this.
+    assert!(
+        after < baseline + 8 * 1024,
+        "RSS grew from {baseline} to {after} KiB"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()> {
+    let ep = free_endpoint()?;
+    let broker = broker(
+        &ep,
+        &["--max-queued", "2000", "--max-queued-per-service", "1000"],
+    )?;
+    let baseline = broker.rss_kib()?;
+    let mut floods = Vec::new();
+    for f in 0..4 {
+        let ep = ep.clone();
+        floods.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&ep).await?;
+            for i in 0..2500 {
+                let service = format!("nobody{}", (f + i) % 3);
+                peer.send(frames(&[b"", b"MDPC01", service.as_bytes(), &[0u8; 512]]))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for f in floods {
+        f.await??;
+    }
+    // Still answering.
+    let reply = client(&ep)
+        .request("mmi.service", vec![Bytes::from_static(b"nobody0")])
+        .await?;
+    assert_eq!(reply, frames(&[b"404"]));
+    let after = broker.rss_kib()?;
+    println!("broker RSS: {baseline} KiB idle, {after} KiB holding its bounded queues");
+    assert!(
+        after < baseline + 64 * 1024,
+        "RSS grew from {baseline} to {after} KiB"
+    );
+    assert!(
+        broker.log().contains("queue bound reached"),
+        "rejections are logged"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
+    let ep = free_endpoint()?;
+    let broker = broker(&ep, &[])?;
+    let _w = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+    // A client that floods mmi requests and never reads a reply: the broker's replies pile up in
+    // the kernel, then in zmq.rs's 100,000-message queue, then the send timeout gives up on it.
+    let mut sink = RawZmtp::connect(&ep).await?;
+    let flood = tokio::spawn(async move {
+        for _ in 0..400_000 {
+            sink.send(&[b"", b"MDPC01", b"mmi.service", b"echo"])
+                .await?;
+        }
+        // Keep the connection open, unread, while the others are served.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        anyhow::Ok(())
+    });
+    let c = client(&ep);
+    for i in 0..20 {
+        let body = Bytes::from(format!("still served {i}"));
+        assert_eq!(c.request("echo", vec![body.clone()]).await?, [body]);
+    }
+    flood.await??;
+    let c2 = client(&ep);
+    assert_eq!(
+        c2.request("echo", vec![Bytes::from_static(b"after")])
+            .await?,
+        frames(&[b"after"])
+    );
+    assert!(
+        broker
+            .log()
+            .contains("peer queue full past the send timeout"),
+        "the flood never filled the peer's queue, so this test did not test it"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_hazard_huge_frame_announcement_kills_the_process() -> Result<()> {
+    // zmq.rs 0.7 allocates whatever size a frame header announces before reading it. This test
+    // documents the hazard (README, "Limits of the transport"): only the transport can fix it.
+    let ep = free_endpoint()?;
+    let mut broker = broker(&ep, &[])?;
+    wait_for_service(&ep, "nothing").await.ok();
+    let mut peer = RawZmtp::connect(&ep).await?;
+    peer.announce_frame(1 << 40).await?;
+    let status = broker.wait_exit().await?;
+    assert!(
+        !status.success(),
+        "a 1 TiB frame announcement ends the broker process: {status}"
+    );
+    Ok(())
+}
