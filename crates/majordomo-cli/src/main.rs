@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod soak;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -42,6 +43,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure the transport's ceiling and the broker's throughput, latency, CPU and memory.
     Bench(bench::BenchArgs),
+    /// Run broker and workers as processes with random kills for a while; report what was lost.
+    Soak(soak::SoakArgs),
     /// Internal: the raw ROUTER echo server `bench` measures the ceiling against.
     #[command(hide = true)]
     BenchEcho(bench::EchoArgs),
@@ -239,7 +242,10 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(_) | Command::Soak(_)
+    );
     init_tracing(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Broker(args) => run_broker(args).await,
@@ -247,6 +253,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
         Command::BenchEcho(args) => bench::echo(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,

@@ -1,0 +1,259 @@
+//! `majordomo soak`: broker and workers as separate processes, clients in this one, and random
+//! kills, freezes and restarts for a set duration; prints what was sent, answered, retried and
+//! lost, and the broker's peak memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use majordomo_client::{Client, ClientConfig, ClientError};
+
+/// Options of the soak run.
+#[derive(Args)]
+pub(crate) struct SoakArgs {
+    /// How long to run, e.g. 10m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Concurrent client tasks.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Mean time between two faults (a worker killed, frozen or restarted, or the broker killed).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    fault_every: Duration,
+    /// Attempts a client makes for one request before counting it lost.
+    #[arg(long, default_value_t = 10)]
+    attempts: u32,
+}
+
+struct Process {
+    child: std::process::Child,
+}
+
+impl Process {
+    fn spawn(args: &[&str]) -> Result<Self> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting child process")?;
+        Ok(Self { child })
+    }
+
+    fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    fn peak_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    retried: AtomicU64,
+    lost: AtomicU64,
+    wrong: AtomicU64,
+}
+
+/// A small xorshift generator for choosing faults.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}
+
+const HB: [&str; 4] = ["--heartbeat", "250ms", "--liveness", "3"];
+
+fn broker(endpoint: &str) -> Result<Process> {
+    let mut args = vec!["broker", "--bind", endpoint];
+    args.extend(HB);
+    Process::spawn(&args)
+}
+
+fn worker(endpoint: &str) -> Result<Process> {
+    let mut args = vec![
+        "worker",
+        "--connect",
+        endpoint,
+        "--reconnect-initial",
+        "250ms",
+        "--reconnect-max",
+        "2s",
+    ];
+    args.extend(HB);
+    args.push("echo");
+    Process::spawn(&args)
+}
+
+pub(crate) async fn run(args: SoakArgs) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut broker_proc = broker(&endpoint)?;
+    let mut workers: Vec<Process> = (0..args.workers)
+        .map(|_| worker(&endpoint))
+        .collect::<Result<_>>()?;
+    let counters = Arc::new(Counters::default());
+    let deadline = Instant::now() + args.duration;
+    println!(
+        "soak: {} worker processes, {} clients, a fault every ~{:?}, for {:?} on {endpoint}",
+        args.workers, args.clients, args.fault_every, args.duration
+    );
+
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let client = Client::new(
+            endpoint.clone(),
+            ClientConfig {
+                timeout: Duration::from_secs(1),
+                retries: 1,
+                ..ClientConfig::default()
+            },
+        );
+        let counters = counters.clone();
+        let attempts = args.attempts;
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let body = Bytes::from(format!("client {c} request {i}"));
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                let mut outcome = None;
+                for attempt in 0..attempts {
+                    if attempt > 0 {
+                        counters.retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match client.request("echo", vec![body.clone()]).await {
+                        Ok(reply) => {
+                            outcome = Some(reply == [body.clone()]);
+                            break;
+                        }
+                        Err(ClientError::NoReply { .. }) => continue,
+                        Err(_) => {
+                            outcome = Some(false);
+                            break;
+                        }
+                    }
+                }
+                let counter = match outcome {
+                    Some(true) => &counters.answered,
+                    Some(false) => &counters.wrong,
+                    None => &counters.lost,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64
+        | 1;
+    let mut dice = Dice(seed);
+    let mut peak = 0u64;
+    let mut faults = [0u64; 4];
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        let wait = args
+            .fault_every
+            .mul_f64(0.5 + dice.roll(1000) as f64 / 1000.0);
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        peak = peak.max(broker_proc.peak_kib());
+        match dice.roll(10) {
+            0..=4 => {
+                // kill -9 a worker and start a new one.
+                let i = dice.roll(workers.len() as u64) as usize;
+                workers[i].signal("KILL");
+                workers[i] = worker(&endpoint)?;
+                faults[0] += 1;
+            }
+            5..=7 => {
+                // Freeze a worker past its liveness, then let it go.
+                let i = dice.roll(workers.len() as u64) as usize;
+                workers[i].signal("STOP");
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                workers[i].signal("CONT");
+                faults[1] += 1;
+            }
+            8 => {
+                // Restart every worker at once.
+                for w in workers.iter_mut() {
+                    w.signal("KILL");
+                    *w = worker(&endpoint)?;
+                }
+                faults[2] += 1;
+            }
+            _ => {
+                // kill -9 the broker and restart it on the same port.
+                broker_proc.signal("KILL");
+                drop(broker_proc);
+                broker_proc = broker(&endpoint)?;
+                faults[3] += 1;
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            last_report = Instant::now();
+            report(&counters, peak, &faults, "progress");
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    peak = peak.max(broker_proc.peak_kib());
+    report(&counters, peak, &faults, "final");
+    let lost = counters.lost.load(Ordering::Relaxed) + counters.wrong.load(Ordering::Relaxed);
+    anyhow::ensure!(lost == 0, "{lost} requests lost or answered wrongly");
+    Ok(())
+}
+
+fn report(c: &Counters, peak_kib: u64, faults: &[u64; 4], label: &str) {
+    println!(
+        "{label}: sent {} answered {} retried {} lost {} wrong {} | faults: {} worker kills, {} freezes, {} all-worker restarts, {} broker kills | broker peak RSS {} KiB",
+        c.sent.load(Ordering::Relaxed),
+        c.answered.load(Ordering::Relaxed),
+        c.retried.load(Ordering::Relaxed),
+        c.lost.load(Ordering::Relaxed),
+        c.wrong.load(Ordering::Relaxed),
+        faults[0],
+        faults[1],
+        faults[2],
+        faults[3],
+        peak_kib
+    );
+}
