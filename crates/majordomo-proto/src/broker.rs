@@ -350,7 +350,6 @@ impl BrokerCore {
         trace!(client = %Hex(identity), service = %Hex(&request.service), "request");
         let service = request.service.clone();
         self.enqueue(
-            now,
             Request {
                 client: identity.clone(),
                 service: request.service,
@@ -542,14 +541,14 @@ impl BrokerCore {
                 self.stats.requeued += 1;
                 debug!(client = %Hex(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
                 request.expires_at = now + self.config.request_expiry;
-                self.enqueue(now, request, true);
+                self.enqueue(request, true);
                 self.dispatch(now, &worker.service);
             }
         }
         self.drop_service_if_unused(&worker.service);
     }
 
-    fn enqueue(&mut self, _now: Instant, request: Request, front: bool) {
+    fn enqueue(&mut self, request: Request, front: bool) {
         let id = self.next_id;
         self.next_id += 1;
         self.expiries.push(Reverse((request.expires_at, id)));

@@ -1,0 +1,110 @@
+//! The `majordomo` command as an operator runs it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use integration_tests::{majordomo_bin, Proc};
+use majordomo_client::{Client, ClientConfig};
+
+fn free_endpoint() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("tcp://127.0.0.1:{port}"))
+}
+
+async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
+    let c = Client::new(
+        endpoint,
+        ClientConfig {
+            timeout: Duration::from_millis(300),
+            retries: 1,
+            ..ClientConfig::default()
+        },
+    );
+    for _ in 0..200 {
+        if let Ok(status) = c
+            .request("mmi.service", vec![Bytes::from(service.to_owned())])
+            .await
+        {
+            if status[0].as_ref() == b"200" {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{service} never registered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_reply_frames_one_per_line() -> Result<()> {
+    let ep = free_endpoint()?;
+    let broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&[
+        "worker",
+        "--connect",
+        &ep,
+        "exec",
+        "upper",
+        "--",
+        "tr",
+        "a-z",
+        "A-Z",
+    ])?;
+    wait_for_service(&ep, "upper").await?;
+    let out = Command::new(majordomo_bin()?)
+        .args(["call", "--connect", &ep, "upper", "hello ", "world"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout)?, "HELLO WORLD\n");
+    let log = broker.log();
+    assert!(
+        log.contains(&format!("endpoint={ep}")),
+        "startup line names the endpoint: {log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn call_exits_non_zero_when_no_broker_answers() -> Result<()> {
+    let ep = free_endpoint()?;
+    let out = Command::new(majordomo_bin()?)
+        .args([
+            "call",
+            "--connect",
+            &ep,
+            "--timeout",
+            "200ms",
+            "--retries",
+            "2",
+            "echo",
+            "x",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _first = Proc::spawn(&["broker", "--bind", &ep])?;
+    wait_for_service(&ep, "nothing").await.ok();
+    let out = Command::new(majordomo_bin()?)
+        .args(["broker", "--bind", &ep])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot bind") && stderr.contains(&ep),
+        "{stderr}"
+    );
+    Ok(())
+}
