@@ -24,6 +24,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::mdp::{ClientRequest, WorkerMessage};
 use majordomo_proto::{mdp, Hex};
@@ -196,6 +197,9 @@ pub struct Broker {
     stuck: HashMap<Bytes, Instant>,
 }
 
+/// Most messages handled from one socket before the broker sends what they caused.
+const RECV_BATCH: usize = 64;
+
 /// How long a peer whose send timed out is skipped.
 const STUCK_HOLD: Duration = Duration::from_secs(5);
 
@@ -258,9 +262,9 @@ impl Broker {
                     // Cancel-safe: a future that has not completed has no effect.
                     () = &mut shutdown => break,
                     // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
-                    msg = recv_from(&mut self.shared) => self.on_recv(EndpointRole::Shared, msg),
-                    msg = recv_from(&mut self.clients) => self.on_recv(EndpointRole::Clients, msg),
-                    msg = recv_from(&mut self.workers) => self.on_recv(EndpointRole::Workers, msg),
+                    msg = recv_from(&mut self.shared) => self.on_recv_batch(EndpointRole::Shared, msg),
+                    msg = recv_from(&mut self.clients) => self.on_recv_batch(EndpointRole::Clients, msg),
+                    msg = recv_from(&mut self.workers) => self.on_recv_batch(EndpointRole::Workers, msg),
                     // A timer: dropping it unfired loses nothing.
                     () = &mut timer => {
                         self.core.handle_timeout(Instant::now());
@@ -276,6 +280,26 @@ impl Broker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Handles `msg`, then whatever else that socket already has ready (up to a batch), so that
+    /// the replies and requests they cause leave in batches: zmq.rs writes a peer's queued
+    /// messages with one flush.
+    fn on_recv_batch(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) {
+        self.on_recv(role, msg);
+        for _ in 1..RECV_BATCH {
+            let socket = match role {
+                EndpointRole::Shared => &mut self.shared,
+                EndpointRole::Clients => &mut self.clients,
+                EndpointRole::Workers => &mut self.workers,
+            };
+            // Polled once: a pending receive is dropped, which zmq.rs's recv() allows without
+            // losing a message.
+            match recv_from(socket).now_or_never() {
+                Some(msg) => self.on_recv(role, msg),
+                None => break,
+            }
+        }
     }
 
     fn on_recv(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) {
