@@ -48,16 +48,21 @@ impl RunningBroker {
             .config(config)
             .build()
             .await?;
+        Ok(Self::run(broker))
+    }
+
+    /// Runs an already bound broker; `endpoint` is its first endpoint.
+    pub fn run(broker: Broker) -> Self {
         let endpoint = broker.endpoints()[0].endpoint.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker.run(async {
             let _ = stopped.await;
         }));
-        Ok(Self {
+        Self {
             endpoint,
             stop: Some(stop),
             task,
-        })
+        }
     }
 
     /// A broker on an ephemeral loopback port.
@@ -77,6 +82,49 @@ impl RunningBroker {
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// A loopback endpoint on a port that was free a moment ago, for tests that must restart a
+/// server on the same port.
+pub fn free_endpoint() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("tcp://127.0.0.1:{port}"))
+}
+
+/// Asks `mmi.service` until `service` has a live worker, within a bounded number of tries.
+pub async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
+    let client = majordomo_client::Client::new(
+        endpoint,
+        majordomo_client::ClientConfig {
+            timeout: Duration::from_millis(300),
+            retries: 1,
+            ..majordomo_client::ClientConfig::default()
+        },
+    );
+    for _ in 0..250 {
+        let status = client
+            .request(
+                "mmi.service",
+                vec![Bytes::copy_from_slice(service.as_bytes())],
+            )
+            .await;
+        if matches!(status.as_deref(), Ok([code]) if code.as_ref() == b"200") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(anyhow!("{service} never registered"))
+}
+
+/// A raw 7/MDP worker REPLY: `[empty, "MDPW01", 0x03, client, empty, body...]`.
+pub fn worker_reply(client: Bytes, body: &[&[u8]]) -> Vec<Bytes> {
+    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
+    reply.push(client);
+    reply.push(Bytes::new());
+    reply.extend(body.iter().map(|b| Bytes::copy_from_slice(b)));
+    reply
 }
 
 /// Frames from string slices.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use integration_tests::{frames, test_config, RawPeer, RunningBroker, PATIENCE, TEST_HEARTBEAT};
+use integration_tests::{
+    frames, test_config, worker_reply, RawPeer, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+};
 use majordomo_broker::BrokerConfig;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
@@ -69,14 +71,7 @@ async fn echo_round_trip_with_exact_framing() -> Result<()> {
     let (address, body) = take_request(&mut w).await?;
     assert!(!address.is_empty());
     assert_eq!(body, frames(&[b"part1", b"part2"]));
-    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.extend([
-        address,
-        Bytes::new(),
-        Bytes::from_static(b"r1"),
-        Bytes::from_static(b"r2"),
-    ]);
-    w.send(reply).await?;
+    w.send(worker_reply(address, &[b"r1", b"r2"])).await?;
 
     assert_eq!(
         c.recv().await?,
@@ -193,9 +188,7 @@ async fn busy_worker_that_dies_has_its_request_served_by_another() -> Result<()>
     let mut rescuer = worker(&broker.endpoint, b"job").await?;
     let (address, body) = take_request(&mut rescuer).await?;
     assert_eq!(body, frames(&[b"important"]));
-    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.extend([address, Bytes::new(), Bytes::from_static(b"done")]);
-    rescuer.send(reply).await?;
+    rescuer.send(worker_reply(address, &[b"done"])).await?;
     assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"job", b"done"]));
     // Exactly one reply.
     assert_eq!(c.recv_within(Duration::from_millis(300)).await?, None);
@@ -304,11 +297,8 @@ async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result
     c.send(frames(&[b"", b"MDPC01", b"echo", b"still here"]))
         .await?;
     let (address, body) = take_request(&mut w).await?;
-    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.push(address);
-    reply.push(Bytes::new());
-    reply.extend(body);
-    w.send(reply).await?;
+    assert_eq!(body, frames(&[b"still here"]));
+    w.send(worker_reply(address, &[b"still here"])).await?;
     assert_eq!(
         c.recv().await?,
         frames(&[b"", b"MDPC01", b"echo", b"still here"])
@@ -485,17 +475,12 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
         .await?;
     let client_ep = broker.endpoints()[0].endpoint.clone();
     let worker_ep = broker.endpoints()[1].endpoint.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(broker.run(async {
-        let _ = stopped.await;
-    }));
+    let broker = RunningBroker::run(broker);
     let mut w = worker(&worker_ep, b"split").await?;
     let mut c = client(&client_ep).await?;
     c.send(frames(&[b"", b"MDPC01", b"split", b"x"])).await?;
     let (address, _) = take_request(&mut w).await?;
-    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.extend([address, Bytes::new(), Bytes::from_static(b"y")]);
-    w.send(reply).await?;
+    w.send(worker_reply(address, &[b"y"])).await?;
     assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"split", b"y"]));
     // A worker command on the client endpoint is dropped as invalid.
     let mut misplaced = worker(&client_ep, b"split").await?;
@@ -503,8 +488,7 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
         misplaced.recv_within(Duration::from_millis(300)).await?,
         None
     );
-    let _ = stop.send(());
-    let stats = task.await??;
+    let stats = broker.stop().await?;
     assert_eq!(stats.protocol_errors, 1);
     Ok(())
 }
@@ -521,20 +505,14 @@ async fn binds_tcp_and_ipc_at_once() -> Result<()> {
         .build()
         .await?;
     let tcp = broker.endpoints()[0].endpoint.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(broker.run(async {
-        let _ = stopped.await;
-    }));
+    let broker = RunningBroker::run(broker);
     let mut w = worker(&ipc, b"both").await?;
     let mut c = client(&tcp).await?;
     c.send(frames(&[b"", b"MDPC01", b"both", b"x"])).await?;
     let (address, _) = take_request(&mut w).await?;
-    let mut reply = frames(&[b"", b"MDPW01", &[0x03]]);
-    reply.extend([address, Bytes::new(), Bytes::from_static(b"via ipc")]);
-    w.send(reply).await?;
+    w.send(worker_reply(address, &[b"via ipc"])).await?;
     assert_eq!(c.recv().await?[3].as_ref(), b"via ipc");
-    let _ = stop.send(());
-    task.await??;
+    broker.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,42 +1,9 @@
 //! The `majordomo` command as an operator runs it.
 
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::Result;
-use bytes::Bytes;
-use integration_tests::{majordomo_bin, Proc};
-use majordomo_client::{Client, ClientConfig};
-
-fn free_endpoint() -> Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("tcp://127.0.0.1:{port}"))
-}
-
-async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
-    let c = Client::new(
-        endpoint,
-        ClientConfig {
-            timeout: Duration::from_millis(300),
-            retries: 1,
-            ..ClientConfig::default()
-        },
-    );
-    for _ in 0..200 {
-        if let Ok(status) = c
-            .request("mmi.service", vec![Bytes::from(service.to_owned())])
-            .await
-        {
-            if status[0].as_ref() == b"200" {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{service} never registered")
-}
+use integration_tests::{free_endpoint, majordomo_bin, wait_for_service, Proc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_prints_reply_frames_one_per_line() -> Result<()> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use integration_tests::{frames, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT};
+use integration_tests::{
+    frames, free_endpoint, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+};
 use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
 use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -54,12 +56,6 @@ fn echo() -> impl Handler {
     handler_fn(|body| async move { Ok(body) })
 }
 
-/// A free loopback port: bind, read it, release it.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// Calls until it succeeds, a bounded number of times.
 async fn call_until_ok(client: &Client, service: &str, body: &str) -> Result<Vec<Bytes>> {
     let mut last = None;
@@ -77,7 +73,7 @@ async fn call_until_ok(client: &Client, service: &str, body: &str) -> Result<Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gives_up_cleanly_when_no_broker_runs() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let client = quick_client(&endpoint, 3);
     match client
         .request("echo", vec![Bytes::from_static(b"anyone?")])
@@ -99,7 +95,7 @@ async fn client_gives_up_cleanly_when_no_broker_runs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let client = quick_client(&endpoint, 10);
     let call = tokio::spawn({
         let client = client.clone();
@@ -123,7 +119,7 @@ async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reregisters_after_broker_crash_and_restart_on_same_port() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
     let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
     let client = quick_client(&endpoint, 3);
@@ -148,7 +144,7 @@ async fn worker_reregisters_after_broker_crash_and_restart_on_same_port() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reregisters_after_disconnect() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
     let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
     let client = quick_client(&endpoint, 3);

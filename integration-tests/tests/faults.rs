@@ -6,17 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use integration_tests::{frames, Proc, RawPeer, RawZmtp, PATIENCE};
+use integration_tests::{
+    frames, free_endpoint, wait_for_service, Proc, RawPeer, RawZmtp, PATIENCE,
+};
 use majordomo_client::{Client, ClientConfig};
 
 const HB: &[&str] = &["--heartbeat", "100ms", "--liveness", "3"];
-
-fn free_endpoint() -> Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("tcp://127.0.0.1:{port}"))
-}
 
 fn broker(endpoint: &str, extra: &[&str]) -> Result<Proc> {
     let mut args = vec!["broker", "--bind", endpoint];
@@ -65,22 +60,6 @@ fn client(endpoint: &str) -> Client {
             ..ClientConfig::default()
         },
     )
-}
-
-async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
-    let c = client(endpoint);
-    for _ in 0..250 {
-        if let Ok(status) = c
-            .request("mmi.service", vec![Bytes::from(service.to_owned())])
-            .await
-        {
-            if status[0].as_ref() == b"200" {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{service} never registered")
 }
 
 fn scratch_dir(name: &str) -> Result<PathBuf> {

@@ -3,29 +3,17 @@
 //! broker. `scripts/setup-interop.sh` makes the virtual environment; without it these tests fail
 //! with a message saying so.
 
-use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use integration_tests::{test_config, PyPeer as Py, RunningBroker, TEST_HEARTBEAT};
+use integration_tests::{
+    test_config, wait_for_service, PyPeer as Py, RunningBroker, TEST_HEARTBEAT,
+};
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 
 fn hb_ms() -> String {
     TEST_HEARTBEAT.interval.as_millis().to_string()
-}
-
-async fn wait_for_service(client: &Client, service: &[u8]) -> Result<()> {
-    for _ in 0..200 {
-        let status = client
-            .request("mmi.service", vec![Bytes::copy_from_slice(service)])
-            .await?;
-        if status[0].as_ref() == b"200" {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("service never registered")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,11 +24,7 @@ async fn libzmq_req_client_and_dealer_worker_through_our_broker() -> Result<()> 
         &[&broker.endpoint, "pyecho", &hb_ms()],
     )?;
     assert_eq!(worker.line().await?, "ready");
-    wait_for_service(
-        &Client::new(broker.endpoint.clone(), ClientConfig::default()),
-        b"pyecho",
-    )
-    .await?;
+    wait_for_service(&broker.endpoint, "pyecho").await?;
 
     let mut client = Py::spawn(
         "mdp_req_client.py",
@@ -76,11 +60,7 @@ async fn libzmq_req_client_through_our_broker_to_our_worker() -> Result<()> {
             let _ = stopped.await;
         }),
     );
-    wait_for_service(
-        &Client::new(broker.endpoint.clone(), ClientConfig::default()),
-        b"echo",
-    )
-    .await?;
+    wait_for_service(&broker.endpoint, "echo").await?;
     let mut client = Py::spawn(
         "mdp_req_client.py",
         &[&broker.endpoint, "echo", "hello", "libzmq"],
@@ -122,7 +102,7 @@ async fn our_client_and_worker_against_a_libzmq_broker() -> Result<()> {
         }),
     );
     let client = Client::new(endpoint.clone(), ClientConfig::default());
-    wait_for_service(&client, b"echo").await?;
+    wait_for_service(&endpoint, "echo").await?;
     for i in 0..20 {
         let body = Bytes::from(format!("through libzmq {i}"));
         assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use integration_tests::{frames, PyPeer, RawPeer, PATIENCE};
+use integration_tests::{frames, free_endpoint, PyPeer, RawPeer, PATIENCE};
 use majordomo_pirate::{
     LazyEvent, LazyPirate, LazyPirateConfig, LazyPirateError, PppWorker, PppWorkerConfig, Queue,
     QueueConfig, QueueStats,
@@ -21,12 +21,6 @@ const HB: HeartbeatConfig = HeartbeatConfig {
     interval: Duration::from_millis(100),
     liveness: 3,
 };
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn quick(endpoint: &str, retries: u32) -> LazyPirate {
     LazyPirate::new(
@@ -113,7 +107,7 @@ fn ppp_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_pirate_recovers_when_the_server_restarts_between_retries() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let server = rep_server(&endpoint, 1).await?;
     let retries = Arc::new(Mutex::new(0));
     let seen = retries.clone();
@@ -138,7 +132,7 @@ async fn lazy_pirate_recovers_when_the_server_restarts_between_retries() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_pirate_abandons_when_the_server_never_comes_back() -> Result<()> {
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
+    let endpoint = free_endpoint()?;
     let mut client = quick(&endpoint, 3);
     match client.request(frames(&[b"hello"])).await {
         Err(LazyPirateError::ServerOffline { attempts, request }) => {
@@ -234,8 +228,8 @@ async fn simple_pirate_queue_with_req_workers() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ppp_worker_survives_queue_restart_on_the_same_port() -> Result<()> {
-    let front = format!("tcp://127.0.0.1:{}", free_port()?);
-    let back = format!("tcp://127.0.0.1:{}", free_port()?);
+    let front = free_endpoint()?;
+    let back = free_endpoint()?;
     let queue = RunningQueue::start(&front, &back, paranoid()).await?;
     let (stop, worker) = ppp_worker(&back);
     let mut client = LazyPirate::new(front.clone(), LazyPirateConfig::default());
