@@ -43,12 +43,21 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Binds `endpoint` (use port 0 for an ephemeral port) and runs a broker with `config`.
     pub async fn start_at(endpoint: &str, config: BrokerConfig) -> Result<Self> {
-        let broker = Broker::builder()
-            .bind(endpoint)
-            .config(config)
-            .build()
-            .await?;
-        Ok(Self::run(broker))
+        // A broker just stopped on the same port may hold its listener a moment longer.
+        let mut last = None;
+        for _ in 0..100 {
+            match Broker::builder()
+                .bind(endpoint)
+                .config(config.clone())
+                .build()
+                .await
+            {
+                Ok(broker) => return Ok(Self::run(broker)),
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.expect("tried at least once").into())
     }
 
     /// Runs an already bound broker; `endpoint` is its first endpoint.
@@ -386,9 +395,25 @@ impl RawZmtp {
         Ok(Self { stream })
     }
 
-    /// Sends one multipart message of short frames.
+    /// Sends one multipart message.
     pub async fn send(&mut self, frames: &[&[u8]]) -> Result<()> {
+        self.send_repeated(frames, 1).await
+    }
+
+    /// Sends the same multipart message `count` times, many per write.
+    pub async fn send_repeated(&mut self, frames: &[&[u8]], count: usize) -> Result<()> {
         use tokio::io::AsyncWriteExt;
+        let one = Self::encode(frames);
+        let mut left = count;
+        while left > 0 {
+            let batch = left.min(1024);
+            self.stream.write_all(&one.repeat(batch)).await?;
+            left -= batch;
+        }
+        Ok(())
+    }
+
+    fn encode(frames: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
             let more = if i + 1 < frames.len() { 0x01 } else { 0x00 };
@@ -401,8 +426,7 @@ impl RawZmtp {
             }
             out.extend_from_slice(frame);
         }
-        self.stream.write_all(&out).await?;
-        Ok(())
+        out
     }
 
     /// Writes the header of a final frame announcing `size` bytes, and nothing of its body.

@@ -3,7 +3,6 @@
 //! broker. `scripts/setup-interop.sh` makes the virtual environment; without it these tests fail
 //! with a message saying so.
 
-
 use anyhow::Result;
 use bytes::Bytes;
 use integration_tests::{

@@ -54,7 +54,16 @@ struct RunningQueue {
 
 impl RunningQueue {
     async fn start(frontend: &str, backend: &str, config: QueueConfig) -> Result<Self> {
-        let queue = Queue::bind(frontend, backend, config).await?;
+        // A queue just stopped on the same ports may hold its listeners a moment longer.
+        let mut bound = Queue::bind(frontend, backend, config.clone()).await;
+        for _ in 0..100 {
+            if bound.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            bound = Queue::bind(frontend, backend, config.clone()).await;
+        }
+        let queue = bound?;
         let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(queue.run(async {

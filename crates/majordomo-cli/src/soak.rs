@@ -96,10 +96,19 @@ impl Dice {
 
 const HB: [&str; 4] = ["--heartbeat", "250ms", "--liveness", "3"];
 
-fn broker(endpoint: &str) -> Result<Process> {
+/// Starts a broker on `endpoint`; a restart may find the port still held for a moment, so a
+/// broker that exits at once is started again (a bounded number of times).
+async fn broker(endpoint: &str) -> Result<Process> {
     let mut args = vec!["broker", "--bind", endpoint];
     args.extend(HB);
-    Process::spawn(&args)
+    for _ in 0..50 {
+        let mut process = Process::spawn(&args)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if process.child.try_wait()?.is_none() {
+            return Ok(process);
+        }
+    }
+    anyhow::bail!("broker cannot bind {endpoint}")
 }
 
 fn worker(endpoint: &str) -> Result<Process> {
@@ -122,7 +131,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
         .local_addr()?
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut broker_proc = broker(&endpoint)?;
+    let mut broker_proc = broker(&endpoint).await?;
     let mut workers: Vec<Process> = (0..args.workers)
         .map(|_| worker(&endpoint))
         .collect::<Result<_>>()?;
@@ -223,7 +232,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
                 // kill -9 the broker and restart it on the same port.
                 broker_proc.signal("KILL");
                 drop(broker_proc);
-                broker_proc = broker(&endpoint)?;
+                broker_proc = broker(&endpoint).await?;
                 faults[3] += 1;
             }
         }
