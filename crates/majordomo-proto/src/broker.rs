@@ -19,8 +19,7 @@
 //! - Queues are bounded per service and in total; requests waiting longer than
 //!   [`BrokerConfig::request_expiry`] are dropped.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -227,8 +226,11 @@ pub struct BrokerCore {
     workers: HashMap<Bytes, Worker>,
     /// Queued requests by id; a request with a worker lives in that worker's `in_flight`.
     requests: HashMap<u64, Request>,
-    /// Expiry deadlines of queued requests, soonest first; stale entries are skipped.
-    expiries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Expiry deadlines of queued requests in the order they were queued. Every request expires
+    /// `request_expiry` after it was (re-)queued, so this order is also deadline order. Entries of
+    /// requests that left the queue are dropped from the front as soon as they get there, which
+    /// keeps this about as long as the queues themselves.
+    expiries: VecDeque<(Instant, u64)>,
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
@@ -244,7 +246,7 @@ impl BrokerCore {
             services: HashMap::new(),
             workers: HashMap::new(),
             requests: HashMap::new(),
-            expiries: BinaryHeap::new(),
+            expiries: VecDeque::new(),
             next_id: 0,
             transmits: VecDeque::new(),
             stats: BrokerStats::default(),
@@ -284,8 +286,8 @@ impl BrokerCore {
 
     /// When [`BrokerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        match self.expiries.peek() {
-            Some(Reverse((at, _))) => self.next_tick.min(*at),
+        match self.expiries.front() {
+            Some((at, _)) => self.next_tick.min(*at),
             None => self.next_tick,
         }
     }
@@ -454,11 +456,11 @@ impl BrokerCore {
 
     /// Expires requests and, at each heartbeat interval, heartbeats workers and purges dead ones.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, id))) = self.expiries.peek().copied() {
+        while let Some((at, id)) = self.expiries.front().copied() {
             if at > now {
                 break;
             }
-            self.expiries.pop();
+            self.expiries.pop_front();
             match self.requests.get(&id) {
                 Some(request) if request.expires_at == at => {
                     let request = self.requests.remove(&id).expect("present");
@@ -551,12 +553,22 @@ impl BrokerCore {
     fn enqueue(&mut self, request: Request, front: bool) {
         let id = self.next_id;
         self.next_id += 1;
-        self.expiries.push(Reverse((request.expires_at, id)));
+        self.expiries.push_back((request.expires_at, id));
         self.services
             .entry(request.service.clone())
             .or_default()
             .push(&request.client, id, front);
         self.requests.insert(id, request);
+    }
+
+    /// Drops expiry entries of requests that are no longer queued from the front.
+    fn trim_expiries(&mut self) {
+        while let Some((_, id)) = self.expiries.front() {
+            if self.requests.contains_key(id) {
+                break;
+            }
+            self.expiries.pop_front();
+        }
     }
 
     /// Hands queued requests of `service` to its idle workers, least recently used first.
@@ -585,6 +597,7 @@ impl BrokerCore {
             });
             worker.in_flight = Some(request);
         }
+        self.trim_expiries();
     }
 
     fn purge_dead_workers(&mut self, now: Instant) {

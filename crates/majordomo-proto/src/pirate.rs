@@ -32,7 +32,9 @@ pub struct QueueConfig {
     /// `Some` for a Paranoid Pirate queue (6/PPP reference: 1 s, liveness 3); `None` for a Simple
     /// Pirate queue, whose workers never heartbeat and are never expired.
     pub heartbeat: Option<HeartbeatConfig>,
-    /// How long a request may wait for a worker before it is dropped (default 10 s).
+    /// How long a request may wait for a worker before it is dropped (default 10 s). Checked at
+    /// each heartbeat interval (each second without heartbeats), so a request may wait up to one
+    /// interval longer.
     pub request_expiry: Duration,
     /// Most requests waiting for a worker (default 10,000); more are dropped and logged.
     pub max_queued: usize,
@@ -188,12 +190,10 @@ impl PirateQueue {
         self.transmits.pop_front()
     }
 
-    /// When [`PirateQueue::handle_timeout`] must be called next.
+    /// When [`PirateQueue::handle_timeout`] must be called next: at each heartbeat interval (each
+    /// second without heartbeats), which is also when waiting requests are checked for expiry.
     pub fn poll_timeout(&self) -> Instant {
-        match self.queue.iter().map(|r| r.expires_at).min() {
-            Some(at) => at.min(self.next_tick),
-            None => self.next_tick,
-        }
+        self.next_tick
     }
 
     /// A message from the frontend: `[client identity, (empty,) body...]`.
@@ -346,15 +346,15 @@ impl PirateQueue {
 
     /// Expires requests and, with heartbeats, heartbeats workers and expires silent ones.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
         let before = self.queue.len();
         self.queue.retain(|r| r.expires_at > now);
         let expired = before - self.queue.len();
         if expired > 0 {
             self.stats.expired += expired as u64;
             debug!(expired, "requests expired waiting for a worker");
-        }
-        if now < self.next_tick {
-            return;
         }
         let Some(hb) = self.config.heartbeat else {
             self.next_tick = now + Duration::from_secs(1);

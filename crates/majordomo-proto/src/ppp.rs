@@ -24,6 +24,18 @@ pub struct Envelope {
     pub body: Vec<Bytes>,
 }
 
+impl Envelope {
+    /// Whether encoding must write the empty terminator: after an address, and also without one
+    /// when the body alone would read back differently (it holds an empty frame, which would be
+    /// taken for the terminator, or it is a lone command byte, which would be taken for a
+    /// command).
+    fn needs_terminator(&self) -> bool {
+        !self.address.is_empty()
+            || self.body.iter().any(Bytes::is_empty)
+            || matches!(self.body.as_slice(), [only] if only.as_ref() == [READY] || only.as_ref() == [HEARTBEAT])
+    }
+}
+
 /// One 6/PPP message, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PppMessage {
@@ -59,14 +71,15 @@ impl PppMessage {
         }
     }
 
-    /// Encodes to frames; an envelope with an address gets the empty terminator after it.
+    /// Encodes to frames; an envelope with an address gets the empty terminator after it (and so
+    /// does a body that needs it to read back the same; see [`PppMessage::decode`]).
     pub fn encode(&self) -> Vec<Bytes> {
         match self {
             Self::Ready => vec![Bytes::from_static(&[READY])],
             Self::Heartbeat => vec![Bytes::from_static(&[HEARTBEAT])],
             Self::Payload(env) => {
                 let mut frames = Vec::with_capacity(env.address.len() + 1 + env.body.len());
-                if !env.address.is_empty() {
+                if env.needs_terminator() {
                     frames.extend(env.address.iter().cloned());
                     frames.push(Bytes::new());
                 }

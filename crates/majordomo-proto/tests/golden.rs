@@ -124,6 +124,11 @@ fn ppp_commands_and_envelopes() {
         PppMessage::decode(&f(&[b"client", b""]), &limits),
         Err(DecodeError::MissingBody)
     );
+    // Found by fuzzing: an empty body frame after a bare terminator keeps its terminator.
+    let msg = PppMessage::decode(&f(&[b"", b""]), &limits).unwrap();
+    assert_eq!(msg.encode(), f(&[b"", b""]));
+    let msg = PppMessage::decode(&f(&[b"", &[0x01]]), &limits).unwrap();
+    assert_eq!(msg.encode(), f(&[b"", &[0x01]]));
 }
 
 #[test]
