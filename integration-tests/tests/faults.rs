@@ -373,6 +373,11 @@ async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()>
         &ep,
         &["--max-queued", "2000", "--max-queued-per-service", "1000"],
     )?;
+    // The baseline is taken once the broker answers.
+    let idle = client(&ep)
+        .request("mmi.service", vec![Bytes::from_static(b"nobody0")])
+        .await?;
+    assert_eq!(idle, frames(&[b"404"]));
     let baseline = broker.rss_kib()?;
     let mut floods = Vec::new();
     for f in 0..4 {
