@@ -43,6 +43,9 @@ pub(crate) struct BenchArgs {
     /// 0: one per core).
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
+    /// Runtime threads of this process, where clients and workers run (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,

@@ -224,6 +224,7 @@ fn main() -> Result<()> {
         Command::Broker(args) => args.threads,
         Command::Ppqueue(args) | Command::Spqueue(args) => args.threads,
         Command::BenchEcho(args) => args.threads,
+        Command::Bench(args) => args.threads,
         _ => 0,
     };
     let runtime = if threads == 1 {
@@ -243,11 +244,12 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
-    let quiet = matches!(
-        cli.command,
-        Command::Demo(_) | Command::Bench(_) | Command::Soak(_)
-    );
-    init_tracing(if quiet { "warn" } else { "info" });
+    init_tracing(match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "warn",
+        // Retries are the point of a soak run; its summary counts them.
+        Command::Soak(_) => "error",
+        _ => "info",
+    });
     match cli.command {
         Command::Broker(args) => run_broker(args).await,
         Command::Call(args) => run_call(args).await,
