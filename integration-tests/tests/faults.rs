@@ -424,7 +424,8 @@ async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
     let mut sink = RawZmtp::connect(&ep).await?;
     let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let flood = tokio::spawn(async move {
-        // A million requests: their replies overflow any kernel socket buffer and then zmq.rs's queue.
+        // A million requests: their replies overflow the kernel socket buffers and then zmq.rs's
+        // 100,000-message queue.
         sink.send_repeated(&[b"", b"MDPC01", b"mmi.service", b"echo"], 1_000_000)
             .await?;
         // Keep the connection open, unread, until the test is done.
@@ -432,7 +433,15 @@ async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
         anyhow::Ok(())
     });
     // Legitimate calls keep succeeding until the broker has given up on the flooder, and after.
-    let c = client(&ep);
+    // The broker works through the flood meanwhile, so each call gets a generous budget.
+    let c = Client::new(
+        ep.clone(),
+        ClientConfig {
+            timeout: Duration::from_secs(2),
+            retries: 15,
+            ..ClientConfig::default()
+        },
+    );
     let mut gave_up = false;
     for i in 0..3000 {
         let body = Bytes::from(format!("still served {i}"));

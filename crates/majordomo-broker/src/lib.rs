@@ -271,6 +271,10 @@ impl Broker {
                     }
                 }
                 self.flush().await;
+                // zmq.rs's receive never returns Pending while a peer keeps sending, so without
+                // this the loop could run forever without yielding, and on a single-threaded
+                // runtime the accept loop and the per-peer writer tasks would starve.
+                tokio::task::coop::consume_budget().await;
             }
             info!("shutting down: DISCONNECT to every worker");
             self.core.shutdown();

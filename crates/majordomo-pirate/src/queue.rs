@@ -118,6 +118,9 @@ impl Queue {
                     () = tokio::time::sleep_until(deadline) => self.core.handle_timeout(Instant::now()),
                 }
                 self.flush().await;
+                // Receives never return Pending while a peer keeps sending: give the accept loop
+                // and the writer tasks their turn.
+                tokio::task::coop::consume_budget().await;
             }
             Ok(self.core.stats())
         }

@@ -44,7 +44,9 @@ pub struct BrokerConfig {
     /// service are dropped and logged; the client sees a timeout.
     pub max_queued_per_service: usize,
     /// Most requests queued over all services (default 100,000). Past it, new requests are dropped
-    /// and logged.
+    /// and logged. Both bounds apply to new requests: a request handed back because its worker went
+    /// away was already accepted and is re-queued even at a bound, so a queue can exceed its bound
+    /// by at most the number of workers.
     pub max_queued_total: usize,
     /// How many times one request may be handed to a worker (default 3). A request whose workers
     /// keep dying is dropped after that, so a request that crashes workers cannot cycle forever.

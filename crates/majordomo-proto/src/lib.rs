@@ -13,6 +13,7 @@
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
 //! - [`broker`]: the Majordomo broker state machine.
 //! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
+//! - [`worker`]: one 7/MDP worker connection as a state machine.
 //! - [`Limits`] and [`DecodeError`]: what a decoder accepts, and why it refused.
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod mdp;
 pub mod mmi;
 pub mod pirate;
 pub mod ppp;
+pub mod worker;
 
 use std::fmt;
 

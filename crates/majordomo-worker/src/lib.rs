@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use majordomo_proto::heartbeat::{Backoff, Heartbeat, HeartbeatAction, HeartbeatConfig};
-use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
+use majordomo_proto::heartbeat::{Backoff, HeartbeatConfig};
+use majordomo_proto::worker::{SessionEnd, WorkerEvent, WorkerSession};
 use majordomo_proto::{Hex, Limits};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -129,17 +129,6 @@ pub struct Worker {
     config: WorkerConfig,
 }
 
-/// How one connection ended.
-enum SessionEnd {
-    Shutdown,
-    /// The broker was silent past liveness or the connection failed.
-    Lost,
-    /// The broker sent DISCONNECT.
-    Disconnected,
-    /// The handler failed; the request was dropped.
-    HandlerFailed,
-}
-
 impl Worker {
     /// A worker serving `service` at the broker `endpoint`.
     pub fn new(
@@ -227,27 +216,13 @@ impl<H: Handler> Session<H> {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         while !self.token.is_cancelled() {
             let end = match self.connect().await {
-                Some(mut socket) => {
-                    let end = self.serve(&mut socket, &mut backoff).await;
-                    if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
-                        // "The worker MAY send DISCONNECT at any time."
-                        send(
-                            &mut socket,
-                            WorkerMessage::Disconnect.encode(),
-                            self.config.heartbeat.interval,
-                        )
-                        .await;
-                        // zmq.rs has no linger: give the writer task a moment to flush.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    end
-                }
-                None => SessionEnd::Lost,
+                Some(mut socket) => self.serve(&mut socket, &mut backoff).await,
+                None => SessionEnd::BrokerSilent,
             };
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::HandlerFailed => continue,
-                SessionEnd::Lost | SessionEnd::Disconnected => {
+                SessionEnd::BrokerSilent | SessionEnd::Disconnected => {
                     let delay = backoff.next_delay();
                     info!(
                         delay_ms = delay.as_millis() as u64,
@@ -263,7 +238,7 @@ impl<H: Handler> Session<H> {
         debug!("worker stopped");
     }
 
-    /// Opens a socket, connects within one liveness period and sends READY.
+    /// Opens a socket and connects it within one liveness period.
     async fn connect(&self) -> Option<DealerSocket> {
         let timeout = self.config.heartbeat.expiry();
         let mut options = SocketOptions::default();
@@ -274,105 +249,98 @@ impl<H: Handler> Session<H> {
             result = tokio::time::timeout(timeout, socket.connect(&self.endpoint)) => result,
         };
         match connected {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Some(socket),
             Ok(Err(error)) => {
                 warn!(endpoint = %self.endpoint, %error, "cannot connect to broker");
-                return None;
+                None
             }
             Err(_) => {
                 warn!(endpoint = %self.endpoint, "connect to broker timed out");
-                return None;
+                None
             }
         }
-        let ready = WorkerMessage::Ready {
-            service: self.service.clone(),
-        };
-        if !send(&mut socket, ready.encode(), timeout).await {
-            warn!("cannot send READY");
-            return None;
-        }
-        info!(endpoint = %self.endpoint, "registered with broker");
-        Some(socket)
     }
 
+    /// Runs one session on a connected socket until it ends.
     async fn serve(&self, socket: &mut DealerSocket, backoff: &mut Backoff) -> SessionEnd {
-        let send_timeout = self.config.heartbeat.interval;
-        let mut heartbeat = Heartbeat::new(Instant::now(), self.config.heartbeat);
-        let mut job: Option<(Bytes, Job)> = None;
+        let mut session = WorkerSession::new(
+            Instant::now(),
+            self.service.clone(),
+            self.config.heartbeat,
+            self.config.limits,
+        );
+        let mut job: Option<Job> = None;
+        let mut registered = false;
         let end = loop {
-            let deadline = tokio::time::Instant::from_std(heartbeat.next_deadline());
-            tokio::select! {
+            if !self.flush(socket, &mut session).await {
+                warn!("connection to broker lost while sending");
+                break SessionEnd::BrokerSilent;
+            }
+            if !registered {
+                registered = true;
+                info!(endpoint = %self.endpoint, "registered with broker");
+            }
+            if let Some(end) = session.ended() {
+                break end;
+            }
+            let deadline = tokio::time::Instant::from_std(session.poll_timeout());
+            let event = tokio::select! {
                 // Cancellation and timers are cancel-safe.
-                () = self.token.cancelled() => break SessionEnd::Shutdown,
+                () = self.token.cancelled() => session.shutdown(),
                 // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
-                msg = socket.recv() => {
-                    let frames = match msg {
-                        Ok(msg) => msg.into_vec(),
-                        Err(error) => {
-                            warn!(%error, "connection to broker lost");
-                            break SessionEnd::Lost;
-                        }
-                    };
-                    // "Any received command except DISCONNECT acts as a heartbeat."
-                    heartbeat.on_recv(Instant::now());
-                    backoff.reset();
-                    match BrokerMessage::decode(&frames, &self.config.limits) {
-                        Ok(BrokerMessage::Request { client, body }) => {
-                            if job.is_some() {
-                                warn!(client = %Hex(&client), "broker sent a second request while one is in flight; dropped");
-                                continue;
-                            }
-                            let handler = self.handler.clone();
-                            let work = AssertUnwindSafe(async move { handler.handle(body).await });
-                            job = Some((client, Box::pin(work.catch_unwind())));
-                        }
-                        Ok(BrokerMessage::Heartbeat) => {}
-                        Ok(BrokerMessage::Disconnect) => {
-                            info!("broker sent DISCONNECT");
-                            break SessionEnd::Disconnected;
-                        }
-                        Err(error) => warn!(%error, "invalid message from broker dropped"),
+                msg = socket.recv() => match msg {
+                    Ok(msg) => {
+                        backoff.reset();
+                        session.handle_message(Instant::now(), &msg.into_vec())
                     }
-                }
+                    Err(error) => {
+                        warn!(%error, "connection to broker lost");
+                        break SessionEnd::BrokerSilent;
+                    }
+                },
                 // The job is polled by reference, so an unfinished handler survives the other
                 // branches winning.
-                result = async { job.as_mut().expect("guarded").1.as_mut().await }, if job.is_some() => {
-                    let (client, _) = job.take().expect("guarded");
+                result = async { job.as_mut().expect("guarded").as_mut().await }, if job.is_some() => {
+                    job = None;
                     match result {
                         Ok(Ok(body)) => {
-                            let reply = WorkerMessage::Reply { client, body };
-                            if !send(socket, reply.encode(), send_timeout).await {
-                                warn!("cannot send REPLY");
-                                break SessionEnd::Lost;
-                            }
-                            heartbeat.on_send(Instant::now());
+                            session.handle_reply(Instant::now(), body);
+                            None
                         }
                         Ok(Err(error)) => {
                             warn!(%error, "handler failed; request dropped, re-registering");
-                            break SessionEnd::HandlerFailed;
+                            session.handle_failure()
                         }
                         Err(_) => {
                             warn!("handler panicked; request dropped, re-registering");
-                            break SessionEnd::HandlerFailed;
+                            session.handle_failure()
                         }
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => match heartbeat.poll(Instant::now()) {
-                    HeartbeatAction::PeerDead => {
-                        warn!("broker silent past liveness");
-                        break SessionEnd::Lost;
-                    }
-                    HeartbeatAction::Send => {
-                        if !send(socket, WorkerMessage::Heartbeat.encode(), send_timeout).await {
-                            break SessionEnd::Lost;
-                        }
-                    }
-                    HeartbeatAction::Wait => {}
-                },
+                () = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            };
+            if let Some(WorkerEvent::Request(body)) = event {
+                let handler = self.handler.clone();
+                let work = AssertUnwindSafe(async move { handler.handle(body).await });
+                job = Some(Box::pin(work.catch_unwind()));
             }
         };
         // Dropping an unfinished job cancels the handler.
         drop(job);
+        if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
+            // zmq.rs has no linger: give the writer task a moment to flush the DISCONNECT.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         end
+    }
+
+    /// Sends what the session queued; false if the connection failed.
+    async fn flush(&self, socket: &mut DealerSocket, session: &mut WorkerSession) -> bool {
+        while let Some(frames) = session.poll_transmit() {
+            if !send(socket, frames, self.config.heartbeat.interval).await {
+                return false;
+            }
+        }
+        true
     }
 }

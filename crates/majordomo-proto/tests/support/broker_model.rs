@@ -115,7 +115,12 @@ pub fn run(data: &[u8]) {
             }
         }
         let s = core.stats();
-        assert!(s.queued <= config.max_queued_total, "queue bound broken");
+        // New requests stop at the bound; requests whose worker went away are re-queued past it
+        // (they were accepted), so the queue can exceed it by at most one per worker (6 here).
+        assert!(
+            s.queued <= config.max_queued_total + 6,
+            "queue bound broken: {s:?}"
+        );
         assert_eq!(
             s.requests,
             s.replies + s.queued as u64 + s.in_flight as u64 + s.expired + s.rejected + s.abandoned,
