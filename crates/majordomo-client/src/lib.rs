@@ -22,9 +22,10 @@
 #![warn(missing_docs)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use tracing::{debug, warn};
@@ -125,23 +126,6 @@ async fn connect(endpoint: &str, timeout: Duration) -> Result<DealerSocket, zero
     }
 }
 
-/// Waits for one reply on `socket` and checks it answers `service`.
-async fn recv_reply(
-    socket: &mut DealerSocket,
-    service: &Bytes,
-    limits: &Limits,
-) -> Result<Vec<Bytes>, ClientError> {
-    let frames = socket.recv().await?.into_vec();
-    let reply = ClientReply::decode(&frames, limits)?;
-    if reply.service != service {
-        return Err(ClientError::WrongService {
-            expected: service.clone(),
-            got: reply.service,
-        });
-    }
-    Ok(reply.body)
-}
-
 impl Client {
     /// A client for the broker at `endpoint`. Nothing connects until the first request.
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
@@ -168,61 +152,85 @@ impl Client {
         body: Vec<Bytes>,
     ) -> Result<Vec<Bytes>, ClientError> {
         let config = &self.inner.config;
-        let service = service.into();
-        config
-            .limits
-            .check_service(&service)
-            .map_err(ClientError::InvalidService)?;
-        let frames = ClientRequest::new(service.clone(), body).encode();
-        let attempts = config.retries.max(1);
-        for attempt in 1..=attempts {
-            let pooled = self.inner.pool.lock().expect("pool lock").pop();
-            let mut socket = match pooled {
-                Some(PooledSocket(socket)) => socket,
-                None => match connect(&self.inner.endpoint, config.timeout).await {
-                    Ok(socket) => socket,
-                    Err(error) => {
-                        warn!(endpoint = %self.inner.endpoint, attempt, %error, "no connection to broker");
-                        continue;
-                    }
-                },
+        let mut call = Call::new(
+            Instant::now(),
+            service.into(),
+            body,
+            config.timeout,
+            config.retries,
+            config.limits,
+        )
+        .map_err(ClientError::InvalidService)?;
+        let mut socket = self
+            .inner
+            .pool
+            .lock()
+            .expect("pool lock")
+            .pop()
+            .map(|p| p.0);
+        loop {
+            let deadline = tokio::time::Instant::from_std(call.poll_timeout());
+            // One attempt: connect if needed, send, and wait for a message, all within the
+            // attempt's deadline.
+            let attempt = tokio::time::timeout_at(deadline, async {
+                if socket.is_none() {
+                    socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
+                }
+                let s = socket.as_mut().expect("connected above");
+                let msg =
+                    ZmqMessage::try_from(call.request().to_vec()).expect("request has frames");
+                s.send(msg).await?;
+                Ok::<_, zeromq::ZmqError>(s.recv().await?.into_vec())
+            })
+            .await;
+            let event = match attempt {
+                Ok(Ok(frames)) => call.handle_reply(&frames),
+                Ok(Err(error)) => {
+                    debug!(attempt = call.attempt(), %error, "connection failed");
+                    socket = None;
+                    call.handle_connection_lost(Instant::now())
+                }
+                Err(_) => {
+                    warn!(
+                        service = %Hex(call.service()),
+                        attempt = call.attempt(),
+                        attempts = call.attempts(),
+                        "no reply, retrying on a new connection"
+                    );
+                    // Close the socket: a late reply must not reach the next request.
+                    socket = None;
+                    call.handle_timeout(Instant::now())
+                }
             };
-            let msg = ZmqMessage::try_from(frames.clone()).expect("request has frames");
-            if let Err(error) = socket.send(msg).await {
-                // A pooled socket whose broker went away: drop it and count the attempt.
-                debug!(attempt, %error, "send failed, reconnecting");
-                continue;
-            }
-            match tokio::time::timeout(
-                config.timeout,
-                recv_reply(&mut socket, &service, &config.limits),
-            )
-            .await
-            {
-                Ok(Ok(body)) => {
-                    self.inner
-                        .pool
-                        .lock()
-                        .expect("pool lock")
-                        .push(PooledSocket(socket));
+            match event.expect("a call that is not done answers every input") {
+                CallEvent::Resend { .. } => socket = None,
+                CallEvent::Done(Ok(body)) => {
+                    if let Some(socket) = socket {
+                        self.inner
+                            .pool
+                            .lock()
+                            .expect("pool lock")
+                            .push(PooledSocket(socket));
+                    }
                     return Ok(body);
                 }
-                Ok(Err(ClientError::Transport(error))) => {
-                    debug!(attempt, %error, "connection lost, reconnecting");
+                // A socket that brought a bad reply is dropped: a confused connection is not
+                // reused.
+                CallEvent::Done(Err(CallError::Malformed(error))) => {
+                    return Err(ClientError::Malformed(error))
                 }
-                // The socket is dropped: a confused connection is not reused.
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    warn!(service = %Hex(&service), attempt, attempts, "no reply, retrying on a new connection");
+                CallEvent::Done(Err(CallError::WrongService { expected, got })) => {
+                    return Err(ClientError::WrongService { expected, got })
+                }
+                CallEvent::Done(Err(CallError::NoReply { attempts })) => {
+                    return Err(ClientError::NoReply {
+                        attempts,
+                        service: call.service().clone(),
+                        body: call.body().to_vec(),
+                    })
                 }
             }
         }
-        let body = frames[3..].to_vec();
-        Err(ClientError::NoReply {
-            attempts,
-            service,
-            body,
-        })
     }
 }
 

@@ -12,12 +12,14 @@
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
 //! - [`broker`]: the Majordomo broker state machine.
+//! - [`client`]: one client call with Lazy Pirate retries.
 //! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
 //! - [`worker`]: one 7/MDP worker connection as a state machine.
 //! - [`Limits`] and [`DecodeError`]: what a decoder accepts, and why it refused.
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod client;
 mod error;
 pub mod heartbeat;
 mod limits;
