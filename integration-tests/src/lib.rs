@@ -273,7 +273,7 @@ pub fn majordomo_bin() -> Result<PathBuf> {
         Ok(bin)
     } else {
         Err(anyhow!(
-            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            "{} is missing: run `cargo build --workspace --bins` first (the README's test command does)",
             bin.display()
         ))
     }
