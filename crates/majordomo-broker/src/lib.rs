@@ -252,6 +252,7 @@ impl Broker {
             let timer =
                 tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
             tokio::pin!(timer);
+            let mut busy = false;
             loop {
                 let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
                 if timer.deadline() != deadline {
@@ -262,19 +263,22 @@ impl Broker {
                     // Cancel-safe: a future that has not completed has no effect.
                     () = &mut shutdown => break,
                     // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
-                    msg = recv_from(&mut self.shared) => self.on_recv_batch(EndpointRole::Shared, msg),
-                    msg = recv_from(&mut self.clients) => self.on_recv_batch(EndpointRole::Clients, msg),
-                    msg = recv_from(&mut self.workers) => self.on_recv_batch(EndpointRole::Workers, msg),
+                    msg = recv_from(&mut self.shared) => busy = self.on_recv_batch(EndpointRole::Shared, msg),
+                    msg = recv_from(&mut self.clients) => busy = self.on_recv_batch(EndpointRole::Clients, msg),
+                    msg = recv_from(&mut self.workers) => busy = self.on_recv_batch(EndpointRole::Workers, msg),
                     // A timer: dropping it unfired loses nothing.
                     () = &mut timer => {
                         self.core.handle_timeout(Instant::now());
                     }
                 }
                 self.flush().await;
-                // zmq.rs's receive never returns Pending while a peer keeps sending, so without
-                // this the loop could run forever without yielding, and on a single-threaded
-                // runtime the accept loop and the per-peer writer tasks would starve.
-                tokio::task::coop::consume_budget().await;
+                // zmq.rs's receive never returns Pending while a peer keeps sending, so a full
+                // batch means more is waiting: yield, or on a single-threaded runtime the accept
+                // loop and the per-peer writer tasks would starve under a flood.
+                if busy {
+                    tokio::task::yield_now().await;
+                    busy = false;
+                }
             }
             info!("shutting down: DISCONNECT to every worker");
             self.core.shutdown();
@@ -289,7 +293,8 @@ impl Broker {
     /// Handles `msg`, then whatever else that socket already has ready (up to a batch), so that
     /// the replies and requests they cause leave in batches: zmq.rs writes a peer's queued
     /// messages with one flush.
-    fn on_recv_batch(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) {
+    /// Returns whether the batch was full (more is probably waiting).
+    fn on_recv_batch(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) -> bool {
         self.on_recv(role, msg);
         for _ in 1..RECV_BATCH {
             let socket = match role {
@@ -301,9 +306,10 @@ impl Broker {
             // losing a message.
             match recv_from(socket).now_or_never() {
                 Some(msg) => self.on_recv(role, msg),
-                None => break,
+                None => return false,
             }
         }
+        true
     }
 
     fn on_recv(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) {
