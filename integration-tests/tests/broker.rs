@@ -532,3 +532,60 @@ async fn bind_failure_is_a_clear_error() -> Result<()> {
     first.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_worker_is_purged_under_sustained_load() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let echo = {
+        let mut stopped = stopped.clone();
+        let w = Worker::new(
+            broker.endpoint.clone(),
+            "echo",
+            WorkerConfig {
+                heartbeat: TEST_HEARTBEAT,
+                concurrency: 2,
+                ..WorkerConfig::default()
+            },
+        );
+        tokio::spawn(
+            w.run(handler_fn(|body| async move { Ok(body) }), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+        )
+    };
+    wait_for_status(&broker.endpoint, b"echo", b"200").await?;
+    // Keep the broker busy with a pipeline of requests from several clients.
+    let (stop_load, load_stopped) = tokio::sync::watch::channel(false);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let endpoint = broker.endpoint.clone();
+        let stopped = load_stopped.clone();
+        load.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&endpoint).await?;
+            for _ in 0..10 {
+                peer.send(frames(&[b"", b"MDPC01", b"echo", b"load"]))
+                    .await?;
+            }
+            while !*stopped.borrow() {
+                peer.recv().await?;
+                peer.send(frames(&[b"", b"MDPC01", b"echo", b"load"]))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // A worker that registers and then says nothing must still be purged.
+    let _silent = worker(&broker.endpoint, b"quiet").await?;
+    wait_for_status(&broker.endpoint, b"quiet", b"200").await?;
+    wait_for_status(&broker.endpoint, b"quiet", b"404").await?;
+    let _ = stop_load.send(true);
+    for task in load {
+        task.await??;
+    }
+    let _ = stop.send(true);
+    echo.await??;
+    let stats = broker.stop().await?;
+    assert!(stats.purged >= 1);
+    Ok(())
+}

@@ -271,6 +271,12 @@ impl Broker {
                         self.core.handle_timeout(Instant::now());
                     }
                 }
+                // The select is biased towards the sockets: under steady traffic the timer branch
+                // may never be chosen, so deadlines are also checked here.
+                let now = Instant::now();
+                if now >= self.core.poll_timeout() {
+                    self.core.handle_timeout(now);
+                }
                 self.flush().await;
                 // zmq.rs's receive never returns Pending while a peer keeps sending, so a full
                 // batch means more is waiting: yield, or on a single-threaded runtime the accept

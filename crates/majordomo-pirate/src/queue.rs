@@ -117,6 +117,12 @@ impl Queue {
                     // A timer: dropping it unfired loses nothing.
                     () = tokio::time::sleep_until(deadline) => self.core.handle_timeout(Instant::now()),
                 }
+                // The select is biased towards the sockets: under steady traffic the timer branch
+                // may never be chosen, so the deadline is also checked here.
+                let now = Instant::now();
+                if now >= self.core.poll_timeout() {
+                    self.core.handle_timeout(now);
+                }
                 self.flush().await;
                 // Receives never return Pending while a peer keeps sending: give the accept loop
                 // and the writer tasks their turn.
