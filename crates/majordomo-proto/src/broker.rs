@@ -591,11 +591,7 @@ impl BrokerCore {
             worker.heartbeat.on_send(now);
             self.transmits.push_back(Transmit {
                 role: Role::Worker,
-                frames: BrokerMessage::Request {
-                    client: request.client.clone(),
-                    body: request.body.clone(),
-                }
-                .encode_routed(&identity),
+                frames: BrokerMessage::request_routed(&identity, &request.client, &request.body),
             });
             worker.in_flight = Some(request);
         }

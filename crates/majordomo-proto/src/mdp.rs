@@ -372,6 +372,12 @@ impl BrokerMessage {
         self.encode_inner(Some(identity))
     }
 
+    /// Encodes a REQUEST for the broker's ROUTER socket straight from borrowed parts, without
+    /// building a [`BrokerMessage`] (and its body vector) first: the broker's per-request path.
+    pub fn request_routed(identity: &Bytes, client: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
+        encode_worker_envelope(Some(identity), command::REQUEST, client, body)
+    }
+
     fn encode_inner(&self, prefix: Option<&Bytes>) -> Vec<Bytes> {
         match self {
             Self::Request { client, body } => {

@@ -60,6 +60,10 @@ fn worker_request_and_reply() {
     };
     assert_eq!(msg.encode_routed(&b(b"W1")), request);
     assert_eq!(
+        BrokerMessage::request_routed(&b(b"W1"), &b(b"C1"), &[b(b"body")]),
+        request
+    );
+    assert_eq!(
         BrokerMessage::decode(&request[1..], &Limits::default()),
         Ok(msg)
     );
