@@ -48,6 +48,33 @@ async fn mmi_service(endpoint: &str, service: &[u8]) -> Result<Bytes> {
     Ok(reply[3].clone())
 }
 
+/// Runs `n` echo workers (our worker crate) until the returned sender sends `true`.
+fn echo_workers(
+    endpoint: &str,
+    n: usize,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = (0..n)
+        .map(|_| {
+            let mut rx = stopped.clone();
+            let config = WorkerConfig {
+                heartbeat: TEST_HEARTBEAT,
+                ..WorkerConfig::default()
+            };
+            let worker = Worker::new(endpoint.to_owned(), "echo", config);
+            tokio::spawn(
+                worker.run(handler_fn(|body| async move { Ok(body) }), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }),
+            )
+        })
+        .collect();
+    (stop, workers)
+}
+
 /// Polls `mmi.service` until it answers `want`, within a bounded number of tries.
 async fn wait_for_status(endpoint: &str, service: &[u8], want: &[u8]) -> Result<()> {
     for _ in 0..200 {
@@ -383,25 +410,7 @@ async fn graceful_shutdown_disconnects_workers() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_clients_lose_and_misroute_nothing() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    let stop = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        let mut rx = stop.1.clone();
-        let w = Worker::new(
-            broker.endpoint.clone(),
-            "echo",
-            WorkerConfig {
-                heartbeat: TEST_HEARTBEAT,
-                ..WorkerConfig::default()
-            },
-        );
-        workers.push(tokio::spawn(w.run(
-            handler_fn(|body| async move { Ok(body) }),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )));
-    }
+    let (stop, workers) = echo_workers(&broker.endpoint, 3);
     wait_for_status(&broker.endpoint, b"echo", b"200").await?;
     let mut clients = Vec::new();
     for c in 0..50 {
@@ -424,7 +433,7 @@ async fn fifty_concurrent_clients_lose_and_misroute_nothing() -> Result<()> {
     for c in clients {
         tokio::time::timeout(PATIENCE * 3, c).await???;
     }
-    let _ = stop.0.send(true);
+    let _ = stop.send(true);
     for w in workers {
         w.await??;
     }
@@ -587,5 +596,64 @@ async fn silent_worker_is_purged_under_sustained_load() -> Result<()> {
     echo.await??;
     let stats = broker.stop().await?;
     assert!(stats.purged >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_broker_routes_heartbeats_purges_and_stops() -> Result<()> {
+    let bound = majordomo_broker::Broker::builder()
+        .bind("tcp://127.0.0.1:0")
+        .config(test_config())
+        .busy_poll(Duration::from_millis(2))
+        .build()
+        .await?;
+    let broker = RunningBroker::run(bound);
+    let (stop, workers) = echo_workers(&broker.endpoint, 2);
+    // A worker that never speaks again: the broker's timer must still fire while it polls.
+    let mut silent = worker(&broker.endpoint, b"quiet").await?;
+    wait_for_status(&broker.endpoint, b"echo", b"200").await?;
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let endpoint = broker.endpoint.clone();
+        clients.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&endpoint).await?;
+            for round in 0..25 {
+                let mut expected = std::collections::HashSet::new();
+                for i in 0..4 {
+                    let body = format!("client {c} round {round} request {i}");
+                    peer.send(frames(&[b"", b"MDPC01", b"echo", body.as_bytes()]))
+                        .await?;
+                    expected.insert(body);
+                }
+                for _ in 0..4 {
+                    let reply = peer.recv().await?;
+                    anyhow::ensure!(
+                        reply.len() == 4 && reply[..3] == frames(&[b"", b"MDPC01", b"echo"])[..],
+                        "client {c} got {reply:?}"
+                    );
+                    let body = String::from_utf8(reply[3].to_vec())?;
+                    anyhow::ensure!(expected.remove(&body), "client {c} got unexpected {body}");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in clients {
+        tokio::time::timeout(PATIENCE * 3, c).await???;
+    }
+    assert_eq!(
+        silent.recv().await?,
+        frames(&[b"", b"MDPW01", HEARTBEAT]),
+        "heartbeat while busy polling"
+    );
+    wait_for_status(&broker.endpoint, b"quiet", b"404").await?;
+    let _ = stop.send(true);
+    for w in workers {
+        w.await??;
+    }
+    let stats = tokio::time::timeout(PATIENCE, broker.stop()).await??;
+    assert_eq!(stats.replies, stats.requests);
+    assert!(stats.requests >= 800);
+    assert_eq!(stats.purged, 1);
     Ok(())
 }

@@ -368,3 +368,52 @@ async fn async_client_pipelines_many_requests() -> Result<()> {
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_worker_serves_heartbeats_and_stops() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let config = WorkerConfig {
+        concurrency: 2,
+        busy_poll: Duration::from_millis(2),
+        ..worker_config()
+    };
+    // Some requests leave the handler pending for a while, so the handler is polled from inside
+    // the busy-poll window too.
+    let handler = handler_fn(|body: Vec<Bytes>| async move {
+        if body[0].starts_with(b"slow") {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        Ok(body)
+    });
+    let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, handler);
+    let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
+    call_until_ok(&client, "echo", "warm-up").await?;
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let kind = if i % 3 == 0 { "slow" } else { "fast" };
+                let body = Bytes::from(format!("{kind} task {t} call {i}"));
+                let reply = client.request("echo", vec![body.clone()]).await?;
+                anyhow::ensure!(reply == [body.clone()], "task {t} got {reply:?}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(PATIENCE * 3, task).await???;
+    }
+    // Idle for several liveness periods: the workers sleep past their window and still
+    // heartbeat, so the broker keeps them.
+    tokio::time::sleep(TEST_HEARTBEAT.expiry() * 4).await;
+    assert_eq!(
+        client.request("echo", frames(&[b"still here"])).await?,
+        frames(&[b"still here"])
+    );
+    let _ = stop.send(true);
+    tokio::time::timeout(PATIENCE, worker).await???;
+    let stats = broker.stop().await?;
+    assert_eq!((stats.purged, stats.requeued), (0, 0));
+    Ok(())
+}

@@ -116,6 +116,11 @@ struct BrokerArgs {
     /// is one task), 0 uses one thread per core.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Keep polling the sockets without sleeping for this long after the last message, e.g.
+    /// 200us: lower latency and more requests per second while traffic flows, one core busy
+    /// while it does (0, the default: sleep as soon as nothing is ready).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    busy_poll: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -161,6 +166,10 @@ struct WorkerArgs {
     /// Largest reconnect delay.
     #[arg(long, default_value = "32s", value_parser = humantime::parse_duration, global = true)]
     reconnect_max: Duration,
+    /// Keep polling for the next request without sleeping for this long after the last message,
+    /// e.g. 200us: lower latency, one core busy while requests keep coming (0: sleep at once).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, global = true)]
+    busy_poll: Duration,
     #[command(subcommand)]
     kind: WorkerKind,
 }
@@ -281,7 +290,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
             ..Limits::default()
         },
     };
-    let mut builder = Broker::builder().config(config);
+    let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);
     let mut bind = args.bind;
     if bind.is_empty() && args.bind_clients.is_empty() && args.bind_workers.is_empty() {
         bind.push(DEFAULT_ENDPOINT.to_owned());
@@ -361,6 +370,7 @@ async fn run_worker(args: WorkerArgs) -> Result<()> {
         reconnect_initial: args.reconnect_initial,
         reconnect_max: args.reconnect_max,
         concurrency: args.concurrency,
+        busy_poll: args.busy_poll,
         ..WorkerConfig::default()
     };
     let endpoint = args.connect.connect;

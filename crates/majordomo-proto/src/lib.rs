@@ -4,13 +4,16 @@
 //! Nothing in this crate opens a socket, spawns a task or reads the clock. Messages are decoded
 //! from the frames a ZeroMQ socket delivers (`&[Bytes]`) and encoded back to frames; every
 //! time-dependent rule takes `now` as an argument and reports its next deadline. The tokio crates
-//! of the workspace drive this code over zmq.rs; tests drive it with simulated time.
+//! of the workspace drive this code over zmq.rs; tests drive it with simulated time. The one
+//! exception is [`idle`], a runtime-agnostic helper for those drivers' wait loops, which reads the
+//! clock to bound its polling.
 //!
 //! # Layout
 //! - [`mdp`]: 7/MDP v0.1 client and worker commands.
 //! - [`ppp`]: 6/PPP (Paranoid Pirate) commands and envelopes.
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
+//! - [`idle`]: a busy-poll window before sleeping, for the drivers' loops.
 //! - [`broker`]: the Majordomo broker state machine.
 //! - [`client`]: one client call with Lazy Pirate retries.
 //! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
@@ -22,6 +25,7 @@ pub mod broker;
 pub mod client;
 mod error;
 pub mod heartbeat;
+pub mod idle;
 mod limits;
 pub mod mdp;
 pub mod mmi;

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use majordomo_proto::heartbeat::{Backoff, HeartbeatConfig};
+use majordomo_proto::idle::busy_wait;
 use majordomo_proto::worker::{SessionEnd, WorkerEvent, WorkerSession};
 use majordomo_proto::{Hex, Limits};
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,13 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Size limits applied to requests.
     pub limits: Limits,
+    /// How long each logical worker keeps polling its socket without sleeping after its last
+    /// message (default zero: it sleeps as soon as nothing is ready). A window of 100-200 us
+    /// saves the wake-up that 7/MDP's one request at a time otherwise costs on every request, and
+    /// keeps a core busy while requests keep coming; it pays off when the worker has a core to
+    /// itself (on a runtime shared with other busy tasks it takes their time). See
+    /// [`majordomo_proto::idle`].
+    pub busy_poll: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +113,7 @@ impl Default for WorkerConfig {
             reconnect_max: Duration::from_secs(32),
             concurrency: 1,
             limits: Limits::default(),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -193,7 +202,17 @@ impl Worker {
 /// A request being handled. It is polled inside the session's `select!`, next to the socket and
 /// the heartbeat timer, so heartbeats keep flowing while it runs without the cost of a task per
 /// request; a panic is caught and reported like an error.
-type Job = Pin<Box<dyn Future<Output = std::thread::Result<Result<Vec<Bytes>, BoxError>>> + Send>>;
+/// What a handler's future gives: its result, or the panic it raised.
+type JobOutput = std::thread::Result<Result<Vec<Bytes>, BoxError>>;
+type Job = Pin<Box<dyn Future<Output = JobOutput> + Send>>;
+
+/// What woke a logical worker's loop.
+enum Wake {
+    Cancelled,
+    Message(zeromq::ZmqResult<ZmqMessage>),
+    Job(JobOutput),
+    Timer,
+}
 
 struct Session<H> {
     endpoint: String,
@@ -271,6 +290,11 @@ impl<H: Handler> Session<H> {
         );
         let mut job: Option<Job> = None;
         let mut registered = false;
+        // One timer, moved when the session's deadline moves: a fresh timer per request would be
+        // registered with, and removed from, the runtime's timer wheel on every message.
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(session.poll_timeout()));
+        tokio::pin!(timer);
         let end = loop {
             if !self.flush(socket, &mut session).await {
                 warn!("connection to broker lost while sending");
@@ -284,23 +308,33 @@ impl<H: Handler> Session<H> {
                 break end;
             }
             let deadline = tokio::time::Instant::from_std(session.poll_timeout());
-            let event = tokio::select! {
-                // Cancellation and timers are cancel-safe.
-                () = self.token.cancelled() => session.shutdown(),
-                // zmq.rs recv() is cancel-safe: a message is either returned or stays queued.
-                msg = socket.recv() => match msg {
-                    Ok(msg) => {
-                        backoff.reset();
-                        session.handle_message(Instant::now(), &msg.into_vec())
-                    }
-                    Err(error) => {
-                        warn!(%error, "connection to broker lost");
-                        break SessionEnd::BrokerSilent;
-                    }
-                },
-                // The job is polled by reference, so an unfinished handler survives the other
-                // branches winning.
-                result = async { job.as_mut().expect("guarded").as_mut().await }, if job.is_some() => {
+            if timer.deadline() != deadline || timer.is_elapsed() {
+                timer.as_mut().reset(deadline);
+            }
+            let wait = async {
+                tokio::select! {
+                    // Cancellation and timers are cancel-safe.
+                    () = self.token.cancelled() => Wake::Cancelled,
+                    // zmq.rs recv() is cancel-safe: a message is either returned or stays queued,
+                    // so this select may be polled, and dropped, any number of times.
+                    msg = socket.recv() => Wake::Message(msg),
+                    // The job is polled by reference, so an unfinished handler survives the
+                    // other branches winning.
+                    result = async { job.as_mut().expect("guarded").as_mut().await }, if job.is_some() => Wake::Job(result),
+                    () = &mut timer => Wake::Timer,
+                }
+            };
+            let event = match busy_wait(wait, self.config.busy_poll, tokio::task::yield_now).await {
+                Wake::Cancelled => session.shutdown(),
+                Wake::Message(Ok(msg)) => {
+                    backoff.reset();
+                    session.handle_message(Instant::now(), &msg.into_vec())
+                }
+                Wake::Message(Err(error)) => {
+                    warn!(%error, "connection to broker lost");
+                    break SessionEnd::BrokerSilent;
+                }
+                Wake::Job(result) => {
                     job = None;
                     match result {
                         Ok(Ok(body)) => {
@@ -317,7 +351,7 @@ impl<H: Handler> Session<H> {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now()),
+                Wake::Timer => session.handle_timeout(Instant::now()),
             };
             if let Some(WorkerEvent::Request(body)) = event {
                 let handler = self.handler.clone();
