@@ -75,3 +75,41 @@ async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bench_measures_every_run_and_checks_replies() -> Result<()> {
+    let out = Command::new(majordomo_bin()?)
+        .args([
+            "bench",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--sizes",
+            "64",
+            "--clients",
+            "2",
+            "--in-flight",
+            "4",
+            "--busy-poll",
+            "100us",
+            "--json",
+        ])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mode in ["ceiling", "serial", "broker", "busypoll"] {
+        assert!(
+            stdout.contains(&format!("\"mode\":\"{mode}\"")),
+            "{mode} run missing: {stdout}"
+        );
+    }
+    assert!(stdout.contains("\"broker/64\":"), "{stdout}");
+    // Every run answered something: a run with no reply fails the command instead.
+    assert!(!stdout.contains("\"requests\":0,"), "{stdout}");
+    Ok(())
+}

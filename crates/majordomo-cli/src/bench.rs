@@ -46,6 +46,23 @@ pub(crate) struct BenchArgs {
     /// Runtime threads of this process, where clients and workers run (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
+    /// Also measure the broker started with `--busy-poll` set to this window (0: skip that run).
+    #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
+    busy_poll: Duration,
+    /// Busy-poll window of the echo workers (see `majordomo worker --busy-poll`; 0: they sleep
+    /// as soon as nothing is ready).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    worker_busy_poll: Duration,
+    /// Also measure another 7/MDP broker, already running at this endpoint, under the same load
+    /// (its echo workers are this process's, as for ours).
+    #[arg(long, requires = "external_pid")]
+    external: Option<String>,
+    /// Process id of the `--external` broker, for its CPU time and memory.
+    #[arg(long, requires = "external")]
+    external_pid: Option<u32>,
+    /// Transport: tcp (loopback) or ipc (Unix domain sockets).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "ipc"])]
+    transport: String,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -118,7 +135,17 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-fn free_endpoint() -> Result<String> {
+fn free_endpoint(transport: &str) -> Result<String> {
+    if transport == "ipc" {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "majordomo-bench-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        return Ok(format!("ipc://{}", path.display()));
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -263,6 +290,8 @@ async fn client(
 #[derive(Debug, Clone)]
 struct Run {
     mode: &'static str,
+    clients: usize,
+    in_flight: usize,
     size: usize,
     requests: u64,
     seconds: f64,
@@ -282,29 +311,43 @@ impl Run {
 
     fn json(&self) -> String {
         format!(
-            "{{\"mode\":\"{}\",\"size\":{},\"requests\":{},\"seconds\":{:.3},\"requests_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"server_cpu_s_per_100k\":{:.3},\"server_rss_start_kib\":{},\"server_rss_end_kib\":{},\"server_peak_rss_kib\":{}}}",
-            self.mode, self.size, self.requests, self.seconds, self.rate(), self.p50_us, self.p99_us, self.max_us,
+            "{{\"mode\":\"{}\",\"clients\":{},\"in_flight\":{},\"size\":{},\"requests\":{},\"seconds\":{:.3},\"requests_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"server_cpu_s_per_100k\":{:.3},\"server_rss_start_kib\":{},\"server_rss_end_kib\":{},\"server_peak_rss_kib\":{}}}",
+            self.mode, self.clients, self.in_flight, self.size, self.requests, self.seconds, self.rate(), self.p50_us, self.p99_us, self.max_us,
             self.cpu_s_per_100k, self.rss_start_kib, self.rss_end_kib, self.peak_kib
         )
     }
 }
 
-async fn measure(
-    args: &BenchArgs,
+/// What one measured run drives.
+struct Load<'a> {
+    label: &'static str,
     mode: Mode,
-    endpoint: &str,
+    endpoint: &'a str,
     server_pid: u32,
     size: usize,
-) -> Result<Run> {
+    clients: usize,
+    in_flight: usize,
+}
+
+async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
+    let Load {
+        label,
+        mode,
+        endpoint,
+        server_pid,
+        size,
+        clients,
+        in_flight,
+    } = load;
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let tasks: Vec<_> = (0..args.clients)
+    let tasks: Vec<_> = (0..clients)
         .map(|id| {
             tokio::spawn(client(
                 endpoint.to_owned(),
                 mode,
                 id as u64,
                 size,
-                args.in_flight,
+                in_flight,
                 phase.clone(),
             ))
         })
@@ -337,11 +380,9 @@ async fn measure(
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     Ok(Run {
-        mode: if mode == Mode::Ceiling {
-            "ceiling"
-        } else {
-            "broker"
-        },
+        mode: label,
+        clients,
+        in_flight,
         size,
         requests,
         seconds,
@@ -360,83 +401,171 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         args.clients > 0 && args.workers > 0 && args.in_flight > 0,
         "clients, workers and in-flight must be positive"
     );
+    let threads = args.server_threads.to_string();
     let mut runs = Vec::new();
     for &size in &args.sizes {
         // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
-        let echo_ep = free_endpoint()?;
-        let threads = args.server_threads.to_string();
+        let echo_ep = free_endpoint(&args.transport)?;
         let echo = Child::spawn(&["bench-echo", "--bind", &echo_ep, "--threads", &threads])?;
-        runs.push(measure(&args, Mode::Ceiling, &echo_ep, echo.pid(), size).await?);
+        let load = |label, clients, in_flight| Load {
+            label,
+            mode: Mode::Ceiling,
+            endpoint: &echo_ep,
+            server_pid: echo.pid(),
+            size,
+            clients,
+            in_flight,
+        };
+        runs.push(measure(&args, load("ceiling", args.clients, args.in_flight)).await?);
+        // 7/MDP gives a worker one request at a time, so the broker-to-worker hop carries at
+        // most one message per worker connection: the same echo with that shape.
+        runs.push(measure(&args, load("serial", args.workers, 1)).await?);
         drop(echo);
 
-        // Our broker in its own process, echo workers here.
-        let broker_ep = free_endpoint()?;
-        let broker = Child::spawn(&["broker", "--bind", &broker_ep, "--threads", &threads])?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut workers = Vec::new();
-        for _ in 0..args.workers {
-            let mut stopped = stopped.clone();
-            let worker = Worker::new(
-                broker_ep.clone(),
-                "echo",
-                WorkerConfig {
-                    heartbeat: HeartbeatConfig::default(),
-                    ..WorkerConfig::default()
-                },
-            );
-            workers.push(tokio::spawn(worker.run(
-                handler_fn(|body| async move { Ok(body) }),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            )));
+        let ours = |busy_poll| Target::Ours {
+            threads: &threads,
+            busy_poll,
+        };
+        runs.push(broker_run(&args, "broker", size, ours(Duration::ZERO)).await?);
+        if !args.busy_poll.is_zero() {
+            runs.push(broker_run(&args, "busypoll", size, ours(args.busy_poll)).await?);
         }
-        runs.push(measure(&args, Mode::Broker, &broker_ep, broker.pid(), size).await?);
-        let _ = stop.send(true);
-        for w in workers {
-            w.await??;
+        if let (Some(endpoint), Some(pid)) = (&args.external, args.external_pid) {
+            let target = Target::External { endpoint, pid };
+            runs.push(broker_run(&args, "external", size, target).await?);
         }
-        drop(broker);
     }
     report(&args, &runs);
     Ok(())
 }
 
-fn report(args: &BenchArgs, runs: &[Run]) {
-    let ratio = |size: usize| {
-        let find = |mode| {
-            runs.iter()
-                .find(|r| r.mode == mode && r.size == size)
-                .map(Run::rate)
-        };
-        match (find("broker"), find("ceiling")) {
-            (Some(b), Some(c)) if c > 0.0 => b / c,
-            _ => 0.0,
+/// The broker a run measures.
+enum Target<'a> {
+    /// Ours, started as a child process with these settings.
+    Ours {
+        threads: &'a str,
+        busy_poll: Duration,
+    },
+    /// Another broker, already running.
+    External { endpoint: &'a str, pid: u32 },
+}
+
+/// A broker in its own process, echo workers in this one.
+async fn broker_run(
+    args: &BenchArgs,
+    label: &'static str,
+    size: usize,
+    target: Target<'_>,
+) -> Result<Run> {
+    let (broker_ep, broker_pid, _broker) = match target {
+        Target::Ours { threads, busy_poll } => {
+            let endpoint = free_endpoint(&args.transport)?;
+            let busy_poll = humantime::format_duration(busy_poll).to_string();
+            let broker = Child::spawn(&[
+                "broker",
+                "--bind",
+                &endpoint,
+                "--threads",
+                threads,
+                "--busy-poll",
+                &busy_poll,
+            ])?;
+            (endpoint, broker.pid(), Some(broker))
         }
+        Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
     };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        let mut stopped = stopped.clone();
+        let worker = Worker::new(
+            broker_ep.clone(),
+            "echo",
+            WorkerConfig {
+                heartbeat: HeartbeatConfig::default(),
+                busy_poll: args.worker_busy_poll,
+                ..WorkerConfig::default()
+            },
+        );
+        workers.push(tokio::spawn(worker.run(
+            handler_fn(|body| async move { Ok(body) }),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let load = Load {
+        label,
+        mode: Mode::Broker,
+        endpoint: &broker_ep,
+        server_pid: broker_pid,
+        size,
+        clients: args.clients,
+        in_flight: args.in_flight,
+    };
+    let run = measure(args, load).await;
+    let _ = stop.send(true);
+    for w in workers {
+        w.await??;
+    }
+    run
+}
+
+fn report(args: &BenchArgs, runs: &[Run]) {
+    let rate = |mode: &str, size: usize| {
+        runs.iter()
+            .find(|r| r.mode == mode && r.size == size)
+            .map(Run::rate)
+    };
+    let ratio = |mode: &str, size: usize| match (rate(mode, size), rate("ceiling", size)) {
+        (Some(b), Some(c)) if c > 0.0 => Some(b / c),
+        _ => None,
+    };
+    let brokers = ["broker", "busypoll", "external"];
     if args.json {
         let items: Vec<String> = runs.iter().map(Run::json).collect();
-        let ratios: Vec<String> = args
-            .sizes
+        let ratios: Vec<String> = brokers
             .iter()
-            .map(|s| format!("\"{s}\":{:.3}", ratio(*s)))
+            .flat_map(|mode| {
+                args.sizes
+                    .iter()
+                    .filter_map(move |s| ratio(mode, *s).map(|r| format!("\"{mode}/{s}\":{r:.3}")))
+            })
             .collect();
         println!(
-            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"runs\":[{}],\"broker_over_ceiling\":{{{}}}}}",
+            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"transport\":\"{}\",\"busy_poll_us\":{},\"worker_busy_poll_us\":{},\"runs\":[{}],\"over_ceiling\":{{{}}}}}",
             args.clients,
             args.workers,
             args.in_flight,
+            args.transport,
+            args.busy_poll.as_micros(),
+            args.worker_busy_poll.as_micros(),
             items.join(","),
             ratios.join(",")
         );
         return;
     }
     println!(
-        "{} clients x {} in flight, {} echo workers, {:?} measured after {:?} warm-up, server runtime threads {}; every reply checked",
-        args.clients, args.in_flight, args.workers, args.duration, args.warmup, args.server_threads
+        "{} clients x {} in flight, {} echo workers (busy-poll {}), {} transport, {:?} measured after {:?} warm-up, server runtime threads {}; every reply checked",
+        args.clients,
+        args.in_flight,
+        args.workers,
+        humantime::format_duration(args.worker_busy_poll),
+        args.transport,
+        args.duration,
+        args.warmup,
+        args.server_threads
     );
     println!(
-        "{:<8} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); busypoll: broker --busy-poll {}",
+        args.workers,
+        humantime::format_duration(args.busy_poll)
+    );
+    if let Some(endpoint) = &args.external {
+        println!("external: the broker at {endpoint}, same load and workers");
+    }
+    println!(
+        "{:<9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
         "run",
         "bytes",
         "req/s",
@@ -448,7 +577,7 @@ fn report(args: &BenchArgs, runs: &[Run]) {
     );
     for r in runs {
         println!(
-            "{:<8} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({})",
+            "{:<9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({})",
             r.mode,
             r.size,
             r.rate(),
@@ -461,8 +590,12 @@ fn report(args: &BenchArgs, runs: &[Run]) {
             r.peak_kib
         );
     }
-    for size in &args.sizes {
-        println!("broker/ceiling at {size} bytes: {:.2}", ratio(*size));
+    for mode in brokers {
+        for size in &args.sizes {
+            if let Some(r) = ratio(mode, *size) {
+                println!("{mode}/ceiling at {size} bytes: {r:.2}");
+            }
+        }
     }
 }
 
