@@ -29,6 +29,9 @@ pub(crate) struct SoakArgs {
     /// Attempts a client makes for one request before counting it lost.
     #[arg(long, default_value_t = 10)]
     attempts: u32,
+    /// Busy-poll window of the broker and the workers (see `broker --busy-poll`).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    busy_poll: Duration,
 }
 
 struct Process {
@@ -98,8 +101,8 @@ const HB: [&str; 4] = ["--heartbeat", "250ms", "--liveness", "3"];
 
 /// Starts a broker on `endpoint`; a restart may find the port still held for a moment, so a
 /// broker that exits at once is started again (a bounded number of times).
-async fn broker(endpoint: &str) -> Result<Process> {
-    let mut args = vec!["broker", "--bind", endpoint];
+async fn broker(endpoint: &str, busy_poll: &str) -> Result<Process> {
+    let mut args = vec!["broker", "--bind", endpoint, "--busy-poll", busy_poll];
     args.extend(HB);
     for _ in 0..50 {
         let mut process = Process::spawn(&args)?;
@@ -111,11 +114,13 @@ async fn broker(endpoint: &str) -> Result<Process> {
     anyhow::bail!("broker cannot bind {endpoint}")
 }
 
-fn worker(endpoint: &str) -> Result<Process> {
+fn worker(endpoint: &str, busy_poll: &str) -> Result<Process> {
     let mut args = vec![
         "worker",
         "--connect",
         endpoint,
+        "--busy-poll",
+        busy_poll,
         "--reconnect-initial",
         "250ms",
         "--reconnect-max",
@@ -127,13 +132,14 @@ fn worker(endpoint: &str) -> Result<Process> {
 }
 
 pub(crate) async fn run(args: SoakArgs) -> Result<()> {
+    let busy_poll = humantime::format_duration(args.busy_poll).to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut broker_proc = broker(&endpoint).await?;
+    let mut broker_proc = broker(&endpoint, &busy_poll).await?;
     let mut workers: Vec<Process> = (0..args.workers)
-        .map(|_| worker(&endpoint))
+        .map(|_| worker(&endpoint, &busy_poll))
         .collect::<Result<_>>()?;
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + args.duration;
@@ -209,7 +215,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
                 // kill -9 a worker and start a new one.
                 let i = dice.roll(workers.len() as u64) as usize;
                 workers[i].signal("KILL");
-                workers[i] = worker(&endpoint)?;
+                workers[i] = worker(&endpoint, &busy_poll)?;
                 faults[0] += 1;
             }
             5..=7 => {
@@ -224,7 +230,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
                 // Restart every worker at once.
                 for w in workers.iter_mut() {
                     w.signal("KILL");
-                    *w = worker(&endpoint)?;
+                    *w = worker(&endpoint, &busy_poll)?;
                 }
                 faults[2] += 1;
             }
@@ -232,7 +238,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
                 // kill -9 the broker and restart it on the same port.
                 broker_proc.signal("KILL");
                 drop(broker_proc);
-                broker_proc = broker(&endpoint).await?;
+                broker_proc = broker(&endpoint, &busy_poll).await?;
                 faults[3] += 1;
             }
         }
