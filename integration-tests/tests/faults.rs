@@ -428,8 +428,17 @@ async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
+    never_reading_peer(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_does_not_stall_a_busy_polling_broker() -> Result<()> {
+    never_reading_peer(&["--busy-poll", "200us"]).await
+}
+
+async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     let ep = free_endpoint()?;
-    let broker = broker(&ep, &[])?;
+    let broker = broker(&ep, broker_args)?;
     let _w = echo_worker(&ep)?;
     wait_for_service(&ep, "echo").await?;
     // A client that floods mmi requests and never reads a reply: the broker's replies pile up in
