@@ -54,6 +54,15 @@ struct RunningQueue {
 
 impl RunningQueue {
     async fn start(frontend: &str, backend: &str, config: QueueConfig) -> Result<Self> {
+        Self::start_with(frontend, backend, config, Duration::ZERO).await
+    }
+
+    async fn start_with(
+        frontend: &str,
+        backend: &str,
+        config: QueueConfig,
+        busy_poll: Duration,
+    ) -> Result<Self> {
         // A queue just stopped on the same ports may hold its listeners a moment longer.
         let mut bound = Queue::bind(frontend, backend, config.clone()).await;
         for _ in 0..100 {
@@ -63,7 +72,7 @@ impl RunningQueue {
             tokio::time::sleep(Duration::from_millis(20)).await;
             bound = Queue::bind(frontend, backend, config.clone()).await;
         }
-        let queue = bound?;
+        let queue = bound?.busy_poll(busy_poll);
         let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(queue.run(async {
@@ -264,7 +273,17 @@ async fn ppp_worker_survives_queue_restart_on_the_same_port() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_worker_is_expired_and_its_request_served_by_another() -> Result<()> {
-    let queue = RunningQueue::start("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", paranoid()).await?;
+    silent_worker_case(Duration::ZERO).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_queue_still_expires_a_silent_worker() -> Result<()> {
+    silent_worker_case(Duration::from_millis(2)).await
+}
+
+async fn silent_worker_case(busy_poll: Duration) -> Result<()> {
+    let any = "tcp://127.0.0.1:0";
+    let queue = RunningQueue::start_with(any, any, paranoid(), busy_poll).await?;
     // A raw PPP worker that takes the request and then goes silent.
     let mut silent = RawPeer::connect(&queue.backend).await?;
     silent.send(frames(&[&[0x01]])).await?;

@@ -77,6 +77,10 @@ struct QueueArgs {
     /// Runtime threads: 1 (the default) for a single-threaded runtime, 0 for one per core.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Keep polling the sockets without sleeping for this long after the last message (see
+    /// `broker --busy-poll`; 0, the default: sleep as soon as nothing is ready).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    busy_poll: Duration,
 }
 
 #[derive(Args)]
@@ -327,7 +331,8 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
     };
     let queue = Queue::bind(&args.frontend, &args.backend, config)
         .await
-        .context("queue cannot start")?;
+        .context("queue cannot start")?
+        .busy_poll(args.busy_poll);
     let stats = queue.run(shutdown_signal()).await?;
     tracing::info!(?stats, "queue stopped");
     Ok(())
