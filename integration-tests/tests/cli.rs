@@ -93,6 +93,8 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
             "4",
             "--busy-poll",
             "100us",
+            "--repeat",
+            "2",
             "--json",
         ])
         .output()?;
@@ -109,6 +111,8 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
         );
     }
     assert!(stdout.contains("\"broker/64\":"), "{stdout}");
+    assert!(stdout.contains("\"repeat\":2,"), "{stdout}");
+    assert!(stdout.contains("\"requests_per_s_min\":"), "{stdout}");
     // Every run answered something: a run with no reply fails the command instead.
     assert!(!stdout.contains("\"requests\":0,"), "{stdout}");
     Ok(())

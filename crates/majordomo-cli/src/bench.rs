@@ -63,6 +63,10 @@ pub(crate) struct BenchArgs {
     /// Transport: tcp (loopback) or ipc (Unix domain sockets).
     #[arg(long, default_value = "tcp", value_parser = ["tcp", "ipc"])]
     transport: String,
+    /// Measure every run this many times and report the one with the median rate, with the
+    /// range of rates seen.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -302,6 +306,8 @@ struct Run {
     rss_start_kib: u64,
     rss_end_kib: u64,
     peak_kib: u64,
+    /// Lowest and highest rate over the repeats (both the run's own rate without repeats).
+    rate_range: (f64, f64),
 }
 
 impl Run {
@@ -311,8 +317,9 @@ impl Run {
 
     fn json(&self) -> String {
         format!(
-            "{{\"mode\":\"{}\",\"clients\":{},\"in_flight\":{},\"size\":{},\"requests\":{},\"seconds\":{:.3},\"requests_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"server_cpu_s_per_100k\":{:.3},\"server_rss_start_kib\":{},\"server_rss_end_kib\":{},\"server_peak_rss_kib\":{}}}",
-            self.mode, self.clients, self.in_flight, self.size, self.requests, self.seconds, self.rate(), self.p50_us, self.p99_us, self.max_us,
+            "{{\"mode\":\"{}\",\"clients\":{},\"in_flight\":{},\"size\":{},\"requests\":{},\"seconds\":{:.3},\"requests_per_s\":{:.0},\"requests_per_s_min\":{:.0},\"requests_per_s_max\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"server_cpu_s_per_100k\":{:.3},\"server_rss_start_kib\":{},\"server_rss_end_kib\":{},\"server_peak_rss_kib\":{}}}",
+            self.mode, self.clients, self.in_flight, self.size, self.requests, self.seconds, self.rate(),
+            self.rate_range.0, self.rate_range.1, self.p50_us, self.p99_us, self.max_us,
             self.cpu_s_per_100k, self.rss_start_kib, self.rss_end_kib, self.peak_kib
         )
     }
@@ -393,6 +400,7 @@ async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         rss_start_kib: rss_start,
         rss_end_kib: rss_end,
         peak_kib: peak,
+        rate_range: (requests as f64 / seconds, requests as f64 / seconds),
     })
 }
 
@@ -416,27 +424,50 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             clients,
             in_flight,
         };
-        runs.push(measure(&args, load("ceiling", args.clients, args.in_flight)).await?);
+        let ceiling = || measure(&args, load("ceiling", args.clients, args.in_flight));
+        runs.push(median_of(args.repeat, ceiling).await?);
         // 7/MDP gives a worker one request at a time, so the broker-to-worker hop carries at
         // most one message per worker connection: the same echo with that shape.
-        runs.push(measure(&args, load("serial", args.workers, 1)).await?);
+        let serial = || measure(&args, load("serial", args.workers, 1));
+        runs.push(median_of(args.repeat, serial).await?);
         drop(echo);
 
         let ours = |busy_poll| Target::Ours {
             threads: &threads,
             busy_poll,
         };
-        runs.push(broker_run(&args, "broker", size, ours(Duration::ZERO)).await?);
+        let plain = || broker_run(&args, "broker", size, ours(Duration::ZERO));
+        runs.push(median_of(args.repeat, plain).await?);
         if !args.busy_poll.is_zero() {
-            runs.push(broker_run(&args, "busypoll", size, ours(args.busy_poll)).await?);
+            let busy = || broker_run(&args, "busypoll", size, ours(args.busy_poll));
+            runs.push(median_of(args.repeat, busy).await?);
         }
         if let (Some(endpoint), Some(pid)) = (&args.external, args.external_pid) {
-            let target = Target::External { endpoint, pid };
-            runs.push(broker_run(&args, "external", size, target).await?);
+            let external =
+                || broker_run(&args, "external", size, Target::External { endpoint, pid });
+            runs.push(median_of(args.repeat, external).await?);
         }
     }
     report(&args, &runs);
     Ok(())
+}
+
+/// Measures `repeat` times (at least once) and keeps the run with the median rate, noting the
+/// range of rates.
+async fn median_of<F, Fut>(repeat: usize, mut one: F) -> Result<Run>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Run>>,
+{
+    let mut all = Vec::new();
+    for _ in 0..repeat.max(1) {
+        all.push(one().await?);
+    }
+    all.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let range = (all[0].rate(), all[all.len() - 1].rate());
+    let mut median = all.swap_remove(all.len() / 2);
+    median.rate_range = range;
+    Ok(median)
 }
 
 /// The broker a run measures.
@@ -533,10 +564,11 @@ fn report(args: &BenchArgs, runs: &[Run]) {
             })
             .collect();
         println!(
-            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"transport\":\"{}\",\"busy_poll_us\":{},\"worker_busy_poll_us\":{},\"runs\":[{}],\"over_ceiling\":{{{}}}}}",
+            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"repeat\":{},\"transport\":\"{}\",\"busy_poll_us\":{},\"worker_busy_poll_us\":{},\"runs\":[{}],\"over_ceiling\":{{{}}}}}",
             args.clients,
             args.workers,
             args.in_flight,
+            args.repeat.max(1),
             args.transport,
             args.busy_poll.as_micros(),
             args.worker_busy_poll.as_micros(),
@@ -564,6 +596,12 @@ fn report(args: &BenchArgs, runs: &[Run]) {
     if let Some(endpoint) = &args.external {
         println!("external: the broker at {endpoint}, same load and workers");
     }
+    if args.repeat > 1 {
+        println!(
+            "each run measured {} times: the run with the median rate is shown, with the range of rates",
+            args.repeat
+        );
+    }
     println!(
         "{:<9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
         "run",
@@ -576,8 +614,13 @@ fn report(args: &BenchArgs, runs: &[Run]) {
         "server rss KiB (peak)"
     );
     for r in runs {
+        let range = if args.repeat > 1 {
+            format!("  range {:.0}-{:.0}", r.rate_range.0, r.rate_range.1)
+        } else {
+            String::new()
+        };
         println!(
-            "{:<9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({})",
+            "{:<9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
             r.mode,
             r.size,
             r.rate(),
