@@ -2,8 +2,9 @@
 //! memory, measured in one run on loopback.
 //!
 //! The broker (and, for the ceiling, a raw ROUTER echo server) runs as a child process of this
-//! binary, so its CPU time and memory are its own; clients and workers run in this process and
-//! share the machine with it, as a load generator does.
+//! binary, so its CPU time and memory are its own; each echo worker is a `majordomo worker echo`
+//! child process (or, with `--in-process-workers`, a task here); the clients run in this process
+//! and share the machine with them, as a load generator does.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -49,6 +50,10 @@ pub(crate) struct BenchArgs {
     /// Also measure the broker started with `--busy-poll` set to this window (0: skip that run).
     #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
+    /// Run the echo workers as tasks in this process, beside the clients, instead of each in its
+    /// own `majordomo worker echo` process.
+    #[arg(long)]
+    in_process_workers: bool,
     /// Busy-poll window of the echo workers (see `majordomo worker --busy-poll`; 0: they sleep
     /// as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -112,6 +117,21 @@ impl Child {
 
     fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Asks the process to stop with SIGTERM (a worker then sends DISCONNECT, so a broker that
+    /// outlives the run does not keep routing to it) and waits a bounded time; dropping it then
+    /// kills it if it is still running.
+    async fn terminate(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -507,7 +527,22 @@ async fn broker_run(
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
+    // Each in its own process by default, as deployed: tasks beside the clients wait behind the
+    // clients' work on the same runtime.
+    let mut worker_processes = Vec::new();
+    let worker_busy_poll = humantime::format_duration(args.worker_busy_poll).to_string();
     for _ in 0..args.workers {
+        if !args.in_process_workers {
+            worker_processes.push(Child::spawn(&[
+                "worker",
+                "--connect",
+                &broker_ep,
+                "--busy-poll",
+                &worker_busy_poll,
+                "echo",
+            ])?);
+            continue;
+        }
         let mut stopped = stopped.clone();
         let worker = Worker::new(
             broker_ep.clone(),
@@ -538,6 +573,9 @@ async fn broker_run(
     let _ = stop.send(true);
     for w in workers {
         w.await??;
+    }
+    for w in worker_processes {
+        w.terminate().await;
     }
     run
 }
@@ -578,10 +616,15 @@ fn report(args: &BenchArgs, runs: &[Run]) {
         return;
     }
     println!(
-        "{} clients x {} in flight, {} echo workers (busy-poll {}), {} transport, {:?} measured after {:?} warm-up, server runtime threads {}; every reply checked",
+        "{} clients x {} in flight, {} echo workers{} (busy-poll {}), {} transport, {:?} measured after {:?} warm-up, server runtime threads {}; every reply checked",
         args.clients,
         args.in_flight,
         args.workers,
+        if args.in_process_workers {
+            " in this process"
+        } else {
+            " in their own processes"
+        },
         humantime::format_duration(args.worker_busy_poll),
         args.transport,
         args.duration,
