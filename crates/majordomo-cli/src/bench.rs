@@ -44,7 +44,8 @@ pub(crate) struct BenchArgs {
     /// 0: one per core).
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
-    /// Runtime threads of this process, where clients and workers run (0: one per core).
+    /// Runtime threads of this process, where the clients (and in-process workers) run (0: one
+    /// per core).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
     /// Also measure the broker started with `--busy-poll` set to this window (0: skip that run).
@@ -59,7 +60,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     worker_busy_poll: Duration,
     /// Also measure another 7/MDP broker, already running at this endpoint, under the same load
-    /// (its echo workers are this process's, as for ours).
+    /// and with the same echo workers as ours.
     #[arg(long, requires = "external_pid")]
     external: Option<String>,
     /// Process id of the `--external` broker, for its CPU time and memory.
@@ -501,7 +502,8 @@ enum Target<'a> {
     External { endpoint: &'a str, pid: u32 },
 }
 
-/// A broker in its own process, echo workers in this one.
+/// One measured run of a broker in its own process, with its echo workers (processes, or tasks
+/// here with `--in-process-workers`).
 async fn broker_run(
     args: &BenchArgs,
     label: &'static str,
