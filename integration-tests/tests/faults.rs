@@ -20,8 +20,8 @@ fn broker(endpoint: &str, extra: &[&str]) -> Result<Proc> {
     Proc::spawn(&args)
 }
 
-/// A worker process serving `service` with a shell command (request on stdin, reply on stdout).
-fn exec_worker(endpoint: &str, service: &str, script: &str) -> Result<Proc> {
+/// A worker process (reconnecting quickly, test heartbeats) running the subcommand `kind`.
+fn worker(endpoint: &str, kind: &[&str]) -> Result<Proc> {
     let mut args = vec![
         "worker",
         "--connect",
@@ -32,23 +32,17 @@ fn exec_worker(endpoint: &str, service: &str, script: &str) -> Result<Proc> {
         "1s",
     ];
     args.extend_from_slice(HB);
-    args.extend_from_slice(&["exec", service, "--", "sh", "-c", script]);
+    args.extend_from_slice(kind);
     Proc::spawn(&args)
 }
 
+/// A worker process serving `service` with a shell command (request on stdin, reply on stdout).
+fn exec_worker(endpoint: &str, service: &str, script: &str) -> Result<Proc> {
+    worker(endpoint, &["exec", service, "--", "sh", "-c", script])
+}
+
 fn echo_worker(endpoint: &str) -> Result<Proc> {
-    let mut args = vec![
-        "worker",
-        "--connect",
-        endpoint,
-        "--reconnect-initial",
-        "100ms",
-        "--reconnect-max",
-        "1s",
-    ];
-    args.extend_from_slice(HB);
-    args.push("echo");
-    Proc::spawn(&args)
+    worker(endpoint, &["echo"])
 }
 
 fn client(endpoint: &str) -> Client {

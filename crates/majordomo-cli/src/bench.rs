@@ -7,7 +7,6 @@
 //! and share the machine with them, as a load generator does.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,8 @@ use clap::Args;
 use majordomo_broker::HeartbeatConfig;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::child::{memory_kib, Child};
 
 /// Options of the benchmark.
 #[derive(Args, Clone)]
@@ -93,49 +94,6 @@ const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const DRAIN: u8 = 2;
 
-/// A child process killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Child {
-    fn spawn(args: &[&str]) -> Result<Self> {
-        let exe = std::env::current_exe()?;
-        let child = std::process::Command::new(exe)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting child process")?;
-        Ok(Self(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// Asks the process to stop with SIGTERM (a worker then sends DISCONNECT, so a broker that
-    /// outlives the run does not keep routing to it) and waits a bounded time; dropping it then
-    /// kills it if it is still running.
-    async fn terminate(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// CPU seconds (user + system) of a process, from /proc (clock ticks are 1/100 s on Linux).
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -145,19 +103,6 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     let utime: f64 = fields[11].parse()?;
     let stime: f64 = fields[12].parse()?;
     Ok((utime + stime) / 100.0)
-}
-
-/// (current, peak) resident memory of a process in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("{name} missing"))?;
-        Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn free_endpoint(transport: &str) -> Result<String> {
@@ -435,7 +380,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     for &size in &args.sizes {
         // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
         let echo_ep = free_endpoint(&args.transport)?;
-        let echo = Child::spawn(&["bench-echo", "--bind", &echo_ep, "--threads", &threads])?;
+        let echo = Child::spawn(
+            &["bench-echo", "--bind", &echo_ep, "--threads", &threads],
+            "warn",
+        )?;
         let load = |label, clients, in_flight| Load {
             label,
             mode: Mode::Ceiling,
@@ -514,15 +462,18 @@ async fn broker_run(
         Target::Ours { threads, busy_poll } => {
             let endpoint = free_endpoint(&args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
-            let broker = Child::spawn(&[
-                "broker",
-                "--bind",
-                &endpoint,
-                "--threads",
-                threads,
-                "--busy-poll",
-                &busy_poll,
-            ])?;
+            let broker = Child::spawn(
+                &[
+                    "broker",
+                    "--bind",
+                    &endpoint,
+                    "--threads",
+                    threads,
+                    "--busy-poll",
+                    &busy_poll,
+                ],
+                "warn",
+            )?;
             (endpoint, broker.pid(), Some(broker))
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
@@ -535,14 +486,17 @@ async fn broker_run(
     let worker_busy_poll = humantime::format_duration(args.worker_busy_poll).to_string();
     for _ in 0..args.workers {
         if !args.in_process_workers {
-            worker_processes.push(Child::spawn(&[
-                "worker",
-                "--connect",
-                &broker_ep,
-                "--busy-poll",
-                &worker_busy_poll,
-                "echo",
-            ])?);
+            worker_processes.push(Child::spawn(
+                &[
+                    "worker",
+                    "--connect",
+                    &broker_ep,
+                    "--busy-poll",
+                    &worker_busy_poll,
+                    "echo",
+                ],
+                "warn",
+            )?);
             continue;
         }
         let mut stopped = stopped.clone();

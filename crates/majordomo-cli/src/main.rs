@@ -3,6 +3,7 @@
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
 mod bench;
+mod child;
 mod demo;
 mod soak;
 

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
 use majordomo_client::{Client, ClientConfig, ClientError};
+
+use crate::child::{memory_kib, Child};
 
 /// Options of the soak run.
 #[derive(Args)]
@@ -34,48 +36,6 @@ pub(crate) struct SoakArgs {
     busy_poll: Duration,
 }
 
-struct Process {
-    child: std::process::Child,
-}
-
-impl Process {
-    fn spawn(args: &[&str]) -> Result<Self> {
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting child process")?;
-        Ok(Self { child })
-    }
-
-    fn signal(&self, name: &str) {
-        let _ = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status();
-    }
-
-    fn peak_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
@@ -97,24 +57,29 @@ impl Dice {
     }
 }
 
+/// Peak resident memory of the broker in KiB (0 once it is gone).
+fn broker_peak_kib(broker: &Child) -> u64 {
+    memory_kib(broker.pid()).map_or(0, |(_, peak)| peak)
+}
+
 const HB: [&str; 4] = ["--heartbeat", "250ms", "--liveness", "3"];
 
 /// Starts a broker on `endpoint`; a restart may find the port still held for a moment, so a
 /// broker that exits at once is started again (a bounded number of times).
-async fn broker(endpoint: &str, busy_poll: &str) -> Result<Process> {
+async fn broker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     let mut args = vec!["broker", "--bind", endpoint, "--busy-poll", busy_poll];
     args.extend(HB);
     for _ in 0..50 {
-        let mut process = Process::spawn(&args)?;
+        let mut process = Child::spawn(&args, "error")?;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if process.child.try_wait()?.is_none() {
+        if !process.has_exited()? {
             return Ok(process);
         }
     }
     anyhow::bail!("broker cannot bind {endpoint}")
 }
 
-fn worker(endpoint: &str, busy_poll: &str) -> Result<Process> {
+fn worker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     let mut args = vec![
         "worker",
         "--connect",
@@ -128,7 +93,7 @@ fn worker(endpoint: &str, busy_poll: &str) -> Result<Process> {
     ];
     args.extend(HB);
     args.push("echo");
-    Process::spawn(&args)
+    Child::spawn(&args, "error")
 }
 
 pub(crate) async fn run(args: SoakArgs) -> Result<()> {
@@ -138,7 +103,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let mut broker_proc = broker(&endpoint, &busy_poll).await?;
-    let mut workers: Vec<Process> = (0..args.workers)
+    let mut workers: Vec<Child> = (0..args.workers)
         .map(|_| worker(&endpoint, &busy_poll))
         .collect::<Result<_>>()?;
     let counters = Arc::new(Counters::default());
@@ -209,7 +174,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
         if Instant::now() >= deadline {
             break;
         }
-        peak = peak.max(broker_proc.peak_kib());
+        peak = peak.max(broker_peak_kib(&broker_proc));
         match dice.roll(10) {
             0..=4 => {
                 // kill -9 a worker and start a new one.
@@ -250,7 +215,7 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
     for task in tasks {
         task.await?;
     }
-    peak = peak.max(broker_proc.peak_kib());
+    peak = peak.max(broker_peak_kib(&broker_proc));
     report(&counters, peak, &faults, "final");
     let lost = counters.lost.load(Ordering::Relaxed) + counters.wrong.load(Ordering::Relaxed);
     anyhow::ensure!(lost == 0, "{lost} requests lost or answered wrongly");
