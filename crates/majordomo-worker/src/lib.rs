@@ -199,11 +199,12 @@ impl Worker {
     }
 }
 
+/// What a handler's future gives: its result, or the panic it raised.
+type JobOutput = std::thread::Result<Result<Vec<Bytes>, BoxError>>;
+
 /// A request being handled. It is polled inside the session's `select!`, next to the socket and
 /// the heartbeat timer, so heartbeats keep flowing while it runs without the cost of a task per
 /// request; a panic is caught and reported like an error.
-/// What a handler's future gives: its result, or the panic it raised.
-type JobOutput = std::thread::Result<Result<Vec<Bytes>, BoxError>>;
 type Job = Pin<Box<dyn Future<Output = JobOutput> + Send>>;
 
 /// What woke a logical worker's loop.
@@ -308,7 +309,7 @@ impl<H: Handler> Session<H> {
                 break end;
             }
             let deadline = tokio::time::Instant::from_std(session.poll_timeout());
-            if timer.deadline() != deadline || timer.is_elapsed() {
+            if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
             let wait = async {
