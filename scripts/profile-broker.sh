@@ -6,10 +6,11 @@
 #   scripts/profile-broker.sh [seconds] [bench options...]
 #   scripts/profile-broker.sh 5 --workers 32
 #   scripts/profile-broker.sh 5 --busy-poll 200us
+#   PROFILE=relay scripts/profile-broker.sh 5     # the bench's protocol-free relay, to compare
 #
-# Needs `perf` (Debian: linux-perf). The bench's broker run starts after its two echo runs; the
-# profile is taken in the middle of the broker's measured run. Without `--busy-poll X` among the
-# options the plain broker is profiled; with it, the broker started with that window.
+# Needs `perf` (Debian: linux-perf). The bench makes only the run profiled (`--runs`), and the
+# profile is taken in the middle of its measured part. Without `--busy-poll X` among the options
+# the plain broker is profiled; with it, the broker started with that window.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
@@ -26,12 +27,19 @@ for arg in "$@"; do
 done
 warmup=2
 measured=$((seconds + 4))
-"$work/majordomo" bench --sizes 64 --warmup "${warmup}s" --duration "${measured}s" "$@" >"$work/bench.txt" 2>&1 &
+target=${PROFILE:-broker}
+case "$target" in
+    broker) runs=$([ "$want_busy" = 1 ] && echo busypoll || echo broker); pattern="$work/majordomo broker" ;;
+    relay) runs=relay; pattern="$work/majordomo bench-relay --bind" ;;
+    *) echo "PROFILE must be broker or relay" >&2; exit 1 ;;
+esac
+"$work/majordomo" bench --sizes 64 --runs "$runs" --warmup "${warmup}s" --duration "${measured}s" "$@" >"$work/bench.txt" 2>&1 &
 bench=$!
-# Find the broker child that carries the wanted --busy-poll setting.
+# Find the child to profile: the relay, or the broker that carries the wanted --busy-poll.
 pid=""
 for _ in $(seq 1 600); do
-    for p in $(pgrep -f "$work/majordomo broker" || true); do
+    for p in $(pgrep -f "$pattern" || true); do
+        [ "$target" = relay ] && { pid=$p; continue; }
         cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
         case "$cmd" in
             *"--busy-poll 0s"*) [ "$want_busy" = 0 ] && pid=$p ;;
@@ -41,11 +49,11 @@ for _ in $(seq 1 600); do
     [ -n "$pid" ] && break
     sleep 0.1
 done
-[ -n "$pid" ] || { echo "broker process not found" >&2; cat "$work/bench.txt" >&2; exit 1; }
+[ -n "$pid" ] || { echo "$target process not found" >&2; cat "$work/bench.txt" >&2; exit 1; }
 sleep $((warmup + 2))
 perf record -F 1999 -g -p "$pid" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null >/dev/null
 wait "$bench" || { cat "$work/bench.txt" >&2; exit 1; }
-grep -E '^(run|broker|busypoll) ' "$work/bench.txt"
+grep -E '^(run|broker|busypoll|relay) ' "$work/bench.txt"
 perf report -i "$work/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null |
     python3 -c '
 import re, sys
@@ -72,7 +80,7 @@ for line in sys.stdin:
             group = "other"
     groups[group] = groups.get(group, 0.0) + pct
     top.append((pct, sym))
-print("\nbroker CPU by component (% of samples):")
+print("\nCPU by component (% of samples):")
 for g, p in sorted(groups.items(), key=lambda x: -x[1]):
     print(f"  {p:6.2f}  {g}")
 print("\ntop functions:")

@@ -76,8 +76,9 @@ async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn bench_measures_every_run_and_checks_replies() -> Result<()> {
+/// Runs a short `majordomo bench --json` with `extra` options; returns its output once it
+/// succeeded.
+fn bench(extra: &[&str]) -> Result<String> {
     let out = Command::new(majordomo_bin()?)
         .args([
             "bench",
@@ -91,12 +92,9 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
             "2",
             "--in-flight",
             "4",
-            "--busy-poll",
-            "100us",
-            "--repeat",
-            "2",
             "--json",
         ])
+        .args(extra)
         .output()?;
     let stdout = String::from_utf8(out.stdout)?;
     assert!(
@@ -104,16 +102,55 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for mode in ["ceiling", "serial", "broker", "busypoll"] {
+    // Every run answered something: a run with no reply fails the command instead.
+    assert!(!stdout.contains("\"requests\":0,"), "{stdout}");
+    Ok(stdout)
+}
+
+#[test]
+fn bench_measures_every_run_and_checks_replies() -> Result<()> {
+    let stdout = bench(&["--busy-poll", "100us", "--repeat", "2"])?;
+    for mode in [
+        "ceiling",
+        "serial",
+        "relay",
+        "relay-all",
+        "broker",
+        "busypoll",
+    ] {
         assert!(
             stdout.contains(&format!("\"mode\":\"{mode}\"")),
             "{mode} run missing: {stdout}"
         );
     }
+    assert!(
+        stdout.contains("\"over_ceiling\":{\"relay/64\":"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"broker/64\":"), "{stdout}");
+    assert!(
+        stdout.contains("\"over_relay\":{\"relay-all/64\":"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"repeat\":2,"), "{stdout}");
     assert!(stdout.contains("\"requests_per_s_min\":"), "{stdout}");
-    // Every run answered something: a run with no reply fails the command instead.
-    assert!(!stdout.contains("\"requests\":0,"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn bench_makes_only_the_runs_asked_for() -> Result<()> {
+    let stdout = bench(&["--runs", "relay,broker", "--in-process-workers"])?;
+    let modes: Vec<&str> = stdout
+        .split("\"mode\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(modes, ["relay", "broker"], "{stdout}");
+    // No ceiling was measured, so there is no ratio to it; the broker is set against the relay.
+    assert!(stdout.contains("\"over_ceiling\":{}"), "{stdout}");
+    assert!(
+        stdout.contains("\"over_relay\":{\"broker/64\":"),
+        "{stdout}"
+    );
     Ok(())
 }

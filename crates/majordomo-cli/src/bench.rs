@@ -1,12 +1,15 @@
 //! `majordomo bench`: the transport's ceiling and our broker's throughput, latency, CPU and
 //! memory, measured in one run on loopback.
 //!
-//! The broker (and, for the ceiling, a raw ROUTER echo server) runs as a child process of this
-//! binary, so its CPU time and memory are its own; each echo worker is a `majordomo worker echo`
+//! Besides the broker, it measures what the transport allows: a raw ROUTER echo server (one
+//! hop), and a relay that forwards between clients and echo peers with no protocol at all (two
+//! hops, as a broker does), with 7/MDP's one request per worker at a time and without it.
+//! The broker (and each of those servers) runs as a child process of this binary, so its CPU
+//! time and memory are its own; each echo worker is a `majordomo worker echo`
 //! child process (or, with `--in-process-workers`, a task here); the clients run in this process
 //! and share the machine with them, as a load generator does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
+use futures::FutureExt;
 use majordomo_broker::HeartbeatConfig;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -60,6 +64,10 @@ pub(crate) struct BenchArgs {
     /// as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     worker_busy_poll: Duration,
+    /// Runtime threads of each echo worker process (see `majordomo worker --threads`; 0: one
+    /// per core).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
     /// Also measure another 7/MDP broker, already running at this endpoint, under the same load
     /// and with the same echo workers as ours.
     #[arg(long, requires = "external_pid")]
@@ -74,6 +82,10 @@ pub(crate) struct BenchArgs {
     /// range of rates seen.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// The runs to make, comma separated, in the order of the table: ceiling, serial, relay,
+    /// relay-all, broker, busypoll (and external, with `--external`).
+    #[arg(long, value_delimiter = ',', default_values_t = RUNS.map(String::from), value_parser = RUNS)]
+    runs: Vec<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -89,6 +101,17 @@ pub(crate) struct EchoArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
 }
+
+/// The names `--runs` accepts.
+const RUNS: [&str; 7] = [
+    "ceiling",
+    "serial",
+    "relay",
+    "relay-all",
+    "broker",
+    "busypoll",
+    "external",
+];
 
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
@@ -137,8 +160,8 @@ async fn connect(endpoint: &str) -> Result<DealerSocket> {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
-    /// Raw DEALER to ROUTER echo: `[empty, body]`.
-    Ceiling,
+    /// No protocol: `[empty, body]`, to the echo server or the relay.
+    Raw,
     /// 7/MDP through the broker: `[empty, MDPC01, echo, body]`.
     Broker,
 }
@@ -178,7 +201,7 @@ async fn client(
         body.put_u64(seq);
         body.extend_from_slice(&filler);
         let frames = match mode {
-            Mode::Ceiling => vec![Bytes::new(), body.freeze()],
+            Mode::Raw => vec![Bytes::new(), body.freeze()],
             Mode::Broker => vec![
                 Bytes::new(),
                 Bytes::from_static(b"MDPC01"),
@@ -189,7 +212,7 @@ async fn client(
         ZmqMessage::try_from(frames).expect("frames")
     };
     let header = match mode {
-        Mode::Ceiling => 1,
+        Mode::Raw => 1,
         Mode::Broker => 3,
     };
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(in_flight);
@@ -219,7 +242,7 @@ async fn client(
         };
         let ok_header = frames.len() == header + 1
             && frames[0].is_empty()
-            && (mode == Mode::Ceiling
+            && (mode == Mode::Raw
                 || (frames[1].as_ref() == b"MDPC01" && frames[2].as_ref() == b"echo"));
         let body = &frames[frames.len() - 1];
         if !ok_header || body.len() != size || body[16..] != filler[..] {
@@ -375,43 +398,63 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         args.clients > 0 && args.workers > 0 && args.in_flight > 0,
         "clients, workers and in-flight must be positive"
     );
+    let wanted = |name: &str| args.runs.iter().any(|r| r == name);
     let threads = args.server_threads.to_string();
     let mut runs = Vec::new();
     for &size in &args.sizes {
-        // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
-        let echo_ep = free_endpoint(&args.transport)?;
-        let echo = Child::spawn(
-            &["bench-echo", "--bind", &echo_ep, "--threads", &threads],
-            "warn",
-        )?;
-        let load = |label, clients, in_flight| Load {
-            label,
-            mode: Mode::Ceiling,
-            endpoint: &echo_ep,
-            server_pid: echo.pid(),
-            size,
-            clients,
-            in_flight,
-        };
-        let ceiling = || measure(&args, load("ceiling", args.clients, args.in_flight));
-        runs.push(median_of(args.repeat, ceiling).await?);
-        // 7/MDP gives a worker one request at a time, so the broker-to-worker hop carries at
-        // most one message per worker connection: the same echo with that shape.
-        let serial = || measure(&args, load("serial", args.workers, 1));
-        runs.push(median_of(args.repeat, serial).await?);
-        drop(echo);
-
-        let ours = |busy_poll| Target::Ours {
-            threads: &threads,
-            busy_poll,
-        };
-        let plain = || broker_run(&args, "broker", size, ours(Duration::ZERO));
-        runs.push(median_of(args.repeat, plain).await?);
-        if !args.busy_poll.is_zero() {
-            let busy = || broker_run(&args, "busypoll", size, ours(args.busy_poll));
-            runs.push(median_of(args.repeat, busy).await?);
+        if wanted("ceiling") || wanted("serial") {
+            // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
+            let echo_ep = free_endpoint(&args.transport)?;
+            let echo = Child::spawn(
+                &["bench-echo", "--bind", &echo_ep, "--threads", &threads],
+                "warn",
+            )?;
+            let load = |label, clients, in_flight| Load {
+                label,
+                mode: Mode::Raw,
+                endpoint: &echo_ep,
+                server_pid: echo.pid(),
+                size,
+                clients,
+                in_flight,
+            };
+            if wanted("ceiling") {
+                let ceiling = || measure(&args, load("ceiling", args.clients, args.in_flight));
+                runs.push(median_of(args.repeat, ceiling).await?);
+            }
+            if wanted("serial") {
+                // 7/MDP gives a worker one request at a time, so the broker-to-worker hop
+                // carries at most one message per worker connection: the same echo with that
+                // shape.
+                let serial = || measure(&args, load("serial", args.workers, 1));
+                runs.push(median_of(args.repeat, serial).await?);
+            }
         }
-        if let (Some(endpoint), Some(pid)) = (&args.external, args.external_pid) {
+        // The relays: two hops with no protocol, one request per echo peer at a time (7/MDP's
+        // rule) and then as many as the clients send (no rule).
+        for (label, window) in [("relay", 1), ("relay-all", 0)] {
+            if wanted(label) {
+                let target = || Target::Relay {
+                    threads: &threads,
+                    window,
+                };
+                let relay = || broker_run(&args, label, size, target());
+                runs.push(median_of(args.repeat, relay).await?);
+            }
+        }
+        for (label, busy_poll) in [("broker", Duration::ZERO), ("busypoll", args.busy_poll)] {
+            if wanted(label) && (label == "broker" || !busy_poll.is_zero()) {
+                let target = || Target::Ours {
+                    threads: &threads,
+                    busy_poll,
+                };
+                let ours = || broker_run(&args, label, size, target());
+                runs.push(median_of(args.repeat, ours).await?);
+            }
+        }
+        if let (true, Some(endpoint), Some(pid)) =
+            (wanted("external"), &args.external, args.external_pid)
+        {
             let external =
                 || broker_run(&args, "external", size, Target::External { endpoint, pid });
             runs.push(median_of(args.repeat, external).await?);
@@ -448,16 +491,20 @@ enum Target<'a> {
     },
     /// Another broker, already running.
     External { endpoint: &'a str, pid: u32 },
+    /// The protocol-free forwarder, its echo peers holding up to `window` requests each.
+    Relay { threads: &'a str, window: usize },
 }
 
-/// One measured run of a broker in its own process, with its echo workers (processes, or tasks
-/// here with `--in-process-workers`).
+/// One measured run of a broker (ours, another one, or the relay) in its own process, with its
+/// echo workers or the relay's echo peers (processes, or tasks here with
+/// `--in-process-workers`).
 async fn broker_run(
     args: &BenchArgs,
     label: &'static str,
     size: usize,
     target: Target<'_>,
 ) -> Result<Run> {
+    let relay = matches!(target, Target::Relay { .. });
     let (broker_ep, broker_pid, _broker) = match target {
         Target::Ours { threads, busy_poll } => {
             let endpoint = free_endpoint(&args.transport)?;
@@ -477,6 +524,22 @@ async fn broker_run(
             (endpoint, broker.pid(), Some(broker))
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
+        Target::Relay { threads, window } => {
+            let endpoint = free_endpoint(&args.transport)?;
+            let relay = Child::spawn(
+                &[
+                    "bench-relay",
+                    "--bind",
+                    &endpoint,
+                    "--threads",
+                    threads,
+                    "--window",
+                    &window.to_string(),
+                ],
+                "warn",
+            )?;
+            (endpoint, relay.pid(), Some(relay))
+        }
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
@@ -484,41 +547,59 @@ async fn broker_run(
     // clients' work on the same runtime.
     let mut worker_processes = Vec::new();
     let worker_busy_poll = humantime::format_duration(args.worker_busy_poll).to_string();
+    let worker_threads = args.worker_threads.to_string();
     for _ in 0..args.workers {
-        if !args.in_process_workers {
-            worker_processes.push(Child::spawn(
+        let mut stopped = stopped.clone();
+        match (relay, args.in_process_workers) {
+            (true, false) => worker_processes.push(Child::spawn(
+                &["bench-relay-peer", "--connect", &broker_ep],
+                "warn",
+            )?),
+            (true, true) => {
+                let peer = relay_peer(RelayPeerArgs {
+                    connect: broker_ep.clone(),
+                });
+                workers.push(tokio::spawn(async move {
+                    tokio::select! {
+                        served = peer => served,
+                        _ = stopped.wait_for(|s| *s) => Ok(()),
+                    }
+                }));
+            }
+            (false, false) => worker_processes.push(Child::spawn(
                 &[
                     "worker",
                     "--connect",
                     &broker_ep,
                     "--busy-poll",
                     &worker_busy_poll,
+                    "--threads",
+                    &worker_threads,
                     "echo",
                 ],
                 "warn",
-            )?);
-            continue;
+            )?),
+            (false, true) => {
+                let worker = Worker::new(
+                    broker_ep.clone(),
+                    "echo",
+                    WorkerConfig {
+                        heartbeat: HeartbeatConfig::default(),
+                        busy_poll: args.worker_busy_poll,
+                        ..WorkerConfig::default()
+                    },
+                );
+                let echo = handler_fn(|body| async move { Ok(body) });
+                let served = worker.run(echo, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                });
+                workers.push(tokio::spawn(async move { Ok(served.await?) }));
+            }
         }
-        let mut stopped = stopped.clone();
-        let worker = Worker::new(
-            broker_ep.clone(),
-            "echo",
-            WorkerConfig {
-                heartbeat: HeartbeatConfig::default(),
-                busy_poll: args.worker_busy_poll,
-                ..WorkerConfig::default()
-            },
-        );
-        workers.push(tokio::spawn(worker.run(
-            handler_fn(|body| async move { Ok(body) }),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )));
     }
     let load = Load {
         label,
-        mode: Mode::Broker,
+        mode: if relay { Mode::Raw } else { Mode::Broker },
         endpoint: &broker_ep,
         server_pid: broker_pid,
         size,
@@ -542,23 +623,33 @@ fn report(args: &BenchArgs, runs: &[Run]) {
             .find(|r| r.mode == mode && r.size == size)
             .map(Run::rate)
     };
-    let ratio = |mode: &str, size: usize| match (rate(mode, size), rate("ceiling", size)) {
+    let ratio = |mode: &str, base: &str, size: usize| match (rate(mode, size), rate(base, size)) {
         (Some(b), Some(c)) if c > 0.0 => Some(b / c),
         _ => None,
     };
-    let brokers = ["broker", "busypoll", "external"];
-    if args.json {
-        let items: Vec<String> = runs.iter().map(Run::json).collect();
-        let ratios: Vec<String> = brokers
+    let brokers = ["relay", "relay-all", "broker", "busypoll", "external"];
+    // Each broker against the one-hop echo, and against the relay: two hops with 7/MDP's one
+    // request per worker at a time and no protocol work.
+    let ratios = |base: &'static str| {
+        brokers
             .iter()
-            .flat_map(|mode| {
+            .filter(move |mode| **mode != base)
+            .flat_map(move |mode| {
                 args.sizes
                     .iter()
-                    .filter_map(move |s| ratio(mode, *s).map(|r| format!("\"{mode}/{s}\":{r:.3}")))
+                    .filter_map(move |s| ratio(mode, base, *s).map(|r| (*mode, *s, r)))
             })
-            .collect();
+    };
+    if args.json {
+        let items: Vec<String> = runs.iter().map(Run::json).collect();
+        let json = |base| {
+            ratios(base)
+                .map(|(mode, size, r)| format!("\"{mode}/{size}\":{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         println!(
-            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"repeat\":{},\"transport\":\"{}\",\"busy_poll_us\":{},\"worker_busy_poll_us\":{},\"runs\":[{}],\"over_ceiling\":{{{}}}}}",
+            "{{\"clients\":{},\"workers\":{},\"in_flight\":{},\"repeat\":{},\"transport\":\"{}\",\"busy_poll_us\":{},\"worker_busy_poll_us\":{},\"runs\":[{}],\"over_ceiling\":{{{}}},\"over_relay\":{{{}}}}}",
             args.clients,
             args.workers,
             args.in_flight,
@@ -567,7 +658,8 @@ fn report(args: &BenchArgs, runs: &[Run]) {
             args.busy_poll.as_micros(),
             args.worker_busy_poll.as_micros(),
             items.join(","),
-            ratios.join(",")
+            json("ceiling"),
+            json("relay")
         );
         return;
     }
@@ -588,7 +680,7 @@ fn report(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); busypoll: broker --busy-poll {}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; busypoll: broker --busy-poll {}",
         args.workers,
         humantime::format_duration(args.busy_poll)
     );
@@ -632,12 +724,137 @@ fn report(args: &BenchArgs, runs: &[Run]) {
             r.peak_kib
         );
     }
-    for mode in brokers {
-        for size in &args.sizes {
-            if let Some(r) = ratio(mode, *size) {
-                println!("{mode}/ceiling at {size} bytes: {r:.2}");
+    for base in ["ceiling", "relay"] {
+        for (mode, size, r) in ratios(base) {
+            println!("{mode}/{base} at {size} bytes: {r:.2}");
+        }
+    }
+}
+
+/// Hidden helper: a two-hop forwarder with no protocol, the transport's limit for a broker.
+#[derive(Args)]
+pub(crate) struct RelayArgs {
+    /// Endpoint to bind, for clients and echo peers alike.
+    #[arg(long)]
+    bind: String,
+    /// Requests in flight per echo peer (1: 7/MDP's shape; 0: no limit).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Runtime threads (1: single-threaded runtime, 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+}
+
+/// Hidden helper: an echo peer of the relay.
+#[derive(Args)]
+pub(crate) struct RelayPeerArgs {
+    /// The relay's endpoint.
+    #[arg(long)]
+    connect: String,
+}
+
+/// The relay: clients send `[empty, body]`; peers announce themselves with one `[ready]` frame
+/// and then echo what they are given. Requests go to peers with room in their window, oldest
+/// first, and replies straight back to their client: the routing a 7/MDP broker does, without
+/// parsing, validation, services, heartbeats or expiry. Its loop is the broker's: take what is
+/// ready (up to a batch), then send what it caused, and yield after a full batch.
+pub(crate) async fn relay(args: RelayArgs) -> Result<()> {
+    let mut socket = RouterSocket::new();
+    socket.bind(&args.bind).await?;
+    let mut relay = Relay {
+        window: if args.window == 0 {
+            usize::MAX
+        } else {
+            args.window
+        },
+        load: HashMap::new(),
+        ready: VecDeque::new(),
+        pending: VecDeque::new(),
+        out: Vec::new(),
+    };
+    loop {
+        relay.handle(socket.recv().await?);
+        let mut full = true;
+        for _ in 1..RELAY_BATCH {
+            match socket.recv().now_or_never() {
+                Some(msg) => relay.handle(msg?),
+                None => {
+                    full = false;
+                    break;
+                }
             }
         }
+        for msg in relay.out.drain(..) {
+            socket.send(msg).await?;
+        }
+        if full {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Most messages the relay takes before it sends what they caused, as the broker does.
+const RELAY_BATCH: usize = 64;
+
+/// The relay's state.
+struct Relay {
+    /// Most requests one peer holds.
+    window: usize,
+    /// Peers and how many requests each holds.
+    load: HashMap<Bytes, usize>,
+    /// The peers with room, each once.
+    ready: VecDeque<Bytes>,
+    /// Requests waiting for a peer.
+    pending: VecDeque<Vec<Bytes>>,
+    /// Messages to send.
+    out: Vec<ZmqMessage>,
+}
+
+impl Relay {
+    fn handle(&mut self, msg: ZmqMessage) {
+        let mut frames = msg.into_vec();
+        if frames.len() < 2 {
+            return;
+        }
+        let from = frames[0].clone();
+        if let Some(held) = self.load.get_mut(&from) {
+            // A reply `[peer, client, empty, body]`: back to its client.
+            if *held == self.window {
+                self.ready.push_back(from);
+            }
+            *held -= 1;
+            frames.remove(0);
+            self.out.push(ZmqMessage::try_from(frames).expect("frames"));
+        } else if frames.len() == 2 && frames[1].as_ref() == b"ready" {
+            self.load.insert(from.clone(), 0);
+            self.ready.push_back(from);
+        } else {
+            self.pending.push_back(frames);
+        }
+        while !self.pending.is_empty() {
+            let Some(peer) = self.ready.pop_front() else {
+                break;
+            };
+            let mut request = self.pending.pop_front().expect("not empty");
+            request.insert(0, peer.clone());
+            let held = self.load.get_mut(&peer).expect("known peer");
+            *held += 1;
+            if *held < self.window {
+                self.ready.push_back(peer);
+            }
+            self.out
+                .push(ZmqMessage::try_from(request).expect("frames"));
+        }
+    }
+}
+
+/// A relay peer: announces itself, then echoes every request.
+pub(crate) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
+    let mut socket = connect(&args.connect).await?;
+    socket.send(ZmqMessage::from("ready")).await?;
+    loop {
+        let msg = socket.recv().await?;
+        socket.send(msg).await?;
     }
 }
 

@@ -49,6 +49,12 @@ enum Command {
     /// Internal: the raw ROUTER echo server `bench` measures the ceiling against.
     #[command(hide = true)]
     BenchEcho(bench::EchoArgs),
+    /// Internal: a two-hop forwarder with no protocol, the transport's limit for a broker.
+    #[command(hide = true)]
+    BenchRelay(bench::RelayArgs),
+    /// Internal: an echo peer of `bench-relay`.
+    #[command(hide = true)]
+    BenchRelayPeer(bench::RelayPeerArgs),
     /// Run a Paranoid Pirate queue (6/PPP): heartbeating workers on the backend.
     Ppqueue(QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
@@ -175,6 +181,11 @@ struct WorkerArgs {
     /// e.g. 200us: lower latency, one core busy while requests keep coming (0: sleep at once).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, global = true)]
     busy_poll: Duration,
+    /// Runtime threads: 1 (the default) for a single-threaded runtime, 0 for one per core. The
+    /// `echo` and `exec` handlers do no work on the runtime's threads, so one thread serves any
+    /// concurrency without cross-thread wake-ups.
+    #[arg(long, default_value_t = 1, global = true)]
+    threads: usize,
     #[command(subcommand)]
     kind: WorkerKind,
 }
@@ -232,12 +243,16 @@ pub(crate) async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The broker and the queues are one task that owns its state: a single-threaded runtime
-    // serves them without cross-thread wake-ups. Everything else gets a multi-threaded one.
+    // The broker and the queues are one task that owns its state, and the worker's handlers do
+    // their work elsewhere (echo: none; exec: a child process): a single-threaded runtime serves
+    // them without cross-thread wake-ups. Everything else gets a multi-threaded one.
     let threads = match &cli.command {
         Command::Broker(args) => args.threads,
         Command::Ppqueue(args) | Command::Spqueue(args) => args.threads,
         Command::BenchEcho(args) => args.threads,
+        Command::BenchRelay(args) => args.threads,
+        Command::BenchRelayPeer(_) => 1,
+        Command::Worker(args) => args.threads,
         Command::Bench(args) => args.threads,
         _ => 0,
     };
@@ -272,6 +287,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Soak(args) => soak::run(args).await,
         Command::BenchEcho(args) => bench::echo(args).await,
+        Command::BenchRelay(args) => bench::relay(args).await,
+        Command::BenchRelayPeer(args) => bench::relay_peer(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
     }
