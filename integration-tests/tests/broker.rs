@@ -545,24 +545,7 @@ async fn bind_failure_is_a_clear_error() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_worker_is_purged_under_sustained_load() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let echo = {
-        let mut stopped = stopped.clone();
-        let w = Worker::new(
-            broker.endpoint.clone(),
-            "echo",
-            WorkerConfig {
-                heartbeat: TEST_HEARTBEAT,
-                concurrency: 2,
-                ..WorkerConfig::default()
-            },
-        );
-        tokio::spawn(
-            w.run(handler_fn(|body| async move { Ok(body) }), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }),
-        )
-    };
+    let (stop, workers) = echo_workers(&broker.endpoint, 2);
     wait_for_status(&broker.endpoint, b"echo", b"200").await?;
     // Keep the broker busy with a pipeline of requests from several clients.
     let (stop_load, load_stopped) = tokio::sync::watch::channel(false);
@@ -593,7 +576,9 @@ async fn silent_worker_is_purged_under_sustained_load() -> Result<()> {
         task.await??;
     }
     let _ = stop.send(true);
-    echo.await??;
+    for w in workers {
+        w.await??;
+    }
     let stats = broker.stop().await?;
     assert!(stats.purged >= 1);
     Ok(())

@@ -277,7 +277,6 @@ impl Broker {
             let timer =
                 tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
             tokio::pin!(timer);
-            let mut busy = false;
             loop {
                 let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
                 if timer.deadline() != deadline {
@@ -297,11 +296,14 @@ impl Broker {
                         () = &mut timer => Wake::Timer,
                     }
                 };
-                match busy_wait(wait, self.busy_poll, tokio::task::yield_now).await {
+                let full_batch = match busy_wait(wait, self.busy_poll, tokio::task::yield_now).await {
                     Wake::Shutdown => break,
-                    Wake::Message(role, msg) => busy = self.on_recv_batch(role, msg),
-                    Wake::Timer => self.core.handle_timeout(Instant::now()),
-                }
+                    Wake::Message(role, msg) => self.on_recv_batch(role, msg),
+                    Wake::Timer => {
+                        self.core.handle_timeout(Instant::now());
+                        false
+                    }
+                };
                 // The select is biased towards the sockets: under steady traffic the timer branch
                 // may never be chosen, so deadlines are also checked here.
                 let now = Instant::now();
@@ -312,9 +314,8 @@ impl Broker {
                 // zmq.rs's receive never returns Pending while a peer keeps sending, so a full
                 // batch means more is waiting: yield, or on a single-threaded runtime the accept
                 // loop and the per-peer writer tasks would starve under a flood.
-                if busy {
+                if full_batch {
                     tokio::task::yield_now().await;
-                    busy = false;
                 }
             }
             info!("shutting down: DISCONNECT to every worker");

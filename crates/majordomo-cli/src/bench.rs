@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use futures::FutureExt;
@@ -22,7 +22,7 @@ use majordomo_broker::HeartbeatConfig;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::child::{memory_kib, Child};
+use crate::child::{cpu_seconds, memory_kib, Child};
 
 /// Options of the benchmark.
 #[derive(Args, Clone)]
@@ -117,18 +117,8 @@ const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const DRAIN: u8 = 2;
 
-/// CPU seconds (user + system) of a process, from /proc (clock ticks are 1/100 s on Linux).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; fields resume after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields[11].parse()?;
-    let stime: f64 = fields[12].parse()?;
-    Ok((utime + stime) / 100.0)
-}
-
-fn free_endpoint(transport: &str) -> Result<String> {
+/// A free endpoint on loopback: an unused TCP port, or a fresh Unix socket path for ipc.
+pub(crate) fn free_endpoint(transport: &str) -> Result<String> {
     if transport == "ipc" {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(

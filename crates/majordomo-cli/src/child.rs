@@ -72,3 +72,14 @@ pub(crate) fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// CPU seconds (user + system) of a process, from /proc (clock ticks are 1/100 s on Linux).
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / 100.0)
+}

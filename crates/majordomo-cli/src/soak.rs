@@ -98,10 +98,7 @@ fn worker(endpoint: &str, busy_poll: &str) -> Result<Child> {
 
 pub(crate) async fn run(args: SoakArgs) -> Result<()> {
     let busy_poll = humantime::format_duration(args.busy_poll).to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let endpoint = crate::bench::free_endpoint("tcp")?;
     let mut broker_proc = broker(&endpoint, &busy_poll).await?;
     let mut workers: Vec<Child> = (0..args.workers)
         .map(|_| worker(&endpoint, &busy_poll))
