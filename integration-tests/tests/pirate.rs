@@ -63,16 +63,21 @@ impl RunningQueue {
         config: QueueConfig,
         busy_poll: Duration,
     ) -> Result<Self> {
+        let builder = Queue::builder()
+            .frontend(frontend)
+            .backend(backend)
+            .config(config)
+            .busy_poll(busy_poll);
         // A queue just stopped on the same ports may hold its listeners a moment longer.
-        let mut bound = Queue::bind(frontend, backend, config.clone()).await;
+        let mut bound = builder.clone().build().await;
         for _ in 0..100 {
             if bound.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            bound = Queue::bind(frontend, backend, config.clone()).await;
+            bound = builder.clone().build().await;
         }
-        let queue = bound?.busy_poll(busy_poll);
+        let queue = bound?;
         let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(queue.run(async {

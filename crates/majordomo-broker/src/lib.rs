@@ -1,8 +1,10 @@
 //! An asynchronous 7/MDP + 8/MMI Majordomo broker on tokio and zmq.rs.
 //!
 //! One task owns the broker state ([`majordomo_proto::broker::BrokerCore`]) and its ROUTER
-//! sockets; nothing is shared behind a lock. The task waits on three things at once: a message on
-//! any socket, the core's next deadline, and the shutdown future.
+//! sockets; nothing is shared behind a lock. It runs on the server loop of `majordomo-rt`, which
+//! waits on a message on any socket (polled in turn, so a flood of clients on one endpoint cannot
+//! starve the workers on another), the core's next deadline, a [`BrokerHandle`]'s request, and
+//! the shutdown future.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), majordomo_broker::BrokerError> {
@@ -10,29 +12,34 @@
 //!     .bind("tcp://127.0.0.1:5555")
 //!     .build()
 //!     .await?;
+//! let handle = broker.handle();
+//! tokio::spawn(async move {
+//!     if let Some(stats) = handle.stats().await {
+//!         println!("{} requests so far", stats.requests);
+//!     }
+//! });
 //! broker.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
 //! # Ok(()) }
 //! ```
 //!
 //! # Layout
 //! - [`Broker`] and [`BrokerBuilder`]: bind endpoints, then run until shutdown.
+//! - [`BrokerHandle`]: stats and shutdown of a running broker, from any task.
 //! - [`BrokerError`]: what can stop a broker from starting.
 #![warn(missing_docs)]
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::FutureExt;
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
-use majordomo_proto::idle::busy_wait;
-use majordomo_proto::mdp::{ClientRequest, WorkerMessage};
-use majordomo_proto::{mdp, Hex};
+use majordomo_proto::mdp::{self, ClientRequest, WorkerMessage};
+use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
+use majordomo_rt::transport::Transport;
 use tracing::{debug, info, warn, Instrument};
-use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{RouterSocket, Socket};
 
-pub use majordomo_proto::broker::{BrokerConfig, BrokerStats};
+pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
 pub use majordomo_proto::Limits;
 
@@ -54,8 +61,8 @@ pub enum BrokerError {
     #[error("no endpoint to bind")]
     NoEndpoint,
     /// The configuration is unusable (the message says which setting).
-    #[error("invalid configuration: {0}")]
-    Config(&'static str),
+    #[error(transparent)]
+    Config(#[from] majordomo_proto::ConfigError),
 }
 
 /// Which peers an endpoint serves.
@@ -79,26 +86,15 @@ pub struct BoundEndpoint {
     pub endpoint: String,
 }
 
+/// A handle on a running broker: read its stats, stop it. Cheap to clone.
+pub type BrokerHandle = ServerHandle<BrokerStats>;
+
 /// Builds a [`Broker`]: endpoints, protocol configuration and driver settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BrokerBuilder {
     config: BrokerConfig,
     endpoints: Vec<(EndpointRole, String)>,
-    send_timeout: Duration,
-    linger: Duration,
-    busy_poll: Duration,
-}
-
-impl Default for BrokerBuilder {
-    fn default() -> Self {
-        Self {
-            config: BrokerConfig::default(),
-            endpoints: Vec::new(),
-            send_timeout: Duration::from_millis(100),
-            linger: Duration::from_millis(200),
-            busy_poll: Duration::ZERO,
-        }
-    }
+    options: ServerOptions,
 }
 
 impl BrokerBuilder {
@@ -134,14 +130,14 @@ impl BrokerBuilder {
     /// gone rather than stalling every other peer, and messages to it are dropped without waiting
     /// for the next 5 s.
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        self.send_timeout = timeout;
+        self.options.send_timeout = timeout;
         self
     }
 
     /// How long the broker keeps running after sending DISCONNECT at shutdown, so the transport
     /// can flush it (default 200 ms; zmq.rs has no linger option).
     pub fn linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
+        self.options.linger = linger;
         self
     }
 
@@ -154,7 +150,7 @@ impl BrokerBuilder {
     /// price of CPU: a broker whose messages arrive less than a window apart keeps one core busy.
     /// It stops polling, and sleeps, once a window passes with nothing to do.
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.busy_poll = window;
+        self.options.busy_poll = window;
         self
     }
 
@@ -163,203 +159,79 @@ impl BrokerBuilder {
         if self.endpoints.is_empty() {
             return Err(BrokerError::NoEndpoint);
         }
-        if self.config.heartbeat.interval.is_zero() || self.config.heartbeat.liveness == 0 {
-            return Err(BrokerError::Config(
-                "heartbeat interval and liveness must be positive",
-            ));
-        }
-        let mut sockets: [Option<RouterSocket>; 3] = [None, None, None];
+        self.config.validate()?;
+        // One ROUTER socket per role, in the order the roles are first named.
+        let mut sockets: Vec<(EndpointRole, RouterSocket)> = Vec::new();
         let mut bound = Vec::new();
         for (role, endpoint) in &self.endpoints {
-            let socket = sockets[*role as usize].get_or_insert_with(RouterSocket::new);
-            let resolved = socket
-                .bind(endpoint)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
+            let index = match sockets.iter().position(|(r, _)| r == role) {
+                Some(index) => index,
+                None => {
+                    sockets.push((*role, RouterSocket::new()));
+                    sockets.len() - 1
+                }
+            };
+            let resolved =
+                sockets[index]
+                    .1
+                    .bind(endpoint)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
             bound.push(BoundEndpoint {
                 role: *role,
                 endpoint: resolved.to_string(),
             });
         }
-        let [shared, clients, workers] = sockets;
+        let mut broker = self.build_on(sockets)?;
+        broker.bound = bound;
+        Ok(broker)
+    }
+
+    /// Builds a broker on sockets the caller provides, each serving one role: any
+    /// [`Transport`], such as the in-memory sockets of `majordomo_rt::memory` for tests. The
+    /// endpoints added with `bind*` are ignored.
+    pub fn build_on<T: Transport>(
+        self,
+        sockets: Vec<(EndpointRole, T)>,
+    ) -> Result<Broker<T>, BrokerError> {
+        if sockets.is_empty() {
+            return Err(BrokerError::NoEndpoint);
+        }
+        self.config.validate()?;
+        let roles: Vec<EndpointRole> = sockets.iter().map(|(role, _)| *role).collect();
+        let find = |wanted: EndpointRole| roles.iter().position(|r| *r == wanted);
+        let shared = find(EndpointRole::Shared);
+        let machine = BrokerMachine {
+            core: BrokerCore::new(majordomo_rt::clock::now(), self.config),
+            client_socket: find(EndpointRole::Clients).or(shared),
+            worker_socket: find(EndpointRole::Workers).or(shared),
+            roles,
+        };
+        let sockets = sockets.into_iter().map(|(_, socket)| socket).collect();
+        let (server, handle) = Server::new(machine, sockets, self.options);
         Ok(Broker {
-            core: BrokerCore::new(Instant::now(), self.config),
-            shared,
-            clients,
-            workers,
-            bound,
-            send_timeout: self.send_timeout,
-            linger: self.linger,
-            busy_poll: self.busy_poll,
-            stuck: HashMap::new(),
+            server,
+            handle,
+            bound: Vec::new(),
         })
     }
 }
 
-/// A bound Majordomo broker. [`Broker::run`] serves until the shutdown future completes.
-pub struct Broker {
+/// The broker core as the server loop drives it: which socket serves which role.
+struct BrokerMachine {
     core: BrokerCore,
-    shared: Option<RouterSocket>,
-    clients: Option<RouterSocket>,
-    workers: Option<RouterSocket>,
-    bound: Vec<BoundEndpoint>,
-    send_timeout: Duration,
-    linger: Duration,
-    busy_poll: Duration,
-    /// Peers whose last send waited out the send timeout, and until when further sends to them
-    /// are dropped without waiting: a peer that stopped reading must cost one timeout, not one
-    /// per message.
-    stuck: HashMap<Bytes, Instant>,
+    roles: Vec<EndpointRole>,
+    client_socket: Option<usize>,
+    worker_socket: Option<usize>,
 }
 
-/// Most messages handled from one socket before the broker sends what they caused.
-const RECV_BATCH: usize = 64;
+impl Machine for BrokerMachine {
+    type Stats = BrokerStats;
 
-/// How long a peer whose send timed out is skipped.
-const STUCK_HOLD: Duration = Duration::from_secs(5);
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("bound", &self.bound)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What woke the broker loop.
-enum Wake {
-    Shutdown,
-    Message(EndpointRole, zeromq::ZmqResult<ZmqMessage>),
-    Timer,
-}
-
-/// Receives from an optional socket; a missing socket never yields.
-async fn recv_from(socket: &mut Option<RouterSocket>) -> zeromq::ZmqResult<ZmqMessage> {
-    match socket {
-        Some(socket) => socket.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Broker {
-    /// A builder with the default configuration and no endpoint.
-    pub fn builder() -> BrokerBuilder {
-        BrokerBuilder::default()
-    }
-
-    /// The endpoints bound, with ephemeral ports resolved.
-    pub fn endpoints(&self) -> &[BoundEndpoint] {
-        &self.bound
-    }
-
-    /// Current counters and gauges of the broker core.
-    pub fn stats(&self) -> BrokerStats {
-        self.core.stats()
-    }
-
-    /// Serves until `shutdown` completes, then sends DISCONNECT to every worker and returns the
-    /// final counters.
-    pub async fn run(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<BrokerStats, BrokerError> {
-        for b in &self.bound {
-            info!(endpoint = %b.endpoint, role = ?b.role, "broker bound");
-        }
-        let span = tracing::info_span!("broker");
-        async move {
-            tokio::pin!(shutdown);
-            // One timer, moved only when the core's deadline moves: registering a fresh timer on
-            // every message would cost more than routing the message.
-            let timer =
-                tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
-            tokio::pin!(timer);
-            loop {
-                let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                let wait = async {
-                    tokio::select! {
-                        biased;
-                        // Cancel-safe: a future that has not completed has no effect.
-                        () = &mut shutdown => Wake::Shutdown,
-                        // zmq.rs recv() is cancel-safe: a message is either returned or stays
-                        // queued, so the select may be polled, and dropped, any number of times.
-                        msg = recv_from(&mut self.shared) => Wake::Message(EndpointRole::Shared, msg),
-                        msg = recv_from(&mut self.clients) => Wake::Message(EndpointRole::Clients, msg),
-                        msg = recv_from(&mut self.workers) => Wake::Message(EndpointRole::Workers, msg),
-                        // A timer: dropping it unfired loses nothing.
-                        () = &mut timer => Wake::Timer,
-                    }
-                };
-                let full_batch = match busy_wait(wait, self.busy_poll, tokio::task::yield_now).await {
-                    Wake::Shutdown => break,
-                    Wake::Message(role, msg) => self.on_recv_batch(role, msg),
-                    Wake::Timer => {
-                        self.core.handle_timeout(Instant::now());
-                        false
-                    }
-                };
-                // The select is biased towards the sockets: under steady traffic the timer branch
-                // may never be chosen, so deadlines are also checked here.
-                let now = Instant::now();
-                if now >= self.core.poll_timeout() {
-                    self.core.handle_timeout(now);
-                }
-                self.flush().await;
-                // zmq.rs's receive never returns Pending while a peer keeps sending, so a full
-                // batch means more is waiting: yield, or on a single-threaded runtime the accept
-                // loop and the per-peer writer tasks would starve under a flood.
-                if full_batch {
-                    tokio::task::yield_now().await;
-                }
-            }
-            info!("shutting down: DISCONNECT to every worker");
-            self.core.shutdown();
-            self.flush().await;
-            tokio::time::sleep(self.linger).await;
-            Ok(self.core.stats())
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Handles `msg`, then whatever else that socket already has ready (up to a batch), so that
-    /// the replies and requests they cause leave in batches: zmq.rs writes a peer's queued
-    /// messages with one flush.
-    /// Returns whether the batch was full (more is probably waiting).
-    fn on_recv_batch(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) -> bool {
-        self.on_recv(role, msg);
-        for _ in 1..RECV_BATCH {
-            let socket = match role {
-                EndpointRole::Shared => &mut self.shared,
-                EndpointRole::Clients => &mut self.clients,
-                EndpointRole::Workers => &mut self.workers,
-            };
-            // Polled once: a pending receive is dropped, which zmq.rs's recv() allows without
-            // losing a message.
-            match recv_from(socket).now_or_never() {
-                Some(msg) => self.on_recv(role, msg),
-                None => return false,
-            }
-        }
-        true
-    }
-
-    fn on_recv(&mut self, role: EndpointRole, msg: zeromq::ZmqResult<ZmqMessage>) {
-        let now = Instant::now();
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(error) => {
-                debug!(%error, "receive failed");
-                return;
-            }
-        };
-        let frames = msg.into_vec();
+    fn handle_message(&mut self, now: Instant, socket: usize, frames: Vec<Bytes>) {
         let (identity, rest) = match mdp::split_identity(&frames) {
             Ok(split) => split,
             Err(error) => {
@@ -368,7 +240,7 @@ impl Broker {
             }
         };
         let limits = self.core.config().limits;
-        match role {
+        match self.roles[socket] {
             EndpointRole::Shared => {
                 let _ = self.core.handle_message(now, identity, rest);
             }
@@ -383,59 +255,99 @@ impl Broker {
         }
     }
 
-    /// Sends everything the core has queued, never waiting longer than the send timeout on one
-    /// peer: a full or dead peer is reported back to the core instead of stalling the loop.
-    async fn flush(&mut self) {
-        while let Some(transmit) = self.core.poll_transmit() {
-            let Transmit { role, frames } = transmit;
-            let identity: Bytes = frames[0].clone();
+    fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        self.core.poll_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
+        loop {
+            let Transmit { role, frames } = self.core.poll_transmit()?;
             let socket = match role {
-                Role::Client => self.clients.as_mut().or(self.shared.as_mut()),
-                Role::Worker => self.workers.as_mut().or(self.shared.as_mut()),
+                Role::Client => self.client_socket,
+                Role::Worker => self.worker_socket,
             };
-            let Some(socket) = socket else { continue };
-            if let Some(until) = self.stuck.get(&identity) {
-                if *until > Instant::now() {
-                    debug!(peer = %Hex(&identity), "peer not reading, message dropped");
-                    self.core
-                        .handle_undeliverable(Instant::now(), role, &identity);
-                    continue;
-                }
-                self.stuck.remove(&identity);
-            }
-            let msg = ZmqMessage::try_from(frames).expect("transmits have frames");
-            let send = socket.send(msg);
-            tokio::pin!(send);
-            // Almost every send completes at once (the peer's queue has room); only a send that
-            // has to wait gets a timer.
-            let outcome = match futures::poll!(&mut send) {
-                std::task::Poll::Ready(result) => Ok(result),
-                std::task::Poll::Pending => tokio::time::timeout(self.send_timeout, send).await,
-            };
-            let failed = match outcome {
-                Ok(Ok(())) => false,
-                Ok(Err(error)) => {
-                    debug!(peer = %Hex(&identity), %error, "send failed");
-                    true
-                }
-                Err(_) => {
-                    warn!(
-                        peer = %Hex(&identity),
-                        hold_s = STUCK_HOLD.as_secs(),
-                        "peer queue full past the send timeout: dropping this and further messages to it"
-                    );
-                    let now = Instant::now();
-                    if self.stuck.len() >= 1024 {
-                        self.stuck.retain(|_, until| *until > now);
-                    }
-                    self.stuck.insert(identity.clone(), now + STUCK_HOLD);
-                    true
-                }
-            };
-            if failed {
-                self.core
-                    .handle_undeliverable(Instant::now(), role, &identity);
+            match socket {
+                Some(socket) => return Some((socket, frames)),
+                // No endpoint serves that role (only possible with a client-only or worker-only
+                // broker, whose other peers cannot reach it anyway).
+                None => debug!(?role, "no endpoint for this role, message dropped"),
             }
         }
+    }
+
+    fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes) {
+        let role = match self.roles[socket] {
+            EndpointRole::Workers => Role::Worker,
+            EndpointRole::Clients => Role::Client,
+            EndpointRole::Shared if self.core.is_worker(identity) => Role::Worker,
+            EndpointRole::Shared => Role::Client,
+        };
+        self.core.handle_undeliverable(now, role, identity);
+    }
+
+    fn stats(&self) -> BrokerStats {
+        self.core.stats()
+    }
+
+    fn shutdown(&mut self) {
+        info!("shutting down: DISCONNECT to every worker");
+        self.core.shutdown();
+    }
+}
+
+/// A bound Majordomo broker. [`Broker::run`] serves until the shutdown future completes.
+pub struct Broker<T = RouterSocket> {
+    server: Server<BrokerMachine, T>,
+    handle: BrokerHandle,
+    bound: Vec<BoundEndpoint>,
+}
+
+impl<T> std::fmt::Debug for Broker<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A builder with the default configuration and no endpoint.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+}
+
+impl<T: Transport> Broker<T> {
+    /// The endpoints bound, with ephemeral ports resolved (empty for [`BrokerBuilder::build_on`]).
+    pub fn endpoints(&self) -> &[BoundEndpoint] {
+        &self.bound
+    }
+
+    /// Counters and gauges before the broker runs; once it runs, ask a [`Broker::handle`].
+    pub fn stats(&self) -> BrokerStats {
+        self.server.machine().core.stats()
+    }
+
+    /// A handle for reading the stats of the running broker and stopping it, from any task.
+    pub fn handle(&self) -> BrokerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `shutdown` completes or a handle calls [`BrokerHandle::shutdown`], then sends
+    /// DISCONNECT to every worker and returns the final counters.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<BrokerStats, BrokerError> {
+        for b in &self.bound {
+            info!(endpoint = %b.endpoint, role = ?b.role, "broker bound");
+        }
+        let machine = self
+            .server
+            .run(shutdown)
+            .instrument(tracing::info_span!("broker"))
+            .await;
+        Ok(machine.core.stats())
     }
 }

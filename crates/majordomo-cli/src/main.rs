@@ -347,10 +347,14 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
         max_queued: args.max_queued,
         ..base
     };
-    let queue = Queue::bind(&args.frontend, &args.backend, config)
+    let queue = Queue::builder()
+        .frontend(&args.frontend)
+        .backend(&args.backend)
+        .config(config)
+        .busy_poll(args.busy_poll)
+        .build()
         .await
-        .context("queue cannot start")?
-        .busy_poll(args.busy_poll);
+        .context("queue cannot start")?;
     let stats = queue.run(shutdown_signal()).await?;
     tracing::info!(?stats, "queue stopped");
     Ok(())

@@ -22,14 +22,16 @@
 #![warn(missing_docs)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::{DecodeError, Hex, Limits};
+use majordomo_rt::clock;
+use majordomo_rt::transport::{connect_dealer, Transport, TransportError};
 use tracing::{debug, warn};
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::DealerSocket;
 
 /// Timeouts, retries and limits of a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,11 @@ pub struct ClientConfig {
     pub retries: u32,
     /// Size limits applied to replies.
     pub limits: Limits,
+    /// Most idle connections a [`Client`] keeps for later requests (default 64). A request
+    /// takes an idle connection or opens one; when it is answered, its connection goes back to
+    /// the pool unless the pool is full, in which case it is closed. So the pool grows to the
+    /// most requests ever in flight at once, bounded by this.
+    pub max_idle_connections: usize,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +58,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_millis(2500),
             retries: 3,
             limits: Limits::default(),
+            max_idle_connections: 64,
         }
     }
 }
@@ -90,7 +98,7 @@ pub enum ClientError {
     Timeout,
     /// The transport failed in a way a retry cannot fix.
     #[error("transport error: {0}")]
-    Transport(#[from] zeromq::ZmqError),
+    Transport(#[from] TransportError),
 }
 
 /// A 7/MDP client. Clone it freely: clones share one pool of connections.
@@ -116,14 +124,8 @@ impl std::fmt::Debug for PooledSocket {
 }
 
 /// Opens a DEALER socket connected to `endpoint`, waiting at most `timeout`.
-async fn connect(endpoint: &str, timeout: Duration) -> Result<DealerSocket, zeromq::ZmqError> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(timeout);
-    let mut socket = DealerSocket::with_options(options);
-    match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
-        Ok(result) => result.map(|()| socket),
-        Err(_) => Err(zeromq::ZmqError::Other("connect timed out")),
-    }
+async fn connect(endpoint: &str, timeout: Duration) -> Result<DealerSocket, ClientError> {
+    Ok(connect_dealer(endpoint, timeout).await?)
 }
 
 impl Client {
@@ -152,9 +154,10 @@ impl Client {
         body: Vec<Bytes>,
     ) -> Result<Vec<Bytes>, ClientError> {
         let config = &self.inner.config;
+        let service = service.into();
         let mut call = Call::new(
-            Instant::now(),
-            service.into(),
+            clock::now(),
+            service.clone(),
             body,
             config.timeout,
             config.retries,
@@ -169,48 +172,49 @@ impl Client {
             .pop()
             .map(|p| p.0);
         loop {
-            let deadline = tokio::time::Instant::from_std(call.poll_timeout());
+            let deadline = call
+                .poll_timeout()
+                .expect("a call under way has a deadline");
             // One attempt: connect if needed, send, and wait for a message, all within the
             // attempt's deadline.
-            let attempt = tokio::time::timeout_at(deadline, async {
-                if socket.is_none() {
-                    socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
-                }
-                let s = socket.as_mut().expect("connected above");
-                let msg =
-                    ZmqMessage::try_from(call.request().to_vec()).expect("request has frames");
-                s.send(msg).await?;
-                Ok::<_, zeromq::ZmqError>(s.recv().await?.into_vec())
-            })
-            .await;
+            let attempt =
+                tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), async {
+                    if socket.is_none() {
+                        socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
+                    }
+                    let s = socket.as_mut().expect("connected above");
+                    s.send(call.request().to_vec()).await?;
+                    Ok::<_, ClientError>(s.recv().await?)
+                })
+                .await;
             let event = match attempt {
                 Ok(Ok(frames)) => call.handle_reply(&frames),
                 Ok(Err(error)) => {
                     debug!(attempt = call.attempt(), %error, "connection failed");
                     socket = None;
-                    call.handle_connection_lost(Instant::now())
+                    call.handle_connection_lost(clock::now())
                 }
                 Err(_) => {
                     warn!(
-                        service = %Hex(call.service()),
+                        service = %Hex(&service),
                         attempt = call.attempt(),
                         attempts = call.attempts(),
                         "no reply, retrying on a new connection"
                     );
                     // Close the socket: a late reply must not reach the next request.
                     socket = None;
-                    call.handle_timeout(Instant::now())
+                    call.handle_timeout(clock::now().max(deadline))
                 }
             };
             match event.expect("a call that is not done answers every input") {
                 CallEvent::Resend { .. } => socket = None,
                 CallEvent::Done(Ok(body)) => {
                     if let Some(socket) = socket {
-                        self.inner
-                            .pool
-                            .lock()
-                            .expect("pool lock")
-                            .push(PooledSocket(socket));
+                        let mut pool = self.inner.pool.lock().expect("pool lock");
+                        // Above the bound the connection is closed (dropped) instead.
+                        if pool.len() < config.max_idle_connections {
+                            pool.push(PooledSocket(socket));
+                        }
                     }
                     return Ok(body);
                 }
@@ -225,7 +229,7 @@ impl Client {
                 CallEvent::Done(Err(CallError::NoReply { attempts })) => {
                     return Err(ClientError::NoReply {
                         attempts,
-                        service: call.service().clone(),
+                        service,
                         body: call.body().to_vec(),
                     })
                 }
@@ -279,9 +283,9 @@ impl AsyncClient {
             .limits
             .check_service(&service)
             .map_err(ClientError::InvalidService)?;
-        let msg = ZmqMessage::try_from(ClientRequest::new(service, body).encode())
-            .expect("request has frames");
-        self.socket.send(msg).await?;
+        self.socket
+            .send(ClientRequest::new(service, body).encode())
+            .await?;
         Ok(())
     }
 
@@ -289,8 +293,7 @@ impl AsyncClient {
     pub async fn recv(&mut self) -> Result<Reply, ClientError> {
         let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
             .await
-            .map_err(|_| ClientError::Timeout)??
-            .into_vec();
+            .map_err(|_| ClientError::Timeout)??;
         let reply = ClientReply::decode(&frames, &self.config.limits)?;
         Ok(Reply {
             service: reply.service,

@@ -1,10 +1,13 @@
 //! The Lazy Pirate client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::client::{Call, CallEvent};
+use majordomo_rt::clock;
+use majordomo_rt::transport::{connect_dealer, Transport};
 use tracing::warn;
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::DealerSocket;
 
 /// Timeout and attempts of a [`LazyPirate`] client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,33 +105,52 @@ impl LazyPirate {
 
     /// Sends `request` and returns the first reply that `accept` approves; other replies are
     /// reported as [`LazyEvent::Rejected`] and skipped within the same timeout.
+    ///
+    /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`]; this
+    /// driver only connects, sends, and reads.
     pub async fn request_with(
         &mut self,
         request: Vec<Bytes>,
         mut accept: impl FnMut(&[Bytes]) -> bool,
     ) -> Result<Vec<Bytes>, LazyPirateError> {
-        let attempts = self.config.retries.max(1);
-        let mut frames = Vec::with_capacity(request.len() + 1);
-        frames.push(Bytes::new());
-        frames.extend(request.iter().cloned());
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                self.emit(LazyEvent::Retrying {
-                    next: attempt,
-                    of: attempts,
-                });
-            }
-            let deadline = tokio::time::Instant::now() + self.config.timeout;
-            match self.attempt(&frames, deadline, &mut accept).await {
-                Some(reply) => return Ok(reply),
+        let mut call = Call::lazy_pirate(
+            clock::now(),
+            request,
+            self.config.timeout,
+            self.config.retries,
+        );
+        loop {
+            let deadline = call
+                .poll_timeout()
+                .expect("a call under way has a deadline");
+            let event = match self.attempt(call.request(), deadline, &mut accept).await {
+                Some(reply) => call.handle_reply(&reply),
                 None => {
-                    warn!(endpoint = %self.endpoint, attempt, attempts, "no response from server");
+                    warn!(
+                        endpoint = %self.endpoint,
+                        attempt = call.attempt(),
+                        attempts = call.attempts(),
+                        "no response from server"
+                    );
                     // Close and forget the socket: a late reply must not reach the next request.
                     self.socket = None;
+                    call.handle_timeout(clock::now().max(deadline))
+                }
+            };
+            match event.expect("a call that is not done answers every input") {
+                CallEvent::Resend { attempt } => self.emit(LazyEvent::Retrying {
+                    next: attempt,
+                    of: call.attempts(),
+                }),
+                CallEvent::Done(Ok(reply)) => return Ok(reply),
+                CallEvent::Done(Err(_)) => {
+                    return Err(LazyPirateError::ServerOffline {
+                        attempts: call.attempts(),
+                        request: call.body().to_vec(),
+                    })
                 }
             }
         }
-        Err(LazyPirateError::ServerOffline { attempts, request })
     }
 
     fn emit(&mut self, event: LazyEvent) {
@@ -137,49 +159,44 @@ impl LazyPirate {
         }
     }
 
-    /// One attempt: connect if needed, send, wait until `deadline` for an accepted reply.
+    /// One attempt: connect if needed, send, wait until `deadline` for an accepted reply (as
+    /// received, with the REQ delimiter still in front).
     async fn attempt(
         &mut self,
         frames: &[Bytes],
-        deadline: tokio::time::Instant,
+        deadline: Instant,
         accept: &mut impl FnMut(&[Bytes]) -> bool,
     ) -> Option<Vec<Bytes>> {
+        let deadline = tokio::time::Instant::from_std(deadline);
         if self.socket.is_none() {
-            let mut options = SocketOptions::default();
-            options.connect_timeout(self.config.timeout);
-            let mut socket = DealerSocket::with_options(options);
-            match tokio::time::timeout_at(deadline, socket.connect(&self.endpoint)).await {
-                Ok(Ok(())) => self.socket = Some(socket),
-                _ => {
-                    // Connecting took the whole attempt; wait out nothing more.
-                    return None;
-                }
-            }
+            let connect = connect_dealer(&self.endpoint, self.config.timeout);
+            // Connecting may take the whole attempt; then there is nothing more to wait for.
+            self.socket = Some(
+                tokio::time::timeout_at(deadline, connect)
+                    .await
+                    .ok()?
+                    .ok()?,
+            );
         }
         let socket = self.socket.as_mut().expect("connected above");
-        let msg = ZmqMessage::try_from(frames.to_vec()).expect("frames");
-        if tokio::time::timeout_at(deadline, socket.send(msg))
+        tokio::time::timeout_at(deadline, socket.send(frames.to_vec()))
             .await
             .ok()?
-            .is_err()
-        {
-            return None;
-        }
+            .ok()?;
         loop {
-            let frames = match tokio::time::timeout_at(deadline, socket.recv()).await {
-                Ok(Ok(msg)) => msg.into_vec(),
-                _ => return None,
+            let frames = tokio::time::timeout_at(deadline, socket.recv())
+                .await
+                .ok()?
+                .ok()?;
+            let body = match frames.split_first() {
+                Some((first, rest)) if first.is_empty() => rest,
+                _ => &frames[..],
             };
-            // A REP server's reply starts with the empty delimiter, as REQ expects.
-            let reply = match frames.split_first() {
-                Some((first, rest)) if first.is_empty() => rest.to_vec(),
-                _ => frames,
-            };
-            if accept(&reply) {
-                return Some(reply);
+            if accept(body) {
+                return Some(frames);
             }
             if let Some(observer) = self.observer.as_mut() {
-                observer(LazyEvent::Rejected(reply));
+                observer(LazyEvent::Rejected(body.to_vec()));
             }
         }
     }

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - `lazy`: [`LazyPirate`], [`LazyPirateConfig`], [`LazyPirateError`], [`LazyEvent`].
-//! - `queue`: [`Queue`], the tokio driver of [`majordomo_proto::pirate::PirateQueue`].
+//! - `queue`: [`Queue`], [`QueueBuilder`], [`QueueHandle`]: the tokio driver of [`majordomo_proto::pirate::PirateQueue`].
 //! - `worker`: [`PppWorker`], [`PppWorkerConfig`].
 #![warn(missing_docs)]
 
@@ -20,5 +20,5 @@ mod worker;
 
 pub use lazy::{LazyEvent, LazyPirate, LazyPirateConfig, LazyPirateError};
 pub use majordomo_proto::pirate::{QueueConfig, QueueStats};
-pub use queue::{Queue, QueueError};
+pub use queue::{Queue, QueueBuilder, QueueError, QueueHandle};
 pub use worker::{PppWorker, PppWorkerConfig, PppWorkerError};

@@ -1,14 +1,16 @@
-//! The tokio driver of the Pirate queue: one task owns the state and both ROUTER sockets.
+//! The tokio driver of the Pirate queue: one task owns the state and both ROUTER sockets, on the
+//! server loop of `majordomo-rt` (fair polling of frontend and backend, bounded sends, stats
+//! through a [`QueueHandle`]).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use majordomo_proto::idle::busy_wait;
 use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
-use majordomo_proto::Hex;
-use tracing::{debug, info, warn, Instrument};
-use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
+use majordomo_rt::transport::Transport;
+use tracing::{info, Instrument};
+use zeromq::{RouterSocket, Socket};
 
 /// Why a queue could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,29 +26,155 @@ pub enum QueueError {
         source: zeromq::ZmqError,
     },
     /// The configuration is unusable (the message says which setting).
-    #[error("invalid configuration: {0}")]
-    Config(&'static str),
+    #[error(transparent)]
+    Config(#[from] majordomo_proto::ConfigError),
+}
+
+/// A handle on a running queue: read its stats, stop it. Cheap to clone.
+pub type QueueHandle = ServerHandle<QueueStats>;
+
+/// Socket numbers in the server loop.
+const FRONTEND: usize = 0;
+const BACKEND: usize = 1;
+
+/// Builds a [`Queue`]: endpoints, protocol configuration, driver settings.
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    frontend: String,
+    backend: String,
+    config: QueueConfig,
+    options: ServerOptions,
+}
+
+impl Default for QueueBuilder {
+    fn default() -> Self {
+        Self {
+            frontend: "tcp://127.0.0.1:5555".to_owned(),
+            backend: "tcp://127.0.0.1:5556".to_owned(),
+            config: QueueConfig::default(),
+            options: ServerOptions {
+                linger: Duration::ZERO,
+                ..ServerOptions::default()
+            },
+        }
+    }
+}
+
+impl QueueBuilder {
+    /// The client-facing endpoint (default `tcp://127.0.0.1:5555`).
+    pub fn frontend(mut self, endpoint: impl Into<String>) -> Self {
+        self.frontend = endpoint.into();
+        self
+    }
+
+    /// The worker-facing endpoint (default `tcp://127.0.0.1:5556`).
+    pub fn backend(mut self, endpoint: impl Into<String>) -> Self {
+        self.backend = endpoint.into();
+        self
+    }
+
+    /// The protocol configuration (default [`QueueConfig::paranoid`]).
+    pub fn config(mut self, config: QueueConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How long one send may wait for room in a peer's queue (default 100 ms); a peer that far
+    /// behind is skipped for 5 s, and a worker is treated as gone.
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.options.send_timeout = timeout;
+        self
+    }
+
+    /// How long the queue keeps polling its sockets without sleeping after it last had work
+    /// (default zero). As for the Majordomo broker: a window of 100-500 us saves a wake-up per
+    /// message while traffic flows and keeps one core busy meanwhile; see
+    /// [`majordomo_rt::idle`].
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.options.busy_poll = window;
+        self
+    }
+
+    /// Binds both endpoints.
+    pub async fn build(self) -> Result<Queue, QueueError> {
+        self.config.validate()?;
+        let (frontend, front_ep) = bind(&self.frontend).await?;
+        let (backend, back_ep) = bind(&self.backend).await?;
+        let mut queue = self.build_on(frontend, backend)?;
+        queue.endpoints = (front_ep, back_ep);
+        Ok(queue)
+    }
+
+    /// Builds a queue on sockets the caller provides (any [`Transport`], such as the in-memory
+    /// sockets of `majordomo_rt::memory`); the endpoints set here are ignored.
+    pub fn build_on<T: Transport>(self, frontend: T, backend: T) -> Result<Queue<T>, QueueError> {
+        self.config.validate()?;
+        let machine = QueueMachine(PirateQueue::new(majordomo_rt::clock::now(), self.config));
+        let (server, handle) = Server::new(machine, vec![frontend, backend], self.options);
+        Ok(Queue {
+            server,
+            handle,
+            endpoints: (String::new(), String::new()),
+        })
+    }
+}
+
+/// The Pirate queue core as the server loop drives it.
+struct QueueMachine(PirateQueue);
+
+impl Machine for QueueMachine {
+    type Stats = QueueStats;
+
+    fn handle_message(&mut self, now: Instant, socket: usize, frames: Vec<Bytes>) {
+        // Errors are logged and counted by the core.
+        let _ = if socket == FRONTEND {
+            self.0.handle_frontend(now, &frames)
+        } else {
+            self.0.handle_backend(now, &frames)
+        };
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        self.0.poll_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
+        let QueueTransmit { side, frames } = self.0.poll_transmit()?;
+        let socket = match side {
+            Side::Frontend => FRONTEND,
+            Side::Backend => BACKEND,
+        };
+        Some((socket, frames))
+    }
+
+    fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes) {
+        let side = if socket == FRONTEND {
+            Side::Frontend
+        } else {
+            Side::Backend
+        };
+        self.0.handle_undeliverable(now, side, identity);
+    }
+
+    fn stats(&self) -> QueueStats {
+        self.0.stats()
+    }
+
+    fn shutdown(&mut self) {}
 }
 
 /// A Simple or Paranoid Pirate queue with its frontend (clients) and backend (workers) bound.
-pub struct Queue {
-    core: PirateQueue,
-    frontend: RouterSocket,
-    backend: RouterSocket,
+pub struct Queue<T = RouterSocket> {
+    server: Server<QueueMachine, T>,
+    handle: QueueHandle,
     endpoints: (String, String),
-    send_timeout: Duration,
-    busy_poll: Duration,
 }
 
-/// What woke the queue's loop.
-enum Wake {
-    Shutdown,
-    Backend(zeromq::ZmqResult<ZmqMessage>),
-    Frontend(zeromq::ZmqResult<ZmqMessage>),
-    Timer,
-}
-
-impl std::fmt::Debug for Queue {
+impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
             .field("endpoints", &self.endpoints)
@@ -67,40 +195,28 @@ async fn bind(endpoint: &str) -> Result<(RouterSocket, String), QueueError> {
 }
 
 impl Queue {
-    /// Binds the client-facing `frontend` and the worker-facing `backend` endpoints.
+    /// A builder with the default endpoints and configuration.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder::default()
+    }
+
+    /// Binds the client-facing `frontend` and the worker-facing `backend` endpoints with
+    /// `config`; the same as the builder with those three set.
     pub async fn bind(
         frontend: &str,
         backend: &str,
         config: QueueConfig,
     ) -> Result<Self, QueueError> {
-        if let Some(hb) = config.heartbeat {
-            if hb.interval.is_zero() || hb.liveness == 0 {
-                return Err(QueueError::Config(
-                    "heartbeat interval and liveness must be positive",
-                ));
-            }
-        }
-        let (frontend, front_ep) = bind(frontend).await?;
-        let (backend, back_ep) = bind(backend).await?;
-        Ok(Self {
-            core: PirateQueue::new(Instant::now(), config),
-            frontend,
-            backend,
-            endpoints: (front_ep, back_ep),
-            send_timeout: Duration::from_millis(100),
-            busy_poll: Duration::ZERO,
-        })
+        Self::builder()
+            .frontend(frontend)
+            .backend(backend)
+            .config(config)
+            .build()
+            .await
     }
+}
 
-    /// How long the queue keeps polling its sockets without sleeping after it last had work
-    /// (default zero). As for the Majordomo broker: a window of 100-500 us saves a wake-up per
-    /// message while traffic flows and keeps one core busy meanwhile; see
-    /// [`majordomo_proto::idle`].
-    pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.busy_poll = window;
-        self
-    }
-
+impl<T: Transport> Queue<T> {
     /// The bound frontend endpoint, with an ephemeral port resolved.
     pub fn frontend(&self) -> &str {
         &self.endpoints.0
@@ -111,84 +227,19 @@ impl Queue {
         &self.endpoints.1
     }
 
-    /// Serves until `shutdown` completes; returns the final counters.
-    pub async fn run(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<QueueStats, QueueError> {
-        info!(frontend = %self.endpoints.0, backend = %self.endpoints.1, "queue bound");
-        let span = tracing::info_span!("queue");
-        async move {
-            tokio::pin!(shutdown);
-            // One timer, moved only when the core's deadline moves.
-            let timer =
-                tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
-            tokio::pin!(timer);
-            loop {
-                let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                let wait = async {
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => Wake::Shutdown,
-                        // zmq.rs recv() is cancel-safe: a message is either returned or stays
-                        // queued, so the select may be polled, and dropped, any number of times.
-                        msg = self.backend.recv() => Wake::Backend(msg),
-                        msg = self.frontend.recv() => Wake::Frontend(msg),
-                        // A timer: dropping it unfired loses nothing.
-                        () = &mut timer => Wake::Timer,
-                    }
-                };
-                match busy_wait(wait, self.busy_poll, tokio::task::yield_now).await {
-                    Wake::Shutdown => break,
-                    Wake::Backend(Ok(msg)) => {
-                        let _ = self.core.handle_backend(Instant::now(), &msg.into_vec());
-                    }
-                    Wake::Backend(Err(error)) => debug!(%error, "backend receive failed"),
-                    Wake::Frontend(Ok(msg)) => {
-                        let _ = self.core.handle_frontend(Instant::now(), &msg.into_vec());
-                    }
-                    Wake::Frontend(Err(error)) => debug!(%error, "frontend receive failed"),
-                    Wake::Timer => self.core.handle_timeout(Instant::now()),
-                }
-                // The select is biased towards the sockets: under steady traffic the timer branch
-                // may never be chosen, so the deadline is also checked here.
-                let now = Instant::now();
-                if now >= self.core.poll_timeout() {
-                    self.core.handle_timeout(now);
-                }
-                self.flush().await;
-                // Receives never return Pending while a peer keeps sending: give the accept loop
-                // and the writer tasks their turn.
-                tokio::task::coop::consume_budget().await;
-            }
-            Ok(self.core.stats())
-        }
-        .instrument(span)
-        .await
+    /// A handle for reading the stats of the running queue and stopping it, from any task.
+    pub fn handle(&self) -> QueueHandle {
+        self.handle.clone()
     }
 
-    /// Sends what the core queued; a send that cannot finish within the send timeout is dropped
-    /// and the worker reported gone, so one stuck peer never stalls the queue.
-    async fn flush(&mut self) {
-        while let Some(QueueTransmit { side, frames }) = self.core.poll_transmit() {
-            let identity: Bytes = frames[0].clone();
-            let socket = match side {
-                Side::Frontend => &mut self.frontend,
-                Side::Backend => &mut self.backend,
-            };
-            let msg = ZmqMessage::try_from(frames).expect("transmits have frames");
-            let ok = matches!(
-                tokio::time::timeout(self.send_timeout, socket.send(msg)).await,
-                Ok(Ok(()))
-            );
-            if !ok {
-                warn!(peer = %Hex(&identity), ?side, "send failed, peer gone or stuck");
-                self.core
-                    .handle_undeliverable(Instant::now(), side, &identity);
-            }
-        }
+    /// Serves until `shutdown` completes or a handle stops it; returns the final counters.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<QueueStats, QueueError> {
+        info!(frontend = %self.endpoints.0, backend = %self.endpoints.1, "queue bound");
+        let machine = self
+            .server
+            .run(shutdown)
+            .instrument(tracing::info_span!("queue"))
+            .await;
+        Ok(machine.0.stats())
     }
 }

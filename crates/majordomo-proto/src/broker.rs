@@ -27,7 +27,8 @@ use tracing::{debug, info, trace, warn};
 
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
-use crate::{mmi, DecodeError, Hex, Limits};
+use crate::redelivery::{Deliveries, Redelivery};
+use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,14 @@ pub struct BrokerConfig {
     pub max_deliveries: u32,
     /// Size limits for decoding; oversized messages are dropped.
     pub limits: Limits,
+}
+
+impl BrokerConfig {
+    /// Checks the settings a broker cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.heartbeat.validate()?;
+        Ok(())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -125,6 +134,21 @@ pub struct BrokerStats {
     pub purged: u64,
     /// Messages dropped as malformed, and valid but unexpected commands.
     pub protocol_errors: u64,
+    /// Each known service, sorted by name.
+    pub per_service: Vec<ServiceStats>,
+}
+
+/// Gauges of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// The service name.
+    pub name: Bytes,
+    /// Requests waiting for a worker.
+    pub queued: usize,
+    /// Registered workers waiting for a request.
+    pub idle_workers: usize,
+    /// Registered workers holding a request.
+    pub busy_workers: usize,
 }
 
 #[derive(Debug)]
@@ -133,7 +157,7 @@ struct Request {
     service: Bytes,
     body: Vec<Bytes>,
     expires_at: Instant,
-    deliveries: u32,
+    deliveries: Deliveries,
 }
 
 #[derive(Debug)]
@@ -272,8 +296,30 @@ impl BrokerCore {
                 .values()
                 .filter(|w| w.in_flight.is_some())
                 .count(),
+            per_service: self.service_stats(),
             ..self.stats.clone()
         }
+    }
+
+    /// Gauges of every known service, sorted by name.
+    pub fn service_stats(&self) -> Vec<ServiceStats> {
+        let mut services: Vec<ServiceStats> = self
+            .services
+            .iter()
+            .map(|(name, s)| ServiceStats {
+                name: name.clone(),
+                queued: s.queued,
+                idle_workers: s.idle.len(),
+                busy_workers: s.workers - s.idle.len(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        services
+    }
+
+    /// Whether `identity` is a registered worker.
+    pub fn is_worker(&self, identity: &[u8]) -> bool {
+        self.workers.contains_key(identity)
     }
 
     /// Whether a live (registered, not yet purged) worker serves `service`.
@@ -359,7 +405,7 @@ impl BrokerCore {
                 service: request.service,
                 body: request.body,
                 expires_at: now + self.config.request_expiry,
-                deliveries: 0,
+                deliveries: Deliveries::default(),
             },
             false,
         );
@@ -533,12 +579,16 @@ impl BrokerCore {
             svc.idle.retain(|w| w != identity);
         }
         if let Some(mut request) = worker.in_flight {
-            if request.deliveries >= self.config.max_deliveries {
+            if request
+                .deliveries
+                .on_worker_lost(self.config.max_deliveries)
+                == Redelivery::Abandon
+            {
                 self.stats.abandoned += 1;
                 warn!(
                     client = %Hex(&request.client),
                     service = %Hex(&request.service),
-                    deliveries = request.deliveries,
+                    deliveries = request.deliveries.count(),
                     "request abandoned: every worker that took it went away"
                 );
             } else {
@@ -587,7 +637,7 @@ impl BrokerCore {
                 .workers
                 .get_mut(&identity)
                 .expect("idle workers are registered");
-            request.deliveries += 1;
+            request.deliveries.hand_out();
             worker.heartbeat.on_send(now);
             self.transmits.push_back(Transmit {
                 role: Role::Worker,

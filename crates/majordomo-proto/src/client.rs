@@ -1,5 +1,8 @@
 //! One client call with Lazy Pirate retries, as a state machine with no socket and no clock.
 //!
+//! The same attempt and timeout rules serve a 7/MDP client ([`Call::new`]) and the Guide's Lazy
+//! Pirate client of any REQ/REP server ([`Call::lazy_pirate`]).
+//!
 //! "If there is no reply within some timeout, ... close the request socket and open a new socket,
 //! and resend the request on that new socket. If there is no reply after several retries, ...
 //! signal the transaction as failed." (7/MDP). A driver sends [`Call::request`] on a connection,
@@ -45,17 +48,32 @@ pub enum CallEvent {
     Done(Result<Vec<Bytes>, CallError>),
 }
 
+/// What the request is, and how a reply is read.
+#[derive(Debug, Clone)]
+enum Exchange {
+    /// A 7/MDP request; the reply must be a client REPLY for the same service.
+    Mdp { service: Bytes, limits: Limits },
+    /// A REQ-style request (empty delimiter, then the body); any reply is the answer.
+    Plain,
+}
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Attempt `attempt` is under way and times out at `deadline`.
+    Waiting { attempt: u32, deadline: Instant },
+    /// The call is over; nothing more is accepted.
+    Done,
+}
+
 /// One request and its attempts.
 #[derive(Debug, Clone)]
 pub struct Call {
-    service: Bytes,
+    exchange: Exchange,
     request: Vec<Bytes>,
     timeout: Duration,
     attempts: u32,
-    attempt: u32,
-    deadline: Instant,
-    limits: Limits,
-    done: bool,
+    state: State,
 }
 
 impl Call {
@@ -71,36 +89,73 @@ impl Call {
     ) -> Result<Self, DecodeError> {
         limits.check_service(&service)?;
         let request = ClientRequest::new(service.clone(), body).encode();
-        Ok(Self {
-            service,
+        Ok(Self::start(
+            now,
+            Exchange::Mdp { service, limits },
+            request,
+            timeout,
+            attempts,
+        ))
+    }
+
+    /// Starts a Lazy Pirate call of a REQ/REP server at `now`: the request goes out as a REQ
+    /// socket sends it (an empty delimiter, then `body`), and any reply is the answer (a leading
+    /// empty delimiter is removed). "If there is no reply within some timeout, ... close the
+    /// socket, open a new one and resend."
+    pub fn lazy_pirate(now: Instant, body: Vec<Bytes>, timeout: Duration, attempts: u32) -> Self {
+        let mut request = Vec::with_capacity(body.len() + 1);
+        request.push(Bytes::new());
+        request.extend(body);
+        Self::start(now, Exchange::Plain, request, timeout, attempts)
+    }
+
+    fn start(
+        now: Instant,
+        exchange: Exchange,
+        request: Vec<Bytes>,
+        timeout: Duration,
+        attempts: u32,
+    ) -> Self {
+        Self {
+            exchange,
             request,
             timeout,
             attempts: attempts.max(1),
-            attempt: 1,
-            deadline: now + timeout,
-            limits,
-            done: false,
-        })
+            state: State::Waiting {
+                attempt: 1,
+                deadline: now + timeout,
+            },
+        }
     }
 
-    /// The frames to send on a DEALER connection (`[empty, "MDPC01", service, body...]`).
+    /// The frames to send on a DEALER connection (`[empty, "MDPC01", service, body...]`, or
+    /// `[empty, body...]` for a Lazy Pirate call).
     pub fn request(&self) -> &[Bytes] {
         &self.request
     }
 
     /// The request body, for handing back to the caller.
     pub fn body(&self) -> &[Bytes] {
-        &self.request[3..]
+        match self.exchange {
+            Exchange::Mdp { .. } => &self.request[3..],
+            Exchange::Plain => &self.request[1..],
+        }
     }
 
-    /// The service called.
-    pub fn service(&self) -> &Bytes {
-        &self.service
+    /// The service called (empty for a Lazy Pirate call).
+    pub fn service(&self) -> &[u8] {
+        match &self.exchange {
+            Exchange::Mdp { service, .. } => service,
+            Exchange::Plain => &[],
+        }
     }
 
-    /// The attempt under way, from 1.
+    /// The attempt under way (or the last one made), from 1.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        match self.state {
+            State::Waiting { attempt, .. } => attempt,
+            State::Done => self.attempts,
+        }
     }
 
     /// Attempts in all.
@@ -108,63 +163,76 @@ impl Call {
         self.attempts
     }
 
-    /// When the current attempt times out.
-    pub fn poll_timeout(&self) -> Instant {
-        self.deadline
+    /// When the current attempt times out; `None` once the call is over.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Waiting { deadline, .. } => Some(deadline),
+            State::Done => None,
+        }
     }
 
     /// Whether the call is over.
     pub fn is_done(&self) -> bool {
-        self.done
+        self.state == State::Done
     }
 
     /// A message arrived on the call's connection. A valid reply for the service ends the call;
     /// a malformed one or one for another service ends it with an error, never taken for the
     /// answer.
     pub fn handle_reply(&mut self, frames: &[Bytes]) -> Option<CallEvent> {
-        if self.done {
+        if self.is_done() {
             return None;
         }
-        let result = match ClientReply::decode(frames, &self.limits) {
-            Ok(reply) if reply.service == self.service => Ok(reply.body),
-            Ok(reply) => Err(CallError::WrongService {
-                expected: self.service.clone(),
-                got: reply.service,
+        let result = match &self.exchange {
+            Exchange::Mdp { service, limits } => match ClientReply::decode(frames, limits) {
+                Ok(reply) if reply.service == service => Ok(reply.body),
+                Ok(reply) => Err(CallError::WrongService {
+                    expected: service.clone(),
+                    got: reply.service,
+                }),
+                Err(error) => Err(CallError::Malformed(error)),
+            },
+            // A REP server's reply starts with the empty delimiter, as REQ expects.
+            Exchange::Plain => Ok(match frames.split_first() {
+                Some((first, rest)) if first.is_empty() => rest.to_vec(),
+                _ => frames.to_vec(),
             }),
-            Err(error) => Err(CallError::Malformed(error)),
         };
-        self.done = true;
+        self.state = State::Done;
         Some(CallEvent::Done(result))
     }
 
     /// Called at [`Call::poll_timeout`]: resend on a new connection, or give up after the last
     /// attempt. Does nothing before the deadline.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<CallEvent> {
-        if self.done || now < self.deadline {
-            return None;
+        match self.state {
+            State::Waiting { deadline, .. } if now >= deadline => Some(self.next_attempt(now)),
+            _ => None,
         }
-        Some(self.next_attempt(now))
     }
 
     /// The connection failed before a reply came: the attempt is over now.
     pub fn handle_connection_lost(&mut self, now: Instant) -> Option<CallEvent> {
-        if self.done {
+        if self.is_done() {
             return None;
         }
         Some(self.next_attempt(now))
     }
 
     fn next_attempt(&mut self, now: Instant) -> CallEvent {
-        if self.attempt >= self.attempts {
-            self.done = true;
+        let attempt = self.attempt();
+        if attempt >= self.attempts {
+            self.state = State::Done;
             return CallEvent::Done(Err(CallError::NoReply {
                 attempts: self.attempts,
             }));
         }
-        self.attempt += 1;
-        self.deadline = now + self.timeout;
+        self.state = State::Waiting {
+            attempt: attempt + 1,
+            deadline: now + self.timeout,
+        };
         CallEvent::Resend {
-            attempt: self.attempt,
+            attempt: attempt + 1,
         }
     }
 }

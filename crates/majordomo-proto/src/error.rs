@@ -87,3 +87,8 @@ pub enum DecodeError {
     #[error("message has no body frame")]
     MissingBody,
 }
+
+/// A configuration a driver refused to start with; the message names the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub &'static str);

@@ -27,6 +27,29 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
+    /// Sets the interval.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets the liveness.
+    pub fn liveness(mut self, liveness: u32) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
+    /// Checks that the interval and the liveness are positive; every driver calls this before it
+    /// starts.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        if self.interval.is_zero() || self.liveness == 0 {
+            return Err(crate::ConfigError(
+                "heartbeat interval and liveness must be positive",
+            ));
+        }
+        Ok(())
+    }
+
     /// How long a peer may stay silent before it is declared dead: `interval * liveness`.
     pub fn expiry(&self) -> Duration {
         self.interval.saturating_mul(self.liveness.max(1))

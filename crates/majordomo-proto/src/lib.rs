@@ -4,38 +4,43 @@
 //! Nothing in this crate opens a socket, spawns a task or reads the clock. Messages are decoded
 //! from the frames a ZeroMQ socket delivers (`&[Bytes]`) and encoded back to frames; every
 //! time-dependent rule takes `now` as an argument and reports its next deadline. The tokio crates
-//! of the workspace drive this code over zmq.rs; tests drive it with simulated time. The one
-//! exception is [`idle`], a runtime-agnostic helper for those drivers' wait loops, which reads the
-//! clock to bound its polling.
+//! of the workspace drive this code over zmq.rs (through `majordomo-rt`); tests drive it with
+//! simulated time.
 //!
 //! # Layout
 //! - [`mdp`]: 7/MDP v0.1 client and worker commands.
 //! - [`ppp`]: 6/PPP (Paranoid Pirate) commands and envelopes.
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
-//! - [`idle`]: a busy-poll window before sleeping, for the drivers' loops.
 //! - [`broker`]: the Majordomo broker state machine.
-//! - [`client`]: one client call with Lazy Pirate retries.
+//! - [`client`]: one client call with Lazy Pirate retries (7/MDP or plain REQ/REP).
 //! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
-//! - [`worker`]: one 7/MDP worker connection as a state machine.
-//! - [`Limits`] and [`DecodeError`]: what a decoder accepts, and why it refused.
+//! - [`session`]: what worker connections have in common; [`worker`] (7/MDP) and
+//!   [`ppp_worker`] (6/PPP) are the two.
+//! - [`redelivery`]: the rule for requests whose worker went away (broker and queue).
+//! - [`flow`]: holding peers that stopped reading.
+//! - [`Limits`], [`DecodeError`], [`ConfigError`]: what a decoder accepts, why it refused, and
+//!   why a configuration was refused.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod client;
 mod error;
+pub mod flow;
 pub mod heartbeat;
-pub mod idle;
 mod limits;
 pub mod mdp;
 pub mod mmi;
 pub mod pirate;
 pub mod ppp;
+pub mod ppp_worker;
+pub mod redelivery;
+pub mod session;
 pub mod worker;
 
 use std::fmt;
 
-pub use error::DecodeError;
+pub use error::{ConfigError, DecodeError};
 pub use limits::Limits;
 
 /// Displays peer identities, service names and other frames for logs: printable ASCII as text,

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::ppp::{Envelope, PppMessage};
-use crate::{DecodeError, Hex, Limits};
+use crate::redelivery::{Deliveries, Redelivery};
+use crate::{ConfigError, DecodeError, Hex, Limits};
 
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,16 @@ impl QueueConfig {
             max_deliveries: 3,
             limits: Limits::default(),
         }
+    }
+}
+
+impl QueueConfig {
+    /// Checks the settings a queue cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(hb) = &self.heartbeat {
+            hb.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -127,7 +138,7 @@ struct Request {
     delimited: bool,
     body: Vec<Bytes>,
     expires_at: Instant,
-    deliveries: u32,
+    deliveries: Deliveries,
 }
 
 #[derive(Debug)]
@@ -233,7 +244,7 @@ impl PirateQueue {
             delimited,
             body,
             expires_at: now + self.config.request_expiry,
-            deliveries: 0,
+            deliveries: Deliveries::default(),
         });
         self.dispatch(now);
         Ok(())
@@ -397,9 +408,13 @@ impl PirateQueue {
     }
 
     fn requeue(&mut self, now: Instant, mut request: Request) {
-        if request.deliveries >= self.config.max_deliveries {
+        if request
+            .deliveries
+            .on_worker_lost(self.config.max_deliveries)
+            == Redelivery::Abandon
+        {
             self.stats.abandoned += 1;
-            warn!(client = %Hex(&request.client), "request abandoned after {} deliveries", request.deliveries);
+            warn!(client = %Hex(&request.client), deliveries = request.deliveries.count(), "request abandoned: every worker that took it went away");
             return;
         }
         self.stats.requeued += 1;
@@ -417,7 +432,7 @@ impl PirateQueue {
                 continue;
             };
             let mut request = self.queue.pop_front().expect("not empty");
-            request.deliveries += 1;
+            request.deliveries.hand_out();
             // 6/PPP REQUEST: the client's address, the null terminator, the content.
             let mut payload = Vec::with_capacity(2 + request.body.len());
             payload.push(request.client.clone());

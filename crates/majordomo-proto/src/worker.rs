@@ -1,8 +1,7 @@
 //! One 7/MDP worker connection as a state machine with no socket and no clock.
 //!
-//! A driver opens a socket, creates a [`WorkerSession`] (which queues READY), sends everything
-//! [`WorkerSession::poll_transmit`] yields, and feeds it what arrives, the handler's results and
-//! the deadline from [`WorkerSession::poll_timeout`]. When a call returns
+//! A driver opens a socket, creates a [`WorkerSession`] (which queues READY), and drives it as a
+//! [`Session`] (see [`crate::session`] for the calling order). When a call returns
 //! [`WorkerEvent::Ended`], the driver sends what is still queued, closes the socket and, unless
 //! it was shutting down, connects again on a new one: "When the worker receives DISCONNECT ... it
 //! MUST close its socket, and reconnect to the broker on a new socket."
@@ -15,28 +14,17 @@ use tracing::{info, warn};
 
 use crate::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
 use crate::mdp::{BrokerMessage, WorkerMessage};
-use crate::{DecodeError, Hex, Limits};
+pub use crate::session::{Session, SessionEnd, WorkerEvent};
+use crate::{Hex, Limits};
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// The broker was silent for `liveness` intervals: reconnect after a backoff.
-    BrokerSilent,
-    /// The broker sent DISCONNECT: reconnect on a new socket.
-    Disconnected,
-    /// The handler failed; DISCONNECT is queued and the request dropped: register again at once.
-    HandlerFailed,
-    /// [`WorkerSession::shutdown`] was called; DISCONNECT is queued.
-    Shutdown,
-}
-
-/// What the driver must do after a call.
+/// Where a worker connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerEvent {
-    /// Run the handler on this request body, then call [`WorkerSession::handle_reply`] or
-    /// [`WorkerSession::handle_failure`]. Only one request is handed out at a time.
-    Request(Vec<Bytes>),
-    /// The session is over; send what is queued and close the socket.
+enum State {
+    /// Registered, waiting for a request.
+    Idle,
+    /// The handler is working on a request from this client.
+    Busy { client: Bytes },
+    /// Over; nothing more is accepted.
     Ended(SessionEnd),
 }
 
@@ -45,10 +33,8 @@ pub enum WorkerEvent {
 pub struct WorkerSession {
     heartbeat: Heartbeat,
     limits: Limits,
-    /// The client whose request the handler is working on.
-    busy: Option<Bytes>,
+    state: State,
     transmits: VecDeque<Vec<Bytes>>,
-    ended: Option<SessionEnd>,
 }
 
 impl WorkerSession {
@@ -61,41 +47,46 @@ impl WorkerSession {
         Self {
             heartbeat: Heartbeat::new(now, heartbeat),
             limits,
-            busy: None,
+            state: State::Idle,
             transmits,
-            ended: None,
         }
-    }
-
-    /// The next message to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<Bytes>> {
-        self.transmits.pop_front()
-    }
-
-    /// When [`WorkerSession::handle_timeout`] must be called next.
-    pub fn poll_timeout(&self) -> Instant {
-        self.heartbeat.next_deadline()
     }
 
     /// Whether a request is with the handler.
     pub fn is_busy(&self) -> bool {
-        self.busy.is_some()
+        matches!(self.state, State::Busy { .. })
     }
 
-    /// Why the session ended, once it has.
-    pub fn ended(&self) -> Option<SessionEnd> {
-        self.ended
+    fn end(&mut self, why: SessionEnd) -> Option<WorkerEvent> {
+        self.state = State::Ended(why);
+        Some(WorkerEvent::Ended(why))
+    }
+}
+
+impl Session for WorkerSession {
+    fn poll_transmit(&mut self) -> Option<Vec<Bytes>> {
+        self.transmits.pop_front()
     }
 
-    /// Handles a message from the broker.
-    pub fn handle_message(&mut self, now: Instant, frames: &[Bytes]) -> Option<WorkerEvent> {
-        if self.ended.is_some() {
+    fn poll_timeout(&self) -> Instant {
+        self.heartbeat.next_deadline()
+    }
+
+    fn ended(&self) -> Option<SessionEnd> {
+        match self.state {
+            State::Ended(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    fn handle_message(&mut self, now: Instant, frames: &[Bytes]) -> Option<WorkerEvent> {
+        if let State::Ended(_) = self.state {
             return None;
         }
         let message = match BrokerMessage::decode(frames, &self.limits) {
             Ok(message) => message,
             Err(error) => {
-                self.invalid(&error);
+                warn!(%error, "invalid message from broker dropped");
                 return None;
             }
         };
@@ -112,46 +103,51 @@ impl WorkerSession {
             }
             BrokerMessage::Request { client, body } => {
                 self.heartbeat.on_recv(now);
-                if self.busy.is_some() {
-                    // "Workers will handle at most one request a time."
-                    warn!(client = %Hex(&client), "request while one is in flight dropped");
-                    return None;
+                match self.state {
+                    State::Idle => {
+                        self.state = State::Busy { client };
+                        Some(WorkerEvent::Request(body))
+                    }
+                    _ => {
+                        // "Workers will handle at most one request a time."
+                        warn!(client = %Hex(&client), "request while one is in flight dropped");
+                        None
+                    }
                 }
-                self.busy = Some(client);
-                Some(WorkerEvent::Request(body))
             }
         }
     }
 
-    /// The handler finished the request: queues the REPLY to its client.
-    pub fn handle_reply(&mut self, now: Instant, body: Vec<Bytes>) {
-        if self.ended.is_some() {
-            return;
+    /// Queues the REPLY to the client whose request was in flight.
+    fn handle_reply(&mut self, now: Instant, body: Vec<Bytes>) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Busy { client } => {
+                self.transmits
+                    .push_back(WorkerMessage::Reply { client, body }.encode());
+                self.heartbeat.on_send(now);
+            }
+            other => {
+                if !matches!(other, State::Ended(_)) {
+                    warn!("reply with no request in flight dropped");
+                }
+                self.state = other;
+            }
         }
-        let Some(client) = self.busy.take() else {
-            warn!("reply with no request in flight dropped");
-            return;
-        };
-        self.transmits
-            .push_back(WorkerMessage::Reply { client, body }.encode());
-        self.heartbeat.on_send(now);
     }
 
-    /// The handler failed or panicked: the request is dropped, DISCONNECT is queued, and the
-    /// session ends so the driver registers again on a new socket. 7/MDP has no error reply; a
-    /// broker that re-queues requests of departed workers gives the request to another worker.
-    pub fn handle_failure(&mut self) -> Option<WorkerEvent> {
-        if self.ended.is_some() || self.busy.take().is_none() {
+    /// The request is dropped, DISCONNECT is queued, and the session ends so the driver registers
+    /// again on a new socket. 7/MDP has no error reply; a broker that re-queues requests of
+    /// departed workers gives the request to another worker.
+    fn handle_failure(&mut self, _now: Instant) -> Option<WorkerEvent> {
+        if !self.is_busy() {
             return None;
         }
         self.transmits.push_back(WorkerMessage::Disconnect.encode());
         self.end(SessionEnd::HandlerFailed)
     }
 
-    /// Sends a HEARTBEAT when one is due, and ends the session when the broker has been silent
-    /// for `liveness` intervals.
-    pub fn handle_timeout(&mut self, now: Instant) -> Option<WorkerEvent> {
-        if self.ended.is_some() {
+    fn handle_timeout(&mut self, now: Instant) -> Option<WorkerEvent> {
+        if let State::Ended(_) = self.state {
             return None;
         }
         match self.heartbeat.poll(now) {
@@ -168,22 +164,11 @@ impl WorkerSession {
     }
 
     /// Ends the session with DISCONNECT: "The worker MAY send DISCONNECT at any time."
-    pub fn shutdown(&mut self) -> Option<WorkerEvent> {
-        if self.ended.is_some() {
+    fn shutdown(&mut self) -> Option<WorkerEvent> {
+        if let State::Ended(_) = self.state {
             return None;
         }
-        self.busy = None;
         self.transmits.push_back(WorkerMessage::Disconnect.encode());
         self.end(SessionEnd::Shutdown)
-    }
-
-    fn end(&mut self, why: SessionEnd) -> Option<WorkerEvent> {
-        self.ended = Some(why);
-        self.busy = None;
-        Some(WorkerEvent::Ended(why))
-    }
-
-    fn invalid(&self, error: &DecodeError) {
-        warn!(%error, "invalid message from broker dropped");
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
-use majordomo_proto::worker::{SessionEnd, WorkerEvent, WorkerSession};
+use majordomo_proto::worker::{Session, SessionEnd, WorkerEvent, WorkerSession};
 use majordomo_proto::Limits;
 
 const HB: HeartbeatConfig = HeartbeatConfig {
@@ -116,7 +116,7 @@ fn disconnect_failure_and_shutdown_end_the_session() {
     };
     s.handle_message(t0, &request.encode());
     assert_eq!(
-        s.handle_failure(),
+        s.handle_failure(t0),
         Some(WorkerEvent::Ended(SessionEnd::HandlerFailed))
     );
     assert_eq!(sent(&mut s), [WorkerMessage::Disconnect]);

@@ -27,24 +27,22 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::FutureExt;
-use majordomo_proto::heartbeat::{Backoff, HeartbeatConfig};
-use majordomo_proto::idle::busy_wait;
-use majordomo_proto::worker::{SessionEnd, WorkerEvent, WorkerSession};
+use majordomo_proto::heartbeat::HeartbeatConfig;
+use majordomo_proto::worker::WorkerSession;
 use majordomo_proto::{Hex, Limits};
+use majordomo_rt::peer::{self, PeerOptions};
+use majordomo_rt::transport::{Connector, DealerConnector};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The error type handlers return.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use majordomo_rt::peer::BoxError;
 
 /// Serves requests: takes the request body frames, returns the reply body frames.
 #[async_trait]
@@ -101,7 +99,7 @@ pub struct WorkerConfig {
     /// saves the wake-up that 7/MDP's one request at a time otherwise costs on every request, and
     /// keeps a core busy while requests keep coming; it pays off when the worker has a core to
     /// itself (on a runtime shared with other busy tasks it takes their time). See
-    /// [`majordomo_proto::idle`].
+    /// [`majordomo_rt::idle`].
     pub busy_poll: Duration,
 }
 
@@ -123,8 +121,8 @@ impl Default for WorkerConfig {
 #[non_exhaustive]
 pub enum WorkerError {
     /// The configuration is unusable (the message says which setting).
-    #[error("invalid configuration: {0}")]
-    Config(&'static str),
+    #[error(transparent)]
+    Config(#[from] majordomo_proto::ConfigError),
     /// The service name is empty, too long, or in the broker's reserved `mmi.` namespace.
     #[error("invalid service name {0:?}")]
     InvalidService(Bytes),
@@ -132,8 +130,8 @@ pub enum WorkerError {
 
 /// A Majordomo worker for one service.
 #[derive(Debug, Clone)]
-pub struct Worker {
-    endpoint: String,
+pub struct Worker<C = DealerConnector> {
+    connector: Arc<C>,
     service: Bytes,
     config: WorkerConfig,
 }
@@ -145,8 +143,16 @@ impl Worker {
         service: impl Into<Bytes>,
         config: WorkerConfig,
     ) -> Self {
+        Self::with_connector(DealerConnector::new(endpoint), service, config)
+    }
+}
+
+impl<C: Connector + 'static> Worker<C> {
+    /// A worker that opens its connections through `connector` (for example the in-memory
+    /// sockets of `majordomo_rt::memory`).
+    pub fn with_connector(connector: C, service: impl Into<Bytes>, config: WorkerConfig) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            connector: Arc::new(connector),
             service: service.into(),
             config,
         }
@@ -161,221 +167,57 @@ impl Worker {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), WorkerError> {
         let config = self.config;
-        if config.heartbeat.interval.is_zero() || config.heartbeat.liveness == 0 {
-            return Err(WorkerError::Config(
-                "heartbeat interval and liveness must be positive",
-            ));
-        }
+        config.heartbeat.validate()?;
         if config.concurrency == 0 {
-            return Err(WorkerError::Config("concurrency must be at least 1"));
+            return Err(WorkerError::Config(majordomo_proto::ConfigError(
+                "concurrency must be at least 1",
+            )));
         }
         if config.limits.check_service(&self.service).is_err()
             || majordomo_proto::mmi::is_mmi(&self.service)
         {
             return Err(WorkerError::InvalidService(self.service));
         }
+        let options = PeerOptions {
+            heartbeat: config.heartbeat,
+            reconnect_initial: config.reconnect_initial,
+            reconnect_max: config.reconnect_max,
+            busy_poll: config.busy_poll,
+            ..PeerOptions::default()
+        };
         let handler = Arc::new(handler);
         let token = CancellationToken::new();
-        let mut tasks = Vec::with_capacity(config.concurrency);
+        let tasks = TaskTracker::new();
         for index in 0..config.concurrency {
-            let session = Session {
-                endpoint: self.endpoint.clone(),
-                service: self.service.clone(),
-                config,
-                handler: handler.clone(),
-                token: token.clone(),
-            };
+            let (connector, service) = (self.connector.clone(), self.service.clone());
+            let (handler, token) = (handler.clone(), token.clone());
             let span = tracing::info_span!("worker", service = %Hex(&self.service), index);
-            tasks.push(tokio::spawn(session.run().instrument(span)));
+            tasks.spawn(
+                async move {
+                    peer::run(
+                        &*connector,
+                        |now| {
+                            WorkerSession::new(
+                                now,
+                                service.clone(),
+                                config.heartbeat,
+                                config.limits,
+                            )
+                        },
+                        // The handler's future is the one boxed future of a request.
+                        |body| handler.handle(body),
+                        options,
+                        &token,
+                    )
+                    .await;
+                }
+                .instrument(span),
+            );
         }
+        tasks.close();
         shutdown.await;
         token.cancel();
-        for task in tasks {
-            if let Err(error) = task.await {
-                warn!(%error, "worker task failed");
-            }
-        }
+        tasks.wait().await;
         Ok(())
-    }
-}
-
-/// What a handler's future gives: its result, or the panic it raised.
-type JobOutput = std::thread::Result<Result<Vec<Bytes>, BoxError>>;
-
-/// A request being handled. It is polled inside the session's `select!`, next to the socket and
-/// the heartbeat timer, so heartbeats keep flowing while it runs without the cost of a task per
-/// request; a panic is caught and reported like an error.
-type Job = Pin<Box<dyn Future<Output = JobOutput> + Send>>;
-
-/// What woke a logical worker's loop.
-enum Wake {
-    Cancelled,
-    Message(zeromq::ZmqResult<ZmqMessage>),
-    Job(JobOutput),
-    Timer,
-}
-
-struct Session<H> {
-    endpoint: String,
-    service: Bytes,
-    config: WorkerConfig,
-    handler: Arc<H>,
-    token: CancellationToken,
-}
-
-async fn send(socket: &mut DealerSocket, frames: Vec<Bytes>, timeout: Duration) -> bool {
-    let msg = ZmqMessage::try_from(frames).expect("commands have frames");
-    matches!(
-        tokio::time::timeout(timeout, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
-}
-
-impl<H: Handler> Session<H> {
-    async fn run(self) {
-        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
-        while !self.token.is_cancelled() {
-            let end = match self.connect().await {
-                Some(mut socket) => self.serve(&mut socket, &mut backoff).await,
-                None => SessionEnd::BrokerSilent,
-            };
-            match end {
-                SessionEnd::Shutdown => break,
-                SessionEnd::HandlerFailed => continue,
-                SessionEnd::BrokerSilent | SessionEnd::Disconnected => {
-                    let delay = backoff.next_delay();
-                    info!(
-                        delay_ms = delay.as_millis() as u64,
-                        "reconnecting to broker"
-                    );
-                    tokio::select! {
-                        () = self.token.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        debug!("worker stopped");
-    }
-
-    /// Opens a socket and connects it within one liveness period.
-    async fn connect(&self) -> Option<DealerSocket> {
-        let timeout = self.config.heartbeat.expiry();
-        let mut options = SocketOptions::default();
-        options.connect_timeout(timeout);
-        let mut socket = DealerSocket::with_options(options);
-        let connected = tokio::select! {
-            () = self.token.cancelled() => return None,
-            result = tokio::time::timeout(timeout, socket.connect(&self.endpoint)) => result,
-        };
-        match connected {
-            Ok(Ok(())) => Some(socket),
-            Ok(Err(error)) => {
-                warn!(endpoint = %self.endpoint, %error, "cannot connect to broker");
-                None
-            }
-            Err(_) => {
-                warn!(endpoint = %self.endpoint, "connect to broker timed out");
-                None
-            }
-        }
-    }
-
-    /// Runs one session on a connected socket until it ends.
-    async fn serve(&self, socket: &mut DealerSocket, backoff: &mut Backoff) -> SessionEnd {
-        let mut session = WorkerSession::new(
-            Instant::now(),
-            self.service.clone(),
-            self.config.heartbeat,
-            self.config.limits,
-        );
-        let mut job: Option<Job> = None;
-        let mut registered = false;
-        // One timer, moved when the session's deadline moves: a fresh timer per request would be
-        // registered with, and removed from, the runtime's timer wheel on every message.
-        let timer =
-            tokio::time::sleep_until(tokio::time::Instant::from_std(session.poll_timeout()));
-        tokio::pin!(timer);
-        let end = loop {
-            if !self.flush(socket, &mut session).await {
-                warn!("connection to broker lost while sending");
-                break SessionEnd::BrokerSilent;
-            }
-            if !registered {
-                registered = true;
-                info!(endpoint = %self.endpoint, "registered with broker");
-            }
-            if let Some(end) = session.ended() {
-                break end;
-            }
-            let deadline = tokio::time::Instant::from_std(session.poll_timeout());
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            let wait = async {
-                tokio::select! {
-                    // Cancellation and timers are cancel-safe.
-                    () = self.token.cancelled() => Wake::Cancelled,
-                    // zmq.rs recv() is cancel-safe: a message is either returned or stays queued,
-                    // so this select may be polled, and dropped, any number of times.
-                    msg = socket.recv() => Wake::Message(msg),
-                    // The job is polled by reference, so an unfinished handler survives the
-                    // other branches winning.
-                    result = async { job.as_mut().expect("guarded").as_mut().await }, if job.is_some() => Wake::Job(result),
-                    () = &mut timer => Wake::Timer,
-                }
-            };
-            let event = match busy_wait(wait, self.config.busy_poll, tokio::task::yield_now).await {
-                Wake::Cancelled => session.shutdown(),
-                Wake::Message(Ok(msg)) => {
-                    backoff.reset();
-                    session.handle_message(Instant::now(), &msg.into_vec())
-                }
-                Wake::Message(Err(error)) => {
-                    warn!(%error, "connection to broker lost");
-                    break SessionEnd::BrokerSilent;
-                }
-                Wake::Job(result) => {
-                    job = None;
-                    match result {
-                        Ok(Ok(body)) => {
-                            session.handle_reply(Instant::now(), body);
-                            None
-                        }
-                        Ok(Err(error)) => {
-                            warn!(%error, "handler failed; request dropped, re-registering");
-                            session.handle_failure()
-                        }
-                        Err(_) => {
-                            warn!("handler panicked; request dropped, re-registering");
-                            session.handle_failure()
-                        }
-                    }
-                }
-                Wake::Timer => session.handle_timeout(Instant::now()),
-            };
-            if let Some(WorkerEvent::Request(body)) = event {
-                let handler = self.handler.clone();
-                let work = AssertUnwindSafe(async move { handler.handle(body).await });
-                job = Some(Box::pin(work.catch_unwind()));
-            }
-        };
-        // Dropping an unfinished job cancels the handler.
-        drop(job);
-        if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
-            // zmq.rs has no linger: give the writer task a moment to flush the DISCONNECT.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        end
-    }
-
-    /// Sends what the session queued; false if the connection failed.
-    async fn flush(&self, socket: &mut DealerSocket, session: &mut WorkerSession) -> bool {
-        while let Some(frames) = session.poll_transmit() {
-            if !send(socket, frames, self.config.heartbeat.interval).await {
-                return false;
-            }
-        }
-        true
     }
 }

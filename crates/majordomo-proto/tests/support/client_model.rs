@@ -57,7 +57,7 @@ pub fn run(data: &[u8]) {
                 call.handle_reply(&frames)
             }
             3 => {
-                now = call.poll_timeout().max(now);
+                now = call.poll_timeout().map_or(now, |d| d.max(now));
                 call.handle_timeout(now)
             }
             4 => call.handle_connection_lost(now),
@@ -65,7 +65,7 @@ pub fn run(data: &[u8]) {
                 now += Duration::from_millis(u64::from(arg));
                 let deadline = call.poll_timeout();
                 let event = call.handle_timeout(now);
-                if now < deadline {
+                if deadline.is_some_and(|d| now < d) {
                     assert!(event.is_none(), "timed out before the deadline");
                 }
                 event
@@ -82,7 +82,7 @@ pub fn run(data: &[u8]) {
                 attempt = next;
                 assert_eq!(
                     call.poll_timeout(),
-                    now + timeout,
+                    Some(now + timeout),
                     "each attempt gets the full timeout"
                 );
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
-use majordomo_proto::worker::{WorkerEvent, WorkerSession};
+use majordomo_proto::worker::{Session, WorkerEvent, WorkerSession};
 use majordomo_proto::Limits;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -50,7 +50,7 @@ pub fn run(data: &[u8]) {
                 session.handle_reply(now, vec![Bytes::from_static(b"r")]);
                 None
             }
-            4 if arg % 4 == 0 => session.handle_failure(),
+            4 if arg % 4 == 0 => session.handle_failure(now),
             5 => {
                 let until = now + Duration::from_millis(u64::from(arg) * 5);
                 let mut event = None;

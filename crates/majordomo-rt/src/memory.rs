@@ -1,0 +1,202 @@
+//! In-memory ROUTER and DEALER sockets, for driver tests without a network.
+//!
+//! [`router`] makes a ROUTER-like socket and the [`MemoryEndpoint`] its peers connect to. Each
+//! [`MemoryDealer`] gets an identity (`mem-1`, `mem-2`, ...), which the router puts in front of
+//! every message it receives from that dealer, as a zmq.rs ROUTER does. The router's queue to each
+//! dealer is bounded, so a dealer that stops reading makes sends to it wait, as a full zmq.rs
+//! queue does. Dropping the router closes every dealer's connection; dropping a dealer makes
+//! sends to it fail. Everything runs on tokio's channels, so it works under paused test time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::transport::{Connector, Transport, TransportError};
+
+/// Messages a router queues for one dealer before sends to it wait.
+pub const DEALER_QUEUE: usize = 1024;
+
+enum Inbound {
+    Connect(Bytes, mpsc::Sender<Vec<Bytes>>),
+    Message(Vec<Bytes>),
+}
+
+/// A ROUTER-like in-memory socket; see the module docs.
+#[derive(Debug)]
+pub struct MemoryRouter {
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    peers: HashMap<Bytes, mpsc::Sender<Vec<Bytes>>>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inbound::Connect(id, _) => f.debug_tuple("Connect").field(id).finish(),
+            Inbound::Message(frames) => f.debug_tuple("Message").field(frames).finish(),
+        }
+    }
+}
+
+/// Where dealers connect to a [`MemoryRouter`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MemoryEndpoint {
+    inbound: mpsc::UnboundedSender<Inbound>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A DEALER-like in-memory socket connected to one [`MemoryRouter`].
+#[derive(Debug)]
+pub struct MemoryDealer {
+    identity: Bytes,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    outbound: mpsc::Receiver<Vec<Bytes>>,
+}
+
+/// A router and the endpoint its dealers connect to.
+pub fn router() -> (MemoryRouter, MemoryEndpoint) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        MemoryRouter {
+            inbound: rx,
+            peers: HashMap::new(),
+        },
+        MemoryEndpoint {
+            inbound: tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+        },
+    )
+}
+
+impl MemoryEndpoint {
+    /// Connects a new dealer; fails once the router is gone.
+    pub fn connect(&self) -> Result<MemoryDealer, TransportError> {
+        let identity = Bytes::from(format!(
+            "mem-{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        ));
+        let (tx, rx) = mpsc::channel(DEALER_QUEUE);
+        self.inbound
+            .send(Inbound::Connect(identity.clone(), tx))
+            .map_err(|_| TransportError::Closed)?;
+        Ok(MemoryDealer {
+            identity,
+            inbound: self.inbound.clone(),
+            outbound: rx,
+        })
+    }
+}
+
+impl Connector for MemoryEndpoint {
+    type Conn = MemoryDealer;
+
+    async fn connect(&self, _timeout: Duration) -> Result<MemoryDealer, TransportError> {
+        MemoryEndpoint::connect(self)
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+}
+
+impl MemoryDealer {
+    /// The identity the router sees in front of this dealer's messages.
+    pub fn identity(&self) -> &Bytes {
+        &self.identity
+    }
+}
+
+impl Transport for MemoryRouter {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        loop {
+            // Cancel-safe: mpsc's recv loses nothing when dropped, and a Connect is handled
+            // completely before the next await.
+            match self.inbound.recv().await {
+                Some(Inbound::Connect(identity, tx)) => {
+                    self.peers.insert(identity, tx);
+                }
+                Some(Inbound::Message(frames)) => return Ok(frames),
+                None => return Err(TransportError::Closed),
+            }
+        }
+    }
+
+    async fn send(&mut self, mut frames: Vec<Bytes>) -> Result<(), TransportError> {
+        if frames.len() < 2 {
+            return Err(TransportError::Unroutable);
+        }
+        let identity = frames.remove(0);
+        let Some(peer) = self.peers.get(&identity) else {
+            return Err(TransportError::Unroutable);
+        };
+        if peer.send(frames).await.is_err() {
+            self.peers.remove(&identity);
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl Transport for MemoryDealer {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        self.outbound.recv().await.ok_or(TransportError::Closed)
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        let mut routed = Vec::with_capacity(frames.len() + 1);
+        routed.push(self.identity.clone());
+        routed.extend(frames);
+        self.inbound
+            .send(Inbound::Message(routed))
+            .map_err(|_| TransportError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_by_identity_both_ways() {
+        let (mut router, endpoint) = router();
+        let mut a = endpoint.connect().unwrap();
+        let mut b = endpoint.connect().unwrap();
+        a.send(vec![Bytes::from_static(b"from a")]).await.unwrap();
+        b.send(vec![Bytes::from_static(b"from b")]).await.unwrap();
+        let first = router.recv().await.unwrap();
+        let second = router.recv().await.unwrap();
+        assert_eq!(first, [a.identity().clone(), Bytes::from_static(b"from a")]);
+        assert_eq!(
+            second,
+            [b.identity().clone(), Bytes::from_static(b"from b")]
+        );
+        router
+            .send(vec![b.identity().clone(), Bytes::from_static(b"to b")])
+            .await
+            .unwrap();
+        assert_eq!(b.recv().await.unwrap(), [Bytes::from_static(b"to b")]);
+        let unknown = router
+            .send(vec![Bytes::from_static(b"nobody"), Bytes::new()])
+            .await;
+        assert!(matches!(unknown, Err(TransportError::Unroutable)));
+    }
+
+    #[tokio::test]
+    async fn dropping_either_end_is_seen_by_the_other() {
+        let (mut router, endpoint) = router();
+        let a = endpoint.connect().unwrap();
+        let mut b = endpoint.connect().unwrap();
+        b.send(vec![Bytes::from_static(b"hi")]).await.unwrap();
+        router.recv().await.unwrap();
+        let a_id = a.identity().clone();
+        drop(a);
+        let to_a = router.send(vec![a_id, Bytes::from_static(b"x")]).await;
+        assert!(matches!(to_a, Err(TransportError::Closed)));
+        drop(router);
+        assert!(matches!(b.recv().await, Err(TransportError::Closed)));
+        assert!(endpoint.connect().is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The event loop of a worker-side peer (the 7/MDP worker, the 6/PPP worker): connect, drive a
+//! [`Session`] and its handler, reconnect with backoff.
+//!
+//! [`run`] opens a connection, creates a session on it (which queues READY) and serves until the
+//! session ends; then, unless it was shutting down, opens a new connection: at once after a
+//! failed handler ([`SessionEnd::HandlerFailed`]), after a backoff otherwise (1 s doubling to
+//! 32 s by default, reset whenever the other side is heard from). The handler's future is polled
+//! in the loop next to the socket and the heartbeat timer, so heartbeats keep flowing while it
+//! runs without a task per request; a panic in it is caught and reported as a failure.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{Fuse, FusedFuture};
+use futures::FutureExt;
+use majordomo_proto::heartbeat::{Backoff, HeartbeatConfig};
+use majordomo_proto::session::{Session, SessionEnd, WorkerEvent};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::idle::busy_wait;
+use crate::timer::DeadlineTimer;
+use crate::transport::{send_bounded, Connector, SendOutcome, Transport, TransportError};
+
+/// The error type handlers return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Driver settings of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// The session's heartbeat: connecting may take one liveness period (`interval *
+    /// liveness`), one send one interval.
+    pub heartbeat: HeartbeatConfig,
+    /// First reconnect delay (default 1 s).
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay (default 32 s).
+    pub reconnect_max: Duration,
+    /// Busy-poll window (default zero); see [`crate::idle`].
+    pub busy_poll: Duration,
+    /// How long to keep a connection open after the last message of a session that said goodbye
+    /// (default 50 ms; zmq.rs has no linger).
+    pub linger: Duration,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat: HeartbeatConfig::default(),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(32),
+            busy_poll: Duration::ZERO,
+            linger: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What woke a session's loop.
+enum Wake<J> {
+    Cancelled,
+    Message(Result<Vec<Bytes>, TransportError>),
+    Job(J),
+    Timer,
+}
+
+/// Connects through `connector` and serves sessions made by `make_session` until `cancel` is
+/// cancelled; `start` turns each request body into the handler's future.
+pub async fn run<C, S, MK, F, Fut>(
+    connector: &C,
+    mut make_session: MK,
+    mut start: F,
+    options: PeerOptions,
+    cancel: &CancellationToken,
+) where
+    C: Connector,
+    S: Session,
+    MK: FnMut(Instant) -> S,
+    F: FnMut(Vec<Bytes>) -> Fut,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>>,
+{
+    let mut backoff = Backoff::new(options.reconnect_initial, options.reconnect_max);
+    while !cancel.is_cancelled() {
+        let connected = tokio::select! {
+            () = cancel.cancelled() => break,
+            result = connector.connect(options.heartbeat.expiry()) => result,
+        };
+        let end = match connected {
+            Ok(mut conn) => {
+                info!(endpoint = %connector.describe(), "connected");
+                let mut session = make_session(clock::now());
+                serve(
+                    &mut conn,
+                    &mut session,
+                    &mut start,
+                    &options,
+                    cancel,
+                    &mut backoff,
+                )
+                .await
+            }
+            Err(error) => {
+                warn!(endpoint = %connector.describe(), %error, "cannot connect");
+                SessionEnd::BrokerSilent
+            }
+        };
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::HandlerFailed => continue,
+            SessionEnd::BrokerSilent | SessionEnd::Disconnected => {
+                let delay = backoff.next_delay();
+                info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    debug!("peer stopped");
+}
+
+/// Serves one session on one connection until it ends.
+async fn serve<T, S, F, Fut>(
+    conn: &mut T,
+    session: &mut S,
+    start: &mut F,
+    options: &PeerOptions,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> SessionEnd
+where
+    T: Transport,
+    S: Session,
+    F: FnMut(Vec<Bytes>) -> Fut,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>>,
+{
+    let mut job = std::pin::pin!(Fuse::terminated());
+    let mut timer = DeadlineTimer::new(session.poll_timeout());
+    let end = loop {
+        if !flush(conn, session, options.heartbeat.interval).await {
+            warn!("connection lost while sending");
+            break SessionEnd::BrokerSilent;
+        }
+        if let Some(end) = session.ended() {
+            break end;
+        }
+        timer.set(session.poll_timeout());
+        let wait = async {
+            tokio::select! {
+                // Cancellation and timers are cancel-safe.
+                () = cancel.cancelled() => Wake::Cancelled,
+                // `Transport::recv` is cancel-safe: a message is returned or stays queued.
+                msg = conn.recv() => Wake::Message(msg),
+                // Polled by reference, so an unfinished handler survives the other branches.
+                out = job.as_mut(), if !job.is_terminated() => Wake::Job(out),
+                () = timer.wait() => Wake::Timer,
+            }
+        };
+        let wake = busy_wait(wait, options.busy_poll).await;
+        // One read of the clock per wake-up.
+        let now = clock::now();
+        let event = match wake {
+            Wake::Cancelled => session.shutdown(),
+            Wake::Message(Ok(frames)) => {
+                backoff.reset();
+                session.handle_message(now, &frames)
+            }
+            Wake::Message(Err(error)) => {
+                warn!(%error, "connection lost");
+                break SessionEnd::BrokerSilent;
+            }
+            Wake::Job(Ok(Ok(body))) => {
+                session.handle_reply(now, body);
+                None
+            }
+            Wake::Job(Ok(Err(error))) => {
+                warn!(%error, "handler failed; request dropped");
+                session.handle_failure(now)
+            }
+            Wake::Job(Err(_)) => {
+                warn!("handler panicked; request dropped");
+                session.handle_failure(now)
+            }
+            Wake::Timer => session.handle_timeout(now),
+        };
+        if let Some(WorkerEvent::Request(body)) = event {
+            job.set(AssertUnwindSafe(start(body)).catch_unwind().fuse());
+        }
+    };
+    // Dropping an unfinished job cancels the handler.
+    job.set(Fuse::terminated());
+    if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
+        // Flush the goodbye, then give the transport a moment to write it.
+        let _ = flush(conn, session, options.heartbeat.interval).await;
+        tokio::time::sleep(options.linger).await;
+    }
+    end
+}
+
+/// Sends what the session queued; false if the connection failed.
+async fn flush<T: Transport, S: Session>(conn: &mut T, session: &mut S, timeout: Duration) -> bool {
+    while let Some(frames) = session.poll_transmit() {
+        if !matches!(send_bounded(conn, frames, timeout).await, SendOutcome::Sent) {
+            return false;
+        }
+    }
+    true
+}

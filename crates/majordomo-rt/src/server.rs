@@ -1,0 +1,336 @@
+//! The event loop of a ROUTER server (the Majordomo broker, the Pirate queues): one task owns a
+//! sans-IO [`Machine`] and its sockets.
+//!
+//! Each turn waits for the first of: shutdown, a request from a [`ServerHandle`], a message on
+//! any socket, the machine's next deadline. It then reads the clock once, handles up to
+//! [`RECV_BATCH`] messages that are already waiting on that socket, runs the machine's timers if
+//! their deadline has passed, and sends what the machine queued. The rules every server shares
+//! live here once:
+//! - **Fairness.** Sockets are polled in turn, starting after the one served last, so a flood on
+//!   one socket (clients) cannot starve another (workers and their heartbeats).
+//! - **Starvation.** zmq.rs's `recv` never returns Pending while a peer keeps sending, so after a
+//!   full batch the loop yields to the runtime, letting zmq.rs's accept and writer tasks run.
+//! - **Deadlines.** Under steady traffic the timer branch may never win, so the deadline is
+//!   checked every turn, not only when the timer fires.
+//! - **Sends.** Every send goes through [`send_bounded`]: a peer whose queue stays full past the
+//!   send timeout is held ([`StuckPeers`]) and reported undeliverable to the machine, so the loop
+//!   never waits on one peer.
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use majordomo_proto::flow::StuckPeers;
+use majordomo_proto::Hex;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::clock;
+use crate::idle::busy_wait;
+use crate::timer::DeadlineTimer;
+use crate::transport::{send_bounded, SendOutcome, Transport, TransportError};
+
+/// Most messages handled from one socket before the loop sends what they caused. zmq.rs writes
+/// a peer's queued messages with one flush, so batches make fewer, larger writes.
+pub const RECV_BATCH: usize = 64;
+
+/// A sans-IO server state machine, as the loop sees it. Sockets are numbered in the order they
+/// were given to [`Server::new`].
+pub trait Machine: Send {
+    /// What [`ServerHandle::stats`] returns.
+    type Stats: Send + 'static;
+
+    /// A message arrived on socket `socket`; `frames[0]` is the sender's identity.
+    fn handle_message(&mut self, now: Instant, socket: usize, frames: Vec<Bytes>);
+
+    /// The deadline from [`Machine::poll_timeout`] has passed.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// When [`Machine::handle_timeout`] must be called next.
+    fn poll_timeout(&self) -> Instant;
+
+    /// The next message to send and its socket; `frames[0]` is the destination's identity.
+    fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)>;
+
+    /// A message to `identity` on `socket` could not be delivered (peer gone or stuck).
+    fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes);
+
+    /// Current counters and gauges.
+    fn stats(&self) -> Self::Stats;
+
+    /// The server is stopping: queue whatever the protocol says on the way out.
+    fn shutdown(&mut self);
+}
+
+/// Driver settings shared by every server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// How long one send may wait for room in a peer's queue (default 100 ms).
+    pub send_timeout: Duration,
+    /// How long a peer whose send timed out is skipped (default 5 s).
+    pub stuck_hold: Duration,
+    /// How long the loop keeps running after its final sends at shutdown, so the transport can
+    /// flush them (default 200 ms; zmq.rs has no linger).
+    pub linger: Duration,
+    /// How long the loop keeps polling without sleeping after it last had work (default zero);
+    /// see [`crate::idle`].
+    pub busy_poll: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            send_timeout: Duration::from_millis(100),
+            stuck_hold: majordomo_proto::flow::DEFAULT_HOLD,
+            linger: Duration::from_millis(200),
+            busy_poll: Duration::ZERO,
+        }
+    }
+}
+
+enum Command<S> {
+    Stats(oneshot::Sender<S>),
+}
+
+/// A cheap, cloneable handle on a running server: read its stats, stop it.
+#[derive(Debug)]
+pub struct ServerHandle<S> {
+    commands: mpsc::Sender<Command<S>>,
+    stop: CancellationToken,
+}
+
+impl<S> Clone for ServerHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Command<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stats")
+    }
+}
+
+impl<S: Send + 'static> ServerHandle<S> {
+    /// The server's counters and gauges now, read by its own loop between two turns; `None` once
+    /// the server has stopped.
+    pub async fn stats(&self) -> Option<S> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks the server to stop, as its shutdown future would.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether [`ServerHandle::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+/// A server loop: a machine, its sockets, and the handles' requests.
+pub struct Server<M: Machine, T> {
+    machine: M,
+    sockets: Vec<T>,
+    /// Sockets whose receive reported the transport closed for good.
+    closed: Vec<bool>,
+    options: ServerOptions,
+    stuck: StuckPeers,
+    commands: mpsc::Receiver<Command<M::Stats>>,
+    stop: CancellationToken,
+    /// Where the next turn starts polling sockets.
+    next_socket: usize,
+}
+
+impl<M: Machine, T> std::fmt::Debug for Server<M, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("sockets", &self.sockets.len())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What woke the loop.
+enum Wake<S> {
+    Shutdown,
+    Command(Command<S>),
+    Message(usize, Result<Vec<Bytes>, TransportError>),
+    Timer,
+}
+
+impl<M: Machine, T: Transport> Server<M, T> {
+    /// A server for `machine` on `sockets`, and a handle on it.
+    pub fn new(
+        machine: M,
+        sockets: Vec<T>,
+        options: ServerOptions,
+    ) -> (Self, ServerHandle<M::Stats>) {
+        let (tx, rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let closed = vec![false; sockets.len()];
+        (
+            Self {
+                machine,
+                sockets,
+                closed,
+                stuck: StuckPeers::new(options.stuck_hold),
+                options,
+                commands: rx,
+                stop: stop.clone(),
+                next_socket: 0,
+            },
+            ServerHandle { commands: tx, stop },
+        )
+    }
+
+    /// The machine, for reading its state before the server runs.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// Serves until `shutdown` completes or a handle asks it to stop; then lets the machine say
+    /// goodbye, sends that, lingers, and returns the machine.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> M {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut timer = DeadlineTimer::new(self.machine.poll_timeout());
+        loop {
+            timer.set(self.machine.poll_timeout());
+            let start = self.next_socket;
+            let wait = async {
+                tokio::select! {
+                    biased;
+                    // Cancel-safe: a future that has not completed has no effect.
+                    () = &mut shutdown => Wake::Shutdown,
+                    () = self.stop.cancelled() => Wake::Shutdown,
+                    // mpsc's recv is cancel-safe; with every handle dropped the branch is off.
+                    Some(command) = self.commands.recv() => Wake::Command(command),
+                    // Every socket's recv is cancel-safe (see `Transport::recv`).
+                    (socket, msg) = recv_any(&mut self.sockets, &self.closed, start) => Wake::Message(socket, msg),
+                    // A timer: dropping it unfired loses nothing.
+                    () = timer.wait() => Wake::Timer,
+                }
+            };
+            let wake = busy_wait(wait, self.options.busy_poll).await;
+            // One read of the clock per wake-up.
+            let now = clock::now();
+            let full_batch = match wake {
+                Wake::Shutdown => break,
+                Wake::Command(Command::Stats(reply)) => {
+                    let _ = reply.send(self.machine.stats());
+                    false
+                }
+                Wake::Message(socket, msg) => {
+                    self.next_socket = (socket + 1) % self.sockets.len();
+                    self.on_batch(now, socket, msg)
+                }
+                Wake::Timer => false,
+            };
+            if now >= self.machine.poll_timeout() {
+                self.machine.handle_timeout(now);
+            }
+            self.flush(now).await;
+            if full_batch {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.machine.shutdown();
+        self.flush(clock::now()).await;
+        tokio::time::sleep(self.options.linger).await;
+        self.machine
+    }
+
+    /// Handles `msg`, then whatever else socket `socket` already has (up to a batch). Returns
+    /// whether the batch was full, which means more is probably waiting.
+    fn on_batch(
+        &mut self,
+        now: Instant,
+        socket: usize,
+        msg: Result<Vec<Bytes>, TransportError>,
+    ) -> bool {
+        self.on_recv(now, socket, msg);
+        for _ in 1..RECV_BATCH {
+            // Polled once: a pending receive is dropped, which a cancel-safe recv allows.
+            match self.sockets[socket].recv().now_or_never() {
+                Some(msg) => self.on_recv(now, socket, msg),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn on_recv(&mut self, now: Instant, socket: usize, msg: Result<Vec<Bytes>, TransportError>) {
+        match msg {
+            Ok(frames) => self.machine.handle_message(now, socket, frames),
+            Err(TransportError::Closed) => {
+                debug!(socket, "transport closed");
+                self.closed[socket] = true;
+            }
+            Err(error) => debug!(socket, %error, "receive failed"),
+        }
+    }
+
+    /// Sends everything the machine queued, never waiting longer than the send timeout on one
+    /// peer.
+    async fn flush(&mut self, mut now: Instant) {
+        while let Some((socket, frames)) = self.machine.poll_transmit() {
+            let Some(identity) = frames.first().cloned() else {
+                continue;
+            };
+            if self.stuck.is_held(now, &identity) {
+                debug!(peer = %Hex(&identity), "peer not reading, message dropped");
+                self.machine.handle_undeliverable(now, socket, &identity);
+                continue;
+            }
+            match send_bounded(&mut self.sockets[socket], frames, self.options.send_timeout).await {
+                SendOutcome::Sent => {}
+                SendOutcome::Failed(error) => {
+                    debug!(peer = %Hex(&identity), %error, "send failed");
+                    self.machine.handle_undeliverable(now, socket, &identity);
+                }
+                SendOutcome::TimedOut => {
+                    // The send waited: time has moved.
+                    now = clock::now();
+                    warn!(
+                        peer = %Hex(&identity),
+                        hold_s = self.stuck.hold().as_secs(),
+                        "peer queue full past the send timeout: dropping this and further messages to it"
+                    );
+                    self.stuck.stuck(now, identity.clone());
+                    self.machine.handle_undeliverable(now, socket, &identity);
+                }
+            }
+        }
+    }
+}
+
+/// Receives from the first socket that has a message, polling them in turn from `start`.
+fn recv_any<'a, T: Transport>(
+    sockets: &'a mut [T],
+    closed: &'a [bool],
+    start: usize,
+) -> impl Future<Output = (usize, Result<Vec<Bytes>, TransportError>)> + 'a {
+    std::future::poll_fn(move |cx| {
+        let n = sockets.len();
+        for k in 0..n {
+            let i = (start + k) % n;
+            if closed[i] {
+                continue;
+            }
+            let recv = std::pin::pin!(sockets[i].recv());
+            if let Poll::Ready(msg) = recv.poll(cx) {
+                return Poll::Ready((i, msg));
+            }
+        }
+        Poll::Pending
+    })
+}

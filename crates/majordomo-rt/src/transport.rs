@@ -1,0 +1,172 @@
+//! What a driver needs of a socket: receive a message, send a message.
+//!
+//! [`Transport`] is implemented for zmq.rs's ROUTER and DEALER sockets and for the in-memory
+//! sockets of [`crate::memory`], so every driver runs unchanged over TCP, IPC or memory.
+//! [`send_bounded`] is the one way drivers send: it polls the send once and arms a timer only
+//! when the send has to wait. [`Connector`] opens the connections of peers that reconnect.
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use zeromq::{
+    DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+};
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// zmq.rs reported an error (peer gone, unknown identity, connection refused).
+    #[error(transparent)]
+    Zmq(#[from] zeromq::ZmqError),
+    /// The other end of an in-memory socket is gone.
+    #[error("connection closed")]
+    Closed,
+    /// A ROUTER message named no known peer, or had no frame after the identity.
+    #[error("message cannot be routed")]
+    Unroutable,
+    /// Connecting did not finish within the allowed time.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+/// A message socket. On a ROUTER-like transport the first frame of every message, in both
+/// directions, is the peer's identity.
+pub trait Transport: Send {
+    /// Waits for the next message. Must be cancel-safe: a future dropped before it completes
+    /// loses no message (zmq.rs's `recv` is; so are the in-memory sockets).
+    fn recv(&mut self) -> impl Future<Output = Result<Vec<Bytes>, TransportError>> + Send;
+
+    /// Sends one message; it may wait while the peer's queue is full.
+    fn send(
+        &mut self,
+        frames: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+impl Transport for RouterSocket {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        Ok(SocketRecv::recv(self).await?.into_vec())
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        // zmq.rs's ROUTER asserts on a message with nothing after the identity.
+        if frames.len() < 2 {
+            return Err(TransportError::Unroutable);
+        }
+        let msg = ZmqMessage::try_from(frames).map_err(|_| TransportError::Unroutable)?;
+        Ok(SocketSend::send(self, msg).await?)
+    }
+}
+
+impl Transport for DealerSocket {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        Ok(SocketRecv::recv(self).await?.into_vec())
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        let msg = ZmqMessage::try_from(frames).map_err(|_| TransportError::Unroutable)?;
+        Ok(SocketSend::send(self, msg).await?)
+    }
+}
+
+/// How a [`send_bounded`] ended.
+#[derive(Debug)]
+pub enum SendOutcome {
+    /// The message was handed to the transport.
+    Sent,
+    /// The transport refused it (peer gone, unknown identity).
+    Failed(TransportError),
+    /// The peer's queue stayed full for the whole timeout; the message was dropped.
+    TimedOut,
+}
+
+/// Sends `frames`, waiting at most `timeout` for room in the peer's queue.
+///
+/// Almost every send completes when first polled (zmq.rs queues up to 100,000 messages per peer),
+/// so the send is polled once before any timer is armed: registering a timer for every message
+/// would cost more than the send.
+pub async fn send_bounded<T: Transport>(
+    transport: &mut T,
+    frames: Vec<Bytes>,
+    timeout: Duration,
+) -> SendOutcome {
+    let send = transport.send(frames);
+    let mut send = std::pin::pin!(send);
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => return SendOutcome::TimedOut,
+        },
+    };
+    match result {
+        Ok(()) => SendOutcome::Sent,
+        Err(error) => SendOutcome::Failed(error),
+    }
+}
+
+/// Opens a zmq.rs DEALER socket connected to `endpoint`, waiting at most `timeout`. zmq.rs
+/// retries a refused connection until its own `connect_timeout`, so both are bounded here.
+pub async fn connect_dealer(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<DealerSocket, TransportError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(timeout);
+    let mut socket = DealerSocket::with_options(options);
+    match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
+        Ok(Ok(())) => Ok(socket),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(TransportError::ConnectTimeout(timeout)),
+    }
+}
+
+/// Opens new connections for a peer that reconnects on a fresh socket after each failure, as
+/// 7/MDP and 6/PPP workers must.
+pub trait Connector: Send + Sync {
+    /// The connection it opens.
+    type Conn: Transport;
+
+    /// Opens one connection, within `timeout`.
+    fn connect(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
+
+    /// Where it connects, for logs.
+    fn describe(&self) -> String;
+}
+
+/// Connects zmq.rs DEALER sockets to one endpoint.
+#[derive(Debug, Clone)]
+pub struct DealerConnector {
+    endpoint: String,
+}
+
+impl DealerConnector {
+    /// A connector for `endpoint` (`tcp://host:port` or `ipc:///path`).
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+        }
+    }
+}
+
+impl Connector for DealerConnector {
+    type Conn = DealerSocket;
+
+    fn connect(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<DealerSocket, TransportError>> + Send {
+        connect_dealer(&self.endpoint, timeout)
+    }
+
+    fn describe(&self) -> String {
+        self.endpoint.clone()
+    }
+}
