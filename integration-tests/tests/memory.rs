@@ -1,0 +1,422 @@
+//! The drivers over the in-memory transport on paused tokio time: every timing rule of the
+//! broker, the Pirate queue and both workers plays out in virtual seconds, deterministically.
+//! The clock jumps from deadline to deadline whenever every task is waiting, so a 60 s handler
+//! or a 7.5 s liveness takes milliseconds, and no test depends on the machine's speed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use majordomo_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats, EndpointRole};
+use majordomo_pirate::{PppWorker, PppWorkerConfig, Queue, QueueConfig, QueueHandle};
+use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use majordomo_proto::ppp::PppMessage;
+use majordomo_proto::Limits;
+use majordomo_rt::memory::{self, MemoryDealer, MemoryEndpoint, MemoryRouter};
+use majordomo_rt::transport::Transport;
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use tokio::task::JoinHandle;
+
+/// Virtual time a test may wait for anything; never an expected duration.
+const VIRTUAL_PATIENCE: Duration = Duration::from_secs(600);
+
+type BrokerTask = JoinHandle<Result<BrokerStats, majordomo_broker::BrokerError>>;
+
+fn spawn_broker(
+    sockets: Vec<(EndpointRole, MemoryRouter)>,
+    config: BrokerConfig,
+) -> Result<(BrokerHandle, BrokerTask)> {
+    let broker: Broker<MemoryRouter> = Broker::builder().config(config).build_on(sockets)?;
+    let handle = broker.handle();
+    Ok((handle, tokio::spawn(broker.run(std::future::pending()))))
+}
+
+/// A broker on one shared in-memory socket.
+fn shared_broker(config: BrokerConfig) -> Result<(MemoryEndpoint, BrokerHandle, BrokerTask)> {
+    let (router, endpoint) = memory::router();
+    let (handle, task) = spawn_broker(vec![(EndpointRole::Shared, router)], config)?;
+    Ok((endpoint, handle, task))
+}
+
+async fn stats(handle: &BrokerHandle) -> BrokerStats {
+    handle.stats().await.expect("broker running")
+}
+
+/// Waits (in virtual time, bounded) until `check` holds on the broker's stats.
+async fn until_stats(handle: &BrokerHandle, check: impl Fn(&BrokerStats) -> bool) -> BrokerStats {
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    loop {
+        let s = stats(handle).await;
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never held: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn request(service: &'static [u8], body: &[u8]) -> Vec<Bytes> {
+    ClientRequest::new(
+        Bytes::from_static(service),
+        vec![Bytes::copy_from_slice(body)],
+    )
+    .encode()
+}
+
+async fn recv_reply(client: &mut MemoryDealer) -> Result<ClientReply> {
+    let frames = tokio::time::timeout(VIRTUAL_PATIENCE, client.recv())
+        .await
+        .context("no reply")??;
+    Ok(ClientReply::decode(&frames, &Limits::default())?)
+}
+
+/// The next non-heartbeat command a raw worker gets.
+async fn recv_command(worker: &mut MemoryDealer) -> Result<BrokerMessage> {
+    loop {
+        let frames = tokio::time::timeout(VIRTUAL_PATIENCE, worker.recv())
+            .await
+            .context("nothing for the worker")??;
+        match BrokerMessage::decode(&frames, &Limits::default())? {
+            BrokerMessage::Heartbeat => continue,
+            other => return Ok(other),
+        }
+    }
+}
+
+fn ready(service: &'static [u8]) -> Vec<Bytes> {
+    WorkerMessage::Ready {
+        service: Bytes::from_static(service),
+    }
+    .encode()
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_routes_a_request_to_a_worker_and_the_reply_back() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let mut worker = endpoint.connect()?;
+    worker.send(ready(b"echo")).await?;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"echo", b"hello")).await?;
+    let BrokerMessage::Request {
+        client: address,
+        body,
+    } = recv_command(&mut worker).await?
+    else {
+        anyhow::bail!("expected a REQUEST");
+    };
+    assert_eq!(&address, client.identity());
+    assert_eq!(body, [Bytes::from_static(b"hello")]);
+    worker
+        .send(
+            WorkerMessage::Reply {
+                client: address,
+                body,
+            }
+            .encode(),
+        )
+        .await?;
+    let reply = recv_reply(&mut client).await?;
+    assert_eq!(reply.service, Bytes::from_static(b"echo"));
+    assert_eq!(reply.body, [Bytes::from_static(b"hello")]);
+    let s = stats(&handle).await;
+    assert_eq!(
+        (s.requests, s.replies, s.workers, s.idle_workers),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(s.per_service.len(), 1);
+    assert_eq!(s.per_service[0].name, Bytes::from_static(b"echo"));
+    assert_eq!(s.per_service[0].idle_workers, 1);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_heartbeats_a_silent_worker_then_purges_it_after_liveness() -> Result<()> {
+    let config = BrokerConfig::default();
+    let expiry = config.heartbeat.expiry();
+    let (endpoint, handle, _task) = shared_broker(config)?;
+    let mut worker = endpoint.connect()?;
+    worker.send(ready(b"echo")).await?;
+    let registered_at = tokio::time::Instant::now();
+    until_stats(&handle, |s| s.workers == 1).await;
+    // The broker heartbeats the worker while it lives.
+    let frames = tokio::time::timeout(VIRTUAL_PATIENCE, worker.recv()).await??;
+    assert_eq!(
+        BrokerMessage::decode(&frames, &Limits::default())?,
+        BrokerMessage::Heartbeat
+    );
+    let s = until_stats(&handle, |s| s.purged == 1).await;
+    assert_eq!(s.workers, 0);
+    assert!(
+        tokio::time::Instant::now() >= registered_at + expiry,
+        "purged before liveness ran out"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_expires_a_request_for_a_service_without_workers() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"nobody", b"x")).await?;
+    let queued = until_stats(&handle, |s| s.queued == 1).await;
+    assert_eq!(queued.per_service[0].queued, 1);
+    let s = until_stats(&handle, |s| s.expired == 1).await;
+    assert_eq!((s.queued, s.services), (0, 0));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_flood_on_its_endpoint_does_not_starve_the_worker_endpoint() -> Result<()> {
+    // 100,000 requests are waiting on the clients' socket before the worker says READY on its
+    // own socket. Polled in turn, the workers' socket is served after at most a batch of client
+    // messages; a loop that always polled the clients first would register the worker only once
+    // the whole flood had been read.
+    const FLOOD: u64 = 100_000;
+    let (clients, client_ep) = memory::router();
+    let (workers, worker_ep) = memory::router();
+    let (handle, _task) = spawn_broker(
+        vec![
+            (EndpointRole::Clients, clients),
+            (EndpointRole::Workers, workers),
+        ],
+        BrokerConfig::default(),
+    )?;
+    let mut flooder = client_ep.connect()?;
+    for i in 0..FLOOD {
+        flooder
+            .send(request(b"echo", i.to_string().as_bytes()))
+            .await?;
+    }
+    let mut worker = worker_ep.connect()?;
+    worker.send(ready(b"echo")).await?;
+    // Each stats request is answered between two turns of the broker's loop, so this sees the
+    // first turn at which the worker is registered (a sleep here would wait for the whole flood:
+    // paused time moves only when every task is idle).
+    let mut registered = None;
+    for _ in 0..100_000 {
+        let s = stats(&handle).await;
+        if s.workers == 1 {
+            registered = Some(s);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let s = registered.context("the worker never registered")?;
+    assert!(
+        s.requests < FLOOD / 2,
+        "the worker was registered only after {} of {FLOOD} client messages",
+        s.requests
+    );
+    // And it is served.
+    assert!(matches!(
+        recv_command(&mut worker).await?,
+        BrokerMessage::Request { .. }
+    ));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn worker_heartbeats_through_a_long_request_and_its_reply_is_delivered_once() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let long = Duration::from_secs(60);
+    let worker = Worker::with_connector(endpoint.clone(), "slow", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(move |body| async move {
+            tokio::time::sleep(long).await;
+            Ok(body)
+        }),
+        std::future::pending(),
+    ));
+    until_stats(&handle, |s| s.workers == 1).await;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"slow", b"job")).await?;
+    let started = tokio::time::Instant::now();
+    let reply = recv_reply(&mut client).await?;
+    assert_eq!(reply.body, [Bytes::from_static(b"job")]);
+    assert!(tokio::time::Instant::now() >= started + long);
+    let s = stats(&handle).await;
+    assert_eq!((s.replies, s.purged, s.requeued), (1, 0, 0));
+    // Nothing else arrives for that request.
+    let more = tokio::time::timeout(Duration::from_secs(30), client.recv()).await;
+    assert!(more.is_err(), "a second reply: {more:?}");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn worker_told_disconnect_registers_again_on_a_new_connection_after_backoff() -> Result<()> {
+    // The test plays the broker on a raw in-memory ROUTER.
+    let (mut broker, endpoint) = memory::router();
+    let config = WorkerConfig::default();
+    let worker = Worker::with_connector(endpoint.clone(), "echo", config);
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    let first = tokio::time::timeout(VIRTUAL_PATIENCE, broker.recv()).await??;
+    assert_eq!(&first[1..], ready(b"echo").as_slice());
+    let told_at = tokio::time::Instant::now();
+    broker
+        .send(majordomo_proto::mdp::BrokerMessage::Disconnect.encode_routed(&first[0]))
+        .await?;
+    // "When the worker receives DISCONNECT ... it MUST close its socket, and reconnect to the
+    // broker on a new socket."
+    let second = tokio::time::timeout(VIRTUAL_PATIENCE, broker.recv()).await??;
+    assert_eq!(&second[1..], ready(b"echo").as_slice());
+    assert_ne!(second[0], first[0], "a new connection");
+    assert!(tokio::time::Instant::now() >= told_at + config.reconnect_initial);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_through_the_handle_sends_disconnect_to_every_worker() -> Result<()> {
+    let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
+    let mut worker = endpoint.connect()?;
+    worker.send(ready(b"echo")).await?;
+    until_stats(&handle, |s| s.workers == 1).await;
+    handle.shutdown();
+    assert_eq!(recv_command(&mut worker).await?, BrokerMessage::Disconnect);
+    let last = task.await??;
+    assert_eq!(last.workers, 0);
+    assert!(
+        handle.stats().await.is_none(),
+        "a stopped broker has no stats"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_is_held_while_others_are_served() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    until_stats(&handle, |s| s.workers == 1).await;
+    // Each mmi request is answered; past the router's queue to this client its sends wait, time
+    // out, and the client is held.
+    let mut sink = endpoint.connect()?;
+    for _ in 0..(memory::DEALER_QUEUE * 3) {
+        sink.send(request(b"mmi.service", b"echo")).await?;
+    }
+    let mut client = endpoint.connect()?;
+    for i in 0..20 {
+        let body = format!("served {i}");
+        client.send(request(b"echo", body.as_bytes())).await?;
+        let reply = recv_reply(&mut client).await?;
+        assert_eq!(reply.body, [Bytes::from(body)]);
+    }
+    let s = stats(&handle).await;
+    assert!(s.replies >= 20 + memory::DEALER_QUEUE as u64);
+    drop(sink);
+    Ok(())
+}
+
+type QueueTask = JoinHandle<Result<majordomo_pirate::QueueStats, majordomo_pirate::QueueError>>;
+
+fn spawn_queue(
+    config: QueueConfig,
+) -> Result<(MemoryEndpoint, MemoryEndpoint, QueueHandle, QueueTask)> {
+    let (frontend, front_ep) = memory::router();
+    let (backend, back_ep) = memory::router();
+    let queue = Queue::builder()
+        .config(config)
+        .build_on(frontend, backend)?;
+    let handle = queue.handle();
+    let task = tokio::spawn(queue.run(std::future::pending()));
+    Ok((front_ep, back_ep, handle, task))
+}
+
+async fn queue_until(
+    handle: &QueueHandle,
+    check: impl Fn(&majordomo_pirate::QueueStats) -> bool,
+) -> majordomo_pirate::QueueStats {
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    loop {
+        let s = handle.stats().await.expect("queue running");
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never held: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn paranoid_queue_expires_a_silent_worker_and_gives_its_request_to_a_live_one() -> Result<()>
+{
+    let (front, back, handle, _task) = spawn_queue(QueueConfig::paranoid())?;
+    // A raw worker that takes a request and then goes silent.
+    let mut silent = back.connect()?;
+    silent.send(PppMessage::Ready.encode()).await?;
+    queue_until(&handle, |s| s.workers == 1).await;
+    let mut client = front.connect()?;
+    client
+        .send(vec![Bytes::new(), Bytes::from_static(b"job")])
+        .await?;
+    loop {
+        let frames = tokio::time::timeout(VIRTUAL_PATIENCE, silent.recv()).await??;
+        if let PppMessage::Payload(_) = PppMessage::decode(&frames, &Limits::default())? {
+            break;
+        }
+    }
+    // A real PPP worker joins; the silent one's request must reach it after liveness.
+    let worker = PppWorker::with_connector(back.clone(), PppWorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|mut body: Vec<Bytes>| async move {
+            body.push(Bytes::from_static(b"done"));
+            Ok(body)
+        }),
+        std::future::pending(),
+    ));
+    let reply = tokio::time::timeout(VIRTUAL_PATIENCE, client.recv()).await??;
+    assert_eq!(
+        reply,
+        [
+            Bytes::new(),
+            Bytes::from_static(b"job"),
+            Bytes::from_static(b"done")
+        ]
+    );
+    let s = queue_until(&handle, |s| s.expired_workers == 1).await;
+    assert_eq!((s.requeued, s.replies), (1, 1));
+    drop(silent);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn ppp_worker_sends_ready_again_after_a_failed_handler() -> Result<()> {
+    let (front, back, handle, _task) = spawn_queue(QueueConfig::paranoid())?;
+    let worker = PppWorker::with_connector(back.clone(), PppWorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body: Vec<Bytes>| async move {
+            if body[0].as_ref() == b"fail" {
+                Err("asked to fail".into())
+            } else {
+                Ok(body)
+            }
+        }),
+        std::future::pending(),
+    ));
+    queue_until(&handle, |s| s.workers == 1).await;
+    let mut client = front.connect()?;
+    client
+        .send(vec![Bytes::new(), Bytes::from_static(b"fail")])
+        .await?;
+    // The request comes back to the same worker (it sent READY again) until its deliveries
+    // run out; then the next request is served normally.
+    let s = queue_until(&handle, |s| s.abandoned == 1).await;
+    assert_eq!(s.workers, 1, "the worker is not counted twice");
+    client
+        .send(vec![Bytes::new(), Bytes::from_static(b"ok")])
+        .await?;
+    let reply = tokio::time::timeout(VIRTUAL_PATIENCE, client.recv()).await??;
+    assert_eq!(reply, [Bytes::new(), Bytes::from_static(b"ok")]);
+    Ok(())
+}
