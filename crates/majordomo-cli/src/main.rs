@@ -3,7 +3,6 @@
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
 mod bench;
-mod child;
 mod demo;
 mod soak;
 
@@ -14,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
+use majordomo_cli::child::{Child, Stderr};
 use majordomo_client::{Client, ClientConfig, ClientError};
 use majordomo_pirate::{Queue, QueueConfig};
 use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
@@ -217,6 +217,12 @@ fn init_tracing(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// This binary running a subcommand, `args`, as a child process that logs at `log_level` to this
+/// process's stderr; killed (and reaped) when dropped.
+pub(crate) fn spawn_self(args: &[&str], log_level: &str) -> Result<Child> {
+    Child::spawn(std::env::current_exe()?, args, log_level, Stderr::Inherit)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -12,7 +12,7 @@ use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::report::Run;
 use super::BenchArgs;
-use crate::child::{cpu_seconds, memory_kib};
+use majordomo_cli::child::{cpu_seconds, memory};
 
 /// Phases of a run, shared with its clients: replies are counted only while it is `MEASURE`, and
 /// no request is sent once it is `DRAIN`.
@@ -192,7 +192,7 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         })
         .collect();
     tokio::time::sleep(args.warmup).await;
-    let (rss_start, _) = memory_kib(server_pid)?;
+    let rss_start = memory(server_pid)?.rss_kib;
     let cpu_start = cpu_seconds(server_pid)?;
     let started = Instant::now();
     phase.store(MEASURE, Ordering::Relaxed);
@@ -215,7 +215,7 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         errors.join("; ")
     );
     ensure!(!latencies.is_empty(), "no reply during the measured run");
-    let (rss_end, peak) = memory_kib(server_pid)?;
+    let end = memory(server_pid)?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     Ok(Run {
@@ -230,8 +230,8 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         max_us: *latencies.last().expect("not empty"),
         cpu_s_per_100k: cpu / requests as f64 * 100_000.0,
         rss_start_kib: rss_start,
-        rss_end_kib: rss_end,
-        peak_kib: peak,
+        rss_end_kib: end.rss_kib,
+        peak_kib: end.peak_kib,
         rate_range: (requests as f64 / seconds, requests as f64 / seconds),
     })
 }

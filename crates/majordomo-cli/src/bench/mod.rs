@@ -14,11 +14,11 @@ mod relay;
 mod report;
 mod targets;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use clap::Args;
+use majordomo_cli::endpoint::Transport;
 
 use load::measure;
 pub(crate) use relay::{relay, relay_peer, RelayArgs, RelayPeerArgs};
@@ -78,8 +78,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, requires = "external")]
     external_pid: Option<u32>,
     /// Transport: tcp (loopback) or ipc (Unix domain sockets).
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "ipc"])]
-    transport: String,
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
     /// Measure every run this many times and report the one with the median rate, with the
     /// range of rates seen.
     #[arg(long, default_value_t = 1)]
@@ -103,24 +103,6 @@ const RUNS: [&str; 7] = [
     "busypoll",
     "external",
 ];
-
-/// A free endpoint on loopback: an unused TCP port, or a fresh Unix socket path for ipc.
-pub(crate) fn free_endpoint(transport: &str) -> Result<String> {
-    if transport == "ipc" {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "majordomo-bench-{}-{}.sock",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        return Ok(format!("ipc://{}", path.display()));
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("tcp://127.0.0.1:{port}"))
-}
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     ensure!(

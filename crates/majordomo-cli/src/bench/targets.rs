@@ -12,8 +12,10 @@ use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 use super::load::{measure, Load, Mode};
 use super::relay::{relay_peer, RelayPeerArgs};
 use super::report::Run;
-use super::{free_endpoint, BenchArgs};
-use crate::child::Child;
+use super::BenchArgs;
+use crate::spawn_self;
+use majordomo_cli::child::Child;
+use majordomo_cli::endpoint::free_endpoint;
 
 /// Hidden helper: a raw ROUTER echo server, the ceiling's other end.
 #[derive(Args)]
@@ -35,8 +37,8 @@ pub(super) struct EchoServer {
 impl EchoServer {
     /// Starts `majordomo bench-echo` on a free endpoint with `threads` runtime threads.
     pub(super) fn start(args: &BenchArgs, threads: &str) -> Result<Self> {
-        let endpoint = free_endpoint(&args.transport)?;
-        let process = Child::spawn(
+        let endpoint = free_endpoint(args.transport)?;
+        let process = spawn_self(
             &["bench-echo", "--bind", &endpoint, "--threads", threads],
             "warn",
         )?;
@@ -88,9 +90,9 @@ pub(super) async fn broker_run(
     let relay = matches!(target, Target::Relay { .. });
     let (broker_ep, broker_pid, _broker) = match target {
         Target::Ours { threads, busy_poll } => {
-            let endpoint = free_endpoint(&args.transport)?;
+            let endpoint = free_endpoint(args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
-            let broker = Child::spawn(
+            let broker = spawn_self(
                 &[
                     "broker",
                     "--bind",
@@ -106,8 +108,8 @@ pub(super) async fn broker_run(
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
         Target::Relay { threads, window } => {
-            let endpoint = free_endpoint(&args.transport)?;
-            let relay = Child::spawn(
+            let endpoint = free_endpoint(args.transport)?;
+            let relay = spawn_self(
                 &[
                     "bench-relay",
                     "--bind",
@@ -132,7 +134,7 @@ pub(super) async fn broker_run(
     for _ in 0..args.workers {
         let mut stopped = stopped.clone();
         match (relay, args.in_process_workers) {
-            (true, false) => worker_processes.push(Child::spawn(
+            (true, false) => worker_processes.push(spawn_self(
                 &["bench-relay-peer", "--connect", &broker_ep],
                 "warn",
             )?),
@@ -147,7 +149,7 @@ pub(super) async fn broker_run(
                     }
                 }));
             }
-            (false, false) => worker_processes.push(Child::spawn(
+            (false, false) => worker_processes.push(spawn_self(
                 &[
                     "worker",
                     "--connect",
@@ -193,7 +195,7 @@ pub(super) async fn broker_run(
         w.await??;
     }
     for w in worker_processes {
-        w.terminate().await;
+        w.terminate(Duration::from_secs(2)).await;
     }
     run
 }
