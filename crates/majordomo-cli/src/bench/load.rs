@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::report::Run;
-use super::BenchArgs;
+use super::{BenchArgs, RunKind};
 use majordomo_cli::child::{cpu_seconds, memory};
 
 /// Phases of a run, shared with its clients: replies are counted only while it is `MEASURE`, and
@@ -157,7 +157,7 @@ async fn client(
 
 /// What one measured run drives.
 pub(super) struct Load<'a> {
-    pub(super) label: &'static str,
+    pub(super) kind: RunKind,
     pub(super) mode: Mode,
     pub(super) endpoint: &'a str,
     pub(super) server_pid: u32,
@@ -170,7 +170,7 @@ pub(super) struct Load<'a> {
 /// and the server's CPU time and memory; fails if any reply was lost or mismatched.
 pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
     let Load {
-        label,
+        kind,
         mode,
         endpoint,
         server_pid,
@@ -219,7 +219,7 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     Ok(Run {
-        mode: label,
+        kind,
         clients,
         in_flight,
         size,

@@ -14,10 +14,11 @@ mod relay;
 mod report;
 mod targets;
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use majordomo_cli::endpoint::Transport;
 
 use load::measure;
@@ -84,82 +85,109 @@ pub(crate) struct BenchArgs {
     /// range of rates seen.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// The runs to make, comma separated, in the order of the table: ceiling, serial, relay,
-    /// relay-all, broker, busypoll (and external, with `--external`).
-    #[arg(long, value_delimiter = ',', default_values_t = RUNS.map(String::from), value_parser = RUNS)]
-    runs: Vec<String>,
+    /// The runs to make, comma separated; they are made in the order of the table whatever the
+    /// order given.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = RunKind::value_variants().to_vec())]
+    runs: Vec<RunKind>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
 }
 
-/// The names `--runs` accepts.
-const RUNS: [&str; 7] = [
-    "ceiling",
-    "serial",
-    "relay",
-    "relay-all",
-    "broker",
-    "busypoll",
-    "external",
-];
+/// A run of the benchmark, as `--runs` names it; the table lists them in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RunKind {
+    /// Raw DEALER to ROUTER echo with the same load: the transport's one-hop ceiling.
+    Ceiling,
+    /// The same echo with one connection per worker and one request in flight on each.
+    Serial,
+    /// The protocol-free forwarder, one request per echo peer at a time (7/MDP's rule).
+    Relay,
+    /// The protocol-free forwarder with no limit per echo peer.
+    RelayAll,
+    /// Our broker.
+    Broker,
+    /// Our broker with `--busy-poll` (skipped when `--busy-poll` is 0).
+    Busypoll,
+    /// The broker at `--external` (only with `--external`).
+    External,
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(
+            self.to_possible_value()
+                .expect("no run kind is skipped")
+                .get_name(),
+        )
+    }
+}
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     ensure!(
         args.clients > 0 && args.workers > 0 && args.in_flight > 0,
         "clients, workers and in-flight must be positive"
     );
-    let wanted = |name: &str| args.runs.iter().any(|r| r == name);
+    let wanted = |kind: RunKind| args.runs.contains(&kind);
     let threads = args.server_threads.to_string();
     let mut runs = Vec::new();
     for &size in &args.sizes {
-        if wanted("ceiling") || wanted("serial") {
+        if wanted(RunKind::Ceiling) || wanted(RunKind::Serial) {
             // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
             let echo = EchoServer::start(&args, &threads)?;
-            if wanted("ceiling") {
+            if wanted(RunKind::Ceiling) {
                 let ceiling = || {
                     measure(
                         &args,
-                        echo.load("ceiling", size, args.clients, args.in_flight),
+                        echo.load(RunKind::Ceiling, size, args.clients, args.in_flight),
                     )
                 };
                 runs.push(median_of(args.repeat, ceiling).await?);
             }
-            if wanted("serial") {
+            if wanted(RunKind::Serial) {
                 // 7/MDP gives a worker one request at a time, so the broker-to-worker hop
                 // carries at most one message per worker connection: the same echo with that
                 // shape.
-                let serial = || measure(&args, echo.load("serial", size, args.workers, 1));
+                let serial = || measure(&args, echo.load(RunKind::Serial, size, args.workers, 1));
                 runs.push(median_of(args.repeat, serial).await?);
             }
         }
         // The relays: two hops with no protocol, one request per echo peer at a time (7/MDP's
         // rule) and then as many as the clients send (no rule).
-        for (label, window) in [("relay", 1), ("relay-all", 0)] {
-            if wanted(label) {
+        for (kind, window) in [(RunKind::Relay, 1), (RunKind::RelayAll, 0)] {
+            if wanted(kind) {
                 let target = || Target::Relay {
                     threads: &threads,
                     window,
                 };
-                let relay = || broker_run(&args, label, size, target());
+                let relay = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, relay).await?);
             }
         }
-        for (label, busy_poll) in [("broker", Duration::ZERO), ("busypoll", args.busy_poll)] {
-            if wanted(label) && (label == "broker" || !busy_poll.is_zero()) {
+        for (kind, busy_poll) in [
+            (RunKind::Broker, Duration::ZERO),
+            (RunKind::Busypoll, args.busy_poll),
+        ] {
+            if wanted(kind) && (kind == RunKind::Broker || !busy_poll.is_zero()) {
                 let target = || Target::Ours {
                     threads: &threads,
                     busy_poll,
                 };
-                let ours = || broker_run(&args, label, size, target());
+                let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);
             }
         }
         if let (true, Some(endpoint), Some(pid)) =
-            (wanted("external"), &args.external, args.external_pid)
+            (wanted(RunKind::External), &args.external, args.external_pid)
         {
-            let external =
-                || broker_run(&args, "external", size, Target::External { endpoint, pid });
+            let external = || {
+                broker_run(
+                    &args,
+                    RunKind::External,
+                    size,
+                    Target::External { endpoint, pid },
+                )
+            };
             runs.push(median_of(args.repeat, external).await?);
         }
     }

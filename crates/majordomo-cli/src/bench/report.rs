@@ -1,11 +1,11 @@
 //! The figures of each run, and the table or JSON object they are reported in.
 
-use super::BenchArgs;
+use super::{BenchArgs, RunKind};
 
 /// Figures of one measured run.
 #[derive(Debug, Clone)]
 pub(super) struct Run {
-    pub(super) mode: &'static str,
+    pub(super) kind: RunKind,
     pub(super) clients: usize,
     pub(super) in_flight: usize,
     pub(super) size: usize,
@@ -30,7 +30,7 @@ impl Run {
     fn json(&self) -> String {
         format!(
             "{{\"mode\":\"{}\",\"clients\":{},\"in_flight\":{},\"size\":{},\"requests\":{},\"seconds\":{:.3},\"requests_per_s\":{:.0},\"requests_per_s_min\":{:.0},\"requests_per_s_max\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"server_cpu_s_per_100k\":{:.3},\"server_rss_start_kib\":{},\"server_rss_end_kib\":{},\"server_peak_rss_kib\":{}}}",
-            self.mode, self.clients, self.in_flight, self.size, self.requests, self.seconds, self.rate(),
+            self.kind, self.clients, self.in_flight, self.size, self.requests, self.seconds, self.rate(),
             self.rate_range.0, self.rate_range.1, self.p50_us, self.p99_us, self.max_us,
             self.cpu_s_per_100k, self.rss_start_kib, self.rss_end_kib, self.peak_kib
         )
@@ -39,26 +39,32 @@ impl Run {
 
 /// Prints `runs` as a table with the ratios between them, or as one JSON object with `--json`.
 pub(super) fn report(args: &BenchArgs, runs: &[Run]) {
-    let rate = |mode: &str, size: usize| {
+    let rate = |kind: RunKind, size: usize| {
         runs.iter()
-            .find(|r| r.mode == mode && r.size == size)
+            .find(|r| r.kind == kind && r.size == size)
             .map(Run::rate)
     };
-    let ratio = |mode: &str, base: &str, size: usize| match (rate(mode, size), rate(base, size)) {
+    let ratio = |kind, base, size| match (rate(kind, size), rate(base, size)) {
         (Some(b), Some(c)) if c > 0.0 => Some(b / c),
         _ => None,
     };
-    let brokers = ["relay", "relay-all", "broker", "busypoll", "external"];
+    let brokers = [
+        RunKind::Relay,
+        RunKind::RelayAll,
+        RunKind::Broker,
+        RunKind::Busypoll,
+        RunKind::External,
+    ];
     // Each broker against the one-hop echo, and against the relay: two hops with 7/MDP's one
     // request per worker at a time and no protocol work.
-    let ratios = |base: &'static str| {
+    let ratios = |base: RunKind| {
         brokers
             .iter()
-            .filter(move |mode| **mode != base)
-            .flat_map(move |mode| {
+            .filter(move |kind| **kind != base)
+            .flat_map(move |kind| {
                 args.sizes
                     .iter()
-                    .filter_map(move |s| ratio(mode, base, *s).map(|r| (*mode, *s, r)))
+                    .filter_map(move |s| ratio(*kind, base, *s).map(|r| (*kind, *s, r)))
             })
     };
     if args.json {
@@ -79,8 +85,8 @@ pub(super) fn report(args: &BenchArgs, runs: &[Run]) {
             args.busy_poll.as_micros(),
             args.worker_busy_poll.as_micros(),
             items.join(","),
-            json("ceiling"),
-            json("relay")
+            json(RunKind::Ceiling),
+            json(RunKind::Relay)
         );
         return;
     }
@@ -133,7 +139,7 @@ pub(super) fn report(args: &BenchArgs, runs: &[Run]) {
         };
         println!(
             "{:<9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
-            r.mode,
+            r.kind,
             r.size,
             r.rate(),
             f64::from(r.p50_us) / 1000.0,
@@ -145,7 +151,7 @@ pub(super) fn report(args: &BenchArgs, runs: &[Run]) {
             r.peak_kib
         );
     }
-    for base in ["ceiling", "relay"] {
+    for base in [RunKind::Ceiling, RunKind::Relay] {
         for (mode, size, r) in ratios(base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
         }

@@ -12,7 +12,7 @@ use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 use super::load::{measure, Load, Mode};
 use super::relay::{relay_peer, RelayPeerArgs};
 use super::report::Run;
-use super::BenchArgs;
+use super::{BenchArgs, RunKind};
 use crate::spawn_self;
 use majordomo_cli::child::Child;
 use majordomo_cli::endpoint::free_endpoint;
@@ -48,13 +48,13 @@ impl EchoServer {
     /// `clients` clients with `in_flight` requests each of `size` bytes, against this server.
     pub(super) fn load(
         &self,
-        label: &'static str,
+        kind: RunKind,
         size: usize,
         clients: usize,
         in_flight: usize,
     ) -> Load<'_> {
         Load {
-            label,
+            kind,
             mode: Mode::Raw,
             endpoint: &self.endpoint,
             server_pid: self.process.pid(),
@@ -83,7 +83,7 @@ pub(super) enum Target<'a> {
 /// `--in-process-workers`).
 pub(super) async fn broker_run(
     args: &BenchArgs,
-    label: &'static str,
+    kind: RunKind,
     size: usize,
     target: Target<'_>,
 ) -> Result<Run> {
@@ -181,7 +181,7 @@ pub(super) async fn broker_run(
         }
     }
     let load = Load {
-        label,
+        kind,
         mode: if relay { Mode::Raw } else { Mode::Broker },
         endpoint: &broker_ep,
         server_pid: broker_pid,
