@@ -218,6 +218,7 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
     let end = memory(server_pid)?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let rate = requests as f64 / seconds;
     Ok(Run {
         kind,
         clients,
@@ -225,6 +226,9 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         size,
         requests,
         seconds,
+        rate,
+        rate_min: rate,
+        rate_max: rate,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         max_us: *latencies.last().expect("not empty"),
@@ -232,6 +236,5 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         rss_start_kib: rss_start,
         rss_end_kib: end.rss_kib,
         peak_kib: end.peak_kib,
-        rate_range: (requests as f64 / seconds, requests as f64 / seconds),
     })
 }

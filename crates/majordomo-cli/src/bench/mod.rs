@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use clap::{Args, ValueEnum};
 use majordomo_cli::endpoint::Transport;
+use serde::Serialize;
 
 use load::measure;
 pub(crate) use relay::{relay, relay_peer, RelayArgs, RelayPeerArgs};
@@ -95,7 +96,8 @@ pub(crate) struct BenchArgs {
 }
 
 /// A run of the benchmark, as `--runs` names it; the table lists them in this order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum RunKind {
     /// Raw DEALER to ROUTER echo with the same load: the transport's one-hop ceiling.
     Ceiling,
@@ -206,9 +208,10 @@ where
     for _ in 0..repeat.max(1) {
         all.push(one().await?);
     }
-    all.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    let range = (all[0].rate(), all[all.len() - 1].rate());
+    all.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let (rate_min, rate_max) = (all[0].rate, all[all.len() - 1].rate);
     let mut median = all.swap_remove(all.len() / 2);
-    median.rate_range = range;
+    median.rate_min = rate_min;
+    median.rate_max = rate_max;
     Ok(median)
 }
