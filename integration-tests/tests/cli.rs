@@ -38,6 +38,24 @@ async fn call_prints_reply_frames_one_per_line() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_takes_its_options_after_the_subcommand() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&["worker", "echo", "--connect", &ep, "--concurrency", "2"])?;
+    wait_for_service(&ep, "echo").await?;
+    let out = Command::new(majordomo_bin()?)
+        .args(["call", "--connect", &ep, "echo", "hello", "again"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout)?, "hello\nagain\n");
+    Ok(())
+}
+
 #[test]
 fn call_exits_non_zero_when_no_broker_answers() -> Result<()> {
     let ep = free_endpoint()?;

@@ -137,7 +137,8 @@ struct BrokerArgs {
 #[derive(Args, Clone)]
 struct ConnectArgs {
     /// Broker endpoint.
-    #[arg(long, default_value = DEFAULT_ENDPOINT)]
+    // Global, so that `worker echo --connect EP` works as `worker --connect EP echo` does.
+    #[arg(long, default_value = DEFAULT_ENDPOINT, global = true)]
     connect: String,
 }
 
