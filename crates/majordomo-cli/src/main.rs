@@ -6,7 +6,7 @@ mod bench;
 mod demo;
 mod soak;
 
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -248,7 +248,9 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-fn main() -> Result<()> {
+/// Runs the command; `call` exits with status 2 when no reply came, any error exits with 1 after
+/// printing it. The runtime is dropped before the process exits, so every destructor runs.
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     // The broker and the queues are one task that owns its state, and the worker's handlers do
     // their work elsewhere (echo: none; exec: a child process): a single-threaded runtime serves
@@ -277,7 +279,7 @@ fn main() -> Result<()> {
     runtime.block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
     init_tracing(match cli.command {
@@ -286,9 +288,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Soak(_) => "error",
         _ => "info",
     });
-    match cli.command {
+    let done = match cli.command {
+        Command::Call(args) => return run_call(args).await,
         Command::Broker(args) => run_broker(args).await,
-        Command::Call(args) => run_call(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
@@ -298,7 +300,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::BenchRelayPeer(args) => bench::relay_peer(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run_broker(args: BrokerArgs) -> Result<()> {
@@ -363,7 +366,10 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
     Ok(())
 }
 
-async fn run_call(args: CallArgs) -> Result<()> {
+/// Exit status of `call` when no reply came after every attempt.
+const NO_REPLY: u8 = 2;
+
+async fn run_call(args: CallArgs) -> Result<ExitCode> {
     let client = Client::new(
         args.connect.connect,
         ClientConfig {
@@ -381,11 +387,11 @@ async fn run_call(args: CallArgs) -> Result<()> {
                 out.write_all(b"\n").await?;
             }
             out.flush().await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Err(error @ ClientError::NoReply { .. }) => {
             eprintln!("majordomo call: {error}");
-            std::process::exit(2);
+            Ok(ExitCode::from(NO_REPLY))
         }
         Err(error) => Err(error.into()),
     }
