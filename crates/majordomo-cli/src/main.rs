@@ -149,9 +149,9 @@ struct CallArgs {
     /// How long to wait for each attempt, e.g. 2500ms.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Attempts in all before giving up.
-    #[arg(long, default_value_t = 3)]
-    retries: u32,
+    /// Attempts in all before giving up, each on a new connection and each waiting --timeout.
+    #[arg(long, visible_alias = "retries", default_value_t = 3)]
+    attempts: u32,
     /// Service name.
     service: String,
     /// Request body frames.
@@ -374,7 +374,7 @@ async fn run_call(args: CallArgs) -> Result<ExitCode> {
         args.connect.connect,
         ClientConfig {
             timeout: args.timeout,
-            retries: args.retries,
+            retries: args.attempts,
             ..ClientConfig::default()
         },
     );
