@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use majordomo_client::{Client, ClientConfig, ClientError};
-
 use majordomo_cli::child::{memory, Child};
 use majordomo_cli::endpoint::{free_endpoint, Transport};
+use majordomo_client::{Client, ClientConfig, ClientError};
 
 use crate::spawn_self;
 

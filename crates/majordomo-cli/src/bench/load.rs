@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use bytes::{BufMut, Bytes, BytesMut};
+use majordomo_cli::child::{cpu_seconds, memory};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::report::Run;
 use super::{BenchArgs, RunKind};
-use majordomo_cli::child::{cpu_seconds, memory};
 
 /// Phases of a run, shared with its clients: replies are counted only while it is `MEASURE`, and
 /// no request is sent once it is `DRAIN`.

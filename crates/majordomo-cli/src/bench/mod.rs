@@ -125,6 +125,7 @@ impl fmt::Display for RunKind {
     }
 }
 
+/// Makes the runs asked for, for each body size, and reports them.
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     ensure!(
         args.clients > 0 && args.workers > 0 && args.in_flight > 0,

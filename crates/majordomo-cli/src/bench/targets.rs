@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use majordomo_broker::HeartbeatConfig;
+use majordomo_cli::child::Child;
+use majordomo_cli::endpoint::free_endpoint;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 
@@ -14,8 +16,9 @@ use super::relay::{relay_peer, RelayPeerArgs};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
 use crate::spawn_self;
-use majordomo_cli::child::Child;
-use majordomo_cli::endpoint::free_endpoint;
+
+/// How long a worker process gets to stop after SIGTERM before it is killed.
+const WORKER_STOP: Duration = Duration::from_secs(2);
 
 /// Hidden helper: a raw ROUTER echo server, the ceiling's other end.
 #[derive(Args)]
@@ -195,7 +198,7 @@ pub(super) async fn broker_run(
         w.await??;
     }
     for w in worker_processes {
-        w.terminate(Duration::from_secs(2)).await;
+        w.terminate(WORKER_STOP).await;
     }
     run
 }
