@@ -9,6 +9,7 @@ use std::process::Stdio;
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use majordomo_broker::{Broker, BrokerConfig, BrokerStats, HeartbeatConfig};
+use majordomo_cli::{child, endpoint};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
@@ -96,10 +97,7 @@ impl RunningBroker {
 /// A loopback endpoint on a port that was free a moment ago, for tests that must restart a
 /// server on the same port.
 pub fn free_endpoint() -> Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(format!("tcp://127.0.0.1:{port}"))
+    endpoint::free_endpoint(endpoint::Transport::Tcp)
 }
 
 /// Asks `mmi.service` until `service` has a live worker, within a bounded number of tries.
@@ -279,86 +277,49 @@ pub fn majordomo_bin() -> Result<PathBuf> {
     }
 }
 
-/// A `majordomo` process, killed with SIGKILL when dropped.
-pub struct Proc {
-    child: std::process::Child,
-    stderr_path: PathBuf,
-}
+/// A `majordomo` process logging at `info` to a captured stderr, killed with SIGKILL when
+/// dropped.
+pub struct Proc(child::Child);
 
 impl Proc {
-    /// Starts `majordomo` with `args`, logging at `debug` to a temporary file.
+    /// Starts `majordomo` with `args`.
     pub fn spawn(args: &[&str]) -> Result<Self> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stderr_path =
-            std::env::temp_dir().join(format!("majordomo-test-{}-{n}.log", std::process::id()));
-        let child = std::process::Command::new(majordomo_bin()?)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path)?)
-            .spawn()
-            .context("spawning majordomo")?;
-        Ok(Self { child, stderr_path })
+        Ok(Self(child::Child::spawn(
+            majordomo_bin()?,
+            args,
+            "info",
+            child::Stderr::Capture,
+        )?))
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Sends a signal by name (`KILL`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) -> Result<()> {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
+        self.0.signal(name)
     }
 
     /// Whether the process has exited, without waiting.
     pub fn has_exited(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_some())
+        self.0.has_exited()
     }
 
     /// Waits up to [`PATIENCE`] for the process to exit and returns how it ended.
     pub async fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
-        for _ in 0..(PATIENCE.as_millis() / 20) {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(anyhow!("process {} did not exit", self.pid()))
+        self.0.wait_exit(PATIENCE).await
     }
 
     /// What the process has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        self.0.stderr_text()
     }
 
     /// Resident memory in KiB (`VmRSS` from /proc).
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS")?;
-        Ok(line
-            .split_whitespace()
-            .nth(1)
-            .context("no value")?
-            .parse()?)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.stderr_path);
+        Ok(self.0.memory()?.rss_kib)
     }
 }
 

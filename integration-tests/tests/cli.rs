@@ -1,9 +1,10 @@
 //! The `majordomo` command as an operator runs it.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
-use anyhow::Result;
-use integration_tests::{free_endpoint, majordomo_bin, wait_for_service, Proc};
+use anyhow::{Context, Result};
+use integration_tests::{free_endpoint, majordomo_bin, wait_for_service, Proc, PATIENCE};
+use zeromq::{RouterSocket, Socket, SocketRecv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_prints_reply_frames_one_per_line() -> Result<()> {
@@ -38,6 +39,24 @@ async fn call_prints_reply_frames_one_per_line() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_takes_its_options_after_the_subcommand() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&["worker", "echo", "--connect", &ep, "--concurrency", "2"])?;
+    wait_for_service(&ep, "echo").await?;
+    let out = Command::new(majordomo_bin()?)
+        .args(["call", "--connect", &ep, "echo", "hello", "again"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout)?, "hello\nagain\n");
+    Ok(())
+}
+
 #[test]
 fn call_exits_non_zero_when_no_broker_answers() -> Result<()> {
     let ep = free_endpoint()?;
@@ -59,6 +78,53 @@ fn call_exits_non_zero_when_no_broker_answers() -> Result<()> {
     Ok(())
 }
 
+/// `call` against a server that takes requests and never answers: how many requests reached it,
+/// and how the command ended.
+async fn unanswered_call(options: &[&str]) -> Result<(usize, Output)> {
+    let mut server = RouterSocket::new();
+    let ep = server.bind("tcp://127.0.0.1:0").await?.to_string();
+    let call = tokio::process::Command::new(majordomo_bin()?)
+        .args(["call", "--connect", &ep, "--timeout", "200ms"])
+        .args(options)
+        .args(["echo", "x"])
+        .kill_on_drop(true)
+        .output();
+    tokio::pin!(call);
+    let mut requests = 0;
+    let out = tokio::time::timeout(PATIENCE, async {
+        loop {
+            tokio::select! {
+                out = &mut call => break anyhow::Ok(out?),
+                msg = server.recv() => {
+                    let frames = msg?.into_vec();
+                    assert_eq!(frames[2].as_ref(), b"MDPC01", "{frames:?}");
+                    requests += 1;
+                }
+            }
+        }
+    })
+    .await
+    .context("call did not finish")??;
+    Ok((requests, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_makes_the_attempts_asked_for() -> Result<()> {
+    for option in ["--attempts", "--retries"] {
+        let (requests, out) = unanswered_call(&[option, "2"]).await?;
+        assert_eq!(out.status.code(), Some(2), "{option}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no reply"),
+            "{option}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(requests, 2, "{option}");
+    }
+    let (requests, _) = unanswered_call(&[]).await?;
+    assert_eq!(requests, 3, "three attempts by default");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
     let ep = free_endpoint()?;
@@ -67,7 +133,7 @@ async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
     let out = Command::new(majordomo_bin()?)
         .args(["broker", "--bind", &ep])
         .output()?;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot bind") && stderr.contains(&ep),

@@ -3,17 +3,17 @@
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
 mod bench;
-mod child;
 mod demo;
 mod soak;
 
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
+use majordomo_cli::child::{Child, Stderr};
 use majordomo_client::{Client, ClientConfig, ClientError};
 use majordomo_pirate::{Queue, QueueConfig};
 use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
@@ -137,7 +137,8 @@ struct BrokerArgs {
 #[derive(Args, Clone)]
 struct ConnectArgs {
     /// Broker endpoint.
-    #[arg(long, default_value = DEFAULT_ENDPOINT)]
+    // Global, so that `worker echo --connect EP` works as `worker --connect EP echo` does.
+    #[arg(long, default_value = DEFAULT_ENDPOINT, global = true)]
     connect: String,
 }
 
@@ -148,9 +149,9 @@ struct CallArgs {
     /// How long to wait for each attempt, e.g. 2500ms.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Attempts in all before giving up.
-    #[arg(long, default_value_t = 3)]
-    retries: u32,
+    /// Attempts in all before giving up, each on a new connection and each waiting --timeout.
+    #[arg(long, visible_alias = "retries", default_value_t = 3)]
+    attempts: u32,
     /// Service name.
     service: String,
     /// Request body frames.
@@ -219,6 +220,12 @@ fn init_tracing(default: &str) {
         .init();
 }
 
+/// This binary running a subcommand, `args`, as a child process that logs at `log_level` to this
+/// process's stderr; killed (and reaped) when dropped.
+pub(crate) fn spawn_self(args: &[&str], log_level: &str) -> Result<Child> {
+    Child::spawn(std::env::current_exe()?, args, log_level, Stderr::Inherit)
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
@@ -241,7 +248,9 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-fn main() -> Result<()> {
+/// Runs the command; `call` exits with status 2 when no reply came, any error exits with 1 after
+/// printing it. The runtime is dropped before the process exits, so every destructor runs.
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     // The broker and the queues are one task that owns its state, and the worker's handlers do
     // their work elsewhere (echo: none; exec: a child process): a single-threaded runtime serves
@@ -270,7 +279,7 @@ fn main() -> Result<()> {
     runtime.block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
     init_tracing(match cli.command {
@@ -279,9 +288,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Soak(_) => "error",
         _ => "info",
     });
-    match cli.command {
+    let done = match cli.command {
+        Command::Call(args) => return run_call(args).await,
         Command::Broker(args) => run_broker(args).await,
-        Command::Call(args) => run_call(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
@@ -291,7 +300,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::BenchRelayPeer(args) => bench::relay_peer(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run_broker(args: BrokerArgs) -> Result<()> {
@@ -360,12 +370,15 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
     Ok(())
 }
 
-async fn run_call(args: CallArgs) -> Result<()> {
+/// Exit status of `call` when no reply came after every attempt.
+const NO_REPLY: u8 = 2;
+
+async fn run_call(args: CallArgs) -> Result<ExitCode> {
     let client = Client::new(
         args.connect.connect,
         ClientConfig {
             timeout: args.timeout,
-            retries: args.retries,
+            retries: args.attempts,
             ..ClientConfig::default()
         },
     );
@@ -378,11 +391,11 @@ async fn run_call(args: CallArgs) -> Result<()> {
                 out.write_all(b"\n").await?;
             }
             out.flush().await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Err(error @ ClientError::NoReply { .. }) => {
             eprintln!("majordomo call: {error}");
-            std::process::exit(2);
+            Ok(ExitCode::from(NO_REPLY))
         }
         Err(error) => Err(error.into()),
     }

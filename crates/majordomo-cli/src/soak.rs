@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
+use majordomo_cli::child::{memory, Child};
+use majordomo_cli::endpoint::{free_endpoint, Transport};
 use majordomo_client::{Client, ClientConfig, ClientError};
 
-use crate::child::{memory_kib, Child};
+use crate::spawn_self;
 
 /// Options of the soak run.
 #[derive(Args)]
@@ -59,7 +61,7 @@ impl Dice {
 
 /// Peak resident memory of the broker in KiB (0 once it is gone).
 fn broker_peak_kib(broker: &Child) -> u64 {
-    memory_kib(broker.pid()).map_or(0, |(_, peak)| peak)
+    memory(broker.pid()).map_or(0, |memory| memory.peak_kib)
 }
 
 const HB: [&str; 4] = ["--heartbeat", "250ms", "--liveness", "3"];
@@ -70,7 +72,7 @@ async fn broker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     let mut args = vec!["broker", "--bind", endpoint, "--busy-poll", busy_poll];
     args.extend(HB);
     for _ in 0..50 {
-        let mut process = Child::spawn(&args, "error")?;
+        let mut process = spawn_self(&args, "error")?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !process.has_exited()? {
             return Ok(process);
@@ -93,12 +95,12 @@ fn worker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     ];
     args.extend(HB);
     args.push("echo");
-    Child::spawn(&args, "error")
+    spawn_self(&args, "error")
 }
 
 pub(crate) async fn run(args: SoakArgs) -> Result<()> {
     let busy_poll = humantime::format_duration(args.busy_poll).to_string();
-    let endpoint = crate::bench::free_endpoint("tcp")?;
+    let endpoint = free_endpoint(Transport::Tcp)?;
     let mut broker_proc = broker(&endpoint, &busy_poll).await?;
     let mut workers: Vec<Child> = (0..args.workers)
         .map(|_| worker(&endpoint, &busy_poll))
@@ -176,29 +178,29 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
             0..=4 => {
                 // kill -9 a worker and start a new one.
                 let i = dice.roll(workers.len() as u64) as usize;
-                workers[i].signal("KILL");
+                let _ = workers[i].signal("KILL");
                 workers[i] = worker(&endpoint, &busy_poll)?;
                 faults[0] += 1;
             }
             5..=7 => {
                 // Freeze a worker past its liveness, then let it go.
                 let i = dice.roll(workers.len() as u64) as usize;
-                workers[i].signal("STOP");
+                let _ = workers[i].signal("STOP");
                 tokio::time::sleep(Duration::from_millis(1200)).await;
-                workers[i].signal("CONT");
+                let _ = workers[i].signal("CONT");
                 faults[1] += 1;
             }
             8 => {
                 // Restart every worker at once.
                 for w in workers.iter_mut() {
-                    w.signal("KILL");
+                    let _ = w.signal("KILL");
                     *w = worker(&endpoint, &busy_poll)?;
                 }
                 faults[2] += 1;
             }
             _ => {
                 // kill -9 the broker and restart it on the same port.
-                broker_proc.signal("KILL");
+                let _ = broker_proc.signal("KILL");
                 drop(broker_proc);
                 broker_proc = broker(&endpoint, &busy_poll).await?;
                 faults[3] += 1;

@@ -1,0 +1,218 @@
+//! `majordomo bench`: the transport's ceiling and our broker's throughput, latency, CPU and
+//! memory, measured in one run on loopback.
+//!
+//! Besides the broker, it measures what the transport allows: a raw ROUTER echo server (one
+//! hop), and a relay that forwards between clients and echo peers with no protocol at all (two
+//! hops, as a broker does), with 7/MDP's one request per worker at a time and without it.
+//! The broker (and each of those servers) runs as a child process of this binary, so its CPU
+//! time and memory are its own; each echo worker is a `majordomo worker echo`
+//! child process (or, with `--in-process-workers`, a task here); the clients run in this process
+//! and share the machine with them, as a load generator does.
+
+mod load;
+mod relay;
+mod report;
+mod targets;
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use clap::{Args, ValueEnum};
+use majordomo_cli::endpoint::Transport;
+use serde::Serialize;
+
+use load::measure;
+pub(crate) use relay::{relay, relay_peer, RelayArgs, RelayPeerArgs};
+use report::{report, Run};
+use targets::{broker_run, EchoServer, Target};
+pub(crate) use targets::{echo, EchoArgs};
+
+/// Options of the benchmark.
+#[derive(Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Concurrent clients (one DEALER socket each).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Echo workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Requests in flight per client.
+    #[arg(long, default_value_t = 20)]
+    in_flight: usize,
+    /// Measured time of each run, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measured run.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Body sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    sizes: Vec<usize>,
+    /// Runtime threads of the broker and echo server processes (1: single-threaded runtime,
+    /// 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Runtime threads of this process, where the clients (and in-process workers) run (0: one
+    /// per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// Also measure the broker started with `--busy-poll` set to this window (0: skip that run).
+    #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
+    busy_poll: Duration,
+    /// Run the echo workers as tasks in this process, beside the clients, instead of each in its
+    /// own `majordomo worker echo` process.
+    #[arg(long)]
+    in_process_workers: bool,
+    /// Busy-poll window of the echo workers (see `majordomo worker --busy-poll`; 0: they sleep
+    /// as soon as nothing is ready).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    worker_busy_poll: Duration,
+    /// Runtime threads of each echo worker process (see `majordomo worker --threads`; 0: one
+    /// per core).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
+    /// Also measure another 7/MDP broker, already running at this endpoint, under the same load
+    /// and with the same echo workers as ours.
+    #[arg(long, requires = "external_pid")]
+    external: Option<String>,
+    /// Process id of the `--external` broker, for its CPU time and memory.
+    #[arg(long, requires = "external")]
+    external_pid: Option<u32>,
+    /// Transport: tcp (loopback) or ipc (Unix domain sockets).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// Measure every run this many times and report the one with the median rate, with the
+    /// range of rates seen.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// The runs to make, comma separated; they are made in the order of the table whatever the
+    /// order given.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = RunKind::value_variants().to_vec())]
+    runs: Vec<RunKind>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A run of the benchmark, as `--runs` names it; the table lists them in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RunKind {
+    /// Raw DEALER to ROUTER echo with the same load: the transport's one-hop ceiling.
+    Ceiling,
+    /// The same echo with one connection per worker and one request in flight on each.
+    Serial,
+    /// The protocol-free forwarder, one request per echo peer at a time (7/MDP's rule).
+    Relay,
+    /// The protocol-free forwarder with no limit per echo peer.
+    RelayAll,
+    /// Our broker.
+    Broker,
+    /// Our broker with `--busy-poll` (skipped when `--busy-poll` is 0).
+    Busypoll,
+    /// The broker at `--external` (only with `--external`).
+    External,
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(
+            self.to_possible_value()
+                .expect("no run kind is skipped")
+                .get_name(),
+        )
+    }
+}
+
+/// Makes the runs asked for, for each body size, and reports them.
+pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+    ensure!(
+        args.clients > 0 && args.workers > 0 && args.in_flight > 0,
+        "clients, workers and in-flight must be positive"
+    );
+    let wanted = |kind: RunKind| args.runs.contains(&kind);
+    let threads = args.server_threads.to_string();
+    let mut runs = Vec::new();
+    for &size in &args.sizes {
+        if wanted(RunKind::Ceiling) || wanted(RunKind::Serial) {
+            // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
+            let echo = EchoServer::start(&args, &threads)?;
+            if wanted(RunKind::Ceiling) {
+                let ceiling = || {
+                    measure(
+                        &args,
+                        echo.load(RunKind::Ceiling, size, args.clients, args.in_flight),
+                    )
+                };
+                runs.push(median_of(args.repeat, ceiling).await?);
+            }
+            if wanted(RunKind::Serial) {
+                // 7/MDP gives a worker one request at a time, so the broker-to-worker hop
+                // carries at most one message per worker connection: the same echo with that
+                // shape.
+                let serial = || measure(&args, echo.load(RunKind::Serial, size, args.workers, 1));
+                runs.push(median_of(args.repeat, serial).await?);
+            }
+        }
+        // The relays: two hops with no protocol, one request per echo peer at a time (7/MDP's
+        // rule) and then as many as the clients send (no rule).
+        for (kind, window) in [(RunKind::Relay, 1), (RunKind::RelayAll, 0)] {
+            if wanted(kind) {
+                let target = || Target::Relay {
+                    threads: &threads,
+                    window,
+                };
+                let relay = || broker_run(&args, kind, size, target());
+                runs.push(median_of(args.repeat, relay).await?);
+            }
+        }
+        for (kind, busy_poll) in [
+            (RunKind::Broker, Duration::ZERO),
+            (RunKind::Busypoll, args.busy_poll),
+        ] {
+            if wanted(kind) && (kind == RunKind::Broker || !busy_poll.is_zero()) {
+                let target = || Target::Ours {
+                    threads: &threads,
+                    busy_poll,
+                };
+                let ours = || broker_run(&args, kind, size, target());
+                runs.push(median_of(args.repeat, ours).await?);
+            }
+        }
+        if let (true, Some(endpoint), Some(pid)) =
+            (wanted(RunKind::External), &args.external, args.external_pid)
+        {
+            let external = || {
+                broker_run(
+                    &args,
+                    RunKind::External,
+                    size,
+                    Target::External { endpoint, pid },
+                )
+            };
+            runs.push(median_of(args.repeat, external).await?);
+        }
+    }
+    report(&args, &runs);
+    Ok(())
+}
+
+/// Measures `repeat` times (at least once) and keeps the run with the median rate, noting the
+/// range of rates.
+async fn median_of<F, Fut>(repeat: usize, mut one: F) -> Result<Run>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Run>>,
+{
+    let mut all = Vec::new();
+    for _ in 0..repeat.max(1) {
+        all.push(one().await?);
+    }
+    all.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let (rate_min, rate_max) = (all[0].rate, all[all.len() - 1].rate);
+    let mut median = all.swap_remove(all.len() / 2);
+    median.rate_min = rate_min;
+    median.rate_max = rate_max;
+    Ok(median)
+}

@@ -1,0 +1,142 @@
+//! A two-hop forwarder with no protocol at all, and its echo peers: what the transport allows
+//! any broker.
+
+use std::collections::{HashMap, VecDeque};
+
+use anyhow::Result;
+use bytes::Bytes;
+use clap::Args;
+use futures::FutureExt;
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use super::load::connect;
+
+/// Hidden helper: a two-hop forwarder with no protocol, the transport's limit for a broker.
+#[derive(Args)]
+pub(crate) struct RelayArgs {
+    /// Endpoint to bind, for clients and echo peers alike.
+    #[arg(long)]
+    bind: String,
+    /// Requests in flight per echo peer (1: 7/MDP's shape; 0: no limit).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Runtime threads (1: single-threaded runtime, 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+}
+
+/// Hidden helper: an echo peer of the relay.
+#[derive(Args)]
+pub(crate) struct RelayPeerArgs {
+    /// The relay's endpoint.
+    #[arg(long)]
+    pub(super) connect: String,
+}
+
+/// The relay: clients send `[empty, body]`; peers announce themselves with one `[ready]` frame
+/// and then echo what they are given. Requests go to peers with room in their window, oldest
+/// first, and replies straight back to their client: the routing a 7/MDP broker does, without
+/// parsing, validation, services, heartbeats or expiry. Its loop is the broker's: take what is
+/// ready (up to a batch), then send what it caused, and yield after a full batch.
+pub(crate) async fn relay(args: RelayArgs) -> Result<()> {
+    let mut socket = RouterSocket::new();
+    socket.bind(&args.bind).await?;
+    let mut relay = Relay {
+        window: if args.window == 0 {
+            usize::MAX
+        } else {
+            args.window
+        },
+        load: HashMap::new(),
+        ready: VecDeque::new(),
+        pending: VecDeque::new(),
+        out: Vec::new(),
+    };
+    loop {
+        relay.handle(socket.recv().await?);
+        let mut full = true;
+        for _ in 1..RELAY_BATCH {
+            match socket.recv().now_or_never() {
+                Some(msg) => relay.handle(msg?),
+                None => {
+                    full = false;
+                    break;
+                }
+            }
+        }
+        for msg in relay.out.drain(..) {
+            // A peer that left loses its message, as with a broker; the bench counts it lost.
+            if let Err(error) = socket.send(msg).await {
+                tracing::warn!(%error, "relay: send failed");
+            }
+        }
+        if full {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Most messages the relay takes before it sends what they caused, as the broker does.
+const RELAY_BATCH: usize = 64;
+
+/// The relay's state.
+struct Relay {
+    /// Most requests one peer holds.
+    window: usize,
+    /// Peers and how many requests each holds.
+    load: HashMap<Bytes, usize>,
+    /// The peers with room, each once.
+    ready: VecDeque<Bytes>,
+    /// Requests waiting for a peer.
+    pending: VecDeque<Vec<Bytes>>,
+    /// Messages to send.
+    out: Vec<ZmqMessage>,
+}
+
+impl Relay {
+    fn handle(&mut self, msg: ZmqMessage) {
+        let mut frames = msg.into_vec();
+        if frames.len() < 2 {
+            return;
+        }
+        let from = frames[0].clone();
+        if let Some(held) = self.load.get_mut(&from) {
+            // A reply `[peer, client, empty, body]`: back to its client.
+            if *held == self.window {
+                self.ready.push_back(from);
+            }
+            *held -= 1;
+            frames.remove(0);
+            self.out.push(ZmqMessage::try_from(frames).expect("frames"));
+        } else if frames.len() == 2 && frames[1].as_ref() == b"ready" {
+            self.load.insert(from.clone(), 0);
+            self.ready.push_back(from);
+        } else {
+            self.pending.push_back(frames);
+        }
+        while !self.pending.is_empty() {
+            let Some(peer) = self.ready.pop_front() else {
+                break;
+            };
+            let mut request = self.pending.pop_front().expect("not empty");
+            request.insert(0, peer.clone());
+            let held = self.load.get_mut(&peer).expect("known peer");
+            *held += 1;
+            if *held < self.window {
+                self.ready.push_back(peer);
+            }
+            self.out
+                .push(ZmqMessage::try_from(request).expect("frames"));
+        }
+    }
+}
+
+/// A relay peer: announces itself, then echoes every request.
+pub(crate) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
+    let mut socket = connect(&args.connect).await?;
+    socket.send(ZmqMessage::from("ready")).await?;
+    loop {
+        let msg = socket.recv().await?;
+        socket.send(msg).await?;
+    }
+}

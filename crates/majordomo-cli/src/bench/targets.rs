@@ -1,0 +1,216 @@
+//! What a run measures, started for it: the ceiling's echo server, our broker, the relay, or
+//! another broker already running, with the echo workers or relay peers behind it.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use majordomo_broker::HeartbeatConfig;
+use majordomo_cli::child::Child;
+use majordomo_cli::endpoint::free_endpoint;
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
+
+use super::load::{measure, Load, Mode};
+use super::relay::{relay_peer, RelayPeerArgs};
+use super::report::Run;
+use super::{BenchArgs, RunKind};
+use crate::spawn_self;
+
+/// How long a worker process gets to stop after SIGTERM before it is killed.
+const WORKER_STOP: Duration = Duration::from_secs(2);
+
+/// Hidden helper: a raw ROUTER echo server, the ceiling's other end.
+#[derive(Args)]
+pub(crate) struct EchoArgs {
+    /// Endpoint to bind.
+    #[arg(long)]
+    bind: String,
+    /// Runtime threads (1: single-threaded runtime, 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+}
+
+/// The ceiling's echo server in its own process, for the `ceiling` and `serial` runs.
+pub(super) struct EchoServer {
+    endpoint: String,
+    process: Child,
+}
+
+impl EchoServer {
+    /// Starts `majordomo bench-echo` on a free endpoint with `threads` runtime threads.
+    pub(super) fn start(args: &BenchArgs, threads: &str) -> Result<Self> {
+        let endpoint = free_endpoint(args.transport)?;
+        let process = spawn_self(
+            &["bench-echo", "--bind", &endpoint, "--threads", threads],
+            "warn",
+        )?;
+        Ok(Self { endpoint, process })
+    }
+
+    /// `clients` clients with `in_flight` requests each of `size` bytes, against this server.
+    pub(super) fn load(
+        &self,
+        kind: RunKind,
+        size: usize,
+        clients: usize,
+        in_flight: usize,
+    ) -> Load<'_> {
+        Load {
+            kind,
+            mode: Mode::Raw,
+            endpoint: &self.endpoint,
+            server_pid: self.process.pid(),
+            size,
+            clients,
+            in_flight,
+        }
+    }
+}
+
+/// The broker a run measures.
+pub(super) enum Target<'a> {
+    /// Ours, started as a child process with these settings.
+    Ours {
+        threads: &'a str,
+        busy_poll: Duration,
+    },
+    /// Another broker, already running.
+    External { endpoint: &'a str, pid: u32 },
+    /// The protocol-free forwarder, its echo peers holding up to `window` requests each.
+    Relay { threads: &'a str, window: usize },
+}
+
+/// One measured run of a broker (ours, another one, or the relay) in its own process, with its
+/// echo workers or the relay's echo peers (processes, or tasks here with
+/// `--in-process-workers`).
+pub(super) async fn broker_run(
+    args: &BenchArgs,
+    kind: RunKind,
+    size: usize,
+    target: Target<'_>,
+) -> Result<Run> {
+    let relay = matches!(target, Target::Relay { .. });
+    let (broker_ep, broker_pid, _broker) = match target {
+        Target::Ours { threads, busy_poll } => {
+            let endpoint = free_endpoint(args.transport)?;
+            let busy_poll = humantime::format_duration(busy_poll).to_string();
+            let broker = spawn_self(
+                &[
+                    "broker",
+                    "--bind",
+                    &endpoint,
+                    "--threads",
+                    threads,
+                    "--busy-poll",
+                    &busy_poll,
+                ],
+                "warn",
+            )?;
+            (endpoint, broker.pid(), Some(broker))
+        }
+        Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
+        Target::Relay { threads, window } => {
+            let endpoint = free_endpoint(args.transport)?;
+            let relay = spawn_self(
+                &[
+                    "bench-relay",
+                    "--bind",
+                    &endpoint,
+                    "--threads",
+                    threads,
+                    "--window",
+                    &window.to_string(),
+                ],
+                "warn",
+            )?;
+            (endpoint, relay.pid(), Some(relay))
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    // Each in its own process by default, as deployed: tasks beside the clients wait behind the
+    // clients' work on the same runtime.
+    let mut worker_processes = Vec::new();
+    let worker_busy_poll = humantime::format_duration(args.worker_busy_poll).to_string();
+    let worker_threads = args.worker_threads.to_string();
+    for _ in 0..args.workers {
+        let mut stopped = stopped.clone();
+        match (relay, args.in_process_workers) {
+            (true, false) => worker_processes.push(spawn_self(
+                &["bench-relay-peer", "--connect", &broker_ep],
+                "warn",
+            )?),
+            (true, true) => {
+                let peer = relay_peer(RelayPeerArgs {
+                    connect: broker_ep.clone(),
+                });
+                workers.push(tokio::spawn(async move {
+                    tokio::select! {
+                        served = peer => served,
+                        _ = stopped.wait_for(|s| *s) => Ok(()),
+                    }
+                }));
+            }
+            (false, false) => worker_processes.push(spawn_self(
+                &[
+                    "worker",
+                    "--connect",
+                    &broker_ep,
+                    "--busy-poll",
+                    &worker_busy_poll,
+                    "--threads",
+                    &worker_threads,
+                    "echo",
+                ],
+                "warn",
+            )?),
+            (false, true) => {
+                let worker = Worker::new(
+                    broker_ep.clone(),
+                    "echo",
+                    WorkerConfig {
+                        heartbeat: HeartbeatConfig::default(),
+                        busy_poll: args.worker_busy_poll,
+                        ..WorkerConfig::default()
+                    },
+                );
+                let echo = handler_fn(|body| async move { Ok(body) });
+                let served = worker.run(echo, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                });
+                workers.push(tokio::spawn(async move { Ok(served.await?) }));
+            }
+        }
+    }
+    let load = Load {
+        kind,
+        mode: if relay { Mode::Raw } else { Mode::Broker },
+        endpoint: &broker_ep,
+        server_pid: broker_pid,
+        size,
+        clients: args.clients,
+        in_flight: args.in_flight,
+    };
+    let run = measure(args, load).await;
+    let _ = stop.send(true);
+    for w in workers {
+        w.await??;
+    }
+    for w in worker_processes {
+        w.terminate(WORKER_STOP).await;
+    }
+    run
+}
+
+/// The ceiling's server: echoes every message back to its sender.
+pub(crate) async fn echo(args: EchoArgs) -> Result<()> {
+    let mut socket = RouterSocket::new();
+    socket.bind(&args.bind).await?;
+    loop {
+        let msg = socket.recv().await?;
+        if msg.len() >= 2 {
+            socket.send(msg).await?;
+        }
+    }
+}
