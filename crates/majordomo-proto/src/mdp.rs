@@ -116,13 +116,20 @@ fn decode_client_message(
     }
 }
 
+/// Encodes `[prefix?, empty, "MDPC01", service, body...]`. An empty `body` is sent as one empty
+/// frame, since the RFC requires at least one body frame (and a decoder refuses a message
+/// without one).
 fn encode_client_message(prefix: Option<&Bytes>, service: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
-    let mut frames = Vec::with_capacity(4 + body.len());
+    let mut frames = Vec::with_capacity(5 + body.len());
     frames.extend(prefix.cloned());
     frames.push(EMPTY);
     frames.push(CLIENT_HEADER_FRAME);
     frames.push(service.clone());
-    frames.extend(body.iter().cloned());
+    if body.is_empty() {
+        frames.push(EMPTY);
+    } else {
+        frames.extend(body.iter().cloned());
+    }
     frames
 }
 
@@ -145,9 +152,6 @@ impl ClientRequest {
     ///
     /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
-        if self.body.is_empty() {
-            return encode_client_message(None, &self.service, &[EMPTY]);
-        }
         encode_client_message(None, &self.service, &self.body)
     }
 }
@@ -160,11 +164,14 @@ impl ClientReply {
     }
 
     /// Encodes for a DEALER socket: `[empty, "MDPC01", service, body...]`.
+    ///
+    /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
         encode_client_message(None, &self.service, &self.body)
     }
 
-    /// Encodes for a ROUTER socket, with the client's identity in front.
+    /// Encodes for a ROUTER socket, with the client's identity in front. An empty `body` is sent
+    /// as one empty frame, as by [`ClientReply::encode`].
     pub fn encode_routed(&self, identity: &Bytes) -> Vec<Bytes> {
         encode_client_message(Some(identity), &self.service, &self.body)
     }

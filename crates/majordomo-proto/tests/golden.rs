@@ -42,6 +42,35 @@ fn client_reply_routed() {
 }
 
 #[test]
+fn client_messages_with_an_empty_body_carry_one_empty_frame() {
+    // "Frames 3+: Request body" / "Frames 3+: Reply body": at least one frame, so an empty body
+    // is written as one empty frame, and reads back as that frame.
+    let wire = f(&[b"", b"MDPC01", b"echo", b""]);
+    let request = ClientRequest::new("echo", vec![]);
+    assert_eq!(request.encode(), wire);
+    assert_eq!(
+        ClientRequest::decode(&request.encode(), &Limits::default()),
+        Ok(ClientRequest::new("echo", vec![Bytes::new()]))
+    );
+    let reply = ClientReply {
+        service: b(b"echo"),
+        body: vec![],
+    };
+    assert_eq!(reply.encode(), wire);
+    assert_eq!(
+        reply.encode_routed(&b(b"C1")),
+        f(&[b"C1", b"", b"MDPC01", b"echo", b""])
+    );
+    assert_eq!(
+        ClientReply::decode(&reply.encode(), &Limits::default()),
+        Ok(ClientReply {
+            service: b(b"echo"),
+            body: vec![Bytes::new()],
+        })
+    );
+}
+
+#[test]
 fn worker_ready() {
     let wire = f(&[b"", b"MDPW01", &[0x01], b"echo"]);
     let msg = WorkerMessage::Ready {
