@@ -103,6 +103,17 @@ fn decode_client_message(
 ) -> Result<(Bytes, Vec<Bytes>), DecodeError> {
     limits.check(frames)?;
     let rest = expect_header(frames, CLIENT_HEADER, "MDPC01")?;
+    decode_client_after_header(frames.len(), rest, limits, command)
+}
+
+/// Reads `[service, body...]` after the client header; the caller has checked `limits` on the
+/// whole message (`total` frames).
+fn decode_client_after_header(
+    total: usize,
+    rest: &[Bytes],
+    limits: &Limits,
+    command: &'static str,
+) -> Result<(Bytes, Vec<Bytes>), DecodeError> {
     match rest {
         [service, body @ ..] if !body.is_empty() => {
             limits.check_service(service)?;
@@ -111,7 +122,7 @@ fn decode_client_message(
         _ => Err(DecodeError::WrongFrameCount {
             command,
             expected: "4 or more",
-            got: frames.len(),
+            got: total,
         }),
     }
 }
@@ -407,11 +418,15 @@ pub enum BrokerInbound {
 
 impl BrokerInbound {
     /// Decodes either sub-protocol by its header frame; `frames` starts at the empty frame 0.
+    ///
+    /// The limits are checked once, on the whole message, before either sub-protocol is read.
     pub fn decode(frames: &[Bytes], limits: &Limits) -> Result<Self, DecodeError> {
         limits.check(frames)?;
         let (header, rest) = split_header(frames)?;
         if header.as_ref() == CLIENT_HEADER {
-            ClientRequest::decode(frames, limits).map(Self::Client)
+            let (service, body) =
+                decode_client_after_header(frames.len(), rest, limits, "REQUEST")?;
+            Ok(Self::Client(ClientRequest { service, body }))
         } else if header.as_ref() == WORKER_HEADER {
             WorkerMessage::decode_after_header(frames.len(), rest, limits).map(Self::Worker)
         } else {
