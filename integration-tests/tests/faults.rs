@@ -56,6 +56,30 @@ fn client(endpoint: &str) -> Client {
     )
 }
 
+/// Waits until the broker at `endpoint` serves: `mmi.service` answers `404` for a name nobody
+/// serves. Asks again until [`PATIENCE`] has passed.
+async fn wait_for_broker(endpoint: &str) -> Result<()> {
+    let c = Client::new(
+        endpoint,
+        ClientConfig {
+            timeout: Duration::from_millis(300),
+            retries: 1,
+            ..ClientConfig::default()
+        },
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        let status = c
+            .request("mmi.service", vec![Bytes::from_static(b"nobody")])
+            .await;
+        if matches!(status.as_deref(), Ok([code]) if code.as_ref() == b"404") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the broker at {endpoint} never answered within {PATIENCE:?}")
+}
+
 fn scratch_dir(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("majordomo-faults-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -490,7 +514,7 @@ async fn transport_hazard_huge_frame_announcement_kills_the_process() -> Result<
     // documents the hazard (README, "Limits of the transport"): only the transport can fix it.
     let ep = free_endpoint()?;
     let mut broker = broker(&ep, &[])?;
-    wait_for_service(&ep, "nothing").await.ok();
+    wait_for_broker(&ep).await?;
     let mut peer = RawZmtp::connect(&ep).await?;
     peer.announce_frame(1 << 40).await?;
     let status = broker.wait_exit().await?;

@@ -13,7 +13,7 @@ use majordomo_pirate::{
 };
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_worker::handler_fn;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeromq::{RepSocket, ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -199,6 +199,47 @@ async fn lazy_pirate_rejects_a_stale_reply() -> Result<()> {
     Ok(())
 }
 
+/// A Simple Pirate worker on a REQ socket: READY, then for each of `count` requests it reports
+/// `(tag, body)` on `seen`, waits for a release, and replies `tag:body`.
+fn req_worker(
+    backend: String,
+    tag: &'static str,
+    count: usize,
+    seen: mpsc::UnboundedSender<(&'static str, String)>,
+) -> (mpsc::UnboundedSender<()>, JoinHandle<Result<()>>) {
+    let (release, mut released) = mpsc::unbounded_channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut req = ReqSocket::new();
+        req.connect(&backend).await?;
+        req.send(ZmqMessage::from(Bytes::from_static(&[0x01])))
+            .await?;
+        for _ in 0..count {
+            let mut frames = tokio::time::timeout(PATIENCE, req.recv())
+                .await??
+                .into_vec();
+            let body = String::from_utf8(frames.pop().expect("body").to_vec())?;
+            seen.send((tag, body.clone()))?;
+            tokio::time::timeout(PATIENCE, released.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("released by nobody"))?;
+            frames.push(Bytes::from(format!("{tag}:{body}")));
+            req.send(ZmqMessage::try_from(frames).expect("frames"))
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    (release, task)
+}
+
+/// The next `(worker, request)` a [`req_worker`] reports.
+async fn next_seen(
+    seen: &mut mpsc::UnboundedReceiver<(&'static str, String)>,
+) -> Result<(&'static str, String)> {
+    tokio::time::timeout(PATIENCE, seen.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("workers gone"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_pirate_queue_with_req_workers() -> Result<()> {
     let queue = RunningQueue::start(
@@ -207,44 +248,42 @@ async fn simple_pirate_queue_with_req_workers() -> Result<()> {
         QueueConfig::simple(),
     )
     .await?;
-    let mut workers = Vec::new();
-    for tag in ["a", "b"] {
-        let backend = queue.backend.clone();
-        workers.push(tokio::spawn(async move {
-            let mut req = ReqSocket::new();
-            req.connect(&backend).await?;
-            req.send(ZmqMessage::from(Bytes::from_static(&[0x01])))
-                .await?;
-            for _ in 0..2 {
-                let mut frames = req.recv().await?.into_vec();
-                let body = frames.pop().expect("body");
-                frames.push(Bytes::from(format!(
-                    "{tag}:{}",
-                    String::from_utf8_lossy(&body)
-                )));
-                req.send(ZmqMessage::try_from(frames).expect("frames"))
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let mut x = RawPeer::connect(&queue.frontend).await?;
+    let mut y = RawPeer::connect(&queue.frontend).await?;
+    // Worker a takes request 0 and holds it; b, registered after, takes request 1 (a is busy).
+    let (release_a, a) = req_worker(queue.backend.clone(), "a", 3, seen_tx.clone());
+    x.send(frames(&[b"", b"0"])).await?;
+    assert_eq!(next_seen(&mut seen).await?, ("a", "0".to_owned()));
+    let (release_b, b) = req_worker(queue.backend.clone(), "b", 3, seen_tx);
+    y.send(frames(&[b"", b"1"])).await?;
+    assert_eq!(next_seen(&mut seen).await?, ("b", "1".to_owned()));
+    // b answers first, then a: b is now the least recently used worker, a the most.
+    release_b.send(())?;
+    assert_eq!(y.recv().await?, frames(&[b"", b"b:1"]));
+    release_a.send(())?;
+    assert_eq!(x.recv().await?, frames(&[b"", b"a:0"]));
+    // One request at a time: each goes to the worker that has waited longest.
+    for (i, want) in [(2, "b"), (3, "a"), (4, "b"), (5, "a")] {
+        let body = i.to_string();
+        x.send(frames(&[b"", body.as_bytes()])).await?;
+        let (got, request) = next_seen(&mut seen).await?;
+        assert_eq!(
+            (got, request.as_str()),
+            (want, body.as_str()),
+            "request {i} goes to the least recently used worker"
+        );
+        match got {
+            "a" => release_a.send(())?,
+            _ => release_b.send(())?,
+        }
+        assert_eq!(
+            x.recv().await?,
+            frames(&[b"", format!("{want}:{i}").as_bytes()])
+        );
     }
-    let mut client = LazyPirate::new(queue.frontend.clone(), LazyPirateConfig::default());
-    let mut served_by = Vec::new();
-    for i in 0..4 {
-        let reply = client.request(frames(&[i.to_string().as_bytes()])).await?;
-        let text = String::from_utf8(reply[0].to_vec())?;
-        assert!(text.ends_with(&format!(":{i}")), "{text}");
-        served_by.push(text[..1].to_owned());
-    }
-    served_by.sort();
-    assert_eq!(
-        served_by,
-        ["a", "a", "b", "b"],
-        "both workers served, least recently used first"
-    );
-    for w in workers {
-        w.await??;
-    }
+    a.await??;
+    b.await??;
     queue.stop().await?;
     Ok(())
 }

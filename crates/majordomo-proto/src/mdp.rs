@@ -103,6 +103,17 @@ fn decode_client_message(
 ) -> Result<(Bytes, Vec<Bytes>), DecodeError> {
     limits.check(frames)?;
     let rest = expect_header(frames, CLIENT_HEADER, "MDPC01")?;
+    decode_client_after_header(frames.len(), rest, limits, command)
+}
+
+/// Reads `[service, body...]` after the client header; the caller has checked `limits` on the
+/// whole message (`total` frames).
+fn decode_client_after_header(
+    total: usize,
+    rest: &[Bytes],
+    limits: &Limits,
+    command: &'static str,
+) -> Result<(Bytes, Vec<Bytes>), DecodeError> {
     match rest {
         [service, body @ ..] if !body.is_empty() => {
             limits.check_service(service)?;
@@ -111,18 +122,25 @@ fn decode_client_message(
         _ => Err(DecodeError::WrongFrameCount {
             command,
             expected: "4 or more",
-            got: frames.len(),
+            got: total,
         }),
     }
 }
 
+/// Encodes `[prefix?, empty, "MDPC01", service, body...]`. An empty `body` is sent as one empty
+/// frame, since the RFC requires at least one body frame (and a decoder refuses a message
+/// without one).
 fn encode_client_message(prefix: Option<&Bytes>, service: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
-    let mut frames = Vec::with_capacity(4 + body.len());
+    let mut frames = Vec::with_capacity(5 + body.len());
     frames.extend(prefix.cloned());
     frames.push(EMPTY);
     frames.push(CLIENT_HEADER_FRAME);
     frames.push(service.clone());
-    frames.extend(body.iter().cloned());
+    if body.is_empty() {
+        frames.push(EMPTY);
+    } else {
+        frames.extend(body.iter().cloned());
+    }
     frames
 }
 
@@ -145,9 +163,6 @@ impl ClientRequest {
     ///
     /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
-        if self.body.is_empty() {
-            return encode_client_message(None, &self.service, &[EMPTY]);
-        }
         encode_client_message(None, &self.service, &self.body)
     }
 }
@@ -160,11 +175,14 @@ impl ClientReply {
     }
 
     /// Encodes for a DEALER socket: `[empty, "MDPC01", service, body...]`.
+    ///
+    /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
         encode_client_message(None, &self.service, &self.body)
     }
 
-    /// Encodes for a ROUTER socket, with the client's identity in front.
+    /// Encodes for a ROUTER socket, with the client's identity in front. An empty `body` is sent
+    /// as one empty frame, as by [`ClientReply::encode`].
     pub fn encode_routed(&self, identity: &Bytes) -> Vec<Bytes> {
         encode_client_message(Some(identity), &self.service, &self.body)
     }
@@ -400,11 +418,15 @@ pub enum BrokerInbound {
 
 impl BrokerInbound {
     /// Decodes either sub-protocol by its header frame; `frames` starts at the empty frame 0.
+    ///
+    /// The limits are checked once, on the whole message, before either sub-protocol is read.
     pub fn decode(frames: &[Bytes], limits: &Limits) -> Result<Self, DecodeError> {
         limits.check(frames)?;
         let (header, rest) = split_header(frames)?;
         if header.as_ref() == CLIENT_HEADER {
-            ClientRequest::decode(frames, limits).map(Self::Client)
+            let (service, body) =
+                decode_client_after_header(frames.len(), rest, limits, "REQUEST")?;
+            Ok(Self::Client(ClientRequest { service, body }))
         } else if header.as_ref() == WORKER_HEADER {
             WorkerMessage::decode_after_header(frames.len(), rest, limits).map(Self::Worker)
         } else {

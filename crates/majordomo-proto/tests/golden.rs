@@ -42,6 +42,35 @@ fn client_reply_routed() {
 }
 
 #[test]
+fn client_messages_with_an_empty_body_carry_one_empty_frame() {
+    // "Frames 3+: Request body" / "Frames 3+: Reply body": at least one frame, so an empty body
+    // is written as one empty frame, and reads back as that frame.
+    let wire = f(&[b"", b"MDPC01", b"echo", b""]);
+    let request = ClientRequest::new("echo", vec![]);
+    assert_eq!(request.encode(), wire);
+    assert_eq!(
+        ClientRequest::decode(&request.encode(), &Limits::default()),
+        Ok(ClientRequest::new("echo", vec![Bytes::new()]))
+    );
+    let reply = ClientReply {
+        service: b(b"echo"),
+        body: vec![],
+    };
+    assert_eq!(reply.encode(), wire);
+    assert_eq!(
+        reply.encode_routed(&b(b"C1")),
+        f(&[b"C1", b"", b"MDPC01", b"echo", b""])
+    );
+    assert_eq!(
+        ClientReply::decode(&reply.encode(), &Limits::default()),
+        Ok(ClientReply {
+            service: b(b"echo"),
+            body: vec![Bytes::new()],
+        })
+    );
+}
+
+#[test]
 fn worker_ready() {
     let wire = f(&[b"", b"MDPW01", &[0x01], b"echo"]);
     let msg = WorkerMessage::Ready {
@@ -256,4 +285,75 @@ fn every_malformed_input_has_its_error() {
             got: b(b"MDPW01")
         })
     );
+}
+
+type Decode = fn(&[Bytes], &Limits) -> Result<(), DecodeError>;
+
+#[test]
+fn every_public_decoder_rejects_an_oversized_message() {
+    let limits = Limits {
+        max_message_size: 64,
+        max_frames: 8,
+        max_service_name: 8,
+    };
+    let client = f(&[b"", b"MDPC01", b"s"]);
+    let reply = f(&[b"", b"MDPW01", &[0x03], b"c", b""]);
+    let request = f(&[b"", b"MDPW01", &[0x02], b"c", b""]);
+    // Each decoder with the frames of a valid message before its body.
+    let decoders: Vec<(&str, Vec<Bytes>, Decode)> = vec![
+        ("ClientRequest", client.clone(), |m, l| {
+            ClientRequest::decode(m, l).map(drop)
+        }),
+        ("ClientReply", client.clone(), |m, l| {
+            ClientReply::decode(m, l).map(drop)
+        }),
+        ("BrokerInbound (client)", client, |m, l| {
+            BrokerInbound::decode(m, l).map(drop)
+        }),
+        ("WorkerMessage", reply.clone(), |m, l| {
+            WorkerMessage::decode(m, l).map(drop)
+        }),
+        ("BrokerInbound (worker)", reply, |m, l| {
+            BrokerInbound::decode(m, l).map(drop)
+        }),
+        ("BrokerMessage", request, |m, l| {
+            BrokerMessage::decode(m, l).map(drop)
+        }),
+        ("PppMessage", f(&[b"c", b""]), |m, l| {
+            PppMessage::decode(m, l).map(drop)
+        }),
+    ];
+    for (name, head, decode) in decoders {
+        let head_size: usize = head.iter().map(Bytes::len).sum();
+        let with_frames = |count: usize| {
+            let mut frames = head.clone();
+            frames.resize(count, b(b"x"));
+            frames
+        };
+        let with_size = |size: usize| {
+            let mut frames = head.clone();
+            frames.push(Bytes::from(vec![b'x'; size - head_size]));
+            frames
+        };
+        assert_eq!(
+            decode(&with_frames(8), &limits),
+            Ok(()),
+            "{name} at the frame limit"
+        );
+        assert_eq!(
+            decode(&with_frames(9), &limits),
+            Err(DecodeError::TooManyFrames { count: 9, max: 8 }),
+            "{name} past the frame limit"
+        );
+        assert_eq!(
+            decode(&with_size(64), &limits),
+            Ok(()),
+            "{name} at the size limit"
+        );
+        assert_eq!(
+            decode(&with_size(65), &limits),
+            Err(DecodeError::MessageTooLarge { size: 65, max: 64 }),
+            "{name} past the size limit"
+        );
+    }
 }
