@@ -378,10 +378,19 @@ impl PirateQueue {
             .filter(|(_, w)| w.heartbeat.as_ref().is_some_and(|h| h.is_peer_dead(now)))
             .map(|(id, _)| id.clone())
             .collect();
+        // Every expired worker leaves before any of their requests is re-queued: a request must
+        // not be handed to another worker expiring in the same timeout.
+        let mut lost = Vec::new();
         for identity in dead {
             self.stats.expired_workers += 1;
             warn!(worker = %Hex(&identity), "worker silent past liveness, expired");
-            self.remove_worker(now, &identity);
+            if let Some(worker) = self.workers.remove(&identity) {
+                self.idle.retain(|w| w != &identity);
+                lost.extend(worker.in_flight);
+            }
+        }
+        for request in lost {
+            self.requeue(now, request);
         }
         for (identity, worker) in &mut self.workers {
             if let Some(h) = worker.heartbeat.as_mut() {

@@ -75,11 +75,8 @@ fn fuzz_seeds_run_clean() {
 
 /// When several workers expire in one timeout, the request one of them held goes back to the
 /// queue for a live worker, not to the others expiring with it: that would spend its deliveries
-/// on dead workers, and abandon it once they are spent. Today `PirateQueue::handle_timeout`
-/// re-queues each expired worker's request while the other expired workers are still listed idle,
-/// so this is ignored until that is fixed (the model above allows for it, narrowly).
+/// on dead workers, and abandon it once they are spent.
 #[test]
-#[ignore = "the queue hands a re-queued request to workers expiring in the same timeout"]
 fn requests_of_workers_expiring_together_are_not_spent_on_each_other() {
     let heartbeat = HeartbeatConfig {
         interval: Duration::from_millis(100),

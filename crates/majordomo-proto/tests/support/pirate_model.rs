@@ -17,11 +17,6 @@
 //! starts it over, its request going back to the queue, and leaves an idle worker where it is in
 //! the least-recently-used order; the request of a worker that goes away is re-queued, or
 //! abandoned once it has been handed out `max_deliveries` times.
-//!
-//! One flaw of the queue is allowed for, narrowly: when several workers expire in one timeout,
-//! the request of one of them may be handed to another that is expiring in the same timeout and
-//! was idle, and comes straight back (a delivery spent on a worker that was already dead; see
-//! `Model::dying` and the ignored test in `pirate_model.rs` that shows it).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -131,9 +126,6 @@ struct Model {
     expect: QueueStats,
     /// Messages the current step must send to clients, in order.
     replies_due: VecDeque<Vec<Bytes>>,
-    /// During a timeout: the idle workers it expires, which the queue may still hand a request
-    /// it re-queues from another expiring worker (each at most one).
-    dying: Vec<usize>,
 }
 
 fn client_id(c: u8) -> Bytes {
@@ -178,7 +170,6 @@ impl Model {
             idle: VecDeque::new(),
             expect: QueueStats::default(),
             replies_due: VecDeque::new(),
-            dying: Vec::new(),
         }
     }
 
@@ -492,11 +483,6 @@ impl Model {
                         .is_some_and(|r| r.last_heard + hb.expiry() <= now)
                 })
                 .collect();
-            self.dying = silent
-                .iter()
-                .copied()
-                .filter(|w| self.idle.contains(w))
-                .collect();
             for worker in silent {
                 self.expect.expired_workers += 1;
                 self.unregister(worker);
@@ -504,7 +490,6 @@ impl Model {
         }
         self.queue.handle_timeout(now);
         self.drain();
-        self.dying.clear();
         assert!(
             self.queue.poll_timeout() > now,
             "the deadline did not move past a handled timeout"
@@ -541,9 +526,8 @@ impl Model {
             .iter()
             .position(|p| Some(&p.identity) == frames.first())
             .unwrap_or_else(|| panic!("sent to a worker that never spoke: {frames:?}"));
-        let dying = self.dying.iter().position(|&w| w == worker);
         assert!(
-            self.peers[worker].registered.is_some() || dying.is_some(),
+            self.peers[worker].registered.is_some(),
             "sent to an unregistered worker: {frames:?}"
         );
         let rest = if self.peers[worker].req {
@@ -564,7 +548,6 @@ impl Model {
                     self.config.heartbeat.is_some(),
                     "a Simple Pirate worker got a heartbeat"
                 );
-                assert!(dying.is_none(), "a heartbeat to an expired worker");
             }
             PppMessage::Payload(Envelope { address, body }) => {
                 assert_eq!(
@@ -572,16 +555,12 @@ impl Model {
                     None,
                     "a second request to a busy worker"
                 );
-                if let Some(at) = dying {
-                    self.dying.remove(at);
-                } else {
-                    assert_eq!(
-                        self.idle.front(),
-                        Some(&worker),
-                        "a request not given to the least recently used idle worker"
-                    );
-                    self.idle.pop_front();
-                }
+                assert_eq!(
+                    self.idle.front(),
+                    Some(&worker),
+                    "a request not given to the least recently used idle worker"
+                );
+                self.idle.pop_front();
                 let token = body
                     .first()
                     .and_then(|frame| std::str::from_utf8(frame.strip_prefix(b"r")?).ok())
@@ -605,10 +584,6 @@ impl Model {
                 assert!(request.deliveries <= max_deliveries, "handed out too often");
                 request.fate = Fate::Held(worker);
                 self.peers[worker].holds = Some(token);
-                if dying.is_some() {
-                    // Handed to a worker expired in the same timeout: it comes straight back.
-                    self.lose(token);
-                }
             }
         }
         if let Some(registration) = self.peers[worker].registered.as_mut() {
