@@ -102,11 +102,11 @@ impl Transmit {
     }
 }
 
-/// Counters and gauges, for logs, tests and benchmarks.
+/// Counters and gauges, for logs, tests, benchmarks and the `mmi.stats` service (as JSON).
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
 /// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BrokerStats {
     /// Registered workers.
     pub workers: usize,
@@ -134,14 +134,18 @@ pub struct BrokerStats {
     pub purged: u64,
     /// Messages dropped as malformed, and valid but unexpected commands.
     pub protocol_errors: u64,
+    /// Messages the driver could not deliver (peer gone, or its queue full past the send
+    /// timeout, or held after that).
+    pub undeliverable: u64,
     /// Each known service, sorted by name.
     pub per_service: Vec<ServiceStats>,
 }
 
 /// Gauges of one service.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceStats {
-    /// The service name.
+    /// The service name (in JSON as text, bytes that are not UTF-8 replaced).
+    #[serde(serialize_with = "lossy_text")]
     pub name: Bytes,
     /// Requests waiting for a worker.
     pub queued: usize,
@@ -149,6 +153,10 @@ pub struct ServiceStats {
     pub idle_workers: usize,
     /// Registered workers holding a request.
     pub busy_workers: usize,
+}
+
+fn lossy_text<S: serde::Serializer>(name: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(name))
 }
 
 #[derive(Debug)]
@@ -413,15 +421,19 @@ impl BrokerCore {
     }
 
     fn handle_mmi(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
-        let status = if request.service.as_ref() == mmi::SERVICE {
-            // "200" only for a live worker: purge the silent ones first.
-            self.purge_dead_workers(now);
-            mmi::service_status(self.has_worker(&request.body[0]))
-        } else {
-            Bytes::from_static(mmi::NOT_IMPLEMENTED)
+        // "200" only for a live worker, and gauges without the dead: purge the silent first.
+        self.purge_dead_workers(now);
+        let reply = match request.service.as_ref() {
+            mmi::SERVICE => vec![mmi::service_status(self.has_worker(&request.body[0]))],
+            mmi::STATS => {
+                // As of this request: counted among the requests, its reply not yet sent.
+                let json = serde_json::to_vec(&self.stats()).expect("stats serialize");
+                vec![Bytes::from_static(mmi::OK), Bytes::from(json)]
+            }
+            _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
-        debug!(client = %Hex(identity), service = %Hex(&request.service), status = %Hex(&status), "mmi");
-        self.send_reply(identity, request.service, vec![status]);
+        debug!(client = %Hex(identity), service = %Hex(&request.service), status = %Hex(&reply[0]), "mmi");
+        self.send_reply(identity, request.service, reply);
     }
 
     /// Handles a decoded MDP/Worker command from the worker `identity`.
@@ -489,6 +501,7 @@ impl BrokerCore {
     /// full). A worker is dropped and its request re-queued; a lost client reply is only logged,
     /// since the client retries on its own timeout.
     pub fn handle_undeliverable(&mut self, now: Instant, role: Role, identity: &Bytes) {
+        self.stats.undeliverable += 1;
         match role {
             Role::Worker => {
                 if self.workers.contains_key(identity) {

@@ -13,6 +13,14 @@ pub const SERVICE: &[u8] = b"mmi.service";
 pub const FOUND: &[u8] = b"200";
 /// Reply of `mmi.service` when none does.
 pub const NOT_FOUND: &[u8] = b"404";
+/// `mmi.stats`, an extension of this implementation (8/MMI reserves the namespace for the broker
+/// and lets it define services there): the reply is `200` and one frame of JSON with the broker's
+/// counters and, under `per_service`, each service's queued requests and idle and busy workers
+/// (see `broker::BrokerStats`), as of the request (counted among `requests`; its own reply is not
+/// yet among `replies`). It takes no body; one is ignored.
+pub const STATS: &[u8] = b"mmi.stats";
+/// Status of a successful extension reply.
+pub const OK: &[u8] = b"200";
 /// Reply to every other `mmi.*` service: "Any unimplemented services in the "mmi." namespace MUST
 /// result in a reply "501" (Not implemented)."
 pub const NOT_IMPLEMENTED: &[u8] = b"501";

@@ -416,6 +416,30 @@ fn mmi_service_codes() {
 }
 
 #[test]
+fn mmi_stats_answers_200_and_the_counters_as_json() {
+    let mut s = Sim::new();
+    s.ready("w1", "echo");
+    s.client("c", "nobody", "queued");
+    s.client("c", "mmi.stats", "");
+    let out = s.drain();
+    let (_, r) = to_client(out.last().expect("a reply"));
+    assert_eq!(r.service.as_ref(), b"mmi.stats");
+    assert_eq!(r.body[0].as_ref(), b"200");
+    let json: serde_json::Value = serde_json::from_slice(&r.body[1]).expect("JSON");
+    assert_eq!(json["requests"], 2);
+    assert_eq!(json["workers"], 1);
+    assert_eq!(json["queued"], 1);
+    let services = json["per_service"].as_array().expect("per_service");
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "nobody"]);
+    assert_eq!(services[0]["idle_workers"], 1);
+    assert_eq!(services[1]["queued"], 1);
+}
+
+#[test]
 fn queued_requests_expire() {
     let mut s = Sim::new();
     s.client("c1", "nobody", "x");
