@@ -48,11 +48,9 @@ fn echo_worker(endpoint: &str) -> Result<Proc> {
 fn client(endpoint: &str) -> Client {
     Client::new(
         endpoint,
-        ClientConfig {
-            timeout: Duration::from_millis(500),
-            retries: 20,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(Duration::from_millis(500))
+            .attempts(20),
     )
 }
 
@@ -85,11 +83,9 @@ struct Stats {
 async fn wait_for_broker(endpoint: &str) -> Result<()> {
     let c = Client::new(
         endpoint,
-        ClientConfig {
-            timeout: Duration::from_millis(300),
-            retries: 1,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(Duration::from_millis(300))
+            .attempts(1),
     );
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::time::Instant::now() < deadline {
@@ -512,11 +508,9 @@ async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     // The broker works through the flood meanwhile, so each call gets a generous budget.
     let c = Client::new(
         ep.clone(),
-        ClientConfig {
-            timeout: Duration::from_secs(2),
-            retries: 15,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(Duration::from_secs(2))
+            .attempts(15),
     );
     let mut gave_up = false;
     for i in 0..3000 {

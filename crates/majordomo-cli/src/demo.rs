@@ -46,16 +46,10 @@ mod shutdown {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
-    let heartbeat = HeartbeatConfig {
-        interval: Duration::from_millis(500),
-        liveness: 3,
-    };
+    let heartbeat = HeartbeatConfig::new(Duration::from_millis(500), 3);
     let broker = Broker::builder()
         .bind("tcp://127.0.0.1:0")
-        .config(BrokerConfig {
-            heartbeat,
-            ..BrokerConfig::default()
-        })
+        .config(BrokerConfig::default().heartbeat(heartbeat))
         .build()
         .await
         .context("demo broker cannot bind on loopback")?;
@@ -77,10 +71,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         let worker = Worker::new(
             endpoint.clone(),
             "echo",
-            WorkerConfig {
-                heartbeat,
-                ..WorkerConfig::default()
-            },
+            WorkerConfig::default().heartbeat(heartbeat),
         );
         worker_tasks.push(tokio::spawn(worker.run(handler, shutdown.clone().wait())));
     }

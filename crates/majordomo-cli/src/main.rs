@@ -308,20 +308,13 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     if args.liveness == 0 || args.heartbeat.is_zero() {
         bail!("--heartbeat and --liveness must be positive");
     }
-    let config = BrokerConfig {
-        heartbeat: HeartbeatConfig {
-            interval: args.heartbeat,
-            liveness: args.liveness,
-        },
-        request_expiry: args.request_expiry,
-        max_queued_per_service: args.max_queued_per_service,
-        max_queued_total: args.max_queued,
-        max_deliveries: args.max_deliveries,
-        limits: Limits {
-            max_message_size: args.max_message_size,
-            ..Limits::default()
-        },
-    };
+    let config = BrokerConfig::default()
+        .heartbeat(HeartbeatConfig::new(args.heartbeat, args.liveness))
+        .request_expiry(args.request_expiry)
+        .max_queued_per_service(args.max_queued_per_service)
+        .max_queued_total(args.max_queued)
+        .max_deliveries(args.max_deliveries)
+        .limits(Limits::default().max_message_size(args.max_message_size));
     let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);
     let mut bind = args.bind;
     if bind.is_empty() && args.bind_clients.is_empty() && args.bind_workers.is_empty() {
@@ -343,20 +336,15 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
 }
 
 async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
-    let base = if paranoid {
-        QueueConfig::paranoid()
+    let heartbeat = HeartbeatConfig::new(args.heartbeat, args.liveness);
+    let config = if paranoid {
+        QueueConfig::paranoid().heartbeat(Some(heartbeat))
     } else {
         QueueConfig::simple()
     };
-    let config = QueueConfig {
-        heartbeat: base.heartbeat.map(|_| HeartbeatConfig {
-            interval: args.heartbeat,
-            liveness: args.liveness,
-        }),
-        request_expiry: args.request_expiry,
-        max_queued: args.max_queued,
-        ..base
-    };
+    let config = config
+        .request_expiry(args.request_expiry)
+        .max_queued(args.max_queued);
     let queue = Queue::builder()
         .frontend(&args.frontend)
         .backend(&args.backend)
@@ -376,11 +364,9 @@ const NO_REPLY: u8 = 2;
 async fn run_call(args: CallArgs) -> Result<ExitCode> {
     let client = Client::new(
         args.connect.connect,
-        ClientConfig {
-            timeout: args.timeout,
-            retries: args.attempts,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(args.timeout)
+            .attempts(args.attempts),
     );
     let body = args.body.into_iter().map(Bytes::from).collect();
     match client.request(args.service, body).await {
@@ -402,17 +388,12 @@ async fn run_call(args: CallArgs) -> Result<ExitCode> {
 }
 
 async fn run_worker(args: WorkerArgs) -> Result<()> {
-    let config = WorkerConfig {
-        heartbeat: HeartbeatConfig {
-            interval: args.heartbeat,
-            liveness: args.liveness,
-        },
-        reconnect_initial: args.reconnect_initial,
-        reconnect_max: args.reconnect_max,
-        concurrency: args.concurrency,
-        busy_poll: args.busy_poll,
-        ..WorkerConfig::default()
-    };
+    let config = WorkerConfig::default()
+        .heartbeat(HeartbeatConfig::new(args.heartbeat, args.liveness))
+        .reconnect_initial(args.reconnect_initial)
+        .reconnect_max(args.reconnect_max)
+        .concurrency(args.concurrency)
+        .busy_poll(args.busy_poll);
     let endpoint = args.connect.connect;
     match args.kind {
         WorkerKind::Echo { service } => {

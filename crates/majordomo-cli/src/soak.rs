@@ -116,11 +116,9 @@ pub(crate) async fn run(args: SoakArgs) -> Result<()> {
     for c in 0..args.clients {
         let client = Client::new(
             endpoint.clone(),
-            ClientConfig {
-                timeout: Duration::from_secs(1),
-                retries: 1,
-                ..ClientConfig::default()
-            },
+            ClientConfig::default()
+                .timeout(Duration::from_secs(1))
+                .attempts(1),
         );
         let counters = counters.clone();
         let attempts = args.attempts;

@@ -35,6 +35,7 @@ use zeromq::DealerSocket;
 
 /// Timeouts, retries and limits of a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// How long to wait for each reply before giving up on that attempt (default 2500 ms). The
     /// connection is made within the same budget.
@@ -42,7 +43,7 @@ pub struct ClientConfig {
     /// How many attempts in all before [`ClientError::NoReply`] (default 3, the Guide's
     /// `REQUEST_RETRIES`: the request is sent, then resent twice on fresh sockets). Zero is
     /// treated as one.
-    pub retries: u32,
+    pub attempts: u32,
     /// Size limits applied to replies.
     pub limits: Limits,
     /// Most idle connections a [`Client`] keeps for later requests (default 64). A request
@@ -52,11 +53,37 @@ pub struct ClientConfig {
     pub max_idle_connections: usize,
 }
 
+impl ClientConfig {
+    /// Sets `timeout`; the field says what it means and its default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets `attempts`; the field says what it means and its default.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// Sets `limits`; the field says what it means and its default.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets `max_idle_connections`; the field says what it means and its default.
+    pub fn max_idle_connections(mut self, max_idle_connections: usize) -> Self {
+        self.max_idle_connections = max_idle_connections;
+        self
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_millis(2500),
-            retries: 3,
+            attempts: 3,
             limits: Limits::default(),
             max_idle_connections: 64,
         }
@@ -67,7 +94,7 @@ impl Default for ClientConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// No reply arrived after every attempt ([`ClientConfig::retries`] attempts of
+    /// No reply arrived after every attempt ([`ClientConfig::attempts`] attempts of
     /// [`ClientConfig::timeout`] each): the broker is down, or no worker served the request in
     /// time. The request is handed back.
     #[error("no reply from the broker after {attempts} attempts; is it running?")]
@@ -160,7 +187,7 @@ impl Client {
             service.clone(),
             body,
             config.timeout,
-            config.retries,
+            config.attempts,
             config.limits,
         )
         .map_err(ClientError::InvalidService)?;

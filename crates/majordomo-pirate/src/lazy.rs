@@ -11,19 +11,34 @@ use zeromq::DealerSocket;
 
 /// Timeout and attempts of a [`LazyPirate`] client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LazyPirateConfig {
     /// How long to wait for each reply (default 2500 ms, the Guide's `REQUEST_TIMEOUT`).
     pub timeout: Duration,
     /// Attempts in all before giving up (default 3, the Guide's `REQUEST_RETRIES`). Zero is
     /// treated as one.
-    pub retries: u32,
+    pub attempts: u32,
+}
+
+impl LazyPirateConfig {
+    /// Sets `timeout`; the field says what it means and its default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets `attempts`; the field says what it means and its default.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
 }
 
 impl Default for LazyPirateConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_millis(2500),
-            retries: 3,
+            attempts: 3,
         }
     }
 }
@@ -117,7 +132,7 @@ impl LazyPirate {
             clock::now(),
             request,
             self.config.timeout,
-            self.config.retries,
+            self.config.attempts,
         );
         loop {
             let deadline = call

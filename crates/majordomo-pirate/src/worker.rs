@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 /// Heartbeat and reconnect settings of a [`PppWorker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PppWorkerConfig {
     /// Heartbeat interval and liveness (default 1 s and 3, the Guide's Paranoid Pirate values).
     pub heartbeat: HeartbeatConfig,
@@ -24,6 +25,32 @@ pub struct PppWorkerConfig {
     pub reconnect_max: Duration,
     /// Size limits applied to requests.
     pub limits: Limits,
+}
+
+impl PppWorkerConfig {
+    /// Sets `heartbeat`; the field says what it means and its default.
+    pub fn heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets `reconnect_initial`; the field says what it means and its default.
+    pub fn reconnect_initial(mut self, reconnect_initial: Duration) -> Self {
+        self.reconnect_initial = reconnect_initial;
+        self
+    }
+
+    /// Sets `reconnect_max`; the field says what it means and its default.
+    pub fn reconnect_max(mut self, reconnect_max: Duration) -> Self {
+        self.reconnect_max = reconnect_max;
+        self
+    }
+
+    /// Sets `limits`; the field says what it means and its default.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 impl Default for PppWorkerConfig {

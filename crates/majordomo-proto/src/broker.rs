@@ -32,6 +32,7 @@ use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BrokerConfig {
     /// Heartbeat interval sent to workers and the liveness after which a silent worker is purged
     /// (default 2500 ms, 3). Must match the workers' settings: "The heartbeat rate must be set to
@@ -54,6 +55,44 @@ pub struct BrokerConfig {
     pub max_deliveries: u32,
     /// Size limits for decoding; oversized messages are dropped.
     pub limits: Limits,
+}
+
+impl BrokerConfig {
+    /// Sets `heartbeat`; the field says what it means and its default.
+    pub fn heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets `request_expiry`; the field says what it means and its default.
+    pub fn request_expiry(mut self, request_expiry: Duration) -> Self {
+        self.request_expiry = request_expiry;
+        self
+    }
+
+    /// Sets `max_queued_per_service`; the field says what it means and its default.
+    pub fn max_queued_per_service(mut self, max_queued_per_service: usize) -> Self {
+        self.max_queued_per_service = max_queued_per_service;
+        self
+    }
+
+    /// Sets `max_queued_total`; the field says what it means and its default.
+    pub fn max_queued_total(mut self, max_queued_total: usize) -> Self {
+        self.max_queued_total = max_queued_total;
+        self
+    }
+
+    /// Sets `max_deliveries`; the field says what it means and its default.
+    pub fn max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
+
+    /// Sets `limits`; the field says what it means and its default.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 impl BrokerConfig {

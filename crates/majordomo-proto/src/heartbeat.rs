@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 /// Heartbeat interval and liveness: "A peer MUST consider the other peer "disconnected" if no
 /// heartbeat arrives within some multiple of that interval (usually 3-5)" (7/MDP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeartbeatConfig {
     /// How often to send a heartbeat when nothing else was sent. Default 2500 ms (7/MDP's
     /// reference); 6/PPP's reference uses 1 s.
@@ -27,6 +28,11 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
+    /// A heartbeat of `interval` and `liveness` (usable in constants).
+    pub const fn new(interval: Duration, liveness: u32) -> Self {
+        Self { interval, liveness }
+    }
+
     /// Sets the interval.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;

@@ -10,6 +10,7 @@ use crate::DecodeError;
 /// when it reaches the decoder; these limits keep an oversized message from travelling further
 /// (into queues, to workers) and make it a typed error the caller logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest accepted message, summing the lengths of all frames. Default 16 MiB.
     pub max_message_size: usize,
@@ -17,6 +18,26 @@ pub struct Limits {
     pub max_frames: usize,
     /// Longest accepted service name. Default 255 bytes.
     pub max_service_name: usize,
+}
+
+impl Limits {
+    /// Sets `max_message_size`; the field says what it means and its default.
+    pub fn max_message_size(mut self, max_message_size: usize) -> Self {
+        self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Sets `max_frames`; the field says what it means and its default.
+    pub fn max_frames(mut self, max_frames: usize) -> Self {
+        self.max_frames = max_frames;
+        self
+    }
+
+    /// Sets `max_service_name`; the field says what it means and its default.
+    pub fn max_service_name(mut self, max_service_name: usize) -> Self {
+        self.max_service_name = max_service_name;
+        self
+    }
 }
 
 impl Default for Limits {

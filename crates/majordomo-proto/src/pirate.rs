@@ -29,6 +29,7 @@ use crate::{ConfigError, DecodeError, Hex, Limits};
 
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueConfig {
     /// `Some` for a Paranoid Pirate queue (6/PPP reference: 1 s, liveness 3); `None` for a Simple
     /// Pirate queue, whose workers never heartbeat and are never expired.
@@ -43,6 +44,38 @@ pub struct QueueConfig {
     pub max_deliveries: u32,
     /// Size limits; larger messages are dropped.
     pub limits: Limits,
+}
+
+impl QueueConfig {
+    /// Sets `heartbeat`; the field says what it means and its default.
+    pub fn heartbeat(mut self, heartbeat: Option<HeartbeatConfig>) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets `request_expiry`; the field says what it means and its default.
+    pub fn request_expiry(mut self, request_expiry: Duration) -> Self {
+        self.request_expiry = request_expiry;
+        self
+    }
+
+    /// Sets `max_queued`; the field says what it means and its default.
+    pub fn max_queued(mut self, max_queued: usize) -> Self {
+        self.max_queued = max_queued;
+        self
+    }
+
+    /// Sets `max_deliveries`; the field says what it means and its default.
+    pub fn max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
+
+    /// Sets `limits`; the field says what it means and its default.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 impl QueueConfig {

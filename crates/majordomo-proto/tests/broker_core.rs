@@ -21,14 +21,11 @@ struct Sim {
 
 impl Sim {
     fn new() -> Self {
-        Self::with(BrokerConfig {
-            heartbeat: HeartbeatConfig {
-                interval: HB,
-                liveness: 3,
-            },
-            request_expiry: Duration::from_secs(1),
-            ..BrokerConfig::default()
-        })
+        Self::with(
+            BrokerConfig::default()
+                .heartbeat(HeartbeatConfig::new(HB, 3))
+                .request_expiry(Duration::from_secs(1)),
+        )
     }
 
     fn with(config: BrokerConfig) -> Self {
@@ -458,11 +455,11 @@ fn queued_requests_expire() {
 
 #[test]
 fn queue_bounds_drop_new_requests() {
-    let mut s = Sim::with(BrokerConfig {
-        max_queued_per_service: 2,
-        max_queued_total: 3,
-        ..BrokerConfig::default()
-    });
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .max_queued_per_service(2)
+            .max_queued_total(3),
+    );
     for i in 0..4 {
         s.client(&format!("c{i}"), "a", "x");
     }

@@ -179,11 +179,10 @@ fn split_identity_needs_two_frames() {
 
 #[test]
 fn every_malformed_input_has_its_error() {
-    let limits = Limits {
-        max_message_size: 64,
-        max_frames: 8,
-        max_service_name: 8,
-    };
+    let limits = Limits::default()
+        .max_message_size(64)
+        .max_frames(8)
+        .max_service_name(8);
     let cases: Vec<(Vec<Bytes>, DecodeError)> = vec![
         (vec![], DecodeError::Empty),
         (
@@ -291,11 +290,10 @@ type Decode = fn(&[Bytes], &Limits) -> Result<(), DecodeError>;
 
 #[test]
 fn every_public_decoder_rejects_an_oversized_message() {
-    let limits = Limits {
-        max_message_size: 64,
-        max_frames: 8,
-        max_service_name: 8,
-    };
+    let limits = Limits::default()
+        .max_message_size(64)
+        .max_frames(8)
+        .max_service_name(8);
     let client = f(&[b"", b"MDPC01", b"s"]);
     let reply = f(&[b"", b"MDPW01", &[0x03], b"c", b""]);
     let request = f(&[b"", b"MDPW01", &[0x02], b"c", b""]);

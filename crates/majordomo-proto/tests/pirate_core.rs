@@ -23,13 +23,7 @@ struct Sim {
 
 impl Sim {
     fn paranoid() -> Self {
-        Self::with(QueueConfig {
-            heartbeat: Some(HeartbeatConfig {
-                interval: HB,
-                liveness: 3,
-            }),
-            ..QueueConfig::paranoid()
-        })
+        Self::with(QueueConfig::paranoid().heartbeat(Some(HeartbeatConfig::new(HB, 3))))
     }
 
     fn with(config: QueueConfig) -> Self {
@@ -212,11 +206,11 @@ fn req_workers_get_and_give_an_extra_empty_frame() {
 
 #[test]
 fn waiting_requests_expire_and_bounds_hold() {
-    let mut s = Sim::with(QueueConfig {
-        request_expiry: Duration::from_millis(500),
-        max_queued: 2,
-        ..QueueConfig::simple()
-    });
+    let mut s = Sim::with(
+        QueueConfig::simple()
+            .request_expiry(Duration::from_millis(500))
+            .max_queued(2),
+    );
     s.request("c1", "a");
     s.request("c2", "b");
     s.request("c3", "c");

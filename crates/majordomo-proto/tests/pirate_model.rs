@@ -78,21 +78,12 @@ fn fuzz_seeds_run_clean() {
 /// on dead workers, and abandon it once they are spent.
 #[test]
 fn requests_of_workers_expiring_together_are_not_spent_on_each_other() {
-    let heartbeat = HeartbeatConfig {
-        interval: Duration::from_millis(100),
-        liveness: 3,
-    };
+    let heartbeat = HeartbeatConfig::new(Duration::from_millis(100), 3);
     let ready = Bytes::from_static(&[0x01]);
     // The queue visits expired workers in an order that varies from queue to queue: try several.
     for _ in 0..16 {
         let mut now = Instant::now();
-        let mut queue = PirateQueue::new(
-            now,
-            QueueConfig {
-                heartbeat: Some(heartbeat),
-                ..QueueConfig::paranoid()
-            },
-        );
+        let mut queue = PirateQueue::new(now, QueueConfig::paranoid().heartbeat(Some(heartbeat)));
         for worker in ["w0", "w1", "w2", "w3"] {
             queue
                 .handle_backend(now, &[Bytes::from(worker), ready.clone()])

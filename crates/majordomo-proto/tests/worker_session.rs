@@ -8,10 +8,7 @@ use majordomo_proto::mdp::{BrokerMessage, WorkerMessage};
 use majordomo_proto::worker::{Session, SessionEnd, WorkerEvent, WorkerSession};
 use majordomo_proto::Limits;
 
-const HB: HeartbeatConfig = HeartbeatConfig {
-    interval: Duration::from_millis(100),
-    liveness: 3,
-};
+const HB: HeartbeatConfig = HeartbeatConfig::new(Duration::from_millis(100), 3);
 
 fn sent(s: &mut WorkerSession) -> Vec<WorkerMessage> {
     std::iter::from_fn(|| s.poll_transmit())

@@ -83,6 +83,7 @@ where
 
 /// Heartbeats, reconnect backoff and concurrency of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// Heartbeat interval and liveness (default 2500 ms, 3). Must match the broker's.
     pub heartbeat: HeartbeatConfig,
@@ -101,6 +102,44 @@ pub struct WorkerConfig {
     /// itself (on a runtime shared with other busy tasks it takes their time). See
     /// [`majordomo_rt::idle`].
     pub busy_poll: Duration,
+}
+
+impl WorkerConfig {
+    /// Sets `heartbeat`; the field says what it means and its default.
+    pub fn heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets `reconnect_initial`; the field says what it means and its default.
+    pub fn reconnect_initial(mut self, reconnect_initial: Duration) -> Self {
+        self.reconnect_initial = reconnect_initial;
+        self
+    }
+
+    /// Sets `reconnect_max`; the field says what it means and its default.
+    pub fn reconnect_max(mut self, reconnect_max: Duration) -> Self {
+        self.reconnect_max = reconnect_max;
+        self
+    }
+
+    /// Sets `concurrency`; the field says what it means and its default.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets `limits`; the field says what it means and its default.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets `busy_poll`; the field says what it means and its default.
+    pub fn busy_poll(mut self, busy_poll: Duration) -> Self {
+        self.busy_poll = busy_poll;
+        self
+    }
 }
 
 impl Default for WorkerConfig {

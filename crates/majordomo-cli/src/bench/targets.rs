@@ -169,11 +169,9 @@ pub(super) async fn broker_run(
                 let worker = Worker::new(
                     broker_ep.clone(),
                     "echo",
-                    WorkerConfig {
-                        heartbeat: HeartbeatConfig::default(),
-                        busy_poll: args.worker_busy_poll,
-                        ..WorkerConfig::default()
-                    },
+                    WorkerConfig::default()
+                        .heartbeat(HeartbeatConfig::default())
+                        .busy_poll(args.worker_busy_poll),
                 );
                 let echo = handler_fn(|body| async move { Ok(body) });
                 let served = worker.run(echo, async move {

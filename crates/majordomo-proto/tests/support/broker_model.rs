@@ -16,17 +16,13 @@ const SERVICES: [&[u8]; 3] = [b"a", b"b", b"mmi.service"];
 
 /// Runs the operations encoded in `data` (two bytes each) and panics on a broken invariant.
 pub fn run(data: &[u8]) {
-    let config = BrokerConfig {
-        heartbeat: HeartbeatConfig {
-            interval: Duration::from_millis(100),
-            liveness: 3,
-        },
-        request_expiry: Duration::from_millis(700),
-        max_queued_per_service: 8,
-        max_queued_total: 12,
-        max_deliveries: 2,
-        limits: Limits::default(),
-    };
+    let config = BrokerConfig::default()
+        .heartbeat(HeartbeatConfig::new(Duration::from_millis(100), 3))
+        .request_expiry(Duration::from_millis(700))
+        .max_queued_per_service(8)
+        .max_queued_total(12)
+        .max_deliveries(2)
+        .limits(Limits::default());
     let mut now = Instant::now();
     let mut core = BrokerCore::new(now, config.clone());
     let mut next_body = 0u64;

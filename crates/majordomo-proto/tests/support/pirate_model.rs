@@ -29,16 +29,14 @@ use majordomo_proto::Limits;
 
 const WORKERS: u8 = 5;
 const CLIENTS: u8 = 4;
-const HEARTBEAT: HeartbeatConfig = HeartbeatConfig {
-    interval: Duration::from_millis(100),
-    liveness: 3,
-};
+const HEARTBEAT: HeartbeatConfig = HeartbeatConfig::new(Duration::from_millis(100), 3);
 /// Small enough that the malformed operations can exceed it with a few bytes.
-const LIMITS: Limits = Limits {
-    max_message_size: 64,
-    max_frames: 8,
-    max_service_name: 255,
-};
+fn limits() -> Limits {
+    Limits::default()
+        .max_message_size(64)
+        .max_frames(8)
+        .max_service_name(255)
+}
 
 /// Runs the operations encoded in `data` and panics on a broken invariant; returns the queue's
 /// final counters. The first byte picks the queue (odd: Paranoid Pirate, even: Simple Pirate),
@@ -139,20 +137,15 @@ fn token_frame(token: usize) -> Bytes {
 impl Model {
     fn new(paranoid: bool) -> Self {
         let base = if paranoid {
-            QueueConfig {
-                heartbeat: Some(HEARTBEAT),
-                ..QueueConfig::paranoid()
-            }
+            QueueConfig::paranoid().heartbeat(Some(HEARTBEAT))
         } else {
             QueueConfig::simple()
         };
-        let config = QueueConfig {
-            request_expiry: Duration::from_millis(700),
-            max_queued: 4,
-            max_deliveries: 2,
-            limits: LIMITS,
-            ..base
-        };
+        let config = base
+            .request_expiry(Duration::from_millis(700))
+            .max_queued(4)
+            .max_deliveries(2)
+            .limits(limits());
         let now = Instant::now();
         Self {
             queue: PirateQueue::new(now, config.clone()),
@@ -378,7 +371,7 @@ impl Model {
     /// Frames no decoder accepts, on either side; none of them counts as hearing from a worker.
     fn malformed(&mut self, arg: u8) {
         let x = || Bytes::from_static(b"x");
-        let big = Bytes::from(vec![b'x'; LIMITS.max_message_size + 1]);
+        let big = Bytes::from(vec![b'x'; limits().max_message_size + 1]);
         let empty = Bytes::new;
         let variant = arg / 2 % 8;
         let result = if arg.is_multiple_of(2) {
@@ -389,7 +382,7 @@ impl Model {
                 2 => vec![client, empty()],
                 3 => {
                     let mut frames = vec![client, empty()];
-                    frames.resize(LIMITS.max_frames + 1, x());
+                    frames.resize(limits().max_frames + 1, x());
                     frames
                 }
                 _ => vec![client, big],
@@ -405,7 +398,7 @@ impl Model {
                 4 => vec![worker, x(), empty()],
                 5 => {
                     let mut frames = vec![worker];
-                    frames.resize(LIMITS.max_frames + 2, x());
+                    frames.resize(limits().max_frames + 2, x());
                     frames
                 }
                 _ => vec![worker, big],

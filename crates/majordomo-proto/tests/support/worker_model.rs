@@ -19,10 +19,7 @@ const INTERVAL: Duration = Duration::from_millis(100);
 pub fn run(data: &[u8]) {
     let limits = Limits::default();
     let mut now = Instant::now();
-    let hb = HeartbeatConfig {
-        interval: INTERVAL,
-        liveness: 3,
-    };
+    let hb = HeartbeatConfig::new(INTERVAL, 3);
     let mut session = WorkerSession::new(now, Bytes::from_static(b"svc"), hb, limits);
     let mut sent_ready = false;
     let mut disconnected = false;
