@@ -141,10 +141,15 @@ async fn requests_queue_until_a_worker_arrives() -> Result<()> {
 async fn idle_workers_get_requests_least_recently_used_first() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let mut workers = Vec::new();
-    for _ in 0..3 {
+    for registered in 1..=3 {
         workers.push(worker(&broker.endpoint, b"lru").await?);
-        // Register one at a time so the idle order is known.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // One at a time: the next worker connects only once the broker has registered this one,
+        // so the idle order is the order of the loop.
+        broker
+            .wait_until("worker registered", |s| {
+                s.workers == registered && s.idle_workers == registered
+            })
+            .await?;
     }
     let mut c = client(&broker.endpoint).await?;
     // Six sequential requests must visit workers 0,1,2,0,1,2.
@@ -381,8 +386,11 @@ async fn unserved_requests_expire() -> Result<()> {
     .await?;
     let mut c = client(&broker.endpoint).await?;
     c.send(frames(&[b"", b"MDPC01", b"ghost", b"x"])).await?;
-    // Past the expiry, a worker arriving finds nothing to do.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once the broker has expired the request, a worker arriving finds nothing to do.
+    let stats = broker
+        .wait_until("request expired", |s| s.expired == 1)
+        .await?;
+    assert_eq!((stats.requests, stats.queued), (1, 0));
     let mut w = worker(&broker.endpoint, b"ghost").await?;
     let msg = w.recv().await?;
     assert_eq!(
