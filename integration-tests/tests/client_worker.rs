@@ -1,5 +1,6 @@
 //! Our client and worker crates against our broker over TCP: retries, reconnects, concurrency.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    frames, free_endpoint, service_workers, test_config, CountingConnector, RunningBroker,
-    PATIENCE, TEST_HEARTBEAT,
+    frames, free_endpoint, service_workers, test_config, worker_reply, CountingConnector, RawPeer,
+    RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
+use majordomo_broker::{BrokerConfig, HeartbeatConfig};
 use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
 use majordomo_rt::transport::Connector;
 use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
@@ -480,5 +482,105 @@ async fn busy_polling_worker_serves_heartbeats_and_stops() -> Result<()> {
     tokio::time::timeout(PATIENCE, worker).await???;
     let stats = broker.stop().await?;
     assert_eq!((stats.purged, stats.requeued), (0, 0));
+    Ok(())
+}
+
+/// Serves one round of `workers.len()` concurrent requests, one on each raw worker, answering
+/// none before all have arrived, so every call of the round is in flight at once; returns the
+/// client address of each request, which is the broker's name for the connection it came on.
+async fn hold_one_round(workers: &mut [RawPeer]) -> Result<Vec<Bytes>> {
+    let mut requests = Vec::new();
+    for w in workers.iter_mut() {
+        let msg = w.recv_skipping_heartbeats().await?;
+        anyhow::ensure!(
+            msg.len() >= 6 && msg[..3] == frames(&[b"", b"MDPW01", &[0x02]])[..],
+            "not a REQUEST: {msg:?}"
+        );
+        requests.push((msg[3].clone(), msg[5..].to_vec()));
+    }
+    for (w, (client, body)) in workers.iter_mut().zip(&requests) {
+        let body: Vec<&[u8]> = body.iter().map(|b| b.as_ref()).collect();
+        w.send(worker_reply(client.clone(), &body)).await?;
+    }
+    Ok(requests.into_iter().map(|(client, _)| client).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keeps_at_most_max_idle_connections_between_calls() -> Result<()> {
+    const BOUND: usize = 4;
+    const IN_FLIGHT: usize = 32;
+    // Raw workers that never heartbeat: the broker's heartbeat is long enough that none is
+    // purged while the test runs.
+    let broker = RunningBroker::start(BrokerConfig {
+        heartbeat: HeartbeatConfig {
+            interval: PATIENCE,
+            liveness: 3,
+        },
+        ..test_config()
+    })
+    .await?;
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let mut w = RawPeer::connect(&broker.endpoint).await?;
+        w.send(frames(&[b"", b"MDPW01", &[0x01], b"held"])).await?;
+        workers.push(w);
+    }
+    broker
+        .wait_until("raw workers registered", |s| {
+            service_workers(s, b"held") == IN_FLIGHT
+        })
+        .await?;
+    // One attempt per call and a long timeout: a retry would open a connection of its own.
+    let client = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig {
+            timeout: PATIENCE,
+            retries: 1,
+            max_idle_connections: BOUND,
+            ..ClientConfig::default()
+        },
+    );
+    let round = |round: usize| {
+        (0..IN_FLIGHT)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let body = vec![Bytes::from(format!("round {round} call {i}"))];
+                    let reply = client.request("held", body.clone()).await?;
+                    anyhow::ensure!(reply == body, "round {round} call {i} got {reply:?}");
+                    anyhow::Ok(())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Round one: 32 calls in flight at once, each on a connection of its own, all new. When
+    // they are answered the pool keeps BOUND of them and closes the rest.
+    let calls = round(1);
+    let first = hold_one_round(&mut workers).await?;
+    for call in calls {
+        tokio::time::timeout(PATIENCE, call).await???;
+    }
+    let first: HashSet<Bytes> = first.into_iter().collect();
+    assert_eq!(first.len(), IN_FLIGHT, "one connection per call in flight");
+
+    // Round two, again all in flight at once: each call takes an idle connection if there is
+    // one, else opens a new one. So the connections of round one seen again are exactly the
+    // ones the pool kept: BOUND of them, where a pool ignoring its bound would have kept all
+    // 32 (and one that never reused a connection none).
+    let calls = round(2);
+    let second = hold_one_round(&mut workers).await?;
+    for call in calls {
+        tokio::time::timeout(PATIENCE, call).await???;
+    }
+    let second: HashSet<Bytes> = second.into_iter().collect();
+    assert_eq!(second.len(), IN_FLIGHT, "one connection per call in flight");
+    assert_eq!(
+        second.intersection(&first).count(),
+        BOUND,
+        "connections kept between the rounds"
+    );
+    let stats = broker.stop().await?;
+    assert_eq!((stats.requests, stats.replies), (64, 64));
     Ok(())
 }
