@@ -322,7 +322,10 @@ async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result
     for m in bad {
         junk.send(m).await?;
     }
-    // None of it is answered.
+    // All of it is read and counted, and none of it is answered.
+    broker
+        .wait_until("malformed messages counted", |s| s.protocol_errors == count)
+        .await?;
     assert_eq!(junk.recv_within(Duration::from_millis(300)).await?, None);
     // A legitimate request still goes through (the raw worker registers now: it sends no
     // heartbeats, so it would have been purged during the wait above).
@@ -354,6 +357,9 @@ async fn oversized_message_is_dropped() -> Result<()> {
         Bytes::from(vec![0u8; 4096]),
     ])
     .await?;
+    broker
+        .wait_until("oversized message counted", |s| s.protocol_errors == 1)
+        .await?;
     assert_eq!(c.recv_within(Duration::from_millis(300)).await?, None);
     assert_eq!(broker.stop().await?.protocol_errors, 1);
     Ok(())
@@ -506,6 +512,9 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
     assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"split", b"y"]));
     // A worker command on the client endpoint is dropped as invalid.
     let mut misplaced = worker(&client_ep, b"split").await?;
+    broker
+        .wait_until("misplaced READY counted", |s| s.protocol_errors == 1)
+        .await?;
     assert_eq!(
         misplaced.recv_within(Duration::from_millis(300)).await?,
         None
