@@ -8,11 +8,15 @@ use std::process::Stdio;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
-use majordomo_broker::{Broker, BrokerConfig, BrokerStats, HeartbeatConfig};
+use majordomo_broker::{
+    Broker, BrokerConfig, BrokerHandle, BrokerStats, HeartbeatConfig, ServiceStats,
+};
 use majordomo_cli::{child, endpoint};
+use majordomo_rt::server::ServerHandle;
+use majordomo_rt::transport::{Connector, DealerConnector, TransportError};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -37,6 +41,8 @@ pub fn test_config() -> BrokerConfig {
 pub struct RunningBroker {
     /// Its endpoint, e.g. `tcp://127.0.0.1:40123`.
     pub endpoint: String,
+    /// Its handle, for stats while it runs.
+    pub handle: BrokerHandle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<BrokerStats, majordomo_broker::BrokerError>>,
 }
@@ -64,12 +70,14 @@ impl RunningBroker {
     /// Runs an already bound broker; `endpoint` is its first endpoint.
     pub fn run(broker: Broker) -> Self {
         let endpoint = broker.endpoints()[0].endpoint.clone();
+        let handle = broker.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker.run(async {
             let _ = stopped.await;
         }));
         Self {
             endpoint,
+            handle,
             stop: Some(stop),
             task,
         }
@@ -78,6 +86,21 @@ impl RunningBroker {
     /// A broker on an ephemeral loopback port.
     pub async fn start(config: BrokerConfig) -> Result<Self> {
         Self::start_at("tcp://127.0.0.1:0", config).await
+    }
+
+    /// The broker's counters and gauges now.
+    pub async fn stats(&self) -> Result<BrokerStats> {
+        self.handle.stats().await.context("the broker has stopped")
+    }
+
+    /// Polls the broker's stats until `done` holds and returns them; fails after [`PATIENCE`]
+    /// with `what` and the last stats.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl FnMut(&BrokerStats) -> bool,
+    ) -> Result<BrokerStats> {
+        wait_for_stats(&self.handle, what, done).await
     }
 
     /// Shuts the broker down gracefully and returns its final counters.
@@ -91,6 +114,94 @@ impl RunningBroker {
     /// Kills the broker task without the graceful DISCONNECT, like a crash.
     pub fn kill(self) {
         self.task.abort();
+    }
+
+    /// Kills the broker task like [`RunningBroker::kill`] and waits until it has ended, so its
+    /// sockets are closed and its port is free.
+    pub async fn crash(self) -> Result<()> {
+        self.task.abort();
+        match tokio::time::timeout(PATIENCE, self.task).await? {
+            Err(error) if error.is_cancelled() => Ok(()),
+            Err(error) => Err(error.into()),
+            Ok(ended) => {
+                ended?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Polls a server's stats (a broker's or a Pirate queue's handle) until `done` holds and returns
+/// them, pausing briefly between reads; fails after [`PATIENCE`] with `what` and the last stats.
+pub async fn wait_for_stats<S: Send + std::fmt::Debug + 'static>(
+    handle: &ServerHandle<S>,
+    what: &str,
+    mut done: impl FnMut(&S) -> bool,
+) -> Result<S> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = handle.stats().await.context("the server has stopped")?;
+        if done(&stats) {
+            return Ok(stats);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{what}: not within {PATIENCE:?}; last stats {stats:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The gauges of `service` in `stats`, if the broker knows it.
+pub fn service_stats<'a>(stats: &'a BrokerStats, service: &[u8]) -> Option<&'a ServiceStats> {
+    stats
+        .per_service
+        .iter()
+        .find(|s| s.name.as_ref() == service)
+}
+
+/// Registered workers of `service` (idle and busy) in `stats`.
+pub fn service_workers(stats: &BrokerStats, service: &[u8]) -> usize {
+    service_stats(stats, service).map_or(0, |s| s.idle_workers + s.busy_workers)
+}
+
+/// A DEALER connector that counts the connections it opens, for tests that watch a worker
+/// reconnect: [`CountingConnector::connects`] is the number of connection attempts begun so far.
+#[derive(Debug, Clone)]
+pub struct CountingConnector {
+    inner: DealerConnector,
+    count: watch::Sender<usize>,
+}
+
+impl CountingConnector {
+    /// A connector for `endpoint` that has opened nothing yet.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            inner: DealerConnector::new(endpoint),
+            count: watch::channel(0).0,
+        }
+    }
+
+    /// Connection attempts begun so far, to wait on (`wait_for(|n| *n >= 2)`).
+    pub fn connects(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
+impl Connector for CountingConnector {
+    type Conn = DealerSocket;
+
+    fn connect(
+        &self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<DealerSocket, TransportError>> + Send {
+        self.count.send_modify(|n| *n += 1);
+        self.inner.connect(timeout)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

@@ -5,11 +5,13 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use integration_tests::{
-    frames, test_config, worker_reply, RawPeer, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+    frames, service_stats, service_workers, test_config, wait_for_stats, worker_reply, RawPeer,
+    RawZmtp, RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_broker::BrokerConfig;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use tokio::sync::watch;
 
 const HEARTBEAT: &[u8] = &[0x04];
 const DISCONNECT: &[u8] = &[0x05];
@@ -141,10 +143,15 @@ async fn requests_queue_until_a_worker_arrives() -> Result<()> {
 async fn idle_workers_get_requests_least_recently_used_first() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let mut workers = Vec::new();
-    for _ in 0..3 {
+    for registered in 1..=3 {
         workers.push(worker(&broker.endpoint, b"lru").await?);
-        // Register one at a time so the idle order is known.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // One at a time: the next worker connects only once the broker has registered this one,
+        // so the idle order is the order of the loop.
+        broker
+            .wait_until("worker registered", |s| {
+                s.workers == registered && s.idle_workers == registered
+            })
+            .await?;
     }
     let mut c = client(&broker.endpoint).await?;
     // Six sequential requests must visit workers 0,1,2,0,1,2.
@@ -315,7 +322,10 @@ async fn malformed_messages_are_dropped_and_the_broker_keeps_serving() -> Result
     for m in bad {
         junk.send(m).await?;
     }
-    // None of it is answered.
+    // All of it is read and counted, and none of it is answered.
+    broker
+        .wait_until("malformed messages counted", |s| s.protocol_errors == count)
+        .await?;
     assert_eq!(junk.recv_within(Duration::from_millis(300)).await?, None);
     // A legitimate request still goes through (the raw worker registers now: it sends no
     // heartbeats, so it would have been purged during the wait above).
@@ -347,6 +357,9 @@ async fn oversized_message_is_dropped() -> Result<()> {
         Bytes::from(vec![0u8; 4096]),
     ])
     .await?;
+    broker
+        .wait_until("oversized message counted", |s| s.protocol_errors == 1)
+        .await?;
     assert_eq!(c.recv_within(Duration::from_millis(300)).await?, None);
     assert_eq!(broker.stop().await?.protocol_errors, 1);
     Ok(())
@@ -381,8 +394,11 @@ async fn unserved_requests_expire() -> Result<()> {
     .await?;
     let mut c = client(&broker.endpoint).await?;
     c.send(frames(&[b"", b"MDPC01", b"ghost", b"x"])).await?;
-    // Past the expiry, a worker arriving finds nothing to do.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once the broker has expired the request, a worker arriving finds nothing to do.
+    let stats = broker
+        .wait_until("request expired", |s| s.expired == 1)
+        .await?;
+    assert_eq!((stats.requests, stats.queued), (1, 0));
     let mut w = worker(&broker.endpoint, b"ghost").await?;
     let msg = w.recv().await?;
     assert_eq!(
@@ -496,6 +512,9 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
     assert_eq!(c.recv().await?, frames(&[b"", b"MDPC01", b"split", b"y"]));
     // A worker command on the client endpoint is dropped as invalid.
     let mut misplaced = worker(&client_ep, b"split").await?;
+    broker
+        .wait_until("misplaced READY counted", |s| s.protocol_errors == 1)
+        .await?;
     assert_eq!(
         misplaced.recv_within(Duration::from_millis(300)).await?,
         None
@@ -640,5 +659,130 @@ async fn busy_polling_broker_routes_heartbeats_purges_and_stops() -> Result<()> 
     assert_eq!(stats.replies, stats.requests);
     assert!(stats.requests >= 800);
     assert_eq!(stats.purged, 1);
+    Ok(())
+}
+
+/// Checks once that the echo worker is still registered, and only once, with nothing purged, and
+/// that a call to it through `client` is answered; returns the stats read.
+async fn check_echo_serves(
+    broker: &RunningBroker,
+    client: &Client,
+    call: u32,
+) -> Result<majordomo_broker::BrokerStats> {
+    let stats = broker.stats().await?;
+    anyhow::ensure!(stats.purged == 0, "a worker was purged: {stats:?}");
+    anyhow::ensure!(
+        (stats.workers, service_workers(&stats, b"echo")) == (1, 1),
+        "the echo worker left or came back: {stats:?}"
+    );
+    let body = Bytes::from(format!("call {call}"));
+    let reply = client.request("echo", vec![body.clone()]).await?;
+    anyhow::ensure!(reply == [body], "call {call} got {reply:?}");
+    Ok(stats)
+}
+
+/// Requests for the unserved service `nobody` the broker has read: each is queued, dropped at the
+/// queue bound or expired.
+fn nobody_read(stats: &majordomo_broker::BrokerStats) -> u64 {
+    let queued = service_stats(stats, b"nobody").map_or(0, |s| s.queued) as u64;
+    queued + stats.rejected + stats.expired
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_flood_does_not_starve_heartbeats_on_the_workers_endpoint() -> Result<()> {
+    const FLOOD: u64 = 200_000;
+    const BATCH: u64 = 10_000;
+    let bound = majordomo_broker::Broker::builder()
+        .bind_clients("tcp://127.0.0.1:0")
+        .bind_workers("tcp://127.0.0.1:0")
+        .config(test_config())
+        .build()
+        .await?;
+    let client_ep = bound.endpoints()[0].endpoint.clone();
+    let worker_ep = bound.endpoints()[1].endpoint.clone();
+    let broker = RunningBroker::run(bound);
+    let (stop, workers) = echo_workers(&worker_ep, 1);
+    broker
+        .wait_until("echo worker registered", |s| {
+            service_workers(s, b"echo") == 1
+        })
+        .await?;
+
+    // One raw client floods the clients endpoint with requests for a service nobody serves (the
+    // broker queues up to its bound, drops the rest, answers none): at least FLOOD of them, and
+    // on until told to stop. It keeps one to two batches unread at the broker, so the broker
+    // always has client messages waiting, and stopping leaves little to drain.
+    let (stop_flood, flood_stopped) = watch::channel(false);
+    let (sent_tx, sent) = watch::channel(0u64);
+    let flood = tokio::spawn({
+        let (client_ep, handle) = (client_ep.clone(), broker.handle.clone());
+        async move {
+            let mut raw = RawZmtp::connect(&client_ep).await?;
+            let mut total = 0;
+            while total < FLOOD || !*flood_stopped.borrow() {
+                raw.send_repeated(&[b"", b"MDPC01", b"nobody", b"x"], BATCH as usize)
+                    .await?;
+                total += BATCH;
+                sent_tx.send_replace(total);
+                wait_for_stats(&handle, "flood read up to a batch", |s| {
+                    nobody_read(s) + BATCH >= total
+                })
+                .await?;
+            }
+            anyhow::Ok((raw, total)) // the connection stays open until the test ends
+        }
+    });
+
+    // Meanwhile the echo worker, heartbeating on the other endpoint, must stay registered and
+    // serve calls made on the flooded one: for three liveness periods at least (a worker whose
+    // heartbeats went unread that long would be purged) and until FLOOD requests are written.
+    let client = Client::new(
+        client_ep.clone(),
+        ClientConfig {
+            timeout: Duration::from_secs(2),
+            retries: 3,
+            ..ClientConfig::default()
+        },
+    );
+    let mut calls = 0;
+    let window = tokio::time::Instant::now() + TEST_HEARTBEAT.expiry() * 3;
+    loop {
+        if flood.is_finished() {
+            let ended = flood.await?.map(|_| ());
+            anyhow::bail!("the flood ended before it was stopped: {ended:?}");
+        }
+        check_echo_serves(&broker, &client, calls).await?;
+        calls += 1;
+        if tokio::time::Instant::now() >= window && *sent.borrow() >= FLOOD {
+            break;
+        }
+        anyhow::ensure!(calls < 100_000, "the flood was never written");
+    }
+    let _ = stop_flood.send(true);
+    let (raw, sent) = tokio::time::timeout(PATIENCE, flood).await???;
+
+    // Then until the broker has read all of it, and for two liveness periods more, so a purge
+    // decided late would be seen too.
+    let mut read_at = None;
+    for _ in 0..100_000 {
+        let stats = check_echo_serves(&broker, &client, calls).await?;
+        calls += 1;
+        let now = tokio::time::Instant::now();
+        if read_at.is_none() && nobody_read(&stats) >= sent {
+            read_at = Some(now);
+        }
+        if read_at.is_some_and(|at| now >= at + TEST_HEARTBEAT.expiry() * 2) {
+            break;
+        }
+    }
+    anyhow::ensure!(read_at.is_some(), "the broker never read the whole flood");
+    let _ = stop.send(true);
+    for w in workers {
+        w.await??;
+    }
+    drop(raw);
+    let stats = broker.stop().await?;
+    assert_eq!(stats.purged, 0);
+    assert!(stats.replies >= u64::from(calls));
     Ok(())
 }

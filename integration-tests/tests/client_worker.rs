@@ -1,17 +1,23 @@
 //! Our client and worker crates against our broker over TCP: retries, reconnects, concurrency.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    frames, free_endpoint, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+    frames, free_endpoint, service_workers, test_config, worker_reply, CountingConnector, RawPeer,
+    RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
+use majordomo_broker::{BrokerConfig, HeartbeatConfig};
 use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
+use majordomo_rt::transport::Connector;
 use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
-use tokio::sync::watch;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Barrier};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 fn worker_config() -> WorkerConfig {
@@ -44,8 +50,18 @@ fn spawn_worker<H: Handler>(
     watch::Sender<bool>,
     tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>,
 ) {
+    run_worker(Worker::new(endpoint, service.to_owned(), config), handler)
+}
+
+/// Runs `worker` until the returned sender fires.
+fn run_worker<C: Connector + 'static, H: Handler>(
+    worker: Worker<C>,
+    handler: H,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>,
+) {
     let (stop, mut rx) = watch::channel(false);
-    let worker = Worker::new(endpoint, service.to_owned(), config);
     let task = tokio::spawn(worker.run(handler, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
@@ -96,6 +112,13 @@ async fn client_gives_up_cleanly_when_no_broker_runs() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
     let endpoint = free_endpoint()?;
+    // A bare TCP listener holds the port first. It accepts the client's first connection and
+    // never answers the ZMTP greeting, so that attempt cannot get a reply and ends only when the
+    // client gives up on it and closes the connection. The end of that stream is therefore proof
+    // that one attempt has failed with nothing serving; only then does the broker start, on the
+    // same port, for the attempts that follow.
+    let listener =
+        TcpListener::bind(endpoint.strip_prefix("tcp://").expect("a tcp endpoint")).await?;
     let client = quick_client(&endpoint, 10);
     let call = tokio::spawn({
         let client = client.clone();
@@ -105,8 +128,17 @@ async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
                 .await
         }
     });
-    // Let at least one attempt time out before anything listens.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut first, _) = tokio::time::timeout(PATIENCE, listener.accept())
+        .await
+        .context("the client never connected")??;
+    // Whatever it sent (its greeting) is read and dropped; end of stream or a reset both mean
+    // the client closed the connection.
+    let mut greeting = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, first.read_to_end(&mut greeting))
+        .await
+        .context("the client never gave up its first attempt")?;
+    drop((first, listener));
+    assert!(!call.is_finished(), "the call is still retrying");
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
     let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
     let reply = tokio::time::timeout(PATIENCE, call).await???;
@@ -121,16 +153,30 @@ async fn client_succeeds_when_broker_appears_between_retries() -> Result<()> {
 async fn worker_reregisters_after_broker_crash_and_restart_on_same_port() -> Result<()> {
     let endpoint = free_endpoint()?;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
-    let (stop, worker) = spawn_worker(&endpoint, "echo", worker_config(), echo());
+    let connector = CountingConnector::new(endpoint.clone());
+    let mut connects = connector.connects();
+    let (stop, worker) = run_worker(
+        Worker::with_connector(connector, "echo", worker_config()),
+        echo(),
+    );
     let client = quick_client(&endpoint, 3);
     assert_eq!(
         call_until_ok(&client, "echo", "one").await?,
         frames(&[b"one"])
     );
+    let connected = *connects.borrow();
 
-    broker.kill(); // no DISCONNECT: the worker must notice by heartbeat silence
-    tokio::time::sleep(TEST_HEARTBEAT.interval * 2).await;
+    // No DISCONNECT: the worker must notice by itself that the broker is gone. The old broker
+    // has ended and released the port once `crash` returns; the worker has noticed once it
+    // begins a new connection, which it does only to reconnect.
+    broker.crash().await?;
+    tokio::time::timeout(PATIENCE, connects.wait_for(|n| *n > connected))
+        .await
+        .context("the worker never tried to reconnect")??;
     let broker = RunningBroker::start_at(&endpoint, test_config()).await?;
+    broker
+        .wait_until("worker re-registered", |s| service_workers(s, b"echo") == 1)
+        .await?;
     assert_eq!(
         call_until_ok(&client, "echo", "two").await?,
         frames(&[b"two"])
@@ -263,14 +309,18 @@ async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
+    // Each handler waits until three are running at once, so the overlap is certain; a worker
+    // that ran fewer at a time would never get past the barrier, and one that ran more would
+    // show it in `peak`.
+    let together = Arc::new(Barrier::new(3));
     let handler = {
-        let (running, peak) = (running.clone(), peak.clone());
+        let (running, peak, together) = (running.clone(), peak.clone(), together.clone());
         handler_fn(move |body| {
-            let (running, peak) = (running.clone(), peak.clone());
+            let (running, peak, together) = (running.clone(), peak.clone(), together.clone());
             async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                together.wait().await;
                 running.fetch_sub(1, Ordering::SeqCst);
                 Ok(body)
             }
@@ -281,19 +331,32 @@ async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
         ..worker_config()
     };
     let (stop, worker) = spawn_worker(&broker.endpoint, "par", config, handler);
-    let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
-    call_until_ok(&client, "par", "warm-up").await?;
+    broker
+        .wait_until("three logical workers registered", |s| {
+            service_workers(s, b"par") == 3
+        })
+        .await?;
+    // One attempt each, so no resent request upsets the count of nine (three rounds of three).
+    let client = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig {
+            timeout: PATIENCE,
+            retries: 1,
+            ..ClientConfig::default()
+        },
+    );
     let mut tasks = Vec::new();
     for i in 0..9 {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            client
-                .request("par", vec![Bytes::from(format!("{i}"))])
-                .await
+            let body = vec![Bytes::from(format!("{i}"))];
+            let reply = client.request("par", body.clone()).await?;
+            anyhow::ensure!(reply == body, "request {i} got {reply:?}");
+            anyhow::Ok(())
         }));
     }
     for t in tasks {
-        t.await??;
+        tokio::time::timeout(PATIENCE * 2, t).await???;
     }
     assert_eq!(
         peak.load(Ordering::SeqCst),
@@ -311,6 +374,8 @@ async fn reply_for_another_service_is_an_error() -> Result<()> {
     // A misbehaving broker that answers every request as service "other".
     let mut router = RouterSocket::new();
     let endpoint = router.bind("tcp://127.0.0.1:0").await?.to_string();
+    // The fake keeps its socket open until the client has its answer.
+    let (answered, client_done) = oneshot::channel::<()>();
     let fake = tokio::spawn(async move {
         let msg = router.recv().await?.into_vec();
         let reply = vec![
@@ -323,11 +388,13 @@ async fn reply_for_another_service_is_an_error() -> Result<()> {
         router
             .send(ZmqMessage::try_from(reply).expect("frames"))
             .await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = client_done.await;
         anyhow::Ok(())
     });
     let client = quick_client(&endpoint, 1);
-    match client.request("echo", vec![Bytes::from_static(b"x")]).await {
+    let result = client.request("echo", vec![Bytes::from_static(b"x")]).await;
+    let _ = answered.send(());
+    match result {
         Err(ClientError::WrongService { expected, got }) => {
             assert_eq!(
                 (expected.as_ref(), got.as_ref()),
@@ -336,7 +403,7 @@ async fn reply_for_another_service_is_an_error() -> Result<()> {
         }
         other => panic!("expected WrongService, got {other:?}"),
     }
-    fake.await??;
+    tokio::time::timeout(PATIENCE, fake).await???;
     Ok(())
 }
 
@@ -415,5 +482,105 @@ async fn busy_polling_worker_serves_heartbeats_and_stops() -> Result<()> {
     tokio::time::timeout(PATIENCE, worker).await???;
     let stats = broker.stop().await?;
     assert_eq!((stats.purged, stats.requeued), (0, 0));
+    Ok(())
+}
+
+/// Serves one round of `workers.len()` concurrent requests, one on each raw worker, answering
+/// none before all have arrived, so every call of the round is in flight at once; returns the
+/// client address of each request, which is the broker's name for the connection it came on.
+async fn hold_one_round(workers: &mut [RawPeer]) -> Result<Vec<Bytes>> {
+    let mut requests = Vec::new();
+    for w in workers.iter_mut() {
+        let msg = w.recv_skipping_heartbeats().await?;
+        anyhow::ensure!(
+            msg.len() >= 6 && msg[..3] == frames(&[b"", b"MDPW01", &[0x02]])[..],
+            "not a REQUEST: {msg:?}"
+        );
+        requests.push((msg[3].clone(), msg[5..].to_vec()));
+    }
+    for (w, (client, body)) in workers.iter_mut().zip(&requests) {
+        let body: Vec<&[u8]> = body.iter().map(|b| b.as_ref()).collect();
+        w.send(worker_reply(client.clone(), &body)).await?;
+    }
+    Ok(requests.into_iter().map(|(client, _)| client).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keeps_at_most_max_idle_connections_between_calls() -> Result<()> {
+    const BOUND: usize = 4;
+    const IN_FLIGHT: usize = 32;
+    // Raw workers that never heartbeat: the broker's heartbeat is long enough that none is
+    // purged while the test runs.
+    let broker = RunningBroker::start(BrokerConfig {
+        heartbeat: HeartbeatConfig {
+            interval: PATIENCE,
+            liveness: 3,
+        },
+        ..test_config()
+    })
+    .await?;
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let mut w = RawPeer::connect(&broker.endpoint).await?;
+        w.send(frames(&[b"", b"MDPW01", &[0x01], b"held"])).await?;
+        workers.push(w);
+    }
+    broker
+        .wait_until("raw workers registered", |s| {
+            service_workers(s, b"held") == IN_FLIGHT
+        })
+        .await?;
+    // One attempt per call and a long timeout: a retry would open a connection of its own.
+    let client = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig {
+            timeout: PATIENCE,
+            retries: 1,
+            max_idle_connections: BOUND,
+            ..ClientConfig::default()
+        },
+    );
+    let round = |round: usize| {
+        (0..IN_FLIGHT)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let body = vec![Bytes::from(format!("round {round} call {i}"))];
+                    let reply = client.request("held", body.clone()).await?;
+                    anyhow::ensure!(reply == body, "round {round} call {i} got {reply:?}");
+                    anyhow::Ok(())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Round one: 32 calls in flight at once, each on a connection of its own, all new. When
+    // they are answered the pool keeps BOUND of them and closes the rest.
+    let calls = round(1);
+    let first = hold_one_round(&mut workers).await?;
+    for call in calls {
+        tokio::time::timeout(PATIENCE, call).await???;
+    }
+    let first: HashSet<Bytes> = first.into_iter().collect();
+    assert_eq!(first.len(), IN_FLIGHT, "one connection per call in flight");
+
+    // Round two, again all in flight at once: each call takes an idle connection if there is
+    // one, else opens a new one. So the connections of round one seen again are exactly the
+    // ones the pool kept: BOUND of them, where a pool ignoring its bound would have kept all
+    // 32 (and one that never reused a connection none).
+    let calls = round(2);
+    let second = hold_one_round(&mut workers).await?;
+    for call in calls {
+        tokio::time::timeout(PATIENCE, call).await???;
+    }
+    let second: HashSet<Bytes> = second.into_iter().collect();
+    assert_eq!(second.len(), IN_FLIGHT, "one connection per call in flight");
+    assert_eq!(
+        second.intersection(&first).count(),
+        BOUND,
+        "connections kept between the rounds"
+    );
+    let stats = broker.stop().await?;
+    assert_eq!((stats.requests, stats.replies), (64, 64));
     Ok(())
 }

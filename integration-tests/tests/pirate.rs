@@ -4,16 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
-use integration_tests::{frames, free_endpoint, PyPeer, RawPeer, PATIENCE};
+use integration_tests::{frames, free_endpoint, wait_for_stats, PyPeer, RawPeer, PATIENCE};
 use majordomo_pirate::{
     LazyEvent, LazyPirate, LazyPirateConfig, LazyPirateError, PppWorker, PppWorkerConfig, Queue,
-    QueueConfig, QueueStats,
+    QueueConfig, QueueHandle, QueueStats,
 };
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_worker::handler_fn;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use zeromq::{RepSocket, ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -35,7 +35,16 @@ fn quick(endpoint: &str, retries: u32) -> LazyPirate {
 /// A REP echo server that answers `count` requests, then closes.
 async fn rep_server(endpoint: &str, count: usize) -> Result<JoinHandle<Result<()>>> {
     let mut server = RepSocket::new();
-    server.bind(endpoint).await?;
+    // A server just closed on the same port may hold its listener a moment longer.
+    let mut bound = server.bind(endpoint).await;
+    for _ in 0..100 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bound = server.bind(endpoint).await;
+    }
+    bound?;
     Ok(tokio::spawn(async move {
         for _ in 0..count {
             let msg = server.recv().await?;
@@ -48,6 +57,7 @@ async fn rep_server(endpoint: &str, count: usize) -> Result<JoinHandle<Result<()
 struct RunningQueue {
     frontend: String,
     backend: String,
+    handle: QueueHandle,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<QueueStats, majordomo_pirate::QueueError>>,
 }
@@ -79,6 +89,7 @@ impl RunningQueue {
         }
         let queue = bound?;
         let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
+        let handle = queue.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(queue.run(async {
             let _ = stopped.await;
@@ -86,6 +97,7 @@ impl RunningQueue {
         Ok(Self {
             frontend,
             backend,
+            handle,
             stop,
             task,
         })
@@ -132,23 +144,26 @@ fn ppp_worker(
 async fn lazy_pirate_recovers_when_the_server_restarts_between_retries() -> Result<()> {
     let endpoint = free_endpoint()?;
     let server = rep_server(&endpoint, 1).await?;
-    let retries = Arc::new(Mutex::new(0));
-    let seen = retries.clone();
+    let (retried, mut retries) = watch::channel(0u32);
     let mut client = quick(&endpoint, 10).on_event(move |e| {
         if let LazyEvent::Retrying { .. } = e {
-            *seen.lock().unwrap() += 1;
+            retried.send_modify(|n| *n += 1);
         }
     });
     assert_eq!(client.request(frames(&[b"1"])).await?, frames(&[b"1"]));
     server.await??; // the server "crashes" after one request
     let call = tokio::spawn(async move { client.request(frames(&[b"2"])).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The first attempt found no server and the client is about to resend: only now does the
+    // server come back.
+    tokio::time::timeout(PATIENCE, retries.wait_for(|n| *n >= 1))
+        .await
+        .context("the client never retried")??;
     let server = rep_server(&endpoint, 1).await?;
     assert_eq!(
         tokio::time::timeout(PATIENCE, call).await???,
         frames(&[b"2"])
     );
-    assert!(*retries.lock().unwrap() >= 1, "the client retried");
+    assert!(*retries.borrow() >= 1, "the client retried");
     server.await??;
     Ok(())
 }
@@ -172,6 +187,8 @@ async fn lazy_pirate_rejects_a_stale_reply() -> Result<()> {
     // A server that first answers with a stale sequence number, then the right one.
     let mut router = RouterSocket::new();
     let endpoint = router.bind("tcp://127.0.0.1:0").await?.to_string();
+    // The server keeps its socket open until the client has its answer.
+    let (answered, client_done) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let msg = router.recv().await?.into_vec();
         for body in [&b"6"[..], &b"7"[..]] {
@@ -180,7 +197,7 @@ async fn lazy_pirate_rejects_a_stale_reply() -> Result<()> {
                 .send(ZmqMessage::try_from(reply).expect("frames"))
                 .await?;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = client_done.await;
         anyhow::Ok(())
     });
     let rejected = Arc::new(Mutex::new(Vec::new()));
@@ -192,10 +209,11 @@ async fn lazy_pirate_rejects_a_stale_reply() -> Result<()> {
     });
     let reply = client
         .request_with(frames(&[b"7"]), |r| r == frames(&[b"7"]))
-        .await?;
-    assert_eq!(reply, frames(&[b"7"]));
+        .await;
+    let _ = answered.send(());
+    assert_eq!(reply?, frames(&[b"7"]));
     assert_eq!(*rejected.lock().unwrap(), [frames(&[b"6"])]);
-    server.await??;
+    tokio::time::timeout(PATIENCE, server).await???;
     Ok(())
 }
 
@@ -331,7 +349,12 @@ async fn silent_worker_case(busy_poll: Duration) -> Result<()> {
     // A raw PPP worker that takes the request and then goes silent.
     let mut silent = RawPeer::connect(&queue.backend).await?;
     silent.send(frames(&[&[0x01]])).await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request is sent only once the queue has registered the worker, so it is the one the
+    // request goes to.
+    wait_for_stats(&queue.handle, "silent worker registered", |s| {
+        s.workers == 1 && s.idle_workers == 1
+    })
+    .await?;
     let mut client = LazyPirate::new(
         queue.frontend.clone(),
         LazyPirateConfig {
