@@ -21,20 +21,14 @@ use tokio::task::JoinHandle;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// Heartbeat used by tests: short, so liveness rules play out in well under a second.
-pub const TEST_HEARTBEAT: HeartbeatConfig = HeartbeatConfig {
-    interval: Duration::from_millis(100),
-    liveness: 3,
-};
+pub const TEST_HEARTBEAT: HeartbeatConfig = HeartbeatConfig::new(Duration::from_millis(100), 3);
 
 /// Upper bound for anything a test waits for; never an expected duration.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A broker config with [`TEST_HEARTBEAT`].
 pub fn test_config() -> BrokerConfig {
-    BrokerConfig {
-        heartbeat: TEST_HEARTBEAT,
-        ..BrokerConfig::default()
-    }
+    BrokerConfig::default().heartbeat(TEST_HEARTBEAT)
 }
 
 /// A broker running on its own task.
@@ -215,11 +209,9 @@ pub fn free_endpoint() -> Result<String> {
 pub async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
     let client = majordomo_client::Client::new(
         endpoint,
-        majordomo_client::ClientConfig {
-            timeout: Duration::from_millis(300),
-            retries: 1,
-            ..majordomo_client::ClientConfig::default()
-        },
+        majordomo_client::ClientConfig::default()
+            .timeout(Duration::from_millis(300))
+            .attempts(1),
     );
     for _ in 0..250 {
         let status = client

@@ -8,7 +8,6 @@ use integration_tests::{
     frames, service_stats, service_workers, test_config, wait_for_stats, worker_reply, RawPeer,
     RawZmtp, RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
-use majordomo_broker::BrokerConfig;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -62,10 +61,7 @@ fn echo_workers(
     let workers = (0..n)
         .map(|_| {
             let mut rx = stopped.clone();
-            let config = WorkerConfig {
-                heartbeat: TEST_HEARTBEAT,
-                ..WorkerConfig::default()
-            };
+            let config = WorkerConfig::default().heartbeat(TEST_HEARTBEAT);
             let worker = Worker::new(endpoint.to_owned(), "echo", config);
             tokio::spawn(
                 worker.run(handler_fn(|body| async move { Ok(body) }), async move {
@@ -387,11 +383,8 @@ async fn mmi_codes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unserved_requests_expire() -> Result<()> {
-    let broker = RunningBroker::start(BrokerConfig {
-        request_expiry: Duration::from_millis(100),
-        ..test_config()
-    })
-    .await?;
+    let broker =
+        RunningBroker::start(test_config().request_expiry(Duration::from_millis(100))).await?;
     let mut c = client(&broker.endpoint).await?;
     c.send(frames(&[b"", b"MDPC01", b"ghost", b"x"])).await?;
     // Once the broker has expired the request, a worker arriving finds nothing to do.
@@ -468,10 +461,7 @@ async fn one_mebibyte_body_arrives_intact() -> Result<()> {
     let w = Worker::new(
         broker.endpoint.clone(),
         "echo",
-        WorkerConfig {
-            heartbeat: TEST_HEARTBEAT,
-            ..WorkerConfig::default()
-        },
+        WorkerConfig::default().heartbeat(TEST_HEARTBEAT),
     );
     let worker = tokio::spawn(
         w.run(handler_fn(|body| async move { Ok(body) }), async move {
@@ -738,11 +728,9 @@ async fn client_flood_does_not_starve_heartbeats_on_the_workers_endpoint() -> Re
     // heartbeats went unread that long would be purged) and until FLOOD requests are written.
     let client = Client::new(
         client_ep.clone(),
-        ClientConfig {
-            timeout: Duration::from_secs(2),
-            retries: 3,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(Duration::from_secs(2))
+            .attempts(3),
     );
     let mut calls = 0;
     let window = tokio::time::Instant::now() + TEST_HEARTBEAT.expiry() * 3;

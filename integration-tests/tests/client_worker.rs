@@ -11,7 +11,7 @@ use integration_tests::{
     frames, free_endpoint, service_workers, test_config, worker_reply, CountingConnector, RawPeer,
     RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
-use majordomo_broker::{BrokerConfig, HeartbeatConfig};
+use majordomo_broker::HeartbeatConfig;
 use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
 use majordomo_rt::transport::Connector;
 use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
@@ -21,22 +21,18 @@ use tokio::sync::{oneshot, watch, Barrier};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 fn worker_config() -> WorkerConfig {
-    WorkerConfig {
-        heartbeat: TEST_HEARTBEAT,
-        reconnect_initial: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(400),
-        ..WorkerConfig::default()
-    }
+    WorkerConfig::default()
+        .heartbeat(TEST_HEARTBEAT)
+        .reconnect_initial(Duration::from_millis(50))
+        .reconnect_max(Duration::from_millis(400))
 }
 
 fn quick_client(endpoint: &str, retries: u32) -> Client {
     Client::new(
         endpoint,
-        ClientConfig {
-            timeout: Duration::from_millis(300),
-            retries,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(Duration::from_millis(300))
+            .attempts(retries),
     )
 }
 
@@ -211,10 +207,7 @@ async fn worker_reregisters_after_disconnect() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_tasks_on_one_handle_each_get_their_own_reply() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    let config = WorkerConfig {
-        concurrency: 4,
-        ..worker_config()
-    };
+    let config = worker_config().concurrency(4);
     let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, echo());
     let client = Client::new(broker.endpoint.clone(), ClientConfig::default());
     call_until_ok(&client, "echo", "warm-up").await?;
@@ -254,11 +247,7 @@ async fn heartbeats_flow_while_a_long_handler_runs() -> Result<()> {
     let (stop, worker) = spawn_worker(&broker.endpoint, "slow", worker_config(), slow);
     let client = Client::new(
         broker.endpoint.clone(),
-        ClientConfig {
-            timeout: PATIENCE,
-            retries: 1,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
     );
     let reply = client
         .request("slow", vec![Bytes::from_static(b"take your time")])
@@ -326,10 +315,7 @@ async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
             }
         })
     };
-    let config = WorkerConfig {
-        concurrency: 3,
-        ..worker_config()
-    };
+    let config = worker_config().concurrency(3);
     let (stop, worker) = spawn_worker(&broker.endpoint, "par", config, handler);
     broker
         .wait_until("three logical workers registered", |s| {
@@ -339,11 +325,7 @@ async fn concurrency_runs_that_many_logical_workers() -> Result<()> {
     // One attempt each, so no resent request upsets the count of nine (three rounds of three).
     let client = Client::new(
         broker.endpoint.clone(),
-        ClientConfig {
-            timeout: PATIENCE,
-            retries: 1,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
     );
     let mut tasks = Vec::new();
     for i in 0..9 {
@@ -410,10 +392,7 @@ async fn reply_for_another_service_is_an_error() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_client_pipelines_many_requests() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    let config = WorkerConfig {
-        concurrency: 2,
-        ..worker_config()
-    };
+    let config = worker_config().concurrency(2);
     let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, echo());
     call_until_ok(&quick_client(&broker.endpoint, 3), "echo", "warm-up").await?;
     let mut client = AsyncClient::connect(&broker.endpoint, ClientConfig::default()).await?;
@@ -439,11 +418,9 @@ async fn async_client_pipelines_many_requests() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_polling_worker_serves_heartbeats_and_stops() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
-    let config = WorkerConfig {
-        concurrency: 2,
-        busy_poll: Duration::from_millis(2),
-        ..worker_config()
-    };
+    let config = worker_config()
+        .concurrency(2)
+        .busy_poll(Duration::from_millis(2));
     // Some requests leave the handler pending for a while, so the handler is polled from inside
     // the busy-poll window too.
     let handler = handler_fn(|body: Vec<Bytes>| async move {
@@ -511,14 +488,8 @@ async fn client_keeps_at_most_max_idle_connections_between_calls() -> Result<()>
     const IN_FLIGHT: usize = 32;
     // Raw workers that never heartbeat: the broker's heartbeat is long enough that none is
     // purged while the test runs.
-    let broker = RunningBroker::start(BrokerConfig {
-        heartbeat: HeartbeatConfig {
-            interval: PATIENCE,
-            liveness: 3,
-        },
-        ..test_config()
-    })
-    .await?;
+    let broker =
+        RunningBroker::start(test_config().heartbeat(HeartbeatConfig::new(PATIENCE, 3))).await?;
     let mut workers = Vec::new();
     for _ in 0..IN_FLIGHT {
         let mut w = RawPeer::connect(&broker.endpoint).await?;
@@ -533,12 +504,10 @@ async fn client_keeps_at_most_max_idle_connections_between_calls() -> Result<()>
     // One attempt per call and a long timeout: a retry would open a connection of its own.
     let client = Client::new(
         broker.endpoint.clone(),
-        ClientConfig {
-            timeout: PATIENCE,
-            retries: 1,
-            max_idle_connections: BOUND,
-            ..ClientConfig::default()
-        },
+        ClientConfig::default()
+            .timeout(PATIENCE)
+            .attempts(1)
+            .max_idle_connections(BOUND),
     );
     let round = |round: usize| {
         (0..IN_FLIGHT)

@@ -488,7 +488,7 @@ async fn peer_that_never_reads_does_not_stall_a_busy_polling_broker() -> Result<
 
 async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     let ep = free_endpoint()?;
-    let broker = broker(&ep, broker_args)?;
+    let _broker = broker(&ep, broker_args)?;
     let _w = echo_worker(&ep)?;
     wait_for_service(&ep, "echo").await?;
     // A client that floods mmi requests and never reads a reply: the broker's replies pile up in

@@ -49,10 +49,7 @@ async fn libzmq_req_client_through_our_broker_to_our_worker() -> Result<()> {
     let worker = Worker::new(
         broker.endpoint.clone(),
         "echo",
-        WorkerConfig {
-            heartbeat: TEST_HEARTBEAT,
-            ..WorkerConfig::default()
-        },
+        WorkerConfig::default().heartbeat(TEST_HEARTBEAT),
     );
     let task = tokio::spawn(
         worker.run(handler_fn(|body| async move { Ok(body) }), async {
@@ -89,11 +86,9 @@ async fn our_client_and_worker_against_a_libzmq_broker() -> Result<()> {
     let worker = Worker::new(
         endpoint.clone(),
         "echo",
-        WorkerConfig {
-            heartbeat: TEST_HEARTBEAT,
-            concurrency: 2,
-            ..WorkerConfig::default()
-        },
+        WorkerConfig::default()
+            .heartbeat(TEST_HEARTBEAT)
+            .concurrency(2),
     );
     let task = tokio::spawn(
         worker.run(handler_fn(|body| async move { Ok(body) }), async {

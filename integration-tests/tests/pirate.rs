@@ -17,18 +17,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use zeromq::{RepSocket, ReqSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-const HB: HeartbeatConfig = HeartbeatConfig {
-    interval: Duration::from_millis(100),
-    liveness: 3,
-};
+const HB: HeartbeatConfig = HeartbeatConfig::new(Duration::from_millis(100), 3);
 
 fn quick(endpoint: &str, retries: u32) -> LazyPirate {
     LazyPirate::new(
         endpoint,
-        LazyPirateConfig {
-            timeout: Duration::from_millis(300),
-            retries,
-        },
+        LazyPirateConfig::default()
+            .timeout(Duration::from_millis(300))
+            .attempts(retries),
     )
 }
 
@@ -110,10 +106,7 @@ impl RunningQueue {
 }
 
 fn paranoid() -> QueueConfig {
-    QueueConfig {
-        heartbeat: Some(HB),
-        ..QueueConfig::paranoid()
-    }
+    QueueConfig::paranoid().heartbeat(Some(HB))
 }
 
 fn ppp_worker(
@@ -125,12 +118,10 @@ fn ppp_worker(
     let (stop, stopped) = oneshot::channel::<()>();
     let worker = PppWorker::new(
         endpoint,
-        PppWorkerConfig {
-            heartbeat: HB,
-            reconnect_initial: Duration::from_millis(50),
-            reconnect_max: Duration::from_millis(400),
-            ..PppWorkerConfig::default()
-        },
+        PppWorkerConfig::default()
+            .heartbeat(HB)
+            .reconnect_initial(Duration::from_millis(50))
+            .reconnect_max(Duration::from_millis(400)),
     );
     let task = tokio::spawn(
         worker.run(handler_fn(|body| async move { Ok(body) }), async {
@@ -357,10 +348,7 @@ async fn silent_worker_case(busy_poll: Duration) -> Result<()> {
     .await?;
     let mut client = LazyPirate::new(
         queue.frontend.clone(),
-        LazyPirateConfig {
-            timeout: PATIENCE,
-            retries: 1,
-        },
+        LazyPirateConfig::default().timeout(PATIENCE).attempts(1),
     );
     let call = tokio::spawn(async move { client.request(frames(&[b"precious"])).await });
     let got = loop {
