@@ -25,7 +25,6 @@ use futures::FutureExt;
 use majordomo_proto::flow::StuckPeers;
 use majordomo_proto::Hex;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::clock;
@@ -91,29 +90,33 @@ impl Default for ServerOptions {
     }
 }
 
+/// What a handle asks of the loop. The channel is unbounded: requests are rare, and a shutdown
+/// must never wait for room.
 enum Command<S> {
     Stats(oneshot::Sender<S>),
+    Shutdown,
 }
 
 /// A cheap, cloneable handle on a running server: read its stats, stop it.
 #[derive(Debug)]
 pub struct ServerHandle<S> {
-    commands: mpsc::Sender<Command<S>>,
-    stop: CancellationToken,
+    commands: mpsc::UnboundedSender<Command<S>>,
 }
 
 impl<S> Clone for ServerHandle<S> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
-            stop: self.stop.clone(),
         }
     }
 }
 
 impl<S> std::fmt::Debug for Command<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Stats")
+        f.write_str(match self {
+            Command::Stats(_) => "Stats",
+            Command::Shutdown => "Shutdown",
+        })
     }
 }
 
@@ -122,18 +125,18 @@ impl<S: Send + 'static> ServerHandle<S> {
     /// the server has stopped.
     pub async fn stats(&self) -> Option<S> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Stats(tx)).await.ok()?;
+        self.commands.send(Command::Stats(tx)).ok()?;
         rx.await.ok()
     }
 
-    /// Asks the server to stop, as its shutdown future would.
+    /// Asks the server to stop, as its shutdown future would; it stops after the turn under way.
     pub fn shutdown(&self) {
-        self.stop.cancel();
+        let _ = self.commands.send(Command::Shutdown);
     }
 
-    /// Whether [`ServerHandle::shutdown`] was called.
-    pub fn is_shutting_down(&self) -> bool {
-        self.stop.is_cancelled()
+    /// Whether the server has stopped (its loop has ended).
+    pub fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
     }
 }
 
@@ -145,8 +148,7 @@ pub struct Server<M: Machine, T> {
     closed: Vec<bool>,
     options: ServerOptions,
     stuck: StuckPeers,
-    commands: mpsc::Receiver<Command<M::Stats>>,
-    stop: CancellationToken,
+    commands: mpsc::UnboundedReceiver<Command<M::Stats>>,
     /// Where the next turn starts polling sockets.
     next_socket: usize,
 }
@@ -175,8 +177,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
         sockets: Vec<T>,
         options: ServerOptions,
     ) -> (Self, ServerHandle<M::Stats>) {
-        let (tx, rx) = mpsc::channel(16);
-        let stop = CancellationToken::new();
+        let (tx, rx) = mpsc::unbounded_channel();
         let closed = vec![false; sockets.len()];
         (
             Self {
@@ -186,10 +187,9 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 stuck: StuckPeers::new(options.stuck_hold),
                 options,
                 commands: rx,
-                stop: stop.clone(),
                 next_socket: 0,
             },
-            ServerHandle { commands: tx, stop },
+            ServerHandle { commands: tx },
         )
     }
 
@@ -211,7 +211,6 @@ impl<M: Machine, T: Transport> Server<M, T> {
                     biased;
                     // Cancel-safe: a future that has not completed has no effect.
                     () = &mut shutdown => Wake::Shutdown,
-                    () = self.stop.cancelled() => Wake::Shutdown,
                     // mpsc's recv is cancel-safe; with every handle dropped the branch is off.
                     Some(command) = self.commands.recv() => Wake::Command(command),
                     // Every socket's recv is cancel-safe (see `Transport::recv`).
@@ -224,7 +223,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
             // One read of the clock per wake-up.
             let now = clock::now();
             let full_batch = match wake {
-                Wake::Shutdown => break,
+                Wake::Shutdown | Wake::Command(Command::Shutdown) => break,
                 Wake::Command(Command::Stats(reply)) => {
                     let _ = reply.send(self.machine.stats());
                     false
