@@ -420,3 +420,114 @@ async fn ppp_worker_sends_ready_again_after_a_failed_handler() -> Result<()> {
     assert_eq!(reply, [Bytes::new(), Bytes::from_static(b"ok")]);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_guide_style_worker_silent_while_busy_past_liveness_is_delivered_once() -> Result<()> {
+    // The Guide's worker API sends nothing while its handler runs: a raw worker that takes a
+    // request and answers after 60 s of silence (eight times liveness).
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let mut worker = endpoint.connect()?;
+    worker.send(ready(b"slow")).await?;
+    until_stats(&handle, |s| s.workers == 1).await;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"slow", b"job")).await?;
+    let BrokerMessage::Request {
+        client: address,
+        body,
+    } = recv_command(&mut worker).await?
+    else {
+        anyhow::bail!("expected a REQUEST");
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    worker
+        .send(
+            WorkerMessage::Reply {
+                client: address,
+                body,
+            }
+            .encode(),
+        )
+        .await?;
+    let reply = recv_reply(&mut client).await?;
+    assert_eq!(reply.body, [Bytes::from_static(b"job")]);
+    let s = stats(&handle).await;
+    assert_eq!((s.replies, s.purged, s.requeued), (1, 0, 0));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_worker_whose_connection_closes_has_its_request_served_by_another_at_once(
+) -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let mut doomed = endpoint.connect()?;
+    doomed.send(ready(b"svc")).await?;
+    until_stats(&handle, |s| s.workers == 1).await;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"svc", b"job")).await?;
+    assert!(matches!(
+        recv_command(&mut doomed).await?,
+        BrokerMessage::Request { .. }
+    ));
+    let mut other = endpoint.connect()?;
+    other.send(ready(b"svc")).await?;
+    until_stats(&handle, |s| s.workers == 2).await;
+    // The process dies: its connection closes and the transport says so.
+    let killed_at = tokio::time::Instant::now();
+    drop(doomed);
+    let BrokerMessage::Request {
+        client: address,
+        body,
+    } = recv_command(&mut other).await?
+    else {
+        anyhow::bail!("expected the re-queued REQUEST");
+    };
+    assert!(
+        tokio::time::Instant::now() < killed_at + BrokerConfig::default().heartbeat.expiry(),
+        "re-queued on the closed connection, not after liveness"
+    );
+    other
+        .send(
+            WorkerMessage::Reply {
+                client: address,
+                body,
+            }
+            .encode(),
+        )
+        .await?;
+    assert_eq!(
+        recv_reply(&mut client).await?.body,
+        [Bytes::from_static(b"job")]
+    );
+    let s = stats(&handle).await;
+    assert_eq!((s.disconnected, s.requeued, s.purged), (1, 1, 0));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_requests_wait_for_a_busy_worker_instead_of_expiring() -> Result<()> {
+    // 10,000 requests for one worker that takes 10 ms each: 100 s of work, ten times the
+    // expiry. Requests for a served service wait for it.
+    const N: usize = 10_000;
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(body)
+        }),
+        std::future::pending(),
+    ));
+    until_stats(&handle, |s| s.workers == 1).await;
+    let mut client = endpoint.connect()?;
+    for i in 0..N {
+        client
+            .send(request(b"echo", i.to_string().as_bytes()))
+            .await?;
+    }
+    for _ in 0..N {
+        recv_reply(&mut client).await?;
+    }
+    let s = stats(&handle).await;
+    assert_eq!((s.expired, s.rejected, s.replies), (0, 0, N as u64));
+    Ok(())
+}

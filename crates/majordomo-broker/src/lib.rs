@@ -35,9 +35,8 @@ use bytes::Bytes;
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::mdp::{self, ClientRequest, WorkerMessage};
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
-use majordomo_rt::transport::Transport;
+use majordomo_rt::transport::{Transport, ZmqRouter};
 use tracing::{debug, info, warn, Instrument};
-use zeromq::{RouterSocket, Socket};
 
 pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
@@ -161,13 +160,13 @@ impl BrokerBuilder {
         }
         self.config.validate()?;
         // One ROUTER socket per role, in the order the roles are first named.
-        let mut sockets: Vec<(EndpointRole, RouterSocket)> = Vec::new();
+        let mut sockets: Vec<(EndpointRole, ZmqRouter)> = Vec::new();
         let mut bound = Vec::new();
         for (role, endpoint) in &self.endpoints {
             let index = match sockets.iter().position(|(r, _)| r == role) {
                 Some(index) => index,
                 None => {
-                    sockets.push((*role, RouterSocket::new()));
+                    sockets.push((*role, ZmqRouter::new()));
                     sockets.len() - 1
                 }
             };
@@ -182,7 +181,7 @@ impl BrokerBuilder {
                     })?;
             bound.push(BoundEndpoint {
                 role: *role,
-                endpoint: resolved.to_string(),
+                endpoint: resolved,
             });
         }
         let mut broker = self.build_on(sockets)?;
@@ -279,6 +278,12 @@ impl Machine for BrokerMachine {
         }
     }
 
+    fn handle_disconnected(&mut self, now: Instant, socket: usize, identity: &Bytes) {
+        if self.roles[socket] != EndpointRole::Clients {
+            self.core.handle_disconnected(now, identity);
+        }
+    }
+
     fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes) {
         let role = match self.roles[socket] {
             EndpointRole::Workers => Role::Worker,
@@ -300,7 +305,7 @@ impl Machine for BrokerMachine {
 }
 
 /// A bound Majordomo broker. [`Broker::run`] serves until the shutdown future completes.
-pub struct Broker<T = RouterSocket> {
+pub struct Broker<T = ZmqRouter> {
     server: Server<BrokerMachine, T>,
     handle: BrokerHandle,
     bound: Vec<BoundEndpoint>,

@@ -108,15 +108,32 @@ struct BrokerArgs {
     /// Intervals of silence after which a worker is purged.
     #[arg(long, default_value_t = 3)]
     liveness: u32,
-    /// How long a request may wait for a worker before it is dropped.
+    /// How long a request for a service with no registered worker waits for one before it is
+    /// dropped. Requests for a service with workers wait for them (see --max-wait).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_expiry: Duration,
-    /// Most requests queued for one service; more are dropped and logged.
-    #[arg(long, default_value_t = 10_000)]
-    max_queued_per_service: usize,
-    /// Most requests queued in all; more are dropped and logged.
-    #[arg(long, default_value_t = 100_000)]
-    max_queued: usize,
+    /// Longest a request may wait in a queue even while its service has workers, e.g. 60s
+    /// (default: no limit).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_wait: Option<Duration>,
+    /// How long a busy worker that has never been seen to heartbeat while busy (the Guide's
+    /// worker API sends nothing while its handler runs) may stay silent before it is purged.
+    /// Workers that heartbeat while busy are held to --liveness; a worker whose connection
+    /// closes is removed at once.
+    #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+    busy_timeout: Duration,
+    /// Most bytes queued for one service (frames plus 256 bytes per request), e.g. 256MiB.
+    #[arg(long, default_value = "256MiB")]
+    max_queued_bytes_per_service: bytesize::ByteSize,
+    /// Most bytes queued over all services, e.g. 1GiB.
+    #[arg(long, default_value = "1GiB")]
+    max_queued_bytes: bytesize::ByteSize,
+    /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
+    #[arg(long)]
+    max_queued_per_service: Option<usize>,
+    /// Most requests queued in all (default: no limit).
+    #[arg(long)]
+    max_queued: Option<usize>,
     /// Largest accepted message in bytes; larger ones are dropped and logged.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_message_size: usize,
@@ -304,6 +321,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
+/// A byte size as a count this machine can hold.
+fn byte_count(size: bytesize::ByteSize) -> Result<usize> {
+    usize::try_from(size.as_u64()).context("byte size too large for this machine")
+}
+
 async fn run_broker(args: BrokerArgs) -> Result<()> {
     if args.liveness == 0 || args.heartbeat.is_zero() {
         bail!("--heartbeat and --liveness must be positive");
@@ -311,8 +333,12 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     let config = BrokerConfig::default()
         .heartbeat(HeartbeatConfig::new(args.heartbeat, args.liveness))
         .request_expiry(args.request_expiry)
-        .max_queued_per_service(args.max_queued_per_service)
-        .max_queued_total(args.max_queued)
+        .max_wait(args.max_wait)
+        .busy_timeout(args.busy_timeout)
+        .max_queued_bytes_per_service(byte_count(args.max_queued_bytes_per_service)?)
+        .max_queued_bytes(byte_count(args.max_queued_bytes)?)
+        .max_queued_per_service(args.max_queued_per_service.unwrap_or(usize::MAX))
+        .max_queued_total(args.max_queued.unwrap_or(usize::MAX))
         .max_deliveries(args.max_deliveries)
         .limits(Limits::default().max_message_size(args.max_message_size));
     let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);

@@ -16,8 +16,17 @@
 //!   client never gets two replies to one request.
 //! - Clients are served round-robin within a service, so one client with many requests in flight
 //!   cannot starve the others.
-//! - Queues are bounded per service and in total; requests waiting longer than
-//!   [`BrokerConfig::request_expiry`] are dropped.
+//! - A busy worker that has been seen to heartbeat while busy is held to liveness like an idle
+//!   one; a busy worker never seen to (the Guide's single-threaded worker API sends nothing while
+//!   its handler runs) gets [`BrokerConfig::busy_timeout`] instead, so a long request on a live
+//!   worker of any library is delivered. A worker whose connection closes is removed at once
+//!   ([`BrokerCore::handle_disconnected`]), busy or not, so a killed worker's request goes to
+//!   another worker without waiting for either timeout.
+//! - Queues are bounded by bytes, per service and in total. A request for a service with no
+//!   registered worker expires after [`BrokerConfig::request_expiry`] ("SHOULD expire these
+//!   requests after a reasonable and configurable time if no service has been registered");
+//!   requests for a service with workers wait for them, up to [`BrokerConfig::max_wait`] if set.
+//! - Drops are counted in the stats and logged as summaries ([`crate::drops`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,10 +34,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, trace, warn};
 
+use crate::drops::{DropLog, DropReason};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
 use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
+
+/// Bytes each queued request is counted for beyond its frames: its entry in the queues, the
+/// expiry list and the request table.
+pub const REQUEST_OVERHEAD: usize = 256;
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +52,33 @@ pub struct BrokerConfig {
     /// (default 2500 ms, 3). Must match the workers' settings: "The heartbeat rate must be set to
     /// similar values in broker and worker, or false disconnections will occur."
     pub heartbeat: HeartbeatConfig,
-    /// How long a request may wait in a queue for a worker before it is dropped (default 10 s).
-    /// Clients retry on their own timeout, so a request older than a client's patience only wastes
-    /// a worker. A request re-queued after its worker died gets a fresh expiry.
+    /// How long a request for a service with no registered worker waits for one before it is
+    /// dropped (default 10 s): "The broker SHOULD queue client requests for which no service has
+    /// been registered and SHOULD expire these requests after a reasonable and configurable time if
+    /// no service has been registered." Requests for a service that has workers are not expired
+    /// (see [`BrokerConfig::max_wait`]); when a service loses its last worker, its queued requests
+    /// get this long from then.
     pub request_expiry: Duration,
-    /// Most requests queued for one service (default 10,000). Past it, new requests for that
-    /// service are dropped and logged; the client sees a timeout.
+    /// How long a request may wait in a queue even while its service has workers (default `None`:
+    /// no limit; the workers work through the queue). A request re-queued after its worker went
+    /// away gets a fresh wait.
+    pub max_wait: Option<Duration>,
+    /// How long a busy worker that has never been seen to heartbeat while busy may stay silent
+    /// before it is purged (default 900 s). Workers that heartbeat while busy (ours do) are held
+    /// to `heartbeat.liveness` intervals, busy or idle; a worker whose connection closes is
+    /// removed at once either way.
+    pub busy_timeout: Duration,
+    /// Most bytes queued for one service (default 256 MiB): the bodies, service name and client
+    /// address of each queued request plus [`REQUEST_OVERHEAD`] for its bookkeeping. Past it, new
+    /// requests for that service are dropped; the client sees a timeout.
+    pub max_queued_bytes_per_service: usize,
+    /// Most bytes queued over all services (default 1 GiB), counted the same way.
+    pub max_queued_bytes: usize,
+    /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     pub max_queued_per_service: usize,
-    /// Most requests queued over all services (default 100,000). Past it, new requests are dropped
-    /// and logged. Both bounds apply to new requests: a request handed back because its worker went
-    /// away was already accepted and is re-queued even at a bound, so a queue can exceed its bound
-    /// by at most the number of workers.
+    /// Most requests queued over all services (default: no limit). All bounds apply to new
+    /// requests: a request handed back because its worker went away was already accepted and is
+    /// re-queued even at a bound, so a queue can exceed a bound by at most its workers' requests.
     pub max_queued_total: usize,
     /// How many times one request may be handed to a worker (default 3). A request whose workers
     /// keep dying is dropped after that, so a request that crashes workers cannot cycle forever.
@@ -67,6 +97,30 @@ impl BrokerConfig {
     /// Sets `request_expiry`; the field says what it means and its default.
     pub fn request_expiry(mut self, request_expiry: Duration) -> Self {
         self.request_expiry = request_expiry;
+        self
+    }
+
+    /// Sets `max_wait`; the field says what it means and its default.
+    pub fn max_wait(mut self, max_wait: Option<Duration>) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Sets `busy_timeout`; the field says what it means and its default.
+    pub fn busy_timeout(mut self, busy_timeout: Duration) -> Self {
+        self.busy_timeout = busy_timeout;
+        self
+    }
+
+    /// Sets `max_queued_bytes_per_service`; the field says what it means and its default.
+    pub fn max_queued_bytes_per_service(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes_per_service = bytes;
+        self
+    }
+
+    /// Sets `max_queued_bytes`; the field says what it means and its default.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 
@@ -99,6 +153,9 @@ impl BrokerConfig {
     /// Checks the settings a broker cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.heartbeat.validate()?;
+        if self.busy_timeout.is_zero() {
+            return Err(ConfigError("busy_timeout must be positive"));
+        }
         Ok(())
     }
 }
@@ -108,8 +165,12 @@ impl Default for BrokerConfig {
         Self {
             heartbeat: HeartbeatConfig::default(),
             request_expiry: Duration::from_secs(10),
-            max_queued_per_service: 10_000,
-            max_queued_total: 100_000,
+            max_wait: None,
+            busy_timeout: Duration::from_secs(900),
+            max_queued_bytes_per_service: 256 * 1024 * 1024,
+            max_queued_bytes: 1024 * 1024 * 1024,
+            max_queued_per_service: usize::MAX,
+            max_queued_total: usize::MAX,
             max_deliveries: 3,
             limits: Limits::default(),
         }
@@ -155,22 +216,27 @@ pub struct BrokerStats {
     pub services: usize,
     /// Requests queued, not yet with a worker.
     pub queued: usize,
+    /// Bytes those requests are counted for (see [`BrokerConfig::max_queued_bytes`]).
+    pub queued_bytes: usize,
     /// Requests with a worker, not yet answered.
     pub in_flight: usize,
     /// Requests accepted from clients (MMI included).
     pub requests: u64,
     /// Replies sent to clients (MMI included).
     pub replies: u64,
-    /// Requests dropped because they waited longer than the expiry.
+    /// Requests dropped because no worker registered for their service within the expiry, or
+    /// (with [`BrokerConfig::max_wait`]) because they waited longer than that.
     pub expired: u64,
-    /// Requests dropped at a queue bound.
+    /// Requests dropped at a queue bound (bytes or count, per service or in total).
     pub rejected: u64,
     /// Requests handed back to the queue after their worker went away.
     pub requeued: u64,
     /// Requests dropped after `max_deliveries` workers went away holding them.
     pub abandoned: u64,
-    /// Workers purged for silence.
+    /// Workers purged for silence (past liveness, or past the busy timeout).
     pub purged: u64,
+    /// Workers removed because their connection closed.
+    pub disconnected: u64,
     /// Messages dropped as malformed, and valid but unexpected commands.
     pub protocol_errors: u64,
     /// Messages the driver could not deliver (peer gone, or its queue full past the send
@@ -188,6 +254,8 @@ pub struct ServiceStats {
     pub name: Bytes,
     /// Requests waiting for a worker.
     pub queued: usize,
+    /// Bytes those requests are counted for.
+    pub queued_bytes: usize,
     /// Registered workers waiting for a request.
     pub idle_workers: usize,
     /// Registered workers holding a request.
@@ -203,7 +271,12 @@ struct Request {
     client: Bytes,
     service: Bytes,
     body: Vec<Bytes>,
-    expires_at: Instant,
+    /// Bytes counted against the queue bounds.
+    size: usize,
+    /// When it expires if its service still has no worker; `None` while the service has workers.
+    expires_at: Option<Instant>,
+    /// When it has waited long enough (with [`BrokerConfig::max_wait`]).
+    wait_until: Option<Instant>,
     deliveries: Deliveries,
 }
 
@@ -212,6 +285,9 @@ struct Worker {
     service: Bytes,
     heartbeat: Heartbeat,
     in_flight: Option<Request>,
+    /// Whether it has sent a HEARTBEAT while holding a request: then it is held to liveness
+    /// when busy too.
+    heartbeats_when_busy: bool,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +298,8 @@ struct Service {
     ring: VecDeque<Bytes>,
     /// Live requests in `queues`.
     queued: usize,
+    /// Bytes they are counted for.
+    queued_bytes: usize,
     /// Idle workers, least recently used first.
     idle: VecDeque<Bytes>,
     /// Registered workers, idle or busy.
@@ -229,7 +307,8 @@ struct Service {
 }
 
 impl Service {
-    fn push(&mut self, client: &Bytes, id: u64, front: bool) {
+    fn push(&mut self, client: &Bytes, id: u64, size: usize, front: bool) {
+        self.queued_bytes += size;
         let queue = self.queues.entry(client.clone()).or_insert_with(|| {
             if front {
                 self.ring.push_front(client.clone());
@@ -264,8 +343,9 @@ impl Service {
             } else {
                 self.ring.push_back(client);
             }
-            if found.is_some() {
+            if let Some((_, request)) = &found {
                 self.queued -= 1;
+                self.queued_bytes -= request.size;
                 return found;
             }
         }
@@ -304,6 +384,11 @@ pub struct BrokerCore {
     /// requests that left the queue are dropped from the front as soon as they get there, which
     /// keeps this about as long as the queues themselves.
     expiries: VecDeque<(Instant, u64)>,
+    /// Maximum-wait deadlines of queued requests, in the same order (with `max_wait` only).
+    waits: VecDeque<(Instant, u64)>,
+    /// Bytes queued over all services.
+    queued_bytes: usize,
+    drops: DropLog,
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
@@ -320,6 +405,9 @@ impl BrokerCore {
             workers: HashMap::new(),
             requests: HashMap::new(),
             expiries: VecDeque::new(),
+            waits: VecDeque::new(),
+            queued_bytes: 0,
+            drops: DropLog::default(),
             next_id: 0,
             transmits: VecDeque::new(),
             stats: BrokerStats::default(),
@@ -338,6 +426,7 @@ impl BrokerCore {
             idle_workers: self.services.values().map(|s| s.idle.len()).sum(),
             services: self.services.len(),
             queued: self.requests.len(),
+            queued_bytes: self.queued_bytes,
             in_flight: self
                 .workers
                 .values()
@@ -356,6 +445,7 @@ impl BrokerCore {
             .map(|(name, s)| ServiceStats {
                 name: name.clone(),
                 queued: s.queued,
+                queued_bytes: s.queued_bytes,
                 idle_workers: s.idle.len(),
                 busy_workers: s.workers - s.idle.len(),
             })
@@ -381,10 +471,14 @@ impl BrokerCore {
 
     /// When [`BrokerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        match self.expiries.front() {
-            Some((at, _)) => self.next_tick.min(*at),
-            None => self.next_tick,
-        }
+        [
+            self.expiries.front().map(|(at, _)| *at),
+            self.waits.front().map(|(at, _)| *at),
+            self.drops.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_tick, Instant::min)
     }
 
     /// Handles one message from a shared ROUTER endpoint: `identity` is the ROUTER identity frame,
@@ -430,28 +524,43 @@ impl BrokerCore {
             self.handle_mmi(now, identity, request);
             return;
         }
-        let service_queued = self.services.get(&request.service).map_or(0, |s| s.queued);
-        if self.requests.len() >= self.config.max_queued_total
-            || service_queued >= self.config.max_queued_per_service
-        {
+        let size = REQUEST_OVERHEAD
+            + identity.len()
+            + request.service.len()
+            + request.body.iter().map(Bytes::len).sum::<usize>();
+        let (service_queued, service_bytes) = self
+            .services
+            .get(&request.service)
+            .map_or((0, 0), |s| (s.queued, s.queued_bytes));
+        let config = &self.config;
+        let bound = if self.queued_bytes + size > config.max_queued_bytes {
+            Some(DropReason::TotalBytes)
+        } else if service_bytes + size > config.max_queued_bytes_per_service {
+            Some(DropReason::ServiceBytes)
+        } else if self.requests.len() >= config.max_queued_total {
+            Some(DropReason::TotalCount)
+        } else if service_queued >= config.max_queued_per_service {
+            Some(DropReason::ServiceCount)
+        } else {
+            None
+        };
+        if let Some(reason) = bound {
             self.stats.rejected += 1;
-            warn!(
-                client = %Hex(identity),
-                service = %Hex(&request.service),
-                queued_total = self.requests.len(),
-                queued_service = service_queued,
-                "queue bound reached, request dropped"
-            );
+            debug!(client = %Hex(identity), service = %Hex(&request.service), %reason, "request dropped");
+            self.drops.record(now, &request.service, reason);
             return;
         }
         trace!(client = %Hex(identity), service = %Hex(&request.service), "request");
         let service = request.service.clone();
         self.enqueue(
+            now,
             Request {
                 client: identity.clone(),
                 service: request.service,
                 body: request.body,
-                expires_at: now + self.config.request_expiry,
+                size,
+                expires_at: None,
+                wait_until: None,
                 deliveries: Deliveries::default(),
             },
             false,
@@ -499,7 +608,11 @@ impl BrokerCore {
         // "Any received command except DISCONNECT acts as a heartbeat."
         worker.heartbeat.on_recv(now);
         match message {
-            WorkerMessage::Heartbeat => {}
+            WorkerMessage::Heartbeat => {
+                if worker.in_flight.is_some() {
+                    worker.heartbeats_when_busy = true;
+                }
+            }
             WorkerMessage::Ready { .. } => {
                 // "The worker MUST NOT send a further READY."
                 self.stats.protocol_errors += 1;
@@ -561,25 +674,72 @@ impl BrokerCore {
                 break;
             }
             self.expiries.pop_front();
-            match self.requests.get(&id) {
-                Some(request) if request.expires_at == at => {
-                    let request = self.requests.remove(&id).expect("present");
-                    self.stats.expired += 1;
-                    debug!(client = %Hex(&request.client), service = %Hex(&request.service), "request expired");
-                    if let Some(svc) = self.services.get_mut(&request.service) {
-                        svc.queued -= 1;
-                        svc.trim(&request.client, &self.requests);
-                    }
-                    self.drop_service_if_unused(&request.service);
-                }
-                _ => {}
+            let Some(request) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            if request.expires_at != Some(at) {
+                continue;
+            }
+            if self
+                .services
+                .get(&request.service)
+                .is_some_and(|s| s.workers > 0)
+            {
+                // A worker registered since: the request waits for it, without an expiry.
+                request.expires_at = None;
+                continue;
+            }
+            self.drop_queued(now, id, DropReason::NoWorker);
+        }
+        while let Some((at, id)) = self.waits.front().copied() {
+            if at > now {
+                break;
+            }
+            self.waits.pop_front();
+            if self
+                .requests
+                .get(&id)
+                .is_some_and(|r| r.wait_until == Some(at))
+            {
+                self.drop_queued(now, id, DropReason::WaitedTooLong);
             }
         }
+        self.drops.handle_timeout(now);
         if now >= self.next_tick {
             self.next_tick = now + self.config.heartbeat.interval;
             self.purge_dead_workers(now);
             self.heartbeat_workers(now);
         }
+    }
+
+    /// Reports that the connection of peer `identity` closed (the transport saw it go). A
+    /// registered worker is removed at once and what it held re-queued, whatever its heartbeat
+    /// policy: a killed worker's request need not wait for liveness or the busy timeout.
+    pub fn handle_disconnected(&mut self, now: Instant, identity: &Bytes) {
+        let Some(worker) = self.workers.get(identity) else {
+            return;
+        };
+        self.stats.disconnected += 1;
+        let busy = worker.in_flight.is_some();
+        info!(worker = %Hex(identity), service = %Hex(&worker.service), busy, "worker connection closed, removing");
+        self.disconnect_worker(now, identity, false);
+    }
+
+    /// Removes the queued request `id`, counted and summarised as dropped for `reason`.
+    fn drop_queued(&mut self, now: Instant, id: u64, reason: DropReason) {
+        let Some(request) = self.requests.remove(&id) else {
+            return;
+        };
+        self.stats.expired += 1;
+        self.queued_bytes -= request.size;
+        debug!(client = %Hex(&request.client), service = %Hex(&request.service), %reason, "request dropped");
+        self.drops.record(now, &request.service, reason);
+        if let Some(svc) = self.services.get_mut(&request.service) {
+            svc.queued -= 1;
+            svc.queued_bytes -= request.size;
+            svc.trim(&request.client, &self.requests);
+        }
+        self.drop_service_if_unused(&request.service);
     }
 
     /// Tells every worker DISCONNECT and forgets all workers and queued requests.
@@ -592,6 +752,8 @@ impl BrokerCore {
         self.services.clear();
         self.requests.clear();
         self.expiries.clear();
+        self.waits.clear();
+        self.queued_bytes = 0;
     }
 
     fn register(&mut self, now: Instant, identity: &Bytes, service: Bytes) {
@@ -602,6 +764,7 @@ impl BrokerCore {
                 service: service.clone(),
                 heartbeat: Heartbeat::new(now, self.config.heartbeat),
                 in_flight: None,
+                heartbeats_when_busy: false,
             },
         );
         let svc = self.services.entry(service.clone()).or_default();
@@ -629,49 +792,74 @@ impl BrokerCore {
         if let Some(svc) = self.services.get_mut(&worker.service) {
             svc.workers -= 1;
             svc.idle.retain(|w| w != identity);
+            if svc.workers == 0 {
+                // No worker left: what waits for one now expires after `request_expiry`.
+                let at = now + self.config.request_expiry;
+                for id in svc.queues.values().flatten() {
+                    if let Some(request) = self.requests.get_mut(id) {
+                        if request.expires_at.is_none() {
+                            request.expires_at = Some(at);
+                            self.expiries.push_back((at, *id));
+                        }
+                    }
+                }
+            }
         }
-        if let Some(mut request) = worker.in_flight {
+        if let Some(request) = worker.in_flight {
             if request
                 .deliveries
                 .on_worker_lost(self.config.max_deliveries)
                 == Redelivery::Abandon
             {
                 self.stats.abandoned += 1;
-                warn!(
+                debug!(
                     client = %Hex(&request.client),
                     service = %Hex(&request.service),
                     deliveries = request.deliveries.count(),
                     "request abandoned: every worker that took it went away"
                 );
+                self.drops
+                    .record(now, &request.service, DropReason::Abandoned);
             } else {
                 self.stats.requeued += 1;
                 debug!(client = %Hex(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
-                request.expires_at = now + self.config.request_expiry;
-                self.enqueue(request, true);
+                self.enqueue(now, request, true);
                 self.dispatch(now, &worker.service);
             }
         }
         self.drop_service_if_unused(&worker.service);
     }
 
-    fn enqueue(&mut self, request: Request, front: bool) {
+    /// Queues `request` (at the front for a re-queued one), with an expiry if its service has no
+    /// worker and a maximum wait if one is configured. Every entry is `now` plus a fixed delay,
+    /// so pushing at the back keeps both lists in deadline order.
+    fn enqueue(&mut self, now: Instant, mut request: Request, front: bool) {
         let id = self.next_id;
         self.next_id += 1;
-        self.expiries.push_back((request.expires_at, id));
-        self.services
-            .entry(request.service.clone())
-            .or_default()
-            .push(&request.client, id, front);
+        let svc = self.services.entry(request.service.clone()).or_default();
+        request.expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
+        if let Some(at) = request.expires_at {
+            self.expiries.push_back((at, id));
+        }
+        request.wait_until = self.config.max_wait.map(|wait| now + wait);
+        if let Some(at) = request.wait_until {
+            self.waits.push_back((at, id));
+        }
+        svc.push(&request.client, id, request.size, front);
+        self.queued_bytes += request.size;
         self.requests.insert(id, request);
     }
 
-    /// Drops expiry entries of requests that are no longer queued from the front.
+    /// Drops entries of requests that are no longer queued from the front of the deadline
+    /// lists.
     fn trim_expiries(&mut self) {
-        while let Some((_, id)) = self.expiries.front() {
-            if self.requests.contains_key(id) {
-                break;
+        for list in [&mut self.expiries, &mut self.waits] {
+            while let Some((_, id)) = list.front() {
+                if self.requests.contains_key(id) {
+                    break;
+                }
+                list.pop_front();
             }
-            self.expiries.pop_front();
         }
     }
 
@@ -684,6 +872,7 @@ impl BrokerCore {
             let Some((_, mut request)) = svc.pop(&mut self.requests) else {
                 break;
             };
+            self.queued_bytes -= request.size;
             let identity = svc.idle.pop_front().expect("not empty");
             let worker = self
                 .workers
@@ -700,16 +889,32 @@ impl BrokerCore {
         self.trim_expiries();
     }
 
+    /// Purges workers silent past their limit: liveness when idle or when known to heartbeat
+    /// while busy, the busy timeout for a busy worker never seen to.
     fn purge_dead_workers(&mut self, now: Instant) {
-        let dead: Vec<Bytes> = self
+        let busy_timeout = self.config.busy_timeout;
+        let dead: Vec<(Bytes, bool, Duration)> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.heartbeat.is_peer_dead(now))
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, w)| {
+                let silent = now.saturating_duration_since(w.heartbeat.last_heard());
+                let busy = w.in_flight.is_some();
+                let dead = if busy && !w.heartbeats_when_busy {
+                    silent >= busy_timeout
+                } else {
+                    w.heartbeat.is_peer_dead(now)
+                };
+                dead.then(|| (id.clone(), busy, silent))
+            })
             .collect();
-        for identity in dead {
+        for (identity, busy, silent) in dead {
             self.stats.purged += 1;
-            warn!(worker = %Hex(&identity), "worker silent past liveness, purging");
+            let silent_s = silent.as_secs_f64();
+            if busy {
+                warn!(worker = %Hex(&identity), silent_s, "worker silent while busy, purging; its request goes to another worker");
+            } else {
+                warn!(worker = %Hex(&identity), silent_s, "idle worker silent past liveness, purging");
+            }
             self.disconnect_worker(now, &identity, false);
         }
     }

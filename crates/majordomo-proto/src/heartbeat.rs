@@ -108,6 +108,11 @@ impl Heartbeat {
         self.last_send = self.last_send.max(now);
     }
 
+    /// When the peer was last heard from (or when tracking started).
+    pub fn last_heard(&self) -> Instant {
+        self.last_recv
+    }
+
     /// When the peer will be declared dead if it stays silent.
     pub fn expires_at(&self) -> Instant {
         self.last_recv + self.config.expiry()

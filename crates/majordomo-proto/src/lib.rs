@@ -19,12 +19,14 @@
 //!   [`ppp_worker`] (6/PPP) are the two.
 //! - [`redelivery`]: the rule for requests whose worker went away (broker and queue).
 //! - [`flow`]: holding peers that stopped reading.
+//! - [`drops`]: rate-limited summaries of dropped requests.
 //! - [`Limits`], [`DecodeError`], [`ConfigError`]: what a decoder accepts, why it refused, and
 //!   why a configuration was refused.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod client;
+pub mod drops;
 mod error;
 pub mod flow;
 pub mod heartbeat;

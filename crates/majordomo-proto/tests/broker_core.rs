@@ -243,7 +243,9 @@ fn busy_worker_that_dies_has_its_request_served_by_another_once() {
     assert_eq!(requests(&s.drain()), [("w1".into(), "job".into())]);
     s.ready("w2", "svc");
     s.drain();
-    // w1 goes silent while busy; w2 heartbeats.
+    // w1 heartbeats once while busy (as ours do), so it is held to liveness; then it goes
+    // silent while busy; w2 heartbeats.
+    s.worker("w1", WorkerMessage::Heartbeat);
     let mut redelivered = Vec::new();
     for _ in 0..10 {
         redelivered.extend(requests(&s.advance(HB / 2)));
@@ -447,10 +449,128 @@ fn queued_requests_expire() {
     assert_eq!((stats.expired, stats.queued), (1, 1));
     s.ready("w", "nobody");
     assert_eq!(requests(&s.drain()), [("w".into(), "y".into())]);
-    s.advance(Duration::from_secs(2));
-    // Nothing left for a service nobody serves any more, once its worker is gone.
+    // A request for a service with a worker waits for it, however long the worker takes.
+    s.client("c3", "nobody", "z");
+    s.advance(Duration::from_secs(30));
+    let stats = s.core.stats();
+    assert_eq!((stats.expired, stats.queued, stats.purged), (1, 1, 0));
+    // Once its last worker is gone, what it held and what waits expire after the expiry.
     s.worker("w", WorkerMessage::Disconnect);
-    assert_eq!(s.core.stats().services, 0);
+    assert_eq!(s.core.stats().queued, 2);
+    s.advance(Duration::from_millis(1100));
+    let stats = s.core.stats();
+    assert_eq!((stats.expired, stats.queued, stats.services), (3, 0, 0));
+}
+
+#[test]
+fn a_busy_worker_never_seen_heartbeating_while_busy_gets_the_busy_timeout() {
+    // The Guide's worker API sends nothing while its handler runs.
+    let busy_timeout = Duration::from_secs(60);
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .busy_timeout(busy_timeout),
+    );
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "long job");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "long job".into())]);
+    // Far past liveness, well within the busy timeout: still registered, nothing re-queued.
+    s.advance(HB * 30);
+    let stats = s.core.stats();
+    assert_eq!((stats.workers, stats.purged, stats.requeued), (1, 0, 0));
+    // Its reply is delivered, once.
+    s.reply("w1", "c1", "done");
+    assert_eq!(replies(&s.drain()), [("c1".into(), "done".into())]);
+    // Idle again, it is held to liveness.
+    s.advance(HB * 4);
+    assert_eq!(s.core.stats().purged, 1);
+}
+
+#[test]
+fn a_busy_worker_silent_past_the_busy_timeout_is_purged_and_its_request_requeued() {
+    let busy_timeout = Duration::from_secs(5);
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .busy_timeout(busy_timeout),
+    );
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "job");
+    s.drain();
+    s.ready("w2", "svc");
+    s.drain();
+    let mut redelivered = Vec::new();
+    for _ in 0..((busy_timeout.as_millis() / (HB / 2).as_millis()) + 4) {
+        redelivered.extend(requests(&s.advance(HB / 2)));
+        s.worker("w2", WorkerMessage::Heartbeat);
+    }
+    assert_eq!(redelivered, [("w2".into(), "job".into())]);
+    let stats = s.core.stats();
+    assert_eq!((stats.purged, stats.requeued), (1, 1));
+}
+
+#[test]
+fn a_worker_whose_connection_closes_is_removed_at_once_and_its_request_requeued() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "job");
+    s.drain();
+    s.ready("w2", "svc");
+    s.drain();
+    let now = s.now;
+    s.core.handle_disconnected(now, &b("w1"));
+    assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.disconnected, stats.requeued, stats.workers),
+        (1, 1, 1)
+    );
+    // Unknown peers (clients, strangers) are ignored.
+    s.core.handle_disconnected(now, &b("c1"));
+    assert_eq!(s.core.stats().disconnected, 1);
+}
+
+#[test]
+fn queues_are_bounded_by_bytes() {
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .max_queued_bytes_per_service(3 * 300)
+            .max_queued_bytes(5 * 300),
+    );
+    // Each small request counts about REQUEST_OVERHEAD plus its frames.
+    for i in 0..4 {
+        s.client(&format!("c{i}"), "a", "x");
+    }
+    for i in 0..4 {
+        s.client(&format!("d{i}"), "b", "x");
+    }
+    let stats = s.core.stats();
+    assert_eq!(
+        stats.queued, 5,
+        "three for a, then two for b before the total bound"
+    );
+    assert_eq!(stats.rejected, 3);
+    assert!(stats.queued_bytes <= 5 * 300);
+    assert_eq!(stats.per_service[0].queued, 3);
+}
+
+#[test]
+fn max_wait_drops_requests_that_wait_too_long_even_with_workers() {
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .max_wait(Some(Duration::from_secs(2))),
+    );
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "first");
+    s.client("c2", "svc", "second");
+    s.drain();
+    for _ in 0..30 {
+        s.advance(HB);
+        s.worker("w1", WorkerMessage::Heartbeat);
+    }
+    let stats = s.core.stats();
+    assert_eq!((stats.expired, stats.queued), (1, 0));
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! every message it receives from that dealer, as a zmq.rs ROUTER does. The router's queue to each
 //! dealer is bounded, so a dealer that stops reading makes sends to it wait, as a full zmq.rs
 //! queue does. Dropping the router closes every dealer's connection; dropping a dealer makes
-//! sends to it fail. Everything runs on tokio's channels, so it works under paused test time.
+//! sends to it fail and is reported by the router's `poll_disconnected`, as a closed connection
+//! is by zmq.rs's monitor. Everything runs on tokio's channels, so it works under paused test time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub const DEALER_QUEUE: usize = 1024;
 enum Inbound {
     Connect(Bytes, mpsc::Sender<Vec<Bytes>>),
     Message(Vec<Bytes>),
+    /// A dealer was dropped.
+    Gone(Bytes),
 }
 
 /// A ROUTER-like in-memory socket; see the module docs.
@@ -30,6 +33,8 @@ enum Inbound {
 pub struct MemoryRouter {
     inbound: mpsc::UnboundedReceiver<Inbound>,
     peers: HashMap<Bytes, mpsc::Sender<Vec<Bytes>>>,
+    /// Dealers dropped, not yet reported by `poll_disconnected`.
+    gone: std::collections::VecDeque<Bytes>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -37,6 +42,7 @@ impl std::fmt::Debug for Inbound {
         match self {
             Inbound::Connect(id, _) => f.debug_tuple("Connect").field(id).finish(),
             Inbound::Message(frames) => f.debug_tuple("Message").field(frames).finish(),
+            Inbound::Gone(id) => f.debug_tuple("Gone").field(id).finish(),
         }
     }
 }
@@ -63,6 +69,7 @@ pub fn router() -> (MemoryRouter, MemoryEndpoint) {
         MemoryRouter {
             inbound: rx,
             peers: HashMap::new(),
+            gone: std::collections::VecDeque::new(),
         },
         MemoryEndpoint {
             inbound: tx,
@@ -102,6 +109,13 @@ impl Connector for MemoryEndpoint {
     }
 }
 
+impl Drop for MemoryDealer {
+    fn drop(&mut self) {
+        // The router learns the connection closed, as a zmq.rs ROUTER's monitor reports it.
+        let _ = self.inbound.send(Inbound::Gone(self.identity.clone()));
+    }
+}
+
 impl MemoryDealer {
     /// The identity the router sees in front of this dealer's messages.
     pub fn identity(&self) -> &Bytes {
@@ -119,8 +133,20 @@ impl Transport for MemoryRouter {
                     self.peers.insert(identity, tx);
                 }
                 Some(Inbound::Message(frames)) => return Ok(frames),
+                Some(Inbound::Gone(identity)) => {
+                    self.peers.remove(&identity);
+                    self.gone.push_back(identity);
+                }
                 None => return Err(TransportError::Closed),
             }
+        }
+    }
+
+    fn poll_disconnected(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Bytes> {
+        // Filled by `recv`, which the server loop polls just before this.
+        match self.gone.pop_front() {
+            Some(identity) => std::task::Poll::Ready(identity),
+            None => std::task::Poll::Pending,
         }
     }
 

@@ -54,6 +54,9 @@ pub trait Machine: Send {
     /// The next message to send and its socket; `frames[0]` is the destination's identity.
     fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)>;
 
+    /// The transport of socket `socket` saw the connection of `identity` close.
+    fn handle_disconnected(&mut self, _now: Instant, _socket: usize, _identity: &Bytes) {}
+
     /// A message to `identity` on `socket` could not be delivered (peer gone or stuck).
     fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes);
 
@@ -167,7 +170,14 @@ enum Wake<S> {
     Shutdown,
     Command(Command<S>),
     Message(usize, Result<Vec<Bytes>, TransportError>),
+    Disconnected(usize, Bytes),
     Timer,
+}
+
+/// What a socket had for the loop.
+enum Inbound {
+    Message(Result<Vec<Bytes>, TransportError>),
+    Disconnected(Bytes),
 }
 
 impl<M: Machine, T: Transport> Server<M, T> {
@@ -214,7 +224,10 @@ impl<M: Machine, T: Transport> Server<M, T> {
                     // mpsc's recv is cancel-safe; with every handle dropped the branch is off.
                     Some(command) = self.commands.recv() => Wake::Command(command),
                     // Every socket's recv is cancel-safe (see `Transport::recv`).
-                    (socket, msg) = recv_any(&mut self.sockets, &self.closed, start) => Wake::Message(socket, msg),
+                    (socket, inbound) = recv_any(&mut self.sockets, &self.closed, start) => match inbound {
+                        Inbound::Message(msg) => Wake::Message(socket, msg),
+                        Inbound::Disconnected(identity) => Wake::Disconnected(socket, identity),
+                    },
                     // A timer: dropping it unfired loses nothing.
                     () = timer.wait() => Wake::Timer,
                 }
@@ -231,6 +244,10 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 Wake::Message(socket, msg) => {
                     self.next_socket = (socket + 1) % self.sockets.len();
                     self.on_batch(now, socket, msg)
+                }
+                Wake::Disconnected(socket, identity) => {
+                    self.machine.handle_disconnected(now, socket, &identity);
+                    false
                 }
                 Wake::Timer => false,
             };
@@ -312,12 +329,13 @@ impl<M: Machine, T: Transport> Server<M, T> {
     }
 }
 
-/// Receives from the first socket that has a message, polling them in turn from `start`.
+/// Takes from the first socket that has a message or a closed connection, polling them in turn
+/// from `start`.
 fn recv_any<'a, T: Transport>(
     sockets: &'a mut [T],
     closed: &'a [bool],
     start: usize,
-) -> impl Future<Output = (usize, Result<Vec<Bytes>, TransportError>)> + 'a {
+) -> impl Future<Output = (usize, Inbound)> + 'a {
     std::future::poll_fn(move |cx| {
         let n = sockets.len();
         for k in 0..n {
@@ -325,9 +343,14 @@ fn recv_any<'a, T: Transport>(
             if closed[i] {
                 continue;
             }
-            let recv = std::pin::pin!(sockets[i].recv());
-            if let Poll::Ready(msg) = recv.poll(cx) {
-                return Poll::Ready((i, msg));
+            {
+                let recv = std::pin::pin!(sockets[i].recv());
+                if let Poll::Ready(msg) = recv.poll(cx) {
+                    return Poll::Ready((i, Inbound::Message(msg)));
+                }
+            }
+            if let Poll::Ready(identity) = sockets[i].poll_disconnected(cx) {
+                return Poll::Ready((i, Inbound::Disconnected(identity)));
             }
         }
         Poll::Pending

@@ -6,12 +6,13 @@
 //! when the send has to wait. [`Connector`] opens the connections of peers that reconnect.
 
 use std::future::Future;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use zeromq::{
-    DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+    DealerSocket, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
+    ZmqMessage,
 };
 
 /// Why a transport operation failed.
@@ -44,6 +45,72 @@ pub trait Transport: Send {
         &mut self,
         frames: Vec<Bytes>,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// The identity of a peer whose connection closed, if the transport can tell; by default it
+    /// never does. Polled next to [`Transport::recv`] by the server loop.
+    fn poll_disconnected(&mut self, _cx: &mut Context<'_>) -> Poll<Bytes> {
+        Poll::Pending
+    }
+}
+
+/// A zmq.rs ROUTER socket with its monitor, so that the server loop learns when a peer's
+/// connection closes (a killed process, a reset) instead of waiting for heartbeats to lapse.
+pub struct ZmqRouter {
+    socket: RouterSocket,
+    events: futures::channel::mpsc::Receiver<SocketEvent>,
+}
+
+impl std::fmt::Debug for ZmqRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZmqRouter")
+    }
+}
+
+impl Default for ZmqRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ZmqRouter {
+    /// A new, unbound ROUTER socket.
+    pub fn new() -> Self {
+        let mut socket = RouterSocket::new();
+        let events = socket.monitor();
+        Self { socket, events }
+    }
+
+    /// Binds `endpoint`, returning it with an ephemeral port resolved.
+    pub async fn bind(&mut self, endpoint: &str) -> Result<String, zeromq::ZmqError> {
+        Ok(self.socket.bind(endpoint).await?.to_string())
+    }
+}
+
+impl Transport for ZmqRouter {
+    fn recv(&mut self) -> impl Future<Output = Result<Vec<Bytes>, TransportError>> + Send {
+        Transport::recv(&mut self.socket)
+    }
+
+    fn send(
+        &mut self,
+        frames: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        Transport::send(&mut self.socket, frames)
+    }
+
+    fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        // The monitor reports every connection event; only disconnects matter here. zmq.rs
+        // drops events when the channel is full, so a missed one falls back to heartbeats.
+        loop {
+            match futures::Stream::poll_next(std::pin::Pin::new(&mut self.events), cx) {
+                Poll::Ready(Some(SocketEvent::Disconnected(peer))) => {
+                    return Poll::Ready(Bytes::from(peer))
+                }
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 impl Transport for RouterSocket {
