@@ -354,10 +354,131 @@ impl PyPeer {
             .to_owned())
     }
 
+    /// The next line the peer prints within `timeout`; `None` if it prints none in that time.
+    pub async fn line_within(&mut self, timeout: Duration) -> Result<Option<String>> {
+        match tokio::time::timeout(timeout, self.lines.next_line()).await {
+            Err(_) => Ok(None),
+            Ok(line) => Ok(Some(line?.context("python peer closed its output")?)),
+        }
+    }
+
     /// Waits for the peer to exit and returns its exit code.
     pub async fn exit_code(&mut self) -> Result<i32> {
-        let status = tokio::time::timeout(PATIENCE, self.child.wait()).await??;
+        self.exit_code_within(PATIENCE).await
+    }
+
+    /// Waits up to `timeout` for the peer to exit and returns its exit code.
+    pub async fn exit_code_within(&mut self, timeout: Duration) -> Result<i32> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("python peer still running after {timeout:?}"))??;
         Ok(status.code().unwrap_or(-1))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the peer with SIGKILL, as `kill -9` does (its sockets are closed by the kernel, with
+    /// no goodbye), and waits until it has ended.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .context("python peer survived SIGKILL")??;
+        Ok(())
+    }
+}
+
+/// The broker's counters and gauges as its `mmi.stats` service reports them (JSON), for tests
+/// against a broker in another process. Fields it adds later are ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct MmiStats {
+    /// Requests accepted from clients (MMI included).
+    pub requests: u64,
+    /// Replies sent to clients (MMI included).
+    pub replies: u64,
+    /// Requests dropped because they waited too long.
+    pub expired: u64,
+    /// Requests dropped at a queue bound.
+    pub rejected: u64,
+    /// Requests handed back to the queue after their worker went away.
+    pub requeued: u64,
+    /// Requests dropped after too many workers went away holding them.
+    pub abandoned: u64,
+    /// Workers purged for silence.
+    pub purged: u64,
+    /// Malformed messages and unexpected commands.
+    pub protocol_errors: u64,
+    /// Messages that could not be delivered.
+    pub undeliverable: u64,
+    /// Registered workers.
+    pub workers: usize,
+    /// Requests queued.
+    pub queued: usize,
+    /// Requests with a worker.
+    pub in_flight: usize,
+    /// Each known service.
+    pub per_service: Vec<MmiServiceStats>,
+}
+
+/// One service's gauges in [`MmiStats`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct MmiServiceStats {
+    /// The service name.
+    pub name: String,
+    /// Requests waiting for a worker.
+    pub queued: usize,
+    /// Registered workers waiting for a request.
+    pub idle_workers: usize,
+    /// Registered workers holding a request.
+    pub busy_workers: usize,
+}
+
+impl MmiStats {
+    /// The gauges of `service`, if the broker knows it.
+    pub fn service(&self, service: &str) -> Option<&MmiServiceStats> {
+        self.per_service.iter().find(|s| s.name == service)
+    }
+}
+
+/// Asks the broker at `endpoint` for `mmi.stats` (a few attempts of a second each).
+pub async fn mmi_stats(endpoint: &str) -> Result<MmiStats> {
+    let client = majordomo_client::Client::new(
+        endpoint,
+        majordomo_client::ClientConfig::default()
+            .timeout(Duration::from_secs(1))
+            .attempts(3),
+    );
+    let reply = client.request("mmi.stats", vec![Bytes::new()]).await?;
+    match reply.as_slice() {
+        [code, json] if code.as_ref() == b"200" => Ok(serde_json::from_slice(json)?),
+        other => Err(anyhow!("mmi.stats answered {other:?}")),
+    }
+}
+
+/// Asks `mmi.stats` until `done` holds and returns those stats; fails after [`PATIENCE`] with
+/// `what` and the last stats.
+pub async fn wait_for_mmi_stats(
+    endpoint: &str,
+    what: &str,
+    mut done: impl FnMut(&MmiStats) -> bool,
+) -> Result<MmiStats> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = mmi_stats(endpoint).await?;
+        if done(&stats) {
+            return Ok(stats);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{what}: not within {PATIENCE:?}; last stats {stats:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -423,6 +544,38 @@ impl Proc {
     /// Resident memory in KiB (`VmRSS` from /proc).
     pub fn rss_kib(&self) -> Result<u64> {
         Ok(self.0.memory()?.rss_kib)
+    }
+
+    /// Waits until this process, a broker, serves at `endpoint` (`mmi.service` answers `404` for
+    /// a name nobody serves); fails at once, with its log, if it exits first (e.g. on an option
+    /// it does not know), and after [`PATIENCE`] otherwise.
+    pub async fn wait_until_serving(&mut self, endpoint: &str) -> Result<()> {
+        let client = majordomo_client::Client::new(
+            endpoint,
+            majordomo_client::ClientConfig::default()
+                .timeout(Duration::from_millis(300))
+                .attempts(1),
+        );
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if self.has_exited()? {
+                return Err(anyhow!(
+                    "the broker exited before serving at {endpoint}: {}",
+                    self.log()
+                ));
+            }
+            let status = client
+                .request("mmi.service", vec![Bytes::from_static(b"nobody")])
+                .await;
+            if matches!(status.as_deref(), Ok([code]) if code.as_ref() == b"404") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow!(
+            "the broker never served at {endpoint} within {PATIENCE:?}: {}",
+            self.log()
+        ))
     }
 }
 

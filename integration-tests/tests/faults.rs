@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    frames, free_endpoint, wait_for_service, Proc, RawPeer, RawZmtp, PATIENCE,
+    frames, free_endpoint, mmi_stats, wait_for_mmi_stats, wait_for_service, Proc, PyPeer, RawPeer,
+    RawZmtp, PATIENCE,
 };
 use majordomo_client::{Client, ClientConfig};
 
@@ -552,4 +553,108 @@ async fn transport_hazard_huge_frame_announcement_kills_the_process() -> Result<
         "a 1 TiB frame announcement ends the broker process: {status}"
     );
     Ok(())
+}
+
+/// A Guide-style worker (`python/guide_worker.py`) for `service` heartbeating every
+/// `heartbeat_ms` while it waits, whose handler takes `delay_ms`; it sends nothing while the
+/// handler runs.
+fn guide_worker(
+    endpoint: &str,
+    service: &str,
+    heartbeat_ms: &str,
+    delay_ms: &str,
+) -> Result<PyPeer> {
+    PyPeer::spawn(
+        "guide_worker.py",
+        &[endpoint, service, heartbeat_ms, delay_ms],
+    )
+}
+
+/// A busy Guide worker killed with SIGKILL while a fast one waits idle: the client, with one
+/// attempt of `client_timeout`, must get its reply from the fast one, its request re-queued once
+/// and no worker purged for silence. `broker_args` follow `--bind`.
+async fn kill_9_busy_guide_worker(
+    broker_args: &[&str],
+    heartbeat_ms: &str,
+    slow_delay_ms: &str,
+    client_timeout: Duration,
+) -> Result<()> {
+    let ep = free_endpoint()?;
+    let mut args = vec!["broker", "--bind", &ep];
+    args.extend_from_slice(broker_args);
+    let mut broker = Proc::spawn(&args)?;
+    broker.wait_until_serving(&ep).await?;
+    // Only the slow worker is there when the request comes, so it takes it.
+    let mut slow = guide_worker(&ep, "guide", heartbeat_ms, slow_delay_ms)?;
+    assert_eq!(slow.line().await?, "ready");
+    wait_for_service(&ep, "guide").await?;
+    let c = Client::new(
+        ep.clone(),
+        ClientConfig::default().timeout(client_timeout).attempts(1),
+    );
+    let body = Bytes::from_static(b"rescued");
+    let call = tokio::spawn({
+        let body = body.clone();
+        async move { c.request("guide", vec![body]).await }
+    });
+    wait_for_mmi_stats(&ep, "the slow worker holds the request", |s| {
+        s.service("guide").is_some_and(|g| g.busy_workers == 1)
+    })
+    .await?;
+    let mut fast = guide_worker(&ep, "guide", heartbeat_ms, "0")?;
+    assert_eq!(fast.line().await?, "ready");
+    wait_for_mmi_stats(&ep, "the fast worker is idle beside the busy one", |s| {
+        s.service("guide")
+            .is_some_and(|g| (g.idle_workers, g.busy_workers) == (1, 1))
+    })
+    .await?;
+
+    slow.kill().await?;
+    let reply = tokio::time::timeout(client_timeout + PATIENCE, call)
+        .await
+        .context("the client hung past its own timeout")??;
+    let handled = match &reply {
+        Ok(_) => Some(fast.line().await?),
+        Err(_) => None,
+    };
+    let stats = mmi_stats(&ep).await?;
+    // Re-queued once, when the connection closed: no purge for silence (a silent busy worker is
+    // not held to liveness).
+    assert_eq!(
+        (
+            reply.map_err(|e| e.to_string()),
+            handled.as_deref(),
+            stats.requeued,
+            stats.purged
+        ),
+        (Ok(vec![body]), Some("handled 1"), 1, 0),
+        "the reply from the other worker, the killed worker's request re-queued once and by no \
+         purge: {stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_guide_worker_killed_with_kill_9_is_replaced_before_the_busy_timeout() -> Result<()> {
+    // The slow worker is silent for its 30 s handler, and the busy timeout would wait 60 s: the
+    // client's 20 s are enough only if the broker notices the closed connection.
+    let mut args = vec!["--busy-timeout", "60s"];
+    args.extend_from_slice(HB);
+    kill_9_busy_guide_worker(&args, "100", "30000", Duration::from_secs(20)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_guide_worker_killed_with_kill_9_is_replaced_without_waiting_for_a_heartbeat(
+) -> Result<()> {
+    // With 30 s heartbeats, a broker that finds the dead connection only when a heartbeat to it
+    // fails finds it 15 s or more after it handed out the request (the hand-out counts as a
+    // send); the client waits 10 s. Only a broker that notices the connection close in time
+    // serves it; the busy timeout (default) and liveness (90 s) are far off.
+    kill_9_busy_guide_worker(
+        &["--heartbeat", "30s", "--liveness", "3"],
+        "30000",
+        "120000",
+        Duration::from_secs(10),
+    )
+    .await
 }

@@ -3,10 +3,13 @@
 //! broker. `scripts/setup-interop.sh` makes the virtual environment; without it these tests fail
 //! with a message saying so.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Result;
 use bytes::Bytes;
 use integration_tests::{
-    test_config, wait_for_service, PyPeer as Py, RunningBroker, TEST_HEARTBEAT,
+    free_endpoint, mmi_stats, test_config, wait_for_service, Proc, PyPeer as Py, RunningBroker,
+    PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_client::{Client, ClientConfig};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
@@ -107,5 +110,101 @@ async fn our_client_and_worker_against_a_libzmq_broker() -> Result<()> {
     assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);
     let _ = stop.send(());
     task.await??;
+    Ok(())
+}
+
+/// Lines a peer prints until it has been quiet for `quiet`, or `bound` has passed.
+async fn lines_until_quiet(peer: &mut Py, quiet: Duration, bound: Duration) -> Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let wait = quiet.min(left);
+        match peer.line_within(wait).await? {
+            Some(line) => lines.push(line),
+            None => break,
+        }
+    }
+    Ok(lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_worker_silent_while_busy_for_three_liveness_periods_is_delivered_once() -> Result<()>
+{
+    // Liveness is 3 x 100 ms; the handler runs 1000 ms, more than three liveness periods, and the
+    // Guide's single-threaded worker sends nothing while it runs.
+    const DELAY: Duration = Duration::from_millis(1000);
+    let ep = free_endpoint()?;
+    let mut broker = Proc::spawn(&[
+        "broker",
+        "--bind",
+        &ep,
+        "--heartbeat",
+        "100ms",
+        "--liveness",
+        "3",
+    ])?;
+    broker.wait_until_serving(&ep).await?;
+    let delay_ms = DELAY.as_millis().to_string();
+    let mut worker = Py::spawn("guide_worker.py", &[&ep, "guide", "100", &delay_ms])?;
+    assert_eq!(worker.line().await?, "ready");
+    wait_for_service(&ep, "guide").await?;
+
+    let client = Client::new(
+        ep.clone(),
+        ClientConfig::default().timeout(DELAY * 5).attempts(1),
+    );
+    let body = Bytes::from_static(b"only once");
+    let reply = client.request("guide", vec![body.clone()]).await;
+    // The worker prints "handled N" before it sends the Nth reply, so every execution that led to
+    // a reply is printed by now; one that started just before the reply would finish within the
+    // handler's delay.
+    let lines =
+        lines_until_quiet(&mut worker, DELAY + Duration::from_millis(500), PATIENCE).await?;
+    let handled = lines.iter().filter(|l| l.starts_with("handled ")).count();
+    let stats = mmi_stats(&ep).await?;
+    assert_eq!(
+        (
+            reply.map_err(|e| e.to_string()),
+            handled,
+            stats.purged,
+            stats.requeued
+        ),
+        (Ok(vec![body]), 1, 0, 0),
+        "the reply after one execution, the busy worker neither purged nor its request \
+         re-queued; the worker printed {lines:?}; stats {stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_pipelining_client_gets_all_100000_replies_at_default_settings() -> Result<()> {
+    const COUNT: usize = 100_000;
+    // A bound for a hung run, not an expected duration.
+    const BOUND: Duration = Duration::from_secs(180);
+    let ep = free_endpoint()?;
+    let mut broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    broker.wait_until_serving(&ep).await?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+
+    let started = Instant::now();
+    let count = COUNT.to_string();
+    let mut client = Py::spawn("guide_pipelining_client.py", &[&ep, "echo", &count, "2500"])?;
+    let received = client.line_within(BOUND).await?;
+    let code = client.exit_code().await?;
+    println!(
+        "{COUNT} pipelined requests: {received:?} replies, exit {code}, in {:?}",
+        started.elapsed()
+    );
+    let stats = mmi_stats(&ep).await?;
+    assert_eq!(
+        (received.as_deref(), code, stats.expired, stats.rejected),
+        (Some(count.as_str()), 0, 0, 0),
+        "every request served, none expired or rejected: stats {stats:?}"
+    );
     Ok(())
 }
