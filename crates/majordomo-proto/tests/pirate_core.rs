@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use majordomo_proto::heartbeat::HeartbeatConfig;
-use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueTransmit, Side};
+use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
 
 const HB: Duration = Duration::from_millis(100);
 
@@ -162,9 +162,11 @@ fn silent_worker_is_expired_and_its_request_goes_to_another() {
     }
     assert_eq!(later, [("w2".into(), "job".into())]);
     assert_eq!(s.q.stats().expired_workers, 1);
-    // A late reply from the expired worker goes nowhere.
+    // A late reply from the expired worker goes nowhere, and is stale rather than an error.
     s.reply("w1", "c", "late");
     assert!(s.drain().iter().all(|t| t.side != Side::Frontend));
+    let stats = s.q.stats();
+    assert_eq!((stats.stale_replies, stats.protocol_errors), (1, 0));
 }
 
 #[test]
@@ -228,8 +230,90 @@ fn malformed_messages_are_errors_not_panics() {
     assert!(s.q.handle_frontend(s.now, &f(&["c", ""])).is_err());
     assert!(s.q.handle_backend(s.now, &f(&["w"])).is_err());
     assert!(s.q.handle_backend(s.now, &f(&["w", "a", ""])).is_err());
-    // A reply from a stranger is dropped.
-    s.reply("stranger", "c", "x");
-    assert!(s.drain().is_empty());
-    assert_eq!(s.q.stats().protocol_errors, 6);
+    assert_eq!(s.q.stats().protocol_errors, 5);
+}
+
+fn counted_requests(stats: &QueueStats) -> u64 {
+    stats.replies
+        + stats.lost_replies
+        + stats.queued as u64
+        + stats.in_flight as u64
+        + stats.expired
+        + stats.rejected
+        + stats.abandoned
+}
+
+#[test]
+fn a_reply_the_driver_cannot_send_is_lost_not_replied() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    for (client, body) in [("c1", "a"), ("c2", "b")] {
+        s.request(client, body);
+        s.drain();
+        s.reply("w1", client, body);
+    }
+    let out = s.drain();
+    assert_eq!(out.iter().filter(|t| t.side == Side::Frontend).count(), 1);
+    assert_eq!(s.q.stats().replies, 2, "counted when handed to the driver");
+    // The driver could not send c2's reply (the client is gone).
+    s.q.handle_undeliverable(s.now, Side::Frontend, &b("c2"));
+    let stats = s.q.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.replies,
+            stats.lost_replies,
+            stats.undeliverable
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(stats.requests, counted_requests(&stats), "{stats:?}");
+    assert_eq!(
+        (stats.workers, stats.idle_workers),
+        (1, 1),
+        "the worker stays"
+    );
+}
+
+#[test]
+fn every_request_is_accounted_for_while_in_flight_and_after() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.request("c1", "a");
+    s.request("c2", "b");
+    let stats = s.q.stats();
+    assert_eq!((stats.in_flight, stats.queued), (1, 1));
+    assert_eq!(stats.requests, counted_requests(&stats), "{stats:?}");
+    // An undeliverable worker: its request goes back and both wait.
+    s.drain();
+    s.q.handle_undeliverable(s.now, Side::Backend, &b("w1"));
+    let stats = s.q.stats();
+    assert_eq!(
+        (
+            stats.workers,
+            stats.in_flight,
+            stats.queued,
+            stats.undeliverable
+        ),
+        (0, 0, 2, 1)
+    );
+    assert_eq!(stats.requests, counted_requests(&stats), "{stats:?}");
+}
+
+#[test]
+fn a_reply_from_a_worker_the_queue_does_not_know_is_stale() {
+    // The queue restarted while the worker held a request of the queue before.
+    let mut s = Sim::paranoid();
+    s.reply("w1", "c1", "from before");
+    assert!(s.drain().is_empty(), "dropped");
+    let stats = s.q.stats();
+    assert_eq!(
+        (
+            stats.stale_replies,
+            stats.protocol_errors,
+            stats.replies,
+            stats.workers
+        ),
+        (1, 0, 0, 0)
+    );
 }
