@@ -12,8 +12,11 @@
 //! expired is re-queued for another worker; requests wait in a bounded queue with an expiry
 //! instead of the frontend being left unread.
 //!
-//! A reply from a worker the queue does not know (it restarted, or expired the worker) is stale,
-//! not a protocol error: it is counted and dropped.
+//! Like the Guide's ppqueue, a Paranoid Pirate queue takes a worker it does not know back on its
+//! HEARTBEAT, without waiting for READY: after a queue restart, a worker whose socket reconnected
+//! by itself is served again at once instead of after its own liveness runs out. A reply from a
+//! worker the queue does not know (it restarted, or expired the worker) is stale, not a protocol
+//! error: it is counted and dropped.
 //!
 //! Calling order as for [`crate::broker::BrokerCore`]: `handle_*` with `now`, then drain
 //! [`PirateQueue::poll_transmit`], and call [`PirateQueue::handle_timeout`] at
@@ -171,9 +174,12 @@ pub struct QueueStats {
     pub abandoned: u64,
     /// Workers expired for silence.
     pub expired_workers: u64,
+    /// Workers registered on a HEARTBEAT, without READY (Paranoid Pirate only): workers of an
+    /// earlier queue on the same endpoint, or expired ones that were still alive.
+    pub rejoined_workers: u64,
     /// Replies dropped because they answer nothing this queue gave the worker: from a worker it
-    /// does not know (the queue restarted, or expired the worker). Not protocol errors: the worker
-    /// is late, not wrong.
+    /// does not know, or the first reply of a rejoined worker that does not answer what it holds.
+    /// Not protocol errors: the worker is late, not wrong.
     pub stale_replies: u64,
     /// Malformed or unexpected messages dropped.
     pub protocol_errors: u64,
@@ -199,6 +205,10 @@ struct Worker {
     req_socket: bool,
     heartbeat: Option<Heartbeat>,
     in_flight: Option<Request>,
+    /// Registered on a HEARTBEAT rather than READY: it may still be finishing a request it got
+    /// before (from an earlier queue, or before it was expired), so its first reply that does not
+    /// answer what it holds is stale. Cleared by READY and by its first reply.
+    rejoined: bool,
 }
 
 /// The Pirate queue's whole state.
@@ -337,13 +347,7 @@ impl PirateQueue {
         }
         match message {
             PppMessage::Ready => self.on_ready(now, identity, req_socket),
-            PppMessage::Heartbeat => {
-                if !self.workers.contains_key(&identity) {
-                    // Not registered (the queue restarted, or the worker was expired): it gets no
-                    // heartbeats from us, so it will reconnect and send READY.
-                    debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
-                }
-            }
+            PppMessage::Heartbeat => self.on_heartbeat(now, identity, req_socket),
             PppMessage::Payload(envelope) => self.on_reply(now, identity, envelope),
         }
         Ok(())
@@ -354,6 +358,7 @@ impl PirateQueue {
             // A known worker starting over: not a second worker. Whatever it held is lost to it.
             info!(worker = %Hex(&identity), "worker sent READY again");
             worker.req_socket = req_socket;
+            worker.rejoined = false;
             let lost = worker.in_flight.take();
             if let Some(request) = lost {
                 self.requeue(now, request);
@@ -363,8 +368,27 @@ impl PirateQueue {
             }
         } else {
             info!(worker = %Hex(&identity), "worker ready");
-            self.register(now, identity, req_socket);
+            self.register(now, identity, req_socket, false);
         }
+        self.dispatch(now);
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
+        if self.workers.contains_key(&identity) {
+            return;
+        }
+        if self.config.heartbeat.is_none() {
+            // Simple Pirate workers never heartbeat, and a worker registered here would never be
+            // expired.
+            debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
+            return;
+        }
+        // Not registered: the queue restarted, or expired the worker while it was still alive.
+        // As the Guide's ppqueue does, take it back now rather than when it gives up on us and
+        // sends READY.
+        info!(worker = %Hex(&identity), "heartbeat from unknown worker: taken back");
+        self.stats.rejoined_workers += 1;
+        self.register(now, identity, req_socket, true);
         self.dispatch(now);
     }
 
@@ -375,6 +399,7 @@ impl PirateQueue {
             debug!(worker = %Hex(&identity), "reply from unknown worker dropped");
             return;
         };
+        let rejoined = std::mem::take(&mut worker.rejoined);
         match worker.in_flight.take() {
             Some(request) if address.first() == Some(&request.client) => {
                 let mut out = Vec::with_capacity(2 + body.len());
@@ -391,6 +416,18 @@ impl PirateQueue {
                 self.idle.push_back(identity);
                 self.dispatch(now);
             }
+            held if rejoined => {
+                // The answer to a request from before it rejoined. If we gave it one meanwhile, it
+                // was busy then and may have dropped it (as `PppWorker` does): it goes to the next
+                // worker rather than waiting for an answer that may never come.
+                self.stats.stale_replies += 1;
+                debug!(worker = %Hex(&identity), "reply from before the worker rejoined dropped");
+                if let Some(request) = held {
+                    self.idle.push_back(identity);
+                    self.requeue(now, request);
+                }
+                self.dispatch(now);
+            }
             held => {
                 worker.in_flight = held;
                 self.stats.protocol_errors += 1;
@@ -399,13 +436,14 @@ impl PirateQueue {
         }
     }
 
-    fn register(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
+    fn register(&mut self, now: Instant, identity: Bytes, req_socket: bool, rejoined: bool) {
         self.workers.insert(
             identity.clone(),
             Worker {
                 req_socket,
                 heartbeat: self.config.heartbeat.map(|hb| Heartbeat::new(now, hb)),
                 in_flight: None,
+                rejoined,
             },
         );
         self.idle.push_back(identity);

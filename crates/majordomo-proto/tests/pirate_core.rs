@@ -16,6 +16,10 @@ fn f(parts: &[&str]) -> Vec<Bytes> {
     parts.iter().map(|p| b(p)).collect()
 }
 
+fn paranoid_config() -> QueueConfig {
+    QueueConfig::paranoid().heartbeat(Some(HeartbeatConfig::new(HB, 3)))
+}
+
 struct Sim {
     q: PirateQueue,
     now: Instant,
@@ -23,7 +27,7 @@ struct Sim {
 
 impl Sim {
     fn paranoid() -> Self {
-        Self::with(QueueConfig::paranoid().heartbeat(Some(HeartbeatConfig::new(HB, 3))))
+        Self::with(paranoid_config())
     }
 
     fn with(config: QueueConfig) -> Self {
@@ -316,4 +320,146 @@ fn a_reply_from_a_worker_the_queue_does_not_know_is_stale() {
         ),
         (1, 0, 0, 0)
     );
+}
+
+#[test]
+fn a_heartbeat_from_an_unknown_worker_takes_it_back_at_once() {
+    let mut s = Sim::paranoid();
+    s.request("c1", "waiting");
+    assert!(s.drain().is_empty(), "no worker yet");
+    // A worker of the queue before, whose socket reconnected by itself: it heartbeats, and it
+    // would send READY only after its own liveness ran out.
+    s.heartbeat("w1");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "waiting".into())]);
+    let stats = s.q.stats();
+    assert_eq!(
+        (stats.workers, stats.rejoined_workers, stats.protocol_errors),
+        (1, 1, 0)
+    );
+    s.reply("w1", "c1", "done");
+    assert_eq!(s.drain()[0].frames, f(&["c1", "", "done"]));
+    // Its READY, when it comes, does not make it a second worker.
+    s.ready("w1");
+    s.heartbeat("w1");
+    let stats = s.q.stats();
+    assert_eq!(
+        (stats.workers, stats.idle_workers, stats.rejoined_workers),
+        (1, 1, 1)
+    );
+    assert_eq!(stats.requeued, 0, "it held nothing");
+}
+
+#[test]
+fn a_rejoined_worker_is_heartbeated_and_expired_like_any_other() {
+    let mut s = Sim::paranoid();
+    s.heartbeat("w1");
+    // While it heartbeats, it stays and is heartbeated.
+    let mut to_it = Vec::new();
+    for _ in 0..10 {
+        to_it.extend(s.advance(HB / 2));
+        s.heartbeat("w1");
+    }
+    assert!(to_it
+        .iter()
+        .all(|t| t.frames == [b("w1"), Bytes::from_static(&[2])]));
+    assert!(to_it.len() >= 4, "heartbeated: {to_it:?}");
+    assert_eq!(s.q.stats().workers, 1);
+    // Silent, it is expired.
+    s.advance(HB * 5);
+    let stats = s.q.stats();
+    assert_eq!((stats.workers, stats.expired_workers), (0, 1));
+}
+
+#[test]
+fn a_rejoined_req_worker_keeps_its_framing() {
+    let mut s = Sim::paranoid();
+    s.q.handle_backend(s.now, &[b("r1"), Bytes::new(), Bytes::from_static(&[2])])
+        .unwrap();
+    s.request("c", "x");
+    assert_eq!(s.drain()[0].frames, f(&["r1", "", "c", "", "x"]));
+}
+
+#[test]
+fn a_simple_queue_ignores_heartbeats_from_unknown_workers() {
+    let mut s = Sim::with(QueueConfig::simple());
+    s.heartbeat("w1");
+    let stats = s.q.stats();
+    assert_eq!(
+        (stats.workers, stats.rejoined_workers, stats.protocol_errors),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn a_rejoined_worker_still_busy_with_an_old_request_does_not_hold_a_new_one_forever() {
+    let mut s = Sim::paranoid();
+    // It rejoins while still working on c0's request from the queue before, and is handed c1's.
+    s.heartbeat("w1");
+    s.request("c1", "new");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "new".into())]);
+    // Its next reply answers the old request: stale. It was busy when c1's request came (a
+    // `PppWorker` drops it), so the request goes out again, here to the same, now idle, worker.
+    s.reply("w1", "c0", "old");
+    let out = s.drain();
+    assert!(out.iter().all(|t| t.side == Side::Backend), "{out:?}");
+    assert_eq!(requests(&out), [("w1".into(), "new".into())]);
+    s.reply("w1", "c1", "served");
+    assert_eq!(s.drain()[0].frames, f(&["c1", "", "served"]));
+    let stats = s.q.stats();
+    assert_eq!(
+        (
+            stats.stale_replies,
+            stats.requeued,
+            stats.replies,
+            stats.protocol_errors
+        ),
+        (1, 1, 1, 0)
+    );
+    // Only the first such reply is excused: the worker has caught up since.
+    s.reply("w1", "c0", "again");
+    assert!(s.drain().is_empty());
+    let stats = s.q.stats();
+    assert_eq!((stats.stale_replies, stats.protocol_errors), (1, 1));
+}
+
+#[test]
+fn a_rejoined_idle_worker_s_late_reply_is_stale() {
+    let mut s = Sim::paranoid();
+    s.heartbeat("w1");
+    s.reply("w1", "c0", "old");
+    assert!(s.drain().is_empty());
+    let stats = s.q.stats();
+    assert_eq!(
+        (
+            stats.stale_replies,
+            stats.protocol_errors,
+            stats.workers,
+            stats.idle_workers
+        ),
+        (1, 0, 1, 1)
+    );
+    // A worker that announced READY has no request from before: the same reply is an error.
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.reply("w1", "c0", "old");
+    let stats = s.q.stats();
+    assert_eq!((stats.stale_replies, stats.protocol_errors), (0, 1));
+}
+
+#[test]
+fn after_a_queue_restart_a_heartbeating_worker_is_served_at_its_next_heartbeat() {
+    let mut s = Sim::paranoid();
+    s.ready("w1");
+    s.advance(HB * 3);
+    // The queue restarts. The worker's socket reconnects by itself and it heartbeats on, at its
+    // interval, as it would until its own liveness ran out and it sent READY.
+    s.q = PirateQueue::new(s.now, paranoid_config());
+    s.request("c1", "after");
+    s.advance(HB);
+    s.heartbeat("w1");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "after".into())]);
+    s.reply("w1", "c1", "served");
+    assert_eq!(s.drain()[0].frames, f(&["c1", "", "served"]));
+    let stats = s.q.stats();
+    assert_eq!((stats.workers, stats.rejoined_workers), (1, 1));
 }

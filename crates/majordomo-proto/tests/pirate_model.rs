@@ -42,6 +42,7 @@ fn random_sequences_reach_every_outcome() {
             seen.requeued += s.requeued;
             seen.abandoned += s.abandoned;
             seen.expired_workers += s.expired_workers;
+            seen.rejoined_workers += s.rejoined_workers;
             seen.stale_replies += s.stale_replies;
             seen.protocol_errors += s.protocol_errors;
             seen.undeliverable += s.undeliverable;
@@ -59,6 +60,11 @@ fn random_sequences_reach_every_outcome() {
         ];
         assert!(reached.iter().all(|&n| n > 0), "mode {mode}: {seen:?}");
         assert_eq!(seen.expired_workers > 0, mode == 1, "mode {mode}: {seen:?}");
+        assert_eq!(
+            seen.rejoined_workers > 0,
+            mode == 1,
+            "mode {mode}: {seen:?}"
+        );
     }
 }
 

@@ -18,9 +18,11 @@
 //! starts it over, its request going back to the queue, and leaves an idle worker where it is in
 //! the least-recently-used order; the request of a worker that goes away is re-queued, or
 //! abandoned once it has been handed out `max_deliveries` times. A HEARTBEAT from a worker the
-//! queue does not know is ignored. A reply from a worker the queue does not know is stale; any
-//! other reply that does not answer the request its worker holds is a protocol error. A reply the
-//! driver reports undeliverable moves from `replies` to `lost_replies`.
+//! queue does not know registers it, idle and rejoined (Paranoid only; Simple ignores it). A reply
+//! from a worker the queue does not know is stale; so is the first reply of a rejoined worker that
+//! does not answer the request it holds, which then goes back to the queue as the worker becomes
+//! idle; any other reply that does not answer the request its worker holds is a protocol error. A
+//! reply the driver reports undeliverable moves from `replies` to `lost_replies`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -101,6 +103,8 @@ struct Request {
 struct Registration {
     last_heard: Instant,
     last_sent: Instant,
+    /// Registered on a HEARTBEAT, and no reply from it since.
+    rejoined: bool,
 }
 
 /// One worker peer.
@@ -110,7 +114,8 @@ struct Peer {
     /// Sends as a REQ socket: an empty frame before everything (as of its last READY).
     req: bool,
     /// The request it was handed and has not answered, as the peer sees it: kept after the queue
-    /// dropped it, so it can send a late reply.
+    /// dropped it, so it can send a late reply. A peer busy with one drops any other it is handed
+    /// (as `PppWorker` does).
     holds: Option<usize>,
     /// `Some` while the queue has it registered.
     registered: Option<Registration>,
@@ -210,23 +215,33 @@ impl Model {
         }
     }
 
-    fn register(&mut self, worker: usize) {
+    fn register(&mut self, worker: usize, rejoined: bool) {
         self.peers[worker].registered = Some(Registration {
             last_heard: self.now,
             last_sent: self.now,
+            rejoined,
         });
         self.idle.push_back(worker);
     }
 
     /// A reply from `worker` that answers no request it holds: stale from a worker the queue does
-    /// not know, else a protocol error.
+    /// not know or one that rejoined (whose request, if any, goes back as it becomes idle), else a
+    /// protocol error.
     fn unanswering_reply(&mut self, worker: usize) {
         let Some(registration) = self.peers[worker].registered.as_mut() else {
             self.expect.stale_replies += 1;
             return;
         };
         registration.last_heard = self.now;
-        self.expect.protocol_errors += 1;
+        if !std::mem::take(&mut registration.rejoined) {
+            self.expect.protocol_errors += 1;
+            return;
+        }
+        self.expect.stale_replies += 1;
+        if let Some(token) = self.held_by(worker) {
+            self.idle.push_back(worker);
+            self.lose(token);
+        }
     }
 
     /// The queue lost the worker holding `token`: the request goes back, or is given up on.
@@ -298,12 +313,13 @@ impl Model {
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
         if let Some(registration) = self.peers[worker].registered.as_mut() {
             registration.last_heard = self.now;
+            registration.rejoined = false;
             if let Some(token) = self.held_by(worker) {
                 self.lose(token);
                 self.idle.push_back(worker);
             }
         } else {
-            self.register(worker);
+            self.register(worker, false);
         }
         self.drain();
     }
@@ -323,13 +339,15 @@ impl Model {
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
         self.peers[worker].holds = None;
         // The queue forwards the reply to the request it gave the worker, if addressed to that
-        // request's client.
+        // request's client: `token` itself, or (from a rejoined worker) an earlier request of the
+        // same client's.
         let answered = self
             .held_by(worker)
             .filter(|&held| self.requests[held].client == self.requests[token].client);
         match (answered, self.peers[worker].registered.as_mut()) {
             (Some(held), Some(registration)) => {
                 registration.last_heard = self.now;
+                registration.rejoined = false;
                 let request = &mut self.requests[held];
                 request.fate = Fate::Replied;
                 let mut out = vec![request.client.clone()];
@@ -341,7 +359,8 @@ impl Model {
                 self.expect.replies += 1;
                 self.idle.push_back(worker);
             }
-            // A late reply from a worker the queue gave up on.
+            // A late reply: from a worker the queue gave up on, or one that rejoined since it got
+            // the request.
             _ => self.unanswering_reply(worker),
         }
         self.drain();
@@ -379,9 +398,12 @@ impl Model {
         let worker = usize::from(w);
         let frames = self.frames_from(worker, PppMessage::Heartbeat.encode());
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
-        // From a worker the queue does not know: ignored, and not counted.
         if self.peers[worker].registered.is_some() {
             self.heard(worker);
+        } else if self.config.heartbeat.is_some() {
+            // From a worker the queue does not know: taken back, idle, in the framing it used.
+            self.register(worker, true);
+            self.expect.rejoined_workers += 1;
         }
         self.drain();
     }
@@ -602,7 +624,8 @@ impl Model {
                 request.deliveries += 1;
                 assert!(request.deliveries <= max_deliveries, "handed out too often");
                 request.fate = Fate::Held(worker);
-                self.peers[worker].holds = Some(token);
+                // A peer still busy with a request from before it rejoined drops this one.
+                self.peers[worker].holds.get_or_insert(token);
             }
         }
         if let Some(registration) = self.peers[worker].registered.as_mut() {
@@ -634,7 +657,7 @@ impl Model {
             (
                 (s.requests, s.replies, s.lost_replies),
                 (s.expired, s.rejected, s.requeued, s.abandoned),
-                s.expired_workers,
+                (s.expired_workers, s.rejoined_workers),
                 (s.stale_replies, s.protocol_errors, s.undeliverable),
             )
         };
