@@ -1,5 +1,7 @@
 //! Lazy Pirate server: a REP echo server that, after a few requests, simulates a crash (it exits)
-//! or CPU overload (it answers late) at random.
+//! or CPU overload (it answers late) at random, as the Guide's lpserver.c does: from the 4th
+//! request on (`cycles > 3`, counted before the check), a crash with odds 1/3 (`randof (3) == 0`),
+//! otherwise an overload of 2 s with odds 1/3; then 1 s of work and the echo.
 //!
 //! Run: `cargo run -p majordomo-examples --example lpserver -- tcp://127.0.0.1:5555`, then the
 //! `lpclient` example.
@@ -31,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let request = server.recv().await?;
         cycles += 1;
+        // lpserver.c: `if (cycles > 3 && randof (3) == 0)` crash, `else if` the same, overload.
         if cycles > 3 && dice.roll(3) == 0 {
             println!("I: simulating a crash");
             return Ok(());

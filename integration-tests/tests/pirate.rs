@@ -416,3 +416,50 @@ async fn libzmq_ppp_worker_against_our_queue() -> Result<()> {
     );
     Ok(())
 }
+
+/// A worker written as the Guide's ppworker (libzmq DEALER, through pyzmq) stays on its socket
+/// when the queue restarts, and libzmq reconnects it to the new queue: the new queue takes it back
+/// on its heartbeats, without waiting for the READY it would send only once its own liveness ran
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_ppp_worker_is_taken_back_on_its_heartbeat_after_a_queue_restart() -> Result<()> {
+    let front = free_endpoint()?;
+    let back = free_endpoint()?;
+    let queue = RunningQueue::start(&front, &back, QueueConfig::paranoid()).await?;
+    // The Guide's 1 s heartbeat, but 30 silent intervals before it gives up on the queue: far past
+    // the wait below, so before it ends only heartbeats can bring the worker back.
+    let _worker = PyPeer::spawn("guide_ppworker.py", &[&back, "1000", "30"])?;
+    wait_for_stats(&queue.handle, "the worker registered", |s| s.workers == 1).await?;
+    let mut client = LazyPirate::new(front.clone(), LazyPirateConfig::default());
+    assert_eq!(
+        client.request(frames(&[b"before"])).await?,
+        frames(&[b"before"])
+    );
+    let before = queue.stop().await?;
+    assert_eq!((before.replies, before.rejoined_workers), (1, 0));
+
+    let queue = RunningQueue::start(&front, &back, QueueConfig::paranoid()).await?;
+    let rejoined =
+        wait_for_stats(&queue.handle, "the worker taken back", |s| s.workers == 1).await?;
+    assert_eq!(
+        rejoined.rejoined_workers, 1,
+        "registered on a heartbeat, not on READY"
+    );
+    let mut client = LazyPirate::new(front.clone(), LazyPirateConfig::default());
+    assert_eq!(
+        client.request(frames(&[b"after"])).await?,
+        frames(&[b"after"])
+    );
+    let after = queue.stop().await?;
+    assert_eq!(
+        (
+            after.workers,
+            after.rejoined_workers,
+            after.replies,
+            after.stale_replies,
+            after.protocol_errors
+        ),
+        (1, 1, 1, 0, 0)
+    );
+    Ok(())
+}

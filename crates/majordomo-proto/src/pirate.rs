@@ -12,6 +12,12 @@
 //! expired is re-queued for another worker; requests wait in a bounded queue with an expiry
 //! instead of the frontend being left unread.
 //!
+//! Like the Guide's ppqueue, a Paranoid Pirate queue takes a worker it does not know back on its
+//! HEARTBEAT, without waiting for READY: after a queue restart, a worker whose socket reconnected
+//! by itself is served again at once instead of after its own liveness runs out. A reply from a
+//! worker the queue does not know (it restarted, or expired the worker) is stale, not a protocol
+//! error: it is counted and dropped.
+//!
 //! Calling order as for [`crate::broker::BrokerCore`]: `handle_*` with `now`, then drain
 //! [`PirateQueue::poll_transmit`], and call [`PirateQueue::handle_timeout`] at
 //! [`PirateQueue::poll_timeout`].
@@ -137,6 +143,11 @@ pub struct QueueTransmit {
 }
 
 /// Counters and gauges of a queue.
+///
+/// Every request is accounted for: `requests == replies + lost_replies + queued + in_flight +
+/// expired + rejected + abandoned` holds between calls. A reply counts in `replies` when the queue
+/// hands it to the driver, and moves to `lost_replies` when the driver reports that it could not
+/// be sent ([`PirateQueue::handle_undeliverable`] on [`Side::Frontend`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Registered workers.
@@ -145,22 +156,35 @@ pub struct QueueStats {
     pub idle_workers: usize,
     /// Requests waiting for a worker.
     pub queued: usize,
+    /// Requests with a worker, not yet answered.
+    pub in_flight: usize,
     /// Requests accepted from clients.
     pub requests: u64,
-    /// Replies sent to clients.
+    /// Replies handed to the driver for their clients and not reported undeliverable.
     pub replies: u64,
+    /// Replies the driver could not send to their client (the client is gone, or not reading).
+    pub lost_replies: u64,
     /// Requests dropped after waiting past the expiry.
     pub expired: u64,
     /// Requests dropped at the queue bound.
     pub rejected: u64,
-    /// Requests handed back to the queue after their worker went away.
+    /// Requests handed back to the queue after their worker went away or started over.
     pub requeued: u64,
     /// Requests dropped after `max_deliveries` workers went away holding them.
     pub abandoned: u64,
     /// Workers expired for silence.
     pub expired_workers: u64,
+    /// Workers registered on a HEARTBEAT, without READY (Paranoid Pirate only): workers of an
+    /// earlier queue on the same endpoint, or expired ones that were still alive.
+    pub rejoined_workers: u64,
+    /// Replies dropped because they answer nothing this queue gave the worker: from a worker it
+    /// does not know, or the first reply of a rejoined worker that does not answer what it holds.
+    /// Not protocol errors: the worker is late, not wrong.
+    pub stale_replies: u64,
     /// Malformed or unexpected messages dropped.
     pub protocol_errors: u64,
+    /// Messages the driver reported it could not deliver, to workers and clients.
+    pub undeliverable: u64,
 }
 
 #[derive(Debug)]
@@ -181,6 +205,10 @@ struct Worker {
     req_socket: bool,
     heartbeat: Option<Heartbeat>,
     in_flight: Option<Request>,
+    /// Registered on a HEARTBEAT rather than READY: it may still be finishing a request it got
+    /// before (from an earlier queue, or before it was expired), so its first reply that does not
+    /// answer what it holds is stale. Cleared by READY and by its first reply.
+    rejoined: bool,
 }
 
 /// The Pirate queue's whole state.
@@ -225,6 +253,11 @@ impl PirateQueue {
             workers: self.workers.len(),
             idle_workers: self.idle.len(),
             queued: self.queue.len(),
+            in_flight: self
+                .workers
+                .values()
+                .filter(|w| w.in_flight.is_some())
+                .count(),
             ..self.stats.clone()
         }
     }
@@ -313,78 +346,130 @@ impl PirateQueue {
             }
         }
         match message {
-            PppMessage::Ready => {
-                if let Some(worker) = self.workers.get_mut(&identity) {
-                    // A known worker starting over: not a second worker. Whatever it held is
-                    // lost to it.
-                    info!(worker = %Hex(&identity), "worker sent READY again");
-                    worker.req_socket = req_socket;
-                    let lost = worker.in_flight.take();
-                    if let Some(request) = lost {
-                        self.requeue(now, request);
-                    }
-                    if !self.idle.contains(&identity) {
-                        self.idle.push_back(identity);
-                    }
-                } else {
-                    info!(worker = %Hex(&identity), "worker ready");
-                    self.workers.insert(
-                        identity.clone(),
-                        Worker {
-                            req_socket,
-                            heartbeat: self.config.heartbeat.map(|hb| Heartbeat::new(now, hb)),
-                            in_flight: None,
-                        },
-                    );
-                    self.idle.push_back(identity);
-                }
-                self.dispatch(now);
-            }
-            PppMessage::Heartbeat => {
-                if !self.workers.contains_key(&identity) {
-                    // Not registered (the queue restarted, or the worker was expired): it gets no
-                    // heartbeats from us, so it will reconnect and send READY.
-                    debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
-                }
-            }
-            PppMessage::Payload(Envelope { address, body }) => {
-                let Some(worker) = self.workers.get_mut(&identity) else {
-                    self.stats.protocol_errors += 1;
-                    warn!(worker = %Hex(&identity), "reply from unknown worker dropped");
-                    return Ok(());
-                };
-                match worker.in_flight.take() {
-                    Some(request) if address.first() == Some(&request.client) => {
-                        let mut out = Vec::with_capacity(2 + body.len());
-                        out.push(request.client);
-                        if request.delimited {
-                            out.push(Bytes::new());
-                        }
-                        out.extend(body);
-                        self.stats.replies += 1;
-                        self.transmits.push_back(QueueTransmit {
-                            side: Side::Frontend,
-                            frames: out,
-                        });
-                        self.idle.push_back(identity);
-                        self.dispatch(now);
-                    }
-                    other => {
-                        worker.in_flight = other;
-                        self.stats.protocol_errors += 1;
-                        warn!(worker = %Hex(&identity), "reply for no request in flight dropped");
-                    }
-                }
-            }
+            PppMessage::Ready => self.on_ready(now, identity, req_socket),
+            PppMessage::Heartbeat => self.on_heartbeat(now, identity, req_socket),
+            PppMessage::Payload(envelope) => self.on_reply(now, identity, envelope),
         }
         Ok(())
     }
 
-    /// Reports that a message to a worker could not be sent: the worker is dropped and its
-    /// request re-queued.
+    fn on_ready(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
+        if let Some(worker) = self.workers.get_mut(&identity) {
+            // A known worker starting over: not a second worker. Whatever it held is lost to it.
+            info!(worker = %Hex(&identity), "worker sent READY again");
+            worker.req_socket = req_socket;
+            worker.rejoined = false;
+            let lost = worker.in_flight.take();
+            if let Some(request) = lost {
+                self.requeue(now, request);
+            }
+            if !self.idle.contains(&identity) {
+                self.idle.push_back(identity);
+            }
+        } else {
+            info!(worker = %Hex(&identity), "worker ready");
+            self.register(now, identity, req_socket, false);
+        }
+        self.dispatch(now);
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
+        if self.workers.contains_key(&identity) {
+            return;
+        }
+        if self.config.heartbeat.is_none() {
+            // Simple Pirate workers never heartbeat, and a worker registered here would never be
+            // expired.
+            debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
+            return;
+        }
+        // Not registered: the queue restarted, or expired the worker while it was still alive.
+        // As the Guide's ppqueue does, take it back now rather than when it gives up on us and
+        // sends READY.
+        info!(worker = %Hex(&identity), "heartbeat from unknown worker: taken back");
+        self.stats.rejoined_workers += 1;
+        self.register(now, identity, req_socket, true);
+        self.dispatch(now);
+    }
+
+    fn on_reply(&mut self, now: Instant, identity: Bytes, envelope: Envelope) {
+        let Envelope { address, body } = envelope;
+        let Some(worker) = self.workers.get_mut(&identity) else {
+            self.stats.stale_replies += 1;
+            debug!(worker = %Hex(&identity), "reply from unknown worker dropped");
+            return;
+        };
+        let rejoined = std::mem::take(&mut worker.rejoined);
+        match worker.in_flight.take() {
+            Some(request) if address.first() == Some(&request.client) => {
+                let mut out = Vec::with_capacity(2 + body.len());
+                out.push(request.client);
+                if request.delimited {
+                    out.push(Bytes::new());
+                }
+                out.extend(body);
+                self.stats.replies += 1;
+                self.transmits.push_back(QueueTransmit {
+                    side: Side::Frontend,
+                    frames: out,
+                });
+                self.idle.push_back(identity);
+                self.dispatch(now);
+            }
+            held if rejoined => {
+                // The answer to a request from before it rejoined. If we gave it one meanwhile, it
+                // was busy then and may have dropped it (as `PppWorker` does): it goes to the next
+                // worker rather than waiting for an answer that may never come.
+                self.stats.stale_replies += 1;
+                debug!(worker = %Hex(&identity), "reply from before the worker rejoined dropped");
+                if let Some(request) = held {
+                    self.idle.push_back(identity);
+                    self.requeue(now, request);
+                }
+                self.dispatch(now);
+            }
+            held => {
+                worker.in_flight = held;
+                self.stats.protocol_errors += 1;
+                warn!(worker = %Hex(&identity), "reply for no request in flight dropped");
+            }
+        }
+    }
+
+    fn register(&mut self, now: Instant, identity: Bytes, req_socket: bool, rejoined: bool) {
+        self.workers.insert(
+            identity.clone(),
+            Worker {
+                req_socket,
+                heartbeat: self.config.heartbeat.map(|hb| Heartbeat::new(now, hb)),
+                in_flight: None,
+                rejoined,
+            },
+        );
+        self.idle.push_back(identity);
+    }
+
+    /// Reports that a message the queue handed out could not be sent (the peer is gone, or its
+    /// queue stayed full past the send timeout). A worker is dropped and its request re-queued.
+    /// The queue sends clients nothing but replies, so a report on [`Side::Frontend`] is a reply
+    /// lost: it moves from `replies` to `lost_replies` (the client retries on its own timeout).
     pub fn handle_undeliverable(&mut self, now: Instant, side: Side, identity: &Bytes) {
-        if side == Side::Backend {
-            self.remove_worker(now, identity);
+        self.stats.undeliverable += 1;
+        match side {
+            Side::Backend => {
+                if self.workers.contains_key(identity) {
+                    info!(worker = %Hex(identity), "worker unreachable, removing");
+                    self.remove_worker(now, identity);
+                }
+            }
+            Side::Frontend => {
+                // Only a report with no reply counted could find none to move.
+                if self.stats.replies > 0 {
+                    self.stats.replies -= 1;
+                    self.stats.lost_replies += 1;
+                }
+                debug!(client = %Hex(identity), "reply undeliverable, client gone");
+            }
         }
     }
 

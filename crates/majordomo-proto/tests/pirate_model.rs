@@ -36,23 +36,35 @@ fn random_sequences_reach_every_outcome() {
             data.extend((0..300).map(|_| byte()));
             let s = pirate_model::run(&data);
             seen.replies += s.replies;
+            seen.lost_replies += s.lost_replies;
             seen.expired += s.expired;
             seen.rejected += s.rejected;
             seen.requeued += s.requeued;
             seen.abandoned += s.abandoned;
             seen.expired_workers += s.expired_workers;
+            seen.rejoined_workers += s.rejoined_workers;
+            seen.stale_replies += s.stale_replies;
             seen.protocol_errors += s.protocol_errors;
+            seen.undeliverable += s.undeliverable;
         }
         let reached = [
             seen.replies,
+            seen.lost_replies,
             seen.expired,
             seen.rejected,
             seen.requeued,
             seen.abandoned,
+            seen.stale_replies,
             seen.protocol_errors,
+            seen.undeliverable,
         ];
         assert!(reached.iter().all(|&n| n > 0), "mode {mode}: {seen:?}");
         assert_eq!(seen.expired_workers > 0, mode == 1, "mode {mode}: {seen:?}");
+        assert_eq!(
+            seen.rejoined_workers > 0,
+            mode == 1,
+            "mode {mode}: {seen:?}"
+        );
     }
 }
 

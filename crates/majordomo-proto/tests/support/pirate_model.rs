@@ -1,9 +1,10 @@
 //! A model run of the Pirate queue state machine, Simple or Paranoid: client requests (REQ-style or
 //! raw framing), worker READY (REQ or DEALER framing), replies for what a worker holds, wrong
-//! replies, heartbeats, malformed frames, undeliverable reports and time steps, checked against a
-//! model of what the queue must do. After every step: no panic; every request answered, queued, in
-//! flight, expired, rejected or abandoned; a reply goes only to the client that sent the request,
-//! in the framing it used, at most once; a worker holds at most one request and requests go to the
+//! replies, heartbeats, malformed frames, undeliverable reports (workers, and clients that went
+//! away) and time steps, checked against a model of what the queue must do. After every step: no
+//! panic; every request answered (the reply sent or lost), queued, in flight, expired, rejected or
+//! abandoned; a reply goes only to the client that sent the request, in the framing it used, at
+//! most once; a worker holds at most one request and requests go to the
 //! least recently used idle worker; idle workers are registered and counted once; no request
 //! waits while a worker is idle; new requests never queue past `max_queued` (re-queued ones may);
 //! a worker silent for `liveness` intervals is expired at the next check and, while it lives, is
@@ -16,7 +17,12 @@
 //! first timeout handled at or after `t + interval * liveness`; READY from a registered worker
 //! starts it over, its request going back to the queue, and leaves an idle worker where it is in
 //! the least-recently-used order; the request of a worker that goes away is re-queued, or
-//! abandoned once it has been handed out `max_deliveries` times.
+//! abandoned once it has been handed out `max_deliveries` times. A HEARTBEAT from a worker the
+//! queue does not know registers it, idle and rejoined (Paranoid only; Simple ignores it). A reply
+//! from a worker the queue does not know is stale; so is the first reply of a rejoined worker that
+//! does not answer the request it holds, which then goes back to the queue as the worker becomes
+//! idle; any other reply that does not answer the request its worker holds is a protocol error. A
+//! reply the driver reports undeliverable moves from `replies` to `lost_replies`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -97,6 +103,8 @@ struct Request {
 struct Registration {
     last_heard: Instant,
     last_sent: Instant,
+    /// Registered on a HEARTBEAT, and no reply from it since.
+    rejoined: bool,
 }
 
 /// One worker peer.
@@ -106,7 +114,8 @@ struct Peer {
     /// Sends as a REQ socket: an empty frame before everything (as of its last READY).
     req: bool,
     /// The request it was handed and has not answered, as the peer sees it: kept after the queue
-    /// dropped it, so it can send a late reply.
+    /// dropped it, so it can send a late reply. A peer busy with one drops any other it is handed
+    /// (as `PppWorker` does).
     holds: Option<usize>,
     /// `Some` while the queue has it registered.
     registered: Option<Registration>,
@@ -124,6 +133,8 @@ struct Model {
     expect: QueueStats,
     /// Messages the current step must send to clients, in order.
     replies_due: VecDeque<Vec<Bytes>>,
+    /// Clients gone since their last request: the driver reports replies to them undeliverable.
+    gone: [bool; CLIENTS as usize],
 }
 
 fn client_id(c: u8) -> Bytes {
@@ -163,6 +174,7 @@ impl Model {
             idle: VecDeque::new(),
             expect: QueueStats::default(),
             replies_due: VecDeque::new(),
+            gone: [false; CLIENTS as usize],
         }
     }
 
@@ -203,6 +215,35 @@ impl Model {
         }
     }
 
+    fn register(&mut self, worker: usize, rejoined: bool) {
+        self.peers[worker].registered = Some(Registration {
+            last_heard: self.now,
+            last_sent: self.now,
+            rejoined,
+        });
+        self.idle.push_back(worker);
+    }
+
+    /// A reply from `worker` that answers no request it holds: stale from a worker the queue does
+    /// not know or one that rejoined (whose request, if any, goes back as it becomes idle), else a
+    /// protocol error.
+    fn unanswering_reply(&mut self, worker: usize) {
+        let Some(registration) = self.peers[worker].registered.as_mut() else {
+            self.expect.stale_replies += 1;
+            return;
+        };
+        registration.last_heard = self.now;
+        if !std::mem::take(&mut registration.rejoined) {
+            self.expect.protocol_errors += 1;
+            return;
+        }
+        self.expect.stale_replies += 1;
+        if let Some(token) = self.held_by(worker) {
+            self.idle.push_back(worker);
+            self.lose(token);
+        }
+    }
+
     /// The queue lost the worker holding `token`: the request goes back, or is given up on.
     fn lose(&mut self, token: usize) {
         let request = &mut self.requests[token];
@@ -234,6 +275,7 @@ impl Model {
                 Bytes::from_static(b"tail"),
             ],
         };
+        self.gone[usize::from(client)] = false;
         let client = client_id(client);
         let mut frames = vec![client.clone()];
         if delimited {
@@ -269,18 +311,15 @@ impl Model {
         self.peers[worker].holds = None;
         let frames = self.frames_from(worker, PppMessage::Ready.encode());
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
-        if self.peers[worker].registered.is_some() {
-            self.heard(worker);
+        if let Some(registration) = self.peers[worker].registered.as_mut() {
+            registration.last_heard = self.now;
+            registration.rejoined = false;
             if let Some(token) = self.held_by(worker) {
                 self.lose(token);
                 self.idle.push_back(worker);
             }
         } else {
-            self.peers[worker].registered = Some(Registration {
-                last_heard: self.now,
-                last_sent: self.now,
-            });
-            self.idle.push_back(worker);
+            self.register(worker, false);
         }
         self.drain();
     }
@@ -299,22 +338,30 @@ impl Model {
         let frames = self.frames_from(worker, payload);
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
         self.peers[worker].holds = None;
-        if self.peers[worker].registered.is_some() {
-            assert_eq!(self.held_by(worker), Some(token), "model out of step");
-            self.heard(worker);
-            let request = &mut self.requests[token];
-            request.fate = Fate::Replied;
-            let mut out = vec![request.client.clone()];
-            if request.delimited {
-                out.push(Bytes::new());
+        // The queue forwards the reply to the request it gave the worker, if addressed to that
+        // request's client: `token` itself, or (from a rejoined worker) an earlier request of the
+        // same client's.
+        let answered = self
+            .held_by(worker)
+            .filter(|&held| self.requests[held].client == self.requests[token].client);
+        match (answered, self.peers[worker].registered.as_mut()) {
+            (Some(held), Some(registration)) => {
+                registration.last_heard = self.now;
+                registration.rejoined = false;
+                let request = &mut self.requests[held];
+                request.fate = Fate::Replied;
+                let mut out = vec![request.client.clone()];
+                if request.delimited {
+                    out.push(Bytes::new());
+                }
+                out.extend(body);
+                self.replies_due.push_back(out);
+                self.expect.replies += 1;
+                self.idle.push_back(worker);
             }
-            out.extend(body);
-            self.replies_due.push_back(out);
-            self.expect.replies += 1;
-            self.idle.push_back(worker);
-        } else {
-            // A late reply from a worker the queue gave up on goes nowhere.
-            self.expect.protocol_errors += 1;
+            // A late reply: from a worker the queue gave up on, or one that rejoined since it got
+            // the request.
+            _ => self.unanswering_reply(worker),
         }
         self.drain();
     }
@@ -323,8 +370,8 @@ impl Model {
     /// worker holds (or any client, holding none), with no address, or behind a foreign address.
     fn wrong_reply(&mut self, w: u8, variant: u8) {
         let worker = usize::from(w);
-        let rightful = self.peers[worker]
-            .holds
+        let rightful = self
+            .held_by(worker)
             .map(|token| self.requests[token].client.clone());
         let other = match &rightful {
             Some(client) => client_id((client[1] - b'0' + 1) % CLIENTS),
@@ -343,8 +390,7 @@ impl Model {
         };
         let frames = self.frames_from(worker, payload);
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
-        self.heard(worker);
-        self.expect.protocol_errors += 1;
+        self.unanswering_reply(worker);
         self.drain();
     }
 
@@ -354,16 +400,10 @@ impl Model {
         assert_eq!(self.queue.handle_backend(self.now, &frames), Ok(()));
         if self.peers[worker].registered.is_some() {
             self.heard(worker);
-        } else {
-            // From a worker the queue does not know: ignored; counting it as an error or not is
-            // the queue's choice.
-            let counted = self.queue.stats().protocol_errors;
-            assert!(
-                counted == self.expect.protocol_errors
-                    || counted == self.expect.protocol_errors + 1,
-                "heartbeat from an unknown worker miscounted"
-            );
-            self.expect.protocol_errors = counted;
+        } else if self.config.heartbeat.is_some() {
+            // From a worker the queue does not know: taken back, idle, in the framing it used.
+            self.register(worker, true);
+            self.expect.rejoined_workers += 1;
         }
         self.drain();
     }
@@ -412,11 +452,11 @@ impl Model {
 
     fn undeliverable(&mut self, arg: u8) {
         if arg % 4 == 3 {
-            // The queue keeps nothing for a client it cannot reach.
-            let client = client_id(arg / 4 % CLIENTS);
-            self.queue
-                .handle_undeliverable(self.now, Side::Frontend, &client);
+            // The client goes away: the driver reports each reply to it undeliverable as it takes
+            // it (see `drain`), until the client sends again.
+            self.gone[usize::from(arg / 4 % CLIENTS)] = true;
         } else {
+            self.expect.undeliverable += 1;
             let worker = usize::from(arg / 4 % WORKERS);
             let identity = self.peers[worker].identity.clone();
             self.queue
@@ -502,6 +542,14 @@ impl Model {
                         transmit.frames, due,
                         "reply to the wrong client, in the wrong framing or with the wrong body"
                     );
+                    let client = &transmit.frames[0];
+                    if self.gone[usize::from(client[1] - b'0')] {
+                        self.queue
+                            .handle_undeliverable(self.now, Side::Frontend, client);
+                        self.expect.replies -= 1;
+                        self.expect.lost_replies += 1;
+                        self.expect.undeliverable += 1;
+                    }
                 }
                 Side::Backend => self.sent_to_worker(&transmit.frames),
             }
@@ -576,7 +624,8 @@ impl Model {
                 request.deliveries += 1;
                 assert!(request.deliveries <= max_deliveries, "handed out too often");
                 request.fate = Fate::Held(worker);
-                self.peers[worker].holds = Some(token);
+                // A peer still busy with a request from before it rejoined drops this one.
+                self.peers[worker].holds.get_or_insert(token);
             }
         }
         if let Some(registration) = self.peers[worker].registered.as_mut() {
@@ -592,21 +641,24 @@ impl Model {
             .iter()
             .filter(|r| matches!(r.fate, Fate::Held(_)))
             .count();
+        assert_eq!(s.in_flight, in_flight, "requests in flight");
         assert_eq!(
             s.requests,
-            s.replies + s.queued as u64 + in_flight as u64 + s.expired + s.rejected + s.abandoned,
-            "a request went missing: {s:?}, {in_flight} in flight"
+            s.replies
+                + s.lost_replies
+                + s.queued as u64
+                + s.in_flight as u64
+                + s.expired
+                + s.rejected
+                + s.abandoned,
+            "a request went missing: {s:?}"
         );
         let counters = |s: &QueueStats| {
             (
-                s.requests,
-                s.replies,
-                s.expired,
-                s.rejected,
-                s.requeued,
-                s.abandoned,
-                s.expired_workers,
-                s.protocol_errors,
+                (s.requests, s.replies, s.lost_replies),
+                (s.expired, s.rejected, s.requeued, s.abandoned),
+                (s.expired_workers, s.rejoined_workers),
+                (s.stale_replies, s.protocol_errors, s.undeliverable),
             )
         };
         assert_eq!(counters(&s), counters(&self.expect), "counters: {s:?}");
