@@ -436,6 +436,8 @@ pub struct MmiServiceStats {
     pub idle_workers: usize,
     /// Registered workers holding a request.
     pub busy_workers: usize,
+    /// Of those, the ones seen heartbeating while busy.
+    pub busy_heartbeating: usize,
 }
 
 impl MmiStats {

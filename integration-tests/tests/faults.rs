@@ -206,7 +206,7 @@ async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Resu
     let dir = scratch_dir("stop")?;
     // The reply names the worker process that served it ($PPID of the shell).
     let script = format!(
-        "touch {}/started.$$; sleep 0.3; printf '%s:' $PPID; cat",
+        "touch {}/started.$$; sleep 1; printf '%s:' $PPID; cat",
         dir.display()
     );
     let frozen = exec_worker(&ep, "job", &script)?;
@@ -215,6 +215,12 @@ async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Resu
     let mut c = RawPeer::connect(&ep).await?;
     c.send(frames(&[b"", b"MDPC01", b"job", b"x"])).await?;
     wait_for_marker(&dir).await?;
+    // Our worker heartbeats while busy; once the broker has seen it do so, it holds the worker
+    // to liveness, busy or not, and a frozen one is expired within liveness.
+    wait_for_mmi_stats(&ep, "the busy worker seen heartbeating", |s| {
+        s.service("job").is_some_and(|j| j.busy_heartbeating == 1)
+    })
+    .await?;
     frozen.signal("STOP")?;
     let other = exec_worker(&ep, "job", &script)?;
 

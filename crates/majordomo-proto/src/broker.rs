@@ -16,8 +16,8 @@
 //!   client never gets two replies to one request.
 //! - Clients are served round-robin within a service, so one client with many requests in flight
 //!   cannot starve the others.
-//! - A busy worker that has been seen to heartbeat while busy is held to liveness like an idle
-//!   one; a busy worker never seen to (the Guide's single-threaded worker API sends nothing while
+//! - A busy worker that has been seen to heartbeat while busy (more than half an interval after
+//!   it was handed a request) is held to liveness like an idle one; a busy worker never seen to (the Guide's single-threaded worker API sends nothing while
 //!   its handler runs) gets [`BrokerConfig::busy_timeout`] instead, so a long request on a live
 //!   worker of any library is delivered. A worker whose connection closes is removed at once
 //!   ([`BrokerCore::handle_disconnected`]), busy or not, so a killed worker's request goes to
@@ -260,6 +260,9 @@ pub struct ServiceStats {
     pub idle_workers: usize,
     /// Registered workers holding a request.
     pub busy_workers: usize,
+    /// Of those, the ones seen heartbeating while busy, held to liveness (the others get the
+    /// busy timeout).
+    pub busy_heartbeating: usize,
 }
 
 fn lossy_text<S: serde::Serializer>(name: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
@@ -288,6 +291,8 @@ struct Worker {
     /// Whether it has sent a HEARTBEAT while holding a request: then it is held to liveness
     /// when busy too.
     heartbeats_when_busy: bool,
+    /// When it was handed the request it holds.
+    busy_since: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -448,6 +453,13 @@ impl BrokerCore {
                 queued_bytes: s.queued_bytes,
                 idle_workers: s.idle.len(),
                 busy_workers: s.workers - s.idle.len(),
+                busy_heartbeating: self
+                    .workers
+                    .values()
+                    .filter(|w| {
+                        w.service == name && w.in_flight.is_some() && w.heartbeats_when_busy
+                    })
+                    .count(),
             })
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -609,7 +621,11 @@ impl BrokerCore {
         worker.heartbeat.on_recv(now);
         match message {
             WorkerMessage::Heartbeat => {
-                if worker.in_flight.is_some() {
+                // Only a heartbeat sent well after the request reached the worker shows that it
+                // heartbeats while busy: a worker that sends nothing while busy may have sent one
+                // just before the request arrived, and it lands just after the hand-out.
+                let margin = self.config.heartbeat.interval / 2;
+                if worker.in_flight.is_some() && now >= worker.busy_since + margin {
                     worker.heartbeats_when_busy = true;
                 }
             }
@@ -765,6 +781,7 @@ impl BrokerCore {
                 heartbeat: Heartbeat::new(now, self.config.heartbeat),
                 in_flight: None,
                 heartbeats_when_busy: false,
+                busy_since: now,
             },
         );
         let svc = self.services.entry(service.clone()).or_default();
@@ -880,6 +897,7 @@ impl BrokerCore {
                 .expect("idle workers are registered");
             request.deliveries.hand_out();
             worker.heartbeat.on_send(now);
+            worker.busy_since = now;
             self.transmits.push_back(Transmit {
                 role: Role::Worker,
                 frames: BrokerMessage::request_routed(&identity, &request.client, &request.body),

@@ -41,10 +41,10 @@ impl fmt::Display for DropReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DropReason::ServiceBytes => "service queue full (bytes)",
-            DropReason::TotalBytes => "broker queues full (bytes)",
+            DropReason::TotalBytes => "all queues full (bytes)",
             DropReason::ServiceCount => "service queue full (requests)",
-            DropReason::TotalCount => "broker queues full (requests)",
-            DropReason::NoWorker => "expired: no worker for the service",
+            DropReason::TotalCount => "all queues full (requests)",
+            DropReason::NoWorker => "expired: no worker for it",
             DropReason::WaitedTooLong => "expired: waited past the maximum wait",
             DropReason::Abandoned => "abandoned: every worker that took it went away",
         })

@@ -28,9 +28,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use crate::drops::{DropLog, DropReason};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::ppp::{Envelope, PppMessage};
 use crate::redelivery::{Deliveries, Redelivery};
+
+/// How the queue's drops are named in their log summaries (it has no services).
+const DROPS_KEY: Bytes = Bytes::from_static(b"(queue)");
 use crate::{ConfigError, DecodeError, Hex, Limits};
 
 /// Queue behaviour and bounds.
@@ -223,6 +227,7 @@ pub struct PirateQueue {
     next_tick: Instant,
     transmits: VecDeque<QueueTransmit>,
     stats: QueueStats,
+    drops: DropLog,
 }
 
 impl PirateQueue {
@@ -239,6 +244,7 @@ impl PirateQueue {
             queue: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: QueueStats::default(),
+            drops: DropLog::default(),
         }
     }
 
@@ -302,7 +308,8 @@ impl PirateQueue {
         self.stats.requests += 1;
         if self.queue.len() >= self.config.max_queued {
             self.stats.rejected += 1;
-            warn!(client = %Hex(&client), queued = self.queue.len(), "queue full, request dropped");
+            debug!(client = %Hex(&client), queued = self.queue.len(), "queue full, request dropped");
+            self.drops.record(now, &DROPS_KEY, DropReason::TotalCount);
             return Ok(());
         }
         self.queue.push_back(Request {
@@ -484,7 +491,12 @@ impl PirateQueue {
         if expired > 0 {
             self.stats.expired += expired as u64;
             debug!(expired, "requests expired waiting for a worker");
+            for _ in 0..expired {
+                self.drops.record(now, &DROPS_KEY, DropReason::NoWorker);
+            }
         }
+        // Drop summaries are due at most a second apart; the tick is at most that far away.
+        self.drops.handle_timeout(now);
         let Some(hb) = self.config.heartbeat else {
             self.next_tick = now + Duration::from_secs(1);
             return;
@@ -541,7 +553,8 @@ impl PirateQueue {
             == Redelivery::Abandon
         {
             self.stats.abandoned += 1;
-            warn!(client = %Hex(&request.client), deliveries = request.deliveries.count(), "request abandoned: every worker that took it went away");
+            debug!(client = %Hex(&request.client), deliveries = request.deliveries.count(), "request abandoned: every worker that took it went away");
+            self.drops.record(now, &DROPS_KEY, DropReason::Abandoned);
             return;
         }
         self.stats.requeued += 1;

@@ -35,8 +35,6 @@ pub struct WorkerSession {
     limits: Limits,
     state: State,
     transmits: VecDeque<Vec<Bytes>>,
-    /// Whether a request has been taken on this connection yet (see `handle_message`).
-    served_before: bool,
 }
 
 impl WorkerSession {
@@ -51,7 +49,6 @@ impl WorkerSession {
             limits,
             state: State::Idle,
             transmits,
-            served_before: false,
         }
     }
 
@@ -109,15 +106,6 @@ impl Session for WorkerSession {
                 match self.state {
                     State::Idle => {
                         self.state = State::Busy { client };
-                        if !self.served_before {
-                            // One HEARTBEAT as the first request starts: a broker that holds
-                            // workers seen heartbeating while busy to liveness (ours) then knows
-                            // at once that this one does, and catches it within liveness if it
-                            // freezes, instead of allowing a busy timeout.
-                            self.served_before = true;
-                            self.transmits.push_back(WorkerMessage::Heartbeat.encode());
-                            self.heartbeat.on_send(now);
-                        }
                         Some(WorkerEvent::Request(body))
                     }
                     _ => {

@@ -243,9 +243,11 @@ fn busy_worker_that_dies_has_its_request_served_by_another_once() {
     assert_eq!(requests(&s.drain()), [("w1".into(), "job".into())]);
     s.ready("w2", "svc");
     s.drain();
-    // w1 heartbeats once while busy (as ours do), so it is held to liveness; then it goes
-    // silent while busy; w2 heartbeats.
+    // w1 heartbeats while busy (as ours do), so it is held to liveness; then it goes silent
+    // while busy; w2 heartbeats.
+    s.advance(HB / 2);
     s.worker("w1", WorkerMessage::Heartbeat);
+    s.worker("w2", WorkerMessage::Heartbeat);
     let mut redelivered = Vec::new();
     for _ in 0..10 {
         redelivered.extend(requests(&s.advance(HB / 2)));
@@ -474,6 +476,9 @@ fn a_busy_worker_never_seen_heartbeating_while_busy_gets_the_busy_timeout() {
     s.ready("w1", "svc");
     s.client("c1", "svc", "long job");
     assert_eq!(requests(&s.drain()), [("w1".into(), "long job".into())]);
+    // A heartbeat it sent just before the request reached it arrives just after the hand-out:
+    // that does not make it a worker that heartbeats while busy.
+    s.worker("w1", WorkerMessage::Heartbeat);
     // Far past liveness, well within the busy timeout: still registered, nothing re-queued.
     s.advance(HB * 30);
     let stats = s.core.stats();

@@ -431,20 +431,22 @@ fn a_killed_worker_holding_a_request_is_removed_and_the_request_served_elsewhere
 
 #[test]
 fn a_frozen_worker_is_expired_and_rejoins_after_it_thaws() {
+    // Frozen before it was ever seen heartbeating while busy, the worker is judged by the busy
+    // timeout once it holds a request.
     let mut net = Net::new(2, Duration::from_millis(10));
-    net.settle(Duration::from_secs(1));
-    // A first round: each worker is seen heartbeating while busy, so it is held to liveness.
-    for i in 0..4 {
-        net.add_client(&format!("warm-up {i}"));
-    }
-    net.run(Duration::from_secs(5));
+    net.broker_config = net
+        .broker_config
+        .clone()
+        .busy_timeout(Duration::from_secs(10));
+    net.restart_broker();
+    net.settle(Duration::from_secs(5));
     net.workers[0].frozen_until = Some(net.now + Duration::from_secs(20));
     for i in 0..10 {
         net.add_client(&format!("during {i}"));
     }
     net.run(Duration::from_secs(30));
     net.assert_every_client_got_its_own_reply();
-    net.settle(net.heartbeat.expiry() + net.heartbeat.interval);
+    net.settle(Duration::from_secs(10) + net.heartbeat.interval);
     assert_eq!(net.broker.stats().purged, 1, "the frozen worker was purged");
     assert_eq!(net.broker.stats().workers, 1);
     // After thawing, it notices the broker forgot it and registers again.
