@@ -57,30 +57,6 @@ fn client(endpoint: &str) -> Client {
 
 /// Waits until the broker at `endpoint` serves: `mmi.service` answers `404` for a name nobody
 /// serves. Asks again until [`PATIENCE`] has passed.
-/// The broker's counters, through its `mmi.stats` service.
-async fn broker_stats(endpoint: &str) -> Result<Stats> {
-    let reply = client(endpoint)
-        .request("mmi.stats", vec![Bytes::new()])
-        .await?;
-    anyhow::ensure!(
-        reply.len() == 2 && reply[0].as_ref() == b"200",
-        "mmi.stats: {reply:?}"
-    );
-    Ok(serde_json::from_slice(&reply[1])?)
-}
-
-/// The counters of `mmi.stats` that these tests read.
-#[derive(Debug, serde::Deserialize)]
-struct Stats {
-    requests: u64,
-    replies: u64,
-    queued: usize,
-    expired: u64,
-    rejected: u64,
-    protocol_errors: u64,
-    undeliverable: u64,
-}
-
 async fn wait_for_broker(endpoint: &str) -> Result<()> {
     let c = Client::new(
         endpoint,
@@ -363,7 +339,7 @@ async fn malformed_floods_lose_no_legitimate_request() -> Result<()> {
     assert_eq!(reply, frames(&[b"200"]));
     // Every junk message the broker read is counted (and logged, rate-limited by the log's
     // reader, not by this test).
-    let stats = broker_stats(&ep).await?;
+    let stats = mmi_stats(&ep).await?;
     assert!(
         stats.protocol_errors > 0,
         "invalid traffic is counted: {stats:?}"
@@ -452,13 +428,13 @@ async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()>
     }
     // The broker works through the flood: wait until it has read all of it.
     const FLOOD: u64 = 4 * 2500;
-    let mut stats = broker_stats(&ep).await?;
+    let mut stats = mmi_stats(&ep).await?;
     for _ in 0..500 {
         if stats.requests - stats.replies >= FLOOD {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        stats = broker_stats(&ep).await?;
+        stats = mmi_stats(&ep).await?;
     }
     // Nothing serves those services: every flood request is queued, expired or rejected, and the
     // queue stays within its bound.
@@ -525,7 +501,7 @@ async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
         assert_eq!(c.request("echo", vec![body.clone()]).await?, [body]);
         // Replies to the flooder that could not be delivered: its queue filled past the send
         // timeout, and it is held.
-        if broker_stats(&ep).await?.undeliverable > 0 {
+        if mmi_stats(&ep).await?.undeliverable > 0 {
             gave_up = true;
             break;
         }

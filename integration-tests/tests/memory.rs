@@ -13,6 +13,7 @@ use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMess
 use majordomo_proto::ppp::PppMessage;
 use majordomo_proto::Limits;
 use majordomo_rt::memory::{self, MemoryDealer, MemoryEndpoint, MemoryRouter};
+use majordomo_rt::server::ServerHandle;
 use majordomo_rt::transport::Transport;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use tokio::task::JoinHandle;
@@ -42,11 +43,14 @@ async fn stats(handle: &BrokerHandle) -> BrokerStats {
     handle.stats().await.expect("broker running")
 }
 
-/// Waits (in virtual time, bounded) until `check` holds on the broker's stats.
-async fn until_stats(handle: &BrokerHandle, check: impl Fn(&BrokerStats) -> bool) -> BrokerStats {
+/// Waits (in virtual time, bounded) until `check` holds on a server's stats.
+async fn until<S: Send + std::fmt::Debug + 'static>(
+    handle: &ServerHandle<S>,
+    check: impl Fn(&S) -> bool,
+) -> S {
     let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
     loop {
-        let s = stats(handle).await;
+        let s = handle.stats().await.expect("server running");
         if check(&s) {
             return s;
         }
@@ -140,14 +144,14 @@ async fn broker_heartbeats_a_silent_worker_then_purges_it_after_liveness() -> Re
     let mut worker = endpoint.connect()?;
     worker.send(ready(b"echo")).await?;
     let registered_at = tokio::time::Instant::now();
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     // The broker heartbeats the worker while it lives.
     let frames = tokio::time::timeout(VIRTUAL_PATIENCE, worker.recv()).await??;
     assert_eq!(
         BrokerMessage::decode(&frames, &Limits::default())?,
         BrokerMessage::Heartbeat
     );
-    let s = until_stats(&handle, |s| s.purged == 1).await;
+    let s = until(&handle, |s| s.purged == 1).await;
     assert_eq!(s.workers, 0);
     assert!(
         tokio::time::Instant::now() >= registered_at + expiry,
@@ -161,9 +165,9 @@ async fn broker_expires_a_request_for_a_service_without_workers() -> Result<()> 
     let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
     let mut client = endpoint.connect()?;
     client.send(request(b"nobody", b"x")).await?;
-    let queued = until_stats(&handle, |s| s.queued == 1).await;
+    let queued = until(&handle, |s| s.queued == 1).await;
     assert_eq!(queued.per_service[0].queued, 1);
-    let s = until_stats(&handle, |s| s.expired == 1).await;
+    let s = until(&handle, |s| s.expired == 1).await;
     assert_eq!((s.queued, s.services), (0, 0));
     Ok(())
 }
@@ -230,7 +234,7 @@ async fn worker_heartbeats_through_a_long_request_and_its_reply_is_delivered_onc
         }),
         std::future::pending(),
     ));
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = endpoint.connect()?;
     client.send(request(b"slow", b"job")).await?;
     let started = tokio::time::Instant::now();
@@ -275,7 +279,7 @@ async fn shutdown_through_the_handle_sends_disconnect_to_every_worker() -> Resul
     let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
     let mut worker = endpoint.connect()?;
     worker.send(ready(b"echo")).await?;
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     handle.shutdown();
     assert_eq!(recv_command(&mut worker).await?, BrokerMessage::Disconnect);
     let last = task.await??;
@@ -295,7 +299,7 @@ async fn a_client_that_never_reads_is_held_while_others_are_served() -> Result<(
         handler_fn(|body| async move { Ok(body) }),
         std::future::pending(),
     ));
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     // Each mmi request is answered; past the router's queue to this client its sends wait, time
     // out, and the client is held.
     let mut sink = endpoint.connect()?;
@@ -330,24 +334,6 @@ fn spawn_queue(
     Ok((front_ep, back_ep, handle, task))
 }
 
-async fn queue_until(
-    handle: &QueueHandle,
-    check: impl Fn(&majordomo_pirate::QueueStats) -> bool,
-) -> majordomo_pirate::QueueStats {
-    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
-    loop {
-        let s = handle.stats().await.expect("queue running");
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn paranoid_queue_expires_a_silent_worker_and_gives_its_request_to_a_live_one() -> Result<()>
 {
@@ -355,7 +341,7 @@ async fn paranoid_queue_expires_a_silent_worker_and_gives_its_request_to_a_live_
     // A raw worker that takes a request and then goes silent.
     let mut silent = back.connect()?;
     silent.send(PppMessage::Ready.encode()).await?;
-    queue_until(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = front.connect()?;
     client
         .send(vec![Bytes::new(), Bytes::from_static(b"job")])
@@ -384,7 +370,7 @@ async fn paranoid_queue_expires_a_silent_worker_and_gives_its_request_to_a_live_
             Bytes::from_static(b"done")
         ]
     );
-    let s = queue_until(&handle, |s| s.expired_workers == 1).await;
+    let s = until(&handle, |s| s.expired_workers == 1).await;
     assert_eq!((s.requeued, s.replies), (1, 1));
     drop(silent);
     Ok(())
@@ -404,14 +390,14 @@ async fn ppp_worker_sends_ready_again_after_a_failed_handler() -> Result<()> {
         }),
         std::future::pending(),
     ));
-    queue_until(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = front.connect()?;
     client
         .send(vec![Bytes::new(), Bytes::from_static(b"fail")])
         .await?;
     // The request comes back to the same worker (it sent READY again) until its deliveries
     // run out; then the next request is served normally.
-    let s = queue_until(&handle, |s| s.abandoned == 1).await;
+    let s = until(&handle, |s| s.abandoned == 1).await;
     assert_eq!(s.workers, 1, "the worker is not counted twice");
     client
         .send(vec![Bytes::new(), Bytes::from_static(b"ok")])
@@ -428,7 +414,7 @@ async fn a_guide_style_worker_silent_while_busy_past_liveness_is_delivered_once(
     let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
     let mut worker = endpoint.connect()?;
     worker.send(ready(b"slow")).await?;
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = endpoint.connect()?;
     client.send(request(b"slow", b"job")).await?;
     let BrokerMessage::Request {
@@ -461,7 +447,7 @@ async fn a_busy_worker_whose_connection_closes_has_its_request_served_by_another
     let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
     let mut doomed = endpoint.connect()?;
     doomed.send(ready(b"svc")).await?;
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = endpoint.connect()?;
     client.send(request(b"svc", b"job")).await?;
     assert!(matches!(
@@ -470,7 +456,7 @@ async fn a_busy_worker_whose_connection_closes_has_its_request_served_by_another
     ));
     let mut other = endpoint.connect()?;
     other.send(ready(b"svc")).await?;
-    until_stats(&handle, |s| s.workers == 2).await;
+    until(&handle, |s| s.workers == 2).await;
     // The process dies: its connection closes and the transport says so.
     let killed_at = tokio::time::Instant::now();
     drop(doomed);
@@ -517,7 +503,7 @@ async fn pipelined_requests_wait_for_a_busy_worker_instead_of_expiring() -> Resu
         }),
         std::future::pending(),
     ));
-    until_stats(&handle, |s| s.workers == 1).await;
+    until(&handle, |s| s.workers == 1).await;
     let mut client = endpoint.connect()?;
     for i in 0..N {
         client

@@ -41,8 +41,9 @@ use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
 /// Bytes each queued request is counted for beyond its frames: its entry in the queues, the
-/// expiry list and the request table.
-pub const REQUEST_OVERHEAD: usize = 256;
+/// expiry list and the request table, and the transport's buffers. Measured: a broker holding
+/// 100,000 queued requests of 11-byte bodies grew by 327 bytes per request, 310 beyond the frames.
+pub const REQUEST_OVERHEAD: usize = 320;
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +70,8 @@ pub struct BrokerConfig {
     /// removed at once either way.
     pub busy_timeout: Duration,
     /// Most bytes queued for one service (default 256 MiB): the bodies, service name and client
-    /// address of each queued request plus [`REQUEST_OVERHEAD`] for its bookkeeping. Past it, new
+    /// address of each queued request plus [`REQUEST_OVERHEAD`] for its bookkeeping (so about
+    /// 800,000 small requests). Past it, new
     /// requests for that service are dropped; the client sees a timeout.
     pub max_queued_bytes_per_service: usize,
     /// Most bytes queued over all services (default 1 GiB), counted the same way.

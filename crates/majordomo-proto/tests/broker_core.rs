@@ -537,12 +537,14 @@ fn a_worker_whose_connection_closes_is_removed_at_once_and_its_request_requeued(
 
 #[test]
 fn queues_are_bounded_by_bytes() {
+    // Each request below counts REQUEST_OVERHEAD plus its frames: a 2-byte client identity, a
+    // 1-byte service, a 1-byte body.
+    let each = majordomo_proto::broker::REQUEST_OVERHEAD + 4;
     let mut s = Sim::with(
         BrokerConfig::default()
-            .max_queued_bytes_per_service(3 * 300)
-            .max_queued_bytes(5 * 300),
+            .max_queued_bytes_per_service(3 * each + each / 2)
+            .max_queued_bytes(5 * each + each / 2),
     );
-    // Each small request counts about REQUEST_OVERHEAD plus its frames.
     for i in 0..4 {
         s.client(&format!("c{i}"), "a", "x");
     }
@@ -555,7 +557,7 @@ fn queues_are_bounded_by_bytes() {
         "three for a, then two for b before the total bound"
     );
     assert_eq!(stats.rejected, 3);
-    assert!(stats.queued_bytes <= 5 * 300);
+    assert_eq!(stats.queued_bytes, 5 * each);
     assert_eq!(stats.per_service[0].queued, 3);
 }
 
