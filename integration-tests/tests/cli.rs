@@ -220,3 +220,59 @@ fn bench_makes_only_the_runs_asked_for() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_command() -> Result<()> {
+    for (shell, marker) in [
+        ("bash", "complete"),
+        ("zsh", "#compdef"),
+        ("fish", "complete -c"),
+    ] {
+        let out = Command::new(majordomo_bin()?)
+            .args(["completions", shell])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout)?;
+        assert!(script.contains(marker), "{shell} script: {script}");
+        assert!(
+            script.contains("majordomo"),
+            "{shell} script names the command"
+        );
+        assert!(
+            script.contains("broker"),
+            "{shell} script offers the subcommands"
+        );
+    }
+    let out = Command::new(majordomo_bin()?).arg("man").output()?;
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout)?;
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH"),
+        "roff: {page}"
+    );
+    assert!(page.contains("majordomo"));
+    assert!(page.contains("broker"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_the_broker() -> Result<()> {
+    let ep = free_endpoint()?;
+    let mut broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    broker.signal("HUP")?;
+    // Still serving after the signal, and still running.
+    wait_for_service(&ep, "echo").await?;
+    let client = majordomo_client::Client::new(ep.clone(), Default::default());
+    let reply = client
+        .request("echo", vec![bytes::Bytes::from_static(b"after HUP")])
+        .await?;
+    assert_eq!(reply, [bytes::Bytes::from_static(b"after HUP")]);
+    assert!(!broker.has_exited()?, "SIGHUP ended the broker");
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
 use majordomo_cli::child::{Child, Stderr};
 use majordomo_client::{Client, ClientConfig, ClientError};
@@ -59,6 +59,13 @@ enum Command {
     Ppqueue(QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
     Spqueue(QueueArgs),
+    /// Print a shell completion script for this command (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `majordomo man > majordomo.1`.
+    Man,
 }
 
 #[derive(Args)]
@@ -259,9 +266,24 @@ pub(crate) async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
+    // SIGHUP would end the process by default; there is nothing to reload yet, so it is logged
+    // and ignored rather than taken as a stop.
+    #[cfg(unix)]
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut s) => loop {
+                s.recv().await;
+                tracing::info!("SIGHUP: nothing to reload, ignored");
+            },
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let hangup = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+        () = hangup => {}
     }
 }
 
@@ -317,6 +339,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchRelayPeer(args) => bench::relay_peer(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
+        // Generated from the command's own definition, so they never drift from it.
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "majordomo",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
     };
     done.map(|()| ExitCode::SUCCESS)
 }
