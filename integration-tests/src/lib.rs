@@ -391,64 +391,8 @@ impl PyPeer {
     }
 }
 
-/// The broker's counters and gauges as its `mmi.stats` service reports them (JSON), for tests
-/// against a broker in another process. Fields it adds later are ignored.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct MmiStats {
-    /// Requests accepted from clients (MMI included).
-    pub requests: u64,
-    /// Replies sent to clients (MMI included).
-    pub replies: u64,
-    /// Requests dropped because they waited too long.
-    pub expired: u64,
-    /// Requests dropped at a queue bound.
-    pub rejected: u64,
-    /// Requests handed back to the queue after their worker went away.
-    pub requeued: u64,
-    /// Requests dropped after too many workers went away holding them.
-    pub abandoned: u64,
-    /// Workers purged for silence.
-    pub purged: u64,
-    /// Malformed messages and unexpected commands.
-    pub protocol_errors: u64,
-    /// Messages that could not be delivered.
-    pub undeliverable: u64,
-    /// Registered workers.
-    pub workers: usize,
-    /// Requests queued.
-    pub queued: usize,
-    /// Requests with a worker.
-    pub in_flight: usize,
-    /// Each known service.
-    pub per_service: Vec<MmiServiceStats>,
-}
-
-/// One service's gauges in [`MmiStats`].
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct MmiServiceStats {
-    /// The service name.
-    pub name: String,
-    /// Requests waiting for a worker.
-    pub queued: usize,
-    /// Registered workers waiting for a request.
-    pub idle_workers: usize,
-    /// Registered workers holding a request.
-    pub busy_workers: usize,
-    /// Of those, the ones seen heartbeating while busy.
-    pub busy_heartbeating: usize,
-}
-
-impl MmiStats {
-    /// The gauges of `service`, if the broker knows it.
-    pub fn service(&self, service: &str) -> Option<&MmiServiceStats> {
-        self.per_service.iter().find(|s| s.name == service)
-    }
-}
-
 /// Asks the broker at `endpoint` for `mmi.stats` (a few attempts of a second each).
-pub async fn mmi_stats(endpoint: &str) -> Result<MmiStats> {
+pub async fn mmi_stats(endpoint: &str) -> Result<BrokerStats> {
     let client = majordomo_client::Client::new(
         endpoint,
         majordomo_client::ClientConfig::default()
@@ -467,8 +411,8 @@ pub async fn mmi_stats(endpoint: &str) -> Result<MmiStats> {
 pub async fn wait_for_mmi_stats(
     endpoint: &str,
     what: &str,
-    mut done: impl FnMut(&MmiStats) -> bool,
-) -> Result<MmiStats> {
+    mut done: impl FnMut(&BrokerStats) -> bool,
+) -> Result<BrokerStats> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let stats = mmi_stats(endpoint).await?;

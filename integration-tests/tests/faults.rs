@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    frames, free_endpoint, mmi_stats, wait_for_mmi_stats, wait_for_service, Proc, PyPeer, RawPeer,
-    RawZmtp, PATIENCE,
+    frames, free_endpoint, mmi_stats, service_stats, wait_for_mmi_stats, wait_for_service, Proc,
+    PyPeer, RawPeer, RawZmtp, PATIENCE,
 };
 use majordomo_client::{Client, ClientConfig};
 
@@ -194,7 +194,7 @@ async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Resu
     // Our worker heartbeats while busy; once the broker has seen it do so, it holds the worker
     // to liveness, busy or not, and a frozen one is expired within liveness.
     wait_for_mmi_stats(&ep, "the busy worker seen heartbeating", |s| {
-        s.service("job").is_some_and(|j| j.busy_heartbeating == 1)
+        service_stats(s, b"job").is_some_and(|j| j.busy_heartbeating == 1)
     })
     .await?;
     frozen.signal("STOP")?;
@@ -580,14 +580,13 @@ async fn kill_9_busy_guide_worker(
         async move { c.request("guide", vec![body]).await }
     });
     wait_for_mmi_stats(&ep, "the slow worker holds the request", |s| {
-        s.service("guide").is_some_and(|g| g.busy_workers == 1)
+        service_stats(s, b"guide").is_some_and(|g| g.busy_workers == 1)
     })
     .await?;
     let mut fast = guide_worker(&ep, "guide", heartbeat_ms, "0")?;
     assert_eq!(fast.line().await?, "ready");
     wait_for_mmi_stats(&ep, "the fast worker is idle beside the busy one", |s| {
-        s.service("guide")
-            .is_some_and(|g| (g.idle_workers, g.busy_workers) == (1, 1))
+        service_stats(s, b"guide").is_some_and(|g| (g.idle_workers, g.busy_workers) == (1, 1))
     })
     .await?;
 

@@ -90,6 +90,22 @@ async fn recv_command(worker: &mut MemoryDealer) -> Result<BrokerMessage> {
     }
 }
 
+/// The next REQUEST a raw worker gets: the client's address and the body.
+async fn recv_request(worker: &mut MemoryDealer) -> Result<(Bytes, Vec<Bytes>)> {
+    match recv_command(worker).await? {
+        BrokerMessage::Request { client, body } => Ok((client, body)),
+        other => anyhow::bail!("expected a REQUEST, got {other:?}"),
+    }
+}
+
+/// A raw worker's REPLY to `client`.
+async fn reply(worker: &mut MemoryDealer, client: Bytes, body: Vec<Bytes>) -> Result<()> {
+    worker
+        .send(WorkerMessage::Reply { client, body }.encode())
+        .await?;
+    Ok(())
+}
+
 fn ready(service: &'static [u8]) -> Vec<Bytes> {
     WorkerMessage::Ready {
         service: Bytes::from_static(service),
@@ -104,24 +120,10 @@ async fn broker_routes_a_request_to_a_worker_and_the_reply_back() -> Result<()> 
     worker.send(ready(b"echo")).await?;
     let mut client = endpoint.connect()?;
     client.send(request(b"echo", b"hello")).await?;
-    let BrokerMessage::Request {
-        client: address,
-        body,
-    } = recv_command(&mut worker).await?
-    else {
-        anyhow::bail!("expected a REQUEST");
-    };
+    let (address, body) = recv_request(&mut worker).await?;
     assert_eq!(&address, client.identity());
     assert_eq!(body, [Bytes::from_static(b"hello")]);
-    worker
-        .send(
-            WorkerMessage::Reply {
-                client: address,
-                body,
-            }
-            .encode(),
-        )
-        .await?;
+    reply(&mut worker, address, body).await?;
     let reply = recv_reply(&mut client).await?;
     assert_eq!(reply.service, Bytes::from_static(b"echo"));
     assert_eq!(reply.body, [Bytes::from_static(b"hello")]);
@@ -417,23 +419,9 @@ async fn a_guide_style_worker_silent_while_busy_past_liveness_is_delivered_once(
     until(&handle, |s| s.workers == 1).await;
     let mut client = endpoint.connect()?;
     client.send(request(b"slow", b"job")).await?;
-    let BrokerMessage::Request {
-        client: address,
-        body,
-    } = recv_command(&mut worker).await?
-    else {
-        anyhow::bail!("expected a REQUEST");
-    };
+    let (address, body) = recv_request(&mut worker).await?;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    worker
-        .send(
-            WorkerMessage::Reply {
-                client: address,
-                body,
-            }
-            .encode(),
-        )
-        .await?;
+    reply(&mut worker, address, body).await?;
     let reply = recv_reply(&mut client).await?;
     assert_eq!(reply.body, [Bytes::from_static(b"job")]);
     let s = stats(&handle).await;
@@ -460,26 +448,12 @@ async fn a_busy_worker_whose_connection_closes_has_its_request_served_by_another
     // The process dies: its connection closes and the transport says so.
     let killed_at = tokio::time::Instant::now();
     drop(doomed);
-    let BrokerMessage::Request {
-        client: address,
-        body,
-    } = recv_command(&mut other).await?
-    else {
-        anyhow::bail!("expected the re-queued REQUEST");
-    };
+    let (address, body) = recv_request(&mut other).await?;
     assert!(
         tokio::time::Instant::now() < killed_at + BrokerConfig::default().heartbeat.expiry(),
         "re-queued on the closed connection, not after liveness"
     );
-    other
-        .send(
-            WorkerMessage::Reply {
-                client: address,
-                body,
-            }
-            .encode(),
-        )
-        .await?;
+    reply(&mut other, address, body).await?;
     assert_eq!(
         recv_reply(&mut client).await?.body,
         [Bytes::from_static(b"job")]

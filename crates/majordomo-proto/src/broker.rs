@@ -204,11 +204,13 @@ impl Transmit {
     }
 }
 
-/// Counters and gauges, for logs, tests, benchmarks and the `mmi.stats` service (as JSON).
+/// Counters and gauges, for logs, tests, benchmarks and the `mmi.stats` service (as JSON; it
+/// reads back into this type, fields it does not know ignored and missing ones zero).
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
 /// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BrokerStats {
     /// Registered workers.
     pub workers: usize,
@@ -249,10 +251,11 @@ pub struct BrokerStats {
 }
 
 /// Gauges of one service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ServiceStats {
     /// The service name (in JSON as text, bytes that are not UTF-8 replaced).
-    #[serde(serialize_with = "lossy_text")]
+    #[serde(serialize_with = "lossy_text", deserialize_with = "text_bytes")]
     pub name: Bytes,
     /// Requests waiting for a worker.
     pub queued: usize,
@@ -269,6 +272,10 @@ pub struct ServiceStats {
 
 fn lossy_text<S: serde::Serializer>(name: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&String::from_utf8_lossy(name))
+}
+
+fn text_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    <String as serde::Deserialize>::deserialize(deserializer).map(Bytes::from)
 }
 
 #[derive(Debug)]
