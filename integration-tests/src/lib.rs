@@ -492,6 +492,11 @@ impl Proc {
         Ok(self.0.memory()?.rss_kib)
     }
 
+    /// Open file descriptors (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
     /// Waits until this process, a broker, serves at `endpoint` (`mmi.service` answers `404` for
     /// a name nobody serves); fails at once, with its log, if it exits first (e.g. on an option
     /// it does not know), and after [`PATIENCE`] otherwise.
@@ -532,20 +537,48 @@ pub struct RawZmtp {
 }
 
 impl RawZmtp {
-    /// Connects to `tcp://host:port` and performs the NULL-mechanism handshake as a DEALER.
-    pub async fn connect(endpoint: &str) -> Result<Self> {
-        use tokio::io::AsyncWriteExt;
-        let addr = endpoint
-            .strip_prefix("tcp://")
-            .context("tcp endpoints only")?;
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    /// The 64-byte ZMTP 3.0 greeting with the NULL mechanism.
+    pub fn greeting() -> Vec<u8> {
         let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
         let mut mechanism = b"NULL".to_vec();
         mechanism.resize(20, 0);
         greeting.extend(mechanism);
         greeting.push(0); // as-server
         greeting.resize(64, 0);
-        stream.write_all(&greeting).await?;
+        greeting
+    }
+
+    /// A plain TCP connection to `tcp://host:port` from the local address `source` (any
+    /// address of 127.0.0.0/8 works on Linux loopback), with nothing sent yet.
+    pub async fn tcp_from(
+        endpoint: &str,
+        source: std::net::IpAddr,
+    ) -> Result<tokio::net::TcpStream> {
+        let addr: std::net::SocketAddr = endpoint
+            .strip_prefix("tcp://")
+            .context("tcp endpoints only")?
+            .parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        Ok(socket.connect(addr).await?)
+    }
+
+    /// Connects to `tcp://host:port` and performs the NULL-mechanism handshake as a DEALER.
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        let addr = endpoint
+            .strip_prefix("tcp://")
+            .context("tcp endpoints only")?;
+        Self::handshake(tokio::net::TcpStream::connect(addr).await?).await
+    }
+
+    /// As [`RawZmtp::connect`], from the local address `source`.
+    pub async fn connect_from(endpoint: &str, source: std::net::IpAddr) -> Result<Self> {
+        Self::handshake(Self::tcp_from(endpoint, source).await?).await
+    }
+
+    async fn handshake(mut stream: tokio::net::TcpStream) -> Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(&Self::greeting()).await?;
         let mut body = vec![5];
         body.extend(b"READY");
         body.push(11);
@@ -592,6 +625,18 @@ impl RawZmtp {
         out
     }
 
+    /// Sends a ZMTP command `name` with `data` (e.g. `PING` with a TTL and a context).
+    pub async fn send_command(&mut self, name: &[u8], data: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut body = vec![name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(data);
+        let mut out = vec![0x04, u8::try_from(body.len()).context("a short command")?];
+        out.extend(body);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
     /// Writes the header of a final frame announcing `size` bytes, and nothing of its body.
     pub async fn announce_frame(&mut self, size: u64) -> Result<()> {
         use tokio::io::AsyncWriteExt;
@@ -600,4 +645,26 @@ impl RawZmtp {
         self.stream.write_all(&out).await?;
         Ok(())
     }
+
+    /// Waits up to `patience` for the other end to close the connection, discarding what it
+    /// sends meanwhile; whether it closed.
+    pub async fn closed_within(&mut self, patience: Duration) -> Result<bool> {
+        Ok(closed_within(&mut self.stream, patience).await)
+    }
+}
+
+/// Waits up to `patience` for the other end of `stream` to close it (end of stream or reset),
+/// discarding what it sends meanwhile; whether it closed.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, patience: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(patience, read_to_end).await.is_ok()
 }

@@ -35,7 +35,9 @@ use bytes::Bytes;
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::mdp::{self, ClientRequest, WorkerMessage};
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
-use majordomo_rt::transport::{Transport, ZmqRouter};
+use majordomo_rt::transport::{BindError, Transport, ZmqRouter};
+pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
+pub use majordomo_zmtp::GuardConfig;
 use tracing::{debug, info, warn, Instrument};
 
 pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
@@ -52,9 +54,9 @@ pub enum BrokerError {
     Bind {
         /// The endpoint as given.
         endpoint: String,
-        /// What zmq.rs reported.
+        /// What zmq.rs or the guard reported.
         #[source]
-        source: zeromq::ZmqError,
+        source: BindError,
     },
     /// No endpoint was configured; call [`BrokerBuilder::bind`] at least once.
     #[error("no endpoint to bind")]
@@ -89,11 +91,23 @@ pub struct BoundEndpoint {
 pub type BrokerHandle = ServerHandle<BrokerStats>;
 
 /// Builds a [`Broker`]: endpoints, protocol configuration and driver settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BrokerBuilder {
     config: BrokerConfig,
     endpoints: Vec<(EndpointRole, String)>,
     options: ServerOptions,
+    guard: Option<GuardConfig>,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        Self {
+            config: BrokerConfig::default(),
+            endpoints: Vec::new(),
+            options: ServerOptions::default(),
+            guard: Some(GuardConfig::default()),
+        }
+    }
 }
 
 impl BrokerBuilder {
@@ -153,6 +167,21 @@ impl BrokerBuilder {
         self
     }
 
+    /// The limits of the ZMTP guard in front of every `tcp://` endpoint (on by default, with
+    /// [`GuardConfig::default`]). The guard keeps any peer from crashing or exhausting the
+    /// broker through zmq.rs: see `majordomo_zmtp`.
+    pub fn guard(mut self, config: GuardConfig) -> Self {
+        self.guard = Some(config);
+        self
+    }
+
+    /// Binds `tcp://` endpoints without the guard, for trusted networks: zmq.rs then faces peers
+    /// directly (a peer announcing a huge frame aborts the process, see the README).
+    pub fn no_guard(mut self) -> Self {
+        self.guard = None;
+        self
+    }
+
     /// Binds every endpoint and returns the broker, ready to [`Broker::run`].
     pub async fn build(self) -> Result<Broker, BrokerError> {
         if self.endpoints.is_empty() {
@@ -170,22 +199,23 @@ impl BrokerBuilder {
                     sockets.len() - 1
                 }
             };
-            let resolved =
-                sockets[index]
-                    .1
-                    .bind(endpoint)
-                    .await
-                    .map_err(|source| BrokerError::Bind {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
+            let resolved = sockets[index]
+                .1
+                .bind_guarded(endpoint, self.guard.as_ref())
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
             bound.push(BoundEndpoint {
                 role: *role,
                 endpoint: resolved,
             });
         }
+        let guards = sockets.iter().flat_map(|(_, s)| s.guards()).collect();
         let mut broker = self.build_on(sockets)?;
         broker.bound = bound;
+        broker.guards = guards;
         Ok(broker)
     }
 
@@ -215,6 +245,7 @@ impl BrokerBuilder {
             server,
             handle,
             bound: Vec::new(),
+            guards: Vec::new(),
         })
     }
 }
@@ -309,6 +340,7 @@ pub struct Broker<T = ZmqRouter> {
     server: Server<BrokerMachine, T>,
     handle: BrokerHandle,
     bound: Vec<BoundEndpoint>,
+    guards: Vec<GuardStatsHandle>,
 }
 
 impl<T> std::fmt::Debug for Broker<T> {
@@ -332,6 +364,13 @@ impl<T: Transport> Broker<T> {
         &self.bound
     }
 
+    /// The stats of the ZMTP guards in front of the `tcp://` endpoints, one handle per guarded
+    /// endpoint (none with [`BrokerBuilder::no_guard`] or [`BrokerBuilder::build_on`]); they
+    /// stay readable while the broker runs.
+    pub fn guards(&self) -> &[GuardStatsHandle] {
+        &self.guards
+    }
+
     /// Counters and gauges before the broker runs; once it runs, ask a [`Broker::handle`].
     pub fn stats(&self) -> BrokerStats {
         self.server.machine().core.stats()
@@ -346,7 +385,8 @@ impl<T: Transport> Broker<T> {
     /// DISCONNECT to every worker and returns the final counters.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<BrokerStats, BrokerError> {
         for b in &self.bound {
-            info!(endpoint = %b.endpoint, role = ?b.role, "broker bound");
+            let guarded = b.endpoint.starts_with("tcp://") && !self.guards.is_empty();
+            info!(endpoint = %b.endpoint, role = ?b.role, guarded, "broker bound");
         }
         let machine = self
             .server

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use majordomo_broker::{Broker, BrokerConfig, HeartbeatConfig, Limits};
+use majordomo_broker::{
+    Broker, BrokerConfig, GuardConfig, GuardStatsHandle, HeartbeatConfig, Limits,
+};
 use majordomo_cli::child::{Child, Stderr};
 use majordomo_client::{Client, ClientConfig, ClientError};
 use majordomo_pirate::{Queue, QueueConfig};
@@ -68,6 +70,82 @@ enum Command {
     Man,
 }
 
+/// The ZMTP guard's options, shared by every server command.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "ZMTP guard (tcp:// endpoints)")]
+struct GuardArgs {
+    /// Bind tcp:// endpoints without the ZMTP guard, for trusted networks only: zmq.rs then faces
+    /// peers directly, and a peer announcing a huge frame aborts the process.
+    #[arg(long)]
+    no_guard: bool,
+    /// Largest frame a peer may send, e.g. 16MiB (default: the largest message).
+    #[arg(long)]
+    guard_max_frame: Option<bytesize::ByteSize>,
+    /// Largest message a peer may send, all frames summed (default: --max-message-size for the
+    /// broker, 16MiB for the queues).
+    #[arg(long)]
+    guard_max_message: Option<bytesize::ByteSize>,
+    /// Most frames in one message.
+    #[arg(long, default_value_t = 1024)]
+    guard_max_frames: u32,
+    /// How long a new connection has to complete its ZMTP greeting and handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    guard_handshake_timeout: Duration,
+    /// Most connections open at once per endpoint (each takes three file descriptors).
+    #[arg(long, default_value_t = 4096)]
+    guard_max_connections: usize,
+    /// Most connections open at once from one IP address.
+    #[arg(long, default_value_t = 512)]
+    guard_max_connections_per_address: usize,
+    /// New connections accepted per second from one IP address (bursts of twice as many).
+    #[arg(long, default_value_t = 1000)]
+    guard_connection_rate: u32,
+}
+
+impl GuardArgs {
+    /// The guard's configuration, or `None` with --no-guard; `max_message` is the server's own
+    /// message limit, the default for the guard's.
+    fn config(&self, max_message: u64) -> Option<GuardConfig> {
+        if self.no_guard {
+            return None;
+        }
+        let max_message = self
+            .guard_max_message
+            .map_or(max_message, |size| size.as_u64());
+        let max_frame = self
+            .guard_max_frame
+            .map_or(max_message, |size| size.as_u64());
+        Some(
+            GuardConfig::default()
+                .max_frame_size(max_frame)
+                .max_message_size(max_message)
+                .max_frames(self.guard_max_frames)
+                .handshake_timeout(self.guard_handshake_timeout)
+                .max_connections(self.guard_max_connections)
+                .max_connections_per_address(self.guard_max_connections_per_address)
+                .connection_rate(self.guard_connection_rate),
+        )
+    }
+}
+
+/// Logs what each guard did, when a server stops.
+fn log_guards(guards: &[GuardStatsHandle]) {
+    for guard in guards {
+        let stats = guard.stats();
+        let refused: Vec<String> = stats
+            .by_rule()
+            .filter(|(_, n)| *n > 0)
+            .map(|(rule, n)| format!("{rule}={n}"))
+            .collect();
+        tracing::info!(
+            accepted = stats.accepted,
+            pongs = stats.pongs,
+            refused = %refused.join(","),
+            "guard stopped"
+        );
+    }
+}
+
 #[derive(Args)]
 struct QueueArgs {
     /// Endpoint for clients (REQ or Lazy Pirate).
@@ -95,6 +173,8 @@ struct QueueArgs {
     /// `broker --busy-poll`; 0, the default: sleep as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
+    #[command(flatten)]
+    guard: GuardArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +236,8 @@ struct BrokerArgs {
     /// while it does (0, the default: sleep as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
+    #[command(flatten)]
+    guard: GuardArgs,
 }
 
 #[derive(Args, Clone)]
@@ -375,6 +457,10 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
         .max_deliveries(args.max_deliveries)
         .limits(Limits::default().max_message_size(args.max_message_size));
     let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);
+    builder = match args.guard.config(args.max_message_size as u64) {
+        Some(guard) => builder.guard(guard),
+        None => builder.no_guard(),
+    };
     let mut bind = args.bind;
     if bind.is_empty() && args.bind_clients.is_empty() && args.bind_workers.is_empty() {
         bind.push(DEFAULT_ENDPOINT.to_owned());
@@ -389,8 +475,10 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
         builder = builder.bind_workers(ep);
     }
     let broker = builder.build().await.context("broker cannot start")?;
+    let guards = broker.guards().to_vec();
     let stats = broker.run(shutdown_signal()).await?;
     tracing::info!(?stats, "broker stopped");
+    log_guards(&guards);
     Ok(())
 }
 
@@ -404,16 +492,20 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
     let config = config
         .request_expiry(args.request_expiry)
         .max_queued(args.max_queued);
-    let queue = Queue::builder()
+    let builder = Queue::builder()
         .frontend(&args.frontend)
         .backend(&args.backend)
         .config(config)
-        .busy_poll(args.busy_poll)
-        .build()
-        .await
-        .context("queue cannot start")?;
+        .busy_poll(args.busy_poll);
+    let builder = match args.guard.config(Limits::default().max_message_size as u64) {
+        Some(guard) => builder.guard(guard),
+        None => builder.no_guard(),
+    };
+    let queue = builder.build().await.context("queue cannot start")?;
+    let guards = queue.guards().to_vec();
     let stats = queue.run(shutdown_signal()).await?;
     tracing::info!(?stats, "queue stopped");
+    log_guards(&guards);
     Ok(())
 }
 

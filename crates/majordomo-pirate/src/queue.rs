@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
-use majordomo_rt::transport::Transport;
+use majordomo_rt::transport::{BindError, Transport, ZmqRouter};
+use majordomo_zmtp::guard::GuardStatsHandle;
+use majordomo_zmtp::GuardConfig;
 use tracing::{info, Instrument};
-use zeromq::{RouterSocket, Socket};
 
 /// Why a queue could not start.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +22,9 @@ pub enum QueueError {
     Bind {
         /// The endpoint as given.
         endpoint: String,
-        /// What zmq.rs reported.
+        /// What zmq.rs or the guard reported.
         #[source]
-        source: zeromq::ZmqError,
+        source: BindError,
     },
     /// The configuration is unusable (the message says which setting).
     #[error(transparent)]
@@ -44,6 +45,7 @@ pub struct QueueBuilder {
     backend: String,
     config: QueueConfig,
     options: ServerOptions,
+    guard: Option<GuardConfig>,
 }
 
 impl Default for QueueBuilder {
@@ -56,6 +58,7 @@ impl Default for QueueBuilder {
                 linger: Duration::ZERO,
                 ..ServerOptions::default()
             },
+            guard: Some(GuardConfig::default()),
         }
     }
 }
@@ -95,13 +98,31 @@ impl QueueBuilder {
         self
     }
 
+    /// The limits of the ZMTP guard in front of `tcp://` endpoints (on by default, with
+    /// [`GuardConfig::default`]); see `majordomo_zmtp`.
+    pub fn guard(mut self, config: GuardConfig) -> Self {
+        self.guard = Some(config);
+        self
+    }
+
+    /// Binds `tcp://` endpoints without the guard, for trusted networks.
+    pub fn no_guard(mut self) -> Self {
+        self.guard = None;
+        self
+    }
+
     /// Binds both endpoints.
     pub async fn build(self) -> Result<Queue, QueueError> {
         self.config.validate()?;
-        let (frontend, front_ep) = bind(&self.frontend).await?;
-        let (backend, back_ep) = bind(&self.backend).await?;
+        let (frontend, front_ep) = bind(&self.frontend, self.guard.as_ref()).await?;
+        let (backend, back_ep) = bind(&self.backend, self.guard.as_ref()).await?;
+        let guards = [&frontend, &backend]
+            .iter()
+            .flat_map(|s| s.guards())
+            .collect();
         let mut queue = self.build_on(frontend, backend)?;
         queue.endpoints = (front_ep, back_ep);
+        queue.guards = guards;
         Ok(queue)
     }
 
@@ -115,6 +136,7 @@ impl QueueBuilder {
             server,
             handle,
             endpoints: (String::new(), String::new()),
+            guards: Vec::new(),
         })
     }
 }
@@ -168,10 +190,11 @@ impl Machine for QueueMachine {
 }
 
 /// A Simple or Paranoid Pirate queue with its frontend (clients) and backend (workers) bound.
-pub struct Queue<T = RouterSocket> {
+pub struct Queue<T = ZmqRouter> {
     server: Server<QueueMachine, T>,
     handle: QueueHandle,
     endpoints: (String, String),
+    guards: Vec<GuardStatsHandle>,
 }
 
 impl<T> std::fmt::Debug for Queue<T> {
@@ -182,16 +205,19 @@ impl<T> std::fmt::Debug for Queue<T> {
     }
 }
 
-async fn bind(endpoint: &str) -> Result<(RouterSocket, String), QueueError> {
-    let mut socket = RouterSocket::new();
+async fn bind(
+    endpoint: &str,
+    guard: Option<&GuardConfig>,
+) -> Result<(ZmqRouter, String), QueueError> {
+    let mut socket = ZmqRouter::new();
     let bound = socket
-        .bind(endpoint)
+        .bind_guarded(endpoint, guard)
         .await
         .map_err(|source| QueueError::Bind {
             endpoint: endpoint.to_owned(),
             source,
         })?;
-    Ok((socket, bound.to_string()))
+    Ok((socket, bound))
 }
 
 impl Queue {
@@ -225,6 +251,11 @@ impl<T: Transport> Queue<T> {
     /// The bound backend endpoint, with an ephemeral port resolved.
     pub fn backend(&self) -> &str {
         &self.endpoints.1
+    }
+
+    /// The stats of the ZMTP guards in front of its `tcp://` endpoints.
+    pub fn guards(&self) -> &[GuardStatsHandle] {
+        &self.guards
     }
 
     /// A handle for reading the stats of the running queue and stopping it, from any task.

@@ -37,6 +37,7 @@ use tracing::{debug, info, trace, warn};
 use crate::drops::{DropLog, DropReason};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use crate::peer::Peer;
 use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
@@ -532,7 +533,7 @@ impl BrokerCore {
     /// if it is a registered worker.
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
         self.stats.protocol_errors += 1;
-        warn!(peer = %Hex(identity), %error, "dropped invalid message");
+        warn!(peer = %Peer(identity), %error, "dropped invalid message");
         if self.workers.contains_key(identity) {
             self.disconnect_worker(now, identity, true);
         }
@@ -567,11 +568,11 @@ impl BrokerCore {
         };
         if let Some(reason) = bound {
             self.stats.rejected += 1;
-            debug!(client = %Hex(identity), service = %Hex(&request.service), %reason, "request dropped");
+            debug!(client = %Peer(identity), service = %Hex(&request.service), %reason, "request dropped");
             self.drops.record(now, &request.service, reason);
             return;
         }
-        trace!(client = %Hex(identity), service = %Hex(&request.service), "request");
+        trace!(client = %Peer(identity), service = %Hex(&request.service), "request");
         let service = request.service.clone();
         self.enqueue(
             now,
@@ -601,7 +602,7 @@ impl BrokerCore {
             }
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
-        debug!(client = %Hex(identity), service = %Hex(&request.service), status = %Hex(&reply[0]), "mmi");
+        debug!(client = %Peer(identity), service = %Hex(&request.service), status = %Hex(&reply[0]), "mmi");
         self.send_reply(identity, request.service, reply);
     }
 
@@ -641,11 +642,11 @@ impl BrokerCore {
             WorkerMessage::Ready { .. } => {
                 // "The worker MUST NOT send a further READY."
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Hex(identity), "second READY, disconnecting");
+                warn!(worker = %Peer(identity), "second READY, disconnecting");
                 self.disconnect_worker(now, identity, true);
             }
             WorkerMessage::Disconnect => {
-                debug!(worker = %Hex(identity), "worker disconnected");
+                debug!(worker = %Peer(identity), "worker disconnected");
                 // "When the broker receives DISCONNECT from a worker it MUST send no further
                 // commands to that worker."
                 self.disconnect_worker(now, identity, false);
@@ -666,7 +667,7 @@ impl BrokerCore {
                         // address): the worker is confused; put back what it held.
                         worker.in_flight = other;
                         self.stats.protocol_errors += 1;
-                        warn!(worker = %Hex(identity), client = %Hex(&client), "REPLY for no request in flight, disconnecting");
+                        warn!(worker = %Peer(identity), client = %Peer(&client), "REPLY for no request in flight, disconnecting");
                         self.disconnect_worker(now, identity, true);
                     }
                 }
@@ -682,12 +683,12 @@ impl BrokerCore {
         match role {
             Role::Worker => {
                 if self.workers.contains_key(identity) {
-                    info!(worker = %Hex(identity), "worker unreachable, removing");
+                    info!(worker = %Peer(identity), "worker unreachable, removing");
                     self.disconnect_worker(now, identity, false);
                 }
             }
             Role::Client => {
-                debug!(client = %Hex(identity), "reply undeliverable, client gone");
+                debug!(client = %Peer(identity), "reply undeliverable, client gone");
             }
         }
     }
@@ -746,7 +747,7 @@ impl BrokerCore {
         };
         self.stats.disconnected += 1;
         let busy = worker.in_flight.is_some();
-        info!(worker = %Hex(identity), service = %Hex(&worker.service), busy, "worker connection closed, removing");
+        info!(worker = %Peer(identity), service = %Hex(&worker.service), busy, "worker connection closed, removing");
         self.disconnect_worker(now, identity, false);
     }
 
@@ -757,7 +758,7 @@ impl BrokerCore {
         };
         self.stats.expired += 1;
         self.queued_bytes -= request.size;
-        debug!(client = %Hex(&request.client), service = %Hex(&request.service), %reason, "request dropped");
+        debug!(client = %Peer(&request.client), service = %Hex(&request.service), %reason, "request dropped");
         self.drops.record(now, &request.service, reason);
         if let Some(svc) = self.services.get_mut(&request.service) {
             svc.queued -= 1;
@@ -782,7 +783,7 @@ impl BrokerCore {
     }
 
     fn register(&mut self, now: Instant, identity: &Bytes, service: Bytes) {
-        info!(worker = %Hex(identity), service = %Hex(&service), "worker ready");
+        info!(worker = %Peer(identity), service = %Hex(&service), "worker ready");
         self.workers.insert(
             identity.clone(),
             Worker {
@@ -801,7 +802,7 @@ impl BrokerCore {
 
     fn protocol_violation(&mut self, identity: &Bytes, what: &'static str) {
         self.stats.protocol_errors += 1;
-        warn!(peer = %Hex(identity), what, "unexpected command, sending DISCONNECT");
+        warn!(peer = %Peer(identity), what, "unexpected command, sending DISCONNECT");
         // "The broker MUST respond to any valid but unexpected command by sending DISCONNECT and
         // then no further commands to that worker."
         self.push_worker(identity, BrokerMessage::Disconnect);
@@ -839,7 +840,7 @@ impl BrokerCore {
             {
                 self.stats.abandoned += 1;
                 debug!(
-                    client = %Hex(&request.client),
+                    client = %Peer(&request.client),
                     service = %Hex(&request.service),
                     deliveries = request.deliveries.count(),
                     "request abandoned: every worker that took it went away"
@@ -848,7 +849,7 @@ impl BrokerCore {
                     .record(now, &request.service, DropReason::Abandoned);
             } else {
                 self.stats.requeued += 1;
-                debug!(client = %Hex(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
+                debug!(client = %Peer(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
                 self.enqueue(now, request, true);
                 self.dispatch(now, &worker.service);
             }
@@ -938,9 +939,9 @@ impl BrokerCore {
             self.stats.purged += 1;
             let silent_s = silent.as_secs_f64();
             if busy {
-                warn!(worker = %Hex(&identity), silent_s, "worker silent while busy, purging; its request goes to another worker");
+                warn!(worker = %Peer(&identity), silent_s, "worker silent while busy, purging; its request goes to another worker");
             } else {
-                warn!(worker = %Hex(&identity), silent_s, "idle worker silent past liveness, purging");
+                warn!(worker = %Peer(&identity), silent_s, "idle worker silent past liveness, purging");
             }
             self.disconnect_worker(now, &identity, false);
         }

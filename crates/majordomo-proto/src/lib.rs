@@ -33,6 +33,7 @@ pub mod heartbeat;
 mod limits;
 pub mod mdp;
 pub mod mmi;
+pub mod peer;
 pub mod pirate;
 pub mod ppp;
 pub mod ppp_worker;

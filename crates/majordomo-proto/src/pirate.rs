@@ -30,12 +30,13 @@ use tracing::{debug, info, warn};
 
 use crate::drops::{DropLog, DropReason};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
+use crate::peer::Peer;
 use crate::ppp::{Envelope, PppMessage};
 use crate::redelivery::{Deliveries, Redelivery};
 
 /// How the queue's drops are named in their log summaries (it has no services).
 const DROPS_KEY: Bytes = Bytes::from_static(b"(queue)");
-use crate::{ConfigError, DecodeError, Hex, Limits};
+use crate::{ConfigError, DecodeError, Limits};
 
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +309,7 @@ impl PirateQueue {
         self.stats.requests += 1;
         if self.queue.len() >= self.config.max_queued {
             self.stats.rejected += 1;
-            debug!(client = %Hex(&client), queued = self.queue.len(), "queue full, request dropped");
+            debug!(client = %Peer(&client), queued = self.queue.len(), "queue full, request dropped");
             self.drops.record(now, &DROPS_KEY, DropReason::TotalCount);
             return Ok(());
         }
@@ -342,7 +343,7 @@ impl PirateQueue {
             Ok(message) => message,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Hex(identity), %error, "invalid worker message dropped");
+                warn!(worker = %Peer(identity), %error, "invalid worker message dropped");
                 return Err(error);
             }
         };
@@ -363,7 +364,7 @@ impl PirateQueue {
     fn on_ready(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
         if let Some(worker) = self.workers.get_mut(&identity) {
             // A known worker starting over: not a second worker. Whatever it held is lost to it.
-            info!(worker = %Hex(&identity), "worker sent READY again");
+            info!(worker = %Peer(&identity), "worker sent READY again");
             worker.req_socket = req_socket;
             worker.rejoined = false;
             let lost = worker.in_flight.take();
@@ -374,7 +375,7 @@ impl PirateQueue {
                 self.idle.push_back(identity);
             }
         } else {
-            info!(worker = %Hex(&identity), "worker ready");
+            info!(worker = %Peer(&identity), "worker ready");
             self.register(now, identity, req_socket, false);
         }
         self.dispatch(now);
@@ -387,13 +388,13 @@ impl PirateQueue {
         if self.config.heartbeat.is_none() {
             // Simple Pirate workers never heartbeat, and a worker registered here would never be
             // expired.
-            debug!(worker = %Hex(&identity), "heartbeat from unknown worker ignored");
+            debug!(worker = %Peer(&identity), "heartbeat from unknown worker ignored");
             return;
         }
         // Not registered: the queue restarted, or expired the worker while it was still alive.
         // As the Guide's ppqueue does, take it back now rather than when it gives up on us and
         // sends READY.
-        info!(worker = %Hex(&identity), "heartbeat from unknown worker: taken back");
+        info!(worker = %Peer(&identity), "heartbeat from unknown worker: taken back");
         self.stats.rejoined_workers += 1;
         self.register(now, identity, req_socket, true);
         self.dispatch(now);
@@ -403,7 +404,7 @@ impl PirateQueue {
         let Envelope { address, body } = envelope;
         let Some(worker) = self.workers.get_mut(&identity) else {
             self.stats.stale_replies += 1;
-            debug!(worker = %Hex(&identity), "reply from unknown worker dropped");
+            debug!(worker = %Peer(&identity), "reply from unknown worker dropped");
             return;
         };
         let rejoined = std::mem::take(&mut worker.rejoined);
@@ -428,7 +429,7 @@ impl PirateQueue {
                 // was busy then and may have dropped it (as `PppWorker` does): it goes to the next
                 // worker rather than waiting for an answer that may never come.
                 self.stats.stale_replies += 1;
-                debug!(worker = %Hex(&identity), "reply from before the worker rejoined dropped");
+                debug!(worker = %Peer(&identity), "reply from before the worker rejoined dropped");
                 if let Some(request) = held {
                     self.idle.push_back(identity);
                     self.requeue(now, request);
@@ -438,7 +439,7 @@ impl PirateQueue {
             held => {
                 worker.in_flight = held;
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Hex(&identity), "reply for no request in flight dropped");
+                warn!(worker = %Peer(&identity), "reply for no request in flight dropped");
             }
         }
     }
@@ -465,7 +466,7 @@ impl PirateQueue {
         match side {
             Side::Backend => {
                 if self.workers.contains_key(identity) {
-                    info!(worker = %Hex(identity), "worker unreachable, removing");
+                    info!(worker = %Peer(identity), "worker unreachable, removing");
                     self.remove_worker(now, identity);
                 }
             }
@@ -475,7 +476,7 @@ impl PirateQueue {
                     self.stats.replies -= 1;
                     self.stats.lost_replies += 1;
                 }
-                debug!(client = %Hex(identity), "reply undeliverable, client gone");
+                debug!(client = %Peer(identity), "reply undeliverable, client gone");
             }
         }
     }
@@ -513,7 +514,7 @@ impl PirateQueue {
         let mut lost = Vec::new();
         for identity in dead {
             self.stats.expired_workers += 1;
-            warn!(worker = %Hex(&identity), "worker silent past liveness, expired");
+            warn!(worker = %Peer(&identity), "worker silent past liveness, expired");
             if let Some(worker) = self.workers.remove(&identity) {
                 self.idle.retain(|w| w != &identity);
                 lost.extend(worker.in_flight);
@@ -553,7 +554,7 @@ impl PirateQueue {
             == Redelivery::Abandon
         {
             self.stats.abandoned += 1;
-            debug!(client = %Hex(&request.client), deliveries = request.deliveries.count(), "request abandoned: every worker that took it went away");
+            debug!(client = %Peer(&request.client), deliveries = request.deliveries.count(), "request abandoned: every worker that took it went away");
             self.drops.record(now, &DROPS_KEY, DropReason::Abandoned);
             return;
         }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use majordomo_proto::flow::StuckPeers;
-use majordomo_proto::Hex;
+use majordomo_proto::peer::Peer;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -303,21 +303,21 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 continue;
             };
             if self.stuck.is_held(now, &identity) {
-                debug!(peer = %Hex(&identity), "peer not reading, message dropped");
+                debug!(peer = %Peer(&identity), "peer not reading, message dropped");
                 self.machine.handle_undeliverable(now, socket, &identity);
                 continue;
             }
             match send_bounded(&mut self.sockets[socket], frames, self.options.send_timeout).await {
                 SendOutcome::Sent => {}
                 SendOutcome::Failed(error) => {
-                    debug!(peer = %Hex(&identity), %error, "send failed");
+                    debug!(peer = %Peer(&identity), %error, "send failed");
                     self.machine.handle_undeliverable(now, socket, &identity);
                 }
                 SendOutcome::TimedOut => {
                     // The send waited: time has moved.
                     now = clock::now();
                     warn!(
-                        peer = %Hex(&identity),
+                        peer = %Peer(&identity),
                         hold_s = self.stuck.hold().as_secs(),
                         "peer queue full past the send timeout: dropping this and further messages to it"
                     );

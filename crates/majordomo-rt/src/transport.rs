@@ -9,10 +9,14 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
+use majordomo_zmtp::guard::{GuardError, GuardStatsHandle};
+use majordomo_zmtp::{Guard, GuardConfig};
 use zeromq::{
-    DealerSocket, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
-    ZmqMessage,
+    DealerSocket, Endpoint, Host, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
+    SocketSend, ZmqMessage,
 };
 
 /// Why a transport operation failed.
@@ -53,11 +57,28 @@ pub trait Transport: Send {
     }
 }
 
+/// Why binding an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// zmq.rs refused the endpoint (malformed, unsupported transport, address in use).
+    #[error(transparent)]
+    Zmq(#[from] zeromq::ZmqError),
+    /// The ZMTP guard could not bind the port or create its private socket.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    /// The host name of a `tcp://` endpoint did not resolve.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+}
+
 /// A zmq.rs ROUTER socket with its monitor, so that the server loop learns when a peer's
-/// connection closes (a killed process, a reset) instead of waiting for heartbeats to lapse.
+/// connection closes (a killed process, a reset) instead of waiting for heartbeats to lapse; and
+/// the ZMTP guards in front of its `tcp://` endpoints.
 pub struct ZmqRouter {
     socket: RouterSocket,
     events: futures::channel::mpsc::Receiver<SocketEvent>,
+    guards: Vec<Guard>,
 }
 
 impl std::fmt::Debug for ZmqRouter {
@@ -77,12 +98,57 @@ impl ZmqRouter {
     pub fn new() -> Self {
         let mut socket = RouterSocket::new();
         let events = socket.monitor();
-        Self { socket, events }
+        Self {
+            socket,
+            events,
+            guards: Vec::new(),
+        }
     }
 
-    /// Binds `endpoint`, returning it with an ephemeral port resolved.
-    pub async fn bind(&mut self, endpoint: &str) -> Result<String, zeromq::ZmqError> {
-        Ok(self.socket.bind(endpoint).await?.to_string())
+    /// Binds `endpoint` with no guard, returning it with an ephemeral port resolved.
+    pub async fn bind(&mut self, endpoint: &str) -> Result<String, BindError> {
+        self.bind_guarded(endpoint, None).await
+    }
+
+    /// Binds `endpoint`, returning it with an ephemeral port resolved. With `guard`, a `tcp://`
+    /// endpoint is bound by a [`Guard`] with those limits, which relays every connection to the
+    /// socket over a private Unix socket; `ipc://` endpoints are local (reachable only by users
+    /// the file's permissions allow) and are bound directly either way.
+    pub async fn bind_guarded(
+        &mut self,
+        endpoint: &str,
+        guard: Option<&GuardConfig>,
+    ) -> Result<String, BindError> {
+        let parsed: Endpoint = endpoint.parse().map_err(zeromq::ZmqError::from)?;
+        let (Some(config), Endpoint::Tcp(host, port)) = (guard, &parsed) else {
+            return Ok(self.socket.bind(endpoint).await?.to_string());
+        };
+        let addr = resolve(host, *port).await?;
+        let (guard, listener) = Guard::bind(addr, config.clone()).await?;
+        self.socket.bind_listener(listener).await?;
+        let resolved = Endpoint::Tcp(host.clone(), guard.local_addr().port()).to_string();
+        tracing::debug!(endpoint = %resolved, "ZMTP guard in front");
+        self.guards.push(guard);
+        Ok(resolved)
+    }
+
+    /// Stats handles of the guards in front of this socket, one per guarded endpoint.
+    pub fn guards(&self) -> Vec<GuardStatsHandle> {
+        self.guards.iter().map(Guard::stats_handle).collect()
+    }
+}
+
+/// The address a `tcp://` host names: `*` is every IPv4 interface, as in libzmq.
+async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, BindError> {
+    match host {
+        Host::Ipv4(ip) => Ok(SocketAddr::from((*ip, port))),
+        Host::Ipv6(ip) => Ok(SocketAddr::from((*ip, port))),
+        Host::Domain(name) if name == "*" => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| BindError::Resolve(name.clone())),
     }
 }
 

@@ -1,0 +1,650 @@
+//! The guard on tokio: the accept loop, admission, and the relay of each connection.
+//!
+//! Each accepted connection is one task that relays both directions: the peer's bytes through an
+//! [`Inspector`] of [`Origin::Peer`] (limits, PING answered, READY given an identity), zmq.rs's
+//! bytes through one of [`Origin::Server`] (only to know where a PONG may go). Each direction
+//! reads into a fixed buffer and writes what the inspector lets through in one write per read;
+//! nothing is allocated per frame.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use majordomo_proto::peer::assigned_identity;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::admission::Admission;
+use crate::config::{GuardConfig, GuardConfigError};
+use crate::inspect::{Action, FrameLimits, Inspector, Origin, PingContext, Violation};
+use crate::Rule;
+
+/// Why a guard could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// A limit is unusable.
+    #[error(transparent)]
+    Config(#[from] GuardConfigError),
+    /// Binding the TCP port or creating the private socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What a guard has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardStats {
+    /// Connections taken.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// PINGs answered with a PONG.
+    pub pongs: u64,
+    refused: [u64; Rule::ALL.len()],
+}
+
+impl GuardStats {
+    /// How many connections `rule` closed or refused.
+    pub fn count(&self, rule: Rule) -> u64 {
+        self.refused[rule.index()]
+    }
+
+    /// Every rule with its count, in [`Rule::ALL`] order.
+    pub fn by_rule(&self) -> impl Iterator<Item = (Rule, u64)> + '_ {
+        Rule::ALL.iter().map(|&rule| (rule, self.count(rule)))
+    }
+}
+
+/// A guard on one TCP port. It runs until dropped; dropping it stops accepting, closes every
+/// connection it relays and removes its private directory.
+#[derive(Debug)]
+pub struct Guard {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    _dir: PrivateDir,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Guard {
+    /// Binds `addr` and starts guarding it. Returns the guard and the Unix listener that the
+    /// server behind it must adopt (zmq.rs: `Socket::bind_listener`). The listener lives in a new
+    /// directory that only this user can open, and nothing else listens there.
+    ///
+    /// Must be called within a tokio runtime: the accept loop is spawned on it.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: GuardConfig,
+    ) -> Result<(Guard, StdUnixListener), GuardError> {
+        config.validate()?;
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let dir = PrivateDir::create()?;
+        let socket_path = dir.0.join("s");
+        let upstream = StdUnixListener::bind(&socket_path)?;
+        let shared = Arc::new(Shared {
+            limits: config.frame_limits(),
+            admission: Mutex::new(Admission::new(&config)),
+            config,
+            socket_path,
+            counters: Counters::default(),
+            log: Mutex::new(LogLimiter::default()),
+            next_connection: AtomicU32::new(1),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(
+            accept_loop(listener, shared.clone(), cancel.clone())
+                .instrument(info_span!("guard", listen = %local_addr)),
+        );
+        Ok((
+            Guard {
+                local_addr,
+                shared,
+                cancel,
+                _dir: dir,
+            },
+            upstream,
+        ))
+    }
+
+    /// The TCP address it listens on, with an ephemeral port resolved.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What it has done so far.
+    pub fn stats(&self) -> GuardStats {
+        self.shared.stats()
+    }
+
+    /// A cheap handle for reading the stats from elsewhere.
+    pub fn stats_handle(&self) -> GuardStatsHandle {
+        GuardStatsHandle(self.shared.clone())
+    }
+}
+
+/// A directory only this user can open, under the system's temporary directory, removed with
+/// what it holds when dropped. (`tempfile` would do, but pulls `linux-raw-sys`, whose name the
+/// pure-Rust check refuses.)
+#[derive(Debug)]
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create() -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir();
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!(
+                "majordomo-zmtp-{}-{}-{nanos:08x}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = base.join(name);
+            // Mode 0700, and never an existing directory (another user's, planted in advance).
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads a [`Guard`]'s stats; it keeps only the counters alive, not the guard.
+#[derive(Debug, Clone)]
+pub struct GuardStatsHandle(Arc<Shared>);
+
+impl GuardStatsHandle {
+    /// What the guard has done so far.
+    pub fn stats(&self) -> GuardStats {
+        self.0.stats()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: GuardConfig,
+    limits: FrameLimits,
+    socket_path: PathBuf,
+    admission: Mutex<Admission>,
+    counters: Counters,
+    log: Mutex<LogLimiter>,
+    next_connection: AtomicU32,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    pongs: AtomicU64,
+    refused: [AtomicU64; Rule::ALL.len()],
+}
+
+impl Shared {
+    fn stats(&self) -> GuardStats {
+        let mut refused = [0; Rule::ALL.len()];
+        for (count, counter) in refused.iter_mut().zip(&self.counters.refused) {
+            *count = counter.load(Ordering::Relaxed);
+        }
+        GuardStats {
+            accepted: self.counters.accepted.load(Ordering::Relaxed),
+            open: lock(&self.admission).open() as u64,
+            pongs: self.counters.pongs.load(Ordering::Relaxed),
+            refused,
+        }
+    }
+
+    /// Counts `rule` against the peer at `addr` and logs it, at most once a second per rule.
+    fn broken(&self, rule: Rule, addr: SocketAddr, detail: &dyn std::fmt::Display) {
+        self.counters.refused[rule.index()].fetch_add(1, Ordering::Relaxed);
+        let suppressed = lock(&self.log).admit(rule, Instant::now());
+        if let Some(suppressed) = suppressed {
+            warn!(peer = %addr, rule = %rule, %detail, suppressed, "peer broke a guard rule, disconnected");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain counters behind, still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One log line per rule per second: the first at once, later ones with the count left out.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: [Option<Instant>; Rule::ALL.len()],
+    suppressed: [u64; Rule::ALL.len()],
+}
+
+impl LogLimiter {
+    /// `Some(n)`: log now, `n` events having gone unlogged since the last line; `None`: not now.
+    fn admit(&mut self, rule: Rule, now: Instant) -> Option<u64> {
+        let i = rule.index();
+        match self.last[i] {
+            Some(at) if now.saturating_duration_since(at) < Duration::from_secs(1) => {
+                self.suppressed[i] += 1;
+                None
+            }
+            _ => {
+                self.last[i] = Some(now);
+                Some(std::mem::take(&mut self.suppressed[i]))
+            }
+        }
+    }
+}
+
+/// A connection's place in the admission table, given back when the connection ends.
+struct Permit {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        lock(&self.shared.admission).release(self.ip);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        // accept() is cancel-safe: a connection not yet taken stays in the kernel's queue.
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors (EMFILE) or memory: the kernel keeps the connection queued;
+                // pause rather than spin on the error.
+                if lock(&shared.log)
+                    .admit(Rule::MaxConnections, Instant::now())
+                    .is_some()
+                {
+                    warn!(%error, "accept failed; pausing 50 ms");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = lock(&shared.admission).admit(addr.ip(), Instant::now());
+        if let Err(rule) = admitted {
+            drop(stream);
+            shared.broken(rule, addr, &"connection refused");
+            continue;
+        }
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = Permit {
+            shared: shared.clone(),
+            ip: addr.ip(),
+        };
+        let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        tracker.spawn(
+            relay(stream, addr, connection, permit, cancel.clone())
+                .instrument(info_span!("zmtp", peer = %addr, connection)),
+        );
+    }
+    // Dropping the guard cancelled every relay too; wait for them so that none outlives it.
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    ServerClosed,
+    Shutdown,
+    Broken(Rule, String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for End {
+    fn from(error: io::Error) -> Self {
+        End::Io(error)
+    }
+}
+
+impl From<Violation> for End {
+    fn from(violation: Violation) -> Self {
+        End::Broken(violation.rule(), violation.to_string())
+    }
+}
+
+async fn relay(
+    peer: TcpStream,
+    addr: SocketAddr,
+    connection: u32,
+    permit: Permit,
+    cancel: CancellationToken,
+) {
+    let shared = permit.shared.clone();
+    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let end = tokio::select! {
+        end = relay_inner(peer, addr, connection, &shared, deadline) => end,
+        _ = cancel.cancelled() => End::Shutdown,
+    };
+    match end {
+        End::Broken(rule, detail) => shared.broken(rule, addr, &detail),
+        End::Io(error) => debug!(%error, "connection failed"),
+        end => debug!(?end, "connection closed"),
+    }
+    drop(permit);
+}
+
+async fn relay_inner(
+    mut peer: TcpStream,
+    addr: SocketAddr,
+    connection: u32,
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+) -> End {
+    let _ = peer.set_nodelay(true);
+    let mut server = match connect_upstream(shared, deadline).await {
+        Ok(server) => server,
+        Err(end) => return end,
+    };
+    let (mut peer_read, mut peer_write) = peer.split();
+    let (mut server_read, mut server_write) = server.split();
+    let pong = PongSlot::default();
+    let identity = assigned_identity(connection, addr);
+    let inbound = inbound(
+        &mut peer_read,
+        &mut server_write,
+        Inspector::new(Origin::Peer, shared.limits, Some(identity)),
+        shared.config.buffer_size,
+        deadline,
+        &pong,
+    );
+    let outbound = outbound(
+        &mut server_read,
+        &mut peer_write,
+        shared.config.buffer_size,
+        &pong,
+        &shared.counters.pongs,
+    );
+    // Either direction ending ends the connection: the peer's last bytes were already written
+    // to zmq.rs (and zmq.rs's to the peer) before its reader saw the end.
+    tokio::select! {
+        end = inbound => end,
+        end = outbound => end,
+    }
+}
+
+/// Connects to zmq.rs's private listener. A full accept queue (`WouldBlock`) is retried until
+/// the handshake deadline: zmq.rs drains it quickly, and a burst must not cost good peers.
+async fn connect_upstream(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+) -> Result<UnixStream, End> {
+    loop {
+        match UnixStream::connect(&shared.socket_path).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(End::Broken(
+                        Rule::HandshakeTimeout,
+                        "server did not take the connection".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(error) => return Err(End::Io(error)),
+        }
+    }
+}
+
+/// The latest PING to answer; the outbound direction writes the PONG between frames.
+#[derive(Default)]
+struct PongSlot {
+    context: Mutex<Option<PingContext>>,
+    ready: Notify,
+}
+
+impl PongSlot {
+    fn set(&self, context: PingContext) {
+        // A peer that pings faster than the PONGs go out gets one PONG for the latest PING.
+        *lock(&self.context) = Some(context);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<PingContext> {
+        lock(&self.context).take()
+    }
+}
+
+/// Bytes read and not yet written: `data[start..end]`. It starts small and doubles, up to its
+/// limit, each time a read fills it: an idle or stalled connection holds well under a kilobyte,
+/// one that streams gets large reads.
+struct Buffer {
+    data: Vec<u8>,
+    limit: usize,
+    start: usize,
+    end: usize,
+}
+
+/// A new buffer's size: a greeting and a READY fit.
+const INITIAL_BUFFER: usize = 512;
+
+impl Buffer {
+    fn new(limit: usize) -> Self {
+        Self {
+            data: Vec::new(),
+            limit,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Room to read into: what is left moves to the front once the end is reached, and the
+    /// buffer grows when that is not enough. Never empty: what an inspector holds back is
+    /// smaller than the limit (a header, or a command of at most `MAX_COMMAND` bytes;
+    /// [`GuardConfig::validate`] keeps the limit larger).
+    fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.data.len() {
+                let size = (self.data.len() * 2).clamp(INITIAL_BUFFER, self.limit);
+                self.data.resize(size, 0);
+            }
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// A read of `n` bytes landed in [`Buffer::spare`].
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+        if self.end == self.data.len() && self.data.len() < self.limit {
+            // The read filled all there was: the next one may use more.
+            let size = (self.data.len() * 2).min(self.limit);
+            self.data.resize(size, 0);
+        }
+    }
+
+    fn unhandled(&self, skip: usize) -> &[u8] {
+        &self.data[self.start + skip..self.end]
+    }
+
+    fn front(&self, len: usize) -> &[u8] {
+        &self.data[self.start..self.start + len]
+    }
+}
+
+/// Peer to zmq.rs: every rule checked, PINGs answered, READY given an identity.
+async fn inbound<R, W>(
+    read: &mut R,
+    write: &mut W,
+    mut inspector: Inspector,
+    buffer_size: usize,
+    deadline: tokio::time::Instant,
+    pong: &PongSlot,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = Buffer::new(buffer_size);
+    loop {
+        let spare = buf.spare();
+        if spare.is_empty() {
+            return End::Io(io::Error::other("guard buffer full"));
+        }
+        let read = if inspector.handshake_done() {
+            read.read(spare).await
+        } else {
+            match tokio::time::timeout_at(deadline, read.read(spare)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return End::Broken(
+                        Rule::HandshakeTimeout,
+                        "no greeting and READY in time".into(),
+                    )
+                }
+            }
+        };
+        match read {
+            Ok(0) => return End::PeerClosed,
+            Ok(n) => buf.filled(n),
+            Err(error) => return End::Io(error),
+        }
+        // `pass`: bytes at the front already judged and to be written as they are.
+        let mut pass = 0;
+        loop {
+            let action = match inspector.next(buf.unhandled(pass)) {
+                Ok(Some(action)) => action,
+                Ok(None) => break,
+                Err(violation) => {
+                    // What came before the offending bytes was fine: it goes on, nothing after.
+                    let _ = flush(write, &mut buf, &mut pass).await;
+                    return violation.into();
+                }
+            };
+            let (consumed, replacement): (usize, &[u8]) = match &action {
+                Action::Forward(n) => {
+                    pass += n;
+                    continue;
+                }
+                Action::Skip(consumed) => (*consumed, &[]),
+                Action::Ping { consumed, context } => {
+                    pong.set(*context);
+                    (*consumed, &[])
+                }
+                Action::Rewrite { consumed, ready } => (*consumed, ready),
+            };
+            if let Err(error) = flush(write, &mut buf, &mut pass).await {
+                return End::Io(error);
+            }
+            buf.start += consumed;
+            if !replacement.is_empty() {
+                if let Err(error) = write.write_all(replacement).await {
+                    return End::Io(error);
+                }
+            }
+        }
+        if let Err(error) = flush(write, &mut buf, &mut pass).await {
+            return End::Io(error);
+        }
+    }
+}
+
+/// Writes the `pass` judged bytes at the front of `buf` and drops them from it.
+async fn flush<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    buf: &mut Buffer,
+    pass: &mut usize,
+) -> io::Result<()> {
+    if *pass > 0 {
+        write.write_all(buf.front(*pass)).await?;
+        buf.start += *pass;
+        *pass = 0;
+    }
+    Ok(())
+}
+
+/// zmq.rs to peer: passed through, with a PONG written between frames when one is due.
+async fn outbound<R, W>(
+    read: &mut R,
+    write: &mut W,
+    buffer_size: usize,
+    pong: &PongSlot,
+    pongs: &AtomicU64,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limits = FrameLimits {
+        max_frame: u64::MAX,
+        max_message: u64::MAX,
+        max_frames: u32::MAX,
+    };
+    let mut inspector = Inspector::new(Origin::Server, limits, None);
+    let mut buf = Buffer::new(buffer_size);
+    loop {
+        if inspector.between_frames() {
+            if let Some(context) = pong.take() {
+                let (bytes, len) = context.pong();
+                if let Err(error) = write.write_all(&bytes[..len]).await {
+                    return End::Io(error);
+                }
+                pongs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let between_frames = inspector.between_frames();
+        let spare = buf.spare();
+        if spare.is_empty() {
+            return End::Io(io::Error::other("guard buffer full"));
+        }
+        let read = tokio::select! {
+            // read() is cancel-safe: nothing is consumed unless it completes.
+            read = read.read(spare) => read,
+            // A PING arrived while zmq.rs is quiet: go round and answer it.
+            _ = pong.ready.notified(), if between_frames => continue,
+        };
+        match read {
+            Ok(0) => return End::ServerClosed,
+            Ok(n) => buf.filled(n),
+            Err(error) => return End::Io(error),
+        }
+        let mut pass = 0;
+        while let Ok(Some(Action::Forward(n))) = inspector.next(buf.unhandled(pass)) {
+            pass += n;
+        }
+        if let Err(error) = flush(write, &mut buf, &mut pass).await {
+            return End::Io(error);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! A ZMTP guard: it stands in front of a zmq.rs socket on a TCP port and keeps any peer from
+//! crashing, stalling or exhausting the server behind it.
+//!
+//! zmq.rs 0.7 reserves whatever size a frame header announces before reading it (a peer
+//! announcing 1 TiB aborts the process), has no handshake timeout on accepted connections, takes
+//! any number of them, answers no ZMTP PING and never learns a peer's address. The guard accepts
+//! the TCP connections itself, reads the greeting, the NULL handshake and every frame header
+//! (RFC 37), and streams the bytes through two bounded buffers to zmq.rs over a Unix socket in a
+//! private directory, which zmq.rs adopts with `Socket::bind_listener`. A peer that breaks a
+//! rule is disconnected and logged with its address and the rule; no other peer notices.
+//!
+//! # Layout
+//! - [`inspect`]: the sans-IO reading of a ZMTP stream ([`inspect::Inspector`]): what to pass
+//!   on, what to drop, which PING to answer, which [`inspect::Violation`] ends a connection.
+//! - [`admission`]: connection limits in total, per source address and per second.
+//! - [`config`]: [`GuardConfig`], every limit with its default.
+//! - [`guard`]: the tokio side, [`Guard::bind`] and the per-connection relay.
+//!
+//! # What it does not cover
+//! Connections the process makes itself (clients and workers connecting out) are not guarded:
+//! the guard only stands on listening sockets. It does not authenticate (NULL is the only
+//! mechanism zmq.rs speaks), it does not stop a peer from choosing the routing identity of
+//! another peer that chose its own (zmq.rs gives the newer connection that identity), and a
+//! peer within every limit can still send as fast as the server reads.
+
+#![warn(missing_docs)]
+
+pub mod admission;
+pub mod config;
+pub mod guard;
+pub mod inspect;
+
+pub use config::{GuardConfig, GuardConfigError};
+pub use guard::{Guard, GuardStats};
+
+/// A rule the guard enforces; the name appears in logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Rule {
+    /// The greeting is not ZMTP 3 with the NULL mechanism.
+    Greeting,
+    /// The handshake went wrong (no READY, or an ERROR).
+    Handshake,
+    /// The greeting and READY did not arrive within [`GuardConfig::handshake_timeout`].
+    HandshakeTimeout,
+    /// A command too large or out of place.
+    Command,
+    /// Reserved flags set or a command malformed.
+    Malformed,
+    /// A routing identity beginning with a zero byte (reserved).
+    Identity,
+    /// A frame over [`GuardConfig::max_frame_size`].
+    FrameSize,
+    /// A message over [`GuardConfig::max_message_size`].
+    MessageSize,
+    /// A message over [`GuardConfig::max_frames`] frames.
+    Frames,
+    /// [`GuardConfig::max_connections`] were already open.
+    MaxConnections,
+    /// [`GuardConfig::max_connections_per_address`] were already open from the address.
+    PerAddress,
+    /// The address connected faster than [`GuardConfig::connection_rate`].
+    Rate,
+}
+
+impl Rule {
+    /// Every rule, in a fixed order.
+    pub const ALL: [Rule; 12] = [
+        Rule::Greeting,
+        Rule::Handshake,
+        Rule::HandshakeTimeout,
+        Rule::Command,
+        Rule::Malformed,
+        Rule::Identity,
+        Rule::FrameSize,
+        Rule::MessageSize,
+        Rule::Frames,
+        Rule::MaxConnections,
+        Rule::PerAddress,
+        Rule::Rate,
+    ];
+
+    /// The rule's name in logs and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Greeting => "greeting",
+            Rule::Handshake => "handshake",
+            Rule::HandshakeTimeout => "handshake_timeout",
+            Rule::Command => "command",
+            Rule::Malformed => "malformed",
+            Rule::Identity => "identity",
+            Rule::FrameSize => "frame_size",
+            Rule::MessageSize => "message_size",
+            Rule::Frames => "frames",
+            Rule::MaxConnections => "max_connections",
+            Rule::PerAddress => "per_address",
+            Rule::Rate => "rate",
+        }
+    }
+
+    fn index(self) -> usize {
+        Rule::ALL
+            .iter()
+            .position(|&r| r == self)
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
