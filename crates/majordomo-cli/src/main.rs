@@ -57,6 +57,10 @@ enum Command {
     /// Internal: an echo peer of `bench-relay`.
     #[command(hide = true)]
     BenchRelayPeer(bench::RelayPeerArgs),
+    /// Internal: a byte-copying TCP-to-Unix proxy, the cost of a relay hop without the guard's
+    /// reading.
+    #[command(hide = true)]
+    BenchCopyRelay(bench::CopyRelayArgs),
     /// Run a Paranoid Pirate queue (6/PPP): heartbeating workers on the backend.
     Ppqueue(QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
@@ -381,7 +385,7 @@ fn main() -> Result<ExitCode> {
         Command::Ppqueue(args) | Command::Spqueue(args) => args.threads,
         Command::BenchEcho(args) => args.threads,
         Command::BenchRelay(args) => args.threads,
-        Command::BenchRelayPeer(_) => 1,
+        Command::BenchRelayPeer(_) | Command::BenchCopyRelay(_) => 1,
         Command::Worker(args) => args.threads,
         Command::Bench(args) => args.threads,
         _ => 0,
@@ -419,6 +423,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchEcho(args) => bench::echo(args).await,
         Command::BenchRelay(args) => bench::relay(args).await,
         Command::BenchRelayPeer(args) => bench::relay_peer(args).await,
+        Command::BenchCopyRelay(args) => bench::copy_relay(args).await,
         Command::Ppqueue(args) => run_queue(args, true).await,
         Command::Spqueue(args) => run_queue(args, false).await,
         // Generated from the command's own definition, so they never drift from it.

@@ -23,7 +23,7 @@ use majordomo_cli::endpoint::Transport;
 use serde::Serialize;
 
 use load::measure;
-pub(crate) use relay::{relay, relay_peer, RelayArgs, RelayPeerArgs};
+pub(crate) use relay::{copy_relay, relay, relay_peer, CopyRelayArgs, RelayArgs, RelayPeerArgs};
 use report::{report, Run};
 use targets::{broker_run, EchoServer, Target};
 pub(crate) use targets::{echo, EchoArgs};
@@ -107,8 +107,13 @@ pub(crate) enum RunKind {
     Relay,
     /// The protocol-free forwarder with no limit per echo peer.
     RelayAll,
-    /// Our broker.
+    /// Our broker (its ZMTP guard in front of tcp:// endpoints, as by default).
     Broker,
+    /// Our broker with `--no-guard`: what the guard costs.
+    NoGuard,
+    /// Our broker with `--no-guard` on a Unix socket, behind a proxy that copies bytes between
+    /// TCP and that socket without reading them: the cost of the relay hop alone.
+    CopyRelay,
     /// Our broker with `--busy-poll` (skipped when `--busy-poll` is 0).
     Busypoll,
     /// The broker at `--external` (only with `--external`).
@@ -167,14 +172,21 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                 runs.push(median_of(args.repeat, relay).await?);
             }
         }
-        for (kind, busy_poll) in [
-            (RunKind::Broker, Duration::ZERO),
-            (RunKind::Busypoll, args.busy_poll),
+        if wanted(RunKind::CopyRelay) && args.transport == Transport::Tcp {
+            let target = || Target::CopyRelay { threads: &threads };
+            let copied = || broker_run(&args, RunKind::CopyRelay, size, target());
+            runs.push(median_of(args.repeat, copied).await?);
+        }
+        for (kind, busy_poll, guard) in [
+            (RunKind::Broker, Duration::ZERO, true),
+            (RunKind::NoGuard, Duration::ZERO, false),
+            (RunKind::Busypoll, args.busy_poll, true),
         ] {
-            if wanted(kind) && (kind == RunKind::Broker || !busy_poll.is_zero()) {
+            if wanted(kind) && (kind != RunKind::Busypoll || !busy_poll.is_zero()) {
                 let target = || Target::Ours {
                     threads: &threads,
                     busy_poll,
+                    guard,
                 };
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);

@@ -140,3 +140,31 @@ pub(crate) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
         socket.send(msg).await?;
     }
 }
+
+/// Hidden helper: a proxy that copies bytes between each TCP connection it accepts and a new
+/// connection to a Unix socket, reading nothing: what the guard's relay hop costs without the
+/// guard's reading of the stream.
+#[derive(Args)]
+pub(crate) struct CopyRelayArgs {
+    /// TCP address to listen on (host:port).
+    #[arg(long)]
+    listen: String,
+    /// Unix socket path to connect each connection to.
+    #[arg(long)]
+    upstream: std::path::PathBuf,
+}
+
+/// The copy relay: one task per connection, `copy_bidirectional` until either side closes.
+pub(crate) async fn copy_relay(args: CopyRelayArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    loop {
+        let (mut peer, _) = listener.accept().await?;
+        peer.set_nodelay(true)?;
+        let upstream = args.upstream.clone();
+        tokio::spawn(async move {
+            if let Ok(mut server) = tokio::net::UnixStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut peer, &mut server).await;
+            }
+        });
+    }
+}

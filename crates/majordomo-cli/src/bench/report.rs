@@ -64,6 +64,11 @@ struct Report<'a> {
     runs: &'a [Run],
     over_ceiling: Ratios,
     over_relay: Ratios,
+    /// The guarded broker over the same broker with `--no-guard`: what the guard costs.
+    over_no_guard: Ratios,
+    /// The guarded broker over the unguarded one behind a byte-copying proxy: what the guard's
+    /// reading costs beyond the relay hop.
+    over_copy_relay: Ratios,
 }
 
 /// Ratios keyed `MODE/SIZE`, in the order of the table.
@@ -111,15 +116,22 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             .find(|r| r.kind == kind && r.size == size)
             .map(|r| r.rate)
     };
-    let brokers = [
-        RunKind::Relay,
-        RunKind::RelayAll,
-        RunKind::Broker,
-        RunKind::Busypoll,
-        RunKind::External,
-    ];
+    // Set against the unguarded broker, only our guarded runs say anything.
+    let brokers: &[RunKind] = match base {
+        RunKind::NoGuard => &[RunKind::Broker, RunKind::CopyRelay, RunKind::Busypoll],
+        RunKind::CopyRelay => &[RunKind::Broker],
+        _ => &[
+            RunKind::Relay,
+            RunKind::RelayAll,
+            RunKind::Broker,
+            RunKind::NoGuard,
+            RunKind::CopyRelay,
+            RunKind::Busypoll,
+            RunKind::External,
+        ],
+    };
     let mut ratios = Vec::new();
-    for kind in brokers.into_iter().filter(|kind| *kind != base) {
+    for &kind in brokers.iter().filter(|kind| **kind != base) {
         for &size in &args.sizes {
             if let (Some(b), Some(c)) = (rate(kind, size), rate(base, size)) {
                 if c > 0.0 {
@@ -152,6 +164,8 @@ fn json(args: &BenchArgs, runs: &[Run]) -> String {
         runs,
         over_ceiling: over(RunKind::Ceiling),
         over_relay: over(RunKind::Relay),
+        over_no_guard: over(RunKind::NoGuard),
+        over_copy_relay: over(RunKind::CopyRelay),
     };
     serde_json::to_string(&report).expect("plain data serializes")
 }
@@ -175,7 +189,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; busypoll: broker --busy-poll {}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); busypoll: broker --busy-poll {}",
         args.workers,
         humantime::format_duration(args.busy_poll)
     );
@@ -189,7 +203,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         );
     }
     println!(
-        "{:<9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
+        "{:<10} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
         "run",
         "bytes",
         "req/s",
@@ -206,7 +220,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
             String::new()
         };
         println!(
-            "{:<9} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
+            "{:<10} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
             r.kind,
             r.size,
             r.rate,
@@ -219,7 +233,12 @@ fn table(args: &BenchArgs, runs: &[Run]) {
             r.peak_kib
         );
     }
-    for base in [RunKind::Ceiling, RunKind::Relay] {
+    for base in [
+        RunKind::Ceiling,
+        RunKind::Relay,
+        RunKind::NoGuard,
+        RunKind::CopyRelay,
+    ] {
         for (mode, size, r) in ratios(args, runs, base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
         }
@@ -296,7 +315,7 @@ mod tests {
             "{{\"clients\":4,\"workers\":2,\"in_flight\":20,\"repeat\":1,\"transport\":\"tcp\",\
              \"busy_poll_us\":150,\"worker_busy_poll_us\":0,\"runs\":[{},{},{}],\
              \"over_ceiling\":{{\"relay/64\":0.07,\"broker/64\":0.06}},\
-             \"over_relay\":{{\"broker/64\":0.851}}}}",
+             \"over_relay\":{{\"broker/64\":0.851}},\"over_no_guard\":{{}},\"over_copy_relay\":{{}}}}",
             run_json("ceiling", "1000", "1000", "1011"),
             run_json("relay", "70", "70", "81"),
             run_json("broker", "60", "60", "70"),
@@ -305,10 +324,27 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_is_measured_against_the_same_broker_without_it() {
+        let args = args(&["--sizes", "64"]);
+        let runs = [
+            run(RunKind::Relay, 100.0),
+            run(RunKind::Broker, 60.0),
+            run(RunKind::NoGuard, 75.0),
+        ];
+        assert_eq!(
+            ratios(&args, &runs, RunKind::NoGuard),
+            vec![(RunKind::Broker, 64, 0.8)]
+        );
+        assert!(json(&args, &runs)
+            .ends_with("\"over_no_guard\":{\"broker/64\":0.8},\"over_copy_relay\":{}}"));
+    }
+
+    #[test]
     fn no_ratio_without_its_base() {
         let args = args(&["--sizes", "64,4096"]);
         let runs = [run(RunKind::Broker, 60.0)];
         assert!(ratios(&args, &runs, RunKind::Ceiling).is_empty());
-        assert!(json(&args, &runs).ends_with("\"over_ceiling\":{},\"over_relay\":{}}"));
+        assert!(json(&args, &runs)
+            .ends_with("\"over_relay\":{},\"over_no_guard\":{},\"over_copy_relay\":{}}"));
     }
 }

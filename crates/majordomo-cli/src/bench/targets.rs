@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use majordomo_broker::HeartbeatConfig;
 use majordomo_cli::child::Child;
-use majordomo_cli::endpoint::free_endpoint;
+use majordomo_cli::endpoint::{free_endpoint, Transport};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 
@@ -70,15 +70,19 @@ impl EchoServer {
 
 /// The broker a run measures.
 pub(super) enum Target<'a> {
-    /// Ours, started as a child process with these settings.
+    /// Ours, started as a child process with these settings (`guard`: false adds
+    /// `--no-guard`).
     Ours {
         threads: &'a str,
         busy_poll: Duration,
+        guard: bool,
     },
     /// Another broker, already running.
     External { endpoint: &'a str, pid: u32 },
     /// The protocol-free forwarder, its echo peers holding up to `window` requests each.
     Relay { threads: &'a str, window: usize },
+    /// Ours unguarded on a Unix socket, behind `bench-copy-relay` on TCP.
+    CopyRelay { threads: &'a str },
 }
 
 /// One measured run of a broker (ours, another one, or the relay) in its own process, with its
@@ -91,25 +95,45 @@ pub(super) async fn broker_run(
     target: Target<'_>,
 ) -> Result<Run> {
     let relay = matches!(target, Target::Relay { .. });
+    let mut _proxy = None;
     let (broker_ep, broker_pid, _broker) = match target {
-        Target::Ours { threads, busy_poll } => {
+        Target::Ours {
+            threads,
+            busy_poll,
+            guard,
+        } => {
             let endpoint = free_endpoint(args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
-            let broker = spawn_self(
-                &[
-                    "broker",
-                    "--bind",
-                    &endpoint,
-                    "--threads",
-                    threads,
-                    "--busy-poll",
-                    &busy_poll,
-                ],
-                "warn",
-            )?;
+            let mut command = vec![
+                "broker",
+                "--bind",
+                &endpoint,
+                "--threads",
+                threads,
+                "--busy-poll",
+                &busy_poll,
+            ];
+            if !guard {
+                command.push("--no-guard");
+            }
+            let broker = spawn_self(&command, "warn")?;
             (endpoint, broker.pid(), Some(broker))
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
+        Target::CopyRelay { threads } => {
+            let socket = free_endpoint(Transport::Ipc)?;
+            let broker = spawn_self(&["broker", "--bind", &socket, "--threads", threads], "warn")?;
+            let tcp = free_endpoint(Transport::Tcp)?;
+            let path = socket.trim_start_matches("ipc://");
+            let listen = tcp.trim_start_matches("tcp://");
+            // The proxy can only connect once the broker listens.
+            wait_for_path(path).await?;
+            _proxy = Some(spawn_self(
+                &["bench-copy-relay", "--listen", listen, "--upstream", path],
+                "warn",
+            )?);
+            (tcp, broker.pid(), Some(broker))
+        }
         Target::Relay { threads, window } => {
             let endpoint = free_endpoint(args.transport)?;
             let relay = spawn_self(
@@ -199,6 +223,17 @@ pub(super) async fn broker_run(
         w.terminate(WORKER_STOP).await;
     }
     run
+}
+
+/// Waits, a bounded time, for a process to create the socket file at `path`.
+async fn wait_for_path(path: &str) -> Result<()> {
+    for _ in 0..500 {
+        if std::path::Path::new(path).exists() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("{path} did not appear")
 }
 
 /// The ceiling's server: echoes every message back to its sender.
