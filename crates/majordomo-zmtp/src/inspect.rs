@@ -396,13 +396,18 @@ impl Inspector {
         self.frames += 1;
         self.message_bytes = total;
         self.last_frame = flags & FLAG_MORE == 0;
+        Ok(Some(self.start_body(buf, header, size)))
+    }
+
+    /// Enters a frame body of `size` bytes after a `header`-byte header at the front of `buf`,
+    /// and passes the header and whatever of the body is here in one step.
+    fn start_body(&mut self, buf: &[u8], header: usize, size: u64) -> Action {
         self.state = State::Body(size);
-        // Pass the header and whatever of the body is here in one step.
         let body = usize::try_from(size)
             .unwrap_or(usize::MAX)
             .min(buf.len() - header);
         self.advance_body(body as u64);
-        Ok(Some(Action::Forward(header + body)))
+        Action::Forward(header + body)
     }
 
     fn command(&mut self, buf: &[u8]) -> Result<Option<Action>, Violation> {
@@ -432,12 +437,7 @@ impl Inspector {
         let Some((header, size)) = frame_header(buf) else {
             return Ok(None);
         };
-        self.state = State::Body(size);
-        let body = usize::try_from(size)
-            .unwrap_or(usize::MAX)
-            .min(buf.len() - header);
-        self.advance_body(body as u64);
-        Ok(Some(Action::Forward(header + body)))
+        Ok(Some(self.start_body(buf, header, size)))
     }
 
     fn advance_body(&mut self, n: u64) {
