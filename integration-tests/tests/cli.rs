@@ -181,7 +181,9 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
         "serial",
         "relay",
         "relay-all",
+        "copy-relay",
         "broker",
+        "no-guard",
         "busypoll",
     ] {
         assert!(
@@ -196,6 +198,14 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
     assert!(stdout.contains("\"broker/64\":"), "{stdout}");
     assert!(
         stdout.contains("\"over_relay\":{\"relay-all/64\":"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"over_no_guard\":{\"broker/64\":"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"over_copy_relay\":{\"broker/64\":"),
         "{stdout}"
     );
     assert!(stdout.contains("\"repeat\":2,"), "{stdout}");
@@ -217,6 +227,66 @@ fn bench_makes_only_the_runs_asked_for() -> Result<()> {
     assert!(
         stdout.contains("\"over_relay\":{\"broker/64\":"),
         "{stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_services_and_totals_and_exits_2_when_nobody_answers() -> Result<()> {
+    let ep = free_endpoint()?;
+    let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&["worker", "echo", "--connect", &ep, "--concurrency", "2"])?;
+    wait_for_service(&ep, "echo").await?;
+    let status = |extra: &[&str]| -> Result<Output> {
+        Ok(Command::new(majordomo_bin()?)
+            .args(["status", "--connect", &ep])
+            .args(extra)
+            .output()?)
+    };
+    // Both workers registered, then nothing queued and two idle.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let stats = loop {
+        let out = status(&["--json"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if stats["idle_workers"] == 2 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let echo = &stats["per_service"][0];
+    assert_eq!(echo["name"], "echo", "{stats}");
+    assert_eq!(
+        (echo["idle_workers"].as_u64(), echo["queued"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(stats["workers"], 2, "{stats}");
+
+    let out = status(&[])?;
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("SERVICE"), "{table}");
+    let echo: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(echo, ["echo", "0", "0", "2", "0", "-"], "{table}");
+    assert!(
+        lines[2].starts_with("workers 2 (2 idle), services 1"),
+        "{table}"
+    );
+
+    let nobody = free_endpoint()?;
+    let out = Command::new(majordomo_bin()?)
+        .args(["status", "--connect", &nobody, "--timeout", "300ms"])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod soak;
+mod status;
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -40,6 +41,9 @@ enum Command {
     Broker(BrokerArgs),
     /// Send one request and print the reply frames, one per line.
     Call(CallArgs),
+    /// Show a broker's services (queued requests, idle and busy workers, oldest request's age)
+    /// and totals; exit status 2 if it does not answer, so it can serve as a health probe.
+    Status(status::StatusArgs),
     /// Serve a service as a Majordomo worker.
     Worker(WorkerArgs),
     /// Broker, workers and clients in one process on loopback, with a throughput summary.
@@ -415,6 +419,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     });
     let done = match cli.command {
         Command::Call(args) => return run_call(args).await,
+        Command::Status(args) => return status::run(args).await,
         Command::Broker(args) => run_broker(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Demo(args) => demo::run(args).await,

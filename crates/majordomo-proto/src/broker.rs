@@ -266,6 +266,8 @@ pub struct ServiceStats {
     pub idle_workers: usize,
     /// Registered workers holding a request.
     pub busy_workers: usize,
+    /// How long the oldest queued request has waited, in milliseconds (0 with none queued).
+    pub oldest_queued_ms: u64,
     /// Of those, the ones seen heartbeating while busy, held to liveness (the others get the
     /// busy timeout).
     pub busy_heartbeating: usize,
@@ -290,6 +292,8 @@ struct Request {
     expires_at: Option<Instant>,
     /// When it has waited long enough (with [`BrokerConfig::max_wait`]).
     wait_until: Option<Instant>,
+    /// When the broker received it.
+    received: Instant,
     deliveries: Deliveries,
 }
 
@@ -408,6 +412,8 @@ pub struct BrokerCore {
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
     stats: BrokerStats,
+    /// The latest `now` any call carried: what [`BrokerCore::stats`] measures ages against.
+    now: Instant,
 }
 
 impl BrokerCore {
@@ -426,6 +432,7 @@ impl BrokerCore {
             next_id: 0,
             transmits: VecDeque::new(),
             stats: BrokerStats::default(),
+            now,
         }
     }
 
@@ -452,13 +459,17 @@ impl BrokerCore {
         }
     }
 
-    /// Gauges of every known service, sorted by name.
+    /// Gauges of every known service, sorted by name; ages as of the latest call's `now`.
     pub fn service_stats(&self) -> Vec<ServiceStats> {
         let mut services: Vec<ServiceStats> = self
             .services
             .iter()
             .map(|(name, s)| ServiceStats {
                 name: name.clone(),
+                oldest_queued_ms: self.oldest_received(s).map_or(0, |at| {
+                    let age = self.now.saturating_duration_since(at);
+                    u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+                }),
                 queued: s.queued,
                 queued_bytes: s.queued_bytes,
                 idle_workers: s.idle.len(),
@@ -474,6 +485,24 @@ impl BrokerCore {
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         services
+    }
+
+    /// Keeps the latest `now` seen (calls may come with the same instant, never an earlier one
+    /// that matters).
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// When the oldest request queued for `service` arrived. Each client's queue is oldest
+    /// first, so only its first live request counts (ids of expired requests are skipped, as
+    /// dispatch skips them).
+    fn oldest_received(&self, service: &Service) -> Option<Instant> {
+        service
+            .queues
+            .values()
+            .filter_map(|ids| ids.iter().find_map(|id| self.requests.get(id)))
+            .map(|request| request.received)
+            .min()
     }
 
     /// Whether `identity` is a registered worker.
@@ -513,6 +542,7 @@ impl BrokerCore {
         identity: &Bytes,
         frames: &[Bytes],
     ) -> Result<(), DecodeError> {
+        self.tick(now);
         match BrokerInbound::decode(frames, &self.config.limits) {
             Ok(BrokerInbound::Client(request)) => {
                 self.handle_client(now, identity, request);
@@ -532,6 +562,7 @@ impl BrokerCore {
     /// Records a message that failed to decode from `identity`: logs it, and disconnects the peer
     /// if it is a registered worker.
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
+        self.tick(now);
         self.stats.protocol_errors += 1;
         warn!(peer = %Peer(identity), %error, "dropped invalid message");
         if self.workers.contains_key(identity) {
@@ -541,6 +572,7 @@ impl BrokerCore {
 
     /// Handles a decoded MDP/Client REQUEST from the client `identity`.
     pub fn handle_client(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
+        self.tick(now);
         self.stats.requests += 1;
         if mmi::is_mmi(&request.service) {
             self.handle_mmi(now, identity, request);
@@ -583,6 +615,7 @@ impl BrokerCore {
                 size,
                 expires_at: None,
                 wait_until: None,
+                received: now,
                 deliveries: Deliveries::default(),
             },
             false,
@@ -608,6 +641,7 @@ impl BrokerCore {
 
     /// Handles a decoded MDP/Worker command from the worker `identity`.
     pub fn handle_worker(&mut self, now: Instant, identity: &Bytes, message: WorkerMessage) {
+        self.tick(now);
         let Some(worker) = self.workers.get_mut(identity) else {
             match message {
                 WorkerMessage::Ready { service } if mmi::is_mmi(&service) => {
@@ -695,6 +729,7 @@ impl BrokerCore {
 
     /// Expires requests and, at each heartbeat interval, heartbeats workers and purges dead ones.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
         while let Some((at, id)) = self.expiries.front().copied() {
             if at > now {
                 break;
@@ -742,6 +777,7 @@ impl BrokerCore {
     /// registered worker is removed at once and what it held re-queued, whatever its heartbeat
     /// policy: a killed worker's request need not wait for liveness or the busy timeout.
     pub fn handle_disconnected(&mut self, now: Instant, identity: &Bytes) {
+        self.tick(now);
         let Some(worker) = self.workers.get(identity) else {
             return;
         };

@@ -165,6 +165,27 @@ fn requests_queue_until_a_worker_registers() {
 }
 
 #[test]
+fn stats_give_each_service_the_age_of_its_oldest_queued_request() {
+    let mut s = Sim::new();
+    s.client("c1", "late", "1");
+    s.advance(Duration::from_millis(200));
+    s.client("c1", "late", "2");
+    s.client("c2", "late", "3");
+    s.advance(Duration::from_millis(300));
+    s.core.handle_timeout(s.now);
+    let oldest = |s: &Sim| s.core.stats().per_service[0].oldest_queued_ms;
+    assert_eq!(oldest(&s), 500);
+    // The oldest goes to the first worker; the next oldest arrived 300 ms ago.
+    s.ready("w1", "late");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "1".into())]);
+    assert_eq!(oldest(&s), 300);
+    s.ready("w2", "late");
+    s.ready("w3", "late");
+    s.drain();
+    assert_eq!((s.core.stats().per_service[0].queued, oldest(&s)), (0, 0));
+}
+
+#[test]
 fn idle_workers_are_used_least_recently_used_first() {
     let mut s = Sim::new();
     for w in ["w1", "w2", "w3"] {

@@ -1,0 +1,172 @@
+//! `majordomo status`: a broker's services and totals, read through `mmi.stats`.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use clap::Args;
+use majordomo_broker::BrokerStats;
+use majordomo_client::{Client, ClientConfig, ClientError};
+
+/// Exit status when the broker did not answer within the timeout.
+pub(crate) const UNREACHABLE: u8 = 2;
+
+/// Options of `status`.
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    /// Broker endpoint.
+    #[arg(long, default_value = crate::DEFAULT_ENDPOINT)]
+    connect: String,
+    /// How long to wait for the broker's answer.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the broker's answer as JSON (one object: totals and `per_service`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the broker for its stats and prints them. Exit status 0: the broker answered; 2: no
+/// answer within the timeout; 1: anything else (an answer that is not stats, a bad endpoint).
+pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
+    let client = Client::new(
+        args.connect.clone(),
+        ClientConfig::default().timeout(args.timeout).attempts(1),
+    );
+    let reply = match client.request("mmi.stats", vec![Bytes::new()]).await {
+        Ok(reply) => reply,
+        Err(error @ ClientError::NoReply { .. }) => {
+            eprintln!("majordomo status: {} did not answer: {error}", args.connect);
+            return Ok(ExitCode::from(UNREACHABLE));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let json = match reply.as_slice() {
+        [code, json] if code.as_ref() == b"200" => json.clone(),
+        other => bail!(
+            "{} answered mmi.stats with {} frames, not stats (not a majordomo broker?)",
+            args.connect,
+            other.len()
+        ),
+    };
+    let stats: BrokerStats = serde_json::from_slice(&json)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        print!("{}", table(&stats));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The services as a table, then the totals.
+pub(crate) fn table(stats: &BrokerStats) -> String {
+    let mut out = String::new();
+    let width = stats
+        .per_service
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.name).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("SERVICE".len());
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>7}  {:>12}  {:>5}  {:>5}  {:>10}",
+        "SERVICE", "QUEUED", "BYTES", "IDLE", "BUSY", "OLDEST"
+    );
+    for s in &stats.per_service {
+        let oldest = if s.queued == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}s", s.oldest_queued_ms as f64 / 1000.0)
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>7}  {:>12}  {:>5}  {:>5}  {:>10}",
+            String::from_utf8_lossy(&s.name),
+            s.queued,
+            s.queued_bytes,
+            s.idle_workers,
+            s.busy_workers,
+            oldest
+        );
+    }
+    let _ = writeln!(
+        out,
+        "workers {} ({} idle), services {}, queued {} ({} bytes), in flight {}",
+        stats.workers,
+        stats.idle_workers,
+        stats.services,
+        stats.queued,
+        stats.queued_bytes,
+        stats.in_flight
+    );
+    let _ = writeln!(
+        out,
+        "requests {}, replies {}, expired {}, rejected {}, requeued {}, abandoned {}, purged {}, disconnected {}, protocol errors {}, undeliverable {}",
+        stats.requests,
+        stats.replies,
+        stats.expired,
+        stats.rejected,
+        stats.requeued,
+        stats.abandoned,
+        stats.purged,
+        stats.disconnected,
+        stats.protocol_errors,
+        stats.undeliverable
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use majordomo_broker::ServiceStats;
+
+    use super::*;
+
+    #[test]
+    fn the_table_has_a_line_per_service_and_the_totals() {
+        let stats = BrokerStats {
+            workers: 3,
+            idle_workers: 1,
+            services: 2,
+            queued: 4,
+            queued_bytes: 1300,
+            requests: 10,
+            replies: 6,
+            per_service: vec![
+                ServiceStats {
+                    name: Bytes::from_static(b"echo"),
+                    idle_workers: 1,
+                    busy_workers: 1,
+                    ..ServiceStats::default()
+                },
+                ServiceStats {
+                    name: Bytes::from_static(b"long-service"),
+                    queued: 4,
+                    queued_bytes: 1300,
+                    busy_workers: 1,
+                    oldest_queued_ms: 2345,
+                    ..ServiceStats::default()
+                },
+            ],
+            ..BrokerStats::default()
+        };
+        let table = table(&stats);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SERVICE        QUEUED         BYTES   IDLE   BUSY      OLDEST"
+        );
+        assert_eq!(
+            lines[1],
+            "echo                0             0      1      1           -"
+        );
+        assert_eq!(
+            lines[2],
+            "long-service        4          1300      0      1        2.3s"
+        );
+        assert!(lines[3].starts_with("workers 3 (1 idle), services 2, queued 4 (1300 bytes)"));
+        assert!(lines[4].starts_with("requests 10, replies 6, expired 0"));
+    }
+}
