@@ -346,3 +346,39 @@ async fn sighup_does_not_stop_the_broker() -> Result<()> {
     assert!(!broker.has_exited()?, "SIGHUP ended the broker");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_event_fields() -> Result<()> {
+    let ep = free_endpoint()?;
+    let mut broker = Proc::spawn(&["broker", "--bind", &ep, "--log-format", "json"])?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    broker.signal("TERM")?;
+    assert!(broker.wait_exit().await?.success());
+    let log = broker.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("every line is JSON: {log}"))?;
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .with_context(|| format!("no {message:?} line in {log}"))
+    };
+    let bound = find("broker bound")?;
+    assert_eq!(bound["level"], "INFO");
+    assert_eq!(bound["endpoint"], ep.as_str());
+    assert_eq!(bound["guarded"], true);
+    // The worker is named by its address (the guard's identity), inside the broker's span.
+    let ready = find("worker ready")?;
+    assert_eq!(ready["service"], "echo");
+    let worker = ready["worker"].as_str().context("a worker field")?;
+    assert!(
+        worker.starts_with("127.0.0.1:") && worker.contains('#'),
+        "{ready}"
+    );
+    assert_eq!(ready["span"]["name"], "broker", "{ready}");
+    Ok(())
+}

@@ -33,6 +33,19 @@ const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text, or json (one object per line: timestamp, level, target, the
+    /// event's fields, and the spans it happened in).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -324,14 +337,19 @@ enum WorkerKind {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`, or at `default` when it is unset.
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields at the top level, beside timestamp, level and target.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 /// This binary running a subcommand, `args`, as a child process that logs at `log_level` to this
@@ -411,12 +429,13 @@ fn main() -> Result<ExitCode> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     // The demo and the benchmark print their own story; their components only speak up about
     // trouble.
-    init_tracing(match cli.command {
+    let level = match cli.command {
         Command::Demo(_) | Command::Bench(_) => "warn",
         // Retries are the point of a soak run; its summary counts them.
         Command::Soak(_) => "error",
         _ => "info",
-    });
+    };
+    init_tracing(level, cli.log_format);
     let done = match cli.command {
         Command::Call(args) => return run_call(args).await,
         Command::Status(args) => return status::run(args).await,

@@ -30,7 +30,7 @@ use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::clock;
 use majordomo_rt::transport::{connect_dealer, Transport, TransportError};
-use tracing::{debug, warn};
+use tracing::{debug, info_span, warn, Instrument};
 use zeromq::DealerSocket;
 
 /// Timeouts, retries and limits of a client.
@@ -180,8 +180,15 @@ impl Client {
         service: impl Into<Bytes>,
         body: Vec<Bytes>,
     ) -> Result<Vec<Bytes>, ClientError> {
-        let config = &self.inner.config;
         let service = service.into();
+        // Every event of the request (retries, connection failures) carries its service and
+        // broker.
+        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.endpoint);
+        self.call(service, body).instrument(span).await
+    }
+
+    async fn call(&self, service: Bytes, body: Vec<Bytes>) -> Result<Vec<Bytes>, ClientError> {
+        let config = &self.inner.config;
         let mut call = Call::new(
             clock::now(),
             service.clone(),
