@@ -3,7 +3,11 @@
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
-use integration_tests::{free_endpoint, majordomo_bin, wait_for_service, Proc, PATIENCE};
+use bytes::Bytes;
+use integration_tests::{
+    free_endpoint, majordomo_bin, wait_for_mmi_stats, wait_for_service, Proc, PATIENCE,
+};
+use majordomo_client::{Client, ClientConfig, ClientError};
 use zeromq::{RouterSocket, Socket, SocketRecv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,5 +384,89 @@ async fn json_logs_are_one_object_per_line_with_the_event_fields() -> Result<()>
         "{ready}"
     );
     assert_eq!(ready["span"]["name"], "broker", "{ready}");
+    Ok(())
+}
+
+/// A broker at `ep` with `extra` options, and a worker for `slow` whose handler takes `seconds`
+/// (a shell that sleeps, then echoes).
+async fn broker_with_slow_worker(ep: &str, extra: &[&str], seconds: &str) -> Result<(Proc, Proc)> {
+    let mut args = vec!["broker", "--bind", ep];
+    args.extend_from_slice(extra);
+    let broker = Proc::spawn(&args)?;
+    let script = format!("sleep {seconds}; cat");
+    let worker = Proc::spawn(&[
+        "worker",
+        "--connect",
+        ep,
+        "exec",
+        "slow",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])?;
+    wait_for_service(ep, "slow").await?;
+    Ok((broker, worker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() -> Result<()> {
+    let ep = free_endpoint()?;
+    let (mut broker, _worker) = broker_with_slow_worker(&ep, &[], "1").await?;
+    let client = Client::new(
+        ep.clone(),
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
+    );
+    let in_flight = tokio::spawn(async move {
+        client
+            .request("slow", vec![Bytes::from_static(b"taken before")])
+            .await
+    });
+    wait_for_mmi_stats(&ep, "the request is with the worker", |s| s.in_flight == 1).await?;
+    broker.signal("TERM")?;
+    wait_for_mmi_stats(&ep, "draining", |s| s.draining).await?;
+    // A new request is dropped unanswered: its client would retry elsewhere.
+    let late = Client::new(
+        ep.clone(),
+        ClientConfig::default()
+            .timeout(std::time::Duration::from_millis(300))
+            .attempts(1),
+    );
+    let refused = late
+        .request("slow", vec![Bytes::from_static(b"too late")])
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::NoReply { .. })),
+        "{refused:?}"
+    );
+    // The one in flight is answered, then the broker exits cleanly.
+    assert_eq!(in_flight.await??, [Bytes::from_static(b"taken before")]);
+    let status = broker.wait_exit().await?;
+    assert!(status.success(), "{status}: {}", broker.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_a_draining_broker_at_once() -> Result<()> {
+    let ep = free_endpoint()?;
+    // The handler and the drain timeout both outlast the test's patience: only the second
+    // signal can end the broker in time.
+    let (mut broker, _worker) =
+        broker_with_slow_worker(&ep, &["--drain-timeout", "120s"], "60").await?;
+    let client = Client::new(
+        ep.clone(),
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
+    );
+    let _in_flight = tokio::spawn(async move {
+        client
+            .request("slow", vec![Bytes::from_static(b"long")])
+            .await
+    });
+    wait_for_mmi_stats(&ep, "the request is with the worker", |s| s.in_flight == 1).await?;
+    broker.signal("TERM")?;
+    wait_for_mmi_stats(&ep, "draining", |s| s.draining).await?;
+    broker.signal("TERM")?;
+    let status = broker.wait_exit().await?;
+    assert!(status.success(), "{status}: {}", broker.log());
     Ok(())
 }

@@ -333,6 +333,18 @@ impl Machine for BrokerMachine {
         info!("shutting down: DISCONNECT to every worker");
         self.core.shutdown();
     }
+
+    fn drain(&mut self) {
+        if !self.core.is_draining() {
+            let stats = self.core.stats();
+            info!(
+                queued = stats.queued,
+                in_flight = stats.in_flight,
+                "draining: new requests dropped, queued and in-flight ones served"
+            );
+        }
+        self.core.drain();
+    }
 }
 
 /// A bound Majordomo broker. [`Broker::run`] serves until the shutdown future completes.

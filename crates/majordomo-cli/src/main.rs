@@ -14,13 +14,14 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use majordomo_broker::{
-    Broker, BrokerConfig, GuardConfig, GuardStatsHandle, HeartbeatConfig, Limits,
+    Broker, BrokerConfig, BrokerHandle, GuardConfig, GuardStatsHandle, HeartbeatConfig, Limits,
 };
 use majordomo_cli::child::{Child, Stderr};
 use majordomo_client::{Client, ClientConfig, ClientError};
 use majordomo_pirate::{Queue, QueueConfig};
 use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
 use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
 
@@ -149,6 +150,29 @@ impl GuardArgs {
     }
 }
 
+/// Drains the broker behind `handle`: no new requests, then waits until what it holds is served,
+/// `timeout` has passed, or a second stop signal comes, whichever is first.
+async fn drain(handle: &BrokerHandle, timeout: Duration, signals: &mut StopSignals) {
+    handle.drain();
+    let drained = async {
+        loop {
+            match handle.stats().await {
+                Some(s) if s.queued == 0 && s.in_flight == 0 => return,
+                None => return,
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::select! {
+        () = drained => tracing::info!("drained: nothing queued or in flight"),
+        () = tokio::time::sleep(timeout) => {
+            let left = handle.stats().await.map(|s| (s.queued, s.in_flight));
+            tracing::warn!(?left, timeout = ?timeout, "drain timed out; stopping with requests left");
+        }
+        () = signals.next() => tracing::info!("second stop signal: stopping now"),
+    }
+}
+
 /// Logs what each guard did, when a server stops.
 fn log_guards(guards: &[GuardStatsHandle]) {
     for guard in guards {
@@ -257,6 +281,11 @@ struct BrokerArgs {
     /// while it does (0, the default: sleep as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
+    /// On Ctrl-C or SIGTERM, stop taking requests and wait this long at most for the queued and
+    /// in-flight ones to be answered before telling workers DISCONNECT and exiting (0: at once).
+    /// A second signal stops at once.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
     #[command(flatten)]
     guard: GuardArgs,
 }
@@ -358,40 +387,45 @@ pub(crate) fn spawn_self(args: &[&str], log_level: &str) -> Result<Child> {
     Child::spawn(std::env::current_exe()?, args, log_level, Stderr::Inherit)
 }
 
+/// Ctrl-C, SIGTERM and SIGHUP, each registered once, so that a second stop signal is seen as
+/// well as the first.
+pub(crate) struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    /// Takes over the three signals for the rest of the process.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Completes on the next Ctrl-C or SIGTERM. SIGHUP would end the process by default; there
+    /// is nothing to reload, so it is logged and ignored rather than taken as a stop.
+    pub(crate) async fn next(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                _ = self.hangup.recv() => tracing::info!("SIGHUP: nothing to reload, ignored"),
+            }
+        }
+    }
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    match StopSignals::new() {
+        Ok(mut signals) => signals.next().await,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch signals; stop with SIGKILL");
+            std::future::pending().await
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    // SIGHUP would end the process by default; there is nothing to reload yet, so it is logged
-    // and ignored rather than taken as a stop.
-    #[cfg(unix)]
-    let hangup = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut s) => loop {
-                s.recv().await;
-                tracing::info!("SIGHUP: nothing to reload, ignored");
-            },
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let hangup = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-        () = hangup => {}
     }
 }
 
@@ -505,7 +539,18 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     }
     let broker = builder.build().await.context("broker cannot start")?;
     let guards = broker.guards().to_vec();
-    let stats = broker.run(shutdown_signal()).await?;
+    let handle = broker.handle();
+    let mut signals = StopSignals::new()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(broker.run(async {
+        let _ = stopped.await;
+    }));
+    signals.next().await;
+    if !args.drain_timeout.is_zero() {
+        drain(&handle, args.drain_timeout, &mut signals).await;
+    }
+    let _ = stop.send(());
+    let stats = run.await??;
     tracing::info!(?stats, "broker stopped");
     log_guards(&guards);
     Ok(())

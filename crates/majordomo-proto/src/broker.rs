@@ -225,6 +225,8 @@ pub struct BrokerStats {
     pub queued_bytes: usize,
     /// Requests with a worker, not yet answered.
     pub in_flight: usize,
+    /// Draining: taking no new requests (see [`BrokerCore::drain`]).
+    pub draining: bool,
     /// Requests accepted from clients (MMI included).
     pub requests: u64,
     /// Replies sent to clients (MMI included).
@@ -414,6 +416,8 @@ pub struct BrokerCore {
     stats: BrokerStats,
     /// The latest `now` any call carried: what [`BrokerCore::stats`] measures ages against.
     now: Instant,
+    /// Taking no new requests (see [`BrokerCore::drain`]).
+    draining: bool,
 }
 
 impl BrokerCore {
@@ -433,6 +437,7 @@ impl BrokerCore {
             transmits: VecDeque::new(),
             stats: BrokerStats::default(),
             now,
+            draining: false,
         }
     }
 
@@ -455,6 +460,7 @@ impl BrokerCore {
                 .filter(|w| w.in_flight.is_some())
                 .count(),
             per_service: self.service_stats(),
+            draining: self.draining,
             ..self.stats.clone()
         }
     }
@@ -576,6 +582,14 @@ impl BrokerCore {
         self.stats.requests += 1;
         if mmi::is_mmi(&request.service) {
             self.handle_mmi(now, identity, request);
+            return;
+        }
+        if self.draining {
+            debug!(client = %Peer(identity), service = %Hex(&request.service), "request dropped: draining");
+            // No reply: the client's retry goes to another broker, or to this one restarted.
+            self.stats.rejected += 1;
+            self.drops
+                .record(now, &request.service, DropReason::Draining);
             return;
         }
         let size = REQUEST_OVERHEAD
@@ -802,6 +816,26 @@ impl BrokerCore {
             svc.trim(&request.client, &self.requests);
         }
         self.drop_service_if_unused(&request.service);
+    }
+
+    /// Stops taking new requests: from now on a client request (other than `mmi.*`) is dropped
+    /// unanswered and counted as rejected, so the client retries elsewhere. What is queued or in
+    /// flight is still served; workers keep working. [`BrokerCore::is_drained`] tells when
+    /// nothing is left; [`BrokerCore::shutdown`] ends it.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`BrokerCore::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Draining, with no request queued or in flight.
+    pub fn is_drained(&self) -> bool {
+        self.draining
+            && self.requests.is_empty()
+            && self.workers.values().all(|w| w.in_flight.is_none())
     }
 
     /// Tells every worker DISCONNECT and forgets all workers and queued requests.

@@ -35,6 +35,8 @@ pub enum DropReason {
     WaitedTooLong,
     /// Every worker it was handed to went away holding it.
     Abandoned,
+    /// It arrived while the broker was draining: taking no new requests.
+    Draining,
 }
 
 impl fmt::Display for DropReason {
@@ -46,6 +48,7 @@ impl fmt::Display for DropReason {
             DropReason::TotalCount => "all queues full (requests)",
             DropReason::NoWorker => "expired: no worker for it",
             DropReason::WaitedTooLong => "expired: waited past the maximum wait",
+            DropReason::Draining => "draining: no new requests",
             DropReason::Abandoned => "abandoned: every worker that took it went away",
         })
     }

@@ -186,6 +186,31 @@ fn stats_give_each_service_the_age_of_its_oldest_queued_request() {
 }
 
 #[test]
+fn a_draining_broker_serves_what_it_holds_and_drops_new_requests() {
+    let mut s = Sim::new();
+    s.ready("w1", "echo");
+    s.client("c1", "echo", "in flight");
+    s.client("c2", "echo", "queued");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "in flight".into())]);
+    s.core.drain();
+    assert!(s.core.is_draining() && !s.core.is_drained());
+    s.client("c3", "echo", "too late");
+    assert!(s.drain().is_empty(), "no answer, no dispatch");
+    let stats = s.core.stats();
+    assert_eq!((stats.rejected, stats.queued, stats.draining), (1, 1, true));
+    // mmi.* is still answered, so an operator can watch the drain.
+    s.client("c4", "mmi.service", "echo");
+    assert_eq!(s.drain().len(), 1);
+    s.reply("w1", "c1", "r1");
+    let out = s.drain();
+    assert_eq!(replies(&out), [("c1".into(), "r1".into())]);
+    assert_eq!(requests(&out), [("w1".into(), "queued".into())]);
+    s.reply("w1", "c2", "r2");
+    assert_eq!(replies(&s.drain()), [("c2".into(), "r2".into())]);
+    assert!(s.core.is_drained());
+}
+
+#[test]
 fn idle_workers_are_used_least_recently_used_first() {
     let mut s = Sim::new();
     for w in ["w1", "w2", "w3"] {

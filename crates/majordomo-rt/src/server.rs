@@ -65,6 +65,10 @@ pub trait Machine: Send {
 
     /// The server is stopping: queue whatever the protocol says on the way out.
     fn shutdown(&mut self);
+
+    /// Stop taking new work but finish what was taken (see [`ServerHandle::drain`]); by default
+    /// nothing changes.
+    fn drain(&mut self) {}
 }
 
 /// Driver settings shared by every server.
@@ -97,6 +101,7 @@ impl Default for ServerOptions {
 /// must never wait for room.
 enum Command<S> {
     Stats(oneshot::Sender<S>),
+    Drain,
     Shutdown,
 }
 
@@ -118,6 +123,7 @@ impl<S> std::fmt::Debug for Command<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Stats(_) => "Stats",
+            Command::Drain => "Drain",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -130,6 +136,13 @@ impl<S: Send + 'static> ServerHandle<S> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Stats(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// Asks the server to drain: take no new work, finish what it holds, keep running until
+    /// [`ServerHandle::shutdown`]. The broker then drops new client requests unanswered and
+    /// serves what is queued and in flight; its stats show `draining` and what is left.
+    pub fn drain(&self) {
+        let _ = self.commands.send(Command::Drain);
     }
 
     /// Asks the server to stop, as its shutdown future would; it stops after the turn under way.
@@ -239,6 +252,10 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 Wake::Shutdown | Wake::Command(Command::Shutdown) => break,
                 Wake::Command(Command::Stats(reply)) => {
                     let _ = reply.send(self.machine.stats());
+                    false
+                }
+                Wake::Command(Command::Drain) => {
+                    self.machine.drain();
                     false
                 }
                 Wake::Message(socket, msg) => {
