@@ -188,6 +188,7 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
         "copy-relay",
         "broker",
         "no-guard",
+        "metrics",
         "busypoll",
     ] {
         assert!(
@@ -210,6 +211,10 @@ fn bench_measures_every_run_and_checks_replies() -> Result<()> {
     );
     assert!(
         stdout.contains("\"over_copy_relay\":{\"broker/64\":"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"over_broker\":{\"metrics/64\":"),
         "{stdout}"
     );
     assert!(stdout.contains("\"repeat\":2,"), "{stdout}");

@@ -325,6 +325,9 @@ struct Service {
     idle: VecDeque<Bytes>,
     /// Registered workers, idle or busy.
     workers: usize,
+    /// `majordomo_request_duration_seconds{service}`: receipt to reply forwarded. Registered
+    /// with the metrics recorder at the service's first reply, then recorded to without lookups.
+    latency: Option<metrics::Histogram>,
 }
 
 impl Service {
@@ -570,6 +573,7 @@ impl BrokerCore {
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
         self.tick(now);
         self.stats.protocol_errors += 1;
+        metrics::counter!("majordomo_protocol_errors_total", "kind" => error.kind()).increment(1);
         warn!(peer = %Peer(identity), %error, "dropped invalid message");
         if self.workers.contains_key(identity) {
             self.disconnect_worker(now, identity, true);
@@ -704,9 +708,16 @@ impl BrokerCore {
                     Some(request) if request.client == client => {
                         let service = worker.service.clone();
                         worker.heartbeat.on_send(now);
+                        let received = request.received;
                         self.send_reply(&client, request.service, body);
                         if let Some(svc) = self.services.get_mut(&service) {
                             svc.idle.push_back(identity.clone());
+                            svc.latency
+                                .get_or_insert_with(|| {
+                                    let name = String::from_utf8_lossy(&service).into_owned();
+                                    metrics::histogram!("majordomo_request_duration_seconds", "service" => name)
+                                })
+                                .record(now.saturating_duration_since(received).as_secs_f64());
                         }
                         self.dispatch(now, &service);
                     }

@@ -39,6 +39,23 @@ pub enum DropReason {
     Draining,
 }
 
+impl DropReason {
+    /// A short, stable name, for counters (`reason` label of
+    /// `majordomo_dropped_requests_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::ServiceBytes => "service_bytes",
+            DropReason::TotalBytes => "total_bytes",
+            DropReason::ServiceCount => "service_count",
+            DropReason::TotalCount => "total_count",
+            DropReason::NoWorker => "no_worker",
+            DropReason::WaitedTooLong => "max_wait",
+            DropReason::Abandoned => "abandoned",
+            DropReason::Draining => "draining",
+        }
+    }
+}
+
 impl fmt::Display for DropReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -71,6 +88,8 @@ pub struct DropLog {
 impl DropLog {
     /// Records one drop at `now`. The first of its kind is logged at once.
     pub fn record(&mut self, now: Instant, service: &Bytes, reason: DropReason) {
+        metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+            .increment(1);
         match self.windows.get_mut(&(service.clone(), reason)) {
             Some(window) => window.unreported += 1,
             None => {

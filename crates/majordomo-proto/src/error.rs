@@ -88,6 +88,31 @@ pub enum DecodeError {
     MissingBody,
 }
 
+impl DecodeError {
+    /// A short, stable name for the kind of error, for counters (`kind` label of
+    /// `majordomo_protocol_errors_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::MissingIdentity => "missing_identity",
+            Self::MissingEmptyFrame(_) => "missing_empty_frame",
+            Self::UnknownHeader(_) => "unknown_header",
+            Self::UnexpectedHeader { .. } => "unexpected_header",
+            Self::MissingCommand => "missing_command",
+            Self::BadCommandFrame(_) => "bad_command_frame",
+            Self::UnknownCommand(_) => "unknown_command",
+            Self::WrongFrameCount { .. } => "wrong_frame_count",
+            Self::MissingClientAddress => "missing_client_address",
+            Self::MissingDelimiter => "missing_delimiter",
+            Self::EmptyServiceName => "empty_service_name",
+            Self::ServiceNameTooLong { .. } => "service_name_too_long",
+            Self::MessageTooLarge { .. } => "message_too_large",
+            Self::TooManyFrames { .. } => "too_many_frames",
+            Self::MissingBody => "missing_body",
+        }
+    }
+}
+
 /// A configuration a driver refused to start with; the message names the setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {0}")]

@@ -111,6 +111,9 @@ pub(crate) enum RunKind {
     Broker,
     /// Our broker with `--no-guard`: what the guard costs.
     NoGuard,
+    /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
+    /// cost.
+    Metrics,
     /// Our broker with `--no-guard` on a Unix socket, behind a proxy that copies bytes between
     /// TCP and that socket without reading them: the cost of the relay hop alone.
     CopyRelay,
@@ -177,16 +180,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             let copied = || broker_run(&args, RunKind::CopyRelay, size, target());
             runs.push(median_of(args.repeat, copied).await?);
         }
-        for (kind, busy_poll, guard) in [
-            (RunKind::Broker, Duration::ZERO, true),
-            (RunKind::NoGuard, Duration::ZERO, false),
-            (RunKind::Busypoll, args.busy_poll, true),
+        for (kind, busy_poll, guard, metrics) in [
+            (RunKind::Broker, Duration::ZERO, true, false),
+            (RunKind::NoGuard, Duration::ZERO, false, false),
+            (RunKind::Metrics, Duration::ZERO, true, true),
+            (RunKind::Busypoll, args.busy_poll, true, false),
         ] {
             if wanted(kind) && (kind != RunKind::Busypoll || !busy_poll.is_zero()) {
                 let target = || Target::Ours {
                     threads: &threads,
                     busy_poll,
                     guard,
+                    metrics,
                 };
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);

@@ -69,6 +69,8 @@ struct Report<'a> {
     /// The guarded broker over the unguarded one behind a byte-copying proxy: what the guard's
     /// reading costs beyond the relay hop.
     over_copy_relay: Ratios,
+    /// The broker with metrics over the same broker without: what metrics cost.
+    over_broker: Ratios,
 }
 
 /// Ratios keyed `MODE/SIZE`, in the order of the table.
@@ -120,11 +122,13 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
     let brokers: &[RunKind] = match base {
         RunKind::NoGuard => &[RunKind::Broker, RunKind::CopyRelay, RunKind::Busypoll],
         RunKind::CopyRelay => &[RunKind::Broker],
+        RunKind::Broker => &[RunKind::Metrics],
         _ => &[
             RunKind::Relay,
             RunKind::RelayAll,
             RunKind::Broker,
             RunKind::NoGuard,
+            RunKind::Metrics,
             RunKind::CopyRelay,
             RunKind::Busypoll,
             RunKind::External,
@@ -166,6 +170,7 @@ fn json(args: &BenchArgs, runs: &[Run]) -> String {
         over_relay: over(RunKind::Relay),
         over_no_guard: over(RunKind::NoGuard),
         over_copy_relay: over(RunKind::CopyRelay),
+        over_broker: over(RunKind::Broker),
     };
     serde_json::to_string(&report).expect("plain data serializes")
 }
@@ -189,7 +194,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); busypoll: broker --busy-poll {}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); busypoll: broker --busy-poll {}",
         args.workers,
         humantime::format_duration(args.busy_poll)
     );
@@ -238,6 +243,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         RunKind::Relay,
         RunKind::NoGuard,
         RunKind::CopyRelay,
+        RunKind::Broker,
     ] {
         for (mode, size, r) in ratios(args, runs, base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
@@ -315,7 +321,7 @@ mod tests {
             "{{\"clients\":4,\"workers\":2,\"in_flight\":20,\"repeat\":1,\"transport\":\"tcp\",\
              \"busy_poll_us\":150,\"worker_busy_poll_us\":0,\"runs\":[{},{},{}],\
              \"over_ceiling\":{{\"relay/64\":0.07,\"broker/64\":0.06}},\
-             \"over_relay\":{{\"broker/64\":0.851}},\"over_no_guard\":{{}},\"over_copy_relay\":{{}}}}",
+             \"over_relay\":{{\"broker/64\":0.851}},\"over_no_guard\":{{}},\"over_copy_relay\":{{}},\"over_broker\":{{}}}}",
             run_json("ceiling", "1000", "1000", "1011"),
             run_json("relay", "70", "70", "81"),
             run_json("broker", "60", "60", "70"),
@@ -335,8 +341,9 @@ mod tests {
             ratios(&args, &runs, RunKind::NoGuard),
             vec![(RunKind::Broker, 64, 0.8)]
         );
-        assert!(json(&args, &runs)
-            .ends_with("\"over_no_guard\":{\"broker/64\":0.8},\"over_copy_relay\":{}}"));
+        assert!(json(&args, &runs).ends_with(
+            "\"over_no_guard\":{\"broker/64\":0.8},\"over_copy_relay\":{},\"over_broker\":{}}"
+        ));
     }
 
     #[test]
@@ -344,7 +351,8 @@ mod tests {
         let args = args(&["--sizes", "64,4096"]);
         let runs = [run(RunKind::Broker, 60.0)];
         assert!(ratios(&args, &runs, RunKind::Ceiling).is_empty());
-        assert!(json(&args, &runs)
-            .ends_with("\"over_relay\":{},\"over_no_guard\":{},\"over_copy_relay\":{}}"));
+        assert!(json(&args, &runs).ends_with(
+            "\"over_relay\":{},\"over_no_guard\":{},\"over_copy_relay\":{},\"over_broker\":{}}"
+        ));
     }
 }

@@ -71,11 +71,12 @@ impl EchoServer {
 /// The broker a run measures.
 pub(super) enum Target<'a> {
     /// Ours, started as a child process with these settings (`guard`: false adds
-    /// `--no-guard`).
+    /// `--no-guard`; `metrics`: true adds `--metrics-listen` on an ephemeral port).
     Ours {
         threads: &'a str,
         busy_poll: Duration,
         guard: bool,
+        metrics: bool,
     },
     /// Another broker, already running.
     External { endpoint: &'a str, pid: u32 },
@@ -101,6 +102,7 @@ pub(super) async fn broker_run(
             threads,
             busy_poll,
             guard,
+            metrics,
         } => {
             let endpoint = free_endpoint(args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
@@ -115,6 +117,9 @@ pub(super) async fn broker_run(
             ];
             if !guard {
                 command.push("--no-guard");
+            }
+            if metrics {
+                command.extend(["--metrics-listen", "127.0.0.1:0"]);
             }
             let broker = spawn_self(&command, "warn")?;
             (endpoint, broker.pid(), Some(broker))

@@ -1,0 +1,270 @@
+//! `--metrics-listen ADDR`: Prometheus text format at `/metrics` and a probe at `/healthz`.
+//!
+//! The libraries record through the `metrics` facade (drops by reason, protocol errors by kind,
+//! request latency per service); this binary installs the Prometheus recorder and, at each
+//! scrape, reads the server's stats through its handle and records them too (counters as
+//! absolute values, gauges), with the guard's counters and the process's basics. Reading the
+//! stats is also the health check: the server's own loop answers it between two turns, so
+//! `/healthz` says 200 only while that loop is turning, and 503 while the broker drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use majordomo_broker::{BrokerHandle, BrokerStats, GuardStatsHandle};
+use majordomo_pirate::{QueueHandle, QueueStats};
+use majordomo_zmtp::Rule;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// How long `/healthz` and `/metrics` wait for the server's loop to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Latency buckets in seconds: sub-millisecond on loopback up to the minute a slow handler may
+/// take.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// What the server's loop said when asked for its stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// It answered and takes requests.
+    Serving,
+    /// It answered and is draining.
+    Draining,
+    /// It did not answer within [`PROBE_TIMEOUT`], or it has stopped.
+    Unresponsive,
+}
+
+/// A server whose stats can be recorded: the broker or a Pirate queue, with its guards.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// Reads the stats through the server's handle, records them, and says how it is.
+    fn refresh(&self) -> impl Future<Output = Health> + Send;
+}
+
+/// The broker's handle and guards.
+pub(crate) struct BrokerSource {
+    pub(crate) handle: BrokerHandle,
+    pub(crate) guards: Vec<GuardStatsHandle>,
+}
+
+impl Source for BrokerSource {
+    async fn refresh(&self) -> Health {
+        record_guards(&self.guards);
+        record_process();
+        match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
+            Ok(Some(stats)) => {
+                record_broker(&stats);
+                if stats.draining {
+                    Health::Draining
+                } else {
+                    Health::Serving
+                }
+            }
+            _ => Health::Unresponsive,
+        }
+    }
+}
+
+/// A Pirate queue's handle and guards.
+pub(crate) struct QueueSource {
+    pub(crate) handle: QueueHandle,
+    pub(crate) guards: Vec<GuardStatsHandle>,
+}
+
+impl Source for QueueSource {
+    async fn refresh(&self) -> Health {
+        record_guards(&self.guards);
+        record_process();
+        match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
+            Ok(Some(stats)) => {
+                record_queue(&stats);
+                Health::Serving
+            }
+            _ => Health::Unresponsive,
+        }
+    }
+}
+
+/// Installs the Prometheus recorder (for the whole process) and serves `/metrics` and
+/// `/healthz` on `addr` until the process ends. Returns the address bound.
+pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<SocketAddr> {
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("majordomo_request_duration_seconds".to_owned()),
+            LATENCY_BUCKETS,
+        )?
+        // A service gone for five minutes leaves the page.
+        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)))
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    gauge!("process_start_time_seconds").set(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let bound = listener.local_addr()?;
+    let state = Arc::new((source, prometheus));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let state = state.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(answer(&state.0, &state.1, request).await)
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(listen = %bound, "metrics at /metrics, health at /healthz");
+    Ok(bound)
+}
+
+async fn answer<B>(
+    source: &impl Source,
+    prometheus: &PrometheusHandle,
+    request: Request<B>,
+) -> Response<Full<Bytes>> {
+    if request.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            source.refresh().await;
+            prometheus.run_upkeep();
+            let mut response = text(StatusCode::OK, prometheus.render());
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        "/healthz" => match source.refresh().await {
+            Health::Serving => text(StatusCode::OK, "ok\n".into()),
+            Health::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+            Health::Unresponsive => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not responding\n".into())
+            }
+        },
+        _ => text(StatusCode::NOT_FOUND, "/metrics or /healthz\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn record_broker(stats: &BrokerStats) {
+    counter!("majordomo_requests_total").absolute(stats.requests);
+    counter!("majordomo_replies_total").absolute(stats.replies);
+    counter!("majordomo_expired_total").absolute(stats.expired);
+    counter!("majordomo_rejected_total").absolute(stats.rejected);
+    counter!("majordomo_requeued_total").absolute(stats.requeued);
+    counter!("majordomo_abandoned_total").absolute(stats.abandoned);
+    counter!("majordomo_purged_workers_total").absolute(stats.purged);
+    counter!("majordomo_disconnected_workers_total").absolute(stats.disconnected);
+    counter!("majordomo_undeliverable_total").absolute(stats.undeliverable);
+    gauge!("majordomo_workers").set(stats.workers as f64);
+    gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
+    gauge!("majordomo_services").set(stats.services as f64);
+    gauge!("majordomo_queued").set(stats.queued as f64);
+    gauge!("majordomo_queued_bytes").set(stats.queued_bytes as f64);
+    gauge!("majordomo_in_flight").set(stats.in_flight as f64);
+    gauge!("majordomo_draining").set(if stats.draining { 1.0 } else { 0.0 });
+    for s in &stats.per_service {
+        let name = String::from_utf8_lossy(&s.name).into_owned();
+        gauge!("majordomo_service_queued", "service" => name.clone()).set(s.queued as f64);
+        gauge!("majordomo_service_queued_bytes", "service" => name.clone())
+            .set(s.queued_bytes as f64);
+        gauge!("majordomo_service_idle_workers", "service" => name.clone())
+            .set(s.idle_workers as f64);
+        gauge!("majordomo_service_busy_workers", "service" => name.clone())
+            .set(s.busy_workers as f64);
+        gauge!("majordomo_service_oldest_queued_seconds", "service" => name)
+            .set(s.oldest_queued_ms as f64 / 1000.0);
+    }
+}
+
+fn record_queue(stats: &QueueStats) {
+    counter!("majordomo_requests_total").absolute(stats.requests);
+    counter!("majordomo_replies_total").absolute(stats.replies);
+    counter!("majordomo_lost_replies_total").absolute(stats.lost_replies);
+    counter!("majordomo_stale_replies_total").absolute(stats.stale_replies);
+    counter!("majordomo_expired_total").absolute(stats.expired);
+    counter!("majordomo_rejected_total").absolute(stats.rejected);
+    counter!("majordomo_requeued_total").absolute(stats.requeued);
+    counter!("majordomo_abandoned_total").absolute(stats.abandoned);
+    counter!("majordomo_purged_workers_total").absolute(stats.expired_workers);
+    counter!("majordomo_rejoined_workers_total").absolute(stats.rejoined_workers);
+    counter!("majordomo_undeliverable_total").absolute(stats.undeliverable);
+    counter!("majordomo_queue_protocol_errors_total").absolute(stats.protocol_errors);
+    gauge!("majordomo_workers").set(stats.workers as f64);
+    gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
+    gauge!("majordomo_queued").set(stats.queued as f64);
+    gauge!("majordomo_in_flight").set(stats.in_flight as f64);
+}
+
+fn record_guards(guards: &[GuardStatsHandle]) {
+    let all: Vec<_> = guards.iter().map(GuardStatsHandle::stats).collect();
+    counter!("majordomo_guard_connections_total").absolute(all.iter().map(|s| s.accepted).sum());
+    gauge!("majordomo_guard_open_connections").set(all.iter().map(|s| s.open).sum::<u64>() as f64);
+    counter!("majordomo_guard_pongs_total").absolute(all.iter().map(|s| s.pongs).sum());
+    for rule in Rule::ALL {
+        let count = all.iter().map(|s| s.count(rule)).sum();
+        counter!("majordomo_guard_refused_total", "rule" => rule.as_str()).absolute(count);
+    }
+}
+
+/// Resident memory, CPU time and open descriptors, from /proc (Linux).
+fn record_process() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            gauge!("process_resident_memory_bytes").set(kib * 1024.0);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces, so split after its ')'): utime
+        // and stime are the 12th and 13th, in clock ticks of 1/100 s (USER_HZ on Linux).
+        let ticks: Option<f64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        });
+        if let Some(ticks) = ticks {
+            // A gauge: the facade's counters are whole numbers, CPU time is not.
+            gauge!("process_cpu_seconds_total").set(ticks / 100.0);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("process_open_fds").set(fds.count() as f64);
+    }
+}

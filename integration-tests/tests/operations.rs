@@ -1,0 +1,184 @@
+//! What an operator reads from a running broker: Prometheus metrics and the health probe over
+//! HTTP, against the `majordomo` binary.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use integration_tests::{free_endpoint, wait_for_service, Proc, PATIENCE};
+use majordomo_client::{Client, ClientConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free `127.0.0.1:PORT` for the metrics listener.
+fn free_addr() -> Result<String> {
+    Ok(free_endpoint()?
+        .strip_prefix("tcp://")
+        .context("a tcp endpoint")?
+        .to_owned())
+}
+
+/// `GET path` over HTTP/1.0: the status code and the body.
+async fn get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .context("no HTTP response")??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("a status line")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
+/// Retries `GET path` until the metrics listener answers (it starts with the broker).
+async fn get_when_up(addr: &str, path: &str) -> Result<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match get(addr, path).await {
+            Ok(answer) => return Ok(answer),
+            Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Scrapes until `done` holds for the page, or fails after [`PATIENCE`] with the last page.
+async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, page) = get(addr, "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        if done(&page) {
+            return Ok(page);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_real_traffic_and_a_purged_worker() -> Result<()> {
+    let ep = free_endpoint()?;
+    let metrics = free_addr()?;
+    let _broker = Proc::spawn(&[
+        "broker",
+        "--bind",
+        &ep,
+        "--heartbeat",
+        "100ms",
+        "--metrics-listen",
+        &metrics,
+    ])?;
+    let worker = Proc::spawn(&["worker", "--connect", &ep, "--heartbeat", "100ms", "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    let (status, before) = get_when_up(&metrics, "/metrics").await?;
+    assert_eq!(status, 200);
+    let requests = sample(&before, "majordomo_requests_total").context("requests counter")?;
+    let replies = sample(&before, "majordomo_replies_total").context("replies counter")?;
+    assert_eq!(sample(&before, "majordomo_workers"), Some(1.0), "{before}");
+
+    let client = Client::new(ep.clone(), ClientConfig::default());
+    for i in 0..25 {
+        let body = vec![Bytes::from(format!("n{i}"))];
+        assert_eq!(client.request("echo", body.clone()).await?, body);
+    }
+    let (_, after) = get(&metrics, "/metrics").await?;
+    assert_eq!(
+        sample(&after, "majordomo_requests_total"),
+        Some(requests + 25.0)
+    );
+    assert_eq!(
+        sample(&after, "majordomo_replies_total"),
+        Some(replies + 25.0)
+    );
+    let latencies = sample(
+        &after,
+        "majordomo_request_duration_seconds_count{service=\"echo\"}",
+    );
+    assert!(latencies >= Some(25.0), "{after}");
+    assert_eq!(
+        sample(&after, "majordomo_service_idle_workers{service=\"echo\"}"),
+        Some(1.0)
+    );
+    assert!(
+        sample(&after, "process_resident_memory_bytes") > Some(0.0),
+        "{after}"
+    );
+
+    // A frozen worker is purged after three silent heartbeats: the counter moves by one.
+    let purged = sample(&after, "majordomo_purged_workers_total").context("purged counter")?;
+    worker.signal("STOP")?;
+    let page = scrape_until(&metrics, "the frozen worker purged", |page| {
+        sample(page, "majordomo_purged_workers_total") == Some(purged + 1.0)
+    })
+    .await?;
+    assert_eq!(sample(&page, "majordomo_workers"), Some(0.0), "{page}");
+    worker.signal("CONT")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_200_while_serving_and_503_while_draining() -> Result<()> {
+    let ep = free_endpoint()?;
+    let metrics = free_addr()?;
+    let mut broker = Proc::spawn(&["broker", "--bind", &ep, "--metrics-listen", &metrics])?;
+    let _worker = Proc::spawn(&[
+        "worker",
+        "--connect",
+        &ep,
+        "exec",
+        "slow",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; cat",
+    ])?;
+    wait_for_service(&ep, "slow").await?;
+    assert_eq!(
+        get_when_up(&metrics, "/healthz").await?,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(get(&metrics, "/nothing").await?.0, 404);
+
+    let client = Client::new(
+        ep.clone(),
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
+    );
+    let in_flight =
+        tokio::spawn(async move { client.request("slow", vec![Bytes::from_static(b"x")]).await });
+    scrape_until(&metrics, "the request with the worker", |page| {
+        sample(page, "majordomo_in_flight") == Some(1.0)
+    })
+    .await?;
+    broker.signal("TERM")?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let draining = loop {
+        let answer = get(&metrics, "/healthz").await?;
+        if answer.0 == 503 || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(draining, (503, "draining\n".to_owned()));
+    assert_eq!(in_flight.await??, [Bytes::from_static(b"x")]);
+    assert!(broker.wait_exit().await?.success());
+    Ok(())
+}
