@@ -26,6 +26,9 @@ use metrics_util::MetricKindMask;
 /// How long `/healthz` and `/metrics` wait for the server's loop to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often the recorder's histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Latency buckets in seconds: sub-millisecond on loopback up to the minute a slow handler may
 /// take.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -115,6 +118,16 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
         .await
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let bound = listener.local_addr()?;
+    // Histogram samples wait in the recorder until upkeep folds them into the buckets: without
+    // it they pile up while nobody scrapes.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let state = Arc::new((source, prometheus));
     tokio::spawn(async move {
         loop {
