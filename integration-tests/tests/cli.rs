@@ -475,3 +475,130 @@ async fn a_second_signal_stops_a_draining_broker_at_once() -> Result<()> {
     assert!(status.success(), "{status}: {}", broker.log());
     Ok(())
 }
+
+/// `majordomo broker --print-config` with `args`, `env` set, in `dir`: stdout.
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let out = Command::new(majordomo_bin()?)
+        .arg("broker")
+        .args(args)
+        .arg("--print-config")
+        .envs(env.iter().copied())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The value line of `key` in a printed configuration.
+fn line<'a>(config: &'a str, key: &str) -> &'a str {
+    config
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_default()
+}
+
+/// A configuration file in a fresh directory.
+fn config_file(name: &str, text: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "majordomo-config-test-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("majordomo.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[test]
+fn configuration_precedence_is_flag_then_environment_then_file_then_default() -> Result<()> {
+    let file = config_file(
+        "precedence",
+        "[broker]\nheartbeat = \"1s\"\nliveness = 4\nmax-deliveries = 5\nno_guard = true\n",
+    )?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    // Defaults alone.
+    let defaults = print_config(&[], &[])?;
+    assert_eq!(line(&defaults, "heartbeat"), "heartbeat = \"2500ms\"");
+    assert_eq!(line(&defaults, "no-guard"), "no-guard = false");
+    // The file over the defaults.
+    let from_file = print_config(&["--config", file], &[])?;
+    assert_eq!(line(&from_file, "heartbeat"), "heartbeat = \"1s\"");
+    assert_eq!(line(&from_file, "liveness"), "liveness = 4");
+    assert_eq!(line(&from_file, "no-guard"), "no-guard = true");
+    // The environment over the file.
+    let env = [
+        ("MAJORDOMO_BROKER_HEARTBEAT", "2s"),
+        ("MAJORDOMO_BROKER_LIVENESS", "6"),
+    ];
+    let from_env = print_config(&["--config", file], &env)?;
+    assert_eq!(line(&from_env, "heartbeat"), "heartbeat = \"2s\"");
+    assert_eq!(line(&from_env, "liveness"), "liveness = 6");
+    assert_eq!(line(&from_env, "max-deliveries"), "max-deliveries = 5");
+    // A flag over the environment; the file named by the environment too.
+    let from_flag = print_config(
+        &["--heartbeat", "3s"],
+        &[("MAJORDOMO_CONFIG", file), env[0], env[1]],
+    )?;
+    assert_eq!(line(&from_flag, "heartbeat"), "heartbeat = \"3s\"");
+    assert_eq!(line(&from_flag, "liveness"), "liveness = 6");
+    assert_eq!(line(&from_flag, "max-deliveries"), "max-deliveries = 5");
+    Ok(())
+}
+
+#[test]
+fn configuration_errors_name_the_key() -> Result<()> {
+    for (name, text, expected) in [
+        (
+            "unknown",
+            "[broker]\nheartbeet = \"1s\"\n",
+            "unknown key broker.heartbeet",
+        ),
+        (
+            "value",
+            "[broker]\nheartbeat = \"soon\"\n",
+            "broker.heartbeat: invalid value 'soon'",
+        ),
+        (
+            "flag",
+            "[broker]\nno-guard = \"yes\"\n",
+            "broker.no-guard: expected true or false",
+        ),
+        (
+            "table",
+            "[brokr]\nheartbeat = \"1s\"\n",
+            "unknown table [brokr]",
+        ),
+    ] {
+        let file = config_file(name, text)?;
+        let out = Command::new(majordomo_bin()?)
+            .args(["broker", "--config"])
+            .arg(&file)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_runs_from_its_configuration_file() -> Result<()> {
+    let ep = free_endpoint()?;
+    let file = config_file(
+        "runs",
+        &format!("[broker]\nbind = [\"{ep}\"]\nheartbeat = \"100ms\"\n"),
+    )?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    let mut broker = Proc::spawn(&["broker", "--config", file])?;
+    broker.wait_until_serving(&ep).await?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "--heartbeat", "100ms", "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    let reply = Client::new(ep.clone(), ClientConfig::default())
+        .request("echo", vec![Bytes::from_static(b"configured")])
+        .await?;
+    assert_eq!(reply, [Bytes::from_static(b"configured")]);
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! Logs go to stderr through `tracing`; filter them with `RUST_LOG` (default `info`).
 
 mod bench;
+mod config;
 mod demo;
 mod metrics;
 mod soak;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use majordomo_broker::{
     Broker, BrokerConfig, BrokerHandle, GuardConfig, GuardStatsHandle, HeartbeatConfig, Limits,
 };
@@ -92,6 +93,20 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `majordomo man > majordomo.1`.
     Man,
+}
+
+/// Where a server command's configuration comes from.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Read options from the `[broker]`, `[ppqueue]` or `[spqueue]` table of this TOML file (keys
+    /// are the long option names: `heartbeat = "1s"`, `bind = ["tcp://0.0.0.0:5555"]`). A flag
+    /// beats an environment variable (`MAJORDOMO_<COMMAND>_<OPTION>`, e.g.
+    /// `MAJORDOMO_BROKER_HEARTBEAT=1s`), which beats the file, which beats the default.
+    #[arg(long, env = "MAJORDOMO_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the configuration in force, as TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// The ZMTP guard's options, shared by every server command.
@@ -226,6 +241,8 @@ struct QueueArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     guard: GuardArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -299,6 +316,8 @@ struct BrokerArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     guard: GuardArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args, Clone)]
@@ -443,7 +462,7 @@ pub(crate) async fn shutdown_signal() {
 /// Runs the command; `call` exits with status 2 when no reply came, any error exits with 1 after
 /// printing it. The runtime is dropped before the process exits, so every destructor runs.
 fn main() -> Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = config::parse()?;
     // The broker and the queues are one task that owns its state, and the worker's handlers do
     // their work elsewhere (echo: none; exec: a child process): a single-threaded runtime serves
     // them without cross-thread wake-ups. Everything else gets a multi-threaded one.
@@ -499,13 +518,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
-                &mut Cli::command(),
+                &mut config::command(),
                 "majordomo",
                 &mut std::io::stdout(),
             );
             Ok(())
         }
-        Command::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
+        Command::Man => {
+            Ok(clap_mangen::Man::new(config::command()).render(&mut std::io::stdout())?)
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -1,0 +1,210 @@
+//! Where a server's options come from: the command line, then `MAJORDOMO_<COMMAND>_<OPTION>`
+//! environment variables, then the `[command]` table of a `--config` TOML file, then the
+//! defaults. `--print-config` prints the result.
+//!
+//! Every server option is one source of truth, its clap definition: the environment variable is
+//! derived from its long name (`--max-wait` of `broker` is `MAJORDOMO_BROKER_MAX_WAIT`), and a
+//! file key is the long name too (`max-wait` or `max_wait`). A file value is applied only to an
+//! option that neither the command line nor the environment set, and is checked by the option's
+//! own parser, so a bad one names its key and the form expected.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
+
+use crate::Cli;
+
+/// The commands that take `--config`.
+pub(crate) const SERVERS: [&str; 3] = ["broker", "ppqueue", "spqueue"];
+
+/// Arguments that are about the configuration rather than part of it.
+const META: [&str; 4] = ["help", "version", "config", "print_config"];
+
+/// The command with every server option readable from its environment variable.
+pub(crate) fn command() -> Command {
+    let mut cli = Cli::command().mut_arg("log_format", |a| a.env("MAJORDOMO_LOG_FORMAT"));
+    for server in SERVERS {
+        cli = cli.mut_subcommand(server, |mut sub| {
+            let ids: Vec<String> = options(&sub).map(|a| a.get_id().to_string()).collect();
+            for id in ids {
+                sub = sub.mut_arg(id, |a| {
+                    let long = a.get_long().unwrap_or_default();
+                    let name = format!("MAJORDOMO_{server}_{long}")
+                        .to_uppercase()
+                        .replace('-', "_");
+                    // clap takes environment variable names as static strings; a few dozen are
+                    // made once per run.
+                    a.env(&*Box::leak(name.into_boxed_str()))
+                });
+            }
+            sub
+        });
+    }
+    cli
+}
+
+/// The options of a server command that a file or the environment may set.
+fn options(sub: &Command) -> impl Iterator<Item = &clap::Arg> {
+    sub.get_arguments()
+        .filter(|a| a.get_long().is_some() && !META.contains(&a.get_id().as_str()))
+}
+
+/// Parses the process's arguments with the environment and any `--config` file, and handles
+/// `--print-config`. Errors in the command line exit as clap does.
+pub(crate) fn parse() -> Result<Cli> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut matches = command().get_matches_from(&argv);
+    if let Some((server, sub)) = matches.subcommand() {
+        if SERVERS.contains(&server) {
+            let server = server.to_owned();
+            let sub = sub.clone();
+            if let Some(path) = sub.get_one::<std::path::PathBuf>("config") {
+                let extra = from_file(path, &server, &sub)?;
+                let mut argv = argv.clone();
+                argv.extend(extra);
+                matches = command().get_matches_from(&argv);
+            }
+            let (_, sub) = matches.subcommand().context("the server command")?;
+            if sub.get_flag("print_config") {
+                print!("{}", effective(&server, sub));
+                std::process::exit(0);
+            }
+        }
+    }
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// The arguments the `[server]` table of the file at `path` adds: one per key whose option was
+/// not set on the command line or in the environment. Unknown keys and bad values are errors
+/// naming the key.
+fn from_file(path: &Path, server: &str, given: &ArgMatches) -> Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let file: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not TOML", path.display()))?;
+    for key in file.keys() {
+        if !SERVERS.contains(&key.as_str()) {
+            bail!(
+                "{}: unknown table [{key}] (the tables are {})",
+                path.display(),
+                SERVERS.join(", ")
+            );
+        }
+    }
+    let Some(table) = file.get(server) else {
+        return Ok(Vec::new());
+    };
+    let table = table
+        .as_table()
+        .with_context(|| format!("{}: [{server}] must be a table", path.display()))?;
+    let sub = command()
+        .find_subcommand(server)
+        .cloned()
+        .context("a server command")?;
+    let mut extra = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = options(&sub).find(|a| a.get_long() == Some(long.as_str())) else {
+            bail!("{}: unknown key {server}.{key}", path.display());
+        };
+        let id = arg.get_id().as_str();
+        if matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+        let args = as_args(&long, value, flag)
+            .map_err(|error| anyhow::anyhow!("{}: {server}.{key}: {error}", path.display()))?;
+        // The option's own parser judges the value, alone, so the error is about this key.
+        let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
+        alone.extend(args.iter().cloned());
+        if let Err(error) = command().try_get_matches_from(&alone) {
+            let why = error.render().to_string();
+            let why = why
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            bail!("{}: {server}.{key}: {why}", path.display());
+        }
+        extra.extend(args);
+    }
+    Ok(extra)
+}
+
+/// `--long value` for a TOML value: strings as they are, numbers and booleans as written, an
+/// array as the option repeated; a flag is `true` or `false`.
+fn as_args(long: &str, value: &toml::Value, flag: bool) -> Result<Vec<OsString>> {
+    let option = format!("--{long}");
+    if flag {
+        return match value.as_bool() {
+            Some(true) => Ok(vec![option.into()]),
+            Some(false) => Ok(Vec::new()),
+            None => bail!("expected true or false"),
+        };
+    }
+    let one = |v: &toml::Value| -> Result<String> {
+        Ok(match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => bail!("expected a string or a number"),
+        })
+    };
+    let values = match value {
+        toml::Value::Array(items) => items.iter().map(one).collect::<Result<Vec<_>>>()?,
+        other => vec![one(other)?],
+    };
+    Ok(values
+        .into_iter()
+        .flat_map(|v| [OsString::from(&option), OsString::from(v)])
+        .collect())
+}
+
+/// The `[server]` table of the effective configuration, every option with the value in force.
+fn effective(server: &str, sub: &ArgMatches) -> String {
+    let command = command();
+    let Some(definition) = command.find_subcommand(server) else {
+        return String::new();
+    };
+    let mut table = toml::Table::new();
+    for arg in options(definition) {
+        let id = arg.get_id().as_str();
+        let long = arg.get_long().unwrap_or(id);
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            table.insert(long.to_owned(), toml::Value::Boolean(sub.get_flag(id)));
+            continue;
+        }
+        let Some(raw) = sub.get_raw(id) else {
+            continue;
+        };
+        let values: Vec<toml::Value> = raw
+            .map(|v| {
+                let v = v.to_string_lossy();
+                match v.parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => toml::Value::String(v.into_owned()),
+                }
+            })
+            .collect();
+        let value = if matches!(arg.get_action(), ArgAction::Append) {
+            toml::Value::Array(values)
+        } else {
+            match values.into_iter().next() {
+                Some(v) => v,
+                None => continue,
+            }
+        };
+        table.insert(long.to_owned(), value);
+    }
+    let mut file = toml::Table::new();
+    file.insert(server.to_owned(), toml::Value::Table(table));
+    toml::to_string(&file).unwrap_or_default()
+}
