@@ -279,6 +279,9 @@ impl<M: Machine, T: Transport> Server<M, T> {
         self.machine.shutdown();
         self.flush(clock::now()).await;
         tokio::time::sleep(self.options.linger).await;
+        for socket in &mut self.sockets {
+            socket.close().await;
+        }
         self.machine
     }
 

@@ -55,6 +55,12 @@ pub trait Transport: Send {
     fn poll_disconnected(&mut self, _cx: &mut Context<'_>) -> Poll<Bytes> {
         Poll::Pending
     }
+
+    /// Releases what the transport holds beyond its connections (listeners, socket files)
+    /// while the runtime still runs; by default nothing. The server loop calls it once, last.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Why binding an endpoint failed.
@@ -162,6 +168,14 @@ impl Transport for ZmqRouter {
         frames: Vec<Bytes>,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
         Transport::send(&mut self.socket, frames)
+    }
+
+    async fn close(&mut self) {
+        // zmq.rs removes an ipc:// socket file when its listener stops, on a blocking task:
+        // stopping here, with the runtime running, lets that finish (at process exit it fails
+        // and warns). The guards go after, with their private directories.
+        let _ = self.socket.unbind_all().await;
+        self.guards.clear();
     }
 
     fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {

@@ -142,27 +142,67 @@ impl Guard {
 #[derive(Debug)]
 struct PrivateDir(PathBuf);
 
+/// The start of every private directory's name; the process id follows.
+const PRIVATE_PREFIX: &str = "majordomo-zmtp-";
+
 impl PrivateDir {
     fn create() -> io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
+        Self::create_in(&std::env::temp_dir())
+    }
+
+    fn create_in(base: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::temp_dir();
         loop {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos());
             let name = format!(
-                "majordomo-zmtp-{}-{}-{nanos:08x}",
+                "{PRIVATE_PREFIX}{}-{}-{nanos:08x}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
             let path = base.join(name);
             // Mode 0700, and never an existing directory (another user's, planted in advance).
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(Self(path)),
+                Ok(()) => {
+                    let uid = std::fs::metadata(&path)?.uid();
+                    sweep_stale(base, uid);
+                    return Ok(Self(path));
+                }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(error) => return Err(error),
             }
+        }
+    }
+}
+
+/// Removes the private directories that processes of this user killed without a chance to
+/// clean up (SIGKILL) left in `base`: those named for a process id that no longer runs.
+fn sweep_stale(base: &std::path::Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PRIVATE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Not following links: only a real directory of this user's goes.
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() && meta.uid() == uid => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            _ => {}
         }
     }
 }
@@ -322,12 +362,6 @@ enum End {
     Shutdown,
     Broken(Rule, String),
     Io(io::Error),
-}
-
-impl From<io::Error> for End {
-    fn from(error: io::Error) -> Self {
-        End::Io(error)
-    }
 }
 
 impl From<Violation> for End {
@@ -646,5 +680,31 @@ where
         if let Err(error) = flush(write, &mut buf, &mut pass).await {
             return End::Io(error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_directories_are_0700_removed_when_dropped_and_stale_ones_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("zmtp-guard-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        // Left by a process that no longer runs (no pid is this large), and one of a live one.
+        let stale = base.join(format!("{PRIVATE_PREFIX}999999999-0-0"));
+        let live = base.join(format!("{PRIVATE_PREFIX}1-0-0"));
+        std::fs::create_dir_all(stale.join("inner")).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        let dir = PrivateDir::create_in(&base).unwrap();
+        let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(!stale.exists(), "the stale directory is swept");
+        assert!(live.exists(), "pid 1 runs: its directory stays");
+        let path = dir.0.clone();
+        drop(dir);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
