@@ -32,6 +32,7 @@ pub mod flow;
 pub mod heartbeat;
 mod limits;
 pub mod mdp;
+pub mod mdp2;
 pub mod mmi;
 pub mod peer;
 pub mod pirate;
