@@ -183,7 +183,8 @@ fn broker_commands_in_both_dialects() {
 #[test]
 fn a_broker_tells_versions_and_dialects_apart_by_the_first_frames() {
     use Sender::{Client, Worker};
-    let cases: [(&[&[u8]], Option<(Version, Sender)>); 7] = [
+    type Case<'a> = (&'a [&'a [u8]], Option<(Version, Sender)>);
+    let cases: [Case<'_>; 7] = [
         (
             &[b"", b"MDPC01", b"echo", b"x"],
             Some((Version::V01, Client)),
