@@ -95,6 +95,20 @@ enum Command {
     Man,
 }
 
+/// What every server command (broker, ppqueue, spqueue) takes besides its own options.
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health probe at /healthz (200 while
+    /// the server's loop turns, 503 while the broker drains or the loop stalls), e.g.
+    /// 127.0.0.1:9464. Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    guard: GuardArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
 /// Where a server command's configuration comes from.
 #[derive(Args, Clone)]
 struct ConfigArgs {
@@ -235,14 +249,8 @@ struct QueueArgs {
     /// `broker --busy-poll`; 0, the default: sleep as soon as nothing is ready).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics and a health probe at /healthz, e.g.
-    /// 127.0.0.1:9464. Off by default.
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
-    guard: GuardArgs,
-    #[command(flatten)]
-    config: ConfigArgs,
+    server: ServerArgs,
 }
 
 #[derive(Args)]
@@ -309,15 +317,8 @@ struct BrokerArgs {
     /// A second signal stops at once.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics and a health probe at /healthz (200 while
-    /// the broker's loop turns, 503 while it drains or stalls), e.g. 127.0.0.1:9464. Off by
-    /// default.
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
-    guard: GuardArgs,
-    #[command(flatten)]
-    config: ConfigArgs,
+    server: ServerArgs,
 }
 
 #[derive(Args, Clone)]
@@ -552,7 +553,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
         .max_deliveries(args.max_deliveries)
         .limits(Limits::default().max_message_size(args.max_message_size));
     let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);
-    builder = match args.guard.config(args.max_message_size as u64) {
+    builder = match args.server.guard.config(args.max_message_size as u64) {
         Some(guard) => builder.guard(guard),
         None => builder.no_guard(),
     };
@@ -572,7 +573,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     let broker = builder.build().await.context("broker cannot start")?;
     let guards = broker.guards().to_vec();
     let handle = broker.handle();
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = args.server.metrics_listen {
         let source = metrics::BrokerSource {
             handle: handle.clone(),
             guards: guards.clone(),
@@ -610,13 +611,17 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
         .backend(&args.backend)
         .config(config)
         .busy_poll(args.busy_poll);
-    let builder = match args.guard.config(Limits::default().max_message_size as u64) {
+    let builder = match args
+        .server
+        .guard
+        .config(Limits::default().max_message_size as u64)
+    {
         Some(guard) => builder.guard(guard),
         None => builder.no_guard(),
     };
     let queue = builder.build().await.context("queue cannot start")?;
     let guards = queue.guards().to_vec();
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = args.server.metrics_listen {
         let source = metrics::QueueSource {
             handle: queue.handle(),
             guards: guards.clone(),

@@ -393,6 +393,19 @@ fn none(command: &'static str, args: &[Bytes], total: usize) -> Result<(), Decod
     }
 }
 
+/// Checks `limits` and the worker header, and returns the command byte, what follows it, and
+/// the message's frame count (for errors).
+fn worker_command<'a>(
+    frames: &'a [Bytes],
+    dialect: Dialect,
+    limits: &Limits,
+) -> Result<(u8, &'a [Bytes], usize), DecodeError> {
+    limits.check(frames)?;
+    let rest = after_header(frames, dialect, WORKER_HEADER, "MDPW02")?;
+    let (cmd, args) = split_command(rest)?;
+    Ok((cmd, args, frames.len()))
+}
+
 impl WorkerMessage {
     /// Decodes a worker command in `dialect` as the broker receives it (identity split off).
     pub fn decode(
@@ -401,10 +414,7 @@ impl WorkerMessage {
         limits: &Limits,
     ) -> Result<Self, DecodeError> {
         use worker_command::*;
-        limits.check(frames)?;
-        let total = frames.len();
-        let rest = after_header(frames, dialect, WORKER_HEADER, "MDPW02")?;
-        let (cmd, args) = split_command(rest)?;
+        let (cmd, args, total) = worker_command(frames, dialect, limits)?;
         match cmd {
             READY => match args {
                 [service] => {
@@ -465,10 +475,7 @@ impl BrokerMessage {
         limits: &Limits,
     ) -> Result<Self, DecodeError> {
         use worker_command::*;
-        limits.check(frames)?;
-        let total = frames.len();
-        let rest = after_header(frames, dialect, WORKER_HEADER, "MDPW02")?;
-        let (cmd, args) = split_command(rest)?;
+        let (cmd, args, total) = worker_command(frames, dialect, limits)?;
         match cmd {
             REQUEST => {
                 let (client, body) = envelope("REQUEST", args, total)?;

@@ -96,6 +96,7 @@ pub(super) async fn broker_run(
     target: Target<'_>,
 ) -> Result<Run> {
     let relay = matches!(target, Target::Relay { .. });
+    // The copy relay's process, when there is one, lives until the run ends.
     let mut _proxy = None;
     let (broker_ep, broker_pid, _broker) = match target {
         Target::Ours {
