@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
-use majordomo_proto::mdp::{self, ClientRequest, WorkerMessage};
+use majordomo_proto::mdp;
+use majordomo_proto::mdp2::Sender;
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
 use majordomo_rt::transport::{BindError, Transport, ZmqRouter};
 pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
@@ -269,19 +270,20 @@ impl Machine for BrokerMachine {
                 return;
             }
         };
-        let limits = self.core.config().limits;
         match self.roles[socket] {
             EndpointRole::Shared => {
                 let _ = self.core.handle_message(now, identity, rest);
             }
-            EndpointRole::Clients => match ClientRequest::decode(rest, &limits) {
-                Ok(request) => self.core.handle_client(now, identity, request),
-                Err(error) => self.core.handle_invalid(now, identity, &error),
-            },
-            EndpointRole::Workers => match WorkerMessage::decode(rest, &limits) {
-                Ok(message) => self.core.handle_worker(now, identity, message),
-                Err(error) => self.core.handle_invalid(now, identity, &error),
-            },
+            EndpointRole::Clients => {
+                let _ = self
+                    .core
+                    .handle_message_from(now, identity, rest, Sender::Client);
+            }
+            EndpointRole::Workers => {
+                let _ = self
+                    .core
+                    .handle_message_from(now, identity, rest, Sender::Worker);
+            }
         }
     }
 

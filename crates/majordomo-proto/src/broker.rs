@@ -37,6 +37,7 @@ use tracing::{debug, info, trace, warn};
 use crate::drops::{DropLog, DropReason};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use crate::mdp2::{self, Dialect, Part, Sender, Version};
 use crate::peer::Peer;
 use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
@@ -297,6 +298,14 @@ struct Request {
     /// When the broker received it.
     received: Instant,
     deliveries: Deliveries,
+    /// The MDP version and dialect of its client: the form of every reply to it.
+    form: Version,
+    /// A PARTIAL of it reached its (v0.2) client: it is never replayed to another worker.
+    streamed: bool,
+    /// PARTIALs gathered for a v0.1 client, which takes one REPLY: sent with the FINAL.
+    gathered: Vec<Bytes>,
+    /// Whether the gathered parts passed the message size limit (the reply is then dropped).
+    overflowed: bool,
 }
 
 #[derive(Debug)]
@@ -309,6 +318,8 @@ struct Worker {
     heartbeats_when_busy: bool,
     /// When it was handed the request it holds.
     busy_since: Instant,
+    /// The MDP version and dialect it registered in: the form of every command to it.
+    form: Version,
 }
 
 #[derive(Debug, Default)]
@@ -552,6 +563,62 @@ impl BrokerCore {
         frames: &[Bytes],
     ) -> Result<(), DecodeError> {
         self.tick(now);
+        let limits = self.config.limits;
+        let v02 = match mdp2::classify(frames) {
+            Some((Version::V02(dialect), Sender::Client)) => {
+                mdp2::ClientRequest::decode(frames, dialect, &limits).map(|request| {
+                    let request = ClientRequest::new(request.service, request.body);
+                    self.handle_client_in(now, identity, request, Version::V02(dialect));
+                })
+            }
+            Some((Version::V02(dialect), Sender::Worker)) => {
+                mdp2::WorkerMessage::decode(frames, dialect, &limits)
+                    .map(|message| self.handle_worker_v02(now, identity, message, dialect))
+            }
+            _ => return self.handle_message_v01(now, identity, frames),
+        };
+        if let Err(error) = &v02 {
+            self.handle_invalid(now, identity, error);
+        }
+        v02
+    }
+
+    /// As [`BrokerCore::handle_message`], for an endpoint that serves only clients or only
+    /// workers (`expected`): a message of the other sub-protocol, in any version, is an error.
+    pub fn handle_message_from(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        frames: &[Bytes],
+        expected: Sender,
+    ) -> Result<(), DecodeError> {
+        match mdp2::classify(frames) {
+            Some((version, sender)) if sender != expected => {
+                let header = match version {
+                    Version::V02(Dialect::Majortomo) | Version::V01 => frames[1].clone(),
+                    Version::V02(Dialect::Rfc18) => frames[0].clone(),
+                };
+                let error = DecodeError::UnexpectedHeader {
+                    expected: match expected {
+                        Sender::Client => "MDPC01 or MDPC02",
+                        Sender::Worker => "MDPW01 or MDPW02",
+                    },
+                    got: header,
+                };
+                self.tick(now);
+                self.handle_invalid(now, identity, &error);
+                Err(error)
+            }
+            _ => self.handle_message(now, identity, frames),
+        }
+    }
+
+    fn handle_message_v01(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        frames: &[Bytes],
+    ) -> Result<(), DecodeError> {
         match BrokerInbound::decode(frames, &self.config.limits) {
             Ok(BrokerInbound::Client(request)) => {
                 self.handle_client(now, identity, request);
@@ -582,10 +649,21 @@ impl BrokerCore {
 
     /// Handles a decoded MDP/Client REQUEST from the client `identity`.
     pub fn handle_client(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
+        self.handle_client_in(now, identity, request, Version::V01);
+    }
+
+    /// Handles a request from a client that speaks `form`; every reply to it is in that form.
+    fn handle_client_in(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        request: ClientRequest,
+        form: Version,
+    ) {
         self.tick(now);
         self.stats.requests += 1;
         if mmi::is_mmi(&request.service) {
-            self.handle_mmi(now, identity, request);
+            self.handle_mmi(now, identity, request, form);
             return;
         }
         if self.draining {
@@ -635,13 +713,23 @@ impl BrokerCore {
                 wait_until: None,
                 received: now,
                 deliveries: Deliveries::default(),
+                form,
+                streamed: false,
+                gathered: Vec::new(),
+                overflowed: false,
             },
             false,
         );
         self.dispatch(now, &service);
     }
 
-    fn handle_mmi(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
+    fn handle_mmi(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        request: ClientRequest,
+        form: Version,
+    ) {
         // "200" only for a live worker, and gauges without the dead: purge the silent first.
         self.purge_dead_workers(now);
         let reply = match request.service.as_ref() {
@@ -654,7 +742,102 @@ impl BrokerCore {
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
         debug!(client = %Peer(identity), service = %Hex(&request.service), status = %Hex(&reply[0]), "mmi");
-        self.send_reply(identity, request.service, reply);
+        self.send_reply(identity, request.service, reply, form);
+    }
+
+    /// Handles a decoded MDP/Worker v0.2 command from the worker `identity`: READY registers it
+    /// in `dialect`, PARTIAL goes on to the client (or is gathered for a v0.1 client), and FINAL,
+    /// HEARTBEAT and DISCONNECT follow the v0.1 rules of REPLY, HEARTBEAT and DISCONNECT.
+    fn handle_worker_v02(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        message: mdp2::WorkerMessage,
+        dialect: Dialect,
+    ) {
+        let form = Version::V02(dialect);
+        let registered = self.workers.contains_key(identity);
+        let message = match message {
+            mdp2::WorkerMessage::Ready { service } if !registered => {
+                if mmi::is_mmi(&service) {
+                    self.protocol_violation(identity, "READY for an mmi.* service", form);
+                } else {
+                    self.register(now, identity, service, form);
+                }
+                return;
+            }
+            mdp2::WorkerMessage::Ready { service } => WorkerMessage::Ready { service },
+            mdp2::WorkerMessage::Heartbeat => WorkerMessage::Heartbeat,
+            mdp2::WorkerMessage::Disconnect => WorkerMessage::Disconnect,
+            mdp2::WorkerMessage::Reply {
+                part: Part::Partial,
+                client,
+                body,
+            } if registered => {
+                self.handle_partial(now, identity, client, body);
+                return;
+            }
+            mdp2::WorkerMessage::Reply { client, body, .. } => {
+                WorkerMessage::Reply { client, body }
+            }
+        };
+        if !registered {
+            // Before READY: answered in the worker's own form.
+            match message {
+                WorkerMessage::Disconnect => {}
+                WorkerMessage::Heartbeat => {
+                    self.protocol_violation(identity, "HEARTBEAT before READY", form)
+                }
+                _ => self.protocol_violation(identity, "PARTIAL or FINAL before READY", form),
+            }
+            return;
+        }
+        self.handle_worker(now, identity, message);
+    }
+
+    /// A v0.2 worker's PARTIAL: forwarded to a v0.2 client as it comes, gathered for a v0.1 one.
+    fn handle_partial(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
+        self.tick(now);
+        let max = self.config.limits.max_message_size;
+        let worker = self.workers.get_mut(identity).expect("registered");
+        // "Any received command except DISCONNECT acts as a heartbeat."
+        worker.heartbeat.on_recv(now);
+        let Some(request) = worker.in_flight.as_mut().filter(|r| r.client == client) else {
+            self.stats.protocol_errors += 1;
+            warn!(worker = %Peer(identity), client = %Peer(&client), "PARTIAL for no request in flight, disconnecting");
+            self.disconnect_worker(now, identity, true);
+            return;
+        };
+        match request.form {
+            Version::V02(dialect) => {
+                request.streamed = true;
+                let reply = mdp2::ClientReply {
+                    part: Part::Partial,
+                    service: request.service.clone(),
+                    body,
+                };
+                self.transmits.push_back(Transmit {
+                    role: Role::Client,
+                    frames: reply.encode_routed(&client, dialect),
+                });
+            }
+            Version::V01 => {
+                // A v0.1 client takes one REPLY: the parts go with the FINAL, up to the message
+                // size limit.
+                let size = request
+                    .gathered
+                    .iter()
+                    .chain(&body)
+                    .map(Bytes::len)
+                    .sum::<usize>();
+                if size > max {
+                    request.overflowed = true;
+                    request.gathered.clear();
+                } else if !request.overflowed {
+                    request.gathered.extend(body);
+                }
+            }
+        }
     }
 
     /// Handles a decoded MDP/Worker command from the worker `identity`.
@@ -665,16 +848,18 @@ impl BrokerCore {
                 WorkerMessage::Ready { service } if mmi::is_mmi(&service) => {
                     // "It MUST disconnect any workers that attempt to register services in this
                     // namespace." (8/MMI)
-                    self.protocol_violation(identity, "READY for an mmi.* service");
+                    self.protocol_violation(identity, "READY for an mmi.* service", Version::V01);
                 }
-                WorkerMessage::Ready { service } => self.register(now, identity, service),
+                WorkerMessage::Ready { service } => {
+                    self.register(now, identity, service, Version::V01)
+                }
                 // "The worker MAY send DISCONNECT at any time, including before READY."
                 WorkerMessage::Disconnect => {}
                 WorkerMessage::Reply { .. } => {
-                    self.protocol_violation(identity, "REPLY before READY")
+                    self.protocol_violation(identity, "REPLY before READY", Version::V01)
                 }
                 WorkerMessage::Heartbeat => {
-                    self.protocol_violation(identity, "HEARTBEAT before READY")
+                    self.protocol_violation(identity, "HEARTBEAT before READY", Version::V01)
                 }
             }
             return;
@@ -709,7 +894,21 @@ impl BrokerCore {
                         let service = worker.service.clone();
                         worker.heartbeat.on_send(now);
                         let received = request.received;
-                        self.send_reply(&client, request.service, body);
+                        if request.overflowed {
+                            // Parts of a v0.2 worker past what a v0.1 client can take in one
+                            // REPLY: the client gets none and retries; the worker goes on.
+                            self.stats.abandoned += 1;
+                            warn!(worker = %Peer(identity), client = %Peer(&client), max = self.config.limits.max_message_size, "reply in parts larger than the message size limit for a v0.1 client, dropped");
+                        } else {
+                            let mut parts = request.gathered;
+                            let body = if parts.is_empty() {
+                                body
+                            } else {
+                                parts.extend(body);
+                                parts
+                            };
+                            self.send_reply(&client, request.service, body, request.form);
+                        }
                         if let Some(svc) = self.services.get_mut(&service) {
                             svc.idle.push_back(identity.clone());
                             svc.latency
@@ -851,9 +1050,13 @@ impl BrokerCore {
 
     /// Tells every worker DISCONNECT and forgets all workers and queued requests.
     pub fn shutdown(&mut self) {
-        let identities: Vec<Bytes> = self.workers.keys().cloned().collect();
-        for identity in identities {
-            self.push_worker(&identity, BrokerMessage::Disconnect);
+        let workers: Vec<(Bytes, Version)> = self
+            .workers
+            .iter()
+            .map(|(id, w)| (id.clone(), w.form))
+            .collect();
+        for (identity, form) in workers {
+            self.push_worker(&identity, BrokerMessage::Disconnect, form);
         }
         self.workers.clear();
         self.services.clear();
@@ -863,7 +1066,7 @@ impl BrokerCore {
         self.queued_bytes = 0;
     }
 
-    fn register(&mut self, now: Instant, identity: &Bytes, service: Bytes) {
+    fn register(&mut self, now: Instant, identity: &Bytes, service: Bytes, form: Version) {
         info!(worker = %Peer(identity), service = %Hex(&service), "worker ready");
         self.workers.insert(
             identity.clone(),
@@ -873,6 +1076,7 @@ impl BrokerCore {
                 in_flight: None,
                 heartbeats_when_busy: false,
                 busy_since: now,
+                form,
             },
         );
         let svc = self.services.entry(service.clone()).or_default();
@@ -881,12 +1085,12 @@ impl BrokerCore {
         self.dispatch(now, &service);
     }
 
-    fn protocol_violation(&mut self, identity: &Bytes, what: &'static str) {
+    fn protocol_violation(&mut self, identity: &Bytes, what: &'static str, form: Version) {
         self.stats.protocol_errors += 1;
         warn!(peer = %Peer(identity), what, "unexpected command, sending DISCONNECT");
         // "The broker MUST respond to any valid but unexpected command by sending DISCONNECT and
         // then no further commands to that worker."
-        self.push_worker(identity, BrokerMessage::Disconnect);
+        self.push_worker(identity, BrokerMessage::Disconnect, form);
     }
 
     /// Removes a worker, optionally telling it DISCONNECT, and re-queues what it held.
@@ -895,7 +1099,7 @@ impl BrokerCore {
             return;
         };
         if send {
-            self.push_worker(identity, BrokerMessage::Disconnect);
+            self.push_worker(identity, BrokerMessage::Disconnect, worker.form);
         }
         if let Some(svc) = self.services.get_mut(&worker.service) {
             svc.workers -= 1;
@@ -913,8 +1117,15 @@ impl BrokerCore {
                 }
             }
         }
-        if let Some(request) = worker.in_flight {
-            if request
+        if let Some(mut request) = worker.in_flight {
+            if request.streamed {
+                // Its client already holds PARTIALs: replaying the request to another worker
+                // would send it parts twice. It gets no FINAL, and retries.
+                self.stats.abandoned += 1;
+                warn!(client = %Peer(&request.client), service = %Hex(&request.service), "worker lost after streaming part of a reply: request abandoned, not replayed");
+                self.drops
+                    .record(now, &request.service, DropReason::Abandoned);
+            } else if request
                 .deliveries
                 .on_worker_lost(self.config.max_deliveries)
                 == Redelivery::Abandon
@@ -931,6 +1142,9 @@ impl BrokerCore {
             } else {
                 self.stats.requeued += 1;
                 debug!(client = %Peer(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
+                // Parts gathered from the lost worker are not the next worker's.
+                request.gathered.clear();
+                request.overflowed = false;
                 self.enqueue(now, request, true);
                 self.dispatch(now, &worker.service);
             }
@@ -989,9 +1203,19 @@ impl BrokerCore {
             request.deliveries.hand_out();
             worker.heartbeat.on_send(now);
             worker.busy_since = now;
+            let frames = match worker.form {
+                Version::V01 => {
+                    BrokerMessage::request_routed(&identity, &request.client, &request.body)
+                }
+                Version::V02(dialect) => mdp2::BrokerMessage::Request {
+                    client: request.client.clone(),
+                    body: request.body.clone(),
+                }
+                .encode_routed(&identity, dialect),
+            };
             self.transmits.push_back(Transmit {
                 role: Role::Worker,
-                frames: BrokerMessage::request_routed(&identity, &request.client, &request.body),
+                frames,
             });
             worker.in_flight = Some(request);
         }
@@ -1037,24 +1261,49 @@ impl BrokerCore {
                 worker.heartbeat.on_send(now);
                 self.transmits.push_back(Transmit {
                     role: Role::Worker,
-                    frames: BrokerMessage::Heartbeat.encode_routed(identity),
+                    frames: match worker.form {
+                        Version::V01 => BrokerMessage::Heartbeat.encode_routed(identity),
+                        Version::V02(dialect) => {
+                            mdp2::BrokerMessage::Heartbeat.encode_routed(identity, dialect)
+                        }
+                    },
                 });
             }
         }
     }
 
-    fn send_reply(&mut self, client: &Bytes, service: Bytes, body: Vec<Bytes>) {
+    /// The one reply to a v0.1 client, or the FINAL to a v0.2 one.
+    fn send_reply(&mut self, client: &Bytes, service: Bytes, body: Vec<Bytes>, form: Version) {
         self.stats.replies += 1;
+        let frames = match form {
+            Version::V01 => ClientReply { service, body }.encode_routed(client),
+            Version::V02(dialect) => mdp2::ClientReply {
+                part: Part::Final,
+                service,
+                body,
+            }
+            .encode_routed(client, dialect),
+        };
         self.transmits.push_back(Transmit {
             role: Role::Client,
-            frames: ClientReply { service, body }.encode_routed(client),
+            frames,
         });
     }
 
-    fn push_worker(&mut self, identity: &Bytes, message: BrokerMessage) {
+    /// HEARTBEAT or DISCONNECT to a worker, in the form it speaks.
+    fn push_worker(&mut self, identity: &Bytes, message: BrokerMessage, form: Version) {
+        let frames = match (form, message) {
+            (Version::V01, message) => message.encode_routed(identity),
+            (Version::V02(dialect), BrokerMessage::Disconnect) => {
+                mdp2::BrokerMessage::Disconnect.encode_routed(identity, dialect)
+            }
+            (Version::V02(dialect), _) => {
+                mdp2::BrokerMessage::Heartbeat.encode_routed(identity, dialect)
+            }
+        };
         self.transmits.push_back(Transmit {
             role: Role::Worker,
-            frames: message.encode_routed(identity),
+            frames,
         });
     }
 
