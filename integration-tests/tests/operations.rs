@@ -182,3 +182,61 @@ async fn healthz_is_200_while_serving_and_503_while_draining() -> Result<()> {
     assert!(broker.wait_exit().await?.success());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pirate_queue_serves_metrics_and_health_too() -> Result<()> {
+    use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+    let (front, back, metrics) = (free_endpoint()?, free_endpoint()?, free_addr()?);
+    let _queue = Proc::spawn(&[
+        "spqueue",
+        "--frontend",
+        &front,
+        "--backend",
+        &back,
+        "--metrics-listen",
+        &metrics,
+    ])?;
+    assert_eq!(
+        get_when_up(&metrics, "/healthz").await?,
+        (200, "ok\n".to_owned())
+    );
+    // A Simple Pirate worker: a REQ socket that says READY (0x01), then echoes.
+    let worker = tokio::spawn(async move {
+        let mut socket = ReqSocket::new();
+        tokio::time::timeout(PATIENCE, socket.connect(&back)).await??;
+        socket.send(ZmqMessage::from(vec![0x01u8])).await?;
+        loop {
+            let request = socket.recv().await?;
+            socket.send(request).await?;
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    });
+    scrape_until(&metrics, "the worker registered", |page| {
+        sample(page, "majordomo_workers") == Some(1.0)
+    })
+    .await?;
+    let mut client = majordomo_pirate::LazyPirate::new(
+        front.clone(),
+        majordomo_pirate::LazyPirateConfig::default().timeout(PATIENCE),
+    );
+    for i in 0..5 {
+        let body = vec![Bytes::from(format!("q{i}"))];
+        assert_eq!(client.request(body.clone()).await?, body);
+    }
+    let page = scrape_until(&metrics, "five replies counted", |page| {
+        sample(page, "majordomo_replies_total") == Some(5.0)
+    })
+    .await?;
+    assert_eq!(
+        sample(&page, "majordomo_requests_total"),
+        Some(5.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "majordomo_guard_connections_total") >= Some(2.0),
+        "{page}"
+    );
+    worker.abort();
+    Ok(())
+}
