@@ -2,7 +2,7 @@
 //! majortomo 0.2.0's own worker and client (its dialect), and a v0.1 client served by a
 //! majortomo worker. `scripts/setup-interop.sh` installs pyzmq and majortomo.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{test_config, wait_for_service, PyPeer as Py, RunningBroker, PATIENCE};
 use majordomo_client::{Client, ClientConfig};
@@ -52,5 +52,37 @@ async fn a_v01_client_gets_a_majortomo_workers_parts_in_one_reply() -> Result<()
     let mut expected: Vec<Bytes> = (0..3).map(|n| Bytes::from(format!("part {n}"))).collect();
     expected.extend(body);
     assert_eq!(reply, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_v02_client_in_both_dialects_gets_a_majortomo_workers_parts() -> Result<()> {
+    use majordomo_client::{Dialect, Version};
+    let broker = RunningBroker::start(test_config()).await?;
+    let mut worker = Py::spawn("majortomo_peers.py", &[&broker.endpoint, "0", "4"])?;
+    assert_eq!(worker.line().await?, "ready");
+    wait_for_service(&broker.endpoint, "mt-echo").await?;
+    let before = broker.handle.stats().await.context("running")?.replies;
+    for dialect in [Dialect::Rfc18, Dialect::Majortomo] {
+        let client = Client::new(
+            broker.endpoint.clone(),
+            ClientConfig::default()
+                .timeout(PATIENCE)
+                .version(Version::V02(dialect)),
+        );
+        for i in 0..20 {
+            let body = vec![
+                Bytes::from(format!("{dialect:?} {i}")),
+                Bytes::from_static(b"2"),
+            ];
+            let reply = client.request("mt-echo", body.clone()).await?;
+            let mut expected: Vec<Bytes> =
+                (0..4).map(|n| Bytes::from(format!("part {n}"))).collect();
+            expected.extend(body);
+            assert_eq!(reply, expected);
+        }
+    }
+    let stats = broker.stop().await?;
+    assert_eq!((stats.replies - before, stats.protocol_errors), (40, 0));
     Ok(())
 }

@@ -317,10 +317,13 @@ async fn ppp_worker_survives_queue_restart_on_the_same_port() -> Result<()> {
         frames(&[b"after"])
     );
 
+    // Read while the worker still runs: once it stops, the queue may learn of it (a heartbeat
+    // it cannot deliver) before it stops itself.
+    let stats = queue.handle.stats().await.context("queue running")?;
+    assert_eq!(stats.workers, 1, "one worker, registered once");
     let _ = stop.send(());
     worker.await??;
-    let stats = queue.stop().await?;
-    assert_eq!(stats.workers, 1, "one worker, registered once");
+    queue.stop().await?;
     Ok(())
 }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::mdp::{ClientReply, ClientRequest};
+pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::clock;
 use majordomo_rt::transport::{connect_dealer, Transport, TransportError};
@@ -51,9 +52,21 @@ pub struct ClientConfig {
     /// the pool unless the pool is full, in which case it is closed. So the pool grows to the
     /// most requests ever in flight at once, bounded by this.
     pub max_idle_connections: usize,
+    /// The MDP the requests are in (default [`Version::V01`], 7/MDP). With
+    /// `Version::V02(dialect)` they are 18/MDP in RFC 18's or majortomo's dialect, and
+    /// [`Client::request`] returns the reply's parts gathered: every PARTIAL's frames, then the
+    /// FINAL's. The timeout then runs from the request or from the last part, and an attempt
+    /// that times out after some parts is retried whole (the parts it had are dropped).
+    pub version: Version,
 }
 
 impl ClientConfig {
+    /// Sets `version`; the field says what it means and its default.
+    pub fn version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
+    }
+
     /// Sets `timeout`; the field says what it means and its default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -86,6 +99,7 @@ impl Default for ClientConfig {
             attempts: 3,
             limits: Limits::default(),
             max_idle_connections: 64,
+            version: Version::V01,
         }
     }
 }
@@ -189,15 +203,23 @@ impl Client {
 
     async fn call(&self, service: Bytes, body: Vec<Bytes>) -> Result<Vec<Bytes>, ClientError> {
         let config = &self.inner.config;
-        let mut call = Call::new(
-            clock::now(),
-            service.clone(),
-            body,
-            config.timeout,
-            config.attempts,
-            config.limits,
-        )
+        let now = clock::now();
+        let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
+        let mut call = match config.version {
+            Version::V01 => Call::new(now, service.clone(), body, timeout, attempts, limits),
+            Version::V02(dialect) => Call::new_v02(
+                now,
+                service.clone(),
+                body,
+                timeout,
+                attempts,
+                limits,
+                dialect,
+            ),
+        }
         .map_err(ClientError::InvalidService)?;
+        // Whether this attempt's request is still to be sent (not once a PARTIAL came).
+        let mut send = true;
         let mut socket = self
             .inner
             .pool
@@ -217,12 +239,19 @@ impl Client {
                         socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
                     }
                     let s = socket.as_mut().expect("connected above");
-                    s.send(call.request().to_vec()).await?;
+                    if send {
+                        s.send(call.request().to_vec()).await?;
+                    }
                     Ok::<_, ClientError>(s.recv().await?)
                 })
                 .await;
+            send = false;
             let event = match attempt {
-                Ok(Ok(frames)) => call.handle_reply(&frames),
+                Ok(Ok(frames)) => match call.handle_part(clock::now(), &frames) {
+                    Some(event) => Some(event),
+                    // A PARTIAL: wait for the next part on the same connection.
+                    None => continue,
+                },
                 Ok(Err(error)) => {
                     debug!(attempt = call.attempt(), %error, "connection failed");
                     socket = None;
@@ -241,7 +270,10 @@ impl Client {
                 }
             };
             match event.expect("a call that is not done answers every input") {
-                CallEvent::Resend { .. } => socket = None,
+                CallEvent::Resend { .. } => {
+                    socket = None;
+                    send = true;
+                }
                 CallEvent::Done(Ok(body)) => {
                     if let Some(socket) = socket {
                         let mut pool = self.inner.pool.lock().expect("pool lock");

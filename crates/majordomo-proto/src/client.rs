@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::mdp::{ClientReply, ClientRequest};
+use crate::mdp2::{self, Dialect, Part};
 use crate::{DecodeError, Limits};
 
 /// Why a call failed.
@@ -53,6 +54,13 @@ pub enum CallEvent {
 enum Exchange {
     /// A 7/MDP request; the reply must be a client REPLY for the same service.
     Mdp { service: Bytes, limits: Limits },
+    /// An 18/MDP request; PARTIALs are gathered until the FINAL.
+    Mdp2 {
+        service: Bytes,
+        limits: Limits,
+        dialect: Dialect,
+        gathered: Vec<Bytes>,
+    },
     /// A REQ-style request (empty delimiter, then the body); any reply is the answer.
     Plain,
 }
@@ -98,6 +106,34 @@ impl Call {
         ))
     }
 
+    /// An 18/MDP (v0.2) call in `dialect` for `service` with `body`: its result is the reply's
+    /// parts, every PARTIAL's frames then the FINAL's, in order. The timeout runs from the
+    /// request, or from the last part with [`Call::handle_part`]; a new attempt gathers anew.
+    /// Fails if the service name is empty or too long.
+    pub fn new_v02(
+        now: Instant,
+        service: Bytes,
+        body: Vec<Bytes>,
+        timeout: Duration,
+        attempts: u32,
+        limits: Limits,
+        dialect: Dialect,
+    ) -> Result<Self, DecodeError> {
+        limits.check_service(&service)?;
+        let request = mdp2::ClientRequest {
+            service: service.clone(),
+            body,
+        }
+        .encode(dialect);
+        let exchange = Exchange::Mdp2 {
+            service,
+            limits,
+            dialect,
+            gathered: Vec::new(),
+        };
+        Ok(Self::start(now, exchange, request, timeout, attempts))
+    }
+
     /// Starts a Lazy Pirate call of a REQ/REP server at `now`: the request goes out as a REQ
     /// socket sends it (an empty delimiter, then `body`), and any reply is the answer (a leading
     /// empty delimiter is removed). "If there is no reply within some timeout, ... close the
@@ -138,6 +174,14 @@ impl Call {
     pub fn body(&self) -> &[Bytes] {
         match self.exchange {
             Exchange::Mdp { .. } => &self.request[3..],
+            Exchange::Mdp2 {
+                dialect: Dialect::Rfc18,
+                ..
+            } => &self.request[3..],
+            Exchange::Mdp2 {
+                dialect: Dialect::Majortomo,
+                ..
+            } => &self.request[4..],
             Exchange::Plain => &self.request[1..],
         }
     }
@@ -145,7 +189,7 @@ impl Call {
     /// The service called (empty for a Lazy Pirate call).
     pub fn service(&self) -> &[u8] {
         match &self.exchange {
-            Exchange::Mdp { service, .. } => service,
+            Exchange::Mdp { service, .. } | Exchange::Mdp2 { service, .. } => service,
             Exchange::Plain => &[],
         }
     }
@@ -183,9 +227,31 @@ impl Call {
         if self.is_done() {
             return None;
         }
-        let result = match &self.exchange {
+        let result = match &mut self.exchange {
+            Exchange::Mdp2 {
+                service,
+                limits,
+                dialect,
+                gathered,
+            } => match mdp2::ClientReply::decode(frames, *dialect, limits) {
+                // majortomo's replies carry no service frame to check.
+                Ok(reply) if !reply.service.is_empty() && reply.service != *service => {
+                    Err(CallError::WrongService {
+                        expected: service.clone(),
+                        got: reply.service,
+                    })
+                }
+                Ok(reply) => {
+                    gathered.extend(reply.body);
+                    if reply.part == Part::Partial {
+                        return None;
+                    }
+                    Ok(std::mem::take(gathered))
+                }
+                Err(error) => Err(CallError::Malformed(error)),
+            },
             Exchange::Mdp { service, limits } => match ClientReply::decode(frames, limits) {
-                Ok(reply) if reply.service == service => Ok(reply.body),
+                Ok(reply) if reply.service == *service => Ok(reply.body),
                 Ok(reply) => Err(CallError::WrongService {
                     expected: service.clone(),
                     got: reply.service,
@@ -200,6 +266,19 @@ impl Call {
         };
         self.state = State::Done;
         Some(CallEvent::Done(result))
+    }
+
+    /// As [`Call::handle_reply`], and a PARTIAL of a v0.2 call (which gives `None`: more to
+    /// come) moves the deadline to `now` plus the timeout, so the timeout runs per part.
+    pub fn handle_part(&mut self, now: Instant, frames: &[Bytes]) -> Option<CallEvent> {
+        let event = self.handle_reply(frames);
+        if let (None, State::Waiting { attempt, .. }) = (&event, self.state) {
+            self.state = State::Waiting {
+                attempt,
+                deadline: now + self.timeout,
+            };
+        }
+        event
     }
 
     /// Called at [`Call::poll_timeout`]: resend on a new connection, or give up after the last
@@ -231,6 +310,10 @@ impl Call {
             attempt: attempt + 1,
             deadline: now + self.timeout,
         };
+        if let Exchange::Mdp2 { gathered, .. } = &mut self.exchange {
+            // The parts of the attempt given up on are not the next attempt's.
+            gathered.clear();
+        }
         CallEvent::Resend {
             attempt: attempt + 1,
         }

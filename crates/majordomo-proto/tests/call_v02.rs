@@ -1,0 +1,92 @@
+//! A client call in 18/MDP (v0.2): parts gathered until the FINAL, the timeout per part, and a
+//! retry that starts the gathering again.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use majordomo_proto::client::{Call, CallError, CallEvent};
+use majordomo_proto::mdp2::Dialect;
+use majordomo_proto::Limits;
+
+const T: Duration = Duration::from_millis(100);
+
+fn f(frames: &[&[u8]]) -> Vec<Bytes> {
+    frames.iter().map(|x| Bytes::copy_from_slice(x)).collect()
+}
+
+fn call(now: Instant, dialect: Dialect) -> Call {
+    let body = vec![Bytes::from_static(b"q")];
+    Call::new_v02(
+        now,
+        Bytes::from_static(b"echo"),
+        body,
+        T,
+        2,
+        Limits::default(),
+        dialect,
+    )
+    .unwrap()
+}
+
+#[test]
+fn parts_are_gathered_until_the_final_and_the_timeout_runs_per_part() {
+    let start = Instant::now();
+    let mut c = call(start, Dialect::Rfc18);
+    assert_eq!(c.request(), f(&[b"MDPC02", &[0x01], b"echo", b"q"]));
+    assert_eq!(c.body(), f(&[b"q"]));
+    let later = start + T * 3 / 4;
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x02], b"echo", b"1"])),
+        None
+    );
+    // The deadline moved with the part: not due at the first deadline.
+    assert_eq!(c.poll_timeout(), Some(later + T));
+    assert_eq!(c.handle_timeout(start + T), None);
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x02], b"echo", b"2", b"3"])),
+        None
+    );
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x03], b"echo", b"4"])),
+        Some(CallEvent::Done(Ok(f(&[b"1", b"2", b"3", b"4"]))))
+    );
+    assert!(c.is_done());
+}
+
+#[test]
+fn majortomo_replies_have_no_service_and_a_retry_drops_the_parts_it_had() {
+    let start = Instant::now();
+    let mut c = call(start, Dialect::Majortomo);
+    assert_eq!(c.request(), f(&[b"", b"MDPC02", &[0x02], b"echo", b"q"]));
+    assert_eq!(c.body(), f(&[b"q"]));
+    assert_eq!(
+        c.handle_reply(&f(&[b"", b"MDPC02", &[0x03], b"lost"])),
+        None
+    );
+    assert_eq!(
+        c.handle_timeout(start + T),
+        Some(CallEvent::Resend { attempt: 2 })
+    );
+    assert_eq!(
+        c.handle_reply(&f(&[b"", b"MDPC02", &[0x04], b"whole"])),
+        Some(CallEvent::Done(Ok(f(&[b"whole"]))))
+    );
+}
+
+#[test]
+fn a_reply_for_another_service_or_a_malformed_one_is_an_error() {
+    let now = Instant::now();
+    let mut c = call(now, Dialect::Rfc18);
+    assert_eq!(
+        c.handle_reply(&f(&[b"MDPC02", &[0x03], b"other", b"x"])),
+        Some(CallEvent::Done(Err(CallError::WrongService {
+            expected: Bytes::from_static(b"echo"),
+            got: Bytes::from_static(b"other"),
+        })))
+    );
+    let mut c = call(now, Dialect::Rfc18);
+    assert!(matches!(
+        c.handle_reply(&f(&[b"", b"MDPC01", b"echo", b"x"])),
+        Some(CallEvent::Done(Err(CallError::Malformed(_))))
+    ));
+}
