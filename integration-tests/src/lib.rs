@@ -668,3 +668,19 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, patience: Duratio
     };
     tokio::time::timeout(patience, read_to_end).await.is_ok()
 }
+
+/// A worker handler that sends `parts` parts ("part 0", "part 1", ...) and then the request as
+/// its last part.
+pub fn parts_then_echo(parts: usize) -> impl majordomo_worker::StreamHandler {
+    use majordomo_worker::{stream_handler_fn, BoxError, Responder};
+    stream_handler_fn(
+        move |body: Vec<Bytes>, mut responder: Responder| async move {
+            for n in 0..parts {
+                responder
+                    .send(vec![Bytes::from(format!("part {n}"))])
+                    .await?;
+            }
+            Ok::<_, BoxError>(body)
+        },
+    )
+}

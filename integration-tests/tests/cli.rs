@@ -602,3 +602,64 @@ async fn a_broker_runs_from_its_configuration_file() -> Result<()> {
     assert_eq!(reply, [Bytes::from_static(b"configured")]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_each_part_as_it_arrives_from_a_streaming_exec_worker() -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let ep = free_endpoint()?;
+    let dir = std::env::temp_dir().join(format!("majordomo-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let flag = dir.join("go");
+    let _ = std::fs::remove_file(&flag);
+    // One line, then (once the test has seen it) another and an unterminated rest.
+    let script = format!(
+        "echo one; n=0; while [ ! -e {} ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done; \
+         echo two; printf three",
+        flag.display()
+    );
+    let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let _worker = Proc::spawn(&[
+        "worker",
+        "--connect",
+        &ep,
+        "--mdp",
+        "0.2",
+        "exec",
+        "--stream",
+        "lines",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])?;
+    wait_for_service(&ep, "lines").await?;
+    // The client in majortomo's dialect, the worker in RFC 18's: the broker answers each in its
+    // own.
+    let mut call = tokio::process::Command::new(majordomo_bin()?)
+        .args([
+            "call",
+            "--connect",
+            &ep,
+            "--mdp",
+            "0.2-majortomo",
+            "--timeout",
+            "10s",
+        ])
+        .args(["lines", "go"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut out = tokio::io::BufReader::new(call.stdout.take().context("piped")?);
+    let mut first = String::new();
+    tokio::time::timeout(PATIENCE, out.read_line(&mut first)).await??;
+    // Printed while the program still waits: the part came before the rest was written.
+    assert_eq!(first, "one\n");
+    std::fs::write(&flag, b"")?;
+    let mut rest = String::new();
+    tokio::time::timeout(PATIENCE, out.read_to_string(&mut rest)).await??;
+    assert_eq!(rest, "\ntwo\n\nthree\n", "a blank line between parts");
+    let status = tokio::time::timeout(PATIENCE, call.wait()).await??;
+    assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -16,13 +16,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
 use majordomo_broker::{
     Broker, BrokerConfig, BrokerHandle, GuardConfig, GuardStatsHandle, HeartbeatConfig, Limits,
 };
 use majordomo_cli::child::{Child, Stderr};
-use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_client::{Client, ClientConfig, ClientError, Dialect, Version};
 use majordomo_pirate::{Queue, QueueConfig};
-use majordomo_worker::{handler_fn, BoxError, Worker, WorkerConfig};
+use majordomo_worker::{
+    handler_fn, stream_handler_fn, BoxError, Responder, StreamHandler, Worker, WorkerConfig,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -50,6 +53,30 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The MDP a client or worker speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mdp {
+    /// 7/MDP (MDP v0.1).
+    #[value(name = "0.1")]
+    V01,
+    /// 18/MDP (MDP v0.2) as RFC 18 writes it.
+    #[value(name = "0.2")]
+    V02,
+    /// 18/MDP as majortomo speaks it (a leading empty frame; what majortomo's broker needs).
+    #[value(name = "0.2-majortomo")]
+    V02Majortomo,
+}
+
+impl From<Mdp> for Version {
+    fn from(mdp: Mdp) -> Self {
+        match mdp {
+            Mdp::V01 => Version::V01,
+            Mdp::V02 => Version::V02(Dialect::Rfc18),
+            Mdp::V02Majortomo => Version::V02(Dialect::Majortomo),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -339,6 +366,10 @@ struct CallArgs {
     /// Attempts in all before giving up, each on a new connection and each waiting --timeout.
     #[arg(long, visible_alias = "retries", default_value_t = 3)]
     attempts: u32,
+    /// The MDP to speak. With 0.2 each part of the reply is printed as it arrives (one line per
+    /// frame, a blank line between parts); after a part has arrived, a timeout is not retried.
+    #[arg(long, value_enum, default_value = "0.1")]
+    mdp: Mdp,
     /// Service name.
     service: String,
     /// Request body frames.
@@ -374,6 +405,9 @@ struct WorkerArgs {
     /// concurrency without cross-thread wake-ups.
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
+    /// The MDP to speak.
+    #[arg(long, value_enum, default_value = "0.1", global = true)]
+    mdp: Mdp,
     #[command(subcommand)]
     kind: WorkerKind,
 }
@@ -385,9 +419,18 @@ enum WorkerKind {
         /// Service name to register.
         #[arg(long, default_value = "echo")]
         service: String,
+        /// Send the request back this many times as parts before the last (PARTIALs in
+        /// 18/MDP, frames of the one REPLY in 7/MDP).
+        #[arg(long, default_value_t = 0)]
+        parts: usize,
     },
     /// Serve any program: the request body is its stdin, its stdout is the reply.
     Exec {
+        /// Send each line of the program's stdout (without its newline) as a part as soon as it
+        /// is written, and what follows the last newline as the last part: PARTIALs then the
+        /// FINAL in 18/MDP (--mdp 0.2), the lines as frames of one REPLY in 7/MDP.
+        #[arg(long)]
+        stream: bool,
         /// Service name to register.
         service: String,
         /// Program and arguments.
@@ -636,31 +679,46 @@ async fn run_queue(args: QueueArgs, paranoid: bool) -> Result<()> {
 
 /// Exit status of `call` when no reply came after every attempt.
 const NO_REPLY: u8 = 2;
+/// Exit status of `call` when a reply in parts stopped before its last part.
+const INTERRUPTED: u8 = 3;
 
 async fn run_call(args: CallArgs) -> Result<ExitCode> {
     let client = Client::new(
         args.connect.connect,
         ClientConfig::default()
             .timeout(args.timeout)
-            .attempts(args.attempts),
+            .attempts(args.attempts)
+            .version(args.mdp.into()),
     );
     let body = args.body.into_iter().map(Bytes::from).collect();
-    match client.request(args.service, body).await {
-        Ok(reply) => {
-            let mut out = tokio::io::stdout();
-            for frame in reply {
-                out.write_all(&frame).await?;
-                out.write_all(b"\n").await?;
+    let mut parts = std::pin::pin!(client.request_stream(args.service, body));
+    let mut out = tokio::io::stdout();
+    let mut first = true;
+    while let Some(part) = parts.next().await {
+        match part {
+            Ok(part) => {
+                if !first {
+                    out.write_all(b"\n").await?;
+                }
+                first = false;
+                for frame in part.body {
+                    out.write_all(&frame).await?;
+                    out.write_all(b"\n").await?;
+                }
+                out.flush().await?;
             }
-            out.flush().await?;
-            Ok(ExitCode::SUCCESS)
+            Err(error @ ClientError::NoReply { .. }) => {
+                eprintln!("majordomo call: {error}");
+                return Ok(ExitCode::from(NO_REPLY));
+            }
+            Err(error @ ClientError::Interrupted { .. }) => {
+                eprintln!("majordomo call: {error}");
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
+            Err(error) => return Err(error.into()),
         }
-        Err(error @ ClientError::NoReply { .. }) => {
-            eprintln!("majordomo call: {error}");
-            Ok(ExitCode::from(NO_REPLY))
-        }
-        Err(error) => Err(error.into()),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_worker(args: WorkerArgs) -> Result<()> {
@@ -669,10 +727,11 @@ async fn run_worker(args: WorkerArgs) -> Result<()> {
         .reconnect_initial(args.reconnect_initial)
         .reconnect_max(args.reconnect_max)
         .concurrency(args.concurrency)
-        .busy_poll(args.busy_poll);
+        .busy_poll(args.busy_poll)
+        .version(args.mdp.into());
     let endpoint = args.connect.connect;
     match args.kind {
-        WorkerKind::Echo { service } => {
+        WorkerKind::Echo { service, parts: 0 } => {
             Worker::new(endpoint, service, config)
                 .run(
                     handler_fn(|body| async move { Ok(body) }),
@@ -680,7 +739,30 @@ async fn run_worker(args: WorkerArgs) -> Result<()> {
                 )
                 .await?
         }
-        WorkerKind::Exec { service, command } => {
+        WorkerKind::Echo { service, parts } => {
+            Worker::new(endpoint, service, config)
+                .run_streaming(echo_in_parts(parts), shutdown_signal())
+                .await?
+        }
+        WorkerKind::Exec {
+            service,
+            command,
+            stream: true,
+        } => {
+            let command = std::sync::Arc::new(command);
+            let handler = stream_handler_fn(move |body: Vec<Bytes>, responder| {
+                let command = command.clone();
+                async move { exec_streamed(&command, body, responder).await }
+            });
+            Worker::new(endpoint, service, config)
+                .run_streaming(handler, shutdown_signal())
+                .await?
+        }
+        WorkerKind::Exec {
+            service,
+            command,
+            stream: false,
+        } => {
             let command = std::sync::Arc::new(command);
             let handler = handler_fn(move |body: Vec<Bytes>| {
                 let command = command.clone();
@@ -694,9 +776,30 @@ async fn run_worker(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `command` with the request body (frames concatenated) on stdin; its stdout is the reply.
-/// A program that exits non-zero is a handler error.
-async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+/// Echoes the request `parts` times as parts, then as the last part.
+pub(crate) fn echo_in_parts(parts: usize) -> impl StreamHandler {
+    stream_handler_fn(
+        move |body: Vec<Bytes>, mut responder: Responder| async move {
+            for _ in 0..parts {
+                responder.send(body.clone()).await?;
+            }
+            Ok::<_, BoxError>(body)
+        },
+    )
+}
+
+/// Starts `command` with the request body (frames concatenated) written to its stdin by a task
+/// (a program that exits without reading all of it is not an error).
+fn spawn_child(
+    command: &[String],
+    body: Vec<Bytes>,
+) -> Result<
+    (
+        tokio::process::Child,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    BoxError,
+> {
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .stdin(Stdio::piped())
@@ -706,11 +809,57 @@ async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxErr
         .spawn()?;
     let mut stdin = child.stdin.take().expect("piped");
     let writer = tokio::spawn(async move {
-        for frame in body {
-            stdin.write_all(&frame).await?;
+        let written = async {
+            for frame in body {
+                stdin.write_all(&frame).await?;
+            }
+            stdin.shutdown().await
+        };
+        match written.await {
+            // A program may exit without reading all of its input.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
         }
-        stdin.shutdown().await
     });
+    Ok((child, writer))
+}
+
+/// As [`exec`], sending each line of stdout (without its newline) as a part when it is written;
+/// what follows the last newline (perhaps nothing) is the last part. A program that exits
+/// non-zero is a handler error, after the lines it wrote have gone out.
+async fn exec_streamed(
+    command: &[String],
+    body: Vec<Bytes>,
+    mut responder: Responder,
+) -> Result<Vec<Bytes>, BoxError> {
+    use tokio::io::AsyncBufReadExt;
+    let (mut child, writer) = spawn_child(command, body)?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = Vec::new();
+    let rest = loop {
+        line.clear();
+        if stdout.read_until(b'\n', &mut line).await? == 0 {
+            break Vec::new();
+        }
+        if line.last() != Some(&b'\n') {
+            // The end of stdout came before a newline.
+            break std::mem::take(&mut line);
+        }
+        line.pop();
+        responder.send(vec![Bytes::copy_from_slice(&line)]).await?;
+    };
+    let status = child.wait().await?;
+    writer.await??;
+    if !status.success() {
+        return Err(format!("{} exited with {}", command[0], status).into());
+    }
+    Ok(vec![Bytes::from(rest)])
+}
+
+/// Runs `command` with the request body (frames concatenated) on stdin; its stdout is the reply.
+/// A program that exits non-zero is a handler error.
+async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+    let (child, writer) = spawn_child(command, body)?;
     let output = child.wait_with_output().await?;
     writer.await??;
     if !output.status.success() {

@@ -1,10 +1,13 @@
-//! Majordomo (7/MDP) clients for tokio applications.
+//! Majordomo clients for tokio applications, in 7/MDP (v0.1, the default) or 18/MDP (v0.2, in
+//! RFC 18's or majortomo's dialect; [`ClientConfig::version`]).
 //!
 //! - [`Client`]: `request(service, body)` with the Lazy Pirate strategy of 7/MDP built in: "If
 //!   there is no reply within some timeout, ... close the request socket and open a new socket,
 //!   and resend the request on that new socket. If there is no reply after several retries, ...
 //!   signal the transaction as failed." A `Client` is a cheap clone; many tasks may call it at
 //!   once and each gets exactly its own reply.
+//! - [`Client::request_stream`]: the reply part by part as it arrives (18/MDP's PARTIALs then
+//!   its FINAL), retried only until the first part.
 //! - [`AsyncClient`]: the Guide's asynchronous Majordomo client (mdcliapi2): send many requests
 //!   without waiting, receive the replies as they come.
 //!
@@ -25,8 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::mdp::{ClientReply, ClientRequest};
+use majordomo_proto::mdp2;
 pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::clock;
@@ -56,7 +61,8 @@ pub struct ClientConfig {
     /// `Version::V02(dialect)` they are 18/MDP in RFC 18's or majortomo's dialect, and
     /// [`Client::request`] returns the reply's parts gathered: every PARTIAL's frames, then the
     /// FINAL's. The timeout then runs from the request or from the last part, and an attempt
-    /// that times out after some parts is retried whole (the parts it had are dropped).
+    /// that times out after some parts is retried whole (the parts it had are dropped);
+    /// [`Client::request_stream`] yields the parts instead, and is not retried after one.
     pub version: Version,
 }
 
@@ -134,6 +140,16 @@ pub enum ClientError {
     /// The service name is empty or too long; nothing was sent.
     #[error("invalid service name: {0}")]
     InvalidService(DecodeError),
+    /// A streamed reply ([`Client::request_stream`]) stopped after some parts: no next part
+    /// within the timeout, or the connection failed. Not retried, since a retry would repeat
+    /// the parts.
+    #[error("the reply from {service:?} stopped after {parts} parts")]
+    Interrupted {
+        /// Parts received.
+        parts: u32,
+        /// The service the request was for.
+        service: Bytes,
+    },
     /// [`AsyncClient::recv`] waited [`ClientConfig::timeout`] and no reply came.
     #[error("no reply within the timeout")]
     Timeout,
@@ -201,11 +217,64 @@ impl Client {
         self.call(service, body).instrument(span).await
     }
 
+    /// Sends `body` to `service` and yields the reply part by part as it arrives: every
+    /// PARTIAL, then the FINAL (with [`Part::last`] set), after which the stream ends. Over
+    /// 7/MDP ([`Version::V01`]) the one REPLY is the one part.
+    ///
+    /// The timeout runs per part. Until the first part arrives, an attempt that times out or
+    /// loses its connection is retried on a fresh connection as [`Client::request`] does. Once
+    /// a part has arrived it is not: a new attempt would run the request again and yield its
+    /// parts twice, so the stream ends with [`ClientError::Interrupted`] instead, and the caller
+    /// decides whether to ask again.
+    pub fn request_stream(
+        &self,
+        service: impl Into<Bytes>,
+        body: Vec<Bytes>,
+    ) -> impl Stream<Item = Result<Part, ClientError>> + Send + 'static {
+        let service = service.into();
+        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.endpoint);
+        let start = self.exchange(service, body, true);
+        futures::stream::unfold(Some((self.clone(), start)), move |state| {
+            let span = span.clone();
+            async move {
+                let (client, exchange) = state?;
+                let mut exchange = match exchange {
+                    Ok(exchange) => exchange,
+                    Err(error) => return Some((Err(error), None)),
+                };
+                match client.step(&mut exchange).instrument(span).await {
+                    Step::Part(body) => {
+                        Some((Ok(Part { body, last: false }), Some((client, Ok(exchange)))))
+                    }
+                    Step::Done(Ok(body)) => Some((Ok(Part { body, last: true }), None)),
+                    Step::Done(Err(error)) => Some((Err(error), None)),
+                }
+            }
+        })
+    }
+
     async fn call(&self, service: Bytes, body: Vec<Bytes>) -> Result<Vec<Bytes>, ClientError> {
+        let mut exchange = self.exchange(service, body, false)?;
+        loop {
+            match self.step(&mut exchange).await {
+                // Not streamed: parts are gathered by the call.
+                Step::Part(_) => continue,
+                Step::Done(result) => return result,
+            }
+        }
+    }
+
+    /// A call under way, with an idle connection from the pool if there is one.
+    fn exchange(
+        &self,
+        service: Bytes,
+        body: Vec<Bytes>,
+        streamed: bool,
+    ) -> Result<Exchange, ClientError> {
         let config = &self.inner.config;
         let now = clock::now();
         let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
-        let mut call = match config.version {
+        let call = match config.version {
             Version::V01 => Call::new(now, service.clone(), body, timeout, attempts, limits),
             Version::V02(dialect) => Call::new_v02(
                 now,
@@ -215,18 +284,34 @@ impl Client {
                 attempts,
                 limits,
                 dialect,
-            ),
+            )
+            .map(|call| if streamed { call.streamed() } else { call }),
         }
         .map_err(ClientError::InvalidService)?;
-        // Whether this attempt's request is still to be sent (not once a PARTIAL came).
-        let mut send = true;
-        let mut socket = self
+        let socket = self
             .inner
             .pool
             .lock()
             .expect("pool lock")
             .pop()
             .map(|p| p.0);
+        Ok(Exchange {
+            call,
+            service,
+            socket,
+            send: true,
+        })
+    }
+
+    /// Drives `exchange` to its next part or its end.
+    async fn step(&self, exchange: &mut Exchange) -> Step {
+        let config = &self.inner.config;
+        let Exchange {
+            call,
+            service,
+            socket,
+            send,
+        } = exchange;
         loop {
             let deadline = call
                 .poll_timeout()
@@ -236,88 +321,122 @@ impl Client {
             let attempt =
                 tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), async {
                     if socket.is_none() {
-                        socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
+                        *socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
                     }
                     let s = socket.as_mut().expect("connected above");
-                    if send {
+                    if *send {
                         s.send(call.request().to_vec()).await?;
+                        // Not again on this connection, whatever comes.
+                        *send = false;
                     }
                     Ok::<_, ClientError>(s.recv().await?)
                 })
                 .await;
-            send = false;
             let event = match attempt {
                 Ok(Ok(frames)) => match call.handle_part(clock::now(), &frames) {
                     Some(event) => Some(event),
-                    // A PARTIAL: wait for the next part on the same connection.
+                    // A PARTIAL gathered: wait for the next part on the same connection.
                     None => continue,
                 },
                 Ok(Err(error)) => {
                     debug!(attempt = call.attempt(), %error, "connection failed");
-                    socket = None;
+                    *socket = None;
                     call.handle_connection_lost(clock::now())
                 }
                 Err(_) => {
                     warn!(
-                        service = %Hex(&service),
+                        service = %Hex(service),
                         attempt = call.attempt(),
                         attempts = call.attempts(),
-                        "no reply, retrying on a new connection"
+                        "no reply in time"
                     );
                     // Close the socket: a late reply must not reach the next request.
-                    socket = None;
+                    *socket = None;
                     call.handle_timeout(clock::now().max(deadline))
                 }
             };
-            match event.expect("a call that is not done answers every input") {
+            return match event.expect("a call that is not done answers every input") {
                 CallEvent::Resend { .. } => {
-                    socket = None;
-                    send = true;
+                    *socket = None;
+                    *send = true;
+                    continue;
                 }
+                CallEvent::Part(body) => Step::Part(body),
                 CallEvent::Done(Ok(body)) => {
-                    if let Some(socket) = socket {
+                    if let Some(socket) = socket.take() {
                         let mut pool = self.inner.pool.lock().expect("pool lock");
                         // Above the bound the connection is closed (dropped) instead.
                         if pool.len() < config.max_idle_connections {
                             pool.push(PooledSocket(socket));
                         }
                     }
-                    return Ok(body);
+                    Step::Done(Ok(body))
                 }
                 // A socket that brought a bad reply is dropped: a confused connection is not
                 // reused.
-                CallEvent::Done(Err(CallError::Malformed(error))) => {
-                    return Err(ClientError::Malformed(error))
-                }
-                CallEvent::Done(Err(CallError::WrongService { expected, got })) => {
-                    return Err(ClientError::WrongService { expected, got })
-                }
-                CallEvent::Done(Err(CallError::NoReply { attempts })) => {
-                    return Err(ClientError::NoReply {
+                CallEvent::Done(Err(error)) => Step::Done(Err(match error {
+                    CallError::Malformed(error) => ClientError::Malformed(error),
+                    CallError::WrongService { expected, got } => {
+                        ClientError::WrongService { expected, got }
+                    }
+                    CallError::NoReply { attempts } => ClientError::NoReply {
                         attempts,
-                        service,
+                        service: service.clone(),
                         body: call.body().to_vec(),
-                    })
-                }
-            }
+                    },
+                    CallError::Interrupted { parts } => ClientError::Interrupted {
+                        parts,
+                        service: service.clone(),
+                    },
+                })),
+            };
         }
     }
+}
+
+/// A request under way: its call, and the connection it is on.
+struct Exchange {
+    call: Call,
+    service: Bytes,
+    socket: Option<DealerSocket>,
+    /// Whether the current attempt's request is still to be sent.
+    send: bool,
+}
+
+/// Where [`Client::step`] stopped.
+enum Step {
+    Part(Vec<Bytes>),
+    Done(Result<Vec<Bytes>, ClientError>),
+}
+
+/// One part of a reply from [`Client::request_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The part's frames.
+    pub body: Vec<Bytes>,
+    /// Whether this is the last part (the FINAL, or a 7/MDP REPLY).
+    pub last: bool,
 }
 
 /// A reply received by an [`AsyncClient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    /// The service that answered.
+    /// The service that answered (empty in majortomo's dialect, whose replies do not name it).
     pub service: Bytes,
     /// The reply body.
     pub body: Vec<Bytes>,
+    /// Whether this ends its request's answer: always for a 7/MDP REPLY and an 18/MDP FINAL,
+    /// not for a PARTIAL.
+    pub last: bool,
 }
 
 /// The asynchronous Majordomo client (the Guide's mdcliapi2): one DEALER socket, many requests in
 /// flight, replies in the order the broker sends them.
 ///
 /// There are no retries here: 7/MDP replies carry no request id, so the caller correlates replies
-/// (for example by putting its own id in the body) and decides what to resend.
+/// (for example by putting its own id in the body) and decides what to resend. It speaks the
+/// [`ClientConfig::version`] configured; in 18/MDP every PARTIAL and FINAL is a [`Reply`] of its
+/// own ([`Reply::last`] tells them apart).
 pub struct AsyncClient {
     socket: DealerSocket,
     config: ClientConfig,
@@ -349,9 +468,11 @@ impl AsyncClient {
             .limits
             .check_service(&service)
             .map_err(ClientError::InvalidService)?;
-        self.socket
-            .send(ClientRequest::new(service, body).encode())
-            .await?;
+        let request = match self.config.version {
+            Version::V01 => ClientRequest::new(service, body).encode(),
+            Version::V02(dialect) => mdp2::ClientRequest { service, body }.encode(dialect),
+        };
+        self.socket.send(request).await?;
         Ok(())
     }
 
@@ -360,10 +481,24 @@ impl AsyncClient {
         let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
             .await
             .map_err(|_| ClientError::Timeout)??;
-        let reply = ClientReply::decode(&frames, &self.config.limits)?;
-        Ok(Reply {
-            service: reply.service,
-            body: reply.body,
+        let limits = &self.config.limits;
+        Ok(match self.config.version {
+            Version::V01 => {
+                let reply = ClientReply::decode(&frames, limits)?;
+                Reply {
+                    service: reply.service,
+                    body: reply.body,
+                    last: true,
+                }
+            }
+            Version::V02(dialect) => {
+                let reply = mdp2::ClientReply::decode(&frames, dialect, limits)?;
+                Reply {
+                    service: reply.service,
+                    body: reply.body,
+                    last: reply.part == mdp2::Part::Final,
+                }
+            }
         })
     }
 }

@@ -158,6 +158,8 @@ impl LazyPirate {
                     of: call.attempts(),
                 }),
                 CallEvent::Done(Ok(reply)) => return Ok(reply),
+                // A Lazy Pirate call has one reply: it is never streamed.
+                CallEvent::Part(_) => unreachable!("a Lazy Pirate call has no parts"),
                 CallEvent::Done(Err(_)) => {
                     return Err(LazyPirateError::ServerOffline {
                         attempts: call.attempts(),

@@ -120,7 +120,8 @@ impl<C: Connector> PppWorker<C> {
         let serve = peer::run(
             &self.connector,
             |now| PppWorkerSession::new(now, config.heartbeat, config.limits),
-            |body| handler.handle(body),
+            // A PPP reply is one message: parts, if any, are sent in front of it.
+            |body, _responder| handler.handle(body),
             options,
             &token,
         )

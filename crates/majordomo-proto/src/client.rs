@@ -35,6 +35,13 @@ pub enum CallError {
         /// The service the reply named.
         got: Bytes,
     },
+    /// A streamed call ([`Call::streamed`]) had parts and then no FINAL within the timeout, or
+    /// lost its connection. It is not retried: a new attempt would run the request again and
+    /// hand the caller its parts twice.
+    Interrupted {
+        /// Parts handed to the caller.
+        parts: u32,
+    },
 }
 
 /// What the driver must do next.
@@ -45,6 +52,9 @@ pub enum CallEvent {
         /// The attempt about to be made, from 2.
         attempt: u32,
     },
+    /// A PARTIAL of a streamed call ([`Call::streamed`]): hand its frames to the caller; more
+    /// follow.
+    Part(Vec<Bytes>),
     /// The call is over.
     Done(Result<Vec<Bytes>, CallError>),
 }
@@ -54,12 +64,15 @@ pub enum CallEvent {
 enum Exchange {
     /// A 7/MDP request; the reply must be a client REPLY for the same service.
     Mdp { service: Bytes, limits: Limits },
-    /// An 18/MDP request; PARTIALs are gathered until the FINAL.
+    /// An 18/MDP request; PARTIALs are gathered until the FINAL, or handed out one by one
+    /// (`streamed`, counting them in `parts`).
     Mdp2 {
         service: Bytes,
         limits: Limits,
         dialect: Dialect,
         gathered: Vec<Bytes>,
+        streamed: bool,
+        parts: u32,
     },
     /// A REQ-style request (empty delimiter, then the body); any reply is the answer.
     Plain,
@@ -130,8 +143,22 @@ impl Call {
             limits,
             dialect,
             gathered: Vec::new(),
+            streamed: false,
+            parts: 0,
         };
         Ok(Self::start(now, exchange, request, timeout, attempts))
+    }
+
+    /// Makes a v0.2 call hand out each PARTIAL as [`CallEvent::Part`] instead of gathering,
+    /// and end with the FINAL's frames alone. Before the first part, a timeout or a lost
+    /// connection is retried as always; after one, the call ends with
+    /// [`CallError::Interrupted`]: a retry would run the request again and repeat its parts.
+    /// Other calls (7/MDP, Lazy Pirate) have one reply and are unchanged.
+    pub fn streamed(mut self) -> Self {
+        if let Exchange::Mdp2 { streamed, .. } = &mut self.exchange {
+            *streamed = true;
+        }
+        self
     }
 
     /// Starts a Lazy Pirate call of a REQ/REP server at `now`: the request goes out as a REQ
@@ -233,6 +260,8 @@ impl Call {
                 limits,
                 dialect,
                 gathered,
+                streamed,
+                parts,
             } => match mdp2::ClientReply::decode(frames, *dialect, limits) {
                 // majortomo's replies carry no service frame to check.
                 Ok(reply) if !reply.service.is_empty() && reply.service != *service => {
@@ -241,6 +270,11 @@ impl Call {
                         got: reply.service,
                     })
                 }
+                Ok(reply) if *streamed && reply.part == Part::Partial => {
+                    *parts += 1;
+                    return Some(CallEvent::Part(reply.body));
+                }
+                Ok(reply) if *streamed => Ok(reply.body),
                 Ok(reply) => {
                     gathered.extend(reply.body);
                     if reply.part == Part::Partial {
@@ -268,11 +302,14 @@ impl Call {
         Some(CallEvent::Done(result))
     }
 
-    /// As [`Call::handle_reply`], and a PARTIAL of a v0.2 call (which gives `None`: more to
-    /// come) moves the deadline to `now` plus the timeout, so the timeout runs per part.
+    /// As [`Call::handle_reply`], and a PARTIAL of a v0.2 call (which gives `None`, or
+    /// [`CallEvent::Part`] when streamed: more to come) moves the deadline to `now` plus the
+    /// timeout, so the timeout runs per part.
     pub fn handle_part(&mut self, now: Instant, frames: &[Bytes]) -> Option<CallEvent> {
         let event = self.handle_reply(frames);
-        if let (None, State::Waiting { attempt, .. }) = (&event, self.state) {
+        if let (None | Some(CallEvent::Part(_)), State::Waiting { attempt, .. }) =
+            (&event, self.state)
+        {
             self.state = State::Waiting {
                 attempt,
                 deadline: now + self.timeout,
@@ -299,6 +336,15 @@ impl Call {
     }
 
     fn next_attempt(&mut self, now: Instant) -> CallEvent {
+        if let Exchange::Mdp2 {
+            streamed: true,
+            parts: parts @ 1..,
+            ..
+        } = self.exchange
+        {
+            self.state = State::Done;
+            return CallEvent::Done(Err(CallError::Interrupted { parts }));
+        }
         let attempt = self.attempt();
         if attempt >= self.attempts {
             self.state = State::Done;

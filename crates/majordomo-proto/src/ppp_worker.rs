@@ -25,8 +25,12 @@ use crate::Limits;
 enum State {
     /// READY sent, waiting for a request.
     Idle,
-    /// The handler is working on the request that came in this envelope address.
-    Busy { address: Vec<Bytes> },
+    /// The handler is working on the request that came in this envelope address; parts it sent
+    /// before its answer are kept in `gathered` (one reply per request).
+    Busy {
+        address: Vec<Bytes>,
+        gathered: Vec<Bytes>,
+    },
     /// Over.
     Ended(SessionEnd),
 }
@@ -89,7 +93,10 @@ impl Session for PppWorkerSession {
         match PppMessage::decode(frames, &self.limits) {
             Ok(PppMessage::Payload(Envelope { address, body })) => match self.state {
                 State::Idle => {
-                    self.state = State::Busy { address };
+                    self.state = State::Busy {
+                        address,
+                        gathered: Vec::new(),
+                    };
                     Some(WorkerEvent::Request(body))
                 }
                 _ => {
@@ -109,10 +116,20 @@ impl Session for PppWorkerSession {
         }
     }
 
+    /// Keeps the part: the reply carries its frames in front of the answer's.
+    fn handle_partial(&mut self, _now: Instant, body: Vec<Bytes>) {
+        match &mut self.state {
+            State::Busy { gathered, .. } => gathered.extend(body),
+            State::Ended(_) => {}
+            State::Idle => warn!("part with no request in flight dropped"),
+        }
+    }
+
     /// Queues the reply in the envelope the request came in.
     fn handle_reply(&mut self, now: Instant, body: Vec<Bytes>) {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Busy { address } => {
+            State::Busy { address, gathered } => {
+                let body = crate::session::parts_then(gathered, body);
                 self.queue(
                     now,
                     PppMessage::Payload(Envelope { address, body }).encode(),

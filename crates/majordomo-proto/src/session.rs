@@ -4,7 +4,8 @@
 //! # Calling order
 //! Create the session on a fresh connection (it queues its READY), then repeatedly: send every
 //! message [`Session::poll_transmit`] yields; feed it what arrives ([`Session::handle_message`]),
-//! the handler's result ([`Session::handle_reply`] or [`Session::handle_failure`]) and the passing
+//! the parts the handler sends before its answer ([`Session::handle_partial`], in order), the
+//! handler's result ([`Session::handle_reply`] or [`Session::handle_failure`]) and the passing
 //! of [`Session::poll_timeout`] ([`Session::handle_timeout`]). A [`WorkerEvent::Request`] starts
 //! the handler; [`WorkerEvent::Ended`] means: send what is queued, close the connection, and
 //! reconnect on a new one unless it ended by [`Session::shutdown`].
@@ -50,6 +51,11 @@ pub trait Session {
     /// Handles a message from the broker or queue.
     fn handle_message(&mut self, now: Instant, frames: &[Bytes]) -> Option<WorkerEvent>;
 
+    /// The handler sent a part of its answer before the last. A protocol with parts (18/MDP)
+    /// sends it at once; one with a single reply per request keeps it and sends its frames in
+    /// front of the answer's. Dropped when no request is in flight.
+    fn handle_partial(&mut self, now: Instant, body: Vec<Bytes>);
+
     /// The handler finished the request in flight with this reply body.
     fn handle_reply(&mut self, now: Instant, body: Vec<Bytes>);
 
@@ -61,4 +67,14 @@ pub trait Session {
 
     /// Ends the session, queueing whatever the protocol sends on the way out.
     fn shutdown(&mut self) -> Option<WorkerEvent>;
+}
+
+/// One reply made of the parts a handler sent before its answer, then the answer: what a
+/// protocol with a single reply per request sends.
+pub(crate) fn parts_then(mut gathered: Vec<Bytes>, answer: Vec<Bytes>) -> Vec<Bytes> {
+    if gathered.is_empty() {
+        return answer;
+    }
+    gathered.extend(answer);
+    gathered
 }

@@ -1,4 +1,5 @@
-//! One 7/MDP worker connection as a state machine with no socket and no clock.
+//! One Majordomo worker connection (7/MDP, or 18/MDP in either dialect) as a state machine with
+//! no socket and no clock.
 //!
 //! A driver opens a socket, creates a [`WorkerSession`] (which queues READY), and drives it as a
 //! [`Session`] (see [`crate::session`] for the calling order). When a call returns
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
 use crate::mdp::{BrokerMessage, WorkerMessage};
+use crate::mdp2::{self, Dialect, Part, Version};
 pub use crate::session::{Session, SessionEnd, WorkerEvent};
 use crate::{Hex, Limits};
 
@@ -22,10 +24,19 @@ use crate::{Hex, Limits};
 enum State {
     /// Registered, waiting for a request.
     Idle,
-    /// The handler is working on a request from this client.
-    Busy { client: Bytes },
+    /// The handler is working on a request from this client; a v0.1 session keeps the parts
+    /// sent so far in `gathered`.
+    Busy { client: Bytes, gathered: Vec<Bytes> },
     /// Over; nothing more is accepted.
     Ended(SessionEnd),
+}
+
+/// A command to the broker, before it is put in the session's version.
+enum Outgoing {
+    Ready(Bytes),
+    Reply(Part, Bytes, Vec<Bytes>),
+    Heartbeat,
+    Disconnect,
 }
 
 /// The state of one worker connection.
@@ -33,6 +44,7 @@ enum State {
 pub struct WorkerSession {
     heartbeat: Heartbeat,
     limits: Limits,
+    version: Version,
     state: State,
     transmits: VecDeque<Vec<Bytes>>,
 }
@@ -42,13 +54,68 @@ impl WorkerSession {
     /// connection to the broker by creating a new socket, connecting it, and then sending a READY
     /// command to register a service."
     pub fn new(now: Instant, service: Bytes, heartbeat: HeartbeatConfig, limits: Limits) -> Self {
-        let mut transmits = VecDeque::new();
-        transmits.push_back(WorkerMessage::Ready { service }.encode());
-        Self {
+        Self::with_version(now, service, heartbeat, limits, Version::V01)
+    }
+
+    /// As [`WorkerSession::new`], speaking `version`: 7/MDP, or 18/MDP in a dialect.
+    pub fn with_version(
+        now: Instant,
+        service: Bytes,
+        heartbeat: HeartbeatConfig,
+        limits: Limits,
+        version: Version,
+    ) -> Self {
+        let mut session = Self {
             heartbeat: Heartbeat::new(now, heartbeat),
             limits,
+            version,
             state: State::Idle,
-            transmits,
+            transmits: VecDeque::new(),
+        };
+        session.queue(Outgoing::Ready(service));
+        session
+    }
+
+    /// The version and dialect spoken.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    fn queue(&mut self, message: Outgoing) {
+        let frames = match (self.version, message) {
+            (Version::V01, Outgoing::Ready(service)) => WorkerMessage::Ready { service }.encode(),
+            (Version::V01, Outgoing::Reply(_, client, body)) => {
+                WorkerMessage::Reply { client, body }.encode()
+            }
+            (Version::V01, Outgoing::Heartbeat) => WorkerMessage::Heartbeat.encode(),
+            (Version::V01, Outgoing::Disconnect) => WorkerMessage::Disconnect.encode(),
+            (Version::V02(dialect), message) => {
+                let message = match message {
+                    Outgoing::Ready(service) => mdp2::WorkerMessage::Ready { service },
+                    Outgoing::Reply(part, client, body) => {
+                        mdp2::WorkerMessage::Reply { part, client, body }
+                    }
+                    Outgoing::Heartbeat => mdp2::WorkerMessage::Heartbeat,
+                    Outgoing::Disconnect => mdp2::WorkerMessage::Disconnect,
+                };
+                message.encode(dialect)
+            }
+        };
+        self.transmits.push_back(frames);
+    }
+
+    fn decode(&self, frames: &[Bytes]) -> Result<BrokerMessage, crate::DecodeError> {
+        match self.version {
+            Version::V01 => BrokerMessage::decode(frames, &self.limits),
+            Version::V02(dialect) => Ok(
+                match mdp2::BrokerMessage::decode(frames, dialect, &self.limits)? {
+                    mdp2::BrokerMessage::Request { client, body } => {
+                        BrokerMessage::Request { client, body }
+                    }
+                    mdp2::BrokerMessage::Heartbeat => BrokerMessage::Heartbeat,
+                    mdp2::BrokerMessage::Disconnect => BrokerMessage::Disconnect,
+                },
+            ),
         }
     }
 
@@ -83,7 +150,7 @@ impl Session for WorkerSession {
         if let State::Ended(_) = self.state {
             return None;
         }
-        let message = match BrokerMessage::decode(frames, &self.limits) {
+        let message = match self.decode(frames) {
             Ok(message) => message,
             Err(error) => {
                 warn!(%error, "invalid message from broker dropped");
@@ -105,7 +172,10 @@ impl Session for WorkerSession {
                 self.heartbeat.on_recv(now);
                 match self.state {
                     State::Idle => {
-                        self.state = State::Busy { client };
+                        self.state = State::Busy {
+                            client,
+                            gathered: Vec::new(),
+                        };
                         Some(WorkerEvent::Request(body))
                     }
                     _ => {
@@ -118,12 +188,26 @@ impl Session for WorkerSession {
         }
     }
 
-    /// Queues the REPLY to the client whose request was in flight.
+    /// Queues a PARTIAL (v0.2), or keeps the part for the REPLY (v0.1).
+    fn handle_partial(&mut self, now: Instant, body: Vec<Bytes>) {
+        match (&mut self.state, self.version) {
+            (State::Busy { client, .. }, Version::V02(_)) => {
+                let client = client.clone();
+                self.queue(Outgoing::Reply(Part::Partial, client, body));
+                self.heartbeat.on_send(now);
+            }
+            (State::Busy { gathered, .. }, Version::V01) => gathered.extend(body),
+            (State::Ended(_), _) => {}
+            (State::Idle, _) => warn!("part with no request in flight dropped"),
+        }
+    }
+
+    /// Queues the REPLY (v0.1) or FINAL (v0.2) to the client whose request was in flight.
     fn handle_reply(&mut self, now: Instant, body: Vec<Bytes>) {
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Busy { client } => {
-                self.transmits
-                    .push_back(WorkerMessage::Reply { client, body }.encode());
+            State::Busy { client, gathered } => {
+                let body = crate::session::parts_then(gathered, body);
+                self.queue(Outgoing::Reply(Part::Final, client, body));
                 self.heartbeat.on_send(now);
             }
             other => {
@@ -142,7 +226,7 @@ impl Session for WorkerSession {
         if !self.is_busy() {
             return None;
         }
-        self.transmits.push_back(WorkerMessage::Disconnect.encode());
+        self.queue(Outgoing::Disconnect);
         self.end(SessionEnd::HandlerFailed)
     }
 
@@ -150,13 +234,17 @@ impl Session for WorkerSession {
         if let State::Ended(_) = self.state {
             return None;
         }
+        if self.is_busy() && self.version == Version::V02(Dialect::Majortomo) {
+            // majortomo's broker heartbeats idle workers only.
+            self.heartbeat.on_recv(now);
+        }
         match self.heartbeat.poll(now) {
             HeartbeatAction::PeerDead => {
                 warn!("broker silent past liveness");
                 self.end(SessionEnd::BrokerSilent)
             }
             HeartbeatAction::Send => {
-                self.transmits.push_back(WorkerMessage::Heartbeat.encode());
+                self.queue(Outgoing::Heartbeat);
                 None
             }
             HeartbeatAction::Wait => None,
@@ -168,7 +256,7 @@ impl Session for WorkerSession {
         if let State::Ended(_) = self.state {
             return None;
         }
-        self.transmits.push_back(WorkerMessage::Disconnect.encode());
+        self.queue(Outgoing::Disconnect);
         self.end(SessionEnd::Shutdown)
     }
 }

@@ -90,3 +90,84 @@ fn a_reply_for_another_service_or_a_malformed_one_is_an_error() {
         Some(CallEvent::Done(Err(CallError::Malformed(_))))
     ));
 }
+
+fn streamed(now: Instant) -> Call {
+    call(now, Dialect::Rfc18).streamed()
+}
+
+#[test]
+fn a_streamed_call_hands_out_each_part_and_ends_with_the_finals_frames() {
+    let start = Instant::now();
+    let mut c = streamed(start);
+    let later = start + T / 2;
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x02], b"echo", b"1"])),
+        Some(CallEvent::Part(f(&[b"1"])))
+    );
+    assert_eq!(
+        c.poll_timeout(),
+        Some(later + T),
+        "the timeout runs per part"
+    );
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x02], b"echo", b"2", b"3"])),
+        Some(CallEvent::Part(f(&[b"2", b"3"])))
+    );
+    assert_eq!(
+        c.handle_part(later, &f(&[b"MDPC02", &[0x03], b"echo", b"4"])),
+        Some(CallEvent::Done(Ok(f(&[b"4"]))))
+    );
+    assert!(c.is_done());
+}
+
+#[test]
+fn a_streamed_call_retries_before_its_first_part_and_not_after() {
+    let start = Instant::now();
+    let mut c = streamed(start);
+    // No part yet: the Lazy Pirate retry, as for any call.
+    assert_eq!(
+        c.handle_timeout(start + T),
+        Some(CallEvent::Resend { attempt: 2 })
+    );
+    let t1 = start + T + T / 2;
+    assert_eq!(
+        c.handle_part(t1, &f(&[b"MDPC02", &[0x02], b"echo", b"1"])),
+        Some(CallEvent::Part(f(&[b"1"])))
+    );
+    // After a part a retry would run the request again: the call ends instead.
+    assert_eq!(
+        c.handle_timeout(t1 + T),
+        Some(CallEvent::Done(Err(CallError::Interrupted { parts: 1 })))
+    );
+    // So does a lost connection, even with attempts to spare.
+    let mut c = streamed(start);
+    c.handle_part(start, &f(&[b"MDPC02", &[0x02], b"echo", b"1"]));
+    c.handle_part(start, &f(&[b"MDPC02", &[0x02], b"echo", b"2"]));
+    assert_eq!(
+        c.handle_connection_lost(start),
+        Some(CallEvent::Done(Err(CallError::Interrupted { parts: 2 })))
+    );
+}
+
+#[test]
+fn streamed_in_majortomos_dialect_and_a_v01_call_is_unchanged_by_streamed() {
+    let start = Instant::now();
+    let mut c = call(start, Dialect::Majortomo).streamed();
+    assert_eq!(
+        c.handle_part(start, &f(&[b"", b"MDPC02", &[0x03], b"1"])),
+        Some(CallEvent::Part(f(&[b"1"])))
+    );
+    assert_eq!(
+        c.handle_part(start, &f(&[b"", b"MDPC02", &[0x04], b"2"])),
+        Some(CallEvent::Done(Ok(f(&[b"2"]))))
+    );
+    let body = vec![Bytes::from_static(b"q")];
+    let echo = Bytes::from_static(b"echo");
+    let mut c = Call::new(start, echo, body, T, 2, Limits::default())
+        .unwrap()
+        .streamed();
+    assert_eq!(
+        c.handle_part(start, &f(&[b"", b"MDPC01", b"echo", b"r"])),
+        Some(CallEvent::Done(Ok(f(&[b"r"]))))
+    );
+}

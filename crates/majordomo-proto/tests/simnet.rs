@@ -319,6 +319,7 @@ impl Net {
                 self.send(To::Broker(to), frames);
             }
             CallEvent::Done(result) => self.clients[c].outcome = Some(result),
+            CallEvent::Part(_) => unreachable!("7/MDP calls have no parts"),
         }
     }
 

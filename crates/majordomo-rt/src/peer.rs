@@ -7,9 +7,14 @@
 //! 32 s by default, reset whenever the other side is heard from). The handler's future is polled
 //! in the loop next to the socket and the heartbeat timer, so heartbeats keep flowing while it
 //! runs without a task per request; a panic in it is caught and reported as a failure.
+//!
+//! A handler gets a [`Responder`] with its request, to send parts of its answer before the last
+//! one; the loop hands them to the session in order, before the answer.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +22,7 @@ use futures::future::{Fuse, FusedFuture};
 use futures::FutureExt;
 use majordomo_proto::heartbeat::{Backoff, HeartbeatConfig};
 use majordomo_proto::session::{Session, SessionEnd, WorkerEvent};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -57,16 +63,108 @@ impl Default for PeerOptions {
     }
 }
 
+/// How many parts a handler may have sent that the loop has not taken yet; a handler that
+/// sends faster than the connection carries waits in [`Responder::send`].
+const PARTS_IN_FLIGHT: usize = 16;
+
+/// Sends parts of an answer before the last one (18/MDP's PARTIALs), for the request it came
+/// with. A session that has one reply per request (7/MDP, 6/PPP) sends the parts' frames in
+/// front of the answer's.
+#[derive(Debug)]
+pub struct Responder {
+    request: u64,
+    current: Arc<AtomicU64>,
+    parts: mpsc::Sender<(u64, Vec<Bytes>)>,
+}
+
+/// The request a [`Responder`] was for is over (answered, failed, or its connection ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request is over; the part was not sent")]
+pub struct RequestOver;
+
+impl Responder {
+    /// Sends `body` as the next part, in order. Waits while the connection is behind (at most
+    /// a few parts are held); fails once the request is over.
+    pub async fn send(&mut self, body: Vec<Bytes>) -> Result<(), RequestOver> {
+        if !self.is_current() {
+            return Err(RequestOver);
+        }
+        self.parts
+            .send((self.request, body))
+            .await
+            .map_err(|_| RequestOver)?;
+        // Taken after the request ended, the part is dropped: say so.
+        if self.is_current() {
+            Ok(())
+        } else {
+            Err(RequestOver)
+        }
+    }
+
+    /// Whether the request is still in flight.
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire) == self.request
+    }
+}
+
+/// The parts channel of a peer, shared by its sessions: one per [`run`], so a request costs no
+/// allocation for it. Parts carry their request's number; the number of the request in flight
+/// is in `current` (zero between requests), and parts of any other are dropped.
+struct Parts {
+    next: u64,
+    current: Arc<AtomicU64>,
+    tx: mpsc::Sender<(u64, Vec<Bytes>)>,
+    rx: mpsc::Receiver<(u64, Vec<Bytes>)>,
+}
+
+impl Parts {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(PARTS_IN_FLIGHT);
+        Self {
+            next: 0,
+            current: Arc::new(AtomicU64::new(0)),
+            tx,
+            rx,
+        }
+    }
+
+    /// A responder for a new request, now the one in flight.
+    fn start(&mut self) -> Responder {
+        self.next += 1;
+        self.current.store(self.next, Ordering::Release);
+        Responder {
+            request: self.next,
+            current: self.current.clone(),
+            parts: self.tx.clone(),
+        }
+    }
+
+    /// The request in flight is over: its responder's later parts are refused.
+    fn finish(&mut self) {
+        self.current.store(0, Ordering::Release);
+    }
+
+    /// Hands the parts already sent for the request in flight to the session, in order.
+    fn drain<S: Session>(&mut self, now: Instant, session: &mut S) {
+        while let Ok((request, body)) = self.rx.try_recv() {
+            if request == self.next {
+                session.handle_partial(now, body);
+            }
+        }
+    }
+}
+
 /// What woke a session's loop.
 enum Wake<J> {
     Cancelled,
     Message(Result<Vec<Bytes>, TransportError>),
+    Part(Option<(u64, Vec<Bytes>)>),
     Job(J),
     Timer,
 }
 
 /// Connects through `connector` and serves sessions made by `make_session` until `cancel` is
-/// cancelled; `start` turns each request body into the handler's future.
+/// cancelled; `start` turns each request body and its [`Responder`] into the handler's future.
 pub async fn run<C, S, MK, F, Fut>(
     connector: &C,
     mut make_session: MK,
@@ -77,9 +175,10 @@ pub async fn run<C, S, MK, F, Fut>(
     C: Connector,
     S: Session,
     MK: FnMut(Instant) -> S,
-    F: FnMut(Vec<Bytes>) -> Fut,
+    F: FnMut(Vec<Bytes>, Responder) -> Fut,
     Fut: Future<Output = Result<Vec<Bytes>, BoxError>>,
 {
+    let mut parts = Parts::new();
     let mut backoff = Backoff::new(options.reconnect_initial, options.reconnect_max);
     while !cancel.is_cancelled() {
         let connected = tokio::select! {
@@ -94,6 +193,7 @@ pub async fn run<C, S, MK, F, Fut>(
                     &mut conn,
                     &mut session,
                     &mut start,
+                    &mut parts,
                     &options,
                     cancel,
                     &mut backoff,
@@ -126,6 +226,7 @@ async fn serve<T, S, F, Fut>(
     conn: &mut T,
     session: &mut S,
     start: &mut F,
+    parts: &mut Parts,
     options: &PeerOptions,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
@@ -133,7 +234,7 @@ async fn serve<T, S, F, Fut>(
 where
     T: Transport,
     S: Session,
-    F: FnMut(Vec<Bytes>) -> Fut,
+    F: FnMut(Vec<Bytes>, Responder) -> Fut,
     Fut: Future<Output = Result<Vec<Bytes>, BoxError>>,
 {
     let mut job = std::pin::pin!(Fuse::terminated());
@@ -153,6 +254,8 @@ where
                 () = cancel.cancelled() => Wake::Cancelled,
                 // `Transport::recv` is cancel-safe: a message is returned or stays queued.
                 msg = conn.recv() => Wake::Message(msg),
+                // `mpsc::Receiver::recv` is cancel-safe.
+                part = parts.rx.recv(), if !job.is_terminated() => Wake::Part(part),
                 // Polled by reference, so an unfinished handler survives the other branches.
                 out = job.as_mut(), if !job.is_terminated() => Wake::Job(out),
                 () = timer.wait() => Wake::Timer,
@@ -171,26 +274,47 @@ where
                 warn!(%error, "connection lost");
                 break SessionEnd::BrokerSilent;
             }
-            Wake::Job(Ok(Ok(body))) => {
-                session.handle_reply(now, body);
+            Wake::Part(Some((request, body))) => {
+                if request == parts.next {
+                    session.handle_partial(now, body);
+                }
                 None
             }
-            Wake::Job(Ok(Err(error))) => {
-                warn!(%error, "handler failed; request dropped");
-                session.handle_failure(now)
-            }
-            Wake::Job(Err(_)) => {
-                warn!("handler panicked; request dropped");
-                session.handle_failure(now)
+            // The peer holds a sender: never closed.
+            Wake::Part(None) => None,
+            Wake::Job(outcome) => {
+                // Parts sent before the answer go first.
+                parts.drain(now, session);
+                parts.finish();
+                match outcome {
+                    Ok(Ok(body)) => {
+                        session.handle_reply(now, body);
+                        None
+                    }
+                    Ok(Err(error)) => {
+                        warn!(%error, "handler failed; request dropped");
+                        session.handle_failure(now)
+                    }
+                    Err(_) => {
+                        warn!("handler panicked; request dropped");
+                        session.handle_failure(now)
+                    }
+                }
             }
             Wake::Timer => session.handle_timeout(now),
         };
         if let Some(WorkerEvent::Request(body)) = event {
-            job.set(AssertUnwindSafe(start(body)).catch_unwind().fuse());
+            let responder = parts.start();
+            job.set(
+                AssertUnwindSafe(start(body, responder))
+                    .catch_unwind()
+                    .fuse(),
+            );
         }
     };
     // Dropping an unfinished job cancels the handler.
     job.set(Fuse::terminated());
+    parts.finish();
     if matches!(end, SessionEnd::Shutdown | SessionEnd::HandlerFailed) {
         // Flush the goodbye, then give the transport a moment to write it.
         let _ = flush(conn, session, options.heartbeat.interval).await;

@@ -1,7 +1,8 @@
-//! Majordomo (7/MDP) workers for tokio applications.
+//! Majordomo workers for tokio applications, in 7/MDP (v0.1, the default) or 18/MDP (v0.2, in
+//! RFC 18's or majortomo's dialect; [`WorkerConfig::version`]).
 //!
 //! A [`Worker`] connects to a broker, registers one service with READY, and hands each REQUEST to
-//! a [`Handler`], one request at a time per logical worker. Heartbeats flow both ways while the
+//! a [`Handler`] (or a [`StreamHandler`]), one request at a time per logical worker. Heartbeats flow both ways while the
 //! handler's future runs (it is polled next to the socket and the heartbeat timer), so a long
 //! request does not look like a dead worker. A handler that computes for a long time without
 //! awaiting should move that work to `tokio::task::spawn_blocking`, or it holds up its worker's
@@ -20,9 +21,18 @@
 //! client sees no reply for that attempt and retries after its timeout. A handler that wants the
 //! client to see an error should return it in the reply body.
 //!
+//! # Answers in parts
+//! A [`StreamHandler`] gets a [`Responder`] with each request and may send parts of its answer
+//! before returning the last one. In 18/MDP each part goes to the broker at once as a PARTIAL
+//! and the returned answer as the FINAL; in 7/MDP, which has one REPLY per request, the parts'
+//! frames are sent in front of the answer's in that REPLY. A handler that fails after sending
+//! parts has still sent them: the client got a beginning and no end (see the broker's rule for
+//! a request that already streamed).
+//!
 //! # Layout
 //! - [`Worker`], [`WorkerConfig`]: run `concurrency` logical workers until shutdown.
 //! - [`Handler`] and [`handler_fn`]: what serves a request.
+//! - [`StreamHandler`], [`stream_handler_fn`] and [`Responder`]: what serves a request in parts.
 //! - [`WorkerError`]: configuration errors.
 #![warn(missing_docs)]
 
@@ -33,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use majordomo_proto::heartbeat::HeartbeatConfig;
+pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::worker::WorkerSession;
 use majordomo_proto::{Hex, Limits};
 use majordomo_rt::peer::{self, PeerOptions};
@@ -43,6 +54,8 @@ use tracing::Instrument;
 
 /// The error type handlers return.
 pub use majordomo_rt::peer::BoxError;
+/// What a [`StreamHandler`] sends parts with, and why a part could not be sent.
+pub use majordomo_rt::peer::{RequestOver, Responder};
 
 /// Serves requests: takes the request body frames, returns the reply body frames.
 #[async_trait]
@@ -81,6 +94,72 @@ where
     }
 }
 
+/// Serves requests in parts: sends parts of the answer through the [`Responder`], then returns
+/// the last part.
+#[async_trait]
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Handles one request; see [`Handler::handle`] for what an `Err` does. Parts sent before
+    /// an `Err` have gone out.
+    async fn handle(
+        &self,
+        request: Vec<Bytes>,
+        responder: Responder,
+    ) -> Result<Vec<Bytes>, BoxError>;
+}
+
+/// A [`StreamHandler`] made from an async closure; see [`stream_handler_fn`].
+#[derive(Clone)]
+pub struct StreamHandlerFn<F>(F);
+
+impl<F> std::fmt::Debug for StreamHandlerFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamHandlerFn")
+    }
+}
+
+/// Wraps `f(request, responder) -> impl Future<Output = Result<last part, BoxError>>` as a
+/// [`StreamHandler`].
+pub fn stream_handler_fn<F, Fut>(f: F) -> StreamHandlerFn<F>
+where
+    F: Fn(Vec<Bytes>, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
+{
+    StreamHandlerFn(f)
+}
+
+#[async_trait]
+impl<F, Fut> StreamHandler for StreamHandlerFn<F>
+where
+    F: Fn(Vec<Bytes>, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
+{
+    async fn handle(
+        &self,
+        request: Vec<Bytes>,
+        responder: Responder,
+    ) -> Result<Vec<Bytes>, BoxError> {
+        (self.0)(request, responder).await
+    }
+}
+
+/// A [`Handler`] served as a [`StreamHandler`] that sends no parts. Written out rather than with
+/// `async_trait`, so the handler's boxed future is the only allocation of a request.
+struct Whole<H>(H);
+
+impl<H: Handler> StreamHandler for Whole<H> {
+    fn handle<'life0, 'async_trait>(
+        &'life0 self,
+        request: Vec<Bytes>,
+        _responder: Responder,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.0.handle(request)
+    }
+}
+
 /// Heartbeats, reconnect backoff and concurrency of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -102,9 +181,18 @@ pub struct WorkerConfig {
     /// itself (on a runtime shared with other busy tasks it takes their time). See
     /// [`majordomo_rt::idle`].
     pub busy_poll: Duration,
+    /// The MDP spoken (default [`Version::V01`], 7/MDP); `Version::V02(dialect)` for 18/MDP in
+    /// RFC 18's dialect or majortomo's (which majortomo's broker needs).
+    pub version: Version,
 }
 
 impl WorkerConfig {
+    /// Sets `version`; the field says what it means and its default.
+    pub fn version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
+    }
+
     /// Sets `heartbeat`; the field says what it means and its default.
     pub fn heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
         self.heartbeat = heartbeat;
@@ -151,6 +239,7 @@ impl Default for WorkerConfig {
             concurrency: 1,
             limits: Limits::default(),
             busy_poll: Duration::ZERO,
+            version: Version::V01,
         }
     }
 }
@@ -205,6 +294,15 @@ impl<C: Connector + 'static> Worker<C> {
         handler: H,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), WorkerError> {
+        self.run_streaming(Whole(handler), shutdown).await
+    }
+
+    /// As [`Worker::run`], with a handler that may answer in parts.
+    pub async fn run_streaming<H: StreamHandler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
         let config = self.config;
         config.heartbeat.validate()?;
         if config.concurrency == 0 {
@@ -236,15 +334,16 @@ impl<C: Connector + 'static> Worker<C> {
                     peer::run(
                         &*connector,
                         |now| {
-                            WorkerSession::new(
+                            WorkerSession::with_version(
                                 now,
                                 service.clone(),
                                 config.heartbeat,
                                 config.limits,
+                                config.version,
                             )
                         },
                         // The handler's future is the one boxed future of a request.
-                        |body| handler.handle(body),
+                        |body, responder| handler.handle(body, responder),
                         options,
                         &token,
                     )

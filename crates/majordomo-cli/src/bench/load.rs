@@ -40,11 +40,16 @@ pub(super) enum Mode {
     Raw,
     /// 7/MDP through the broker: `[empty, MDPC01, echo, body]`.
     Broker,
+    /// 18/MDP through the broker, `[MDPC02, 0x01, echo, body]`, answered with PARTIALs (0x02)
+    /// and a FINAL (0x03) that each carry the body; every part is counted.
+    Stream,
 }
 
 #[derive(Default)]
 struct ClientResult {
+    /// From each request to its reply (its FINAL, in [`Mode::Stream`]).
     latencies_us: Vec<u32>,
+    /// Messages received while measured: replies, or every part in [`Mode::Stream`].
     measured: u64,
     errors: Vec<String>,
 }
@@ -84,12 +89,18 @@ async fn client(
                 Bytes::from_static(b"echo"),
                 body.freeze(),
             ],
+            Mode::Stream => vec![
+                Bytes::from_static(b"MDPC02"),
+                Bytes::from_static(&[0x01]),
+                Bytes::from_static(b"echo"),
+                body.freeze(),
+            ],
         };
         ZmqMessage::try_from(frames).expect("frames")
     };
     let header = match mode {
         Mode::Raw => 1,
-        Mode::Broker => 3,
+        Mode::Broker | Mode::Stream => 3,
     };
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(in_flight);
     let mut next_seq = 0u64;
@@ -116,10 +127,23 @@ async fn client(
                 break;
             }
         };
+        // Whether this message ends its request (always, but for a PARTIAL).
+        let mut last = true;
         let ok_header = frames.len() == header + 1
-            && frames[0].is_empty()
-            && (mode == Mode::Raw
-                || (frames[1].as_ref() == b"MDPC01" && frames[2].as_ref() == b"echo"));
+            && match mode {
+                Mode::Raw => frames[0].is_empty(),
+                Mode::Broker => {
+                    frames[0].is_empty()
+                        && frames[1].as_ref() == b"MDPC01"
+                        && frames[2].as_ref() == b"echo"
+                }
+                Mode::Stream => {
+                    last = frames[1].as_ref() == [0x03];
+                    frames[0].as_ref() == b"MDPC02"
+                        && (last || frames[1].as_ref() == [0x02])
+                        && frames[2].as_ref() == b"echo"
+                }
+            };
         let body = &frames[frames.len() - 1];
         if !ok_header || body.len() != size || body[16..] != filler[..] {
             result.errors.push(format!(
@@ -130,13 +154,25 @@ async fn client(
         }
         let from = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
         let seq = u64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
+        let current = phase.load(Ordering::Relaxed);
+        if !last {
+            if from != id || !outstanding.contains_key(&seq) {
+                result.errors.push(format!(
+                    "client {id}: part for client {from} seq {seq} it did not expect"
+                ));
+                break;
+            }
+            if current == MEASURE {
+                result.measured += 1;
+            }
+            continue;
+        }
         let Some(sent) = (from == id).then(|| outstanding.remove(&seq)).flatten() else {
             result.errors.push(format!(
                 "client {id}: reply for client {from} seq {seq} it did not expect"
             ));
             break;
         };
-        let current = phase.load(Ordering::Relaxed);
         if current == MEASURE {
             result
                 .latencies_us

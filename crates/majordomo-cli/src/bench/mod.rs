@@ -90,6 +90,9 @@ pub(crate) struct BenchArgs {
     /// order given.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = RunKind::value_variants().to_vec())]
     runs: Vec<RunKind>,
+    /// PARTIALs before the FINAL in the `stream` run.
+    #[arg(long, default_value_t = 10)]
+    stream_parts: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -114,6 +117,10 @@ pub(crate) enum RunKind {
     /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
     /// cost.
     Metrics,
+    /// Our broker with 18/MDP clients and workers answering each request with
+    /// `--stream-parts` PARTIALs then a FINAL, each of the body: parts per second, to set
+    /// against `broker`'s 7/MDP replies per second.
+    Stream,
     /// Our broker with `--no-guard` on a Unix socket, behind a proxy that copies bytes between
     /// TCP and that socket without reading them: the cost of the relay hop alone.
     CopyRelay,
@@ -184,6 +191,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             (RunKind::Broker, Duration::ZERO, true, false),
             (RunKind::NoGuard, Duration::ZERO, false, false),
             (RunKind::Metrics, Duration::ZERO, true, true),
+            (RunKind::Stream, Duration::ZERO, true, false),
             (RunKind::Busypoll, args.busy_poll, true, false),
         ] {
             if wanted(kind) && (kind != RunKind::Busypoll || !busy_poll.is_zero()) {
@@ -192,6 +200,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                     busy_poll,
                     guard,
                     metrics,
+                    parts: (kind == RunKind::Stream).then_some(args.stream_parts),
                 };
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);

@@ -16,12 +16,13 @@ pub(super) struct Run {
     pub(super) in_flight: usize,
     /// Body size in bytes.
     pub(super) size: usize,
-    /// Replies received while the run was measured.
+    /// Replies received while the run was measured (every part, PARTIALs and FINALs, in the
+    /// `stream` run).
     pub(super) requests: u64,
     /// How long the run was measured.
     #[serde(serialize_with = "thousandths")]
     pub(super) seconds: f64,
-    /// Replies per second.
+    /// Replies per second (parts per second in the `stream` run).
     #[serde(rename = "requests_per_s", serialize_with = "whole")]
     pub(super) rate: f64,
     /// Lowest rate over the repeats (the run's own rate without repeats).
@@ -36,7 +37,7 @@ pub(super) struct Run {
     pub(super) p99_us: u32,
     /// Highest latency in microseconds.
     pub(super) max_us: u32,
-    /// The server's CPU seconds per 100,000 replies.
+    /// The server's CPU seconds per 100,000 replies (parts in the `stream` run).
     #[serde(rename = "server_cpu_s_per_100k", serialize_with = "thousandths")]
     pub(super) cpu_s_per_100k: f64,
     /// The server's resident memory in KiB when the measured run started.
@@ -69,7 +70,9 @@ struct Report<'a> {
     /// The guarded broker over the unguarded one behind a byte-copying proxy: what the guard's
     /// reading costs beyond the relay hop.
     over_copy_relay: Ratios,
-    /// The broker with metrics over the same broker without: what metrics cost.
+    /// The broker with metrics over the same broker without: what metrics cost; and the
+    /// streamed parts per second over the 7/MDP replies per second: a part's cost against a
+    /// reply's.
     over_broker: Ratios,
 }
 
@@ -122,7 +125,7 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
     let brokers: &[RunKind] = match base {
         RunKind::NoGuard => &[RunKind::Broker, RunKind::CopyRelay, RunKind::Busypoll],
         RunKind::CopyRelay => &[RunKind::Broker],
-        RunKind::Broker => &[RunKind::Metrics],
+        RunKind::Broker => &[RunKind::Metrics, RunKind::Stream],
         _ => &[
             RunKind::Relay,
             RunKind::RelayAll,
@@ -194,8 +197,9 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); busypoll: broker --busy-poll {}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}",
         args.workers,
+        args.stream_parts,
         humantime::format_duration(args.busy_poll)
     );
     if let Some(endpoint) = &args.external {

@@ -8,14 +8,14 @@ use clap::Args;
 use majordomo_broker::HeartbeatConfig;
 use majordomo_cli::child::Child;
 use majordomo_cli::endpoint::{free_endpoint, Transport};
-use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use majordomo_worker::{Dialect, Version, Worker, WorkerConfig};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 
 use super::load::{measure, Load, Mode};
 use super::relay::{relay_peer, RelayPeerArgs};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
-use crate::spawn_self;
+use crate::{echo_in_parts, spawn_self};
 
 /// How long a worker process gets to stop after SIGTERM before it is killed.
 const WORKER_STOP: Duration = Duration::from_secs(2);
@@ -71,12 +71,14 @@ impl EchoServer {
 /// The broker a run measures.
 pub(super) enum Target<'a> {
     /// Ours, started as a child process with these settings (`guard`: false adds
-    /// `--no-guard`; `metrics`: true adds `--metrics-listen` on an ephemeral port).
+    /// `--no-guard`; `metrics`: true adds `--metrics-listen` on an ephemeral port; `parts`:
+    /// 18/MDP clients, and workers that answer with that many PARTIALs before the FINAL).
     Ours {
         threads: &'a str,
         busy_poll: Duration,
         guard: bool,
         metrics: bool,
+        parts: Option<usize>,
     },
     /// Another broker, already running.
     External { endpoint: &'a str, pid: u32 },
@@ -96,6 +98,10 @@ pub(super) async fn broker_run(
     target: Target<'_>,
 ) -> Result<Run> {
     let relay = matches!(target, Target::Relay { .. });
+    let parts = match target {
+        Target::Ours { parts, .. } => parts,
+        _ => None,
+    };
     // The copy relay's process, when there is one, lives until the run ends.
     let mut _proxy = None;
     let (broker_ep, broker_pid, _broker) = match target {
@@ -104,6 +110,7 @@ pub(super) async fn broker_run(
             busy_poll,
             guard,
             metrics,
+            parts: _,
         } => {
             let endpoint = free_endpoint(args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
@@ -164,6 +171,7 @@ pub(super) async fn broker_run(
     let mut worker_processes = Vec::new();
     let worker_busy_poll = humantime::format_duration(args.worker_busy_poll).to_string();
     let worker_threads = args.worker_threads.to_string();
+    let parts_arg = parts.unwrap_or(0).to_string();
     for _ in 0..args.workers {
         let mut stopped = stopped.clone();
         match (relay, args.in_process_workers) {
@@ -191,20 +199,28 @@ pub(super) async fn broker_run(
                     &worker_busy_poll,
                     "--threads",
                     &worker_threads,
+                    "--mdp",
+                    if parts.is_some() { "0.2" } else { "0.1" },
                     "echo",
+                    "--parts",
+                    &parts_arg,
                 ],
                 "warn",
             )?),
             (false, true) => {
+                let version = match parts {
+                    Some(_) => Version::V02(Dialect::Rfc18),
+                    None => Version::V01,
+                };
                 let worker = Worker::new(
                     broker_ep.clone(),
                     "echo",
                     WorkerConfig::default()
                         .heartbeat(HeartbeatConfig::default())
-                        .busy_poll(args.worker_busy_poll),
+                        .busy_poll(args.worker_busy_poll)
+                        .version(version),
                 );
-                let echo = handler_fn(|body| async move { Ok(body) });
-                let served = worker.run(echo, async move {
+                let served = worker.run_streaming(echo_in_parts(parts.unwrap_or(0)), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 });
                 workers.push(tokio::spawn(async move { Ok(served.await?) }));
@@ -213,7 +229,11 @@ pub(super) async fn broker_run(
     }
     let load = Load {
         kind,
-        mode: if relay { Mode::Raw } else { Mode::Broker },
+        mode: match (relay, parts) {
+            (true, _) => Mode::Raw,
+            (false, None) => Mode::Broker,
+            (false, Some(_)) => Mode::Stream,
+        },
         endpoint: &broker_ep,
         server_pid: broker_pid,
         size,

@@ -97,10 +97,12 @@ pub fn run(data: &[u8]) {
                     }
                     Err(CallError::WrongService { .. }) => assert_eq!(kind % 6, 1),
                     Err(CallError::Malformed(_)) => assert_eq!(kind % 6, 2),
+                    Err(CallError::Interrupted { .. }) => panic!("a 7/MDP call has no parts"),
                 }
                 assert!(call.is_done());
                 outcome = Some(result);
             }
+            Some(CallEvent::Part(_)) => panic!("a 7/MDP call has no parts"),
             None => assert!(!call.is_done()),
         }
     }
