@@ -325,8 +325,17 @@ pub struct PyPeer {
 impl PyPeer {
     /// Starts `script` with `args` under the project's Python.
     pub fn spawn(script: &str, args: &[&str]) -> Result<Self> {
+        Self::spawn_with(&[python_script(script).as_os_str()], args, script)
+    }
+
+    /// Runs the installed Python module `module` (`python -m MODULE ARGS...`).
+    pub fn spawn_module(module: &str, args: &[&str]) -> Result<Self> {
+        Self::spawn_with(&["-m".as_ref(), module.as_ref()], args, module)
+    }
+
+    fn spawn_with(first: &[&std::ffi::OsStr], args: &[&str], script: &str) -> Result<Self> {
         let mut child = Command::new(python()?)
-            .arg(python_script(script))
+            .args(first)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -204,3 +204,36 @@ async fn a_libzmq_req_client_and_a_majortomo_worker_share_a_service() -> Result<
     worker.kill().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majortomos_stock_echo_worker_and_client_through_our_broker_at_defaults() -> Result<()> {
+    // `python -m majortomo.echo` as its README runs it, against our broker at its defaults.
+    let broker = RunningBroker::start(majordomo_broker::BrokerConfig::default()).await?;
+    let ep = broker.endpoint.clone();
+    let mut worker = Py::spawn_module("majortomo.echo", &["-b", &ep, "worker"])?;
+    wait_for_service(&ep, "mdp-echo").await?;
+    let args = [
+        "-b",
+        &ep,
+        "client",
+        "-m",
+        "hello there",
+        "-r",
+        "5",
+        "-d",
+        "0",
+        "-t",
+        "5",
+    ];
+    let mut client = Py::spawn_module("majortomo.echo", &args)?;
+    for _ in 0..5 {
+        let line = client.line().await?;
+        // Green for a reply equal to the message, red otherwise.
+        assert_eq!(line, "\x1B[38;32mGot response: [b'hello there']\x1B[0m");
+    }
+    assert_eq!(client.exit_code().await?, 0);
+    worker.kill().await?;
+    let stats = broker.stop().await?;
+    assert_eq!(stats.protocol_errors, 0);
+    Ok(())
+}

@@ -491,3 +491,31 @@ async fn pipelined_requests_wait_for_a_busy_worker_instead_of_expiring() -> Resu
     assert_eq!((s.expired, s.rejected, s.replies), (0, 0, N as u64));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_v02_worker_told_disconnect_registers_again_on_a_new_connection() -> Result<()> {
+    use majordomo_proto::mdp2::{self, Dialect, Version};
+    for dialect in [Dialect::Rfc18, Dialect::Majortomo] {
+        let (mut broker, endpoint) = memory::router();
+        let config = WorkerConfig::default().version(Version::V02(dialect));
+        let worker = Worker::with_connector(endpoint.clone(), "echo", config);
+        let task = tokio::spawn(worker.run(
+            handler_fn(|body| async move { Ok(body) }),
+            std::future::pending(),
+        ));
+        let ready = mdp2::WorkerMessage::Ready {
+            service: Bytes::from_static(b"echo"),
+        }
+        .encode(dialect);
+        let first = tokio::time::timeout(VIRTUAL_PATIENCE, broker.recv()).await??;
+        assert_eq!(&first[1..], ready.as_slice(), "{dialect:?}");
+        let disconnect = mdp2::BrokerMessage::Disconnect.encode_routed(&first[0], dialect);
+        broker.send(disconnect).await?;
+        // 18/MDP: "a worker that gets DISCONNECT reconnects".
+        let second = tokio::time::timeout(VIRTUAL_PATIENCE, broker.recv()).await??;
+        assert_eq!(&second[1..], ready.as_slice(), "{dialect:?}");
+        assert_ne!(second[0], first[0], "a new connection");
+        task.abort();
+    }
+    Ok(())
+}
