@@ -90,6 +90,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Serve a service as a Majordomo worker.
     Worker(WorkerArgs),
+    /// Run a Titanic server (9/TSP): durable requests and replies through a 7/MDP broker.
+    Titanic(TitanicArgs),
     /// Broker, workers and clients in one process on loopback, with a throughput summary.
     Demo(demo::DemoArgs),
     /// Measure the transport's ceiling and the broker's throughput, latency, CPU and memory.
@@ -366,6 +368,17 @@ struct CallArgs {
     /// Attempts in all before giving up, each on a new connection and each waiting --timeout.
     #[arg(long, visible_alias = "retries", default_value_t = 3)]
     attempts: u32,
+    /// Submit through Titanic (9/TSP) instead: store the request, poll `titanic.reply` until
+    /// it is answered (printing nothing while it is pending), print the reply, close it.
+    #[arg(long, conflicts_with = "mdp")]
+    titanic: bool,
+    /// With --titanic: keep the reply stored and print its UUID (to stderr) instead of
+    /// closing it.
+    #[arg(long, requires = "titanic")]
+    no_close: bool,
+    /// With --titanic: how long to wait for the reply before giving up (it stays stored).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    titanic_patience: Duration,
     /// The MDP to speak. With 0.2 each part of the reply is printed as it arrives (one line per
     /// frame, a blank line between parts); after a part has arrived, a timeout is not retried.
     #[arg(long, value_enum, default_value = "0.1")]
@@ -549,6 +562,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => return status::run(args).await,
         Command::Broker(args) => run_broker(args).await,
         Command::Worker(args) => run_worker(args).await,
+        Command::Titanic(args) => run_titanic(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Soak(args) => soak::run(args).await,
@@ -683,6 +697,9 @@ const NO_REPLY: u8 = 2;
 const INTERRUPTED: u8 = 3;
 
 async fn run_call(args: CallArgs) -> Result<ExitCode> {
+    if args.titanic {
+        return run_titanic_call(args).await;
+    }
     let client = Client::new(
         args.connect.connect,
         ClientConfig::default()
@@ -717,6 +734,103 @@ async fn run_call(args: CallArgs) -> Result<ExitCode> {
             }
             Err(error) => return Err(error.into()),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct TitanicArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The store: one redb file, created if missing.
+    #[arg(long, default_value = "titanic.redb")]
+    store: std::path::PathBuf,
+    /// Most requests and replies stored at once; past it `titanic.request` answers 500.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_stored: usize,
+    /// Most requests of one service sent to the broker at once.
+    #[arg(long, default_value_t = 16)]
+    in_flight_per_service: usize,
+    /// How long a reply nobody closes is kept, e.g. 7d.
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// How long to wait for each dispatched request's reply, per attempt.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts per dispatch before the service backs off (1 s doubling to 30 s).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Heartbeat interval of its workers; must match the broker's.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+}
+
+async fn run_titanic(args: TitanicArgs) -> Result<()> {
+    use majordomo_titanic::core::CoreConfig;
+    use majordomo_titanic::store::RedbStore;
+    use majordomo_titanic::{Titanic, TitanicConfig};
+    let store = RedbStore::open(&args.store)?;
+    let defaults = TitanicConfig::default();
+    let config = defaults
+        .core(
+            CoreConfig::default()
+                .max_stored(args.max_stored)
+                .in_flight_per_service(args.in_flight_per_service)
+                .retention(args.retention),
+        )
+        .worker(
+            defaults
+                .worker
+                .heartbeat(HeartbeatConfig::new(args.heartbeat, 3)),
+        )
+        .client(
+            ClientConfig::default()
+                .timeout(args.timeout)
+                .attempts(args.attempts),
+        );
+    tracing::info!(store = %args.store.display(), broker = %args.connect.connect, "titanic starting");
+    Titanic::new(args.connect.connect, store, config)
+        .run(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn run_titanic_call(args: CallArgs) -> Result<ExitCode> {
+    use majordomo_titanic::{TitanicClient, TitanicClientError};
+    let client = TitanicClient::new(
+        args.connect.connect,
+        ClientConfig::default()
+            .timeout(args.timeout)
+            .attempts(args.attempts),
+    );
+    let body = args.body.into_iter().map(Bytes::from).collect();
+    let uuid = match client.submit(args.service, body).await {
+        Ok(uuid) => uuid,
+        Err(TitanicClientError::Client(error @ ClientError::NoReply { .. })) => {
+            eprintln!("majordomo call: {error}");
+            return Ok(ExitCode::from(NO_REPLY));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let poll = Duration::from_millis(100);
+    let reply = match client.wait(uuid, args.titanic_patience, poll).await {
+        Ok(reply) => reply,
+        Err(error @ TitanicClientError::Pending(_)) => {
+            eprintln!("majordomo call: {error}");
+            return Ok(ExitCode::from(NO_REPLY));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut out = tokio::io::stdout();
+    for frame in reply {
+        out.write_all(&frame).await?;
+        out.write_all(b"\n").await?;
+    }
+    out.flush().await?;
+    if args.no_close {
+        eprintln!("{uuid}");
+    } else {
+        client.close(uuid).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

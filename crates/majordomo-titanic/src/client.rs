@@ -1,0 +1,114 @@
+//! A 9/TSP client: store a request with Titanic, fetch its reply later, close it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use majordomo_client::{Client, ClientConfig, ClientError};
+
+use crate::tsp::{self, Status, Uuid};
+
+/// Why a Titanic call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TitanicClientError {
+    /// The broker or Titanic did not answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Titanic answered 400 (an unknown UUID) or 500 (it could not do it; retry later).
+    #[error("titanic answered {}", .0.code())]
+    Status(Status),
+    /// The answer is not 9/TSP.
+    #[error("malformed answer from titanic: {0}")]
+    Malformed(&'static str),
+    /// [`TitanicClient::wait`] saw no reply before its deadline; the request stays stored.
+    #[error("no reply to {0} in time; it is still pending")]
+    Pending(Uuid),
+}
+
+/// A client of a Titanic server through a 7/MDP broker.
+#[derive(Debug, Clone)]
+pub struct TitanicClient {
+    client: Client,
+}
+
+/// Splits a TSP answer into its status and content.
+fn status(frames: Vec<Bytes>) -> Result<(Status, Vec<Bytes>), TitanicClientError> {
+    let mut frames = frames.into_iter();
+    let first = frames
+        .next()
+        .ok_or(TitanicClientError::Malformed("no status frame"))?;
+    let status = Status::parse(&first).ok_or(TitanicClientError::Malformed("bad status frame"))?;
+    Ok((status, frames.collect()))
+}
+
+impl TitanicClient {
+    /// A client of the broker at `endpoint`; `config` sets each call's timeout and attempts.
+    pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+        Self {
+            client: Client::new(endpoint, config),
+        }
+    }
+
+    /// Stores `body` for `service` with Titanic; its UUID once it is durable.
+    pub async fn submit(
+        &self,
+        service: impl Into<Bytes>,
+        body: Vec<Bytes>,
+    ) -> Result<Uuid, TitanicClientError> {
+        let mut frames = Vec::with_capacity(body.len() + 1);
+        frames.push(service.into());
+        frames.extend(body);
+        let answer = self.client.request(tsp::REQUEST_SERVICE, frames).await?;
+        match status(answer)? {
+            (Status::Ok, content) => content
+                .first()
+                .and_then(|f| Uuid::parse(f))
+                .ok_or(TitanicClientError::Malformed("no UUID after 200")),
+            (other, _) => Err(TitanicClientError::Status(other)),
+        }
+    }
+
+    /// Asks once for the reply of `uuid`: `Some(body)` when it is there, `None` while pending.
+    pub async fn reply(&self, uuid: Uuid) -> Result<Option<Vec<Bytes>>, TitanicClientError> {
+        let answer = self
+            .client
+            .request(tsp::REPLY_SERVICE, vec![uuid.frame()])
+            .await?;
+        match status(answer)? {
+            (Status::Ok, body) => Ok(Some(body)),
+            (Status::Pending, _) => Ok(None),
+            (other, _) => Err(TitanicClientError::Status(other)),
+        }
+    }
+
+    /// Polls for the reply of `uuid` every `every` until it is there, for at most `patience`.
+    pub async fn wait(
+        &self,
+        uuid: Uuid,
+        patience: Duration,
+        every: Duration,
+    ) -> Result<Vec<Bytes>, TitanicClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(body) = self.reply(uuid).await? {
+                return Ok(body);
+            }
+            if tokio::time::Instant::now() + every > deadline {
+                return Err(TitanicClientError::Pending(uuid));
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Tells Titanic the reply of `uuid` is no longer needed (fine for an unknown UUID).
+    pub async fn close(&self, uuid: Uuid) -> Result<(), TitanicClientError> {
+        let answer = self
+            .client
+            .request(tsp::CLOSE_SERVICE, vec![uuid.frame()])
+            .await?;
+        match status(answer)? {
+            (Status::Ok, _) => Ok(()),
+            (other, _) => Err(TitanicClientError::Status(other)),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Titanic (9/TSP): disconnected, durable request-reply over any 7/MDP broker.
+//!
+//! A Titanic server is a 7/MDP worker for `titanic.request`, `titanic.reply` and
+//! `titanic.close`, and a 7/MDP client of the same broker for the services the requests are
+//! for. Clients store a request, get its UUID, and fetch the reply whenever they come back;
+//! "Titanic requires no modifications to workers".
+//!
+//! - [`tsp`]: the services, status frames and UUIDs of 9/TSP.
+//! - [`core::Core`]: the rules and the dispatch policy, sans-IO.
+//! - [`store`]: the [`store::Store`] trait and [`store::RedbStore`], one redb file.
+//! - [`Titanic`]: the server on tokio; [`TitanicClient`]: submit, poll, wait and close.
+//!
+//! # Guarantees
+//! A request is acknowledged (`200` and its UUID) only once it is durable in the store, and a
+//! reply is stored before its request is marked done. A request is executed at least once:
+//! one sent to the broker when the server stopped or crashed is sent again when it starts, so
+//! workers should be idempotent. None is lost: it stays until `titanic.close`, or until its
+//! reply is older than the retention time.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod core;
+pub mod server;
+pub mod store;
+pub mod tsp;
+
+pub use client::{TitanicClient, TitanicClientError};
+pub use server::{Titanic, TitanicConfig, TitanicError, TitanicStats};

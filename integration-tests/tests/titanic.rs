@@ -1,0 +1,336 @@
+//! Titanic (9/TSP) through our broker: every status path, a restart on the same store, and the
+//! `majordomo titanic` and `call --titanic` commands.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use integration_tests::{
+    free_endpoint, majordomo_bin, test_config, wait_for_service, Proc, RunningBroker, PATIENCE,
+    TEST_HEARTBEAT,
+};
+use majordomo_client::{Client, ClientConfig};
+use majordomo_titanic::store::RedbStore;
+use majordomo_titanic::tsp::{Status, Uuid};
+use majordomo_titanic::{Titanic, TitanicClient, TitanicClientError, TitanicConfig, TitanicStats};
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use tokio::sync::oneshot;
+
+fn store_path(name: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("majordomo-titanic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.redb"));
+    let _ = std::fs::remove_file(&path);
+    Ok(path)
+}
+
+fn config() -> TitanicConfig {
+    let defaults = TitanicConfig::default();
+    defaults
+        .worker(defaults.worker.heartbeat(TEST_HEARTBEAT))
+        .client(ClientConfig::default().timeout(Duration::from_millis(500)))
+}
+
+/// Titanic on `path` for the broker at `endpoint`, until the sender fires.
+fn spawn_titanic(
+    endpoint: &str,
+    path: &std::path::Path,
+) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<TitanicStats>)> {
+    let titanic = Titanic::new(endpoint, RedbStore::open(path)?, config());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        titanic
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("titanic runs")
+    });
+    Ok((stop, task))
+}
+
+fn spawn_echo(endpoint: &str, service: &str) -> oneshot::Sender<()> {
+    let worker = Worker::new(
+        endpoint,
+        service.to_owned(),
+        WorkerConfig::default().heartbeat(TEST_HEARTBEAT),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(worker.run(
+        handler_fn(|mut body: Vec<Bytes>| async move {
+            body.insert(0, Bytes::from_static(b"echoed"));
+            Ok(body)
+        }),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    stop
+}
+
+fn client(endpoint: &str) -> TitanicClient {
+    TitanicClient::new(endpoint, ClientConfig::default().timeout(PATIENCE))
+}
+
+async fn ready(endpoint: &str) -> Result<()> {
+    for service in ["titanic.request", "titanic.reply", "titanic.close"] {
+        wait_for_service(endpoint, service).await?;
+    }
+    Ok(())
+}
+
+fn f(s: &str) -> Bytes {
+    Bytes::from(s.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_path_pending_done_unknown_and_malformed() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let ep = broker.endpoint.clone();
+    let path = store_path("status")?;
+    let (stop, titanic) = spawn_titanic(&ep, &path)?;
+    ready(&ep).await?;
+    let c = client(&ep);
+    let uuid = c.submit("later", vec![f("one"), f("two")]).await?;
+    // 300 while no worker serves the service, as often as asked.
+    for _ in 0..3 {
+        assert_eq!(c.reply(uuid).await?, None);
+    }
+    let _worker = spawn_echo(&ep, "later");
+    let reply = c.wait(uuid, PATIENCE, Duration::from_millis(20)).await?;
+    assert_eq!(reply, [f("echoed"), f("one"), f("two")]);
+    // "idempotent and MUST NOT delete a reply when successfully delivered".
+    assert_eq!(c.reply(uuid).await?, Some(reply));
+    c.close(uuid).await?;
+    assert!(matches!(
+        c.reply(uuid).await,
+        Err(TitanicClientError::Status(Status::Unknown))
+    ));
+    // "MUST return 200 OK if the UUID is not known".
+    c.close(Uuid([7; 16])).await?;
+    assert!(matches!(
+        c.reply(Uuid([7; 16])).await,
+        Err(TitanicClientError::Status(Status::Unknown))
+    ));
+    // Malformed requests get a status, not silence.
+    let raw = Client::new(ep.clone(), ClientConfig::default().timeout(PATIENCE));
+    let answer = raw
+        .request("titanic.request", vec![f("service-only")])
+        .await?;
+    assert_eq!(Status::parse(&answer[0]), Some(Status::Error));
+    for service in ["titanic.reply", "titanic.close"] {
+        let answer = raw.request(service, vec![f("not-a-uuid")]).await?;
+        assert_eq!(answer, [f("400")], "{service}");
+        let answer = raw.request(service, vec![]).await?;
+        assert_eq!(answer, [f("400")], "{service}");
+    }
+    let _ = stop.send(());
+    let stats = titanic.await?;
+    assert_eq!((stats.accepted, stats.replied, stats.stored), (1, 1, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_stored_before_a_restart_are_served_after_it() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let ep = broker.endpoint.clone();
+    let path = store_path("restart")?;
+    let (stop, titanic) = spawn_titanic(&ep, &path)?;
+    ready(&ep).await?;
+    let c = client(&ep);
+    let mut uuids = Vec::new();
+    for i in 0..20 {
+        uuids.push((i, c.submit("after", vec![f(&format!("r{i}"))]).await?));
+    }
+    let _ = stop.send(());
+    let stats = titanic.await?;
+    assert_eq!((stats.accepted, stats.stored), (20, 20));
+    // Started again on the same file, with a worker now.
+    let (stop, titanic) = spawn_titanic(&ep, &path)?;
+    let _worker = spawn_echo(&ep, "after");
+    for (i, uuid) in uuids {
+        let reply = c.wait(uuid, PATIENCE, Duration::from_millis(20)).await?;
+        assert_eq!(reply, [f("echoed"), f(&format!("r{i}"))]);
+        c.close(uuid).await?;
+    }
+    let _ = stop.send(());
+    assert_eq!(titanic.await?.stored, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_store_file_is_a_clear_error() -> Result<()> {
+    let path = store_path("foreign")?;
+    std::fs::write(&path, b"this is not a database ".repeat(100))?;
+    let error = RedbStore::open(&path).expect_err("not a redb file");
+    assert!(
+        error.to_string().contains("cannot open the store"),
+        "{error}"
+    );
+    let ep = free_endpoint()?;
+    let out = std::process::Command::new(majordomo_bin()?)
+        .args(["titanic", "--connect", &ep, "--store"])
+        .arg(&path)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_titanic_submits_waits_prints_and_closes() -> Result<()> {
+    let ep = free_endpoint()?;
+    let path = store_path("cli")?;
+    let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
+    let store = path.to_str().context("utf-8 path")?;
+    let _titanic = Proc::spawn(&["titanic", "--connect", &ep, "--store", store])?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    ready(&ep).await?;
+    let out = tokio::process::Command::new(majordomo_bin()?)
+        .args([
+            "call",
+            "--connect",
+            &ep,
+            "--titanic",
+            "--no-close",
+            "echo",
+            "hi",
+            "there",
+        ])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout)?, "hi\nthere\n");
+    // --no-close printed the UUID; the reply is still there.
+    let stderr = String::from_utf8(out.stderr)?;
+    let uuid = stderr
+        .lines()
+        .last()
+        .and_then(|l| Uuid::parse(l.as_bytes()));
+    let uuid = uuid.context("a UUID on stderr")?;
+    assert_eq!(
+        client(&ep).reply(uuid).await?,
+        Some(vec![f("hi"), f("there")])
+    );
+    Ok(())
+}
+
+/// Kills `proc` with SIGKILL and waits until it is gone.
+async fn kill(mut proc: Proc) -> Result<()> {
+    proc.signal("KILL")?;
+    tokio::time::timeout(PATIENCE, proc.wait_exit()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_titanic_broker_and_workers_loses_no_acknowledged_request() -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let ep = free_endpoint()?;
+    let path = store_path("crash")?;
+    let store = path.to_str().context("utf-8 path")?.to_owned();
+    let hb = ["--heartbeat", "100ms"];
+    let broker_args = ["broker", "--bind", &ep, hb[0], hb[1]];
+    let worker_args = [
+        "worker",
+        "--connect",
+        &ep,
+        hb[0],
+        hb[1],
+        "echo",
+        "--service",
+        "crashy",
+    ];
+    let titanic_args = [
+        "titanic",
+        "--connect",
+        &ep,
+        "--store",
+        &store,
+        hb[0],
+        hb[1],
+        "--timeout",
+        "500ms",
+    ];
+    let mut broker = Proc::spawn(&broker_args)?;
+    let mut worker = Proc::spawn(&worker_args)?;
+    let mut titanic = Proc::spawn(&titanic_args)?;
+    // Acknowledged requests and the body each was submitted with.
+    let acked: Arc<Mutex<Vec<(Uuid, Bytes)>>> = Arc::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (acked, mut stopped, ep) = (acked.clone(), stopped.clone(), ep.clone());
+        clients.push(tokio::spawn(async move {
+            let client = TitanicClient::new(
+                ep,
+                ClientConfig::default()
+                    .timeout(Duration::from_millis(300))
+                    .attempts(1),
+            );
+            for seq in 0.. {
+                let body = Bytes::from(format!("client {c} request {seq}"));
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => break,
+                    submitted = client.submit("crashy", vec![body.clone()]) => {
+                        // A submit that got no answer may or may not be stored; it was never
+                        // acknowledged, so nothing is promised for it.
+                        if let Ok(uuid) = submitted {
+                            acked.lock().unwrap().push((uuid, body));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let acked_count = || acked.lock().unwrap().len();
+    let mut seed = 0x2545_f491u32;
+    for cycle in 0..20 {
+        // Kill at a moment picked at random: after 1 to 8 more acknowledgements.
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let more = 1 + (seed >> 16) as usize % 8;
+        let target = acked_count() + more;
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        while acked_count() < target {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: no progress ({} acknowledged)",
+                acked_count()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kill(titanic).await?;
+        if cycle % 5 == 2 {
+            kill(worker).await?;
+            worker = Proc::spawn(&worker_args)?;
+        }
+        if cycle == 10 {
+            kill(broker).await?;
+            broker = Proc::spawn(&broker_args)?;
+            broker.wait_until_serving(&ep).await?;
+        }
+        titanic = Proc::spawn(&titanic_args)?;
+    }
+    let _ = stop.send(true);
+    for c in clients {
+        c.await?;
+    }
+    // The store reopens after the last kill, and every acknowledged request gets its own reply.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 20, "{} acknowledged", acked.len());
+    let client = client(&ep);
+    for (uuid, body) in &acked {
+        let reply = client
+            .wait(*uuid, PATIENCE * 3, Duration::from_millis(20))
+            .await?;
+        assert_eq!(reply, std::slice::from_ref(body), "{uuid}");
+    }
+    kill(titanic).await?;
+    let _ = (worker, broker);
+    Ok(())
+}
