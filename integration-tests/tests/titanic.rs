@@ -334,3 +334,43 @@ async fn kill_9_of_titanic_broker_and_workers_loses_no_acknowledged_request() ->
     let _ = (worker, broker);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_ticlient_against_our_titanic_through_our_broker() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let ep = broker.endpoint.clone();
+    let (stop, titanic) = spawn_titanic(&ep, &store_path("ticlient")?)?;
+    let _worker = spawn_echo(&ep, "echo");
+    ready(&ep).await?;
+    let mut client = integration_tests::PyPeer::spawn("ticlient.py", &[&ep, "echo", "Hello"])?;
+    assert_eq!(client.line().await?, "reply echoed Hello");
+    assert_eq!(client.exit_code().await?, 0);
+    let _ = stop.send(());
+    let stats = titanic.await?;
+    assert_eq!((stats.accepted, stats.replied, stats.stored), (1, 1, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_titanic_through_a_libzmq_broker_that_is_not_ours() -> Result<()> {
+    let heartbeat = TEST_HEARTBEAT.interval.as_millis().to_string();
+    let mut broker = integration_tests::PyPeer::spawn("mdp_broker.py", &[&heartbeat])?;
+    let ep = broker.endpoint().await?;
+    let (stop, titanic) = spawn_titanic(&ep, &store_path("libzmq")?)?;
+    let _worker = spawn_echo(&ep, "echo");
+    ready(&ep).await?;
+    wait_for_service(&ep, "echo").await?;
+    let c = client(&ep);
+    for i in 0..10 {
+        let uuid = c
+            .submit("echo", vec![f(&format!("via libzmq {i}"))])
+            .await?;
+        let reply = c.wait(uuid, PATIENCE, Duration::from_millis(20)).await?;
+        assert_eq!(reply, [f("echoed"), f(&format!("via libzmq {i}"))]);
+        c.close(uuid).await?;
+    }
+    let _ = stop.send(());
+    assert_eq!(titanic.await?.replied, 10);
+    broker.kill().await?;
+    Ok(())
+}

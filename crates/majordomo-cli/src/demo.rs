@@ -151,6 +151,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         pipelined as f64 / elapsed.as_secs_f64()
     );
 
+    titanic_round_trip(&endpoint, heartbeat).await?;
+
     let counts: Vec<u64> = served.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     println!("requests served per worker (least-recently-used routing): {counts:?}");
 
@@ -163,5 +165,41 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         "broker: {} requests, {} replies, {} expired, {} protocol errors",
         stats.requests, stats.replies, stats.expired, stats.protocol_errors
     );
+    Ok(())
+}
+
+/// A Titanic (9/TSP) server on a store in a temporary file: one request stored, its reply
+/// fetched, then closed.
+async fn titanic_round_trip(endpoint: &str, heartbeat: HeartbeatConfig) -> Result<()> {
+    use majordomo_titanic::store::RedbStore;
+    use majordomo_titanic::{Titanic, TitanicClient, TitanicConfig};
+    let path = std::env::temp_dir().join(format!("majordomo-demo-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let defaults = TitanicConfig::default();
+    let config = defaults
+        .worker(defaults.worker.heartbeat(heartbeat).concurrency(2))
+        .client(ClientConfig::default());
+    let titanic = Titanic::new(endpoint, RedbStore::open(&path)?, config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(titanic.run(async {
+        let _ = stopped.await;
+    }));
+    let client = TitanicClient::new(endpoint, ClientConfig::default());
+    let uuid = client
+        .submit("echo", vec![Bytes::from_static(b"stored")])
+        .await?;
+    println!("titanic.request echo stored -> 200 {uuid}");
+    let reply = client
+        .wait(uuid, Duration::from_secs(10), Duration::from_millis(10))
+        .await?;
+    println!(
+        "titanic.reply {uuid} -> 200 {}",
+        String::from_utf8_lossy(&reply[0])
+    );
+    client.close(uuid).await?;
+    println!("titanic.close {uuid} -> 200");
+    let _ = stop.send(());
+    task.await??;
+    let _ = std::fs::remove_file(&path);
     Ok(())
 }

@@ -26,8 +26,8 @@ pub struct TitanicConfig {
     /// Limits and dispatch.
     pub core: CoreConfig,
     /// The workers of the three services (heartbeats, reconnects); `concurrency` is the number
-    /// of `titanic.request` and `titanic.reply` connections (default 8 each: concurrent submits
-    /// share a commit).
+    /// of connections of each service (default 64: a connection takes one request at a time,
+    /// and concurrent submits and closes share a commit).
     pub worker: WorkerConfig,
     /// The client that dispatches requests (timeout and attempts per request).
     pub client: ClientConfig,
@@ -37,7 +37,7 @@ impl Default for TitanicConfig {
     fn default() -> Self {
         Self {
             core: CoreConfig::default(),
-            worker: WorkerConfig::default().concurrency(8),
+            worker: WorkerConfig::default().concurrency(64),
             client: ClientConfig::default(),
         }
     }
@@ -335,8 +335,7 @@ impl<S: Store> Titanic<S> {
                 let s = s.clone();
                 async move { Ok::<_, BoxError>(s.close(&frames).await) }
             });
-            let close_config = worker_config.concurrency(1);
-            let worker = Worker::new(self.endpoint.clone(), tsp::CLOSE_SERVICE, close_config);
+            let worker = serve(tsp::CLOSE_SERVICE);
             let stop = stop.clone();
             tasks.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
         }

@@ -13,6 +13,7 @@ mod load;
 mod relay;
 mod report;
 mod targets;
+mod titanic;
 
 use std::fmt;
 use std::time::Duration;
@@ -90,6 +91,12 @@ pub(crate) struct BenchArgs {
     /// order given.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = RunKind::value_variants().to_vec())]
     runs: Vec<RunKind>,
+    /// How often a `titanic` round trip asks `titanic.reply` while its request is pending.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    titanic_poll: Duration,
+    /// `majordomo titanic --in-flight-per-service` in the Titanic runs.
+    #[arg(long, default_value_t = 16)]
+    titanic_in_flight: usize,
     /// PARTIALs before the FINAL in the `stream` run.
     #[arg(long, default_value_t = 10)]
     stream_parts: usize,
@@ -126,6 +133,11 @@ pub(crate) enum RunKind {
     CopyRelay,
     /// Our broker with `--busy-poll` (skipped when `--busy-poll` is 0).
     Busypoll,
+    /// Titanic (`majordomo titanic`, a fresh store) in front of our broker and the echo
+    /// workers: durable submits per second (`titanic.request` answered 200).
+    TitanicSubmit,
+    /// The same: whole round trips per second (submit, dispatch, reply fetched, close).
+    Titanic,
     /// The broker at `--external` (only with `--external`).
     External,
 }
@@ -204,6 +216,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                 };
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);
+            }
+        }
+        for kind in [RunKind::TitanicSubmit, RunKind::Titanic] {
+            if wanted(kind) {
+                let store_kib = std::sync::Mutex::new(Vec::new());
+                let run = || async {
+                    let (run, bytes) = titanic::titanic(&args, kind, size).await?;
+                    store_kib.lock().expect("not poisoned").push(bytes / 1024);
+                    Ok(run)
+                };
+                runs.push(median_of(args.repeat, run).await?);
+                let store_kib = store_kib.into_inner().expect("not poisoned");
+                eprintln!("{kind} {size} B: store file KiB at the end of each run: {store_kib:?}");
             }
         }
         if let (true, Some(endpoint), Some(pid)) =

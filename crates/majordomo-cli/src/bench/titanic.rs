@@ -1,0 +1,200 @@
+//! The `titanic` run: durable submits per second, then whole Titanic round trips per second
+//! (submit, dispatch, reply fetched, close), against our broker, W echo workers and a
+//! `majordomo titanic` process with a fresh store; the Titanic process's CPU and memory.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use bytes::Bytes;
+use majordomo_cli::child::{cpu_seconds, memory};
+use majordomo_cli::endpoint::free_endpoint;
+use majordomo_client::{Client, ClientConfig};
+use majordomo_titanic::TitanicClient;
+
+use super::report::Run;
+use super::{BenchArgs, RunKind};
+use crate::spawn_self;
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const DRAIN: u8 = 2;
+
+/// What one task measured.
+#[derive(Default)]
+struct Counted {
+    latencies_us: Vec<u32>,
+    errors: Vec<String>,
+}
+
+/// One task: submits (`round_trip` false) or whole round trips, until the phase is `DRAIN`.
+async fn task(
+    client: TitanicClient,
+    id: usize,
+    size: usize,
+    round_trip: bool,
+    poll: Duration,
+    phase: Arc<AtomicU8>,
+) -> Counted {
+    let mut counted = Counted::default();
+    let filler = "x".repeat(size.saturating_sub(24));
+    for seq in 0u64.. {
+        let current = phase.load(Ordering::Relaxed);
+        if current == DRAIN {
+            break;
+        }
+        let body = Bytes::from(format!("{id:08} {seq:014} {filler}"));
+        let started = Instant::now();
+        let outcome = async {
+            let uuid = client.submit("echo", vec![body.clone()]).await?;
+            if round_trip {
+                let reply = client.wait(uuid, Duration::from_secs(30), poll).await?;
+                ensure!(reply == [body.clone()], "request {id}/{seq}: another reply");
+                client.close(uuid).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            counted.errors.push(error.to_string());
+            break;
+        }
+        if current == MEASURE && phase.load(Ordering::Relaxed) == MEASURE {
+            counted
+                .latencies_us
+                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+    counted
+}
+
+/// Runs the tasks through the warm-up and the measured time and returns the figures.
+async fn phase(
+    args: &BenchArgs,
+    endpoint: &str,
+    pid: u32,
+    kind: RunKind,
+    size: usize,
+) -> Result<Run> {
+    let tasks = args.clients * args.in_flight;
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let config = ClientConfig::default().timeout(Duration::from_secs(5));
+    let handles: Vec<_> = (0..tasks)
+        .map(|id| {
+            let client = TitanicClient::new(endpoint, config);
+            let round_trip = kind == RunKind::Titanic;
+            let poll = args.titanic_poll;
+            tokio::spawn(task(client, id, size, round_trip, poll, phase.clone()))
+        })
+        .collect();
+    tokio::time::sleep(args.warmup).await;
+    let rss_start = memory(pid)?.rss_kib;
+    let cpu_start = cpu_seconds(pid)?;
+    let started = Instant::now();
+    phase.store(MEASURE, Ordering::Relaxed);
+    tokio::time::sleep(args.duration).await;
+    phase.store(DRAIN, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_start;
+    let mut latencies = Vec::new();
+    let mut errors = Vec::new();
+    for handle in handles {
+        let counted = handle.await?;
+        latencies.extend(counted.latencies_us);
+        errors.extend(counted.errors);
+    }
+    ensure!(
+        errors.is_empty(),
+        "titanic run failed: {}",
+        errors.join("; ")
+    );
+    ensure!(
+        !latencies.is_empty(),
+        "nothing done during the measured run"
+    );
+    let end = memory(pid)?;
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let requests = latencies.len() as u64;
+    let rate = requests as f64 / seconds;
+    Ok(Run {
+        kind,
+        clients: args.clients,
+        in_flight: args.in_flight,
+        size,
+        requests,
+        seconds,
+        rate,
+        rate_min: rate,
+        rate_max: rate,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        max_us: *latencies.last().expect("not empty"),
+        cpu_s_per_100k: cpu / requests as f64 * 100_000.0,
+        rss_start_kib: rss_start,
+        rss_end_kib: end.rss_kib,
+        peak_kib: end.peak_kib,
+    })
+}
+
+/// The `titanic-submit` and `titanic` runs at `size`, each on a fresh store; the server figures
+/// are the Titanic process's. Returns the runs and the store file's size at the end of each.
+pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Result<(Run, u64)> {
+    let endpoint = free_endpoint(args.transport)?;
+    let threads = args.server_threads.to_string();
+    let broker = spawn_self(
+        &["broker", "--bind", &endpoint, "--threads", &threads],
+        "warn",
+    )?;
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        workers.push(spawn_self(
+            &["worker", "--connect", &endpoint, "echo"],
+            "warn",
+        )?);
+    }
+    let dir = std::env::temp_dir().join(format!("majordomo-bench-titanic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let store = dir.join("bench.redb");
+    let _ = std::fs::remove_file(&store);
+    let store_arg = store.to_string_lossy().into_owned();
+    let in_flight = args.titanic_in_flight.to_string();
+    let titanic = spawn_self(
+        &[
+            "titanic",
+            "--connect",
+            &endpoint,
+            "--store",
+            &store_arg,
+            "--in-flight-per-service",
+            &in_flight,
+        ],
+        "warn",
+    )?;
+    // Ready once Titanic's and echo's services answer.
+    let mmi = Client::new(endpoint.clone(), ClientConfig::default());
+    for service in ["titanic.request", "titanic.reply", "titanic.close", "echo"] {
+        let mut found = false;
+        for _ in 0..200 {
+            let answer = mmi
+                .request("mmi.service", vec![Bytes::from(service)])
+                .await?;
+            if answer.first().map(|f| f.as_ref()) == Some(b"200") {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ensure!(found, "{service} did not register");
+    }
+    let run = phase(args, &endpoint, titanic.pid(), kind, size).await;
+    let store_bytes = std::fs::metadata(&store).map_or(0, |m| m.len());
+    titanic.terminate(Duration::from_secs(5)).await;
+    for w in workers {
+        w.terminate(Duration::from_secs(2)).await;
+    }
+    broker.terminate(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((run?, store_bytes))
+}
