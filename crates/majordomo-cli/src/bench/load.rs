@@ -16,9 +16,9 @@ use super::{BenchArgs, RunKind};
 
 /// Phases of a run, shared with its clients: replies are counted only while it is `MEASURE`, and
 /// no request is sent once it is `DRAIN`.
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const DRAIN: u8 = 2;
+pub(super) const WARMUP: u8 = 0;
+pub(super) const MEASURE: u8 = 1;
+pub(super) const DRAIN: u8 = 2;
 
 /// A DEALER socket connected to `endpoint`, trying for a bounded time while it comes up.
 pub(super) async fn connect(endpoint: &str) -> Result<DealerSocket> {
@@ -227,15 +227,7 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
             ))
         })
         .collect();
-    tokio::time::sleep(args.warmup).await;
-    let rss_start = memory(server_pid)?.rss_kib;
-    let cpu_start = cpu_seconds(server_pid)?;
-    let started = Instant::now();
-    phase.store(MEASURE, Ordering::Relaxed);
-    tokio::time::sleep(args.duration).await;
-    phase.store(DRAIN, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(server_pid)? - cpu_start;
+    let window = Window::run(args, server_pid, &phase).await?;
     let mut latencies = Vec::new();
     let mut requests = 0;
     let mut errors = Vec::new();
@@ -251,26 +243,68 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         errors.join("; ")
     );
     ensure!(!latencies.is_empty(), "no reply during the measured run");
-    let end = memory(server_pid)?;
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
-    let rate = requests as f64 / seconds;
-    Ok(Run {
-        kind,
-        clients,
-        in_flight,
-        size,
-        requests,
-        seconds,
-        rate,
-        rate_min: rate,
-        rate_max: rate,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        max_us: *latencies.last().expect("not empty"),
-        cpu_s_per_100k: cpu / requests as f64 * 100_000.0,
-        rss_start_kib: rss_start,
-        rss_end_kib: end.rss_kib,
-        peak_kib: end.peak_kib,
-    })
+    window.into_run(kind, size, clients, in_flight, requests, latencies)
+}
+
+/// The warm-up and the measured time of a run, with the server's CPU time and memory over it.
+pub(super) struct Window {
+    pid: u32,
+    seconds: f64,
+    cpu: f64,
+    rss_start_kib: u64,
+}
+
+impl Window {
+    /// Waits out the warm-up, measures for the run's duration (the clients see `MEASURE`),
+    /// then sets `DRAIN`.
+    pub(super) async fn run(args: &BenchArgs, pid: u32, phase: &AtomicU8) -> Result<Self> {
+        tokio::time::sleep(args.warmup).await;
+        let rss_start_kib = memory(pid)?.rss_kib;
+        let cpu_start = cpu_seconds(pid)?;
+        let started = Instant::now();
+        phase.store(MEASURE, Ordering::Relaxed);
+        tokio::time::sleep(args.duration).await;
+        phase.store(DRAIN, Ordering::Relaxed);
+        Ok(Self {
+            pid,
+            seconds: started.elapsed().as_secs_f64(),
+            cpu: cpu_seconds(pid)? - cpu_start,
+            rss_start_kib,
+        })
+    }
+
+    /// The run's figures: `requests` done in the window, with `latencies` (any order, not
+    /// empty); the server's memory is read now.
+    pub(super) fn into_run(
+        self,
+        kind: RunKind,
+        size: usize,
+        clients: usize,
+        in_flight: usize,
+        requests: u64,
+        mut latencies: Vec<u32>,
+    ) -> Result<Run> {
+        let end = memory(self.pid)?;
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+        let rate = requests as f64 / self.seconds;
+        Ok(Run {
+            kind,
+            clients,
+            in_flight,
+            size,
+            requests,
+            seconds: self.seconds,
+            rate,
+            rate_min: rate,
+            rate_max: rate,
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            max_us: *latencies.last().expect("not empty"),
+            cpu_s_per_100k: self.cpu / requests as f64 * 100_000.0,
+            rss_start_kib: self.rss_start_kib,
+            rss_end_kib: end.rss_kib,
+            peak_kib: end.peak_kib,
+        })
+    }
 }

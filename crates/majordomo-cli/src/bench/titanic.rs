@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
-use majordomo_cli::child::{cpu_seconds, memory};
 use majordomo_cli::endpoint::free_endpoint;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_titanic::TitanicClient;
@@ -17,9 +16,7 @@ use super::report::Run;
 use super::{BenchArgs, RunKind};
 use crate::spawn_self;
 
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const DRAIN: u8 = 2;
+use super::load::{Window, DRAIN, MEASURE, WARMUP};
 
 /// What one task measured.
 #[derive(Default)]
@@ -88,15 +85,7 @@ async fn phase(
             tokio::spawn(task(client, id, size, round_trip, poll, phase.clone()))
         })
         .collect();
-    tokio::time::sleep(args.warmup).await;
-    let rss_start = memory(pid)?.rss_kib;
-    let cpu_start = cpu_seconds(pid)?;
-    let started = Instant::now();
-    phase.store(MEASURE, Ordering::Relaxed);
-    tokio::time::sleep(args.duration).await;
-    phase.store(DRAIN, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu_start;
+    let window = Window::run(args, pid, &phase).await?;
     let mut latencies = Vec::new();
     let mut errors = Vec::new();
     for handle in handles {
@@ -113,29 +102,15 @@ async fn phase(
         !latencies.is_empty(),
         "nothing done during the measured run"
     );
-    let end = memory(pid)?;
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     let requests = latencies.len() as u64;
-    let rate = requests as f64 / seconds;
-    Ok(Run {
+    window.into_run(
         kind,
-        clients: args.clients,
-        in_flight: args.in_flight,
         size,
+        args.clients,
+        args.in_flight,
         requests,
-        seconds,
-        rate,
-        rate_min: rate,
-        rate_max: rate,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        max_us: *latencies.last().expect("not empty"),
-        cpu_s_per_100k: cpu / requests as f64 * 100_000.0,
-        rss_start_kib: rss_start,
-        rss_end_kib: end.rss_kib,
-        peak_kib: end.peak_kib,
-    })
+        latencies,
+    )
 }
 
 /// The `titanic-submit` and `titanic` runs at `size`, each on a fresh store; the server figures
