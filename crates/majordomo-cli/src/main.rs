@@ -745,6 +745,9 @@ struct TitanicArgs {
     /// The store: one redb file, created if missing.
     #[arg(long, default_value = "titanic.redb")]
     store: std::path::PathBuf,
+    /// Memory the store may use to cache its file, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    store_cache: bytesize::ByteSize,
     /// Most requests and replies stored at once; past it `titanic.request` answers 500.
     #[arg(long, default_value_t = 1_000_000)]
     max_stored: usize,
@@ -769,7 +772,7 @@ async fn run_titanic(args: TitanicArgs) -> Result<()> {
     use majordomo_titanic::core::CoreConfig;
     use majordomo_titanic::store::RedbStore;
     use majordomo_titanic::{Titanic, TitanicConfig};
-    let store = RedbStore::open(&args.store)?;
+    let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
     let defaults = TitanicConfig::default();
     let config = defaults
         .core(

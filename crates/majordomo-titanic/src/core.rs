@@ -230,10 +230,16 @@ impl Core {
         if self.requests.len() >= self.config.max_stored {
             return Err(Refused::Full);
         }
+        // The index keeps its own copy of the name, one per service: a frame may share its
+        // buffer with the whole message, body and all.
+        let name = match self.services.get_key_value(service) {
+            Some((name, _)) => name.clone(),
+            None => Bytes::copy_from_slice(service),
+        };
         self.requests.insert(
             uuid,
             Request {
-                service: service.clone(),
+                service: name,
                 state: State::Storing,
             },
         );

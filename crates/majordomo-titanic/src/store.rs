@@ -169,14 +169,28 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens the store at `path`, creating it if there is no file. A file that is not a redb
-    /// database (or one without Titanic's table layout) is an error.
+    /// Opens the store at `path` with a cache of [`RedbStore::DEFAULT_CACHE`], creating it if
+    /// there is no file. A file that is not a redb database (or one without Titanic's table
+    /// layout) is an error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, Self::DEFAULT_CACHE)
+    }
+
+    /// The default cache: 64 MiB (redb's own default is 1 GiB, which lets a process's memory
+    /// grow with its file).
+    pub const DEFAULT_CACHE: usize = 64 << 20;
+
+    /// As [`RedbStore::open`], with a cache of `cache_bytes` (what the process holds of the
+    /// file in memory, at most).
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        let db = redb::Database::create(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let db = redb::Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         // Create the table, so that a read finds it, and check that it has the right types.
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(ENTRIES).map_err(io)?;
