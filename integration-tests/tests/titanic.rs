@@ -374,3 +374,27 @@ async fn our_titanic_through_a_libzmq_broker_that_is_not_ours() -> Result<()> {
     broker.kill().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_are_all_durable_and_counted_in_the_commits() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let ep = broker.endpoint.clone();
+    let (stop, titanic) = spawn_titanic(&ep, &store_path("grouped")?)?;
+    ready(&ep).await?;
+    let c = client(&ep);
+    let submits: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.submit("nobody", vec![f(&format!("{i}"))]).await })
+        })
+        .collect();
+    for submit in submits {
+        submit.await??;
+    }
+    let _ = stop.send(());
+    let stats = titanic.await?;
+    // No worker: the 64 requests are the only writes, in at most 64 transactions.
+    assert_eq!((stats.accepted, stats.writes), (64, 64));
+    assert!((1..=64).contains(&stats.commits), "{stats:?}");
+    Ok(())
+}

@@ -84,6 +84,11 @@ pub struct TitanicStats {
     pub replied: u64,
     /// Requests and replies held when it stopped.
     pub stored: usize,
+    /// Transactions committed to the store.
+    pub commits: u64,
+    /// Writes (requests, replies, removals) in those transactions: `writes / commits` is how
+    /// many writes shared an fsync, on average.
+    pub writes: u64,
 }
 
 fn now_ms() -> u64 {
@@ -98,7 +103,9 @@ type Done = oneshot::Sender<Result<(), String>>;
 const MAX_BATCH: usize = 4096;
 
 /// The writer thread: commits every write waiting, in one transaction, then answers each.
-fn writer<S: Store>(store: Arc<S>, mut rx: mpsc::UnboundedReceiver<(Vec<Op>, Done)>) {
+/// Returns the transactions committed and the writes in them.
+fn writer<S: Store>(store: Arc<S>, mut rx: mpsc::UnboundedReceiver<(Vec<Op>, Done)>) -> (u64, u64) {
+    let (mut commits, mut writes) = (0, 0);
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -112,13 +119,18 @@ fn writer<S: Store>(store: Arc<S>, mut rx: mpsc::UnboundedReceiver<(Vec<Op>, Don
             .flat_map(|(ops, _)| std::mem::take(ops))
             .collect();
         let result = store.commit(&ops).map_err(|e| e.to_string());
-        if let Err(error) = &result {
-            warn!(%error, writes = ops.len(), "store commit failed");
+        match &result {
+            Ok(()) => {
+                commits += 1;
+                writes += ops.len() as u64;
+            }
+            Err(error) => warn!(%error, writes = ops.len(), "store commit failed"),
         }
         for (_, done) in batch {
             let _ = done.send(result.clone());
         }
     }
+    (commits, writes)
 }
 
 struct Shared<S> {
@@ -354,14 +366,18 @@ impl<S: Store> Titanic<S> {
                 return Err(error.into());
             }
         }
-        let stats = TitanicStats {
+        let mut stats = TitanicStats {
             accepted: shared.accepted.load(std::sync::atomic::Ordering::Relaxed),
             replied: shared.replied.load(std::sync::atomic::Ordering::Relaxed),
             stored: shared.core().len(),
+            ..TitanicStats::default()
         };
         // The writer ends once every sender is gone.
         drop(shared);
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        if let Ok(Ok((commits, writes))) = tokio::task::spawn_blocking(move || writer.join()).await
+        {
+            (stats.commits, stats.writes) = (commits, writes);
+        }
         info!(?stats, "titanic stopped");
         Ok(stats)
     }

@@ -145,7 +145,8 @@ pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Res
             "--in-flight-per-service",
             &in_flight,
         ],
-        "warn",
+        // Its last line gives its totals: commits and the writes they carried.
+        "warn,majordomo_titanic::server=info",
     )?;
     // Ready once Titanic's and echo's services answer.
     let mmi = Client::new(endpoint.clone(), ClientConfig::default());
