@@ -530,6 +530,7 @@ fn main() -> Result<ExitCode> {
         Command::BenchRelay(args) => args.threads,
         Command::BenchRelayPeer(_) | Command::BenchCopyRelay(_) => 1,
         Command::Worker(args) => args.threads,
+        Command::Titanic(args) => args.threads,
         Command::Bench(args) => args.threads,
         _ => 0,
     };
@@ -766,6 +767,10 @@ struct TitanicArgs {
     /// Heartbeat interval of its workers; must match the broker's.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// Runtime threads: 0 (the default) for one per core, 1 for a single-threaded runtime
+    /// (measured slower for submits). The store's writes have a thread of their own either way.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 async fn run_titanic(args: TitanicArgs) -> Result<()> {
