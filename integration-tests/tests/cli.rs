@@ -265,7 +265,7 @@ async fn status_shows_services_and_totals_and_exits_2_when_nobody_answers() -> R
         if stats["idle_workers"] == 2 || std::time::Instant::now() > deadline {
             break stats;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     let echo = &stats["per_service"][0];
     assert_eq!(echo["name"], "echo", "{stats}");
