@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    free_endpoint, majordomo_bin, test_config, wait_for_service, Proc, RunningBroker, PATIENCE,
-    TEST_HEARTBEAT,
+    free_endpoint, majordomo_bin, service_stats, test_config, wait_for_service, wait_for_stats,
+    Proc, RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_client::{Client, ClientConfig};
 use majordomo_titanic::store::RedbStore;
@@ -24,11 +24,14 @@ fn store_path(name: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Questions about pending requests are held briefly, so that a test asking for a request with
+/// no worker hears 300 soon.
 fn config() -> TitanicConfig {
     let defaults = TitanicConfig::default();
     defaults
         .worker(defaults.worker.heartbeat(TEST_HEARTBEAT))
         .client(ClientConfig::default().timeout(Duration::from_millis(500)))
+        .reply_wait(Duration::from_millis(100))
 }
 
 /// Titanic on `path` for the broker at `endpoint`, until the sender fires.
@@ -36,7 +39,16 @@ fn spawn_titanic(
     endpoint: &str,
     path: &std::path::Path,
 ) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<TitanicStats>)> {
-    let titanic = Titanic::new(endpoint, RedbStore::open(path)?, config());
+    spawn_titanic_with(endpoint, path, config())
+}
+
+/// As [`spawn_titanic`], with `config`.
+fn spawn_titanic_with(
+    endpoint: &str,
+    path: &std::path::Path,
+    config: TitanicConfig,
+) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<TitanicStats>)> {
+    let titanic = Titanic::new(endpoint, RedbStore::open(path)?, config);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         titanic
@@ -396,5 +408,120 @@ async fn concurrent_submits_are_all_durable_and_counted_in_the_commits() -> Resu
     // No worker: the 64 requests are the only writes, in at most 64 transactions.
     assert_eq!((stats.accepted, stats.writes), (64, 64));
     assert!((1..=64).contains(&stats.commits), "{stats:?}");
+    Ok(())
+}
+
+/// Long enough that a held question outlives every step of the tests below, and under the
+/// clients' timeout ([`PATIENCE`]).
+const HOLD: Duration = Duration::from_secs(5);
+
+/// Waits until `n` questions are with Titanic's `titanic.reply` connections.
+async fn questions_held(broker: &RunningBroker, n: usize) -> Result<()> {
+    wait_for_stats(&broker.handle, "questions held by titanic.reply", |s| {
+        service_stats(s, b"titanic.reply").is_some_and(|s| s.busy_workers == n)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A question about a request, running.
+type Question = tokio::task::JoinHandle<Result<Option<Vec<Bytes>>, TitanicClientError>>;
+
+/// A broker and a Titanic that holds questions for [`HOLD`], one request for `service` (which
+/// has no worker) submitted, and one question about it held.
+struct HeldQuestion {
+    broker: RunningBroker,
+    stop: oneshot::Sender<()>,
+    titanic: tokio::task::JoinHandle<TitanicStats>,
+    client: TitanicClient,
+    uuid: Uuid,
+    question: Question,
+}
+
+impl HeldQuestion {
+    async fn start(store: &str, service: &str) -> Result<Self> {
+        let broker = RunningBroker::start(test_config()).await?;
+        let ep = broker.endpoint.clone();
+        let (stop, titanic) =
+            spawn_titanic_with(&ep, &store_path(store)?, config().reply_wait(HOLD))?;
+        ready(&ep).await?;
+        let client = client(&ep);
+        let uuid = client.submit(service.to_owned(), vec![f("body")]).await?;
+        let question = {
+            let c = client.clone();
+            tokio::spawn(async move { c.reply(uuid).await })
+        };
+        questions_held(&broker, 1).await?;
+        Ok(Self {
+            broker,
+            stop,
+            titanic,
+            client,
+            uuid,
+            question,
+        })
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.titanic.await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_about_a_pending_request_is_answered_when_its_reply_is_stored() -> Result<()> {
+    let mut held = HeldQuestion::start("held", "later").await?;
+    let _worker = spawn_echo(&held.broker.endpoint, "later");
+    // The one question gets the reply: no 300, no second question.
+    let answer = (&mut held.question).await??;
+    assert_eq!(answer, Some(vec![f("echoed"), f("body")]));
+    held.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_request_answers_its_held_question_unknown() -> Result<()> {
+    let mut held = HeldQuestion::start("held-close", "nobody").await?;
+    held.client.close(held.uuid).await?;
+    // Had the close not reached it, the question would end with 300 (`Ok(None)`) after HOLD.
+    let answer = (&mut held.question).await?;
+    assert!(
+        matches!(answer, Err(TitanicClientError::Status(Status::Unknown))),
+        "{answer:?}"
+    );
+    held.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_held_limit_questions_are_answered_at_once() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let ep = broker.endpoint.clone();
+    let path = store_path("held-limit")?;
+    // 8 connections: 7 may hold, one stays free.
+    let defaults = config();
+    let eight = defaults
+        .worker(defaults.worker.concurrency(8))
+        .reply_wait(HOLD);
+    let (stop, titanic) = spawn_titanic_with(&ep, &path, eight)?;
+    ready(&ep).await?;
+    let c = client(&ep);
+    let mut questions = Vec::new();
+    for i in 0..7 {
+        let uuid = c.submit("nobody", vec![f(&format!("body {i}"))]).await?;
+        let c = c.clone();
+        questions.push(tokio::spawn(async move { c.reply(uuid).await }));
+    }
+    questions_held(&broker, 7).await?;
+    let eighth = c.submit("nobody", vec![f("body 7")]).await?;
+    assert_eq!(c.reply(eighth).await?, None);
+    // The seven are still held: the eighth was answered at once, not after a hold of its own.
+    questions_held(&broker, 7).await?;
+    assert!(questions.iter().all(|q| !q.is_finished()));
+    let _ = stop.send(());
+    // Stopping answers held questions 300 at once.
+    for question in questions {
+        assert_eq!(question.await??, None);
+    }
+    titanic.await?;
     Ok(())
 }

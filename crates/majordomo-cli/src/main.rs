@@ -746,6 +746,10 @@ struct TitanicArgs {
     /// The store: one redb file, created if missing.
     #[arg(long, default_value = "titanic.redb")]
     store: std::path::PathBuf,
+    /// Keep requests and replies in memory only, not in `--store`: a restart loses them. For
+    /// trials, and to measure what durability costs (`majordomo bench --runs titanic-memory`).
+    #[arg(long)]
+    in_memory: bool,
     /// Memory the store may use to cache its file, e.g. 64MiB.
     #[arg(long, default_value = "64MiB")]
     store_cache: bytesize::ByteSize,
@@ -767,6 +771,15 @@ struct TitanicArgs {
     /// Heartbeat interval of its workers; must match the broker's.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// Connections to the broker of each of the three services: each takes one request at a
+    /// time, and the submits and closes being written at once share a commit.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    connections: u32,
+    /// How long `titanic.reply` holds a question about a pending request, answering as soon as
+    /// the reply is stored, before it answers 300; 0s answers at once. All but an eighth of
+    /// the connections may hold at once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reply_wait: Duration,
     /// Runtime threads: 0 (the default) for one per core, 1 for a single-threaded runtime
     /// (measured slower for submits). The store's writes have a thread of their own either way.
     #[arg(long, default_value_t = 0)]
@@ -777,7 +790,6 @@ async fn run_titanic(args: TitanicArgs) -> Result<()> {
     use majordomo_titanic::core::CoreConfig;
     use majordomo_titanic::store::RedbStore;
     use majordomo_titanic::{Titanic, TitanicConfig};
-    let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
     let defaults = TitanicConfig::default();
     let config = defaults
         .core(
@@ -789,17 +801,30 @@ async fn run_titanic(args: TitanicArgs) -> Result<()> {
         .worker(
             defaults
                 .worker
-                .heartbeat(HeartbeatConfig::new(args.heartbeat, 3)),
+                .heartbeat(HeartbeatConfig::new(args.heartbeat, 3))
+                .concurrency(args.connections as usize),
         )
         .client(
             ClientConfig::default()
                 .timeout(args.timeout)
                 .attempts(args.attempts),
+        )
+        .reply_wait(args.reply_wait);
+    if args.in_memory {
+        tracing::warn!(
+            "titanic keeps its requests in memory only (--in-memory): a restart loses them"
         );
-    tracing::info!(store = %args.store.display(), broker = %args.connect.connect, "titanic starting");
-    Titanic::new(args.connect.connect, store, config)
-        .run(shutdown_signal())
-        .await?;
+        let store = majordomo_titanic::store::MemoryStore::default();
+        Titanic::new(args.connect.connect, store, config)
+            .run(shutdown_signal())
+            .await?;
+    } else {
+        let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
+        tracing::info!(store = %args.store.display(), broker = %args.connect.connect, "titanic starting");
+        Titanic::new(args.connect.connect, store, config)
+            .run(shutdown_signal())
+            .await?;
+    }
     Ok(())
 }
 

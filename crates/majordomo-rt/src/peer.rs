@@ -265,7 +265,15 @@ where
         // One read of the clock per wake-up.
         let now = clock::now();
         let event = match wake {
-            Wake::Cancelled => session.shutdown(),
+            Wake::Cancelled => {
+                // A handler that has finished is answered before the goodbye.
+                if !job.is_terminated() {
+                    if let Some(outcome) = job.as_mut().now_or_never() {
+                        let _ = finish(now, session, parts, outcome);
+                    }
+                }
+                session.shutdown()
+            }
             Wake::Message(Ok(frames)) => {
                 backoff.reset();
                 session.handle_message(now, &frames)
@@ -282,25 +290,7 @@ where
             }
             // The peer holds a sender: never closed.
             Wake::Part(None) => None,
-            Wake::Job(outcome) => {
-                // Parts sent before the answer go first.
-                parts.drain(now, session);
-                parts.finish();
-                match outcome {
-                    Ok(Ok(body)) => {
-                        session.handle_reply(now, body);
-                        None
-                    }
-                    Ok(Err(error)) => {
-                        warn!(%error, "handler failed; request dropped");
-                        session.handle_failure(now)
-                    }
-                    Err(_) => {
-                        warn!("handler panicked; request dropped");
-                        session.handle_failure(now)
-                    }
-                }
-            }
+            Wake::Job(outcome) => finish(now, session, parts, outcome),
             Wake::Timer => session.handle_timeout(now),
         };
         if let Some(WorkerEvent::Request(body)) = event {
@@ -321,6 +311,34 @@ where
         tokio::time::sleep(options.linger).await;
     }
     end
+}
+
+/// What a handler's future ended with: its answer, its error, or its panic.
+type Outcome = Result<Result<Vec<Bytes>, BoxError>, Box<dyn std::any::Any + Send>>;
+
+/// Hands a finished handler's outcome to the session: the parts it sent first, then its answer.
+fn finish<S: Session>(
+    now: Instant,
+    session: &mut S,
+    parts: &mut Parts,
+    outcome: Outcome,
+) -> Option<WorkerEvent> {
+    parts.drain(now, session);
+    parts.finish();
+    match outcome {
+        Ok(Ok(body)) => {
+            session.handle_reply(now, body);
+            None
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "handler failed; request dropped");
+            session.handle_failure(now)
+        }
+        Err(_) => {
+            warn!("handler panicked; request dropped");
+            session.handle_failure(now)
+        }
+    }
 }
 
 /// Sends what the session queued; false if the connection failed.

@@ -5,6 +5,7 @@
 //! transaction and commits them together: concurrent submits share one fsync (group commit),
 //! and each is acknowledged only once its transaction is durable.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +32,11 @@ pub struct TitanicConfig {
     pub worker: WorkerConfig,
     /// The client that dispatches requests (timeout and attempts per request).
     pub client: ClientConfig,
+    /// How long `titanic.reply` holds a question about a pending request, answering as soon
+    /// as its reply is stored, before it answers 300 (default 1 s, under the 2.5 s timeout of
+    /// the Guide's clients; zero answers at once). All but an eighth of the service's
+    /// connections may hold at once; past that, questions are answered at once.
+    pub reply_wait: Duration,
 }
 
 impl Default for TitanicConfig {
@@ -39,6 +45,7 @@ impl Default for TitanicConfig {
             core: CoreConfig::default(),
             worker: WorkerConfig::default().concurrency(64),
             client: ClientConfig::default(),
+            reply_wait: Duration::from_secs(1),
         }
     }
 }
@@ -59,6 +66,12 @@ impl TitanicConfig {
     /// Sets `client`; the field says what it means.
     pub fn client(mut self, client: ClientConfig) -> Self {
         self.client = client;
+        self
+    }
+
+    /// Sets `reply_wait`; the field says what it means and its default.
+    pub fn reply_wait(mut self, reply_wait: Duration) -> Self {
+        self.reply_wait = reply_wait;
         self
     }
 }
@@ -133,6 +146,78 @@ fn writer<S: Store>(store: Arc<S>, mut rx: mpsc::UnboundedReceiver<(Vec<Op>, Don
     (commits, writes)
 }
 
+/// The `titanic.reply` questions held until their request's reply is stored.
+#[derive(Default)]
+struct Held {
+    by_uuid: HashMap<Uuid, Vec<oneshot::Sender<Vec<Bytes>>>>,
+    /// Questions held now.
+    count: usize,
+}
+
+/// How many of `connections` may hold a question at once: all but an eighth (at least one),
+/// which stay free for questions whose reply is stored.
+fn max_held(connections: usize) -> usize {
+    connections - (connections / 8).max(1).min(connections)
+}
+
+/// [`Held`], and a signal for the last question leaving it.
+#[derive(Default)]
+struct Holds {
+    held: Mutex<Held>,
+    none: Notify,
+}
+
+impl Holds {
+    /// Returns once no question is held.
+    async fn emptied(&self) {
+        loop {
+            // Made before the count is read, so that a notification in between is kept.
+            let notified = self.none.notified();
+            if lock(&self.held).count == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One held question: leaves [`Held`] when dropped, whatever ended the wait.
+struct Holding<'a> {
+    holds: &'a Holds,
+    uuid: Uuid,
+    reply: Option<oneshot::Receiver<Vec<Bytes>>>,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        // Closed first, so that this question's sender is seen closed below.
+        drop(self.reply.take());
+        let mut held = lock(&self.holds.held);
+        held.count -= 1;
+        if let Some(senders) = held.by_uuid.get_mut(&self.uuid) {
+            senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                held.by_uuid.remove(&self.uuid);
+            }
+        }
+        if held.count == 0 {
+            self.holds.none.notify_waiters();
+        }
+    }
+}
+
+/// `[200, body...]`.
+fn ok_with(body: Vec<Bytes>) -> Vec<Bytes> {
+    let mut answer = Vec::with_capacity(body.len() + 1);
+    answer.push(Status::Ok.frame());
+    answer.extend(body);
+    answer
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Shared<S> {
     core: Mutex<Core>,
     store: Arc<S>,
@@ -140,11 +225,17 @@ struct Shared<S> {
     wake: Notify,
     accepted: std::sync::atomic::AtomicU64,
     replied: std::sync::atomic::AtomicU64,
+    /// Lock order: `core`, then `holds.held`.
+    holds: Holds,
+    reply_wait: Duration,
+    max_held: usize,
+    /// Cancelled first at shutdown: held questions are answered 300.
+    release: tokio_util::sync::CancellationToken,
 }
 
 impl<S: Store> Shared<S> {
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.core)
     }
 
     /// Commits `ops` durably (grouped with other writes).
@@ -158,7 +249,7 @@ impl<S: Store> Shared<S> {
     }
 
     async fn request(&self, frames: Vec<Bytes>) -> Vec<Bytes> {
-        let uuid = Uuid::new_v4();
+        let uuid = Uuid::new_v7();
         let submitted = self.core().submit(now_ms(), uuid, &frames);
         let op = match submitted {
             Ok(op) => op,
@@ -185,21 +276,58 @@ impl<S: Store> Shared<S> {
         }
     }
 
-    fn reply(&self, frames: &[Bytes]) -> Vec<Bytes> {
+    async fn reply(&self, frames: &[Bytes]) -> Vec<Bytes> {
         let Some(uuid) = tsp::parse_uuid_request(frames) else {
             return tsp::status_only(Status::Unknown);
         };
-        let status = self.core().reply_status(&uuid);
-        if status != Status::Ok {
-            return tsp::status_only(status);
-        }
-        match self.store.get(&uuid) {
-            Ok(Some(Entry::Done { body, .. })) => {
-                let mut reply = Vec::with_capacity(body.len() + 1);
-                reply.push(Status::Ok.frame());
-                reply.extend(body);
-                reply
+        let holding = {
+            let core = self.core();
+            let status = core.reply_status(&uuid);
+            if status == Status::Pending && !self.reply_wait.is_zero() {
+                // Held under the core's lock: a reply stored after the status was read finds
+                // this question.
+                let mut held = lock(&self.holds.held);
+                if held.count >= self.max_held {
+                    return tsp::status_only(status);
+                }
+                held.count += 1;
+                let (send, reply) = oneshot::channel();
+                held.by_uuid.entry(uuid).or_default().push(send);
+                Some(Holding {
+                    holds: &self.holds,
+                    uuid,
+                    reply: Some(reply),
+                })
+            } else if status != Status::Ok {
+                return tsp::status_only(status);
+            } else {
+                None
             }
+        };
+        match holding {
+            Some(holding) => self.hold(holding).await,
+            None => self.stored_reply(uuid),
+        }
+    }
+
+    /// Waits for a held question's reply, up to `reply_wait`.
+    async fn hold(&self, mut holding: Holding<'_>) -> Vec<Bytes> {
+        let reply = holding.reply.as_mut().expect("set when held");
+        tokio::select! {
+            body = reply => match body {
+                Ok(body) => ok_with(body),
+                // Closed meanwhile.
+                Err(_) => tsp::status_only(self.core().reply_status(&holding.uuid)),
+            },
+            () = tokio::time::sleep(self.reply_wait) => tsp::status_only(Status::Pending),
+            () = self.release.cancelled() => tsp::status_only(Status::Pending),
+        }
+    }
+
+    /// `titanic.reply` for a request whose reply is stored.
+    fn stored_reply(&self, uuid: Uuid) -> Vec<Bytes> {
+        match self.store.get(&uuid) {
+            Ok(Some(Entry::Done { body, .. })) => ok_with(body),
             // Closed since the status was read.
             Ok(_) => tsp::status_only(Status::Unknown),
             Err(error) => {
@@ -213,7 +341,12 @@ impl<S: Store> Shared<S> {
         let Some(uuid) = tsp::parse_uuid_request(frames) else {
             return tsp::status_only(Status::Unknown);
         };
-        let op = self.core().close(uuid);
+        let op = {
+            let mut core = self.core();
+            // Its held questions see it gone.
+            lock(&self.holds.held).by_uuid.remove(&uuid);
+            core.close(uuid)
+        };
         match self.write(vec![op]).await {
             Ok(()) => tsp::status_only(Status::Ok),
             Err(error) => {
@@ -238,11 +371,16 @@ impl<S: Store> Shared<S> {
         match client.request(service.clone(), body).await {
             Ok(reply) => {
                 let done_ms = now_ms();
+                let body = reply.clone();
                 let op = self.core().answered(done_ms, uuid, reply);
                 let Some(op) = op else { return };
                 match self.write(vec![op]).await {
                     Ok(()) => {
                         self.core().replied(uuid, done_ms);
+                        let waiting = lock(&self.holds.held).by_uuid.remove(&uuid);
+                        for send in waiting.into_iter().flatten() {
+                            let _ = send.send(body.clone());
+                        }
                         self.replied
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -310,6 +448,7 @@ impl<S: Store> Titanic<S> {
             .name("titanic-writer".into())
             .spawn(move || writer(store, rx))
             .expect("a thread can be started");
+        let stop = tokio_util::sync::CancellationToken::new();
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             store: self.store.clone(),
@@ -317,8 +456,11 @@ impl<S: Store> Titanic<S> {
             wake: Notify::new(),
             accepted: Default::default(),
             replied: Default::default(),
+            holds: Holds::default(),
+            reply_wait: self.config.reply_wait,
+            max_held: max_held(self.config.worker.concurrency),
+            release: tokio_util::sync::CancellationToken::new(),
         });
-        let stop = tokio_util::sync::CancellationToken::new();
         let mut tasks = JoinSet::new();
         let worker_config = self.config.worker;
         let serve =
@@ -336,7 +478,7 @@ impl<S: Store> Titanic<S> {
             let s = shared.clone();
             let handler = handler_fn(move |frames: Vec<Bytes>| {
                 let s = s.clone();
-                async move { Ok::<_, BoxError>(s.reply(&frames)) }
+                async move { Ok::<_, BoxError>(s.reply(&frames).await) }
             });
             let (worker, stop) = (serve(tsp::REPLY_SERVICE), stop.clone());
             tasks.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
@@ -359,6 +501,9 @@ impl<S: Store> Titanic<S> {
             () = &mut dispatcher => {}
             () = &mut shutdown => {}
         }
+        // Held questions are answered before the workers say goodbye (for a moment at most).
+        shared.release.cancel();
+        let _ = tokio::time::timeout(RELEASE_WAIT, shared.holds.emptied()).await;
         stop.cancel();
         dispatcher.await;
         while let Some(ended) = tasks.join_next().await {
@@ -382,6 +527,9 @@ impl<S: Store> Titanic<S> {
         Ok(stats)
     }
 }
+
+/// How long a stop waits for held questions to be answered.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often replies past their retention time are looked for.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);

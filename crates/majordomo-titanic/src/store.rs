@@ -273,7 +273,8 @@ impl Store for RedbStore {
     }
 }
 
-/// A store in memory, for tests: the same rules as [`RedbStore`], gone with the process.
+/// A store in memory, for tests and `majordomo titanic --in-memory`: the same rules as
+/// [`RedbStore`], gone with the process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: std::sync::Mutex<BTreeMap<Uuid, Entry>>,

@@ -75,6 +75,11 @@ impl Uuid {
         Self(*uuid::Uuid::new_v4().as_bytes())
     }
 
+    /// A new time-ordered (version 7) UUID: 48 bits of milliseconds then 74 random bits.
+    pub fn new_v7() -> Self {
+        Self(*uuid::Uuid::now_v7().as_bytes())
+    }
+
     /// Reads 32 hex digits; `None` for anything else.
     pub fn parse(text: &[u8]) -> Option<Self> {
         if text.len() != 32 {

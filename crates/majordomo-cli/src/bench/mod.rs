@@ -136,7 +136,11 @@ pub(crate) enum RunKind {
     /// Titanic (`majordomo titanic`, a fresh store) in front of our broker and the echo
     /// workers: durable submits per second (`titanic.request` answered 200).
     TitanicSubmit,
-    /// The same: whole round trips per second (submit, dispatch, reply fetched, close).
+    /// The same with `majordomo titanic --in-memory` (no store file, no fsync): submits per
+    /// second without durability, to set against `titanic-submit`.
+    TitanicMemory,
+    /// The same as `titanic-submit`: whole round trips per second (submit, dispatch, reply
+    /// fetched, close).
     Titanic,
     /// The broker at `--external` (only with `--external`).
     External,
@@ -218,7 +222,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                 runs.push(median_of(args.repeat, ours).await?);
             }
         }
-        for kind in [RunKind::TitanicSubmit, RunKind::Titanic] {
+        for kind in [
+            RunKind::TitanicSubmit,
+            RunKind::TitanicMemory,
+            RunKind::Titanic,
+        ] {
             if wanted(kind) {
                 let store_kib = std::sync::Mutex::new(Vec::new());
                 let run = || async {

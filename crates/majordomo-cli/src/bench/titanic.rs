@@ -1,6 +1,7 @@
-//! The `titanic` run: durable submits per second, then whole Titanic round trips per second
-//! (submit, dispatch, reply fetched, close), against our broker, W echo workers and a
-//! `majordomo titanic` process with a fresh store; the Titanic process's CPU and memory.
+//! The Titanic runs: durable submits per second (`titanic-submit`), the same with no store
+//! (`titanic-memory`), then whole round trips per second (`titanic`: submit, dispatch, reply
+//! fetched, close), against our broker, W echo workers and a `majordomo titanic` process with a
+//! fresh store; the Titanic process's CPU and memory.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -113,7 +114,8 @@ async fn phase(
     )
 }
 
-/// The `titanic-submit` and `titanic` runs at `size`, each on a fresh store; the server figures
+/// The `titanic-submit`, `titanic-memory` and `titanic` runs at `size`, each on a fresh store
+/// (or none, for `titanic-memory`); the server figures
 /// are the Titanic process's. Returns the runs and the store file's size at the end of each.
 pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Result<(Run, u64)> {
     let endpoint = free_endpoint(args.transport)?;
@@ -135,16 +137,20 @@ pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Res
     let _ = std::fs::remove_file(&store);
     let store_arg = store.to_string_lossy().into_owned();
     let in_flight = args.titanic_in_flight.to_string();
+    let mut argv = vec![
+        "titanic",
+        "--connect",
+        &endpoint,
+        "--store",
+        &store_arg,
+        "--in-flight-per-service",
+        &in_flight,
+    ];
+    if kind == RunKind::TitanicMemory {
+        argv.push("--in-memory");
+    }
     let titanic = spawn_self(
-        &[
-            "titanic",
-            "--connect",
-            &endpoint,
-            "--store",
-            &store_arg,
-            "--in-flight-per-service",
-            &in_flight,
-        ],
+        &argv,
         // Its last line gives its totals: commits and the writes they carried.
         "warn,majordomo_titanic::server=info",
     )?;
