@@ -693,3 +693,33 @@ pub fn parts_then_echo(parts: usize) -> impl majordomo_worker::StreamHandler {
         },
     )
 }
+
+/// A future that completes once its sender fires or is dropped: a worker's shutdown in tests.
+#[derive(Debug)]
+pub struct Stopped(oneshot::Receiver<()>);
+
+impl std::future::Future for Stopped {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// Spawns `serve` (a worker's `run` or `run_streaming`, handed its shutdown) on a task; the
+/// sender returned stops it, by firing or by being dropped.
+pub fn spawn_until_stopped<F, Fut>(serve: F) -> (oneshot::Sender<()>, JoinHandle<()>)
+where
+    F: FnOnce(Stopped) -> Fut,
+    Fut: std::future::Future<Output = Result<(), majordomo_worker::WorkerError>> + Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel();
+    let served = serve(Stopped(stopped));
+    let task = tokio::spawn(async move {
+        served.await.expect("valid worker configuration");
+    });
+    (stop, task)
+}

@@ -97,15 +97,10 @@ fn spawn_our_worker(
     parts: usize,
 ) -> tokio::sync::oneshot::Sender<()> {
     let worker = majordomo_worker::Worker::new(endpoint, service.to_owned(), config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = worker
-            .run_streaming(parts_then_echo(parts), async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    stop
+    integration_tests::spawn_until_stopped(|stopped| {
+        worker.run_streaming(parts_then_echo(parts), stopped)
+    })
+    .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
-use integration_tests::{parts_then_echo, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT};
+use integration_tests::{
+    parts_then_echo, spawn_until_stopped, test_config, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+};
 use majordomo_client::{Client, ClientConfig, ClientError, Dialect, Part, Version};
 use majordomo_worker::{
     stream_handler_fn, BoxError, Responder, StreamHandler, Worker, WorkerConfig,
@@ -32,16 +34,7 @@ fn spawn_worker<H: StreamHandler>(
         .reconnect_initial(Duration::from_millis(50))
         .version(version);
     let worker = Worker::new(endpoint, service.to_owned(), config);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        worker
-            .run_streaming(handler, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("valid worker configuration");
-    });
-    (stop, task)
+    spawn_until_stopped(|stopped| worker.run_streaming(handler, stopped))
 }
 
 fn client(endpoint: &str, version: Version) -> Client {

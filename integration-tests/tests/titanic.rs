@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    free_endpoint, majordomo_bin, service_stats, test_config, wait_for_service, wait_for_stats,
-    Proc, RunningBroker, PATIENCE, TEST_HEARTBEAT,
+    free_endpoint, majordomo_bin, service_stats, spawn_until_stopped, test_config,
+    wait_for_service, wait_for_stats, Proc, RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_client::{Client, ClientConfig};
 use majordomo_titanic::store::RedbStore;
@@ -67,17 +67,11 @@ fn spawn_echo(endpoint: &str, service: &str) -> oneshot::Sender<()> {
         service.to_owned(),
         WorkerConfig::default().heartbeat(TEST_HEARTBEAT),
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(worker.run(
-        handler_fn(|mut body: Vec<Bytes>| async move {
-            body.insert(0, Bytes::from_static(b"echoed"));
-            Ok(body)
-        }),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    stop
+    let echo = handler_fn(|mut body: Vec<Bytes>| async move {
+        body.insert(0, Bytes::from_static(b"echoed"));
+        Ok(body)
+    });
+    spawn_until_stopped(|stopped| worker.run(echo, stopped)).0
 }
 
 fn client(endpoint: &str) -> TitanicClient {

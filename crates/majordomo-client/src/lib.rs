@@ -274,19 +274,18 @@ impl Client {
         let config = &self.inner.config;
         let now = clock::now();
         let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
-        let call = match config.version {
-            Version::V01 => Call::new(now, service.clone(), body, timeout, attempts, limits),
-            Version::V02(dialect) => Call::new_v02(
-                now,
-                service.clone(),
-                body,
-                timeout,
-                attempts,
-                limits,
-                dialect,
-            )
-            .map(|call| if streamed { call.streamed() } else { call }),
-        }
+        let version = config.version;
+        let call = Call::with_version(
+            now,
+            service.clone(),
+            body,
+            timeout,
+            attempts,
+            limits,
+            version,
+        )
+        // Streaming changes only 18/MDP calls.
+        .map(|call| if streamed { call.streamed() } else { call })
         .map_err(ClientError::InvalidService)?;
         let socket = self
             .inner

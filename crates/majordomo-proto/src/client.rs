@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::mdp::{ClientReply, ClientRequest};
-use crate::mdp2::{self, Dialect, Part};
+use crate::mdp2::{self, Dialect, Part, Version};
 use crate::{DecodeError, Limits};
 
 /// Why a call failed.
@@ -147,6 +147,25 @@ impl Call {
             parts: 0,
         };
         Ok(Self::start(now, exchange, request, timeout, attempts))
+    }
+
+    /// A call in `version`: [`Call::new`] for 7/MDP, [`Call::new_v02`] in its dialect for
+    /// 18/MDP.
+    pub fn with_version(
+        now: Instant,
+        service: Bytes,
+        body: Vec<Bytes>,
+        timeout: Duration,
+        attempts: u32,
+        limits: Limits,
+        version: Version,
+    ) -> Result<Self, DecodeError> {
+        match version {
+            Version::V01 => Self::new(now, service, body, timeout, attempts, limits),
+            Version::V02(dialect) => {
+                Self::new_v02(now, service, body, timeout, attempts, limits, dialect)
+            }
+        }
     }
 
     /// Makes a v0.2 call hand out each PARTIAL as [`CallEvent::Part`] instead of gathering,

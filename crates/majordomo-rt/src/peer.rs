@@ -147,9 +147,15 @@ impl Parts {
     /// Hands the parts already sent for the request in flight to the session, in order.
     fn drain<S: Session>(&mut self, now: Instant, session: &mut S) {
         while let Ok((request, body)) = self.rx.try_recv() {
-            if request == self.next {
-                session.handle_partial(now, body);
-            }
+            self.hand(now, session, request, body);
+        }
+    }
+
+    /// Hands one part to the session if it is of the request in flight (a part of an earlier
+    /// request, sent after that request was over, is dropped).
+    fn hand<S: Session>(&self, now: Instant, session: &mut S, request: u64, body: Vec<Bytes>) {
+        if request == self.next {
+            session.handle_partial(now, body);
         }
     }
 }
@@ -283,9 +289,7 @@ where
                 break SessionEnd::BrokerSilent;
             }
             Wake::Part(Some((request, body))) => {
-                if request == parts.next {
-                    session.handle_partial(now, body);
-                }
+                parts.hand(now, session, request, body);
                 None
             }
             // The peer holds a sender: never closed.

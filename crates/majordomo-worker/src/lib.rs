@@ -287,8 +287,9 @@ impl<C: Connector + 'static> Worker<C> {
     }
 
     /// Runs [`WorkerConfig::concurrency`] logical workers until `shutdown` completes; each then
-    /// sends DISCONNECT to the broker. Connection failures are retried forever with backoff; only
-    /// a bad configuration is an error.
+    /// sends DISCONNECT to the broker, after the reply of a handler that has finished (one still
+    /// running is dropped). Connection failures are retried forever with backoff; only a bad
+    /// configuration is an error.
     pub async fn run<H: Handler>(
         self,
         handler: H,
