@@ -4,6 +4,10 @@
 //! Writes go to one writer thread, which takes every write waiting when it starts a
 //! transaction and commits them together: concurrent submits share one fsync (group commit),
 //! and each is acknowledged only once its transaction is durable.
+//!
+//! A `titanic.reply` about a pending request is held until its reply is stored (then answered
+//! from memory) or until [`TitanicConfig::reply_wait`] has passed (then 300), so that a polling
+//! client asks once per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
