@@ -74,6 +74,36 @@ fn spawn_echo(endpoint: &str, service: &str) -> oneshot::Sender<()> {
     spawn_until_stopped(|stopped| worker.run(echo, stopped)).0
 }
 
+/// A broker, and Titanic for it on the fresh store `store` with `config`, its three services
+/// registered, and a client.
+struct Setup {
+    broker: RunningBroker,
+    ep: String,
+    path: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    titanic: tokio::task::JoinHandle<TitanicStats>,
+    client: TitanicClient,
+}
+
+impl Setup {
+    async fn start(store: &str, config: TitanicConfig) -> Result<Self> {
+        let broker = RunningBroker::start(test_config()).await?;
+        let ep = broker.endpoint.clone();
+        let path = store_path(store)?;
+        let (stop, titanic) = spawn_titanic_with(&ep, &path, config)?;
+        ready(&ep).await?;
+        let client = client(&ep);
+        Ok(Self {
+            broker,
+            ep,
+            path,
+            stop,
+            titanic,
+            client,
+        })
+    }
+}
+
 fn client(endpoint: &str) -> TitanicClient {
     TitanicClient::new(endpoint, ClientConfig::default().timeout(PATIENCE))
 }
@@ -91,12 +121,14 @@ fn f(s: &str) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_status_path_pending_done_unknown_and_malformed() -> Result<()> {
-    let broker = RunningBroker::start(test_config()).await?;
-    let ep = broker.endpoint.clone();
-    let path = store_path("status")?;
-    let (stop, titanic) = spawn_titanic(&ep, &path)?;
-    ready(&ep).await?;
-    let c = client(&ep);
+    let Setup {
+        broker: _broker,
+        ep,
+        stop,
+        titanic,
+        client: c,
+        ..
+    } = Setup::start("status", config()).await?;
     let uuid = c.submit("later", vec![f("one"), f("two")]).await?;
     // 300 while no worker serves the service, as often as asked.
     for _ in 0..3 {
@@ -138,12 +170,14 @@ async fn every_status_path_pending_done_unknown_and_malformed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_stored_before_a_restart_are_served_after_it() -> Result<()> {
-    let broker = RunningBroker::start(test_config()).await?;
-    let ep = broker.endpoint.clone();
-    let path = store_path("restart")?;
-    let (stop, titanic) = spawn_titanic(&ep, &path)?;
-    ready(&ep).await?;
-    let c = client(&ep);
+    let Setup {
+        broker: _broker,
+        ep,
+        path,
+        stop,
+        titanic,
+        client: c,
+    } = Setup::start("restart", config()).await?;
     let mut uuids = Vec::new();
     for i in 0..20 {
         uuids.push((i, c.submit("after", vec![f(&format!("r{i}"))]).await?));
@@ -383,11 +417,13 @@ async fn our_titanic_through_a_libzmq_broker_that_is_not_ours() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_are_all_durable_and_counted_in_the_commits() -> Result<()> {
-    let broker = RunningBroker::start(test_config()).await?;
-    let ep = broker.endpoint.clone();
-    let (stop, titanic) = spawn_titanic(&ep, &store_path("grouped")?)?;
-    ready(&ep).await?;
-    let c = client(&ep);
+    let Setup {
+        broker: _broker,
+        stop,
+        titanic,
+        client: c,
+        ..
+    } = Setup::start("grouped", config()).await?;
     let submits: Vec<_> = (0..64)
         .map(|i| {
             let c = c.clone();
@@ -434,12 +470,13 @@ struct HeldQuestion {
 
 impl HeldQuestion {
     async fn start(store: &str, service: &str) -> Result<Self> {
-        let broker = RunningBroker::start(test_config()).await?;
-        let ep = broker.endpoint.clone();
-        let (stop, titanic) =
-            spawn_titanic_with(&ep, &store_path(store)?, config().reply_wait(HOLD))?;
-        ready(&ep).await?;
-        let client = client(&ep);
+        let Setup {
+            broker,
+            stop,
+            titanic,
+            client,
+            ..
+        } = Setup::start(store, config().reply_wait(HOLD)).await?;
         let uuid = client.submit(service.to_owned(), vec![f("body")]).await?;
         let question = {
             let c = client.clone();
@@ -488,17 +525,18 @@ async fn closing_a_request_answers_its_held_question_unknown() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_held_limit_questions_are_answered_at_once() -> Result<()> {
-    let broker = RunningBroker::start(test_config()).await?;
-    let ep = broker.endpoint.clone();
-    let path = store_path("held-limit")?;
     // 8 connections: 7 may hold, one stays free.
     let defaults = config();
     let eight = defaults
         .worker(defaults.worker.concurrency(8))
         .reply_wait(HOLD);
-    let (stop, titanic) = spawn_titanic_with(&ep, &path, eight)?;
-    ready(&ep).await?;
-    let c = client(&ep);
+    let Setup {
+        broker,
+        stop,
+        titanic,
+        client: c,
+        ..
+    } = Setup::start("held-limit", eight).await?;
     let mut questions = Vec::new();
     for i in 0..7 {
         let uuid = c.submit("nobody", vec![f(&format!("body {i}"))]).await?;

@@ -150,6 +150,24 @@ fn writer<S: Store>(store: Arc<S>, mut rx: mpsc::UnboundedReceiver<(Vec<Op>, Don
     (commits, writes)
 }
 
+/// The three TSP services.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Request,
+    Reply,
+    Close,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Request => tsp::REQUEST_SERVICE,
+            Self::Reply => tsp::REPLY_SERVICE,
+            Self::Close => tsp::CLOSE_SERVICE,
+        }
+    }
+}
+
 /// The `titanic.reply` questions held until their request's reply is stored.
 #[derive(Default)]
 struct Held {
@@ -250,6 +268,15 @@ impl<S: Store> Shared<S> {
             .map_err(|_| "the writer has stopped".to_owned())?;
         wait.await
             .map_err(|_| "the writer has stopped".to_owned())?
+    }
+
+    /// What `service` answers to `frames`.
+    async fn answer(&self, service: Service, frames: Vec<Bytes>) -> Vec<Bytes> {
+        match service {
+            Service::Request => self.request(frames).await,
+            Service::Reply => self.reply(&frames).await,
+            Service::Close => self.close(&frames).await,
+        }
     }
 
     async fn request(&self, frames: Vec<Bytes>) -> Vec<Bytes> {
@@ -469,32 +496,13 @@ impl<S: Store> Titanic<S> {
         let worker_config = self.config.worker;
         let serve =
             |service: &'static str| Worker::new(self.endpoint.clone(), service, worker_config);
-        {
+        for service in [Service::Request, Service::Reply, Service::Close] {
             let s = shared.clone();
             let handler = handler_fn(move |frames: Vec<Bytes>| {
                 let s = s.clone();
-                async move { Ok::<_, BoxError>(s.request(frames).await) }
+                async move { Ok::<_, BoxError>(s.answer(service, frames).await) }
             });
-            let (worker, stop) = (serve(tsp::REQUEST_SERVICE), stop.clone());
-            tasks.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
-        }
-        {
-            let s = shared.clone();
-            let handler = handler_fn(move |frames: Vec<Bytes>| {
-                let s = s.clone();
-                async move { Ok::<_, BoxError>(s.reply(&frames).await) }
-            });
-            let (worker, stop) = (serve(tsp::REPLY_SERVICE), stop.clone());
-            tasks.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
-        }
-        {
-            let s = shared.clone();
-            let handler = handler_fn(move |frames: Vec<Bytes>| {
-                let s = s.clone();
-                async move { Ok::<_, BoxError>(s.close(&frames).await) }
-            });
-            let worker = serve(tsp::CLOSE_SERVICE);
-            let stop = stop.clone();
+            let (worker, stop) = (serve(service.name()), stop.clone());
             tasks.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
         }
         let client = Client::new(self.endpoint.clone(), self.config.client);
