@@ -16,11 +16,11 @@ cd "$(dirname "$0")/.."
 seconds=${1:-5}
 shift || true
 command -v perf >/dev/null || { echo "perf not found (Debian: apt-get install linux-perf)" >&2; exit 1; }
-cargo build --release --locked -p majordomo-cli
+cargo build --profile profiling --locked -p majordomo-cli
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # A copy, so that a rebuild during the run cannot replace the binary under the bench.
-cp target/release/majordomo "$work/majordomo"
+cp target/profiling/majordomo "$work/majordomo"
 want_busy=0
 for arg in "$@"; do
     case "$arg" in --busy-poll) want_busy=1 ;; esac
