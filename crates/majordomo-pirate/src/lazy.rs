@@ -1,13 +1,14 @@
-//! The Lazy Pirate client.
+//! The Lazy Pirate client: a [`Call::lazy_pirate`] driven by `majordomo_rt::call`, over zmq.rs
+//! DEALER sockets or any other [`Connector`]'s connections.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use majordomo_proto::client::{Call, CallEvent};
+use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
-use majordomo_rt::transport::{connect_dealer, Transport};
-use tracing::warn;
-use zeromq::DealerSocket;
+use majordomo_rt::transport::{Connector, DealerConnector};
+use tracing::{info_span, Instrument};
 
 /// Timeout and attempts of a [`LazyPirate`] client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +81,16 @@ pub enum LazyEvent {
 /// It speaks exactly what a REQ socket puts on the wire (an empty delimiter, then the request), so
 /// any REP or ROUTER server serves it. The socket is kept between successful requests and
 /// replaced after every timeout: "Socket is confused. Close and remove it."
-pub struct LazyPirate {
+pub struct LazyPirate<C: Connector = DealerConnector> {
+    connector: C,
+    /// Where the connector connects, for logs.
     endpoint: String,
     config: LazyPirateConfig,
-    socket: Option<DealerSocket>,
+    link: CallLink<C::Conn>,
     observer: Option<Box<dyn FnMut(LazyEvent) + Send>>,
 }
 
-impl std::fmt::Debug for LazyPirate {
+impl<C: Connector> std::fmt::Debug for LazyPirate<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LazyPirate")
             .field("endpoint", &self.endpoint)
@@ -99,10 +102,19 @@ impl std::fmt::Debug for LazyPirate {
 impl LazyPirate {
     /// A client for the server at `endpoint`; nothing connects before the first request.
     pub fn new(endpoint: impl Into<String>, config: LazyPirateConfig) -> Self {
+        Self::with_connector(DealerConnector::new(endpoint), config)
+    }
+}
+
+impl<C: Connector> LazyPirate<C> {
+    /// A client that opens its connections through `connector` (for example the in-memory
+    /// sockets of `majordomo_rt::memory`); nothing connects before the first request.
+    pub fn with_connector(connector: C, config: LazyPirateConfig) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoint: connector.describe(),
+            connector,
             config,
-            socket: None,
+            link: CallLink::new(),
             observer: None,
         }
     }
@@ -121,45 +133,48 @@ impl LazyPirate {
     /// Sends `request` and returns the first reply that `accept` approves; other replies are
     /// reported as [`LazyEvent::Rejected`] and skipped within the same timeout.
     ///
-    /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`]; this
-    /// driver only connects, sends, and reads.
+    /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`],
+    /// driven by `majordomo_rt::call`.
     pub async fn request_with(
+        &mut self,
+        request: Vec<Bytes>,
+        accept: impl FnMut(&[Bytes]) -> bool,
+    ) -> Result<Vec<Bytes>, LazyPirateError> {
+        let span = info_span!("lazy_pirate", endpoint = %self.endpoint);
+        self.call(request, accept).instrument(span).await
+    }
+
+    async fn call(
         &mut self,
         request: Vec<Bytes>,
         mut accept: impl FnMut(&[Bytes]) -> bool,
     ) -> Result<Vec<Bytes>, LazyPirateError> {
-        let mut call = Call::lazy_pirate(
-            clock::now(),
-            request,
-            self.config.timeout,
-            self.config.attempts,
-        );
+        let (timeout, attempts) = (self.config.timeout, self.config.attempts);
+        let mut call = Call::lazy_pirate(clock::now(), request, timeout, attempts);
         loop {
-            let deadline = call
-                .poll_timeout()
-                .expect("a call under way has a deadline");
-            let event = match self.attempt(call.request(), deadline, &mut accept).await {
-                Some(reply) => call.handle_reply(&reply),
-                None => {
-                    warn!(
-                        endpoint = %self.endpoint,
-                        attempt = call.attempt(),
-                        attempts = call.attempts(),
-                        "no response from server"
-                    );
-                    // Close and forget the socket: a late reply must not reach the next request.
-                    self.socket = None;
-                    call.handle_timeout(clock::now().max(deadline))
+            let observer = &mut self.observer;
+            // The reply as received, with the REQ delimiter still in front.
+            let check = |frames: &[Bytes]| {
+                let body = match frames.split_first() {
+                    Some((first, rest)) if first.is_empty() => rest,
+                    _ => frames,
+                };
+                if accept(body) {
+                    return true;
                 }
+                if let Some(observer) = observer.as_mut() {
+                    observer(LazyEvent::Rejected(body.to_vec()));
+                }
+                false
             };
-            match event.expect("a call that is not done answers every input") {
+            match self.link.drive(&self.connector, &mut call, check).await {
                 CallEvent::Resend { attempt } => self.emit(LazyEvent::Retrying {
                     next: attempt,
                     of: call.attempts(),
                 }),
                 CallEvent::Done(Ok(reply)) => return Ok(reply),
                 // A Lazy Pirate call has one reply: it is never streamed.
-                CallEvent::Part(_) => unreachable!("a Lazy Pirate call has no parts"),
+                CallEvent::Part(_) => continue,
                 CallEvent::Done(Err(_)) => {
                     return Err(LazyPirateError::ServerOffline {
                         attempts: call.attempts(),
@@ -173,48 +188,6 @@ impl LazyPirate {
     fn emit(&mut self, event: LazyEvent) {
         if let Some(observer) = self.observer.as_mut() {
             observer(event);
-        }
-    }
-
-    /// One attempt: connect if needed, send, wait until `deadline` for an accepted reply (as
-    /// received, with the REQ delimiter still in front).
-    async fn attempt(
-        &mut self,
-        frames: &[Bytes],
-        deadline: Instant,
-        accept: &mut impl FnMut(&[Bytes]) -> bool,
-    ) -> Option<Vec<Bytes>> {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if self.socket.is_none() {
-            let connect = connect_dealer(&self.endpoint, self.config.timeout);
-            // Connecting may take the whole attempt; then there is nothing more to wait for.
-            self.socket = Some(
-                tokio::time::timeout_at(deadline, connect)
-                    .await
-                    .ok()?
-                    .ok()?,
-            );
-        }
-        let socket = self.socket.as_mut().expect("connected above");
-        tokio::time::timeout_at(deadline, socket.send(frames.to_vec()))
-            .await
-            .ok()?
-            .ok()?;
-        loop {
-            let frames = tokio::time::timeout_at(deadline, socket.recv())
-                .await
-                .ok()?
-                .ok()?;
-            let body = match frames.split_first() {
-                Some((first, rest)) if first.is_empty() => rest,
-                _ => &frames[..],
-            };
-            if accept(body) {
-                return Some(frames);
-            }
-            if let Some(observer) = self.observer.as_mut() {
-                observer(LazyEvent::Rejected(body.to_vec()));
-            }
         }
     }
 }
