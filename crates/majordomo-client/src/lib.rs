@@ -491,3 +491,256 @@ impl<T: Transport> AsyncClient<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The clients over the in-memory transport on paused time, against a scripted broker.
+
+    use futures::StreamExt;
+    use majordomo_rt::memory::{self, MemoryEndpoint, MemoryRouter};
+
+    use super::*;
+
+    /// Virtual time a test may wait for anything; never an expected duration.
+    const PATIENCE: Duration = Duration::from_secs(600);
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn client(endpoint: &MemoryEndpoint, attempts: u32) -> Client<MemoryEndpoint> {
+        let config = ClientConfig::default().timeout(TIMEOUT).attempts(attempts);
+        Client::with_connector(endpoint.clone(), config)
+    }
+
+    /// The next request at the scripted broker: the client's identity, and the request.
+    async fn next_request(router: &mut MemoryRouter) -> (Bytes, ClientRequest) {
+        let mut frames = tokio::time::timeout(PATIENCE, router.recv())
+            .await
+            .expect("a request in time")
+            .expect("router open");
+        let identity = frames.remove(0);
+        let request = ClientRequest::decode(&frames, &Limits::default()).expect("a 7/MDP request");
+        (identity, request)
+    }
+
+    async fn answer(
+        router: &mut MemoryRouter,
+        identity: &Bytes,
+        service: &'static str,
+        body: Vec<Bytes>,
+    ) -> Result<(), TransportError> {
+        let reply = ClientReply {
+            service: bytes(service),
+            body,
+        };
+        router.send(reply.encode_routed(identity)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_reply_after_the_configured_attempts_each_on_a_new_connection() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request("echo", vec![bytes("hi")]).await });
+        let t0 = clock::now();
+        let mut identities = Vec::new();
+        for attempt in 0..3u32 {
+            let (identity, request) = next_request(&mut router).await;
+            assert_eq!(request.body, [bytes("hi")]);
+            // Each attempt is sent once the one before has had its whole timeout.
+            assert!(
+                clock::now() >= t0 + TIMEOUT * attempt,
+                "attempt {attempt} early"
+            );
+            identities.push(identity);
+        }
+        match call.await.unwrap() {
+            Err(ClientError::NoReply {
+                attempts,
+                service,
+                body,
+            }) => {
+                assert_eq!(attempts, 3);
+                assert_eq!(service, bytes("echo"));
+                assert_eq!(body, [bytes("hi")]);
+            }
+            other => panic!("expected NoReply, got {other:?}"),
+        }
+        identities.sort();
+        identities.dedup();
+        assert_eq!(identities.len(), 3, "every attempt on its own connection");
+        let resent = tokio::time::timeout(PATIENCE, router.recv()).await;
+        assert!(
+            !matches!(resent, Ok(Ok(_))),
+            "more attempts than configured"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_after_a_timeout_gets_the_reply() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request("echo", vec![bytes("hi")]).await });
+        let (first, _) = next_request(&mut router).await;
+        let (second, request) = next_request(&mut router).await;
+        assert_ne!(first, second, "the retry is on a new connection");
+        answer(&mut router, &second, "echo", request.body)
+            .await
+            .unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), [bytes("hi")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_is_never_taken_for_a_later_request() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 1);
+        let first = client.request("echo", vec![bytes("first")]);
+        let (early, (identity, _)) = tokio::join!(first, next_request(&mut router));
+        assert!(matches!(
+            early,
+            Err(ClientError::NoReply { attempts: 1, .. })
+        ));
+        // The broker answers the request the client gave up on: its connection is closed.
+        let late = answer(&mut router, &identity, "echo", vec![bytes("first")]).await;
+        assert!(late.is_err(), "the late reply found a connection");
+        let second = client.request("echo", vec![bytes("second")]);
+        let server = async {
+            let (identity, request) = next_request(&mut router).await;
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+        };
+        let (reply, ()) = tokio::join!(second, server);
+        assert_eq!(reply.unwrap(), [bytes("second")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_get_their_own_replies_and_their_connections_are_reused() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 1);
+        let calls: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|body| {
+                let client = client.clone();
+                tokio::spawn(async move { client.request("echo", vec![bytes(body)]).await })
+            })
+            .collect();
+        let mut requests = vec![
+            next_request(&mut router).await,
+            next_request(&mut router).await,
+        ];
+        // Answered in the other order than asked.
+        requests.reverse();
+        for (identity, request) in &requests {
+            answer(&mut router, identity, "echo", request.body.clone())
+                .await
+                .unwrap();
+        }
+        for (call, body) in calls.into_iter().zip(["a", "b"]) {
+            assert_eq!(call.await.unwrap().unwrap(), [bytes(body)]);
+        }
+        let next = client.request("echo", vec![bytes("c")]);
+        let server = async {
+            let (identity, request) = next_request(&mut router).await;
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+            identity
+        };
+        let (reply, identity) = tokio::join!(next, server);
+        assert_eq!(reply.unwrap(), [bytes("c")]);
+        assert!(
+            requests.iter().any(|(pooled, _)| *pooled == identity),
+            "a new connection for a request while idle ones were pooled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_for_another_service_is_an_error() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = client.request("echo", vec![bytes("hi")]);
+        let server = async {
+            let (identity, _) = next_request(&mut router).await;
+            answer(&mut router, &identity, "other", vec![bytes("hi")])
+                .await
+                .unwrap();
+        };
+        let (reply, ()) = tokio::join!(call, server);
+        match reply {
+            Err(ClientError::WrongService { expected, got }) => {
+                assert_eq!((expected, got), (bytes("echo"), bytes("other")));
+            }
+            other => panic!("expected WrongService, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_yields_each_part_then_the_final() {
+        let (mut router, endpoint) = memory::router();
+        let config = ClientConfig::default()
+            .timeout(TIMEOUT)
+            .version(Version::V02(Dialect::Rfc18));
+        let client = Client::with_connector(endpoint.clone(), config);
+        let stream = client.request_stream("echo", vec![bytes("hi")]);
+        let server = async {
+            let mut frames = tokio::time::timeout(PATIENCE, router.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let identity = frames.remove(0);
+            for (part, body) in [
+                (mdp2::Part::Partial, "1"),
+                (mdp2::Part::Partial, "2"),
+                (mdp2::Part::Final, "3"),
+            ] {
+                // Each part within the timeout of the one before.
+                tokio::time::sleep(TIMEOUT / 2).await;
+                let reply = mdp2::ClientReply {
+                    part,
+                    service: bytes("echo"),
+                    body: vec![bytes(body)],
+                };
+                router
+                    .send(reply.encode_routed(&identity, Dialect::Rfc18))
+                    .await
+                    .unwrap();
+            }
+        };
+        let (parts, ()) = tokio::join!(stream.collect::<Vec<_>>(), server);
+        let parts: Vec<Part> = parts.into_iter().map(Result::unwrap).collect();
+        let expected: Vec<Part> = [("1", false), ("2", false), ("3", true)]
+            .into_iter()
+            .map(|(body, last)| Part {
+                body: vec![bytes(body)],
+                last,
+            })
+            .collect();
+        assert_eq!(parts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_async_client_pipelines_and_times_out_when_nothing_comes() {
+        let (mut router, endpoint) = memory::router();
+        let config = ClientConfig::default().timeout(TIMEOUT);
+        let mut client = AsyncClient::with_connector(&endpoint, config)
+            .await
+            .unwrap();
+        for body in ["a", "b"] {
+            client.send("echo", vec![bytes(body)]).await.unwrap();
+        }
+        for body in ["a", "b"] {
+            let (identity, request) = next_request(&mut router).await;
+            assert_eq!(request.body, [bytes(body)]);
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+        }
+        for body in ["a", "b"] {
+            let reply = client.recv().await.unwrap();
+            assert_eq!((reply.body, reply.last), (vec![bytes(body)], true));
+        }
+        assert!(matches!(client.recv().await, Err(ClientError::Timeout)));
+    }
+}

@@ -191,3 +191,142 @@ impl<C: Connector> LazyPirate<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Lazy Pirate client over the in-memory transport on paused time, against a scripted
+    //! REP-like server (a ROUTER that answers `[identity, empty, body...]`).
+
+    use std::sync::{Arc, Mutex};
+
+    use majordomo_rt::memory::{self, MemoryEndpoint, MemoryRouter};
+    use majordomo_rt::transport::Transport;
+
+    use super::*;
+
+    /// Virtual time a test may wait for anything; never an expected duration.
+    const PATIENCE: Duration = Duration::from_secs(600);
+
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    /// A client on `endpoint` and the events it reports.
+    fn client(
+        endpoint: &MemoryEndpoint,
+        attempts: u32,
+    ) -> (LazyPirate<MemoryEndpoint>, Arc<Mutex<Vec<LazyEvent>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let config = LazyPirateConfig::default()
+            .timeout(Duration::from_secs(1))
+            .attempts(attempts);
+        let client = LazyPirate::with_connector(endpoint.clone(), config)
+            .on_event(move |event| seen.lock().unwrap().push(event));
+        (client, events)
+    }
+
+    /// The next request at the server: the client's identity and the body after the REQ
+    /// delimiter.
+    async fn next_request(router: &mut MemoryRouter) -> (Bytes, Vec<Bytes>) {
+        let frames = tokio::time::timeout(PATIENCE, router.recv())
+            .await
+            .expect("a request in time")
+            .expect("router open");
+        match &frames[..] {
+            [identity, delimiter, body @ ..] if delimiter.is_empty() => {
+                (identity.clone(), body.to_vec())
+            }
+            other => panic!("not a REQ request: {other:?}"),
+        }
+    }
+
+    async fn answer(router: &mut MemoryRouter, identity: &Bytes, body: &'static str) {
+        let reply = vec![identity.clone(), Bytes::new(), bytes(body)];
+        router.send(reply).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_requests_share_one_connection() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let mut identities = Vec::new();
+        for body in ["1", "2"] {
+            let server = async {
+                let (identity, request) = next_request(&mut router).await;
+                assert_eq!(request, [bytes(body)]);
+                answer(&mut router, &identity, body).await;
+                identity
+            };
+            let (reply, identity) = tokio::join!(client.request(vec![bytes(body)]), server);
+            assert_eq!(reply.unwrap(), [bytes(body)]);
+            identities.push(identity);
+        }
+        assert_eq!(identities[0], identities[1]);
+        assert!(events.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_on_new_connections_then_abandons() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request(vec![bytes("hello")]).await });
+        let mut identities = Vec::new();
+        for _ in 0..3 {
+            identities.push(next_request(&mut router).await.0);
+        }
+        match call.await.unwrap() {
+            Err(LazyPirateError::ServerOffline { attempts, request }) => {
+                assert_eq!(attempts, 3);
+                assert_eq!(request, [bytes("hello")]);
+            }
+            other => panic!("expected ServerOffline, got {other:?}"),
+        }
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                LazyEvent::Retrying { next: 2, of: 3 },
+                LazyEvent::Retrying { next: 3, of: 3 },
+            ]
+        );
+        identities.sort();
+        identities.dedup();
+        assert_eq!(identities.len(), 3, "every attempt on its own connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_to_a_missed_attempt_is_dropped() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request(vec![bytes("hello")]).await });
+        let (first, _) = next_request(&mut router).await;
+        let (second, _) = next_request(&mut router).await;
+        // The first attempt's connection is closed: its answer goes nowhere.
+        let stale = vec![first, Bytes::new(), bytes("stale")];
+        assert!(router.send(stale).await.is_err());
+        answer(&mut router, &second, "fresh").await;
+        assert_eq!(call.await.unwrap().unwrap(), [bytes("fresh")]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [LazyEvent::Retrying { next: 2, of: 3 }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_the_check_rejects_is_reported_and_skipped() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 1);
+        let call = client.request_with(vec![bytes("7")], |reply| reply == [bytes("7")]);
+        let server = async {
+            let (identity, _) = next_request(&mut router).await;
+            answer(&mut router, &identity, "6").await;
+            answer(&mut router, &identity, "7").await;
+        };
+        let (reply, ()) = tokio::join!(call, server);
+        assert_eq!(reply.unwrap(), [bytes("7")]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [LazyEvent::Rejected(vec![bytes("6")])]
+        );
+    }
+}
