@@ -13,7 +13,6 @@
 //! stack, moved only when the deadline moves (a PARTIAL of a gathered 18/MDP reply).
 
 use std::pin::Pin;
-use std::time::Instant;
 
 use bytes::Bytes;
 use majordomo_proto::client::{Call, CallEvent};
@@ -111,14 +110,12 @@ impl<T: Transport> CallLink<T> {
             .expect("CallLink::drive on a call that is over");
         let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         let mut timer = std::pin::pin!(timer);
-        let mut now = clock::now();
         let event = loop {
-            let wait = self.wait(connector, call.request(), now, timer.as_mut(), &mut accept);
+            let wait = self.wait(connector, call.request(), timer.as_mut(), &mut accept);
             match wait.await {
                 Wait::Reply(frames) => {
                     // One read of the clock per wake-up.
-                    now = clock::now();
-                    if let Some(event) = call.handle_part(now, &frames) {
+                    if let Some(event) = call.handle_part(clock::now(), &frames) {
                         break event;
                     }
                     // A PARTIAL gathered: the timeout runs again from it, on the same connection.
@@ -139,7 +136,7 @@ impl<T: Transport> CallLink<T> {
                         attempts = call.attempts(),
                         "no reply in time"
                     );
-                    // The timer may fire a hair before the deadline the call keeps.
+                    // `handle_timeout` acts only from the deadline on: never hand it less.
                     break call
                         .handle_timeout(clock::now().max(deadline))
                         .expect("a call under way answers its deadline");
@@ -162,14 +159,13 @@ impl<T: Transport> CallLink<T> {
     }
 
     /// One attempt's wait, until a reply `accept`ed, a failure or the deadline of `timer`:
-    /// connects if there is no connection (within the time left from `now`), sends `request`
-    /// if this attempt has not, then receives. The connection is held by this future until it
+    /// connects if there is no connection (within the time left), sends `request` if this
+    /// attempt has not, then receives. The connection is held by this future until it
     /// completes, so dropping it closes the connection.
     async fn wait<C>(
         &mut self,
         connector: &C,
         request: &[Bytes],
-        now: Instant,
         mut timer: Pin<&mut Sleep>,
         accept: &mut impl FnMut(&[Bytes]) -> bool,
     ) -> Wait
@@ -185,7 +181,8 @@ impl<T: Transport> CallLink<T> {
                     _ => {
                         // zmq.rs retries a refused connection until its own timeout: both are
                         // bounded by the attempt's deadline.
-                        let left = timer.deadline().into_std().saturating_duration_since(now);
+                        let deadline = timer.deadline().into_std();
+                        let left = deadline.saturating_duration_since(clock::now());
                         let connected = tokio::select! {
                             biased;
                             // Dropping an unfinished connect drops what it opened.
@@ -237,7 +234,7 @@ impl<T: Transport> CallLink<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use majordomo_proto::client::CallError;
     use majordomo_proto::mdp::ClientReply;
