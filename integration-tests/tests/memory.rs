@@ -1,14 +1,18 @@
 //! The drivers over the in-memory transport on paused tokio time: every timing rule of the
 //! broker, the Pirate queue and both workers plays out in virtual seconds, deterministically.
 //! The clock jumps from deadline to deadline whenever every task is waiting, so a 60 s handler
-//! or a 7.5 s liveness takes milliseconds, and no test depends on the machine's speed.
+//! or a 7.5 s liveness takes milliseconds, and no test depends on the machine's speed. The
+//! clients (Majordomo's and the Lazy Pirate) run on the same transport.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use majordomo_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats, EndpointRole};
-use majordomo_pirate::{PppWorker, PppWorkerConfig, Queue, QueueConfig, QueueHandle};
+use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_pirate::{
+    LazyPirate, LazyPirateConfig, PppWorker, PppWorkerConfig, Queue, QueueConfig, QueueHandle,
+};
 use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
 use majordomo_proto::ppp::PppMessage;
 use majordomo_proto::Limits;
@@ -518,4 +522,117 @@ async fn a_v02_worker_told_disconnect_registers_again_on_a_new_connection() -> R
         task.abort();
     }
     Ok(())
+}
+
+// Clients over memory: the call driver's retries, timeouts and stale replies through the real
+// broker, queue and workers.
+
+fn memory_client(endpoint: &MemoryEndpoint, timeout: Duration) -> Client<MemoryEndpoint> {
+    Client::with_connector(endpoint.clone(), ClientConfig::default().timeout(timeout))
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_are_answered_through_the_broker_by_a_worker() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    let client = memory_client(&endpoint, Duration::from_millis(2500));
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(format!("request {i}"))];
+                (client.request("echo", body.clone()).await, body)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (reply, body) = call.await?;
+        assert_eq!(reply?, body);
+    }
+    let s = stats(&handle).await;
+    assert_eq!((s.replies, s.expired), (10, 0));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_after_the_clients_timeout_is_dropped_and_the_retry_answered() -> Result<()> {
+    let (endpoint, _handle, _task) = shared_broker(BrokerConfig::default())?;
+    let timeout = Duration::from_secs(1);
+    // The first request takes longer than the client's timeout; the retry is served at once.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = served.clone();
+    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(move |mut body: Vec<Bytes>| {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(timeout * 3 / 2).await;
+                }
+                body.push(Bytes::from(format!("answer {n}")));
+                Ok(body)
+            }
+        }),
+        std::future::pending(),
+    ));
+    let client = memory_client(&endpoint, timeout);
+    let reply = client
+        .request("echo", vec![Bytes::from_static(b"job")])
+        .await?;
+    assert_eq!(
+        reply,
+        [Bytes::from_static(b"job"), Bytes::from_static(b"answer 2")],
+        "the late answer to the first attempt reached the call"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gives_up_after_its_attempts_when_no_worker_serves() -> Result<()> {
+    let (endpoint, _handle, _task) = shared_broker(BrokerConfig::default())?;
+    let timeout = Duration::from_secs(1);
+    let client = memory_client(&endpoint, timeout);
+    let started = tokio::time::Instant::now();
+    match client
+        .request("nobody", vec![Bytes::from_static(b"x")])
+        .await
+    {
+        Err(ClientError::NoReply {
+            attempts, service, ..
+        }) => {
+            assert_eq!(attempts, 3);
+            assert_eq!(service, Bytes::from_static(b"nobody"));
+        }
+        other => panic!("expected NoReply, got {other:?}"),
+    }
+    assert!(tokio::time::Instant::now() >= started + timeout * 3);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn lazy_pirate_is_answered_through_the_paranoid_queue_by_a_ppp_worker() -> Result<()> {
+    let (front, back, handle, _task) = spawn_queue(QueueConfig::paranoid())?;
+    let worker = PppWorker::with_connector(back.clone(), PppWorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    let config = LazyPirateConfig::default().timeout(Duration::from_secs(1));
+    let mut client = LazyPirate::with_connector(front.clone(), config);
+    for i in 0..5 {
+        let body = vec![Bytes::from(format!("{i}"))];
+        assert_eq!(client.request(body.clone()).await?, body);
+    }
+    let s = stats_of(&handle).await;
+    assert_eq!(s.replies, 5);
+    Ok(())
+}
+
+async fn stats_of(handle: &QueueHandle) -> majordomo_pirate::QueueStats {
+    handle.stats().await.expect("queue running")
 }

@@ -18,6 +18,10 @@
 //! reused, so a late reply can never be taken for the answer to a later request. The wire format is
 //! plain 7/MDP and any broker serves it.
 //!
+//! The attempts, timeouts and connections of a call are driven by `majordomo_rt::call`, over
+//! any transport: [`Client::with_connector`] and [`AsyncClient::with_connector`] take the
+//! in-memory sockets of `majordomo_rt::memory` as well as zmq.rs's.
+//!
 //! # Layout
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
@@ -34,9 +38,10 @@ use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::mdp2;
 pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::{DecodeError, Hex, Limits};
+use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
-use majordomo_rt::transport::{connect_dealer, Transport, TransportError};
-use tracing::{debug, info_span, warn, Instrument};
+use majordomo_rt::transport::{Connector, DealerConnector, Transport, TransportError};
+use tracing::{debug, info_span, Instrument};
 use zeromq::DealerSocket;
 
 /// Timeouts, retries and limits of a client.
@@ -159,38 +164,55 @@ pub enum ClientError {
 }
 
 /// A 7/MDP client. Clone it freely: clones share one pool of connections.
-#[derive(Clone, Debug)]
-pub struct Client {
-    inner: Arc<Inner>,
+///
+/// [`Client::new`] connects zmq.rs DEALER sockets to a broker's endpoint;
+/// [`Client::with_connector`] opens its connections through any [`Connector`] (for example the
+/// in-memory sockets of `majordomo_rt::memory`).
+pub struct Client<C: Connector = DealerConnector> {
+    inner: Arc<Inner<C>>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    endpoint: String,
-    config: ClientConfig,
-    /// Idle sockets, each with no request outstanding.
-    pool: Mutex<Vec<PooledSocket>>,
-}
-
-struct PooledSocket(DealerSocket);
-
-impl std::fmt::Debug for PooledSocket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DealerSocket")
+impl<C: Connector> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
-/// Opens a DEALER socket connected to `endpoint`, waiting at most `timeout`.
-async fn connect(endpoint: &str, timeout: Duration) -> Result<DealerSocket, ClientError> {
-    Ok(connect_dealer(endpoint, timeout).await?)
+impl<C: Connector> std::fmt::Debug for Client<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("broker", &self.inner.broker)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<C: Connector> {
+    connector: C,
+    /// Where the connector connects, for the span of every request.
+    broker: String,
+    config: ClientConfig,
+    /// Links with an idle connection, each with no request outstanding.
+    pool: Mutex<Vec<CallLink<C::Conn>>>,
 }
 
 impl Client {
     /// A client for the broker at `endpoint`. Nothing connects until the first request.
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+        Self::with_connector(DealerConnector::new(endpoint), config)
+    }
+}
+
+impl<C: Connector> Client<C> {
+    /// A client that opens its connections through `connector`, a new one for each attempt
+    /// that needs one. Nothing connects until the first request.
+    pub fn with_connector(connector: C, config: ClientConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                endpoint: endpoint.into(),
+                broker: connector.describe(),
+                connector,
                 config,
                 pool: Mutex::new(Vec::new()),
             }),
@@ -213,7 +235,7 @@ impl Client {
         let service = service.into();
         // Every event of the request (retries, connection failures) carries its service and
         // broker.
-        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.endpoint);
+        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.broker);
         self.call(service, body).instrument(span).await
     }
 
@@ -230,9 +252,13 @@ impl Client {
         &self,
         service: impl Into<Bytes>,
         body: Vec<Bytes>,
-    ) -> impl Stream<Item = Result<Part, ClientError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Part, ClientError>> + Send + 'static
+    where
+        C: 'static,
+        C::Conn: 'static,
+    {
         let service = service.into();
-        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.endpoint);
+        let span = info_span!("request", service = %Hex(&service), broker = %self.inner.broker);
         let start = self.exchange(service, body, true);
         futures::stream::unfold(Some((self.clone(), start)), move |state| {
             let span = span.clone();
@@ -264,13 +290,13 @@ impl Client {
         }
     }
 
-    /// A call under way, with an idle connection from the pool if there is one.
+    /// A call under way, on an idle connection from the pool if there is one.
     fn exchange(
         &self,
         service: Bytes,
         body: Vec<Bytes>,
         streamed: bool,
-    ) -> Result<Exchange, ClientError> {
+    ) -> Result<Exchange<C::Conn>, ClientError> {
         let config = &self.inner.config;
         let now = clock::now();
         let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
@@ -287,91 +313,46 @@ impl Client {
         // Streaming changes only 18/MDP calls.
         .map(|call| if streamed { call.streamed() } else { call })
         .map_err(ClientError::InvalidService)?;
-        let socket = self
+        let link = self
             .inner
             .pool
             .lock()
             .expect("pool lock")
             .pop()
-            .map(|p| p.0);
+            .unwrap_or_default();
         Ok(Exchange {
             call,
             service,
-            socket,
-            send: true,
+            link,
         })
     }
 
     /// Drives `exchange` to its next part or its end.
-    async fn step(&self, exchange: &mut Exchange) -> Step {
-        let config = &self.inner.config;
+    async fn step(&self, exchange: &mut Exchange<C::Conn>) -> Step {
         let Exchange {
             call,
             service,
-            socket,
-            send,
+            link,
         } = exchange;
         loop {
-            let deadline = call
-                .poll_timeout()
-                .expect("a call under way has a deadline");
-            // One attempt: connect if needed, send, and wait for a message, all within the
-            // attempt's deadline.
-            let attempt =
-                tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), async {
-                    if socket.is_none() {
-                        *socket = Some(connect(&self.inner.endpoint, config.timeout).await?);
-                    }
-                    let s = socket.as_mut().expect("connected above");
-                    if *send {
-                        s.send(call.request().to_vec()).await?;
-                        // Not again on this connection, whatever comes.
-                        *send = false;
-                    }
-                    Ok::<_, ClientError>(s.recv().await?)
-                })
-                .await;
-            let event = match attempt {
-                Ok(Ok(frames)) => match call.handle_part(clock::now(), &frames) {
-                    Some(event) => Some(event),
-                    // A PARTIAL gathered: wait for the next part on the same connection.
-                    None => continue,
-                },
-                Ok(Err(error)) => {
-                    debug!(attempt = call.attempt(), %error, "connection failed");
-                    *socket = None;
-                    call.handle_connection_lost(clock::now())
-                }
-                Err(_) => {
-                    warn!(
-                        service = %Hex(service),
-                        attempt = call.attempt(),
-                        attempts = call.attempts(),
-                        "no reply in time"
-                    );
-                    // Close the socket: a late reply must not reach the next request.
-                    *socket = None;
-                    call.handle_timeout(clock::now().max(deadline))
-                }
-            };
-            return match event.expect("a call that is not done answers every input") {
-                CallEvent::Resend { .. } => {
-                    *socket = None;
-                    *send = true;
+            return match link.drive(&self.inner.connector, call, |_| true).await {
+                // The driver closed the connection; the next attempt opens a new one.
+                CallEvent::Resend { attempt } => {
+                    debug!(attempt, "resending on a new connection");
                     continue;
                 }
                 CallEvent::Part(body) => Step::Part(body),
                 CallEvent::Done(Ok(body)) => {
-                    if let Some(socket) = socket.take() {
+                    if link.is_idle() {
                         let mut pool = self.inner.pool.lock().expect("pool lock");
                         // Above the bound the connection is closed (dropped) instead.
-                        if pool.len() < config.max_idle_connections {
-                            pool.push(PooledSocket(socket));
+                        if pool.len() < self.inner.config.max_idle_connections {
+                            pool.push(std::mem::take(link));
                         }
                     }
                     Step::Done(Ok(body))
                 }
-                // A socket that brought a bad reply is dropped: a confused connection is not
+                // The driver dropped the connection that failed: a confused connection is not
                 // reused.
                 CallEvent::Done(Err(error)) => Step::Done(Err(match error {
                     CallError::Malformed(error) => ClientError::Malformed(error),
@@ -394,12 +375,10 @@ impl Client {
 }
 
 /// A request under way: its call, and the connection it is on.
-struct Exchange {
+struct Exchange<T> {
     call: Call,
     service: Bytes,
-    socket: Option<DealerSocket>,
-    /// Whether the current attempt's request is still to be sent.
-    send: bool,
+    link: CallLink<T>,
 }
 
 /// Where [`Client::step`] stopped.
@@ -436,12 +415,12 @@ pub struct Reply {
 /// (for example by putting its own id in the body) and decides what to resend. It speaks the
 /// [`ClientConfig::version`] configured; in 18/MDP every PARTIAL and FINAL is a [`Reply`] of its
 /// own ([`Reply::last`] tells them apart).
-pub struct AsyncClient {
-    socket: DealerSocket,
+pub struct AsyncClient<T = DealerSocket> {
+    socket: T,
     config: ClientConfig,
 }
 
-impl std::fmt::Debug for AsyncClient {
+impl<T> std::fmt::Debug for AsyncClient<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
             .field("config", &self.config)
@@ -452,7 +431,18 @@ impl std::fmt::Debug for AsyncClient {
 impl AsyncClient {
     /// Connects to the broker at `endpoint`, waiting at most `config.timeout`.
     pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        let socket = connect(endpoint, config.timeout).await?;
+        Self::with_connector(&DealerConnector::new(endpoint), config).await
+    }
+}
+
+impl<T: Transport> AsyncClient<T> {
+    /// Connects through `connector` (for example to the in-memory sockets of
+    /// `majordomo_rt::memory`), waiting at most `config.timeout`.
+    pub async fn with_connector<C>(connector: &C, config: ClientConfig) -> Result<Self, ClientError>
+    where
+        C: Connector<Conn = T>,
+    {
+        let socket = connector.connect(config.timeout).await?;
         Ok(Self { socket, config })
     }
 
@@ -499,5 +489,258 @@ impl AsyncClient {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The clients over the in-memory transport on paused time, against a scripted broker.
+
+    use futures::StreamExt;
+    use majordomo_rt::memory::{self, MemoryEndpoint, MemoryRouter};
+
+    use super::*;
+
+    /// Virtual time a test may wait for anything; never an expected duration.
+    const PATIENCE: Duration = Duration::from_secs(600);
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn client(endpoint: &MemoryEndpoint, attempts: u32) -> Client<MemoryEndpoint> {
+        let config = ClientConfig::default().timeout(TIMEOUT).attempts(attempts);
+        Client::with_connector(endpoint.clone(), config)
+    }
+
+    /// The next request at the scripted broker: the client's identity, and the request.
+    async fn next_request(router: &mut MemoryRouter) -> (Bytes, ClientRequest) {
+        let mut frames = tokio::time::timeout(PATIENCE, router.recv())
+            .await
+            .expect("a request in time")
+            .expect("router open");
+        let identity = frames.remove(0);
+        let request = ClientRequest::decode(&frames, &Limits::default()).expect("a 7/MDP request");
+        (identity, request)
+    }
+
+    async fn answer(
+        router: &mut MemoryRouter,
+        identity: &Bytes,
+        service: &'static str,
+        body: Vec<Bytes>,
+    ) -> Result<(), TransportError> {
+        let reply = ClientReply {
+            service: bytes(service),
+            body,
+        };
+        router.send(reply.encode_routed(identity)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_reply_after_the_configured_attempts_each_on_a_new_connection() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request("echo", vec![bytes("hi")]).await });
+        let t0 = clock::now();
+        let mut identities = Vec::new();
+        for attempt in 0..3u32 {
+            let (identity, request) = next_request(&mut router).await;
+            assert_eq!(request.body, [bytes("hi")]);
+            // Each attempt is sent once the one before has had its whole timeout.
+            assert!(
+                clock::now() >= t0 + TIMEOUT * attempt,
+                "attempt {attempt} early"
+            );
+            identities.push(identity);
+        }
+        match call.await.unwrap() {
+            Err(ClientError::NoReply {
+                attempts,
+                service,
+                body,
+            }) => {
+                assert_eq!(attempts, 3);
+                assert_eq!(service, bytes("echo"));
+                assert_eq!(body, [bytes("hi")]);
+            }
+            other => panic!("expected NoReply, got {other:?}"),
+        }
+        identities.sort();
+        identities.dedup();
+        assert_eq!(identities.len(), 3, "every attempt on its own connection");
+        let resent = tokio::time::timeout(PATIENCE, router.recv()).await;
+        assert!(
+            !matches!(resent, Ok(Ok(_))),
+            "more attempts than configured"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_after_a_timeout_gets_the_reply() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request("echo", vec![bytes("hi")]).await });
+        let (first, _) = next_request(&mut router).await;
+        let (second, request) = next_request(&mut router).await;
+        assert_ne!(first, second, "the retry is on a new connection");
+        answer(&mut router, &second, "echo", request.body)
+            .await
+            .unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), [bytes("hi")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_is_never_taken_for_a_later_request() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 1);
+        let first = client.request("echo", vec![bytes("first")]);
+        let (early, (identity, _)) = tokio::join!(first, next_request(&mut router));
+        assert!(matches!(
+            early,
+            Err(ClientError::NoReply { attempts: 1, .. })
+        ));
+        // The broker answers the request the client gave up on: its connection is closed.
+        let late = answer(&mut router, &identity, "echo", vec![bytes("first")]).await;
+        assert!(late.is_err(), "the late reply found a connection");
+        let second = client.request("echo", vec![bytes("second")]);
+        let server = async {
+            let (identity, request) = next_request(&mut router).await;
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+        };
+        let (reply, ()) = tokio::join!(second, server);
+        assert_eq!(reply.unwrap(), [bytes("second")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_get_their_own_replies_and_their_connections_are_reused() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 1);
+        let calls: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|body| {
+                let client = client.clone();
+                tokio::spawn(async move { client.request("echo", vec![bytes(body)]).await })
+            })
+            .collect();
+        let mut requests = vec![
+            next_request(&mut router).await,
+            next_request(&mut router).await,
+        ];
+        // Answered in the other order than asked.
+        requests.reverse();
+        for (identity, request) in &requests {
+            answer(&mut router, identity, "echo", request.body.clone())
+                .await
+                .unwrap();
+        }
+        for (call, body) in calls.into_iter().zip(["a", "b"]) {
+            assert_eq!(call.await.unwrap().unwrap(), [bytes(body)]);
+        }
+        let next = client.request("echo", vec![bytes("c")]);
+        let server = async {
+            let (identity, request) = next_request(&mut router).await;
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+            identity
+        };
+        let (reply, identity) = tokio::join!(next, server);
+        assert_eq!(reply.unwrap(), [bytes("c")]);
+        assert!(
+            requests.iter().any(|(pooled, _)| *pooled == identity),
+            "a new connection for a request while idle ones were pooled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_for_another_service_is_an_error() {
+        let (mut router, endpoint) = memory::router();
+        let client = client(&endpoint, 3);
+        let call = client.request("echo", vec![bytes("hi")]);
+        let server = async {
+            let (identity, _) = next_request(&mut router).await;
+            answer(&mut router, &identity, "other", vec![bytes("hi")])
+                .await
+                .unwrap();
+        };
+        let (reply, ()) = tokio::join!(call, server);
+        match reply {
+            Err(ClientError::WrongService { expected, got }) => {
+                assert_eq!((expected, got), (bytes("echo"), bytes("other")));
+            }
+            other => panic!("expected WrongService, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_yields_each_part_then_the_final() {
+        let (mut router, endpoint) = memory::router();
+        let config = ClientConfig::default()
+            .timeout(TIMEOUT)
+            .version(Version::V02(Dialect::Rfc18));
+        let client = Client::with_connector(endpoint.clone(), config);
+        let stream = client.request_stream("echo", vec![bytes("hi")]);
+        let server = async {
+            let mut frames = tokio::time::timeout(PATIENCE, router.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let identity = frames.remove(0);
+            for (part, body) in [
+                (mdp2::Part::Partial, "1"),
+                (mdp2::Part::Partial, "2"),
+                (mdp2::Part::Final, "3"),
+            ] {
+                // Each part within the timeout of the one before.
+                tokio::time::sleep(TIMEOUT / 2).await;
+                let reply = mdp2::ClientReply {
+                    part,
+                    service: bytes("echo"),
+                    body: vec![bytes(body)],
+                };
+                router
+                    .send(reply.encode_routed(&identity, Dialect::Rfc18))
+                    .await
+                    .unwrap();
+            }
+        };
+        let (parts, ()) = tokio::join!(stream.collect::<Vec<_>>(), server);
+        let parts: Vec<Part> = parts.into_iter().map(Result::unwrap).collect();
+        let expected: Vec<Part> = [("1", false), ("2", false), ("3", true)]
+            .into_iter()
+            .map(|(body, last)| Part {
+                body: vec![bytes(body)],
+                last,
+            })
+            .collect();
+        assert_eq!(parts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_async_client_pipelines_and_times_out_when_nothing_comes() {
+        let (mut router, endpoint) = memory::router();
+        let config = ClientConfig::default().timeout(TIMEOUT);
+        let mut client = AsyncClient::with_connector(&endpoint, config)
+            .await
+            .unwrap();
+        for body in ["a", "b"] {
+            client.send("echo", vec![bytes(body)]).await.unwrap();
+        }
+        for body in ["a", "b"] {
+            let (identity, request) = next_request(&mut router).await;
+            assert_eq!(request.body, [bytes(body)]);
+            answer(&mut router, &identity, "echo", request.body)
+                .await
+                .unwrap();
+        }
+        for body in ["a", "b"] {
+            let reply = client.recv().await.unwrap();
+            assert_eq!((reply.body, reply.last), (vec![bytes(body)], true));
+        }
+        assert!(matches!(client.recv().await, Err(ClientError::Timeout)));
     }
 }

@@ -1,13 +1,14 @@
-//! The Lazy Pirate client.
+//! The Lazy Pirate client: a [`Call::lazy_pirate`] driven by `majordomo_rt::call`, over zmq.rs
+//! DEALER sockets or any other [`Connector`]'s connections.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use majordomo_proto::client::{Call, CallEvent};
+use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
-use majordomo_rt::transport::{connect_dealer, Transport};
-use tracing::warn;
-use zeromq::DealerSocket;
+use majordomo_rt::transport::{Connector, DealerConnector};
+use tracing::{info_span, Instrument};
 
 /// Timeout and attempts of a [`LazyPirate`] client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +81,16 @@ pub enum LazyEvent {
 /// It speaks exactly what a REQ socket puts on the wire (an empty delimiter, then the request), so
 /// any REP or ROUTER server serves it. The socket is kept between successful requests and
 /// replaced after every timeout: "Socket is confused. Close and remove it."
-pub struct LazyPirate {
+pub struct LazyPirate<C: Connector = DealerConnector> {
+    connector: C,
+    /// Where the connector connects, for logs.
     endpoint: String,
     config: LazyPirateConfig,
-    socket: Option<DealerSocket>,
+    link: CallLink<C::Conn>,
     observer: Option<Box<dyn FnMut(LazyEvent) + Send>>,
 }
 
-impl std::fmt::Debug for LazyPirate {
+impl<C: Connector> std::fmt::Debug for LazyPirate<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LazyPirate")
             .field("endpoint", &self.endpoint)
@@ -99,10 +102,19 @@ impl std::fmt::Debug for LazyPirate {
 impl LazyPirate {
     /// A client for the server at `endpoint`; nothing connects before the first request.
     pub fn new(endpoint: impl Into<String>, config: LazyPirateConfig) -> Self {
+        Self::with_connector(DealerConnector::new(endpoint), config)
+    }
+}
+
+impl<C: Connector> LazyPirate<C> {
+    /// A client that opens its connections through `connector` (for example the in-memory
+    /// sockets of `majordomo_rt::memory`); nothing connects before the first request.
+    pub fn with_connector(connector: C, config: LazyPirateConfig) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoint: connector.describe(),
+            connector,
             config,
-            socket: None,
+            link: CallLink::new(),
             observer: None,
         }
     }
@@ -121,45 +133,48 @@ impl LazyPirate {
     /// Sends `request` and returns the first reply that `accept` approves; other replies are
     /// reported as [`LazyEvent::Rejected`] and skipped within the same timeout.
     ///
-    /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`]; this
-    /// driver only connects, sends, and reads.
+    /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`],
+    /// driven by `majordomo_rt::call`.
     pub async fn request_with(
+        &mut self,
+        request: Vec<Bytes>,
+        accept: impl FnMut(&[Bytes]) -> bool,
+    ) -> Result<Vec<Bytes>, LazyPirateError> {
+        let span = info_span!("lazy_pirate", endpoint = %self.endpoint);
+        self.call(request, accept).instrument(span).await
+    }
+
+    async fn call(
         &mut self,
         request: Vec<Bytes>,
         mut accept: impl FnMut(&[Bytes]) -> bool,
     ) -> Result<Vec<Bytes>, LazyPirateError> {
-        let mut call = Call::lazy_pirate(
-            clock::now(),
-            request,
-            self.config.timeout,
-            self.config.attempts,
-        );
+        let (timeout, attempts) = (self.config.timeout, self.config.attempts);
+        let mut call = Call::lazy_pirate(clock::now(), request, timeout, attempts);
         loop {
-            let deadline = call
-                .poll_timeout()
-                .expect("a call under way has a deadline");
-            let event = match self.attempt(call.request(), deadline, &mut accept).await {
-                Some(reply) => call.handle_reply(&reply),
-                None => {
-                    warn!(
-                        endpoint = %self.endpoint,
-                        attempt = call.attempt(),
-                        attempts = call.attempts(),
-                        "no response from server"
-                    );
-                    // Close and forget the socket: a late reply must not reach the next request.
-                    self.socket = None;
-                    call.handle_timeout(clock::now().max(deadline))
+            let observer = &mut self.observer;
+            // The reply as received, with the REQ delimiter still in front.
+            let check = |frames: &[Bytes]| {
+                let body = match frames.split_first() {
+                    Some((first, rest)) if first.is_empty() => rest,
+                    _ => frames,
+                };
+                if accept(body) {
+                    return true;
                 }
+                if let Some(observer) = observer.as_mut() {
+                    observer(LazyEvent::Rejected(body.to_vec()));
+                }
+                false
             };
-            match event.expect("a call that is not done answers every input") {
+            match self.link.drive(&self.connector, &mut call, check).await {
                 CallEvent::Resend { attempt } => self.emit(LazyEvent::Retrying {
                     next: attempt,
                     of: call.attempts(),
                 }),
                 CallEvent::Done(Ok(reply)) => return Ok(reply),
                 // A Lazy Pirate call has one reply: it is never streamed.
-                CallEvent::Part(_) => unreachable!("a Lazy Pirate call has no parts"),
+                CallEvent::Part(_) => continue,
                 CallEvent::Done(Err(_)) => {
                     return Err(LazyPirateError::ServerOffline {
                         attempts: call.attempts(),
@@ -175,46 +190,143 @@ impl LazyPirate {
             observer(event);
         }
     }
+}
 
-    /// One attempt: connect if needed, send, wait until `deadline` for an accepted reply (as
-    /// received, with the REQ delimiter still in front).
-    async fn attempt(
-        &mut self,
-        frames: &[Bytes],
-        deadline: Instant,
-        accept: &mut impl FnMut(&[Bytes]) -> bool,
-    ) -> Option<Vec<Bytes>> {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if self.socket.is_none() {
-            let connect = connect_dealer(&self.endpoint, self.config.timeout);
-            // Connecting may take the whole attempt; then there is nothing more to wait for.
-            self.socket = Some(
-                tokio::time::timeout_at(deadline, connect)
-                    .await
-                    .ok()?
-                    .ok()?,
-            );
-        }
-        let socket = self.socket.as_mut().expect("connected above");
-        tokio::time::timeout_at(deadline, socket.send(frames.to_vec()))
+#[cfg(test)]
+mod tests {
+    //! The Lazy Pirate client over the in-memory transport on paused time, against a scripted
+    //! REP-like server (a ROUTER that answers `[identity, empty, body...]`).
+
+    use std::sync::{Arc, Mutex};
+
+    use majordomo_rt::memory::{self, MemoryEndpoint, MemoryRouter};
+    use majordomo_rt::transport::Transport;
+
+    use super::*;
+
+    /// Virtual time a test may wait for anything; never an expected duration.
+    const PATIENCE: Duration = Duration::from_secs(600);
+
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    /// A client on `endpoint` and the events it reports.
+    fn client(
+        endpoint: &MemoryEndpoint,
+        attempts: u32,
+    ) -> (LazyPirate<MemoryEndpoint>, Arc<Mutex<Vec<LazyEvent>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let config = LazyPirateConfig::default()
+            .timeout(Duration::from_secs(1))
+            .attempts(attempts);
+        let client = LazyPirate::with_connector(endpoint.clone(), config)
+            .on_event(move |event| seen.lock().unwrap().push(event));
+        (client, events)
+    }
+
+    /// The next request at the server: the client's identity and the body after the REQ
+    /// delimiter.
+    async fn next_request(router: &mut MemoryRouter) -> (Bytes, Vec<Bytes>) {
+        let frames = tokio::time::timeout(PATIENCE, router.recv())
             .await
-            .ok()?
-            .ok()?;
-        loop {
-            let frames = tokio::time::timeout_at(deadline, socket.recv())
-                .await
-                .ok()?
-                .ok()?;
-            let body = match frames.split_first() {
-                Some((first, rest)) if first.is_empty() => rest,
-                _ => &frames[..],
-            };
-            if accept(body) {
-                return Some(frames);
+            .expect("a request in time")
+            .expect("router open");
+        match &frames[..] {
+            [identity, delimiter, body @ ..] if delimiter.is_empty() => {
+                (identity.clone(), body.to_vec())
             }
-            if let Some(observer) = self.observer.as_mut() {
-                observer(LazyEvent::Rejected(body.to_vec()));
-            }
+            other => panic!("not a REQ request: {other:?}"),
         }
+    }
+
+    async fn answer(router: &mut MemoryRouter, identity: &Bytes, body: &'static str) {
+        let reply = vec![identity.clone(), Bytes::new(), bytes(body)];
+        router.send(reply).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_requests_share_one_connection() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let mut identities = Vec::new();
+        for body in ["1", "2"] {
+            let server = async {
+                let (identity, request) = next_request(&mut router).await;
+                assert_eq!(request, [bytes(body)]);
+                answer(&mut router, &identity, body).await;
+                identity
+            };
+            let (reply, identity) = tokio::join!(client.request(vec![bytes(body)]), server);
+            assert_eq!(reply.unwrap(), [bytes(body)]);
+            identities.push(identity);
+        }
+        assert_eq!(identities[0], identities[1]);
+        assert!(events.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_on_new_connections_then_abandons() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request(vec![bytes("hello")]).await });
+        let mut identities = Vec::new();
+        for _ in 0..3 {
+            identities.push(next_request(&mut router).await.0);
+        }
+        match call.await.unwrap() {
+            Err(LazyPirateError::ServerOffline { attempts, request }) => {
+                assert_eq!(attempts, 3);
+                assert_eq!(request, [bytes("hello")]);
+            }
+            other => panic!("expected ServerOffline, got {other:?}"),
+        }
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                LazyEvent::Retrying { next: 2, of: 3 },
+                LazyEvent::Retrying { next: 3, of: 3 },
+            ]
+        );
+        identities.sort();
+        identities.dedup();
+        assert_eq!(identities.len(), 3, "every attempt on its own connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_to_a_missed_attempt_is_dropped() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 3);
+        let call = tokio::spawn(async move { client.request(vec![bytes("hello")]).await });
+        let (first, _) = next_request(&mut router).await;
+        let (second, _) = next_request(&mut router).await;
+        // The first attempt's connection is closed: its answer goes nowhere.
+        let stale = vec![first, Bytes::new(), bytes("stale")];
+        assert!(router.send(stale).await.is_err());
+        answer(&mut router, &second, "fresh").await;
+        assert_eq!(call.await.unwrap().unwrap(), [bytes("fresh")]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [LazyEvent::Retrying { next: 2, of: 3 }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_the_check_rejects_is_reported_and_skipped() {
+        let (mut router, endpoint) = memory::router();
+        let (mut client, events) = client(&endpoint, 1);
+        let call = client.request_with(vec![bytes("7")], |reply| reply == [bytes("7")]);
+        let server = async {
+            let (identity, _) = next_request(&mut router).await;
+            answer(&mut router, &identity, "6").await;
+            answer(&mut router, &identity, "7").await;
+        };
+        let (reply, ()) = tokio::join!(call, server);
+        assert_eq!(reply.unwrap(), [bytes("7")]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [LazyEvent::Rejected(vec![bytes("6")])]
+        );
     }
 }

@@ -9,6 +9,8 @@
 //! - [`server`]: the loop of a ROUTER server (broker, queues) over a sans-IO [`server::Machine`],
 //!   with fair polling of its sockets, batching, the one starvation rule, bounded sends and a
 //!   [`server::ServerHandle`] for stats and shutdown.
+//! - [`call`]: the client side: a sans-IO [`majordomo_proto::client::Call`] over connections
+//!   from a [`transport::Connector`], a new one per attempt, with its deadline and retries.
 //! - [`peer`]: the loop of a worker-side peer over a sans-IO
 //!   [`majordomo_proto::session::Session`]: connect, serve, reconnect with backoff.
 //! - [`transport`]: the [`transport::Transport`] trait (zmq.rs ROUTER and DEALER, memory),
@@ -19,6 +21,7 @@
 //! - [`clock`]: the one clock drivers read, once per wake-up.
 #![warn(missing_docs)]
 
+pub mod call;
 pub mod clock;
 pub mod idle;
 pub mod memory;

@@ -25,15 +25,21 @@ impl DeadlineTimer {
     /// Moves the deadline to `at`. Setting the deadline it already has does nothing; a timer
     /// that has fired and is set to the same deadline fires again at once.
     pub fn set(&mut self, at: Instant) {
-        let at = tokio::time::Instant::from_std(at);
-        if self.sleep.deadline() != at {
-            self.sleep.as_mut().reset(at);
-        }
+        rearm(self.sleep.as_mut(), at);
     }
 
     /// Waits for the deadline. Cancel-safe: dropping the future unfired loses nothing.
     pub async fn wait(&mut self) {
         self.sleep.as_mut().await;
+    }
+}
+
+/// Moves a timer pinned in place (on a driver's stack, for one wait) to `at`, by the same rule
+/// as [`DeadlineTimer::set`]: nothing happens when the deadline has not moved.
+pub fn rearm(sleep: Pin<&mut Sleep>, at: Instant) {
+    let at = tokio::time::Instant::from_std(at);
+    if sleep.deadline() != at {
+        sleep.reset(at);
     }
 }
 
