@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-interop.sh
-cargo build --release --locked -p majordomo-cli
+cargo build --release --locked -p majordomo-cli -p majordomo-tools
 work=$(mktemp -d)
-cp target/release/majordomo "$work/majordomo"
+# The bench finds its fixtures' binary beside its own.
+cp target/release/majordomo target/release/majordomo-bench-fixture "$work/"
 .venv/bin/python integration-tests/python/mdp_broker.py 2500 >"$work/broker.out" &
 broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT

@@ -16,11 +16,12 @@ cd "$(dirname "$0")/.."
 seconds=${1:-5}
 shift || true
 command -v perf >/dev/null || { echo "perf not found (Debian: apt-get install linux-perf)" >&2; exit 1; }
-cargo build --profile profiling --locked -p majordomo-cli
+cargo build --profile profiling --locked -p majordomo-cli -p majordomo-tools
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# A copy, so that a rebuild during the run cannot replace the binary under the bench.
-cp target/profiling/majordomo "$work/majordomo"
+# A copy, so that a rebuild during the run cannot replace the binaries under the bench (it
+# finds its fixtures' binary beside its own).
+cp target/profiling/majordomo target/profiling/majordomo-bench-fixture "$work/"
 want_busy=0
 for arg in "$@"; do
     case "$arg" in --busy-poll) want_busy=1 ;; esac
@@ -30,7 +31,7 @@ measured=$((seconds + 4))
 target=${PROFILE:-broker}
 case "$target" in
     broker) runs=$([ "$want_busy" = 1 ] && echo busypoll || echo broker); pattern="$work/majordomo broker" ;;
-    relay) runs=relay; pattern="$work/majordomo bench-relay --bind" ;;
+    relay) runs=relay; pattern="$work/majordomo-bench-fixture relay --bind" ;;
     *) echo "PROFILE must be broker or relay" >&2; exit 1 ;;
 esac
 "$work/majordomo" bench --sizes 64 --runs "$runs" --warmup "${warmup}s" --duration "${measured}s" "$@" >"$work/bench.txt" 2>&1 &

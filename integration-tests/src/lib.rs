@@ -11,9 +11,9 @@ use bytes::Bytes;
 use majordomo_broker::{
     Broker, BrokerConfig, BrokerHandle, BrokerStats, HeartbeatConfig, ServiceStats,
 };
-use majordomo_cli::{child, endpoint};
 use majordomo_rt::server::ServerHandle;
 use majordomo_rt::transport::{Connector, DealerConnector, TransportError};
+use majordomo_tools::{child, endpoint};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};

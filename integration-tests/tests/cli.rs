@@ -132,13 +132,12 @@ async fn call_makes_the_attempts_asked_for() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
     let ep = free_endpoint()?;
-    let _first = Proc::spawn(&["broker", "--bind", &ep])?;
-    wait_for_service(&ep, "nothing").await.ok();
-    let out = Command::new(majordomo_bin()?)
-        .args(["broker", "--bind", &ep])
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut first = Proc::spawn(&["broker", "--bind", &ep])?;
+    first.wait_until_serving(&ep).await?;
+    let mut second = Proc::spawn(&["broker", "--bind", &ep])?;
+    let status = second.wait_exit().await?;
+    let stderr = second.log();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot bind") && stderr.contains(&ep),
         "{stderr}"

@@ -298,6 +298,66 @@ async fn shutdown_through_the_handle_sends_disconnect_to_every_worker() -> Resul
 }
 
 #[tokio::test(start_paused = true)]
+async fn drained_completes_once_the_queued_and_in_flight_requests_are_answered() -> Result<()> {
+    use futures::FutureExt;
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let mut worker = endpoint.connect()?;
+    worker.send(ready(b"echo")).await?;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"echo", b"first")).await?;
+    client.send(request(b"echo", b"second")).await?;
+    let (address, body) = recv_request(&mut worker).await?;
+    until(&handle, |s| s.in_flight == 1 && s.queued == 1).await;
+    handle.drain();
+    // The stats answer after the drain's turn, which found work left.
+    until(&handle, |s| s.draining).await;
+    assert!(
+        handle.drained().now_or_never().is_none(),
+        "drained while two requests are held"
+    );
+    reply(&mut worker, address, body).await?;
+    let (address, body) = recv_request(&mut worker).await?;
+    assert_eq!(body, [Bytes::from_static(b"second")]);
+    assert!(
+        handle.drained().now_or_never().is_none(),
+        "drained while a request is in flight"
+    );
+    reply(&mut worker, address, body).await?;
+    tokio::time::timeout(VIRTUAL_PATIENCE, handle.drained())
+        .await
+        .context("never drained")?;
+    for expected in [&b"first"[..], b"second"] {
+        assert_eq!(recv_reply(&mut client).await?.body, [expected]);
+    }
+    // Drained is not stopped: the broker still runs, holding nothing.
+    let s = stats(&handle).await;
+    assert_eq!((s.queued, s.in_flight, s.replies), (0, 0, 2));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn drained_completes_when_the_broker_stops_without_draining() -> Result<()> {
+    let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
+    let mut client = endpoint.connect()?;
+    client.send(request(b"nobody", b"x")).await?;
+    until(&handle, |s| s.queued == 1).await;
+    assert!(
+        futures::FutureExt::now_or_never(handle.drained()).is_none(),
+        "drained before the broker was asked to drain or stop"
+    );
+    let drained = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.drained().await }
+    });
+    handle.shutdown();
+    task.await??;
+    tokio::time::timeout(VIRTUAL_PATIENCE, drained)
+        .await
+        .context("drained never completed")??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_reads_is_held_while_others_are_served() -> Result<()> {
     let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
     let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());

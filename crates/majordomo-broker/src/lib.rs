@@ -24,7 +24,8 @@
 //!
 //! # Layout
 //! - [`Broker`] and [`BrokerBuilder`]: bind endpoints, then run until shutdown.
-//! - [`BrokerHandle`]: stats and shutdown of a running broker, from any task.
+//! - [`BrokerHandle`]: stats, drain (and the wait until drained) and shutdown of a running
+//!   broker, from any task.
 //! - [`BrokerError`]: what can stop a broker from starting.
 #![warn(missing_docs)]
 
@@ -88,7 +89,8 @@ pub struct BoundEndpoint {
     pub endpoint: String,
 }
 
-/// A handle on a running broker: read its stats, stop it. Cheap to clone.
+/// A handle on a running broker: read its stats, drain it and wait until it has drained, stop it.
+/// Cheap to clone.
 pub type BrokerHandle = ServerHandle<BrokerStats>;
 
 /// Builds a [`Broker`]: endpoints, protocol configuration and driver settings.
@@ -346,6 +348,10 @@ impl Machine for BrokerMachine {
             );
         }
         self.core.drain();
+    }
+
+    fn is_drained(&self) -> bool {
+        self.core.is_drained()
     }
 }
 

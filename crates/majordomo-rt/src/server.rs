@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use majordomo_proto::flow::StuckPeers;
 use majordomo_proto::peer::Peer;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::clock;
@@ -69,6 +69,13 @@ pub trait Machine: Send {
     /// Stop taking new work but finish what was taken (see [`ServerHandle::drain`]); by default
     /// nothing changes.
     fn drain(&mut self) {}
+
+    /// Whether a drain has finished: asked to drain, the machine holds no work any more (see
+    /// [`ServerHandle::drained`]). By default never, as a machine that does not drain keeps
+    /// taking work until it stops.
+    fn is_drained(&self) -> bool {
+        false
+    }
 }
 
 /// Driver settings shared by every server.
@@ -105,16 +112,19 @@ enum Command<S> {
     Shutdown,
 }
 
-/// A cheap, cloneable handle on a running server: read its stats, stop it.
+/// A cheap, cloneable handle on a running server: read its stats, drain it, stop it.
 #[derive(Debug)]
 pub struct ServerHandle<S> {
     commands: mpsc::UnboundedSender<Command<S>>,
+    /// Set by the loop once a drain has finished; closed when the loop ends.
+    drained: watch::Receiver<bool>,
 }
 
 impl<S> Clone for ServerHandle<S> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
+            drained: self.drained.clone(),
         }
     }
 }
@@ -145,6 +155,15 @@ impl<S: Send + 'static> ServerHandle<S> {
         let _ = self.commands.send(Command::Drain);
     }
 
+    /// Completes once the server has drained (after [`ServerHandle::drain`], it holds no work:
+    /// the broker has nothing queued or in flight) or has stopped, whichever comes first. The
+    /// loop says so at the end of the turn that finished the drain; nothing polls.
+    pub async fn drained(&self) {
+        let mut drained = self.drained.clone();
+        // An error means the loop has ended, and with it any work the server held.
+        let _ = drained.wait_for(|done| *done).await;
+    }
+
     /// Asks the server to stop, as its shutdown future would; it stops after the turn under way.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
@@ -167,6 +186,10 @@ pub struct Server<M: Machine, T> {
     commands: mpsc::UnboundedReceiver<Command<M::Stats>>,
     /// Where the next turn starts polling sockets.
     next_socket: usize,
+    /// Whether a handle asked the machine to drain, and the drain has not finished yet.
+    draining: bool,
+    /// Tells the handles when the drain has finished.
+    drained: watch::Sender<bool>,
 }
 
 impl<M: Machine, T> std::fmt::Debug for Server<M, T> {
@@ -201,6 +224,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
         options: ServerOptions,
     ) -> (Self, ServerHandle<M::Stats>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (drained, drained_rx) = watch::channel(false);
         let closed = vec![false; sockets.len()];
         (
             Self {
@@ -211,8 +235,13 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 options,
                 commands: rx,
                 next_socket: 0,
+                draining: false,
+                drained,
             },
-            ServerHandle { commands: tx },
+            ServerHandle {
+                commands: tx,
+                drained: drained_rx,
+            },
         )
     }
 
@@ -256,6 +285,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 }
                 Wake::Command(Command::Drain) => {
                     self.machine.drain();
+                    self.draining = !*self.drained.borrow();
                     false
                 }
                 Wake::Message(socket, msg) => {
@@ -272,6 +302,11 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 self.machine.handle_timeout(now);
             }
             self.flush(now).await;
+            // Checked once the turn's work is done, and only while a drain is under way.
+            if self.draining && self.machine.is_drained() {
+                self.draining = false;
+                self.drained.send_replace(true);
+            }
             if full_batch {
                 tokio::task::yield_now().await;
             }

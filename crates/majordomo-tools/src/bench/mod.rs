@@ -4,13 +4,14 @@
 //! Besides the broker, it measures what the transport allows: a raw ROUTER echo server (one
 //! hop), and a relay that forwards between clients and echo peers with no protocol at all (two
 //! hops, as a broker does), with 7/MDP's one request per worker at a time and without it.
-//! The broker (and each of those servers) runs as a child process of this binary, so its CPU
-//! time and memory are its own; each echo worker is a `majordomo worker echo`
-//! child process (or, with `--in-process-workers`, a task here); the clients run in this process
-//! and share the machine with them, as a load generator does.
+//! The broker runs as a `majordomo broker` child process and each of those servers as a
+//! `majordomo-bench-fixture` one ([`fixture`]), so its CPU time and memory are its own; each
+//! echo worker is a `majordomo worker echo` child process (or, with `--in-process-workers`, a
+//! task here); the clients run in this process and share the machine with them, as a load
+//! generator does.
 
+pub mod fixture;
 mod load;
-mod relay;
 mod report;
 mod targets;
 mod titanic;
@@ -18,20 +19,18 @@ mod titanic;
 use std::fmt;
 use std::time::Duration;
 
+use crate::endpoint::Transport;
 use anyhow::{ensure, Result};
 use clap::{Args, ValueEnum};
-use majordomo_cli::endpoint::Transport;
 use serde::Serialize;
 
 use load::measure;
-pub(crate) use relay::{copy_relay, relay, relay_peer, CopyRelayArgs, RelayArgs, RelayPeerArgs};
 use report::{report, Run};
 use targets::{broker_run, EchoServer, Target};
-pub(crate) use targets::{echo, EchoArgs};
 
 /// Options of the benchmark.
 #[derive(Args, Clone)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     /// Concurrent clients (one DEALER socket each).
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -57,7 +56,7 @@ pub(crate) struct BenchArgs {
     /// Runtime threads of this process, where the clients (and in-process workers) run (0: one
     /// per core).
     #[arg(long, default_value_t = 0)]
-    pub(crate) threads: usize,
+    threads: usize,
     /// Also measure the broker started with `--busy-poll` set to this window (0: skip that run).
     #[arg(long, default_value = "200us", value_parser = humantime::parse_duration)]
     busy_poll: Duration,
@@ -103,6 +102,13 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+impl BenchArgs {
+    /// Runtime threads the benchmark's own process wants (`--threads`; 0: one per core).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 /// A run of the benchmark, as `--runs` names it; the table lists them in this order.
@@ -157,7 +163,7 @@ impl fmt::Display for RunKind {
 }
 
 /// Makes the runs asked for, for each body size, and reports them.
-pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+pub async fn run(args: BenchArgs) -> Result<()> {
     ensure!(
         args.clients > 0 && args.workers > 0 && args.in_flight > 0,
         "clients, workers and in-flight must be positive"

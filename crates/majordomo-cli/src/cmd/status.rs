@@ -17,7 +17,7 @@ pub(crate) const UNREACHABLE: u8 = 2;
 #[derive(Args)]
 pub(crate) struct StatusArgs {
     /// Broker endpoint.
-    #[arg(long, default_value = crate::DEFAULT_ENDPOINT)]
+    #[arg(long, default_value = crate::connect::DEFAULT_ENDPOINT)]
     connect: String,
     /// How long to wait for the broker's answer.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]

@@ -4,32 +4,20 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Args;
 use majordomo_broker::HeartbeatConfig;
-use majordomo_cli::child::Child;
-use majordomo_cli::endpoint::{free_endpoint, Transport};
 use majordomo_worker::{Dialect, Version, Worker, WorkerConfig};
-use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend};
 
+use super::fixture::{relay_peer, RelayPeerArgs};
 use super::load::{measure, Load, Mode};
-use super::relay::{relay_peer, RelayPeerArgs};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
-use crate::{echo_in_parts, spawn_self};
+use crate::bins::{spawn_fixture, spawn_majordomo};
+use crate::child::Child;
+use crate::echo::echo_in_parts;
+use crate::endpoint::{free_endpoint, Transport};
 
 /// How long a worker process gets to stop after SIGTERM before it is killed.
 const WORKER_STOP: Duration = Duration::from_secs(2);
-
-/// Hidden helper: a raw ROUTER echo server, the ceiling's other end.
-#[derive(Args)]
-pub(crate) struct EchoArgs {
-    /// Endpoint to bind.
-    #[arg(long)]
-    bind: String,
-    /// Runtime threads (1: single-threaded runtime, 0: one per core).
-    #[arg(long, default_value_t = 1)]
-    pub(crate) threads: usize,
-}
 
 /// The ceiling's echo server in its own process, for the `ceiling` and `serial` runs.
 pub(super) struct EchoServer {
@@ -38,13 +26,10 @@ pub(super) struct EchoServer {
 }
 
 impl EchoServer {
-    /// Starts `majordomo bench-echo` on a free endpoint with `threads` runtime threads.
+    /// Starts `majordomo-bench-fixture echo` on a free endpoint with `threads` runtime threads.
     pub(super) fn start(args: &BenchArgs, threads: &str) -> Result<Self> {
         let endpoint = free_endpoint(args.transport)?;
-        let process = spawn_self(
-            &["bench-echo", "--bind", &endpoint, "--threads", threads],
-            "warn",
-        )?;
+        let process = spawn_fixture(&["echo", "--bind", &endpoint, "--threads", threads], "warn")?;
         Ok(Self { endpoint, process })
     }
 
@@ -84,7 +69,7 @@ pub(super) enum Target<'a> {
     External { endpoint: &'a str, pid: u32 },
     /// The protocol-free forwarder, its echo peers holding up to `window` requests each.
     Relay { threads: &'a str, window: usize },
-    /// Ours unguarded on a Unix socket, behind `bench-copy-relay` on TCP.
+    /// Ours unguarded on a Unix socket, behind the `copy-relay` fixture on TCP.
     CopyRelay { threads: &'a str },
 }
 
@@ -129,29 +114,30 @@ pub(super) async fn broker_run(
             if metrics {
                 command.extend(["--metrics-listen", "127.0.0.1:0"]);
             }
-            let broker = spawn_self(&command, "warn")?;
+            let broker = spawn_majordomo(&command, "warn")?;
             (endpoint, broker.pid(), Some(broker))
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
         Target::CopyRelay { threads } => {
             let socket = free_endpoint(Transport::Ipc)?;
-            let broker = spawn_self(&["broker", "--bind", &socket, "--threads", threads], "warn")?;
+            let broker =
+                spawn_majordomo(&["broker", "--bind", &socket, "--threads", threads], "warn")?;
             let tcp = free_endpoint(Transport::Tcp)?;
             let path = socket.trim_start_matches("ipc://");
             let listen = tcp.trim_start_matches("tcp://");
             // The proxy can only connect once the broker listens.
             wait_for_path(path).await?;
-            _proxy = Some(spawn_self(
-                &["bench-copy-relay", "--listen", listen, "--upstream", path],
+            _proxy = Some(spawn_fixture(
+                &["copy-relay", "--listen", listen, "--upstream", path],
                 "warn",
             )?);
             (tcp, broker.pid(), Some(broker))
         }
         Target::Relay { threads, window } => {
             let endpoint = free_endpoint(args.transport)?;
-            let relay = spawn_self(
+            let relay = spawn_fixture(
                 &[
-                    "bench-relay",
+                    "relay",
                     "--bind",
                     &endpoint,
                     "--threads",
@@ -175,8 +161,8 @@ pub(super) async fn broker_run(
     for _ in 0..args.workers {
         let mut stopped = stopped.clone();
         match (relay, args.in_process_workers) {
-            (true, false) => worker_processes.push(spawn_self(
-                &["bench-relay-peer", "--connect", &broker_ep],
+            (true, false) => worker_processes.push(spawn_fixture(
+                &["relay-peer", "--connect", &broker_ep],
                 "warn",
             )?),
             (true, true) => {
@@ -190,7 +176,7 @@ pub(super) async fn broker_run(
                     }
                 }));
             }
-            (false, false) => worker_processes.push(spawn_self(
+            (false, false) => worker_processes.push(spawn_majordomo(
                 &[
                     "worker",
                     "--connect",
@@ -260,16 +246,4 @@ async fn wait_for_path(path: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     anyhow::bail!("{path} did not appear")
-}
-
-/// The ceiling's server: echoes every message back to its sender.
-pub(crate) async fn echo(args: EchoArgs) -> Result<()> {
-    let mut socket = RouterSocket::new();
-    socket.bind(&args.bind).await?;
-    loop {
-        let msg = socket.recv().await?;
-        if msg.len() >= 2 {
-            socket.send(msg).await?;
-        }
-    }
 }

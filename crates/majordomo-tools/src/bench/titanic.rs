@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
-use majordomo_cli::endpoint::free_endpoint;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_titanic::TitanicClient;
 
+use super::load::{Window, DRAIN, MEASURE, WARMUP};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
-use crate::spawn_self;
-
-use super::load::{Window, DRAIN, MEASURE, WARMUP};
+use crate::bins::spawn_majordomo;
+use crate::endpoint::free_endpoint;
 
 /// What one task measured.
 #[derive(Default)]
@@ -122,13 +121,13 @@ async fn phase(
 pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Result<(Run, u64)> {
     let endpoint = free_endpoint(args.transport)?;
     let threads = args.server_threads.to_string();
-    let broker = spawn_self(
+    let broker = spawn_majordomo(
         &["broker", "--bind", &endpoint, "--threads", &threads],
         "warn",
     )?;
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        workers.push(spawn_self(
+        workers.push(spawn_majordomo(
             &["worker", "--connect", &endpoint, "echo"],
             "warn",
         )?);
@@ -151,7 +150,7 @@ pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Res
     if kind == RunKind::TitanicMemory {
         argv.push("--in-memory");
     }
-    let titanic = spawn_self(
+    let titanic = spawn_majordomo(
         &argv,
         // Its last line gives its totals: commits and the writes they carried.
         "warn,majordomo_titanic::server=info",

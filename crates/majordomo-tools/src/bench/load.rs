@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::child::{cpu_seconds, memory};
 use anyhow::{bail, ensure, Result};
 use bytes::{BufMut, Bytes, BytesMut};
-use majordomo_cli::child::{cpu_seconds, memory};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::report::Run;

@@ -234,12 +234,42 @@ mod tests {
             memory.rss_kib > 0 && memory.peak_kib >= memory.rss_kib,
             "{memory:?}"
         );
-        assert!(child.cpu_seconds()? >= 0.0);
         assert!(child.wait_exit(Duration::from_millis(50)).await.is_err());
         child.signal("KILL")?;
         let status = child.wait_exit(PATIENCE).await?;
         assert!(!status.success());
         assert!(child.signal("NOSUCHSIGNAL").is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn cpu_seconds_counts_what_a_process_spent() -> Result<()> {
+        let sleeping = Child::spawn("sleep", &["30"], "info", Stderr::Capture)?;
+        let busy = Child::spawn(
+            "sh",
+            &["-c", "while :; do :; done"],
+            "info",
+            Stderr::Capture,
+        )?;
+        // The spinning shell's time grows until it passes a tenth of a second.
+        let deadline = Instant::now() + PATIENCE;
+        let spent = loop {
+            let spent = busy.cpu_seconds()?;
+            if spent >= 0.1 {
+                break spent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the busy process shows {spent} CPU seconds"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        let slept = sleeping.cpu_seconds()?;
+        assert!(
+            slept < spent,
+            "the sleeping process shows {slept} CPU seconds, the busy one {spent}"
+        );
+        assert!(cpu_seconds(u32::MAX).is_err(), "no such process");
         Ok(())
     }
 

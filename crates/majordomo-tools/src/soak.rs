@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
-use majordomo_cli::child::{memory, Child};
-use majordomo_cli::endpoint::{free_endpoint, Transport};
 use majordomo_client::{Client, ClientConfig, ClientError};
 
-use crate::spawn_self;
+use crate::bins::spawn_majordomo;
+use crate::child::{memory, Child};
+use crate::endpoint::{free_endpoint, Transport};
 
 /// Options of the soak run.
 #[derive(Args)]
-pub(crate) struct SoakArgs {
+pub struct SoakArgs {
     /// How long to run, e.g. 10m.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -72,7 +72,7 @@ async fn broker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     let mut args = vec!["broker", "--bind", endpoint, "--busy-poll", busy_poll];
     args.extend(HB);
     for _ in 0..50 {
-        let mut process = spawn_self(&args, "error")?;
+        let mut process = spawn_majordomo(&args, "error")?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !process.has_exited()? {
             return Ok(process);
@@ -95,10 +95,12 @@ fn worker(endpoint: &str, busy_poll: &str) -> Result<Child> {
     ];
     args.extend(HB);
     args.push("echo");
-    spawn_self(&args, "error")
+    spawn_majordomo(&args, "error")
 }
 
-pub(crate) async fn run(args: SoakArgs) -> Result<()> {
+/// Runs the soak: faults at random for `--duration`, then the summary; an error if any request
+/// was lost or answered wrongly.
+pub async fn run(args: SoakArgs) -> Result<()> {
     let busy_poll = humantime::format_duration(args.busy_poll).to_string();
     let endpoint = free_endpoint(Transport::Tcp)?;
     let mut broker_proc = broker(&endpoint, &busy_poll).await?;

@@ -1,19 +1,79 @@
-//! A two-hop forwarder with no protocol at all, and its echo peers: what the transport allows
-//! any broker.
+//! The servers the benchmark measures the transport with, each run by the
+//! `majordomo-bench-fixture` binary as a process of its own: a raw ROUTER echo server (the
+//! ceiling's other end), a two-hop forwarder with no protocol at all and its echo peers (what
+//! the transport allows any broker), and a byte-copying TCP-to-Unix proxy (what a relay hop
+//! costs without reading the stream).
 
 use std::collections::{HashMap, VecDeque};
 
 use anyhow::Result;
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, Subcommand};
 use futures::FutureExt;
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::load::connect;
 
-/// Hidden helper: a two-hop forwarder with no protocol, the transport's limit for a broker.
+/// A fixture, as `majordomo-bench-fixture` names it on its command line.
+#[derive(Subcommand)]
+pub enum Fixture {
+    /// The raw ROUTER echo server the ceiling is measured against.
+    Echo(EchoArgs),
+    /// A two-hop forwarder with no protocol, the transport's limit for a broker.
+    Relay(RelayArgs),
+    /// An echo peer of `relay`.
+    RelayPeer(RelayPeerArgs),
+    /// A byte-copying TCP-to-Unix proxy, the cost of a relay hop without the guard's reading.
+    CopyRelay(CopyRelayArgs),
+}
+
+impl Fixture {
+    /// Runtime threads the fixture wants (1: a single-threaded runtime, 0: one per core).
+    pub fn threads(&self) -> usize {
+        match self {
+            Fixture::Echo(args) => args.threads,
+            Fixture::Relay(args) => args.threads,
+            Fixture::RelayPeer(_) | Fixture::CopyRelay(_) => 1,
+        }
+    }
+
+    /// Serves until an error (a fixture is stopped by a signal).
+    pub async fn run(self) -> Result<()> {
+        match self {
+            Fixture::Echo(args) => echo(args).await,
+            Fixture::Relay(args) => relay(args).await,
+            Fixture::RelayPeer(args) => relay_peer(args).await,
+            Fixture::CopyRelay(args) => copy_relay(args).await,
+        }
+    }
+}
+
+/// Options of the echo server.
 #[derive(Args)]
-pub(crate) struct RelayArgs {
+pub struct EchoArgs {
+    /// Endpoint to bind.
+    #[arg(long)]
+    bind: String,
+    /// Runtime threads (1: single-threaded runtime, 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// The ceiling's server: echoes every message back to its sender.
+async fn echo(args: EchoArgs) -> Result<()> {
+    let mut socket = RouterSocket::new();
+    socket.bind(&args.bind).await?;
+    loop {
+        let msg = socket.recv().await?;
+        if msg.len() >= 2 {
+            socket.send(msg).await?;
+        }
+    }
+}
+
+/// Options of the relay.
+#[derive(Args)]
+pub struct RelayArgs {
     /// Endpoint to bind, for clients and echo peers alike.
     #[arg(long)]
     bind: String,
@@ -22,12 +82,12 @@ pub(crate) struct RelayArgs {
     window: usize,
     /// Runtime threads (1: single-threaded runtime, 0: one per core).
     #[arg(long, default_value_t = 1)]
-    pub(crate) threads: usize,
+    threads: usize,
 }
 
-/// Hidden helper: an echo peer of the relay.
+/// Options of an echo peer of the relay.
 #[derive(Args)]
-pub(crate) struct RelayPeerArgs {
+pub struct RelayPeerArgs {
     /// The relay's endpoint.
     #[arg(long)]
     pub(super) connect: String,
@@ -38,7 +98,7 @@ pub(crate) struct RelayPeerArgs {
 /// first, and replies straight back to their client: the routing a 7/MDP broker does, without
 /// parsing, validation, services, heartbeats or expiry. Its loop is the broker's: take what is
 /// ready (up to a batch), then send what it caused, and yield after a full batch.
-pub(crate) async fn relay(args: RelayArgs) -> Result<()> {
+async fn relay(args: RelayArgs) -> Result<()> {
     let mut socket = RouterSocket::new();
     socket.bind(&args.bind).await?;
     let mut relay = Relay {
@@ -132,7 +192,7 @@ impl Relay {
 }
 
 /// A relay peer: announces itself, then echoes every request.
-pub(crate) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
+pub(super) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
     let mut socket = connect(&args.connect).await?;
     socket.send(ZmqMessage::from("ready")).await?;
     loop {
@@ -141,11 +201,11 @@ pub(crate) async fn relay_peer(args: RelayPeerArgs) -> Result<()> {
     }
 }
 
-/// Hidden helper: a proxy that copies bytes between each TCP connection it accepts and a new
-/// connection to a Unix socket, reading nothing: what the guard's relay hop costs without the
-/// guard's reading of the stream.
+/// Options of the copy relay: a proxy that copies bytes between each TCP connection it accepts
+/// and a new connection to a Unix socket, reading nothing: what the guard's relay hop costs
+/// without the guard's reading of the stream.
 #[derive(Args)]
-pub(crate) struct CopyRelayArgs {
+pub struct CopyRelayArgs {
     /// TCP address to listen on (host:port).
     #[arg(long)]
     listen: String,
@@ -155,7 +215,7 @@ pub(crate) struct CopyRelayArgs {
 }
 
 /// The copy relay: one task per connection, `copy_bidirectional` until either side closes.
-pub(crate) async fn copy_relay(args: CopyRelayArgs) -> Result<()> {
+async fn copy_relay(args: CopyRelayArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     loop {
         let (mut peer, _) = listener.accept().await?;

@@ -1,0 +1,103 @@
+//! `majordomo titanic`: a Titanic server (9/TSP) in front of a 7/MDP broker.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use majordomo_broker::HeartbeatConfig;
+use majordomo_client::ClientConfig;
+
+use super::byte_count;
+use crate::connect::ConnectArgs;
+use crate::signals::shutdown_signal;
+
+/// Options of `titanic`.
+#[derive(Args)]
+pub(crate) struct TitanicArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The store: one redb file, created if missing.
+    #[arg(long, default_value = "titanic.redb")]
+    store: std::path::PathBuf,
+    /// Keep requests and replies in memory only, not in `--store`: a restart loses them. For
+    /// trials, and to measure what durability costs (`majordomo bench --runs titanic-memory`).
+    #[arg(long)]
+    in_memory: bool,
+    /// Memory the store may use to cache its file, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    store_cache: bytesize::ByteSize,
+    /// Most requests and replies stored at once; past it `titanic.request` answers 500.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_stored: usize,
+    /// Most requests of one service sent to the broker at once.
+    #[arg(long, default_value_t = 16)]
+    in_flight_per_service: usize,
+    /// How long a reply nobody closes is kept, e.g. 7d.
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// How long to wait for each dispatched request's reply, per attempt.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts per dispatch before the service backs off (1 s doubling to 30 s).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Heartbeat interval of its workers; must match the broker's.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Connections to the broker of each of the three services: each takes one request at a
+    /// time, and the submits and closes being written at once share a commit.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    connections: u32,
+    /// How long `titanic.reply` holds a question about a pending request, answering as soon as
+    /// the reply is stored, before it answers 300; 0s answers at once. All but an eighth of
+    /// the connections may hold at once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reply_wait: Duration,
+    /// Runtime threads: 0 (the default) for one per core, 1 for a single-threaded runtime
+    /// (measured slower for submits). The store's writes have a thread of their own either way.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+}
+
+/// Serves the three TSP services until a stop signal.
+pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
+    use majordomo_titanic::core::CoreConfig;
+    use majordomo_titanic::store::RedbStore;
+    use majordomo_titanic::{Titanic, TitanicConfig};
+    let defaults = TitanicConfig::default();
+    let config = defaults
+        .core(
+            CoreConfig::default()
+                .max_stored(args.max_stored)
+                .in_flight_per_service(args.in_flight_per_service)
+                .retention(args.retention),
+        )
+        .worker(
+            defaults
+                .worker
+                .heartbeat(HeartbeatConfig::new(args.heartbeat, 3))
+                .concurrency(args.connections as usize),
+        )
+        .client(
+            ClientConfig::default()
+                .timeout(args.timeout)
+                .attempts(args.attempts),
+        )
+        .reply_wait(args.reply_wait);
+    if args.in_memory {
+        tracing::warn!(
+            "titanic keeps its requests in memory only (--in-memory): a restart loses them"
+        );
+        let store = majordomo_titanic::store::MemoryStore::default();
+        Titanic::new(args.connect.connect, store, config)
+            .run(shutdown_signal())
+            .await?;
+    } else {
+        let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
+        tracing::info!(store = %args.store.display(), broker = %args.connect.connect, "titanic starting");
+        Titanic::new(args.connect.connect, store, config)
+            .run(shutdown_signal())
+            .await?;
+    }
+    Ok(())
+}

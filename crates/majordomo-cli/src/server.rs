@@ -1,0 +1,113 @@
+//! What every server command (broker, ppqueue, spqueue) takes besides its own options: the
+//! metrics listener, the ZMTP guard, and where the configuration comes from (see
+//! [`crate::config`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use majordomo_broker::{GuardConfig, GuardStatsHandle};
+
+/// What every server command takes besides its own options.
+#[derive(Args, Clone)]
+pub(crate) struct ServerArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health probe at /healthz (200 while
+    /// the server's loop turns, 503 while the broker drains or the loop stalls), e.g.
+    /// 127.0.0.1:9464. Off by default.
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) guard: GuardArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Where a server command's configuration comes from.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Read options from the `[broker]`, `[ppqueue]` or `[spqueue]` table of this TOML file (keys
+    /// are the long option names: `heartbeat = "1s"`, `bind = ["tcp://0.0.0.0:5555"]`). A flag
+    /// beats an environment variable (`MAJORDOMO_<COMMAND>_<OPTION>`, e.g.
+    /// `MAJORDOMO_BROKER_HEARTBEAT=1s`), which beats the file, which beats the default.
+    #[arg(long, env = "MAJORDOMO_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the configuration in force, as TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The ZMTP guard's options, shared by every server command.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "ZMTP guard (tcp:// endpoints)")]
+pub(crate) struct GuardArgs {
+    /// Bind tcp:// endpoints without the ZMTP guard, for trusted networks only: zmq.rs then faces
+    /// peers directly, and a peer announcing a huge frame aborts the process.
+    #[arg(long)]
+    no_guard: bool,
+    /// Largest frame a peer may send, e.g. 16MiB (default: the largest message).
+    #[arg(long)]
+    guard_max_frame: Option<bytesize::ByteSize>,
+    /// Largest message a peer may send, all frames summed (default: --max-message-size for the
+    /// broker, 16MiB for the queues).
+    #[arg(long)]
+    guard_max_message: Option<bytesize::ByteSize>,
+    /// Most frames in one message.
+    #[arg(long, default_value_t = 1024)]
+    guard_max_frames: u32,
+    /// How long a new connection has to complete its ZMTP greeting and handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    guard_handshake_timeout: Duration,
+    /// Most connections open at once per endpoint (each takes three file descriptors).
+    #[arg(long, default_value_t = 4096)]
+    guard_max_connections: usize,
+    /// Most connections open at once from one IP address.
+    #[arg(long, default_value_t = 512)]
+    guard_max_connections_per_address: usize,
+    /// New connections accepted per second from one IP address (bursts of twice as many).
+    #[arg(long, default_value_t = 1000)]
+    guard_connection_rate: u32,
+}
+
+impl GuardArgs {
+    /// The guard's configuration, or `None` with --no-guard; `max_message` is the server's own
+    /// message limit, the default for the guard's.
+    pub(crate) fn config(&self, max_message: u64) -> Option<GuardConfig> {
+        if self.no_guard {
+            return None;
+        }
+        let max_message = self
+            .guard_max_message
+            .map_or(max_message, |size| size.as_u64());
+        let max_frame = self
+            .guard_max_frame
+            .map_or(max_message, |size| size.as_u64());
+        Some(
+            GuardConfig::default()
+                .max_frame_size(max_frame)
+                .max_message_size(max_message)
+                .max_frames(self.guard_max_frames)
+                .handshake_timeout(self.guard_handshake_timeout)
+                .max_connections(self.guard_max_connections)
+                .max_connections_per_address(self.guard_max_connections_per_address)
+                .connection_rate(self.guard_connection_rate),
+        )
+    }
+}
+
+/// Logs what each guard did, when a server stops.
+pub(crate) fn log_guards(guards: &[GuardStatsHandle]) {
+    for guard in guards {
+        let stats = guard.stats();
+        let refused: Vec<String> = stats
+            .by_rule()
+            .filter(|(_, n)| *n > 0)
+            .map(|(rule, n)| format!("{rule}={n}"))
+            .collect();
+        tracing::info!(
+            accepted = stats.accepted,
+            pongs = stats.pongs,
+            refused = %refused.join(","),
+            "guard stopped"
+        );
+    }
+}
