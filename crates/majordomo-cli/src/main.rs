@@ -102,17 +102,7 @@ impl Command {
 fn main() -> Result<ExitCode> {
     let cli = config::parse()?;
     let threads = cli.command.threads();
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            builder.worker_threads(threads);
-        }
-        builder.enable_all().build()?
-    };
+    let runtime = majordomo_rt::runtime::build(threads)?;
     runtime.block_on(run(cli))
 }
 

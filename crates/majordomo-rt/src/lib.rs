@@ -19,6 +19,7 @@
 //! - [`timer`]: a deadline timer re-armed only when the deadline moves.
 //! - [`idle`]: the busy-poll window before sleeping.
 //! - [`clock`]: the one clock drivers read, once per wake-up.
+//! - [`runtime`]: the tokio runtime a process runs on, by thread count.
 #![warn(missing_docs)]
 
 pub mod call;
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod idle;
 pub mod memory;
 pub mod peer;
+pub mod runtime;
 pub mod server;
 pub mod timer;
 pub mod transport;

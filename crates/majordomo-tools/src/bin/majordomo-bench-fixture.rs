@@ -29,16 +29,6 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let threads = cli.fixture.threads();
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            builder.worker_threads(threads);
-        }
-        builder.enable_all().build()?
-    };
+    let runtime = majordomo_rt::runtime::build(threads)?;
     runtime.block_on(cli.fixture.run())
 }
