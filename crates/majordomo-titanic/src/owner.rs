@@ -2,12 +2,13 @@
 //! questions, the writes waiting for the store and the dispatches under way.
 //!
 //! The TSP service handlers and the [`crate::TitanicHandle`] send it [`Command`]s over a
-//! bounded channel, each with a oneshot for its answer. It hands the store's writer thread one
-//! batch of writes at a time: every write that arrives while a batch is being committed goes
-//! into the next one, so concurrent submits and closes share an fsync (group commit); the
-//! writer reports each batch back as [`Committed`], and only then are its requests
-//! acknowledged. Dispatches run as tasks of its own [`JoinSet`], each through the
-//! [`Dispatch`] seam.
+//! bounded channel, each with a oneshot for its answer. It commits one batch of writes at a
+//! time, on tokio's blocking pool: every write that arrives while a batch is being committed
+//! goes into the next one, so concurrent submits and closes share an fsync (group commit); the
+//! commit reports back as [`Committed`], and only then are its requests acknowledged. (A
+//! blocking task rather than a thread of its own: tokio's paused test clock waits for it, and
+//! does not jump ahead while a commit is under way.) Dispatches run as tasks of its own
+//! [`JoinSet`], each through the [`Dispatch`] seam.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -61,27 +62,20 @@ pub(crate) enum Command {
     Release,
 }
 
-/// The writer thread's report on one batch.
+/// A commit's report on one batch.
 #[derive(Debug)]
-pub(crate) struct Committed {
+struct Committed {
     /// Which batch.
-    pub batch: u64,
+    batch: u64,
     /// The writes it carried, or why none is durable.
-    pub result: Result<usize, StoreError>,
+    result: Result<usize, StoreError>,
 }
 
-/// The writer thread: commits each batch in one transaction and reports it. Ends when the
-/// owner drops its sender.
-pub(crate) fn writer<S: Store>(
-    store: Arc<S>,
-    batches: std::sync::mpsc::Receiver<(u64, Vec<Op>)>,
-    committed: mpsc::UnboundedSender<Committed>,
-) {
-    while let Ok((batch, ops)) = batches.recv() {
-        let result = store.commit(&ops).map(|()| ops.len());
-        if committed.send(Committed { batch, result }).is_err() {
-            return;
-        }
+/// Commits `ops`, batch `batch`, in one transaction.
+fn commit<S: Store>(store: &S, batch: u64, ops: &[Op]) -> Committed {
+    Committed {
+        batch,
+        result: store.commit(ops).map(|()| ops.len()),
     }
 }
 
@@ -121,9 +115,10 @@ pub(crate) fn ok_with(body: Vec<Bytes>) -> Vec<Bytes> {
 /// passes.
 #[derive(Debug, Default)]
 struct Held {
-    by_uuid: HashMap<Uuid, Vec<(u64, oneshot::Sender<ReplyAnswer>)>>,
+    /// Each question's id, answer and when it was asked.
+    by_uuid: HashMap<Uuid, Vec<(u64, oneshot::Sender<ReplyAnswer>, Instant)>>,
     /// When each question is answered 300, in order (every question waits as long).
-    deadlines: VecDeque<(Instant, Uuid, u64, Instant)>,
+    deadlines: VecDeque<(Instant, Uuid, u64)>,
     /// Questions held now.
     count: usize,
     next_id: u64,
@@ -139,16 +134,19 @@ impl Held {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        self.by_uuid.entry(uuid).or_default().push((id, answer));
-        self.deadlines.push_back((now + wait, uuid, id, now));
+        self.by_uuid
+            .entry(uuid)
+            .or_default()
+            .push((id, answer, now));
+        self.deadlines.push_back((now + wait, uuid, id));
         self.count += 1;
     }
 
-    /// Takes every question about `uuid`.
-    fn take(&mut self, uuid: &Uuid) -> Vec<oneshot::Sender<ReplyAnswer>> {
+    /// Takes every question about `uuid`, with when each was asked.
+    fn take(&mut self, uuid: &Uuid) -> Vec<(oneshot::Sender<ReplyAnswer>, Instant)> {
         let taken = self.by_uuid.remove(uuid).unwrap_or_default();
         self.count -= taken.len();
-        taken.into_iter().map(|(_, s)| s).collect()
+        taken.into_iter().map(|(_, s, asked)| (s, asked)).collect()
     }
 
     /// Forgets questions whose asker has gone (its connection stopped); returns how many are
@@ -157,7 +155,7 @@ impl Held {
         let mut gone = 0;
         self.by_uuid.retain(|_, senders| {
             let before = senders.len();
-            senders.retain(|(_, s)| !s.is_closed());
+            senders.retain(|(_, s, _)| !s.is_closed());
             gone += before - senders.len();
             !senders.is_empty()
         });
@@ -172,7 +170,7 @@ impl Held {
     /// The questions whose wait has ended at `now`, with when each was asked.
     fn expired(&mut self, now: Instant) -> Vec<(oneshot::Sender<ReplyAnswer>, Instant)> {
         let mut out = Vec::new();
-        while let Some(&(at, uuid, id, asked)) = self.deadlines.front() {
+        while let Some(&(at, uuid, id)) = self.deadlines.front() {
             if at > now {
                 break;
             }
@@ -181,8 +179,8 @@ impl Held {
             let Some(senders) = self.by_uuid.get_mut(&uuid) else {
                 continue;
             };
-            if let Some(i) = senders.iter().position(|(i, _)| *i == id) {
-                let (_, sender) = senders.swap_remove(i);
+            if let Some(i) = senders.iter().position(|(i, ..)| *i == id) {
+                let (_, sender, asked) = senders.swap_remove(i);
                 self.count -= 1;
                 out.push((sender, asked));
             }
@@ -199,7 +197,7 @@ impl Held {
         self.count = 0;
         self.by_uuid
             .drain()
-            .flat_map(|(_, v)| v.into_iter().map(|(_, s)| s))
+            .flat_map(|(_, v)| v.into_iter().map(|(_, s, _)| s))
             .collect()
     }
 }
@@ -220,8 +218,6 @@ pub(crate) struct OwnerParts<S> {
     pub store: Arc<S>,
     pub dispatch: Arc<dyn Dispatch>,
     pub commands: mpsc::Receiver<Command>,
-    pub writer: std::sync::mpsc::Sender<(u64, Vec<Op>)>,
-    pub committed: mpsc::UnboundedReceiver<Committed>,
     pub reply_wait: Duration,
     pub max_held: usize,
 }
@@ -232,8 +228,8 @@ pub(crate) struct Owner<S> {
     store: Arc<S>,
     dispatch: Arc<dyn Dispatch>,
     commands: mpsc::Receiver<Command>,
-    writer: Option<std::sync::mpsc::Sender<(u64, Vec<Op>)>>,
-    committed: mpsc::UnboundedReceiver<Committed>,
+    /// The commit under way.
+    commit: Option<tokio::task::JoinHandle<Committed>>,
     /// The batch being committed, and what follows from each of its writes.
     committing: Option<(u64, Vec<Effect>)>,
     /// The writes for the next batch.
@@ -252,6 +248,17 @@ pub(crate) struct Owner<S> {
     dispatch_latency: Histogram,
     reply_latency: Histogram,
     close_latency: Histogram,
+}
+
+/// A commit's report, also when its task panicked (nothing is durable then).
+fn joined_commit(joined: Result<Committed, tokio::task::JoinError>) -> Committed {
+    joined.unwrap_or_else(|error| {
+        warn!(%error, "store commit task failed");
+        Committed {
+            batch: u64::MAX,
+            result: Err(StoreError::CommitAborted),
+        }
+    })
 }
 
 /// The wall clock, for the dates the store keeps.
@@ -273,8 +280,7 @@ impl<S: Store> Owner<S> {
             store: parts.store,
             dispatch: parts.dispatch,
             commands: parts.commands,
-            writer: Some(parts.writer),
-            committed: parts.committed,
+            commit: None,
             committing: None,
             next_ops: Vec::new(),
             next_effects: Vec::new(),
@@ -303,14 +309,17 @@ impl<S: Store> Owner<S> {
             self.dispatch_ready(now);
             self.flush();
             timer.set(self.deadline().unwrap_or_else(|| never(now)));
+            let commit = &mut self.commit;
             tokio::select! {
                 biased;
                 // Cancel-safe: a token's future has no effect until it completes.
                 () = stop.cancelled() => break,
-                // mpsc's recv is cancel-safe; commits come first, they free what waits on them.
-                Some(committed) = self.committed.recv() => {
+                // A JoinHandle polled by reference is cancel-safe: the result waits in it.
+                // Commits come first: they free what waits on them.
+                committed = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
                     now = clock::now();
-                    self.on_committed(now, committed);
+                    self.commit = None;
+                    self.on_committed(now, joined_commit(committed));
                 }
                 // join_next is cancel-safe: a task that ends stays in the set until taken.
                 Some(joined) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
@@ -379,29 +388,18 @@ impl<S: Store> Owner<S> {
         self.next_batch += 1;
         let ops = std::mem::take(&mut self.next_ops);
         let effects = std::mem::take(&mut self.next_effects);
-        let sent = self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.send((batch, ops)).is_ok());
+        let store = self.store.clone();
+        self.commit = Some(tokio::task::spawn_blocking(move || {
+            commit(&*store, batch, &ops)
+        }));
         self.committing = Some((batch, effects));
-        if !sent {
-            // The writer thread has ended: nothing more can be made durable.
-            let now = clock::now();
-            self.on_committed(
-                now,
-                Committed {
-                    batch,
-                    result: Err(StoreError::Stopped),
-                },
-            );
-        }
     }
 
     fn on_committed(&mut self, now: Instant, committed: Committed) {
         let Some((batch, effects)) = self.committing.take() else {
             return;
         };
-        debug_assert_eq!(batch, committed.batch);
+        debug_assert!(committed.batch == batch || committed.batch == u64::MAX);
         let ok = match committed.result {
             Ok(writes) => {
                 self.stats.commits += 1;
@@ -454,7 +452,8 @@ impl<S: Store> Owner<S> {
                     self.core.failed(now, uuid);
                     return;
                 }
-                for answer in self.held.take(&uuid) {
+                for (answer, asked) in self.held.take(&uuid) {
+                    self.reply_latency.record(now - asked);
                     let _ = answer.send(ReplyAnswer::Frames(ok_with(body.clone())));
                 }
                 if self.core.replied(now, uuid, body) {
@@ -496,7 +495,8 @@ impl<S: Store> Owner<S> {
             Command::Reply { uuid, answer } => self.on_reply(now, uuid, answer),
             Command::Close { uuid, answer } => {
                 // Its held questions hear it is gone.
-                for held in self.held.take(&uuid) {
+                for (held, asked) in self.held.take(&uuid) {
+                    self.reply_latency.record(now - asked);
                     let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Unknown)));
                 }
                 let op = self.core.close(uuid);
@@ -613,16 +613,11 @@ impl<S: Store> Owner<S> {
         }
         while self.committing.is_some() || !self.next_effects.is_empty() {
             self.flush();
-            if self.committing.is_none() {
-                continue;
-            }
-            match self.committed.recv().await {
-                Some(committed) => self.on_committed(clock::now(), committed),
-                None => break,
+            if let Some(commit) = self.commit.take() {
+                let committed = joined_commit(commit.await);
+                self.on_committed(clock::now(), committed);
             }
         }
-        // The writer thread ends once its sender is gone.
-        self.writer = None;
         self.stats()
     }
 }

@@ -99,10 +99,6 @@ pub enum TitanicError {
     /// A worker's configuration is unusable.
     #[error(transparent)]
     Worker(#[from] majordomo_worker::WorkerError),
-    /// The thread that writes to the store could not be started (the process is out of
-    /// threads or memory).
-    #[error("cannot start the store's writer thread")]
-    WriterThread(#[source] std::io::Error),
 }
 
 /// The three TSP services.
@@ -320,20 +316,11 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
             queued = core.queued(),
             "titanic store loaded"
         );
-        let (batches, batches_rx) = std::sync::mpsc::channel();
-        let (committed, committed_rx) = mpsc::unbounded_channel();
-        let writer_store = store.clone();
-        let writer = std::thread::Builder::new()
-            .name("titanic-writer".into())
-            .spawn(move || owner::writer(writer_store, batches_rx, committed))
-            .map_err(TitanicError::WriterThread)?;
         let owner = Owner::new(OwnerParts {
             core,
             store: store.clone(),
             dispatch,
             commands,
-            writer: batches,
-            committed: committed_rx,
             reply_wait: config.reply_wait,
             max_held: max_held(config.worker.concurrency),
         });
@@ -384,8 +371,6 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
         }
         owner_stop.cancel();
         let stats = owner.await.unwrap_or_default();
-        // The writer ends once the owner has dropped its sender.
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         info!(?stats, "titanic stopped");
         match failure {
             Some(error) => Err(error),

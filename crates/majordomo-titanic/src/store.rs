@@ -68,9 +68,10 @@ pub enum StoreError {
     /// A key is not a 16-byte UUID: the file was not written by Titanic.
     #[error("a store key is not a UUID")]
     BadKey,
-    /// The server's writer has stopped (the server is stopping); nothing was written.
-    #[error("the store's writer has stopped")]
-    Stopped,
+    /// The task committing a transaction ended without finishing it (it panicked): the
+    /// transaction's writes are taken as not durable.
+    #[error("the store's commit did not finish")]
+    CommitAborted,
 }
 
 fn io(error: impl Into<redb::Error>) -> StoreError {
