@@ -135,6 +135,8 @@ struct Request {
     /// The request's body while it is pending, its reply's once done; `None` when the store
     /// has the only copy.
     body: Option<Vec<Bytes>>,
+    /// When it was submitted (or restored).
+    since: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +176,8 @@ pub struct Dispatch {
     pub service: Bytes,
     /// Its body, or `None` if only the store has it.
     pub body: Option<Vec<Bytes>>,
+    /// When it was submitted (or restored, after a restart).
+    pub submitted: Instant,
 }
 
 /// The wall clock at one instant: turns instants into the dates the store keeps.
@@ -249,6 +253,7 @@ impl Core {
                             service: Bytes::new(),
                             state: State::Done { expires },
                             body,
+                            since: now,
                         },
                     );
                     core.expiry.insert((expires, uuid));
@@ -265,6 +270,7 @@ impl Core {
                     service,
                     state: State::Queued,
                     body,
+                    since: now,
                 },
             );
         }
@@ -358,6 +364,7 @@ impl Core {
                 service: name,
                 state: State::Storing,
                 body: kept,
+                since: now,
             },
         );
         Ok(Op::Request(
@@ -463,12 +470,13 @@ impl Core {
             .get_mut(&uuid)
             .expect("queued requests are known");
         request.state = State::InFlight;
-        let body = request.body.clone();
+        let (body, submitted) = (request.body.clone(), request.since);
         self.cursor = Some(name.clone());
         Some(Dispatch {
             uuid,
             service: name,
             body,
+            submitted,
         })
     }
 

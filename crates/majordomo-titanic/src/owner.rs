@@ -245,6 +245,7 @@ pub(crate) struct Owner<S> {
     releasing: bool,
     stats: TitanicStats,
     submit_latency: Histogram,
+    queued_latency: Histogram,
     dispatch_latency: Histogram,
     reply_latency: Histogram,
     close_latency: Histogram,
@@ -293,6 +294,7 @@ impl<S: Store> Owner<S> {
             releasing: false,
             stats: TitanicStats::default(),
             submit_latency: Histogram::default(),
+            queued_latency: Histogram::default(),
             dispatch_latency: Histogram::default(),
             reply_latency: Histogram::default(),
             close_latency: Histogram::default(),
@@ -303,12 +305,14 @@ impl<S: Store> Owner<S> {
     /// stay pending in the store, sent again at the next start), the writes waiting are
     /// committed, and the final stats returned.
     pub(crate) async fn run(mut self, stop: CancellationToken) -> TitanicStats {
-        let mut timer = DeadlineTimer::new(never(clock::now()));
         let mut now = clock::now();
+        // One far deadline for "none", so that the timer is not re-armed every turn.
+        let far = never(now);
+        let mut timer = DeadlineTimer::new(far);
         loop {
             self.dispatch_ready(now);
             self.flush();
-            timer.set(self.deadline().unwrap_or_else(|| never(now)));
+            timer.set(self.deadline().unwrap_or(far));
             let commit = &mut self.commit;
             tokio::select! {
                 biased;
@@ -539,6 +543,8 @@ impl<S: Store> Owner<S> {
     fn dispatch_ready(&mut self, now: Instant) {
         while let Some(next) = self.core.next_dispatch(now) {
             self.stats.dispatched += 1;
+            self.queued_latency
+                .record(now.saturating_duration_since(next.submitted));
             let (uuid, service) = (next.uuid, next.service);
             let (dispatch, store) = (self.dispatch.clone(), self.store.clone());
             let body = next.body;
@@ -598,6 +604,7 @@ impl<S: Store> Owner<S> {
         stats.held = self.held.count;
         stats.body_bytes = self.core.body_bytes();
         stats.submit = self.submit_latency.summary();
+        stats.queue_wait = self.queued_latency.summary();
         stats.dispatch = self.dispatch_latency.summary();
         stats.reply = self.reply_latency.summary();
         stats.close = self.close_latency.summary();

@@ -37,6 +37,9 @@ pub struct TitanicStats {
     pub writes: u64,
     /// From a `titanic.request` reaching the server to its 200, once durable.
     pub submit: Latency,
+    /// From a request's submit to its dispatch, each attempt (its wait in the queue, for its
+    /// turn under [`crate::core::CoreConfig::in_flight_per_service`] or a backoff).
+    pub queue_wait: Latency,
     /// From a request's dispatch to its reply being durable (the service's time, and a
     /// commit).
     pub dispatch: Latency,

@@ -186,6 +186,12 @@ async fn a_failing_service_backs_off_doubling_and_is_served_once_it_answers() {
         (4, 3, 1),
         "{stats:?}"
     );
+    // The last attempt waited the three backoffs since the submit.
+    assert_eq!(
+        (stats.queue_wait.count, stats.queue_wait.max),
+        (4, Duration::from_secs(7)),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
