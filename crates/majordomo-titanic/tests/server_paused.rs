@@ -4,6 +4,7 @@
 //! retention and held questions play out in virtual seconds, with no socket and no wall-clock
 //! wait.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use majordomo_rt::memory::{self, MemoryDealer, MemoryEndpoint, MemoryRouter};
 use majordomo_rt::transport::Transport;
 use majordomo_titanic::core::CoreConfig;
 use majordomo_titanic::dispatch::BoxError;
-use majordomo_titanic::store::MemoryStore;
+use majordomo_titanic::store::{Entry, MemoryStore, Op, Store, StoreError};
 use majordomo_titanic::tsp::Uuid;
 use majordomo_titanic::{
     dispatch_fn, Dispatch, Titanic, TitanicConfig, TitanicHandle, TitanicStats,
@@ -70,14 +71,17 @@ struct Setup {
 
 impl Setup {
     async fn start(config: TitanicConfig, dispatch: impl Dispatch) -> Self {
+        Self::start_on(MemoryStore::default(), config, dispatch).await
+    }
+
+    async fn start_on(store: impl Store, config: TitanicConfig, dispatch: impl Dispatch) -> Self {
         let (router, endpoint) = memory::router();
         let broker: Broker<MemoryRouter> = Broker::builder()
             .config(BrokerConfig::default())
             .build_on(vec![(EndpointRole::Shared, router)])
             .expect("a broker");
         tokio::spawn(broker.run(std::future::pending()));
-        let titanic =
-            Titanic::with_connector(endpoint.clone(), MemoryStore::default(), dispatch, config);
+        let titanic = Titanic::with_connector(endpoint.clone(), store, dispatch, config);
         let handle = titanic.handle();
         let titanic = tokio::spawn(async move {
             titanic
@@ -304,4 +308,66 @@ async fn stopping_answers_held_questions_300_and_reports_what_was_done() {
     );
     // The request stays stored, sent again at the next start.
     assert_eq!((stats.accepted, stats.stored), (1, 1), "{stats:?}");
+}
+
+/// The memory store, failing every commit while `fail` is set.
+#[derive(Debug, Default)]
+struct Failing {
+    store: MemoryStore,
+    fail: Arc<AtomicBool>,
+}
+
+impl Store for Failing {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(StoreError::Redb(std::io::Error::other("disk full").into()));
+        }
+        self.store.commit(ops)
+    }
+
+    fn get(&self, uuid: &Uuid) -> Result<Option<Entry>, StoreError> {
+        self.store.get(uuid)
+    }
+
+    fn load(&self) -> Result<Vec<(Uuid, Entry)>, StoreError> {
+        self.store.load()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_fails_is_answered_500_and_nothing_is_kept() {
+    let store = Failing::default();
+    let fail = store.fail.clone();
+    let setup = Setup::start_on(store, config(), echo()).await;
+    let mut c = setup.client();
+    fail.store(true, Ordering::Relaxed);
+    let answer = c.call("titanic.request", vec![f("echo"), f("lost")]).await;
+    assert_eq!(answer, [f("500")]);
+    let uuid = Uuid([7; 16]);
+    assert_eq!(
+        c.call("titanic.close", vec![uuid.frame()]).await,
+        [f("500")]
+    );
+    let stats = setup.until("the refusal counted", |s| s.refused == 1).await;
+    assert_eq!((stats.accepted, stats.stored, stats.body_bytes), (0, 0, 0));
+    fail.store(false, Ordering::Relaxed);
+    let uuid = c.submit("echo", "kept").await;
+    assert_eq!(c.reply(uuid).await, [f("200"), f("echoed"), f("kept")]);
+    setup.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_past_the_memory_bound_are_read_from_the_store() {
+    // None kept in memory: the dispatch reads the request, `titanic.reply` the reply.
+    let cfg = config().reply_wait(Duration::ZERO);
+    let setup = Setup::start(cfg.core(cfg.core.max_body_bytes(0)), echo()).await;
+    let mut c = setup.client();
+    let uuid = c.submit("echo", "from the store").await;
+    let stats = setup.until("the reply stored", |s| s.replied == 1).await;
+    assert_eq!(stats.body_bytes, 0);
+    assert_eq!(
+        c.reply(uuid).await,
+        [f("200"), f("echoed"), f("from the store")]
+    );
+    setup.stop().await;
 }
