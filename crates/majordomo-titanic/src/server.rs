@@ -1,10 +1,11 @@
 //! The Titanic server on tokio: a 7/MDP worker for the three TSP services and a dispatcher of
 //! the stored requests (a 7/MDP client by default, any [`Dispatch`]), over a [`Store`].
 //!
-//! One task owns the state (see [`crate::owner`]): the services' handlers ask it over a bounded
-//! channel and wait for its answer. Writes go to one writer thread, one batch at a time:
-//! concurrent submits share one fsync (group commit), and each is acknowledged only once its
-//! transaction is durable.
+//! One task owns the state: the [`Core`], the held questions, the writes waiting and the
+//! dispatches under way. The services' handlers ask it over a bounded channel and wait for its
+//! answer; a [`TitanicHandle`] reads its stats the same way. It commits one batch of writes at
+//! a time, with every write that arrived during the previous commit: concurrent submits share
+//! one fsync (group commit), and each is acknowledged only once its transaction is durable.
 //!
 //! A `titanic.reply` about a pending request is held until its reply is stored (then answered
 //! from memory) or until [`TitanicConfig::reply_wait`] has passed (then 300), so that a polling
