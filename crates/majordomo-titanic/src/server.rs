@@ -138,8 +138,9 @@ pub struct TitanicHandle {
 }
 
 impl TitanicHandle {
-    /// The server's counters, gauges and latencies now, read by the task that owns its state;
-    /// `None` once the server has stopped (or before it runs).
+    /// The server's counters, gauges and latencies now, read by the task that owns its state
+    /// (asked before [`Titanic::run`], it answers once the server runs); `None` once the server
+    /// has stopped, or if it was dropped without running.
     pub async fn stats(&self) -> Option<TitanicStats> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Stats(tx)).await.ok()?;
