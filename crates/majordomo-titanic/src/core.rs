@@ -1,6 +1,11 @@
 //! Titanic's rules with no socket, no store and no clock: which requests are stored, queued,
 //! in flight or answered, what each TSP service answers, and the dispatch policy.
 //!
+//! Time is an input: every call that depends on it takes `now` (an [`Instant`]), and
+//! [`Core::poll_timeout`] says when [`Core::handle_timeout`] is due next. The wall clock is read
+//! once by the caller, at start ([`Core::new`], [`Core::restore`]), so that what is stored
+//! carries dates that survive a restart (a reply's retention counts from when it was stored).
+//!
 //! The driver writes what the core returns ([`Op`]) to the store and reports back: a request is
 //! acknowledged (`200` and its UUID) only after [`Core::accept`], that is once its write is
 //! durable; a reply is stored before [`Core::replied`] marks its request done. After a crash,
@@ -12,13 +17,20 @@
 //! Per service, up to `in_flight_per_service` requests are with the broker at once, oldest
 //! first; services take turns. A service whose request failed (no reply after the client's
 //! retries, or no worker at all) is not tried again before its backoff has passed (1 s doubling
-//! to 30 s by default, reset by a reply); the other services go on meanwhile.
+//! to 30 s by default, [`Backoff`], reset by a reply); the other services go on meanwhile.
+//!
+//! # Bodies in memory
+//! The body of a pending request, and then its reply's, stays in memory next to its index
+//! entry while the bodies held stay under [`CoreConfig::max_body_bytes`]; a dispatch or a
+//! `titanic.reply` then needs no read of the store. Past the bound (and for what
+//! [`Core::restore`] could not keep) the store has the only copy, and the driver reads it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::heartbeat::Backoff;
 
 use crate::store::{Entry, Op};
 use crate::tsp::{Status, Uuid};
@@ -38,6 +50,10 @@ pub struct CoreConfig {
     pub backoff_initial: Duration,
     /// Longest such wait; it doubles up to it (default 30 s).
     pub backoff_max: Duration,
+    /// Most bytes of request and reply bodies kept in memory (default 64 MiB), counted with
+    /// [`body_cost`]; past it a body is kept in the store only, and read from it when needed.
+    /// Zero keeps none.
+    pub max_body_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -48,6 +64,7 @@ impl Default for CoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            max_body_bytes: 64 << 20,
         }
     }
 }
@@ -77,6 +94,22 @@ impl CoreConfig {
         self.backoff_max = max;
         self
     }
+
+    /// Sets `max_body_bytes`; the field says what it means and its default.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+}
+
+/// What a body kept in memory counts against [`CoreConfig::max_body_bytes`]: its bytes, and the
+/// `Vec` and each frame's `Bytes` handle.
+pub fn body_cost(body: &[Bytes]) -> usize {
+    std::mem::size_of::<Vec<Bytes>>()
+        + body
+            .iter()
+            .map(|f| f.len() + std::mem::size_of::<Bytes>())
+            .sum::<usize>()
 }
 
 /// Where a request is.
@@ -90,8 +123,8 @@ pub enum State {
     InFlight,
     /// Its reply is stored.
     Done {
-        /// When, in milliseconds since the Unix epoch.
-        done_ms: u64,
+        /// When the reply is forgotten unless closed before ([`CoreConfig::retention`]).
+        expires: Instant,
     },
 }
 
@@ -99,14 +132,20 @@ pub enum State {
 struct Request {
     service: Bytes,
     state: State,
+    /// The request's body while it is pending, its reply's once done; `None` when the store
+    /// has the only copy.
+    body: Option<Vec<Bytes>>,
+    /// When it was submitted (or restored).
+    since: Instant,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Service {
     queue: VecDeque<Uuid>,
     in_flight: usize,
-    failures: u32,
-    retry_at_ms: u64,
+    backoff: Backoff,
+    /// Not dispatched from before this, after a failure.
+    retry_at: Option<Instant>,
 }
 
 /// Why `titanic.request` refused a request.
@@ -128,68 +167,144 @@ impl Refused {
     }
 }
 
+/// A request to send to the broker, from [`Core::next_dispatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    /// The request.
+    pub uuid: Uuid,
+    /// Its service.
+    pub service: Bytes,
+    /// Its body, or `None` if only the store has it.
+    pub body: Option<Vec<Bytes>>,
+    /// When it was submitted (or restored, after a restart).
+    pub submitted: Instant,
+}
+
+/// The wall clock at one instant: turns instants into the dates the store keeps.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    at: Instant,
+    unix_ms: u64,
+}
+
+impl WallClock {
+    fn ms(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.at).as_millis();
+        self.unix_ms
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+}
+
 /// The state of a Titanic server; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Core {
     config: CoreConfig,
+    wall: WallClock,
     requests: HashMap<Uuid, Request>,
     services: BTreeMap<Bytes, Service>,
-    /// Answered requests by the time of their reply, for retention.
-    done: BTreeSet<(u64, Uuid)>,
+    /// Answered requests by the end of their retention.
+    expiry: BTreeSet<(Instant, Uuid)>,
     /// The service dispatched from last, so that services take turns.
     cursor: Option<Bytes>,
+    /// What the bodies kept in memory count ([`body_cost`]).
+    body_bytes: usize,
 }
 
 impl Core {
-    /// An empty server.
-    pub fn new(config: CoreConfig) -> Self {
+    /// An empty server at `now`, when the wall clock says `unix_ms` (milliseconds since the
+    /// Unix epoch).
+    pub fn new(config: CoreConfig, now: Instant, unix_ms: u64) -> Self {
         Self {
             config,
+            wall: WallClock { at: now, unix_ms },
             requests: HashMap::new(),
             services: BTreeMap::new(),
-            done: BTreeSet::new(),
+            expiry: BTreeSet::new(),
             cursor: None,
+            body_bytes: 0,
         }
     }
 
-    /// The state after a restart, from every entry of the store: pending requests queued
-    /// oldest first, replies kept.
-    pub fn restore(config: CoreConfig, entries: Vec<(Uuid, Entry)>) -> Self {
-        let mut core = Self::new(config);
+    /// The state after a restart at `now` (`unix_ms` on the wall clock), from every entry of
+    /// the store: pending requests queued oldest first, replies kept for what is left of
+    /// their retention.
+    pub fn restore(
+        config: CoreConfig,
+        now: Instant,
+        unix_ms: u64,
+        entries: Vec<(Uuid, Entry)>,
+    ) -> Self {
+        let mut core = Self::new(config, now, unix_ms);
         let mut pending = Vec::new();
         for (uuid, entry) in entries {
             match entry {
                 Entry::Pending {
-                    stored_ms, service, ..
-                } => pending.push((stored_ms, uuid, service)),
-                Entry::Done { done_ms, .. } => {
+                    stored_ms,
+                    service,
+                    body,
+                } => pending.push((stored_ms, uuid, service, body)),
+                Entry::Done { done_ms, body } => {
+                    let age = Duration::from_millis(unix_ms.saturating_sub(done_ms));
+                    let expires = now + config.retention.saturating_sub(age);
+                    let body = core.keep(body);
                     core.requests.insert(
                         uuid,
                         Request {
                             service: Bytes::new(),
-                            state: State::Done { done_ms },
+                            state: State::Done { expires },
+                            body,
+                            since: now,
                         },
                     );
-                    core.done.insert((done_ms, uuid));
+                    core.expiry.insert((expires, uuid));
                 }
             }
         }
-        pending.sort();
-        for (_, uuid, service) in pending {
-            core.services
-                .entry(service.clone())
-                .or_default()
-                .queue
-                .push_back(uuid);
+        pending.sort_by_key(|(stored_ms, uuid, ..)| (*stored_ms, *uuid));
+        for (_, uuid, service, body) in pending {
+            let body = core.keep(body);
+            core.service(&service).queue.push_back(uuid);
             core.requests.insert(
                 uuid,
                 Request {
                     service,
                     state: State::Queued,
+                    body,
+                    since: now,
                 },
             );
         }
         core
+    }
+
+    /// `body`, if it fits under the bound of bodies in memory (and is then counted).
+    fn keep(&mut self, body: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        let cost = body_cost(&body);
+        if self.body_bytes + cost > self.config.max_body_bytes {
+            return None;
+        }
+        self.body_bytes += cost;
+        Some(body)
+    }
+
+    /// Forgets a body kept in memory.
+    fn drop_body(&mut self, body: Option<Vec<Bytes>>) {
+        if let Some(body) = body {
+            self.body_bytes -= body_cost(&body);
+        }
+    }
+
+    /// The entry of `service`, made if new.
+    fn service(&mut self, service: &Bytes) -> &mut Service {
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        self.services
+            .entry(service.clone())
+            .or_insert_with(|| Service {
+                queue: VecDeque::new(),
+                in_flight: 0,
+                backoff: Backoff::new(initial, max),
+                retry_at: None,
+            })
     }
 
     /// Requests and replies held (stored, or being stored).
@@ -217,9 +332,15 @@ impl Core {
         self.services.values().map(|s| s.in_flight).sum()
     }
 
-    /// `titanic.request` with `frames` (`[service, body...]`) at `now_ms`, to be known as
-    /// `uuid`: the write to make durable before [`Core::accept`], or why it is refused.
-    pub fn submit(&mut self, now_ms: u64, uuid: Uuid, frames: &[Bytes]) -> Result<Op, Refused> {
+    /// What the bodies kept in memory count ([`body_cost`]), at most
+    /// [`CoreConfig::max_body_bytes`].
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes
+    }
+
+    /// `titanic.request` with `frames` (`[service, body...]`) at `now`, to be known as `uuid`:
+    /// the write to make durable before [`Core::accept`], or why it is refused.
+    pub fn submit(&mut self, now: Instant, uuid: Uuid, frames: &[Bytes]) -> Result<Op, Refused> {
         let [service, body @ ..] = frames else {
             return Err(Refused::Malformed);
         };
@@ -236,17 +357,20 @@ impl Core {
             Some((name, _)) => name.clone(),
             None => Bytes::copy_from_slice(service),
         };
+        let kept = self.keep(body.to_vec());
         self.requests.insert(
             uuid,
             Request {
                 service: name,
                 state: State::Storing,
+                body: kept,
+                since: now,
             },
         );
         Ok(Op::Request(
             uuid,
             Entry::Pending {
-                stored_ms: now_ms,
+                stored_ms: self.wall.ms(now),
                 service: service.clone(),
                 body: body.to_vec(),
             },
@@ -255,33 +379,40 @@ impl Core {
 
     /// The request's write is durable: queue it. Answer `[200, uuid]`.
     pub fn accept(&mut self, uuid: Uuid) {
-        if let Some(request) = self.requests.get_mut(&uuid) {
-            if request.state == State::Storing {
-                request.state = State::Queued;
-                let service = request.service.clone();
-                self.services
-                    .entry(service)
-                    .or_default()
-                    .queue
-                    .push_back(uuid);
-            }
+        let Some(request) = self.requests.get_mut(&uuid) else {
+            return;
+        };
+        if request.state == State::Storing {
+            request.state = State::Queued;
+            let service = request.service.clone();
+            self.service(&service).queue.push_back(uuid);
         }
     }
 
     /// The request's write failed: forget it. Answer 500.
     pub fn abort(&mut self, uuid: Uuid) {
         if matches!(self.state(&uuid), Some(State::Storing)) {
-            self.requests.remove(&uuid);
+            let request = self.requests.remove(&uuid).expect("known");
+            self.drop_body(request.body);
         }
     }
 
     /// What `titanic.reply` answers for `uuid`, short of the reply's body: [`Status::Ok`]
-    /// means the body is in the store.
+    /// means the body is in the store ([`Core::reply_body`] has it if it is in memory too).
     pub fn reply_status(&self, uuid: &Uuid) -> Status {
         match self.state(uuid) {
             None | Some(State::Storing) => Status::Unknown,
             Some(State::Queued | State::InFlight) => Status::Pending,
             Some(State::Done { .. }) => Status::Ok,
+        }
+    }
+
+    /// The reply of `uuid` if it is done and its body is kept in memory.
+    pub fn reply_body(&self, uuid: &Uuid) -> Option<&[Bytes]> {
+        let request = self.requests.get(uuid)?;
+        match request.state {
+            State::Done { .. } => request.body.as_deref(),
+            _ => None,
         }
     }
 
@@ -303,21 +434,23 @@ impl Core {
                     }
                     self.tidy(&request.service);
                 }
-                State::Done { done_ms } => {
-                    self.done.remove(&(done_ms, uuid));
+                State::Done { expires } => {
+                    self.expiry.remove(&(expires, uuid));
                 }
                 State::Storing => {}
             }
+            self.drop_body(request.body);
         }
         Op::Remove(uuid)
     }
 
-    /// The next request to send to the broker at `now_ms`, if any may go: the oldest of the
-    /// next service in turn that is under its in-flight limit and not backing off.
-    pub fn next_dispatch(&mut self, now_ms: u64) -> Option<(Uuid, Bytes)> {
+    /// The next request to send to the broker at `now`, if any may go: the oldest of the next
+    /// service in turn that is under its in-flight limit and not backing off.
+    pub fn next_dispatch(&mut self, now: Instant) -> Option<Dispatch> {
         let limit = self.config.in_flight_per_service;
-        let ready =
-            |s: &Service| !s.queue.is_empty() && s.in_flight < limit && s.retry_at_ms <= now_ms;
+        let ready = |s: &Service| {
+            !s.queue.is_empty() && s.in_flight < limit && s.retry_at.is_none_or(|at| at <= now)
+        };
         let after = match &self.cursor {
             Some(c) => Bound::Excluded(c.clone()),
             None => Bound::Unbounded,
@@ -331,32 +464,30 @@ impl Core {
         let service = self.services.get_mut(&name).expect("found above");
         let uuid = service.queue.pop_front().expect("ready: not empty");
         service.in_flight += 1;
-        self.requests
+        service.retry_at = None;
+        let request = self
+            .requests
             .get_mut(&uuid)
-            .expect("queued requests are known")
-            .state = State::InFlight;
+            .expect("queued requests are known");
+        request.state = State::InFlight;
+        let (body, submitted) = (request.body.clone(), request.since);
         self.cursor = Some(name.clone());
-        Some((uuid, name))
+        Some(Dispatch {
+            uuid,
+            service: name,
+            body,
+            submitted,
+        })
     }
 
-    /// When a service that backs off may be tried again, if one with queued requests does.
-    pub fn next_retry_ms(&self, now_ms: u64) -> Option<u64> {
-        self.services
-            .values()
-            .filter(|s| !s.queue.is_empty() && s.retry_at_ms > now_ms)
-            .map(|s| s.retry_at_ms)
-            .min()
-    }
-
-    /// The broker answered `uuid` with `body` at `now_ms`: the write that stores the reply,
-    /// or `None` if the request was closed meanwhile. Call [`Core::replied`] once it is
-    /// durable.
-    pub fn answered(&mut self, now_ms: u64, uuid: Uuid, body: Vec<Bytes>) -> Option<Op> {
+    /// The broker answered `uuid` with `body` at `now`: the write that stores the reply, or
+    /// `None` if the request was closed meanwhile. Call [`Core::replied`] once it is durable.
+    pub fn answered(&mut self, now: Instant, uuid: Uuid, body: Vec<Bytes>) -> Option<Op> {
         match self.state(&uuid) {
             Some(State::InFlight) => Some(Op::Reply(
                 uuid,
                 Entry::Done {
-                    done_ms: now_ms,
+                    done_ms: self.wall.ms(now),
                     body,
                 },
             )),
@@ -364,23 +495,31 @@ impl Core {
         }
     }
 
-    /// The reply of `uuid`, answered at `done_ms`, is durable: the request is done.
-    pub fn replied(&mut self, uuid: Uuid, done_ms: u64) {
+    /// The reply of `uuid`, `body`, is durable at `now`: the request is done, and kept for
+    /// [`CoreConfig::retention`]. Returns whether it was in flight (false if it was closed
+    /// meanwhile).
+    pub fn replied(&mut self, now: Instant, uuid: Uuid, body: Vec<Bytes>) -> bool {
         let Some(request) = self.requests.get_mut(&uuid) else {
-            return;
+            return false;
         };
         if request.state != State::InFlight {
-            return;
+            return false;
         }
-        request.state = State::Done { done_ms };
+        let expires = now + self.config.retention;
+        request.state = State::Done { expires };
         let service = std::mem::take(&mut request.service);
-        self.done.insert((done_ms, uuid));
+        let old = request.body.take();
+        self.drop_body(old);
+        let kept = self.keep(body);
+        self.requests.get_mut(&uuid).expect("known").body = kept;
+        self.expiry.insert((expires, uuid));
         if let Some(s) = self.services.get_mut(&service) {
             s.in_flight -= 1;
-            s.failures = 0;
-            s.retry_at_ms = 0;
+            s.backoff.reset();
+            s.retry_at = None;
         }
         self.tidy(&service);
+        true
     }
 
     /// Forgets a service with nothing queued or in flight.
@@ -394,9 +533,9 @@ impl Core {
         }
     }
 
-    /// `uuid` got no reply (or its reply could not be stored) at `now_ms`: it goes back to the
+    /// `uuid` got no reply (or its reply could not be stored) at `now`: it goes back to the
     /// front of its service's queue, and the service backs off.
-    pub fn failed(&mut self, now_ms: u64, uuid: Uuid) {
+    pub fn failed(&mut self, now: Instant, uuid: Uuid) {
         let Some(request) = self.requests.get_mut(&uuid) else {
             return;
         };
@@ -404,28 +543,143 @@ impl Core {
             return;
         }
         request.state = State::Queued;
-        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
         let s = self
             .services
             .get_mut(&request.service)
             .expect("in flight: known");
         s.in_flight -= 1;
         s.queue.push_front(uuid);
-        let delay = initial.saturating_mul(1u32 << s.failures.min(16)).min(max);
-        s.failures = s.failures.saturating_add(1);
-        s.retry_at_ms = now_ms + delay.as_millis() as u64;
+        s.retry_at = Some(now + s.backoff.next_delay());
     }
 
-    /// The replies kept past the retention time at `now_ms`: forgotten, with the writes that
-    /// remove them.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<Op> {
-        let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as u64);
-        let old: Vec<(u64, Uuid)> = self
-            .done
+    /// When [`Core::handle_timeout`] is due: the end of a backoff with requests waiting, or of
+    /// a reply's retention; `None` when nothing waits on time.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self
+            .services
+            .values()
+            .filter(|s| !s.queue.is_empty())
+            .filter_map(|s| s.retry_at)
+            .min();
+        let expiry = self.expiry.first().map(|(at, _)| *at);
+        retry.into_iter().chain(expiry).min()
+    }
+
+    /// Time has come to `now`: backoffs that have passed end, and replies past their
+    /// retention are forgotten. Returns the writes that remove those replies.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Op> {
+        for service in self.services.values_mut() {
+            if service.retry_at.is_some_and(|at| at <= now) {
+                service.retry_at = None;
+            }
+        }
+        self.expire(now)
+    }
+
+    /// The replies whose retention has ended at `now`: forgotten, with the writes that remove
+    /// them.
+    pub fn expire(&mut self, now: Instant) -> Vec<Op> {
+        let old: Vec<Uuid> = self
+            .expiry
             .iter()
-            .take_while(|(done_ms, _)| *done_ms < cutoff)
-            .copied()
+            .take_while(|(expires, _)| *expires <= now)
+            .map(|(_, uuid)| *uuid)
             .collect();
-        old.into_iter().map(|(_, uuid)| self.close(uuid)).collect()
+        old.into_iter().map(|uuid| self.close(uuid)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(service: &'static [u8], body: &'static [u8]) -> Vec<Bytes> {
+        vec![Bytes::from_static(service), Bytes::from_static(body)]
+    }
+
+    #[test]
+    fn bodies_are_kept_in_memory_up_to_the_bound_and_counted_back_down() {
+        let t0 = Instant::now();
+        let one = body_cost(&[Bytes::from_static(b"0123456789")]);
+        let config = CoreConfig::default().max_body_bytes(one * 2);
+        let mut core = Core::new(config, t0, 0);
+        let uuids: Vec<Uuid> = (0..3u8).map(|i| Uuid([i; 16])).collect();
+        for uuid in &uuids {
+            core.submit(t0, *uuid, &frames(b"svc", b"0123456789"))
+                .unwrap();
+            core.accept(*uuid);
+        }
+        assert_eq!(core.body_bytes(), one * 2, "the third is past the bound");
+        let sent: Vec<Dispatch> = std::iter::from_fn(|| core.next_dispatch(t0)).collect();
+        assert_eq!(sent.len(), 3);
+        assert!(sent[0].body.is_some() && sent[1].body.is_some());
+        assert_eq!(sent[2].body, None, "read from the store");
+        // A reply replaces its request's body; closing forgets it.
+        let reply = vec![Bytes::from_static(b"r")];
+        core.answered(t0, uuids[0], reply.clone()).unwrap();
+        assert!(core.replied(t0, uuids[0], reply.clone()));
+        assert_eq!(core.reply_body(&uuids[0]), Some(&reply[..]));
+        assert_eq!(core.body_bytes(), one + body_cost(&reply));
+        for uuid in &uuids {
+            core.close(*uuid);
+        }
+        assert_eq!(core.body_bytes(), 0);
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_end_of_a_backoff_or_of_a_retention() {
+        let t0 = Instant::now();
+        let config = CoreConfig::default()
+            .backoff(Duration::from_secs(1), Duration::from_secs(4))
+            .retention(Duration::from_secs(60));
+        let mut core = Core::new(config, t0, 0);
+        assert_eq!(core.poll_timeout(), None);
+        let uuid = Uuid([1; 16]);
+        core.submit(t0, uuid, &frames(b"svc", b"x")).unwrap();
+        core.accept(uuid);
+        let mut now = t0;
+        for wait in [1, 2, 4, 4] {
+            let sent = core.next_dispatch(now).unwrap();
+            core.failed(now, sent.uuid);
+            let due = now + Duration::from_secs(wait);
+            assert_eq!(core.poll_timeout(), Some(due));
+            assert_eq!(core.next_dispatch(due - Duration::from_millis(1)), None);
+            now = due;
+            assert!(core.handle_timeout(now).is_empty());
+            assert_eq!(core.poll_timeout(), None, "no deadline in the past");
+        }
+        core.next_dispatch(now).unwrap();
+        core.answered(now, uuid, vec![]).unwrap();
+        core.replied(now, uuid, vec![]);
+        let expires = now + Duration::from_secs(60);
+        assert_eq!(core.poll_timeout(), Some(expires));
+        assert_eq!(core.handle_timeout(expires), [Op::Remove(uuid)]);
+        assert_eq!(core.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_restored_reply_keeps_what_is_left_of_its_retention() {
+        let t0 = Instant::now();
+        let config = CoreConfig::default().retention(Duration::from_secs(100));
+        let entries = vec![
+            (
+                Uuid([1; 16]),
+                Entry::Done {
+                    done_ms: 1_000_000 - 40_000,
+                    body: vec![],
+                },
+            ),
+            (
+                Uuid([2; 16]),
+                Entry::Done {
+                    done_ms: 1_000_000 - 400_000,
+                    body: vec![],
+                },
+            ),
+        ];
+        let mut core = Core::restore(config, t0, 1_000_000, entries);
+        assert_eq!(core.poll_timeout(), Some(t0), "the older one is past it");
+        assert_eq!(core.handle_timeout(t0), [Op::Remove(Uuid([2; 16]))]);
+        assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(60)));
     }
 }

@@ -5,10 +5,14 @@
 //! for. Clients store a request, get its UUID, and fetch the reply whenever they come back;
 //! "Titanic requires no modifications to workers".
 //!
+//! # Layout
 //! - [`tsp`]: the services, status frames and UUIDs of 9/TSP.
-//! - [`core::Core`]: the rules and the dispatch policy, sans-IO.
-//! - [`store`]: the [`store::Store`] trait and [`store::RedbStore`], one redb file.
-//! - [`Titanic`]: the server on tokio; [`TitanicClient`]: submit, poll, wait and close.
+//! - [`core::Core`]: the rules and the dispatch policy, sans-IO (`now` is an input).
+//! - [`store`]: the [`store::Store`] trait, [`store::RedbStore`] (one redb file) and
+//!   [`store::MemoryStore`].
+//! - [`Titanic`]: the server on tokio, one task owning its state; [`TitanicHandle`]: its
+//!   stats and shutdown while it runs; [`dispatch::Dispatch`]: how it sends stored requests.
+//! - [`TitanicClient`]: submit, poll, wait and close.
 //!
 //! # Guarantees
 //! A request is acknowledged (`200` and its UUID) only once it is durable in the store, and a
@@ -20,9 +24,14 @@
 
 pub mod client;
 pub mod core;
+pub mod dispatch;
+mod owner;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tsp;
 
 pub use client::{TitanicClient, TitanicClientError};
-pub use server::{Titanic, TitanicConfig, TitanicError, TitanicStats};
+pub use dispatch::{dispatch_fn, Dispatch};
+pub use server::{Titanic, TitanicConfig, TitanicError, TitanicHandle};
+pub use stats::{Latency, TitanicStats};

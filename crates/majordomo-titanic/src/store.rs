@@ -48,6 +48,7 @@ pub enum Op {
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The database could not be opened (not a redb file, another version, locked, ...).
     #[error("cannot open the store {path}: {source}")]
@@ -58,16 +59,23 @@ pub enum StoreError {
         #[source]
         source: redb::DatabaseError,
     },
-    /// A read or write failed.
-    #[error("store: {0}")]
-    Io(String),
+    /// A read or write failed (disk full, I/O error, a transaction redb refused).
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
     /// An entry could not be read back: the file was not written by Titanic.
     #[error("store entry {0} is corrupt")]
     Corrupt(Uuid),
+    /// A key is not a 16-byte UUID: the file was not written by Titanic.
+    #[error("a store key is not a UUID")]
+    BadKey,
+    /// The task committing a transaction ended without finishing it (it panicked): the
+    /// transaction's writes are taken as not durable.
+    #[error("the store's commit did not finish")]
+    CommitAborted,
 }
 
-fn io(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(error.to_string())
+fn io(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb(error.into())
 }
 
 /// A transactional store of entries keyed by UUID.
@@ -259,10 +267,7 @@ impl Store for RedbStore {
         let mut all = Vec::new();
         for item in table.iter().map_err(io)? {
             let (key, value) = item.map_err(io)?;
-            let key: [u8; 16] = key
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Io("a key is not a UUID".into()))?;
+            let key: [u8; 16] = key.value().try_into().map_err(|_| StoreError::BadKey)?;
             let uuid = Uuid(key);
             all.push((
                 uuid,

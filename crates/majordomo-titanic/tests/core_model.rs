@@ -3,7 +3,7 @@
 //! every acknowledged request answered with its own reply or pending, never lost.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use majordomo_titanic::core::{Core, CoreConfig, State};
@@ -56,7 +56,8 @@ fn answer_of(body: &[Bytes]) -> Vec<Bytes> {
 struct World {
     core: Core,
     store: MemoryStore,
-    now: u64,
+    t0: Instant,
+    now: Instant,
     in_flight: Vec<(Uuid, Bytes)>,
     /// Acknowledged and not closed: the body each was submitted with.
     acked: BTreeMap<Uuid, Vec<Bytes>>,
@@ -65,10 +66,12 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        let t0 = Instant::now();
         Self {
-            core: Core::new(config()),
+            core: Core::new(config(), t0, 1_000),
             store: MemoryStore::default(),
-            now: 1_000,
+            t0,
+            now: t0,
             in_flight: Vec::new(),
             acked: BTreeMap::new(),
             next: 0,
@@ -101,9 +104,19 @@ impl World {
         }
     }
 
+    /// The wall clock, in milliseconds, at `now`.
+    fn unix_ms(&self) -> u64 {
+        1_000 + (self.now - self.t0).as_millis() as u64
+    }
+
     fn crash(&mut self) {
         self.in_flight.clear();
-        self.core = Core::restore(config(), self.store.load().unwrap());
+        self.core = Core::restore(
+            config(),
+            self.now,
+            self.unix_ms(),
+            self.store.load().unwrap(),
+        );
     }
 
     fn step(&mut self, step: Step) {
@@ -112,7 +125,16 @@ impl World {
             Step::SubmitThenCrash(s) => self.submit(s, true),
             Step::Dispatch => {
                 while let Some(sent) = self.core.next_dispatch(self.now) {
-                    self.in_flight.push(sent);
+                    // A body the core kept in memory is the stored one.
+                    if let Some(body) = &sent.body {
+                        let Some(Entry::Pending { body: stored, .. }) =
+                            self.store.get(&sent.uuid).unwrap()
+                        else {
+                            panic!("{}: dispatched, not pending in the store", sent.uuid);
+                        };
+                        assert_eq!(body, &stored);
+                    }
+                    self.in_flight.push((sent.uuid, sent.service));
                 }
             }
             Step::Answer(n) if n < self.in_flight.len() => {
@@ -124,7 +146,12 @@ impl World {
                 };
                 if let Some(op) = self.core.answered(self.now, uuid, answer_of(&body)) {
                     self.store.commit(&[op]).unwrap();
-                    self.core.replied(uuid, self.now);
+                    assert!(self.core.replied(self.now, uuid, answer_of(&body)));
+                    assert_eq!(
+                        self.core.reply_body(&uuid),
+                        Some(&answer_of(&body)[..]),
+                        "kept in memory"
+                    );
                 }
             }
             Step::Fail(n) if n < self.in_flight.len() => {
@@ -141,7 +168,12 @@ impl World {
                 assert_eq!(self.core.reply_status(&uuid), Status::Unknown);
             }
             Step::Crash => self.crash(),
-            Step::Wait(ms) => self.now += u64::from(ms),
+            Step::Wait(ms) => {
+                self.now += Duration::from_millis(u64::from(ms));
+                for op in self.core.handle_timeout(self.now) {
+                    self.store.commit(&[op]).unwrap();
+                }
+            }
             Step::Answer(_) | Step::Fail(_) => {}
         }
     }
@@ -179,7 +211,7 @@ proptest! {
         }
         // Then everything is served: each acknowledged request gets its own reply.
         for _ in 0..200 {
-            world.now += 1_000;
+            world.now += Duration::from_secs(1);
             world.step(Step::Dispatch);
             while !world.in_flight.is_empty() {
                 world.step(Step::Answer(0));
@@ -194,57 +226,66 @@ proptest! {
 
 #[test]
 fn a_service_that_fails_backs_off_without_holding_up_the_others() {
-    let mut core = Core::new(config());
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut core = Core::new(config(), t0, 0);
     let store = MemoryStore::default();
     let body = |s: &str| vec![Bytes::from(s.to_owned()), Bytes::from_static(b"x")];
     for (i, service) in ["down", "up"].iter().enumerate() {
         let uuid = Uuid([i as u8; 16]);
         store
-            .commit(&[core.submit(0, uuid, &body(service)).unwrap()])
+            .commit(&[core.submit(t0, uuid, &body(service)).unwrap()])
             .unwrap();
         core.accept(uuid);
     }
-    let (down, _) = core.next_dispatch(0).unwrap();
-    let (up, _) = core.next_dispatch(0).unwrap();
+    let down = core.next_dispatch(t0).unwrap().uuid;
+    let up = core.next_dispatch(t0).unwrap().uuid;
     assert_eq!((down, up), (Uuid([0; 16]), Uuid([1; 16])));
-    core.failed(0, down);
+    core.failed(t0, down);
     // Backing off: not before 100 ms.
-    assert_eq!(core.next_dispatch(50), None);
-    assert_eq!(core.next_retry_ms(50), Some(100));
+    assert_eq!(core.next_dispatch(at(50)), None);
+    assert_eq!(core.poll_timeout(), Some(at(100)));
+    let again = core.next_dispatch(at(100)).unwrap();
     assert_eq!(
-        core.next_dispatch(100),
-        Some((down, Bytes::from_static(b"down")))
+        (again.uuid, again.service),
+        (down, Bytes::from_static(b"down"))
     );
-    core.failed(100, down);
-    assert_eq!(core.next_retry_ms(100), Some(300), "the wait doubles");
+    core.failed(at(100), down);
+    assert_eq!(core.poll_timeout(), Some(at(300)), "the wait doubles");
     // The other service is served meanwhile.
     let op = core
-        .answered(120, up, vec![Bytes::from_static(b"ok")])
+        .answered(at(120), up, vec![Bytes::from_static(b"ok")])
         .unwrap();
     store.commit(&[op]).unwrap();
-    core.replied(up, 120);
+    core.replied(at(120), up, vec![Bytes::from_static(b"ok")]);
     assert_eq!(core.reply_status(&up), Status::Ok);
 }
 
 #[test]
 fn malformed_and_excess_submits_are_refused_and_old_replies_expire() {
     use majordomo_titanic::core::Refused;
-    let mut core = Core::new(config().max_stored(1).retention(Duration::from_secs(1)));
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut core = Core::new(
+        config().max_stored(1).retention(Duration::from_secs(1)),
+        t0,
+        0,
+    );
     let uuid = Uuid([9; 16]);
     assert_eq!(
-        core.submit(0, uuid, &[Bytes::from_static(b"svc")]),
+        core.submit(t0, uuid, &[Bytes::from_static(b"svc")]),
         Err(Refused::Malformed)
     );
-    assert_eq!(core.submit(0, uuid, &[]), Err(Refused::Malformed));
+    assert_eq!(core.submit(t0, uuid, &[]), Err(Refused::Malformed));
     let frames = [Bytes::from_static(b"svc"), Bytes::from_static(b"b")];
-    core.submit(0, uuid, &frames).unwrap();
+    core.submit(t0, uuid, &frames).unwrap();
     core.accept(uuid);
-    assert_eq!(core.submit(0, Uuid([8; 16]), &frames), Err(Refused::Full));
-    let (sent, _) = core.next_dispatch(0).unwrap();
-    core.answered(10, sent, vec![]).unwrap();
-    core.replied(sent, 10);
-    assert!(core.expire(500).is_empty());
-    assert_eq!(core.expire(1_011).len(), 1);
+    assert_eq!(core.submit(t0, Uuid([8; 16]), &frames), Err(Refused::Full));
+    let sent = core.next_dispatch(t0).unwrap().uuid;
+    core.answered(at(10), sent, vec![]).unwrap();
+    core.replied(at(10), sent, vec![]);
+    assert!(core.expire(at(500)).is_empty());
+    assert_eq!(core.expire(at(1_011)).len(), 1);
     assert_eq!(core.reply_status(&uuid), Status::Unknown);
     assert!(core.is_empty());
 }

@@ -1,7 +1,9 @@
 //! The Titanic runs: durable submits per second (`titanic-submit`), the same with no store
 //! (`titanic-memory`), then whole round trips per second (`titanic`: submit, dispatch, reply
 //! fetched, close), against our broker, W echo workers and a `majordomo titanic` process with a
-//! fresh store; the Titanic process's CPU and memory.
+//! fresh store; the Titanic process's CPU and memory. Each run also prints the latency of each
+//! step (submit to its durable 200, reply fetched, close) to stderr, and the Titanic process
+//! logs its own per-step figures when it stops.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,23 @@ use crate::endpoint::free_endpoint;
 #[derive(Default)]
 struct Counted {
     latencies_us: Vec<u32>,
+    /// Per step, of the same requests: submit, reply (round trips only), close (round trips).
+    steps_us: [Vec<u32>; 3],
     errors: Vec<String>,
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// `name p50 p99` in milliseconds, of `us` (sorted here).
+fn step_figures(name: &str, us: &mut [u32]) -> String {
+    if us.is_empty() {
+        return String::new();
+    }
+    us.sort_unstable();
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    format!(" {name} p50 {:.2} ms p99 {:.2} ms;", at(0.5), at(0.99))
 }
 
 /// One task: submits (`round_trip` false) or whole round trips, until the phase is `DRAIN`;
@@ -44,12 +62,16 @@ async fn task(
         }
         let body = Bytes::from(format!("{id:08} {seq:014} {filler}"));
         let started = Instant::now();
+        let mut steps = [Duration::ZERO; 3];
         let outcome = async {
             let uuid = client.submit("echo", vec![body.clone()]).await?;
+            steps[0] = started.elapsed();
             if round_trip {
                 let reply = client.wait(uuid, Duration::from_secs(30), poll).await?;
+                steps[1] = started.elapsed() - steps[0];
                 ensure!(reply == [body.clone()], "request {id}/{seq}: another reply");
                 client.close(uuid).await?;
+                steps[2] = started.elapsed() - steps[0] - steps[1];
             }
             Ok(())
         }
@@ -63,6 +85,10 @@ async fn task(
             counted
                 .latencies_us
                 .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            let taken = if round_trip { 3 } else { 1 };
+            for (all, step) in counted.steps_us.iter_mut().zip(steps).take(taken) {
+                all.push(micros(step));
+            }
         }
     }
     counted
@@ -89,12 +115,23 @@ async fn phase(
         .collect();
     let window = Window::run(args, pid, &phase).await?;
     let mut latencies = Vec::new();
+    let mut steps: [Vec<u32>; 3] = Default::default();
     let mut errors = Vec::new();
     for handle in handles {
         let counted = handle.await?;
         latencies.extend(counted.latencies_us);
+        for (all, step) in steps.iter_mut().zip(counted.steps_us) {
+            all.extend(step);
+        }
         errors.extend(counted.errors);
     }
+    let [submit, reply, close] = &mut steps;
+    eprintln!(
+        "{kind} {size} B steps:{}{}{}",
+        step_figures("submit", submit),
+        step_figures("reply", reply),
+        step_figures("close", close)
+    );
     ensure!(
         errors.is_empty(),
         "titanic run failed: {}",

@@ -1,0 +1,630 @@
+//! The task that owns a Titanic server's state: the [`Core`], the held `titanic.reply`
+//! questions, the writes waiting for the store and the dispatches under way.
+//!
+//! The TSP service handlers and the [`crate::TitanicHandle`] send it [`Command`]s over a
+//! bounded channel, each with a oneshot for its answer. It commits one batch of writes at a
+//! time, on tokio's blocking pool: every write that arrives while a batch is being committed
+//! goes into the next one, so concurrent submits and closes share an fsync (group commit); the
+//! commit reports back as [`Committed`], and only then are its requests acknowledged. (A
+//! blocking task rather than a thread of its own: tokio's paused test clock waits for it, and
+//! does not jump ahead while a commit is under way.) Dispatches run as tasks of its own
+//! [`JoinSet`], each through the [`Dispatch`] seam.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use majordomo_rt::clock;
+use majordomo_rt::timer::DeadlineTimer;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::core::{Core, Refused};
+use crate::dispatch::{BoxError, Dispatch};
+use crate::stats::{Histogram, TitanicStats};
+use crate::store::{Entry, Op, Store, StoreError};
+use crate::tsp::{self, Status, Uuid};
+
+/// What `titanic.reply` hears from the owner.
+#[derive(Debug)]
+pub(crate) enum ReplyAnswer {
+    /// The answer's frames.
+    Frames(Vec<Bytes>),
+    /// The reply is stored but not in memory: read it from the store.
+    ReadStore,
+}
+
+/// What the owner is asked.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// `titanic.request`: store `frames` as `uuid`, answer once durable.
+    Submit {
+        uuid: Uuid,
+        frames: Vec<Bytes>,
+        answer: oneshot::Sender<Vec<Bytes>>,
+    },
+    /// `titanic.reply` about `uuid`.
+    Reply {
+        uuid: Uuid,
+        answer: oneshot::Sender<ReplyAnswer>,
+    },
+    /// `titanic.close` of `uuid`, answered once durable.
+    Close {
+        uuid: Uuid,
+        answer: oneshot::Sender<Vec<Bytes>>,
+    },
+    /// The stats now.
+    Stats(oneshot::Sender<TitanicStats>),
+    /// The server is stopping: answer every held question 300, and hold no more.
+    Release,
+}
+
+/// A commit's report on one batch.
+#[derive(Debug)]
+struct Committed {
+    /// Which batch.
+    batch: u64,
+    /// The writes it carried, or why none is durable.
+    result: Result<usize, StoreError>,
+}
+
+/// Commits `ops`, batch `batch`, in one transaction.
+fn commit<S: Store>(store: &S, batch: u64, ops: &[Op]) -> Committed {
+    Committed {
+        batch,
+        result: store.commit(ops).map(|()| ops.len()),
+    }
+}
+
+/// What follows from a write once its batch is committed (or has failed).
+#[derive(Debug)]
+enum Effect {
+    /// A submit: acknowledge it, or forget it and answer 500.
+    Accept {
+        uuid: Uuid,
+        answer: oneshot::Sender<Vec<Bytes>>,
+        since: Instant,
+    },
+    /// A close: answer 200, or 500.
+    Close {
+        answer: oneshot::Sender<Vec<Bytes>>,
+        since: Instant,
+    },
+    /// A reply: the request is done and its held questions get the body; or it is sent again.
+    Reply {
+        uuid: Uuid,
+        body: Vec<Bytes>,
+        since: Instant,
+    },
+    /// Replies past their retention, removed.
+    Expired(usize),
+}
+
+/// `[200, body...]`.
+pub(crate) fn ok_with(body: Vec<Bytes>) -> Vec<Bytes> {
+    let mut answer = Vec::with_capacity(body.len() + 1);
+    answer.push(Status::Ok.frame());
+    answer.extend(body);
+    answer
+}
+
+/// The `titanic.reply` questions held until their request's reply is stored or `reply_wait`
+/// passes.
+#[derive(Debug, Default)]
+struct Held {
+    /// Each question's id, answer and when it was asked.
+    by_uuid: HashMap<Uuid, Vec<(u64, oneshot::Sender<ReplyAnswer>, Instant)>>,
+    /// When each question is answered 300, in order (every question waits as long).
+    deadlines: VecDeque<(Instant, Uuid, u64)>,
+    /// Questions held now.
+    count: usize,
+    next_id: u64,
+}
+
+impl Held {
+    fn hold(
+        &mut self,
+        now: Instant,
+        wait: Duration,
+        uuid: Uuid,
+        answer: oneshot::Sender<ReplyAnswer>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_uuid
+            .entry(uuid)
+            .or_default()
+            .push((id, answer, now));
+        self.deadlines.push_back((now + wait, uuid, id));
+        self.count += 1;
+    }
+
+    /// Takes every question about `uuid`, with when each was asked.
+    fn take(&mut self, uuid: &Uuid) -> Vec<(oneshot::Sender<ReplyAnswer>, Instant)> {
+        let taken = self.by_uuid.remove(uuid).unwrap_or_default();
+        self.count -= taken.len();
+        taken.into_iter().map(|(_, s, asked)| (s, asked)).collect()
+    }
+
+    /// Forgets questions whose asker has gone (its connection stopped); returns how many are
+    /// held after that.
+    fn sweep(&mut self) -> usize {
+        let mut gone = 0;
+        self.by_uuid.retain(|_, senders| {
+            let before = senders.len();
+            senders.retain(|(_, s, _)| !s.is_closed());
+            gone += before - senders.len();
+            !senders.is_empty()
+        });
+        self.count -= gone;
+        self.count
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|(at, ..)| *at)
+    }
+
+    /// The questions whose wait has ended at `now`, with when each was asked.
+    fn expired(&mut self, now: Instant) -> Vec<(oneshot::Sender<ReplyAnswer>, Instant)> {
+        let mut out = Vec::new();
+        while let Some(&(at, uuid, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            // Already answered (reply stored, closed) when it is gone.
+            let Some(senders) = self.by_uuid.get_mut(&uuid) else {
+                continue;
+            };
+            if let Some(i) = senders.iter().position(|(i, ..)| *i == id) {
+                let (_, sender, asked) = senders.swap_remove(i);
+                self.count -= 1;
+                out.push((sender, asked));
+            }
+            if senders.is_empty() {
+                self.by_uuid.remove(&uuid);
+            }
+        }
+        out
+    }
+
+    /// Every question, at shutdown.
+    fn drain(&mut self) -> Vec<oneshot::Sender<ReplyAnswer>> {
+        self.deadlines.clear();
+        self.count = 0;
+        self.by_uuid
+            .drain()
+            .flat_map(|(_, v)| v.into_iter().map(|(_, s, _)| s))
+            .collect()
+    }
+}
+
+/// How a dispatch ended.
+enum Outcome {
+    /// The service answered.
+    Reply(Vec<Bytes>),
+    /// The store has no pending entry for it any more (closed meanwhile).
+    Gone,
+    /// No reply, or the request could not be read.
+    Failed(BoxError),
+}
+
+/// What the owner needs besides its core.
+pub(crate) struct OwnerParts<S> {
+    pub core: Core,
+    pub store: Arc<S>,
+    pub dispatch: Arc<dyn Dispatch>,
+    pub commands: mpsc::Receiver<Command>,
+    pub reply_wait: Duration,
+    pub max_held: usize,
+}
+
+/// The owner task's state.
+pub(crate) struct Owner<S> {
+    core: Core,
+    store: Arc<S>,
+    dispatch: Arc<dyn Dispatch>,
+    commands: mpsc::Receiver<Command>,
+    /// The commit under way.
+    commit: Option<tokio::task::JoinHandle<Committed>>,
+    /// The batch being committed, and what follows from each of its writes.
+    committing: Option<(u64, Vec<Effect>)>,
+    /// The writes for the next batch.
+    next_ops: Vec<Op>,
+    next_effects: Vec<Effect>,
+    next_batch: u64,
+    jobs: JoinSet<(Uuid, Outcome)>,
+    /// Which request each dispatch task serves, and since when.
+    job_ids: HashMap<tokio::task::Id, (Uuid, Instant)>,
+    held: Held,
+    reply_wait: Duration,
+    max_held: usize,
+    releasing: bool,
+    stats: TitanicStats,
+    submit_latency: Histogram,
+    queued_latency: Histogram,
+    dispatch_latency: Histogram,
+    reply_latency: Histogram,
+    close_latency: Histogram,
+}
+
+/// A commit's report, also when its task panicked (nothing is durable then).
+fn joined_commit(joined: Result<Committed, tokio::task::JoinError>) -> Committed {
+    joined.unwrap_or_else(|error| {
+        warn!(%error, "store commit task failed");
+        Committed {
+            batch: u64::MAX,
+            result: Err(StoreError::CommitAborted),
+        }
+    })
+}
+
+/// The wall clock, for the dates the store keeps.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A timer for "no deadline": far enough never to fire in a run.
+fn never(now: Instant) -> Instant {
+    now + Duration::from_secs(365 * 24 * 3600)
+}
+
+impl<S: Store> Owner<S> {
+    pub(crate) fn new(parts: OwnerParts<S>) -> Self {
+        Self {
+            core: parts.core,
+            store: parts.store,
+            dispatch: parts.dispatch,
+            commands: parts.commands,
+            commit: None,
+            committing: None,
+            next_ops: Vec::new(),
+            next_effects: Vec::new(),
+            next_batch: 0,
+            jobs: JoinSet::new(),
+            job_ids: HashMap::new(),
+            held: Held::default(),
+            reply_wait: parts.reply_wait,
+            max_held: parts.max_held,
+            releasing: false,
+            stats: TitanicStats::default(),
+            submit_latency: Histogram::default(),
+            queued_latency: Histogram::default(),
+            dispatch_latency: Histogram::default(),
+            reply_latency: Histogram::default(),
+            close_latency: Histogram::default(),
+        }
+    }
+
+    /// Serves until `stop` is cancelled; then dispatches under way are dropped (their requests
+    /// stay pending in the store, sent again at the next start), the writes waiting are
+    /// committed, and the final stats returned.
+    pub(crate) async fn run(mut self, stop: CancellationToken) -> TitanicStats {
+        let mut now = clock::now();
+        // One far deadline for "none", so that the timer is not re-armed every turn.
+        let far = never(now);
+        let mut timer = DeadlineTimer::new(far);
+        loop {
+            self.dispatch_ready(now);
+            self.flush();
+            timer.set(self.deadline().unwrap_or(far));
+            let commit = &mut self.commit;
+            tokio::select! {
+                biased;
+                // Cancel-safe: a token's future has no effect until it completes.
+                () = stop.cancelled() => break,
+                // A JoinHandle polled by reference is cancel-safe: the result waits in it.
+                // Commits come first: they free what waits on them.
+                committed = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
+                    now = clock::now();
+                    self.commit = None;
+                    self.on_committed(now, joined_commit(committed));
+                }
+                // join_next is cancel-safe: a task that ends stays in the set until taken.
+                Some(joined) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    now = clock::now();
+                    self.on_joined(now, joined);
+                }
+                // mpsc's recv is cancel-safe: a message not taken stays queued.
+                Some(command) = self.commands.recv() => {
+                    now = clock::now();
+                    self.on_command(now, command);
+                    // What is already waiting is taken in the same turn, so that its writes
+                    // share the next batch.
+                    for _ in 0..256 {
+                        let Ok(command) = self.commands.try_recv() else { break };
+                        self.on_command(now, command);
+                    }
+                }
+                // A timer: dropping it unfired loses nothing.
+                () = timer.wait() => now = clock::now(),
+            }
+            // Checked every turn: under steady traffic the timer branch may never win.
+            if self.deadline().is_some_and(|at| at <= now) {
+                self.on_timeout(now);
+            }
+        }
+        self.stop().await
+    }
+
+    /// The earliest of the core's deadline and the held questions'.
+    fn deadline(&self) -> Option<Instant> {
+        self.core
+            .poll_timeout()
+            .into_iter()
+            .chain(self.held.next_deadline())
+            .min()
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let removed = self.core.handle_timeout(now);
+        if !removed.is_empty() {
+            info!(
+                replies = removed.len(),
+                "replies past their retention forgotten"
+            );
+            let n = removed.len();
+            self.write(removed, Effect::Expired(n));
+        }
+        for (answer, asked) in self.held.expired(now) {
+            self.reply_latency.record(now - asked);
+            let _ = answer.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
+        }
+    }
+
+    /// Queues `ops` for the next batch, with what follows from them.
+    fn write(&mut self, ops: Vec<Op>, effect: Effect) {
+        self.next_ops.extend(ops);
+        self.next_effects.push(effect);
+    }
+
+    /// Hands the next batch to the writer if none is being committed.
+    fn flush(&mut self) {
+        if self.committing.is_some() || self.next_effects.is_empty() {
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let ops = std::mem::take(&mut self.next_ops);
+        let effects = std::mem::take(&mut self.next_effects);
+        let store = self.store.clone();
+        self.commit = Some(tokio::task::spawn_blocking(move || {
+            commit(&*store, batch, &ops)
+        }));
+        self.committing = Some((batch, effects));
+    }
+
+    fn on_committed(&mut self, now: Instant, committed: Committed) {
+        let Some((batch, effects)) = self.committing.take() else {
+            return;
+        };
+        debug_assert!(committed.batch == batch || committed.batch == u64::MAX);
+        let ok = match committed.result {
+            Ok(writes) => {
+                self.stats.commits += 1;
+                self.stats.writes += writes as u64;
+                true
+            }
+            Err(error) => {
+                warn!(%error, effects = effects.len(), "store commit failed");
+                false
+            }
+        };
+        for effect in effects {
+            self.on_effect(now, effect, ok);
+        }
+    }
+
+    fn on_effect(&mut self, now: Instant, effect: Effect, ok: bool) {
+        match effect {
+            Effect::Accept {
+                uuid,
+                answer,
+                since,
+            } => {
+                let frames = if ok {
+                    self.core.accept(uuid);
+                    self.stats.accepted += 1;
+                    vec![Status::Ok.frame(), uuid.frame()]
+                } else {
+                    self.core.abort(uuid);
+                    self.stats.refused += 1;
+                    tsp::status_only(Status::Error)
+                };
+                self.submit_latency.record(now - since);
+                let _ = answer.send(frames);
+            }
+            Effect::Close { answer, since } => {
+                let frames = if ok {
+                    self.stats.closed += 1;
+                    tsp::status_only(Status::Ok)
+                } else {
+                    tsp::status_only(Status::Error)
+                };
+                self.close_latency.record(now - since);
+                let _ = answer.send(frames);
+            }
+            Effect::Reply { uuid, body, since } => {
+                if !ok {
+                    warn!(%uuid, "reply not stored; the request will be sent again");
+                    self.stats.failed += 1;
+                    self.core.failed(now, uuid);
+                    return;
+                }
+                for (answer, asked) in self.held.take(&uuid) {
+                    self.reply_latency.record(now - asked);
+                    let _ = answer.send(ReplyAnswer::Frames(ok_with(body.clone())));
+                }
+                if self.core.replied(now, uuid, body) {
+                    self.stats.replied += 1;
+                    self.dispatch_latency.record(now - since);
+                }
+            }
+            Effect::Expired(n) => {
+                if !ok {
+                    warn!(replies = n, "expired replies not removed from the store");
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Submit {
+                uuid,
+                frames,
+                answer,
+            } => match self.core.submit(now, uuid, &frames) {
+                Ok(op) => self.write(
+                    vec![op],
+                    Effect::Accept {
+                        uuid,
+                        answer,
+                        since: now,
+                    },
+                ),
+                Err(refused) => {
+                    if refused == Refused::Full {
+                        warn!("store full: request refused with 500");
+                    }
+                    self.stats.refused += 1;
+                    let _ = answer.send(refused.reply());
+                }
+            },
+            Command::Reply { uuid, answer } => self.on_reply(now, uuid, answer),
+            Command::Close { uuid, answer } => {
+                // Its held questions hear it is gone.
+                for (held, asked) in self.held.take(&uuid) {
+                    self.reply_latency.record(now - asked);
+                    let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Unknown)));
+                }
+                let op = self.core.close(uuid);
+                self.write(vec![op], Effect::Close { answer, since: now });
+            }
+            Command::Stats(answer) => {
+                let _ = answer.send(self.stats());
+            }
+            Command::Release => {
+                self.releasing = true;
+                for held in self.held.drain() {
+                    let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, now: Instant, uuid: Uuid, answer: oneshot::Sender<ReplyAnswer>) {
+        let status = self.core.reply_status(&uuid);
+        let reply = match status {
+            Status::Ok => match self.core.reply_body(&uuid) {
+                Some(body) => ReplyAnswer::Frames(ok_with(body.to_vec())),
+                None => ReplyAnswer::ReadStore,
+            },
+            Status::Pending
+                if !self.reply_wait.is_zero()
+                    && !self.releasing
+                    && (self.held.count < self.max_held || self.held.sweep() < self.max_held) =>
+            {
+                self.held.hold(now, self.reply_wait, uuid, answer);
+                return;
+            }
+            other => ReplyAnswer::Frames(tsp::status_only(other)),
+        };
+        self.reply_latency.record(Duration::ZERO);
+        let _ = answer.send(reply);
+    }
+
+    /// Starts every dispatch the core allows now.
+    fn dispatch_ready(&mut self, now: Instant) {
+        while let Some(next) = self.core.next_dispatch(now) {
+            self.stats.dispatched += 1;
+            self.queued_latency
+                .record(now.saturating_duration_since(next.submitted));
+            let (uuid, service) = (next.uuid, next.service);
+            let (dispatch, store) = (self.dispatch.clone(), self.store.clone());
+            let body = next.body;
+            let task = self.jobs.spawn(async move {
+                let body = match body {
+                    Some(body) => body,
+                    None => match store.get(&uuid) {
+                        Ok(Some(Entry::Pending { body, .. })) => body,
+                        Ok(_) => return (uuid, Outcome::Gone),
+                        Err(error) => return (uuid, Outcome::Failed(error.into())),
+                    },
+                };
+                match dispatch.request(service, body).await {
+                    Ok(reply) => (uuid, Outcome::Reply(reply)),
+                    Err(error) => (uuid, Outcome::Failed(error)),
+                }
+            });
+            self.job_ids.insert(task.id(), (uuid, now));
+        }
+    }
+
+    fn on_joined(
+        &mut self,
+        now: Instant,
+        joined: Result<(tokio::task::Id, (Uuid, Outcome)), tokio::task::JoinError>,
+    ) {
+        let (id, outcome) = match joined {
+            Ok((id, (_, outcome))) => (id, outcome),
+            Err(error) => (
+                error.id(),
+                Outcome::Failed(format!("dispatch task ended: {error}").into()),
+            ),
+        };
+        let Some((uuid, since)) = self.job_ids.remove(&id) else {
+            return;
+        };
+        match outcome {
+            Outcome::Reply(body) => {
+                if let Some(op) = self.core.answered(now, uuid, body.clone()) {
+                    self.write(vec![op], Effect::Reply { uuid, body, since });
+                }
+            }
+            Outcome::Gone => self.core.failed(now, uuid),
+            Outcome::Failed(error) => {
+                debug!(%error, %uuid, "request not served; its service backs off");
+                self.stats.failed += 1;
+                self.core.failed(now, uuid);
+            }
+        }
+    }
+
+    fn stats(&mut self) -> TitanicStats {
+        let mut stats = self.stats;
+        stats.stored = self.core.len();
+        stats.queued = self.core.queued();
+        stats.in_flight = self.core.in_flight();
+        stats.held = self.held.count;
+        stats.body_bytes = self.core.body_bytes();
+        stats.submit = self.submit_latency.summary();
+        stats.queue_wait = self.queued_latency.summary();
+        stats.dispatch = self.dispatch_latency.summary();
+        stats.reply = self.reply_latency.summary();
+        stats.close = self.close_latency.summary();
+        stats
+    }
+
+    /// Drops the dispatches under way, commits what waits, lets the writer end.
+    async fn stop(mut self) -> TitanicStats {
+        // Requests in flight stay stored as pending: sent again at the next start.
+        self.jobs.shutdown().await;
+        for held in self.held.drain() {
+            let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
+        }
+        while self.committing.is_some() || !self.next_effects.is_empty() {
+            self.flush();
+            if let Some(commit) = self.commit.take() {
+                let committed = joined_commit(commit.await);
+                self.on_committed(clock::now(), committed);
+            }
+        }
+        self.stats()
+    }
+}
