@@ -130,7 +130,11 @@ fn decode_client_after_header(
 /// Encodes `[prefix?, empty, "MDPC01", service, body...]`. An empty `body` is sent as one empty
 /// frame, since the RFC requires at least one body frame (and a decoder refuses a message
 /// without one).
-fn encode_client_message(prefix: Option<&Bytes>, service: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
+pub(crate) fn encode_client_message(
+    prefix: Option<&Bytes>,
+    service: &Bytes,
+    body: &[Bytes],
+) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(5 + body.len());
     frames.extend(prefix.cloned());
     frames.push(EMPTY);
@@ -271,14 +275,14 @@ fn decode_envelope(
     }
 }
 
-fn encode_worker_command(prefix: Option<&Bytes>, command: u8) -> Vec<Bytes> {
+pub(crate) fn encode_worker_command(prefix: Option<&Bytes>, command: u8) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(4);
     frames.extend(prefix.cloned());
     frames.extend([EMPTY, WORKER_HEADER_FRAME, command_frame(command)]);
     frames
 }
 
-fn encode_worker_envelope(
+pub(crate) fn encode_worker_envelope(
     prefix: Option<&Bytes>,
     command: u8,
     client: &Bytes,

@@ -105,8 +105,8 @@ pub fn classify(frames: &[Bytes]) -> Option<(Version, Sender)> {
 }
 
 const EMPTY: Bytes = Bytes::new();
-const CLIENT_HEADER_FRAME: Bytes = Bytes::from_static(CLIENT_HEADER);
-const WORKER_HEADER_FRAME: Bytes = Bytes::from_static(WORKER_HEADER);
+pub(crate) const CLIENT_HEADER_FRAME: Bytes = Bytes::from_static(CLIENT_HEADER);
+pub(crate) const WORKER_HEADER_FRAME: Bytes = Bytes::from_static(WORKER_HEADER);
 
 fn command_frame(byte: u8) -> Bytes {
     const FRAMES: [&[u8]; 6] = [&[1], &[2], &[3], &[4], &[5], &[6]];
@@ -153,7 +153,12 @@ fn split_command(rest: &[Bytes]) -> Result<(u8, &[Bytes]), DecodeError> {
 }
 
 /// `[empty,]` header command, in front of `prefix` (a ROUTER identity) if given.
-fn start(prefix: Option<&Bytes>, dialect: Dialect, header: Bytes, command: u8) -> Vec<Bytes> {
+pub(crate) fn start(
+    prefix: Option<&Bytes>,
+    dialect: Dialect,
+    header: Bytes,
+    command: u8,
+) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(8);
     frames.extend(prefix.cloned());
     if dialect == Dialect::Majortomo {
@@ -165,7 +170,7 @@ fn start(prefix: Option<&Bytes>, dialect: Dialect, header: Bytes, command: u8) -
 }
 
 /// Appends `body`, or one empty frame for an empty body (every body has at least one frame).
-fn push_body(frames: &mut Vec<Bytes>, body: &[Bytes]) {
+pub(crate) fn push_body(frames: &mut Vec<Bytes>, body: &[Bytes]) {
     if body.is_empty() {
         frames.push(EMPTY);
     } else {
