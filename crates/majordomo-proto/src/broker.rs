@@ -1477,3 +1477,124 @@ impl BrokerCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client: &'static [u8], form: Version) -> Request {
+        Request {
+            client: Bytes::from_static(client),
+            service: Bytes::from_static(b"echo"),
+            body: vec![Bytes::from_static(b"q")],
+            size: 0,
+            received: Instant::now(),
+            deliveries: Deliveries::default(),
+            form,
+        }
+    }
+
+    fn parts(frames: &[&'static [u8]]) -> Vec<Bytes> {
+        frames.iter().map(|f| Bytes::from_static(f)).collect()
+    }
+
+    const V02: Version = Version::V02(Dialect::Rfc18);
+
+    #[test]
+    fn a_worker_is_idle_busy_then_idle_and_refuses_what_it_was_not_asked() {
+        let t0 = Instant::now();
+        let client = Bytes::from_static(b"c");
+        let mut state = WorkerState::Idle;
+        assert_eq!(state.finish(&client).err(), Some(StateError::Idle));
+        assert_eq!(state.in_flight_mut(&client).err(), Some(StateError::Idle));
+        state.assign(t0, request(b"c", Version::V01)).unwrap();
+        assert!(state.is_busy());
+        // Busy: a second request is handed back.
+        let (error, back) = state
+            .assign(t0, request(b"d", Version::V01))
+            .expect_err("busy");
+        assert_eq!((error, back.client.as_ref()), (StateError::Busy, &b"d"[..]));
+        // A reply for another client changes nothing.
+        let other = Bytes::from_static(b"x");
+        assert_eq!(state.finish(&other).err(), Some(StateError::OtherClient));
+        assert!(state.is_busy());
+        let held = state.finish(&client).unwrap();
+        assert_eq!(held.request.client, client);
+        assert!(!state.is_busy());
+        assert!(state.into_held().is_none());
+    }
+
+    #[test]
+    fn only_a_heartbeat_well_after_the_hand_out_shows_a_worker_heartbeats_when_busy() {
+        let t0 = Instant::now();
+        let margin = Duration::from_millis(50);
+        let mut state = WorkerState::Idle;
+        state.on_heartbeat(t0 + margin * 4, margin);
+        assert!(!state.heartbeats_when_busy());
+        state.assign(t0, request(b"c", Version::V01)).unwrap();
+        state.on_heartbeat(t0 + margin / 2, margin);
+        assert!(!state.heartbeats_when_busy());
+        state.on_heartbeat(t0 + margin, margin);
+        assert!(state.heartbeats_when_busy());
+        // Idle again, then busy with a new request: not yet seen to heartbeat.
+        state.finish(&Bytes::from_static(b"c")).unwrap();
+        state
+            .assign(t0 + margin * 2, request(b"c", Version::V01))
+            .unwrap();
+        assert!(!state.heartbeats_when_busy());
+        assert!(state.into_held().is_some());
+    }
+
+    #[test]
+    fn parts_stream_to_a_v02_client_and_the_request_is_then_never_replayed() {
+        let mut reply = ReplyState::Awaiting;
+        let got = reply.on_partial(V02, parts(&[b"1"]), 10).unwrap();
+        assert_eq!(got, Some((Dialect::Rfc18, parts(&[b"1"]))));
+        assert_eq!(reply, ReplyState::Streaming);
+        assert!(reply.on_partial(V02, parts(&[b"2"]), 10).unwrap().is_some());
+        assert_eq!(reply.restart(), Err(StateError::Streamed));
+        assert_eq!(reply, ReplyState::Streaming);
+        // A v0.1 client's request is never streaming.
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"3"]), 10),
+            Err(StateError::WrongVersion)
+        );
+        assert_eq!(reply.into_body(parts(&[b"f"])), Ok(parts(&[b"f"])));
+    }
+
+    #[test]
+    fn parts_are_gathered_for_a_v01_client_up_to_the_limit() {
+        let mut reply = ReplyState::Awaiting;
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"ab"]), 4), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"cd"]), 4), Ok(None));
+        assert_eq!(reply, ReplyState::Gathering(parts(&[b"ab", b"cd"])));
+        // A v0.2 client's request is never gathering.
+        assert_eq!(
+            reply.on_partial(V02, parts(&[b"x"]), 4),
+            Err(StateError::WrongVersion)
+        );
+        let mut replay = ReplyState::Gathering(parts(&[b"ab"]));
+        assert_eq!(replay.restart(), Ok(()));
+        assert_eq!(replay, ReplyState::Awaiting);
+        assert_eq!(
+            reply.into_body(parts(&[b"f"])),
+            Ok(parts(&[b"ab", b"cd", b"f"]))
+        );
+        // Past the limit: overflowed, the rest dropped, and the reply refused.
+        let mut reply = ReplyState::Gathering(parts(&[b"ab"]));
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cde"]), 4),
+            Ok(None)
+        );
+        assert_eq!(reply, ReplyState::Overflowed);
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), 4), Ok(None));
+        assert_eq!(reply, ReplyState::Overflowed);
+        assert_eq!(
+            ReplyState::Overflowed.into_body(parts(&[b"f"])),
+            Err(StateError::Overflowed)
+        );
+        // Another worker starts over.
+        assert_eq!(reply.restart(), Ok(()));
+        assert_eq!(reply, ReplyState::Awaiting);
+    }
+}
