@@ -447,7 +447,7 @@ enum WorkerState {
 
 impl WorkerState {
     /// Hands `request` to an idle worker; a busy one refuses it, handing it back.
-    fn assign(&mut self, now: Instant, request: Request) -> Result<(), (StateError, Request)> {
+    fn assign(&mut self, now: Instant, request: Request) -> Result<(), (StateError, Box<Request>)> {
         match self {
             Self::Idle => {
                 *self = Self::Busy {
@@ -460,7 +460,7 @@ impl WorkerState {
                 };
                 Ok(())
             }
-            Self::Busy { .. } => Err((StateError::Busy, request)),
+            Self::Busy { .. } => Err((StateError::Busy, Box::new(request))),
         }
     }
 
@@ -1392,7 +1392,7 @@ impl BrokerCore {
                 self.requests.insert(
                     self.next_id,
                     Queued {
-                        request,
+                        request: *request,
                         expires_at: None,
                         wait_until: None,
                     },

@@ -280,7 +280,8 @@ fn a_worker_switching_version_is_a_protocol_error() {
     use majordomo_proto::DecodeError;
 
     // (READY, the worker's DISCONNECT, a command in another version) for each pair.
-    let cases: [(&[&[u8]], &[&[u8]], &[&[u8]]); 4] = [
+    type Frames = &'static [&'static [u8]];
+    let cases: [(Frames, Frames, Frames); 4] = [
         // v0.1 worker sends a v0.2 PARTIAL.
         (
             &[b"", b"MDPW01", &[0x01], b"echo"],
