@@ -29,7 +29,11 @@
 //!   registered worker expires after [`BrokerConfig::request_expiry`] ("SHOULD expire these
 //!   requests after a reasonable and configurable time if no service has been registered");
 //!   requests for a service with workers wait for them, up to [`BrokerConfig::max_wait`] if set.
-//! - Drops are counted in the stats and logged as summaries ([`crate::drops`]).
+//! - Drops are counted in the stats, logged as summaries ([`crate::drops`]) and reported as
+//!   [`Event::Dropped`].
+//! - A worker speaks the MDP version and dialect of its READY for its whole session: a command in
+//!   another is a protocol error ([`DecodeError::VersionSwitch`]), answered with DISCONNECT.
+//! - `mmi.service` without a body names no service: `404`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
