@@ -793,14 +793,21 @@ impl BrokerCore {
     ) -> Result<(), DecodeError> {
         self.tick(now);
         let classified = mdp2::classify(frames);
-        let decoded = match (classified, self.workers.get(identity)) {
-            (Some((got, Sender::Worker)), Some(worker)) if got != worker.form => {
-                Err(DecodeError::VersionSwitch {
+        // A registered worker's command is read in its READY's form, whatever its header says.
+        let switched = match classified {
+            Some((got, Sender::Worker)) => self
+                .workers
+                .get(identity)
+                .filter(|worker| worker.form != got)
+                .map(|worker| DecodeError::VersionSwitch {
                     registered: worker.form,
                     got,
-                })
-            }
-            _ => Inbound::decode_classified(frames, classified, &self.config.limits),
+                }),
+            _ => None,
+        };
+        let decoded = match switched {
+            Some(error) => Err(error),
+            None => Inbound::decode_classified(frames, classified, &self.config.limits),
         };
         match decoded {
             Ok((form, Inbound::Client(request))) => {

@@ -108,18 +108,27 @@ impl Request {
 
     /// Encodes for a client's DEALER socket in `version`.
     pub fn encode(&self, version: Version) -> Vec<Bytes> {
-        match version {
-            Version::V01 => mdp::encode_client_message(None, &self.service, &self.body),
-            Version::V02(dialect) => {
-                let command = match dialect {
-                    Dialect::Rfc18 => mdp2::client_command::REQUEST,
-                    Dialect::Majortomo => mdp2::worker_command::REQUEST,
-                };
-                let mut frames = start(None, dialect, CLIENT_HEADER_FRAME, command);
-                frames.push(self.service.clone());
-                push_body(&mut frames, &self.body);
-                frames
-            }
+        request_to_broker_frames(version, &self.service, &self.body)
+    }
+}
+
+/// A client's REQUEST from borrowed parts.
+pub(crate) fn request_to_broker_frames(
+    version: Version,
+    service: &Bytes,
+    body: &[Bytes],
+) -> Vec<Bytes> {
+    match version {
+        Version::V01 => mdp::encode_client_message(None, service, body),
+        Version::V02(dialect) => {
+            let command = match dialect {
+                Dialect::Rfc18 => mdp2::client_command::REQUEST,
+                Dialect::Majortomo => mdp2::worker_command::REQUEST,
+            };
+            let mut frames = start(None, dialect, CLIENT_HEADER_FRAME, command);
+            frames.push(service.clone());
+            push_body(&mut frames, body);
+            frames
         }
     }
 }
@@ -236,49 +245,109 @@ impl FromWorker {
 
     /// Encodes for a worker's DEALER socket in `version`.
     pub fn encode(&self, version: Version) -> Result<Vec<Bytes>, EncodeError> {
-        use mdp2::worker_command as v02;
-        let dialect = match version {
-            Version::V01 => {
-                return Ok(match self {
-                    Self::Ready { service } => {
-                        let mut frames = mdp::encode_worker_command(None, mdp::command::READY);
-                        frames.push(service.clone());
-                        frames
-                    }
-                    Self::Reply {
-                        part: Part::Final,
-                        client,
-                        body,
-                    } => mdp::encode_worker_envelope(None, mdp::command::REPLY, client, body),
-                    Self::Reply {
-                        part: Part::Partial,
-                        ..
-                    } => return Err(EncodeError::PartialInV01),
-                    Self::Heartbeat => mdp::encode_worker_command(None, mdp::command::HEARTBEAT),
-                    Self::Disconnect => mdp::encode_worker_command(None, mdp::command::DISCONNECT),
-                })
-            }
-            Version::V02(dialect) => dialect,
-        };
-        Ok(match self {
-            Self::Ready { service } => {
-                let mut frames = start(None, dialect, WORKER_HEADER_FRAME, v02::READY);
-                frames.push(service.clone());
-                frames
-            }
-            Self::Reply { part, client, body } => {
-                let command = match part {
-                    Part::Partial => v02::PARTIAL,
-                    Part::Final => v02::FINAL,
-                };
-                let mut frames = start(None, dialect, WORKER_HEADER_FRAME, command);
-                frames.extend([client.clone(), Bytes::new()]);
-                push_body(&mut frames, body);
-                frames
-            }
-            Self::Heartbeat => start(None, dialect, WORKER_HEADER_FRAME, v02::HEARTBEAT),
-            Self::Disconnect => start(None, dialect, WORKER_HEADER_FRAME, v02::DISCONNECT),
-        })
+        match (self, version) {
+            (Self::Ready { service }, version) => Ok(ready_frames(version, service)),
+            (
+                Self::Reply {
+                    part: Part::Final,
+                    client,
+                    body,
+                },
+                version,
+            ) => Ok(worker_final_frames(version, client, body)),
+            (
+                Self::Reply {
+                    part: Part::Partial,
+                    ..
+                },
+                Version::V01,
+            ) => Err(EncodeError::PartialInV01),
+            (
+                Self::Reply {
+                    part: Part::Partial,
+                    client,
+                    body,
+                },
+                Version::V02(dialect),
+            ) => Ok(worker_partial_frames(dialect, client, body)),
+            // The same frames in both directions.
+            (Self::Heartbeat, version) => Ok(heartbeat_frames(None, version)),
+            (Self::Disconnect, version) => Ok(disconnect_frames(None, version)),
+        }
+    }
+}
+
+/// READY from a worker.
+pub(crate) fn ready_frames(version: Version, service: &Bytes) -> Vec<Bytes> {
+    let mut frames = match version {
+        Version::V01 => mdp::encode_worker_command(None, mdp::command::READY),
+        Version::V02(dialect) => start(
+            None,
+            dialect,
+            WORKER_HEADER_FRAME,
+            mdp2::worker_command::READY,
+        ),
+    };
+    frames.push(service.clone());
+    frames
+}
+
+/// A worker's last (in v0.1 its only) reply to the request of `client`.
+pub(crate) fn worker_final_frames(version: Version, client: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
+    match version {
+        Version::V01 => mdp::encode_worker_envelope(None, mdp::command::REPLY, client, body),
+        Version::V02(dialect) => {
+            worker_envelope(None, dialect, mdp2::worker_command::FINAL, client, body)
+        }
+    }
+}
+
+/// A worker's PARTIAL to the request of `client` (v0.2 only).
+pub(crate) fn worker_partial_frames(
+    dialect: Dialect,
+    client: &Bytes,
+    body: &[Bytes],
+) -> Vec<Bytes> {
+    worker_envelope(None, dialect, mdp2::worker_command::PARTIAL, client, body)
+}
+
+/// `[empty,] MDPW02, command, client, empty, body...`.
+fn worker_envelope(
+    identity: Option<&Bytes>,
+    dialect: Dialect,
+    command: u8,
+    client: &Bytes,
+    body: &[Bytes],
+) -> Vec<Bytes> {
+    let mut frames = start(identity, dialect, WORKER_HEADER_FRAME, command);
+    frames.extend([client.clone(), Bytes::new()]);
+    push_body(&mut frames, body);
+    frames
+}
+
+/// HEARTBEAT, either way, behind `identity` if given.
+pub(crate) fn heartbeat_frames(identity: Option<&Bytes>, version: Version) -> Vec<Bytes> {
+    match version {
+        Version::V01 => mdp::encode_worker_command(identity, mdp::command::HEARTBEAT),
+        Version::V02(dialect) => start(
+            identity,
+            dialect,
+            WORKER_HEADER_FRAME,
+            mdp2::worker_command::HEARTBEAT,
+        ),
+    }
+}
+
+/// DISCONNECT, either way, behind `identity` if given.
+pub(crate) fn disconnect_frames(identity: Option<&Bytes>, version: Version) -> Vec<Bytes> {
+    match version {
+        Version::V01 => mdp::encode_worker_command(identity, mdp::command::DISCONNECT),
+        Version::V02(dialect) => start(
+            identity,
+            dialect,
+            WORKER_HEADER_FRAME,
+            mdp2::worker_command::DISCONNECT,
+        ),
     }
 }
 
@@ -335,24 +404,8 @@ impl ToWorker {
     pub fn encode(&self, identity: Option<&Bytes>, version: Version) -> Vec<Bytes> {
         match self {
             Self::Request { client, body } => request_frames(identity, version, client, body),
-            Self::Heartbeat => match version {
-                Version::V01 => mdp::encode_worker_command(identity, mdp::command::HEARTBEAT),
-                Version::V02(dialect) => start(
-                    identity,
-                    dialect,
-                    WORKER_HEADER_FRAME,
-                    mdp2::worker_command::HEARTBEAT,
-                ),
-            },
-            Self::Disconnect => match version {
-                Version::V01 => mdp::encode_worker_command(identity, mdp::command::DISCONNECT),
-                Version::V02(dialect) => start(
-                    identity,
-                    dialect,
-                    WORKER_HEADER_FRAME,
-                    mdp2::worker_command::DISCONNECT,
-                ),
-            },
+            Self::Heartbeat => heartbeat_frames(identity, version),
+            Self::Disconnect => disconnect_frames(identity, version),
         }
     }
 }
@@ -366,17 +419,13 @@ pub(crate) fn request_frames(
 ) -> Vec<Bytes> {
     match version {
         Version::V01 => mdp::encode_worker_envelope(identity, mdp::command::REQUEST, client, body),
-        Version::V02(dialect) => {
-            let mut frames = start(
-                identity,
-                dialect,
-                WORKER_HEADER_FRAME,
-                mdp2::worker_command::REQUEST,
-            );
-            frames.extend([client.clone(), Bytes::new()]);
-            push_body(&mut frames, body);
-            frames
-        }
+        Version::V02(dialect) => worker_envelope(
+            identity,
+            dialect,
+            mdp2::worker_command::REQUEST,
+            client,
+            body,
+        ),
     }
 }
 
