@@ -361,15 +361,44 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_frames_are_an_error_or_a_command_not_a_panic(
+    fn arbitrary_frames_are_an_error_or_a_command_that_round_trips(
         frames in prop::collection::vec(frame(), 0..8),
-        version in version(),
+        v in version(),
     ) {
         let limits = Limits::default();
-        let _ = Inbound::decode(&frames, &limits);
-        let _ = Request::decode(&frames, version, &limits);
-        let _ = Reply::decode(&frames, version, &limits);
-        let _ = FromWorker::decode(&frames, version, &limits);
-        let _ = ToWorker::decode(&frames, version, &limits);
+        if let Ok((v, Inbound::Client(m))) = Inbound::decode(&frames, &limits) {
+            prop_assert_eq!(Request::decode(&m.encode(v), v, &limits), Ok(m));
+        }
+        if let Ok(m) = Request::decode(&frames, v, &limits) {
+            prop_assert_eq!(Request::decode(&m.encode(v), v, &limits), Ok(m));
+        }
+        if let Ok(m) = Reply::decode(&frames, v, &limits) {
+            let again = m.encode(None, v).expect("a decoded reply has a form in its version");
+            prop_assert_eq!(Reply::decode(&again, v, &limits), Ok(m));
+        }
+        if let Ok(m) = FromWorker::decode(&frames, v, &limits) {
+            let again = m.encode(v).expect("a decoded command has a form in its version");
+            prop_assert_eq!(FromWorker::decode(&again, v, &limits), Ok(m));
+        }
+        if let Ok(m) = ToWorker::decode(&frames, v, &limits) {
+            prop_assert_eq!(ToWorker::decode(&m.encode(None, v), v, &limits), Ok(m));
+        }
+    }
+
+    #[test]
+    fn well_formed_frames_of_any_command_round_trip(
+        v in version(),
+        worker in from_worker(),
+        broker in to_worker(),
+    ) {
+        // From the frames side: what a peer sends, decoded and sent again, is the same frames.
+        let limits = Limits::default();
+        if let Ok(frames) = worker.encode(v) {
+            let decoded = FromWorker::decode(&frames, v, &limits).unwrap();
+            prop_assert_eq!(decoded.encode(v), Ok(frames));
+        }
+        let frames = broker.encode(None, v);
+        let decoded = ToWorker::decode(&frames, v, &limits).unwrap();
+        prop_assert_eq!(decoded.encode(None, v), frames);
     }
 }
