@@ -33,7 +33,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::collections::HashMap;
+
 use majordomo_proto::broker::{BrokerCore, Role, Transmit};
+use majordomo_proto::event::Event;
 use majordomo_proto::mdp;
 use majordomo_proto::mdp2::Sender;
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
@@ -237,7 +240,9 @@ impl BrokerBuilder {
         let find = |wanted: EndpointRole| roles.iter().position(|r| *r == wanted);
         let shared = find(EndpointRole::Shared);
         let machine = BrokerMachine {
-            core: BrokerCore::new(majordomo_rt::clock::now(), self.config),
+            core: BrokerCore::new(majordomo_rt::clock::now(), self.config)
+                .with_stats_encoder(encode_stats),
+            latency: HashMap::new(),
             client_socket: find(EndpointRole::Clients).or(shared),
             worker_socket: find(EndpointRole::Workers).or(shared),
             roles,
@@ -253,12 +258,59 @@ impl BrokerBuilder {
     }
 }
 
+/// The `mmi.stats` reply body: the stats as JSON.
+fn encode_stats(stats: &BrokerStats) -> Bytes {
+    // Serializing plain counters, strings and vectors to memory cannot fail.
+    Bytes::from(serde_json::to_vec(stats).unwrap_or_default())
+}
+
+/// Most services whose latency histogram handle is kept; past it the cache starts over (the
+/// handles are registered again on their next reply), so peer-chosen names cannot grow it.
+const MAX_LATENCY_HANDLES: usize = 4096;
+
 /// The broker core as the server loop drives it: which socket serves which role.
 struct BrokerMachine {
     core: BrokerCore,
+    /// `majordomo_request_duration_seconds{service}`, registered with the metrics recorder at
+    /// a service's first reply, then recorded to without building its label again.
+    latency: HashMap<Bytes, metrics::Histogram>,
     roles: Vec<EndpointRole>,
     client_socket: Option<usize>,
     worker_socket: Option<usize>,
+}
+
+impl BrokerMachine {
+    /// Records what the core reports happened as metrics; called after every call into it.
+    fn record_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                Event::Dropped { reason } => {
+                    metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+                        .increment(1);
+                }
+                Event::ProtocolError { kind } => {
+                    metrics::counter!("majordomo_protocol_errors_total", "kind" => kind)
+                        .increment(1);
+                }
+                Event::Replied { service, latency } => {
+                    let seconds = latency.as_secs_f64();
+                    if let Some(histogram) = self.latency.get(&service) {
+                        histogram.record(seconds);
+                        continue;
+                    }
+                    if self.latency.len() >= MAX_LATENCY_HANDLES {
+                        self.latency.clear();
+                    }
+                    let name = String::from_utf8_lossy(&service).into_owned();
+                    let histogram = metrics::histogram!("majordomo_request_duration_seconds", "service" => name);
+                    histogram.record(seconds);
+                    self.latency.insert(service, histogram);
+                }
+                // Events a later core may add are not counted here yet.
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Machine for BrokerMachine {
@@ -287,10 +339,12 @@ impl Machine for BrokerMachine {
                     .handle_message_from(now, identity, rest, Sender::Worker);
             }
         }
+        self.record_events();
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now);
+        self.record_events();
     }
 
     fn poll_timeout(&self) -> Instant {
@@ -316,6 +370,7 @@ impl Machine for BrokerMachine {
     fn handle_disconnected(&mut self, now: Instant, socket: usize, identity: &Bytes) {
         if self.roles[socket] != EndpointRole::Clients {
             self.core.handle_disconnected(now, identity);
+            self.record_events();
         }
     }
 
@@ -327,6 +382,7 @@ impl Machine for BrokerMachine {
             EndpointRole::Shared => Role::Client,
         };
         self.core.handle_undeliverable(now, role, identity);
+        self.record_events();
     }
 
     fn stats(&self) -> BrokerStats {
@@ -336,6 +392,7 @@ impl Machine for BrokerMachine {
     fn shutdown(&mut self) {
         info!("shutting down: DISCONNECT to every worker");
         self.core.shutdown();
+        self.record_events();
     }
 
     fn drain(&mut self) {
@@ -414,5 +471,55 @@ impl<T: Transport> Broker<T> {
             .instrument(tracing::info_span!("broker"))
             .await;
         Ok(machine.core.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use majordomo_proto::broker::ServiceStats;
+
+    use super::*;
+
+    #[test]
+    fn mmi_stats_json_has_every_counter_and_service_names_as_text() {
+        let stats = BrokerStats {
+            workers: 1,
+            requests: 2,
+            queued: 1,
+            per_service: vec![
+                ServiceStats {
+                    name: Bytes::from_static(b"echo"),
+                    idle_workers: 1,
+                    ..ServiceStats::default()
+                },
+                ServiceStats {
+                    name: Bytes::from_static(b"n\xffobody"),
+                    queued: 1,
+                    ..ServiceStats::default()
+                },
+            ],
+            ..BrokerStats::default()
+        };
+        let json = encode_stats(&stats);
+        assert_eq!(
+            std::str::from_utf8(&json).expect("UTF-8"),
+            concat!(
+                r#"{"workers":1,"idle_workers":0,"services":0,"queued":1,"queued_bytes":0,"#,
+                r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
+                r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
+                r#""protocol_errors":0,"undeliverable":0,"per_service":["#,
+                r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
+                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,
+                r#"{"name":"n�obody","queued":1,"queued_bytes":0,"idle_workers":0,"#,
+                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0}]}"#
+            )
+        );
+        // It reads back, the name as its lossy text.
+        let back: BrokerStats = serde_json::from_slice(&json).expect("JSON");
+        assert_eq!(
+            back.per_service[1].name.as_ref(),
+            "n\u{fffd}obody".as_bytes()
+        );
+        assert_eq!((back.workers, back.requests, back.queued), (1, 2, 1));
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::event::Event;
 use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
 use majordomo_rt::transport::{BindError, Transport, ZmqRouter};
@@ -144,6 +145,18 @@ impl QueueBuilder {
 /// The Pirate queue core as the server loop drives it.
 struct QueueMachine(PirateQueue);
 
+impl QueueMachine {
+    /// Counts what the core reports happened; called after every call into it.
+    fn record_events(&mut self) {
+        while let Some(event) = self.0.poll_event() {
+            if let Event::Dropped { reason } = event {
+                metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+                    .increment(1);
+            }
+        }
+    }
+}
+
 impl Machine for QueueMachine {
     type Stats = QueueStats;
 
@@ -154,10 +167,12 @@ impl Machine for QueueMachine {
         } else {
             self.0.handle_backend(now, &frames)
         };
+        self.record_events();
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.0.handle_timeout(now);
+        self.record_events();
     }
 
     fn poll_timeout(&self) -> Instant {
@@ -180,6 +195,7 @@ impl Machine for QueueMachine {
             Side::Backend
         };
         self.0.handle_undeliverable(now, side, identity);
+        self.record_events();
     }
 
     fn stats(&self) -> QueueStats {

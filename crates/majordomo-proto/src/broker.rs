@@ -6,7 +6,10 @@
 //! [`BrokerCore::handle_worker`] after decoding). When the instant from
 //! [`BrokerCore::poll_timeout`] passes, call [`BrokerCore::handle_timeout`]. After each call, drain
 //! [`BrokerCore::poll_transmit`] and send every [`Transmit`]; when a send fails, report it with
-//! [`BrokerCore::handle_undeliverable`]. Every input carries `now`.
+//! [`BrokerCore::handle_undeliverable`]. Every input carries `now`. Drain
+//! [`BrokerCore::poll_event`] after each call too: the core records no metrics, it reports drops,
+//! decode errors and reply latencies as [`Event`]s for the driver to count. The driver also
+//! encodes `mmi.stats` ([`BrokerCore::with_stats_encoder`]).
 //!
 //! # Rules beyond the Guide's broker
 //! - Dead workers are purged whether idle or busy, and the request a worker held when it died,
@@ -26,7 +29,11 @@
 //!   registered worker expires after [`BrokerConfig::request_expiry`] ("SHOULD expire these
 //!   requests after a reasonable and configurable time if no service has been registered");
 //!   requests for a service with workers wait for them, up to [`BrokerConfig::max_wait`] if set.
-//! - Drops are counted in the stats and logged as summaries ([`crate::drops`]).
+//! - Drops are counted in the stats, logged as summaries ([`crate::drops`]) and reported as
+//!   [`Event::Dropped`].
+//! - A worker speaks the MDP version and dialect of its READY for its whole session: a command in
+//!   another is a protocol error ([`DecodeError::VersionSwitch`]), answered with DISCONNECT.
+//! - `mmi.service` without a body names no service: `404`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,9 +41,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, trace, warn};
 
+use crate::codec::{self, FromWorker, Inbound, Request as ClientCommand, ToWorker};
 use crate::drops::{DropLog, DropReason};
+use crate::event::{Event, Events};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
-use crate::mdp::{BrokerInbound, BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use crate::mdp::{ClientRequest, WorkerMessage};
 use crate::mdp2::{self, Dialect, Part, Sender, Version};
 use crate::peer::Peer;
 use crate::redelivery::{Deliveries, Redelivery};
@@ -206,13 +215,15 @@ impl Transmit {
     }
 }
 
-/// Counters and gauges, for logs, tests, benchmarks and the `mmi.stats` service (as JSON; it
-/// reads back into this type, fields it does not know ignored and missing ones zero).
+/// Counters and gauges, for logs, tests, benchmarks and the `mmi.stats` service (with the `serde`
+/// feature, as JSON the driver encodes; it reads back into this type, fields it does not know
+/// ignored and missing ones zero).
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
 /// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct BrokerStats {
     /// Registered workers.
     pub workers: usize,
@@ -255,11 +266,15 @@ pub struct BrokerStats {
 }
 
 /// Gauges of one service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct ServiceStats {
     /// The service name (in JSON as text, bytes that are not UTF-8 replaced).
-    #[serde(serialize_with = "lossy_text", deserialize_with = "text_bytes")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "lossy_text", deserialize_with = "text_bytes")
+    )]
     pub name: Bytes,
     /// Requests waiting for a worker.
     pub queued: usize,
@@ -276,14 +291,17 @@ pub struct ServiceStats {
     pub busy_heartbeating: usize,
 }
 
+#[cfg(feature = "serde")]
 fn lossy_text<S: serde::Serializer>(name: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&String::from_utf8_lossy(name))
 }
 
+#[cfg(feature = "serde")]
 fn text_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
     <String as serde::Deserialize>::deserialize(deserializer).map(Bytes::from)
 }
 
+/// A client's request, wherever it is: queued ([`Queued`]) or with a worker ([`InFlight`]).
 #[derive(Debug)]
 struct Request {
     client: Bytes,
@@ -291,34 +309,228 @@ struct Request {
     body: Vec<Bytes>,
     /// Bytes counted against the queue bounds.
     size: usize,
-    /// When it expires if its service still has no worker; `None` while the service has workers.
-    expires_at: Option<Instant>,
-    /// When it has waited long enough (with [`BrokerConfig::max_wait`]).
-    wait_until: Option<Instant>,
     /// When the broker received it.
     received: Instant,
     deliveries: Deliveries,
     /// The MDP version and dialect of its client: the form of every reply to it.
     form: Version,
-    /// A PARTIAL of it reached its (v0.2) client: it is never replayed to another worker.
-    streamed: bool,
-    /// PARTIALs gathered for a v0.1 client, which takes one REPLY: sent with the FINAL.
-    gathered: Vec<Bytes>,
-    /// Whether the gathered parts passed the message size limit (the reply is then dropped).
-    overflowed: bool,
+}
+
+/// A request waiting for a worker, with its deadlines.
+#[derive(Debug)]
+struct Queued {
+    request: Request,
+    /// When it expires if its service still has no worker; `None` while the service has workers.
+    expires_at: Option<Instant>,
+    /// When it has waited long enough (with [`BrokerConfig::max_wait`]).
+    wait_until: Option<Instant>,
+}
+
+/// A request a worker holds, and where its reply stands.
+#[derive(Debug)]
+struct InFlight {
+    request: Request,
+    reply: ReplyState,
+}
+
+/// Why a state transition of a request or worker was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum StateError {
+    /// The worker holds no request.
+    #[error("the worker holds no request")]
+    Idle,
+    /// The worker holds a request, of another client than the reply names.
+    #[error("the worker holds another client's request")]
+    OtherClient,
+    /// The worker already holds a request.
+    #[error("the worker already holds a request")]
+    Busy,
+    /// The parts gathered for a v0.1 client passed the message size limit.
+    #[error("the reply's parts passed the message size limit")]
+    Overflowed,
+    /// Parts of the reply reached the client: the request cannot go to another worker.
+    #[error("parts of the reply reached the client")]
+    Streamed,
+    /// A PARTIAL for a request whose reply is in the other version's state.
+    #[error("a part in a state of the other MDP version")]
+    WrongVersion,
+}
+
+/// Where the reply to an in-flight request stands.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum ReplyState {
+    /// No part of it yet.
+    #[default]
+    Awaiting,
+    /// PARTIALs went on to its v0.2 client: it is never replayed to another worker.
+    Streaming,
+    /// PARTIALs gathered for its v0.1 client, which takes one REPLY: sent with the FINAL.
+    Gathering(Vec<Bytes>),
+    /// The gathered parts passed the message size limit: the reply will be dropped.
+    Overflowed,
+}
+
+impl ReplyState {
+    /// A PARTIAL of the reply to a client in `form`: returns the part to forward to a v0.2
+    /// client, or gathers it for a v0.1 one (nothing to forward), up to `max` bytes.
+    fn on_partial(
+        &mut self,
+        form: Version,
+        body: Vec<Bytes>,
+        max: usize,
+    ) -> Result<Option<(Dialect, Vec<Bytes>)>, StateError> {
+        match (form, &mut *self) {
+            (Version::V02(dialect), Self::Awaiting | Self::Streaming) => {
+                *self = Self::Streaming;
+                Ok(Some((dialect, body)))
+            }
+            (Version::V01, Self::Awaiting) => {
+                *self = Self::gathered(Vec::new(), body, max);
+                Ok(None)
+            }
+            (Version::V01, Self::Gathering(parts)) => {
+                *self = Self::gathered(std::mem::take(parts), body, max);
+                Ok(None)
+            }
+            // Past the limit already: the rest is dropped too.
+            (Version::V01, Self::Overflowed) => Ok(None),
+            (Version::V01, Self::Streaming)
+            | (Version::V02(_), Self::Gathering(_) | Self::Overflowed) => {
+                Err(StateError::WrongVersion)
+            }
+        }
+    }
+
+    fn gathered(mut parts: Vec<Bytes>, body: Vec<Bytes>, max: usize) -> Self {
+        let size = parts.iter().chain(&body).map(Bytes::len).sum::<usize>();
+        if size > max {
+            Self::Overflowed
+        } else {
+            parts.extend(body);
+            Self::Gathering(parts)
+        }
+    }
+
+    /// The FINAL's body, behind the parts gathered for a v0.1 client; refused past the limit.
+    fn into_body(self, body: Vec<Bytes>) -> Result<Vec<Bytes>, StateError> {
+        match self {
+            Self::Awaiting | Self::Streaming => Ok(body),
+            Self::Gathering(parts) => Ok(crate::session::parts_then(parts, body)),
+            Self::Overflowed => Err(StateError::Overflowed),
+        }
+    }
+
+    /// The request goes to another worker: parts gathered from the lost one are not the next
+    /// one's. Refused once parts reached the client, which would get them twice.
+    fn restart(&mut self) -> Result<(), StateError> {
+        match self {
+            Self::Streaming => Err(StateError::Streamed),
+            Self::Awaiting | Self::Gathering(_) | Self::Overflowed => {
+                *self = Self::Awaiting;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a worker holds a request.
+#[derive(Debug)]
+enum WorkerState {
+    /// Waiting for a request (in its service's idle list).
+    Idle,
+    /// Holding one.
+    Busy {
+        held: InFlight,
+        /// When it was handed the request.
+        since: Instant,
+        /// Whether it has sent a HEARTBEAT well after that: then it is held to liveness while
+        /// busy too.
+        heartbeats: bool,
+    },
+}
+
+impl WorkerState {
+    /// Hands `request` to an idle worker; a busy one refuses it, handing it back.
+    fn assign(&mut self, now: Instant, request: Request) -> Result<(), (StateError, Box<Request>)> {
+        match self {
+            Self::Idle => {
+                *self = Self::Busy {
+                    held: InFlight {
+                        request,
+                        reply: ReplyState::Awaiting,
+                    },
+                    since: now,
+                    heartbeats: false,
+                };
+                Ok(())
+            }
+            Self::Busy { .. } => Err((StateError::Busy, Box::new(request))),
+        }
+    }
+
+    /// A HEARTBEAT at `now`: a busy worker heartbeating `margin` after it got its request is
+    /// held to liveness from then on.
+    fn on_heartbeat(&mut self, now: Instant, margin: Duration) {
+        if let Self::Busy {
+            since, heartbeats, ..
+        } = self
+        {
+            if now >= *since + margin {
+                *heartbeats = true;
+            }
+        }
+    }
+
+    /// The request it holds for `client`.
+    fn in_flight_mut(&mut self, client: &Bytes) -> Result<&mut InFlight, StateError> {
+        match self {
+            Self::Idle => Err(StateError::Idle),
+            Self::Busy { held, .. } if held.request.client == *client => Ok(held),
+            Self::Busy { .. } => Err(StateError::OtherClient),
+        }
+    }
+
+    /// The worker answered `client` finally: idle again, with the request it held. Refused
+    /// (nothing changes) when it holds no request of `client`.
+    fn finish(&mut self, client: &Bytes) -> Result<InFlight, StateError> {
+        self.in_flight_mut(client)?;
+        match std::mem::replace(self, Self::Idle) {
+            Self::Busy { held, .. } => Ok(held),
+            Self::Idle => Err(StateError::Idle),
+        }
+    }
+
+    /// What it holds, as it goes away.
+    fn into_held(self) -> Option<InFlight> {
+        match self {
+            Self::Idle => None,
+            Self::Busy { held, .. } => Some(held),
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy { .. })
+    }
+
+    /// Busy and seen to heartbeat while busy.
+    fn heartbeats_when_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Busy {
+                heartbeats: true,
+                ..
+            }
+        )
+    }
 }
 
 #[derive(Debug)]
 struct Worker {
     service: Bytes,
     heartbeat: Heartbeat,
-    in_flight: Option<Request>,
-    /// Whether it has sent a HEARTBEAT while holding a request: then it is held to liveness
-    /// when busy too.
-    heartbeats_when_busy: bool,
-    /// When it was handed the request it holds.
-    busy_since: Instant,
-    /// The MDP version and dialect it registered in: the form of every command to it.
+    state: WorkerState,
+    /// The MDP version and dialect it registered in: the form of every command to it and from
+    /// it.
     form: Version,
 }
 
@@ -336,9 +548,6 @@ struct Service {
     idle: VecDeque<Bytes>,
     /// Registered workers, idle or busy.
     workers: usize,
-    /// `majordomo_request_duration_seconds{service}`: receipt to reply forwarded. Registered
-    /// with the metrics recorder at the service's first reply, then recorded to without lookups.
-    latency: Option<metrics::Histogram>,
 }
 
 impl Service {
@@ -361,7 +570,7 @@ impl Service {
     }
 
     /// Takes the oldest request of the next client in round-robin order.
-    fn pop(&mut self, requests: &mut HashMap<u64, Request>) -> Option<(u64, Request)> {
+    fn pop(&mut self, requests: &mut HashMap<u64, Queued>) -> Option<(u64, Queued)> {
         while let Some(client) = self.ring.pop_front() {
             let Some(queue) = self.queues.get_mut(&client) else {
                 continue;
@@ -380,7 +589,7 @@ impl Service {
             }
             if let Some((_, request)) = &found {
                 self.queued -= 1;
-                self.queued_bytes -= request.size;
+                self.queued_bytes -= request.request.size;
                 return found;
             }
         }
@@ -388,7 +597,7 @@ impl Service {
     }
 
     /// Drops leading ids of `client` whose requests are gone (expired).
-    fn trim(&mut self, client: &Bytes, requests: &HashMap<u64, Request>) {
+    fn trim(&mut self, client: &Bytes, requests: &HashMap<u64, Queued>) {
         let Some(queue) = self.queues.get_mut(client) else {
             return;
         };
@@ -406,14 +615,18 @@ impl Service {
     }
 }
 
+/// Encodes the body of the `mmi.stats` reply (JSON, in the broker driver): the core serializes
+/// nothing itself.
+pub type StatsEncoder = fn(&BrokerStats) -> Bytes;
+
 /// The broker's whole state: services, workers, queued requests, and what to send next.
 #[derive(Debug)]
 pub struct BrokerCore {
     config: BrokerConfig,
     services: HashMap<Bytes, Service>,
     workers: HashMap<Bytes, Worker>,
-    /// Queued requests by id; a request with a worker lives in that worker's `in_flight`.
-    requests: HashMap<u64, Request>,
+    /// Queued requests by id; a request with a worker lives in that worker's state.
+    requests: HashMap<u64, Queued>,
     /// Expiry deadlines of queued requests in the order they were queued. Every request expires
     /// `request_expiry` after it was (re-)queued, so this order is also deadline order. Entries of
     /// requests that left the queue are dropped from the front as soon as they get there, which
@@ -427,6 +640,10 @@ pub struct BrokerCore {
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
+    /// What happened, for the driver's metrics.
+    events: Events,
+    /// Encodes the `mmi.stats` reply; without one, `mmi.stats` is not implemented (501).
+    stats_encoder: Option<StatsEncoder>,
     stats: BrokerStats,
     /// The latest `now` any call carried: what [`BrokerCore::stats`] measures ages against.
     now: Instant,
@@ -449,10 +666,26 @@ impl BrokerCore {
             drops: DropLog::default(),
             next_id: 0,
             transmits: VecDeque::new(),
+            events: Events::default(),
+            stats_encoder: None,
             stats: BrokerStats::default(),
             now,
             draining: false,
         }
+    }
+
+    /// Answers `mmi.stats` with `200` and what `encode` makes of the stats as of the request
+    /// (the broker driver encodes them as JSON). Without an encoder, `mmi.stats` is answered as
+    /// any unimplemented `mmi.*` service: `501`.
+    pub fn with_stats_encoder(mut self, encode: StatsEncoder) -> Self {
+        self.stats_encoder = Some(encode);
+        self
+    }
+
+    /// The next thing that happened for the driver to count (drops, decode errors, reply
+    /// latencies); poll after each call. At most [`crate::event::MAX_EVENTS`] are held.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop().or_else(|| self.drops.poll_event())
     }
 
     /// The configuration in force.
@@ -468,11 +701,7 @@ impl BrokerCore {
             services: self.services.len(),
             queued: self.requests.len(),
             queued_bytes: self.queued_bytes,
-            in_flight: self
-                .workers
-                .values()
-                .filter(|w| w.in_flight.is_some())
-                .count(),
+            in_flight: self.workers.values().filter(|w| w.state.is_busy()).count(),
             per_service: self.service_stats(),
             draining: self.draining,
             ..self.stats.clone()
@@ -497,9 +726,7 @@ impl BrokerCore {
                 busy_heartbeating: self
                     .workers
                     .values()
-                    .filter(|w| {
-                        w.service == name && w.in_flight.is_some() && w.heartbeats_when_busy
-                    })
+                    .filter(|w| w.service == name && w.state.heartbeats_when_busy())
                     .count(),
             })
             .collect();
@@ -521,7 +748,7 @@ impl BrokerCore {
             .queues
             .values()
             .filter_map(|ids| ids.iter().find_map(|id| self.requests.get(id)))
-            .map(|request| request.received)
+            .map(|queued| queued.request.received)
             .min()
     }
 
@@ -555,7 +782,9 @@ impl BrokerCore {
     /// Handles one message from a shared ROUTER endpoint: `identity` is the ROUTER identity frame,
     /// `frames` what followed it. A malformed message is logged, counted and dropped; if it came
     /// from a registered worker, that worker is disconnected ("The broker SHOULD respond to invalid
-    /// messages by dropping them and treating that peer as invalid").
+    /// messages by dropping them and treating that peer as invalid"). A registered worker's
+    /// commands are read in the version and dialect it registered in: one in another is a
+    /// protocol error ([`DecodeError::VersionSwitch`]).
     pub fn handle_message(
         &mut self,
         now: Instant,
@@ -563,24 +792,37 @@ impl BrokerCore {
         frames: &[Bytes],
     ) -> Result<(), DecodeError> {
         self.tick(now);
-        let limits = self.config.limits;
-        let v02 = match mdp2::classify(frames) {
-            Some((Version::V02(dialect), Sender::Client)) => {
-                mdp2::ClientRequest::decode(frames, dialect, &limits).map(|request| {
-                    let request = ClientRequest::new(request.service, request.body);
-                    self.handle_client_in(now, identity, request, Version::V02(dialect));
-                })
-            }
-            Some((Version::V02(dialect), Sender::Worker)) => {
-                mdp2::WorkerMessage::decode(frames, dialect, &limits)
-                    .map(|message| self.handle_worker_v02(now, identity, message, dialect))
-            }
-            _ => return self.handle_message_v01(now, identity, frames),
+        let classified = mdp2::classify(frames);
+        // A registered worker's command is read in its READY's form, whatever its header says.
+        let switched = match classified {
+            Some((got, Sender::Worker)) => self
+                .workers
+                .get(identity)
+                .filter(|worker| worker.form != got)
+                .map(|worker| DecodeError::VersionSwitch {
+                    registered: worker.form,
+                    got,
+                }),
+            _ => None,
         };
-        if let Err(error) = &v02 {
-            self.handle_invalid(now, identity, error);
+        let decoded = match switched {
+            Some(error) => Err(error),
+            None => Inbound::decode_classified(frames, classified, &self.config.limits),
+        };
+        match decoded {
+            Ok((form, Inbound::Client(request))) => {
+                self.handle_client_in(now, identity, request, form);
+                Ok(())
+            }
+            Ok((form, Inbound::Worker(message))) => {
+                self.handle_worker_in(now, identity, message, form);
+                Ok(())
+            }
+            Err(error) => {
+                self.handle_invalid(now, identity, &error);
+                Err(error)
+            }
         }
-        v02
     }
 
     /// As [`BrokerCore::handle_message`], for an endpoint that serves only clients or only
@@ -613,43 +855,23 @@ impl BrokerCore {
         }
     }
 
-    fn handle_message_v01(
-        &mut self,
-        now: Instant,
-        identity: &Bytes,
-        frames: &[Bytes],
-    ) -> Result<(), DecodeError> {
-        match BrokerInbound::decode(frames, &self.config.limits) {
-            Ok(BrokerInbound::Client(request)) => {
-                self.handle_client(now, identity, request);
-                Ok(())
-            }
-            Ok(BrokerInbound::Worker(message)) => {
-                self.handle_worker(now, identity, message);
-                Ok(())
-            }
-            Err(error) => {
-                self.handle_invalid(now, identity, &error);
-                Err(error)
-            }
-        }
-    }
-
     /// Records a message that failed to decode from `identity`: logs it, and disconnects the peer
     /// if it is a registered worker.
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
         self.tick(now);
         self.stats.protocol_errors += 1;
-        metrics::counter!("majordomo_protocol_errors_total", "kind" => error.kind()).increment(1);
+        self.events
+            .push(Event::ProtocolError { kind: error.kind() });
         warn!(peer = %Peer(identity), %error, "dropped invalid message");
         if self.workers.contains_key(identity) {
             self.disconnect_worker(now, identity, true);
         }
     }
 
-    /// Handles a decoded MDP/Client REQUEST from the client `identity`.
+    /// Handles a decoded MDP/Client v0.1 REQUEST from the client `identity`.
     pub fn handle_client(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
-        self.handle_client_in(now, identity, request, Version::V01);
+        let ClientRequest { service, body } = request;
+        self.handle_client_in(now, identity, ClientCommand { service, body }, Version::V01);
     }
 
     /// Handles a request from a client that speaks `form`; every reply to it is in that form.
@@ -657,7 +879,7 @@ impl BrokerCore {
         &mut self,
         now: Instant,
         identity: &Bytes,
-        request: ClientRequest,
+        request: ClientCommand,
         form: Version,
     ) {
         self.tick(now);
@@ -709,14 +931,9 @@ impl BrokerCore {
                 service: request.service,
                 body: request.body,
                 size,
-                expires_at: None,
-                wait_until: None,
                 received: now,
                 deliveries: Deliveries::default(),
                 form,
-                streamed: false,
-                gathered: Vec::new(),
-                overflowed: false,
             },
             false,
         );
@@ -727,17 +944,24 @@ impl BrokerCore {
         &mut self,
         now: Instant,
         identity: &Bytes,
-        request: ClientRequest,
+        request: ClientCommand,
         form: Version,
     ) {
         // "200" only for a live worker, and gauges without the dead: purge the silent first.
         self.purge_dead_workers(now);
-        let reply = match request.service.as_ref() {
-            mmi::SERVICE => vec![mmi::service_status(self.has_worker(&request.body[0]))],
-            mmi::STATS => {
+        let reply = match (request.service.as_ref(), self.stats_encoder) {
+            // The body names the service; a request with none (only possible through
+            // `handle_client`: the decoders require a body frame) names no service a worker
+            // could serve, so it is not found.
+            (mmi::SERVICE, _) => vec![mmi::service_status(
+                request
+                    .body
+                    .first()
+                    .is_some_and(|name| self.has_worker(name)),
+            )],
+            (mmi::STATS, Some(encode)) => {
                 // As of this request: counted among the requests, its reply not yet sent.
-                let json = serde_json::to_vec(&self.stats()).expect("stats serialize");
-                vec![Bytes::from_static(mmi::OK), Bytes::from(json)]
+                vec![Bytes::from_static(mmi::OK), encode(&self.stats())]
             }
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
@@ -745,192 +969,157 @@ impl BrokerCore {
         self.send_reply(identity, request.service, reply, form);
     }
 
-    /// Handles a decoded MDP/Worker v0.2 command from the worker `identity`: READY registers it
-    /// in `dialect`, PARTIAL goes on to the client (or is gathered for a v0.1 client), and FINAL,
-    /// HEARTBEAT and DISCONNECT follow the v0.1 rules of REPLY, HEARTBEAT and DISCONNECT.
-    fn handle_worker_v02(
+    /// Handles a decoded MDP/Worker v0.1 command from the worker `identity`. A worker that
+    /// registered in v0.2 is disconnected for it ([`DecodeError::VersionSwitch`]).
+    pub fn handle_worker(&mut self, now: Instant, identity: &Bytes, message: WorkerMessage) {
+        self.handle_worker_in(now, identity, message.into(), Version::V01);
+    }
+
+    /// Handles a worker's command in `form`. Before READY only READY (registering the worker in
+    /// `form`) and DISCONNECT are valid; after it, every command must be in the form of the
+    /// READY. A PARTIAL goes on to a v0.2 client at once and is gathered for a v0.1 one.
+    fn handle_worker_in(
         &mut self,
         now: Instant,
         identity: &Bytes,
-        message: mdp2::WorkerMessage,
-        dialect: Dialect,
+        message: FromWorker,
+        form: Version,
     ) {
-        let form = Version::V02(dialect);
-        let registered = self.workers.contains_key(identity);
-        let message = match message {
-            mdp2::WorkerMessage::Ready { service } if !registered => {
-                if mmi::is_mmi(&service) {
-                    self.protocol_violation(identity, "READY for an mmi.* service", form);
-                } else {
-                    self.register(now, identity, service, form);
-                }
-                return;
-            }
-            mdp2::WorkerMessage::Ready { service } => WorkerMessage::Ready { service },
-            mdp2::WorkerMessage::Heartbeat => WorkerMessage::Heartbeat,
-            mdp2::WorkerMessage::Disconnect => WorkerMessage::Disconnect,
-            mdp2::WorkerMessage::Reply {
-                part: Part::Partial,
-                client,
-                body,
-            } if registered => {
-                self.handle_partial(now, identity, client, body);
-                return;
-            }
-            mdp2::WorkerMessage::Reply { client, body, .. } => {
-                WorkerMessage::Reply { client, body }
-            }
-        };
-        if !registered {
-            // Before READY: answered in the worker's own form.
-            match message {
-                WorkerMessage::Disconnect => {}
-                WorkerMessage::Heartbeat => {
-                    self.protocol_violation(identity, "HEARTBEAT before READY", form)
-                }
-                _ => self.protocol_violation(identity, "PARTIAL or FINAL before READY", form),
-            }
-            return;
-        }
-        self.handle_worker(now, identity, message);
-    }
-
-    /// A v0.2 worker's PARTIAL: forwarded to a v0.2 client as it comes, gathered for a v0.1 one.
-    fn handle_partial(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
-        self.tick(now);
-        let max = self.config.limits.max_message_size;
-        let worker = self.workers.get_mut(identity).expect("registered");
-        // "Any received command except DISCONNECT acts as a heartbeat."
-        worker.heartbeat.on_recv(now);
-        let Some(request) = worker.in_flight.as_mut().filter(|r| r.client == client) else {
-            self.stats.protocol_errors += 1;
-            warn!(worker = %Peer(identity), client = %Peer(&client), "PARTIAL for no request in flight, disconnecting");
-            self.disconnect_worker(now, identity, true);
-            return;
-        };
-        match request.form {
-            Version::V02(dialect) => {
-                request.streamed = true;
-                let reply = mdp2::ClientReply {
-                    part: Part::Partial,
-                    service: request.service.clone(),
-                    body,
-                };
-                self.transmits.push_back(Transmit {
-                    role: Role::Client,
-                    frames: reply.encode_routed(&client, dialect),
-                });
-            }
-            Version::V01 => {
-                // A v0.1 client takes one REPLY: the parts go with the FINAL, up to the message
-                // size limit.
-                let size = request
-                    .gathered
-                    .iter()
-                    .chain(&body)
-                    .map(Bytes::len)
-                    .sum::<usize>();
-                if size > max {
-                    request.overflowed = true;
-                    request.gathered.clear();
-                } else if !request.overflowed {
-                    request.gathered.extend(body);
-                }
-            }
-        }
-    }
-
-    /// Handles a decoded MDP/Worker command from the worker `identity`.
-    pub fn handle_worker(&mut self, now: Instant, identity: &Bytes, message: WorkerMessage) {
         self.tick(now);
         let Some(worker) = self.workers.get_mut(identity) else {
             match message {
-                WorkerMessage::Ready { service } if mmi::is_mmi(&service) => {
+                FromWorker::Ready { service } if mmi::is_mmi(&service) => {
                     // "It MUST disconnect any workers that attempt to register services in this
                     // namespace." (8/MMI)
-                    self.protocol_violation(identity, "READY for an mmi.* service", Version::V01);
+                    self.protocol_violation(identity, "READY for an mmi.* service", form);
                 }
-                WorkerMessage::Ready { service } => {
-                    self.register(now, identity, service, Version::V01)
-                }
+                FromWorker::Ready { service } => self.register(now, identity, service, form),
                 // "The worker MAY send DISCONNECT at any time, including before READY."
-                WorkerMessage::Disconnect => {}
-                WorkerMessage::Reply { .. } => {
-                    self.protocol_violation(identity, "REPLY before READY", Version::V01)
+                FromWorker::Disconnect => {}
+                // Answered in the worker's own form.
+                FromWorker::Reply { .. } => {
+                    self.protocol_violation(identity, "reply before READY", form)
                 }
-                WorkerMessage::Heartbeat => {
-                    self.protocol_violation(identity, "HEARTBEAT before READY", Version::V01)
+                FromWorker::Heartbeat => {
+                    self.protocol_violation(identity, "HEARTBEAT before READY", form)
                 }
             }
             return;
         };
+        if worker.form != form {
+            let error = DecodeError::VersionSwitch {
+                registered: worker.form,
+                got: form,
+            };
+            self.handle_invalid(now, identity, &error);
+            return;
+        }
         // "Any received command except DISCONNECT acts as a heartbeat."
         worker.heartbeat.on_recv(now);
         match message {
-            WorkerMessage::Heartbeat => {
+            FromWorker::Heartbeat => {
                 // Only a heartbeat sent well after the request reached the worker shows that it
                 // heartbeats while busy: a worker that sends nothing while busy may have sent one
                 // just before the request arrived, and it lands just after the hand-out.
                 let margin = self.config.heartbeat.interval / 2;
-                if worker.in_flight.is_some() && now >= worker.busy_since + margin {
-                    worker.heartbeats_when_busy = true;
-                }
+                worker.state.on_heartbeat(now, margin);
             }
-            WorkerMessage::Ready { .. } => {
+            FromWorker::Ready { .. } => {
                 // "The worker MUST NOT send a further READY."
                 self.stats.protocol_errors += 1;
                 warn!(worker = %Peer(identity), "second READY, disconnecting");
                 self.disconnect_worker(now, identity, true);
             }
-            WorkerMessage::Disconnect => {
+            FromWorker::Disconnect => {
                 debug!(worker = %Peer(identity), "worker disconnected");
                 // "When the broker receives DISCONNECT from a worker it MUST send no further
                 // commands to that worker."
                 self.disconnect_worker(now, identity, false);
             }
-            WorkerMessage::Reply { client, body } => {
-                match worker.in_flight.take() {
-                    Some(request) if request.client == client => {
-                        let service = worker.service.clone();
-                        worker.heartbeat.on_send(now);
-                        let received = request.received;
-                        if request.overflowed {
-                            // Parts of a v0.2 worker past what a v0.1 client can take in one
-                            // REPLY: the client gets none and retries; the worker goes on.
-                            self.stats.abandoned += 1;
-                            warn!(worker = %Peer(identity), client = %Peer(&client), max = self.config.limits.max_message_size, "reply in parts larger than the message size limit for a v0.1 client, dropped");
-                        } else {
-                            let mut parts = request.gathered;
-                            let body = if parts.is_empty() {
-                                body
-                            } else {
-                                parts.extend(body);
-                                parts
-                            };
-                            self.send_reply(&client, request.service, body, request.form);
-                        }
-                        if let Some(svc) = self.services.get_mut(&service) {
-                            svc.idle.push_back(identity.clone());
-                            svc.latency
-                                .get_or_insert_with(|| {
-                                    let name = String::from_utf8_lossy(&service).into_owned();
-                                    metrics::histogram!("majordomo_request_duration_seconds", "service" => name)
-                                })
-                                .record(now.saturating_duration_since(received).as_secs_f64());
-                        }
-                        self.dispatch(now, &service);
-                    }
-                    other => {
-                        // A reply the worker was not asked for (idle, or another client's
-                        // address): the worker is confused; put back what it held.
-                        worker.in_flight = other;
-                        self.stats.protocol_errors += 1;
-                        warn!(worker = %Peer(identity), client = %Peer(&client), "REPLY for no request in flight, disconnecting");
-                        self.disconnect_worker(now, identity, true);
-                    }
-                }
+            FromWorker::Reply {
+                part: Part::Partial,
+                client,
+                body,
+            } => self.handle_partial(now, identity, client, body),
+            FromWorker::Reply {
+                part: Part::Final,
+                client,
+                body,
+            } => self.handle_final(now, identity, client, body),
+        }
+    }
+
+    /// A PARTIAL: forwarded to a v0.2 client as it comes, gathered for a v0.1 one.
+    fn handle_partial(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
+        let max = self.config.limits.max_message_size;
+        let worker = self.workers.get_mut(identity).expect("registered");
+        let held = match worker.state.in_flight_mut(&client) {
+            Ok(held) => held,
+            Err(error) => {
+                self.stats.protocol_errors += 1;
+                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "PARTIAL for no request in flight, disconnecting");
+                self.disconnect_worker(now, identity, true);
+                return;
+            }
+        };
+        let InFlight { request, reply } = held;
+        match reply.on_partial(request.form, body, max) {
+            Ok(Some((dialect, body))) => {
+                let frames = codec::v02_reply_frames(
+                    Some(&client),
+                    dialect,
+                    Part::Partial,
+                    &request.service,
+                    &body,
+                );
+                self.transmits.push_back(Transmit {
+                    role: Role::Client,
+                    frames,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                // Not reached: a request's reply state follows its client's version.
+                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "PARTIAL dropped");
             }
         }
+    }
+
+    /// A FINAL (or v0.1 REPLY): the reply goes to the client with what was gathered, and the
+    /// worker is idle again.
+    fn handle_final(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
+        let worker = self.workers.get_mut(identity).expect("registered");
+        let InFlight { request, reply } = match worker.state.finish(&client) {
+            Ok(held) => held,
+            Err(error) => {
+                // A reply the worker was not asked for (idle, or another client's address): the
+                // worker is confused; what it held goes back to the queue.
+                self.stats.protocol_errors += 1;
+                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "reply for no request in flight, disconnecting");
+                self.disconnect_worker(now, identity, true);
+                return;
+            }
+        };
+        let service = worker.service.clone();
+        worker.heartbeat.on_send(now);
+        let received = request.received;
+        match reply.into_body(body) {
+            Ok(body) => self.send_reply(&client, request.service, body, request.form),
+            Err(_) => {
+                // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY: the
+                // client gets none and retries; the worker goes on.
+                self.stats.abandoned += 1;
+                warn!(worker = %Peer(identity), client = %Peer(&client), max = self.config.limits.max_message_size, "reply in parts larger than the message size limit for a v0.1 client, dropped");
+            }
+        }
+        if let Some(svc) = self.services.get_mut(&service) {
+            svc.idle.push_back(identity.clone());
+            self.events.push(Event::Replied {
+                service: service.clone(),
+                latency: now.saturating_duration_since(received),
+            });
+        }
+        self.dispatch(now, &service);
     }
 
     /// Reports that a message to `identity` could not be sent (the peer is gone, or its queue is
@@ -959,19 +1148,19 @@ impl BrokerCore {
                 break;
             }
             self.expiries.pop_front();
-            let Some(request) = self.requests.get_mut(&id) else {
+            let Some(queued) = self.requests.get_mut(&id) else {
                 continue;
             };
-            if request.expires_at != Some(at) {
+            if queued.expires_at != Some(at) {
                 continue;
             }
             if self
                 .services
-                .get(&request.service)
+                .get(&queued.request.service)
                 .is_some_and(|s| s.workers > 0)
             {
                 // A worker registered since: the request waits for it, without an expiry.
-                request.expires_at = None;
+                queued.expires_at = None;
                 continue;
             }
             self.drop_queued(now, id, DropReason::NoWorker);
@@ -1006,14 +1195,14 @@ impl BrokerCore {
             return;
         };
         self.stats.disconnected += 1;
-        let busy = worker.in_flight.is_some();
+        let busy = worker.state.is_busy();
         info!(worker = %Peer(identity), service = %Hex(&worker.service), busy, "worker connection closed, removing");
         self.disconnect_worker(now, identity, false);
     }
 
     /// Removes the queued request `id`, counted and summarised as dropped for `reason`.
     fn drop_queued(&mut self, now: Instant, id: u64, reason: DropReason) {
-        let Some(request) = self.requests.remove(&id) else {
+        let Some(Queued { request, .. }) = self.requests.remove(&id) else {
             return;
         };
         self.stats.expired += 1;
@@ -1045,7 +1234,7 @@ impl BrokerCore {
     pub fn is_drained(&self) -> bool {
         self.draining
             && self.requests.is_empty()
-            && self.workers.values().all(|w| w.in_flight.is_none())
+            && self.workers.values().all(|w| !w.state.is_busy())
     }
 
     /// Tells every worker DISCONNECT and forgets all workers and queued requests.
@@ -1056,7 +1245,7 @@ impl BrokerCore {
             .map(|(id, w)| (id.clone(), w.form))
             .collect();
         for (identity, form) in workers {
-            self.push_worker(&identity, BrokerMessage::Disconnect, form);
+            self.push_worker(&identity, ToWorker::Disconnect, form);
         }
         self.workers.clear();
         self.services.clear();
@@ -1073,9 +1262,7 @@ impl BrokerCore {
             Worker {
                 service: service.clone(),
                 heartbeat: Heartbeat::new(now, self.config.heartbeat),
-                in_flight: None,
-                heartbeats_when_busy: false,
-                busy_since: now,
+                state: WorkerState::Idle,
                 form,
             },
         );
@@ -1090,7 +1277,7 @@ impl BrokerCore {
         warn!(peer = %Peer(identity), what, "unexpected command, sending DISCONNECT");
         // "The broker MUST respond to any valid but unexpected command by sending DISCONNECT and
         // then no further commands to that worker."
-        self.push_worker(identity, BrokerMessage::Disconnect, form);
+        self.push_worker(identity, ToWorker::Disconnect, form);
     }
 
     /// Removes a worker, optionally telling it DISCONNECT, and re-queues what it held.
@@ -1099,7 +1286,7 @@ impl BrokerCore {
             return;
         };
         if send {
-            self.push_worker(identity, BrokerMessage::Disconnect, worker.form);
+            self.push_worker(identity, ToWorker::Disconnect, worker.form);
         }
         if let Some(svc) = self.services.get_mut(&worker.service) {
             svc.workers -= 1;
@@ -1108,21 +1295,21 @@ impl BrokerCore {
                 // No worker left: what waits for one now expires after `request_expiry`.
                 let at = now + self.config.request_expiry;
                 for id in svc.queues.values().flatten() {
-                    if let Some(request) = self.requests.get_mut(id) {
-                        if request.expires_at.is_none() {
-                            request.expires_at = Some(at);
+                    if let Some(queued) = self.requests.get_mut(id) {
+                        if queued.expires_at.is_none() {
+                            queued.expires_at = Some(at);
                             self.expiries.push_back((at, *id));
                         }
                     }
                 }
             }
         }
-        if let Some(mut request) = worker.in_flight {
-            if request.streamed {
+        if let Some(InFlight { request, mut reply }) = worker.state.into_held() {
+            if let Err(error) = reply.restart() {
                 // Its client already holds PARTIALs: replaying the request to another worker
                 // would send it parts twice. It gets no FINAL, and retries.
                 self.stats.abandoned += 1;
-                warn!(client = %Peer(&request.client), service = %Hex(&request.service), "worker lost after streaming part of a reply: request abandoned, not replayed");
+                warn!(client = %Peer(&request.client), service = %Hex(&request.service), %error, "worker lost after streaming part of a reply: request abandoned, not replayed");
                 self.drops
                     .record(now, &request.service, DropReason::Abandoned);
             } else if request
@@ -1142,9 +1329,6 @@ impl BrokerCore {
             } else {
                 self.stats.requeued += 1;
                 debug!(client = %Peer(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
-                // Parts gathered from the lost worker are not the next worker's.
-                request.gathered.clear();
-                request.overflowed = false;
                 self.enqueue(now, request, true);
                 self.dispatch(now, &worker.service);
             }
@@ -1155,21 +1339,28 @@ impl BrokerCore {
     /// Queues `request` (at the front for a re-queued one), with an expiry if its service has no
     /// worker and a maximum wait if one is configured. Every entry is `now` plus a fixed delay,
     /// so pushing at the back keeps both lists in deadline order.
-    fn enqueue(&mut self, now: Instant, mut request: Request, front: bool) {
+    fn enqueue(&mut self, now: Instant, request: Request, front: bool) {
         let id = self.next_id;
         self.next_id += 1;
         let svc = self.services.entry(request.service.clone()).or_default();
-        request.expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
-        if let Some(at) = request.expires_at {
+        let expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
+        if let Some(at) = expires_at {
             self.expiries.push_back((at, id));
         }
-        request.wait_until = self.config.max_wait.map(|wait| now + wait);
-        if let Some(at) = request.wait_until {
+        let wait_until = self.config.max_wait.map(|wait| now + wait);
+        if let Some(at) = wait_until {
             self.waits.push_back((at, id));
         }
         svc.push(&request.client, id, request.size, front);
         self.queued_bytes += request.size;
-        self.requests.insert(id, request);
+        self.requests.insert(
+            id,
+            Queued {
+                request,
+                expires_at,
+                wait_until,
+            },
+        );
     }
 
     /// Drops entries of requests that are no longer queued from the front of the deadline
@@ -1190,34 +1381,40 @@ impl BrokerCore {
         let Some(svc) = self.services.get_mut(service) else {
             return;
         };
-        while !svc.idle.is_empty() {
-            let Some((_, mut request)) = svc.pop(&mut self.requests) else {
+        while let Some(identity) = svc.idle.pop_front() {
+            let Some((_, Queued { mut request, .. })) = svc.pop(&mut self.requests) else {
+                svc.idle.push_front(identity);
                 break;
             };
             self.queued_bytes -= request.size;
-            let identity = svc.idle.pop_front().expect("not empty");
             let worker = self
                 .workers
                 .get_mut(&identity)
                 .expect("idle workers are registered");
             request.deliveries.hand_out();
             worker.heartbeat.on_send(now);
-            worker.busy_since = now;
-            let frames = match worker.form {
-                Version::V01 => {
-                    BrokerMessage::request_routed(&identity, &request.client, &request.body)
-                }
-                Version::V02(dialect) => mdp2::BrokerMessage::Request {
-                    client: request.client.clone(),
-                    body: request.body.clone(),
-                }
-                .encode_routed(&identity, dialect),
-            };
+            let frames =
+                codec::request_frames(Some(&identity), worker.form, &request.client, &request.body);
+            if let Err((error, request)) = worker.state.assign(now, request) {
+                // Not reached: the idle list holds idle workers only. The request goes back.
+                warn!(worker = %Peer(&identity), %error, "busy worker in the idle list");
+                svc.push(&request.client, self.next_id, request.size, true);
+                self.queued_bytes += request.size;
+                self.requests.insert(
+                    self.next_id,
+                    Queued {
+                        request: *request,
+                        expires_at: None,
+                        wait_until: None,
+                    },
+                );
+                self.next_id += 1;
+                continue;
+            }
             self.transmits.push_back(Transmit {
                 role: Role::Worker,
                 frames,
             });
-            worker.in_flight = Some(request);
         }
         self.trim_expiries();
     }
@@ -1231,8 +1428,8 @@ impl BrokerCore {
             .iter()
             .filter_map(|(id, w)| {
                 let silent = now.saturating_duration_since(w.heartbeat.last_heard());
-                let busy = w.in_flight.is_some();
-                let dead = if busy && !w.heartbeats_when_busy {
+                let busy = w.state.is_busy();
+                let dead = if busy && !w.state.heartbeats_when_busy() {
                     silent >= busy_timeout
                 } else {
                     w.heartbeat.is_peer_dead(now)
@@ -1261,12 +1458,7 @@ impl BrokerCore {
                 worker.heartbeat.on_send(now);
                 self.transmits.push_back(Transmit {
                     role: Role::Worker,
-                    frames: match worker.form {
-                        Version::V01 => BrokerMessage::Heartbeat.encode_routed(identity),
-                        Version::V02(dialect) => {
-                            mdp2::BrokerMessage::Heartbeat.encode_routed(identity, dialect)
-                        }
-                    },
+                    frames: ToWorker::Heartbeat.encode(Some(identity), worker.form),
                 });
             }
         }
@@ -1275,15 +1467,7 @@ impl BrokerCore {
     /// The one reply to a v0.1 client, or the FINAL to a v0.2 one.
     fn send_reply(&mut self, client: &Bytes, service: Bytes, body: Vec<Bytes>, form: Version) {
         self.stats.replies += 1;
-        let frames = match form {
-            Version::V01 => ClientReply { service, body }.encode_routed(client),
-            Version::V02(dialect) => mdp2::ClientReply {
-                part: Part::Final,
-                service,
-                body,
-            }
-            .encode_routed(client, dialect),
-        };
+        let frames = codec::final_frames(Some(client), form, &service, &body);
         self.transmits.push_back(Transmit {
             role: Role::Client,
             frames,
@@ -1291,19 +1475,10 @@ impl BrokerCore {
     }
 
     /// HEARTBEAT or DISCONNECT to a worker, in the form it speaks.
-    fn push_worker(&mut self, identity: &Bytes, message: BrokerMessage, form: Version) {
-        let frames = match (form, message) {
-            (Version::V01, message) => message.encode_routed(identity),
-            (Version::V02(dialect), BrokerMessage::Disconnect) => {
-                mdp2::BrokerMessage::Disconnect.encode_routed(identity, dialect)
-            }
-            (Version::V02(dialect), _) => {
-                mdp2::BrokerMessage::Heartbeat.encode_routed(identity, dialect)
-            }
-        };
+    fn push_worker(&mut self, identity: &Bytes, command: ToWorker, form: Version) {
         self.transmits.push_back(Transmit {
             role: Role::Worker,
-            frames,
+            frames: command.encode(Some(identity), form),
         });
     }
 
@@ -1311,5 +1486,126 @@ impl BrokerCore {
         if self.services.get(service).is_some_and(Service::is_unused) {
             self.services.remove(service);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client: &'static [u8], form: Version) -> Request {
+        Request {
+            client: Bytes::from_static(client),
+            service: Bytes::from_static(b"echo"),
+            body: vec![Bytes::from_static(b"q")],
+            size: 0,
+            received: Instant::now(),
+            deliveries: Deliveries::default(),
+            form,
+        }
+    }
+
+    fn parts(frames: &[&'static [u8]]) -> Vec<Bytes> {
+        frames.iter().map(|f| Bytes::from_static(f)).collect()
+    }
+
+    const V02: Version = Version::V02(Dialect::Rfc18);
+
+    #[test]
+    fn a_worker_is_idle_busy_then_idle_and_refuses_what_it_was_not_asked() {
+        let t0 = Instant::now();
+        let client = Bytes::from_static(b"c");
+        let mut state = WorkerState::Idle;
+        assert_eq!(state.finish(&client).err(), Some(StateError::Idle));
+        assert_eq!(state.in_flight_mut(&client).err(), Some(StateError::Idle));
+        state.assign(t0, request(b"c", Version::V01)).unwrap();
+        assert!(state.is_busy());
+        // Busy: a second request is handed back.
+        let (error, back) = state
+            .assign(t0, request(b"d", Version::V01))
+            .expect_err("busy");
+        assert_eq!((error, back.client.as_ref()), (StateError::Busy, &b"d"[..]));
+        // A reply for another client changes nothing.
+        let other = Bytes::from_static(b"x");
+        assert_eq!(state.finish(&other).err(), Some(StateError::OtherClient));
+        assert!(state.is_busy());
+        let held = state.finish(&client).unwrap();
+        assert_eq!(held.request.client, client);
+        assert!(!state.is_busy());
+        assert!(state.into_held().is_none());
+    }
+
+    #[test]
+    fn only_a_heartbeat_well_after_the_hand_out_shows_a_worker_heartbeats_when_busy() {
+        let t0 = Instant::now();
+        let margin = Duration::from_millis(50);
+        let mut state = WorkerState::Idle;
+        state.on_heartbeat(t0 + margin * 4, margin);
+        assert!(!state.heartbeats_when_busy());
+        state.assign(t0, request(b"c", Version::V01)).unwrap();
+        state.on_heartbeat(t0 + margin / 2, margin);
+        assert!(!state.heartbeats_when_busy());
+        state.on_heartbeat(t0 + margin, margin);
+        assert!(state.heartbeats_when_busy());
+        // Idle again, then busy with a new request: not yet seen to heartbeat.
+        state.finish(&Bytes::from_static(b"c")).unwrap();
+        state
+            .assign(t0 + margin * 2, request(b"c", Version::V01))
+            .unwrap();
+        assert!(!state.heartbeats_when_busy());
+        assert!(state.into_held().is_some());
+    }
+
+    #[test]
+    fn parts_stream_to_a_v02_client_and_the_request_is_then_never_replayed() {
+        let mut reply = ReplyState::Awaiting;
+        let got = reply.on_partial(V02, parts(&[b"1"]), 10).unwrap();
+        assert_eq!(got, Some((Dialect::Rfc18, parts(&[b"1"]))));
+        assert_eq!(reply, ReplyState::Streaming);
+        assert!(reply.on_partial(V02, parts(&[b"2"]), 10).unwrap().is_some());
+        assert_eq!(reply.restart(), Err(StateError::Streamed));
+        assert_eq!(reply, ReplyState::Streaming);
+        // A v0.1 client's request is never streaming.
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"3"]), 10),
+            Err(StateError::WrongVersion)
+        );
+        assert_eq!(reply.into_body(parts(&[b"f"])), Ok(parts(&[b"f"])));
+    }
+
+    #[test]
+    fn parts_are_gathered_for_a_v01_client_up_to_the_limit() {
+        let mut reply = ReplyState::Awaiting;
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"ab"]), 4), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"cd"]), 4), Ok(None));
+        assert_eq!(reply, ReplyState::Gathering(parts(&[b"ab", b"cd"])));
+        // A v0.2 client's request is never gathering.
+        assert_eq!(
+            reply.on_partial(V02, parts(&[b"x"]), 4),
+            Err(StateError::WrongVersion)
+        );
+        let mut replay = ReplyState::Gathering(parts(&[b"ab"]));
+        assert_eq!(replay.restart(), Ok(()));
+        assert_eq!(replay, ReplyState::Awaiting);
+        assert_eq!(
+            reply.into_body(parts(&[b"f"])),
+            Ok(parts(&[b"ab", b"cd", b"f"]))
+        );
+        // Past the limit: overflowed, the rest dropped, and the reply refused.
+        let mut reply = ReplyState::Gathering(parts(&[b"ab"]));
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cde"]), 4),
+            Ok(None)
+        );
+        assert_eq!(reply, ReplyState::Overflowed);
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), 4), Ok(None));
+        assert_eq!(reply, ReplyState::Overflowed);
+        assert_eq!(
+            ReplyState::Overflowed.into_body(parts(&[b"f"])),
+            Err(StateError::Overflowed)
+        );
+        // Another worker starts over.
+        assert_eq!(reply.restart(), Ok(()));
+        assert_eq!(reply, ReplyState::Awaiting);
     }
 }

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::mdp::{ClientReply, ClientRequest};
-use crate::mdp2::{self, Dialect, Part, Version};
+use crate::codec::{self, Dialect, Part, Version};
 use crate::{DecodeError, Limits};
 
 /// Why a call failed.
@@ -109,7 +108,11 @@ impl Call {
         limits: Limits,
     ) -> Result<Self, DecodeError> {
         limits.check_service(&service)?;
-        let request = ClientRequest::new(service.clone(), body).encode();
+        let request = codec::Request {
+            service: service.clone(),
+            body,
+        }
+        .encode(Version::V01);
         Ok(Self::start(
             now,
             Exchange::Mdp { service, limits },
@@ -133,11 +136,11 @@ impl Call {
         dialect: Dialect,
     ) -> Result<Self, DecodeError> {
         limits.check_service(&service)?;
-        let request = mdp2::ClientRequest {
+        let request = codec::Request {
             service: service.clone(),
             body,
         }
-        .encode(dialect);
+        .encode(Version::V02(dialect));
         let exchange = Exchange::Mdp2 {
             service,
             limits,
@@ -281,7 +284,7 @@ impl Call {
                 gathered,
                 streamed,
                 parts,
-            } => match mdp2::ClientReply::decode(frames, *dialect, limits) {
+            } => match codec::Reply::decode(frames, Version::V02(*dialect), limits) {
                 // majortomo's replies carry no service frame to check.
                 Ok(reply) if !reply.service.is_empty() && reply.service != *service => {
                     Err(CallError::WrongService {
@@ -303,14 +306,16 @@ impl Call {
                 }
                 Err(error) => Err(CallError::Malformed(error)),
             },
-            Exchange::Mdp { service, limits } => match ClientReply::decode(frames, limits) {
-                Ok(reply) if reply.service == *service => Ok(reply.body),
-                Ok(reply) => Err(CallError::WrongService {
-                    expected: service.clone(),
-                    got: reply.service,
-                }),
-                Err(error) => Err(CallError::Malformed(error)),
-            },
+            Exchange::Mdp { service, limits } => {
+                match codec::Reply::decode(frames, Version::V01, limits) {
+                    Ok(reply) if reply.service == *service => Ok(reply.body),
+                    Ok(reply) => Err(CallError::WrongService {
+                        expected: service.clone(),
+                        got: reply.service,
+                    }),
+                    Err(error) => Err(CallError::Malformed(error)),
+                }
+            }
             // A REP server's reply starts with the empty delimiter, as REQ expects.
             Exchange::Plain => Ok(match frames.split_first() {
                 Some((first, rest)) if first.is_empty() => rest.to_vec(),

@@ -4,7 +4,8 @@
 //! the first drop of a kind (service and reason) at once, then at most one summary per
 //! [`SUMMARY_INTERVAL`] while drops of that kind continue: what was dropped, how many, over how
 //! long. A kind that stays quiet for a whole interval is forgotten. Every drop is also counted in
-//! the server's stats; this only shapes the log.
+//! the server's stats and reported as an [`Event::Dropped`] for the driver's counters; this only
+//! shapes the log.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::warn;
 
+use crate::event::{Event, Events};
 use crate::Hex;
 
 /// Longest a kind of drop goes unreported while it continues.
@@ -83,13 +85,14 @@ struct Window {
 #[derive(Debug, Default)]
 pub struct DropLog {
     windows: HashMap<(Bytes, DropReason), Window>,
+    /// One [`Event::Dropped`] per drop, until the driver polls it.
+    events: Events,
 }
 
 impl DropLog {
     /// Records one drop at `now`. The first of its kind is logged at once.
     pub fn record(&mut self, now: Instant, service: &Bytes, reason: DropReason) {
-        metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
-            .increment(1);
+        self.events.push(Event::Dropped { reason });
         match self.windows.get_mut(&(service.clone(), reason)) {
             Some(window) => window.unreported += 1,
             None => {
@@ -103,6 +106,11 @@ impl DropLog {
                 );
             }
         }
+    }
+
+    /// The next drop not yet reported to the driver, as an [`Event::Dropped`].
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
     }
 
     /// When [`DropLog::handle_timeout`] must be called next, if a window is open.
@@ -172,6 +180,18 @@ mod tests {
             );
         }
         assert_eq!(log.unreported(&svc, DropReason::ServiceBytes), Some(1000));
+        // Every drop is an event for the driver's counter.
+        let mut events = 0;
+        while let Some(event) = log.poll_event() {
+            assert_eq!(
+                event,
+                Event::Dropped {
+                    reason: DropReason::ServiceBytes
+                }
+            );
+            events += 1;
+        }
+        assert_eq!(events, 1001);
         assert_eq!(log.poll_timeout(), Some(t0 + SUMMARY_INTERVAL));
         // Before the window ends nothing changes.
         log.handle_timeout(t0 + Duration::from_millis(500));

@@ -1,6 +1,9 @@
-//! Typed decode errors: every malformed message says what was wrong with it.
+//! Typed errors: every malformed message says what was wrong with it, every command a version
+//! cannot carry says so.
 
 use bytes::Bytes;
+
+use crate::mdp2::Version;
 
 /// Why a multipart message could not be decoded.
 ///
@@ -86,6 +89,15 @@ pub enum DecodeError {
     /// A 6/PPP message that carries neither a command nor any body frame.
     #[error("message has no body frame")]
     MissingBody,
+    /// A registered worker sent a command in another MDP version or dialect than the one it
+    /// registered in (a worker speaks one for its whole session).
+    #[error("worker registered in {registered:?} sent a command in {got:?}")]
+    VersionSwitch {
+        /// The version and dialect of its READY.
+        registered: Version,
+        /// The version and dialect of this command.
+        got: Version,
+    },
 }
 
 impl DecodeError {
@@ -109,8 +121,18 @@ impl DecodeError {
             Self::MessageTooLarge { .. } => "message_too_large",
             Self::TooManyFrames { .. } => "too_many_frames",
             Self::MissingBody => "missing_body",
+            Self::VersionSwitch { .. } => "version_switch",
         }
     }
+}
+
+/// Why a command could not be encoded in the version asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A PARTIAL in 7/MDP v0.1, which has one reply per request: send the parts with the FINAL.
+    #[error("7/MDP v0.1 has no PARTIAL: send the parts with the FINAL")]
+    PartialInV01,
 }
 
 /// A configuration a driver refused to start with; the message names the setting.

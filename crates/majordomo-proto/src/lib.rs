@@ -8,7 +8,9 @@
 //! simulated time.
 //!
 //! # Layout
-//! - [`mdp`]: 7/MDP v0.1 client and worker commands.
+//! - [`codec`]: the MDP commands of every version as one set of types, and their codec keyed by
+//!   version and dialect.
+//! - [`mdp`]: 7/MDP v0.1 client and worker frames; [`mdp2`]: 18/MDP v0.2 in both dialects.
 //! - [`ppp`]: 6/PPP (Paranoid Pirate) commands and envelopes.
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
@@ -20,14 +22,17 @@
 //! - [`redelivery`]: the rule for requests whose worker went away (broker and queue).
 //! - [`flow`]: holding peers that stopped reading.
 //! - [`drops`]: rate-limited summaries of dropped requests.
-//! - [`Limits`], [`DecodeError`], [`ConfigError`]: what a decoder accepts, why it refused, and
-//!   why a configuration was refused.
+//! - [`event`]: what the cores report for the driver to count (they record no metrics).
+//! - [`Limits`], [`DecodeError`], [`EncodeError`], [`ConfigError`]: what a decoder accepts, why
+//!   it refused, what a version cannot carry, and why a configuration was refused.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod client;
+pub mod codec;
 pub mod drops;
 mod error;
+pub mod event;
 pub mod flow;
 pub mod heartbeat;
 mod limits;
@@ -44,7 +49,7 @@ pub mod worker;
 
 use std::fmt;
 
-pub use error::{ConfigError, DecodeError};
+pub use error::{ConfigError, DecodeError, EncodeError};
 pub use limits::Limits;
 
 /// Displays peer identities, service names and other frames for logs: printable ASCII as text,

@@ -3,11 +3,13 @@
 //! Frames are shown here as a DEALER socket sees them, starting with the empty frame 0. A ROUTER
 //! socket adds the peer identity in front; [`split_identity`] takes it off, and
 //! [`BrokerInbound::decode`] reads what follows. Bodies are [`Bytes`]: decoding and encoding clone
-//! reference-counted handles, never the body bytes.
+//! reference-counted handles, never the body bytes. The frames of every version are written by
+//! [`crate::codec`]; these types are its v0.1 view.
 
 use bytes::Bytes;
 
-use crate::{DecodeError, Limits};
+use crate::mdp2::Version;
+use crate::{codec, DecodeError, Limits};
 
 /// Frame 1 of every MDP/Client message: "MDPC01" (six bytes, representing MDP/Client v0.1).
 pub const CLIENT_HEADER: &[u8] = b"MDPC01";
@@ -130,7 +132,11 @@ fn decode_client_after_header(
 /// Encodes `[prefix?, empty, "MDPC01", service, body...]`. An empty `body` is sent as one empty
 /// frame, since the RFC requires at least one body frame (and a decoder refuses a message
 /// without one).
-fn encode_client_message(prefix: Option<&Bytes>, service: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
+pub(crate) fn encode_client_message(
+    prefix: Option<&Bytes>,
+    service: &Bytes,
+    body: &[Bytes],
+) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(5 + body.len());
     frames.extend(prefix.cloned());
     frames.push(EMPTY);
@@ -163,7 +169,7 @@ impl ClientRequest {
     ///
     /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
-        encode_client_message(None, &self.service, &self.body)
+        codec::request_to_broker_frames(Version::V01, &self.service, &self.body)
     }
 }
 
@@ -178,13 +184,13 @@ impl ClientReply {
     ///
     /// An empty `body` is sent as one empty frame, since the RFC requires at least one body frame.
     pub fn encode(&self) -> Vec<Bytes> {
-        encode_client_message(None, &self.service, &self.body)
+        codec::final_frames(None, Version::V01, &self.service, &self.body)
     }
 
     /// Encodes for a ROUTER socket, with the client's identity in front. An empty `body` is sent
     /// as one empty frame, as by [`ClientReply::encode`].
     pub fn encode_routed(&self, identity: &Bytes) -> Vec<Bytes> {
-        encode_client_message(Some(identity), &self.service, &self.body)
+        codec::final_frames(Some(identity), Version::V01, &self.service, &self.body)
     }
 }
 
@@ -271,14 +277,14 @@ fn decode_envelope(
     }
 }
 
-fn encode_worker_command(prefix: Option<&Bytes>, command: u8) -> Vec<Bytes> {
+pub(crate) fn encode_worker_command(prefix: Option<&Bytes>, command: u8) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(4);
     frames.extend(prefix.cloned());
     frames.extend([EMPTY, WORKER_HEADER_FRAME, command_frame(command)]);
     frames
 }
 
-fn encode_worker_envelope(
+pub(crate) fn encode_worker_envelope(
     prefix: Option<&Bytes>,
     command: u8,
     client: &Bytes,
@@ -342,16 +348,10 @@ impl WorkerMessage {
     /// Encodes for the worker's DEALER socket.
     pub fn encode(&self) -> Vec<Bytes> {
         match self {
-            Self::Ready { service } => {
-                let mut frames = encode_worker_command(None, command::READY);
-                frames.push(service.clone());
-                frames
-            }
-            Self::Reply { client, body } => {
-                encode_worker_envelope(None, command::REPLY, client, body)
-            }
-            Self::Heartbeat => encode_worker_command(None, command::HEARTBEAT),
-            Self::Disconnect => encode_worker_command(None, command::DISCONNECT),
+            Self::Ready { service } => codec::ready_frames(Version::V01, service),
+            Self::Reply { client, body } => codec::worker_final_frames(Version::V01, client, body),
+            Self::Heartbeat => codec::heartbeat_frames(None, Version::V01),
+            Self::Disconnect => codec::disconnect_frames(None, Version::V01),
         }
     }
 }
@@ -393,16 +393,16 @@ impl BrokerMessage {
     /// Encodes a REQUEST for the broker's ROUTER socket straight from borrowed parts, without
     /// building a [`BrokerMessage`] (and its body vector) first: the broker's per-request path.
     pub fn request_routed(identity: &Bytes, client: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
-        encode_worker_envelope(Some(identity), command::REQUEST, client, body)
+        codec::request_frames(Some(identity), Version::V01, client, body)
     }
 
     fn encode_inner(&self, prefix: Option<&Bytes>) -> Vec<Bytes> {
         match self {
             Self::Request { client, body } => {
-                encode_worker_envelope(prefix, command::REQUEST, client, body)
+                codec::request_frames(prefix, Version::V01, client, body)
             }
-            Self::Heartbeat => encode_worker_command(prefix, command::HEARTBEAT),
-            Self::Disconnect => encode_worker_command(prefix, command::DISCONNECT),
+            Self::Heartbeat => codec::heartbeat_frames(prefix, Version::V01),
+            Self::Disconnect => codec::disconnect_frames(prefix, Version::V01),
         }
     }
 }

@@ -17,11 +17,12 @@
 //!
 //! Worker commands are numbered alike in both: READY 0x01, REQUEST 0x02, PARTIAL 0x03, FINAL
 //! 0x04, HEARTBEAT 0x05, DISCONNECT 0x06; REQUEST, PARTIAL and FINAL carry `client, empty,
-//! body...`. Frames are shown as a DEALER sees them; a ROUTER adds the identity in front.
+//! body...`. Frames are shown as a DEALER sees them; a ROUTER adds the identity in front. The frames
+//! of every version are written by [`crate::codec`]; these types are its v0.2 view.
 
 use bytes::Bytes;
 
-use crate::{DecodeError, Limits};
+use crate::{codec, DecodeError, Limits};
 
 /// The client header of 18/MDP: "MDPC02" (MDP/Client v0.2).
 pub const CLIENT_HEADER: &[u8] = b"MDPC02";
@@ -105,8 +106,8 @@ pub fn classify(frames: &[Bytes]) -> Option<(Version, Sender)> {
 }
 
 const EMPTY: Bytes = Bytes::new();
-const CLIENT_HEADER_FRAME: Bytes = Bytes::from_static(CLIENT_HEADER);
-const WORKER_HEADER_FRAME: Bytes = Bytes::from_static(WORKER_HEADER);
+pub(crate) const CLIENT_HEADER_FRAME: Bytes = Bytes::from_static(CLIENT_HEADER);
+pub(crate) const WORKER_HEADER_FRAME: Bytes = Bytes::from_static(WORKER_HEADER);
 
 fn command_frame(byte: u8) -> Bytes {
     const FRAMES: [&[u8]; 6] = [&[1], &[2], &[3], &[4], &[5], &[6]];
@@ -153,7 +154,12 @@ fn split_command(rest: &[Bytes]) -> Result<(u8, &[Bytes]), DecodeError> {
 }
 
 /// `[empty,]` header command, in front of `prefix` (a ROUTER identity) if given.
-fn start(prefix: Option<&Bytes>, dialect: Dialect, header: Bytes, command: u8) -> Vec<Bytes> {
+pub(crate) fn start(
+    prefix: Option<&Bytes>,
+    dialect: Dialect,
+    header: Bytes,
+    command: u8,
+) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(8);
     frames.extend(prefix.cloned());
     if dialect == Dialect::Majortomo {
@@ -165,7 +171,7 @@ fn start(prefix: Option<&Bytes>, dialect: Dialect, header: Bytes, command: u8) -
 }
 
 /// Appends `body`, or one empty frame for an empty body (every body has at least one frame).
-fn push_body(frames: &mut Vec<Bytes>, body: &[Bytes]) {
+pub(crate) fn push_body(frames: &mut Vec<Bytes>, body: &[Bytes]) {
     if body.is_empty() {
         frames.push(EMPTY);
     } else {
@@ -221,14 +227,7 @@ impl ClientRequest {
 
     /// Encodes for a DEALER socket in `dialect`.
     pub fn encode(&self, dialect: Dialect) -> Vec<Bytes> {
-        let request = match dialect {
-            Dialect::Rfc18 => client_command::REQUEST,
-            Dialect::Majortomo => worker_command::REQUEST,
-        };
-        let mut frames = start(None, dialect, CLIENT_HEADER_FRAME, request);
-        frames.push(self.service.clone());
-        push_body(&mut frames, &self.body);
-        frames
+        codec::request_to_broker_frames(Version::V02(dialect), &self.service, &self.body)
     }
 }
 
@@ -313,13 +312,7 @@ impl ClientReply {
     }
 
     fn encode_with(&self, prefix: Option<&Bytes>, dialect: Dialect) -> Vec<Bytes> {
-        let command = Self::command(self.part, dialect);
-        let mut frames = start(prefix, dialect, CLIENT_HEADER_FRAME, command);
-        if dialect == Dialect::Rfc18 {
-            frames.push(self.service.clone());
-        }
-        push_body(&mut frames, &self.body);
-        frames
+        codec::v02_reply_frames(prefix, dialect, self.part, &self.service, &self.body)
     }
 }
 
@@ -447,22 +440,21 @@ impl WorkerMessage {
 
     /// Encodes for a DEALER socket in `dialect`.
     pub fn encode(&self, dialect: Dialect) -> Vec<Bytes> {
-        use worker_command::*;
+        let version = Version::V02(dialect);
         match self {
-            Self::Ready { service } => {
-                let mut frames = start(None, dialect, WORKER_HEADER_FRAME, READY);
-                frames.push(service.clone());
-                frames
-            }
-            Self::Reply { part, client, body } => {
-                let cmd = if *part == Part::Final { FINAL } else { PARTIAL };
-                let mut frames = start(None, dialect, WORKER_HEADER_FRAME, cmd);
-                frames.extend([client.clone(), EMPTY]);
-                push_body(&mut frames, body);
-                frames
-            }
-            Self::Heartbeat => start(None, dialect, WORKER_HEADER_FRAME, HEARTBEAT),
-            Self::Disconnect => start(None, dialect, WORKER_HEADER_FRAME, DISCONNECT),
+            Self::Ready { service } => codec::ready_frames(version, service),
+            Self::Reply {
+                part: Part::Partial,
+                client,
+                body,
+            } => codec::worker_partial_frames(dialect, client, body),
+            Self::Reply {
+                part: Part::Final,
+                client,
+                body,
+            } => codec::worker_final_frames(version, client, body),
+            Self::Heartbeat => codec::heartbeat_frames(None, version),
+            Self::Disconnect => codec::disconnect_frames(None, version),
         }
     }
 }
@@ -498,16 +490,11 @@ impl BrokerMessage {
     }
 
     fn encode_with(&self, prefix: Option<&Bytes>, dialect: Dialect) -> Vec<Bytes> {
-        use worker_command::*;
+        let version = Version::V02(dialect);
         match self {
-            Self::Request { client, body } => {
-                let mut frames = start(prefix, dialect, WORKER_HEADER_FRAME, REQUEST);
-                frames.extend([client.clone(), EMPTY]);
-                push_body(&mut frames, body);
-                frames
-            }
-            Self::Heartbeat => start(prefix, dialect, WORKER_HEADER_FRAME, HEARTBEAT),
-            Self::Disconnect => start(prefix, dialect, WORKER_HEADER_FRAME, DISCONNECT),
+            Self::Request { client, body } => codec::request_frames(prefix, version, client, body),
+            Self::Heartbeat => codec::heartbeat_frames(prefix, version),
+            Self::Disconnect => codec::disconnect_frames(prefix, version),
         }
     }
 }

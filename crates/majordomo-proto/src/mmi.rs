@@ -14,10 +14,11 @@ pub const FOUND: &[u8] = b"200";
 /// Reply of `mmi.service` when none does.
 pub const NOT_FOUND: &[u8] = b"404";
 /// `mmi.stats`, an extension of this implementation (8/MMI reserves the namespace for the broker
-/// and lets it define services there): the reply is `200` and one frame of JSON with the broker's
+/// and lets it define services there): the reply is `200` and one frame with the broker's
 /// counters and, under `per_service`, each service's queued requests and idle and busy workers
 /// (see `broker::BrokerStats`), as of the request (counted among `requests`; its own reply is not
-/// yet among `replies`). It takes no body; one is ignored.
+/// yet among `replies`), encoded by the driver (JSON in `majordomo-broker`; see
+/// `broker::BrokerCore::with_stats_encoder`). It takes no body; one is ignored.
 pub const STATS: &[u8] = b"mmi.stats";
 /// Status of a successful extension reply.
 pub const OK: &[u8] = b"200";

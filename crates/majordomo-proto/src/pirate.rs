@@ -19,7 +19,7 @@
 //! error: it is counted and dropped.
 //!
 //! Calling order as for [`crate::broker::BrokerCore`]: `handle_*` with `now`, then drain
-//! [`PirateQueue::poll_transmit`], and call [`PirateQueue::handle_timeout`] at
+//! [`PirateQueue::poll_transmit`] and [`PirateQueue::poll_event`], and call [`PirateQueue::handle_timeout`] at
 //! [`PirateQueue::poll_timeout`].
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::drops::{DropLog, DropReason};
+use crate::event::Event;
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::peer::Peer;
 use crate::ppp::{Envelope, PppMessage};
@@ -272,6 +273,12 @@ impl PirateQueue {
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<QueueTransmit> {
         self.transmits.pop_front()
+    }
+
+    /// The next thing that happened for the driver to count (the queue reports only
+    /// [`Event::Dropped`]); poll after each call.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.drops.poll_event()
     }
 
     /// When [`PirateQueue::handle_timeout`] must be called next: at each heartbeat interval (each

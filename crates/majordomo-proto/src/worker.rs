@@ -13,9 +13,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{info, warn};
 
+use crate::codec::{Dialect, FromWorker, Part, ToWorker, Version};
 use crate::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
-use crate::mdp::{BrokerMessage, WorkerMessage};
-use crate::mdp2::{self, Dialect, Part, Version};
 pub use crate::session::{Session, SessionEnd, WorkerEvent};
 use crate::{Hex, Limits};
 
@@ -29,14 +28,6 @@ enum State {
     Busy { client: Bytes, gathered: Vec<Bytes> },
     /// Over; nothing more is accepted.
     Ended(SessionEnd),
-}
-
-/// A command to the broker, before it is put in the session's version.
-enum Outgoing {
-    Ready(Bytes),
-    Reply(Part, Bytes, Vec<Bytes>),
-    Heartbeat,
-    Disconnect,
 }
 
 /// The state of one worker connection.
@@ -72,7 +63,7 @@ impl WorkerSession {
             state: State::Idle,
             transmits: VecDeque::new(),
         };
-        session.queue(Outgoing::Ready(service));
+        session.queue(FromWorker::Ready { service });
         session
     }
 
@@ -81,41 +72,12 @@ impl WorkerSession {
         self.version
     }
 
-    fn queue(&mut self, message: Outgoing) {
-        let frames = match (self.version, message) {
-            (Version::V01, Outgoing::Ready(service)) => WorkerMessage::Ready { service }.encode(),
-            (Version::V01, Outgoing::Reply(_, client, body)) => {
-                WorkerMessage::Reply { client, body }.encode()
-            }
-            (Version::V01, Outgoing::Heartbeat) => WorkerMessage::Heartbeat.encode(),
-            (Version::V01, Outgoing::Disconnect) => WorkerMessage::Disconnect.encode(),
-            (Version::V02(dialect), message) => {
-                let message = match message {
-                    Outgoing::Ready(service) => mdp2::WorkerMessage::Ready { service },
-                    Outgoing::Reply(part, client, body) => {
-                        mdp2::WorkerMessage::Reply { part, client, body }
-                    }
-                    Outgoing::Heartbeat => mdp2::WorkerMessage::Heartbeat,
-                    Outgoing::Disconnect => mdp2::WorkerMessage::Disconnect,
-                };
-                message.encode(dialect)
-            }
-        };
-        self.transmits.push_back(frames);
-    }
-
-    fn decode(&self, frames: &[Bytes]) -> Result<BrokerMessage, crate::DecodeError> {
-        match self.version {
-            Version::V01 => BrokerMessage::decode(frames, &self.limits),
-            Version::V02(dialect) => Ok(
-                match mdp2::BrokerMessage::decode(frames, dialect, &self.limits)? {
-                    mdp2::BrokerMessage::Request { client, body } => {
-                        BrokerMessage::Request { client, body }
-                    }
-                    mdp2::BrokerMessage::Heartbeat => BrokerMessage::Heartbeat,
-                    mdp2::BrokerMessage::Disconnect => BrokerMessage::Disconnect,
-                },
-            ),
+    /// Queues `command` in the session's version. A v0.1 session gathers parts instead of
+    /// queueing PARTIALs, so every command it queues has a v0.1 form.
+    fn queue(&mut self, command: FromWorker) {
+        match command.encode(self.version) {
+            Ok(frames) => self.transmits.push_back(frames),
+            Err(error) => warn!(%error, "command dropped"),
         }
     }
 
@@ -150,7 +112,7 @@ impl Session for WorkerSession {
         if let State::Ended(_) = self.state {
             return None;
         }
-        let message = match self.decode(frames) {
+        let message = match ToWorker::decode(frames, self.version, &self.limits) {
             Ok(message) => message,
             Err(error) => {
                 warn!(%error, "invalid message from broker dropped");
@@ -158,17 +120,17 @@ impl Session for WorkerSession {
             }
         };
         match message {
-            BrokerMessage::Disconnect => {
+            ToWorker::Disconnect => {
                 info!("broker sent DISCONNECT");
                 // "When the worker receives DISCONNECT it must send no further commands."
                 self.end(SessionEnd::Disconnected)
             }
-            BrokerMessage::Heartbeat => {
+            ToWorker::Heartbeat => {
                 // "Any received command except DISCONNECT acts as a heartbeat."
                 self.heartbeat.on_recv(now);
                 None
             }
-            BrokerMessage::Request { client, body } => {
+            ToWorker::Request { client, body } => {
                 self.heartbeat.on_recv(now);
                 match self.state {
                     State::Idle => {
@@ -193,7 +155,11 @@ impl Session for WorkerSession {
         match (&mut self.state, self.version) {
             (State::Busy { client, .. }, Version::V02(_)) => {
                 let client = client.clone();
-                self.queue(Outgoing::Reply(Part::Partial, client, body));
+                self.queue(FromWorker::Reply {
+                    part: Part::Partial,
+                    client,
+                    body,
+                });
                 self.heartbeat.on_send(now);
             }
             (State::Busy { gathered, .. }, Version::V01) => gathered.extend(body),
@@ -207,7 +173,11 @@ impl Session for WorkerSession {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Busy { client, gathered } => {
                 let body = crate::session::parts_then(gathered, body);
-                self.queue(Outgoing::Reply(Part::Final, client, body));
+                self.queue(FromWorker::Reply {
+                    part: Part::Final,
+                    client,
+                    body,
+                });
                 self.heartbeat.on_send(now);
             }
             other => {
@@ -226,7 +196,7 @@ impl Session for WorkerSession {
         if !self.is_busy() {
             return None;
         }
-        self.queue(Outgoing::Disconnect);
+        self.queue(FromWorker::Disconnect);
         self.end(SessionEnd::HandlerFailed)
     }
 
@@ -244,7 +214,7 @@ impl Session for WorkerSession {
                 self.end(SessionEnd::BrokerSilent)
             }
             HeartbeatAction::Send => {
-                self.queue(Outgoing::Heartbeat);
+                self.queue(FromWorker::Heartbeat);
                 None
             }
             HeartbeatAction::Wait => None,
@@ -256,7 +226,7 @@ impl Session for WorkerSession {
         if let State::Ended(_) = self.state {
             return None;
         }
-        self.queue(Outgoing::Disconnect);
+        self.queue(FromWorker::Disconnect);
         self.end(SessionEnd::Shutdown)
     }
 }

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use majordomo_proto::broker::{BrokerConfig, BrokerCore, Role, Transmit};
+use majordomo_proto::broker::{BrokerConfig, BrokerCore, BrokerStats, Role, Transmit};
+use majordomo_proto::drops::DropReason;
+use majordomo_proto::event::Event;
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
 use majordomo_proto::{DecodeError, Limits};
@@ -462,9 +464,38 @@ fn mmi_service_codes() {
     assert_eq!(r.body[0].as_ref(), b"404");
 }
 
+/// A stand-in for the driver's JSON: a few counters and the service names, as text.
+fn stats_text(stats: &BrokerStats) -> Bytes {
+    let names: Vec<String> = stats
+        .per_service
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}:{}",
+                String::from_utf8_lossy(&s.name),
+                s.idle_workers,
+                s.queued
+            )
+        })
+        .collect();
+    Bytes::from(format!(
+        "requests={} replies={} workers={} queued={} services={}",
+        stats.requests,
+        stats.replies,
+        stats.workers,
+        stats.queued,
+        names.join(",")
+    ))
+}
+
 #[test]
-fn mmi_stats_answers_200_and_the_counters_as_json() {
+fn mmi_stats_answers_200_and_the_stats_as_the_driver_encodes_them() {
     let mut s = Sim::new();
+    s.core = BrokerCore::new(
+        s.now,
+        BrokerConfig::default().heartbeat(HeartbeatConfig::new(HB, 3)),
+    )
+    .with_stats_encoder(stats_text);
     s.ready("w1", "echo");
     s.client("c", "nobody", "queued");
     s.client("c", "mmi.stats", "");
@@ -472,18 +503,80 @@ fn mmi_stats_answers_200_and_the_counters_as_json() {
     let (_, r) = to_client(out.last().expect("a reply"));
     assert_eq!(r.service.as_ref(), b"mmi.stats");
     assert_eq!(r.body[0].as_ref(), b"200");
-    let json: serde_json::Value = serde_json::from_slice(&r.body[1]).expect("JSON");
-    assert_eq!(json["requests"], 2);
-    assert_eq!(json["workers"], 1);
-    assert_eq!(json["queued"], 1);
-    let services = json["per_service"].as_array().expect("per_service");
-    let names: Vec<&str> = services
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["echo", "nobody"]);
-    assert_eq!(services[0]["idle_workers"], 1);
-    assert_eq!(services[1]["queued"], 1);
+    // As of the request: counted among the requests, its own reply not yet among the replies.
+    assert_eq!(
+        r.body[1].as_ref(),
+        b"requests=2 replies=0 workers=1 queued=1 services=echo:1:0,nobody:0:1"
+    );
+}
+
+#[test]
+fn mmi_stats_without_an_encoder_is_not_implemented() {
+    let mut s = Sim::new();
+    s.client("c", "mmi.stats", "");
+    let (_, r) = to_client(&s.drain()[0]);
+    assert_eq!(r.body, [b("501")]);
+}
+
+#[test]
+fn mmi_service_with_an_empty_body_is_not_found() {
+    // The decoders refuse a request without a body frame, but `handle_client` takes any
+    // `ClientRequest`: one naming no service finds none (8/MMI "404"), and the broker goes on.
+    let mut s = Sim::new();
+    s.ready("w", "echo");
+    s.core.handle_client(
+        s.now,
+        &b("c"),
+        ClientRequest::new(b("mmi.service"), Vec::new()),
+    );
+    let out = s.drain();
+    let (id, r) = to_client(out.last().expect("a reply"));
+    assert_eq!(
+        (id.as_str(), r.service.as_ref()),
+        ("c", &b"mmi.service"[..])
+    );
+    assert_eq!(r.body, [b("404")]);
+    s.client("c", "mmi.service", "echo");
+    let (_, r) = to_client(&s.drain()[0]);
+    assert_eq!(r.body, [b("200")]);
+    let stats = s.core.stats();
+    assert_eq!((stats.requests, stats.replies), (2, 2));
+}
+
+#[test]
+fn the_core_reports_drops_decode_errors_and_latencies_as_events() {
+    let mut s = Sim::new();
+    s.ready("w", "echo");
+    s.client("c", "echo", "x");
+    s.drain();
+    s.now += Duration::from_millis(7);
+    s.reply("w", "c", "y");
+    s.drain();
+    let _ = s.core.handle_message(s.now, &b("z"), &[b(""), b("nope")]);
+    s.client("c", "nobody", "x");
+    s.advance(Duration::from_secs(2));
+    let events: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
+    assert!(
+        events.contains(&Event::Replied {
+            service: b("echo"),
+            latency: Duration::from_millis(7)
+        }),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&Event::ProtocolError {
+            kind: "unknown_header"
+        }),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&Event::Dropped {
+            reason: DropReason::NoWorker
+        }),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(s.core.poll_event(), None);
 }
 
 #[test]

@@ -270,3 +270,97 @@ fn mmi_answers_v02_clients_in_their_dialect_and_v02_errors_get_v02_disconnects()
     );
     assert!(bad.is_err());
 }
+
+/// A registered worker that sends a command in another version or dialect than its READY's is
+/// a protocol error: counted, told DISCONNECT in its own form, and its request goes to another
+/// worker.
+#[test]
+fn a_worker_switching_version_is_a_protocol_error() {
+    use majordomo_proto::event::Event;
+    use majordomo_proto::DecodeError;
+
+    // (READY, the worker's DISCONNECT, a command in another version) for each pair.
+    type Frames = &'static [&'static [u8]];
+    let cases: [(Frames, Frames, Frames); 4] = [
+        // v0.1 worker sends a v0.2 PARTIAL.
+        (
+            &[b"", b"MDPW01", &[0x01], b"echo"],
+            &[b"w", b"", b"MDPW01", &[0x05]],
+            &[b"MDPW02", &[0x03], b"c", b"", b"part"],
+        ),
+        // v0.2 (RFC 18) worker sends a v0.1 REPLY.
+        (
+            &[b"MDPW02", &[0x01], b"echo"],
+            &[b"w", b"MDPW02", &[0x06]],
+            &[b"", b"MDPW01", &[0x03], b"c", b"", b"done"],
+        ),
+        // v0.2 majortomo worker sends a v0.1 HEARTBEAT.
+        (
+            &[b"", b"MDPW02", &[0x01], b"echo"],
+            &[b"w", b"", b"MDPW02", &[0x06]],
+            &[b"", b"MDPW01", &[0x04]],
+        ),
+        // RFC 18 worker switches dialect mid-session.
+        (
+            &[b"MDPW02", &[0x01], b"echo"],
+            &[b"w", b"MDPW02", &[0x06]],
+            &[b"", b"MDPW02", &[0x05]],
+        ),
+    ];
+    for (ready, disconnect, other) in cases {
+        let mut s = Sim::new();
+        s.from(b"w", ready);
+        s.from(b"w2", ready);
+        s.from(b"c", &[b"", b"MDPC01", b"echo", b"job"]);
+        let out = s.sent();
+        assert_eq!(out.len(), 1, "{out:?}");
+        let holder = out[0].1[0].clone();
+        let other_worker: &[u8] = if holder.as_ref() == b"w" { b"w2" } else { b"w" };
+        let error = s
+            .core
+            .handle_message(s.now, &holder, &f(other))
+            .expect_err("a version switch");
+        assert!(
+            matches!(error, DecodeError::VersionSwitch { .. }),
+            "{error}"
+        );
+        assert_eq!(error.kind(), "version_switch");
+        let out = s.sent();
+        let mut expected_disconnect = f(disconnect);
+        expected_disconnect[0] = holder.clone();
+        assert_eq!(out[0], (Role::Worker, expected_disconnect), "{out:?}");
+        // The request it held goes to the other worker.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1].1[0].as_ref(), other_worker);
+        let stats = s.core.stats();
+        assert_eq!(
+            (stats.protocol_errors, stats.workers, stats.requeued),
+            (1, 1, 1)
+        );
+        let events: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
+        assert_eq!(
+            events,
+            [Event::ProtocolError {
+                kind: "version_switch"
+            }]
+        );
+    }
+}
+
+/// The typed v0.1 entry point reads a v0.1 worker command: from a worker registered in v0.2
+/// it is a version switch too.
+#[test]
+fn the_v01_worker_entry_point_refuses_a_v02_worker() {
+    let mut s = Sim::new();
+    s.from(b"w", &[b"MDPW02", &[0x01], b"echo"]);
+    s.core.handle_worker(
+        s.now,
+        &Bytes::from_static(b"w"),
+        majordomo_proto::mdp::WorkerMessage::Heartbeat,
+    );
+    assert_eq!(s.sent(), [(Role::Worker, f(&[b"w", b"MDPW02", &[0x06]]))]);
+    assert_eq!(
+        (s.core.stats().protocol_errors, s.core.stats().workers),
+        (1, 0)
+    );
+}

@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::drops::DropReason;
+use majordomo_proto::event::Event;
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_proto::pirate::{PirateQueue, QueueConfig, QueueStats, QueueTransmit, Side};
 
@@ -224,6 +226,17 @@ fn waiting_requests_expire_and_bounds_hold() {
     s.advance(Duration::from_secs(1));
     let stats = s.q.stats();
     assert_eq!((stats.expired, stats.queued), (2, 0));
+    // Each drop is an event for the driver's counter.
+    let events: Vec<Event> = std::iter::from_fn(|| s.q.poll_event()).collect();
+    let dropped = |reason| Event::Dropped { reason };
+    assert_eq!(
+        events,
+        [
+            dropped(DropReason::TotalCount),
+            dropped(DropReason::NoWorker),
+            dropped(DropReason::NoWorker)
+        ]
+    );
 }
 
 #[test]
