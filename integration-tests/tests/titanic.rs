@@ -224,7 +224,16 @@ async fn call_titanic_submits_waits_prints_and_closes() -> Result<()> {
     let path = store_path("cli")?;
     let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
     let store = path.to_str().context("utf-8 path")?;
-    let _titanic = Proc::spawn(&["titanic", "--connect", &ep, "--store", store])?;
+    // No body kept in memory: the request and its reply are read back from the file.
+    let _titanic = Proc::spawn(&[
+        "titanic",
+        "--connect",
+        &ep,
+        "--store",
+        store,
+        "--max-body-memory",
+        "0",
+    ])?;
     let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
     wait_for_service(&ep, "echo").await?;
     ready(&ep).await?;

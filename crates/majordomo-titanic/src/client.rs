@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_rt::transport::{Connector, DealerConnector};
 
 use crate::tsp::{self, Status, Uuid};
 
@@ -25,10 +26,30 @@ pub enum TitanicClientError {
     Pending(Uuid),
 }
 
-/// A client of a Titanic server through a 7/MDP broker.
-#[derive(Debug, Clone)]
-pub struct TitanicClient {
-    client: Client,
+/// A client of a Titanic server through a 7/MDP broker. Clone it freely: clones share one
+/// [`Client`]'s connections.
+///
+/// [`TitanicClient::new`] connects zmq.rs DEALER sockets to the broker's endpoint;
+/// [`TitanicClient::with_connector`] connects through any [`Connector`] (for example the
+/// in-memory sockets of `majordomo_rt::memory`).
+pub struct TitanicClient<C: Connector = DealerConnector> {
+    client: Client<C>,
+}
+
+impl<C: Connector> Clone for TitanicClient<C> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<C: Connector> std::fmt::Debug for TitanicClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TitanicClient")
+            .field("client", &self.client)
+            .finish()
+    }
 }
 
 /// Splits a TSP answer into its status and content.
@@ -46,6 +67,16 @@ impl TitanicClient {
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         Self {
             client: Client::new(endpoint, config),
+        }
+    }
+}
+
+impl<C: Connector> TitanicClient<C> {
+    /// A client that opens its connections to the broker through `connector`; `config` sets
+    /// each call's timeout and attempts.
+    pub fn with_connector(connector: C, config: ClientConfig) -> Self {
+        Self {
+            client: Client::with_connector(connector, config),
         }
     }
 

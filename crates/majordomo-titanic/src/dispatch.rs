@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use majordomo_client::Client;
+use majordomo_rt::transport::Connector;
 
 /// The error a [`Dispatch`] returns: anything, logged, and the service backs off.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -26,7 +27,10 @@ pub trait Dispatch: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<Bytes>, BoxError>>;
 }
 
-impl Dispatch for Client {
+/// A 7/MDP client over any connector: zmq.rs DEALER sockets to the broker (as
+/// [`Titanic::new`](crate::Titanic::new) makes it), or the in-memory sockets of
+/// `majordomo_rt::memory`.
+impl<C: Connector + 'static> Dispatch for Client<C> {
     fn request(
         &self,
         service: Bytes,

@@ -26,6 +26,11 @@ pub(crate) struct TitanicArgs {
     /// Memory the store may use to cache its file, e.g. 64MiB.
     #[arg(long, default_value = "64MiB")]
     store_cache: bytesize::ByteSize,
+    /// Memory that holds the bodies of requests and replies as well as the store, so that
+    /// dispatches and replies need not read it, e.g. 64MiB; past it a body is read from the
+    /// store when needed. 0 keeps none.
+    #[arg(long, default_value = "64MiB")]
+    max_body_memory: bytesize::ByteSize,
     /// Most requests and replies stored at once; past it `titanic.request` answers 500.
     #[arg(long, default_value_t = 1_000_000)]
     max_stored: usize,
@@ -70,7 +75,8 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
             CoreConfig::default()
                 .max_stored(args.max_stored)
                 .in_flight_per_service(args.in_flight_per_service)
-                .retention(args.retention),
+                .retention(args.retention)
+                .max_body_bytes(byte_count(args.max_body_memory)?),
         )
         .worker(
             defaults
