@@ -20,7 +20,7 @@ use majordomo_rt::timer::DeadlineTimer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::core::{Core, Refused};
 use crate::dispatch::{BoxError, Dispatch};
@@ -146,7 +146,22 @@ impl Held {
     fn take(&mut self, uuid: &Uuid) -> Vec<(oneshot::Sender<ReplyAnswer>, Instant)> {
         let taken = self.by_uuid.remove(uuid).unwrap_or_default();
         self.count -= taken.len();
+        self.compact();
         taken.into_iter().map(|(_, s, asked)| (s, asked)).collect()
+    }
+
+    /// Drops the deadlines of questions answered early once they outnumber the questions held,
+    /// so that the deadlines grow with the questions held, not with the questions answered.
+    fn compact(&mut self) {
+        if self.deadlines.len() <= 2 * self.count + 64 {
+            return;
+        }
+        let by_uuid = &self.by_uuid;
+        self.deadlines.retain(|(_, uuid, id)| {
+            by_uuid
+                .get(uuid)
+                .is_some_and(|held| held.iter().any(|(i, ..)| i == id))
+        });
     }
 
     /// Forgets questions whose asker has gone (its connection stopped); returns how many are
@@ -160,6 +175,7 @@ impl Held {
             !senders.is_empty()
         });
         self.count -= gone;
+        self.compact();
         self.count
     }
 
@@ -238,7 +254,9 @@ pub(crate) struct Owner<S> {
     next_batch: u64,
     jobs: JoinSet<(Uuid, Outcome)>,
     /// Which request each dispatch task serves, and since when.
-    job_ids: HashMap<tokio::task::Id, (Uuid, Instant)>,
+    job_ids: HashMap<tokio::task::Id, (Uuid, Bytes, Instant)>,
+    /// Failed dispatches are logged at most once a second, with how many were not.
+    failure_log: FailureLog,
     held: Held,
     reply_wait: Duration,
     max_held: usize,
@@ -269,6 +287,26 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// At most one log line a second for failed dispatches, whatever the services: a line says how
+/// many failures went unlogged before it.
+#[derive(Debug, Default)]
+struct FailureLog {
+    next_at: Option<Instant>,
+    suppressed: u64,
+}
+
+impl FailureLog {
+    /// `Some(failures not logged since the last line)` when this one may be logged.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.next_at.is_some_and(|at| now < at) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next_at = Some(now + Duration::from_secs(1));
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// A timer for "no deadline": far enough never to fire in a run.
 fn never(now: Instant) -> Instant {
     now + Duration::from_secs(365 * 24 * 3600)
@@ -288,6 +326,7 @@ impl<S: Store> Owner<S> {
             next_batch: 0,
             jobs: JoinSet::new(),
             job_ids: HashMap::new(),
+            failure_log: FailureLog::default(),
             held: Held::default(),
             reply_wait: parts.reply_wait,
             max_held: parts.max_held,
@@ -307,11 +346,15 @@ impl<S: Store> Owner<S> {
     pub(crate) async fn run(mut self, stop: CancellationToken) -> TitanicStats {
         let mut now = clock::now();
         // One far deadline for "none", so that the timer is not re-armed every turn.
-        let far = never(now);
+        let mut far = never(now);
         let mut timer = DeadlineTimer::new(far);
         loop {
             self.dispatch_ready(now);
             self.flush();
+            if far <= now {
+                // A run as long as "never": a deadline in the past would fire on every turn.
+                far = never(now);
+            }
             timer.set(self.deadline().unwrap_or(far));
             let commit = &mut self.commit;
             tokio::select! {
@@ -546,6 +589,7 @@ impl<S: Store> Owner<S> {
             self.queued_latency
                 .record(now.saturating_duration_since(next.submitted));
             let (uuid, service) = (next.uuid, next.service);
+            let job_service = service.clone();
             let (dispatch, store) = (self.dispatch.clone(), self.store.clone());
             let body = next.body;
             let task = self.jobs.spawn(async move {
@@ -562,7 +606,7 @@ impl<S: Store> Owner<S> {
                     Err(error) => (uuid, Outcome::Failed(error)),
                 }
             });
-            self.job_ids.insert(task.id(), (uuid, now));
+            self.job_ids.insert(task.id(), (uuid, job_service, now));
         }
     }
 
@@ -578,7 +622,7 @@ impl<S: Store> Owner<S> {
                 Outcome::Failed(format!("dispatch task ended: {error}").into()),
             ),
         };
-        let Some((uuid, since)) = self.job_ids.remove(&id) else {
+        let Some((uuid, service, since)) = self.job_ids.remove(&id) else {
             return;
         };
         match outcome {
@@ -587,9 +631,18 @@ impl<S: Store> Owner<S> {
                     self.write(vec![op], Effect::Reply { uuid, body, since });
                 }
             }
-            Outcome::Gone => self.core.failed(now, uuid),
+            Outcome::Gone => {
+                if let Some(suppressed) = self.failure_log.admit(now) {
+                    warn!(%uuid, service = %String::from_utf8_lossy(&service), suppressed,
+                        "request pending in memory but not in the store; sent again later");
+                }
+                self.core.failed(now, uuid);
+            }
             Outcome::Failed(error) => {
-                debug!(%error, %uuid, "request not served; its service backs off");
+                if let Some(suppressed) = self.failure_log.admit(now) {
+                    warn!(%error, %uuid, service = %String::from_utf8_lossy(&service), suppressed,
+                        "request not served; its service backs off");
+                }
                 self.stats.failed += 1;
                 self.core.failed(now, uuid);
             }
@@ -626,5 +679,54 @@ impl<S: Store> Owner<S> {
             }
         }
         self.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_deadlines_grow_with_the_questions_held_not_with_those_answered() {
+        let (mut held, now) = (Held::default(), Instant::now());
+        let wait = Duration::from_secs(60);
+        let mut receivers = Vec::new();
+        // A long hold, and every question answered early: 10,000 questions in all.
+        for _ in 0..10_000 {
+            let uuid = Uuid::new_v4();
+            let (answer, receiver) = oneshot::channel();
+            receivers.push(receiver);
+            held.hold(now, wait, uuid, answer);
+            assert_eq!(held.take(&uuid).len(), 1);
+        }
+        assert_eq!(held.count, 0);
+        assert!(
+            held.deadlines.len() <= 64,
+            "{} deadlines kept",
+            held.deadlines.len()
+        );
+        // One still held keeps its deadline and is answered 300 at it.
+        let uuid = Uuid::new_v4();
+        let (answer, _receiver) = oneshot::channel();
+        held.hold(now, wait, uuid, answer);
+        for _ in 0..1_000 {
+            let other = Uuid::new_v4();
+            let (answer, _r) = oneshot::channel();
+            held.hold(now, wait, other, answer);
+            held.take(&other);
+        }
+        assert_eq!(held.expired(now + wait).len(), 1);
+        assert_eq!(held.count, 0);
+    }
+
+    #[test]
+    fn failures_are_logged_at_most_once_a_second_with_the_count_left_out() {
+        let (mut log, start) = (FailureLog::default(), Instant::now());
+        assert_eq!(log.admit(start), Some(0));
+        for n in 1..=50 {
+            assert_eq!(log.admit(start + Duration::from_millis(n * 10)), None);
+        }
+        assert_eq!(log.admit(start + Duration::from_secs(1)), Some(50));
+        assert_eq!(log.admit(start + Duration::from_millis(1500)), None);
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct TitanicArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reply_wait: Duration,
     /// Runtime threads: 0 (the default) for one per core, 1 for a single-threaded runtime
-    /// (measured slower for submits). The store's writes have a thread of their own either way.
+    /// (measured slower for submits). The store's commits run on the runtime's blocking pool.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
 }
