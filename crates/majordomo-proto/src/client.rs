@@ -64,12 +64,14 @@ enum Exchange {
     /// A 7/MDP request; the reply must be a client REPLY for the same service.
     Mdp { service: Bytes, limits: Limits },
     /// An 18/MDP request; PARTIALs are gathered until the FINAL, or handed out one by one
-    /// (`streamed`, counting them in `parts`).
+    /// (`streamed`, counting them in `parts`). What is gathered is held to the limits of one
+    /// message: its frames and their bytes.
     Mdp2 {
         service: Bytes,
         limits: Limits,
         dialect: Dialect,
         gathered: Vec<Bytes>,
+        gathered_bytes: usize,
         streamed: bool,
         parts: u32,
     },
@@ -146,6 +148,7 @@ impl Call {
             limits,
             dialect,
             gathered: Vec::new(),
+            gathered_bytes: 0,
             streamed: false,
             parts: 0,
         };
@@ -282,6 +285,7 @@ impl Call {
                 limits,
                 dialect,
                 gathered,
+                gathered_bytes,
                 streamed,
                 parts,
             } => match codec::Reply::decode(frames, Version::V02(*dialect), limits) {
@@ -298,11 +302,27 @@ impl Call {
                 }
                 Ok(reply) if *streamed => Ok(reply.body),
                 Ok(reply) => {
-                    gathered.extend(reply.body);
-                    if reply.part == Part::Partial {
-                        return None;
+                    // The gathered reply is one message for the caller: past a message's limits
+                    // the call fails rather than hold whatever the peer keeps sending.
+                    let count = gathered.len() + reply.body.len();
+                    *gathered_bytes += reply.body.iter().map(Bytes::len).sum::<usize>();
+                    if count > limits.max_frames {
+                        Err(CallError::Malformed(DecodeError::TooManyFrames {
+                            count,
+                            max: limits.max_frames,
+                        }))
+                    } else if *gathered_bytes > limits.max_message_size {
+                        Err(CallError::Malformed(DecodeError::MessageTooLarge {
+                            size: *gathered_bytes,
+                            max: limits.max_message_size,
+                        }))
+                    } else {
+                        gathered.extend(reply.body);
+                        if reply.part == Part::Partial {
+                            return None;
+                        }
+                        Ok(std::mem::take(gathered))
                     }
-                    Ok(std::mem::take(gathered))
                 }
                 Err(error) => Err(CallError::Malformed(error)),
             },
@@ -380,9 +400,15 @@ impl Call {
             attempt: attempt + 1,
             deadline: now + self.timeout,
         };
-        if let Exchange::Mdp2 { gathered, .. } = &mut self.exchange {
+        if let Exchange::Mdp2 {
+            gathered,
+            gathered_bytes,
+            ..
+        } = &mut self.exchange
+        {
             // The parts of the attempt given up on are not the next attempt's.
             gathered.clear();
+            *gathered_bytes = 0;
         }
         CallEvent::Resend {
             attempt: attempt + 1,

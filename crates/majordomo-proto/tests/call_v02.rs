@@ -171,3 +171,52 @@ fn streamed_in_majortomos_dialect_and_a_v01_call_is_unchanged_by_streamed() {
         Some(CallEvent::Done(Ok(f(&[b"r"]))))
     );
 }
+
+#[test]
+fn a_gathered_reply_is_held_to_the_limits_of_one_message() {
+    let start = Instant::now();
+    let new = |limits: Limits| {
+        Call::new_v02(
+            start,
+            Bytes::from_static(b"echo"),
+            vec![Bytes::from_static(b"q")],
+            T,
+            2,
+            limits,
+            Dialect::Rfc18,
+        )
+        .unwrap()
+    };
+    // Frames: PARTIALs of many empty frames count their frames, whatever their bytes.
+    let mut c = new(Limits::default());
+    let empties: Vec<&[u8]> = std::iter::repeat_n(&b""[..], 500).collect();
+    let mut partial: Vec<&[u8]> = vec![b"MDPC02", &[0x02], b"echo"];
+    partial.extend(&empties);
+    assert_eq!(c.handle_part(start, &f(&partial)), None);
+    assert_eq!(c.handle_part(start, &f(&partial)), None);
+    assert_eq!(
+        c.handle_part(start, &f(&partial)),
+        Some(CallEvent::Done(Err(CallError::Malformed(
+            majordomo_proto::DecodeError::TooManyFrames {
+                count: 1500,
+                max: 1024
+            }
+        ))))
+    );
+    assert!(c.is_done());
+    // Bytes: the parts' bytes add up against the largest message (each message of 16 bytes
+    // fits on its own).
+    let mut c = new(Limits::default().max_message_size(16));
+    for _ in 0..3 {
+        assert_eq!(
+            c.handle_part(start, &f(&[b"MDPC02", &[0x02], b"echo", b"12345"])),
+            None
+        );
+    }
+    assert_eq!(
+        c.handle_part(start, &f(&[b"MDPC02", &[0x03], b"echo", b"12345"])),
+        Some(CallEvent::Done(Err(CallError::Malformed(
+            majordomo_proto::DecodeError::MessageTooLarge { size: 20, max: 16 }
+        ))))
+    );
+}
