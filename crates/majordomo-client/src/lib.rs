@@ -34,8 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use majordomo_proto::client::{Call, CallError, CallEvent};
-use majordomo_proto::mdp::{ClientReply, ClientRequest};
-use majordomo_proto::mdp2;
+use majordomo_proto::codec;
 pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::call::CallLink;
@@ -457,10 +456,7 @@ impl<T: Transport> AsyncClient<T> {
             .limits
             .check_service(&service)
             .map_err(ClientError::InvalidService)?;
-        let request = match self.config.version {
-            Version::V01 => ClientRequest::new(service, body).encode(),
-            Version::V02(dialect) => mdp2::ClientRequest { service, body }.encode(dialect),
-        };
+        let request = codec::Request { service, body }.encode(self.config.version);
         self.socket.send(request).await?;
         Ok(())
     }
@@ -470,24 +466,11 @@ impl<T: Transport> AsyncClient<T> {
         let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
             .await
             .map_err(|_| ClientError::Timeout)??;
-        let limits = &self.config.limits;
-        Ok(match self.config.version {
-            Version::V01 => {
-                let reply = ClientReply::decode(&frames, limits)?;
-                Reply {
-                    service: reply.service,
-                    body: reply.body,
-                    last: true,
-                }
-            }
-            Version::V02(dialect) => {
-                let reply = mdp2::ClientReply::decode(&frames, dialect, limits)?;
-                Reply {
-                    service: reply.service,
-                    body: reply.body,
-                    last: reply.part == mdp2::Part::Final,
-                }
-            }
+        let reply = codec::Reply::decode(&frames, self.config.version, &self.config.limits)?;
+        Ok(Reply {
+            service: reply.service,
+            body: reply.body,
+            last: reply.part == codec::Part::Final,
         })
     }
 }
@@ -498,6 +481,9 @@ mod tests {
 
     use futures::StreamExt;
     use majordomo_rt::memory::{self, MemoryEndpoint, MemoryRouter};
+
+    use majordomo_proto::mdp::{ClientReply, ClientRequest};
+    use majordomo_proto::mdp2;
 
     use super::*;
 

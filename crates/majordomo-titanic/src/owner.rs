@@ -207,6 +207,13 @@ impl Held {
         out
     }
 
+    /// Answers every question held 300 (pending), as Titanic stops.
+    fn answer_all_pending(&mut self) {
+        for held in self.drain() {
+            let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
+        }
+    }
+
     /// Every question, at shutdown.
     fn drain(&mut self) -> Vec<oneshot::Sender<ReplyAnswer>> {
         self.deadlines.clear();
@@ -554,9 +561,7 @@ impl<S: Store> Owner<S> {
             }
             Command::Release => {
                 self.releasing = true;
-                for held in self.held.drain() {
-                    let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
-                }
+                self.held.answer_all_pending();
             }
         }
     }
@@ -668,9 +673,7 @@ impl<S: Store> Owner<S> {
     async fn stop(mut self) -> TitanicStats {
         // Requests in flight stay stored as pending: sent again at the next start.
         self.jobs.shutdown().await;
-        for held in self.held.drain() {
-            let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Pending)));
-        }
+        self.held.answer_all_pending();
         while self.committing.is_some() || !self.next_effects.is_empty() {
             self.flush();
             if let Some(commit) = self.commit.take() {
