@@ -24,11 +24,11 @@
 //! entry while the bodies held stay under [`CoreConfig::max_body_bytes`]; a dispatch or a
 //! `titanic.reply` then needs no read of the store. Past the bound (and for what
 //! [`Core::restore`] could not keep) the store has the only copy, and the driver reads it.
-//! The bodies read from the store for the dispatches under way have a bound of the same size:
-//! a request whose body would pass it waits for its turn until a dispatch ends (one such
-//! dispatch may always be under way, so that a body larger than the bound still goes). The
-//! bodies Titanic holds, at most twice the bound and one body, are thus bounded whatever the
-//! store holds.
+//! The bodies of the dispatches under way (read from the store, or kept) have a bound of the
+//! same size: a request whose body would pass it waits for its turn until a dispatch ends
+//! (one dispatch may always be under way, so that a body larger than the bound still goes).
+//! The bodies Titanic holds, at most twice the bound and one body, are thus bounded whatever
+//! the store holds.
 //!
 //! # Space in the store
 //! Each entry counts what it costs in the file ([`stored_cost_of`]); `titanic.request`
@@ -66,8 +66,8 @@ pub struct CoreConfig {
     pub backoff_max: Duration,
     /// Most bytes of request and reply bodies kept in memory (default 64 MiB), counted with
     /// [`body_cost`]; past it a body is kept in the store only, and read from it when needed.
-    /// Zero keeps none. The bodies read from the store for the dispatches under way have a
-    /// bound of the same size (but for one dispatch, which may always go).
+    /// Zero keeps none. The bodies of the dispatches under way have a bound of the same size
+    /// (but for one dispatch, which may always go).
     pub max_body_bytes: usize,
     /// Most bytes the stored requests and replies may take in the store's file (default
     /// 4 GiB), counted with [`stored_cost_of`]; a request that would pass it is answered 500.
@@ -168,7 +168,7 @@ struct Request {
     cost: u64,
     /// The bytes of its body while it is pending.
     len: usize,
-    /// While it is dispatched with a body read from the store: that body's bytes.
+    /// While it is dispatched: its body's bytes.
     reading: usize,
 }
 
@@ -242,7 +242,7 @@ pub struct Core {
     cursor: Option<Bytes>,
     /// What the bodies kept in memory count ([`body_cost`]).
     body_bytes: usize,
-    /// The bytes of the bodies read from the store for dispatches under way.
+    /// The bytes of the bodies of the dispatches under way.
     reading_bytes: usize,
     /// What the entries cost in the store ([`stored_cost_of`]).
     stored_bytes: u64,
@@ -342,7 +342,7 @@ impl Core {
         self.body_bytes
     }
 
-    /// The bytes of the bodies read from the store for the dispatches under way: at most
+    /// The bytes of the bodies of the dispatches under way: at most
     /// [`CoreConfig::max_body_bytes`], or one body past it.
     pub fn reading_bytes(&self) -> usize {
         self.reading_bytes
@@ -483,7 +483,7 @@ impl Core {
         let fits = |uuid: &Uuid| {
             requests
                 .get(uuid)
-                .is_none_or(|r| r.body.is_some() || reading == 0 || reading + r.len <= max)
+                .is_none_or(|r| reading == 0 || reading + r.len <= max)
         };
         let ready = |s: &Service| {
             s.queue.front().is_some_and(fits)
@@ -509,10 +509,8 @@ impl Core {
             .get_mut(&uuid)
             .expect("queued requests are known");
         request.state = State::InFlight;
-        if request.body.is_none() {
-            request.reading = request.len;
-            self.reading_bytes += request.len;
-        }
+        request.reading = request.len;
+        self.reading_bytes += request.len;
         let (body, submitted) = (request.body.clone(), request.since);
         self.cursor = Some(name.clone());
         Some(Dispatch {
@@ -816,5 +814,94 @@ mod tests {
         assert_eq!(core.poll_timeout(), Some(t0), "the older one is past it");
         assert_eq!(core.handle_timeout(t0), [Op::Remove(Uuid([2; 16]))]);
         assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn past_max_stored_bytes_a_request_is_refused_and_a_reply_is_stored_and_counted() {
+        let t0 = Instant::now();
+        let one = stored_cost_of(
+            Some(&Bytes::from_static(b"svc")),
+            &[Bytes::from(vec![0; 100])],
+        );
+        let config = CoreConfig::default().max_stored_bytes(one * 2);
+        let mut core = Core::new(config, t0, 0);
+        let body = Bytes::from(vec![0; 100]);
+        let submit = |core: &mut Core, i: u8| {
+            core.submit(
+                t0,
+                Uuid([i; 16]),
+                &[Bytes::from_static(b"svc"), body.clone()],
+            )
+        };
+        submit(&mut core, 1).unwrap();
+        core.accept(Uuid([1; 16]));
+        submit(&mut core, 2).unwrap();
+        core.accept(Uuid([2; 16]));
+        assert_eq!(core.stored_bytes(), one * 2);
+        assert_eq!(submit(&mut core, 3), Err(Refused::Full));
+        assert_eq!(
+            Refused::Full.reply(),
+            [Bytes::from_static(b"500 store full")]
+        );
+        // A reply larger than its request is stored all the same, and counted.
+        let uuid = core.next_dispatch(t0).unwrap().uuid;
+        let reply = vec![Bytes::from(vec![1; 10_000])];
+        core.answered(t0, uuid, reply.clone()).unwrap();
+        assert!(core.replied(t0, uuid, reply.clone()));
+        assert_eq!(core.stored_bytes(), one + stored_cost_of(None, &reply));
+        assert!(core.stored_bytes() > one * 2);
+        assert_eq!(submit(&mut core, 3), Err(Refused::Full));
+        // Closing gives its bytes back.
+        core.close(uuid);
+        assert_eq!(core.stored_bytes(), one);
+        submit(&mut core, 3).unwrap();
+        assert_eq!(core.stored_bytes(), one * 2);
+    }
+
+    #[test]
+    fn bodies_being_dispatched_are_bounded_but_one_always_goes() {
+        let t0 = Instant::now();
+        let len = 1000;
+        // No body is kept in memory; bodies read for dispatch: two and a half.
+        let config = CoreConfig::default().max_body_bytes(len * 5 / 2);
+        let mut core = Core::new(config.max_body_bytes(len * 5 / 2), t0, 0);
+        let mut kept = Core::new(config, t0, 0);
+        let big = Bytes::from(vec![0; len * 3]);
+        kept.submit(t0, Uuid([9; 16]), &[Bytes::from_static(b"a"), big.clone()])
+            .unwrap();
+        assert_eq!(kept.body_bytes(), 0, "larger than the bound: not kept");
+        kept.accept(Uuid([9; 16]));
+        let sent = kept.next_dispatch(t0).unwrap();
+        assert_eq!(sent.body, None);
+        assert_eq!(kept.reading_bytes(), len * 3, "one may always go");
+        kept.failed(t0, sent.uuid);
+        assert_eq!(kept.reading_bytes(), 0);
+        // One body of twice `len` (kept in memory, filling it), then three of `len` for three
+        // services: each dispatch counts its body, kept or read from the store.
+        let filler = Bytes::from(vec![0; len * 2]);
+        core.submit(t0, Uuid([0; 16]), &[Bytes::from_static(b"z"), filler])
+            .unwrap();
+        core.accept(Uuid([0; 16]));
+        let body = Bytes::from(vec![0; len]);
+        for (i, service) in [b"a", b"b", b"c"].into_iter().enumerate() {
+            let uuid = Uuid([i as u8 + 1; 16]);
+            core.submit(t0, uuid, &[Bytes::from_static(service), body.clone()])
+                .unwrap();
+            core.accept(uuid);
+        }
+        let read: Vec<Dispatch> = std::iter::from_fn(|| core.next_dispatch(t0)).collect();
+        let services: Vec<&[u8]> = read.iter().map(|d| &d.service[..]).collect();
+        assert_eq!(services, [b"a", b"b"], "the third waits");
+        assert_eq!(core.reading_bytes(), 2 * len);
+        assert_eq!(core.queued(), 2);
+        let reply = vec![Bytes::from_static(b"r")];
+        core.answered(t0, read[0].uuid, reply.clone()).unwrap();
+        core.replied(t0, read[0].uuid, reply);
+        assert_eq!(core.reading_bytes(), len);
+        let third = core.next_dispatch(t0).expect("room again");
+        assert_eq!(&third.service[..], b"c");
+        core.close(third.uuid);
+        core.close(read[1].uuid);
+        assert_eq!(core.reading_bytes(), 0);
     }
 }
