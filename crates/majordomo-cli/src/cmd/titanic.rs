@@ -16,7 +16,9 @@ use crate::signals::shutdown_signal;
 pub(crate) struct TitanicArgs {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// The store: one redb file, created if missing.
+    /// The store: one redb file, created if there is none. An existing file is checked at
+    /// start; an empty or damaged one is an error naming it (docs/BEHAVIOUR.md says how to
+    /// repair or start over).
     #[arg(long, default_value = "titanic.redb")]
     store: std::path::PathBuf,
     /// Keep requests and replies in memory only, not in `--store`: a restart loses them. For
