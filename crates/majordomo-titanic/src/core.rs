@@ -24,6 +24,20 @@
 //! entry while the bodies held stay under [`CoreConfig::max_body_bytes`]; a dispatch or a
 //! `titanic.reply` then needs no read of the store. Past the bound (and for what
 //! [`Core::restore`] could not keep) the store has the only copy, and the driver reads it.
+//! The bodies of the dispatches under way (read from the store, or kept) have a bound of the
+//! same size: a request whose body would pass it waits for its turn until a dispatch ends
+//! (one dispatch may always be under way, so that a body larger than the bound still goes).
+//! The bodies Titanic holds, at most twice the bound and one body, are thus bounded whatever
+//! the store holds.
+//!
+//! # Space in the store
+//! Each entry counts what it costs in the file ([`stored_cost_of`]); `titanic.request`
+//! answers `500 store full` when a request would take the store past
+//! [`CoreConfig::max_stored_bytes`], as past [`CoreConfig::max_stored`] entries. A reply is
+//! always stored, also past the bound: its request was accepted, 9/TSP has no way to refuse a
+//! reply, and holding it back would run the request again and again. The store may thus pass
+//! the bound by what replies weigh more than their requests; new requests are refused until
+//! closes and retention bring it back under.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
@@ -32,7 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use majordomo_proto::heartbeat::Backoff;
 
-use crate::store::{Entry, Op};
+use crate::store::{stored_cost, stored_cost_of, Entry, Op};
 use crate::tsp::{Status, Uuid};
 
 /// Titanic's limits and dispatch settings.
@@ -52,8 +66,12 @@ pub struct CoreConfig {
     pub backoff_max: Duration,
     /// Most bytes of request and reply bodies kept in memory (default 64 MiB), counted with
     /// [`body_cost`]; past it a body is kept in the store only, and read from it when needed.
-    /// Zero keeps none.
+    /// Zero keeps none. The bodies of the dispatches under way have a bound of the same size
+    /// (but for one dispatch, which may always go).
     pub max_body_bytes: usize,
+    /// Most bytes the stored requests and replies may take in the store's file (default
+    /// 4 GiB), counted with [`stored_cost_of`]; a request that would pass it is answered 500.
+    pub max_stored_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -65,6 +83,9 @@ impl Default for CoreConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             max_body_bytes: 64 << 20,
+            // Room for the default `max_stored` of requests of about a kilobyte (3 KB each
+            // in the file), and a bound any server's disk has; 60 requests of 15 MiB fit.
+            max_stored_bytes: 4 << 30,
         }
     }
 }
@@ -98,6 +119,12 @@ impl CoreConfig {
     /// Sets `max_body_bytes`; the field says what it means and its default.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets `max_stored_bytes`; the field says what it means and its default.
+    pub fn max_stored_bytes(mut self, bytes: u64) -> Self {
+        self.max_stored_bytes = bytes;
         self
     }
 }
@@ -137,6 +164,12 @@ struct Request {
     body: Option<Vec<Bytes>>,
     /// When it was submitted (or restored).
     since: Instant,
+    /// What its entry costs in the store ([`stored_cost_of`]).
+    cost: u64,
+    /// The bytes of its body while it is pending.
+    len: usize,
+    /// While it is dispatched: its body's bytes.
+    reading: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -153,7 +186,8 @@ struct Service {
 pub enum Refused {
     /// Not `[service, body...]` with a service name.
     Malformed,
-    /// `max_stored` requests and replies are stored.
+    /// `max_stored` requests and replies are stored, or it would take the store past
+    /// `max_stored_bytes`.
     Full,
 }
 
@@ -208,6 +242,10 @@ pub struct Core {
     cursor: Option<Bytes>,
     /// What the bodies kept in memory count ([`body_cost`]).
     body_bytes: usize,
+    /// The bytes of the bodies of the dispatches under way.
+    reading_bytes: usize,
+    /// What the entries cost in the store ([`stored_cost_of`]).
+    stored_bytes: u64,
 }
 
 impl Core {
@@ -222,6 +260,8 @@ impl Core {
             expiry: BTreeSet::new(),
             cursor: None,
             body_bytes: 0,
+            reading_bytes: 0,
+            stored_bytes: 0,
         }
     }
 
@@ -234,47 +274,11 @@ impl Core {
         unix_ms: u64,
         entries: Vec<(Uuid, Entry)>,
     ) -> Self {
-        let mut core = Self::new(config, now, unix_ms);
-        let mut pending = Vec::new();
+        let mut restoring = Restoring::new(config, now, unix_ms);
         for (uuid, entry) in entries {
-            match entry {
-                Entry::Pending {
-                    stored_ms,
-                    service,
-                    body,
-                } => pending.push((stored_ms, uuid, service, body)),
-                Entry::Done { done_ms, body } => {
-                    let age = Duration::from_millis(unix_ms.saturating_sub(done_ms));
-                    let expires = now + config.retention.saturating_sub(age);
-                    let body = core.keep(body);
-                    core.requests.insert(
-                        uuid,
-                        Request {
-                            service: Bytes::new(),
-                            state: State::Done { expires },
-                            body,
-                            since: now,
-                        },
-                    );
-                    core.expiry.insert((expires, uuid));
-                }
-            }
+            restoring.entry(uuid, entry);
         }
-        pending.sort_by_key(|(stored_ms, uuid, ..)| (*stored_ms, *uuid));
-        for (_, uuid, service, body) in pending {
-            let body = core.keep(body);
-            core.service(&service).queue.push_back(uuid);
-            core.requests.insert(
-                uuid,
-                Request {
-                    service,
-                    state: State::Queued,
-                    body,
-                    since: now,
-                },
-            );
-        }
-        core
+        restoring.finish()
     }
 
     /// `body`, if it fits under the bound of bodies in memory (and is then counted).
@@ -338,6 +342,24 @@ impl Core {
         self.body_bytes
     }
 
+    /// The bytes of the bodies of the dispatches under way: at most
+    /// [`CoreConfig::max_body_bytes`], or one body past it.
+    pub fn reading_bytes(&self) -> usize {
+        self.reading_bytes
+    }
+
+    /// What the entries cost in the store ([`stored_cost_of`]).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// Forgets a request's entry and the bytes it counts.
+    fn forget(&mut self, request: Request) {
+        self.stored_bytes -= request.cost;
+        self.reading_bytes -= request.reading;
+        self.drop_body(request.body);
+    }
+
     /// `titanic.request` with `frames` (`[service, body...]`) at `now`, to be known as `uuid`:
     /// the write to make durable before [`Core::accept`], or why it is refused.
     pub fn submit(&mut self, now: Instant, uuid: Uuid, frames: &[Bytes]) -> Result<Op, Refused> {
@@ -348,7 +370,10 @@ impl Core {
         if service.is_empty() || body.is_empty() {
             return Err(Refused::Malformed);
         }
-        if self.requests.len() >= self.config.max_stored {
+        let cost = stored_cost_of(Some(service), body);
+        if self.requests.len() >= self.config.max_stored
+            || self.stored_bytes + cost > self.config.max_stored_bytes
+        {
             return Err(Refused::Full);
         }
         // The index keeps its own copy of the name, one per service: a frame may share its
@@ -358,6 +383,7 @@ impl Core {
             None => Bytes::copy_from_slice(service),
         };
         let kept = self.keep(body.to_vec());
+        self.stored_bytes += cost;
         self.requests.insert(
             uuid,
             Request {
@@ -365,6 +391,9 @@ impl Core {
                 state: State::Storing,
                 body: kept,
                 since: now,
+                cost,
+                len: body.iter().map(Bytes::len).sum(),
+                reading: 0,
             },
         );
         Ok(Op::Request(
@@ -393,7 +422,7 @@ impl Core {
     pub fn abort(&mut self, uuid: Uuid) {
         if matches!(self.state(&uuid), Some(State::Storing)) {
             let request = self.requests.remove(&uuid).expect("known");
-            self.drop_body(request.body);
+            self.forget(request);
         }
     }
 
@@ -439,17 +468,27 @@ impl Core {
                 }
                 State::Storing => {}
             }
-            self.drop_body(request.body);
+            self.forget(request);
         }
         Op::Remove(uuid)
     }
 
     /// The next request to send to the broker at `now`, if any may go: the oldest of the next
-    /// service in turn that is under its in-flight limit and not backing off.
+    /// service in turn that is under its in-flight limit, not backing off, and whose body is
+    /// in memory or fits under [`CoreConfig::max_body_bytes`] (see the module docs).
     pub fn next_dispatch(&mut self, now: Instant) -> Option<Dispatch> {
         let limit = self.config.in_flight_per_service;
+        let (requests, reading) = (&self.requests, self.reading_bytes);
+        let max = self.config.max_body_bytes;
+        let fits = |uuid: &Uuid| {
+            requests
+                .get(uuid)
+                .is_none_or(|r| reading == 0 || reading + r.len <= max)
+        };
         let ready = |s: &Service| {
-            !s.queue.is_empty() && s.in_flight < limit && s.retry_at.is_none_or(|at| at <= now)
+            s.queue.front().is_some_and(fits)
+                && s.in_flight < limit
+                && s.retry_at.is_none_or(|at| at <= now)
         };
         let after = match &self.cursor {
             Some(c) => Bound::Excluded(c.clone()),
@@ -470,6 +509,8 @@ impl Core {
             .get_mut(&uuid)
             .expect("queued requests are known");
         request.state = State::InFlight;
+        request.reading = request.len;
+        self.reading_bytes += request.len;
         let (body, submitted) = (request.body.clone(), request.since);
         self.cursor = Some(name.clone());
         Some(Dispatch {
@@ -509,6 +550,10 @@ impl Core {
         request.state = State::Done { expires };
         let service = std::mem::take(&mut request.service);
         let old = request.body.take();
+        let cost = stored_cost_of(None, &body);
+        self.stored_bytes = self.stored_bytes - request.cost + cost;
+        request.cost = cost;
+        self.reading_bytes -= std::mem::take(&mut request.reading);
         self.drop_body(old);
         let kept = self.keep(body);
         self.requests.get_mut(&uuid).expect("known").body = kept;
@@ -543,6 +588,7 @@ impl Core {
             return;
         }
         request.state = State::Queued;
+        self.reading_bytes -= std::mem::take(&mut request.reading);
         let s = self
             .services
             .get_mut(&request.service)
@@ -586,6 +632,93 @@ impl Core {
             .map(|(_, uuid)| *uuid)
             .collect();
         old.into_iter().map(|uuid| self.close(uuid)).collect()
+    }
+}
+
+/// A [`Core`] being rebuilt from the store's entries, one at a time, so that the bodies it
+/// does not keep are dropped as they come (the store may hold far more than memory does).
+#[derive(Debug)]
+pub struct Restoring {
+    core: Core,
+    now: Instant,
+    unix_ms: u64,
+    pending: Vec<(u64, Uuid)>,
+}
+
+impl Restoring {
+    /// Starts rebuilding at `now`, when the wall clock says `unix_ms`.
+    pub fn new(config: CoreConfig, now: Instant, unix_ms: u64) -> Self {
+        Self {
+            core: Core::new(config, now, unix_ms),
+            now,
+            unix_ms,
+            pending: Vec::new(),
+        }
+    }
+
+    /// One entry of the store.
+    pub fn entry(&mut self, uuid: Uuid, entry: Entry) {
+        let (core, now) = (&mut self.core, self.now);
+        let cost = stored_cost(&entry);
+        core.stored_bytes += cost;
+        match entry {
+            Entry::Pending {
+                stored_ms,
+                service,
+                body,
+            } => {
+                let len = body.iter().map(Bytes::len).sum();
+                let body = core.keep(body);
+                self.pending.push((stored_ms, uuid));
+                core.requests.insert(
+                    uuid,
+                    Request {
+                        service,
+                        state: State::Queued,
+                        body,
+                        since: now,
+                        cost,
+                        len,
+                        reading: 0,
+                    },
+                );
+            }
+            Entry::Done { done_ms, body } => {
+                let age = Duration::from_millis(self.unix_ms.saturating_sub(done_ms));
+                let expires = now + core.config.retention.saturating_sub(age);
+                let body = core.keep(body);
+                core.requests.insert(
+                    uuid,
+                    Request {
+                        service: Bytes::new(),
+                        state: State::Done { expires },
+                        body,
+                        since: now,
+                        cost,
+                        len: 0,
+                        reading: 0,
+                    },
+                );
+                core.expiry.insert((expires, uuid));
+            }
+        }
+    }
+
+    /// The rebuilt core: pending requests queued oldest first.
+    pub fn finish(mut self) -> Core {
+        self.pending.sort_unstable();
+        let mut core = self.core;
+        for (_, uuid) in self.pending {
+            let service = core.requests[&uuid].service.clone();
+            // One copy of each name, as `submit` keeps.
+            let name = match core.services.get_key_value(&service) {
+                Some((name, _)) => name.clone(),
+                None => Bytes::copy_from_slice(&service),
+            };
+            core.requests.get_mut(&uuid).expect("restored").service = name.clone();
+            core.service(&name).queue.push_back(uuid);
+        }
+        core
     }
 }
 
@@ -681,5 +814,94 @@ mod tests {
         assert_eq!(core.poll_timeout(), Some(t0), "the older one is past it");
         assert_eq!(core.handle_timeout(t0), [Op::Remove(Uuid([2; 16]))]);
         assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn past_max_stored_bytes_a_request_is_refused_and_a_reply_is_stored_and_counted() {
+        let t0 = Instant::now();
+        let one = stored_cost_of(
+            Some(&Bytes::from_static(b"svc")),
+            &[Bytes::from(vec![0; 100])],
+        );
+        let config = CoreConfig::default().max_stored_bytes(one * 2);
+        let mut core = Core::new(config, t0, 0);
+        let body = Bytes::from(vec![0; 100]);
+        let submit = |core: &mut Core, i: u8| {
+            core.submit(
+                t0,
+                Uuid([i; 16]),
+                &[Bytes::from_static(b"svc"), body.clone()],
+            )
+        };
+        submit(&mut core, 1).unwrap();
+        core.accept(Uuid([1; 16]));
+        submit(&mut core, 2).unwrap();
+        core.accept(Uuid([2; 16]));
+        assert_eq!(core.stored_bytes(), one * 2);
+        assert_eq!(submit(&mut core, 3), Err(Refused::Full));
+        assert_eq!(
+            Refused::Full.reply(),
+            [Bytes::from_static(b"500 store full")]
+        );
+        // A reply larger than its request is stored all the same, and counted.
+        let uuid = core.next_dispatch(t0).unwrap().uuid;
+        let reply = vec![Bytes::from(vec![1; 10_000])];
+        core.answered(t0, uuid, reply.clone()).unwrap();
+        assert!(core.replied(t0, uuid, reply.clone()));
+        assert_eq!(core.stored_bytes(), one + stored_cost_of(None, &reply));
+        assert!(core.stored_bytes() > one * 2);
+        assert_eq!(submit(&mut core, 3), Err(Refused::Full));
+        // Closing gives its bytes back.
+        core.close(uuid);
+        assert_eq!(core.stored_bytes(), one);
+        submit(&mut core, 3).unwrap();
+        assert_eq!(core.stored_bytes(), one * 2);
+    }
+
+    #[test]
+    fn bodies_being_dispatched_are_bounded_but_one_always_goes() {
+        let t0 = Instant::now();
+        let len = 1000;
+        // No body is kept in memory; bodies read for dispatch: two and a half.
+        let config = CoreConfig::default().max_body_bytes(len * 5 / 2);
+        let mut core = Core::new(config.max_body_bytes(len * 5 / 2), t0, 0);
+        let mut kept = Core::new(config, t0, 0);
+        let big = Bytes::from(vec![0; len * 3]);
+        kept.submit(t0, Uuid([9; 16]), &[Bytes::from_static(b"a"), big.clone()])
+            .unwrap();
+        assert_eq!(kept.body_bytes(), 0, "larger than the bound: not kept");
+        kept.accept(Uuid([9; 16]));
+        let sent = kept.next_dispatch(t0).unwrap();
+        assert_eq!(sent.body, None);
+        assert_eq!(kept.reading_bytes(), len * 3, "one may always go");
+        kept.failed(t0, sent.uuid);
+        assert_eq!(kept.reading_bytes(), 0);
+        // One body of twice `len` (kept in memory, filling it), then three of `len` for three
+        // services: each dispatch counts its body, kept or read from the store.
+        let filler = Bytes::from(vec![0; len * 2]);
+        core.submit(t0, Uuid([0; 16]), &[Bytes::from_static(b"z"), filler])
+            .unwrap();
+        core.accept(Uuid([0; 16]));
+        let body = Bytes::from(vec![0; len]);
+        for (i, service) in [b"a", b"b", b"c"].into_iter().enumerate() {
+            let uuid = Uuid([i as u8 + 1; 16]);
+            core.submit(t0, uuid, &[Bytes::from_static(service), body.clone()])
+                .unwrap();
+            core.accept(uuid);
+        }
+        let read: Vec<Dispatch> = std::iter::from_fn(|| core.next_dispatch(t0)).collect();
+        let services: Vec<&[u8]> = read.iter().map(|d| &d.service[..]).collect();
+        assert_eq!(services, [b"a", b"b"], "the third waits");
+        assert_eq!(core.reading_bytes(), 2 * len);
+        assert_eq!(core.queued(), 2);
+        let reply = vec![Bytes::from_static(b"r")];
+        core.answered(t0, read[0].uuid, reply.clone()).unwrap();
+        core.replied(t0, read[0].uuid, reply);
+        assert_eq!(core.reading_bytes(), len);
+        let third = core.next_dispatch(t0).expect("room again");
+        assert_eq!(&third.service[..], b"c");
+        core.close(third.uuid);
+        core.close(read[1].uuid);
+        assert_eq!(core.reading_bytes(), 0);
     }
 }

@@ -661,6 +661,8 @@ impl<S: Store> Owner<S> {
         stats.in_flight = self.core.in_flight();
         stats.held = self.held.count;
         stats.body_bytes = self.core.body_bytes();
+        stats.reading_bytes = self.core.reading_bytes();
+        stats.stored_bytes = self.core.stored_bytes();
         stats.submit = self.submit_latency.summary();
         stats.queue_wait = self.queued_latency.summary();
         stats.dispatch = self.dispatch_latency.summary();

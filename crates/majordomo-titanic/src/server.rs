@@ -1,7 +1,7 @@
 //! The Titanic server on tokio: a 7/MDP worker for the three TSP services and a dispatcher of
 //! the stored requests (a 7/MDP client by default, any [`Dispatch`]), over a [`Store`].
 //!
-//! One task owns the state: the [`Core`], the held questions, the writes waiting and the
+//! One task owns the state: the [`Core`](crate::core::Core), the held questions, the writes waiting and the
 //! dispatches under way. The services' handlers ask it over a bounded channel and wait for its
 //! answer; a [`TitanicHandle`] reads its stats the same way. It commits one batch of writes at
 //! a time, with every write that arrived during the previous commit: concurrent submits share
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::core::{Core, CoreConfig};
+use crate::core::{CoreConfig, Restoring};
 use crate::dispatch::Dispatch;
 use crate::owner::{self, Command, Owner, OwnerParts, ReplyAnswer};
 use crate::stats::TitanicStats;
@@ -311,11 +311,14 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
             handle,
             commands,
         } = self;
-        let entries = store.load()?;
-        let core = Core::restore(config.core, clock::now(), owner::unix_ms(), entries);
+        // Entry by entry: the bodies the core does not keep are dropped as they are read.
+        let mut restoring = Restoring::new(config.core, clock::now(), owner::unix_ms());
+        store.load_each(&mut |uuid, entry| restoring.entry(uuid, entry))?;
+        let core = restoring.finish();
         info!(
             stored = core.len(),
             queued = core.queued(),
+            stored_bytes = core.stored_bytes(),
             "titanic store loaded"
         );
         let owner = Owner::new(OwnerParts {

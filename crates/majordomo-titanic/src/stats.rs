@@ -30,6 +30,12 @@ pub struct TitanicStats {
     pub held: usize,
     /// What the bodies kept in memory count now (see [`crate::core::body_cost`]).
     pub body_bytes: usize,
+    /// What the bodies read from the store for the dispatches under way count now.
+    pub reading_bytes: usize,
+    /// What the stored requests and replies cost in the store now (see
+    /// [`crate::store::stored_cost_of`]), against
+    /// [`crate::core::CoreConfig::max_stored_bytes`].
+    pub stored_bytes: u64,
     /// Transactions committed to the store.
     pub commits: u64,
     /// Writes (requests, replies, removals) in those transactions: `writes / commits` is how

@@ -16,7 +16,9 @@ use crate::signals::shutdown_signal;
 pub(crate) struct TitanicArgs {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// The store: one redb file, created if missing.
+    /// The store: one redb file, created if there is none. An existing file is checked at
+    /// start; an empty or damaged one is an error naming it (docs/BEHAVIOUR.md says how to
+    /// repair or start over).
     #[arg(long, default_value = "titanic.redb")]
     store: std::path::PathBuf,
     /// Keep requests and replies in memory only, not in `--store`: a restart loses them. For
@@ -34,6 +36,11 @@ pub(crate) struct TitanicArgs {
     /// Most requests and replies stored at once; past it `titanic.request` answers 500.
     #[arg(long, default_value_t = 1_000_000)]
     max_stored: usize,
+    /// Most bytes the stored requests and replies may take in `--store`, e.g. 4GiB (each
+    /// counted as it costs in the file, about its size and a quarter for large bodies, three
+    /// times it for small ones); past it `titanic.request` answers `500 store full`.
+    #[arg(long, default_value = "4GiB")]
+    max_stored_bytes: bytesize::ByteSize,
     /// Most requests of one service sent to the broker at once.
     #[arg(long, default_value_t = 16)]
     in_flight_per_service: usize,
@@ -74,6 +81,7 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
         .core(
             CoreConfig::default()
                 .max_stored(args.max_stored)
+                .max_stored_bytes(args.max_stored_bytes.as_u64())
                 .in_flight_per_service(args.in_flight_per_service)
                 .retention(args.retention)
                 .max_body_bytes(byte_count(args.max_body_memory)?),
