@@ -29,6 +29,7 @@ pub mod admission;
 pub mod config;
 pub mod guard;
 pub mod inspect;
+pub mod mux;
 
 pub use config::{GuardConfig, GuardConfigError};
 pub use guard::{Guard, GuardStats};
@@ -61,11 +62,17 @@ pub enum Rule {
     PerAddress,
     /// The address connected faster than [`GuardConfig::connection_rate`].
     Rate,
+    /// A message was begun and not finished within [`GuardConfig::message_timeout`] (front-end
+    /// mode).
+    MessageTimeout,
+    /// Replies for a peer that does not read passed [`GuardConfig::outbound_budget`] (front-end
+    /// mode): the peer is closed and what was queued for it dropped.
+    Outbound,
 }
 
 impl Rule {
     /// Every rule, in a fixed order.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 14] = [
         Rule::Greeting,
         Rule::Handshake,
         Rule::HandshakeTimeout,
@@ -78,6 +85,8 @@ impl Rule {
         Rule::MaxConnections,
         Rule::PerAddress,
         Rule::Rate,
+        Rule::MessageTimeout,
+        Rule::Outbound,
     ];
 
     /// The rule's name in logs and counters.
@@ -95,6 +104,8 @@ impl Rule {
             Rule::MaxConnections => "max_connections",
             Rule::PerAddress => "per_address",
             Rule::Rate => "rate",
+            Rule::MessageTimeout => "message_timeout",
+            Rule::Outbound => "outbound",
         }
     }
 
