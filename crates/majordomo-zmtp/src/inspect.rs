@@ -483,7 +483,7 @@ fn check_greeting(index: usize, rest: &[u8]) -> Result<(), Violation> {
 
 /// The header length and body size of the frame at the front of `buf`, once the header is there.
 pub(crate) fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
-    if buf[0] & FLAG_LONG == 0 {
+    if buf.first()? & FLAG_LONG == 0 {
         let size = *buf.get(1)?;
         Some((SHORT_HEADER, u64::from(size)))
     } else {

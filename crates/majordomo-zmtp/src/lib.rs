@@ -15,6 +15,9 @@
 //! - [`admission`]: connection limits in total, per source address and per second.
 //! - [`config`]: [`GuardConfig`], every limit with its default.
 //! - [`guard`]: the tokio side, [`Guard::bind`] and the per-connection relay.
+//! - [`mux`]: the sans-IO parts of front-end mode, where the guard owns every peer and forwards
+//!   whole messages to the server over one link: message assembly, the link codec, and the byte
+//!   budgets (inbound for the process, outbound per peer) with the message deadline.
 //!
 //! # What it does not cover
 //! Connections the process makes itself (clients and workers connecting out) are not guarded:

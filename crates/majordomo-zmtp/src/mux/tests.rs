@@ -423,6 +423,21 @@ fn the_link_decoder_reads_the_servers_replies_controls_and_pings() {
 }
 
 #[test]
+fn the_link_decoder_reads_a_byte_at_a_time() {
+    let mut stream = server_handshake();
+    encode_routed(&mut stream, b"p1", &frames(&[b"", b"reply"]));
+    let mut decoder = LinkDecoder::new(LINK);
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    for &byte in &stream[..] {
+        buf.extend_from_slice(&[byte]);
+        events.extend(decode_all(&mut decoder, &mut buf).unwrap());
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0], LinkEvent::Ready);
+}
+
+#[test]
 fn the_link_decoder_refuses_what_breaks_zmtp_or_its_limits_without_reserving_for_it() {
     let not_a_router = {
         let mut b = BytesMut::new();
