@@ -57,6 +57,11 @@ pub struct GuardConfig {
     /// 32 MiB; at least one largest message with its overhead. A peer past it is closed
     /// ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
     pub outbound_budget: usize,
+    /// Front-end mode: the guard owns every peer and forwards whole messages to the server over
+    /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
+    /// know the link ([`crate::Guard::link_identity`]). Default off: each peer is relayed to
+    /// its own zmq.rs connection.
+    pub front_end: bool,
 }
 
 impl Default for GuardConfig {
@@ -73,6 +78,7 @@ impl Default for GuardConfig {
             inbound_budget: 256 * 1024 * 1024,
             message_timeout: Duration::from_secs(30),
             outbound_budget: 32 * 1024 * 1024,
+            front_end: false,
         }
     }
 }
@@ -146,6 +152,12 @@ impl GuardConfig {
     /// Sets `outbound_budget`; the field says what it means and its default.
     pub fn outbound_budget(mut self, bytes: usize) -> Self {
         self.outbound_budget = bytes;
+        self
+    }
+
+    /// Sets `front_end`; the field says what it means and its default.
+    pub fn front_end(mut self, on: bool) -> Self {
+        self.front_end = on;
         self
     }
 

@@ -16,6 +16,8 @@ pub struct Budget(Arc<Inner>);
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// Woken on every release, for those waiting for room (no I/O: a plain wait list).
+    released: tokio::sync::Notify,
 }
 
 impl Budget {
@@ -24,6 +26,7 @@ impl Budget {
         Self(Arc::new(Inner {
             limit,
             used: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
         }))
     }
 
@@ -35,6 +38,12 @@ impl Budget {
     /// Bytes held now, by every charge together; never more than [`Budget::limit`].
     pub fn used(&self) -> usize {
         self.0.used.load(Ordering::Acquire)
+    }
+
+    /// Completes at the next release of bytes. To wait without missing one, `enable` it before
+    /// the attempt that found the budget spent.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.released.notified()
     }
 
     /// A charge of no bytes against this budget, to grow as bytes are held.
@@ -87,6 +96,7 @@ impl Budget {
     fn release(&self, bytes: usize) {
         if bytes > 0 {
             self.0.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.0.released.notify_waiters();
         }
     }
 }
