@@ -88,3 +88,119 @@ async fn clients_and_workers_are_served_and_a_peer_stopping_mid_message_is_close
     assert_eq!(c.request("echo", hello.clone()).await?, hello);
     Ok(())
 }
+
+/// A raw ZMTP DEALER that announces `identity`, after the handshake both ways.
+async fn raw_dealer(endpoint: &str, identity: &[u8]) -> Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("tcp://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut hello = RawZmtp::greeting();
+    let mut body = vec![5];
+    body.extend(b"READY");
+    for (name, value) in [
+        (&b"Socket-Type"[..], &b"DEALER"[..]),
+        (b"Identity", identity),
+    ] {
+        body.push(name.len() as u8);
+        body.extend(name);
+        body.extend((value.len() as u32).to_be_bytes());
+        body.extend(value);
+    }
+    hello.extend([0x04, body.len() as u8]);
+    hello.extend(body);
+    stream.write_all(&hello).await?;
+    // The server's greeting, then its READY (a short command).
+    let mut greeting = [0u8; 66];
+    stream.read_exact(&mut greeting).await?;
+    let mut ready = vec![0u8; usize::from(greeting[65])];
+    stream.read_exact(&mut ready).await?;
+    anyhow::ensure!(ready.starts_with(b"\x05READY"), "READY expected");
+    Ok(stream)
+}
+
+/// Reads one message of short frames.
+async fn read_message(stream: &mut tokio::net::TcpStream) -> Result<Vec<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let mut frames = Vec::new();
+    loop {
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await?;
+        anyhow::ensure!(header[0] & 0x06 == 0, "a short message frame: {header:?}");
+        let mut body = vec![0u8; usize::from(header[1])];
+        stream.read_exact(&mut body).await?;
+        frames.push(body);
+        if header[0] & 0x01 == 0 {
+            return Ok(frames);
+        }
+    }
+}
+
+fn encode(frames: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let more = u8::from(i + 1 < frames.len());
+        if frame.len() < 256 {
+            out.extend([more, frame.len() as u8]);
+        } else {
+            out.push(more | 0x02);
+            out.extend((frame.len() as u64).to_be_bytes());
+        }
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_anothers_identity_takes_nothing_over() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (broker, _stats, _worker) = front_ended_broker(GuardConfig::default()).await?;
+    let mut first = raw_dealer(&broker.endpoint, b"same").await?;
+    let mut second = raw_dealer(&broker.endpoint, b"same").await?;
+    for (peer, body) in [(&mut first, &b"one"[..]), (&mut second, b"two")] {
+        peer.write_all(&encode(&[b"", b"MDPC01", b"echo", body]))
+            .await?;
+    }
+    for (peer, body) in [(&mut first, &b"one"[..]), (&mut second, b"two")] {
+        let reply = tokio::time::timeout(PATIENCE, read_message(peer)).await??;
+        assert_eq!(
+            reply.last().map(Vec::as_slice),
+            Some(body),
+            "each peer gets its own reply: {reply:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_its_replies_is_closed_at_its_outbound_budget() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let guard = GuardConfig::default()
+        .max_message_size(1024 * 1024)
+        .max_frame_size(1024 * 1024)
+        .outbound_budget(2 * 1024 * 1024);
+    let (broker, stats, _worker) = front_ended_broker(guard).await?;
+    let c = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig::default().timeout(PATIENCE),
+    );
+    let mut deaf = raw_dealer(&broker.endpoint, b"").await?;
+    // 64 replies of 512 KiB: far more than the socket buffers and the 2 MiB budget hold.
+    let body = vec![1u8; 512 * 1024];
+    let request = encode(&[b"", b"MDPC01", b"echo", &body]);
+    for _ in 0..64 {
+        if deaf.write_all(&request).await.is_err() {
+            break;
+        }
+    }
+    wait_for_guard(&stats, "closed for its outbound budget", |s| {
+        s.count(Rule::Outbound) == 1 && s.dropped >= 1
+    })
+    .await?;
+    assert!(
+        integration_tests::closed_within(&mut deaf, PATIENCE).await,
+        "the peer was closed"
+    );
+    let hello = vec![Bytes::from_static(b"hello")];
+    assert_eq!(c.request("echo", hello.clone()).await?, hello);
+    Ok(())
+}
