@@ -322,8 +322,12 @@ async fn peer(
         } else {
             assembler.deadline().map(tokio::time::Instant::from_std)
         };
+        // The read buffer starts small and doubles while reads fill it, up to `buffer_size`: an
+        // idle or stalled peer holds well under a kilobyte.
         let room = config.buffer_size.saturating_sub(buf.len());
-        buf.reserve(room);
+        if buf.capacity() == buf.len() && room > 0 {
+            buf.reserve(buf.capacity().max(512).min(room));
+        }
         tokio::select! {
             // read_buf is cancel-safe: nothing is consumed unless it completes.
             read = read.read_buf(&mut buf), if !blocked && room > 0 => match read {
