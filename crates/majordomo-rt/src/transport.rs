@@ -407,3 +407,49 @@ impl Connector for DealerConnector {
         self.endpoint.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
+    }
+
+    #[tokio::test]
+    async fn front_end_links_are_unwrapped_and_their_disconnects_reported() {
+        let mut router = ZmqRouter::new();
+        router
+            .links
+            .insert(Bytes::from_static(b"\0Llink"), HashSet::new());
+        // A peer of the socket's own passes as it is.
+        assert_eq!(
+            router.unwrap_link(frames(&[b"direct", b"", b"hi"])),
+            Some(frames(&[b"direct", b"", b"hi"]))
+        );
+        // A front-end peer connects, sends, and leaves.
+        let connect = frames(&[b"\0Llink", b"", &[CONNECTED], b"peer"]);
+        assert_eq!(router.unwrap_link(connect), None);
+        assert_eq!(
+            router.routes.get(&b"peer"[..]),
+            Some(&Bytes::from_static(b"\0Llink"))
+        );
+        assert_eq!(
+            router.unwrap_link(frames(&[b"\0Llink", b"peer", b"", b"MDPC01"])),
+            Some(frames(&[b"peer", b"", b"MDPC01"]))
+        );
+        // A lone identity carries nothing: dropped.
+        assert_eq!(router.unwrap_link(frames(&[b"\0Llink", b"peer"])), None);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(router.poll_disconnected(&mut cx).is_pending());
+        let leave = frames(&[b"\0Llink", b"", &[DISCONNECTED], b"peer"]);
+        assert_eq!(router.unwrap_link(leave), None);
+        assert_eq!(
+            router.poll_disconnected(&mut cx),
+            Poll::Ready(Bytes::from_static(b"peer"))
+        );
+        assert!(router.routes.is_empty());
+        assert!(router.poll_disconnected(&mut cx).is_pending());
+    }
+}

@@ -46,7 +46,7 @@ pub struct GuardConfig {
     /// whatever its peer announces.
     pub buffer_size: usize,
     /// Front-end mode: bytes of messages being read from peers and not yet written to the link
-    /// to the server, all peers together. Default 256 MiB; at least one largest message with
+    /// to the server, all peers of the guarded endpoint together. Default 256 MiB; at least one largest message with
     /// its overhead. At the limit peers are not read until some is released (their sends
     /// wait); nothing is closed for it. See [`crate::mux`].
     pub inbound_budget: usize,

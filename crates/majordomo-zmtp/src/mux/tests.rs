@@ -602,10 +602,11 @@ proptest! {
             })
             .collect();
         // Each turn reads one peer (up to its read size) or, on `release`, writes its held
-        // messages to the link. Then everything left is drained, releasing as needed.
+        // messages to the link. Then everything left is drained, releasing as needed (long
+        // enough for one-byte reads of the longest streams).
         let turns = schedule
             .into_iter()
-            .chain((0..10_000).map(|i| (i % 4, (i / 4) % 4 == 0)));
+            .chain((0..4_000_000).map(|i| (i % 4, (i / 4) % 4 == 0)));
         for (who, release) in turns {
             if peers.iter().all(|p| p.at == p.stream.len() && p.held.is_empty()) {
                 break;
