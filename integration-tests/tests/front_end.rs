@@ -41,7 +41,7 @@ async fn front_ended_broker(
 async fn wait_for_guard(
     stats: &GuardStatsHandle,
     what: &str,
-    done: impl Fn(&majordomo_broker::GuardStats) -> bool,
+    mut done: impl FnMut(&majordomo_broker::GuardStats) -> bool,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -202,5 +202,54 @@ async fn a_peer_that_does_not_read_its_replies_is_closed_at_its_outbound_budget(
     );
     let hello = vec![Bytes::from_static(b"hello")];
     assert_eq!(c.request("echo", hello.clone()).await?, hello);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1024 * 1024;
+    let guard = GuardConfig::default()
+        .max_frame_size(2 * MIB as u64)
+        .max_message_size(2 * MIB as u64)
+        .inbound_budget(4 * MIB)
+        .message_timeout(Duration::from_secs(1));
+    let (broker, stats, _worker) = front_ended_broker(guard).await?;
+    // Twelve peers each announce a 2 MiB frame and send 1 MiB of it: 12 MiB offered.
+    let mut senders = Vec::new();
+    for _ in 0..12 {
+        let mut peer = raw_dealer(&broker.endpoint, b"").await?;
+        senders.push(tokio::spawn(async move {
+            let mut header = vec![0x02];
+            header.extend((2 * MIB as u64).to_be_bytes());
+            let _ = peer.write_all(&header).await;
+            // Held back by the budget, this write waits; a closed peer ends it.
+            let _ = peer.write_all(&vec![0u8; MIB]).await;
+            // Stay connected without finishing the message.
+            integration_tests::closed_within(&mut peer, PATIENCE).await
+        }));
+    }
+    let mut most = 0;
+    wait_for_guard(&stats, "the budget in use", |s| {
+        most = most.max(s.inbound_held);
+        s.inbound_held >= 3 * MIB as u64
+    })
+    .await?;
+    // A client is served once the stalled messages time out and give their budget back.
+    let c = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig::default().timeout(PATIENCE),
+    );
+    let hello = vec![Bytes::from_static(b"hello")];
+    assert_eq!(c.request("echo", hello.clone()).await?, hello);
+    wait_for_guard(&stats, "every stalled peer closed, the budget back", |s| {
+        most = most.max(s.inbound_held);
+        s.count(Rule::MessageTimeout) == 12 && s.inbound_held == 0
+    })
+    .await?;
+    assert!(most <= 4 * MIB as u64, "held {most} bytes");
+    for sender in senders {
+        assert!(sender.await?, "each stalled peer was closed");
+    }
     Ok(())
 }

@@ -25,6 +25,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::admission::Admission;
 use crate::config::{GuardConfig, GuardConfigError};
 use crate::inspect::{Action, FrameLimits, Inspector, Origin, PingContext, Violation};
+use crate::mux::budget::Budget;
 use crate::Rule;
 
 /// Why a guard could not start.
@@ -48,6 +49,9 @@ pub struct GuardStats {
     pub open: u64,
     /// PINGs answered with a PONG.
     pub pongs: u64,
+    /// Front-end mode: bytes of the inbound budget held now (messages being read and not yet
+    /// written to the link); never more than [`GuardConfig::inbound_budget`].
+    pub inbound_held: u64,
     /// Front-end mode: replies dropped because their peer did not read them (it was closed
     /// when they passed its outbound budget), or because it was already gone.
     pub dropped: u64,
@@ -105,6 +109,7 @@ impl Guard {
         let upstream = StdUnixListener::bind(&socket_path)?;
         let shared = Arc::new(Shared {
             limits: config.frame_limits(),
+            inbound: Budget::new(config.inbound_budget),
             admission: Mutex::new(Admission::new(&config)),
             config,
             socket_path,
@@ -249,6 +254,8 @@ impl GuardStatsHandle {
 #[derive(Debug)]
 struct Shared {
     config: GuardConfig,
+    /// Front-end mode: the inbound budget of every peer of this endpoint.
+    inbound: Budget,
     limits: FrameLimits,
     socket_path: PathBuf,
     admission: Mutex<Admission>,
@@ -276,6 +283,7 @@ impl Shared {
             open: lock(&self.admission).open() as u64,
             pongs: self.counters.pongs.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
+            inbound_held: self.inbound.used() as u64,
             refused,
         }
     }

@@ -22,9 +22,10 @@
 //! # What it does not cover
 //! Connections the process makes itself (clients and workers connecting out) are not guarded:
 //! the guard only stands on listening sockets. It does not authenticate (NULL is the only
-//! mechanism zmq.rs speaks), it does not stop a peer from choosing the routing identity of
-//! another peer that chose its own (zmq.rs gives the newer connection that identity), and a
-//! peer within every limit can still send as fast as the server reads.
+//! mechanism zmq.rs speaks), in relay mode it does not stop a peer from choosing the routing
+//! identity of another peer that chose its own (zmq.rs gives the newer connection that
+//! identity; in front-end mode every identity is the guard's), and a peer within every limit can
+//! still send as fast as the server reads.
 
 #![warn(missing_docs)]
 

@@ -61,7 +61,6 @@ pub(super) struct Link {
     pub(super) identity: Bytes,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     peers: Mutex<HashMap<Bytes, Entry>>,
-    inbound: Budget,
 }
 
 impl Link {
@@ -73,7 +72,6 @@ impl Link {
             identity: link_identity(),
             outgoing,
             peers: Mutex::new(HashMap::new()),
-            inbound: Budget::new(shared.config.inbound_budget),
         });
         let task = link.clone();
         tokio::spawn(async move {
@@ -256,7 +254,11 @@ async fn peer(
     let (mut read, mut write) = stream.into_split();
     let config = &shared.config;
     let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let mut assembler = Assembler::new(shared.limits, link.inbound.clone(), config.message_timeout);
+    let mut assembler = Assembler::new(
+        shared.limits,
+        shared.inbound.clone(),
+        config.message_timeout,
+    );
     let (replies, mut queue) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicU64::new(0));
     let mut entry = Some(Entry {
@@ -273,7 +275,7 @@ async fn peer(
     let mut buf = BytesMut::with_capacity(512);
     loop {
         // Enabled before the budget is tried, so that no release in between is missed.
-        let released = link.inbound.released();
+        let released = shared.inbound.released();
         tokio::pin!(released);
         released.as_mut().enable();
         let mut blocked = false;
