@@ -60,7 +60,7 @@ pub struct GuardConfig {
     /// Front-end mode: the guard owns every peer and forwards whole messages to the server over
     /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
     /// know the link ([`crate::Guard::link_identity`]). Default off: each peer is relayed to
-    /// its own zmq.rs connection.
+    /// its own zmq.rs connection. If the link fails the guard stops, closing every peer.
     pub front_end: bool,
 }
 

@@ -22,7 +22,7 @@
 //!
 //! | Budget | Default | Bounds | At the limit |
 //! |---|---|---|---|
-//! | [`GuardConfig::inbound_budget`] | 256 MiB | Messages being read from peers and not yet written to the link, all peers together. | Peers are not read until some is released: their sends wait (TCP backpressure). Nothing is dropped or closed for it. |
+//! | [`GuardConfig::inbound_budget`] | 256 MiB | Messages being read from peers and not yet written to the link, all peers of a guarded endpoint together. | Peers are not read until some is released: their sends wait (TCP backpressure). Nothing is dropped or closed for it. |
 //! | [`GuardConfig::message_timeout`] | 30 s | How long a message begun (its first frame header read) may take to arrive whole. | The peer is closed ([`Rule::MessageTimeout`]) and what it had sent of the message is dropped. The clock runs while the peer waits for inbound budget too: under long overload the oldest unfinished messages fail rather than wait forever. |
 //! | [`GuardConfig::outbound_budget`] | 32 MiB | Replies queued for one peer and not yet written to its socket. | The peer is closed ([`Rule::Outbound`]); the replies queued for it and the one that did not fit are counted as dropped. libzmq's ROUTER drops silently at its high-water mark instead; a closed peer learns of it and can reconnect. |
 //!

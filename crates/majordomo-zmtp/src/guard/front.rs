@@ -279,8 +279,10 @@ async fn peer(
         tokio::pin!(released);
         released.as_mut().enable();
         let mut blocked = false;
+        // One read of the clock per wake-up.
+        let now = StdInstant::now();
         loop {
-            let step = match assembler.next(StdInstant::now(), &buf) {
+            let step = match assembler.next(now, &buf) {
                 Ok(step) => step,
                 Err(violation) => return violation.into(),
             };
