@@ -5,14 +5,16 @@
 //! [`send_bounded`] is the one way drivers send: it polls the send once and arms a timer only
 //! when the send has to wait. [`Connector`] opens the connections of peers that reconnect.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use majordomo_zmtp::guard::{GuardError, GuardStatsHandle};
+use majordomo_zmtp::mux::link::{CONNECTED, DISCONNECTED};
 use majordomo_zmtp::{Guard, GuardConfig};
 use zeromq::{
     DealerSocket, Endpoint, Host, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
@@ -81,10 +83,24 @@ pub enum BindError {
 /// A zmq.rs ROUTER socket with its monitor, so that the server loop learns when a peer's
 /// connection closes (a killed process, a reset) instead of waiting for heartbeats to lapse; and
 /// the ZMTP guards in front of its `tcp://` endpoints.
+///
+/// A guard in front-end mode ([`GuardConfig::front_end`]) reaches the socket as one zmq.rs peer,
+/// its link, carrying every peer's messages as `[peer-id, frames...]` and their connects and
+/// disconnects as control messages (`majordomo_zmtp::mux::link`). The router unwraps them: the
+/// server sees each front-end peer as a peer of its own, and learns of its disconnect from the
+/// control message instead of the monitor.
 pub struct ZmqRouter {
     socket: RouterSocket,
     events: futures::channel::mpsc::Receiver<SocketEvent>,
     guards: Vec<Guard>,
+    /// Front-end links by identity, with the peers each carries now.
+    links: HashMap<Bytes, HashSet<Bytes>>,
+    /// The link of each front-end peer.
+    routes: HashMap<Bytes, Bytes>,
+    /// Front-end peers gone and not yet reported by [`Transport::poll_disconnected`].
+    gone: VecDeque<Bytes>,
+    /// Who to wake when `gone` gains one.
+    gone_waker: Option<Waker>,
 }
 
 impl std::fmt::Debug for ZmqRouter {
@@ -108,6 +124,10 @@ impl ZmqRouter {
             socket,
             events,
             guards: Vec::new(),
+            links: HashMap::new(),
+            routes: HashMap::new(),
+            gone: VecDeque::new(),
+            gone_waker: None,
         }
     }
 
@@ -134,6 +154,9 @@ impl ZmqRouter {
         self.socket.bind_listener(listener).await?;
         let resolved = Endpoint::Tcp(host.clone(), guard.local_addr().port()).to_string();
         tracing::debug!(endpoint = %resolved, "ZMTP guard in front");
+        if let Some(link) = guard.link_identity() {
+            self.links.insert(link.clone(), HashSet::new());
+        }
         self.guards.push(guard);
         Ok(resolved)
     }
@@ -158,15 +181,68 @@ async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, BindError> {
     }
 }
 
+impl ZmqRouter {
+    /// A message as received, unwrapped if it came over a front-end link: `None` for a control
+    /// message (its effect recorded), the peer's message otherwise.
+    fn unwrap_link(&mut self, mut frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        let link = frames.first()?;
+        if !self.links.contains_key(link) {
+            return Some(frames);
+        }
+        let link = frames.remove(0);
+        if !frames.first().is_some_and(Bytes::is_empty) {
+            return (frames.len() >= 2).then_some(frames);
+        }
+        // [empty, event, peer]: the front end writes peers' frames only after their identity.
+        let (Some(event), Some(peer)) = (frames.get(1), frames.get(2)) else {
+            return None;
+        };
+        match event[..] {
+            [CONNECTED] => {
+                self.routes.insert(peer.clone(), link.clone());
+                if let Some(peers) = self.links.get_mut(&link) {
+                    peers.insert(peer.clone());
+                }
+            }
+            [DISCONNECTED] => self.forget(peer.clone()),
+            _ => {}
+        }
+        None
+    }
+
+    /// A front-end peer is gone: its route goes and its disconnect is reported.
+    fn forget(&mut self, peer: Bytes) {
+        if let Some(link) = self.routes.remove(&peer) {
+            if let Some(peers) = self.links.get_mut(&link) {
+                peers.remove(&peer);
+            }
+        }
+        self.gone.push_back(peer);
+        if let Some(waker) = self.gone_waker.take() {
+            waker.wake();
+        }
+    }
+}
+
 impl Transport for ZmqRouter {
-    fn recv(&mut self) -> impl Future<Output = Result<Vec<Bytes>, TransportError>> + Send {
-        Transport::recv(&mut self.socket)
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        loop {
+            // Cancel-safe: zmq.rs's recv is, and what follows it runs to completion.
+            let frames = Transport::recv(&mut self.socket).await?;
+            if let Some(frames) = self.unwrap_link(frames) {
+                return Ok(frames);
+            }
+        }
     }
 
     fn send(
         &mut self,
-        frames: Vec<Bytes>,
+        mut frames: Vec<Bytes>,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        // A front-end peer's message goes to its link, with its identity after the link's.
+        if let Some(link) = frames.first().and_then(|peer| self.routes.get(peer)) {
+            frames.insert(0, link.clone());
+        }
         Transport::send(&mut self.socket, frames)
     }
 
@@ -179,12 +255,26 @@ impl Transport for ZmqRouter {
     }
 
     fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        if let Some(peer) = self.gone.pop_front() {
+            return Poll::Ready(peer);
+        }
+        self.gone_waker = Some(cx.waker().clone());
         // The monitor reports every connection event; only disconnects matter here. zmq.rs
         // drops events when the channel is full, so a missed one falls back to heartbeats.
         loop {
             match futures::Stream::poll_next(std::pin::Pin::new(&mut self.events), cx) {
                 Poll::Ready(Some(SocketEvent::Disconnected(peer))) => {
-                    return Poll::Ready(Bytes::from(peer))
+                    let peer = Bytes::from(peer);
+                    let Some(peers) = self.links.get_mut(&peer).map(std::mem::take) else {
+                        return Poll::Ready(peer);
+                    };
+                    // A link is gone, and every peer it carried with it.
+                    for peer in peers {
+                        self.forget(peer);
+                    }
+                    if let Some(peer) = self.gone.pop_front() {
+                        return Poll::Ready(peer);
+                    }
                 }
                 Poll::Ready(Some(_)) => continue,
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
@@ -315,5 +405,51 @@ impl Connector for DealerConnector {
 
     fn describe(&self) -> String {
         self.endpoint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
+    }
+
+    #[tokio::test]
+    async fn front_end_links_are_unwrapped_and_their_disconnects_reported() {
+        let mut router = ZmqRouter::new();
+        router
+            .links
+            .insert(Bytes::from_static(b"\0Llink"), HashSet::new());
+        // A peer of the socket's own passes as it is.
+        assert_eq!(
+            router.unwrap_link(frames(&[b"direct", b"", b"hi"])),
+            Some(frames(&[b"direct", b"", b"hi"]))
+        );
+        // A front-end peer connects, sends, and leaves.
+        let connect = frames(&[b"\0Llink", b"", &[CONNECTED], b"peer"]);
+        assert_eq!(router.unwrap_link(connect), None);
+        assert_eq!(
+            router.routes.get(&b"peer"[..]),
+            Some(&Bytes::from_static(b"\0Llink"))
+        );
+        assert_eq!(
+            router.unwrap_link(frames(&[b"\0Llink", b"peer", b"", b"MDPC01"])),
+            Some(frames(&[b"peer", b"", b"MDPC01"]))
+        );
+        // A lone identity carries nothing: dropped.
+        assert_eq!(router.unwrap_link(frames(&[b"\0Llink", b"peer"])), None);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(router.poll_disconnected(&mut cx).is_pending());
+        let leave = frames(&[b"\0Llink", b"", &[DISCONNECTED], b"peer"]);
+        assert_eq!(router.unwrap_link(leave), None);
+        assert_eq!(
+            router.poll_disconnected(&mut cx),
+            Poll::Ready(Bytes::from_static(b"peer"))
+        );
+        assert!(router.routes.is_empty());
+        assert!(router.poll_disconnected(&mut cx).is_pending());
     }
 }

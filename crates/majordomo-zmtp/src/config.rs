@@ -3,6 +3,14 @@
 use std::time::Duration;
 
 use crate::inspect::{FrameLimits, LONG_HEADER, MAX_COMMAND};
+use crate::mux::assemble::{FRAME_OVERHEAD, MESSAGE_OVERHEAD};
+use crate::mux::link::LinkLimits;
+
+/// Bytes a server's envelope may add to a peer's message on a link (see
+/// [`GuardConfig::link_limits`]).
+pub const LINK_ENVELOPE: usize = 64 * 1024;
+/// Frames a server's envelope may add to a peer's message on a link.
+pub const LINK_ENVELOPE_FRAMES: usize = 64;
 
 /// The guard's limits. Every limit closes the offending connection only; other peers do not
 /// notice. `Default` gives the values below; setters chain.
@@ -37,6 +45,23 @@ pub struct GuardConfig {
     /// READY or PING must fit). With the defaults a connection costs the guard at most 32 KiB,
     /// whatever its peer announces.
     pub buffer_size: usize,
+    /// Front-end mode: bytes of messages being read from peers and not yet written to the link
+    /// to the server, all peers of the guarded endpoint together. Default 256 MiB; at least one largest message with
+    /// its overhead. At the limit peers are not read until some is released (their sends
+    /// wait); nothing is closed for it. See [`crate::mux`].
+    pub inbound_budget: usize,
+    /// Front-end mode: how long a message may take to arrive whole once its first frame header
+    /// is read. Default 30 s. A peer past it is closed ([`crate::Rule::MessageTimeout`]).
+    pub message_timeout: Duration,
+    /// Front-end mode: bytes of replies queued for one peer and not yet written to it. Default
+    /// 32 MiB; at least one largest message with its overhead. A peer past it is closed
+    /// ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
+    pub outbound_budget: usize,
+    /// Front-end mode: the guard owns every peer and forwards whole messages to the server over
+    /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
+    /// know the link ([`crate::Guard::link_identity`]). Default off: each peer is relayed to
+    /// its own zmq.rs connection. If the link fails the guard stops, closing every peer.
+    pub front_end: bool,
 }
 
 impl Default for GuardConfig {
@@ -50,6 +75,10 @@ impl Default for GuardConfig {
             max_connections_per_address: 512,
             connection_rate: 1000,
             buffer_size: 16 * 1024,
+            inbound_budget: 256 * 1024 * 1024,
+            message_timeout: Duration::from_secs(30),
+            outbound_budget: 32 * 1024 * 1024,
+            front_end: false,
         }
     }
 }
@@ -108,6 +137,39 @@ impl GuardConfig {
         self
     }
 
+    /// Sets `inbound_budget`; the field says what it means and its default.
+    pub fn inbound_budget(mut self, bytes: usize) -> Self {
+        self.inbound_budget = bytes;
+        self
+    }
+
+    /// Sets `message_timeout`; the field says what it means and its default.
+    pub fn message_timeout(mut self, timeout: Duration) -> Self {
+        self.message_timeout = timeout;
+        self
+    }
+
+    /// Sets `outbound_budget`; the field says what it means and its default.
+    pub fn outbound_budget(mut self, bytes: usize) -> Self {
+        self.outbound_budget = bytes;
+        self
+    }
+
+    /// Sets `front_end`; the field says what it means and its default.
+    pub fn front_end(mut self, on: bool) -> Self {
+        self.front_end = on;
+        self
+    }
+
+    /// The most one message can cost a budget: the largest message with the overhead of the
+    /// most frames (see [`crate::mux`]).
+    pub fn largest_message_cost(&self) -> usize {
+        usize::try_from(self.max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(MESSAGE_OVERHEAD)
+            .saturating_add((self.max_frames as usize).saturating_mul(FRAME_OVERHEAD))
+    }
+
     /// Checks that every limit can be met.
     pub fn validate(&self) -> Result<(), GuardConfigError> {
         let positive = [
@@ -132,6 +194,41 @@ impl GuardConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Checks, on top of [`GuardConfig::validate`], the limits only front-end mode uses: the
+    /// budgets must each hold the largest message, and the message timeout must be positive.
+    pub fn validate_front_end(&self) -> Result<(), GuardConfigError> {
+        self.validate()?;
+        if self.message_timeout.is_zero() {
+            return Err(GuardConfigError("message_timeout must be positive".into()));
+        }
+        let largest = self.largest_message_cost();
+        for (name, budget) in [
+            ("inbound_budget", self.inbound_budget),
+            ("outbound_budget", self.outbound_budget),
+        ] {
+            if budget < largest {
+                return Err(GuardConfigError(format!(
+                    "{name} must hold the largest message: at least {largest} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a front end's link decoder accepts from the server: a reply is a peer's message
+    /// (within these limits when it came through a guard) inside the server's envelope of a few
+    /// short frames, which [`LINK_ENVELOPE`] bytes and frames cover.
+    pub fn link_limits(&self) -> LinkLimits {
+        let max_message = usize::try_from(self.max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(LINK_ENVELOPE);
+        LinkLimits {
+            max_frame: max_message,
+            max_message,
+            max_frames: (self.max_frames as usize).saturating_add(LINK_ENVELOPE_FRAMES),
+        }
     }
 
     /// The size limits, as the inspector takes them.

@@ -25,6 +25,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::admission::Admission;
 use crate::config::{GuardConfig, GuardConfigError};
 use crate::inspect::{Action, FrameLimits, Inspector, Origin, PingContext, Violation};
+use crate::mux::budget::Budget;
 use crate::Rule;
 
 /// Why a guard could not start.
@@ -48,6 +49,12 @@ pub struct GuardStats {
     pub open: u64,
     /// PINGs answered with a PONG.
     pub pongs: u64,
+    /// Front-end mode: bytes of the inbound budget held now (messages being read and not yet
+    /// written to the link); never more than [`GuardConfig::inbound_budget`].
+    pub inbound_held: u64,
+    /// Front-end mode: replies dropped because their peer did not read them (it was closed
+    /// when they passed its outbound budget), or because it was already gone.
+    pub dropped: u64,
     refused: [u64; Rule::ALL.len()],
 }
 
@@ -68,6 +75,7 @@ impl GuardStats {
 #[derive(Debug)]
 pub struct Guard {
     local_addr: SocketAddr,
+    link_identity: Option<bytes::Bytes>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     _dir: PrivateDir,
@@ -89,7 +97,11 @@ impl Guard {
         addr: SocketAddr,
         config: GuardConfig,
     ) -> Result<(Guard, StdUnixListener), GuardError> {
-        config.validate()?;
+        if config.front_end {
+            config.validate_front_end()?;
+        } else {
+            config.validate()?;
+        }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let dir = PrivateDir::create()?;
@@ -97,6 +109,7 @@ impl Guard {
         let upstream = StdUnixListener::bind(&socket_path)?;
         let shared = Arc::new(Shared {
             limits: config.frame_limits(),
+            inbound: Budget::new(config.inbound_budget),
             admission: Mutex::new(Admission::new(&config)),
             config,
             socket_path,
@@ -105,13 +118,19 @@ impl Guard {
             next_connection: AtomicU32::new(1),
         });
         let cancel = CancellationToken::new();
+        let link = shared
+            .config
+            .front_end
+            .then(|| front::Link::start(shared.clone(), cancel.clone()));
+        let link_identity = link.as_ref().map(|link| link.identity.clone());
         tokio::spawn(
-            accept_loop(listener, shared.clone(), cancel.clone())
+            accept_loop(listener, shared.clone(), link, cancel.clone())
                 .instrument(info_span!("guard", listen = %local_addr)),
         );
         Ok((
             Guard {
                 local_addr,
+                link_identity,
                 shared,
                 cancel,
                 _dir: dir,
@@ -130,11 +149,19 @@ impl Guard {
         self.shared.stats()
     }
 
+    /// Front-end mode: the routing identity of the guard's link to the server. Messages from
+    /// this zmq.rs peer are `[peer-id, frames...]` or control messages (see [`crate::mux`]).
+    pub fn link_identity(&self) -> Option<&bytes::Bytes> {
+        self.link_identity.as_ref()
+    }
+
     /// A cheap handle for reading the stats from elsewhere.
     pub fn stats_handle(&self) -> GuardStatsHandle {
         GuardStatsHandle(self.shared.clone())
     }
 }
+
+mod front;
 
 /// A directory only this user can open, under the system's temporary directory, removed with
 /// what it holds when dropped. (`tempfile` would do, but pulls `linux-raw-sys`, whose name the
@@ -227,6 +254,8 @@ impl GuardStatsHandle {
 #[derive(Debug)]
 struct Shared {
     config: GuardConfig,
+    /// Front-end mode: the inbound budget of every peer of this endpoint.
+    inbound: Budget,
     limits: FrameLimits,
     socket_path: PathBuf,
     admission: Mutex<Admission>,
@@ -239,6 +268,7 @@ struct Shared {
 struct Counters {
     accepted: AtomicU64,
     pongs: AtomicU64,
+    dropped: AtomicU64,
     refused: [AtomicU64; Rule::ALL.len()],
 }
 
@@ -252,6 +282,8 @@ impl Shared {
             accepted: self.counters.accepted.load(Ordering::Relaxed),
             open: lock(&self.admission).open() as u64,
             pongs: self.counters.pongs.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            inbound_held: self.inbound.used() as u64,
             refused,
         }
     }
@@ -309,7 +341,12 @@ impl Drop for Permit {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    link: Option<Arc<front::Link>>,
+    cancel: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         // accept() is cancel-safe: a connection not yet taken stays in the kernel's queue.
@@ -344,10 +381,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             ip: addr.ip(),
         };
         let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        tracker.spawn(
-            relay(stream, addr, connection, permit, cancel.clone())
-                .instrument(info_span!("zmtp", peer = %addr, connection)),
-        );
+        let span = info_span!("zmtp", peer = %addr, connection);
+        match &link {
+            Some(link) => tracker.spawn(
+                front::serve_peer(
+                    stream,
+                    addr,
+                    connection,
+                    permit,
+                    link.clone(),
+                    cancel.clone(),
+                )
+                .instrument(span),
+            ),
+            None => tracker
+                .spawn(relay(stream, addr, connection, permit, cancel.clone()).instrument(span)),
+        };
     }
     // Dropping the guard cancelled every relay too; wait for them so that none outlives it.
     tracker.close();

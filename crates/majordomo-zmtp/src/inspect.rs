@@ -39,14 +39,14 @@ pub const MAX_COMMAND: usize = 8 * 1024;
 /// The longest PING context (RFC 37: "ping-context = 0*16OCTET").
 pub const MAX_PING_CONTEXT: usize = 16;
 
-const MECHANISM: usize = 12;
-const MECHANISM_LEN: usize = 20;
-const NULL_MECHANISM: &[u8; MECHANISM_LEN] = b"NULL\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+pub(crate) const MECHANISM: usize = 12;
+pub(crate) const MECHANISM_LEN: usize = 20;
+pub(crate) const NULL_MECHANISM: &[u8; MECHANISM_LEN] = b"NULL\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 const AS_SERVER: usize = 32;
 
-const FLAG_MORE: u8 = 0x01;
-const FLAG_LONG: u8 = 0x02;
-const FLAG_COMMAND: u8 = 0x04;
+pub(crate) const FLAG_MORE: u8 = 0x01;
+pub(crate) const FLAG_LONG: u8 = 0x02;
+pub(crate) const FLAG_COMMAND: u8 = 0x04;
 
 /// Size bounds on what a peer sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,10 @@ pub enum Violation {
         /// The limit.
         max: u32,
     },
+    /// A message begun and not finished within the front end's message timeout
+    /// ([`crate::GuardConfig::message_timeout`]).
+    #[error("message not finished within {0:?} of its first frame")]
+    Stalled(std::time::Duration),
 }
 
 impl Violation {
@@ -137,6 +141,7 @@ impl Violation {
             Self::FrameTooLarge { .. } => Rule::FrameSize,
             Self::MessageTooLarge { .. } => Rule::MessageSize,
             Self::TooManyFrames { .. } => Rule::Frames,
+            Self::Stalled(_) => Rule::MessageTimeout,
         }
     }
 }
@@ -150,7 +155,7 @@ pub struct PingContext {
 }
 
 impl PingContext {
-    fn new(context: &[u8]) -> Self {
+    pub(crate) fn new(context: &[u8]) -> Self {
         let mut bytes = [0; MAX_PING_CONTEXT];
         bytes[..context.len()].copy_from_slice(context);
         Self {
@@ -477,8 +482,8 @@ fn check_greeting(index: usize, rest: &[u8]) -> Result<(), Violation> {
 }
 
 /// The header length and body size of the frame at the front of `buf`, once the header is there.
-fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
-    if buf[0] & FLAG_LONG == 0 {
+pub(crate) fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
+    if buf.first()? & FLAG_LONG == 0 {
         let size = *buf.get(1)?;
         Some((SHORT_HEADER, u64::from(size)))
     } else {
@@ -488,7 +493,7 @@ fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
 }
 
 /// The header length and body of the command at the front of `buf`, once all of it is there.
-fn whole_command(buf: &[u8]) -> Result<Option<(usize, &[u8])>, Violation> {
+pub(crate) fn whole_command(buf: &[u8]) -> Result<Option<(usize, &[u8])>, Violation> {
     let Some((header, size)) = frame_header(buf) else {
         return Ok(None);
     };
@@ -500,7 +505,7 @@ fn whole_command(buf: &[u8]) -> Result<Option<(usize, &[u8])>, Violation> {
 }
 
 /// `command-name = OCTET 1*255command-name-char`: the name and the data after it.
-fn command_name(body: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn command_name(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (&len, rest) = body.split_first()?;
     let len = usize::from(len);
     if len == 0 || rest.len() < len {
@@ -523,7 +528,7 @@ fn ready_identity(mut data: &[u8]) -> Result<Option<&[u8]>, Violation> {
     Ok(identity)
 }
 
-fn property(data: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+pub(crate) fn property(data: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     let (&len, rest) = data.split_first()?;
     let len = usize::from(len);
     if len == 0 || rest.len() < len + 4 {
@@ -569,7 +574,7 @@ fn rewrite_ready(mut metadata: &[u8], id: &[u8]) -> Vec<u8> {
 }
 
 /// A peer-supplied name for a log line: printable ASCII, at most 32 bytes.
-fn printable(name: &[u8]) -> String {
+pub(crate) fn printable(name: &[u8]) -> String {
     name.iter()
         .take(32)
         .map(|&b| {

@@ -15,13 +15,17 @@
 //! - [`admission`]: connection limits in total, per source address and per second.
 //! - [`config`]: [`GuardConfig`], every limit with its default.
 //! - [`guard`]: the tokio side, [`Guard::bind`] and the per-connection relay.
+//! - [`mux`]: the sans-IO parts of front-end mode, where the guard owns every peer and forwards
+//!   whole messages to the server over one link: message assembly, the link codec, and the byte
+//!   budgets (inbound for the process, outbound per peer) with the message deadline.
 //!
 //! # What it does not cover
 //! Connections the process makes itself (clients and workers connecting out) are not guarded:
 //! the guard only stands on listening sockets. It does not authenticate (NULL is the only
-//! mechanism zmq.rs speaks), it does not stop a peer from choosing the routing identity of
-//! another peer that chose its own (zmq.rs gives the newer connection that identity), and a
-//! peer within every limit can still send as fast as the server reads.
+//! mechanism zmq.rs speaks), in relay mode it does not stop a peer from choosing the routing
+//! identity of another peer that chose its own (zmq.rs gives the newer connection that
+//! identity; in front-end mode every identity is the guard's), and a peer within every limit can
+//! still send as fast as the server reads.
 
 #![warn(missing_docs)]
 
@@ -29,6 +33,7 @@ pub mod admission;
 pub mod config;
 pub mod guard;
 pub mod inspect;
+pub mod mux;
 
 pub use config::{GuardConfig, GuardConfigError};
 pub use guard::{Guard, GuardStats};
@@ -61,11 +66,17 @@ pub enum Rule {
     PerAddress,
     /// The address connected faster than [`GuardConfig::connection_rate`].
     Rate,
+    /// A message was begun and not finished within [`GuardConfig::message_timeout`] (front-end
+    /// mode).
+    MessageTimeout,
+    /// Replies for a peer that does not read passed [`GuardConfig::outbound_budget`] (front-end
+    /// mode): the peer is closed and what was queued for it dropped.
+    Outbound,
 }
 
 impl Rule {
     /// Every rule, in a fixed order.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 14] = [
         Rule::Greeting,
         Rule::Handshake,
         Rule::HandshakeTimeout,
@@ -78,6 +89,8 @@ impl Rule {
         Rule::MaxConnections,
         Rule::PerAddress,
         Rule::Rate,
+        Rule::MessageTimeout,
+        Rule::Outbound,
     ];
 
     /// The rule's name in logs and counters.
@@ -95,6 +108,8 @@ impl Rule {
             Rule::MaxConnections => "max_connections",
             Rule::PerAddress => "per_address",
             Rule::Rate => "rate",
+            Rule::MessageTimeout => "message_timeout",
+            Rule::Outbound => "outbound",
         }
     }
 

@@ -1,0 +1,190 @@
+//! Byte budgets: a limit shared by whoever holds bytes against it, and the charges they hold.
+//!
+//! A [`Budget`] is a counter with a limit, shared by cheap clones. Bytes are taken from it only
+//! through a [`Charge`], which gives them back when dropped, so a peer that leaves (its task
+//! ended, cancelled or panicked) cannot leak budget. The counter never passes its limit: every
+//! acquisition is one compare-and-swap that grants at most what is left.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A limit on bytes held, shared by its clones. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    limit: usize,
+    used: AtomicUsize,
+    /// Woken on every release, for those waiting for room (no I/O: a plain wait list).
+    released: tokio::sync::Notify,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, none of them taken.
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(Inner {
+            limit,
+            used: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Bytes held now, by every charge together; never more than [`Budget::limit`].
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    /// Completes at the next release of bytes. To wait without missing one, `enable` it before
+    /// the attempt that found the budget spent.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.released.notified()
+    }
+
+    /// A charge of no bytes against this budget, to grow as bytes are held.
+    pub fn charge(&self) -> Charge {
+        Charge {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes up to `want` bytes, as many as are left; returns how many were taken.
+    fn acquire_up_to(&self, want: usize) -> usize {
+        let mut used = self.0.used.load(Ordering::Acquire);
+        loop {
+            let grant = want.min(self.0.limit.saturating_sub(used));
+            if grant == 0 {
+                return 0;
+            }
+            match self.0.used.compare_exchange_weak(
+                used,
+                used + grant,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return grant,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Takes exactly `want` bytes, or nothing when fewer are left.
+    fn acquire(&self, want: usize) -> bool {
+        let mut used = self.0.used.load(Ordering::Acquire);
+        loop {
+            if self.0.limit.saturating_sub(used) < want {
+                return false;
+            }
+            match self.0.used.compare_exchange_weak(
+                used,
+                used + want,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.0.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.0.released.notify_waiters();
+        }
+    }
+}
+
+/// Bytes held against a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Budget,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Bytes this charge holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes `bytes` more, all or nothing; `false` when the budget has fewer left.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        let granted = self.budget.acquire(bytes);
+        if granted {
+            self.bytes += bytes;
+        }
+        granted
+    }
+
+    /// Takes up to `bytes` more, as many as the budget has left; returns how many.
+    pub fn grow_up_to(&mut self, bytes: usize) -> usize {
+        let granted = self.budget.acquire_up_to(bytes);
+        self.bytes += granted;
+        granted
+    }
+
+    /// Adds what `other` holds to this charge (same budget), leaving it empty.
+    pub fn absorb(&mut self, mut other: Charge) {
+        debug_assert!(Arc::ptr_eq(&self.budget.0, &other.budget.0));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_never_pass_the_limit_and_give_back_when_dropped() {
+        let budget = Budget::new(100);
+        let mut a = budget.charge();
+        let mut b = budget.charge();
+        assert!(a.try_grow(60));
+        assert!(!b.try_grow(41), "all or nothing: 40 are left");
+        assert_eq!(b.bytes(), 0);
+        assert_eq!(b.grow_up_to(50), 40);
+        assert_eq!(budget.used(), 100);
+        assert_eq!(a.grow_up_to(1), 0);
+        assert!(a.try_grow(0), "nothing is always there");
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        let mut c = budget.charge();
+        assert!(c.try_grow(60));
+        b.absorb(c);
+        assert_eq!(b.bytes(), 100);
+        assert_eq!(budget.used(), 100);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn concurrent_charges_never_pass_the_limit() {
+        let budget = Budget::new(1000);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let budget = budget.clone();
+                scope.spawn(move || {
+                    for round in 0..2000 {
+                        let mut charge = budget.charge();
+                        charge.grow_up_to(round % 300);
+                        assert!(budget.used() <= budget.limit());
+                    }
+                });
+            }
+        });
+        assert_eq!(budget.used(), 0);
+    }
+}
