@@ -518,3 +518,105 @@ async fn measure(
     )?;
     Ok((run, all))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        Command::parse_from(std::iter::once("bench").chain(extra.iter().copied())).args
+    }
+
+    fn side(server: &'static str, rate: f64) -> Side {
+        Side {
+            server,
+            run: Run {
+                kind: RunKind::TitanicGuide,
+                clients: 4,
+                in_flight: 1,
+                size: 64,
+                requests: 40,
+                seconds: 4.0,
+                rate,
+                rate_min: rate,
+                rate_max: rate,
+                p50_us: 2000,
+                p99_us: 9000,
+                max_us: 9500,
+                cpu_s_per_100k: 50.0,
+                rss_start_kib: 6000,
+                rss_end_kib: 6100,
+                peak_kib: 6200,
+            },
+            submit: Percentiles::of(vec![300, 100, 200]),
+            reply_wait: Percentiles::of(vec![1500]),
+            close: Percentiles::of(vec![90, 80]),
+            polls_per_round_trip: 1.0 / 3.0,
+        }
+    }
+
+    #[test]
+    fn percentiles_pick_as_the_other_runs_do() {
+        let p = Percentiles::of((1..=200).rev().collect());
+        assert_eq!((p.p50_us, p.p99_us), (100, 198));
+        let one = Percentiles::of(vec![7]);
+        assert_eq!((one.p50_us, one.p99_us), (7, 7));
+    }
+
+    #[test]
+    fn the_poll_defaults_to_the_guides_ticlient_and_paths_can_be_given() {
+        let defaults = args(&[]);
+        assert_eq!(defaults.titanic_guide_poll, Duration::from_millis(100));
+        let given = args(&[
+            "--guide-python",
+            "/nonexistent/python",
+            "--guide-titanic",
+            "/nonexistent/guide_titanic.py",
+        ]);
+        let why = guide_paths(&given).err().expect("neither path exists");
+        assert!(why.contains("/nonexistent/"), "{why}");
+    }
+
+    #[test]
+    fn json_holds_both_sides_each_step_and_the_ratio_or_why_the_guide_is_missing() {
+        let measured = Comparison {
+            size: 64,
+            clients: 4,
+            poll_us: 100_000,
+            ours: side("majordomo", 300.0),
+            guide: Some(side("guide", 37.5)),
+            guide_skipped: None,
+            ours_over_guide: Some(8.0),
+        };
+        let json = serde_json::to_value(&measured).expect("serializes");
+        assert_eq!(json["ours"]["server"], "majordomo");
+        assert_eq!(json["ours"]["mode"], "titanic-guide");
+        assert_eq!(json["ours"]["requests_per_s"], 300);
+        assert_eq!(json["guide"]["submit"]["p50_us"], 200);
+        assert_eq!(json["guide"]["submit"]["p99_us"], 200);
+        assert_eq!(json["guide"]["close"]["p50_us"], 80);
+        assert_eq!(json["guide"]["reply_wait"]["p99_us"], 1500);
+        assert_eq!(json["guide"]["polls_per_round_trip"], 0.333);
+        assert_eq!(json["ours_over_guide"], 8.0);
+        assert!(json.get("guide_skipped").is_none());
+
+        let skipped = Comparison {
+            guide: None,
+            guide_skipped: Some("no python".into()),
+            ours_over_guide: None,
+            ..measured
+        };
+        let json = serde_json::to_value(&skipped).expect("serializes");
+        assert!(json["guide"].is_null());
+        assert!(json["ours_over_guide"].is_null());
+        assert_eq!(json["guide_skipped"], "no python");
+    }
+}
