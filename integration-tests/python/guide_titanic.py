@@ -14,7 +14,8 @@ It reproduces the design choices of the Guide's example that set its speed:
   titanic.request writes the request file, hands the UUID to the dispatcher over an inproc
   pipe and answers 200 and the UUID (32 hexadecimal characters). titanic.reply answers 200 and
   the reply when its file exists, 300 while the request file does, and 400 otherwise.
-  titanic.close deletes both files and answers 200.
+  titanic.close deletes both files and answers 200. As in the Guide, no file is synced to
+  disk (fsync): a write is in the operating system's cache when it is answered.
 * A dispatcher in the main thread that waits on the pipe for up to one second, appends the
   UUID it receives to a queue file as a pending line ("-UUID"), then walks the whole queue
   file from the start (brute force) and, for each pending line, loads the request file, asks
@@ -27,6 +28,8 @@ It reproduces the design choices of the Guide's example that set its speed:
 Unlike the Guide's Python, which marks the queue line at the end of the file rather than the
 line it processed, a line here is marked where it is; the Guide's own walk marks the right line
 whenever each pass finds one pending request, the last, which is the case when it keeps up.
+And titanic.reply answers 300 for a reply file it cannot read yet (the dispatcher is writing
+it) rather than failing, and a UUID that is not 32 hexadecimal characters is unknown (400).
 
 Prints "ready" once the three workers have sent READY. With -v, prints a line per dispatch.
 Runs until killed.
