@@ -15,6 +15,7 @@ mod load;
 mod report;
 mod targets;
 mod titanic;
+mod titanic_guide;
 
 use std::fmt;
 use std::time::Duration;
@@ -96,6 +97,18 @@ pub struct BenchArgs {
     /// `majordomo titanic --in-flight-per-service` in the Titanic runs.
     #[arg(long, default_value_t = 16)]
     titanic_in_flight: usize,
+    /// How long a `titanic-guide` client waits after each 300 before it asks `titanic.reply`
+    /// again (the Guide's ticlient waits 100 ms).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    titanic_guide_poll: Duration,
+    /// Python with pyzmq for the `titanic-guide` run's Guide server (default: `.venv/bin/python`
+    /// in the project's directory, found from the current directory up).
+    #[arg(long)]
+    guide_python: Option<std::path::PathBuf>,
+    /// The Guide-shaped Titanic server of the `titanic-guide` run (default:
+    /// `integration-tests/python/guide_titanic.py` in the project's directory).
+    #[arg(long)]
+    guide_titanic: Option<std::path::PathBuf>,
     /// PARTIALs before the FINAL in the `stream` run.
     #[arg(long, default_value_t = 10)]
     stream_parts: usize,
@@ -148,6 +161,11 @@ pub(crate) enum RunKind {
     /// The same as `titanic-submit`: whole round trips per second (submit, dispatch, reply
     /// fetched, close).
     Titanic,
+    /// Sequential Guide-API clients (submit, poll `titanic.reply` every
+    /// `--titanic-guide-poll` until 200, close) against `majordomo titanic` and then the
+    /// Guide's Python Titanic (`guide_titanic.py`), each with our broker and the echo workers:
+    /// round trips per second of each, ours over the Guide's, and each step's latencies.
+    TitanicGuide,
     /// The broker at `--external` (only with `--external`).
     External,
 }
@@ -171,6 +189,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let wanted = |kind: RunKind| args.runs.contains(&kind);
     let threads = args.server_threads.to_string();
     let mut runs = Vec::new();
+    let mut comparisons = Vec::new();
     for &size in &args.sizes {
         if wanted(RunKind::Ceiling) || wanted(RunKind::Serial) {
             // The ceiling: raw zmq.rs DEALER to ROUTER echo, same size and same load.
@@ -245,6 +264,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 eprintln!("{kind} {size} B: store file KiB at the end of each run: {store_kib:?}");
             }
         }
+        if wanted(RunKind::TitanicGuide) {
+            comparisons.push(titanic_guide::compare(&args, size).await?);
+        }
         if let (true, Some(endpoint), Some(pid)) =
             (wanted(RunKind::External), &args.external, args.external_pid)
         {
@@ -259,7 +281,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             runs.push(median_of(args.repeat, external).await?);
         }
     }
-    report(&args, &runs);
+    report(&args, &runs, &comparisons);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use serde::{Serialize, Serializer};
 
+use super::titanic_guide::Comparison;
 use super::{BenchArgs, RunKind};
 
 /// Figures of one measured run; `--json` prints each as one object with these names.
@@ -74,6 +75,9 @@ struct Report<'a> {
     /// streamed parts per second over the 7/MDP replies per second: a part's cost against a
     /// reply's.
     over_broker: Ratios,
+    /// The `titanic-guide` run at each size, when it was made.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    titanic_guide: &'a [Comparison],
 }
 
 /// Ratios keyed `MODE/SIZE`, in the order of the table.
@@ -103,12 +107,18 @@ fn whole<S: Serializer>(x: &f64, serializer: S) -> Result<S::Ok, S::Error> {
     }
 }
 
-/// Prints `runs` as a table with the ratios between them, or as one JSON object with `--json`.
-pub(super) fn report(args: &BenchArgs, runs: &[Run]) {
+/// Prints `runs` as a table with the ratios between them, then the `titanic-guide`
+/// `comparisons`, or all as one JSON object with `--json`.
+pub(super) fn report(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) {
     if args.json {
-        println!("{}", json(args, runs));
+        println!("{}", json(args, runs, comparisons));
     } else {
-        table(args, runs);
+        if !runs.is_empty() || comparisons.is_empty() {
+            table(args, runs);
+        }
+        for comparison in comparisons {
+            comparison.print();
+        }
     }
 }
 
@@ -151,7 +161,7 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
 }
 
 /// The `--json` report: one object on one line.
-fn json(args: &BenchArgs, runs: &[Run]) -> String {
+fn json(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) -> String {
     let over = |base| {
         Ratios(
             ratios(args, runs, base)
@@ -174,6 +184,7 @@ fn json(args: &BenchArgs, runs: &[Run]) -> String {
         over_no_guard: over(RunKind::NoGuard),
         over_copy_relay: over(RunKind::CopyRelay),
         over_broker: over(RunKind::Broker),
+        titanic_guide: comparisons,
     };
     serde_json::to_string(&report).expect("plain data serializes")
 }
@@ -330,7 +341,7 @@ mod tests {
             run_json("relay", "70", "70", "81"),
             run_json("broker", "60", "60", "70"),
         );
-        assert_eq!(json(&args, &runs), expected);
+        assert_eq!(json(&args, &runs, &[]), expected);
     }
 
     #[test]
@@ -345,7 +356,7 @@ mod tests {
             ratios(&args, &runs, RunKind::NoGuard),
             vec![(RunKind::Broker, 64, 0.8)]
         );
-        assert!(json(&args, &runs).ends_with(
+        assert!(json(&args, &runs, &[]).ends_with(
             "\"over_no_guard\":{\"broker/64\":0.8},\"over_copy_relay\":{},\"over_broker\":{}}"
         ));
     }
@@ -355,7 +366,7 @@ mod tests {
         let args = args(&["--sizes", "64,4096"]);
         let runs = [run(RunKind::Broker, 60.0)];
         assert!(ratios(&args, &runs, RunKind::Ceiling).is_empty());
-        assert!(json(&args, &runs).ends_with(
+        assert!(json(&args, &runs, &[]).ends_with(
             "\"over_relay\":{},\"over_no_guard\":{},\"over_copy_relay\":{},\"over_broker\":{}}"
         ));
     }
