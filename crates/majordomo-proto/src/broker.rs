@@ -345,8 +345,8 @@ enum StateError {
     /// The worker already holds a request.
     #[error("the worker already holds a request")]
     Busy,
-    /// The parts gathered for a v0.1 client passed the message size limit.
-    #[error("the reply's parts passed the message size limit")]
+    /// The parts gathered for a v0.1 client passed the frame or message size limit.
+    #[error("the reply's parts passed the frame or message size limit")]
     Overflowed,
     /// Parts of the reply reached the client: the request cannot go to another worker.
     #[error("parts of the reply reached the client")]
@@ -365,19 +365,30 @@ enum ReplyState {
     /// PARTIALs went on to its v0.2 client: it is never replayed to another worker.
     Streaming,
     /// PARTIALs gathered for its v0.1 client, which takes one REPLY: sent with the FINAL.
-    Gathering(Vec<Bytes>),
-    /// The gathered parts passed the message size limit: the reply will be dropped.
+    Gathering {
+        /// The frames gathered so far, in order.
+        parts: Vec<Bytes>,
+        /// Their payload bytes, kept so each part costs only its own frames to check.
+        size: usize,
+    },
+    /// The gathered parts passed the frame or size limit: the reply will be dropped.
     Overflowed,
 }
 
+/// Frames of a v0.1 REPLY to a client ahead of its body (empty delimiter, `MDPC01`, service):
+/// a gathered reply's body may have the frame limit less these.
+const REPLY_HEADER_FRAMES: usize = 3;
+
 impl ReplyState {
     /// A PARTIAL of the reply to a client in `form`: returns the part to forward to a v0.2
-    /// client, or gathers it for a v0.1 one (nothing to forward), up to `max` bytes.
+    /// client, or gathers it for a v0.1 one (nothing to forward). The gathered reply is held to
+    /// the limits of an inbound message (`max_frames` with its header, `max_message_size`):
+    /// past them it is [`ReplyState::Overflowed`]. Each part costs only its own frames.
     fn on_partial(
         &mut self,
         form: Version,
         body: Vec<Bytes>,
-        max: usize,
+        limits: &Limits,
     ) -> Result<Option<(Dialect, Vec<Bytes>)>, StateError> {
         match (form, &mut *self) {
             (Version::V02(dialect), Self::Awaiting | Self::Streaming) => {
@@ -385,38 +396,60 @@ impl ReplyState {
                 Ok(Some((dialect, body)))
             }
             (Version::V01, Self::Awaiting) => {
-                *self = Self::gathered(Vec::new(), body, max);
+                *self = Self::Gathering {
+                    parts: Vec::new(),
+                    size: 0,
+                };
+                self.gather(body, limits);
                 Ok(None)
             }
-            (Version::V01, Self::Gathering(parts)) => {
-                *self = Self::gathered(std::mem::take(parts), body, max);
+            (Version::V01, Self::Gathering { .. }) => {
+                self.gather(body, limits);
                 Ok(None)
             }
             // Past the limit already: the rest is dropped too.
             (Version::V01, Self::Overflowed) => Ok(None),
             (Version::V01, Self::Streaming)
-            | (Version::V02(_), Self::Gathering(_) | Self::Overflowed) => {
+            | (Version::V02(_), Self::Gathering { .. } | Self::Overflowed) => {
                 Err(StateError::WrongVersion)
             }
         }
     }
 
-    fn gathered(mut parts: Vec<Bytes>, body: Vec<Bytes>, max: usize) -> Self {
-        let size = parts.iter().chain(&body).map(Bytes::len).sum::<usize>();
-        if size > max {
-            Self::Overflowed
-        } else {
-            parts.extend(body);
-            Self::Gathering(parts)
+    /// Adds `body` to the parts being gathered, or overflows past the limits (dropping what was
+    /// gathered). Linear in `body`'s frames.
+    fn gather(&mut self, body: Vec<Bytes>, limits: &Limits) {
+        let Self::Gathering { parts, size } = self else {
+            return;
+        };
+        let max_frames = limits.max_frames.saturating_sub(REPLY_HEADER_FRAMES);
+        let added = body.iter().map(Bytes::len).sum::<usize>();
+        if parts.len() + body.len() > max_frames || *size + added > limits.max_message_size {
+            *self = Self::Overflowed;
+            return;
         }
+        *size += added;
+        parts.extend(body);
     }
 
-    /// The FINAL's body, behind the parts gathered for a v0.1 client; refused past the limit.
-    fn into_body(self, body: Vec<Bytes>) -> Result<Vec<Bytes>, StateError> {
+    /// Whether the gathered parts passed the limits.
+    fn is_overflowed(&self) -> bool {
+        matches!(self, Self::Overflowed)
+    }
+
+    /// The FINAL's body, behind the parts gathered for a v0.1 client; refused past the limits
+    /// (the FINAL's frames count too).
+    fn into_body(mut self, body: Vec<Bytes>, limits: &Limits) -> Result<Vec<Bytes>, StateError> {
+        if matches!(self, Self::Gathering { .. }) {
+            self.gather(body, limits);
+            return match self {
+                Self::Gathering { parts, .. } => Ok(parts),
+                _ => Err(StateError::Overflowed),
+            };
+        }
         match self {
             Self::Awaiting | Self::Streaming => Ok(body),
-            Self::Gathering(parts) => Ok(crate::session::parts_then(parts, body)),
-            Self::Overflowed => Err(StateError::Overflowed),
+            Self::Gathering { .. } | Self::Overflowed => Err(StateError::Overflowed),
         }
     }
 
@@ -425,7 +458,7 @@ impl ReplyState {
     fn restart(&mut self) -> Result<(), StateError> {
         match self {
             Self::Streaming => Err(StateError::Streamed),
-            Self::Awaiting | Self::Gathering(_) | Self::Overflowed => {
+            Self::Awaiting | Self::Gathering { .. } | Self::Overflowed => {
                 *self = Self::Awaiting;
                 Ok(())
             }
@@ -1051,7 +1084,7 @@ impl BrokerCore {
 
     /// A PARTIAL: forwarded to a v0.2 client as it comes, gathered for a v0.1 one.
     fn handle_partial(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
-        let max = self.config.limits.max_message_size;
+        let limits = self.config.limits;
         let worker = self.workers.get_mut(identity).expect("registered");
         let held = match worker.state.in_flight_mut(&client) {
             Ok(held) => held,
@@ -1063,7 +1096,13 @@ impl BrokerCore {
             }
         };
         let InFlight { request, reply } = held;
-        match reply.on_partial(request.form, body, max) {
+        let was_overflowed = reply.is_overflowed();
+        let outcome = reply.on_partial(request.form, body, &limits);
+        if reply.is_overflowed() && !was_overflowed {
+            // Counted as abandoned at the FINAL, with the worker idle again; logged once here.
+            debug!(worker = %Peer(identity), client = %Peer(&client), max_frames = limits.max_frames, max_size = limits.max_message_size, "reply in parts past the frame or size limit for a v0.1 client: its parts are dropped");
+        }
+        match outcome {
             Ok(Some((dialect, body))) => {
                 let frames = codec::v02_reply_frames(
                     Some(&client),
@@ -1103,13 +1142,16 @@ impl BrokerCore {
         let service = worker.service.clone();
         worker.heartbeat.on_send(now);
         let received = request.received;
-        match reply.into_body(body) {
+        match reply.into_body(body, &self.config.limits) {
             Ok(body) => self.send_reply(&client, request.service, body, request.form),
             Err(_) => {
-                // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY: the
-                // client gets none and retries; the worker goes on.
+                // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY (the
+                // limits of an inbound message): the client gets none and retries; the worker
+                // goes on.
                 self.stats.abandoned += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), max = self.config.limits.max_message_size, "reply in parts larger than the message size limit for a v0.1 client, dropped");
+                debug!(worker = %Peer(identity), client = %Peer(&client), "reply in parts past the limits for a v0.1 client, dropped");
+                self.drops
+                    .record(now, &request.service, DropReason::Abandoned);
             }
         }
         if let Some(svc) = self.services.get_mut(&service) {
@@ -1556,56 +1598,105 @@ mod tests {
         assert!(state.into_held().is_some());
     }
 
+    /// Limits of `size` bytes and `frames` body frames for a gathered reply.
+    fn limits(size: usize, frames: usize) -> Limits {
+        Limits::default()
+            .max_message_size(size)
+            .max_frames(frames + REPLY_HEADER_FRAMES)
+    }
+
+    fn gathering(frames: &[&'static [u8]]) -> ReplyState {
+        let parts = parts(frames);
+        let size = parts.iter().map(Bytes::len).sum();
+        ReplyState::Gathering { parts, size }
+    }
+
     #[test]
     fn parts_stream_to_a_v02_client_and_the_request_is_then_never_replayed() {
+        let l = limits(10, 10);
         let mut reply = ReplyState::Awaiting;
-        let got = reply.on_partial(V02, parts(&[b"1"]), 10).unwrap();
+        let got = reply.on_partial(V02, parts(&[b"1"]), &l).unwrap();
         assert_eq!(got, Some((Dialect::Rfc18, parts(&[b"1"]))));
         assert_eq!(reply, ReplyState::Streaming);
-        assert!(reply.on_partial(V02, parts(&[b"2"]), 10).unwrap().is_some());
+        assert!(reply.on_partial(V02, parts(&[b"2"]), &l).unwrap().is_some());
         assert_eq!(reply.restart(), Err(StateError::Streamed));
         assert_eq!(reply, ReplyState::Streaming);
         // A v0.1 client's request is never streaming.
         assert_eq!(
-            reply.on_partial(Version::V01, parts(&[b"3"]), 10),
+            reply.on_partial(Version::V01, parts(&[b"3"]), &l),
             Err(StateError::WrongVersion)
         );
-        assert_eq!(reply.into_body(parts(&[b"f"])), Ok(parts(&[b"f"])));
+        assert_eq!(reply.into_body(parts(&[b"f"]), &l), Ok(parts(&[b"f"])));
     }
 
     #[test]
     fn parts_are_gathered_for_a_v01_client_up_to_the_limit() {
+        let l = limits(5, 10);
         let mut reply = ReplyState::Awaiting;
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"ab"]), 4), Ok(None));
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"cd"]), 4), Ok(None));
-        assert_eq!(reply, ReplyState::Gathering(parts(&[b"ab", b"cd"])));
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"ab"]), &l),
+            Ok(None)
+        );
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cd"]), &l),
+            Ok(None)
+        );
+        assert_eq!(reply, gathering(&[b"ab", b"cd"]));
         // A v0.2 client's request is never gathering.
         assert_eq!(
-            reply.on_partial(V02, parts(&[b"x"]), 4),
+            reply.on_partial(V02, parts(&[b"x"]), &l),
             Err(StateError::WrongVersion)
         );
-        let mut replay = ReplyState::Gathering(parts(&[b"ab"]));
+        let mut replay = gathering(&[b"ab"]);
         assert_eq!(replay.restart(), Ok(()));
         assert_eq!(replay, ReplyState::Awaiting);
         assert_eq!(
-            reply.into_body(parts(&[b"f"])),
+            reply.into_body(parts(&[b"f"]), &l),
             Ok(parts(&[b"ab", b"cd", b"f"]))
         );
-        // Past the limit: overflowed, the rest dropped, and the reply refused.
-        let mut reply = ReplyState::Gathering(parts(&[b"ab"]));
+        // The FINAL counts too: one byte past the limit refuses the whole reply.
         assert_eq!(
-            reply.on_partial(Version::V01, parts(&[b"cde"]), 4),
+            gathering(&[b"ab", b"cd"]).into_body(parts(&[b"fg"]), &l),
+            Err(StateError::Overflowed)
+        );
+        // Past the limit: overflowed, the rest dropped, and the reply refused.
+        let mut reply = gathering(&[b"ab"]);
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cdef"]), &l),
             Ok(None)
         );
         assert_eq!(reply, ReplyState::Overflowed);
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), 4), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), &l), Ok(None));
         assert_eq!(reply, ReplyState::Overflowed);
         assert_eq!(
-            ReplyState::Overflowed.into_body(parts(&[b"f"])),
+            ReplyState::Overflowed.into_body(parts(&[b"f"]), &l),
             Err(StateError::Overflowed)
         );
         // Another worker starts over.
         assert_eq!(reply.restart(), Ok(()));
         assert_eq!(reply, ReplyState::Awaiting);
+    }
+
+    #[test]
+    fn empty_frames_count_against_the_frame_limit_of_a_gathered_reply() {
+        let l = limits(1 << 20, 4);
+        let empty = || vec![Bytes::new(); 2];
+        let mut reply = ReplyState::Awaiting;
+        assert_eq!(reply.on_partial(Version::V01, empty(), &l), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, empty(), &l), Ok(None));
+        assert!(matches!(&reply, ReplyState::Gathering { parts, size: 0 } if parts.len() == 4));
+        // The fifth frame, payload or not, is past the limit.
+        assert_eq!(
+            reply.on_partial(Version::V01, vec![Bytes::new()], &l),
+            Ok(None)
+        );
+        assert_eq!(reply, ReplyState::Overflowed);
+        // The FINAL's frames count too.
+        let mut reply = ReplyState::Awaiting;
+        reply.on_partial(Version::V01, empty(), &l).unwrap();
+        assert_eq!(
+            reply.into_body(vec![Bytes::new(); 3], &l),
+            Err(StateError::Overflowed)
+        );
     }
 }
