@@ -288,6 +288,10 @@ impl BrokerMachine {
                     metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
                         .increment(1);
                 }
+                Event::DroppedMany { reason, count } => {
+                    metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+                        .increment(count);
+                }
                 Event::ProtocolError { kind } => {
                     metrics::counter!("majordomo_protocol_errors_total", "kind" => kind)
                         .increment(1);
@@ -507,7 +511,7 @@ mod tests {
                 r#"{"workers":1,"idle_workers":0,"services":0,"queued":1,"queued_bytes":0,"#,
                 r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
                 r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
-                r#""protocol_errors":0,"undeliverable":0,"per_service":["#,
+                r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"per_service":["#,
                 r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
                 r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,
                 r#"{"name":"n�obody","queued":1,"queued_bytes":0,"idle_workers":0,"#,

@@ -220,7 +220,8 @@ impl Transmit {
 /// ignored and missing ones zero).
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
-/// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
+/// + abandoned + dropped_at_shutdown` holds between calls, and after [`BrokerCore::shutdown`]
+/// (which moves what was queued or in flight to `dropped_at_shutdown`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -261,6 +262,9 @@ pub struct BrokerStats {
     /// Messages the driver could not deliver (peer gone, or its queue full past the send
     /// timeout, or held after that).
     pub undeliverable: u64,
+    /// Requests still queued or in flight when the broker stopped ([`BrokerCore::shutdown`]),
+    /// dropped unanswered (`majordomo_dropped_requests_total{reason="drain"}`).
+    pub dropped_at_shutdown: u64,
     /// Each known service, sorted by name.
     pub per_service: Vec<ServiceStats>,
 }
@@ -1279,8 +1283,24 @@ impl BrokerCore {
             && self.workers.values().all(|w| !w.state.is_busy())
     }
 
-    /// Tells every worker DISCONNECT and forgets all workers and queued requests.
+    /// Tells every worker DISCONNECT and forgets all workers and queued requests. What was
+    /// queued or in flight is counted in [`BrokerStats::dropped_at_shutdown`], reported as one
+    /// [`Event::DroppedMany`] ([`DropReason::Drain`]) and logged in one line.
     pub fn shutdown(&mut self) {
+        let queued = self.requests.len();
+        let in_flight = self.workers.values().filter(|w| w.state.is_busy()).count();
+        let dropped = (queued + in_flight) as u64;
+        if dropped > 0 {
+            self.stats.dropped_at_shutdown += dropped;
+            self.events.push(Event::DroppedMany {
+                reason: DropReason::Drain,
+                count: dropped,
+            });
+            warn!(
+                queued,
+                in_flight, "stopping: requests still held are dropped unanswered"
+            );
+        }
         let workers: Vec<(Bytes, Version)> = self
             .workers
             .iter()

@@ -39,6 +39,8 @@ pub enum DropReason {
     Abandoned,
     /// It arrived while the broker was draining: taking no new requests.
     Draining,
+    /// It was still queued or in flight when the server stopped (after its drain, if any).
+    Drain,
 }
 
 impl DropReason {
@@ -54,6 +56,7 @@ impl DropReason {
             DropReason::WaitedTooLong => "max_wait",
             DropReason::Abandoned => "abandoned",
             DropReason::Draining => "draining",
+            DropReason::Drain => "drain",
         }
     }
 }
@@ -68,6 +71,7 @@ impl fmt::Display for DropReason {
             DropReason::NoWorker => "expired: no worker for it",
             DropReason::WaitedTooLong => "expired: waited past the maximum wait",
             DropReason::Draining => "draining: no new requests",
+            DropReason::Drain => "still held when the server stopped",
             DropReason::Abandoned => "abandoned: every worker that took it went away",
         })
     }
@@ -105,6 +109,14 @@ impl DropLog {
                     },
                 );
             }
+        }
+    }
+
+    /// Records `count` drops for `reason` at once, reported as one [`Event::DroppedMany`] and
+    /// not logged (the caller logs them in one line).
+    pub fn record_many(&mut self, reason: DropReason, count: u64) {
+        if count > 0 {
+            self.events.push(Event::DroppedMany { reason, count });
         }
     }
 

@@ -25,6 +25,14 @@ pub enum Event {
         /// Why.
         reason: DropReason,
     },
+    /// `count` requests were dropped at once for the same reason (at shutdown, what was still
+    /// held: [`DropReason::Drain`]); counted as `count` [`Event::Dropped`]s.
+    DroppedMany {
+        /// Why.
+        reason: DropReason,
+        /// How many.
+        count: u64,
+    },
     /// A message failed to decode and was dropped
     /// (`majordomo_protocol_errors_total{kind}`, `kind` from [`crate::DecodeError::kind`]).
     ProtocolError {

@@ -151,7 +151,7 @@ pub struct QueueTransmit {
 /// Counters and gauges of a queue.
 ///
 /// Every request is accounted for: `requests == replies + lost_replies + queued + in_flight +
-/// expired + rejected + abandoned` holds between calls. A reply counts in `replies` when the queue
+/// expired + rejected + abandoned + dropped_at_shutdown` holds between calls. A reply counts in `replies` when the queue
 /// hands it to the driver, and moves to `lost_replies` when the driver reports that it could not
 /// be sent ([`PirateQueue::handle_undeliverable`] on [`Side::Frontend`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -191,6 +191,9 @@ pub struct QueueStats {
     pub protocol_errors: u64,
     /// Messages the driver reported it could not deliver, to workers and clients.
     pub undeliverable: u64,
+    /// Requests still queued or in flight when the queue stopped ([`PirateQueue::shutdown`]),
+    /// dropped unanswered (`majordomo_dropped_requests_total{reason="drain"}`).
+    pub dropped_at_shutdown: u64,
 }
 
 #[derive(Debug)]
@@ -267,6 +270,28 @@ impl PirateQueue {
                 .filter(|w| w.in_flight.is_some())
                 .count(),
             ..self.stats.clone()
+        }
+    }
+
+    /// The queue is stopping: what is queued or in flight is dropped unanswered, counted in
+    /// [`QueueStats::dropped_at_shutdown`], reported as one [`Event::DroppedMany`]
+    /// ([`DropReason::Drain`]) and logged in one line. Workers stay registered (6/PPP has no
+    /// goodbye).
+    pub fn shutdown(&mut self) {
+        let queued = self.queue.len();
+        let mut in_flight = 0;
+        for worker in self.workers.values_mut() {
+            in_flight += usize::from(worker.in_flight.take().is_some());
+        }
+        self.queue.clear();
+        let dropped = (queued + in_flight) as u64;
+        if dropped > 0 {
+            self.stats.dropped_at_shutdown += dropped;
+            self.drops.record_many(DropReason::Drain, dropped);
+            warn!(
+                queued,
+                in_flight, "stopping: requests still held are dropped unanswered"
+            );
         }
     }
 

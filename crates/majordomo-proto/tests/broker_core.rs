@@ -765,3 +765,42 @@ fn undeliverable_request_goes_to_another_worker() {
     s.core.handle_undeliverable(s.now, Role::Worker, &b("w1"));
     assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
 }
+
+#[test]
+fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
+    let mut s = Sim::new();
+    s.ready("w", "busy");
+    s.client("c", "busy", "held");
+    for i in 0..10 {
+        s.client(&format!("c{i}"), "queued", "waits");
+    }
+    s.core.drain();
+    s.drain();
+    while s.core.poll_event().is_some() {}
+    s.core.shutdown();
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.dropped_at_shutdown, stats.queued, stats.in_flight),
+        (11, 0, 0)
+    );
+    // Every request is accounted for, after the stop too.
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::DroppedMany {
+            reason: DropReason::Drain,
+            count: 11
+        }]
+    );
+    // Stopping again drops nothing more.
+    s.core.shutdown();
+    assert_eq!(s.core.stats().dropped_at_shutdown, 11);
+}

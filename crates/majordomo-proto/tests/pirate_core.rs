@@ -476,3 +476,36 @@ fn after_a_queue_restart_a_heartbeating_worker_is_served_at_its_next_heartbeat()
     let stats = s.q.stats();
     assert_eq!((stats.workers, stats.rejoined_workers), (1, 1));
 }
+
+#[test]
+fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
+    let mut s = Sim::paranoid();
+    s.ready("w");
+    s.request("c1", "held");
+    s.request("c2", "waits");
+    s.request("c3", "waits");
+    while s.q.poll_event().is_some() {}
+    s.q.shutdown();
+    let stats = s.q.stats();
+    assert_eq!(
+        (stats.dropped_at_shutdown, stats.queued, stats.in_flight),
+        (3, 0, 0)
+    );
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.lost_replies
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| s.q.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::DroppedMany {
+            reason: DropReason::Drain,
+            count: 3
+        }]
+    );
+}
