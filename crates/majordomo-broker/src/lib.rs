@@ -324,7 +324,9 @@ impl Machine for BrokerMachine {
         let (identity, rest) = match mdp::split_identity(&frames) {
             Ok(split) => split,
             Err(error) => {
-                warn!(%error, "message without identity");
+                // Counted and logged at a bounded rate by the core, as any invalid message.
+                self.core.handle_invalid(now, &Bytes::new(), &error);
+                self.record_events();
                 return;
             }
         };

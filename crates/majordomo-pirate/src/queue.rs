@@ -152,6 +152,11 @@ impl QueueMachine {
             let (reason, count) = match event {
                 Event::Dropped { reason } => (reason, 1),
                 Event::DroppedMany { reason, count } => (reason, count),
+                Event::ProtocolError { kind } => {
+                    metrics::counter!("majordomo_protocol_errors_total", "kind" => kind)
+                        .increment(1);
+                    continue;
+                }
                 // Events a later core may add are not counted here yet.
                 _ => continue,
             };

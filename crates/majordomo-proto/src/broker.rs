@@ -42,7 +42,7 @@ use bytes::Bytes;
 use tracing::{debug, info, trace, warn};
 
 use crate::codec::{self, FromWorker, Inbound, Request as ClientCommand, ToWorker};
-use crate::drops::{DropLog, DropReason};
+use crate::drops::{DropLog, DropReason, ErrorLog};
 use crate::event::{Event, Events};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{ClientRequest, WorkerMessage};
@@ -674,6 +674,8 @@ pub struct BrokerCore {
     /// Bytes queued over all services.
     queued_bytes: usize,
     drops: DropLog,
+    /// Rate-limited log of protocol errors, and their events.
+    errors: ErrorLog,
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
@@ -701,6 +703,7 @@ impl BrokerCore {
             waits: VecDeque::new(),
             queued_bytes: 0,
             drops: DropLog::default(),
+            errors: ErrorLog::default(),
             next_id: 0,
             transmits: VecDeque::new(),
             events: Events::default(),
@@ -722,7 +725,10 @@ impl BrokerCore {
     /// The next thing that happened for the driver to count (drops, decode errors, reply
     /// latencies); poll after each call. At most [`crate::event::MAX_EVENTS`] are held.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop().or_else(|| self.drops.poll_event())
+        self.events
+            .pop()
+            .or_else(|| self.errors.poll_event())
+            .or_else(|| self.drops.poll_event())
     }
 
     /// The configuration in force.
@@ -810,6 +816,7 @@ impl BrokerCore {
             self.expiries.front().map(|(at, _)| *at),
             self.waits.front().map(|(at, _)| *at),
             self.drops.poll_timeout(),
+            self.errors.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -897,9 +904,13 @@ impl BrokerCore {
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
         self.tick(now);
         self.stats.protocol_errors += 1;
-        self.events
-            .push(Event::ProtocolError { kind: error.kind() });
-        warn!(peer = %Peer(identity), %error, "dropped invalid message");
+        self.errors.record(
+            now,
+            identity,
+            error.kind(),
+            "dropped invalid message",
+            error,
+        );
         if self.workers.contains_key(identity) {
             self.disconnect_worker(now, identity, true);
         }
@@ -1028,17 +1039,17 @@ impl BrokerCore {
                 FromWorker::Ready { service } if mmi::is_mmi(&service) => {
                     // "It MUST disconnect any workers that attempt to register services in this
                     // namespace." (8/MMI)
-                    self.protocol_violation(identity, "READY for an mmi.* service", form);
+                    self.protocol_violation(now, identity, "READY for an mmi.* service", form);
                 }
                 FromWorker::Ready { service } => self.register(now, identity, service, form),
                 // "The worker MAY send DISCONNECT at any time, including before READY."
                 FromWorker::Disconnect => {}
                 // Answered in the worker's own form.
                 FromWorker::Reply { .. } => {
-                    self.protocol_violation(identity, "reply before READY", form)
+                    self.protocol_violation(now, identity, "reply before READY", form)
                 }
                 FromWorker::Heartbeat => {
-                    self.protocol_violation(identity, "HEARTBEAT before READY", form)
+                    self.protocol_violation(now, identity, "HEARTBEAT before READY", form)
                 }
             }
             return;
@@ -1064,7 +1075,13 @@ impl BrokerCore {
             FromWorker::Ready { .. } => {
                 // "The worker MUST NOT send a further READY."
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), "second READY, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "second_ready",
+                    "worker disconnected",
+                    &"a second READY",
+                );
                 self.disconnect_worker(now, identity, true);
             }
             FromWorker::Disconnect => {
@@ -1094,7 +1111,13 @@ impl BrokerCore {
             Ok(held) => held,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "PARTIAL for no request in flight, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "partial_without_request",
+                    "PARTIAL for no request in flight: worker disconnected",
+                    &error,
+                );
                 self.disconnect_worker(now, identity, true);
                 return;
             }
@@ -1138,7 +1161,13 @@ impl BrokerCore {
                 // A reply the worker was not asked for (idle, or another client's address): the
                 // worker is confused; what it held goes back to the queue.
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "reply for no request in flight, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "reply_without_request",
+                    "reply for no request in flight: worker disconnected",
+                    &error,
+                );
                 self.disconnect_worker(now, identity, true);
                 return;
             }
@@ -1225,6 +1254,7 @@ impl BrokerCore {
             }
         }
         self.drops.handle_timeout(now);
+        self.errors.handle_timeout(now);
         if now >= self.next_tick {
             self.next_tick = now + self.config.heartbeat.interval;
             self.purge_dead_workers(now);
@@ -1334,9 +1364,21 @@ impl BrokerCore {
         self.dispatch(now, &service);
     }
 
-    fn protocol_violation(&mut self, identity: &Bytes, what: &'static str, form: Version) {
+    fn protocol_violation(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        what: &'static str,
+        form: Version,
+    ) {
         self.stats.protocol_errors += 1;
-        warn!(peer = %Peer(identity), what, "unexpected command, sending DISCONNECT");
+        self.errors.record(
+            now,
+            identity,
+            "unexpected_command",
+            "unexpected command: DISCONNECT sent",
+            &what,
+        );
         // "The broker MUST respond to any valid but unexpected command by sending DISCONNECT and
         // then no further commands to that worker."
         self.push_worker(identity, ToWorker::Disconnect, form);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use crate::drops::{DropLog, DropReason};
+use crate::drops::{DropLog, DropReason, ErrorLog};
 use crate::event::Event;
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::peer::Peer;
@@ -233,6 +233,8 @@ pub struct PirateQueue {
     transmits: VecDeque<QueueTransmit>,
     stats: QueueStats,
     drops: DropLog,
+    /// Rate-limited log of protocol errors, and their events.
+    errors: ErrorLog,
 }
 
 impl PirateQueue {
@@ -250,6 +252,7 @@ impl PirateQueue {
             transmits: VecDeque::new(),
             stats: QueueStats::default(),
             drops: DropLog::default(),
+            errors: ErrorLog::default(),
         }
     }
 
@@ -300,10 +303,10 @@ impl PirateQueue {
         self.transmits.pop_front()
     }
 
-    /// The next thing that happened for the driver to count (the queue reports only
-    /// [`Event::Dropped`]); poll after each call.
+    /// The next thing that happened for the driver to count (drops and protocol errors); poll
+    /// after each call.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.drops.poll_event()
+        self.errors.poll_event().or_else(|| self.drops.poll_event())
     }
 
     /// When [`PirateQueue::handle_timeout`] must be called next: at each heartbeat interval (each
@@ -334,7 +337,14 @@ impl PirateQueue {
             Ok(parts) => parts,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(%error, "invalid client message dropped");
+                let peer = frames.first().cloned().unwrap_or_default();
+                self.errors.record(
+                    now,
+                    &peer,
+                    error.kind(),
+                    "invalid client message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
@@ -363,7 +373,13 @@ impl PirateQueue {
             Ok(split) => split,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(%error, "invalid worker message dropped");
+                self.errors.record(
+                    now,
+                    &Bytes::new(),
+                    error.kind(),
+                    "invalid worker message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
@@ -375,7 +391,13 @@ impl PirateQueue {
             Ok(message) => message,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), %error, "invalid worker message dropped");
+                self.errors.record(
+                    now,
+                    identity,
+                    error.kind(),
+                    "invalid worker message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
@@ -396,7 +418,7 @@ impl PirateQueue {
     fn on_ready(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
         if let Some(worker) = self.workers.get_mut(&identity) {
             // A known worker starting over: not a second worker. Whatever it held is lost to it.
-            info!(worker = %Peer(&identity), "worker sent READY again");
+            debug!(worker = %Peer(&identity), "worker sent READY again");
             worker.req_socket = req_socket;
             worker.rejoined = false;
             let lost = worker.in_flight.take();
@@ -471,7 +493,13 @@ impl PirateQueue {
             held => {
                 worker.in_flight = held;
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(&identity), "reply for no request in flight dropped");
+                self.errors.record(
+                    now,
+                    &identity,
+                    "reply_without_request",
+                    "reply for no request in flight dropped",
+                    &"no request in flight",
+                );
             }
         }
     }
@@ -530,6 +558,7 @@ impl PirateQueue {
         }
         // Drop summaries are due at most a second apart; the tick is at most that far away.
         self.drops.handle_timeout(now);
+        self.errors.handle_timeout(now);
         let Some(hb) = self.config.heartbeat else {
             self.next_tick = now + Duration::from_secs(1);
             return;

@@ -204,7 +204,7 @@ fn parts_of_many_empty_frames_for_a_v01_client_are_held_to_the_frame_limit() {
     s.from(b"c", &[b"", b"MDPC01", b"flood", b"q"]);
     s.sent();
     let mut partial: Vec<&[u8]> = vec![b"MDPW02", &[0x03], b"c", b""];
-    partial.extend(std::iter::repeat(&b""[..]).take(1000));
+    partial.extend(std::iter::repeat_n(&b""[..], 1000));
     for i in 0..10_000 {
         s.from(b"w", &partial);
         if i % 1000 == 0 {
