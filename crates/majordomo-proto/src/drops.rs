@@ -34,6 +34,8 @@ pub enum DropReason {
     ServiceBytes,
     /// The bytes queued over all services were at their bound.
     TotalBytes,
+    /// Its service was not known and the broker knew `max_services` services.
+    Services,
     /// The requests queued for its service were at their count bound.
     ServiceCount,
     /// The requests queued over all services were at their count bound.
@@ -57,6 +59,7 @@ impl DropReason {
         match self {
             DropReason::ServiceBytes => "service_bytes",
             DropReason::TotalBytes => "total_bytes",
+            DropReason::Services => "max_services",
             DropReason::ServiceCount => "service_count",
             DropReason::TotalCount => "total_count",
             DropReason::NoWorker => "no_worker",
@@ -73,6 +76,7 @@ impl fmt::Display for DropReason {
         f.write_str(match self {
             DropReason::ServiceBytes => "service queue full (bytes)",
             DropReason::TotalBytes => "all queues full (bytes)",
+            DropReason::Services => "too many services known",
             DropReason::ServiceCount => "service queue full (requests)",
             DropReason::TotalCount => "all queues full (requests)",
             DropReason::NoWorker => "expired: no worker for it",

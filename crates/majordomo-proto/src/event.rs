@@ -39,6 +39,12 @@ pub enum Event {
         /// The kind of error.
         kind: &'static str,
     },
+    /// The broker forgot `service`: it has neither workers nor queued requests. A driver that
+    /// keeps something per service (a metric series) forgets it too.
+    ServiceForgotten {
+        /// The service forgotten.
+        service: Bytes,
+    },
     /// A worker's reply to a request of `service` was taken, `latency` after the request
     /// arrived (`majordomo_request_duration_seconds{service}`).
     Replied {
