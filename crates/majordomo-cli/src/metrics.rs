@@ -242,6 +242,7 @@ fn record_queue(stats: &QueueStats) {
     gauge!("majordomo_workers").set(stats.workers as f64);
     gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
     gauge!("majordomo_queued").set(stats.queued as f64);
+    gauge!("majordomo_queued_bytes").set(stats.queued_bytes as f64);
     gauge!("majordomo_in_flight").set(stats.in_flight as f64);
 }
 

@@ -71,6 +71,12 @@ pub const STATS_TOP_SERVICES: usize = 100;
 /// Most services one page of [`BrokerCore::stats_page`] lists.
 pub const MAX_STATS_PAGE: usize = 1000;
 
+/// Bytes each frame of a held message is counted for beyond its payload: its handle in the
+/// message's list of frames and its share of the transport's buffers. A request's first body
+/// frame is within [`REQUEST_OVERHEAD`]; each further one counts this, so a flood of requests of
+/// many empty frames is bounded like one of large bodies.
+pub const FRAME_OVERHEAD: usize = 64;
+
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1030,7 +1036,8 @@ impl BrokerCore {
         let size = REQUEST_OVERHEAD
             + identity.len()
             + request.service.len()
-            + request.body.iter().map(Bytes::len).sum::<usize>();
+            + request.body.iter().map(Bytes::len).sum::<usize>()
+            + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
         let known = self.services.get(&request.service);
         let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
         // A request for a service not yet known costs its entry too.

@@ -39,6 +39,11 @@ use crate::redelivery::{Deliveries, Redelivery};
 const DROPS_KEY: Bytes = Bytes::from_static(b"(queue)");
 use crate::{ConfigError, DecodeError, Limits};
 
+/// Bytes each waiting request is counted for beyond its frames' payload: its entry in the queue,
+/// its client address's handle and the transport's buffers (each frame beyond the first counts
+/// [`crate::broker::FRAME_OVERHEAD`] more).
+pub const QUEUED_REQUEST_OVERHEAD: usize = 256;
+
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -52,6 +57,10 @@ pub struct QueueConfig {
     pub request_expiry: Duration,
     /// Most requests waiting for a worker (default 10,000); more are dropped and logged.
     pub max_queued: usize,
+    /// Most bytes waiting for a worker (default 1 GiB): each request's frames, its client's
+    /// address and [`QUEUED_REQUEST_OVERHEAD`]. Past it, new requests are dropped and logged; a
+    /// request handed back by a worker that went away is taken back even past it.
+    pub max_queued_bytes: usize,
     /// How many workers one request may be given to before it is dropped (default 3).
     pub max_deliveries: u32,
     /// Size limits; larger messages are dropped.
@@ -74,6 +83,12 @@ impl QueueConfig {
     /// Sets `max_queued`; the field says what it means and its default.
     pub fn max_queued(mut self, max_queued: usize) -> Self {
         self.max_queued = max_queued;
+        self
+    }
+
+    /// Sets `max_queued_bytes`; the field says what it means and its default.
+    pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.max_queued_bytes = max_queued_bytes;
         self
     }
 
@@ -108,6 +123,7 @@ impl QueueConfig {
             heartbeat: None,
             request_expiry: Duration::from_secs(10),
             max_queued: 10_000,
+            max_queued_bytes: 1024 * 1024 * 1024,
             max_deliveries: 3,
             limits: Limits::default(),
         }
@@ -162,6 +178,8 @@ pub struct QueueStats {
     pub idle_workers: usize,
     /// Requests waiting for a worker.
     pub queued: usize,
+    /// Bytes they are counted for (see [`QueueConfig::max_queued_bytes`]).
+    pub queued_bytes: usize,
     /// Requests with a worker, not yet answered.
     pub in_flight: usize,
     /// Requests accepted from clients.
@@ -203,6 +221,8 @@ struct Request {
     /// Whether the client put an empty delimiter before its body (REQ does).
     delimited: bool,
     body: Vec<Bytes>,
+    /// Bytes counted against [`QueueConfig::max_queued_bytes`] while it waits.
+    size: usize,
     expires_at: Instant,
     deliveries: Deliveries,
 }
@@ -229,6 +249,8 @@ pub struct PirateQueue {
     idle: VecDeque<Bytes>,
     /// Requests waiting, oldest first (re-queued ones go to the front).
     queue: VecDeque<Request>,
+    /// Bytes the waiting requests are counted for.
+    queued_bytes: usize,
     next_tick: Instant,
     transmits: VecDeque<QueueTransmit>,
     stats: QueueStats,
@@ -249,6 +271,7 @@ impl PirateQueue {
             workers: HashMap::new(),
             idle: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             transmits: VecDeque::new(),
             stats: QueueStats::default(),
             drops: DropLog::default(),
@@ -267,6 +290,7 @@ impl PirateQueue {
             workers: self.workers.len(),
             idle_workers: self.idle.len(),
             queued: self.queue.len(),
+            queued_bytes: self.queued_bytes,
             in_flight: self
                 .workers
                 .values()
@@ -287,6 +311,7 @@ impl PirateQueue {
             in_flight += usize::from(worker.in_flight.take().is_some());
         }
         self.queue.clear();
+        self.queued_bytes = 0;
         let dropped = (queued + in_flight) as u64;
         if dropped > 0 {
             self.stats.dropped_at_shutdown += dropped;
@@ -349,16 +374,29 @@ impl PirateQueue {
             }
         };
         self.stats.requests += 1;
-        if self.queue.len() >= self.config.max_queued {
+        let size = QUEUED_REQUEST_OVERHEAD
+            + client.len()
+            + body.iter().map(Bytes::len).sum::<usize>()
+            + body.len().saturating_sub(1) * crate::broker::FRAME_OVERHEAD;
+        let bound = if self.queue.len() >= self.config.max_queued {
+            Some(DropReason::TotalCount)
+        } else if self.queued_bytes + size > self.config.max_queued_bytes {
+            Some(DropReason::TotalBytes)
+        } else {
+            None
+        };
+        if let Some(reason) = bound {
             self.stats.rejected += 1;
-            debug!(client = %Peer(&client), queued = self.queue.len(), "queue full, request dropped");
-            self.drops.record(now, &DROPS_KEY, DropReason::TotalCount);
+            debug!(client = %Peer(&client), queued = self.queue.len(), queued_bytes = self.queued_bytes, %reason, "queue full, request dropped");
+            self.drops.record(now, &DROPS_KEY, reason);
             return Ok(());
         }
+        self.queued_bytes += size;
         self.queue.push_back(Request {
             client,
             delimited,
             body,
+            size,
             expires_at: now + self.config.request_expiry,
             deliveries: Deliveries::default(),
         });
@@ -547,7 +585,15 @@ impl PirateQueue {
             return;
         }
         let before = self.queue.len();
-        self.queue.retain(|r| r.expires_at > now);
+        let mut freed = 0;
+        self.queue.retain(|r| {
+            let keep = r.expires_at > now;
+            if !keep {
+                freed += r.size;
+            }
+            keep
+        });
+        self.queued_bytes -= freed;
         let expired = before - self.queue.len();
         if expired > 0 {
             self.stats.expired += expired as u64;
@@ -621,6 +667,7 @@ impl PirateQueue {
         }
         self.stats.requeued += 1;
         request.expires_at = now + self.config.request_expiry;
+        self.queued_bytes += request.size;
         self.queue.push_front(request);
         self.dispatch(now);
     }
@@ -634,6 +681,7 @@ impl PirateQueue {
                 continue;
             };
             let mut request = self.queue.pop_front().expect("not empty");
+            self.queued_bytes -= request.size;
             request.deliveries.hand_out();
             // 6/PPP REQUEST: the client's address, the null terminator, the content.
             let mut payload = Vec::with_capacity(2 + request.body.len());
