@@ -340,3 +340,49 @@ async fn many_services_keep_status_and_metrics_small_and_memory_within_the_count
     assert!(page.len() < 1024 * 1024, "/metrics is {} bytes", page.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
+    const BOUND_MIB: u64 = 32;
+    const SENT: usize = 200;
+    let (front, back, metrics) = (free_endpoint()?, free_endpoint()?, free_addr()?);
+    let queue = Proc::spawn(&[
+        "ppqueue",
+        "--frontend",
+        &front,
+        "--backend",
+        &back,
+        "--max-queued-bytes",
+        &format!("{BOUND_MIB}MiB"),
+        "--request-expiry",
+        "300s",
+        "--metrics-listen",
+        &metrics,
+    ])?;
+    get_when_up(&metrics, "/healthz").await?;
+    let baseline = queue.rss_kib()?;
+    // 200 requests of 1 MiB, no worker: the first fit, the rest are dropped at the bound.
+    let mut peer = integration_tests::RawPeer::connect(&front).await?;
+    let body = vec![7u8; 1024 * 1024];
+    for _ in 0..SENT {
+        peer.send(integration_tests::frames(&[b"", &body])).await?;
+    }
+    let page = scrape_until(&metrics, "every request read", |page| {
+        sample(page, "majordomo_requests_total") == Some(SENT as f64)
+    })
+    .await?;
+    let queued = sample(&page, "majordomo_queued").context("queued")?;
+    let queued_bytes = sample(&page, "majordomo_queued_bytes").context("queued bytes")?;
+    let rejected = sample(&page, "majordomo_rejected_total").context("rejected")?;
+    assert!(queued_bytes <= (BOUND_MIB << 20) as f64, "{page}");
+    assert_eq!(queued + rejected, SENT as f64, "{page}");
+    assert!(rejected >= (SENT as u64 - BOUND_MIB) as f64, "{page}");
+    let grown = queue.rss_kib()?.saturating_sub(baseline);
+    println!("ppqueue: {queued} requests ({queued_bytes} bytes) queued, RSS grew {grown} KiB");
+    // Its bound and the transport's buffers of the message being read.
+    assert!(
+        grown < (BOUND_MIB + 24) * 1024,
+        "RSS grew {grown} KiB with a {BOUND_MIB} MiB bound"
+    );
+    Ok(())
+}
