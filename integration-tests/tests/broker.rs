@@ -774,3 +774,42 @@ async fn client_flood_does_not_starve_heartbeats_on_the_workers_endpoint() -> Re
     assert!(stats.replies >= u64::from(calls));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_when_the_broker_stops_are_counted_in_its_final_stats() -> Result<()> {
+    let broker =
+        RunningBroker::start(test_config().request_expiry(Duration::from_secs(300))).await?;
+    let mut client = RawPeer::connect(&broker.endpoint).await?;
+    let _worker = worker(&broker.endpoint, b"busy").await?;
+    broker
+        .wait_until("the worker registered", |s| s.workers == 1)
+        .await?;
+    client
+        .send(frames(&[b"", b"MDPC01", b"busy", b"held"]))
+        .await?;
+    for i in 0..100 {
+        let body = format!("waits {i}");
+        client
+            .send(frames(&[b"", b"MDPC01", b"nobody", body.as_bytes()]))
+            .await?;
+    }
+    broker
+        .wait_until("every request taken", |s| {
+            s.queued == 100 && s.in_flight == 1
+        })
+        .await?;
+    let stats = broker.stop().await?;
+    assert_eq!(
+        (stats.dropped_at_shutdown, stats.queued, stats.in_flight),
+        (101, 0, 0)
+    );
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
+    Ok(())
+}

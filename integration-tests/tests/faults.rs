@@ -645,3 +645,51 @@ async fn busy_guide_worker_killed_with_kill_9_is_replaced_without_waiting_for_a_
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_invalid_messages_and_drops_log_a_bounded_number_of_lines() -> Result<()> {
+    let ep = free_endpoint()?;
+    // Requests past 10 queued are dropped, each for a service name of its own: a log limited
+    // per name would write a line for each.
+    let mut broker = broker(
+        &ep,
+        &["--max-queued", "10", "--guard-connection-rate", "1000000"],
+    )?;
+    broker.wait_until_serving(&ep).await?;
+    let warnings = |log: &str| log.lines().filter(|l| l.contains("WARN")).count();
+    let before = warnings(&broker.log());
+    const PEERS: usize = 50;
+    const EACH: usize = 100;
+    let mut floods = Vec::new();
+    for p in 0..PEERS {
+        let ep = ep.clone();
+        floods.push(tokio::spawn(async move {
+            let mut peer = RawPeer::connect(&ep).await?;
+            for i in 0..EACH {
+                // No service frame: invalid.
+                peer.send(frames(&[b"", b"MDPC01"])).await?;
+                let service = format!("nobody-{p}-{i}");
+                peer.send(frames(&[b"", b"MDPC01", service.as_bytes(), b"x"]))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for f in floods {
+        f.await??;
+    }
+    let total = (PEERS * EACH) as u64;
+    let stats = wait_for_mmi_stats(&ep, "the flood read", |s| {
+        s.protocol_errors >= total && s.rejected + s.queued as u64 + s.expired >= total
+    })
+    .await?;
+    assert_eq!(stats.rejected + stats.queued as u64 + stats.expired, total);
+    assert!(stats.rejected >= total - 10, "{stats:?}");
+    let lines = warnings(&broker.log()) - before;
+    println!(
+        "{} invalid messages and {} drops logged in {lines} WARN lines",
+        stats.protocol_errors, stats.rejected
+    );
+    assert!(lines < 100, "{lines} WARN lines for the flood");
+    Ok(())
+}

@@ -240,3 +240,149 @@ async fn a_pirate_queue_serves_metrics_and_health_too() -> Result<()> {
     worker.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_services_keep_status_and_metrics_small_and_memory_within_the_count() -> Result<()> {
+    const SERVICES: usize = 20_000;
+    let ep = free_endpoint()?;
+    let metrics = free_addr()?;
+    let mut broker = Proc::spawn(&[
+        "broker",
+        "--bind",
+        &ep,
+        "--request-expiry",
+        "300s",
+        "--metrics-listen",
+        &metrics,
+    ])?;
+    broker.wait_until_serving(&ep).await?;
+    let _worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
+    wait_for_service(&ep, "echo").await?;
+    get_when_up(&metrics, "/metrics").await?;
+    let baseline = broker.rss_kib()?;
+    // One request each to SERVICES names nobody serves: each name is a service, held until its
+    // request expires.
+    let mut peer = integration_tests::RawPeer::connect(&ep).await?;
+    for i in 0..SERVICES {
+        let service = format!("svc{i:06}");
+        peer.send(integration_tests::frames(&[
+            b"",
+            b"MDPC01",
+            service.as_bytes(),
+            b"x",
+        ]))
+        .await?;
+    }
+    let stats = integration_tests::wait_for_mmi_stats(&ep, "every service known", |s| {
+        s.services > SERVICES
+    })
+    .await?;
+    let grown = broker.rss_kib()?.saturating_sub(baseline) * 1024;
+    let counted = (stats.queued_bytes + stats.service_bytes) as u64;
+    println!(
+        "{SERVICES} services: RSS grew {grown} bytes ({} a service), counted {counted} ({} a service)",
+        grown / SERVICES as u64,
+        counted / SERVICES as u64
+    );
+    // What the bound counts covers what they cost (with 2 MiB for the allocator's rounding).
+    assert!(
+        grown <= counted + 2 * 1024 * 1024,
+        "RSS grew {grown} bytes for {counted} counted"
+    );
+    // mmi.stats stays small: the busiest, and a count of the rest.
+    assert_eq!(stats.per_service.len(), 100);
+    assert_eq!(stats.services_omitted, stats.services - 100);
+    assert!(stats.per_service.iter().any(|s| s.name.as_ref() == b"echo"));
+    let client = Client::new(ep.clone(), ClientConfig::default());
+    let reply = client.request("mmi.stats", vec![Bytes::new()]).await?;
+    assert!(
+        reply[1].len() < 64 * 1024,
+        "mmi.stats is {} bytes",
+        reply[1].len()
+    );
+    // A page, by prefix.
+    let page = client
+        .request(
+            "mmi.stats",
+            vec![Bytes::from_static(b"prefix=svc0123 limit=5")],
+        )
+        .await?;
+    let page: serde_json::Value = serde_json::from_slice(&page[1])?;
+    let names: Vec<&str> = page["per_service"]
+        .as_array()
+        .context("per_service")?
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "svc012300",
+            "svc012301",
+            "svc012302",
+            "svc012303",
+            "svc012304"
+        ]
+    );
+    // `majordomo status` answers, with a line per listed service and what it left out.
+    let status = tokio::process::Command::new(integration_tests::majordomo_bin()?)
+        .args(["status", "--connect", &ep])
+        .output()
+        .await?;
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8(status.stdout)?;
+    assert!(text.lines().count() < 110, "{text}");
+    assert!(text.contains("more services not listed"), "{text}");
+    // /metrics stays small.
+    let (code, page) = get(&metrics, "/metrics").await?;
+    assert_eq!(code, 200);
+    println!("/metrics: {} bytes", page.len());
+    assert!(page.len() < 1024 * 1024, "/metrics is {} bytes", page.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
+    const BOUND_MIB: u64 = 32;
+    const SENT: usize = 200;
+    let (front, back, metrics) = (free_endpoint()?, free_endpoint()?, free_addr()?);
+    let queue = Proc::spawn(&[
+        "ppqueue",
+        "--frontend",
+        &front,
+        "--backend",
+        &back,
+        "--max-queued-bytes",
+        &format!("{BOUND_MIB}MiB"),
+        "--request-expiry",
+        "300s",
+        "--metrics-listen",
+        &metrics,
+    ])?;
+    get_when_up(&metrics, "/healthz").await?;
+    let baseline = queue.rss_kib()?;
+    // 200 requests of 1 MiB, no worker: the first fit, the rest are dropped at the bound.
+    let mut peer = integration_tests::RawPeer::connect(&front).await?;
+    let body = vec![7u8; 1024 * 1024];
+    for _ in 0..SENT {
+        peer.send(integration_tests::frames(&[b"", &body])).await?;
+    }
+    let page = scrape_until(&metrics, "every request read", |page| {
+        sample(page, "majordomo_requests_total") == Some(SENT as f64)
+    })
+    .await?;
+    let queued = sample(&page, "majordomo_queued").context("queued")?;
+    let queued_bytes = sample(&page, "majordomo_queued_bytes").context("queued bytes")?;
+    let rejected = sample(&page, "majordomo_rejected_total").context("rejected")?;
+    assert!(queued_bytes <= (BOUND_MIB << 20) as f64, "{page}");
+    assert_eq!(queued + rejected, SENT as f64, "{page}");
+    assert!(rejected >= (SENT as u64 - BOUND_MIB) as f64, "{page}");
+    let grown = queue.rss_kib()?.saturating_sub(baseline);
+    println!("ppqueue: {queued} requests ({queued_bytes} bytes) queued, RSS grew {grown} KiB");
+    // Its bound and the transport's buffers of the message being read.
+    assert!(
+        grown < (BOUND_MIB + 24) * 1024,
+        "RSS grew {grown} KiB with a {BOUND_MIB} MiB bound"
+    );
+    Ok(())
+}

@@ -47,6 +47,7 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
+pub use majordomo_proto::mmi::{StatsQuery, DEFAULT_PAGE};
 pub use majordomo_proto::Limits;
 
 /// Why a broker could not start or stopped.
@@ -243,6 +244,7 @@ impl BrokerBuilder {
             core: BrokerCore::new(majordomo_rt::clock::now(), self.config)
                 .with_stats_encoder(encode_stats),
             latency: HashMap::new(),
+            other_latency: None,
             client_socket: find(EndpointRole::Clients).or(shared),
             worker_socket: find(EndpointRole::Workers).or(shared),
             roles,
@@ -264,47 +266,91 @@ fn encode_stats(stats: &BrokerStats) -> Bytes {
     Bytes::from(serde_json::to_vec(stats).unwrap_or_default())
 }
 
-/// Most services whose latency histogram handle is kept; past it the cache starts over (the
-/// handles are registered again on their next reply), so peer-chosen names cannot grow it.
-const MAX_LATENCY_HANDLES: usize = 4096;
+/// Most services with a latency series of their own
+/// (`majordomo_request_duration_seconds{service}`): the first services to be answered take the
+/// slots and keep them until the broker forgets them; replies of other services are recorded
+/// under [`OTHER_SERVICES`]. Bounds the metric state and the `/metrics` page whatever the names.
+pub const MAX_SERVICE_SERIES: usize = 100;
+
+/// The `service` label of the latency of services past [`MAX_SERVICE_SERIES`].
+pub const OTHER_SERVICES: &str = "(other)";
+
+/// How long a histogram handle is used before it is looked up again: a recorder that forgets
+/// idle series (the binary's forgets them after five minutes) then gets the series back at the
+/// next reply instead of the handle recording into a series it forgot.
+const HANDLE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The broker core as the server loop drives it: which socket serves which role.
 struct BrokerMachine {
     core: BrokerCore,
-    /// `majordomo_request_duration_seconds{service}`, registered with the metrics recorder at
-    /// a service's first reply, then recorded to without building its label again.
-    latency: HashMap<Bytes, metrics::Histogram>,
+    /// `majordomo_request_duration_seconds{service}` of up to [`MAX_SERVICE_SERIES`] services,
+    /// with when each handle was looked up, recorded to without building its label again.
+    latency: HashMap<Bytes, (metrics::Histogram, Instant)>,
+    /// The series of the services past them.
+    other_latency: Option<(metrics::Histogram, Instant)>,
     roles: Vec<EndpointRole>,
     client_socket: Option<usize>,
     worker_socket: Option<usize>,
 }
 
+/// `handle` if it was looked up less than [`HANDLE_REFRESH`] before `now`, otherwise a new one
+/// from `register`.
+fn fresh(
+    handle: &mut Option<(metrics::Histogram, Instant)>,
+    now: Instant,
+    register: impl FnOnce() -> metrics::Histogram,
+) -> &metrics::Histogram {
+    if handle
+        .as_ref()
+        .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= HANDLE_REFRESH)
+    {
+        *handle = Some((register(), now));
+    }
+    &handle.as_ref().expect("set above").0
+}
+
 impl BrokerMachine {
     /// Records what the core reports happened as metrics; called after every call into it.
-    fn record_events(&mut self) {
+    fn record_events(&mut self, now: Instant) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::Dropped { reason } => {
                     metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
                         .increment(1);
                 }
+                Event::DroppedMany { reason, count } => {
+                    metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+                        .increment(count);
+                }
                 Event::ProtocolError { kind } => {
                     metrics::counter!("majordomo_protocol_errors_total", "kind" => kind)
                         .increment(1);
                 }
+                Event::ServiceForgotten { service } => {
+                    // Its slot goes to the next service answered; the recorder forgets the
+                    // series once it is idle.
+                    self.latency.remove(&service);
+                }
                 Event::Replied { service, latency } => {
                     let seconds = latency.as_secs_f64();
-                    if let Some(histogram) = self.latency.get(&service) {
-                        histogram.record(seconds);
+                    let labelled = self.latency.len() < MAX_SERVICE_SERIES
+                        || self.latency.contains_key(&service);
+                    if !labelled {
+                        fresh(&mut self.other_latency, now, || {
+                            metrics::histogram!("majordomo_request_duration_seconds", "service" => OTHER_SERVICES)
+                        })
+                        .record(seconds);
                         continue;
                     }
-                    if self.latency.len() >= MAX_LATENCY_HANDLES {
-                        self.latency.clear();
+                    let mut slot = self.latency.remove(&service);
+                    fresh(&mut slot, now, || {
+                        let name = String::from_utf8_lossy(&service).into_owned();
+                        metrics::histogram!("majordomo_request_duration_seconds", "service" => name)
+                    })
+                    .record(seconds);
+                    if let Some(slot) = slot {
+                        self.latency.insert(service, slot);
                     }
-                    let name = String::from_utf8_lossy(&service).into_owned();
-                    let histogram = metrics::histogram!("majordomo_request_duration_seconds", "service" => name);
-                    histogram.record(seconds);
-                    self.latency.insert(service, histogram);
                 }
                 // Events a later core may add are not counted here yet.
                 _ => {}
@@ -320,7 +366,9 @@ impl Machine for BrokerMachine {
         let (identity, rest) = match mdp::split_identity(&frames) {
             Ok(split) => split,
             Err(error) => {
-                warn!(%error, "message without identity");
+                // Counted and logged at a bounded rate by the core, as any invalid message.
+                self.core.handle_invalid(now, &Bytes::new(), &error);
+                self.record_events(now);
                 return;
             }
         };
@@ -339,12 +387,12 @@ impl Machine for BrokerMachine {
                     .handle_message_from(now, identity, rest, Sender::Worker);
             }
         }
-        self.record_events();
+        self.record_events(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now);
-        self.record_events();
+        self.record_events(now);
     }
 
     fn poll_timeout(&self) -> Instant {
@@ -370,7 +418,7 @@ impl Machine for BrokerMachine {
     fn handle_disconnected(&mut self, now: Instant, socket: usize, identity: &Bytes) {
         if self.roles[socket] != EndpointRole::Clients {
             self.core.handle_disconnected(now, identity);
-            self.record_events();
+            self.record_events(now);
         }
     }
 
@@ -382,7 +430,7 @@ impl Machine for BrokerMachine {
             EndpointRole::Shared => Role::Client,
         };
         self.core.handle_undeliverable(now, role, identity);
-        self.record_events();
+        self.record_events(now);
     }
 
     fn stats(&self) -> BrokerStats {
@@ -392,7 +440,7 @@ impl Machine for BrokerMachine {
     fn shutdown(&mut self) {
         info!("shutting down: DISCONNECT to every worker");
         self.core.shutdown();
-        self.record_events();
+        self.record_events(majordomo_rt::clock::now());
     }
 
     fn drain(&mut self) {
@@ -504,10 +552,11 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&json).expect("UTF-8"),
             concat!(
-                r#"{"workers":1,"idle_workers":0,"services":0,"queued":1,"queued_bytes":0,"#,
+                r#"{"workers":1,"idle_workers":0,"services":0,"service_bytes":0,"#,
+                r#""services_omitted":0,"queued":1,"queued_bytes":0,"#,
                 r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
                 r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
-                r#""protocol_errors":0,"undeliverable":0,"per_service":["#,
+                r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"per_service":["#,
                 r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
                 r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,
                 r#"{"name":"n�obody","queued":1,"queued_bytes":0,"idle_workers":0,"#,

@@ -105,8 +105,12 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
             Matcher::Full("majordomo_request_duration_seconds".to_owned()),
             LATENCY_BUCKETS,
         )?
-        // A service gone for five minutes leaves the page.
-        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)))
+        // A service gone for five minutes leaves the page, its gauges and its latency (the
+        // broker looks its latency series up again each minute, so a live one comes back).
+        .idle_timeout(
+            MetricKindMask::GAUGE | MetricKindMask::HISTOGRAM,
+            Some(Duration::from_secs(300)),
+        )
         .install_recorder()
         .context("installing the metrics recorder")?;
     gauge!("process_start_time_seconds").set(
@@ -238,6 +242,7 @@ fn record_queue(stats: &QueueStats) {
     gauge!("majordomo_workers").set(stats.workers as f64);
     gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
     gauge!("majordomo_queued").set(stats.queued as f64);
+    gauge!("majordomo_queued_bytes").set(stats.queued_bytes as f64);
     gauge!("majordomo_in_flight").set(stats.in_flight as f64);
 }
 

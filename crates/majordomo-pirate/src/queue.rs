@@ -149,10 +149,19 @@ impl QueueMachine {
     /// Counts what the core reports happened; called after every call into it.
     fn record_events(&mut self) {
         while let Some(event) = self.0.poll_event() {
-            if let Event::Dropped { reason } = event {
-                metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
-                    .increment(1);
-            }
+            let (reason, count) = match event {
+                Event::Dropped { reason } => (reason, 1),
+                Event::DroppedMany { reason, count } => (reason, count),
+                Event::ProtocolError { kind } => {
+                    metrics::counter!("majordomo_protocol_errors_total", "kind" => kind)
+                        .increment(1);
+                    continue;
+                }
+                // Events a later core may add are not counted here yet.
+                _ => continue,
+            };
+            metrics::counter!("majordomo_dropped_requests_total", "reason" => reason.label())
+                .increment(count);
         }
     }
 }
@@ -202,7 +211,10 @@ impl Machine for QueueMachine {
         self.0.stats()
     }
 
-    fn shutdown(&mut self) {}
+    fn shutdown(&mut self) {
+        self.0.shutdown();
+        self.record_events();
+    }
 }
 
 /// A Simple or Paranoid Pirate queue with its frontend (clients) and backend (workers) bound.

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use tracing::{debug, info, trace, warn};
 
 use crate::codec::{self, FromWorker, Inbound, Request as ClientCommand, ToWorker};
-use crate::drops::{DropLog, DropReason};
+use crate::drops::{DropLog, DropReason, ErrorLog};
 use crate::event::{Event, Events};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::mdp::{ClientRequest, WorkerMessage};
@@ -55,6 +55,27 @@ use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 /// expiry list and the request table, and the transport's buffers. Measured: a broker holding
 /// 100,000 queued requests of 11-byte bodies grew by 327 bytes per request, 310 beyond the frames.
 pub const REQUEST_OVERHEAD: usize = 320;
+
+/// Bytes each known service is counted for beyond its name: its entry in the service table, its
+/// queues and ring of clients, and what the driver keeps for it. Counted against
+/// [`BrokerConfig::max_queued_bytes`] with the queued requests (as [`BrokerStats::service_bytes`]).
+/// Measured (the `operations` integration test): a broker holding 20,000 services with one
+/// small request queued each grew by about 1,150 bytes per service, request included, against
+/// 1,375 counted for the service and its request.
+pub const SERVICE_OVERHEAD: usize = 1024;
+
+/// Most services [`BrokerCore::stats`] lists in [`BrokerStats::per_service`]: the busiest (most
+/// requests queued plus workers), the rest counted in [`BrokerStats::services_omitted`].
+pub const STATS_TOP_SERVICES: usize = 100;
+
+/// Most services one page of [`BrokerCore::stats_page`] lists.
+pub const MAX_STATS_PAGE: usize = 1000;
+
+/// Bytes each frame of a held message is counted for beyond its payload: its handle in the
+/// message's list of frames and its share of the transport's buffers. A request's first body
+/// frame is within [`REQUEST_OVERHEAD`]; each further one counts this, so a flood of requests of
+/// many empty frames is bounded like one of large bodies.
+pub const FRAME_OVERHEAD: usize = 64;
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +106,13 @@ pub struct BrokerConfig {
     /// 800,000 small requests). Past it, new
     /// requests for that service are dropped; the client sees a timeout.
     pub max_queued_bytes_per_service: usize,
-    /// Most bytes queued over all services (default 1 GiB), counted the same way.
+    /// Most bytes queued over all services (default 1 GiB), counted the same way, together with
+    /// [`SERVICE_OVERHEAD`] and the name of each known service.
     pub max_queued_bytes: usize,
+    /// Most services known at once (default 100,000). A request for a service not yet known is
+    /// dropped past it ([`DropReason::Services`]); a worker's READY still registers it. A service
+    /// with neither workers nor queued requests is forgotten at once.
+    pub max_services: usize,
     /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     pub max_queued_per_service: usize,
     /// Most requests queued over all services (default: no limit). All bounds apply to new
@@ -137,6 +163,12 @@ impl BrokerConfig {
         self
     }
 
+    /// Sets `max_services`; the field says what it means and its default.
+    pub fn max_services(mut self, max_services: usize) -> Self {
+        self.max_services = max_services;
+        self
+    }
+
     /// Sets `max_queued_per_service`; the field says what it means and its default.
     pub fn max_queued_per_service(mut self, max_queued_per_service: usize) -> Self {
         self.max_queued_per_service = max_queued_per_service;
@@ -182,6 +214,7 @@ impl Default for BrokerConfig {
             busy_timeout: Duration::from_secs(900),
             max_queued_bytes_per_service: 256 * 1024 * 1024,
             max_queued_bytes: 1024 * 1024 * 1024,
+            max_services: 100_000,
             max_queued_per_service: usize::MAX,
             max_queued_total: usize::MAX,
             max_deliveries: 3,
@@ -220,7 +253,8 @@ impl Transmit {
 /// ignored and missing ones zero).
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
-/// + abandoned` holds between calls (until [`BrokerCore::shutdown`], which forgets everything).
+/// + abandoned + dropped_at_shutdown` holds between calls, and after [`BrokerCore::shutdown`]
+/// (which moves what was queued or in flight to `dropped_at_shutdown`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -231,6 +265,12 @@ pub struct BrokerStats {
     pub idle_workers: usize,
     /// Services known (with workers or queued requests).
     pub services: usize,
+    /// Bytes the known services are counted for ([`SERVICE_OVERHEAD`] and the name of each),
+    /// bounded with `queued_bytes` by [`BrokerConfig::max_queued_bytes`].
+    pub service_bytes: usize,
+    /// Known services not listed in `per_service` (see [`BrokerCore::stats`] and
+    /// [`BrokerCore::stats_page`]).
+    pub services_omitted: usize,
     /// Requests queued, not yet with a worker.
     pub queued: usize,
     /// Bytes those requests are counted for (see [`BrokerConfig::max_queued_bytes`]).
@@ -261,7 +301,11 @@ pub struct BrokerStats {
     /// Messages the driver could not deliver (peer gone, or its queue full past the send
     /// timeout, or held after that).
     pub undeliverable: u64,
-    /// Each known service, sorted by name.
+    /// Requests still queued or in flight when the broker stopped ([`BrokerCore::shutdown`]),
+    /// dropped unanswered (`majordomo_dropped_requests_total{reason="drain"}`).
+    pub dropped_at_shutdown: u64,
+    /// Known services, sorted by name: the [`STATS_TOP_SERVICES`] busiest, or one page of
+    /// [`BrokerCore::stats_page`]; `services_omitted` says how many more there are.
     pub per_service: Vec<ServiceStats>,
 }
 
@@ -345,8 +389,8 @@ enum StateError {
     /// The worker already holds a request.
     #[error("the worker already holds a request")]
     Busy,
-    /// The parts gathered for a v0.1 client passed the message size limit.
-    #[error("the reply's parts passed the message size limit")]
+    /// The parts gathered for a v0.1 client passed the frame or message size limit.
+    #[error("the reply's parts passed the frame or message size limit")]
     Overflowed,
     /// Parts of the reply reached the client: the request cannot go to another worker.
     #[error("parts of the reply reached the client")]
@@ -365,19 +409,30 @@ enum ReplyState {
     /// PARTIALs went on to its v0.2 client: it is never replayed to another worker.
     Streaming,
     /// PARTIALs gathered for its v0.1 client, which takes one REPLY: sent with the FINAL.
-    Gathering(Vec<Bytes>),
-    /// The gathered parts passed the message size limit: the reply will be dropped.
+    Gathering {
+        /// The frames gathered so far, in order.
+        parts: Vec<Bytes>,
+        /// Their payload bytes, kept so each part costs only its own frames to check.
+        size: usize,
+    },
+    /// The gathered parts passed the frame or size limit: the reply will be dropped.
     Overflowed,
 }
 
+/// Frames of a v0.1 REPLY to a client ahead of its body (empty delimiter, `MDPC01`, service):
+/// a gathered reply's body may have the frame limit less these.
+const REPLY_HEADER_FRAMES: usize = 3;
+
 impl ReplyState {
     /// A PARTIAL of the reply to a client in `form`: returns the part to forward to a v0.2
-    /// client, or gathers it for a v0.1 one (nothing to forward), up to `max` bytes.
+    /// client, or gathers it for a v0.1 one (nothing to forward). The gathered reply is held to
+    /// the limits of an inbound message (`max_frames` with its header, `max_message_size`):
+    /// past them it is [`ReplyState::Overflowed`]. Each part costs only its own frames.
     fn on_partial(
         &mut self,
         form: Version,
         body: Vec<Bytes>,
-        max: usize,
+        limits: &Limits,
     ) -> Result<Option<(Dialect, Vec<Bytes>)>, StateError> {
         match (form, &mut *self) {
             (Version::V02(dialect), Self::Awaiting | Self::Streaming) => {
@@ -385,38 +440,60 @@ impl ReplyState {
                 Ok(Some((dialect, body)))
             }
             (Version::V01, Self::Awaiting) => {
-                *self = Self::gathered(Vec::new(), body, max);
+                *self = Self::Gathering {
+                    parts: Vec::new(),
+                    size: 0,
+                };
+                self.gather(body, limits);
                 Ok(None)
             }
-            (Version::V01, Self::Gathering(parts)) => {
-                *self = Self::gathered(std::mem::take(parts), body, max);
+            (Version::V01, Self::Gathering { .. }) => {
+                self.gather(body, limits);
                 Ok(None)
             }
             // Past the limit already: the rest is dropped too.
             (Version::V01, Self::Overflowed) => Ok(None),
             (Version::V01, Self::Streaming)
-            | (Version::V02(_), Self::Gathering(_) | Self::Overflowed) => {
+            | (Version::V02(_), Self::Gathering { .. } | Self::Overflowed) => {
                 Err(StateError::WrongVersion)
             }
         }
     }
 
-    fn gathered(mut parts: Vec<Bytes>, body: Vec<Bytes>, max: usize) -> Self {
-        let size = parts.iter().chain(&body).map(Bytes::len).sum::<usize>();
-        if size > max {
-            Self::Overflowed
-        } else {
-            parts.extend(body);
-            Self::Gathering(parts)
+    /// Adds `body` to the parts being gathered, or overflows past the limits (dropping what was
+    /// gathered). Linear in `body`'s frames.
+    fn gather(&mut self, body: Vec<Bytes>, limits: &Limits) {
+        let Self::Gathering { parts, size } = self else {
+            return;
+        };
+        let max_frames = limits.max_frames.saturating_sub(REPLY_HEADER_FRAMES);
+        let added = body.iter().map(Bytes::len).sum::<usize>();
+        if parts.len() + body.len() > max_frames || *size + added > limits.max_message_size {
+            *self = Self::Overflowed;
+            return;
         }
+        *size += added;
+        parts.extend(body);
     }
 
-    /// The FINAL's body, behind the parts gathered for a v0.1 client; refused past the limit.
-    fn into_body(self, body: Vec<Bytes>) -> Result<Vec<Bytes>, StateError> {
+    /// Whether the gathered parts passed the limits.
+    fn is_overflowed(&self) -> bool {
+        matches!(self, Self::Overflowed)
+    }
+
+    /// The FINAL's body, behind the parts gathered for a v0.1 client; refused past the limits
+    /// (the FINAL's frames count too).
+    fn into_body(mut self, body: Vec<Bytes>, limits: &Limits) -> Result<Vec<Bytes>, StateError> {
+        if matches!(self, Self::Gathering { .. }) {
+            self.gather(body, limits);
+            return match self {
+                Self::Gathering { parts, .. } => Ok(parts),
+                _ => Err(StateError::Overflowed),
+            };
+        }
         match self {
             Self::Awaiting | Self::Streaming => Ok(body),
-            Self::Gathering(parts) => Ok(crate::session::parts_then(parts, body)),
-            Self::Overflowed => Err(StateError::Overflowed),
+            Self::Gathering { .. } | Self::Overflowed => Err(StateError::Overflowed),
         }
     }
 
@@ -425,7 +502,7 @@ impl ReplyState {
     fn restart(&mut self) -> Result<(), StateError> {
         match self {
             Self::Streaming => Err(StateError::Streamed),
-            Self::Awaiting | Self::Gathering(_) | Self::Overflowed => {
+            Self::Awaiting | Self::Gathering { .. } | Self::Overflowed => {
                 *self = Self::Awaiting;
                 Ok(())
             }
@@ -636,7 +713,11 @@ pub struct BrokerCore {
     waits: VecDeque<(Instant, u64)>,
     /// Bytes queued over all services.
     queued_bytes: usize,
+    /// Bytes the known services are counted for (see [`SERVICE_OVERHEAD`]).
+    service_bytes: usize,
     drops: DropLog,
+    /// Rate-limited log of protocol errors, and their events.
+    errors: ErrorLog,
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
@@ -663,7 +744,9 @@ impl BrokerCore {
             expiries: VecDeque::new(),
             waits: VecDeque::new(),
             queued_bytes: 0,
+            service_bytes: 0,
             drops: DropLog::default(),
+            errors: ErrorLog::default(),
             next_id: 0,
             transmits: VecDeque::new(),
             events: Events::default(),
@@ -685,7 +768,10 @@ impl BrokerCore {
     /// The next thing that happened for the driver to count (drops, decode errors, reply
     /// latencies); poll after each call. At most [`crate::event::MAX_EVENTS`] are held.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop().or_else(|| self.drops.poll_event())
+        self.events
+            .pop()
+            .or_else(|| self.errors.poll_event())
+            .or_else(|| self.drops.poll_event())
     }
 
     /// The configuration in force.
@@ -693,16 +779,62 @@ impl BrokerCore {
         &self.config
     }
 
-    /// Current counters and gauges.
+    /// Current counters and gauges, with the [`STATS_TOP_SERVICES`] busiest services (most
+    /// requests queued plus workers) in `per_service`, sorted by name. Linear in the services and
+    /// workers known, whatever their number; [`BrokerCore::stats_page`] lists the rest.
     pub fn stats(&self) -> BrokerStats {
+        let mut busiest: Vec<(&Bytes, &Service)> = self.services.iter().collect();
+        let busyness = |s: &Service| s.queued + s.workers;
+        if busiest.len() > STATS_TOP_SERVICES {
+            busiest.select_nth_unstable_by(STATS_TOP_SERVICES - 1, |a, b| {
+                busyness(b.1).cmp(&busyness(a.1)).then_with(|| a.0.cmp(b.0))
+            });
+            busiest.truncate(STATS_TOP_SERVICES);
+        }
+        self.stats_listing(busiest)
+    }
+
+    /// As [`BrokerCore::stats`], with `per_service` one page of the services whose name starts
+    /// with `prefix`, in name order: skipping `offset`, at most `limit` (up to
+    /// [`MAX_STATS_PAGE`]). `services_omitted` counts the known services not on the page.
+    pub fn stats_page(&self, prefix: &[u8], offset: usize, limit: usize) -> BrokerStats {
+        let mut matching: Vec<(&Bytes, &Service)> = self
+            .services
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect();
+        matching.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let page = matching
+            .into_iter()
+            .skip(offset)
+            .take(limit.min(MAX_STATS_PAGE))
+            .collect();
+        self.stats_listing(page)
+    }
+
+    /// The totals, with `listed` as `per_service` (sorted by name).
+    fn stats_listing(&self, listed: Vec<(&Bytes, &Service)>) -> BrokerStats {
+        let mut heartbeating: HashMap<&Bytes, usize> = HashMap::new();
+        for worker in self.workers.values() {
+            if worker.state.heartbeats_when_busy() {
+                *heartbeating.entry(&worker.service).or_default() += 1;
+            }
+        }
+        let mut per_service: Vec<ServiceStats> = listed
+            .into_iter()
+            .map(|(name, s)| self.service_entry(name, s, heartbeating.get(name).copied()))
+            .collect();
+        per_service.sort_by(|a, b| a.name.cmp(&b.name));
         BrokerStats {
             workers: self.workers.len(),
             idle_workers: self.services.values().map(|s| s.idle.len()).sum(),
             services: self.services.len(),
+            service_bytes: self.service_bytes,
+            services_omitted: self.services.len() - per_service.len(),
             queued: self.requests.len(),
             queued_bytes: self.queued_bytes,
             in_flight: self.workers.values().filter(|w| w.state.is_busy()).count(),
-            per_service: self.service_stats(),
+            per_service,
             draining: self.draining,
             ..self.stats.clone()
         }
@@ -710,28 +842,28 @@ impl BrokerCore {
 
     /// Gauges of every known service, sorted by name; ages as of the latest call's `now`.
     pub fn service_stats(&self) -> Vec<ServiceStats> {
-        let mut services: Vec<ServiceStats> = self
-            .services
-            .iter()
-            .map(|(name, s)| ServiceStats {
-                name: name.clone(),
-                oldest_queued_ms: self.oldest_received(s).map_or(0, |at| {
-                    let age = self.now.saturating_duration_since(at);
-                    u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
-                }),
-                queued: s.queued,
-                queued_bytes: s.queued_bytes,
-                idle_workers: s.idle.len(),
-                busy_workers: s.workers - s.idle.len(),
-                busy_heartbeating: self
-                    .workers
-                    .values()
-                    .filter(|w| w.service == name && w.state.heartbeats_when_busy())
-                    .count(),
-            })
-            .collect();
-        services.sort_by(|a, b| a.name.cmp(&b.name));
-        services
+        let mut listing = self.stats_listing(self.services.iter().collect());
+        std::mem::take(&mut listing.per_service)
+    }
+
+    fn service_entry(
+        &self,
+        name: &Bytes,
+        s: &Service,
+        heartbeating: Option<usize>,
+    ) -> ServiceStats {
+        ServiceStats {
+            name: name.clone(),
+            oldest_queued_ms: self.oldest_received(s).map_or(0, |at| {
+                let age = self.now.saturating_duration_since(at);
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+            }),
+            queued: s.queued,
+            queued_bytes: s.queued_bytes,
+            idle_workers: s.idle.len(),
+            busy_workers: s.workers - s.idle.len(),
+            busy_heartbeating: heartbeating.unwrap_or(0),
+        }
     }
 
     /// Keeps the latest `now` seen (calls may come with the same instant, never an earlier one
@@ -773,6 +905,7 @@ impl BrokerCore {
             self.expiries.front().map(|(at, _)| *at),
             self.waits.front().map(|(at, _)| *at),
             self.drops.poll_timeout(),
+            self.errors.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -860,9 +993,13 @@ impl BrokerCore {
     pub fn handle_invalid(&mut self, now: Instant, identity: &Bytes, error: &DecodeError) {
         self.tick(now);
         self.stats.protocol_errors += 1;
-        self.events
-            .push(Event::ProtocolError { kind: error.kind() });
-        warn!(peer = %Peer(identity), %error, "dropped invalid message");
+        self.errors.record(
+            now,
+            identity,
+            error.kind(),
+            "dropped invalid message",
+            error,
+        );
         if self.workers.contains_key(identity) {
             self.disconnect_worker(now, identity, true);
         }
@@ -899,13 +1036,19 @@ impl BrokerCore {
         let size = REQUEST_OVERHEAD
             + identity.len()
             + request.service.len()
-            + request.body.iter().map(Bytes::len).sum::<usize>();
-        let (service_queued, service_bytes) = self
-            .services
-            .get(&request.service)
-            .map_or((0, 0), |s| (s.queued, s.queued_bytes));
+            + request.body.iter().map(Bytes::len).sum::<usize>()
+            + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
+        let known = self.services.get(&request.service);
+        let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
+        // A request for a service not yet known costs its entry too.
+        let entry = match known {
+            Some(_) => 0,
+            None => SERVICE_OVERHEAD + request.service.len(),
+        };
         let config = &self.config;
-        let bound = if self.queued_bytes + size > config.max_queued_bytes {
+        let bound = if known.is_none() && self.services.len() >= config.max_services {
+            Some(DropReason::Services)
+        } else if self.queued_bytes + self.service_bytes + entry + size > config.max_queued_bytes {
             Some(DropReason::TotalBytes)
         } else if service_bytes + size > config.max_queued_bytes_per_service {
             Some(DropReason::ServiceBytes)
@@ -961,7 +1104,11 @@ impl BrokerCore {
             )],
             (mmi::STATS, Some(encode)) => {
                 // As of this request: counted among the requests, its reply not yet sent.
-                vec![Bytes::from_static(mmi::OK), encode(&self.stats())]
+                let stats = match mmi::StatsQuery::parse(&request.body) {
+                    Some(page) => self.stats_page(&page.prefix, page.offset, page.limit),
+                    None => self.stats(),
+                };
+                vec![Bytes::from_static(mmi::OK), encode(&stats)]
             }
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
@@ -991,17 +1138,17 @@ impl BrokerCore {
                 FromWorker::Ready { service } if mmi::is_mmi(&service) => {
                     // "It MUST disconnect any workers that attempt to register services in this
                     // namespace." (8/MMI)
-                    self.protocol_violation(identity, "READY for an mmi.* service", form);
+                    self.protocol_violation(now, identity, "READY for an mmi.* service", form);
                 }
                 FromWorker::Ready { service } => self.register(now, identity, service, form),
                 // "The worker MAY send DISCONNECT at any time, including before READY."
                 FromWorker::Disconnect => {}
                 // Answered in the worker's own form.
                 FromWorker::Reply { .. } => {
-                    self.protocol_violation(identity, "reply before READY", form)
+                    self.protocol_violation(now, identity, "reply before READY", form)
                 }
                 FromWorker::Heartbeat => {
-                    self.protocol_violation(identity, "HEARTBEAT before READY", form)
+                    self.protocol_violation(now, identity, "HEARTBEAT before READY", form)
                 }
             }
             return;
@@ -1027,7 +1174,13 @@ impl BrokerCore {
             FromWorker::Ready { .. } => {
                 // "The worker MUST NOT send a further READY."
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), "second READY, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "second_ready",
+                    "worker disconnected",
+                    &"a second READY",
+                );
                 self.disconnect_worker(now, identity, true);
             }
             FromWorker::Disconnect => {
@@ -1051,19 +1204,31 @@ impl BrokerCore {
 
     /// A PARTIAL: forwarded to a v0.2 client as it comes, gathered for a v0.1 one.
     fn handle_partial(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
-        let max = self.config.limits.max_message_size;
+        let limits = self.config.limits;
         let worker = self.workers.get_mut(identity).expect("registered");
         let held = match worker.state.in_flight_mut(&client) {
             Ok(held) => held,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "PARTIAL for no request in flight, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "partial_without_request",
+                    "PARTIAL for no request in flight: worker disconnected",
+                    &error,
+                );
                 self.disconnect_worker(now, identity, true);
                 return;
             }
         };
         let InFlight { request, reply } = held;
-        match reply.on_partial(request.form, body, max) {
+        let was_overflowed = reply.is_overflowed();
+        let outcome = reply.on_partial(request.form, body, &limits);
+        if reply.is_overflowed() && !was_overflowed {
+            // Counted as abandoned at the FINAL, with the worker idle again; logged once here.
+            debug!(worker = %Peer(identity), client = %Peer(&client), max_frames = limits.max_frames, max_size = limits.max_message_size, "reply in parts past the frame or size limit for a v0.1 client: its parts are dropped");
+        }
+        match outcome {
             Ok(Some((dialect, body))) => {
                 let frames = codec::v02_reply_frames(
                     Some(&client),
@@ -1095,7 +1260,13 @@ impl BrokerCore {
                 // A reply the worker was not asked for (idle, or another client's address): the
                 // worker is confused; what it held goes back to the queue.
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), %error, "reply for no request in flight, disconnecting");
+                self.errors.record(
+                    now,
+                    identity,
+                    "reply_without_request",
+                    "reply for no request in flight: worker disconnected",
+                    &error,
+                );
                 self.disconnect_worker(now, identity, true);
                 return;
             }
@@ -1103,13 +1274,16 @@ impl BrokerCore {
         let service = worker.service.clone();
         worker.heartbeat.on_send(now);
         let received = request.received;
-        match reply.into_body(body) {
+        match reply.into_body(body, &self.config.limits) {
             Ok(body) => self.send_reply(&client, request.service, body, request.form),
             Err(_) => {
-                // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY: the
-                // client gets none and retries; the worker goes on.
+                // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY (the
+                // limits of an inbound message): the client gets none and retries; the worker
+                // goes on.
                 self.stats.abandoned += 1;
-                warn!(worker = %Peer(identity), client = %Peer(&client), max = self.config.limits.max_message_size, "reply in parts larger than the message size limit for a v0.1 client, dropped");
+                debug!(worker = %Peer(identity), client = %Peer(&client), "reply in parts past the limits for a v0.1 client, dropped");
+                self.drops
+                    .record(now, &request.service, DropReason::Abandoned);
             }
         }
         if let Some(svc) = self.services.get_mut(&service) {
@@ -1179,6 +1353,7 @@ impl BrokerCore {
             }
         }
         self.drops.handle_timeout(now);
+        self.errors.handle_timeout(now);
         if now >= self.next_tick {
             self.next_tick = now + self.config.heartbeat.interval;
             self.purge_dead_workers(now);
@@ -1237,8 +1412,24 @@ impl BrokerCore {
             && self.workers.values().all(|w| !w.state.is_busy())
     }
 
-    /// Tells every worker DISCONNECT and forgets all workers and queued requests.
+    /// Tells every worker DISCONNECT and forgets all workers and queued requests. What was
+    /// queued or in flight is counted in [`BrokerStats::dropped_at_shutdown`], reported as one
+    /// [`Event::DroppedMany`] ([`DropReason::Drain`]) and logged in one line.
     pub fn shutdown(&mut self) {
+        let queued = self.requests.len();
+        let in_flight = self.workers.values().filter(|w| w.state.is_busy()).count();
+        let dropped = (queued + in_flight) as u64;
+        if dropped > 0 {
+            self.stats.dropped_at_shutdown += dropped;
+            self.events.push(Event::DroppedMany {
+                reason: DropReason::Drain,
+                count: dropped,
+            });
+            warn!(
+                queued,
+                in_flight, "stopping: requests still held are dropped unanswered"
+            );
+        }
         let workers: Vec<(Bytes, Version)> = self
             .workers
             .iter()
@@ -1249,6 +1440,7 @@ impl BrokerCore {
         }
         self.workers.clear();
         self.services.clear();
+        self.service_bytes = 0;
         self.requests.clear();
         self.expiries.clear();
         self.waits.clear();
@@ -1266,15 +1458,28 @@ impl BrokerCore {
                 form,
             },
         );
+        self.know_service(&service);
         let svc = self.services.entry(service.clone()).or_default();
         svc.workers += 1;
         svc.idle.push_back(identity.clone());
         self.dispatch(now, &service);
     }
 
-    fn protocol_violation(&mut self, identity: &Bytes, what: &'static str, form: Version) {
+    fn protocol_violation(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        what: &'static str,
+        form: Version,
+    ) {
         self.stats.protocol_errors += 1;
-        warn!(peer = %Peer(identity), what, "unexpected command, sending DISCONNECT");
+        self.errors.record(
+            now,
+            identity,
+            "unexpected_command",
+            "unexpected command: DISCONNECT sent",
+            &what,
+        );
         // "The broker MUST respond to any valid but unexpected command by sending DISCONNECT and
         // then no further commands to that worker."
         self.push_worker(identity, ToWorker::Disconnect, form);
@@ -1342,6 +1547,7 @@ impl BrokerCore {
     fn enqueue(&mut self, now: Instant, request: Request, front: bool) {
         let id = self.next_id;
         self.next_id += 1;
+        self.know_service(&request.service);
         let svc = self.services.entry(request.service.clone()).or_default();
         let expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
         if let Some(at) = expires_at {
@@ -1482,9 +1688,22 @@ impl BrokerCore {
         });
     }
 
+    /// Counts the entry `service` is about to get if it is not known yet.
+    fn know_service(&mut self, service: &Bytes) {
+        if !self.services.contains_key(service) {
+            self.service_bytes += SERVICE_OVERHEAD + service.len();
+        }
+    }
+
+    /// Forgets a service with neither workers nor queued requests, reporting it as
+    /// [`Event::ServiceForgotten`] so the driver forgets what it keeps for it.
     fn drop_service_if_unused(&mut self, service: &Bytes) {
         if self.services.get(service).is_some_and(Service::is_unused) {
             self.services.remove(service);
+            self.service_bytes -= SERVICE_OVERHEAD + service.len();
+            self.events.push(Event::ServiceForgotten {
+                service: service.clone(),
+            });
         }
     }
 }
@@ -1556,56 +1775,105 @@ mod tests {
         assert!(state.into_held().is_some());
     }
 
+    /// Limits of `size` bytes and `frames` body frames for a gathered reply.
+    fn limits(size: usize, frames: usize) -> Limits {
+        Limits::default()
+            .max_message_size(size)
+            .max_frames(frames + REPLY_HEADER_FRAMES)
+    }
+
+    fn gathering(frames: &[&'static [u8]]) -> ReplyState {
+        let parts = parts(frames);
+        let size = parts.iter().map(Bytes::len).sum();
+        ReplyState::Gathering { parts, size }
+    }
+
     #[test]
     fn parts_stream_to_a_v02_client_and_the_request_is_then_never_replayed() {
+        let l = limits(10, 10);
         let mut reply = ReplyState::Awaiting;
-        let got = reply.on_partial(V02, parts(&[b"1"]), 10).unwrap();
+        let got = reply.on_partial(V02, parts(&[b"1"]), &l).unwrap();
         assert_eq!(got, Some((Dialect::Rfc18, parts(&[b"1"]))));
         assert_eq!(reply, ReplyState::Streaming);
-        assert!(reply.on_partial(V02, parts(&[b"2"]), 10).unwrap().is_some());
+        assert!(reply.on_partial(V02, parts(&[b"2"]), &l).unwrap().is_some());
         assert_eq!(reply.restart(), Err(StateError::Streamed));
         assert_eq!(reply, ReplyState::Streaming);
         // A v0.1 client's request is never streaming.
         assert_eq!(
-            reply.on_partial(Version::V01, parts(&[b"3"]), 10),
+            reply.on_partial(Version::V01, parts(&[b"3"]), &l),
             Err(StateError::WrongVersion)
         );
-        assert_eq!(reply.into_body(parts(&[b"f"])), Ok(parts(&[b"f"])));
+        assert_eq!(reply.into_body(parts(&[b"f"]), &l), Ok(parts(&[b"f"])));
     }
 
     #[test]
     fn parts_are_gathered_for_a_v01_client_up_to_the_limit() {
+        let l = limits(5, 10);
         let mut reply = ReplyState::Awaiting;
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"ab"]), 4), Ok(None));
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"cd"]), 4), Ok(None));
-        assert_eq!(reply, ReplyState::Gathering(parts(&[b"ab", b"cd"])));
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"ab"]), &l),
+            Ok(None)
+        );
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cd"]), &l),
+            Ok(None)
+        );
+        assert_eq!(reply, gathering(&[b"ab", b"cd"]));
         // A v0.2 client's request is never gathering.
         assert_eq!(
-            reply.on_partial(V02, parts(&[b"x"]), 4),
+            reply.on_partial(V02, parts(&[b"x"]), &l),
             Err(StateError::WrongVersion)
         );
-        let mut replay = ReplyState::Gathering(parts(&[b"ab"]));
+        let mut replay = gathering(&[b"ab"]);
         assert_eq!(replay.restart(), Ok(()));
         assert_eq!(replay, ReplyState::Awaiting);
         assert_eq!(
-            reply.into_body(parts(&[b"f"])),
+            reply.into_body(parts(&[b"f"]), &l),
             Ok(parts(&[b"ab", b"cd", b"f"]))
         );
-        // Past the limit: overflowed, the rest dropped, and the reply refused.
-        let mut reply = ReplyState::Gathering(parts(&[b"ab"]));
+        // The FINAL counts too: one byte past the limit refuses the whole reply.
         assert_eq!(
-            reply.on_partial(Version::V01, parts(&[b"cde"]), 4),
+            gathering(&[b"ab", b"cd"]).into_body(parts(&[b"fg"]), &l),
+            Err(StateError::Overflowed)
+        );
+        // Past the limit: overflowed, the rest dropped, and the reply refused.
+        let mut reply = gathering(&[b"ab"]);
+        assert_eq!(
+            reply.on_partial(Version::V01, parts(&[b"cdef"]), &l),
             Ok(None)
         );
         assert_eq!(reply, ReplyState::Overflowed);
-        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), 4), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, parts(&[b"z"]), &l), Ok(None));
         assert_eq!(reply, ReplyState::Overflowed);
         assert_eq!(
-            ReplyState::Overflowed.into_body(parts(&[b"f"])),
+            ReplyState::Overflowed.into_body(parts(&[b"f"]), &l),
             Err(StateError::Overflowed)
         );
         // Another worker starts over.
         assert_eq!(reply.restart(), Ok(()));
         assert_eq!(reply, ReplyState::Awaiting);
+    }
+
+    #[test]
+    fn empty_frames_count_against_the_frame_limit_of_a_gathered_reply() {
+        let l = limits(1 << 20, 4);
+        let empty = || vec![Bytes::new(); 2];
+        let mut reply = ReplyState::Awaiting;
+        assert_eq!(reply.on_partial(Version::V01, empty(), &l), Ok(None));
+        assert_eq!(reply.on_partial(Version::V01, empty(), &l), Ok(None));
+        assert!(matches!(&reply, ReplyState::Gathering { parts, size: 0 } if parts.len() == 4));
+        // The fifth frame, payload or not, is past the limit.
+        assert_eq!(
+            reply.on_partial(Version::V01, vec![Bytes::new()], &l),
+            Ok(None)
+        );
+        assert_eq!(reply, ReplyState::Overflowed);
+        // The FINAL's frames count too.
+        let mut reply = ReplyState::Awaiting;
+        reply.on_partial(Version::V01, empty(), &l).unwrap();
+        assert_eq!(
+            reply.into_body(vec![Bytes::new(); 3], &l),
+            Err(StateError::Overflowed)
+        );
     }
 }

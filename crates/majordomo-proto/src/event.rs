@@ -25,11 +25,25 @@ pub enum Event {
         /// Why.
         reason: DropReason,
     },
+    /// `count` requests were dropped at once for the same reason (at shutdown, what was still
+    /// held: [`DropReason::Drain`]); counted as `count` [`Event::Dropped`]s.
+    DroppedMany {
+        /// Why.
+        reason: DropReason,
+        /// How many.
+        count: u64,
+    },
     /// A message failed to decode and was dropped
     /// (`majordomo_protocol_errors_total{kind}`, `kind` from [`crate::DecodeError::kind`]).
     ProtocolError {
         /// The kind of error.
         kind: &'static str,
+    },
+    /// The broker forgot `service`: it has neither workers nor queued requests. A driver that
+    /// keeps something per service (a metric series) forgets it too.
+    ServiceForgotten {
+        /// The service forgotten.
+        service: Bytes,
     },
     /// A worker's reply to a request of `service` was taken, `latency` after the request
     /// arrived (`majordomo_request_duration_seconds{service}`).

@@ -18,7 +18,9 @@ pub const NOT_FOUND: &[u8] = b"404";
 /// counters and, under `per_service`, each service's queued requests and idle and busy workers
 /// (see `broker::BrokerStats`), as of the request (counted among `requests`; its own reply is not
 /// yet among `replies`), encoded by the driver (JSON in `majordomo-broker`; see
-/// `broker::BrokerCore::with_stats_encoder`). It takes no body; one is ignored.
+/// `broker::BrokerCore::with_stats_encoder`). With an empty body (as stock clients send) it
+/// lists the busiest services, counting the rest in `services_omitted`; a body naming a page
+/// ([`StatsQuery`]) lists that page instead.
 pub const STATS: &[u8] = b"mmi.stats";
 /// Status of a successful extension reply.
 pub const OK: &[u8] = b"200";
@@ -34,4 +36,88 @@ pub fn is_mmi(service: &[u8]) -> bool {
 /// The status code frame for an `mmi.service` lookup.
 pub fn service_status(found: bool) -> Bytes {
     Bytes::from_static(if found { FOUND } else { NOT_FOUND })
+}
+
+/// The page of services an `mmi.stats` request asks for: its first body frame, as text,
+/// `key=value` pairs separated by spaces or `&`: `prefix=NAME` (services whose name starts with
+/// it), `offset=N` (services to skip, in name order) and `limit=N` (most to list; the broker caps
+/// it). Unknown keys and malformed values are ignored; an empty body asks for no page (the
+/// busiest services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsQuery {
+    /// Only services whose name starts with this.
+    pub prefix: Bytes,
+    /// Services skipped, in name order.
+    pub offset: usize,
+    /// Most services listed.
+    pub limit: usize,
+}
+
+/// Services listed by a page that names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+
+impl StatsQuery {
+    /// The page `body` asks for, or `None` for an empty (or absent) first frame.
+    pub fn parse(body: &[Bytes]) -> Option<Self> {
+        let text = body.first().filter(|frame| !frame.is_empty())?;
+        let mut query = Self {
+            limit: DEFAULT_PAGE,
+            ..Self::default()
+        };
+        for pair in text
+            .split(|b| *b == b' ' || *b == b'&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => continue,
+            };
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            match key {
+                b"prefix" => query.prefix = text.slice_ref(value),
+                b"offset" => query.offset = number().unwrap_or(query.offset),
+                b"limit" => query.limit = number().unwrap_or(query.limit),
+                _ => {}
+            }
+        }
+        Some(query)
+    }
+
+    /// The first body frame that asks for this page.
+    pub fn encode(&self) -> Bytes {
+        let mut text = format!("offset={} limit={}", self.offset, self.limit).into_bytes();
+        if !self.prefix.is_empty() {
+            text.extend_from_slice(b" prefix=");
+            text.extend_from_slice(&self.prefix);
+        }
+        Bytes::from(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_queries_parse_and_round_trip() {
+        assert_eq!(StatsQuery::parse(&[]), None);
+        assert_eq!(StatsQuery::parse(&[Bytes::new()]), None);
+        let q = StatsQuery::parse(&[Bytes::from_static(b"offset=5&limit=7 prefix=ab junk x=1")])
+            .unwrap();
+        assert_eq!(
+            q,
+            StatsQuery {
+                prefix: Bytes::from_static(b"ab"),
+                offset: 5,
+                limit: 7
+            }
+        );
+        assert_eq!(StatsQuery::parse(&[q.encode()]), Some(q));
+        let defaults = StatsQuery::parse(&[Bytes::from_static(b"limit=nope")]).unwrap();
+        assert_eq!(defaults.limit, DEFAULT_PAGE);
+    }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use crate::drops::{DropLog, DropReason};
+use crate::drops::{DropLog, DropReason, ErrorLog};
 use crate::event::Event;
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::peer::Peer;
@@ -38,6 +38,11 @@ use crate::redelivery::{Deliveries, Redelivery};
 /// How the queue's drops are named in their log summaries (it has no services).
 const DROPS_KEY: Bytes = Bytes::from_static(b"(queue)");
 use crate::{ConfigError, DecodeError, Limits};
+
+/// Bytes each waiting request is counted for beyond its frames' payload: its entry in the queue,
+/// its client address's handle and the transport's buffers (each frame beyond the first counts
+/// [`crate::broker::FRAME_OVERHEAD`] more).
+pub const QUEUED_REQUEST_OVERHEAD: usize = 256;
 
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +57,10 @@ pub struct QueueConfig {
     pub request_expiry: Duration,
     /// Most requests waiting for a worker (default 10,000); more are dropped and logged.
     pub max_queued: usize,
+    /// Most bytes waiting for a worker (default 1 GiB): each request's frames, its client's
+    /// address and [`QUEUED_REQUEST_OVERHEAD`]. Past it, new requests are dropped and logged; a
+    /// request handed back by a worker that went away is taken back even past it.
+    pub max_queued_bytes: usize,
     /// How many workers one request may be given to before it is dropped (default 3).
     pub max_deliveries: u32,
     /// Size limits; larger messages are dropped.
@@ -74,6 +83,12 @@ impl QueueConfig {
     /// Sets `max_queued`; the field says what it means and its default.
     pub fn max_queued(mut self, max_queued: usize) -> Self {
         self.max_queued = max_queued;
+        self
+    }
+
+    /// Sets `max_queued_bytes`; the field says what it means and its default.
+    pub fn max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.max_queued_bytes = max_queued_bytes;
         self
     }
 
@@ -108,6 +123,7 @@ impl QueueConfig {
             heartbeat: None,
             request_expiry: Duration::from_secs(10),
             max_queued: 10_000,
+            max_queued_bytes: 1024 * 1024 * 1024,
             max_deliveries: 3,
             limits: Limits::default(),
         }
@@ -151,7 +167,7 @@ pub struct QueueTransmit {
 /// Counters and gauges of a queue.
 ///
 /// Every request is accounted for: `requests == replies + lost_replies + queued + in_flight +
-/// expired + rejected + abandoned` holds between calls. A reply counts in `replies` when the queue
+/// expired + rejected + abandoned + dropped_at_shutdown` holds between calls. A reply counts in `replies` when the queue
 /// hands it to the driver, and moves to `lost_replies` when the driver reports that it could not
 /// be sent ([`PirateQueue::handle_undeliverable`] on [`Side::Frontend`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,6 +178,8 @@ pub struct QueueStats {
     pub idle_workers: usize,
     /// Requests waiting for a worker.
     pub queued: usize,
+    /// Bytes they are counted for (see [`QueueConfig::max_queued_bytes`]).
+    pub queued_bytes: usize,
     /// Requests with a worker, not yet answered.
     pub in_flight: usize,
     /// Requests accepted from clients.
@@ -191,6 +209,9 @@ pub struct QueueStats {
     pub protocol_errors: u64,
     /// Messages the driver reported it could not deliver, to workers and clients.
     pub undeliverable: u64,
+    /// Requests still queued or in flight when the queue stopped ([`PirateQueue::shutdown`]),
+    /// dropped unanswered (`majordomo_dropped_requests_total{reason="drain"}`).
+    pub dropped_at_shutdown: u64,
 }
 
 #[derive(Debug)]
@@ -200,6 +221,8 @@ struct Request {
     /// Whether the client put an empty delimiter before its body (REQ does).
     delimited: bool,
     body: Vec<Bytes>,
+    /// Bytes counted against [`QueueConfig::max_queued_bytes`] while it waits.
+    size: usize,
     expires_at: Instant,
     deliveries: Deliveries,
 }
@@ -226,10 +249,14 @@ pub struct PirateQueue {
     idle: VecDeque<Bytes>,
     /// Requests waiting, oldest first (re-queued ones go to the front).
     queue: VecDeque<Request>,
+    /// Bytes the waiting requests are counted for.
+    queued_bytes: usize,
     next_tick: Instant,
     transmits: VecDeque<QueueTransmit>,
     stats: QueueStats,
     drops: DropLog,
+    /// Rate-limited log of protocol errors, and their events.
+    errors: ErrorLog,
 }
 
 impl PirateQueue {
@@ -244,9 +271,11 @@ impl PirateQueue {
             workers: HashMap::new(),
             idle: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             transmits: VecDeque::new(),
             stats: QueueStats::default(),
             drops: DropLog::default(),
+            errors: ErrorLog::default(),
         }
     }
 
@@ -261,6 +290,7 @@ impl PirateQueue {
             workers: self.workers.len(),
             idle_workers: self.idle.len(),
             queued: self.queue.len(),
+            queued_bytes: self.queued_bytes,
             in_flight: self
                 .workers
                 .values()
@@ -270,15 +300,38 @@ impl PirateQueue {
         }
     }
 
+    /// The queue is stopping: what is queued or in flight is dropped unanswered, counted in
+    /// [`QueueStats::dropped_at_shutdown`], reported as one [`Event::DroppedMany`]
+    /// ([`DropReason::Drain`]) and logged in one line. Workers stay registered (6/PPP has no
+    /// goodbye).
+    pub fn shutdown(&mut self) {
+        let queued = self.queue.len();
+        let mut in_flight = 0;
+        for worker in self.workers.values_mut() {
+            in_flight += usize::from(worker.in_flight.take().is_some());
+        }
+        self.queue.clear();
+        self.queued_bytes = 0;
+        let dropped = (queued + in_flight) as u64;
+        if dropped > 0 {
+            self.stats.dropped_at_shutdown += dropped;
+            self.drops.record_many(DropReason::Drain, dropped);
+            warn!(
+                queued,
+                in_flight, "stopping: requests still held are dropped unanswered"
+            );
+        }
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<QueueTransmit> {
         self.transmits.pop_front()
     }
 
-    /// The next thing that happened for the driver to count (the queue reports only
-    /// [`Event::Dropped`]); poll after each call.
+    /// The next thing that happened for the driver to count (drops and protocol errors); poll
+    /// after each call.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.drops.poll_event()
+        self.errors.poll_event().or_else(|| self.drops.poll_event())
     }
 
     /// When [`PirateQueue::handle_timeout`] must be called next: at each heartbeat interval (each
@@ -309,21 +362,41 @@ impl PirateQueue {
             Ok(parts) => parts,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(%error, "invalid client message dropped");
+                let peer = frames.first().cloned().unwrap_or_default();
+                self.errors.record(
+                    now,
+                    &peer,
+                    error.kind(),
+                    "invalid client message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
         self.stats.requests += 1;
-        if self.queue.len() >= self.config.max_queued {
+        let size = QUEUED_REQUEST_OVERHEAD
+            + client.len()
+            + body.iter().map(Bytes::len).sum::<usize>()
+            + body.len().saturating_sub(1) * crate::broker::FRAME_OVERHEAD;
+        let bound = if self.queue.len() >= self.config.max_queued {
+            Some(DropReason::TotalCount)
+        } else if self.queued_bytes + size > self.config.max_queued_bytes {
+            Some(DropReason::TotalBytes)
+        } else {
+            None
+        };
+        if let Some(reason) = bound {
             self.stats.rejected += 1;
-            debug!(client = %Peer(&client), queued = self.queue.len(), "queue full, request dropped");
-            self.drops.record(now, &DROPS_KEY, DropReason::TotalCount);
+            debug!(client = %Peer(&client), queued = self.queue.len(), queued_bytes = self.queued_bytes, %reason, "queue full, request dropped");
+            self.drops.record(now, &DROPS_KEY, reason);
             return Ok(());
         }
+        self.queued_bytes += size;
         self.queue.push_back(Request {
             client,
             delimited,
             body,
+            size,
             expires_at: now + self.config.request_expiry,
             deliveries: Deliveries::default(),
         });
@@ -338,7 +411,13 @@ impl PirateQueue {
             Ok(split) => split,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(%error, "invalid worker message dropped");
+                self.errors.record(
+                    now,
+                    &Bytes::new(),
+                    error.kind(),
+                    "invalid worker message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
@@ -350,7 +429,13 @@ impl PirateQueue {
             Ok(message) => message,
             Err(error) => {
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(identity), %error, "invalid worker message dropped");
+                self.errors.record(
+                    now,
+                    identity,
+                    error.kind(),
+                    "invalid worker message dropped",
+                    &error,
+                );
                 return Err(error);
             }
         };
@@ -371,7 +456,7 @@ impl PirateQueue {
     fn on_ready(&mut self, now: Instant, identity: Bytes, req_socket: bool) {
         if let Some(worker) = self.workers.get_mut(&identity) {
             // A known worker starting over: not a second worker. Whatever it held is lost to it.
-            info!(worker = %Peer(&identity), "worker sent READY again");
+            debug!(worker = %Peer(&identity), "worker sent READY again");
             worker.req_socket = req_socket;
             worker.rejoined = false;
             let lost = worker.in_flight.take();
@@ -446,7 +531,13 @@ impl PirateQueue {
             held => {
                 worker.in_flight = held;
                 self.stats.protocol_errors += 1;
-                warn!(worker = %Peer(&identity), "reply for no request in flight dropped");
+                self.errors.record(
+                    now,
+                    &identity,
+                    "reply_without_request",
+                    "reply for no request in flight dropped",
+                    &"no request in flight",
+                );
             }
         }
     }
@@ -494,7 +585,15 @@ impl PirateQueue {
             return;
         }
         let before = self.queue.len();
-        self.queue.retain(|r| r.expires_at > now);
+        let mut freed = 0;
+        self.queue.retain(|r| {
+            let keep = r.expires_at > now;
+            if !keep {
+                freed += r.size;
+            }
+            keep
+        });
+        self.queued_bytes -= freed;
         let expired = before - self.queue.len();
         if expired > 0 {
             self.stats.expired += expired as u64;
@@ -505,6 +604,7 @@ impl PirateQueue {
         }
         // Drop summaries are due at most a second apart; the tick is at most that far away.
         self.drops.handle_timeout(now);
+        self.errors.handle_timeout(now);
         let Some(hb) = self.config.heartbeat else {
             self.next_tick = now + Duration::from_secs(1);
             return;
@@ -567,6 +667,7 @@ impl PirateQueue {
         }
         self.stats.requeued += 1;
         request.expires_at = now + self.config.request_expiry;
+        self.queued_bytes += request.size;
         self.queue.push_front(request);
         self.dispatch(now);
     }
@@ -580,6 +681,7 @@ impl PirateQueue {
                 continue;
             };
             let mut request = self.queue.pop_front().expect("not empty");
+            self.queued_bytes -= request.size;
             request.deliveries.hand_out();
             // 6/PPP REQUEST: the client's address, the null terminator, the content.
             let mut payload = Vec::with_capacity(2 + request.body.len());

@@ -575,7 +575,16 @@ fn the_core_reports_drops_decode_errors_and_latencies_as_events() {
         }),
         "{events:?}"
     );
-    assert_eq!(events.len(), 3, "{events:?}");
+    // Both services are forgotten: the worker was purged, the request expired.
+    for service in ["echo", "nobody"] {
+        assert!(
+            events.contains(&Event::ServiceForgotten {
+                service: b(service)
+            }),
+            "{events:?}"
+        );
+    }
+    assert_eq!(events.len(), 5, "{events:?}");
     assert_eq!(s.core.poll_event(), None);
 }
 
@@ -677,12 +686,14 @@ fn a_worker_whose_connection_closes_is_removed_at_once_and_its_request_requeued(
 #[test]
 fn queues_are_bounded_by_bytes() {
     // Each request below counts REQUEST_OVERHEAD plus its frames: a 2-byte client identity, a
-    // 1-byte service, a 1-byte body.
+    // 1-byte service, a 1-byte body. Each of the two services counts SERVICE_OVERHEAD and its
+    // 1-byte name in the total.
     let each = majordomo_proto::broker::REQUEST_OVERHEAD + 4;
+    let entries = 2 * (majordomo_proto::broker::SERVICE_OVERHEAD + 1);
     let mut s = Sim::with(
         BrokerConfig::default()
             .max_queued_bytes_per_service(3 * each + each / 2)
-            .max_queued_bytes(5 * each + each / 2),
+            .max_queued_bytes(entries + 5 * each + each / 2),
     );
     for i in 0..4 {
         s.client(&format!("c{i}"), "a", "x");
@@ -697,7 +708,91 @@ fn queues_are_bounded_by_bytes() {
     );
     assert_eq!(stats.rejected, 3);
     assert_eq!(stats.queued_bytes, 5 * each);
+    assert_eq!(stats.service_bytes, entries);
     assert_eq!(stats.per_service[0].queued, 3);
+}
+
+#[test]
+fn services_are_bounded_in_number_and_counted_in_bytes_until_forgotten() {
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .request_expiry(Duration::from_secs(1))
+            .max_services(3),
+    );
+    s.ready("w", "echo");
+    for i in 0..5 {
+        s.client("c", &format!("svc{i}"), "x");
+    }
+    // The worker's service and two others; the rest are refused.
+    let stats = s.core.stats();
+    assert_eq!((stats.services, stats.queued, stats.rejected), (3, 2, 3));
+    let entry = |name: &str| majordomo_proto::broker::SERVICE_OVERHEAD + name.len();
+    assert_eq!(
+        stats.service_bytes,
+        entry("echo") + entry("svc0") + entry("svc1")
+    );
+    let dropped: Vec<Event> = std::iter::from_fn(|| s.core.poll_event())
+        .filter(|e| matches!(e, Event::Dropped { .. }))
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![
+            Event::Dropped {
+                reason: DropReason::Services
+            };
+            3
+        ]
+    );
+    // A known service still takes requests at the bound.
+    s.client("c", "svc0", "y");
+    assert_eq!(s.core.stats().queued, 3);
+    // Once expired, their services are forgotten and their bytes given back.
+    s.ready("w2", "echo");
+    s.advance(Duration::from_millis(1500));
+    s.ready("w3", "echo");
+    let stats = s.core.stats();
+    assert_eq!(stats.services, 1);
+    assert_eq!(stats.service_bytes, entry("echo"));
+    s.client("c", "svc9", "z");
+    assert_eq!(s.core.stats().services, 2);
+}
+
+#[test]
+fn stats_list_the_busiest_services_and_pages_list_the_rest() {
+    use majordomo_proto::broker::{MAX_STATS_PAGE, STATS_TOP_SERVICES};
+    let mut s = Sim::with(BrokerConfig::default().request_expiry(Duration::from_secs(60)));
+    let n = 2_000;
+    for i in 0..n {
+        s.client("c", &format!("svc{i:05}"), "x");
+    }
+    // One service with more queued than any other.
+    for _ in 0..3 {
+        s.client("c", "busy", "x");
+    }
+    let stats = s.core.stats();
+    assert_eq!(stats.services, n + 1);
+    assert_eq!(stats.per_service.len(), STATS_TOP_SERVICES);
+    assert_eq!(stats.services_omitted, n + 1 - STATS_TOP_SERVICES);
+    assert!(stats.per_service.iter().any(|p| p.name == b("busy")));
+    assert!(stats.per_service.windows(2).all(|w| w[0].name < w[1].name));
+    // Pages in name order, by prefix.
+    let page = s.core.stats_page(b"svc", 10, 5);
+    let names: Vec<Bytes> = page.per_service.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(
+        names,
+        (10..15)
+            .map(|i| b(&format!("svc{i:05}")))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(page.services_omitted, n + 1 - 5);
+    assert_eq!(
+        s.core.stats_page(b"", 0, usize::MAX).per_service.len(),
+        MAX_STATS_PAGE
+    );
+    assert_eq!(s.core.stats_page(b"svc01", 0, 1000).per_service.len(), 1000);
+    assert_eq!(s.core.stats_page(b"zzz", 0, 10).per_service.len(), 0);
+    // Every service, for the API that lists them all.
+    assert_eq!(s.core.service_stats().len(), n + 1);
 }
 
 #[test]
@@ -764,4 +859,43 @@ fn undeliverable_request_goes_to_another_worker() {
     assert_eq!(requests(&out), [("w1".into(), "job".into())]);
     s.core.handle_undeliverable(s.now, Role::Worker, &b("w1"));
     assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+}
+
+#[test]
+fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
+    let mut s = Sim::new();
+    s.ready("w", "busy");
+    s.client("c", "busy", "held");
+    for i in 0..10 {
+        s.client(&format!("c{i}"), "queued", "waits");
+    }
+    s.core.drain();
+    s.drain();
+    while s.core.poll_event().is_some() {}
+    s.core.shutdown();
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.dropped_at_shutdown, stats.queued, stats.in_flight),
+        (11, 0, 0)
+    );
+    // Every request is accounted for, after the stop too.
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::DroppedMany {
+            reason: DropReason::Drain,
+            count: 11
+        }]
+    );
+    // Stopping again drops nothing more.
+    s.core.shutdown();
+    assert_eq!(s.core.stats().dropped_at_shutdown, 11);
 }

@@ -194,6 +194,44 @@ fn parts_past_the_size_limit_for_a_v01_client_are_dropped_and_counted() {
 }
 
 #[test]
+fn parts_of_many_empty_frames_for_a_v01_client_are_held_to_the_frame_limit() {
+    // 10,000 PARTIALs of 1,000 empty frames: the first passes, the second is past the 1,024
+    // frames of an inbound message; the rest are dropped as they come, and an echo on another
+    // service is answered throughout.
+    let mut s = Sim::new();
+    s.from(b"w", &[b"MDPW02", &[0x01], b"flood"]);
+    s.from(b"e", &[b"MDPW02", &[0x01], b"echo"]);
+    s.from(b"c", &[b"", b"MDPC01", b"flood", b"q"]);
+    s.sent();
+    let mut partial: Vec<&[u8]> = vec![b"MDPW02", &[0x03], b"c", b""];
+    partial.extend(std::iter::repeat_n(&b""[..], 1000));
+    for i in 0..10_000 {
+        s.from(b"w", &partial);
+        if i % 1000 == 0 {
+            s.from(b"c2", &[b"", b"MDPC01", b"echo", b"ping"]);
+            let sent = s.sent();
+            assert_eq!(sent.len(), 1, "the echo request goes to its worker");
+            s.from(b"e", &[b"MDPW02", &[0x04], b"c2", b"", b"ping"]);
+            assert_eq!(
+                s.sent(),
+                [(Role::Client, f(&[b"c2", b"", b"MDPC01", b"echo", b"ping"]))]
+            );
+        }
+    }
+    s.from(b"w", &[b"MDPW02", &[0x04], b"c", b"", b"end"]);
+    assert!(s.sent().is_empty(), "no reply past the frame limit");
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.abandoned, stats.replies, stats.idle_workers),
+        (1, 10, 2)
+    );
+    let dropped = std::iter::from_fn(|| s.core.poll_event())
+        .filter(|e| matches!(e, majordomo_proto::event::Event::Dropped { .. }))
+        .count();
+    assert_eq!(dropped, 1, "the abandoned reply is reported as a drop");
+}
+
+#[test]
 fn a_request_that_streamed_is_not_replayed_when_its_worker_dies() {
     let mut s = Sim::new();
     s.from(b"w1", &[b"MDPW02", &[0x01], b"echo"]);

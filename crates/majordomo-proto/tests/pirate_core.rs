@@ -476,3 +476,69 @@ fn after_a_queue_restart_a_heartbeating_worker_is_served_at_its_next_heartbeat()
     let stats = s.q.stats();
     assert_eq!((stats.workers, stats.rejoined_workers), (1, 1));
 }
+
+#[test]
+fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
+    let mut s = Sim::paranoid();
+    s.ready("w");
+    s.request("c1", "held");
+    s.request("c2", "waits");
+    s.request("c3", "waits");
+    while s.q.poll_event().is_some() {}
+    s.q.shutdown();
+    let stats = s.q.stats();
+    assert_eq!(
+        (stats.dropped_at_shutdown, stats.queued, stats.in_flight),
+        (3, 0, 0)
+    );
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.lost_replies
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| s.q.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::DroppedMany {
+            reason: DropReason::Drain,
+            count: 3
+        }]
+    );
+}
+
+#[test]
+fn waiting_requests_are_bounded_by_bytes() {
+    use majordomo_proto::pirate::QUEUED_REQUEST_OVERHEAD;
+    // Each request: a 2-byte client address and a 1,000-byte body.
+    let each = QUEUED_REQUEST_OVERHEAD + 2 + 1000;
+    let mut s = Sim::with(QueueConfig::simple().max_queued_bytes(3 * each + each / 2));
+    let body = "x".repeat(1000);
+    for i in 0..5 {
+        s.request(&format!("c{i}"), &body);
+    }
+    let stats = s.q.stats();
+    assert_eq!((stats.queued, stats.rejected), (3, 2));
+    assert_eq!(stats.queued_bytes, 3 * each);
+    let dropped: Vec<Event> = std::iter::from_fn(|| s.q.poll_event()).collect();
+    assert_eq!(
+        dropped,
+        vec![
+            Event::Dropped {
+                reason: DropReason::TotalBytes
+            };
+            2
+        ]
+    );
+    // A worker takes one: its bytes are given back, and one more fits.
+    s.ready("w");
+    assert_eq!(s.q.stats().queued_bytes, 2 * each);
+    s.request("c9", &body);
+    assert_eq!(s.q.stats().queued, 3);
+    // Expired requests give theirs back too.
+    s.advance(Duration::from_secs(11));
+    assert_eq!((s.q.stats().queued, s.q.stats().queued_bytes), (0, 0));
+}

@@ -48,9 +48,14 @@ pub(crate) struct BrokerArgs {
     /// Most bytes queued for one service (frames plus 320 bytes per request), e.g. 256MiB.
     #[arg(long, default_value = "256MiB")]
     max_queued_bytes_per_service: bytesize::ByteSize,
-    /// Most bytes queued over all services, e.g. 1GiB.
+    /// Most bytes queued over all services, e.g. 1GiB; each known service counts 1 KiB and its
+    /// name in it too.
     #[arg(long, default_value = "1GiB")]
     max_queued_bytes: bytesize::ByteSize,
+    /// Most services known at once: requests for a new service past it are dropped. A service
+    /// with neither workers nor queued requests is forgotten.
+    #[arg(long, default_value_t = 100_000)]
+    max_services: usize,
     /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     #[arg(long)]
     max_queued_per_service: Option<usize>,
@@ -93,6 +98,7 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
         .busy_timeout(args.busy_timeout)
         .max_queued_bytes_per_service(byte_count(args.max_queued_bytes_per_service)?)
         .max_queued_bytes(byte_count(args.max_queued_bytes)?)
+        .max_services(args.max_services)
         .max_queued_per_service(args.max_queued_per_service.unwrap_or(usize::MAX))
         .max_queued_total(args.max_queued.unwrap_or(usize::MAX))
         .max_deliveries(args.max_deliveries)

@@ -32,6 +32,10 @@ pub(crate) struct QueueArgs {
     /// Most requests waiting for a worker; more are dropped and logged.
     #[arg(long, default_value_t = 10_000)]
     max_queued: usize,
+    /// Most bytes waiting for a worker (frames plus 256 bytes per request), e.g. 1GiB; more
+    /// requests are dropped and logged.
+    #[arg(long, default_value = "1GiB")]
+    max_queued_bytes: bytesize::ByteSize,
     /// Runtime threads: 1 (the default) for a single-threaded runtime, 0 for one per core.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
@@ -54,7 +58,8 @@ pub(crate) async fn run(args: QueueArgs, paranoid: bool) -> Result<()> {
     };
     let config = config
         .request_expiry(args.request_expiry)
-        .max_queued(args.max_queued);
+        .max_queued(args.max_queued)
+        .max_queued_bytes(super::byte_count(args.max_queued_bytes)?);
     let builder = Queue::builder()
         .frontend(&args.frontend)
         .backend(&args.backend)

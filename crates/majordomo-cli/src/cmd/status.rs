@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Args;
 use majordomo_broker::BrokerStats;
+use majordomo_broker::{StatsQuery, DEFAULT_PAGE};
 use majordomo_client::{Client, ClientConfig, ClientError};
 
 /// Exit status when the broker did not answer within the timeout.
@@ -25,6 +26,31 @@ pub(crate) struct StatusArgs {
     /// Print the broker's answer as JSON (one object: totals and `per_service`) instead of a table.
     #[arg(long)]
     json: bool,
+    /// List the services whose name starts with this, a page at a time (with `--offset` and
+    /// `--limit`), instead of the busiest.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Services to skip, in name order: the page to list (asks for a page, like `--prefix`).
+    #[arg(long)]
+    offset: Option<usize>,
+    /// Most services to list in a page (the broker lists up to 1,000; default 100).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl StatusArgs {
+    /// The `mmi.stats` body: empty for the busiest services, or the page asked for.
+    fn query(&self) -> Bytes {
+        if self.prefix.is_none() && self.offset.is_none() && self.limit.is_none() {
+            return Bytes::new();
+        }
+        StatsQuery {
+            prefix: Bytes::from(self.prefix.clone().unwrap_or_default()),
+            offset: self.offset.unwrap_or(0),
+            limit: self.limit.unwrap_or(DEFAULT_PAGE),
+        }
+        .encode()
+    }
 }
 
 /// Asks the broker for its stats and prints them. Exit status 0: the broker answered; 2: no
@@ -34,7 +60,7 @@ pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
         args.connect.clone(),
         ClientConfig::default().timeout(args.timeout).attempts(1),
     );
-    let reply = match client.request("mmi.stats", vec![Bytes::new()]).await {
+    let reply = match client.request("mmi.stats", vec![args.query()]).await {
         Ok(reply) => reply,
         Err(error @ ClientError::NoReply { .. }) => {
             eprintln!("majordomo status: {} did not answer: {error}", args.connect);
@@ -89,6 +115,13 @@ pub(crate) fn table(stats: &BrokerStats) -> String {
             s.idle_workers,
             s.busy_workers,
             oldest
+        );
+    }
+    if stats.services_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "... {} more services not listed (page through them with --prefix, --offset, --limit)",
+            stats.services_omitted
         );
     }
     let _ = writeln!(
