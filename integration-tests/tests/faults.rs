@@ -450,14 +450,26 @@ async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
-    never_reading_peer(&[]).await
+    never_reading_peer(&["--guard-relay"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_does_not_stall_a_busy_polling_broker() -> Result<()> {
-    never_reading_peer(&["--busy-poll", "200us"]).await
+    never_reading_peer(&["--guard-relay", "--busy-poll", "200us"]).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_is_closed_by_the_front_end() -> Result<()> {
+    never_reading_peer_at_the_front_end(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_reads_is_closed_by_the_front_end_of_a_busy_polling_broker() -> Result<()> {
+    never_reading_peer_at_the_front_end(&["--busy-poll", "200us"]).await
+}
+
+/// With the relay (`--guard-relay`): the flooder has its own zmq.rs connection, whose queue
+/// fills until the broker counts its replies as undeliverable.
 async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     let ep = free_endpoint()?;
     let _broker = broker(&ep, broker_args)?;
@@ -506,6 +518,117 @@ async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     }
     let _ = done.send(());
     flood.await??;
+    Ok(())
+}
+
+/// A `127.0.0.1:PORT` free for the metrics listener.
+fn free_addr() -> Result<String> {
+    Ok(free_endpoint()?
+        .strip_prefix("tcp://")
+        .context("a tcp endpoint")?
+        .to_owned())
+}
+
+/// The body of `GET /metrics` at `addr`, retried until the listener answers.
+async fn scrape(addr: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream
+                .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await?;
+            let mut response = String::new();
+            tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+                .await
+                .context("no HTTP response")??;
+            let (head, body) = response
+                .split_once("\r\n\r\n")
+                .context("an HTTP response")?;
+            anyhow::ensure!(head.contains(" 200 "), "/metrics answered {head}");
+            anyhow::Ok(body.to_owned())
+        };
+        match attempt.await {
+            Ok(page) => return Ok(page),
+            Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// With the front end (the default): the flooder's replies are queued on it by the guard, which
+/// closes it when they pass its outbound budget and counts them as dropped; the broker never
+/// blocks on it, and other clients are served throughout.
+async fn never_reading_peer_at_the_front_end(broker_args: &[&str]) -> Result<()> {
+    let ep = free_endpoint()?;
+    let metrics = free_addr()?;
+    let mut args = vec!["--metrics-listen", &metrics];
+    args.extend_from_slice(broker_args);
+    let _broker = broker(&ep, &args)?;
+    let _w = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+    let before = scrape(&metrics).await?;
+    assert_eq!(
+        sample(&before, r#"majordomo_guard_refused_total{rule="outbound"}"#),
+        0.0
+    );
+    let mut sink = RawZmtp::connect(&ep).await?;
+    let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
+    let flood = tokio::spawn(async move {
+        // A million requests whose replies, unread, pass the 32 MiB outbound budget. Once the
+        // guard closes the connection, writing fails: that is the disconnection.
+        let closed_while_writing = sink
+            .send_repeated(&[b"", b"MDPC01", b"mmi.service", b"echo"], 1_000_000)
+            .await
+            .is_err();
+        // Keep the connection unread until the test has seen the guard count it.
+        let _ = tokio::time::timeout(PATIENCE * 3, &mut finished).await;
+        let closed = closed_while_writing || sink.closed_within(PATIENCE).await?;
+        anyhow::Ok(closed)
+    });
+    let c = Client::new(
+        ep.clone(),
+        ClientConfig::default()
+            .timeout(Duration::from_secs(2))
+            .attempts(15),
+    );
+    let mut closed = false;
+    for i in 0..3000 {
+        let body = Bytes::from(format!("still served {i}"));
+        assert_eq!(c.request("echo", vec![body.clone()]).await?, [body]);
+        let page = scrape(&metrics).await?;
+        if sample(&page, r#"majordomo_guard_refused_total{rule="outbound"}"#) >= 1.0 {
+            assert!(
+                sample(&page, "majordomo_guard_dropped_total") > 0.0,
+                "the peer was closed at its outbound budget with nothing counted as dropped"
+            );
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        closed,
+        "the flood never passed the peer's outbound budget, so this test did not test it"
+    );
+    for i in 0..5 {
+        let body = Bytes::from(format!("after {i}"));
+        assert_eq!(c.request("echo", vec![body.clone()]).await?, [body]);
+    }
+    let _ = done.send(());
+    assert!(
+        flood.await??,
+        "the peer that never reads was not disconnected"
+    );
     Ok(())
 }
 

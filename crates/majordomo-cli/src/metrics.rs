@@ -251,6 +251,7 @@ fn record_guards(guards: &[GuardStatsHandle]) {
     counter!("majordomo_guard_connections_total").absolute(all.iter().map(|s| s.accepted).sum());
     gauge!("majordomo_guard_open_connections").set(all.iter().map(|s| s.open).sum::<u64>() as f64);
     counter!("majordomo_guard_pongs_total").absolute(all.iter().map(|s| s.pongs).sum());
+    counter!("majordomo_guard_dropped_total").absolute(all.iter().map(|s| s.dropped).sum());
     for rule in Rule::ALL {
         let count = all.iter().map(|s| s.count(rule)).sum();
         counter!("majordomo_guard_refused_total", "rule" => rule.as_str()).absolute(count);

@@ -66,6 +66,21 @@ pub(crate) struct GuardArgs {
     /// New connections accepted per second from one IP address (bursts of twice as many).
     #[arg(long, default_value_t = 1000)]
     guard_connection_rate: u32,
+    /// Relay each peer to its own zmq.rs connection instead of multiplexing every peer's whole
+    /// messages onto one link (the front end, the default); the budgets below then do not apply.
+    #[arg(long)]
+    guard_relay: bool,
+    /// Bytes of messages read from peers and not yet passed to the server, all peers of an
+    /// endpoint together; at the limit peers are not read until some is passed on.
+    #[arg(long, default_value = "256MiB")]
+    guard_inbound_budget: bytesize::ByteSize,
+    /// Bytes of replies queued for one peer that does not read them; past it the peer is closed
+    /// and its queued replies counted as dropped.
+    #[arg(long, default_value = "32MiB")]
+    guard_outbound_budget: bytesize::ByteSize,
+    /// How long a message may take to arrive whole once it has begun; past it the peer is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    guard_message_timeout: Duration,
 }
 
 impl GuardArgs {
@@ -89,9 +104,18 @@ impl GuardArgs {
                 .handshake_timeout(self.guard_handshake_timeout)
                 .max_connections(self.guard_max_connections)
                 .max_connections_per_address(self.guard_max_connections_per_address)
-                .connection_rate(self.guard_connection_rate),
+                .connection_rate(self.guard_connection_rate)
+                .front_end(!self.guard_relay)
+                .inbound_budget(bytes(self.guard_inbound_budget))
+                .outbound_budget(bytes(self.guard_outbound_budget))
+                .message_timeout(self.guard_message_timeout),
         )
     }
+}
+
+/// `size` in bytes, saturated to what the platform can count.
+fn bytes(size: bytesize::ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
 }
 
 /// Logs what each guard did, when a server stops.
@@ -106,6 +130,7 @@ pub(crate) fn log_guards(guards: &[GuardStatsHandle]) {
         tracing::info!(
             accepted = stats.accepted,
             pongs = stats.pongs,
+            dropped = stats.dropped,
             refused = %refused.join(","),
             "guard stopped"
         );
