@@ -723,3 +723,61 @@ where
     });
     (stop, task)
 }
+
+/// HTTP helpers for the servers' metrics and health listener.
+pub mod http {
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::{free_endpoint, PATIENCE};
+
+    /// A free `127.0.0.1:PORT` for the metrics listener.
+    pub fn free_addr() -> Result<String> {
+        Ok(free_endpoint()?
+            .strip_prefix("tcp://")
+            .context("a tcp endpoint")?
+            .to_owned())
+    }
+
+    /// `GET path` over HTTP/1.0: the status code and the body.
+    pub async fn get(addr: &str, path: &str) -> Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+            .await
+            .context("no HTTP response")??;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("an HTTP response")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .context("a status line")?
+            .parse()?;
+        Ok((status, body.to_owned()))
+    }
+
+    /// Retries `GET path` until the metrics listener answers (it starts with the broker).
+    pub async fn get_when_up(addr: &str, path: &str) -> Result<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match get(addr, path).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
+    pub fn sample(page: &str, name: &str) -> Option<f64> {
+        page.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use integration_tests::http::{free_addr, get_when_up, sample};
 use integration_tests::{
     frames, free_endpoint, mmi_stats, service_stats, wait_for_mmi_stats, wait_for_service, Proc,
     PyPeer, RawPeer, RawZmtp, PATIENCE,
@@ -521,48 +522,11 @@ async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A `127.0.0.1:PORT` free for the metrics listener.
-fn free_addr() -> Result<String> {
-    Ok(free_endpoint()?
-        .strip_prefix("tcp://")
-        .context("a tcp endpoint")?
-        .to_owned())
-}
-
 /// The body of `GET /metrics` at `addr`, retried until the listener answers.
 async fn scrape(addr: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            stream
-                .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-                .await?;
-            let mut response = String::new();
-            tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-                .await
-                .context("no HTTP response")??;
-            let (head, body) = response
-                .split_once("\r\n\r\n")
-                .context("an HTTP response")?;
-            anyhow::ensure!(head.contains(" 200 "), "/metrics answered {head}");
-            anyhow::Ok(body.to_owned())
-        };
-        match attempt.await {
-            Ok(page) => return Ok(page),
-            Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
-fn sample(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    let (status, page) = get_when_up(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    Ok(page)
 }
 
 /// With the front end (the default): the flooder's replies are queued on it by the guard, which
@@ -578,7 +542,7 @@ async fn never_reading_peer_at_the_front_end(broker_args: &[&str]) -> Result<()>
     wait_for_service(&ep, "echo").await?;
     let before = scrape(&metrics).await?;
     assert_eq!(
-        sample(&before, r#"majordomo_guard_refused_total{rule="outbound"}"#),
+        sample(&before, r#"majordomo_guard_refused_total{rule="outbound"}"#).unwrap_or(0.0),
         0.0
     );
     let mut sink = RawZmtp::connect(&ep).await?;
@@ -606,9 +570,10 @@ async fn never_reading_peer_at_the_front_end(broker_args: &[&str]) -> Result<()>
         let body = Bytes::from(format!("still served {i}"));
         assert_eq!(c.request("echo", vec![body.clone()]).await?, [body]);
         let page = scrape(&metrics).await?;
-        if sample(&page, r#"majordomo_guard_refused_total{rule="outbound"}"#) >= 1.0 {
+        if sample(&page, r#"majordomo_guard_refused_total{rule="outbound"}"#).unwrap_or(0.0) >= 1.0
+        {
             assert!(
-                sample(&page, "majordomo_guard_dropped_total") > 0.0,
+                sample(&page, "majordomo_guard_dropped_total").unwrap_or(0.0) > 0.0,
                 "the peer was closed at its outbound budget with nothing counted as dropped"
             );
             closed = true;

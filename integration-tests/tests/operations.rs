@@ -5,57 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use integration_tests::http::{free_addr, get, get_when_up, sample};
 use integration_tests::{free_endpoint, wait_for_service, Proc, PATIENCE};
 use majordomo_client::{Client, ClientConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A free `127.0.0.1:PORT` for the metrics listener.
-fn free_addr() -> Result<String> {
-    Ok(free_endpoint()?
-        .strip_prefix("tcp://")
-        .context("a tcp endpoint")?
-        .to_owned())
-}
-
-/// `GET path` over HTTP/1.0: the status code and the body.
-async fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .context("no HTTP response")??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("an HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("a status line")?
-        .parse()?;
-    Ok((status, body.to_owned()))
-}
-
-/// Retries `GET path` until the metrics listener answers (it starts with the broker).
-async fn get_when_up(addr: &str, path: &str) -> Result<(u16, String)> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match get(addr, path).await {
-            Ok(answer) => return Ok(answer),
-            Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 /// Scrapes until `done` holds for the page, or fails after [`PATIENCE`] with the last page.
 async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> Result<String> {
