@@ -174,28 +174,39 @@ async fn a_peer_announcing_anothers_identity_takes_nothing_over() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_does_not_read_its_replies_is_closed_at_its_outbound_budget() -> Result<()> {
     use tokio::io::AsyncWriteExt;
+    // A short timeout: however the socket buffers fill, the peer is closed for not reading,
+    // at its budget or when a write to it stops moving.
     let guard = GuardConfig::default()
         .max_message_size(1024 * 1024)
         .max_frame_size(1024 * 1024)
-        .outbound_budget(2 * 1024 * 1024);
+        .outbound_budget(2 * 1024 * 1024)
+        .message_timeout(Duration::from_secs(1));
     let (broker, stats, _worker) = front_ended_broker(guard).await?;
     let c = Client::new(
         broker.endpoint.clone(),
         ClientConfig::default().timeout(PATIENCE),
     );
     let mut deaf = raw_dealer(&broker.endpoint, b"").await?;
-    // 64 replies of 512 KiB: far more than the socket buffers and the 2 MiB budget hold.
+    // 64 replies of 512 KiB: far more than the socket buffers and the 2 MiB budget hold. The
+    // guard stops reading a peer while its write to it waits, so the sends may wait too: they
+    // run beside the test, which reads the outcome through the guard's counters.
     let body = vec![1u8; 512 * 1024];
     let request = encode(&[b"", b"MDPC01", b"echo", &body]);
-    for _ in 0..64 {
-        if deaf.write_all(&request).await.is_err() {
-            break;
+    let sending = tokio::spawn(async move {
+        for _ in 0..64 {
+            if deaf.write_all(&request).await.is_err() {
+                break;
+            }
         }
-    }
-    wait_for_guard(&stats, "closed for its outbound budget", |s| {
+        deaf
+    });
+    wait_for_guard(&stats, "closed for not reading", |s| {
         s.count(Rule::Outbound) == 1 && s.dropped >= 1
     })
     .await?;
+    let mut deaf = tokio::time::timeout(PATIENCE, sending)
+        .await
+        .context("the sends end once the peer is closed")??;
     assert!(
         integration_tests::closed_within(&mut deaf, PATIENCE).await,
         "the peer was closed"

@@ -51,7 +51,9 @@ pub struct GuardConfig {
     /// wait); nothing is closed for it. See [`crate::mux`].
     pub inbound_budget: usize,
     /// Front-end mode: how long a message may take to arrive whole once its first frame header
-    /// is read. Default 30 s. A peer past it is closed ([`crate::Rule::MessageTimeout`]).
+    /// is read. Default 30 s. A peer past it is closed ([`crate::Rule::MessageTimeout`]). The
+    /// same time bounds a write of replies to a peer: one that does not read them within it is
+    /// closed ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
     pub message_timeout: Duration,
     /// Front-end mode: bytes of replies queued for one peer and not yet written to it. Default
     /// 32 MiB; at least one largest message with its overhead. A peer past it is closed

@@ -343,8 +343,17 @@ async fn peer(
             _ = &mut released, if blocked => {}
             // recv is cancel-safe: a reply stays queued unless taken.
             Some(reply) = queue.recv() => {
-                if let Err(error) = write_replies(&mut write, reply, &mut queue, &queued).await {
-                    return End::Io(error);
+                // A peer that does not read cannot hold the guard's write forever: past the
+                // message timeout its replies are dropped and it is closed, as at its budget.
+                let writing = write_replies(&mut write, reply, &mut queue, &queued);
+                match tokio::time::timeout(config.message_timeout, writing).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return End::Io(error),
+                    Err(_) => {
+                        let dropped = queued.load(Ordering::Relaxed) + 1;
+                        shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+                        return End::Broken(Rule::Outbound, "replies not read in time".into());
+                    }
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(handshake_deadline)), if deadline.is_some() => {
