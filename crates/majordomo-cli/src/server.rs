@@ -66,10 +66,11 @@ pub(crate) struct GuardArgs {
     /// New connections accepted per second from one IP address (bursts of twice as many).
     #[arg(long, default_value_t = 1000)]
     guard_connection_rate: u32,
-    /// Relay each peer to its own zmq.rs connection instead of multiplexing every peer's whole
-    /// messages onto one link (the front end, the default); the budgets below then do not apply.
+    /// Multiplex every peer's whole messages onto one link to the server, within the budgets
+    /// below (the front end), instead of relaying each peer to its own zmq.rs connection (the
+    /// default for now: the front end is not yet as fast).
     #[arg(long)]
-    guard_relay: bool,
+    guard_front_end: bool,
     /// Bytes of messages read from peers and not yet passed to the server, all peers of an
     /// endpoint together; at the limit peers are not read until some is passed on.
     #[arg(long, default_value = "256MiB")]
@@ -105,7 +106,7 @@ impl GuardArgs {
                 .max_connections(self.guard_max_connections)
                 .max_connections_per_address(self.guard_max_connections_per_address)
                 .connection_rate(self.guard_connection_rate)
-                .front_end(!self.guard_relay)
+                .front_end(self.guard_front_end)
                 .inbound_budget(bytes(self.guard_inbound_budget))
                 .outbound_budget(bytes(self.guard_outbound_budget))
                 .message_timeout(self.guard_message_timeout),

@@ -61,7 +61,7 @@ pub struct GuardConfig {
     pub outbound_budget: usize,
     /// Front-end mode: the guard owns every peer and forwards whole messages to the server over
     /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
-    /// know the link ([`crate::Guard::link_identity`]). Default on; off, each peer is relayed
+    /// know the link ([`crate::Guard::link_identity`]). Default off (`--guard-front-end` turns it on); off, each peer is relayed
     /// to its own zmq.rs connection. If the link fails the guard stops, closing every peer.
     pub front_end: bool,
 }
@@ -80,7 +80,7 @@ impl Default for GuardConfig {
             inbound_budget: 256 * 1024 * 1024,
             message_timeout: Duration::from_secs(30),
             outbound_budget: 32 * 1024 * 1024,
-            front_end: true,
+            front_end: false,
         }
     }
 }
