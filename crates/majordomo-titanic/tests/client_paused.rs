@@ -3,6 +3,8 @@
 //! [`Client`] of that broker, and a [`TitanicClient`] submitting, waiting and closing. No
 //! socket and no wall-clock wait: timeouts and backoff play out in virtual seconds.
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -114,15 +116,7 @@ impl Setup {
 
     /// Waits until `check` holds on the running server's stats.
     async fn until(&self, what: &str, check: impl Fn(&TitanicStats) -> bool) -> TitanicStats {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let stats = self.handle.stats().await.expect("titanic running");
-            if check(&stats) {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "never {what}: {stats:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::stats_until(&self.handle, PATIENCE, what, check).await
     }
 
     async fn stop(self) -> TitanicStats {

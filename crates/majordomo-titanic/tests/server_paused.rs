@@ -4,6 +4,8 @@
 //! retention and held questions play out in virtual seconds, with no socket and no wall-clock
 //! wait.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,15 +118,7 @@ impl Setup {
 
     /// Waits until `check` holds on the running server's stats.
     async fn until(&self, what: &str, check: impl Fn(&TitanicStats) -> bool) -> TitanicStats {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let stats = self.handle.stats().await.expect("titanic running");
-            if check(&stats) {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "never {what}: {stats:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::stats_until(&self.handle, PATIENCE, what, check).await
     }
 
     async fn stop(self) -> TitanicStats {
