@@ -8,7 +8,11 @@
 //!
 //! The driver writes what the core returns ([`Op`]) to the store and reports back: a request is
 //! acknowledged (`200` and its UUID) only after [`Core::accept`], that is once its write is
-//! durable; a reply is stored before [`Core::replied`] marks its request done. After a crash,
+//! durable; a reply is stored before [`Core::replied`] marks its request done. A request whose
+//! body is in memory may be dispatched while its write is being made, so that the service's
+//! work overlaps the store's: its reply is written after the request (the driver commits in
+//! order), and if the request's write fails ([`Core::abort`]) the request is forgotten and its
+//! reply, when it comes, is not stored. After a crash,
 //! [`Core::restore`] rebuilds the same state from what the store holds: a request that was in
 //! flight is queued again, so a request is executed at least once (workers should be
 //! idempotent), and never lost.
@@ -142,9 +146,7 @@ pub fn body_cost(body: &[Bytes]) -> usize {
 /// Where a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    /// Being written; not acknowledged yet.
-    Storing,
-    /// Stored, waiting for its turn.
+    /// Waiting for its turn (stored, or being written: see [`Core::is_acknowledged`]).
     Queued,
     /// Sent to the broker.
     InFlight,
@@ -170,6 +172,8 @@ struct Request {
     len: usize,
     /// While it is dispatched: its body's bytes.
     reading: usize,
+    /// Its write is durable ([`Core::accept`]); until then its UUID is unknown to clients.
+    acknowledged: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +330,11 @@ impl Core {
         self.requests.get(uuid).map(|r| &r.state)
     }
 
+    /// Whether `uuid` is known and its request's write is durable ([`Core::accept`]).
+    pub fn is_acknowledged(&self, uuid: &Uuid) -> bool {
+        self.requests.get(uuid).is_some_and(|r| r.acknowledged)
+    }
+
     /// Requests waiting for their turn, over all services.
     pub fn queued(&self) -> usize {
         self.services.values().map(|s| s.queue.len()).sum()
@@ -361,7 +370,9 @@ impl Core {
     }
 
     /// `titanic.request` with `frames` (`[service, body...]`) at `now`, to be known as `uuid`:
-    /// the write to make durable before [`Core::accept`], or why it is refused.
+    /// the write to make durable before [`Core::accept`], or why it is refused. The request is
+    /// queued at once; it is dispatched before it is durable only if its body is kept in
+    /// memory (the store has no copy to read yet).
     pub fn submit(&mut self, now: Instant, uuid: Uuid, frames: &[Bytes]) -> Result<Op, Refused> {
         let [service, body @ ..] = frames else {
             return Err(Refused::Malformed);
@@ -387,15 +398,17 @@ impl Core {
         self.requests.insert(
             uuid,
             Request {
-                service: name,
-                state: State::Storing,
+                service: name.clone(),
+                state: State::Queued,
                 body: kept,
                 since: now,
                 cost,
                 len: body.iter().map(Bytes::len).sum(),
                 reading: 0,
+                acknowledged: false,
             },
         );
+        self.service(&name).queue.push_back(uuid);
         Ok(Op::Request(
             uuid,
             Entry::Pending {
@@ -406,33 +419,32 @@ impl Core {
         ))
     }
 
-    /// The request's write is durable: queue it. Answer `[200, uuid]`.
+    /// The request's write is durable. Answer `[200, uuid]`.
     pub fn accept(&mut self, uuid: Uuid) {
-        let Some(request) = self.requests.get_mut(&uuid) else {
-            return;
-        };
-        if request.state == State::Storing {
-            request.state = State::Queued;
-            let service = request.service.clone();
-            self.service(&service).queue.push_back(uuid);
+        if let Some(request) = self.requests.get_mut(&uuid) {
+            request.acknowledged = true;
         }
     }
 
-    /// The request's write failed: forget it. Answer 500.
+    /// The request's write failed: forget it, also if it is being dispatched (its reply is
+    /// then not stored). Answer 500.
     pub fn abort(&mut self, uuid: Uuid) {
-        if matches!(self.state(&uuid), Some(State::Storing)) {
-            let request = self.requests.remove(&uuid).expect("known");
-            self.forget(request);
+        if self.requests.get(&uuid).is_some_and(|r| !r.acknowledged) {
+            // Nothing is in the store to remove.
+            let _ = self.close(uuid);
         }
     }
 
     /// What `titanic.reply` answers for `uuid`, short of the reply's body: [`Status::Ok`]
     /// means the body is in the store ([`Core::reply_body`] has it if it is in memory too).
     pub fn reply_status(&self, uuid: &Uuid) -> Status {
-        match self.state(uuid) {
-            None | Some(State::Storing) => Status::Unknown,
-            Some(State::Queued | State::InFlight) => Status::Pending,
-            Some(State::Done { .. }) => Status::Ok,
+        match self.requests.get(uuid) {
+            Some(r) if !r.acknowledged => Status::Unknown,
+            None => Status::Unknown,
+            Some(r) => match r.state {
+                State::Queued | State::InFlight => Status::Pending,
+                State::Done { .. } => Status::Ok,
+            },
         }
     }
 
@@ -466,7 +478,6 @@ impl Core {
                 State::Done { expires } => {
                     self.expiry.remove(&(expires, uuid));
                 }
-                State::Storing => {}
             }
             self.forget(request);
         }
@@ -480,10 +491,11 @@ impl Core {
         let limit = self.config.in_flight_per_service;
         let (requests, reading) = (&self.requests, self.reading_bytes);
         let max = self.config.max_body_bytes;
+        // A request not yet durable goes only with its body in memory: the store has no copy.
         let fits = |uuid: &Uuid| {
-            requests
-                .get(uuid)
-                .is_none_or(|r| reading == 0 || reading + r.len <= max)
+            requests.get(uuid).is_none_or(|r| {
+                (r.acknowledged || r.body.is_some()) && (reading == 0 || reading + r.len <= max)
+            })
         };
         let ready = |s: &Service| {
             s.queue.front().is_some_and(fits)
@@ -680,6 +692,7 @@ impl Restoring {
                         cost,
                         len,
                         reading: 0,
+                        acknowledged: true,
                     },
                 );
             }
@@ -697,6 +710,7 @@ impl Restoring {
                         cost,
                         len: 0,
                         reading: 0,
+                        acknowledged: true,
                     },
                 );
                 core.expiry.insert((expires, uuid));
@@ -757,6 +771,53 @@ mod tests {
             core.close(*uuid);
         }
         assert_eq!(core.body_bytes(), 0);
+    }
+
+    #[test]
+    fn a_request_not_yet_durable_goes_only_with_its_body_and_an_abort_forgets_it() {
+        let t0 = Instant::now();
+        let mut core = Core::new(CoreConfig::default().max_body_bytes(200), t0, 0);
+        let (kept, unkept, failed) = (Uuid([1; 16]), Uuid([2; 16]), Uuid([3; 16]));
+        core.submit(t0, kept, &frames(b"a", b"small")).unwrap();
+        // Past the memory bound: only the store will have it.
+        core.submit(t0, unkept, &frames(b"b", &[0; 200])).unwrap();
+        core.submit(t0, failed, &frames(b"c", b"lost")).unwrap();
+        for uuid in [kept, unkept, failed] {
+            assert_eq!(
+                core.reply_status(&uuid),
+                Status::Unknown,
+                "not acknowledged"
+            );
+        }
+        let sent: Vec<Uuid> = std::iter::from_fn(|| core.next_dispatch(t0))
+            .map(|d| d.uuid)
+            .collect();
+        assert_eq!(
+            sent,
+            [kept, failed],
+            "the one without a body waits for its write"
+        );
+        // Its write fails while it is in flight: forgotten, and its reply is not written.
+        core.abort(failed);
+        assert_eq!(core.state(&failed), None);
+        assert_eq!(core.answered(t0, failed, vec![]), None);
+        assert_eq!((core.in_flight(), core.len()), (1, 2));
+        core.accept(kept);
+        core.accept(unkept);
+        assert_eq!(core.reply_status(&kept), Status::Pending);
+        // An abort after the acknowledgement changes nothing.
+        core.abort(kept);
+        assert_eq!(core.state(&kept), Some(&State::InFlight));
+        // Once the body in flight is answered, the large one goes, read from the store.
+        assert_eq!(
+            core.next_dispatch(t0),
+            None,
+            "over the bound of bodies in flight"
+        );
+        core.answered(t0, kept, vec![]).unwrap();
+        assert!(core.replied(t0, kept, vec![]));
+        let large = core.next_dispatch(t0).unwrap();
+        assert_eq!((large.uuid, large.body), (unkept, None));
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! reply is stored before its request is marked done. A request is executed at least once:
 //! one sent to the broker when the server stopped or crashed is sent again when it starts, so
 //! workers should be idempotent. None is lost: it stays until `titanic.close`, or until its
-//! reply is older than the retention time.
+//! reply is older than the retention time. A close is answered at once and made durable
+//! within a second: after a crash before that, the closed entry comes back (see
+//! `docs/BEHAVIOUR.md`).
 #![warn(missing_docs)]
 
 pub mod client;

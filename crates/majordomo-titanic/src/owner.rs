@@ -4,8 +4,11 @@
 //! The TSP service handlers and the [`crate::TitanicHandle`] send it [`Command`]s over a
 //! bounded channel, each with a oneshot for its answer. It commits one batch of writes at a
 //! time, on tokio's blocking pool: every write that arrives while a batch is being committed
-//! goes into the next one, so concurrent submits and closes share an fsync (group commit); the
-//! commit reports back as [`Committed`], and only then are its requests acknowledged. (A
+//! goes into the next one, so concurrent submits and replies share an fsync (group commit); the
+//! commit reports back as [`Committed`], and only then are its requests acknowledged. A batch
+//! of removals only (closes, expired replies) is committed without waiting for the disk
+//! ([`Store::commit_deferred`]): a close is answered at once, and its removal is durable with
+//! the next durable commit, at the latest [`SYNC_WITHIN`] later or when the server stops. (A
 //! blocking task rather than a thread of its own: tokio's paused test clock waits for it, and
 //! does not jump ahead while a commit is under way.) Dispatches run as tasks of its own
 //! [`JoinSet`], each through the [`Dispatch`] seam.
@@ -37,6 +40,10 @@ pub(crate) enum ReplyAnswer {
     ReadStore,
 }
 
+/// How long a removal may stay not durable: a batch of removals only is committed without
+/// waiting for the disk, and a durable commit follows within this time if no other does.
+pub(crate) const SYNC_WITHIN: Duration = Duration::from_secs(1);
+
 /// What the owner is asked.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -51,7 +58,7 @@ pub(crate) enum Command {
         uuid: Uuid,
         answer: oneshot::Sender<ReplyAnswer>,
     },
-    /// `titanic.close` of `uuid`, answered once durable.
+    /// `titanic.close` of `uuid`, answered at once (the removal is written after).
     Close {
         uuid: Uuid,
         answer: oneshot::Sender<Vec<Bytes>>,
@@ -71,11 +78,16 @@ struct Committed {
     result: Result<usize, StoreError>,
 }
 
-/// Commits `ops`, batch `batch`, in one transaction.
-fn commit<S: Store>(store: &S, batch: u64, ops: &[Op]) -> Committed {
+/// Commits `ops`, batch `batch`, in one transaction, durable when it returns or not.
+fn commit<S: Store>(store: &S, batch: u64, ops: &[Op], durable: bool) -> Committed {
+    let result = if durable {
+        store.commit(ops)
+    } else {
+        store.commit_deferred(ops)
+    };
     Committed {
         batch,
-        result: store.commit(ops).map(|()| ops.len()),
+        result: result.map(|()| ops.len()),
     }
 }
 
@@ -88,19 +100,24 @@ enum Effect {
         answer: oneshot::Sender<Vec<Bytes>>,
         since: Instant,
     },
-    /// A close: answer 200, or 500.
-    Close {
-        answer: oneshot::Sender<Vec<Bytes>>,
-        since: Instant,
-    },
+
     /// A reply: the request is done and its held questions get the body; or it is sent again.
     Reply {
         uuid: Uuid,
         body: Vec<Bytes>,
         since: Instant,
     },
-    /// Replies past their retention, removed.
-    Expired(usize),
+    /// Closed requests and replies past their retention, removed; nobody waits on it.
+    Removed(usize),
+    /// Nothing to write: makes the removals before it durable.
+    Sync,
+}
+
+impl Effect {
+    /// Whether someone waits for its write to be durable.
+    fn durable(&self) -> bool {
+        !matches!(self, Self::Removed(_))
+    }
 }
 
 /// `[200, body...]`.
@@ -255,6 +272,8 @@ pub(crate) struct Owner<S> {
     commit: Option<tokio::task::JoinHandle<Committed>>,
     /// The batch being committed, and what follows from each of its writes.
     committing: Option<(u64, Vec<Effect>)>,
+    /// When a durable commit is due, after one that was not ([`SYNC_WITHIN`]).
+    sync_at: Option<Instant>,
     /// The writes for the next batch.
     next_ops: Vec<Op>,
     next_effects: Vec<Effect>,
@@ -328,6 +347,7 @@ impl<S: Store> Owner<S> {
             commands: parts.commands,
             commit: None,
             committing: None,
+            sync_at: None,
             next_ops: Vec::new(),
             next_effects: Vec::new(),
             next_batch: 0,
@@ -402,12 +422,14 @@ impl<S: Store> Owner<S> {
         self.stop().await
     }
 
-    /// The earliest of the core's deadline and the held questions'.
+    /// The earliest of the core's deadline, the held questions' and the next durable
+    /// commit's.
     fn deadline(&self) -> Option<Instant> {
         self.core
             .poll_timeout()
             .into_iter()
             .chain(self.held.next_deadline())
+            .chain(self.sync_at)
             .min()
     }
 
@@ -419,7 +441,11 @@ impl<S: Store> Owner<S> {
                 "replies past their retention forgotten"
             );
             let n = removed.len();
-            self.write(removed, Effect::Expired(n));
+            self.write(removed, Effect::Removed(n));
+        }
+        if self.sync_at.is_some_and(|at| at <= now) {
+            self.sync_at = None;
+            self.write(Vec::new(), Effect::Sync);
         }
         for (answer, asked) in self.held.expired(now) {
             self.reply_latency.record(now - asked);
@@ -442,9 +468,10 @@ impl<S: Store> Owner<S> {
         self.next_batch += 1;
         let ops = std::mem::take(&mut self.next_ops);
         let effects = std::mem::take(&mut self.next_effects);
+        let durable = effects.iter().any(Effect::durable);
         let store = self.store.clone();
         self.commit = Some(tokio::task::spawn_blocking(move || {
-            commit(&*store, batch, &ops)
+            commit(&*store, batch, &ops, durable)
         }));
         self.committing = Some((batch, effects));
     }
@@ -458,6 +485,12 @@ impl<S: Store> Owner<S> {
             Ok(writes) => {
                 self.stats.commits += 1;
                 self.stats.writes += writes as u64;
+                if effects.iter().any(Effect::durable) {
+                    // Durable: so is every commit before it.
+                    self.sync_at = None;
+                } else {
+                    self.sync_at.get_or_insert(now + SYNC_WITHIN);
+                }
                 true
             }
             Err(error) => {
@@ -489,16 +522,6 @@ impl<S: Store> Owner<S> {
                 self.submit_latency.record(now - since);
                 let _ = answer.send(frames);
             }
-            Effect::Close { answer, since } => {
-                let frames = if ok {
-                    self.stats.closed += 1;
-                    tsp::status_only(Status::Ok)
-                } else {
-                    tsp::status_only(Status::Error)
-                };
-                self.close_latency.record(now - since);
-                let _ = answer.send(frames);
-            }
             Effect::Reply { uuid, body, since } => {
                 if !ok {
                     warn!(%uuid, "reply not stored; the request will be sent again");
@@ -515,9 +538,18 @@ impl<S: Store> Owner<S> {
                     self.dispatch_latency.record(now - since);
                 }
             }
-            Effect::Expired(n) => {
+            Effect::Removed(n) => {
                 if !ok {
-                    warn!(replies = n, "expired replies not removed from the store");
+                    warn!(
+                        entries = n,
+                        "closed or expired entries not removed from the store: they are \
+                         removed again after the next start"
+                    );
+                }
+            }
+            Effect::Sync => {
+                if !ok {
+                    warn!("store sync failed: removals may not be durable");
                 }
             }
         }
@@ -553,8 +585,15 @@ impl<S: Store> Owner<S> {
                     self.reply_latency.record(now - asked);
                     let _ = held.send(ReplyAnswer::Frames(tsp::status_only(Status::Unknown)));
                 }
+                // Answered at once: a client does nothing after a close that depends on its
+                // removal being durable. After a crash before it is, the entry comes back (a
+                // reply is kept until its retention ends, a pending request is sent again);
+                // a close again removes it.
                 let op = self.core.close(uuid);
-                self.write(vec![op], Effect::Close { answer, since: now });
+                self.write(vec![op], Effect::Removed(1));
+                self.stats.closed += 1;
+                self.close_latency.record(Duration::ZERO);
+                let _ = answer.send(tsp::status_only(Status::Ok));
             }
             Command::Stats(answer) => {
                 let _ = answer.send(self.stats());
@@ -676,7 +715,16 @@ impl<S: Store> Owner<S> {
         // Requests in flight stay stored as pending: sent again at the next start.
         self.jobs.shutdown().await;
         self.held.answer_all_pending();
-        while self.committing.is_some() || !self.next_effects.is_empty() {
+        let mut synced = false;
+        loop {
+            if self.committing.is_none() && self.next_effects.is_empty() {
+                // Removals not yet durable are made so, once.
+                if synced || self.sync_at.take().is_none() {
+                    break;
+                }
+                synced = true;
+                self.write(Vec::new(), Effect::Sync);
+            }
             self.flush();
             if let Some(commit) = self.commit.take() {
                 let committed = joined_commit(commit.await);

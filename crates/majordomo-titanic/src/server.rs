@@ -5,7 +5,9 @@
 //! dispatches under way. The services' handlers ask it over a bounded channel and wait for its
 //! answer; a [`TitanicHandle`] reads its stats the same way. It commits one batch of writes at
 //! a time, with every write that arrived during the previous commit: concurrent submits share
-//! one fsync (group commit), and each is acknowledged only once its transaction is durable.
+//! one fsync (group commit), and each is acknowledged only once its transaction is durable. A
+//! request whose body is in memory is dispatched while its transaction is being written; a
+//! close is answered at once and its removal made durable by the next durable commit.
 //!
 //! A `titanic.reply` about a pending request is held until its reply is stored (then answered
 //! from memory) or until [`TitanicConfig::reply_wait`] has passed (then 300), so that a polling

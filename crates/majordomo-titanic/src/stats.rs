@@ -52,7 +52,8 @@ pub struct TitanicStats {
     /// From a `titanic.reply` question reaching the server to its answer (held questions
     /// included: a question about a pending request waits for its reply).
     pub reply: Latency,
-    /// From a `titanic.close` reaching the server to its 200, once durable.
+    /// From a `titanic.close` reaching the server to its 200 (answered at once; the removal
+    /// is made durable after).
     pub close: Latency,
 }
 

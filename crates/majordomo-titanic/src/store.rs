@@ -134,6 +134,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `ops` in one transaction: all of them are durable when it returns `Ok`, none if
     /// it fails.
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Applies `ops` in one transaction, in order after every earlier one, without waiting
+    /// for them to be durable: they are when the next [`Store::commit`] returns (which may
+    /// have no ops). Titanic uses it for removals, which nobody waits on. The default commits
+    /// durably.
+    fn commit_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.commit(ops)
+    }
     /// The entry of `uuid`, if any.
     fn get(&self, uuid: &Uuid) -> Result<Option<Entry>, StoreError>;
     /// Every entry, for rebuilding the index at start.
@@ -285,8 +292,9 @@ fn decode(bytes: &[u8]) -> Option<Entry> {
     }
 }
 
-/// Titanic's store in one redb file. Every commit is durable (redb's default, an fsync per
-/// transaction); the driver groups the writes of concurrent requests into one transaction.
+/// Titanic's store in one redb file. Every [`Store::commit`] is durable (an fsync per
+/// transaction), and [`Store::commit_deferred`] is not (until the next durable one); the
+/// driver groups the writes of concurrent requests into one transaction.
 pub struct RedbStore {
     db: Db,
     path: String,
@@ -424,9 +432,11 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let txn = self.db.get().begin_write().map_err(io)?;
+impl RedbStore {
+    /// Applies `ops` in one write transaction of `durability`.
+    fn write(&self, ops: &[Op], durability: redb::Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.get().begin_write().map_err(io)?;
+        txn.set_durability(durability).map_err(io)?;
         {
             let mut table = txn.open_table(ENTRIES).map_err(io)?;
             for op in ops {
@@ -447,6 +457,18 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(io)
+    }
+}
+
+impl Store for RedbStore {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, redb::Durability::Immediate)
+    }
+
+    /// A transaction with redb's [`redb::Durability::None`]: no fsync; the next durable commit
+    /// makes it durable with itself.
+    fn commit_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, redb::Durability::None)
     }
 
     fn get(&self, uuid: &Uuid) -> Result<Option<Entry>, StoreError> {

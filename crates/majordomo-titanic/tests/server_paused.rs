@@ -337,17 +337,173 @@ async fn a_write_that_fails_is_answered_500_and_nothing_is_kept() {
     fail.store(true, Ordering::Relaxed);
     let answer = c.call("titanic.request", vec![f("echo"), f("lost")]).await;
     assert_eq!(answer, [f("500")]);
+    // A close is answered at once; its removal is written after, and nobody waits on it.
     let uuid = Uuid([7; 16]);
     assert_eq!(
         c.call("titanic.close", vec![uuid.frame()]).await,
-        [f("500")]
+        [f("200")]
     );
     let stats = setup.until("the refusal counted", |s| s.refused == 1).await;
     assert_eq!((stats.accepted, stats.stored, stats.body_bytes), (0, 0, 0));
     fail.store(false, Ordering::Relaxed);
     let uuid = c.submit("echo", "kept").await;
     assert_eq!(c.reply(uuid).await, [f("200"), f("echoed"), f("kept")]);
-    setup.stop().await;
+    // The refused request may have been dispatched while its write was failing: its reply
+    // is not stored.
+    let stats = setup.stop().await;
+    assert_eq!((stats.replied, stats.stored), (1, 1), "{stats:?}");
+}
+
+/// Each commit a [`Recording`] store saw: whether it was durable, and its writes.
+type Commits = Arc<Mutex<Vec<(bool, Vec<Op>)>>>;
+
+/// A memory store that records each commit.
+#[derive(Default)]
+struct Recording {
+    store: MemoryStore,
+    commits: Commits,
+}
+
+impl Store for Recording {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.commits.lock().unwrap().push((true, ops.to_vec()));
+        self.store.commit(ops)
+    }
+
+    fn commit_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.commits.lock().unwrap().push((false, ops.to_vec()));
+        self.store.commit(ops)
+    }
+
+    fn get(&self, uuid: &Uuid) -> Result<Option<Entry>, StoreError> {
+        self.store.get(uuid)
+    }
+
+    fn load(&self) -> Result<Vec<(Uuid, Entry)>, StoreError> {
+        self.store.load()
+    }
+}
+
+/// Waits (in virtual time) until the commits recorded satisfy `check`.
+async fn commits_until(
+    commits: &Mutex<Vec<(bool, Vec<Op>)>>,
+    what: &str,
+    check: impl Fn(&[(bool, Vec<Op>)]) -> bool,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check(&commits.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_is_answered_at_once_and_made_durable_by_the_next_durable_commit() {
+    let store = Recording::default();
+    let commits = store.commits.clone();
+    let setup = Setup::start_on(store, config(), echo()).await;
+    let mut c = setup.client();
+    let uuid = c.submit("echo", "body").await;
+    assert_eq!(c.reply(uuid).await, [f("200"), f("echoed"), f("body")]);
+    assert_eq!(
+        c.call("titanic.close", vec![uuid.frame()]).await,
+        [f("200")]
+    );
+    // The removal goes without waiting for the disk, then a durable commit with no writes
+    // follows it (the sync), without any other traffic.
+    let removal = |c: &(bool, Vec<Op>)| !c.0 && c.1 == [Op::Remove(uuid)];
+    commits_until(&commits, "the removal, then a sync", |cs| {
+        cs.iter()
+            .position(removal)
+            .is_some_and(|i| cs[i + 1..].iter().any(|c| c.0 && c.1.is_empty()))
+    })
+    .await;
+    // The request and its reply were durable writes.
+    let all = commits.lock().unwrap().clone();
+    assert!(all
+        .iter()
+        .all(|(durable, ops)| *durable || ops.iter().all(|op| matches!(op, Op::Remove(_)))));
+    // A close just before stopping is made durable by the stop.
+    let other = c.submit("echo", "other").await;
+    assert_eq!(c.reply(other).await[0], f("200"));
+    assert_eq!(
+        c.call("titanic.close", vec![other.frame()]).await,
+        [f("200")]
+    );
+    let before = commits.lock().unwrap().len();
+    let stats = setup.stop().await;
+    assert_eq!((stats.closed, stats.stored), (2, 0), "{stats:?}");
+    let all = commits.lock().unwrap();
+    let last_removal = all
+        .iter()
+        .rposition(|c| !c.0 && c.1 == [Op::Remove(other)])
+        .expect("the second removal");
+    assert!(
+        all[last_removal + 1..].iter().any(|c| c.0),
+        "no durable commit after the last removal ({} commits before the stop, {:?})",
+        before,
+        &all[last_removal..]
+    );
+}
+
+/// A memory store whose durable commits of new requests wait for the dispatch of what they
+/// write, to show that a request is sent while its write is being made.
+struct Gate {
+    store: MemoryStore,
+    dispatched: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Store for Gate {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if ops.iter().any(|op| matches!(op, Op::Request(..))) {
+            // Bounded: a request dispatched only after its write would leave the write
+            // failing here, and the submit answered 500.
+            let waited = self
+                .dispatched
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(20));
+            if waited.is_err() {
+                return Err(StoreError::Redb(
+                    std::io::Error::other("not dispatched while being written").into(),
+                ));
+            }
+        }
+        self.store.commit(ops)
+    }
+
+    fn get(&self, uuid: &Uuid) -> Result<Option<Entry>, StoreError> {
+        self.store.get(uuid)
+    }
+
+    fn load(&self) -> Result<Vec<(Uuid, Entry)>, StoreError> {
+        self.store.load()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_is_dispatched_while_its_write_is_being_made() {
+    let (sent, dispatched) = std::sync::mpsc::channel();
+    let sent = Arc::new(Mutex::new(sent));
+    let dispatch = dispatch_fn(move |_service, body: Vec<Bytes>| {
+        let sent = sent.clone();
+        async move {
+            let _ = sent.lock().unwrap().send(());
+            let mut reply = vec![f("echoed")];
+            reply.extend(body);
+            Ok::<Vec<Bytes>, BoxError>(reply)
+        }
+    });
+    let store = Gate {
+        store: MemoryStore::default(),
+        dispatched: std::sync::Mutex::new(dispatched),
+    };
+    let setup = Setup::start_on(store, config(), dispatch).await;
+    let mut c = setup.client();
+    let uuid = c.submit("echo", "early").await;
+    assert_eq!(c.reply(uuid).await, [f("200"), f("echoed"), f("early")]);
+    let stats = setup.stop().await;
+    assert_eq!((stats.accepted, stats.replied, stats.refused), (1, 1, 0));
 }
 
 #[tokio::test(start_paused = true)]

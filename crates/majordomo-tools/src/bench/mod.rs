@@ -50,8 +50,8 @@ pub struct BenchArgs {
     /// Body sizes in bytes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "64,4096")]
     sizes: Vec<usize>,
-    /// Runtime threads of the broker and echo server processes (1: single-threaded runtime,
-    /// 0: one per core).
+    /// Runtime threads of the broker and echo server processes, and of Titanic in the
+    /// `titanic-guide` run (1: single-threaded runtime, 0: one per core).
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
     /// Runtime threads of this process, where the clients (and in-process workers) run (0: one

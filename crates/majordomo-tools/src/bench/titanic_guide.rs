@@ -404,6 +404,8 @@ async fn side(args: &BenchArgs, size: usize, server: Server<'_>) -> Result<Side>
                 &store,
                 "--in-flight-per-service",
                 &in_flight,
+                "--threads",
+                &threads,
             ];
             ("majordomo", spawn_majordomo(&argv, "warn")?)
         }
