@@ -208,3 +208,46 @@ async fn guide_pipelining_client_gets_all_100000_replies_at_default_settings() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_dealer_tags_many_requests_on_one_connection_and_each_reply_finds_its_own(
+) -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    // Workers that take a time that depends on the body, so replies come back out of order.
+    for _ in 0..4 {
+        let worker = Worker::new(
+            broker.endpoint.clone(),
+            "slow-echo",
+            WorkerConfig::default().heartbeat(TEST_HEARTBEAT),
+        );
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(worker.run(
+            handler_fn(|body: Vec<Bytes>| async move {
+                let n = body[0].iter().map(|b| u64::from(*b)).sum::<u64>() % 7;
+                tokio::time::sleep(Duration::from_millis(n)).await;
+                Ok(body)
+            }),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    wait_for_service(&broker.endpoint, "slow-echo").await?;
+    let mut client = Py::spawn(
+        "mdp_tagged_client.py",
+        &[&broker.endpoint, "slow-echo", "200"],
+    )?;
+    assert_eq!(client.line().await?, "200");
+    assert_eq!(client.line().await?, "matched 200");
+    assert_eq!(client.exit_code().await?, 0);
+    let _ = stop.send(true);
+    for task in tasks {
+        task.await??;
+    }
+    let stats = broker.stop().await?;
+    // The 200, mmi.envelope, and wait_for_service's mmi.service.
+    assert_eq!((stats.protocol_errors, stats.replies), (0, 202));
+    Ok(())
+}

@@ -345,10 +345,53 @@ fn text_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes
     <String as serde::Deserialize>::deserialize(deserializer).map(Bytes::from)
 }
 
+/// Most frames of an extended reply envelope ([`split_route`]) the broker keeps for a request.
+pub const MAX_ROUTE_FRAMES: usize = 8;
+/// Longest frame of an extended reply envelope: a ZMTP routing identity's bound ("an identity
+/// ... of 1 to 255 octets").
+pub const MAX_ROUTE_FRAME: usize = 255;
+
+/// Splits a client's extended reply envelope off a message (after its ROUTER identity): the
+/// frames before the first empty one, when what follows from that empty frame is a client's
+/// message with the empty delimiter (7/MDP, or 18/MDP in the majortomo dialect). This is what
+/// a ROUTER returns in the Guide's chapter 3 (every frame up to the delimiter is the route
+/// back), so that a client may tag each request with a frame of its own on one DEALER, and
+/// requests through ROUTER-DEALER proxies carry every hop's identity. At most
+/// [`MAX_ROUTE_FRAMES`] frames of at most [`MAX_ROUTE_FRAME`] bytes; otherwise `None`, and the
+/// message is malformed as before. Workers see the client's identity as its address either
+/// way; the route is the broker's record of the request, returned before each reply.
+pub fn split_route(frames: &[Bytes]) -> Option<(&[Bytes], &[Bytes])> {
+    let at = frames
+        .iter()
+        .take(MAX_ROUTE_FRAMES + 1)
+        .position(Bytes::is_empty)?;
+    let (route, rest) = frames.split_at(at);
+    let client = matches!(
+        mdp2::classify(rest),
+        Some((
+            Version::V01 | Version::V02(Dialect::Majortomo),
+            Sender::Client
+        ))
+    );
+    (at > 0 && client && route.iter().all(|f| f.len() <= MAX_ROUTE_FRAME)).then_some((route, rest))
+}
+
+/// `frames` (the destination's identity first) with `route` after the identity.
+fn routed(mut frames: Vec<Bytes>, route: &[Bytes]) -> Vec<Bytes> {
+    if !route.is_empty() {
+        frames.splice(1..1, route.iter().cloned());
+    }
+    frames
+}
+
 /// A client's request, wherever it is: queued ([`Queued`]) or with a worker ([`InFlight`]).
 #[derive(Debug)]
 struct Request {
+    /// The client's ROUTER identity: the client address its worker sees.
     client: Bytes,
+    /// The frames between the identity and the empty delimiter (the extended reply envelope,
+    /// see [`split_route`]), returned before every reply to the client; empty for most.
+    route: Vec<Bytes>,
     service: Bytes,
     body: Vec<Bytes>,
     /// Bytes counted against the queue bounds.
@@ -925,6 +968,26 @@ impl BrokerCore {
         frames: &[Bytes],
     ) -> Result<(), DecodeError> {
         self.tick(now);
+        if mdp2::classify(frames).is_none() {
+            if let Some((route, rest)) = split_route(frames) {
+                let decoded =
+                    Inbound::decode_classified(rest, mdp2::classify(rest), &self.config.limits);
+                return match decoded {
+                    Ok((form, Inbound::Client(request))) => {
+                        self.handle_client_in(now, identity, route.to_vec(), request, form);
+                        Ok(())
+                    }
+                    // Not reached: `split_route` leaves only a client's message.
+                    Ok((_, Inbound::Worker(_))) => {
+                        Err(DecodeError::MissingEmptyFrame(frames[0].len()))
+                    }
+                    Err(error) => {
+                        self.handle_invalid(now, identity, &error);
+                        Err(error)
+                    }
+                };
+            }
+        }
         let classified = mdp2::classify(frames);
         // A registered worker's command is read in its READY's form, whatever its header says.
         let switched = match classified {
@@ -944,7 +1007,7 @@ impl BrokerCore {
         };
         match decoded {
             Ok((form, Inbound::Client(request))) => {
-                self.handle_client_in(now, identity, request, form);
+                self.handle_client_in(now, identity, Vec::new(), request, form);
                 Ok(())
             }
             Ok((form, Inbound::Worker(message))) => {
@@ -1008,21 +1071,24 @@ impl BrokerCore {
     /// Handles a decoded MDP/Client v0.1 REQUEST from the client `identity`.
     pub fn handle_client(&mut self, now: Instant, identity: &Bytes, request: ClientRequest) {
         let ClientRequest { service, body } = request;
-        self.handle_client_in(now, identity, ClientCommand { service, body }, Version::V01);
+        let request = ClientCommand { service, body };
+        self.handle_client_in(now, identity, Vec::new(), request, Version::V01);
     }
 
-    /// Handles a request from a client that speaks `form`; every reply to it is in that form.
+    /// Handles a request from a client that speaks `form`; every reply to it is in that form,
+    /// after `route` (its extended reply envelope).
     fn handle_client_in(
         &mut self,
         now: Instant,
         identity: &Bytes,
+        route: Vec<Bytes>,
         request: ClientCommand,
         form: Version,
     ) {
         self.tick(now);
         self.stats.requests += 1;
         if mmi::is_mmi(&request.service) {
-            self.handle_mmi(now, identity, request, form);
+            self.handle_mmi(now, identity, &route, request, form);
             return;
         }
         if self.draining {
@@ -1035,6 +1101,10 @@ impl BrokerCore {
         }
         let size = REQUEST_OVERHEAD
             + identity.len()
+            + route
+                .iter()
+                .map(|f| f.len() + FRAME_OVERHEAD)
+                .sum::<usize>()
             + request.service.len()
             + request.body.iter().map(Bytes::len).sum::<usize>()
             + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
@@ -1071,6 +1141,7 @@ impl BrokerCore {
             now,
             Request {
                 client: identity.clone(),
+                route,
                 service: request.service,
                 body: request.body,
                 size,
@@ -1087,6 +1158,7 @@ impl BrokerCore {
         &mut self,
         now: Instant,
         identity: &Bytes,
+        route: &[Bytes],
         request: ClientCommand,
         form: Version,
     ) {
@@ -1110,10 +1182,11 @@ impl BrokerCore {
                 };
                 vec![Bytes::from_static(mmi::OK), encode(&stats)]
             }
+            (mmi::ENVELOPE, _) => vec![Bytes::from_static(mmi::OK)],
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
         debug!(client = %Peer(identity), service = %Hex(&request.service), status = %Hex(&reply[0]), "mmi");
-        self.send_reply(identity, request.service, reply, form);
+        self.send_reply(identity, route, request.service, reply, form);
     }
 
     /// Handles a decoded MDP/Worker v0.1 command from the worker `identity`. A worker that
@@ -1239,7 +1312,7 @@ impl BrokerCore {
                 );
                 self.transmits.push_back(Transmit {
                     role: Role::Client,
-                    frames,
+                    frames: routed(frames, &request.route),
                 });
             }
             Ok(None) => {}
@@ -1275,7 +1348,9 @@ impl BrokerCore {
         worker.heartbeat.on_send(now);
         let received = request.received;
         match reply.into_body(body, &self.config.limits) {
-            Ok(body) => self.send_reply(&client, request.service, body, request.form),
+            Ok(body) => {
+                self.send_reply(&client, &request.route, request.service, body, request.form);
+            }
             Err(_) => {
                 // Parts of a v0.2 worker past what a v0.1 client can take in one REPLY (the
                 // limits of an inbound message): the client gets none and retries; the worker
@@ -1670,13 +1745,20 @@ impl BrokerCore {
         }
     }
 
-    /// The one reply to a v0.1 client, or the FINAL to a v0.2 one.
-    fn send_reply(&mut self, client: &Bytes, service: Bytes, body: Vec<Bytes>, form: Version) {
+    /// The one reply to a v0.1 client, or the FINAL to a v0.2 one, after its `route`.
+    fn send_reply(
+        &mut self,
+        client: &Bytes,
+        route: &[Bytes],
+        service: Bytes,
+        body: Vec<Bytes>,
+        form: Version,
+    ) {
         self.stats.replies += 1;
         let frames = codec::final_frames(Some(client), form, &service, &body);
         self.transmits.push_back(Transmit {
             role: Role::Client,
-            frames,
+            frames: routed(frames, route),
         });
     }
 
@@ -1715,6 +1797,7 @@ mod tests {
     fn request(client: &'static [u8], form: Version) -> Request {
         Request {
             client: Bytes::from_static(client),
+            route: Vec::new(),
             service: Bytes::from_static(b"echo"),
             body: vec![Bytes::from_static(b"q")],
             size: 0,

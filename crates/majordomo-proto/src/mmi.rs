@@ -22,6 +22,12 @@ pub const NOT_FOUND: &[u8] = b"404";
 /// lists the busiest services, counting the rest in `services_omitted`; a body naming a page
 /// ([`StatsQuery`]) lists that page instead.
 pub const STATS: &[u8] = b"mmi.stats";
+/// `mmi.envelope`, an extension of this implementation: `200` means that the broker routes
+/// extended reply envelopes (a client's frames before the empty delimiter come back before
+/// every reply to it; see `broker::split_route`), so that a client may tag requests on one
+/// connection. Brokers without it answer `501` (or `404`, as an unknown service): a client
+/// must then send no frame before the delimiter.
+pub const ENVELOPE: &[u8] = b"mmi.envelope";
 /// Status of a successful extension reply.
 pub const OK: &[u8] = b"200";
 /// Reply to every other `mmi.*` service: "Any unimplemented services in the "mmi." namespace MUST

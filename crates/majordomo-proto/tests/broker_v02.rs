@@ -1,4 +1,5 @@
-//! The broker with 18/MDP (v0.2) peers, in both dialects and mixed with v0.1 peers, under
+//! The broker with 18/MDP (v0.2) peers, in both dialects and mixed with v0.1 peers, and with
+//! clients that tag requests with an extended reply envelope, under
 //! simulated time: every frame checked as it would go on the wire.
 
 use std::time::{Duration, Instant};
@@ -401,4 +402,89 @@ fn the_v01_worker_entry_point_refuses_a_v02_worker() {
         (s.core.stats().protocol_errors, s.core.stats().workers),
         (1, 0)
     );
+}
+
+#[test]
+fn tagged_requests_on_one_connection_get_their_own_tags_back_in_any_order() {
+    let mut s = Sim::new();
+    s.from(b"w1", &[b"", b"MDPW01", &[0x01], b"echo"]);
+    s.from(b"w2", &[b"", b"MDPW02", &[0x01], b"echo"]);
+    // Two requests from one client, each tagged; two hops' worth of route on the second.
+    s.from(b"c", &[b"t1", b"", b"MDPC01", b"echo", b"one"]);
+    s.from(
+        b"c",
+        &[b"proxy", b"t2", b"", b"MDPC02", &[0x02], b"echo", b"two"],
+    );
+    let sent = s.sent();
+    // Workers see the client's identity as its address, as ever.
+    assert_eq!(
+        sent,
+        [
+            (
+                Role::Worker,
+                f(&[b"w1", b"", b"MDPW01", &[0x02], b"c", b"", b"one"])
+            ),
+            (
+                Role::Worker,
+                f(&[b"w2", b"", b"MDPW02", &[0x02], b"c", b"", b"two"])
+            ),
+        ]
+    );
+    // Answered in the other order: each reply after its own route.
+    s.from(b"w2", &[b"", b"MDPW02", &[0x03], b"c", b"", b"part"]);
+    s.from(b"w2", &[b"", b"MDPW02", &[0x04], b"c", b"", b"done"]);
+    s.from(b"w1", &[b"", b"MDPW01", &[0x03], b"c", b"", b"ONE"]);
+    assert_eq!(
+        s.sent(),
+        [
+            (
+                Role::Client,
+                f(&[b"c", b"proxy", b"t2", b"", b"MDPC02", &[0x03], b"part"])
+            ),
+            (
+                Role::Client,
+                f(&[b"c", b"proxy", b"t2", b"", b"MDPC02", &[0x04], b"done"])
+            ),
+            (
+                Role::Client,
+                f(&[b"c", b"t1", b"", b"MDPC01", b"echo", b"ONE"])
+            ),
+        ]
+    );
+    // A client asks first whether its tags come back.
+    s.from(b"c", &[b"t3", b"", b"MDPC01", b"mmi.envelope", b""]);
+    assert_eq!(
+        s.sent(),
+        [(
+            Role::Client,
+            f(&[b"c", b"t3", b"", b"MDPC01", b"mmi.envelope", b"200"])
+        )]
+    );
+}
+
+#[test]
+fn a_route_past_its_bounds_or_before_a_worker_command_is_malformed() {
+    let mut s = Sim::new();
+    let mut nine: Vec<&[u8]> = vec![b"hop"; 9];
+    nine.extend([&b""[..], b"MDPC01", b"echo", b"x"]);
+    let long = [0u8; 256];
+    let bad: [Vec<&[u8]>; 4] = [
+        nine,
+        vec![&long[..], b"", b"MDPC01", b"echo", b"x"],
+        // Only a client's message may carry a route.
+        vec![b"t", b"", b"MDPW01", &[0x01], b"echo"],
+        // The RFC 18 dialect has no delimiter after which a route could end.
+        vec![b"t", b"MDPC02", &[0x01], b"echo", b"x"],
+    ];
+    for bad in bad {
+        assert!(
+            s.core
+                .handle_message(s.now, &Bytes::from_static(b"c"), &f(&bad))
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(s.sent().is_empty());
+    assert_eq!(s.core.stats().protocol_errors, 4);
+    assert_eq!(s.core.stats().requests, 0);
 }
