@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use majordomo_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats, EndpointRole};
-use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_client::{Client, ClientConfig, ClientError, MuxClient};
 use majordomo_pirate::{
     LazyPirate, LazyPirateConfig, PppWorker, PppWorkerConfig, Queue, QueueConfig, QueueHandle,
 };
@@ -695,4 +695,135 @@ async fn lazy_pirate_is_answered_through_the_paranoid_queue_by_a_ppp_worker() ->
 
 async fn stats_of(handle: &QueueHandle) -> majordomo_pirate::QueueStats {
     handle.stats().await.expect("queue running")
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_client_serves_10000_concurrent_requests_on_one_connection() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    for _ in 0..4 {
+        let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+        tokio::spawn(worker.run(
+            handler_fn(|body| async move { Ok(body) }),
+            std::future::pending(),
+        ));
+    }
+    until(&handle, |s| s.workers == 4).await;
+    let client = MuxClient::with_connector(endpoint.clone(), ClientConfig::default());
+    let calls: Vec<_> = (0..10_000u32)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(n.to_string())];
+                (n, client.request("echo", body).await)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (n, reply) = call.await?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())]);
+    }
+    let stats = client.stats().await;
+    assert_eq!(
+        (
+            stats.connections,
+            stats.replies,
+            stats.stale,
+            stats.multiplexed
+        ),
+        (1, 10_000, 0, Some(true)),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_client_retries_under_a_new_tag_and_drops_the_late_reply() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let timeout = Duration::from_secs(1);
+    // Two workers; the first request a worker gets takes one and a half timeouts, the rest
+    // none.
+    for _ in 0..2 {
+        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+        tokio::spawn(worker.run(
+            handler_fn(move |body| {
+                let slow = first.swap(false, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if slow {
+                        tokio::time::sleep(timeout * 3 / 2).await;
+                    }
+                    Ok(body)
+                }
+            }),
+            std::future::pending(),
+        ));
+    }
+    until(&handle, |s| s.workers == 2).await;
+    let config = ClientConfig::default().timeout(timeout).attempts(3);
+    let client = MuxClient::with_connector(endpoint.clone(), config);
+    // The first attempt waits on one slow worker, the second on the other, the third is
+    // answered; both late replies come back to tags nobody holds.
+    let reply = client
+        .request("echo", vec![Bytes::from_static(b"once")])
+        .await?;
+    assert_eq!(reply, [Bytes::from_static(b"once")]);
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    let stats = loop {
+        let stats = client.stats().await;
+        if stats.stale == 2 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (stats.sent, stats.replies, stats.stale, stats.connections),
+        (3, 1, 2, 1),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_client_never_tags_a_request_to_a_broker_that_does_not_route_envelopes() -> Result<()> {
+    // A scripted broker in the Guide's shape: mmi.* answered 501, the rest echoed, and any
+    // frame before the delimiter is a failure.
+    let (mut router, endpoint) = memory::router();
+    let broker = tokio::spawn(async move {
+        let mut requests = 0;
+        loop {
+            let Ok(Ok(mut frames)) =
+                tokio::time::timeout(Duration::from_secs(30), router.recv()).await
+            else {
+                return anyhow::Ok(requests);
+            };
+            let identity = frames.remove(0);
+            let request = ClientRequest::decode(&frames, &Limits::default())
+                .context("a tagged or malformed request")?;
+            let body = if request.service.starts_with(b"mmi.") {
+                vec![Bytes::from_static(b"501")]
+            } else {
+                requests += 1;
+                request.body
+            };
+            let reply = ClientReply {
+                service: request.service,
+                body,
+            };
+            router.send(reply.encode_routed(&identity)).await?;
+        }
+    });
+    let client = MuxClient::with_connector(endpoint, ClientConfig::default());
+    for n in 0..3u8 {
+        let reply = client.request("echo", vec![Bytes::from(vec![n])]).await?;
+        assert_eq!(reply, [Bytes::from(vec![n])]);
+    }
+    let stats = client.stats().await;
+    assert_eq!(
+        (stats.multiplexed, stats.sent),
+        (Some(false), 0),
+        "{stats:?}"
+    );
+    drop(client);
+    assert_eq!(broker.await??, 3);
+    Ok(())
 }

@@ -10,6 +10,9 @@
 //!   its FINAL), retried only until the first part.
 //! - [`AsyncClient`]: the Guide's asynchronous Majordomo client (mdcliapi2): send many requests
 //!   without waiting, receive the replies as they come.
+//! - [`MuxClient`]: `request(service, body)` as [`Client`], with every request on one
+//!   connection, each tagged with a frame of its own, when the broker routes extended reply
+//!   envelopes (ours does); otherwise through a [`Client`]'s pool.
 //!
 //! # Correlation without a request id
 //! 7/MDP carries no request id, so a reply can only be matched to its request by the connection it
@@ -25,8 +28,12 @@
 //! # Layout
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
+//! - [`MuxClient`], [`MuxStats`]: many requests on one connection.
 //! - [`ClientError`]: what a call can fail with.
 #![warn(missing_docs)]
+
+mod mux;
+pub use mux::{MuxClient, MuxStats};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
