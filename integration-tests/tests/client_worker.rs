@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use integration_tests::wait_for_service;
 use integration_tests::{
     frames, free_endpoint, service_workers, test_config, worker_reply, CountingConnector, RawPeer,
     RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_broker::HeartbeatConfig;
-use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError};
+use majordomo_client::{AsyncClient, Client, ClientConfig, ClientError, MuxClient};
 use majordomo_rt::transport::Connector;
 use majordomo_worker::{handler_fn, BoxError, Handler, Worker, WorkerConfig};
 use tokio::io::AsyncReadExt;
@@ -551,5 +552,43 @@ async fn client_keeps_at_most_max_idle_connections_between_calls() -> Result<()>
     );
     let stats = broker.stop().await?;
     assert_eq!((stats.requests, stats.replies), (64, 64));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_client_sends_10000_concurrent_requests_on_one_tcp_connection() -> Result<()> {
+    let broker = RunningBroker::start(test_config()).await?;
+    let (stop, stopped) = watch::channel(false);
+    for _ in 0..4 {
+        let worker = Worker::new(broker.endpoint.clone(), "echo", WorkerConfig::default());
+        let mut stopped = stopped.clone();
+        tokio::spawn(
+            worker.run(handler_fn(|body| async move { Ok(body) }), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+        );
+    }
+    wait_for_service(&broker.endpoint, "echo").await?;
+    let connector = CountingConnector::new(broker.endpoint.clone());
+    let connects = connector.connects();
+    let client = MuxClient::with_connector(connector, ClientConfig::default().timeout(PATIENCE));
+    let calls: Vec<_> = (0..10_000u32)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(n.to_string())];
+                (n, client.request("echo", body).await)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (n, reply) = call.await?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())]);
+    }
+    assert_eq!(*connects.borrow(), 1);
+    let stats = client.stats().await;
+    assert_eq!((stats.replies, stats.multiplexed), (10_000, Some(true)));
+    let _ = stop.send(true);
+    broker.stop().await?;
     Ok(())
 }
