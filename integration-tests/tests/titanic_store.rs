@@ -13,10 +13,25 @@ use majordomo_titanic::core::CoreConfig;
 use majordomo_titanic::store::{Entry, Op, RedbStore, Store};
 use majordomo_titanic::tsp::Uuid;
 
-fn dir() -> Result<PathBuf> {
+/// A scratch directory of this test process, removed with what it holds when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir() -> Result<Scratch> {
     let dir = std::env::temp_dir().join(format!("majordomo-titanic-store-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(Scratch(dir))
 }
 
 /// A store at `path` holding acknowledged requests of a few sizes, closed.
@@ -119,7 +134,6 @@ async fn five_kinds_of_damaged_store_are_five_clear_errors_and_no_panic() -> Res
     let store = RedbStore::open(&good)?;
     assert_eq!(store.len()?, 60);
     drop(store);
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -143,7 +157,8 @@ async fn broker_and_titanic(store: &str, titanic_args: &[&str]) -> Result<(Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_stored_bytes_titanic_request_answers_500_store_full() -> Result<()> {
-    let path = dir()?.join("bytes.redb");
+    let scratch = dir()?;
+    let path = scratch.join("bytes.redb");
     let _ = std::fs::remove_file(&path);
     let store = path.to_str().context("utf-8 path")?;
     // Each 30,000-byte request costs 41 KB in the file: two fit in 100 KiB, not three.
@@ -194,7 +209,8 @@ async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded()
         .collect::<Result<Vec<usize>, _>>()?
         .try_into()
         .map_err(|_| anyhow!("TITANIC_MEMORY is COUNTxMIBxSERVICES"))?;
-    let path = dir()?.join("memory.redb");
+    let scratch = dir()?;
+    let path = scratch.join("memory.redb");
     let _ = std::fs::remove_file(&path);
     let store = path.to_str().context("utf-8 path")?;
     let cache_mib = 16;
