@@ -781,3 +781,61 @@ async fn floods_of_invalid_messages_and_drops_log_a_bounded_number_of_lines() ->
     assert!(lines < 100, "{lines} WARN lines for the flood");
     Ok(())
 }
+
+/// Two broker processes, one worker process registered with both (`--connect` twice), and a
+/// `MuxClient` and a round-robin `Client` of both with requests under way: one broker is
+/// killed with SIGKILL, and every request is still answered, each caller once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_brokers_under_load_loses_no_request() -> Result<()> {
+    use majordomo_client::MuxClient;
+    let (a, b) = (free_endpoint()?, free_endpoint()?);
+    let doomed = broker(&a, &[])?;
+    let _survivor = broker(&b, &[])?;
+    let _worker = worker(&a, &["--connect", &b, "--concurrency", "4", "echo"])?;
+    wait_for_service(&a, "echo").await?;
+    wait_for_service(&b, "echo").await?;
+    let config = ClientConfig::default()
+        .timeout(Duration::from_millis(500))
+        .attempts(10);
+    let mux = MuxClient::with_endpoints([a.clone(), b.clone()], config);
+    let pool = Client::with_endpoints([a.clone(), b.clone()], config);
+    let (kill, killed) = tokio::sync::watch::channel(false);
+    // Callers that keep asking until the broker has been dead a while, so that requests are
+    // under way when it dies and after.
+    let mut callers = Vec::new();
+    for caller in 0..16u32 {
+        let (mux, pool, mut killed) = (mux.clone(), pool.clone(), killed.clone());
+        callers.push(tokio::spawn(async move {
+            let mut after_kill = 0;
+            let mut n = 0u32;
+            while after_kill < 20 {
+                let body = vec![Bytes::from(format!("{caller}-{n}"))];
+                let reply = if caller % 2 == 0 {
+                    mux.request("echo", body.clone()).await
+                } else {
+                    pool.request("echo", body.clone()).await
+                };
+                anyhow::ensure!(reply? == body, "caller {caller} request {n}: another reply");
+                n += 1;
+                if *killed.borrow_and_update() {
+                    after_kill += 1;
+                }
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    // Both brokers serve before one dies.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while mux.stats().await.replies < 200 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no load");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    doomed.signal("KILL")?;
+    let _ = kill.send(true);
+    for caller in callers {
+        caller.await??;
+    }
+    let stats = mux.stats().await;
+    assert_eq!(stats.brokers_up, 1, "{stats:?}");
+    Ok(())
+}

@@ -709,18 +709,10 @@ async fn mux_client_serves_10000_concurrent_requests_on_one_connection() -> Resu
     }
     until(&handle, |s| s.workers == 4).await;
     let client = MuxClient::with_connector(endpoint.clone(), ClientConfig::default());
-    let calls: Vec<_> = (0..10_000u32)
-        .map(|n| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let body = vec![Bytes::from(n.to_string())];
-                (n, client.request("echo", body).await)
-            })
-        })
-        .collect();
+    let calls = concurrent_echoes(&client, 10_000);
     for call in calls {
         let (n, reply) = call.await?;
-        assert_eq!(reply?, [Bytes::from(n.to_string())]);
+        assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
     }
     let stats = client.stats().await;
     assert_eq!(
@@ -825,5 +817,145 @@ async fn mux_client_never_tags_a_request_to_a_broker_that_does_not_route_envelop
     );
     drop(client);
     assert_eq!(broker.await??, 3);
+    Ok(())
+}
+
+/// A request's number and what came back for it.
+type Numbered = JoinHandle<(u32, Result<Vec<Bytes>, ClientError>)>;
+
+/// `count` requests to `echo` at once through `client`, each body its number.
+fn concurrent_echoes(client: &MuxClient<MemoryEndpoint>, count: u32) -> Vec<Numbered> {
+    (0..count)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(n.to_string())];
+                (n, client.request("echo", body).await)
+            })
+        })
+        .collect()
+}
+
+/// Echo workers serving `echo` at every broker of `endpoints`, each answering after `delay`;
+/// returns the most handlers seen running at once.
+fn spawn_echo_at_every_broker(
+    endpoints: &[MemoryEndpoint],
+    concurrency: usize,
+    delay: Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let running = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    let worker = Worker::with_connectors(
+        endpoints.to_vec(),
+        "echo",
+        WorkerConfig::default().concurrency(concurrency),
+    );
+    let handler = {
+        let most = most.clone();
+        handler_fn(move |body| {
+            let (running, most) = (running.clone(), most.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(body)
+            }
+        })
+    };
+    tokio::spawn(worker.run(handler, std::future::pending()));
+    most
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_of_several_brokers_registers_with_each_and_runs_within_its_concurrency(
+) -> Result<()> {
+    let (a, a_handle, _a_task) = shared_broker(BrokerConfig::default())?;
+    let (b, b_handle, _b_task) = shared_broker(BrokerConfig::default())?;
+    let most = spawn_echo_at_every_broker(&[a.clone(), b.clone()], 2, Duration::from_millis(10));
+    // Two connections at each broker, each its own READY.
+    until(&a_handle, |s| s.workers == 2).await;
+    until(&b_handle, |s| s.workers == 2).await;
+    let calls: Vec<_> = (0..200u32)
+        .map(|n| {
+            let endpoint = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let client = Client::with_connector(endpoint, ClientConfig::default());
+                let body = vec![Bytes::from(n.to_string())];
+                (n, client.request("echo", body).await)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (n, reply) = call.await?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
+    }
+    let (a_stats, b_stats) = (stats(&a_handle).await, stats(&b_handle).await);
+    assert_eq!((a_stats.replies, b_stats.replies), (100, 100));
+    // Four connections, but never more than two handlers at once.
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn mux_client_spreads_over_brokers_and_loses_no_request_when_one_dies_under_load(
+) -> Result<()> {
+    let (a, a_handle, a_task) = shared_broker(BrokerConfig::default())?;
+    let (b, b_handle, _b_task) = shared_broker(BrokerConfig::default())?;
+    // Eight handlers of 1 ms: B alone answers all 2,000 well within one timeout.
+    spawn_echo_at_every_broker(&[a.clone(), b.clone()], 8, Duration::from_millis(1));
+    until(&a_handle, |s| s.workers == 8).await;
+    until(&b_handle, |s| s.workers == 8).await;
+    let client = MuxClient::with_connectors([a.clone(), b.clone()], ClientConfig::default());
+    let calls = concurrent_echoes(&client, 2_000);
+    // A dies (its socket and every connection with it) once it has answered some: its
+    // requests under way are sent again to B.
+    until(&a_handle, |s| s.replies >= 100).await;
+    a_task.abort();
+    for call in calls {
+        let (n, reply) = call.await?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
+    }
+    let mux = client.stats().await;
+    assert_eq!((mux.replies, mux.brokers_up), (2_000, 1), "{mux:?}");
+    assert!(mux.failovers > 0, "{mux:?}");
+    assert!(stats(&b_handle).await.replies > 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_client_of_several_brokers_fails_over_to_the_next_when_one_dies() -> Result<()> {
+    let (a, a_handle, a_task) = shared_broker(BrokerConfig::default())?;
+    let (b, b_handle, _b_task) = shared_broker(BrokerConfig::default())?;
+    spawn_echo_at_every_broker(&[a.clone(), b.clone()], 2, Duration::ZERO);
+    until(&a_handle, |s| s.workers == 2).await;
+    until(&b_handle, |s| s.workers == 2).await;
+    let client = Client::with_connector(
+        majordomo_client::RoundRobin::new([a.clone(), b.clone()]),
+        ClientConfig::default().timeout(Duration::from_secs(1)),
+    );
+    // Spread over both: each request opens (or reuses) a connection, new ones in turn.
+    let calls: Vec<_> = (0..20u32)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .request("echo", vec![Bytes::from(n.to_string())])
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await??;
+    }
+    let a_replies = stats(&a_handle).await.replies;
+    assert!(a_replies > 0 && stats(&b_handle).await.replies > 0);
+    a_task.abort();
+    for n in 0..20u32 {
+        let body = vec![Bytes::from(n.to_string())];
+        assert_eq!(client.request("echo", body.clone()).await?, body);
+    }
+    assert_eq!(stats(&b_handle).await.replies, 40 - a_replies);
     Ok(())
 }

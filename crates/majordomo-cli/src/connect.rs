@@ -6,13 +6,14 @@ use majordomo_client::{Dialect, Version};
 /// The broker's endpoint when none is given.
 pub(crate) const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
 
-/// Where the broker is.
+/// Where the brokers are.
 #[derive(Args, Clone)]
 pub(crate) struct ConnectArgs {
-    /// Broker endpoint.
+    /// Broker endpoint; repeat it for several brokers serving the same services (a worker
+    /// registers with every one; a client sends each attempt to the next in turn).
     // Global, so that `worker echo --connect EP` works as `worker --connect EP echo` does.
-    #[arg(long, default_value = DEFAULT_ENDPOINT, global = true)]
-    pub(crate) connect: String,
+    #[arg(long, default_value = DEFAULT_ENDPOINT, global = true, action = clap::ArgAction::Append)]
+    pub(crate) connect: Vec<String>,
 }
 
 /// The MDP a client or worker speaks.

@@ -28,7 +28,9 @@
 //! # Layout
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
-//! - [`MuxClient`], [`MuxStats`]: many requests on one connection.
+//! - [`MuxClient`], [`MuxStats`]: many requests on one connection (to each broker).
+//! - [`Client::with_endpoints`], [`MuxClient::with_endpoints`], [`RoundRobin`]: several brokers
+//!   serving the same services; a request is delivered at least once and answered at most once.
 //! - [`ClientError`]: what a call can fail with.
 #![warn(missing_docs)]
 
@@ -46,6 +48,7 @@ pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
+pub use majordomo_rt::round_robin::RoundRobin;
 use majordomo_rt::transport::{Connector, DealerConnector, Transport, TransportError};
 use tracing::{debug, info_span, Instrument};
 use zeromq::DealerSocket;
@@ -208,6 +211,29 @@ impl Client {
     /// A client for the broker at `endpoint`. Nothing connects until the first request.
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         Self::with_connector(DealerConnector::new(endpoint), config)
+    }
+}
+
+impl Client<RoundRobin<DealerConnector>> {
+    /// A client of several brokers that serve the same services: each connection opens to the
+    /// next broker in turn ([`RoundRobin`]), so requests spread over the brokers and an attempt
+    /// that timed out on one is retried on the next. Nothing connects until the first request.
+    ///
+    /// A request is delivered at least once: a broker that dies after dispatching it, or a
+    /// reply later than the timeout, means the retry may run it again. The caller gets at most
+    /// one reply.
+    ///
+    /// # Panics
+    ///
+    /// If `endpoints` is empty.
+    pub fn with_endpoints<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: ClientConfig,
+    ) -> Self {
+        Self::with_connector(
+            RoundRobin::new(endpoints.into_iter().map(DealerConnector::new)),
+            config,
+        )
     }
 }
 

@@ -7,44 +7,58 @@
 //! reply...]`: one connection carries any number of requests, and each reply finds its request
 //! by its tag, in any order.
 //!
-//! One task owns the connection and every request under way; [`MuxClient`] handles (cheap
-//! clones) send it requests over a channel and wait for their answers. On each new connection
-//! it asks `mmi.envelope` first, untagged, because a broker that does not route extended
+//! One task owns every request under way; [`MuxClient`] handles (cheap clones) send it requests
+//! over a channel and wait for their answers. Each connection has a task of its own that opens
+//! it and asks `mmi.envelope` first, untagged, because a broker that does not route extended
 //! envelopes must never be sent one (the Guide's Python broker asserts on it): a broker that
-//! answers anything but `200`, or nothing within the timeout, is served through a [`Client`]
-//! and its pool of connections instead, for the life of the `MuxClient`.
+//! answers anything but `200`, or nothing within the timeout, is not sent tagged requests for
+//! the life of the `MuxClient`; when no broker multiplexes, requests go through a [`Client`]
+//! and its pool of connections instead.
+//!
+//! # Several brokers
+//!
+//! [`MuxClient::with_endpoints`] (or [`MuxClient::with_connectors`]) takes several brokers,
+//! every one serving the same services (each worker registered with all of them). The client
+//! holds one connection to each broker that is up and sends each request to the one with the
+//! fewest requests under way. A broker whose connection fails or stays silent for a whole
+//! timeout while a request waits on it is dropped and connected again after a backoff (from a
+//! tenth of the timeout, doubling up to the timeout); its requests go to the other brokers.
 //!
 //! Each request follows the Lazy Pirate strategy of [`Client`]: no reply within
-//! [`ClientConfig::timeout`] and it is sent again, with a new tag, up to
-//! [`ClientConfig::attempts`] times. A reply to an old tag is stale: dropped, counted in
-//! [`MuxStats::stale`], never delivered, so a caller gets at most one reply. A connection on
-//! which nothing arrived for a whole timeout while a request waited on it is taken as dead,
-//! closed and replaced.
+//! [`ClientConfig::timeout`] and it is sent again, with a new tag, to another broker when one is
+//! up, up to [`ClientConfig::attempts`] times. A reply to an old tag is stale: dropped, counted
+//! in [`MuxStats::stale`], never delivered, so a caller gets at most one reply. The request
+//! itself is delivered at least once: a broker that dies (or a reply that is late) after it
+//! dispatched a request means the retry may run it a second time.
 //!
 //! Requests are sent in 7/MDP (v0.1) form whatever [`ClientConfig::version`] says; a client
 //! configured for 18/MDP is served by the pool.
 
-use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use majordomo_proto::heartbeat::Backoff;
 use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::mmi;
 use majordomo_rt::clock;
-use majordomo_rt::transport::{Connector, DealerConnector, Transport};
+use majordomo_rt::timer::DeadlineTimer;
+use majordomo_rt::transport::{Connector, DealerConnector, Transport, TransportError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{Client, ClientConfig, ClientError, Version};
 
-/// Requests a [`MuxClient`]'s task holds in its channel before callers wait to hand theirs.
+/// Requests a [`MuxClient`]'s task holds in its channel before callers wait to hand theirs; also
+/// the messages a connection's task holds for it.
 const CHANNEL: usize = 1024;
 
 /// What a [`MuxClient`]'s task has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MuxStats {
-    /// Connections opened (each asked `mmi.envelope`).
+    /// Connections opened (each asked `mmi.envelope`), to every broker.
     pub connections: u64,
     /// Requests sent, each attempt counted.
     pub sent: u64,
@@ -52,17 +66,23 @@ pub struct MuxStats {
     pub replies: u64,
     /// Replies to a tag no request holds any more (answered late, after a retry): dropped.
     pub stale: u64,
+    /// Attempts sent to another broker than the request's previous attempt.
+    pub failovers: u64,
     /// Requests under way now.
     pub in_flight: usize,
-    /// Whether the broker routes tagged requests; `None` until a connection has asked.
+    /// Brokers with a connection that carries tagged requests now.
+    pub brokers_up: usize,
+    /// Whether a broker routes tagged requests: `Some(true)` once one has answered
+    /// `mmi.envelope` with `200`, `Some(false)` when every broker has answered otherwise,
+    /// `None` until then.
     pub multiplexed: Option<bool>,
 }
 
 /// A request's answer from the task.
 enum Answer {
     Reply(Result<Vec<Bytes>, ClientError>),
-    /// The broker does not route extended envelopes: the caller uses the pool.
-    Unsupported(Bytes, Vec<Bytes>),
+    /// No broker routes extended envelopes: the caller uses this broker's pool.
+    Unsupported(usize, Bytes, Vec<Bytes>),
 }
 
 enum Command {
@@ -74,19 +94,20 @@ enum Command {
     Stats(oneshot::Sender<MuxStats>),
 }
 
-/// A 7/MDP client that multiplexes its requests on one connection to the broker (see the
-/// module docs); clones share the connection. Made inside a tokio runtime: it spawns the task
-/// that owns the connection, which ends when the last clone is dropped.
+/// A 7/MDP client that multiplexes its requests on one connection to each broker (see the
+/// module docs); clones share the connections. Made inside a tokio runtime: it spawns the task
+/// that owns the requests, which ends when the last clone is dropped.
 pub struct MuxClient<C: Connector + Clone = DealerConnector> {
     commands: mpsc::Sender<Command>,
-    pool: Client<C>,
+    /// One pool per broker, for brokers that do not multiplex.
+    pools: Arc<[Client<C>]>,
 }
 
 impl<C: Connector + Clone> Clone for MuxClient<C> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
-            pool: self.pool.clone(),
+            pools: self.pools.clone(),
         }
     }
 }
@@ -94,7 +115,7 @@ impl<C: Connector + Clone> Clone for MuxClient<C> {
 impl<C: Connector + Clone> std::fmt::Debug for MuxClient<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MuxClient")
-            .field("pool", &self.pool)
+            .field("pools", &self.pools)
             .finish_non_exhaustive()
     }
 }
@@ -104,33 +125,90 @@ impl MuxClient {
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         Self::with_connector(DealerConnector::new(endpoint), config)
     }
+
+    /// A client for the brokers at `endpoints`, each serving the same services. Nothing
+    /// connects until the first request.
+    ///
+    /// # Panics
+    ///
+    /// If `endpoints` is empty.
+    pub fn with_endpoints<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: ClientConfig,
+    ) -> Self {
+        Self::with_connectors(endpoints.into_iter().map(DealerConnector::new), config)
+    }
 }
 
-impl<C: Connector + Clone + 'static> MuxClient<C> {
+impl<C> MuxClient<C>
+where
+    C: Connector + Clone + 'static,
+    C::Conn: 'static,
+{
     /// A client whose connection (and pool, if the broker does not multiplex) opens through
     /// `connector`.
     pub fn with_connector(connector: C, config: ClientConfig) -> Self {
+        Self::with_connectors([connector], config)
+    }
+
+    /// A client of several brokers, each reached through its connector.
+    ///
+    /// # Panics
+    ///
+    /// If `connectors` is empty.
+    pub fn with_connectors(connectors: impl IntoIterator<Item = C>, config: ClientConfig) -> Self {
+        let connectors: Vec<C> = connectors.into_iter().collect();
+        assert!(
+            !connectors.is_empty(),
+            "a MuxClient needs at least one broker"
+        );
         let (commands, receiver) = mpsc::channel(CHANNEL);
-        let pool = Client::with_connector(connector.clone(), config);
+        let (events_in, events) = mpsc::channel(CHANNEL);
+        let pools = connectors
+            .iter()
+            .map(|c| Client::with_connector(c.clone(), config))
+            .collect();
+        // Reconnects start at a tenth of the timeout and double up to the timeout.
+        let backoff = || Backoff::new(config.timeout / 10, config.timeout);
         let task = Task {
-            connector,
+            brokers: connectors
+                .into_iter()
+                .map(|connector| Broker {
+                    connector,
+                    link: Link::Idle,
+                    retry_at: None,
+                    backoff: backoff(),
+                    in_flight: 0,
+                    generation: 0,
+                })
+                .collect(),
             config,
             commands: receiver,
-            conn: None,
-            supported: (config.version != Version::V01).then_some(false),
+            events,
+            events_in,
+            v01: config.version == Version::V01,
             next_tag: 0,
+            next_pool: 0,
             pending: HashMap::new(),
+            unsent: VecDeque::new(),
+            first_read: 0,
             deadlines: BTreeSet::new(),
-            stats: MuxStats::default(),
+            stats: MuxStats {
+                multiplexed: (config.version != Version::V01).then_some(false),
+                ..MuxStats::default()
+            },
         };
         tokio::spawn(task.run());
-        Self { commands, pool }
+        Self { commands, pools }
     }
 }
 
 impl<C: Connector + Clone> MuxClient<C> {
     /// Sends `body` to `service` and waits for the reply body, retried per [`ClientConfig`]
-    /// with a new tag each time; through the pool if the broker does not multiplex.
+    /// with a new tag each time; through a pool if no broker multiplexes.
+    ///
+    /// Cancel-safe: a request whose future is dropped is forgotten at its next deadline, and
+    /// its reply, if one comes, is dropped as stale.
     pub async fn request(
         &self,
         service: impl Into<Bytes>,
@@ -144,16 +222,14 @@ impl<C: Connector + Clone> MuxClient<C> {
             answer,
         };
         if self.commands.send(command).await.is_err() {
-            return Err(ClientError::Transport(
-                majordomo_rt::transport::TransportError::Closed,
-            ));
+            return Err(ClientError::Transport(TransportError::Closed));
         }
         match answered.await {
             Ok(Answer::Reply(result)) => result,
-            Ok(Answer::Unsupported(service, body)) => self.pool.request(service, body).await,
-            Err(_) => Err(ClientError::Transport(
-                majordomo_rt::transport::TransportError::Closed,
-            )),
+            Ok(Answer::Unsupported(broker, service, body)) => {
+                self.pools[broker].request(service, body).await
+            }
+            Err(_) => Err(ClientError::Transport(TransportError::Closed)),
         }
     }
 
@@ -177,53 +253,218 @@ struct Pending {
     deadline: Instant,
     /// When it was last sent.
     sent_at: Instant,
+    /// The broker its last attempt went to; `None` while it waits for one to come up.
+    broker: Option<usize>,
 }
 
-/// The connection, and when something last arrived on it.
-struct Conn<T> {
-    socket: T,
-    heard: Instant,
+/// A broker's connection, as the owning task sees it.
+enum Link<T> {
+    /// None, and none being opened.
+    Idle,
+    /// A task of its own opens it and asks `mmi.envelope`.
+    Connecting,
+    /// It carries tagged requests.
+    Up {
+        socket: T,
+        /// When something last arrived on it.
+        heard: Instant,
+    },
+    /// The broker does not route extended envelopes: never sent a tagged request again.
+    Plain,
+}
+
+struct Broker<C: Connector> {
+    connector: C,
+    link: Link<C::Conn>,
+    /// No new connection before this, after one failed.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// Requests whose last attempt went here.
+    in_flight: usize,
+    /// Counts this broker's connections, so that a closed one's late reports are told apart.
+    generation: u64,
+}
+
+/// What a connecting task reports.
+enum Event<T> {
+    /// Open, and it routes tagged requests.
+    Up(T),
+    /// Open, and the broker does not route extended envelopes.
+    Plain,
+    /// It could not open.
+    Down,
+}
+
+/// An [`Event`] of a broker's connection attempt of one generation.
+struct Report<T> {
+    broker: usize,
+    generation: u64,
+    event: Event<T>,
 }
 
 struct Task<C: Connector> {
-    connector: C,
+    brokers: Vec<Broker<C>>,
     config: ClientConfig,
     commands: mpsc::Receiver<Command>,
-    conn: Option<Conn<C::Conn>>,
-    /// Whether the broker routes tagged requests; `None` until asked.
-    supported: Option<bool>,
+    events: mpsc::Receiver<Report<C::Conn>>,
+    /// Cloned into each connecting task.
+    events_in: mpsc::Sender<Report<C::Conn>>,
+    /// The broker whose connection is read first at the next wake-up, in turn, so that one
+    /// that keeps sending does not starve the others.
+    first_read: usize,
+    /// Only 7/MDP requests are tagged; other versions go through the pools.
+    v01: bool,
     next_tag: u64,
+    /// The pool the next untagged request goes through, round robin.
+    next_pool: usize,
     pending: HashMap<u64, Pending>,
+    /// Tags of requests waiting for a broker to come up.
+    unsent: VecDeque<u64>,
     deadlines: BTreeSet<(Instant, u64)>,
     stats: MuxStats,
 }
 
-impl<C: Connector> Task<C> {
+/// Opens one connection and asks it `mmi.envelope`; reports the connection, or why not.
+async fn connect<C: Connector>(
+    connector: C,
+    timeout: Duration,
+    limits: majordomo_proto::Limits,
+    broker: usize,
+    generation: u64,
+    events: mpsc::Sender<Report<C::Conn>>,
+) {
+    let report = |event| Report {
+        broker,
+        generation,
+        event,
+    };
+    let mut socket = match connector.connect(timeout).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            debug!(%error, broker = %connector.describe(), "cannot connect to the broker");
+            let _ = events.send(report(Event::Down)).await;
+            return;
+        }
+    };
+    let probe = ClientRequest::new(Bytes::from_static(mmi::ENVELOPE), vec![]).encode();
+    // On a new connection only the probe's answer can come.
+    let answer = match socket.send(probe).await {
+        Ok(()) => tokio::time::timeout(timeout, socket.recv()).await,
+        Err(error) => Ok(Err(error)),
+    };
+    let event = match answer {
+        Ok(Ok(frames)) => {
+            let supported = ClientReply::decode(&frames, &limits).is_ok_and(|reply| {
+                reply.service.as_ref() == mmi::ENVELOPE
+                    && reply.body.first().is_some_and(|s| s.as_ref() == mmi::OK)
+            });
+            if supported {
+                Event::Up(socket)
+            } else {
+                Event::Plain
+            }
+        }
+        Ok(Err(_)) => Event::Down,
+        Err(_) => Event::Plain,
+    };
+    let _ = events.send(report(event)).await;
+}
+
+/// The next message from any connection that is up, read from `first` on in turn, with the
+/// broker it came from. Pending while none is up.
+async fn recv_any<C: Connector>(
+    brokers: &mut [Broker<C>],
+    first: usize,
+) -> (usize, Result<Vec<Bytes>, TransportError>) {
+    std::future::poll_fn(|cx| {
+        let count = brokers.len();
+        for i in 0..count {
+            let index = (first + i) % count;
+            if let Link::Up { socket, .. } = &mut brokers[index].link {
+                // Made afresh at each poll and dropped if not ready: `recv` is cancel-safe (the
+                // Transport contract) and registers the waker each time.
+                let received = std::pin::pin!(socket.recv());
+                if let std::task::Poll::Ready(result) = std::future::Future::poll(received, cx) {
+                    return std::task::Poll::Ready((index, result));
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+impl<C> Task<C>
+where
+    C: Connector + Clone + 'static,
+    C::Conn: 'static,
+{
     async fn run(mut self) {
+        // Armed at the earliest deadline, and moved only when one comes earlier: a timer that
+        // fires early finds nothing due and is armed again, which costs less than moving it at
+        // every reply.
+        let mut timer = DeadlineTimer::new(clock::now());
+        let mut armed: Option<Instant> = None;
         loop {
-            let next = self.deadlines.first().map(|(at, _)| *at);
-            let conn = self.conn.as_mut().map(|c| &mut c.socket);
+            if let Some(at) = self.next_wakeup() {
+                if armed.is_none_or(|armed| at < armed) {
+                    timer.set(at);
+                    armed = Some(at);
+                }
+            }
+            let first = self.first_read;
             tokio::select! {
-                // mpsc's recv is cancel-safe.
+                // mpsc's recv is cancel-safe; so is `recv_any`.
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command).await,
                     // Every handle is gone, and with it every caller.
                     None => return,
                 },
-                // Cancel-safe (the Transport contract).
-                frames = async { conn.expect("guarded").recv().await }, if conn.is_some() => {
-                    match frames {
-                        Ok(frames) => self.on_frames(frames),
+                report = self.events.recv() => {
+                    // The task holds a sender itself, so the channel never closes.
+                    if let Some(report) = report {
+                        self.on_report(report).await;
+                    }
+                }
+                (index, received) = recv_any(&mut self.brokers, first) => {
+                    self.first_read = (index + 1) % self.brokers.len();
+                    match received {
+                        Ok(frames) => {
+                            if let Link::Up { heard, .. } = &mut self.brokers[index].link {
+                                *heard = clock::now();
+                            }
+                            self.on_frames(frames);
+                        }
                         Err(error) => {
-                            debug!(%error, "connection to the broker failed; a new one opens at the next attempt");
-                            self.conn = None;
+                            debug!(%error, broker = %self.brokers[index].connector.describe(), "connection to the broker failed");
+                            self.down(index, clock::now());
                         }
                     }
                 }
-                () = tokio::time::sleep_until(next.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if next.is_some() => {
+                () = timer.wait(), if armed.is_some() => {
+                    armed = None;
                     self.on_timeout(clock::now()).await;
                 }
             }
+        }
+    }
+
+    /// The next deadline, or the next time a broker may be connected again while requests wait
+    /// for one.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let deadline = self.deadlines.first().map(|(at, _)| *at);
+        let retry = if self.unsent.is_empty() {
+            None
+        } else {
+            self.brokers
+                .iter()
+                .filter(|b| matches!(b.link, Link::Idle))
+                .filter_map(|b| b.retry_at)
+                .min()
+        };
+        match (deadline, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -232,7 +473,11 @@ impl<C: Connector> Task<C> {
             Command::Stats(answer) => {
                 let mut stats = self.stats;
                 stats.in_flight = self.pending.len();
-                stats.multiplexed = self.supported;
+                stats.brokers_up = self
+                    .brokers
+                    .iter()
+                    .filter(|b| matches!(b.link, Link::Up { .. }))
+                    .count();
                 let _ = answer.send(stats);
             }
             Command::Request {
@@ -240,8 +485,8 @@ impl<C: Connector> Task<C> {
                 body,
                 answer,
             } => {
-                if self.supported == Some(false) {
-                    let _ = answer.send(Answer::Unsupported(service, body));
+                if let Some(broker) = self.plain_broker() {
+                    let _ = answer.send(Answer::Unsupported(broker, service, body));
                     return;
                 }
                 let now = clock::now();
@@ -252,96 +497,184 @@ impl<C: Connector> Task<C> {
                     left: self.config.attempts.saturating_sub(1),
                     deadline: now,
                     sent_at: now,
+                    broker: None,
                 };
-                self.send(now, pending).await;
+                let tag = self.tag();
+                self.send(now, tag, pending).await;
             }
         }
     }
 
-    /// Sends `pending` under a new tag (connecting first if need be), or hands it to the pool
-    /// if the broker turns out not to multiplex.
-    async fn send(&mut self, now: Instant, mut pending: Pending) {
-        if self.conn.is_none() {
-            self.connect().await;
+    /// When no request can be tagged (another MDP version, or no broker multiplexes), the
+    /// broker whose pool serves them.
+    fn plain_broker(&mut self) -> Option<usize> {
+        if self.v01 && !self.brokers.iter().all(|b| matches!(b.link, Link::Plain)) {
+            return None;
         }
-        if self.supported == Some(false) {
-            let _ = pending
-                .answer
-                .send(Answer::Unsupported(pending.service, pending.body));
-            return;
-        }
+        let index = self.next_pool % self.brokers.len();
+        self.next_pool = self.next_pool.wrapping_add(1);
+        Some(index)
+    }
+
+    fn tag(&mut self) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
+        tag
+    }
+
+    /// Sends `pending` under `tag` to the broker up with the fewest requests under way (another
+    /// than its last attempt's if there is one), or keeps it until a broker comes up.
+    async fn send(&mut self, now: Instant, tag: u64, mut pending: Pending) {
+        self.connect_idle(now);
         let now = clock::now().max(now);
         pending.deadline = now + self.config.timeout;
         pending.sent_at = now;
-        if let Some(conn) = &mut self.conn {
-            let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
-            frames
-                .extend(ClientRequest::new(pending.service.clone(), pending.body.clone()).encode());
-            self.stats.sent += 1;
-            if let Err(error) = conn.socket.send(frames).await {
-                debug!(%error, "send to the broker failed; a new connection opens at the next attempt");
-                self.conn = None;
+        let previous = pending.broker.take();
+        let chosen = self
+            .brokers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| matches!(b.link, Link::Up { .. }))
+            .min_by_key(|(i, b)| (Some(*i) == previous, b.in_flight))
+            .map(|(i, _)| i);
+        match chosen {
+            Some(index) => {
+                let broker = &mut self.brokers[index];
+                let Link::Up { socket, .. } = &mut broker.link else {
+                    unreachable!("chosen among those up")
+                };
+                let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
+                frames.extend(
+                    ClientRequest::new(pending.service.clone(), pending.body.clone()).encode(),
+                );
+                self.stats.sent += 1;
+                broker.in_flight += 1;
+                // A send that failed is retried at once, like a lost one at its deadline.
+                let failed = socket.send(frames).await.is_err();
+                if previous.is_some_and(|p| p != index) {
+                    self.stats.failovers += 1;
+                }
+                pending.broker = Some(index);
+                self.deadlines.insert((pending.deadline, tag));
+                self.pending.insert(tag, pending);
+                if failed {
+                    debug!(broker = %self.brokers[index].connector.describe(), "send to the broker failed");
+                    self.down(index, clock::now());
+                }
+                return;
             }
+            None => self.unsent.push_back(tag),
         }
-        // Unsent (no connection): retried at its deadline like a lost one.
         self.deadlines.insert((pending.deadline, tag));
         self.pending.insert(tag, pending);
     }
 
-    /// Opens a connection and asks it `mmi.envelope`, untagged.
-    async fn connect(&mut self) {
-        let timeout = self.config.timeout;
-        let mut socket = match self.connector.connect(timeout).await {
-            Ok(socket) => socket,
-            Err(error) => {
-                debug!(%error, "cannot connect to the broker");
-                return;
+    /// Starts a connection to every broker that has none and may be tried again.
+    fn connect_idle(&mut self, now: Instant) {
+        for (index, broker) in self.brokers.iter_mut().enumerate() {
+            if !matches!(broker.link, Link::Idle) || broker.retry_at.is_some_and(|at| at > now) {
+                continue;
             }
-        };
-        self.stats.connections += 1;
-        let probe = ClientRequest::new(Bytes::from_static(mmi::ENVELOPE), vec![]).encode();
-        if socket.send(probe).await.is_err() {
+            broker.link = Link::Connecting;
+            broker.generation += 1;
+            self.stats.connections += 1;
+            tokio::spawn(connect(
+                broker.connector.clone(),
+                self.config.timeout,
+                self.config.limits,
+                index,
+                broker.generation,
+                self.events_in.clone(),
+            ));
+        }
+    }
+
+    async fn on_report(&mut self, report: Report<C::Conn>) {
+        let Report {
+            broker: index,
+            generation,
+            event,
+        } = report;
+        let now = clock::now();
+        let broker = &mut self.brokers[index];
+        if generation != broker.generation {
+            // A connection already let go.
             return;
         }
-        // On a new connection only the probe's answer can come.
-        let answer = match tokio::time::timeout(timeout, socket.recv()).await {
-            Ok(Ok(frames)) => ClientReply::decode(&frames, &self.config.limits).ok(),
-            Ok(Err(_)) => return,
-            Err(_) => None,
-        };
-        let supported = answer.is_some_and(|reply| {
-            reply.service.as_ref() == mmi::ENVELOPE
-                && reply.body.first().is_some_and(|s| s.as_ref() == mmi::OK)
-        });
-        if !supported {
-            warn!("the broker does not route tagged requests (mmi.envelope): one connection per request instead");
-            self.supported = Some(false);
+        match event {
+            Event::Up(socket) => {
+                broker.link = Link::Up { socket, heard: now };
+                broker.backoff.reset();
+                broker.retry_at = None;
+                self.stats.multiplexed = Some(true);
+                // Requests that waited for a broker go now.
+                for tag in std::mem::take(&mut self.unsent) {
+                    if let Some(pending) = self.pending.remove(&tag) {
+                        self.deadlines.remove(&(pending.deadline, tag));
+                        self.send(now, tag, pending).await;
+                    }
+                }
+            }
+            Event::Plain => {
+                warn!(broker = %broker.connector.describe(), "the broker does not route tagged requests (mmi.envelope): it is sent none");
+                broker.link = Link::Plain;
+                if self.brokers.iter().all(|b| matches!(b.link, Link::Plain)) {
+                    self.stats.multiplexed = Some(false);
+                    // Nobody multiplexes: what waited goes through the pools.
+                    for tag in std::mem::take(&mut self.unsent) {
+                        if let Some(pending) = self.pending.remove(&tag) {
+                            self.deadlines.remove(&(pending.deadline, tag));
+                            let _ = pending.answer.send(Answer::Unsupported(
+                                index,
+                                pending.service,
+                                pending.body,
+                            ));
+                        }
+                    }
+                }
+            }
+            Event::Down => self.down(index, now),
+        }
+    }
+
+    /// Lets broker `index`'s connection go: connected again after a backoff; the requests sent
+    /// on it are retried at once.
+    fn down(&mut self, index: usize, now: Instant) {
+        let broker = &mut self.brokers[index];
+        if matches!(broker.link, Link::Plain) {
             return;
         }
-        self.supported = Some(true);
-        self.conn = Some(Conn {
-            socket,
-            heard: clock::now(),
-        });
+        broker.link = Link::Idle;
+        broker.retry_at = Some(now + broker.backoff.next_delay());
+        let stranded: Vec<(Instant, u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.broker == Some(index))
+            .map(|(tag, p)| (p.deadline, *tag))
+            .collect();
+        for (deadline, tag) in stranded {
+            self.deadlines.remove(&(deadline, tag));
+            if let Some(pending) = self.pending.get_mut(&tag) {
+                pending.deadline = now;
+            }
+            self.deadlines.insert((now, tag));
+        }
     }
 
     fn on_frames(&mut self, frames: Vec<Bytes>) {
-        let now = clock::now();
-        if let Some(conn) = &mut self.conn {
-            conn.heard = now;
-        }
         let tag = frames
             .first()
             .and_then(|f| <[u8; 8]>::try_from(f.as_ref()).ok())
             .map(u64::from_be_bytes);
-        let Some(pending) = tag.and_then(|tag| self.pending.remove(&tag)) else {
+        let Some((tag, pending)) = tag.and_then(|tag| Some((tag, self.pending.remove(&tag)?)))
+        else {
             self.stats.stale += 1;
             return;
         };
-        self.deadlines
-            .remove(&(pending.deadline, tag.expect("found")));
+        self.deadlines.remove(&(pending.deadline, tag));
+        if let Some(index) = pending.broker {
+            self.brokers[index].in_flight -= 1;
+        }
         let result = match ClientReply::decode(&frames[1..], &self.config.limits) {
             Ok(reply) if reply.service == pending.service => Ok(reply.body),
             Ok(reply) => Err(ClientError::WrongService {
@@ -354,7 +687,8 @@ impl<C: Connector> Task<C> {
         let _ = pending.answer.send(Answer::Reply(result));
     }
 
-    /// Requests past their deadline: sent again under a new tag, or failed.
+    /// Requests past their deadline: sent again under a new tag, or failed; and brokers whose
+    /// backoff has passed connected again while requests wait.
     async fn on_timeout(&mut self, now: Instant) {
         while let Some(&(at, tag)) = self.deadlines.first() {
             if at > now {
@@ -364,6 +698,17 @@ impl<C: Connector> Task<C> {
             let Some(mut pending) = self.pending.remove(&tag) else {
                 continue;
             };
+            self.unsent.retain(|t| *t != tag);
+            if let Some(index) = pending.broker {
+                self.brokers[index].in_flight -= 1;
+                // Nothing heard since this request went: the connection is taken as dead.
+                if let Link::Up { heard, .. } = self.brokers[index].link {
+                    if heard < pending.sent_at {
+                        debug!(broker = %self.brokers[index].connector.describe(), "no message from the broker for a whole timeout: reconnecting");
+                        self.down(index, now);
+                    }
+                }
+            }
             if pending.answer.is_closed() {
                 continue;
             }
@@ -377,16 +722,11 @@ impl<C: Connector> Task<C> {
                 continue;
             }
             pending.left -= 1;
-            // Nothing heard since this request went: the connection is taken as dead.
-            if self
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.heard < pending.sent_at)
-            {
-                debug!("no message from the broker for a whole timeout: reconnecting");
-                self.conn = None;
-            }
-            self.send(now, pending).await;
+            let tag = self.tag();
+            self.send(now, tag, pending).await;
+        }
+        if !self.unsent.is_empty() {
+            self.connect_idle(now);
         }
     }
 }

@@ -15,6 +15,7 @@
 //!   [`majordomo_proto::session::Session`]: connect, serve, reconnect with backoff.
 //! - [`transport`]: the [`transport::Transport`] trait (zmq.rs ROUTER and DEALER, memory),
 //!   [`transport::send_bounded`] and the connect helper.
+//! - [`round_robin`]: one connector over several brokers, each connection through the next.
 //! - [`memory`]: in-memory ROUTER and DEALER sockets for tests on paused time.
 //! - [`timer`]: a deadline timer re-armed only when the deadline moves.
 //! - [`idle`]: the busy-poll window before sleeping.
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod idle;
 pub mod memory;
 pub mod peer;
+pub mod round_robin;
 pub mod runtime;
 pub mod server;
 pub mod timer;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use majordomo_client::{Client, ClientConfig, ClientError};
+use majordomo_rt::round_robin::RoundRobin;
 use majordomo_rt::transport::{Connector, DealerConnector};
 
 use crate::tsp::{self, Status, Uuid};
@@ -67,6 +68,24 @@ impl TitanicClient {
     pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         Self {
             client: Client::new(endpoint, config),
+        }
+    }
+}
+
+impl TitanicClient<RoundRobin<DealerConnector>> {
+    /// A client of several brokers in front of the same Titanic: each attempt connects to the
+    /// next broker in turn ([`RoundRobin`]), so a call that timed out on one is retried on
+    /// another.
+    ///
+    /// # Panics
+    ///
+    /// If `endpoints` is empty.
+    pub fn with_endpoints<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: ClientConfig,
+    ) -> Self {
+        Self {
+            client: Client::with_endpoints(endpoints, config),
         }
     }
 }

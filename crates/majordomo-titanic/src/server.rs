@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use majordomo_client::{Client, ClientConfig};
 use majordomo_rt::clock;
+use majordomo_rt::round_robin::RoundRobin;
 use majordomo_rt::transport::{Connector, DealerConnector};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -236,7 +237,8 @@ impl<S: Store> Services<S> {
 /// A Titanic server: its three services' workers connect through `C` (zmq.rs DEALER sockets to
 /// the broker by default), its requests go out through a [`Dispatch`], over a [`Store`].
 pub struct Titanic<S, C = DealerConnector> {
-    connector: C,
+    /// One per broker: the services register with every one.
+    connectors: Vec<C>,
     store: Arc<S>,
     dispatch: Arc<dyn Dispatch>,
     config: TitanicConfig,
@@ -247,7 +249,14 @@ pub struct Titanic<S, C = DealerConnector> {
 impl<S, C: Connector> std::fmt::Debug for Titanic<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Titanic")
-            .field("broker", &self.connector.describe())
+            .field(
+                "brokers",
+                &self
+                    .connectors
+                    .iter()
+                    .map(Connector::describe)
+                    .collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -260,6 +269,25 @@ impl<S: Store> Titanic<S> {
         let endpoint = endpoint.into();
         let client = Client::new(endpoint.clone(), config.client);
         Self::with_connector(DealerConnector::new(endpoint), store, client, config)
+    }
+
+    /// A server of several brokers that serve the same services: its three services register
+    /// with every one, and it dispatches with a 7/MDP client that opens each connection to the
+    /// next broker in turn ([`RoundRobin`]), so that a dispatch that timed out on one broker is
+    /// retried on another.
+    ///
+    /// # Panics
+    ///
+    /// If `endpoints` is empty.
+    pub fn with_endpoints<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        store: S,
+        config: TitanicConfig,
+    ) -> Self {
+        let connectors: Vec<DealerConnector> =
+            endpoints.into_iter().map(DealerConnector::new).collect();
+        let client = Client::with_connector(RoundRobin::new(connectors.clone()), config.client);
+        Self::with_connectors(connectors, store, client, config)
     }
 }
 
@@ -277,9 +305,21 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
         dispatch: impl Dispatch,
         config: TitanicConfig,
     ) -> Self {
+        Self::with_connectors([connector], store, dispatch, config)
+    }
+
+    /// A server whose three services' workers register with every broker of `connectors`,
+    /// sending its requests through `dispatch`; [`TitanicConfig::client`] is not used. An empty
+    /// list is a configuration error when it runs.
+    pub fn with_connectors(
+        connectors: impl IntoIterator<Item = C>,
+        store: S,
+        dispatch: impl Dispatch,
+        config: TitanicConfig,
+    ) -> Self {
         let (commands, rx) = mpsc::channel(COMMANDS);
         Self {
-            connector,
+            connectors: connectors.into_iter().collect(),
             store: Arc::new(store),
             dispatch: Arc::new(dispatch),
             config,
@@ -306,7 +346,7 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<TitanicStats, TitanicError> {
         let Self {
-            connector,
+            connectors,
             store,
             dispatch,
             config,
@@ -350,7 +390,7 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
                 let s = s.clone();
                 async move { Ok::<_, majordomo_worker::BoxError>(s.answer(service, frames).await) }
             });
-            let worker = Worker::with_connector(connector.clone(), service.name(), config.worker);
+            let worker = Worker::with_connectors(connectors.clone(), service.name(), config.worker);
             let stop = workers_stop.clone();
             workers.spawn(async move { worker.run(handler, stop.cancelled_owned()).await });
         }

@@ -256,10 +256,16 @@ pub enum WorkerError {
     InvalidService(Bytes),
 }
 
-/// A Majordomo worker for one service.
+/// A Majordomo worker for one service, at one broker or at several.
+///
+/// With several brokers ([`Worker::with_endpoints`], [`Worker::with_connectors`]) the worker
+/// holds [`WorkerConfig::concurrency`] connections to every broker, each with its own READY and
+/// heartbeats, so that each broker can dispatch to it; at most `concurrency` handlers run at
+/// once over all of them, and a request that arrives while they all run waits for one to finish
+/// (its broker sees it in flight, and heartbeats go on).
 #[derive(Debug, Clone)]
 pub struct Worker<C = DealerConnector> {
-    connector: Arc<C>,
+    connectors: Arc<[C]>,
     service: Bytes,
     config: WorkerConfig,
 }
@@ -273,14 +279,38 @@ impl Worker {
     ) -> Self {
         Self::with_connector(DealerConnector::new(endpoint), service, config)
     }
+
+    /// A worker serving `service` at every broker of `endpoints` (see [`Worker`]). An empty
+    /// list is a configuration error when the worker runs.
+    pub fn with_endpoints<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        service: impl Into<Bytes>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self::with_connectors(
+            endpoints.into_iter().map(DealerConnector::new),
+            service,
+            config,
+        )
+    }
 }
 
 impl<C: Connector + 'static> Worker<C> {
     /// A worker that opens its connections through `connector` (for example the in-memory
     /// sockets of `majordomo_rt::memory`).
     pub fn with_connector(connector: C, service: impl Into<Bytes>, config: WorkerConfig) -> Self {
+        Self::with_connectors([connector], service, config)
+    }
+
+    /// A worker of several brokers, each reached through its connector (see [`Worker`]). An
+    /// empty list is a configuration error when the worker runs.
+    pub fn with_connectors(
+        connectors: impl IntoIterator<Item = C>,
+        service: impl Into<Bytes>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
-            connector: Arc::new(connector),
+            connectors: connectors.into_iter().collect(),
             service: service.into(),
             config,
         }
@@ -311,6 +341,11 @@ impl<C: Connector + 'static> Worker<C> {
                 "concurrency must be at least 1",
             )));
         }
+        if self.connectors.is_empty() {
+            return Err(WorkerError::Config(majordomo_proto::ConfigError(
+                "a worker needs at least one broker",
+            )));
+        }
         if config.limits.check_service(&self.service).is_err()
             || majordomo_proto::mmi::is_mmi(&self.service)
         {
@@ -326,32 +361,50 @@ impl<C: Connector + 'static> Worker<C> {
         let handler = Arc::new(handler);
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
-        for index in 0..config.concurrency {
-            let (connector, service) = (self.connector.clone(), self.service.clone());
-            let (handler, token) = (handler.clone(), token.clone());
-            let span = tracing::info_span!("worker", service = %Hex(&self.service), index);
-            tasks.spawn(
-                async move {
-                    peer::run(
-                        &*connector,
-                        |now| {
-                            WorkerSession::with_version(
-                                now,
-                                service.clone(),
-                                config.heartbeat,
-                                config.limits,
-                                config.version,
-                            )
-                        },
-                        // The handler's future is the one boxed future of a request.
-                        |body, responder| handler.handle(body, responder),
-                        options,
-                        &token,
-                    )
-                    .await;
-                }
-                .instrument(span),
-            );
+        // With several brokers, `concurrency` handlers at once over all of them.
+        let permits = (self.connectors.len() > 1)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.concurrency)));
+        for broker in 0..self.connectors.len() {
+            for index in 0..config.concurrency {
+                let (connectors, service) = (self.connectors.clone(), self.service.clone());
+                let (handler, token) = (handler.clone(), token.clone());
+                let permits = permits.clone();
+                let span =
+                    tracing::info_span!("worker", service = %Hex(&self.service), broker, index);
+                tasks.spawn(
+                    async move {
+                        peer::run(
+                            &connectors[broker],
+                            |now| {
+                                WorkerSession::with_version(
+                                    now,
+                                    service.clone(),
+                                    config.heartbeat,
+                                    config.limits,
+                                    config.version,
+                                )
+                            },
+                            |body, responder| {
+                                // The handler's future is the one boxed future of a request.
+                                let handled = handler.handle(body, responder);
+                                let permits = permits.clone();
+                                async move {
+                                    let _permit = match permits {
+                                        // Never closed.
+                                        Some(permits) => permits.acquire_owned().await.ok(),
+                                        None => None,
+                                    };
+                                    handled.await
+                                }
+                            },
+                            options,
+                            &token,
+                        )
+                        .await;
+                    }
+                    .instrument(span),
+                );
+            }
         }
         tasks.close();
         shutdown.await;

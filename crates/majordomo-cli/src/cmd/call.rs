@@ -57,7 +57,7 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
     if args.titanic {
         return run_titanic(args).await;
     }
-    let client = Client::new(
+    let client = Client::with_endpoints(
         args.connect.connect,
         ClientConfig::default()
             .timeout(args.timeout)
@@ -99,7 +99,7 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
 /// `--no-close`, prints its UUID).
 async fn run_titanic(args: CallArgs) -> Result<ExitCode> {
     use majordomo_titanic::{TitanicClient, TitanicClientError};
-    let client = TitanicClient::new(
+    let client = TitanicClient::with_endpoints(
         args.connect.connect,
         ClientConfig::default()
             .timeout(args.timeout)

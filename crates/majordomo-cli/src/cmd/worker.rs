@@ -89,10 +89,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         .concurrency(args.concurrency)
         .busy_poll(args.busy_poll)
         .version(args.mdp.into());
-    let endpoint = args.connect.connect;
+    let endpoints = args.connect.connect;
     match args.kind {
         WorkerKind::Echo { service, parts: 0 } => {
-            Worker::new(endpoint, service, config)
+            Worker::with_endpoints(endpoints, service, config)
                 .run(
                     handler_fn(|body| async move { Ok(body) }),
                     shutdown_signal(),
@@ -100,7 +100,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 .await?
         }
         WorkerKind::Echo { service, parts } => {
-            Worker::new(endpoint, service, config)
+            Worker::with_endpoints(endpoints, service, config)
                 .run_streaming(echo_in_parts(parts), shutdown_signal())
                 .await?
         }
@@ -114,7 +114,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 let command = command.clone();
                 async move { exec_streamed(&command, body, responder).await }
             });
-            Worker::new(endpoint, service, config)
+            Worker::with_endpoints(endpoints, service, config)
                 .run_streaming(handler, shutdown_signal())
                 .await?
         }
@@ -128,7 +128,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 let command = command.clone();
                 async move { exec(&command, body).await }
             });
-            Worker::new(endpoint, service, config)
+            Worker::with_endpoints(endpoints, service, config)
                 .run(handler, shutdown_signal())
                 .await?
         }

@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
+use super::clients::{caller, Library};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
 
@@ -43,15 +44,23 @@ pub(super) enum Mode {
     /// 18/MDP through the broker, `[MDPC02, 0x01, echo, body]`, answered with PARTIALs (0x02)
     /// and a FINAL (0x03) that each carry the body; every part is counted.
     Stream,
+    /// 7/MDP through the client library: `clients x in_flight` callers sharing one
+    /// [`Client`](majordomo_client::Client) (a connection per request in flight).
+    Pool,
+    /// The same callers sharing one [`MuxClient`](majordomo_client::MuxClient) (one
+    /// connection, tagged requests).
+    Mux,
 }
 
+/// What one client (or caller) saw.
 #[derive(Default)]
-struct ClientResult {
+pub(super) struct ClientResult {
     /// From each request to its reply (its FINAL, in [`Mode::Stream`]).
-    latencies_us: Vec<u32>,
+    pub(super) latencies_us: Vec<u32>,
     /// Messages received while measured: replies, or every part in [`Mode::Stream`].
-    measured: u64,
-    errors: Vec<String>,
+    pub(super) measured: u64,
+    /// What went wrong; the run fails if anything did.
+    pub(super) errors: Vec<String>,
 }
 
 /// One client: keeps `in_flight` requests outstanding, checks every reply against its request.
@@ -83,7 +92,7 @@ async fn client(
         body.extend_from_slice(&filler);
         let frames = match mode {
             Mode::Raw => vec![Bytes::new(), body.freeze()],
-            Mode::Broker => vec![
+            Mode::Broker | Mode::Pool | Mode::Mux => vec![
                 Bytes::new(),
                 Bytes::from_static(b"MDPC01"),
                 Bytes::from_static(b"echo"),
@@ -100,7 +109,7 @@ async fn client(
     };
     let header = match mode {
         Mode::Raw => 1,
-        Mode::Broker | Mode::Stream => 3,
+        Mode::Broker | Mode::Stream | Mode::Pool | Mode::Mux => 3,
     };
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(in_flight);
     let mut next_seq = 0u64;
@@ -132,7 +141,7 @@ async fn client(
         let ok_header = frames.len() == header + 1
             && match mode {
                 Mode::Raw => frames[0].is_empty(),
-                Mode::Broker => {
+                Mode::Broker | Mode::Pool | Mode::Mux => {
                     frames[0].is_empty()
                         && frames[1].as_ref() == b"MDPC01"
                         && frames[2].as_ref() == b"echo"
@@ -215,18 +224,25 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         in_flight,
     } = load;
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let tasks: Vec<_> = (0..clients)
-        .map(|id| {
-            tokio::spawn(client(
-                endpoint.to_owned(),
-                mode,
-                id as u64,
-                size,
-                in_flight,
-                phase.clone(),
-            ))
-        })
-        .collect();
+    let tasks: Vec<_> = if let Mode::Pool | Mode::Mux = mode {
+        let library = Library::new(mode == Mode::Mux, endpoint);
+        (0..clients * in_flight)
+            .map(|id| tokio::spawn(caller(library.clone(), id as u64, size, phase.clone())))
+            .collect()
+    } else {
+        (0..clients)
+            .map(|id| {
+                tokio::spawn(client(
+                    endpoint.to_owned(),
+                    mode,
+                    id as u64,
+                    size,
+                    in_flight,
+                    phase.clone(),
+                ))
+            })
+            .collect()
+    };
     let window = Window::run(args, server_pid, &phase).await?;
     let mut latencies = Vec::new();
     let mut requests = 0;

@@ -10,6 +10,7 @@
 //! task here); the clients run in this process and share the machine with them, as a load
 //! generator does.
 
+mod clients;
 pub mod fixture;
 mod load;
 mod report;
@@ -152,6 +153,13 @@ pub(crate) enum RunKind {
     CopyRelay,
     /// Our broker with `--busy-poll` (skipped when `--busy-poll` is 0).
     Busypoll,
+    /// Our broker (guarded, as by default) driven through the client library: `clients x
+    /// in-flight` tasks of this process sharing one `Client`, which opens a connection per
+    /// request in flight. Its CPU and memory figures are this process's: the callers' cost.
+    ClientPool,
+    /// The same callers sharing one `MuxClient`: every request tagged on one connection
+    /// (`mmi.envelope`). Set against `client-pool`: rate and the callers' CPU per request.
+    ClientMux,
     /// Titanic (`majordomo titanic`, a fresh store) in front of our broker and the echo
     /// workers: durable submits per second (`titanic.request` answered 200).
     TitanicSubmit,
@@ -245,6 +253,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 };
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);
+            }
+        }
+        for kind in [RunKind::ClientPool, RunKind::ClientMux] {
+            if wanted(kind) {
+                let target = || Target::Ours {
+                    threads: &threads,
+                    busy_poll: Duration::ZERO,
+                    guard: true,
+                    metrics: false,
+                    parts: None,
+                };
+                let library = || broker_run(&args, kind, size, target());
+                runs.push(median_of(args.repeat, library).await?);
             }
         }
         for kind in [

@@ -75,6 +75,12 @@ struct Report<'a> {
     /// streamed parts per second over the 7/MDP replies per second: a part's cost against a
     /// reply's.
     over_broker: Ratios,
+    /// `client-mux` over `client-pool`: requests per second, when both were measured.
+    #[serde(skip_serializing_if = "Ratios::is_empty")]
+    over_client_pool: Ratios,
+    /// `client-mux` over `client-pool`: the callers' CPU time per request.
+    #[serde(skip_serializing_if = "Ratios::is_empty")]
+    client_cpu_mux_over_pool: Ratios,
     /// The `titanic-guide` run at each size, when it was made.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     titanic_guide: &'a [Comparison],
@@ -82,6 +88,12 @@ struct Report<'a> {
 
 /// Ratios keyed `MODE/SIZE`, in the order of the table.
 struct Ratios(Vec<(String, f64)>);
+
+impl Ratios {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl Serialize for Ratios {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -136,6 +148,7 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
         RunKind::NoGuard => &[RunKind::Broker, RunKind::CopyRelay, RunKind::Busypoll],
         RunKind::CopyRelay => &[RunKind::Broker],
         RunKind::Broker => &[RunKind::Metrics, RunKind::Stream],
+        RunKind::ClientPool => &[RunKind::ClientMux],
         _ => &[
             RunKind::Relay,
             RunKind::RelayAll,
@@ -158,6 +171,28 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
         }
     }
     ratios
+}
+
+/// `client-mux`'s CPU time per request over `client-pool`'s, per size, where both were
+/// measured: what multiplexing saves the callers.
+fn client_cpu_ratios(args: &BenchArgs, runs: &[Run]) -> Vec<(usize, f64)> {
+    let cpu = |kind: RunKind, size: usize| {
+        runs.iter()
+            .find(|r| r.kind == kind && r.size == size)
+            .map(|r| r.cpu_s_per_100k)
+    };
+    args.sizes
+        .iter()
+        .filter_map(|&size| {
+            match (
+                cpu(RunKind::ClientMux, size),
+                cpu(RunKind::ClientPool, size),
+            ) {
+                (Some(mux), Some(pool)) if pool > 0.0 => Some((size, mux / pool)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The `--json` report: one object on one line.
@@ -184,6 +219,13 @@ fn json(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) -> String {
         over_no_guard: over(RunKind::NoGuard),
         over_copy_relay: over(RunKind::CopyRelay),
         over_broker: over(RunKind::Broker),
+        over_client_pool: over(RunKind::ClientPool),
+        client_cpu_mux_over_pool: Ratios(
+            client_cpu_ratios(args, runs)
+                .into_iter()
+                .map(|(size, r)| (format!("{}/{size}", RunKind::ClientMux), r))
+                .collect(),
+        ),
         titanic_guide: comparisons,
     };
     serde_json::to_string(&report).expect("plain data serializes")
@@ -208,7 +250,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers')",
         args.workers,
         args.stream_parts,
         humantime::format_duration(args.busy_poll)
@@ -259,10 +301,18 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         RunKind::NoGuard,
         RunKind::CopyRelay,
         RunKind::Broker,
+        RunKind::ClientPool,
     ] {
         for (mode, size, r) in ratios(args, runs, base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
         }
+    }
+    for (size, r) in client_cpu_ratios(args, runs) {
+        println!(
+            "{}/{} callers' cpu per request at {size} bytes: {r:.2}",
+            RunKind::ClientMux,
+            RunKind::ClientPool
+        );
     }
 }
 
@@ -358,6 +408,24 @@ mod tests {
         );
         assert!(json(&args, &runs, &[]).ends_with(
             "\"over_no_guard\":{\"broker/64\":0.8},\"over_copy_relay\":{},\"over_broker\":{}}"
+        ));
+    }
+
+    #[test]
+    fn the_multiplexed_client_is_set_against_the_pool_in_rate_and_in_cpu() {
+        let args = args(&["--sizes", "64"]);
+        let mut mux = run(RunKind::ClientMux, 90.0);
+        mux.cpu_s_per_100k = 0.5;
+        let mut pool = run(RunKind::ClientPool, 60.0);
+        pool.cpu_s_per_100k = 2.0;
+        let runs = [pool, mux];
+        assert_eq!(
+            ratios(&args, &runs, RunKind::ClientPool),
+            vec![(RunKind::ClientMux, 64, 1.5)]
+        );
+        assert_eq!(client_cpu_ratios(&args, &runs), vec![(64, 0.25)]);
+        assert!(json(&args, &runs, &[]).ends_with(
+            "\"over_client_pool\":{\"client-mux/64\":1.5},\"client_cpu_mux_over_pool\":{\"client-mux/64\":0.25}}"
         ));
     }
 

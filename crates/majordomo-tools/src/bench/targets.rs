@@ -215,13 +215,19 @@ pub(super) async fn broker_run(
     }
     let load = Load {
         kind,
-        mode: match (relay, parts) {
-            (true, _) => Mode::Raw,
-            (false, None) => Mode::Broker,
-            (false, Some(_)) => Mode::Stream,
+        mode: match (relay, parts, kind) {
+            (true, _, _) => Mode::Raw,
+            (false, None, RunKind::ClientPool) => Mode::Pool,
+            (false, None, RunKind::ClientMux) => Mode::Mux,
+            (false, None, _) => Mode::Broker,
+            (false, Some(_), _) => Mode::Stream,
         },
         endpoint: &broker_ep,
-        server_pid: broker_pid,
+        // The client runs measure the callers' side: this process.
+        server_pid: match kind {
+            RunKind::ClientPool | RunKind::ClientMux => std::process::id(),
+            _ => broker_pid,
+        },
         size,
         clients: args.clients,
         in_flight: args.in_flight,
