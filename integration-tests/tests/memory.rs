@@ -959,3 +959,90 @@ async fn a_pool_client_of_several_brokers_fails_over_to_the_next_when_one_dies()
     assert_eq!(stats(&b_handle).await.replies, 40 - a_replies);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_split_mux_client_matches_out_of_order_replies_to_their_ids_within_its_window(
+) -> Result<()> {
+    use futures::{FutureExt, StreamExt};
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    // The request numbered n takes 10 - n ms: later requests are answered first.
+    let worker = Worker::with_connector(
+        endpoint.clone(),
+        "echo",
+        WorkerConfig::default().concurrency(10),
+    );
+    tokio::spawn(worker.run(
+        handler_fn(|body: Vec<Bytes>| async move {
+            let n: u64 = std::str::from_utf8(&body[0])?.parse()?;
+            tokio::time::sleep(Duration::from_millis(10 - n)).await;
+            Ok(body)
+        }),
+        std::future::pending(),
+    ));
+    until(&handle, |s| s.workers == 10).await;
+    let client = MuxClient::with_connector(endpoint.clone(), ClientConfig::default());
+    let (sender, mut replies) = client.split(10);
+    // Two tasks send, through clones of the sender.
+    let mut sent = std::collections::HashMap::new();
+    let other = sender.clone();
+    let (evens, odds) = tokio::join!(
+        async {
+            let mut ids = Vec::new();
+            for n in (0..10u64).step_by(2) {
+                ids.push((
+                    sender.send("echo", vec![Bytes::from(n.to_string())]).await,
+                    n,
+                ));
+            }
+            ids
+        },
+        async {
+            let mut ids = Vec::new();
+            for n in (1..10u64).step_by(2) {
+                ids.push((
+                    other.send("echo", vec![Bytes::from(n.to_string())]).await,
+                    n,
+                ));
+            }
+            ids
+        }
+    );
+    sent.extend(evens.into_iter().chain(odds));
+    let mut order = Vec::new();
+    for _ in 0..10 {
+        let (id, reply) = replies.next().await.context("a reply")?;
+        let n = sent.remove(&id).context("an id sent once")?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
+        order.push(n);
+    }
+    assert!(sent.is_empty());
+    // Not in the order sent: each reply found its request by its tag.
+    assert_ne!(order, (0..10).collect::<Vec<_>>());
+
+    // A window of two: two replies not yet taken hold it.
+    let client = MuxClient::with_connector(endpoint.clone(), ClientConfig::default());
+    let (sender, mut replies) = client.split(2);
+    for n in [5u64, 6] {
+        sender.send("echo", vec![Bytes::from(n.to_string())]).await;
+    }
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    while sender.stats().await.replies < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no replies");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let third = || sender.send("echo", vec![Bytes::from_static(b"7")]);
+    assert_eq!(third().now_or_never(), None, "the window is full");
+    replies.next().await.context("a reply")?.1?;
+    assert!(
+        third().now_or_never().is_some(),
+        "a reply taken frees a place"
+    );
+    drop(sender);
+    let mut rest = 0;
+    while let Some((_, reply)) = replies.next().await {
+        reply?;
+        rest += 1;
+    }
+    assert_eq!(rest, 2);
+    Ok(())
+}

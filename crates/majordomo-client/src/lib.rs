@@ -29,13 +29,17 @@
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
 //! - [`MuxClient`], [`MuxStats`]: many requests on one connection (to each broker).
+//! - [`MuxSender`], [`MuxReplies`] ([`MuxClient::split`]): the asynchronous client on tags, a
+//!   shareable sender and a stream of replies matched to their requests' ids.
 //! - [`Client::with_endpoints`], [`MuxClient::with_endpoints`], [`RoundRobin`]: several brokers
 //!   serving the same services; a request is delivered at least once and answered at most once.
 //! - [`ClientError`]: what a call can fail with.
 #![warn(missing_docs)]
 
 mod mux;
+mod split;
 pub use mux::{MuxClient, MuxStats};
+pub use split::{MuxReplies, MuxSender, Tagged};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
