@@ -566,3 +566,63 @@ async fn past_the_held_limit_questions_are_answered_at_once() -> Result<()> {
     titanic.await?;
     Ok(())
 }
+
+/// Titanic, an echo worker and `call --titanic`, each given two brokers (`--connect` twice):
+/// with one broker killed, a call still goes through the other, from submit to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titanic_and_its_callers_on_two_brokers_survive_losing_one() -> Result<()> {
+    let (a, b) = (free_endpoint()?, free_endpoint()?);
+    let path = store_path("two-brokers")?;
+    let store = path.to_str().context("utf-8 path")?;
+    let doomed = Proc::spawn(&["broker", "--bind", &a])?;
+    let _survivor = Proc::spawn(&["broker", "--bind", &b])?;
+    let both = ["--connect", a.as_str(), "--connect", b.as_str()];
+    let titanic = [
+        &["titanic"][..],
+        &both,
+        &["--store", store, "--timeout", "500ms"],
+    ]
+    .concat();
+    let _titanic = Proc::spawn(&titanic)?;
+    let _worker = Proc::spawn(&[&["worker"][..], &both, &["echo"]].concat())?;
+    for ep in [&a, &b] {
+        wait_for_service(ep, "echo").await?;
+        ready(ep).await?;
+    }
+    let call = |body: &'static str| {
+        let args = [
+            &["call"][..],
+            &both,
+            &[
+                "--timeout",
+                "500ms",
+                "--attempts",
+                "10",
+                "--titanic",
+                "echo",
+                body,
+            ],
+        ]
+        .concat();
+        async move {
+            let out = tokio::process::Command::new(majordomo_bin()?)
+                .args(args)
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            anyhow::Ok(String::from_utf8(out.stdout)?)
+        }
+    };
+    assert_eq!(call("before").await?, "before\n");
+    kill(doomed).await?;
+    // Every attempt that lands on the dead broker is retried on the live one; Titanic's own
+    // dispatch does the same.
+    for body in ["after-1", "after-2", "after-3"] {
+        assert_eq!(call(body).await?, format!("{body}\n"));
+    }
+    Ok(())
+}
