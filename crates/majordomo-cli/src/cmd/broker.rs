@@ -174,10 +174,19 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
     }
     let mut signals = StopSignals::new()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(broker.run(async {
+    let mut run = tokio::spawn(broker.run(async {
         let _ = stopped.await;
     }));
-    signals.next().await;
+    tokio::select! {
+        // Dropped unfinished only when the broker has stopped, and the process with it.
+        () = signals.next() => {}
+        // The broker stops by itself only on a fatal Binary Star state: exit with its error.
+        ended = &mut run => {
+            let stats = ended??;
+            tracing::info!(?stats, "broker stopped");
+            return Ok(());
+        }
+    }
     if !args.drain_timeout.is_zero() {
         drain(&handle, args.drain_timeout, &mut signals).await;
     }
