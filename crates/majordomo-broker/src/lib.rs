@@ -420,11 +420,11 @@ impl BrokerMachine {
     /// Adds the pair's status to the `mmi.stats` reply the core has just queued: the core's
     /// messages move to `pending`, the reply (the last, as the core answers MMI at once) with
     /// its JSON body extended.
-    fn add_pair_status(&mut self) {
+    fn add_pair_status(&mut self, now: Instant) {
         let Some(pair) = &self.pair else {
             return;
         };
-        let status = pair.status();
+        let status = pair.status(now);
         while let Some(message) = self.poll_core_transmit() {
             self.pending.push_back(message);
         }
@@ -551,7 +551,7 @@ impl Machine for BrokerMachine {
             }
         }
         if stats_request {
-            self.add_pair_status();
+            self.add_pair_status(now);
         }
         self.record_events(now);
     }
@@ -729,7 +729,11 @@ impl<T: Transport> Broker<T> {
             .run(stop)
             .instrument(tracing::info_span!("broker"))
             .await;
-        if let Some(fatal) = machine.pair.as_ref().and_then(|p| p.status().fatal) {
+        if let Some(fatal) = machine
+            .pair
+            .as_ref()
+            .and_then(|p| p.status(majordomo_rt::clock::now()).fatal)
+        {
             return Err(BrokerError::Pair(fatal));
         }
         Ok(machine.core.stats())

@@ -243,9 +243,14 @@ impl PairDriver {
         );
     }
 
-    /// The status now.
-    pub(crate) fn status(&self) -> PairStatus {
-        self.status.borrow().clone()
+    /// The status at `now`, the peer's state as of then (the watch learns of an expiry only at
+    /// the next heartbeat).
+    pub(crate) fn status(&self, now: Instant) -> PairStatus {
+        PairStatus {
+            state: self.fsm.state(),
+            peer_state: self.fsm.peer_state(now),
+            ..self.status.borrow().clone()
+        }
     }
 }
 
