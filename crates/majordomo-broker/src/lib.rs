@@ -304,6 +304,7 @@ impl BrokerBuilder {
     /// Builds a broker on sockets the caller provides, each serving one role: any
     /// [`Transport`], such as the in-memory sockets of `majordomo_rt::memory` for tests. The
     /// endpoints added with `bind*` are ignored.
+    ///
     /// A Binary Star pair needs [`BrokerBuilder::build`]: with one configured, this fails with
     /// [`BrokerError::PairNeedsSockets`].
     pub fn build_on<T: Transport>(
