@@ -86,8 +86,9 @@ pub enum BrokerError {
     /// restart them (see the operations guide).
     #[error(transparent)]
     Pair(#[from] PairFatal),
-    /// A Binary Star pair needs a broker built with [`BrokerBuilder::build`] (over zmq.rs).
-    #[error("a Binary Star pair needs the broker's own sockets (build, not build_on)")]
+    /// A Binary Star pair needs its state link: build it with [`BrokerBuilder::build`] or
+    /// [`BrokerBuilder::build_pair_on`], not [`BrokerBuilder::build_on`].
+    #[error("a Binary Star pair needs a state link (build or build_pair_on, not build_on)")]
     PairNeedsSockets,
 }
 
@@ -305,8 +306,8 @@ impl BrokerBuilder {
     /// [`Transport`], such as the in-memory sockets of `majordomo_rt::memory` for tests. The
     /// endpoints added with `bind*` are ignored.
     ///
-    /// A Binary Star pair needs [`BrokerBuilder::build`]: with one configured, this fails with
-    /// [`BrokerError::PairNeedsSockets`].
+    /// A Binary Star pair needs [`BrokerBuilder::build`] or [`BrokerBuilder::build_pair_on`]:
+    /// with one configured, this fails with [`BrokerError::PairNeedsSockets`].
     pub fn build_on<T: Transport>(
         self,
         sockets: Vec<(EndpointRole, T)>,
@@ -315,6 +316,30 @@ impl BrokerBuilder {
             return Err(BrokerError::PairNeedsSockets);
         }
         self.build_machine(sockets, None)
+    }
+
+    /// Builds one server of a Binary Star pair on sockets the caller provides, as
+    /// [`BrokerBuilder::build_on`] does, with `link` as its state link (e.g. one end of
+    /// `majordomo_rt::memory::link`, for tests on paused time). Needs
+    /// [`BrokerBuilder::binary_star`], whose endpoints are then ignored; without it this fails
+    /// with [`BrokerError::Config`].
+    pub fn build_pair_on<T: Transport>(
+        self,
+        mut sockets: Vec<(EndpointRole, T)>,
+        link: T,
+    ) -> Result<Broker<T>, BrokerError> {
+        let Some(pair) = self.pair.clone() else {
+            return Err(majordomo_proto::ConfigError(
+                "build_pair_on needs binary_star to say the broker's role",
+            )
+            .into());
+        };
+        pair.config.validate()?;
+        if sockets.is_empty() {
+            return Err(BrokerError::NoEndpoint);
+        }
+        sockets.push((EndpointRole::Shared, link));
+        self.build_machine(sockets, Some(&pair))
     }
 
     /// The broker on `sockets`; with `pair`, the last socket is its state link.
