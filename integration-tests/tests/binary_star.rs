@@ -1,6 +1,7 @@
 //! Binary Star pairs of `majordomo broker --bstar` processes on 127.0.0.1: failover under load
 //! when the active broker is killed, the restarted broker coming back passive, a cut state link,
-//! and a pair of our broker with a pyzmq server written from the Guide's description.
+//! a pair of our broker with a pyzmq server written from the Guide's description, and the pair's
+//! options on the command line, in the environment and in a file.
 //!
 //! Clients use a test-local failover loop in the shape of the Guide's `bstarcli`: one request at
 //! a time, and on a timeout the same request to the other server.
@@ -739,5 +740,41 @@ async fn failover_time() -> Result<()> {
         times.last().map_or(0, |t| t.as_millis()),
     );
     assert_eq!((lost, wrong, both_active), (0, 0, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_pair_options_go_together_and_come_from_a_file_too() -> Result<()> {
+    let endpoint = free_endpoint()?;
+    let mut alone = Proc::spawn(&["broker", "--bind", &endpoint, "--bstar", "primary"])?;
+    let status = alone.wait_exit().await?;
+    assert!(
+        !status.success(),
+        "--bstar without its endpoints: {status:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("majordomo-bstar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("majordomo.toml");
+    std::fs::write(
+        &file,
+        "[broker]\nbstar = \"backup\"\nbstar-bind = \"tcp://127.0.0.1:5003\"\n\
+         bstar_peer = \"tcp://127.0.0.1:5004\"\n",
+    )?;
+    let output = std::process::Command::new(integration_tests::majordomo_bin()?)
+        .args(["broker", "--print-config", "--config"])
+        .arg(&file)
+        .env("MAJORDOMO_BROKER_BSTAR_HEARTBEAT", "2s")
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout)?;
+    for line in [
+        "bstar = \"backup\"",
+        "bstar-bind = \"tcp://127.0.0.1:5003\"",
+        "bstar-peer = \"tcp://127.0.0.1:5004\"",
+        "bstar-heartbeat = \"2s\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in {printed}");
+    }
     Ok(())
 }
