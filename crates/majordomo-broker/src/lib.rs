@@ -27,8 +27,12 @@
 //! - [`BrokerHandle`]: stats, drain (and the wait until drained) and shutdown of a running
 //!   broker, from any task.
 //! - [`BrokerError`]: what can stop a broker from starting.
+//! - [`pair`]: the broker as one server of a Binary Star pair ([`BrokerBuilder::binary_star`]).
 #![warn(missing_docs)]
 
+pub mod pair;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -39,13 +43,19 @@ use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::event::Event;
 use majordomo_proto::mdp;
 use majordomo_proto::mdp2::Sender;
+use majordomo_rt::pair::StateLink;
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
-use majordomo_rt::transport::{BindError, Transport, ZmqRouter};
+use majordomo_rt::transport::{BindError, Either, Transport, ZmqRouter};
 pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
 pub use majordomo_zmtp::GuardConfig;
+use pair::{Admit, PairDriver, PairOptions, PairStatus};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
+pub use majordomo_proto::bstar::{
+    BinaryStarConfig, Fatal as PairFatal, Role as PairRole, State as PairState,
+};
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
 pub use majordomo_proto::mmi::{StatsQuery, DEFAULT_PAGE};
 pub use majordomo_proto::Limits;
@@ -70,6 +80,16 @@ pub enum BrokerError {
     /// The configuration is unusable (the message says which setting).
     #[error(transparent)]
     Config(#[from] majordomo_proto::ConfigError),
+    /// The Binary Star pair reached a state it must never be in (both active, both passive,
+    /// or both configured in one role); the broker stopped, as the Guide's server aborts.
+    /// Check which server is active and that each names the other's state endpoint, then
+    /// restart them (see the operations guide).
+    #[error(transparent)]
+    Pair(#[from] PairFatal),
+    /// A Binary Star pair needs its state link: build it with [`BrokerBuilder::build`] or
+    /// [`BrokerBuilder::build_pair_on`], not [`BrokerBuilder::build_on`].
+    #[error("a Binary Star pair needs a state link (build or build_pair_on, not build_on)")]
+    PairNeedsSockets,
 }
 
 /// Which peers an endpoint serves.
@@ -97,6 +117,10 @@ pub struct BoundEndpoint {
 /// Cheap to clone.
 pub type BrokerHandle = ServerHandle<BrokerStats>;
 
+/// The sockets of a broker built with [`BrokerBuilder::build`]: its ROUTER sockets and, in a
+/// Binary Star pair, its state link.
+pub type BrokerSocket = Either<ZmqRouter, StateLink>;
+
 /// Builds a [`Broker`]: endpoints, protocol configuration and driver settings.
 #[derive(Debug, Clone)]
 pub struct BrokerBuilder {
@@ -104,6 +128,7 @@ pub struct BrokerBuilder {
     endpoints: Vec<(EndpointRole, String)>,
     options: ServerOptions,
     guard: Option<GuardConfig>,
+    pair: Option<PairOptions>,
 }
 
 impl Default for BrokerBuilder {
@@ -113,6 +138,7 @@ impl Default for BrokerBuilder {
             endpoints: Vec::new(),
             options: ServerOptions::default(),
             guard: Some(GuardConfig::default()),
+            pair: None,
         }
     }
 }
@@ -189,12 +215,45 @@ impl BrokerBuilder {
         self
     }
 
-    /// Binds every endpoint and returns the broker, ready to [`Broker::run`].
+    /// Makes the broker one server of a Binary Star pair (the Guide's chapter 4): it publishes
+    /// its state on `bind` (PUB), subscribes to the peer's on `peer` (SUB), and serves clients
+    /// only while it is active; see [`pair`]. The heartbeat is 1 s unless
+    /// [`BrokerBuilder::binary_star_config`] says otherwise; the peer expires after two.
+    pub fn binary_star(
+        mut self,
+        role: PairRole,
+        bind: impl Into<String>,
+        peer: impl Into<String>,
+    ) -> Self {
+        let config = self.pair.take().map(|p| p.config).unwrap_or_default();
+        self.pair = Some(PairOptions {
+            role,
+            bind: bind.into(),
+            peer: peer.into(),
+            config,
+        });
+        self
+    }
+
+    /// The Binary Star timing (default [`BinaryStarConfig::default`]: 1 s heartbeat), which
+    /// both servers must share. Without [`BrokerBuilder::binary_star`] it has no effect.
+    pub fn binary_star_config(mut self, config: BinaryStarConfig) -> Self {
+        if let Some(pair) = &mut self.pair {
+            pair.config = config;
+        }
+        self
+    }
+
+    /// Binds every endpoint (and the Binary Star state link) and returns the broker, ready to
+    /// [`Broker::run`].
     pub async fn build(self) -> Result<Broker, BrokerError> {
         if self.endpoints.is_empty() {
             return Err(BrokerError::NoEndpoint);
         }
         self.config.validate()?;
+        if let Some(pair) = &self.pair {
+            pair.config.validate()?;
+        }
         // One ROUTER socket per role, in the order the roles are first named.
         let mut sockets: Vec<(EndpointRole, ZmqRouter)> = Vec::new();
         let mut bound = Vec::new();
@@ -220,29 +279,96 @@ impl BrokerBuilder {
             });
         }
         let guards = sockets.iter().flat_map(|(_, s)| s.guards()).collect();
-        let mut broker = self.build_on(sockets)?;
+        let mut sockets: Vec<(EndpointRole, BrokerSocket)> = sockets
+            .into_iter()
+            .map(|(role, socket)| (role, Either::Left(socket)))
+            .collect();
+        let mut link = None;
+        if let Some(pair) = &self.pair {
+            let state_link = StateLink::bind(&pair.bind, &pair.peer, pair.config.peer_expiry())
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    endpoint: pair.bind.clone(),
+                    source,
+                })?;
+            link = Some((pair.clone(), state_link.endpoint().to_owned()));
+            // Its role is never read: the machine knows the link by its index.
+            sockets.push((EndpointRole::Shared, Either::Right(state_link)));
+        }
+        let mut broker = self.build_machine(sockets, link.as_ref().map(|(p, _)| p))?;
         broker.bound = bound;
         broker.guards = guards;
+        broker.pair_endpoint = link.map(|(_, endpoint)| endpoint);
         Ok(broker)
     }
 
     /// Builds a broker on sockets the caller provides, each serving one role: any
     /// [`Transport`], such as the in-memory sockets of `majordomo_rt::memory` for tests. The
     /// endpoints added with `bind*` are ignored.
+    ///
+    /// A Binary Star pair needs [`BrokerBuilder::build`] or [`BrokerBuilder::build_pair_on`]:
+    /// with one configured, this fails with [`BrokerError::PairNeedsSockets`].
     pub fn build_on<T: Transport>(
         self,
         sockets: Vec<(EndpointRole, T)>,
     ) -> Result<Broker<T>, BrokerError> {
+        if self.pair.is_some() {
+            return Err(BrokerError::PairNeedsSockets);
+        }
+        self.build_machine(sockets, None)
+    }
+
+    /// Builds one server of a Binary Star pair on sockets the caller provides, as
+    /// [`BrokerBuilder::build_on`] does, with `link` as its state link (e.g. one end of
+    /// `majordomo_rt::memory::link`, for tests on paused time). Needs
+    /// [`BrokerBuilder::binary_star`], whose endpoints are then ignored; without it this fails
+    /// with [`BrokerError::Config`].
+    pub fn build_pair_on<T: Transport>(
+        self,
+        mut sockets: Vec<(EndpointRole, T)>,
+        link: T,
+    ) -> Result<Broker<T>, BrokerError> {
+        let Some(pair) = self.pair.clone() else {
+            return Err(majordomo_proto::ConfigError(
+                "build_pair_on needs binary_star to say the broker's role",
+            )
+            .into());
+        };
+        pair.config.validate()?;
         if sockets.is_empty() {
             return Err(BrokerError::NoEndpoint);
         }
+        sockets.push((EndpointRole::Shared, link));
+        self.build_machine(sockets, Some(&pair))
+    }
+
+    /// The broker on `sockets`; with `pair`, the last socket is its state link.
+    fn build_machine<T: Transport>(
+        self,
+        mut sockets: Vec<(EndpointRole, T)>,
+        pair: Option<&PairOptions>,
+    ) -> Result<Broker<T>, BrokerError> {
+        if sockets.len() <= usize::from(pair.is_some()) {
+            return Err(BrokerError::NoEndpoint);
+        }
         self.config.validate()?;
+        let now = majordomo_rt::clock::now();
+        let (pair, pair_status) = match pair {
+            Some(options) => {
+                let (driver, status) = PairDriver::new(now, options, sockets.len() - 1);
+                (Some(driver), Some(status))
+            }
+            None => (None, None),
+        };
+        let link = pair.as_ref().map(|_| sockets.pop());
         let roles: Vec<EndpointRole> = sockets.iter().map(|(role, _)| *role).collect();
+        sockets.extend(link.flatten());
         let find = |wanted: EndpointRole| roles.iter().position(|r| *r == wanted);
         let shared = find(EndpointRole::Shared);
         let machine = BrokerMachine {
-            core: BrokerCore::new(majordomo_rt::clock::now(), self.config)
-                .with_stats_encoder(encode_stats),
+            core: BrokerCore::new(now, self.config).with_stats_encoder(encode_stats),
+            pair,
+            pending: VecDeque::new(),
             latency: HashMap::new(),
             other_latency: None,
             client_socket: find(EndpointRole::Clients).or(shared),
@@ -256,6 +382,8 @@ impl BrokerBuilder {
             handle,
             bound: Vec::new(),
             guards: Vec::new(),
+            pair_status,
+            pair_endpoint: None,
         })
     }
 }
@@ -283,6 +411,11 @@ const HANDLE_REFRESH: Duration = Duration::from_secs(60);
 /// The broker core as the server loop drives it: which socket serves which role.
 struct BrokerMachine {
     core: BrokerCore,
+    /// The Binary Star state machine, in a pair.
+    pair: Option<PairDriver>,
+    /// Messages taken from the core ahead of [`Machine::poll_transmit`] (a `mmi.stats` reply
+    /// given the pair's status), sent before the core's next.
+    pending: VecDeque<(usize, Vec<Bytes>)>,
     /// `majordomo_request_duration_seconds{service}` of up to [`MAX_SERVICE_SERIES`] services,
     /// with when each handle was looked up, recorded to without building its label again.
     latency: HashMap<Bytes, (metrics::Histogram, Instant)>,
@@ -310,6 +443,47 @@ fn fresh(
 }
 
 impl BrokerMachine {
+    /// Adds the pair's status to the `mmi.stats` reply the core has just queued: the core's
+    /// messages move to `pending`, the reply (the last, as the core answers MMI at once) with
+    /// its JSON body extended.
+    fn add_pair_status(&mut self, now: Instant) {
+        let Some(pair) = &self.pair else {
+            return;
+        };
+        let status = pair.status(now);
+        while let Some(message) = self.poll_core_transmit() {
+            self.pending.push_back(message);
+        }
+        let Some((socket, frames)) = self.pending.back_mut() else {
+            return;
+        };
+        if Some(*socket) != self.client_socket {
+            return;
+        }
+        if let Some(body) = frames.last_mut() {
+            if let Some(patched) = pair::with_pair_status(body, &status) {
+                *body = patched;
+            }
+        }
+    }
+
+    /// The core's next message and its socket.
+    fn poll_core_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
+        loop {
+            let Transmit { role, frames } = self.core.poll_transmit()?;
+            let socket = match role {
+                Role::Client => self.client_socket,
+                Role::Worker => self.worker_socket,
+            };
+            match socket {
+                Some(socket) => return Some((socket, frames)),
+                // No endpoint serves that role (only possible with a client-only or worker-only
+                // broker, whose other peers cannot reach it anyway).
+                None => debug!(?role, "no endpoint for this role, message dropped"),
+            }
+        }
+    }
+
     /// Records what the core reports happened as metrics; called after every call into it.
     fn record_events(&mut self, now: Instant) {
         while let Some(event) = self.core.poll_event() {
@@ -363,6 +537,21 @@ impl Machine for BrokerMachine {
     type Stats = BrokerStats;
 
     fn handle_message(&mut self, now: Instant, socket: usize, frames: Vec<Bytes>) {
+        let mut stats_request = false;
+        if let Some(pair) = &mut self.pair {
+            if socket == pair.socket {
+                pair.handle_peer_message(now, &frames);
+                return;
+            }
+            if self.roles[socket] != EndpointRole::Workers {
+                if let Some(service) = frames.get(1..).and_then(pair::client_service) {
+                    if let Admit::Drop = pair.admit(now, service) {
+                        return;
+                    }
+                    stats_request = service.as_ref() == majordomo_proto::mmi::STATS;
+                }
+            }
+        }
         let (identity, rest) = match mdp::split_identity(&frames) {
             Ok(split) => split,
             Err(error) => {
@@ -387,35 +576,44 @@ impl Machine for BrokerMachine {
                     .handle_message_from(now, identity, rest, Sender::Worker);
             }
         }
+        if stats_request {
+            self.add_pair_status(now);
+        }
         self.record_events(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now);
+        if let Some(pair) = &mut self.pair {
+            pair.handle_timeout(now);
+        }
         self.record_events(now);
     }
 
     fn poll_timeout(&self) -> Instant {
-        self.core.poll_timeout()
-    }
-
-    fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
-        loop {
-            let Transmit { role, frames } = self.core.poll_transmit()?;
-            let socket = match role {
-                Role::Client => self.client_socket,
-                Role::Worker => self.worker_socket,
-            };
-            match socket {
-                Some(socket) => return Some((socket, frames)),
-                // No endpoint serves that role (only possible with a client-only or worker-only
-                // broker, whose other peers cannot reach it anyway).
-                None => debug!(?role, "no endpoint for this role, message dropped"),
-            }
+        let core = self.core.poll_timeout();
+        match &self.pair {
+            Some(pair) => core.min(pair.poll_timeout()),
+            None => core,
         }
     }
 
+    fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
+        if let Some(pair) = &mut self.pair {
+            if let Some(message) = pair.poll_publish() {
+                return Some((pair.socket, message));
+            }
+        }
+        if let Some(message) = self.pending.pop_front() {
+            return Some(message);
+        }
+        self.poll_core_transmit()
+    }
+
     fn handle_disconnected(&mut self, now: Instant, socket: usize, identity: &Bytes) {
+        if self.pair.as_ref().is_some_and(|p| p.socket == socket) {
+            return;
+        }
         if self.roles[socket] != EndpointRole::Clients {
             self.core.handle_disconnected(now, identity);
             self.record_events(now);
@@ -423,6 +621,10 @@ impl Machine for BrokerMachine {
     }
 
     fn handle_undeliverable(&mut self, now: Instant, socket: usize, identity: &Bytes) {
+        if self.pair.as_ref().is_some_and(|p| p.socket == socket) {
+            // A state message that did not go out: the next heartbeat repeats it.
+            return;
+        }
         let role = match self.roles[socket] {
             EndpointRole::Workers => Role::Worker,
             EndpointRole::Clients => Role::Client,
@@ -461,11 +663,13 @@ impl Machine for BrokerMachine {
 }
 
 /// A bound Majordomo broker. [`Broker::run`] serves until the shutdown future completes.
-pub struct Broker<T = ZmqRouter> {
+pub struct Broker<T = BrokerSocket> {
     server: Server<BrokerMachine, T>,
     handle: BrokerHandle,
     bound: Vec<BoundEndpoint>,
     guards: Vec<GuardStatsHandle>,
+    pair_status: Option<watch::Receiver<PairStatus>>,
+    pair_endpoint: Option<String>,
 }
 
 impl<T> std::fmt::Debug for Broker<T> {
@@ -496,6 +700,18 @@ impl<T: Transport> Broker<T> {
         &self.guards
     }
 
+    /// In a Binary Star pair, the pair's status as the broker's loop last saw it: a watch that
+    /// changes with the state, the peer's state and the requests dropped while not active.
+    pub fn pair_status(&self) -> Option<watch::Receiver<PairStatus>> {
+        self.pair_status.clone()
+    }
+
+    /// In a Binary Star pair, the endpoint the state link's publisher bound, with an ephemeral
+    /// port resolved.
+    pub fn pair_endpoint(&self) -> Option<&str> {
+        self.pair_endpoint.as_deref()
+    }
+
     /// Counters and gauges before the broker runs; once it runs, ask a [`Broker::handle`].
     pub fn stats(&self) -> BrokerStats {
         self.server.machine().core.stats()
@@ -507,17 +723,45 @@ impl<T: Transport> Broker<T> {
     }
 
     /// Serves until `shutdown` completes or a handle calls [`BrokerHandle::shutdown`], then sends
-    /// DISCONNECT to every worker and returns the final counters.
+    /// DISCONNECT to every worker and returns the final counters. In a Binary Star pair, it
+    /// also stops when the pair reaches a fatal state, and returns [`BrokerError::Pair`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<BrokerStats, BrokerError> {
         for b in &self.bound {
             let guarded = b.endpoint.starts_with("tcp://") && !self.guards.is_empty();
             info!(endpoint = %b.endpoint, role = ?b.role, guarded, "broker bound");
         }
+        if let (Some(endpoint), Some(status)) = (&self.pair_endpoint, &self.pair_status) {
+            let role = status.borrow().role.label();
+            info!(%endpoint, role, "binary star: state published");
+        }
+        let mut pair_status = self.pair_status.clone();
+        let stop = async move {
+            let fatal = async {
+                match &mut pair_status {
+                    // An error means the loop has ended: nothing left to stop.
+                    Some(status) => {
+                        let _ = status.wait_for(|s| s.fatal.is_some()).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown => {}
+                () = fatal => {}
+            }
+        };
         let machine = self
             .server
-            .run(shutdown)
+            .run(stop)
             .instrument(tracing::info_span!("broker"))
             .await;
+        if let Some(fatal) = machine
+            .pair
+            .as_ref()
+            .and_then(|p| p.status(majordomo_rt::clock::now()).fatal)
+        {
+            return Err(BrokerError::Pair(fatal));
+        }
         Ok(machine.core.stats())
     }
 }

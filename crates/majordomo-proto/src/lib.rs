@@ -15,6 +15,7 @@
 //! - [`mmi`]: 8/MMI service names and status codes.
 //! - [`heartbeat`]: liveness tracking and reconnect backoff.
 //! - [`broker`]: the Majordomo broker state machine.
+//! - [`bstar`]: the Binary Star (primary/backup pair) state machine.
 //! - [`client`]: one client call with Lazy Pirate retries (7/MDP or plain REQ/REP).
 //! - [`pirate`]: the Simple and Paranoid Pirate queue state machine.
 //! - [`session`]: what worker connections have in common; [`worker`] (7/MDP) and
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod bstar;
 pub mod client;
 pub mod codec;
 pub mod drops;

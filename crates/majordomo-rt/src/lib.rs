@@ -13,9 +13,10 @@
 //!   from a [`transport::Connector`], a new one per attempt, with its deadline and retries.
 //! - [`peer`]: the loop of a worker-side peer over a sans-IO
 //!   [`majordomo_proto::session::Session`]: connect, serve, reconnect with backoff.
-//! - [`transport`]: the [`transport::Transport`] trait (zmq.rs ROUTER and DEALER, memory),
+//! - [`transport`]: the [`transport::Transport`] trait (zmq.rs ROUTER and DEALER, memory, either of two),
 //!   [`transport::send_bounded`] and the connect helper.
 //! - [`round_robin`]: one connector over several brokers, each connection through the next.
+//! - [`pair`]: the PUB/SUB state link of a Binary Star pair.
 //! - [`memory`]: in-memory ROUTER and DEALER sockets for tests on paused time.
 //! - [`timer`]: a deadline timer re-armed only when the deadline moves.
 //! - [`idle`]: the busy-poll window before sleeping.
@@ -27,6 +28,7 @@ pub mod call;
 pub mod clock;
 pub mod idle;
 pub mod memory;
+pub mod pair;
 pub mod peer;
 pub mod round_robin;
 pub mod runtime;

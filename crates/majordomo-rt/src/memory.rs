@@ -6,10 +6,11 @@
 //! dealer is bounded, so a dealer that stops reading makes sends to it wait, as a full zmq.rs
 //! queue does. Dropping the router closes every dealer's connection; dropping a dealer makes
 //! sends to it fail and is reported by the router's `poll_disconnected`, as a closed connection
-//! is by zmq.rs's monitor. Everything runs on tokio's channels, so it works under paused test time.
+//! is by zmq.rs's monitor. [`link`] makes the two ends of a Binary Star state link. Everything runs
+//! on tokio's channels, so it works under paused test time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,6 +179,73 @@ impl Transport for MemoryDealer {
         self.inbound
             .send(Inbound::Message(routed))
             .map_err(|_| TransportError::Closed)
+    }
+}
+
+/// One end of an in-memory Binary Star state link (see [`link`]): a message one end sends (its
+/// last frame), the other receives as `[empty identity, message]`, as from
+/// [`crate::pair::StateLink`]; while the link is cut, messages are dropped, as a PUB drops them
+/// with no subscriber. Dropping one end closes the other's receive.
+#[derive(Debug)]
+pub struct MemoryLink {
+    tx: mpsc::UnboundedSender<Bytes>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    up: Arc<AtomicBool>,
+}
+
+/// Cuts and restores a state link made by [`link`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkSwitch(Arc<AtomicBool>);
+
+impl LinkSwitch {
+    /// Drops every message from now on, both ways.
+    pub fn cut(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    /// Carries messages again.
+    pub fn restore(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Two connected ends of a state link, and the switch that cuts it.
+pub fn link() -> (MemoryLink, MemoryLink, LinkSwitch) {
+    let (a_tx, b_rx) = mpsc::unbounded_channel();
+    let (b_tx, a_rx) = mpsc::unbounded_channel();
+    let up = Arc::new(AtomicBool::new(true));
+    (
+        MemoryLink {
+            tx: a_tx,
+            rx: a_rx,
+            up: up.clone(),
+        },
+        MemoryLink {
+            tx: b_tx,
+            rx: b_rx,
+            up: up.clone(),
+        },
+        LinkSwitch(up),
+    )
+}
+
+impl Transport for MemoryLink {
+    /// Cancel-safe: an mpsc receive.
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        match self.rx.recv().await {
+            Some(message) => Ok(vec![Bytes::new(), message]),
+            None => Err(TransportError::Closed),
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        if let Some(message) = frames.into_iter().last() {
+            if self.up.load(Ordering::Relaxed) {
+                // The other end gone is a peer that stopped listening: nothing to report.
+                let _ = self.tx.send(message);
+            }
+        }
+        Ok(())
     }
 }
 

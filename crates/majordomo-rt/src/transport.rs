@@ -65,6 +65,47 @@ pub trait Transport: Send {
     }
 }
 
+/// One of two transports, so that a server's sockets of two kinds share one loop (the broker's
+/// ROUTER sockets and its Binary Star state link). Each call goes to the transport inside, and
+/// keeps its cancel-safety.
+#[derive(Debug)]
+pub enum Either<L, R> {
+    /// The first kind.
+    Left(L),
+    /// The second kind.
+    Right(R),
+}
+
+impl<L: Transport, R: Transport> Transport for Either<L, R> {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        match self {
+            Either::Left(socket) => socket.recv().await,
+            Either::Right(socket) => socket.recv().await,
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        match self {
+            Either::Left(socket) => socket.send(frames).await,
+            Either::Right(socket) => socket.send(frames).await,
+        }
+    }
+
+    fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        match self {
+            Either::Left(socket) => socket.poll_disconnected(cx),
+            Either::Right(socket) => socket.poll_disconnected(cx),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Either::Left(socket) => socket.close().await,
+            Either::Right(socket) => socket.close().await,
+        }
+    }
+}
+
 /// Why binding an endpoint failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

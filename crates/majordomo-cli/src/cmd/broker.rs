@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use majordomo_broker::{Broker, BrokerConfig, BrokerHandle, HeartbeatConfig, Limits};
+use majordomo_broker::{
+    BinaryStarConfig, Broker, BrokerConfig, BrokerHandle, HeartbeatConfig, Limits, PairRole,
+};
 
 use super::byte_count;
 use crate::connect::DEFAULT_ENDPOINT;
@@ -82,8 +84,32 @@ pub(crate) struct BrokerArgs {
     /// A second signal stops at once.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Run as one server of a Binary Star pair (the Guide's chapter 4): `primary` or `backup`.
+    /// Needs --bstar-bind and --bstar-peer. Only the active server of the pair answers client
+    /// requests (mmi.* is answered by both); workers register with both.
+    #[arg(long, value_enum)]
+    bstar: Option<PairRoleArg>,
+    /// Where this broker publishes its Binary Star state (PUB), e.g. tcp://0.0.0.0:5003.
+    #[arg(long)]
+    bstar_bind: Option<String>,
+    /// Where the peer publishes its Binary Star state (our SUB connects there).
+    #[arg(long)]
+    bstar_peer: Option<String>,
+    /// How often the Binary Star state is published; the peer counts as gone after two. Both
+    /// servers of a pair must use the same.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    bstar_heartbeat: Duration,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// `--bstar`: which server of the pair this is.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PairRoleArg {
+    /// Normally active.
+    Primary,
+    /// Normally passive; active once the primary is gone and a client asks.
+    Backup,
 }
 
 /// Binds, serves until a stop signal, drains (see `--drain-timeout`), and stops.
@@ -121,6 +147,21 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
     for ep in args.bind_workers {
         builder = builder.bind_workers(ep);
     }
+    // Checked here rather than by clap, so that a configuration file may set them one key at a
+    // time.
+    match (args.bstar, args.bstar_bind, args.bstar_peer) {
+        (Some(role), Some(bind), Some(peer)) => {
+            let role = match role {
+                PairRoleArg::Primary => PairRole::Primary,
+                PairRoleArg::Backup => PairRole::Backup,
+            };
+            builder = builder
+                .binary_star(role, bind, peer)
+                .binary_star_config(BinaryStarConfig::default().heartbeat(args.bstar_heartbeat));
+        }
+        (None, None, None) => {}
+        _ => bail!("--bstar, --bstar-bind and --bstar-peer go together: give all three or none"),
+    }
     let broker = builder.build().await.context("broker cannot start")?;
     let guards = broker.guards().to_vec();
     let handle = broker.handle();
@@ -133,10 +174,19 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
     }
     let mut signals = StopSignals::new()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(broker.run(async {
+    let mut run = tokio::spawn(broker.run(async {
         let _ = stopped.await;
     }));
-    signals.next().await;
+    tokio::select! {
+        // Dropped unfinished only when the broker has stopped, and the process with it.
+        () = signals.next() => {}
+        // The broker stops by itself only on a fatal Binary Star state: exit with its error.
+        ended = &mut run => {
+            let stats = ended??;
+            tracing::info!(?stats, "broker stopped");
+            return Ok(());
+        }
+    }
     if !args.drain_timeout.is_zero() {
         drain(&handle, args.drain_timeout, &mut signals).await;
     }

@@ -77,12 +77,39 @@ pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
         ),
     };
     let stats: BrokerStats = serde_json::from_slice(&json)?;
+    // A broker in a Binary Star pair adds its role and state.
+    let pair = serde_json::from_slice::<serde_json::Value>(&json)?
+        .get("binary_star")
+        .cloned();
     if args.json {
-        println!("{}", serde_json::to_string(&stats)?);
+        let mut out = serde_json::to_value(&stats)?;
+        if let (Some(pair), Some(object)) = (pair, out.as_object_mut()) {
+            object.insert("binary_star".to_owned(), pair);
+        }
+        println!("{out}");
     } else {
         print!("{}", table(&stats));
+        if let Some(pair) = pair {
+            println!("{}", pair_line(&pair));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Binary Star line: `binary star: primary, active (peer passive), 0 requests dropped while
+/// not active`.
+fn pair_line(pair: &serde_json::Value) -> String {
+    let text = |key: &str| pair.get(key).and_then(|v| v.as_str()).unwrap_or("unknown");
+    let peer = match pair.get("peer_state").and_then(|v| v.as_str()) {
+        Some(state) => format!("peer {state}"),
+        None => "peer not heard".to_owned(),
+    };
+    format!(
+        "binary star: {}, {} ({peer}), {} requests dropped while not active",
+        text("role"),
+        text("state"),
+        pair.get("dropped").and_then(|v| v.as_u64()).unwrap_or(0)
+    )
 }
 
 /// The services as a table, then the totals.

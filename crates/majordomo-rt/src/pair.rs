@@ -1,0 +1,191 @@
+//! The state link of a Binary Star pair: a PUB socket bound where the peer subscribes, a SUB
+//! socket connected to the peer's PUB, as in the Guide's reference server ("the servers use
+//! PUB-SUB sockets for state exchange. No other socket combination will work here"), so either
+//! server of a pair may be ours or one written from the Guide.
+//!
+//! [`StateLink`] is a [`Transport`], so it sits among a server's sockets in the server loop: it
+//! receives the peer's state messages as `[empty identity, message]` and publishes the last
+//! frame of what it is given. The subscriber lives in a task of its own, which recreates its
+//! socket whenever the peer has been silent for the expiry: zmq.rs's SUB reconnects by itself,
+//! but with a backoff growing to 30 s, so a peer restarted after a long absence would be heard
+//! too late; and connecting to a peer that is down waits up to the connect timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, Instrument};
+use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use crate::transport::{BindError, Transport, TransportError};
+
+/// Most peer state messages held for the loop; past it newer ones are dropped (each repeats the
+/// peer's whole state, and the peer sends one a heartbeat).
+const INBOUND: usize = 16;
+
+/// A Binary Star state link: publishes this server's state, receives the peer's.
+pub struct StateLink {
+    publisher: PubSocket,
+    inbound: mpsc::Receiver<Bytes>,
+    subscriber: tokio::task::JoinHandle<()>,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for StateLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateLink")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateLink {
+    /// Binds the publisher on `bind` and starts subscribing to `peer`. `expiry` is how long the
+    /// peer may be silent before the subscriber's socket is replaced (the pair's peer expiry,
+    /// two heartbeats), and bounds each connect attempt.
+    pub async fn bind(bind: &str, peer: &str, expiry: Duration) -> Result<Self, BindError> {
+        let mut publisher = PubSocket::new();
+        let endpoint = publisher.bind(bind).await?.to_string();
+        let peer_endpoint: zeromq::Endpoint = peer.parse().map_err(zeromq::ZmqError::from)?;
+        let (tx, inbound) = mpsc::channel(INBOUND);
+        let span = tracing::debug_span!("bstar_subscriber", peer = %peer_endpoint);
+        let subscriber =
+            tokio::spawn(subscribe(peer_endpoint.to_string(), expiry, tx).instrument(span));
+        Ok(Self {
+            publisher,
+            inbound,
+            subscriber,
+            endpoint,
+        })
+    }
+
+    /// The endpoint the publisher bound, with an ephemeral port resolved.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl Drop for StateLink {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+/// Subscribes to the peer's states until the link is dropped, replacing the socket after each
+/// silence as long as the expiry.
+async fn subscribe(peer: String, expiry: Duration, tx: mpsc::Sender<Bytes>) {
+    loop {
+        let mut options = SocketOptions::default();
+        options.connect_timeout(expiry);
+        let mut socket = SubSocket::with_options(options);
+        if socket.subscribe("").await.is_err() {
+            tokio::time::sleep(expiry).await;
+            continue;
+        }
+        // zmq.rs retries a refused connect until its connect timeout; ours bounds it as well.
+        match tokio::time::timeout(expiry, socket.connect(&peer)).await {
+            Ok(Ok(())) => debug!("subscribed to the peer"),
+            Ok(Err(error)) => {
+                debug!(%error, "peer not reachable");
+                // A refusal that came at once: do not spin.
+                tokio::time::sleep(expiry / 4).await;
+                continue;
+            }
+            Err(_) => {
+                debug!("peer not reachable");
+                continue;
+            }
+        }
+        loop {
+            match tokio::time::timeout(expiry, socket.recv()).await {
+                Ok(Ok(message)) => {
+                    let Some(frame) = message.into_vec().pop() else {
+                        continue;
+                    };
+                    match tx.try_send(frame) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                Ok(Err(error)) => {
+                    debug!(%error, "subscription failed; reconnecting");
+                    break;
+                }
+                Err(_) => {
+                    debug!("peer silent past the expiry; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Transport for StateLink {
+    /// The peer's next state message, as `[empty, message]`. Cancel-safe (an mpsc receive).
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        match self.inbound.recv().await {
+            Some(message) => Ok(vec![Bytes::new(), message]),
+            None => Err(TransportError::Closed),
+        }
+    }
+
+    /// Publishes the last frame of `frames` (the first is the identity the server loop puts in
+    /// front of every message). Never waits: zmq.rs's PUB drops a message nobody subscribes to.
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        let Some(message) = frames.into_iter().last() else {
+            return Ok(());
+        };
+        self.publisher.send(ZmqMessage::from(message)).await?;
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn free_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn two_links_hear_each_other_and_a_restarted_peer_is_heard_again() {
+        let expiry = Duration::from_millis(400);
+        let (a_ep, b_ep) = (free_endpoint().await, free_endpoint().await);
+        let mut a = StateLink::bind(&a_ep, &b_ep, expiry).await.expect("bind a");
+        let mut b = StateLink::bind(&b_ep, &a_ep, expiry).await.expect("bind b");
+        // Publish until heard: PUB drops what goes out before the subscription arrives.
+        async fn heard(from: &mut StateLink, to: &mut StateLink, what: &'static [u8]) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                assert!(tokio::time::Instant::now() < deadline, "never heard");
+                from.send(vec![Bytes::new(), Bytes::from_static(what)])
+                    .await
+                    .expect("send");
+                if let Ok(Ok(frames)) =
+                    tokio::time::timeout(Duration::from_millis(100), to.recv()).await
+                {
+                    if frames[1].as_ref() == what {
+                        return;
+                    }
+                }
+            }
+        }
+        heard(&mut a, &mut b, b"1").await;
+        heard(&mut b, &mut a, b"2").await;
+        // The peer goes away and a new one binds the same endpoint.
+        drop(b);
+        tokio::time::sleep(expiry).await;
+        let mut b = StateLink::bind(&b_ep, &a_ep, expiry)
+            .await
+            .expect("rebind b");
+        heard(&mut b, &mut a, b"3").await;
+        heard(&mut a, &mut b, b"4").await;
+    }
+}

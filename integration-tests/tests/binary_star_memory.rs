@@ -1,0 +1,170 @@
+//! Binary Star pairs of brokers over in-memory sockets and an in-memory state link, on paused
+//! tokio time: the pair's heartbeats, the peer's expiry and the client vote play out in virtual
+//! seconds, deterministically, with the brokers' state read through `Broker::pair_status`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use majordomo_broker::pair::PairStatus;
+use majordomo_broker::{
+    Broker, BrokerError, BrokerHandle, BrokerStats, EndpointRole, PairFatal, PairRole, PairState,
+};
+use majordomo_client::{Client, ClientConfig};
+use majordomo_rt::memory::{self, MemoryEndpoint, MemoryLink, MemoryRouter};
+use majordomo_rt::transport::Either;
+use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Virtual time a test may wait for anything; never an expected duration.
+const VIRTUAL_PATIENCE: Duration = Duration::from_secs(600);
+
+type Socket = Either<MemoryRouter, MemoryLink>;
+type BrokerTask = JoinHandle<Result<BrokerStats, BrokerError>>;
+
+/// One broker of a pair: its endpoint, handle, pair status and task.
+struct Member {
+    endpoint: MemoryEndpoint,
+    handle: BrokerHandle,
+    status: watch::Receiver<PairStatus>,
+    task: BrokerTask,
+}
+
+impl Member {
+    fn start(role: PairRole, link: MemoryLink) -> Result<Self> {
+        let (router, endpoint) = memory::router();
+        let broker: Broker<Socket> = Broker::builder()
+            .binary_star(role, "unused", "unused")
+            .build_pair_on(
+                vec![(EndpointRole::Shared, Either::Left(router))],
+                Either::Right(link),
+            )?;
+        let status = broker.pair_status().context("a pair member")?;
+        let handle = broker.handle();
+        let task = tokio::spawn(broker.run(std::future::pending()));
+        // An echo worker registers with every member, whatever its state.
+        let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+        tokio::spawn(worker.run(
+            handler_fn(|body| async move { Ok(body) }),
+            std::future::pending(),
+        ));
+        Ok(Self {
+            endpoint,
+            handle,
+            status,
+            task,
+        })
+    }
+
+    /// Waits (virtual time, bounded) until the pair status satisfies `check`.
+    async fn until(&mut self, check: impl Fn(&PairStatus) -> bool) -> Result<PairStatus> {
+        let status = tokio::time::timeout(VIRTUAL_PATIENCE, self.status.wait_for(check))
+            .await
+            .context("pair status never reached")??;
+        Ok(status.clone())
+    }
+
+    /// Waits until the broker has its echo worker.
+    async fn with_worker(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+        while self.handle.stats().await.context("running")?.workers == 0 {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no worker");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    fn client(&self, attempts: u32) -> Client<MemoryEndpoint> {
+        Client::with_connector(
+            self.endpoint.clone(),
+            ClientConfig::default()
+                .timeout(Duration::from_millis(500))
+                .attempts(attempts),
+        )
+    }
+}
+
+/// A primary and a backup linked to each other, the primary active and the backup passive.
+async fn pair() -> Result<(Member, Member, memory::LinkSwitch)> {
+    let (a, b, switch) = memory::link();
+    let mut primary = Member::start(PairRole::Primary, a)?;
+    let mut backup = Member::start(PairRole::Backup, b)?;
+    primary.until(|s| s.state == PairState::Active).await?;
+    backup
+        .until(|s| s.state == PairState::Passive && s.peer_state == Some(PairState::Active))
+        .await?;
+    primary.with_worker().await?;
+    backup.with_worker().await?;
+    Ok((primary, backup, switch))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_passive_broker_answers_mmi_drops_requests_and_takes_over_on_a_vote() -> Result<()> {
+    let (primary, mut backup, _switch) = pair().await?;
+    let echo = || vec![Bytes::from_static(b"hi")];
+    // The passive broker drops a client request, and answers mmi.service for its worker.
+    assert!(backup.client(1).request("echo", echo()).await.is_err());
+    let service = backup
+        .client(1)
+        .request("mmi.service", vec![Bytes::from_static(b"echo")])
+        .await?;
+    assert_eq!(service, [Bytes::from_static(b"200")]);
+    assert_eq!(backup.status.borrow().dropped, 1);
+    assert_eq!(primary.client(1).request("echo", echo()).await?, echo());
+
+    // The primary crashes: within its expiry a request at the backup is dropped; a retry after
+    // it is the vote, and the backup answers.
+    primary.task.abort();
+    let reply = backup.client(20).request("echo", echo()).await?;
+    assert_eq!(reply, echo());
+    let status = backup.until(|s| s.state == PairState::Active).await?;
+    assert_eq!(status.peer_state, None);
+    assert!(status.dropped >= 1);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_vote_a_silent_peer_changes_nothing() -> Result<()> {
+    let (mut primary, mut backup, switch) = pair().await?;
+    switch.cut();
+    backup.until(|s| s.peer_state.is_none()).await?;
+    primary.until(|s| s.peer_state.is_none()).await?;
+    // No client at the backup: it stays passive however long the link is down.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(backup.status.borrow().state, PairState::Passive);
+    switch.restore();
+    backup
+        .until(|s| s.state == PairState::Passive && s.peer_state == Some(PairState::Active))
+        .await?;
+    assert_eq!(primary.status.borrow().state, PairState::Active);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_split_brain_stops_the_brokers_with_an_error() -> Result<()> {
+    let (primary, mut backup, switch) = pair().await?;
+    switch.cut();
+    backup.until(|s| s.peer_state.is_none()).await?;
+    let reply = backup
+        .client(1)
+        .request("echo", vec![Bytes::from_static(b"vote")])
+        .await?;
+    assert_eq!(reply, [Bytes::from_static(b"vote")]);
+    backup.until(|s| s.state == PairState::Active).await?;
+    switch.restore();
+    let (mut a, mut b) = (primary.task, backup.task);
+    let first = tokio::time::timeout(VIRTUAL_PATIENCE, async {
+        tokio::select! {
+            ended = &mut a => ended,
+            ended = &mut b => ended,
+        }
+    })
+    .await
+    .context("no broker stopped")??;
+    assert!(
+        matches!(first, Err(BrokerError::Pair(PairFatal::DualActive))),
+        "{first:?}"
+    );
+    Ok(())
+}
