@@ -168,3 +168,41 @@ async fn a_split_brain_stops_the_brokers_with_an_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// A `MuxClient` of both brokers of a pair: the passive one, which drops client requests, costs
+/// it one timeout and is then sent nothing while the active one answers; when the active one
+/// crashes, the requests go to the other, whose vote makes it active, and none is lost.
+#[tokio::test(start_paused = true)]
+async fn a_mux_client_of_the_pair_learns_the_passive_broker_and_fails_over_to_it() -> Result<()> {
+    use majordomo_client::MuxClient;
+    let (primary, mut backup, _switch) = pair().await?;
+    let client = MuxClient::with_connectors(
+        [primary.endpoint.clone(), backup.endpoint.clone()],
+        ClientConfig::default()
+            .timeout(Duration::from_millis(500))
+            .attempts(10),
+    );
+    for n in 0..100u32 {
+        let body = vec![Bytes::from(n.to_string())];
+        assert_eq!(client.request("echo", body.clone()).await?, body);
+    }
+    // Sent to the passive broker at most while it was not yet known to drop them.
+    let dropped_at_the_backup = backup.status.borrow().dropped;
+    assert!(dropped_at_the_backup <= 1, "{dropped_at_the_backup}");
+    primary.task.abort();
+    let calls: Vec<_> = (0..100u32)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(n.to_string())];
+                (body.clone(), client.request("echo", body).await)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (body, reply) = call.await?;
+        assert_eq!(reply?, body);
+    }
+    backup.until(|s| s.state == PairState::Active).await?;
+    Ok(())
+}

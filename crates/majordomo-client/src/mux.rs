@@ -20,7 +20,9 @@
 //! [`MuxClient::with_endpoints`] (or [`MuxClient::with_connectors`]) takes several brokers,
 //! every one serving the same services (each worker registered with all of them). The client
 //! holds one connection to each broker that is up and sends each request to the one with the
-//! fewest requests under way. A broker whose connection fails or stays silent for a whole
+//! fewest requests under way. A broker that let a request time out and has sent nothing since
+//! is suspect: it gets requests only while no other broker is up, so the passive server of a
+//! Binary Star pair (which drops client requests) costs one timeout, not one per request. A broker whose connection fails or stays silent for a whole
 //! timeout while a request waits on it is dropped and connected again after a backoff (from a
 //! tenth of the timeout, doubling up to the timeout); its requests go to the other brokers.
 //!
@@ -179,6 +181,7 @@ where
                     retry_at: None,
                     backoff: backoff(),
                     in_flight: 0,
+                    suspect: false,
                     generation: 0,
                 })
                 .collect(),
@@ -281,6 +284,10 @@ struct Broker<C: Connector> {
     backoff: Backoff,
     /// Requests whose last attempt went here.
     in_flight: usize,
+    /// A request sent here went unanswered for a whole timeout, and nothing has arrived from
+    /// it since: it is sent requests only while no other broker is up. The passive server of a
+    /// Binary Star pair, which drops client requests, is one.
+    suspect: bool,
     /// Counts this broker's connections, so that a closed one's late reports are told apart.
     generation: u64,
 }
@@ -430,7 +437,9 @@ where
                     self.first_read = (index + 1) % self.brokers.len();
                     match received {
                         Ok(frames) => {
-                            if let Link::Up { heard, .. } = &mut self.brokers[index].link {
+                            let broker = &mut self.brokers[index];
+                            broker.suspect = false;
+                            if let Link::Up { heard, .. } = &mut broker.link {
                                 *heard = clock::now();
                             }
                             self.on_frames(frames);
@@ -535,7 +544,7 @@ where
             .iter()
             .enumerate()
             .filter(|(_, b)| matches!(b.link, Link::Up { .. }))
-            .min_by_key(|(i, b)| (Some(*i) == previous, b.in_flight))
+            .min_by_key(|(i, b)| (b.suspect, Some(*i) == previous, b.in_flight))
             .map(|(i, _)| i);
         match chosen {
             Some(index) => {
@@ -701,6 +710,7 @@ where
             self.unsent.retain(|t| *t != tag);
             if let Some(index) = pending.broker {
                 self.brokers[index].in_flight -= 1;
+                self.brokers[index].suspect = true;
                 // Nothing heard since this request went: the connection is taken as dead.
                 if let Link::Up { heard, .. } = self.brokers[index].link {
                     if heard < pending.sent_at {
