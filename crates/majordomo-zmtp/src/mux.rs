@@ -24,6 +24,7 @@
 //! |---|---|---|---|
 //! | [`GuardConfig::inbound_budget`] | 256 MiB | Messages being read from peers and not yet written to the link, all peers of a guarded endpoint together. | Peers are not read until some is released: their sends wait (TCP backpressure). Nothing is dropped or closed for it. |
 //! | [`GuardConfig::message_timeout`] | 30 s | How long a message begun (its first frame header read) may take to arrive whole. | The peer is closed ([`Rule::MessageTimeout`]) and what it had sent of the message is dropped. The clock runs while the peer waits for inbound budget too: under long overload the oldest unfinished messages fail rather than wait forever. |
+//! | [`LINK_ALLOWANCE`] (fixed) | 256 KiB | One peer's messages handed to the link and not yet written to it. | The peer is not read until some are written; under the allowance one more message of any size within the limits may go. The link is one queue for every peer: without this, a peer flooding it (garbage that the server will only refuse, say) would put its whole inbound budget ahead of every other peer's next message, heartbeats included, and workers would be purged for silence. |
 //! | [`GuardConfig::outbound_budget`] | 32 MiB | Replies queued for one peer and not yet written to its socket. | The peer is closed ([`Rule::Outbound`]); the replies queued for it and the one that did not fit are counted as dropped. libzmq's ROUTER drops silently at its high-water mark instead; a closed peer learns of it and can reconnect. |
 //!
 //! Charges count real memory: a frame body's buffer as allocated (it grows by doubling within
@@ -49,6 +50,14 @@ use bytes::Bytes;
 
 use self::assemble::{FRAME_OVERHEAD, MESSAGE_OVERHEAD};
 use self::budget::{Budget, Charge};
+
+/// Bytes of one peer's messages that may be queued on the link, not yet written, before the
+/// peer is read no more until some are written (see the module documentation). A peer's share
+/// of the link is then at most this plus one message, whatever it sends, so another peer's
+/// message waits behind at most that much of it. A quarter of a mebibyte keeps a busy peer's
+/// writes batched (many messages per write) while any queue ahead of a heartbeat stays a few
+/// milliseconds long.
+pub const LINK_ALLOWANCE: usize = 256 * 1024;
 
 /// What a reply of `frames` costs a peer's outbound budget: its bytes as written, plus the
 /// structures that hold it while queued.

@@ -5,7 +5,9 @@
 //! on its own queue, charged to its outbound budget, and it writes them. The link writer takes
 //! whatever the peers have handed it, encodes it into one buffer and writes it at once (many
 //! peers' messages per write); the link reader decodes the server's replies and queues each on
-//! its peer's task. Reading and writing the link are separate tasks: the server writes replies
+//! its peer's task. The link is one queue for every peer: a peer's task stops reading its peer
+//! while [`LINK_ALLOWANCE`] bytes of its messages wait there, so a flooding peer's messages
+//! cannot queue far ahead of everyone else's. Reading and writing the link are separate tasks: the server writes replies
 //! while it waits for room to read, and one task doing both could wait on itself.
 //!
 //! The peer table (identity to queue) is the only state two tasks share: the peer's task adds
@@ -29,12 +31,12 @@ use tracing::{debug, warn};
 use super::{lock, End, Permit, Shared};
 use crate::inspect::PingContext;
 use crate::mux::assemble::{Assembler, Message, Step};
-use crate::mux::budget::{Budget, Charge};
-use crate::mux::charge_reply;
+use crate::mux::budget::{Allowance, Budget, Charge, Queued};
 use crate::mux::link::{
     encode_control, encode_greeting, encode_message, encode_pong, encode_ready, encode_routed,
     Control, LinkDecoder, LinkEvent,
 };
+use crate::mux::{charge_reply, LINK_ALLOWANCE};
 use crate::Rule;
 
 /// How much the link writer gathers before one write.
@@ -42,7 +44,8 @@ const BATCH: usize = 256 * 1024;
 
 /// What peers hand the link writer.
 enum Outgoing {
-    Message(Bytes, Message),
+    /// A peer's message, with its share of the peer's link allowance until written.
+    Message(Bytes, Message, Queued),
     Control(Control),
     Pong(PingContext),
 }
@@ -136,10 +139,10 @@ async fn write_link(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Message(peer, message) => {
+                Outgoing::Message(peer, message, queued) => {
                     encode_routed(&mut out, &peer, &message.frames);
-                    // Its inbound budget goes back once it is written.
-                    held.push(message.charge);
+                    // Its inbound budget and its peer's allowance go back once it is written.
+                    held.push((message.charge, queued));
                 }
                 Outgoing::Control(control) => encode_control(&mut out, &control),
                 Outgoing::Pong(context) => encode_pong(&mut out, &context),
@@ -273,15 +276,26 @@ async fn peer(
         return End::Io(error);
     }
     let mut buf = BytesMut::with_capacity(512);
+    let allowance = Allowance::new(LINK_ALLOWANCE);
     loop {
-        // Enabled before the budget is tried, so that no release in between is missed.
+        // Enabled before the budget and the allowance are tried, so that no release in between
+        // is missed.
         let released = shared.inbound.released();
         tokio::pin!(released);
         released.as_mut().enable();
+        let written = allowance.written();
+        tokio::pin!(written);
+        written.as_mut().enable();
         let mut blocked = false;
+        let mut link_full = false;
         // One read of the clock per wake-up.
         let now = StdInstant::now();
         loop {
+            // This peer has its share of the link queued: the others' messages go first.
+            if allowance.is_over() {
+                link_full = true;
+                break;
+            }
             let step = match assembler.next(now, &buf) {
                 Ok(step) => step,
                 Err(violation) => return violation.into(),
@@ -312,7 +326,8 @@ async fn peer(
                 }
                 Step::Message { consumed, message } => {
                     let _ = buf.split_to(consumed);
-                    link.send(Outgoing::Message(identity.clone(), message));
+                    let queued = allowance.queue(link_cost(identity, &message.frames));
+                    link.send(Outgoing::Message(identity.clone(), message, queued));
                 }
             }
             if !out.is_empty() {
@@ -334,13 +349,15 @@ async fn peer(
         }
         tokio::select! {
             // read_buf is cancel-safe: nothing is consumed unless it completes.
-            read = read.read_buf(&mut buf), if !blocked && room > 0 => match read {
+            read = read.read_buf(&mut buf), if !blocked && !link_full && room > 0 => match read {
                 Ok(0) => return End::PeerClosed,
                 Ok(_) => {}
                 Err(error) => return End::Io(error),
             },
             // Some inbound budget came back: try again.
             _ = &mut released, if blocked => {}
+            // Some of this peer's messages were written to the link: go on.
+            _ = &mut written, if link_full => {}
             // recv is cancel-safe: a reply stays queued unless taken.
             Some(reply) = queue.recv() => {
                 // A peer that does not read cannot hold the guard's write forever: past the
@@ -368,6 +385,12 @@ async fn peer(
     }
 }
 
+/// The bytes a peer's message takes on the link: its frames and the peer's identity in front.
+fn link_cost(identity: &Bytes, frames: &[Bytes]) -> usize {
+    crate::mux::link::encoded_len(std::slice::from_ref(identity))
+        + crate::mux::link::encoded_len(frames)
+}
+
 /// Writes `first` and whatever else is queued, in one write per batch.
 async fn write_replies(
     write: &mut OwnedWriteHalf,
@@ -387,4 +410,147 @@ async fn write_replies(
         }
     }
     write.write_all(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Buf;
+
+    use super::*;
+    use crate::inspect::{frame_header, FLAG_COMMAND, FLAG_MORE, GREETING};
+    use crate::{Guard, GuardConfig};
+
+    /// The server's end of a link, reading what the front end writes.
+    struct Server {
+        stream: UnixStream,
+        buf: BytesMut,
+    }
+
+    impl Server {
+        /// Takes the front end's link on `listener` and completes the handshake as a ROUTER.
+        async fn accept(listener: std::os::unix::net::UnixListener) -> Server {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut hello = BytesMut::new();
+            encode_greeting(&mut hello);
+            encode_ready(&mut hello, b"ROUTER", None);
+            stream.write_all(&hello).await.unwrap();
+            let mut server = Server {
+                stream,
+                buf: BytesMut::new(),
+            };
+            server.fill(GREETING).await;
+            server.buf.advance(GREETING);
+            server
+        }
+
+        async fn fill(&mut self, len: usize) {
+            while self.buf.len() < len {
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "the link closed");
+            }
+        }
+
+        /// The next message on the link, commands skipped.
+        async fn message(&mut self) -> Vec<Bytes> {
+            let mut frames = Vec::new();
+            loop {
+                self.fill(2).await;
+                let header = match frame_header(&self.buf) {
+                    Some((header, _)) => header,
+                    None => {
+                        self.fill(9).await;
+                        9
+                    }
+                };
+                let (_, size) = frame_header(&self.buf).unwrap();
+                let flags = self.buf[0];
+                self.fill(header + size as usize).await;
+                self.buf.advance(header);
+                let body = self.buf.split_to(size as usize).freeze();
+                if flags & FLAG_COMMAND != 0 {
+                    continue;
+                }
+                frames.push(body);
+                if flags & FLAG_MORE == 0 {
+                    return frames;
+                }
+            }
+        }
+    }
+
+    /// A peer's greeting and READY as a DEALER.
+    fn hello() -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_greeting(&mut out);
+        encode_ready(&mut out, b"DEALER", None);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flooding_peer_queues_little_ahead_of_another_peers_message() {
+        const FLOOD_MESSAGE: usize = 64 * 1024;
+        const FLOOD: usize = 512;
+        let config = GuardConfig::default()
+            .front_end(true)
+            .inbound_budget(2 * FLOOD * FLOOD_MESSAGE);
+        let (guard, listener) = Guard::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let mut server = Server::accept(listener).await;
+
+        // One peer sends 32 MiB as fast as the guard takes it.
+        let mut flooder = TcpStream::connect(guard.local_addr()).await.unwrap();
+        let mut flood = hello();
+        encode_message(&mut flood, &[Bytes::from(vec![7u8; FLOOD_MESSAGE])]);
+        let flooding = tokio::spawn(async move {
+            flooder.write_all(&flood).await?;
+            let message = flood.split_off(flood.len() - FLOOD_MESSAGE - 9);
+            for _ in 1..FLOOD {
+                flooder.write_all(&message).await?;
+            }
+            std::io::Result::Ok(flooder)
+        });
+        let mut other = TcpStream::connect(guard.local_addr()).await.unwrap();
+        other.write_all(&hello()).await.unwrap();
+
+        // The server reads slowly (a message a millisecond, far slower than the flood comes: a
+        // load shape, not a wait); once 4 MiB of the flood has passed the other peer sends one
+        // message.
+        let (mut flood_read, mut ahead) = (0, None::<usize>);
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), server.message())
+                .await
+                .expect("the link moves");
+            match &message[1..] {
+                [body] if body.len() == FLOOD_MESSAGE => {
+                    flood_read += 1;
+                    if let Some(ahead) = ahead.as_mut() {
+                        *ahead += FLOOD_MESSAGE;
+                    }
+                }
+                [body] if &body[..] == b"mine" => break,
+                _ => continue, // control messages
+            }
+            if flood_read == 64 {
+                let mut mine = BytesMut::new();
+                encode_message(&mut mine, &[Bytes::from_static(b"mine")]);
+                other.write_all(&mine).await.unwrap();
+                ahead = Some(0);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Behind the other peer's message: at most the flooder's allowance and one message,
+        // the link writer's batch, and what the socket buffers hold; never the flood.
+        let ahead = ahead.expect("sent");
+        let bound = LINK_ALLOWANCE + FLOOD_MESSAGE + BATCH + 1024 * 1024;
+        assert!(
+            ahead <= bound,
+            "{ahead} bytes of the flood went ahead (at most {bound})"
+        );
+        flooding.abort();
+    }
 }

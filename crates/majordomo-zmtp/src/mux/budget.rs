@@ -4,6 +4,10 @@
 //! through a [`Charge`], which gives them back when dropped, so a peer that leaves (its task
 //! ended, cancelled or panicked) cannot leak budget. The counter never passes its limit: every
 //! acquisition is one compare-and-swap that grants at most what is left.
+//!
+//! An [`Allowance`] is the softer bound of one peer's share of a queue that others share too:
+//! it is over once its holder has that many bytes queued, but a holder under it may always queue
+//! one more item, however large, so that any item within the other limits can pass.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -143,9 +147,92 @@ impl Drop for Charge {
     }
 }
 
+/// One holder's share of a shared queue, in bytes: see the module documentation. Cheap to
+/// clone; the clones count together.
+#[derive(Debug, Clone)]
+pub struct Allowance(Arc<AllowanceInner>);
+
+#[derive(Debug)]
+struct AllowanceInner {
+    limit: usize,
+    queued: AtomicUsize,
+    /// Woken whenever queued bytes are given back.
+    written: tokio::sync::Notify,
+}
+
+impl Allowance {
+    /// An allowance of `limit` bytes, none queued.
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(AllowanceInner {
+            limit,
+            queued: AtomicUsize::new(0),
+            written: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Bytes queued now, by every [`Queued`] of this allowance together.
+    pub fn queued(&self) -> usize {
+        self.0.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether the holder has its limit or more queued: then it queues nothing more until
+    /// [`Allowance::written`] says some was given back.
+    pub fn is_over(&self) -> bool {
+        self.queued() >= self.0.limit
+    }
+
+    /// Counts `bytes` as queued until the returned [`Queued`] is dropped. Never refused: the
+    /// holder checks [`Allowance::is_over`] first.
+    pub fn queue(&self, bytes: usize) -> Queued {
+        self.0.queued.fetch_add(bytes, Ordering::AcqRel);
+        Queued {
+            allowance: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Completes when queued bytes are next given back. To wait without missing that, `enable`
+    /// it before the [`Allowance::is_over`] that found the allowance spent.
+    pub fn written(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.written.notified()
+    }
+}
+
+/// Bytes counted against an [`Allowance`] while queued; given back when dropped.
+#[derive(Debug)]
+pub struct Queued {
+    allowance: Allowance,
+    bytes: usize,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.allowance
+            .0
+            .queued
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.allowance.0.written.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allowance_is_over_at_its_limit_and_under_once_given_back() {
+        let allowance = Allowance::new(100);
+        assert!(!allowance.is_over());
+        // Under the limit any item may be queued, even one larger than the limit.
+        let big = allowance.queue(250);
+        assert!(allowance.is_over());
+        let small = allowance.clone().queue(10);
+        assert_eq!(allowance.queued(), 260);
+        drop(big);
+        assert!(!allowance.is_over());
+        drop(small);
+        assert_eq!(allowance.queued(), 0);
+    }
 
     #[test]
     fn charges_never_pass_the_limit_and_give_back_when_dropped() {
