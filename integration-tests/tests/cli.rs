@@ -548,6 +548,16 @@ fn configuration_precedence_is_flag_then_environment_then_file_then_default() ->
 }
 
 #[test]
+fn the_guard_mode_comes_from_the_environment_and_guard_relay_beats_it() -> Result<()> {
+    let front_end = [("MAJORDOMO_BROKER_GUARD_FRONT_END", "true")];
+    let from_env = print_config(&[], &front_end)?;
+    assert_eq!(line(&from_env, "guard-front-end"), "guard-front-end = true");
+    let relay = print_config(&["--guard-relay"], &front_end)?;
+    assert_eq!(line(&relay, "guard-relay"), "guard-relay = true");
+    Ok(())
+}
+
+#[test]
 fn configuration_errors_name_the_key() -> Result<()> {
     for (name, text, expected) in [
         (

@@ -264,7 +264,7 @@ fn junk(seed: &mut u64) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_floods_lose_no_legitimate_request() -> Result<()> {
-    malformed_floods(&[]).await
+    malformed_floods(&["--guard-relay"]).await
 }
 
 /// Through the front end every peer's messages share one link to the broker: the flood must not

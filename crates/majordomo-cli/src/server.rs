@@ -71,6 +71,10 @@ pub(crate) struct GuardArgs {
     /// default for now: the front end is not yet as fast).
     #[arg(long)]
     guard_front_end: bool,
+    /// Relay each peer to its own zmq.rs connection (the default for now); beats
+    /// --guard-front-end wherever that is set.
+    #[arg(long)]
+    guard_relay: bool,
     /// Bytes of messages read from peers and not yet passed to the server, all peers of an
     /// endpoint together; at the limit peers are not read until some is passed on.
     #[arg(long, default_value = "256MiB")]
@@ -106,7 +110,7 @@ impl GuardArgs {
                 .max_connections(self.guard_max_connections)
                 .max_connections_per_address(self.guard_max_connections_per_address)
                 .connection_rate(self.guard_connection_rate)
-                .front_end(self.guard_front_end)
+                .front_end(self.guard_front_end && !self.guard_relay)
                 .inbound_budget(bytes(self.guard_inbound_budget))
                 .outbound_budget(bytes(self.guard_outbound_budget))
                 .message_timeout(self.guard_message_timeout),

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use load::measure;
 use report::{report, Run};
-use targets::{broker_run, EchoServer, Target};
+use targets::{broker_run, EchoServer, GuardMode, Target};
 
 /// Options of the benchmark.
 #[derive(Args, Clone)]
@@ -141,6 +141,12 @@ pub(crate) enum RunKind {
     Broker,
     /// Our broker with `--no-guard`: what the guard costs.
     NoGuard,
+    /// Our broker with `--guard-relay`: the guard relaying each peer to its own zmq.rs
+    /// connection, whichever mode is the default.
+    BrokerRelay,
+    /// Our broker with `--guard-front-end`: the guard as the front end, every peer's messages
+    /// on one link, whichever mode is the default.
+    BrokerFrontEnd,
     /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
     /// cost.
     Metrics,
@@ -237,11 +243,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             runs.push(median_of(args.repeat, copied).await?);
         }
         for (kind, busy_poll, guard, metrics) in [
-            (RunKind::Broker, Duration::ZERO, true, false),
-            (RunKind::NoGuard, Duration::ZERO, false, false),
-            (RunKind::Metrics, Duration::ZERO, true, true),
-            (RunKind::Stream, Duration::ZERO, true, false),
-            (RunKind::Busypoll, args.busy_poll, true, false),
+            (RunKind::Broker, Duration::ZERO, GuardMode::Default, false),
+            (RunKind::NoGuard, Duration::ZERO, GuardMode::Off, false),
+            (
+                RunKind::BrokerRelay,
+                Duration::ZERO,
+                GuardMode::Relay,
+                false,
+            ),
+            (
+                RunKind::BrokerFrontEnd,
+                Duration::ZERO,
+                GuardMode::FrontEnd,
+                false,
+            ),
+            (RunKind::Metrics, Duration::ZERO, GuardMode::Default, true),
+            (RunKind::Stream, Duration::ZERO, GuardMode::Default, false),
+            (RunKind::Busypoll, args.busy_poll, GuardMode::Default, false),
         ] {
             if wanted(kind) && (kind != RunKind::Busypoll || !busy_poll.is_zero()) {
                 let target = || Target::Ours {

@@ -145,7 +145,13 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
     };
     // Set against the unguarded broker, only our guarded runs say anything.
     let brokers: &[RunKind] = match base {
-        RunKind::NoGuard => &[RunKind::Broker, RunKind::CopyRelay, RunKind::Busypoll],
+        RunKind::NoGuard => &[
+            RunKind::Broker,
+            RunKind::BrokerRelay,
+            RunKind::BrokerFrontEnd,
+            RunKind::CopyRelay,
+            RunKind::Busypoll,
+        ],
         RunKind::CopyRelay => &[RunKind::Broker],
         RunKind::Broker => &[RunKind::Metrics, RunKind::Stream],
         RunKind::ClientPool => &[RunKind::ClientMux],
@@ -154,6 +160,8 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             RunKind::RelayAll,
             RunKind::Broker,
             RunKind::NoGuard,
+            RunKind::BrokerRelay,
+            RunKind::BrokerFrontEnd,
             RunKind::Metrics,
             RunKind::CopyRelay,
             RunKind::Busypoll,
@@ -250,7 +258,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers')",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers')",
         args.workers,
         args.stream_parts,
         humantime::format_duration(args.busy_poll)
@@ -265,7 +273,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         );
     }
     println!(
-        "{:<10} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
+        "{:<16} {:>6} {:>10} {:>8} {:>8} {:>8} {:>13} {:>22}",
         "run",
         "bytes",
         "req/s",
@@ -282,7 +290,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
             String::new()
         };
         println!(
-            "{:<10} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
+            "{:<16} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>13.2} {:>10} -> {:>6} ({}){range}",
             r.kind,
             r.size,
             r.rate,

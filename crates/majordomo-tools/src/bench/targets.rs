@@ -53,15 +53,28 @@ impl EchoServer {
     }
 }
 
+/// The ZMTP guard of our broker in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GuardMode {
+    /// The default mode, no flag.
+    Default,
+    /// `--no-guard`.
+    Off,
+    /// `--guard-relay`.
+    Relay,
+    /// `--guard-front-end`.
+    FrontEnd,
+}
+
 /// The broker a run measures.
 pub(super) enum Target<'a> {
-    /// Ours, started as a child process with these settings (`guard`: false adds
-    /// `--no-guard`; `metrics`: true adds `--metrics-listen` on an ephemeral port; `parts`:
+    /// Ours, started as a child process with these settings (`guard`: the guard's flag;
+    /// `metrics`: true adds `--metrics-listen` on an ephemeral port; `parts`:
     /// 18/MDP clients, and workers that answer with that many PARTIALs before the FINAL).
     Ours {
         threads: &'a str,
         busy_poll: Duration,
-        guard: bool,
+        guard: GuardMode,
         metrics: bool,
         parts: Option<usize>,
     },
@@ -108,8 +121,11 @@ pub(super) async fn broker_run(
                 "--busy-poll",
                 &busy_poll,
             ];
-            if !guard {
-                command.push("--no-guard");
+            match guard {
+                GuardMode::Default => {}
+                GuardMode::Off => command.push("--no-guard"),
+                GuardMode::Relay => command.push("--guard-relay"),
+                GuardMode::FrontEnd => command.push("--guard-front-end"),
             }
             if metrics {
                 command.extend(["--metrics-listen", "127.0.0.1:0"]);
