@@ -230,6 +230,23 @@ async fn a_connection_flood_from_one_address_stops_at_its_limit_while_others_are
     Ok(())
 }
 
+/// The guard listens with the backlog it is given: `ss` shows a listening socket's backlog as
+/// its send queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_listens_with_its_configured_backlog() -> Result<()> {
+    let guard = GuardConfig::default().listen_backlog(77);
+    let (broker, _stats, _worker) = guarded_broker(guard).await?;
+    let port = broker.endpoint.rsplit(':').next().context("a port")?;
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .context("ss (iproute2) lists listening sockets")?;
+    let listing = String::from_utf8(out.stdout)?;
+    let backlog = listing.split_whitespace().nth(2).context("the listener")?;
+    assert_eq!(backlog, "77", "{listing}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libzmq_peers_with_zmtp_heartbeats_stay_connected() -> Result<()> {
     // pyzmq's DEALERs ping every 100 ms and drop the connection if nothing comes back in 300 ms;

@@ -66,6 +66,10 @@ pub(crate) struct GuardArgs {
     /// New connections accepted per second from one IP address (bursts of twice as many).
     #[arg(long, default_value_t = 1000)]
     guard_connection_rate: u32,
+    /// Connections the kernel queues before the guard accepts them (the listen backlog; the
+    /// kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 1024)]
+    listen_backlog: u32,
     /// Multiplex every peer's whole messages onto one link to the server, within the budgets
     /// below (the front end), instead of relaying each peer to its own zmq.rs connection (the
     /// default for now: the front end is not yet as fast).
@@ -110,6 +114,7 @@ impl GuardArgs {
                 .max_connections(self.guard_max_connections)
                 .max_connections_per_address(self.guard_max_connections_per_address)
                 .connection_rate(self.guard_connection_rate)
+                .listen_backlog(self.listen_backlog)
                 .front_end(self.guard_front_end && !self.guard_relay)
                 .inbound_budget(bytes(self.guard_inbound_budget))
                 .outbound_budget(bytes(self.guard_outbound_budget))

@@ -41,6 +41,10 @@ pub struct GuardConfig {
     /// enough that one address churning connections cannot keep the accept loop to itself.
     /// Connections past it are closed at once.
     pub connection_rate: u32,
+    /// Connections the kernel queues, handshake done, before the guard accepts them (the
+    /// `listen(2)` backlog). Default 1,024; the kernel caps it at `net.core.somaxconn`. A burst
+    /// of connects past it waits for the client's SYN retry (a second or more).
+    pub listen_backlog: u32,
     /// Bytes buffered per direction per connection. Default 16 KiB, at least 8 KiB + 9 (a whole
     /// READY or PING must fit). With the defaults a connection costs the guard at most 32 KiB,
     /// whatever its peer announces.
@@ -76,6 +80,7 @@ impl Default for GuardConfig {
             max_connections: 4096,
             max_connections_per_address: 512,
             connection_rate: 1000,
+            listen_backlog: 1024,
             buffer_size: 16 * 1024,
             inbound_budget: 256 * 1024 * 1024,
             message_timeout: Duration::from_secs(30),
@@ -133,6 +138,12 @@ impl GuardConfig {
         self
     }
 
+    /// Sets `listen_backlog`; the field says what it means and its default.
+    pub fn listen_backlog(mut self, connections: u32) -> Self {
+        self.listen_backlog = connections;
+        self
+    }
+
     /// Sets `buffer_size`; the field says what it means and its default.
     pub fn buffer_size(mut self, bytes: usize) -> Self {
         self.buffer_size = bytes;
@@ -185,6 +196,7 @@ impl GuardConfig {
                 self.max_connections_per_address == 0,
             ),
             ("connection_rate", self.connection_rate == 0),
+            ("listen_backlog", self.listen_backlog == 0),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, zero)| *zero) {
             return Err(GuardConfigError(format!("{name} must be positive")));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use majordomo_proto::peer::assigned_identity;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -102,7 +102,14 @@ impl Guard {
         } else {
             config.validate()?;
         }
-        let listener = TcpListener::bind(addr).await?;
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does, so that a restarted server can bind at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let dir = PrivateDir::create()?;
         let socket_path = dir.0.join("s");
