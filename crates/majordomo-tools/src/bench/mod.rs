@@ -278,7 +278,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 let target = || Target::Ours {
                     threads: &threads,
                     busy_poll: Duration::ZERO,
-                    guard: true,
+                    guard: GuardMode::Default,
                     metrics: false,
                     parts: None,
                 };
