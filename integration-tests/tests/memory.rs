@@ -174,7 +174,15 @@ async fn broker_expires_a_request_for_a_service_without_workers() -> Result<()> 
     let queued = until(&handle, |s| s.queued == 1).await;
     assert_eq!(queued.per_service[0].queued, 1);
     let s = until(&handle, |s| s.expired == 1).await;
-    assert_eq!((s.queued, s.services), (0, 0));
+    assert_eq!(s.queued, 0);
+    // Idle, the service is kept for its grace, then forgotten on the broker's own deadline.
+    let expired_at = tokio::time::Instant::now();
+    let s = until(&handle, |s| s.services == 0).await;
+    assert_eq!(s.service_bytes, 0);
+    assert!(
+        tokio::time::Instant::now() >= expired_at + BrokerConfig::default().service_idle_grace / 2,
+        "forgotten before its grace"
+    );
     Ok(())
 }
 

@@ -34,8 +34,12 @@
 //! - A worker speaks the MDP version and dialect of its READY for its whole session: a command in
 //!   another is a protocol error ([`DecodeError::VersionSwitch`]), answered with DISCONNECT.
 //! - `mmi.service` without a body names no service: `404`.
+//! - A service with neither workers nor queued requests is forgotten only after
+//!   [`BrokerConfig::service_idle_grace`] (its deadline is part of [`BrokerCore::poll_timeout`]),
+//!   so a service whose workers reconnect keeps its metric series; a new service that finds the
+//!   table full takes the place of the one idle longest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -110,9 +114,16 @@ pub struct BrokerConfig {
     /// [`SERVICE_OVERHEAD`] and the name of each known service.
     pub max_queued_bytes: usize,
     /// Most services known at once (default 100,000). A request for a service not yet known is
-    /// dropped past it ([`DropReason::Services`]); a worker's READY still registers it. A service
-    /// with neither workers nor queued requests is forgotten at once.
+    /// dropped past it ([`DropReason::Services`]) unless a service idle in its grace (see
+    /// `service_idle_grace`) can be forgotten to make room; a worker's READY still registers it.
     pub max_services: usize,
+    /// How long a service with neither workers nor queued requests is kept before it is
+    /// forgotten with what the driver keeps for it (default 60 s; zero forgets it at once).
+    /// While kept it counts against `max_services` and [`BrokerConfig::max_queued_bytes`] as
+    /// any known service; when either bound would refuse a request, the service idle longest is
+    /// forgotten first to make room. A worker that reconnects within the grace finds its service
+    /// and its latency series as it left them.
+    pub service_idle_grace: Duration,
     /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     pub max_queued_per_service: usize,
     /// Most requests queued over all services (default: no limit). All bounds apply to new
@@ -169,6 +180,12 @@ impl BrokerConfig {
         self
     }
 
+    /// Sets `service_idle_grace`; the field says what it means and its default.
+    pub fn service_idle_grace(mut self, grace: Duration) -> Self {
+        self.service_idle_grace = grace;
+        self
+    }
+
     /// Sets `max_queued_per_service`; the field says what it means and its default.
     pub fn max_queued_per_service(mut self, max_queued_per_service: usize) -> Self {
         self.max_queued_per_service = max_queued_per_service;
@@ -215,6 +232,7 @@ impl Default for BrokerConfig {
             max_queued_bytes_per_service: 256 * 1024 * 1024,
             max_queued_bytes: 1024 * 1024 * 1024,
             max_services: 100_000,
+            service_idle_grace: Duration::from_secs(60),
             max_queued_per_service: usize::MAX,
             max_queued_total: usize::MAX,
             max_deliveries: 3,
@@ -263,7 +281,8 @@ pub struct BrokerStats {
     pub workers: usize,
     /// Registered workers waiting for a request.
     pub idle_workers: usize,
-    /// Services known (with workers or queued requests).
+    /// Services known: with workers or queued requests, or idle within their grace
+    /// ([`BrokerConfig::service_idle_grace`]).
     pub services: usize,
     /// Bytes the known services are counted for ([`SERVICE_OVERHEAD`] and the name of each),
     /// bounded with `queued_bytes` by [`BrokerConfig::max_queued_bytes`].
@@ -668,6 +687,9 @@ struct Service {
     idle: VecDeque<Bytes>,
     /// Registered workers, idle or busy.
     workers: usize,
+    /// When it is forgotten: set while it has neither workers nor queued requests (its entry in
+    /// [`BrokerCore`]'s idle set), `None` while it is in use.
+    forget_at: Option<Instant>,
 }
 
 impl Service {
@@ -758,6 +780,9 @@ pub struct BrokerCore {
     queued_bytes: usize,
     /// Bytes the known services are counted for (see [`SERVICE_OVERHEAD`]).
     service_bytes: usize,
+    /// Services with neither workers nor queued requests, by the instant each is forgotten:
+    /// the first is the one idle longest. A service in use again leaves it.
+    idle_services: BTreeSet<(Instant, Bytes)>,
     drops: DropLog,
     /// Rate-limited log of protocol errors, and their events.
     errors: ErrorLog,
@@ -788,6 +813,7 @@ impl BrokerCore {
             waits: VecDeque::new(),
             queued_bytes: 0,
             service_bytes: 0,
+            idle_services: BTreeSet::new(),
             drops: DropLog::default(),
             errors: ErrorLog::default(),
             next_id: 0,
@@ -947,6 +973,7 @@ impl BrokerCore {
         [
             self.expiries.front().map(|(at, _)| *at),
             self.waits.front().map(|(at, _)| *at),
+            self.idle_services.first().map(|(at, _)| *at),
             self.drops.poll_timeout(),
             self.errors.poll_timeout(),
         ]
@@ -1108,27 +1135,13 @@ impl BrokerCore {
             + request.service.len()
             + request.body.iter().map(Bytes::len).sum::<usize>()
             + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
-        let known = self.services.get(&request.service);
-        let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
-        // A request for a service not yet known costs its entry too.
-        let entry = match known {
-            Some(_) => 0,
-            None => SERVICE_OVERHEAD + request.service.len(),
-        };
-        let config = &self.config;
-        let bound = if known.is_none() && self.services.len() >= config.max_services {
-            Some(DropReason::Services)
-        } else if self.queued_bytes + self.service_bytes + entry + size > config.max_queued_bytes {
-            Some(DropReason::TotalBytes)
-        } else if service_bytes + size > config.max_queued_bytes_per_service {
-            Some(DropReason::ServiceBytes)
-        } else if self.requests.len() >= config.max_queued_total {
-            Some(DropReason::TotalCount)
-        } else if service_queued >= config.max_queued_per_service {
-            Some(DropReason::ServiceCount)
-        } else {
-            None
-        };
+        let mut bound = self.bound(&request.service, size);
+        // Services idle in their grace give way to a request the table or the total refuses.
+        while matches!(bound, Some(DropReason::Services | DropReason::TotalBytes))
+            && self.forget_idle_service(&request.service)
+        {
+            bound = self.bound(&request.service, size);
+        }
         if let Some(reason) = bound {
             self.stats.rejected += 1;
             debug!(client = %Peer(identity), service = %Hex(&request.service), %reason, "request dropped");
@@ -1152,6 +1165,31 @@ impl BrokerCore {
             false,
         );
         self.dispatch(now, &service);
+    }
+
+    /// The bound a request of `size` bytes for `service` would pass, if any.
+    fn bound(&self, service: &Bytes, size: usize) -> Option<DropReason> {
+        let known = self.services.get(service);
+        let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
+        // A request for a service not yet known costs its entry too.
+        let entry = match known {
+            Some(_) => 0,
+            None => SERVICE_OVERHEAD + service.len(),
+        };
+        let config = &self.config;
+        if known.is_none() && self.services.len() >= config.max_services {
+            Some(DropReason::Services)
+        } else if self.queued_bytes + self.service_bytes + entry + size > config.max_queued_bytes {
+            Some(DropReason::TotalBytes)
+        } else if service_bytes + size > config.max_queued_bytes_per_service {
+            Some(DropReason::ServiceBytes)
+        } else if self.requests.len() >= config.max_queued_total {
+            Some(DropReason::TotalCount)
+        } else if service_queued >= config.max_queued_per_service {
+            Some(DropReason::ServiceCount)
+        } else {
+            None
+        }
     }
 
     fn handle_mmi(
@@ -1427,6 +1465,11 @@ impl BrokerCore {
                 self.drop_queued(now, id, DropReason::WaitedTooLong);
             }
         }
+        while self.idle_services.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, service)) = self.idle_services.pop_first() {
+                self.forget_service(&service);
+            }
+        }
         self.drops.handle_timeout(now);
         self.errors.handle_timeout(now);
         if now >= self.next_tick {
@@ -1464,7 +1507,7 @@ impl BrokerCore {
             svc.queued_bytes -= request.size;
             svc.trim(&request.client, &self.requests);
         }
-        self.drop_service_if_unused(&request.service);
+        self.on_maybe_unused(now, &request.service);
     }
 
     /// Stops taking new requests: from now on a client request (other than `mmi.*`) is dropped
@@ -1515,6 +1558,7 @@ impl BrokerCore {
         }
         self.workers.clear();
         self.services.clear();
+        self.idle_services.clear();
         self.service_bytes = 0;
         self.requests.clear();
         self.expiries.clear();
@@ -1535,6 +1579,9 @@ impl BrokerCore {
         );
         self.know_service(&service);
         let svc = self.services.entry(service.clone()).or_default();
+        if let Some(at) = svc.forget_at.take() {
+            self.idle_services.remove(&(at, service.clone()));
+        }
         svc.workers += 1;
         svc.idle.push_back(identity.clone());
         self.dispatch(now, &service);
@@ -1613,7 +1660,7 @@ impl BrokerCore {
                 self.dispatch(now, &worker.service);
             }
         }
-        self.drop_service_if_unused(&worker.service);
+        self.on_maybe_unused(now, &worker.service);
     }
 
     /// Queues `request` (at the front for a re-queued one), with an expiry if its service has no
@@ -1624,6 +1671,9 @@ impl BrokerCore {
         self.next_id += 1;
         self.know_service(&request.service);
         let svc = self.services.entry(request.service.clone()).or_default();
+        if let Some(at) = svc.forget_at.take() {
+            self.idle_services.remove(&(at, request.service.clone()));
+        }
         let expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
         if let Some(at) = expires_at {
             self.expiries.push_back((at, id));
@@ -1777,16 +1827,62 @@ impl BrokerCore {
         }
     }
 
-    /// Forgets a service with neither workers nor queued requests, reporting it as
-    /// [`Event::ServiceForgotten`] so the driver forgets what it keeps for it.
-    fn drop_service_if_unused(&mut self, service: &Bytes) {
-        if self.services.get(service).is_some_and(Service::is_unused) {
-            self.services.remove(service);
-            self.service_bytes -= SERVICE_OVERHEAD + service.len();
-            self.events.push(Event::ServiceForgotten {
-                service: service.clone(),
-            });
+    /// A service that has just lost a worker or a queued request: if it has neither left, it
+    /// is forgotten after [`BrokerConfig::service_idle_grace`] (at once with no grace). Its
+    /// queues' storage is given back meanwhile.
+    fn on_maybe_unused(&mut self, now: Instant, service: &Bytes) {
+        let grace = self.config.service_idle_grace;
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        if !svc.is_unused() || svc.forget_at.is_some() {
+            return;
         }
+        if grace.is_zero() {
+            self.forget_service(service);
+            return;
+        }
+        let at = now + grace;
+        *svc = Service {
+            forget_at: Some(at),
+            ..Service::default()
+        };
+        self.idle_services.insert((at, service.clone()));
+    }
+
+    /// Forgets the service idle longest other than `keep`, to make room; false with none.
+    fn forget_idle_service(&mut self, keep: &Bytes) -> bool {
+        let Some(service) = self
+            .idle_services
+            .iter()
+            .map(|(_, name)| name)
+            .find(|name| *name != keep)
+            .cloned()
+        else {
+            return false;
+        };
+        debug!(service = %Hex(&service), "idle service forgotten early to make room");
+        self.forget_service(&service);
+        true
+    }
+
+    /// Forgets an unused service, reporting it as [`Event::ServiceForgotten`] so the driver
+    /// forgets what it keeps for it.
+    fn forget_service(&mut self, service: &Bytes) {
+        let Some(svc) = self.services.get(service) else {
+            return;
+        };
+        if let Some(at) = svc.forget_at {
+            self.idle_services.remove(&(at, service.clone()));
+        }
+        if !svc.is_unused() {
+            return;
+        }
+        self.services.remove(service);
+        self.service_bytes -= SERVICE_OVERHEAD + service.len();
+        self.events.push(Event::ServiceForgotten {
+            service: service.clone(),
+        });
     }
 }
 
