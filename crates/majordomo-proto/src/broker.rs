@@ -55,10 +55,12 @@ use crate::peer::Peer;
 use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
-/// Bytes each queued request is counted for beyond its frames: its entry in the queues, the
-/// expiry list and the request table, and the transport's buffers. Measured: a broker holding
-/// 100,000 queued requests of 11-byte bodies grew by 327 bytes per request, 310 beyond the frames.
-pub const REQUEST_OVERHEAD: usize = 320;
+/// Bytes each queued request is counted for beyond its frames ([`frames_cost`]), its service
+/// name and its client's address: its entry in the queues, the expiry list and the request
+/// table. Measured (`scripts/measure-bounds.py frames`): a broker holding 20,000 queued
+/// requests of one 1-byte frame grew by 414 bytes per request; each counts 352 + 64 for its
+/// frame + 12 for its name, address and body.
+pub const REQUEST_OVERHEAD: usize = 352;
 
 /// Bytes each known service is counted for beyond its name: its entry in the service table, its
 /// queues and ring of clients, and what the driver keeps for it. Counted against
@@ -76,10 +78,39 @@ pub const STATS_TOP_SERVICES: usize = 100;
 pub const MAX_STATS_PAGE: usize = 1000;
 
 /// Bytes each frame of a held message is counted for beyond its payload: its handle in the
-/// message's list of frames and its share of the transport's buffers. A request's first body
-/// frame is within [`REQUEST_OVERHEAD`]; each further one counts this, so a flood of requests of
-/// many empty frames is bounded like one of large bodies.
+/// message's list of frames and what the allocator adds to its bytes. Measured
+/// (`scripts/measure-bounds.py frames`): requests of 50 frames grew a broker by 38 bytes per
+/// frame more than requests of one frame; a flood of requests of many empty frames is then
+/// bounded like one of large bodies.
 pub const FRAME_OVERHEAD: usize = 64;
+
+/// Frames longer than this cost [`LARGE_FRAME_SLACK`] more. zmq.rs reads a frame longer than
+/// twice its largest read (64 KiB) into a buffer with room for one more read after it, and the
+/// frame, split off that buffer, keeps all of it while it is held.
+pub const LARGE_FRAME: usize = 128 * 1024;
+
+/// What a frame longer than [`LARGE_FRAME`] costs beyond its payload and [`FRAME_OVERHEAD`]:
+/// the room zmq.rs reserves after it (64 KiB). Measured (`scripts/measure-bounds.py
+/// frames`): 1,000 requests of one 256 KiB frame held 36 KiB each beyond their payload
+/// resident, of the 64 KiB reserved.
+pub const LARGE_FRAME_SLACK: usize = 64 * 1024;
+
+/// What `frames` cost held in memory: each frame's payload, [`FRAME_OVERHEAD`], and
+/// [`LARGE_FRAME_SLACK`] for a frame longer than [`LARGE_FRAME`]. The broker and the Pirate
+/// queues count every frame they hold this way against their byte bounds.
+pub fn frames_cost(frames: &[Bytes]) -> usize {
+    frames
+        .iter()
+        .map(|frame| {
+            let slack = if frame.len() > LARGE_FRAME {
+                LARGE_FRAME_SLACK
+            } else {
+                0
+            };
+            frame.len() + FRAME_OVERHEAD + slack
+        })
+        .sum()
+}
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +136,9 @@ pub struct BrokerConfig {
     /// to `heartbeat.liveness` intervals, busy or idle; a worker whose connection closes is
     /// removed at once either way.
     pub busy_timeout: Duration,
-    /// Most bytes queued for one service (default 256 MiB): the bodies, service name and client
-    /// address of each queued request plus [`REQUEST_OVERHEAD`] for its bookkeeping (so about
-    /// 800,000 small requests). Past it, new
+    /// Most bytes queued for one service (default 256 MiB): the frames of each queued request
+    /// ([`frames_cost`]), its service name and client address plus [`REQUEST_OVERHEAD`] for its
+    /// bookkeeping (so about 600,000 small requests). Past it, new
     /// requests for that service are dropped; the client sees a timeout.
     pub max_queued_bytes_per_service: usize,
     /// Most bytes queued over all services (default 1 GiB), counted the same way, together with
@@ -1128,13 +1159,9 @@ impl BrokerCore {
         }
         let size = REQUEST_OVERHEAD
             + identity.len()
-            + route
-                .iter()
-                .map(|f| f.len() + FRAME_OVERHEAD)
-                .sum::<usize>()
             + request.service.len()
-            + request.body.iter().map(Bytes::len).sum::<usize>()
-            + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
+            + frames_cost(&route)
+            + frames_cost(&request.body);
         let mut bound = self.bound(&request.service, size);
         // Services idle in their grace give way to a request the table or the total refuses.
         while matches!(bound, Some(DropReason::Services | DropReason::TotalBytes))
@@ -1908,6 +1935,38 @@ mod tests {
     }
 
     const V02: Version = Version::V02(Dialect::Rfc18);
+
+    #[test]
+    fn frames_cost_their_payload_an_overhead_each_and_the_slack_of_a_large_one() {
+        assert_eq!(frames_cost(&[]), 0);
+        // Empty frames are not free.
+        assert_eq!(
+            frames_cost(&[Bytes::new(), Bytes::new()]),
+            2 * FRAME_OVERHEAD
+        );
+        let at_limit = Bytes::from(vec![0u8; LARGE_FRAME]);
+        assert_eq!(frames_cost(&[at_limit]), LARGE_FRAME + FRAME_OVERHEAD);
+        let large = Bytes::from(vec![0u8; LARGE_FRAME + 1]);
+        assert_eq!(
+            frames_cost(&[large, Bytes::from_static(b"x")]),
+            LARGE_FRAME + 1 + LARGE_FRAME_SLACK + 1 + 2 * FRAME_OVERHEAD
+        );
+    }
+
+    #[test]
+    fn a_queued_request_counts_its_frames_as_frames_cost_does() {
+        let t0 = Instant::now();
+        let mut core = BrokerCore::new(t0, BrokerConfig::default());
+        let body = vec![Bytes::from(vec![7u8; LARGE_FRAME * 2]), Bytes::new()];
+        let frames =
+            crate::mdp::ClientRequest::new(Bytes::from_static(b"svc"), body.clone()).encode();
+        core.handle_message(t0, &Bytes::from_static(b"client"), &frames)
+            .unwrap();
+        assert_eq!(
+            core.stats().queued_bytes,
+            REQUEST_OVERHEAD + b"client".len() + b"svc".len() + frames_cost(&body)
+        );
+    }
 
     #[test]
     fn a_worker_is_idle_busy_then_idle_and_refuses_what_it_was_not_asked() {

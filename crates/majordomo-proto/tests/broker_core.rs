@@ -795,10 +795,11 @@ fn a_worker_whose_connection_closes_is_removed_at_once_and_its_request_requeued(
 
 #[test]
 fn queues_are_bounded_by_bytes() {
-    // Each request below counts REQUEST_OVERHEAD plus its frames: a 2-byte client identity, a
+    // Each request below counts REQUEST_OVERHEAD plus its frames (FRAME_OVERHEAD each): a 2-byte client identity, a
     // 1-byte service, a 1-byte body. Each of the two services counts SERVICE_OVERHEAD and its
     // 1-byte name in the total.
-    let each = majordomo_proto::broker::REQUEST_OVERHEAD + 4;
+    let each =
+        majordomo_proto::broker::REQUEST_OVERHEAD + majordomo_proto::broker::FRAME_OVERHEAD + 4;
     let entries = 2 * (majordomo_proto::broker::SERVICE_OVERHEAD + 1);
     let mut s = Sim::with(
         BrokerConfig::default()

@@ -45,7 +45,8 @@ pub(crate) struct BrokerArgs {
     /// closes is removed at once.
     #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
     busy_timeout: Duration,
-    /// Most bytes queued for one service (frames plus 320 bytes per request), e.g. 256MiB.
+    /// Most bytes queued for one service (frames plus 64 bytes per frame, 64 KiB more per frame
+    /// over 128 KiB, and 352 bytes per request), e.g. 256MiB.
     #[arg(long, default_value = "256MiB")]
     max_queued_bytes_per_service: bytesize::ByteSize,
     /// Most bytes queued over all services, e.g. 1GiB; each known service counts 1 KiB and its
