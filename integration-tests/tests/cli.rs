@@ -558,6 +558,25 @@ fn the_guard_mode_comes_from_the_environment_and_guard_relay_beats_it() -> Resul
 }
 
 #[test]
+fn the_service_idle_grace_is_set_like_every_broker_option() -> Result<()> {
+    let key = "service-idle-grace";
+    assert_eq!(
+        line(&print_config(&[], &[])?, key),
+        "service-idle-grace = \"60s\""
+    );
+    let file = config_file("grace", "[broker]\nservice_idle_grace = \"5s\"\n")?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    let from_file = print_config(&["--config", file], &[])?;
+    assert_eq!(line(&from_file, key), "service-idle-grace = \"5s\"");
+    let env = [("MAJORDOMO_BROKER_SERVICE_IDLE_GRACE", "10s")];
+    let from_env = print_config(&["--config", file], &env)?;
+    assert_eq!(line(&from_env, key), "service-idle-grace = \"10s\"");
+    let from_flag = print_config(&["--config", file, "--service-idle-grace", "0s"], &env)?;
+    assert_eq!(line(&from_flag, key), "service-idle-grace = \"0s\"");
+    Ok(())
+}
+
+#[test]
 fn configuration_errors_name_the_key() -> Result<()> {
     for (name, text, expected) in [
         (

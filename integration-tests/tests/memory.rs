@@ -174,7 +174,15 @@ async fn broker_expires_a_request_for_a_service_without_workers() -> Result<()> 
     let queued = until(&handle, |s| s.queued == 1).await;
     assert_eq!(queued.per_service[0].queued, 1);
     let s = until(&handle, |s| s.expired == 1).await;
-    assert_eq!((s.queued, s.services), (0, 0));
+    assert_eq!(s.queued, 0);
+    // Idle, the service is kept for its grace, then forgotten on the broker's own deadline.
+    let expired_at = tokio::time::Instant::now();
+    let s = until(&handle, |s| s.services == 0).await;
+    assert_eq!(s.service_bytes, 0);
+    assert!(
+        tokio::time::Instant::now() >= expired_at + BrokerConfig::default().service_idle_grace / 2,
+        "forgotten before its grace"
+    );
     Ok(())
 }
 
@@ -1044,5 +1052,114 @@ async fn a_split_mux_client_matches_out_of_order_replies_to_their_ids_within_its
         rest += 1;
     }
     assert_eq!(rest, 2);
+    Ok(())
+}
+
+/// The next message a raw in-memory ROUTER gets.
+async fn next_message(router: &mut MemoryRouter) -> Result<Vec<Bytes>> {
+    Ok(tokio::time::timeout(VIRTUAL_PATIENCE, router.recv()).await??)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_carried_a_large_request_registers_again_on_a_new_connection() -> Result<()> {
+    // The test plays the broker on a raw in-memory ROUTER.
+    let (mut broker, endpoint) = memory::router();
+    let config = WorkerConfig::default().fresh_connection_above(Some(1024));
+    let worker = Worker::with_connector(endpoint.clone(), "echo", config);
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    let first = next_message(&mut broker).await?;
+    assert_eq!(&first[1..], ready(b"echo").as_slice());
+    let identity = first[0].clone();
+    let client = Bytes::from_static(b"client");
+    let send_request = |body: Bytes| {
+        BrokerMessage::Request {
+            client: client.clone(),
+            body: vec![body],
+        }
+        .encode_routed(&identity)
+    };
+    let answer = |body: Bytes| {
+        let mut frames = vec![identity.clone()];
+        frames.extend(
+            WorkerMessage::Reply {
+                client: client.clone(),
+                body: vec![body],
+            }
+            .encode(),
+        );
+        frames
+    };
+    // A small request keeps the connection.
+    let small = Bytes::from_static(b"small");
+    broker.send(send_request(small.clone())).await?;
+    assert_eq!(next_message(&mut broker).await?, answer(small));
+    // A large one is answered on it, then the worker says DISCONNECT and comes back at once on
+    // a new connection, without the reconnect backoff.
+    let large = Bytes::from(vec![7u8; 2048]);
+    broker.send(send_request(large.clone())).await?;
+    let answered_at = tokio::time::Instant::now();
+    assert_eq!(next_message(&mut broker).await?, answer(large));
+    let mut goodbye = vec![identity.clone()];
+    goodbye.extend(WorkerMessage::Disconnect.encode());
+    assert_eq!(next_message(&mut broker).await?, goodbye);
+    let again = next_message(&mut broker).await?;
+    assert_eq!(&again[1..], ready(b"echo").as_slice());
+    assert_ne!(again[0], identity, "a new connection");
+    assert!(
+        tokio::time::Instant::now() < answered_at + config.reconnect_initial,
+        "waited for the backoff"
+    );
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_sends_a_large_request_on_a_connection_of_its_own() -> Result<()> {
+    // The test plays the broker on a raw in-memory ROUTER, answering each request as it comes
+    // (a body of "big" is answered with a large reply) and reporting the connection it came on.
+    let (mut broker, endpoint) = memory::router();
+    let (seen, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(mut frames) = broker.recv().await {
+            let identity = frames.remove(0);
+            let request = ClientRequest::decode(&frames, &Limits::default()).expect("a request");
+            let body = match request.body[0].as_ref() {
+                b"big" => Bytes::from(vec![1u8; 2048]),
+                _ => request.body[0].clone(),
+            };
+            let _ = seen.send(identity.clone());
+            let reply = ClientReply {
+                service: request.service,
+                body: vec![body],
+            };
+            let _ = broker.send(reply.encode_routed(&identity)).await;
+        }
+    });
+    let config = ClientConfig::default().fresh_connection_above(Some(1024));
+    let client = Client::with_connector(endpoint.clone(), config);
+    let call = |body: Bytes| {
+        let client = client.clone();
+        async move { anyhow::Ok(client.request("echo", vec![body]).await?) }
+    };
+    let mut connection = || {
+        connections
+            .try_recv()
+            .expect("a request reached the broker")
+    };
+    call(Bytes::from_static(b"one")).await?;
+    let pooled = connection();
+    // A large request goes on a new connection, which is not pooled after it.
+    let large = Bytes::from(vec![7u8; 2048]);
+    assert_eq!(call(large.clone()).await?, [large]);
+    assert_ne!(connection(), pooled);
+    call(Bytes::from_static(b"two")).await?;
+    assert_eq!(connection(), pooled);
+    // Nor is a connection that brought a large reply.
+    assert_eq!(call(Bytes::from_static(b"big")).await?[0].len(), 2048);
+    assert_eq!(connection(), pooled);
+    call(Bytes::from_static(b"three")).await?;
+    assert_ne!(connection(), pooled);
     Ok(())
 }

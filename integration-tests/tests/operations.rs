@@ -294,12 +294,23 @@ async fn many_services_keep_status_and_metrics_small_and_memory_within_the_count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
+async fn a_paranoid_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
+    queue_holds_no_more_than_its_byte_bound("ppqueue").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simple_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
+    queue_holds_no_more_than_its_byte_bound("spqueue").await
+}
+
+/// 200 requests of 1 MiB to a `kind` queue with no worker and a 32 MiB bound: the first fit,
+/// the rest are dropped, and the queue's RSS grows by less than the bound.
+async fn queue_holds_no_more_than_its_byte_bound(kind: &str) -> Result<()> {
     const BOUND_MIB: u64 = 32;
     const SENT: usize = 200;
     let (front, back, metrics) = (free_endpoint()?, free_endpoint()?, free_addr()?);
     let queue = Proc::spawn(&[
-        "ppqueue",
+        kind,
         "--frontend",
         &front,
         "--backend",
@@ -313,7 +324,6 @@ async fn a_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
     ])?;
     get_when_up(&metrics, "/healthz").await?;
     let baseline = queue.rss_kib()?;
-    // 200 requests of 1 MiB, no worker: the first fit, the rest are dropped at the bound.
     let mut peer = integration_tests::RawPeer::connect(&front).await?;
     let body = vec![7u8; 1024 * 1024];
     for _ in 0..SENT {
@@ -330,10 +340,12 @@ async fn a_pirate_queue_holds_no_more_than_its_byte_bound() -> Result<()> {
     assert_eq!(queued + rejected, SENT as f64, "{page}");
     assert!(rejected >= (SENT as u64 - BOUND_MIB) as f64, "{page}");
     let grown = queue.rss_kib()?.saturating_sub(baseline);
-    println!("ppqueue: {queued} requests ({queued_bytes} bytes) queued, RSS grew {grown} KiB");
-    // Its bound and the transport's buffers of the message being read.
+    println!("{kind}: {queued} requests ({queued_bytes} bytes) queued, RSS grew {grown} KiB");
+    // Each 1 MiB frame counts the 64 KiB zmq.rs reserves after it, so what the queue holds
+    // stays under its bound; the transport's buffers of the messages being read (the guard's
+    // and zmq.rs's, a few MiB whatever the bound) come on top.
     assert!(
-        grown < (BOUND_MIB + 24) * 1024,
+        grown < (BOUND_MIB + 4) * 1024,
         "RSS grew {grown} KiB with a {BOUND_MIB} MiB bound"
     );
     Ok(())

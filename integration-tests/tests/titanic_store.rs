@@ -201,7 +201,6 @@ async fn past_max_stored_bytes_titanic_request_answers_500_store_full() -> Resul
 /// test fast, and is past the bound when every request is dispatched at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded() -> Result<()> {
-    const CONNECTIONS: u64 = 4;
     let size = std::env::var("TITANIC_MEMORY").unwrap_or_else(|_| "32x8x16".to_owned());
     let [count, mib, services]: [usize; 3] = size
         .split('x')
@@ -220,7 +219,6 @@ async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded()
     let ep = free_endpoint()?;
     let mut broker = Proc::spawn(&["broker", "--bind", &ep])?;
     broker.wait_until_serving(&ep).await?;
-    let connections = CONNECTIONS.to_string();
     // glibc's heap raises its threshold for giving large blocks their own mappings as they are
     // freed, and then keeps freed bodies in its arenas (RSS varied from 330 to 420 MB between
     // runs): pinned, RSS measures what Titanic holds.
@@ -234,14 +232,9 @@ async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded()
             "--store-cache",
             &cache,
         ])
-        .args([
-            "--timeout",
-            "300ms",
-            "--attempts",
-            "1",
-            "--connections",
-            &connections,
-        ])
+        // The default 64 connections per service: a connection that carried a large request
+        // is replaced by a new one, its buffers freed.
+        .args(["--timeout", "300ms", "--attempts", "1"])
         .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -254,16 +247,16 @@ async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded()
     }
     let baseline = rss_mib()?;
     // What the configuration bounds: the store's cache; the bodies kept in memory, those being
-    // dispatched (one may pass the bound) and their copies in the dispatching socket (each at
-    // most `max_body_bytes`); a body retained by each connection of `titanic.request` (a
-    // socket keeps the buffer of the largest message it received), and one being received and
-    // one committed; and an eighth of that in slack, for the runtime and the allocator.
+    // dispatched (one may pass the bound) and their copies in the dispatching sockets (each at
+    // most `max_body_bytes`); a body being received from each submitter, one committed and
+    // one read back; and an eighth of that in slack, for the runtime and the allocator. No
+    // connection keeps a large message's buffers once it is answered.
+    let submitters = 4;
     let body_bound = CoreConfig::default().max_body_bytes as u64 >> 20;
-    let held = cache_mib + 3 * body_bound + (CONNECTIONS + 3) * mib as u64;
+    let held = cache_mib + 3 * body_bound + (submitters as u64 + 2) * mib as u64;
     let bound = baseline + held + held / 8;
     let body = Bytes::from(vec![0x5a; mib << 20]);
     let mut peak = 0;
-    let submitters = 4;
     let (tx, mut rx) = tokio::sync::mpsc::channel(count);
     for s in 0..submitters {
         let (ep, body, tx) = (ep.clone(), body.clone(), tx.clone());

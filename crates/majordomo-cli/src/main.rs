@@ -42,7 +42,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a Majordomo broker (7/MDP + 8/MMI).
-    Broker(cmd::broker::BrokerArgs),
+    // Boxed: the broker has by far the most options.
+    Broker(Box<cmd::broker::BrokerArgs>),
     /// Send one request and print the reply frames, one per line.
     Call(cmd::call::CallArgs),
     /// Show a broker's services (queued requests, idle and busy workers, oldest request's age)
@@ -111,7 +112,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let done = match cli.command {
         Command::Call(args) => return cmd::call::run(args).await,
         Command::Status(args) => return cmd::status::run(args).await,
-        Command::Broker(args) => cmd::broker::run(args).await,
+        Command::Broker(args) => cmd::broker::run(*args).await,
         Command::Worker(args) => cmd::worker::run(args).await,
         Command::Titanic(args) => cmd::titanic::run(args).await,
         Command::Demo(args) => cmd::demo::run(args).await,

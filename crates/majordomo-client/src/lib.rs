@@ -82,6 +82,13 @@ pub struct ClientConfig {
     /// that times out after some parts is retried whole (the parts it had are dropped);
     /// [`Client::request_stream`] yields the parts instead, and is not retried after one.
     pub version: Version,
+    /// Past this many bytes, a request goes out on a new connection rather than a pooled one,
+    /// and a connection that carried a request or reply past it is closed once the reply is in
+    /// rather than pooled (default `None`: every answered connection may be pooled). zmq.rs
+    /// keeps buffers as large as the largest message a connection carried for as long as it
+    /// lives, so a pool of connections that sometimes carry large messages otherwise holds one
+    /// such buffer per connection.
+    pub fresh_connection_above: Option<usize>,
 }
 
 impl ClientConfig {
@@ -114,6 +121,18 @@ impl ClientConfig {
         self.max_idle_connections = max_idle_connections;
         self
     }
+
+    /// Sets `fresh_connection_above`; the field says what it means and its default.
+    pub fn fresh_connection_above(mut self, bytes: Option<usize>) -> Self {
+        self.fresh_connection_above = bytes;
+        self
+    }
+
+    /// Whether `bytes` of a request or reply pass `fresh_connection_above`.
+    fn is_large(&self, bytes: usize) -> bool {
+        self.fresh_connection_above
+            .is_some_and(|above| bytes > above)
+    }
 }
 
 impl Default for ClientConfig {
@@ -124,6 +143,7 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             max_idle_connections: 64,
             version: Version::V01,
+            fresh_connection_above: None,
         }
     }
 }
@@ -349,17 +369,23 @@ impl<C: Connector> Client<C> {
         // Streaming changes only 18/MDP calls.
         .map(|call| if streamed { call.streamed() } else { call })
         .map_err(ClientError::InvalidService)?;
-        let link = self
-            .inner
-            .pool
-            .lock()
-            .expect("pool lock")
-            .pop()
-            .unwrap_or_default();
+        let carried: usize = call.request().iter().map(Bytes::len).sum();
+        // A large request goes on a connection of its own, closed after its reply.
+        let link = if config.is_large(carried) {
+            CallLink::default()
+        } else {
+            self.inner
+                .pool
+                .lock()
+                .expect("pool lock")
+                .pop()
+                .unwrap_or_default()
+        };
         Ok(Exchange {
             call,
             service,
             link,
+            carried,
         })
     }
 
@@ -369,6 +395,7 @@ impl<C: Connector> Client<C> {
             call,
             service,
             link,
+            carried,
         } = exchange;
         loop {
             return match link.drive(&self.inner.connector, call, |_| true).await {
@@ -377,9 +404,15 @@ impl<C: Connector> Client<C> {
                     debug!(attempt, "resending on a new connection");
                     continue;
                 }
-                CallEvent::Part(body) => Step::Part(body),
+                CallEvent::Part(body) => {
+                    *carried += body.iter().map(Bytes::len).sum::<usize>();
+                    Step::Part(body)
+                }
                 CallEvent::Done(Ok(body)) => {
-                    if link.is_idle() {
+                    *carried += body.iter().map(Bytes::len).sum::<usize>();
+                    // A connection that carried a large message is closed (dropped), its
+                    // buffers with it.
+                    if link.is_idle() && !self.inner.config.is_large(*carried) {
                         let mut pool = self.inner.pool.lock().expect("pool lock");
                         // Above the bound the connection is closed (dropped) instead.
                         if pool.len() < self.inner.config.max_idle_connections {
@@ -415,6 +448,8 @@ struct Exchange<T> {
     call: Call,
     service: Bytes,
     link: CallLink<T>,
+    /// Payload bytes of the request (with its header frames) and of the reply so far.
+    carried: usize,
 }
 
 /// Where [`Client::step`] stopped.

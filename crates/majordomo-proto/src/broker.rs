@@ -34,8 +34,12 @@
 //! - A worker speaks the MDP version and dialect of its READY for its whole session: a command in
 //!   another is a protocol error ([`DecodeError::VersionSwitch`]), answered with DISCONNECT.
 //! - `mmi.service` without a body names no service: `404`.
+//! - A service with neither workers nor queued requests is forgotten only after
+//!   [`BrokerConfig::service_idle_grace`] (its deadline is part of [`BrokerCore::poll_timeout`]),
+//!   so a service whose workers reconnect keeps its metric series; a new service that finds the
+//!   table full takes the place of the one idle longest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,10 +55,12 @@ use crate::peer::Peer;
 use crate::redelivery::{Deliveries, Redelivery};
 use crate::{mmi, ConfigError, DecodeError, Hex, Limits};
 
-/// Bytes each queued request is counted for beyond its frames: its entry in the queues, the
-/// expiry list and the request table, and the transport's buffers. Measured: a broker holding
-/// 100,000 queued requests of 11-byte bodies grew by 327 bytes per request, 310 beyond the frames.
-pub const REQUEST_OVERHEAD: usize = 320;
+/// Bytes each queued request is counted for beyond its frames ([`frames_cost`]), its service
+/// name and its client's address: its entry in the queues, the expiry list and the request
+/// table. Measured (`scripts/measure-bounds.py frames`): a broker holding 20,000 queued
+/// requests of one 1-byte frame grew by 414 bytes per request; each counts 352 + 64 for its
+/// frame + 12 for its name, address and body.
+pub const REQUEST_OVERHEAD: usize = 352;
 
 /// Bytes each known service is counted for beyond its name: its entry in the service table, its
 /// queues and ring of clients, and what the driver keeps for it. Counted against
@@ -72,10 +78,39 @@ pub const STATS_TOP_SERVICES: usize = 100;
 pub const MAX_STATS_PAGE: usize = 1000;
 
 /// Bytes each frame of a held message is counted for beyond its payload: its handle in the
-/// message's list of frames and its share of the transport's buffers. A request's first body
-/// frame is within [`REQUEST_OVERHEAD`]; each further one counts this, so a flood of requests of
-/// many empty frames is bounded like one of large bodies.
+/// message's list of frames and what the allocator adds to its bytes. Measured
+/// (`scripts/measure-bounds.py frames`): requests of 50 frames grew a broker by 38 bytes per
+/// frame more than requests of one frame; a flood of requests of many empty frames is then
+/// bounded like one of large bodies.
 pub const FRAME_OVERHEAD: usize = 64;
+
+/// Frames longer than this cost [`LARGE_FRAME_SLACK`] more. zmq.rs reads a frame longer than
+/// twice its largest read (64 KiB) into a buffer with room for one more read after it, and the
+/// frame, split off that buffer, keeps all of it while it is held.
+pub const LARGE_FRAME: usize = 128 * 1024;
+
+/// What a frame longer than [`LARGE_FRAME`] costs beyond its payload and [`FRAME_OVERHEAD`]:
+/// the room zmq.rs reserves after it (64 KiB). Measured (`scripts/measure-bounds.py
+/// frames`): 1,000 requests of one 256 KiB frame held 36 KiB each beyond their payload
+/// resident, of the 64 KiB reserved.
+pub const LARGE_FRAME_SLACK: usize = 64 * 1024;
+
+/// What `frames` cost held in memory: each frame's payload, [`FRAME_OVERHEAD`], and
+/// [`LARGE_FRAME_SLACK`] for a frame longer than [`LARGE_FRAME`]. The broker and the Pirate
+/// queues count every frame they hold this way against their byte bounds.
+pub fn frames_cost(frames: &[Bytes]) -> usize {
+    frames
+        .iter()
+        .map(|frame| {
+            let slack = if frame.len() > LARGE_FRAME {
+                LARGE_FRAME_SLACK
+            } else {
+                0
+            };
+            frame.len() + FRAME_OVERHEAD + slack
+        })
+        .sum()
+}
 
 /// Broker behaviour and resource bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,18 +136,25 @@ pub struct BrokerConfig {
     /// to `heartbeat.liveness` intervals, busy or idle; a worker whose connection closes is
     /// removed at once either way.
     pub busy_timeout: Duration,
-    /// Most bytes queued for one service (default 256 MiB): the bodies, service name and client
-    /// address of each queued request plus [`REQUEST_OVERHEAD`] for its bookkeeping (so about
-    /// 800,000 small requests). Past it, new
+    /// Most bytes queued for one service (default 256 MiB): the frames of each queued request
+    /// ([`frames_cost`]), its service name and client address plus [`REQUEST_OVERHEAD`] for its
+    /// bookkeeping (so about 600,000 small requests). Past it, new
     /// requests for that service are dropped; the client sees a timeout.
     pub max_queued_bytes_per_service: usize,
     /// Most bytes queued over all services (default 1 GiB), counted the same way, together with
     /// [`SERVICE_OVERHEAD`] and the name of each known service.
     pub max_queued_bytes: usize,
     /// Most services known at once (default 100,000). A request for a service not yet known is
-    /// dropped past it ([`DropReason::Services`]); a worker's READY still registers it. A service
-    /// with neither workers nor queued requests is forgotten at once.
+    /// dropped past it ([`DropReason::Services`]) unless a service idle in its grace (see
+    /// `service_idle_grace`) can be forgotten to make room; a worker's READY still registers it.
     pub max_services: usize,
+    /// How long a service with neither workers nor queued requests is kept before it is
+    /// forgotten with what the driver keeps for it (default 60 s; zero forgets it at once).
+    /// While kept it counts against `max_services` and [`BrokerConfig::max_queued_bytes`] as
+    /// any known service; when either bound would refuse a request, the service idle longest is
+    /// forgotten first to make room. A worker that reconnects within the grace finds its service
+    /// and its latency series as it left them.
+    pub service_idle_grace: Duration,
     /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     pub max_queued_per_service: usize,
     /// Most requests queued over all services (default: no limit). All bounds apply to new
@@ -169,6 +211,12 @@ impl BrokerConfig {
         self
     }
 
+    /// Sets `service_idle_grace`; the field says what it means and its default.
+    pub fn service_idle_grace(mut self, grace: Duration) -> Self {
+        self.service_idle_grace = grace;
+        self
+    }
+
     /// Sets `max_queued_per_service`; the field says what it means and its default.
     pub fn max_queued_per_service(mut self, max_queued_per_service: usize) -> Self {
         self.max_queued_per_service = max_queued_per_service;
@@ -215,6 +263,7 @@ impl Default for BrokerConfig {
             max_queued_bytes_per_service: 256 * 1024 * 1024,
             max_queued_bytes: 1024 * 1024 * 1024,
             max_services: 100_000,
+            service_idle_grace: Duration::from_secs(60),
             max_queued_per_service: usize::MAX,
             max_queued_total: usize::MAX,
             max_deliveries: 3,
@@ -263,7 +312,8 @@ pub struct BrokerStats {
     pub workers: usize,
     /// Registered workers waiting for a request.
     pub idle_workers: usize,
-    /// Services known (with workers or queued requests).
+    /// Services known: with workers or queued requests, or idle within their grace
+    /// ([`BrokerConfig::service_idle_grace`]).
     pub services: usize,
     /// Bytes the known services are counted for ([`SERVICE_OVERHEAD`] and the name of each),
     /// bounded with `queued_bytes` by [`BrokerConfig::max_queued_bytes`].
@@ -668,6 +718,9 @@ struct Service {
     idle: VecDeque<Bytes>,
     /// Registered workers, idle or busy.
     workers: usize,
+    /// When it is forgotten: set while it has neither workers nor queued requests (its entry in
+    /// [`BrokerCore`]'s idle set), `None` while it is in use.
+    forget_at: Option<Instant>,
 }
 
 impl Service {
@@ -758,6 +811,9 @@ pub struct BrokerCore {
     queued_bytes: usize,
     /// Bytes the known services are counted for (see [`SERVICE_OVERHEAD`]).
     service_bytes: usize,
+    /// Services with neither workers nor queued requests, by the instant each is forgotten:
+    /// the first is the one idle longest. A service in use again leaves it.
+    idle_services: BTreeSet<(Instant, Bytes)>,
     drops: DropLog,
     /// Rate-limited log of protocol errors, and their events.
     errors: ErrorLog,
@@ -788,6 +844,7 @@ impl BrokerCore {
             waits: VecDeque::new(),
             queued_bytes: 0,
             service_bytes: 0,
+            idle_services: BTreeSet::new(),
             drops: DropLog::default(),
             errors: ErrorLog::default(),
             next_id: 0,
@@ -947,6 +1004,7 @@ impl BrokerCore {
         [
             self.expiries.front().map(|(at, _)| *at),
             self.waits.front().map(|(at, _)| *at),
+            self.idle_services.first().map(|(at, _)| *at),
             self.drops.poll_timeout(),
             self.errors.poll_timeout(),
         ]
@@ -1101,34 +1159,16 @@ impl BrokerCore {
         }
         let size = REQUEST_OVERHEAD
             + identity.len()
-            + route
-                .iter()
-                .map(|f| f.len() + FRAME_OVERHEAD)
-                .sum::<usize>()
             + request.service.len()
-            + request.body.iter().map(Bytes::len).sum::<usize>()
-            + request.body.len().saturating_sub(1) * FRAME_OVERHEAD;
-        let known = self.services.get(&request.service);
-        let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
-        // A request for a service not yet known costs its entry too.
-        let entry = match known {
-            Some(_) => 0,
-            None => SERVICE_OVERHEAD + request.service.len(),
-        };
-        let config = &self.config;
-        let bound = if known.is_none() && self.services.len() >= config.max_services {
-            Some(DropReason::Services)
-        } else if self.queued_bytes + self.service_bytes + entry + size > config.max_queued_bytes {
-            Some(DropReason::TotalBytes)
-        } else if service_bytes + size > config.max_queued_bytes_per_service {
-            Some(DropReason::ServiceBytes)
-        } else if self.requests.len() >= config.max_queued_total {
-            Some(DropReason::TotalCount)
-        } else if service_queued >= config.max_queued_per_service {
-            Some(DropReason::ServiceCount)
-        } else {
-            None
-        };
+            + frames_cost(&route)
+            + frames_cost(&request.body);
+        let mut bound = self.bound(&request.service, size);
+        // Services idle in their grace give way to a request the table or the total refuses.
+        while matches!(bound, Some(DropReason::Services | DropReason::TotalBytes))
+            && self.forget_idle_service(&request.service)
+        {
+            bound = self.bound(&request.service, size);
+        }
         if let Some(reason) = bound {
             self.stats.rejected += 1;
             debug!(client = %Peer(identity), service = %Hex(&request.service), %reason, "request dropped");
@@ -1152,6 +1192,31 @@ impl BrokerCore {
             false,
         );
         self.dispatch(now, &service);
+    }
+
+    /// The bound a request of `size` bytes for `service` would pass, if any.
+    fn bound(&self, service: &Bytes, size: usize) -> Option<DropReason> {
+        let known = self.services.get(service);
+        let (service_queued, service_bytes) = known.map_or((0, 0), |s| (s.queued, s.queued_bytes));
+        // A request for a service not yet known costs its entry too.
+        let entry = match known {
+            Some(_) => 0,
+            None => SERVICE_OVERHEAD + service.len(),
+        };
+        let config = &self.config;
+        if known.is_none() && self.services.len() >= config.max_services {
+            Some(DropReason::Services)
+        } else if self.queued_bytes + self.service_bytes + entry + size > config.max_queued_bytes {
+            Some(DropReason::TotalBytes)
+        } else if service_bytes + size > config.max_queued_bytes_per_service {
+            Some(DropReason::ServiceBytes)
+        } else if self.requests.len() >= config.max_queued_total {
+            Some(DropReason::TotalCount)
+        } else if service_queued >= config.max_queued_per_service {
+            Some(DropReason::ServiceCount)
+        } else {
+            None
+        }
     }
 
     fn handle_mmi(
@@ -1427,6 +1492,11 @@ impl BrokerCore {
                 self.drop_queued(now, id, DropReason::WaitedTooLong);
             }
         }
+        while self.idle_services.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, service)) = self.idle_services.pop_first() {
+                self.forget_service(&service);
+            }
+        }
         self.drops.handle_timeout(now);
         self.errors.handle_timeout(now);
         if now >= self.next_tick {
@@ -1464,7 +1534,7 @@ impl BrokerCore {
             svc.queued_bytes -= request.size;
             svc.trim(&request.client, &self.requests);
         }
-        self.drop_service_if_unused(&request.service);
+        self.on_maybe_unused(now, &request.service);
     }
 
     /// Stops taking new requests: from now on a client request (other than `mmi.*`) is dropped
@@ -1515,6 +1585,7 @@ impl BrokerCore {
         }
         self.workers.clear();
         self.services.clear();
+        self.idle_services.clear();
         self.service_bytes = 0;
         self.requests.clear();
         self.expiries.clear();
@@ -1535,6 +1606,9 @@ impl BrokerCore {
         );
         self.know_service(&service);
         let svc = self.services.entry(service.clone()).or_default();
+        if let Some(at) = svc.forget_at.take() {
+            self.idle_services.remove(&(at, service.clone()));
+        }
         svc.workers += 1;
         svc.idle.push_back(identity.clone());
         self.dispatch(now, &service);
@@ -1613,7 +1687,7 @@ impl BrokerCore {
                 self.dispatch(now, &worker.service);
             }
         }
-        self.drop_service_if_unused(&worker.service);
+        self.on_maybe_unused(now, &worker.service);
     }
 
     /// Queues `request` (at the front for a re-queued one), with an expiry if its service has no
@@ -1624,6 +1698,9 @@ impl BrokerCore {
         self.next_id += 1;
         self.know_service(&request.service);
         let svc = self.services.entry(request.service.clone()).or_default();
+        if let Some(at) = svc.forget_at.take() {
+            self.idle_services.remove(&(at, request.service.clone()));
+        }
         let expires_at = (svc.workers == 0).then(|| now + self.config.request_expiry);
         if let Some(at) = expires_at {
             self.expiries.push_back((at, id));
@@ -1777,16 +1854,62 @@ impl BrokerCore {
         }
     }
 
-    /// Forgets a service with neither workers nor queued requests, reporting it as
-    /// [`Event::ServiceForgotten`] so the driver forgets what it keeps for it.
-    fn drop_service_if_unused(&mut self, service: &Bytes) {
-        if self.services.get(service).is_some_and(Service::is_unused) {
-            self.services.remove(service);
-            self.service_bytes -= SERVICE_OVERHEAD + service.len();
-            self.events.push(Event::ServiceForgotten {
-                service: service.clone(),
-            });
+    /// A service that has just lost a worker or a queued request: if it has neither left, it
+    /// is forgotten after [`BrokerConfig::service_idle_grace`] (at once with no grace). Its
+    /// queues' storage is given back meanwhile.
+    fn on_maybe_unused(&mut self, now: Instant, service: &Bytes) {
+        let grace = self.config.service_idle_grace;
+        let Some(svc) = self.services.get_mut(service) else {
+            return;
+        };
+        if !svc.is_unused() || svc.forget_at.is_some() {
+            return;
         }
+        if grace.is_zero() {
+            self.forget_service(service);
+            return;
+        }
+        let at = now + grace;
+        *svc = Service {
+            forget_at: Some(at),
+            ..Service::default()
+        };
+        self.idle_services.insert((at, service.clone()));
+    }
+
+    /// Forgets the service idle longest other than `keep`, to make room; false with none.
+    fn forget_idle_service(&mut self, keep: &Bytes) -> bool {
+        let Some(service) = self
+            .idle_services
+            .iter()
+            .map(|(_, name)| name)
+            .find(|name| *name != keep)
+            .cloned()
+        else {
+            return false;
+        };
+        debug!(service = %Hex(&service), "idle service forgotten early to make room");
+        self.forget_service(&service);
+        true
+    }
+
+    /// Forgets an unused service, reporting it as [`Event::ServiceForgotten`] so the driver
+    /// forgets what it keeps for it.
+    fn forget_service(&mut self, service: &Bytes) {
+        let Some(svc) = self.services.get(service) else {
+            return;
+        };
+        if let Some(at) = svc.forget_at {
+            self.idle_services.remove(&(at, service.clone()));
+        }
+        if !svc.is_unused() {
+            return;
+        }
+        self.services.remove(service);
+        self.service_bytes -= SERVICE_OVERHEAD + service.len();
+        self.events.push(Event::ServiceForgotten {
+            service: service.clone(),
+        });
     }
 }
 
@@ -1812,6 +1935,38 @@ mod tests {
     }
 
     const V02: Version = Version::V02(Dialect::Rfc18);
+
+    #[test]
+    fn frames_cost_their_payload_an_overhead_each_and_the_slack_of_a_large_one() {
+        assert_eq!(frames_cost(&[]), 0);
+        // Empty frames are not free.
+        assert_eq!(
+            frames_cost(&[Bytes::new(), Bytes::new()]),
+            2 * FRAME_OVERHEAD
+        );
+        let at_limit = Bytes::from(vec![0u8; LARGE_FRAME]);
+        assert_eq!(frames_cost(&[at_limit]), LARGE_FRAME + FRAME_OVERHEAD);
+        let large = Bytes::from(vec![0u8; LARGE_FRAME + 1]);
+        assert_eq!(
+            frames_cost(&[large, Bytes::from_static(b"x")]),
+            LARGE_FRAME + 1 + LARGE_FRAME_SLACK + 1 + 2 * FRAME_OVERHEAD
+        );
+    }
+
+    #[test]
+    fn a_queued_request_counts_its_frames_as_frames_cost_does() {
+        let t0 = Instant::now();
+        let mut core = BrokerCore::new(t0, BrokerConfig::default());
+        let body = vec![Bytes::from(vec![7u8; LARGE_FRAME * 2]), Bytes::new()];
+        let frames =
+            crate::mdp::ClientRequest::new(Bytes::from_static(b"svc"), body.clone()).encode();
+        core.handle_message(t0, &Bytes::from_static(b"client"), &frames)
+            .unwrap();
+        assert_eq!(
+            core.stats().queued_bytes,
+            REQUEST_OVERHEAD + b"client".len() + b"svc".len() + frames_cost(&body)
+        );
+    }
 
     #[test]
     fn a_worker_is_idle_busy_then_idle_and_refuses_what_it_was_not_asked() {

@@ -39,8 +39,9 @@ pub enum Event {
         /// The kind of error.
         kind: &'static str,
     },
-    /// The broker forgot `service`: it has neither workers nor queued requests. A driver that
-    /// keeps something per service (a metric series) forgets it too.
+    /// The broker forgot `service`: it has had neither workers nor queued requests for
+    /// [`crate::broker::BrokerConfig::service_idle_grace`], or a new service took its place. A
+    /// driver that keeps something per service (a metric series) forgets it too.
     ServiceForgotten {
         /// The service forgotten.
         service: Bytes,

@@ -39,10 +39,10 @@ use crate::redelivery::{Deliveries, Redelivery};
 const DROPS_KEY: Bytes = Bytes::from_static(b"(queue)");
 use crate::{ConfigError, DecodeError, Limits};
 
-/// Bytes each waiting request is counted for beyond its frames' payload: its entry in the queue,
-/// its client address's handle and the transport's buffers (each frame beyond the first counts
-/// [`crate::broker::FRAME_OVERHEAD`] more).
-pub const QUEUED_REQUEST_OVERHEAD: usize = 256;
+/// Bytes each waiting request is counted for beyond its frames ([`crate::broker::frames_cost`],
+/// which counts each frame's overhead and the slack zmq.rs keeps after a large one) and its
+/// client's address: its entry in the queue and its client address's handle.
+pub const QUEUED_REQUEST_OVERHEAD: usize = 192;
 
 /// Queue behaviour and bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +57,8 @@ pub struct QueueConfig {
     pub request_expiry: Duration,
     /// Most requests waiting for a worker (default 10,000); more are dropped and logged.
     pub max_queued: usize,
-    /// Most bytes waiting for a worker (default 1 GiB): each request's frames, its client's
-    /// address and [`QUEUED_REQUEST_OVERHEAD`]. Past it, new requests are dropped and logged; a
+    /// Most bytes waiting for a worker (default 1 GiB): each request's frames
+    /// ([`crate::broker::frames_cost`]), its client's address and [`QUEUED_REQUEST_OVERHEAD`]. Past it, new requests are dropped and logged; a
     /// request handed back by a worker that went away is taken back even past it.
     pub max_queued_bytes: usize,
     /// How many workers one request may be given to before it is dropped (default 3).
@@ -374,10 +374,7 @@ impl PirateQueue {
             }
         };
         self.stats.requests += 1;
-        let size = QUEUED_REQUEST_OVERHEAD
-            + client.len()
-            + body.iter().map(Bytes::len).sum::<usize>()
-            + body.len().saturating_sub(1) * crate::broker::FRAME_OVERHEAD;
+        let size = QUEUED_REQUEST_OVERHEAD + client.len() + crate::broker::frames_cost(&body);
         let bound = if self.queue.len() >= self.config.max_queued {
             Some(DropReason::TotalCount)
         } else if self.queued_bytes + size > self.config.max_queued_bytes {

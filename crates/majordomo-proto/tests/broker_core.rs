@@ -554,7 +554,8 @@ fn the_core_reports_drops_decode_errors_and_latencies_as_events() {
     s.drain();
     let _ = s.core.handle_message(s.now, &b("z"), &[b(""), b("nope")]);
     s.client("c", "nobody", "x");
-    s.advance(Duration::from_secs(2));
+    // Past the expiry and the services' grace.
+    s.advance(Duration::from_secs(2) + BrokerConfig::default().service_idle_grace);
     let events: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
     assert!(
         events.contains(&Event::Replied {
@@ -609,7 +610,116 @@ fn queued_requests_expire() {
     assert_eq!(s.core.stats().queued, 2);
     s.advance(Duration::from_millis(1100));
     let stats = s.core.stats();
-    assert_eq!((stats.expired, stats.queued, stats.services), (3, 0, 0));
+    assert_eq!((stats.expired, stats.queued, stats.services), (3, 0, 1));
+}
+
+/// A broker whose services are forgotten `grace` after they fall idle.
+fn with_grace(grace: Duration) -> Sim {
+    Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .request_expiry(Duration::from_secs(1))
+            .service_idle_grace(grace),
+    )
+}
+
+fn forgotten(s: &mut Sim) -> Vec<Bytes> {
+    std::iter::from_fn(|| s.core.poll_event())
+        .filter_map(|e| match e {
+            Event::ServiceForgotten { service } => Some(service),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_service_is_forgotten_only_after_its_grace() {
+    let grace = Duration::from_secs(10);
+    let mut s = with_grace(grace);
+    s.client("c", "nobody", "x");
+    s.advance(Duration::from_secs(1));
+    let stats = s.core.stats();
+    assert_eq!((stats.expired, stats.queued, stats.services), (1, 0, 1));
+    let entry = majordomo_proto::broker::SERVICE_OVERHEAD + "nobody".len();
+    assert_eq!(stats.service_bytes, entry);
+    // The deadline is the core's: the driver wakes for it.
+    let idle_since = s.now;
+    assert!(s.core.poll_timeout() <= idle_since + grace);
+    s.advance(grace - HB);
+    assert!(forgotten(&mut s).is_empty());
+    assert_eq!(s.core.stats().services, 1);
+    s.advance(HB * 2);
+    assert_eq!(forgotten(&mut s), [b("nobody")]);
+    let stats = s.core.stats();
+    assert_eq!((stats.services, stats.service_bytes), (0, 0));
+}
+
+#[test]
+fn a_service_in_use_again_within_its_grace_is_kept() {
+    let grace = Duration::from_secs(1);
+    let mut s = with_grace(grace);
+    s.ready("w1", "echo");
+    s.worker("w1", WorkerMessage::Disconnect);
+    assert_eq!(s.core.stats().services, 1);
+    s.advance(grace / 2);
+    // The worker comes back on a new connection, and heartbeats past the first grace.
+    s.ready("w2", "echo");
+    for _ in 0..(2 * grace.as_millis() / HB.as_millis()) {
+        s.advance(HB);
+        s.worker("w2", WorkerMessage::Heartbeat);
+    }
+    assert!(forgotten(&mut s).is_empty());
+    assert_eq!(s.core.stats().services, 1);
+    // Gone for good: forgotten a grace later.
+    s.worker("w2", WorkerMessage::Disconnect);
+    s.advance(grace + HB);
+    assert_eq!(forgotten(&mut s), [b("echo")]);
+    // A request queued within the grace keeps a service too.
+    s.client("c", "queue", "x");
+    s.advance(Duration::from_secs(1) + grace / 2);
+    s.client("c", "queue", "y");
+    s.advance(grace);
+    assert!(forgotten(&mut s).is_empty());
+    assert_eq!(s.core.stats().queued, 0, "the second request expired too");
+    s.advance(grace);
+    assert_eq!(forgotten(&mut s), [b("queue")]);
+}
+
+#[test]
+fn a_new_service_takes_the_place_of_the_one_idle_longest_when_the_table_is_full() {
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .request_expiry(Duration::from_secs(1))
+            .service_idle_grace(Duration::from_secs(60))
+            .max_services(2),
+    );
+    s.client("c", "a", "x");
+    s.advance(Duration::from_millis(500));
+    s.client("c", "b", "x");
+    s.advance(Duration::from_secs(1));
+    // Both expired, both idle in their grace: the table is full.
+    assert_eq!(s.core.stats().services, 2);
+    forgotten(&mut s);
+    s.client("c", "c", "x");
+    assert_eq!(forgotten(&mut s), [b("a")]);
+    let stats = s.core.stats();
+    assert_eq!((stats.services, stats.queued, stats.rejected), (2, 1, 0));
+    // A service in use is never forgotten early: "b" makes room, then the table is full.
+    s.client("c", "d", "x");
+    assert_eq!(forgotten(&mut s), [b("b")]);
+    s.client("c", "e", "x");
+    let stats = s.core.stats();
+    assert_eq!((stats.services, stats.queued, stats.rejected), (2, 2, 1));
+}
+
+#[test]
+fn with_no_grace_an_idle_service_is_forgotten_at_once() {
+    let mut s = with_grace(Duration::ZERO);
+    s.client("c", "nobody", "x");
+    s.advance(Duration::from_millis(1100));
+    assert_eq!(forgotten(&mut s), [b("nobody")]);
+    assert_eq!(s.core.stats().services, 0);
 }
 
 #[test]
@@ -685,10 +795,11 @@ fn a_worker_whose_connection_closes_is_removed_at_once_and_its_request_requeued(
 
 #[test]
 fn queues_are_bounded_by_bytes() {
-    // Each request below counts REQUEST_OVERHEAD plus its frames: a 2-byte client identity, a
+    // Each request below counts REQUEST_OVERHEAD plus its frames (FRAME_OVERHEAD each): a 2-byte client identity, a
     // 1-byte service, a 1-byte body. Each of the two services counts SERVICE_OVERHEAD and its
     // 1-byte name in the total.
-    let each = majordomo_proto::broker::REQUEST_OVERHEAD + 4;
+    let each =
+        majordomo_proto::broker::REQUEST_OVERHEAD + majordomo_proto::broker::FRAME_OVERHEAD + 4;
     let entries = 2 * (majordomo_proto::broker::SERVICE_OVERHEAD + 1);
     let mut s = Sim::with(
         BrokerConfig::default()
@@ -717,6 +828,7 @@ fn services_are_bounded_in_number_and_counted_in_bytes_until_forgotten() {
     let mut s = Sim::with(
         BrokerConfig::default()
             .request_expiry(Duration::from_secs(1))
+            .service_idle_grace(Duration::ZERO)
             .max_services(3),
     );
     s.ready("w", "echo");

@@ -512,9 +512,10 @@ fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
 
 #[test]
 fn waiting_requests_are_bounded_by_bytes() {
+    use majordomo_proto::broker::FRAME_OVERHEAD;
     use majordomo_proto::pirate::QUEUED_REQUEST_OVERHEAD;
-    // Each request: a 2-byte client address and a 1,000-byte body.
-    let each = QUEUED_REQUEST_OVERHEAD + 2 + 1000;
+    // Each request: a 2-byte client address and a 1,000-byte body in one frame.
+    let each = QUEUED_REQUEST_OVERHEAD + 2 + 1000 + FRAME_OVERHEAD;
     let mut s = Sim::with(QueueConfig::simple().max_queued_bytes(3 * each + each / 2));
     let body = "x".repeat(1000);
     for i in 0..5 {

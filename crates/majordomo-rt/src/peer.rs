@@ -10,6 +10,11 @@
 //!
 //! A handler gets a [`Responder`] with its request, to send parts of its answer before the last
 //! one; the loop hands them to the session in order, before the answer.
+//!
+//! zmq.rs keeps, per connection, buffers as large as the largest message it carried. With
+//! [`PeerOptions::fresh_connection_above`], a request whose request and answer together pass
+//! that size ends its session once answered (the session says goodbye as at shutdown) and the
+//! peer registers again at once on a new connection, so those buffers go with the old one.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -49,6 +54,13 @@ pub struct PeerOptions {
     /// How long to keep a connection open after the last message of a session that said goodbye
     /// (default 50 ms; zmq.rs has no linger).
     pub linger: Duration,
+    /// Past this many bytes of request and answer (frames' payload, parts included), the
+    /// session ends once the answer is sent and a new connection is opened at once (default
+    /// `None`: connections are kept). zmq.rs keeps a read and a write buffer as large as the
+    /// largest message a connection carried, for as long as it lives: a peer that sometimes
+    /// carries large messages on many connections otherwise holds one such buffer per
+    /// connection.
+    pub fresh_connection_above: Option<usize>,
 }
 
 impl Default for PeerOptions {
@@ -59,6 +71,7 @@ impl Default for PeerOptions {
             reconnect_max: Duration::from_secs(32),
             busy_poll: Duration::ZERO,
             linger: Duration::from_millis(50),
+            fresh_connection_above: None,
         }
     }
 }
@@ -112,6 +125,8 @@ impl Responder {
 /// is in `current` (zero between requests), and parts of any other are dropped.
 struct Parts {
     next: u64,
+    /// Payload bytes of the parts handed to the session for the request in flight.
+    bytes: usize,
     current: Arc<AtomicU64>,
     tx: mpsc::Sender<(u64, Vec<Bytes>)>,
     rx: mpsc::Receiver<(u64, Vec<Bytes>)>,
@@ -122,6 +137,7 @@ impl Parts {
         let (tx, rx) = mpsc::channel(PARTS_IN_FLIGHT);
         Self {
             next: 0,
+            bytes: 0,
             current: Arc::new(AtomicU64::new(0)),
             tx,
             rx,
@@ -131,6 +147,7 @@ impl Parts {
     /// A responder for a new request, now the one in flight.
     fn start(&mut self) -> Responder {
         self.next += 1;
+        self.bytes = 0;
         self.current.store(self.next, Ordering::Release);
         Responder {
             request: self.next,
@@ -153,11 +170,26 @@ impl Parts {
 
     /// Hands one part to the session if it is of the request in flight (a part of an earlier
     /// request, sent after that request was over, is dropped).
-    fn hand<S: Session>(&self, now: Instant, session: &mut S, request: u64, body: Vec<Bytes>) {
+    fn hand<S: Session>(&mut self, now: Instant, session: &mut S, request: u64, body: Vec<Bytes>) {
         if request == self.next {
+            self.bytes += payload(&body);
             session.handle_partial(now, body);
         }
     }
+}
+
+/// Payload bytes of a message's frames.
+fn payload(frames: &[Bytes]) -> usize {
+    frames.iter().map(Bytes::len).sum()
+}
+
+/// How a session's connection was left.
+enum Served {
+    /// The session ended.
+    Ended(SessionEnd),
+    /// It carried more than [`PeerOptions::fresh_connection_above`]: it said goodbye, and the
+    /// peer goes on at once on a new connection.
+    Fresh,
 }
 
 /// What woke a session's loop.
@@ -195,7 +227,7 @@ pub async fn run<C, S, MK, F, Fut>(
             Ok(mut conn) => {
                 info!(endpoint = %connector.describe(), "connected");
                 let mut session = make_session(clock::now());
-                serve(
+                let served = serve(
                     &mut conn,
                     &mut session,
                     &mut start,
@@ -204,7 +236,16 @@ pub async fn run<C, S, MK, F, Fut>(
                     cancel,
                     &mut backoff,
                 )
-                .await
+                .await;
+                match served {
+                    Served::Ended(end) => end,
+                    Served::Fresh => {
+                        // Dropped here: zmq.rs still writes what was queued on it, then frees
+                        // its buffers.
+                        debug!("large request answered: registering again on a new connection");
+                        continue;
+                    }
+                }
             }
             Err(error) => {
                 warn!(endpoint = %connector.describe(), %error, "cannot connect");
@@ -236,7 +277,7 @@ async fn serve<T, S, F, Fut>(
     options: &PeerOptions,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
-) -> SessionEnd
+) -> Served
 where
     T: Transport,
     S: Session,
@@ -245,6 +286,9 @@ where
 {
     let mut job = std::pin::pin!(Fuse::terminated());
     let mut timer = DeadlineTimer::new(session.poll_timeout());
+    // Payload bytes of the request in flight and its answer so far.
+    let mut carried = 0;
+    let mut fresh = false;
     let end = loop {
         if !flush(conn, session, options.heartbeat.interval).await {
             warn!("connection lost while sending");
@@ -252,6 +296,11 @@ where
         }
         if let Some(end) = session.ended() {
             break end;
+        }
+        if fresh {
+            // The answer is queued: say goodbye after it, as at shutdown.
+            session.shutdown();
+            continue;
         }
         timer.set(session.poll_timeout());
         let wait = async {
@@ -294,10 +343,22 @@ where
             }
             // The peer holds a sender: never closed.
             Wake::Part(None) => None,
-            Wake::Job(outcome) => finish(now, session, parts, outcome),
+            Wake::Job(outcome) => {
+                if let Ok(Ok(body)) = &outcome {
+                    carried += payload(body);
+                }
+                let event = finish(now, session, parts, outcome);
+                carried += parts.bytes;
+                fresh = options
+                    .fresh_connection_above
+                    .is_some_and(|above| carried > above)
+                    && session.ended().is_none();
+                event
+            }
             Wake::Timer => session.handle_timeout(now),
         };
         if let Some(WorkerEvent::Request(body)) = event {
+            carried = payload(&body);
             let responder = parts.start();
             job.set(
                 AssertUnwindSafe(start(body, responder))
@@ -314,7 +375,10 @@ where
         let _ = flush(conn, session, options.heartbeat.interval).await;
         tokio::time::sleep(options.linger).await;
     }
-    end
+    if fresh && end == SessionEnd::Shutdown && !cancel.is_cancelled() {
+        return Served::Fresh;
+    }
+    Served::Ended(end)
 }
 
 /// What a handler's future ended with: its answer, its error, or its panic.

@@ -35,5 +35,5 @@ pub mod tsp;
 
 pub use client::{TitanicClient, TitanicClientError};
 pub use dispatch::{dispatch_fn, Dispatch};
-pub use server::{Titanic, TitanicConfig, TitanicError, TitanicHandle};
+pub use server::{Titanic, TitanicConfig, TitanicError, TitanicHandle, FRESH_CONNECTION_ABOVE};
 pub use stats::{Latency, TitanicStats};

@@ -184,6 +184,13 @@ pub struct WorkerConfig {
     /// The MDP spoken (default [`Version::V01`], 7/MDP); `Version::V02(dialect)` for 18/MDP in
     /// RFC 18's dialect or majortomo's (which majortomo's broker needs).
     pub version: Version,
+    /// Past this many bytes of request and answer (payload, parts included), the logical
+    /// worker says DISCONNECT once it has answered and registers again at once on a new
+    /// connection (default `None`: it keeps its connection). zmq.rs keeps buffers as large as
+    /// the largest message a connection carried for as long as it lives, so a worker that
+    /// sometimes carries large messages holds one such buffer per connection; see
+    /// [`PeerOptions::fresh_connection_above`].
+    pub fresh_connection_above: Option<usize>,
 }
 
 impl WorkerConfig {
@@ -228,6 +235,12 @@ impl WorkerConfig {
         self.busy_poll = busy_poll;
         self
     }
+
+    /// Sets `fresh_connection_above`; the field says what it means and its default.
+    pub fn fresh_connection_above(mut self, bytes: Option<usize>) -> Self {
+        self.fresh_connection_above = bytes;
+        self
+    }
 }
 
 impl Default for WorkerConfig {
@@ -240,6 +253,7 @@ impl Default for WorkerConfig {
             limits: Limits::default(),
             busy_poll: Duration::ZERO,
             version: Version::V01,
+            fresh_connection_above: None,
         }
     }
 }
@@ -356,6 +370,7 @@ impl<C: Connector + 'static> Worker<C> {
             reconnect_initial: config.reconnect_initial,
             reconnect_max: config.reconnect_max,
             busy_poll: config.busy_poll,
+            fresh_connection_above: config.fresh_connection_above,
             ..PeerOptions::default()
         };
         let handler = Arc::new(handler);

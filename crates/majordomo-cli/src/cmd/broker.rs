@@ -47,17 +47,23 @@ pub(crate) struct BrokerArgs {
     /// closes is removed at once.
     #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
     busy_timeout: Duration,
-    /// Most bytes queued for one service (frames plus 320 bytes per request), e.g. 256MiB.
+    /// Most bytes queued for one service (frames plus 64 bytes per frame, 64 KiB more per frame
+    /// over 128 KiB, and 352 bytes per request), e.g. 256MiB.
     #[arg(long, default_value = "256MiB")]
     max_queued_bytes_per_service: bytesize::ByteSize,
     /// Most bytes queued over all services, e.g. 1GiB; each known service counts 1 KiB and its
     /// name in it too.
     #[arg(long, default_value = "1GiB")]
     max_queued_bytes: bytesize::ByteSize,
-    /// Most services known at once: requests for a new service past it are dropped. A service
-    /// with neither workers nor queued requests is forgotten.
+    /// Most services known at once: requests for a new service past it are dropped, unless a
+    /// service idle in its grace (--service-idle-grace) can be forgotten to make room.
     #[arg(long, default_value_t = 100_000)]
     max_services: usize,
+    /// How long a service with neither workers nor queued requests is kept, with its metric
+    /// series, before it is forgotten (0s: at once). A worker that reconnects within it finds
+    /// its service as it left it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    service_idle_grace: Duration,
     /// Most requests queued for one service (default: no limit; the byte bounds protect memory).
     #[arg(long)]
     max_queued_per_service: Option<usize>,
@@ -125,6 +131,7 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
         .max_queued_bytes_per_service(byte_count(args.max_queued_bytes_per_service)?)
         .max_queued_bytes(byte_count(args.max_queued_bytes)?)
         .max_services(args.max_services)
+        .service_idle_grace(args.service_idle_grace)
         .max_queued_per_service(args.max_queued_per_service.unwrap_or(usize::MAX))
         .max_queued_total(args.max_queued.unwrap_or(usize::MAX))
         .max_deliveries(args.max_deliveries)

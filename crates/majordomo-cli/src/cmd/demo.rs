@@ -176,9 +176,7 @@ async fn titanic_round_trip(endpoint: &str, heartbeat: HeartbeatConfig) -> Resul
     let path = std::env::temp_dir().join(format!("majordomo-demo-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let defaults = TitanicConfig::default();
-    let config = defaults
-        .worker(defaults.worker.heartbeat(heartbeat).concurrency(2))
-        .client(ClientConfig::default());
+    let config = defaults.worker(defaults.worker.heartbeat(heartbeat).concurrency(2));
     let titanic = Titanic::new(endpoint, RedbStore::open(&path)?, config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(titanic.run(async {

@@ -32,8 +32,9 @@ pub(crate) struct QueueArgs {
     /// Most requests waiting for a worker; more are dropped and logged.
     #[arg(long, default_value_t = 10_000)]
     max_queued: usize,
-    /// Most bytes waiting for a worker (frames plus 256 bytes per request), e.g. 1GiB; more
-    /// requests are dropped and logged.
+    /// Most bytes waiting for a worker (frames plus 64 bytes per frame, 64 KiB more per frame
+    /// over 128 KiB, and 192 bytes per request), e.g. 1GiB; more requests are dropped and
+    /// logged.
     #[arg(long, default_value = "1GiB")]
     max_queued_bytes: bytesize::ByteSize,
     /// Runtime threads: 1 (the default) for a single-threaded runtime, 0 for one per core.

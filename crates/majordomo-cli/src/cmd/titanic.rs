@@ -5,7 +5,6 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use majordomo_broker::HeartbeatConfig;
-use majordomo_client::ClientConfig;
 
 use super::byte_count;
 use crate::connect::ConnectArgs;
@@ -93,7 +92,8 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
                 .concurrency(args.connections as usize),
         )
         .client(
-            ClientConfig::default()
+            defaults
+                .client
                 .timeout(args.timeout)
                 .attempts(args.attempts),
         )
