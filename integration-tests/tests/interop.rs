@@ -247,7 +247,9 @@ async fn libzmq_dealer_tags_many_requests_on_one_connection_and_each_reply_finds
         task.await??;
     }
     let stats = broker.stop().await?;
-    // The 200, mmi.envelope, and wait_for_service's mmi.service.
-    assert_eq!((stats.protocol_errors, stats.replies), (0, 202));
+    // The 200 and mmi.envelope, beside the mmi.service probes of wait_for_service (one or
+    // more, as the workers register).
+    assert_eq!(stats.protocol_errors, 0);
+    assert!(stats.replies >= 202, "{stats:?}");
     Ok(())
 }
