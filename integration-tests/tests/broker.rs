@@ -526,6 +526,16 @@ async fn binds_tcp_and_ipc_at_once() -> Result<()> {
         .build()
         .await?;
     let tcp = broker.endpoints()[0].endpoint.clone();
+    // Only this user may connect to the socket file, and nothing else is left beside it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("broker.sock"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let names: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(names, ["broker.sock"]);
     let broker = RunningBroker::run(broker);
     let mut w = worker(&ipc, b"both").await?;
     let mut c = client(&tcp).await?;
@@ -534,6 +544,10 @@ async fn binds_tcp_and_ipc_at_once() -> Result<()> {
     w.send(worker_reply(address, &[b"via ipc"])).await?;
     assert_eq!(c.recv().await?[3].as_ref(), b"via ipc");
     broker.stop().await?;
+    assert!(
+        !dir.join("broker.sock").exists(),
+        "the socket file is removed at stop"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -142,6 +142,8 @@ pub struct ZmqRouter {
     gone: VecDeque<Bytes>,
     /// Who to wake when `gone` gains one.
     gone_waker: Option<Waker>,
+    /// Socket files of the `ipc://` endpoints bound here, removed at close.
+    ipc_files: Vec<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ZmqRouter {
@@ -169,6 +171,7 @@ impl ZmqRouter {
             routes: HashMap::new(),
             gone: VecDeque::new(),
             gone_waker: None,
+            ipc_files: Vec::new(),
         }
     }
 
@@ -179,14 +182,21 @@ impl ZmqRouter {
 
     /// Binds `endpoint`, returning it with an ephemeral port resolved. With `guard`, a `tcp://`
     /// endpoint is bound by a [`Guard`] with those limits, which relays every connection to the
-    /// socket over a private Unix socket; `ipc://` endpoints are local (reachable only by users
-    /// the file's permissions allow) and are bound directly either way.
+    /// socket over a private Unix socket; `ipc://` endpoints are local and bound directly either
+    /// way, their socket file readable and writable by this user only (mode 0600, whatever the
+    /// umask), so only this user (and root) can connect.
     pub async fn bind_guarded(
         &mut self,
         endpoint: &str,
         guard: Option<&GuardConfig>,
     ) -> Result<String, BindError> {
         let parsed: Endpoint = endpoint.parse().map_err(zeromq::ZmqError::from)?;
+        if let Endpoint::Ipc(Some(path)) = &parsed {
+            let listener = bind_private_ipc(path).map_err(zeromq::ZmqError::from)?;
+            self.socket.bind_listener(listener).await?;
+            self.ipc_files.push(path.clone());
+            return Ok(parsed.to_string());
+        }
         let (Some(config), Endpoint::Tcp(host, port)) = (guard, &parsed) else {
             return Ok(self.socket.bind(endpoint).await?.to_string());
         };
@@ -206,6 +216,34 @@ impl ZmqRouter {
     pub fn guards(&self) -> Vec<GuardStatsHandle> {
         self.guards.iter().map(Guard::stats_handle).collect()
     }
+}
+
+/// A Unix listener at `path` that only this user may connect to: bound in a new directory of
+/// mode 0700 beside `path`, its file set to 0600, then renamed into place, so that at no moment
+/// can another user connect. A file already at `path` is replaced, as libzmq's ipc bind does.
+fn bind_private_ipc(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let dir = parent.join(format!(
+        ".majordomo-bind-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let staged = dir.join("s");
+    let bound = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    // Empty once the file has moved; on a failure it still holds it.
+    let _ = std::fs::remove_dir_all(&dir);
+    bound
 }
 
 /// The address a `tcp://` host names: `*` is every IPv4 interface, as in libzmq.
@@ -293,6 +331,10 @@ impl Transport for ZmqRouter {
         // and warns). The guards go after, with their private directories.
         let _ = self.socket.unbind_all().await;
         self.guards.clear();
+        for path in self.ipc_files.drain(..) {
+            // Already gone if zmq.rs removed it.
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
