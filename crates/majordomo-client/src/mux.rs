@@ -36,7 +36,7 @@
 //! Requests are sent in 7/MDP (v0.1) form whatever [`ClientConfig::version`] says; a client
 //! configured for 18/MDP is served by the pool.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,7 +193,7 @@ where
             next_tag: 0,
             next_pool: 0,
             pending: HashMap::new(),
-            unsent: VecDeque::new(),
+            unsent: BTreeSet::new(),
             first_read: 0,
             deadlines: BTreeSet::new(),
             stats: MuxStats {
@@ -325,8 +325,8 @@ struct Task<C: Connector> {
     /// The pool the next untagged request goes through, round robin.
     next_pool: usize,
     pending: HashMap<u64, Pending>,
-    /// Tags of requests waiting for a broker to come up.
-    unsent: VecDeque<u64>,
+    /// Tags of requests waiting for a broker to come up, oldest first (tags only grow).
+    unsent: BTreeSet<u64>,
     deadlines: BTreeSet<(Instant, u64)>,
     stats: MuxStats,
 }
@@ -535,47 +535,39 @@ where
     /// than its last attempt's if there is one), or keeps it until a broker comes up.
     async fn send(&mut self, now: Instant, tag: u64, mut pending: Pending) {
         self.connect_idle(now);
-        let now = clock::now().max(now);
         pending.deadline = now + self.config.timeout;
         pending.sent_at = now;
-        let previous = pending.broker.take();
-        let chosen = self
+        let previous = pending.broker;
+        pending.broker = self
             .brokers
             .iter()
             .enumerate()
             .filter(|(_, b)| matches!(b.link, Link::Up { .. }))
             .min_by_key(|(i, b)| (b.suspect, Some(*i) == previous, b.in_flight))
             .map(|(i, _)| i);
-        match chosen {
-            Some(index) => {
-                let broker = &mut self.brokers[index];
-                let Link::Up { socket, .. } = &mut broker.link else {
-                    unreachable!("chosen among those up")
-                };
-                let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
-                frames.extend(
-                    ClientRequest::new(pending.service.clone(), pending.body.clone()).encode(),
-                );
-                self.stats.sent += 1;
-                broker.in_flight += 1;
-                // A send that failed is retried at once, like a lost one at its deadline.
-                let failed = socket.send(frames).await.is_err();
-                if previous.is_some_and(|p| p != index) {
-                    self.stats.failovers += 1;
-                }
-                pending.broker = Some(index);
-                self.deadlines.insert((pending.deadline, tag));
-                self.pending.insert(tag, pending);
-                if failed {
-                    debug!(broker = %self.brokers[index].connector.describe(), "send to the broker failed");
-                    self.down(index, clock::now());
-                }
-                return;
-            }
-            None => self.unsent.push_back(tag),
-        }
         self.deadlines.insert((pending.deadline, tag));
+        let Some(index) = pending.broker else {
+            self.unsent.insert(tag);
+            self.pending.insert(tag, pending);
+            return;
+        };
+        let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
+        frames.extend(ClientRequest::new(pending.service.clone(), pending.body.clone()).encode());
         self.pending.insert(tag, pending);
+        self.stats.sent += 1;
+        if previous.is_some_and(|p| p != index) {
+            self.stats.failovers += 1;
+        }
+        let broker = &mut self.brokers[index];
+        broker.in_flight += 1;
+        let Link::Up { socket, .. } = &mut broker.link else {
+            unreachable!("chosen among those up")
+        };
+        // A send that failed is retried at once, like a lost one at its deadline.
+        if socket.send(frames).await.is_err() {
+            debug!(broker = %broker.connector.describe(), "send to the broker failed");
+            self.down(index, clock::now());
+        }
     }
 
     /// Starts a connection to every broker that has none and may be tried again.
@@ -707,7 +699,7 @@ where
             let Some(mut pending) = self.pending.remove(&tag) else {
                 continue;
             };
-            self.unsent.retain(|t| *t != tag);
+            self.unsent.remove(&tag);
             if let Some(index) = pending.broker {
                 self.brokers[index].in_flight -= 1;
                 self.brokers[index].suspect = true;
