@@ -10,6 +10,8 @@ import time
 
 import zmq
 
+import curve_env
+
 endpoint, service, interval = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]) / 1000.0
 W = b"MDPW01"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
@@ -17,6 +19,7 @@ READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04
 ctx = zmq.Context()
 sock = ctx.socket(zmq.DEALER)
 sock.setsockopt(zmq.LINGER, 1000)
+curve_env.apply(sock)
 sock.connect(endpoint)
 sock.send_multipart([b"", W, READY, service])
 print("ready", flush=True)

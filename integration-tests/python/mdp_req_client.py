@@ -9,10 +9,13 @@ import sys
 
 import zmq
 
+import curve_env
+
 endpoint, service, bodies = sys.argv[1], sys.argv[2].encode(), sys.argv[3:]
 ctx = zmq.Context()
 sock = ctx.socket(zmq.REQ)
 sock.setsockopt(zmq.LINGER, 0)
+curve_env.apply(sock)
 sock.connect(endpoint)
 for body in bodies:
     # The REQ socket adds the empty frame 0 itself.

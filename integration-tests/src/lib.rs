@@ -325,18 +325,29 @@ pub struct PyPeer {
 impl PyPeer {
     /// Starts `script` with `args` under the project's Python.
     pub fn spawn(script: &str, args: &[&str]) -> Result<Self> {
-        Self::spawn_with(&[python_script(script).as_os_str()], args, script)
+        Self::spawn_with(&[python_script(script).as_os_str()], args, script, &[])
+    }
+
+    /// Starts `script` with `args` and these environment variables set.
+    pub fn spawn_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_with(&[python_script(script).as_os_str()], args, script, env)
     }
 
     /// Runs the installed Python module `module` (`python -m MODULE ARGS...`).
     pub fn spawn_module(module: &str, args: &[&str]) -> Result<Self> {
-        Self::spawn_with(&["-m".as_ref(), module.as_ref()], args, module)
+        Self::spawn_with(&["-m".as_ref(), module.as_ref()], args, module, &[])
     }
 
-    fn spawn_with(first: &[&std::ffi::OsStr], args: &[&str], script: &str) -> Result<Self> {
+    fn spawn_with(
+        first: &[&std::ffi::OsStr],
+        args: &[&str],
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut child = Command::new(python()?)
             .args(first)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

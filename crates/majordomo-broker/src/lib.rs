@@ -46,12 +46,15 @@ use majordomo_proto::mdp2::Sender;
 use majordomo_rt::pair::StateLink;
 use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
 use majordomo_rt::transport::{BindError, Either, Transport, ZmqRouter};
+pub use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey, KeyError};
 pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
+pub use majordomo_zmtp::mux::secure::{ClientFilter, CurveSecurity};
 pub use majordomo_zmtp::GuardConfig;
 use pair::{Admit, PairDriver, PairOptions, PairStatus};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
+pub use majordomo_proto::access::{Access, AccessRule, AccessRules, Pattern, SharedAccess};
 pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
 pub use majordomo_proto::bstar::{
     BinaryStarConfig, Fatal as PairFatal, Role as PairRole, State as PairState,
@@ -536,6 +539,10 @@ impl BrokerMachine {
 impl Machine for BrokerMachine {
     type Stats = BrokerStats;
 
+    fn handle_peer_key(&mut self, _socket: usize, identity: &Bytes, key: [u8; 32]) {
+        self.core.handle_peer_key(identity, key);
+    }
+
     fn handle_message(&mut self, now: Instant, socket: usize, frames: Vec<Bytes>) {
         let mut stats_request = false;
         if let Some(pair) = &mut self.pair {
@@ -800,7 +807,8 @@ mod tests {
                 r#""services_omitted":0,"queued":1,"queued_bytes":0,"#,
                 r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
                 r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
-                r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"per_service":["#,
+                r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"unauthorized":0,"#,
+                r#""per_service":["#,
                 r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
                 r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,
                 r#"{"name":"n�obody","queued":1,"queued_bytes":0,"idle_workers":0,"#,

@@ -9,6 +9,7 @@
 //! ([`signals`]) and logging ([`logs`]). `bench` and `soak` are tooling, in the
 //! `majordomo-tools` crate.
 
+mod access;
 mod cmd;
 mod config;
 mod connect;
@@ -63,6 +64,9 @@ enum Command {
     Ppqueue(cmd::queue::QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
     Spqueue(cmd::queue::QueueArgs),
+    /// Make a CURVE key pair: NAME (public) and NAME_secret, czmq certificate files; prints the
+    /// public key.
+    Keygen(cmd::keygen::KeygenArgs),
     /// Print a shell completion script for this command (bash, zsh, fish, elvish, powershell).
     Completions(cmd::docs::CompletionsArgs),
     /// Print the manual page (roff), e.g. `majordomo man > majordomo.1`.
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Spqueue(args) => cmd::queue::run(args, false).await,
         Command::Completions(args) => cmd::docs::completions(args),
         Command::Man => cmd::docs::man(),
+        Command::Keygen(args) => cmd::keygen::run(args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

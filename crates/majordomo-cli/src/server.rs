@@ -2,11 +2,17 @@
 //! metrics listener, the ZMTP guard, and where the configuration comes from (see
 //! [`crate::config`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use majordomo_broker::{GuardConfig, GuardStatsHandle};
+use majordomo_broker::{
+    ClientFilter, CurveKeyPair, CurvePublicKey, CurveSecurity, GuardConfig, GuardStatsHandle,
+};
 
 /// What every server command takes besides its own options.
 #[derive(Args, Clone)]
@@ -90,14 +96,31 @@ pub(crate) struct GuardArgs {
     /// How long a message may take to arrive whole once it has begun; past it the peer is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     guard_message_timeout: Duration,
+    /// Serve CURVE (RFC 26) with the key pair in this czmq certificate (`majordomo keygen NAME`
+    /// writes one: give NAME_secret). Peers must then connect with CURVE and this server's
+    /// public key; traffic is encrypted and each client's key is known. Turns the front end on.
+    #[arg(long, help_heading = "CURVE security (tcp:// endpoints)")]
+    curve_secret_key_file: Option<PathBuf>,
+    /// Client keys let in: a directory of czmq certificates (each file's public-key, as czmq's
+    /// zauth reads them) or a file of Z85 public keys, one per line. Reloaded on SIGHUP without
+    /// dropping connections. Default: any client key (traffic still encrypted).
+    #[arg(long, help_heading = "CURVE security (tcp:// endpoints)")]
+    curve_clients: Option<PathBuf>,
+    /// Serve peers without CURVE (NULL mechanism) too, on the same endpoints: unencrypted, with
+    /// no client key. Off by default: a CURVE server refuses NULL peers.
+    #[arg(long, help_heading = "CURVE security (tcp:// endpoints)")]
+    curve_allow_null: bool,
 }
 
 impl GuardArgs {
     /// The guard's configuration, or `None` with --no-guard; `max_message` is the server's own
     /// message limit, the default for the guard's.
-    pub(crate) fn config(&self, max_message: u64) -> Option<GuardConfig> {
+    pub(crate) fn config(&self, max_message: u64) -> Result<Option<GuardConfig>> {
         if self.no_guard {
-            return None;
+            if self.curve_secret_key_file.is_some() {
+                bail!("--curve-secret-key-file needs the guard: drop --no-guard");
+            }
+            return Ok(None);
         }
         let max_message = self
             .guard_max_message
@@ -105,22 +128,74 @@ impl GuardArgs {
         let max_frame = self
             .guard_max_frame
             .map_or(max_message, |size| size.as_u64());
-        Some(
-            GuardConfig::default()
-                .max_frame_size(max_frame)
-                .max_message_size(max_message)
-                .max_frames(self.guard_max_frames)
-                .handshake_timeout(self.guard_handshake_timeout)
-                .max_connections(self.guard_max_connections)
-                .max_connections_per_address(self.guard_max_connections_per_address)
-                .connection_rate(self.guard_connection_rate)
-                .listen_backlog(self.listen_backlog)
-                .front_end(self.guard_front_end && !self.guard_relay)
-                .inbound_budget(bytes(self.guard_inbound_budget))
-                .outbound_budget(bytes(self.guard_outbound_budget))
-                .message_timeout(self.guard_message_timeout),
-        )
+        let config = GuardConfig::default()
+            .max_frame_size(max_frame)
+            .max_message_size(max_message)
+            .max_frames(self.guard_max_frames)
+            .handshake_timeout(self.guard_handshake_timeout)
+            .max_connections(self.guard_max_connections)
+            .max_connections_per_address(self.guard_max_connections_per_address)
+            .connection_rate(self.guard_connection_rate)
+            .listen_backlog(self.listen_backlog)
+            .front_end(self.guard_front_end && !self.guard_relay)
+            .inbound_budget(bytes(self.guard_inbound_budget))
+            .outbound_budget(bytes(self.guard_outbound_budget))
+            .message_timeout(self.guard_message_timeout);
+        let Some(path) = &self.curve_secret_key_file else {
+            if self.curve_clients.is_some() || self.curve_allow_null {
+                bail!("--curve-clients and --curve-allow-null need --curve-secret-key-file");
+            }
+            return Ok(Some(config));
+        };
+        let keys = CurveKeyPair::load(path)?;
+        tracing::info!(public_key = %keys.public(), "CURVE on");
+        let clients = match &self.curve_clients {
+            None => ClientFilter::new(None),
+            Some(path) => {
+                let filter = ClientFilter::new(Some(load_client_keys(path)?));
+                let (reloaded, path) = (filter.clone(), path.clone());
+                crate::signals::on_reload(move || {
+                    let keys = load_client_keys(&path)?;
+                    tracing::info!(keys = keys.len(), path = %path.display(), "CURVE client keys reloaded");
+                    reloaded.set(Some(keys));
+                    Ok(())
+                });
+                filter
+            }
+        };
+        Ok(Some(config.curve(CurveSecurity {
+            keys: Arc::new(keys),
+            clients,
+            allow_null: self.curve_allow_null,
+        })))
     }
+}
+
+/// The client keys in `path`: every certificate's public-key in a directory, or one Z85 key per
+/// line of a file (blank lines and lines starting with `#` skipped).
+fn load_client_keys(path: &Path) -> Result<HashSet<CurvePublicKey>> {
+    let mut keys = HashSet::new();
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).with_context(|| format!("{}", path.display()))?;
+        for entry in entries {
+            let file = entry?.path();
+            if file.is_file() {
+                keys.insert(CurvePublicKey::load(&file)?);
+            }
+        }
+        return Ok(keys);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = CurvePublicKey::from_z85(line)
+            .with_context(|| format!("{}, line {}", path.display(), n + 1))?;
+        keys.insert(key);
+    }
+    Ok(keys)
 }
 
 /// `size` in bytes, saturated to what the platform can count.

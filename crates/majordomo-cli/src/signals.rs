@@ -1,4 +1,7 @@
-//! Stop signals: Ctrl-C and SIGTERM stop a command; SIGHUP is logged and ignored.
+//! Stop signals: Ctrl-C and SIGTERM stop a command; SIGHUP reloads what registered with
+//! [`on_reload`] (the CURVE client keys), and is otherwise logged and ignored.
+
+use std::sync::Mutex;
 
 use anyhow::Result;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -21,14 +24,14 @@ impl StopSignals {
         })
     }
 
-    /// Completes on the next Ctrl-C or SIGTERM. SIGHUP would end the process by default; there
-    /// is nothing to reload, so it is logged and ignored rather than taken as a stop.
+    /// Completes on the next Ctrl-C or SIGTERM. SIGHUP would end the process by default; it
+    /// reloads instead, and is never taken as a stop.
     pub(crate) async fn next(&mut self) {
         loop {
             tokio::select! {
                 _ = self.interrupt.recv() => return,
                 _ = self.terminate.recv() => return,
-                _ = self.hangup.recv() => tracing::info!("SIGHUP: nothing to reload, ignored"),
+                _ = self.hangup.recv() => reload(),
             }
         }
     }
@@ -42,5 +45,39 @@ pub(crate) async fn shutdown_signal() {
             tracing::warn!(%error, "cannot watch signals; stop with SIGKILL");
             std::future::pending().await
         }
+    }
+}
+
+/// What SIGHUP reloads; an error leaves what was in force.
+type Reload = Box<dyn Fn() -> Result<()> + Send>;
+
+static RELOADS: Mutex<Vec<Reload>> = Mutex::new(Vec::new());
+
+/// Runs `reload` on every SIGHUP from now on. Each run is counted in
+/// `majordomo_reloads_total{result="ok"|"failed"}`; a failure is logged.
+pub(crate) fn on_reload(reload: impl Fn() -> Result<()> + Send + 'static) {
+    RELOADS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(reload));
+}
+
+fn reload() {
+    let reloads = RELOADS.lock().unwrap_or_else(|e| e.into_inner());
+    if reloads.is_empty() {
+        tracing::info!("SIGHUP: nothing to reload, ignored");
+    }
+    for reload in reloads.iter() {
+        let result = match reload() {
+            Ok(()) => "ok",
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "SIGHUP: reload failed; what was in force stays"
+                );
+                "failed"
+            }
+        };
+        metrics::counter!("majordomo_reloads_total", "result" => result).increment(1);
     }
 }

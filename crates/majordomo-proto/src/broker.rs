@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info, trace, warn};
 
+use crate::access::{Access, SharedAccess};
 use crate::codec::{self, FromWorker, Inbound, Request as ClientCommand, ToWorker};
 use crate::drops::{DropLog, DropReason, ErrorLog};
 use crate::event::{Event, Events};
@@ -166,6 +167,10 @@ pub struct BrokerConfig {
     pub max_deliveries: u32,
     /// Size limits for decoding; oversized messages are dropped.
     pub limits: Limits,
+    /// Who may call and serve which services, by the CURVE key the front end proved for each
+    /// peer ([`crate::access`]). Default: no rules, everything allowed. Shared, so that a reload
+    /// applies at once.
+    pub access: SharedAccess,
 }
 
 impl BrokerConfig {
@@ -235,6 +240,12 @@ impl BrokerConfig {
         self
     }
 
+    /// Sets `access`; the field says what it means and its default.
+    pub fn access(mut self, access: SharedAccess) -> Self {
+        self.access = access;
+        self
+    }
+
     /// Sets `limits`; the field says what it means and its default.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -268,6 +279,7 @@ impl Default for BrokerConfig {
             max_queued_total: usize::MAX,
             max_deliveries: 3,
             limits: Limits::default(),
+            access: SharedAccess::default(),
         }
     }
 }
@@ -354,6 +366,8 @@ pub struct BrokerStats {
     /// Requests still queued or in flight when the broker stopped ([`BrokerCore::shutdown`]),
     /// dropped unanswered (`majordomo_dropped_requests_total{reason="drain"}`).
     pub dropped_at_shutdown: u64,
+    /// Requests and READYs refused by the access rules ([`BrokerConfig::access`]).
+    pub unauthorized: u64,
     /// Known services, sorted by name: the [`STATS_TOP_SERVICES`] busiest, or one page of
     /// [`BrokerCore::stats_page`]; `services_omitted` says how many more there are.
     pub per_service: Vec<ServiceStats>,
@@ -829,6 +843,9 @@ pub struct BrokerCore {
     now: Instant,
     /// Taking no new requests (see [`BrokerCore::drain`]).
     draining: bool,
+    /// The CURVE key of each peer that has one, from the front end
+    /// ([`BrokerCore::handle_peer_key`]); forgotten when the peer disconnects.
+    peer_keys: HashMap<Bytes, [u8; 32]>,
 }
 
 impl BrokerCore {
@@ -854,7 +871,40 @@ impl BrokerCore {
             stats: BrokerStats::default(),
             now,
             draining: false,
+            peer_keys: HashMap::new(),
         }
+    }
+
+    /// The front end proved that the peer `identity` holds the CURVE key `key` (its
+    /// permanent public key); the access rules judge the peer by it until it disconnects.
+    pub fn handle_peer_key(&mut self, identity: &Bytes, key: [u8; 32]) {
+        self.peer_keys.insert(identity.clone(), key);
+    }
+
+    /// Whether the access rules let `identity` do `access` to `service`; logs a refusal at a
+    /// bounded rate, with the key's first octets.
+    fn allowed(&mut self, now: Instant, identity: &Bytes, access: Access, service: &Bytes) -> bool {
+        let key = self.peer_keys.get(identity);
+        if self.config.access.allows(key, access, service) {
+            return true;
+        }
+        self.stats.unauthorized += 1;
+        let who = key.map_or_else(
+            || "a peer without a key".to_string(),
+            |k| format!("key {}...", &z85::encode(k)[..8]),
+        );
+        let what = match access {
+            Access::Call => "call",
+            Access::Serve => "serve",
+        };
+        self.errors.record(
+            now,
+            identity,
+            "unauthorized",
+            "refused by the access rules",
+            &format_args!("{who} may not {what} {}", Hex(service)),
+        );
+        false
     }
 
     /// Answers `mmi.stats` with `200` and what `encode` makes of the stats as of the request
@@ -1145,6 +1195,13 @@ impl BrokerCore {
     ) {
         self.tick(now);
         self.stats.requests += 1;
+        if !self.allowed(now, identity, Access::Call, &request.service) {
+            // No reply, as for any dropped request: the client's retries are refused too.
+            self.stats.rejected += 1;
+            self.drops
+                .record(now, &request.service, DropReason::Unauthorized);
+            return;
+        }
         if mmi::is_mmi(&request.service) {
             self.handle_mmi(now, identity, &route, request, form);
             return;
@@ -1277,6 +1334,12 @@ impl BrokerCore {
                     // "It MUST disconnect any workers that attempt to register services in this
                     // namespace." (8/MMI)
                     self.protocol_violation(now, identity, "READY for an mmi.* service", form);
+                }
+                FromWorker::Ready { service }
+                    if !self.allowed(now, identity, Access::Serve, &service) =>
+                {
+                    // Told DISCONNECT, as a worker whose READY is refused for any reason.
+                    self.push_worker(identity, ToWorker::Disconnect, form);
                 }
                 FromWorker::Ready { service } => self.register(now, identity, service, form),
                 // "The worker MAY send DISCONNECT at any time, including before READY."
@@ -1511,6 +1574,7 @@ impl BrokerCore {
     /// policy: a killed worker's request need not wait for liveness or the busy timeout.
     pub fn handle_disconnected(&mut self, now: Instant, identity: &Bytes) {
         self.tick(now);
+        self.peer_keys.remove(identity);
         let Some(worker) = self.workers.get(identity) else {
             return;
         };

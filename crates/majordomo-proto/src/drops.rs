@@ -50,6 +50,9 @@ pub enum DropReason {
     Draining,
     /// It was still queued or in flight when the server stopped (after its drain, if any).
     Drain,
+    /// The access rules do not let its client call its service
+    /// ([`crate::access::AccessRules`]).
+    Unauthorized,
 }
 
 impl DropReason {
@@ -67,6 +70,7 @@ impl DropReason {
             DropReason::Abandoned => "abandoned",
             DropReason::Draining => "draining",
             DropReason::Drain => "drain",
+            DropReason::Unauthorized => "unauthorized",
         }
     }
 }
@@ -83,6 +87,9 @@ impl fmt::Display for DropReason {
             DropReason::WaitedTooLong => "expired: waited past the maximum wait",
             DropReason::Draining => "draining: no new requests",
             DropReason::Drain => "still held when the server stopped",
+            DropReason::Unauthorized => {
+                "unauthorized: the access rules do not let its client call it"
+            }
             DropReason::Abandoned => "abandoned: every worker that took it went away",
         })
     }

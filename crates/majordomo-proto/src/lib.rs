@@ -28,6 +28,7 @@
 //!   it refused, what a version cannot carry, and why a configuration was refused.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod broker;
 pub mod bstar;
 pub mod client;

@@ -1011,3 +1011,74 @@ fn requests_held_at_shutdown_are_counted_as_dropped_for_drain() {
     s.core.shutdown();
     assert_eq!(s.core.stats().dropped_at_shutdown, 11);
 }
+
+#[test]
+fn access_rules_keep_keys_from_calling_or_serving_what_they_may_not() {
+    use std::collections::HashSet;
+
+    use majordomo_proto::access::{AccessRule, AccessRules, Pattern, SharedAccess};
+
+    const CLIENT: [u8; 32] = [1; 32];
+    const WORKER: [u8; 32] = [2; 32];
+    const ROGUE: [u8; 32] = [3; 32];
+    let rules = AccessRules::new(vec![
+        AccessRule {
+            keys: Some(HashSet::from([CLIENT])),
+            call: vec![Pattern::parse("echo"), Pattern::parse("mmi.*")],
+            serve: vec![],
+        },
+        AccessRule {
+            keys: Some(HashSet::from([WORKER])),
+            call: vec![],
+            serve: vec![Pattern::parse("echo")],
+        },
+    ]);
+    let access = SharedAccess::new(Some(rules));
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .access(access.clone()),
+    );
+    for (id, key) in [("c1", CLIENT), ("w1", WORKER), ("rogue", ROGUE)] {
+        s.core.handle_peer_key(&b(id), key);
+    }
+    // The rogue's READY is answered with DISCONNECT; it never joins.
+    s.ready("rogue", "echo");
+    let out = s.drain();
+    assert!(matches!(
+        &out[..],
+        [t] if to_worker(t) == ("rogue".into(), BrokerMessage::Disconnect)
+    ));
+    s.ready("w1", "echo");
+    // A peer with no key, and the rogue, may not call: dropped, counted, never dispatched.
+    s.client("anonymous", "echo", "x");
+    s.client("rogue", "echo", "y");
+    s.client("rogue", "mmi.service", "echo");
+    assert_eq!(s.drain(), []);
+    s.client("c1", "echo", "hi");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "hi".into())]);
+    let stats = s.core.stats();
+    assert_eq!((stats.unauthorized, stats.workers), (4, 1));
+    let dropped = std::iter::from_fn(|| s.core.poll_event())
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Dropped {
+                    reason: DropReason::Unauthorized
+                }
+            )
+        })
+        .count();
+    assert_eq!(dropped, 3);
+
+    // A reload applies at once; a peer's key is forgotten with its connection.
+    s.reply("w1", "c1", "hi");
+    assert_eq!(replies(&s.drain()), [("c1".into(), "hi".into())]);
+    access.set(None);
+    s.client("rogue", "echo", "now");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "now".into())]);
+    access.set(Some(AccessRules::default()));
+    s.core.handle_disconnected(s.now, &b("c1"));
+    s.client("c1", "echo", "again");
+    assert_eq!(s.core.stats().unauthorized, 5);
+}

@@ -54,6 +54,10 @@ pub trait Machine: Send {
     /// The next message to send and its socket; `frames[0]` is the destination's identity.
     fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)>;
 
+    /// The transport of socket `socket` learnt that the peer `identity` holds the CURVE key
+    /// `key` (the front end proved it); by default ignored.
+    fn handle_peer_key(&mut self, _socket: usize, _identity: &Bytes, _key: [u8; 32]) {}
+
     /// The transport of socket `socket` saw the connection of `identity` close.
     fn handle_disconnected(&mut self, _now: Instant, _socket: usize, _identity: &Bytes) {}
 
@@ -340,6 +344,11 @@ impl<M: Machine, T: Transport> Server<M, T> {
     }
 
     fn on_recv(&mut self, now: Instant, socket: usize, msg: Result<Vec<Bytes>, TransportError>) {
+        // Keys learnt with this message's arrival go first: a peer's key is known before its
+        // first message is handled.
+        while let Some((identity, key)) = self.sockets[socket].take_peer_key() {
+            self.machine.handle_peer_key(socket, &identity, key);
+        }
         match msg {
             Ok(frames) => self.machine.handle_message(now, socket, frames),
             Err(TransportError::Closed) => {

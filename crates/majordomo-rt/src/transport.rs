@@ -58,6 +58,13 @@ pub trait Transport: Send {
         Poll::Pending
     }
 
+    /// The next peer whose CURVE key the transport has learnt, with that key (32 octets); by
+    /// default none. The server loop takes them all before it hands on a message, so a peer's
+    /// key is known before its first message is handled.
+    fn take_peer_key(&mut self) -> Option<(Bytes, [u8; 32])> {
+        None
+    }
+
     /// Releases what the transport holds beyond its connections (listeners, socket files)
     /// while the runtime still runs; by default nothing. The server loop calls it once, last.
     fn close(&mut self) -> impl Future<Output = ()> + Send {
@@ -95,6 +102,13 @@ impl<L: Transport, R: Transport> Transport for Either<L, R> {
         match self {
             Either::Left(socket) => socket.poll_disconnected(cx),
             Either::Right(socket) => socket.poll_disconnected(cx),
+        }
+    }
+
+    fn take_peer_key(&mut self) -> Option<(Bytes, [u8; 32])> {
+        match self {
+            Either::Left(socket) => socket.take_peer_key(),
+            Either::Right(socket) => socket.take_peer_key(),
         }
     }
 
@@ -142,6 +156,8 @@ pub struct ZmqRouter {
     gone: VecDeque<Bytes>,
     /// Who to wake when `gone` gains one.
     gone_waker: Option<Waker>,
+    /// Front-end peers' CURVE keys not yet taken by [`Transport::take_peer_key`].
+    keys: VecDeque<(Bytes, [u8; 32])>,
     /// Socket files of the `ipc://` endpoints bound here, removed at close.
     ipc_files: Vec<std::path::PathBuf>,
 }
@@ -171,6 +187,7 @@ impl ZmqRouter {
             routes: HashMap::new(),
             gone: VecDeque::new(),
             gone_waker: None,
+            keys: VecDeque::new(),
             ipc_files: Vec::new(),
         }
     }
@@ -278,6 +295,12 @@ impl ZmqRouter {
         };
         match event[..] {
             [CONNECTED] => {
+                if let Some(key) = frames
+                    .get(3)
+                    .and_then(|k| <[u8; 32]>::try_from(&k[..]).ok())
+                {
+                    self.keys.push_back((peer.clone(), key));
+                }
                 self.routes.insert(peer.clone(), link.clone());
                 if let Some(peers) = self.links.get_mut(&link) {
                     peers.insert(peer.clone());
@@ -335,6 +358,10 @@ impl Transport for ZmqRouter {
             // Already gone if zmq.rs removed it.
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    fn take_peer_key(&mut self) -> Option<(Bytes, [u8; 32])> {
+        self.keys.pop_front()
     }
 
     fn poll_disconnected(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
@@ -534,5 +561,17 @@ mod tests {
         );
         assert!(router.routes.is_empty());
         assert!(router.poll_disconnected(&mut cx).is_pending());
+        // A CURVE peer's key comes with its CONNECTED; a key of the wrong length is ignored.
+        assert_eq!(router.take_peer_key(), None);
+        let key: &'static [u8] = &[7; 32];
+        let connect = frames(&[b"\0Llink", b"", &[CONNECTED], b"curve", key]);
+        assert_eq!(router.unwrap_link(connect), None);
+        let short = frames(&[b"\0Llink", b"", &[CONNECTED], b"short", &[7; 31]]);
+        assert_eq!(router.unwrap_link(short), None);
+        assert_eq!(
+            router.take_peer_key(),
+            Some((Bytes::from_static(b"curve"), [7; 32]))
+        );
+        assert_eq!(router.take_peer_key(), None);
     }
 }

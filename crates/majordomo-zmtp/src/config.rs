@@ -68,6 +68,11 @@ pub struct GuardConfig {
     /// know the link ([`crate::Guard::link_identity`]). Default off (`--guard-front-end` turns it on); off, each peer is relayed
     /// to its own zmq.rs connection. If the link fails the guard stops, closing every peer.
     pub front_end: bool,
+    /// CURVE (RFC 26) on this endpoint: the server's keys and the client keys it lets in.
+    /// Default none (NULL). Terminated by the front end, so setting it turns front-end mode on;
+    /// peers see a CURVE server, the server behind sees them as NULL peers. See
+    /// [`crate::mux::secure`].
+    pub curve: Option<std::sync::Arc<crate::mux::secure::CurveSecurity>>,
 }
 
 impl Default for GuardConfig {
@@ -86,6 +91,7 @@ impl Default for GuardConfig {
             message_timeout: Duration::from_secs(30),
             outbound_budget: 32 * 1024 * 1024,
             front_end: false,
+            curve: None,
         }
     }
 }
@@ -168,6 +174,13 @@ impl GuardConfig {
         self
     }
 
+    /// Sets `curve` (and turns front-end mode on); the field says what it means and its default.
+    pub fn curve(mut self, security: crate::mux::secure::CurveSecurity) -> Self {
+        self.curve = Some(std::sync::Arc::new(security));
+        self.front_end = true;
+        self
+    }
+
     /// Sets `front_end`; the field says what it means and its default.
     pub fn front_end(mut self, on: bool) -> Self {
         self.front_end = on;
@@ -201,6 +214,11 @@ impl GuardConfig {
         if let Some((name, _)) = positive.iter().find(|(_, zero)| *zero) {
             return Err(GuardConfigError(format!("{name} must be positive")));
         }
+        if self.curve.is_some() && !self.front_end {
+            return Err(GuardConfigError(
+                "CURVE is terminated by the front end: front_end must be on".into(),
+            ));
+        }
         if self.buffer_size < MAX_COMMAND + LONG_HEADER {
             return Err(GuardConfigError(format!(
                 "buffer_size must be at least {} bytes",
@@ -218,6 +236,16 @@ impl GuardConfig {
             return Err(GuardConfigError("message_timeout must be positive".into()));
         }
         let largest = self.largest_message_cost();
+        // A CURVE frame is held sealed until whole, and opened into the message being read.
+        let sealed = usize::try_from(self.max_frame_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(crate::curve::MESSAGE_OVERHEAD + LONG_HEADER);
+        if self.curve.is_some() && self.inbound_budget < largest.saturating_add(sealed) {
+            return Err(GuardConfigError(format!(
+                "inbound_budget must hold the largest message and one sealed CURVE frame: at least {} bytes",
+                largest.saturating_add(sealed)
+            )));
+        }
         for (name, budget) in [
             ("inbound_budget", self.inbound_budget),
             ("outbound_budget", self.outbound_budget),

@@ -121,6 +121,13 @@ pub enum Violation {
         /// The limit.
         max: u32,
     },
+    /// A CURVE handshake or MESSAGE command that breaks RFC 26: a box that does not open, a
+    /// replayed nonce, a malformed command.
+    #[error("CURVE: {0}")]
+    Curve(crate::curve::CurveError),
+    /// A CURVE client whose key the endpoint does not allow (its Z85 prefix).
+    #[error("CURVE client key {0}... not allowed")]
+    Unauthorized(String),
     /// A message begun and not finished within the front end's message timeout
     /// ([`crate::GuardConfig::message_timeout`]).
     #[error("message not finished within {0:?} of its first frame")]
@@ -142,6 +149,8 @@ impl Violation {
             Self::MessageTooLarge { .. } => Rule::MessageSize,
             Self::TooManyFrames { .. } => Rule::Frames,
             Self::Stalled(_) => Rule::MessageTimeout,
+            Self::Curve(_) => Rule::Curve,
+            Self::Unauthorized(_) => Rule::Unauthorized,
         }
     }
 }

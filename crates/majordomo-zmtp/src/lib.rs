@@ -31,6 +31,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod curve;
 pub mod guard;
 pub mod inspect;
 pub mod mux;
@@ -72,11 +73,16 @@ pub enum Rule {
     /// Replies for a peer that does not read passed [`GuardConfig::outbound_budget`] (front-end
     /// mode): the peer is closed and what was queued for it dropped.
     Outbound,
+    /// A CURVE peer broke RFC 26 (a box that does not open, a replayed nonce, a malformed
+    /// command).
+    Curve,
+    /// A CURVE client's key is not allowed on the endpoint.
+    Unauthorized,
 }
 
 impl Rule {
     /// Every rule, in a fixed order.
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 16] = [
         Rule::Greeting,
         Rule::Handshake,
         Rule::HandshakeTimeout,
@@ -91,6 +97,8 @@ impl Rule {
         Rule::Rate,
         Rule::MessageTimeout,
         Rule::Outbound,
+        Rule::Curve,
+        Rule::Unauthorized,
     ];
 
     /// The rule's name in logs and counters.
@@ -110,6 +118,8 @@ impl Rule {
             Rule::Rate => "rate",
             Rule::MessageTimeout => "message_timeout",
             Rule::Outbound => "outbound",
+            Rule::Curve => "curve",
+            Rule::Unauthorized => "unauthorized",
         }
     }
 

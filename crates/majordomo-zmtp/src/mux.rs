@@ -45,6 +45,7 @@
 pub mod assemble;
 pub mod budget;
 pub mod link;
+pub mod secure;
 
 use bytes::Bytes;
 

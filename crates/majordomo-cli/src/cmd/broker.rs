@@ -105,6 +105,11 @@ pub(crate) struct BrokerArgs {
     /// servers of a pair must use the same.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     bstar_heartbeat: Duration,
+    /// Who may call and serve which services, by CURVE key: a TOML file of `[[rule]]` tables
+    /// (`keys`, `call`, `serve`; see the operations guide). Reloaded on SIGHUP. Default: every
+    /// peer may do everything.
+    #[arg(long)]
+    access_rules: Option<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -136,8 +141,12 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
         .max_queued_total(args.max_queued.unwrap_or(usize::MAX))
         .max_deliveries(args.max_deliveries)
         .limits(Limits::default().max_message_size(args.max_message_size));
+    let config = match args.access_rules {
+        Some(path) => config.access(crate::access::shared(path)?),
+        None => config,
+    };
     let mut builder = Broker::builder().config(config).busy_poll(args.busy_poll);
-    builder = match args.server.guard.config(args.max_message_size as u64) {
+    builder = match args.server.guard.config(args.max_message_size as u64)? {
         Some(guard) => builder.guard(guard),
         None => builder.no_guard(),
     };

@@ -69,7 +69,7 @@ pub(crate) async fn run(args: QueueArgs, paranoid: bool) -> Result<()> {
     let builder = match args
         .server
         .guard
-        .config(Limits::default().max_message_size as u64)
+        .config(Limits::default().max_message_size as u64)?
     {
         Some(guard) => builder.guard(guard),
         None => builder.no_guard(),

@@ -30,12 +30,13 @@ use tracing::{debug, warn};
 
 use super::{lock, End, Permit, Shared};
 use crate::inspect::PingContext;
-use crate::mux::assemble::{Assembler, Message, Step};
+use crate::mux::assemble::{Message, Step};
 use crate::mux::budget::{Allowance, Budget, Charge, Queued};
 use crate::mux::link::{
-    encode_control, encode_greeting, encode_message, encode_pong, encode_ready, encode_routed,
-    Control, LinkDecoder, LinkEvent,
+    encode_control, encode_greeting, encode_pong, encode_ready, encode_routed, Control,
+    LinkDecoder, LinkEvent,
 };
+use crate::mux::secure::PeerCodec;
 use crate::mux::{charge_reply, LINK_ALLOWANCE};
 use crate::Rule;
 
@@ -257,10 +258,11 @@ async fn peer(
     let (mut read, mut write) = stream.into_split();
     let config = &shared.config;
     let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let mut assembler = Assembler::new(
+    let mut codec = PeerCodec::new(
         shared.limits,
         shared.inbound.clone(),
         config.message_timeout,
+        config.curve.clone(),
     );
     let (replies, mut queue) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicU64::new(0));
@@ -271,7 +273,7 @@ async fn peer(
         close: close.clone(),
     });
     let mut out = BytesMut::new();
-    encode_greeting(&mut out);
+    codec.greeting_start(&mut out);
     if let Err(error) = write.write_all(&out).await {
         return End::Io(error);
     }
@@ -296,11 +298,18 @@ async fn peer(
                 link_full = true;
                 break;
             }
-            let step = match assembler.next(now, &buf) {
+            out.clear();
+            let step = codec.next(now, &mut buf, &mut out);
+            // What the codec wrote goes out first: an ERROR before the connection closes.
+            if !out.is_empty() {
+                if let Err(error) = write.write_all(&out).await {
+                    return End::Io(error);
+                }
+            }
+            let step = match step {
                 Ok(step) => step,
                 Err(violation) => return violation.into(),
             };
-            out.clear();
             match step {
                 Step::Pending => break,
                 Step::Blocked => {
@@ -312,16 +321,22 @@ async fn peer(
                 }
                 Step::Ready { consumed, ready } => {
                     let _ = buf.split_to(consumed);
-                    debug!(socket_type = ?ready.socket_type, announced = ?ready.identity, "peer ready");
-                    encode_ready(&mut out, b"ROUTER", None);
+                    let key = codec.client_key();
+                    debug!(socket_type = ?ready.socket_type, announced = ?ready.identity, key = ?key, "peer ready");
                     if let Some(entry) = entry.take() {
                         lock(&link.peers).insert(identity.clone(), entry);
-                        link.send(Outgoing::Control(Control::Connected(identity.clone())));
+                        let connected = match key {
+                            Some(key) => Control::Authenticated {
+                                peer: identity.clone(),
+                                key: Bytes::copy_from_slice(key.as_bytes()),
+                            },
+                            None => Control::Connected(identity.clone()),
+                        };
+                        link.send(Outgoing::Control(connected));
                     }
                 }
-                Step::Ping { consumed, context } => {
+                Step::Ping { consumed, .. } => {
                     let _ = buf.split_to(consumed);
-                    encode_pong(&mut out, &context);
                     shared.counters.pongs.fetch_add(1, Ordering::Relaxed);
                 }
                 Step::Message { consumed, message } => {
@@ -330,20 +345,18 @@ async fn peer(
                     link.send(Outgoing::Message(identity.clone(), message, queued));
                 }
             }
-            if !out.is_empty() {
-                if let Err(error) = write.write_all(&out).await {
-                    return End::Io(error);
-                }
-            }
         }
         let deadline = if entry.is_some() {
             Some(handshake_deadline)
         } else {
-            assembler.deadline().map(tokio::time::Instant::from_std)
+            codec.deadline().map(tokio::time::Instant::from_std)
         };
-        // The read buffer starts small and doubles while reads fill it, up to `buffer_size`: an
-        // idle or stalled peer holds well under a kilobyte.
-        let room = config.buffer_size.saturating_sub(buf.len());
+        // The read buffer starts small and doubles while reads fill it, up to `buffer_size` (or
+        // a whole CURVE command, charged to the inbound budget): an idle or stalled peer holds
+        // well under a kilobyte.
+        let room = codec
+            .wanted(&buf, config.buffer_size)
+            .saturating_sub(buf.len());
         if buf.capacity() == buf.len() && room > 0 {
             buf.reserve(buf.capacity().max(512).min(room));
         }
@@ -362,7 +375,7 @@ async fn peer(
             Some(reply) = queue.recv() => {
                 // A peer that does not read cannot hold the guard's write forever: past the
                 // message timeout its replies are dropped and it is closed, as at its budget.
-                let writing = write_replies(&mut write, reply, &mut queue, &queued);
+                let writing = write_replies(&mut write, &mut codec, reply, &mut queue, &queued);
                 match tokio::time::timeout(config.message_timeout, writing).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => return End::Io(error),
@@ -377,7 +390,7 @@ async fn peer(
                 if entry.is_some() {
                     return End::Broken(Rule::HandshakeTimeout, "no greeting and READY in time".into());
                 }
-                if let Err(violation) = assembler.check(StdInstant::now()) {
+                if let Err(violation) = codec.check(StdInstant::now()) {
                     return violation.into();
                 }
             }
@@ -394,6 +407,7 @@ fn link_cost(identity: &Bytes, frames: &[Bytes]) -> usize {
 /// Writes `first` and whatever else is queued, in one write per batch.
 async fn write_replies(
     write: &mut OwnedWriteHalf,
+    codec: &mut PeerCodec,
     first: (Vec<Bytes>, Charge),
     queue: &mut mpsc::UnboundedReceiver<(Vec<Bytes>, Charge)>,
     queued: &AtomicU64,
@@ -402,7 +416,7 @@ async fn write_replies(
     let mut held = Vec::new();
     let mut next = Some(first);
     while let Some((frames, charge)) = next.take() {
-        encode_message(&mut out, &frames);
+        codec.encode_message(&mut out, &frames);
         held.push(charge);
         queued.fetch_sub(1, Ordering::Relaxed);
         if out.len() < BATCH {
@@ -420,6 +434,7 @@ mod tests {
 
     use super::*;
     use crate::inspect::{frame_header, FLAG_COMMAND, FLAG_MORE, GREETING};
+    use crate::mux::link::encode_message;
     use crate::{Guard, GuardConfig};
 
     /// The server's end of a link, reading what the front end writes.
@@ -552,5 +567,181 @@ mod tests {
             "{ahead} bytes of the flood went ahead (at most {bound})"
         );
         flooding.abort();
+    }
+
+    mod curve {
+        use std::collections::HashSet;
+
+        use crypto_box::aead::OsRng;
+
+        use super::*;
+        use crate::curve::{CurveClient, CurveKeyPair, Session, MESSAGE_COMMAND, MESSAGE_MORE};
+        use crate::mux::secure::{ClientFilter, CurveSecurity};
+
+        const DEALER: &[u8] = b"\x0bSocket-Type\x00\x00\x00\x06DEALER";
+
+        struct Peer {
+            stream: TcpStream,
+            buf: BytesMut,
+        }
+
+        impl Peer {
+            /// The body of the next command, or `None` when the connection closes.
+            async fn command(&mut self) -> Option<Vec<u8>> {
+                loop {
+                    if let Some((header, size)) = frame_header(&self.buf) {
+                        if self.buf.len() >= header + size as usize {
+                            assert_eq!(self.buf[0] & FLAG_MORE, 0, "MORE is inside the box");
+                            self.buf.advance(header);
+                            return Some(self.buf.split_to(size as usize).to_vec());
+                        }
+                    }
+                    let read = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        self.stream.read_buf(&mut self.buf),
+                    );
+                    match read.await.expect("the guard answers") {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+            }
+
+            async fn greeting(&mut self) -> Vec<u8> {
+                while self.buf.len() < GREETING {
+                    assert!(self.stream.read_buf(&mut self.buf).await.unwrap() > 0);
+                }
+                self.buf.split_to(GREETING).to_vec()
+            }
+        }
+
+        /// Connects as a CURVE client holding `keys`: the session, or the refusal.
+        async fn connect(
+            guard: &Guard,
+            server: &CurveKeyPair,
+            keys: CurveKeyPair,
+        ) -> (Peer, Result<Session, crate::curve::CurveError>) {
+            let stream = TcpStream::connect(guard.local_addr()).await.unwrap();
+            let mut peer = Peer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            let mut client = CurveClient::new(&mut OsRng, server.public(), Arc::new(keys));
+            let mut out = BytesMut::new();
+            crate::curve::encode_greeting(&mut out, false);
+            client.hello(&mut out);
+            peer.stream.write_all(&out).await.unwrap();
+            let greeting = peer.greeting().await;
+            assert_eq!(&greeting[12..17], b"CURVE");
+            assert_eq!(greeting[32], 1, "the guard is the CURVE server");
+            let welcome = peer.command().await.expect("WELCOME");
+            out.clear();
+            if let Err(error) = client.welcome(&mut OsRng, &welcome, DEALER, &mut out) {
+                return (peer, Err(error));
+            }
+            peer.stream.write_all(&out).await.unwrap();
+            let ready = peer.command().await.expect("READY or ERROR");
+            let session = client.ready(&ready).map(|(metadata, session)| {
+                assert_eq!(&metadata[..], b"\x0bSocket-Type\x00\x00\x00\x06ROUTER");
+                session
+            });
+            (peer, session)
+        }
+
+        async fn curve_guard(
+            allowed: Option<HashSet<crate::curve::CurvePublicKey>>,
+        ) -> (Guard, Server, Arc<CurveKeyPair>) {
+            let keys = Arc::new(CurveKeyPair::generate());
+            let config = GuardConfig::default().curve(CurveSecurity {
+                keys: keys.clone(),
+                clients: ClientFilter::new(allowed),
+                allow_null: false,
+            });
+            let (guard, listener) = Guard::bind("127.0.0.1:0".parse().unwrap(), config)
+                .await
+                .unwrap();
+            let server = Server::accept(listener).await;
+            (guard, server, keys)
+        }
+
+        #[tokio::test]
+        async fn a_curve_client_is_served_through_the_front_end_both_ways() {
+            let (guard, mut server, keys) = curve_guard(None).await;
+            let client = CurveKeyPair::generate();
+            let public = client.public();
+            let (mut peer, session) = connect(&guard, &keys, client).await;
+            let mut session = session.expect("admitted");
+            // CONNECTED carries the key the handshake proved.
+            let connected = server.message().await;
+            assert_eq!(connected.len(), 4, "a control message: {connected:?}");
+            assert_eq!(&connected[..2], [Bytes::new(), Bytes::from_static(&[1])]);
+            assert_eq!(&connected[3][..], public.as_bytes());
+            let long = Bytes::from(vec![9u8; 70_000]);
+            let mut out = BytesMut::new();
+            session.seal(MESSAGE_MORE, b"", &mut out);
+            session.seal(0, &long, &mut out);
+            // A PING inside a box is answered inside a box.
+            session.seal(MESSAGE_COMMAND, b"\x04PING\x00\x0aabc", &mut out);
+            peer.stream.write_all(&out).await.unwrap();
+            let message = server.message().await;
+            assert_eq!(message[1..], [Bytes::new(), long.clone()]);
+            let mut pong = peer.command().await.expect("PONG");
+            let (flags, range) = session.open(&mut pong).unwrap();
+            assert_eq!(
+                (flags, &pong[range]),
+                (MESSAGE_COMMAND, &b"\x04PONGabc"[..])
+            );
+            // A reply for the peer is sealed.
+            let mut reply = BytesMut::new();
+            encode_routed(
+                &mut reply,
+                &message[0],
+                &[Bytes::new(), Bytes::from_static(b"world")],
+            );
+            server.stream.write_all(&reply).await.unwrap();
+            let mut frames = Vec::new();
+            for _ in 0..2 {
+                let mut command = peer.command().await.expect("MESSAGE");
+                let (flags, range) = session.open(&mut command).unwrap();
+                frames.push((flags, command[range].to_vec()));
+            }
+            assert_eq!(frames, [(MESSAGE_MORE, vec![]), (0, b"world".to_vec())]);
+            assert_eq!(guard.stats().count(Rule::Curve), 0);
+        }
+
+        #[tokio::test]
+        async fn a_client_key_not_allowed_gets_error_and_is_counted() {
+            let allowed = CurveKeyPair::generate();
+            let (guard, _server, keys) = curve_guard(Some(HashSet::from([allowed.public()]))).await;
+            let (mut peer, refused) = connect(&guard, &keys, CurveKeyPair::generate()).await;
+            assert!(
+                matches!(refused, Err(crate::curve::CurveError::Refused(_))),
+                "{refused:?}"
+            );
+            assert_eq!(peer.command().await, None, "closed after the ERROR");
+            assert_eq!(guard.stats().count(Rule::Unauthorized), 1);
+            let (_peer, admitted) = connect(&guard, &keys, allowed).await;
+            assert!(admitted.is_ok());
+        }
+
+        #[tokio::test]
+        async fn a_null_peer_or_a_replayed_message_is_closed_and_counted() {
+            let (guard, _server, keys) = curve_guard(None).await;
+            let mut null = TcpStream::connect(guard.local_addr()).await.unwrap();
+            null.write_all(&hello()).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), null.read_to_end(&mut rest))
+                .await
+                .expect("closed");
+            assert_eq!(guard.stats().count(Rule::Greeting), 1);
+
+            let (mut peer, session) = connect(&guard, &keys, CurveKeyPair::generate()).await;
+            let mut out = BytesMut::new();
+            session.unwrap().seal(0, b"once", &mut out);
+            peer.stream.write_all(&out).await.unwrap();
+            peer.stream.write_all(&out).await.unwrap();
+            assert_eq!(peer.command().await, None, "closed at the replay");
+            assert_eq!(guard.stats().count(Rule::Curve), 1);
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! ```text
 //! front end -> server   [peer-id, frame...]            a peer's message
 //!                       [empty, event, peer-id]        a control message
+//!                       [empty, event, peer-id, key]   CONNECTED, a CURVE peer with its key
 //! server -> front end   [peer-id, frame...]            a reply for a peer
 //!                       [empty, event, peer-id]        a control message
 //! ```
@@ -42,6 +43,14 @@ pub enum Control {
     Connected(Bytes),
     /// The peer is gone, or is to be closed ([`DISCONNECTED`]).
     Disconnected(Bytes),
+    /// The peer finished a CURVE handshake holding this permanent public key ([`CONNECTED`]
+    /// with the key as a fourth frame).
+    Authenticated {
+        /// The peer.
+        peer: Bytes,
+        /// Its key, 32 octets.
+        key: Bytes,
+    },
 }
 
 impl Control {
@@ -49,6 +58,7 @@ impl Control {
         match self {
             Control::Connected(peer) => (CONNECTED, peer),
             Control::Disconnected(peer) => (DISCONNECTED, peer),
+            Control::Authenticated { peer, .. } => (CONNECTED, peer),
         }
     }
 }
@@ -386,7 +396,13 @@ pub fn encode_control(out: &mut BytesMut, control: &Control) {
     let (event, peer) = control.parts();
     encode_frame(out, &[], true);
     encode_frame(out, &[event], true);
-    encode_frame(out, peer, false);
+    match control {
+        Control::Authenticated { key, .. } => {
+            encode_frame(out, peer, true);
+            encode_frame(out, key, false);
+        }
+        _ => encode_frame(out, peer, false),
+    }
 }
 
 /// The bytes [`encode_message`] appends for `frames`.

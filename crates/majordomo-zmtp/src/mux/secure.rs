@@ -1,0 +1,526 @@
+//! One peer's side of the front end, whatever its mechanism: sans-IO, `now` an input.
+//!
+//! A [`PeerCodec`] reads a peer's stream into [`Step`]s as an [`Assembler`] does, and writes
+//! what goes back to it (the handshake's answers, PONGs, replies). On a NULL endpoint it is the
+//! assembler itself. On a CURVE endpoint ([`CurveSecurity`]) it terminates CurveZMQ: it answers
+//! the handshake ([`CurveServer`]), checks the client's key against the endpoint's
+//! [`ClientFilter`], opens each MESSAGE command in place and hands the frame inside to the
+//! assembler, so every limit, budget and deadline of a NULL peer holds for a CURVE peer too.
+//!
+//! A MESSAGE command is opened only when it is whole, so its bytes are charged to the inbound
+//! budget before they are read, and it must be whole within the message timeout, as a message
+//! must.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use crypto_box::aead::OsRng;
+
+use super::assemble::{Assembler, Step};
+use super::budget::{Budget, Charge};
+use super::link;
+use crate::curve::{
+    encode_error, CurveKeyPair, CurvePublicKey, CurveServer, Session, CURVE_MECHANISM,
+    MESSAGE_COMMAND, MESSAGE_MORE, MESSAGE_OVERHEAD,
+};
+use crate::inspect::{
+    frame_header, FrameLimits, PingContext, Violation, FLAG_COMMAND, FLAG_LONG, FLAG_MORE,
+    GREETING, LONG_HEADER, MAX_COMMAND, MECHANISM, MECHANISM_LEN, NULL_MECHANISM, SHORT_HEADER,
+};
+
+/// The client keys a CURVE endpoint lets in: any key, or those of a list. Cheap to clone; every
+/// clone sees [`ClientFilter::set`], so a reload applies to the next handshake without touching
+/// the connections already in.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter(Arc<RwLock<Option<Arc<HashSet<CurvePublicKey>>>>>);
+
+impl ClientFilter {
+    /// A filter letting in the keys of `allowed`, or any key for `None`.
+    pub fn new(allowed: Option<HashSet<CurvePublicKey>>) -> Self {
+        let filter = Self::default();
+        filter.set(allowed);
+        filter
+    }
+
+    /// Replaces the list.
+    pub fn set(&self, allowed: Option<HashSet<CurvePublicKey>>) {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        *slot = allowed.map(Arc::new);
+    }
+
+    /// Whether `key` may in.
+    pub fn admits(&self, key: &CurvePublicKey) -> bool {
+        let slot = self.0.read().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().is_none_or(|list| list.contains(key))
+    }
+}
+
+/// CURVE on a guarded endpoint: the server's keys and whom it lets in.
+#[derive(Clone)]
+pub struct CurveSecurity {
+    /// The server's permanent key pair (`--curve-secret-key-file`).
+    pub keys: Arc<CurveKeyPair>,
+    /// Client keys allowed in.
+    pub clients: ClientFilter,
+    /// Whether peers with the NULL mechanism are served too (unencrypted, with no key).
+    pub allow_null: bool,
+}
+
+impl std::fmt::Debug for CurveSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurveSecurity")
+            .field("public", &self.keys.public())
+            .field("allow_null", &self.allow_null)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for CurveSecurity {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys.public() == other.keys.public()
+            && Arc::ptr_eq(&self.clients.0, &other.clients.0)
+            && self.allow_null == other.allow_null
+    }
+}
+
+impl Eq for CurveSecurity {}
+
+/// The greeting's signature and major version, the same for every mechanism.
+const GREETING_START: usize = 11;
+
+/// The socket-type property of the server's READY.
+const ROUTER_METADATA: &[u8] = b"\x0bSocket-Type\x00\x00\x00\x06ROUTER";
+
+/// Where a CURVE peer's connection stands.
+enum Curve {
+    /// Waiting for the peer's greeting (the server's is sent once the peer's mechanism is known).
+    Greeting(Arc<CurveSecurity>),
+    /// CURVE greeting exchanged; HELLO and INITIATE to come.
+    Handshake(CurveServer, Arc<CurveSecurity>),
+    /// READY sent: MESSAGE commands.
+    Open(Session),
+}
+
+/// A peer's stream in and its replies out. See the module documentation.
+pub struct PeerCodec {
+    assembler: Assembler,
+    /// `None`: NULL, the assembler reads the stream itself.
+    curve: Option<Curve>,
+    limits: FrameLimits,
+    budget: Budget,
+    timeout: Duration,
+    /// The command being read: its charge and when its deadline passes.
+    command: Option<(Charge, Instant)>,
+    /// Bytes at the front of the buffer that are an opened frame for the assembler, and what
+    /// they hold of the budget.
+    plain: usize,
+    plain_charge: Option<Charge>,
+    key: Option<CurvePublicKey>,
+}
+
+impl std::fmt::Debug for PeerCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCodec")
+            .field("curve", &self.curve.is_some())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerCodec {
+    /// A codec for a newly accepted peer: NULL for `security` `None`, otherwise CURVE.
+    pub fn new(
+        limits: FrameLimits,
+        budget: Budget,
+        timeout: Duration,
+        security: Option<Arc<CurveSecurity>>,
+    ) -> Self {
+        Self {
+            assembler: Assembler::new(limits, budget.clone(), timeout),
+            curve: security.map(Curve::Greeting),
+            limits,
+            budget,
+            timeout,
+            command: None,
+            plain: 0,
+            plain_charge: None,
+            key: None,
+        }
+    }
+
+    /// Appends what the server sends as soon as the connection is accepted: the whole NULL
+    /// greeting, or for CURVE its first 11 octets (signature and major version), the rest
+    /// following once the peer's greeting has named its mechanism. libzmq waits for those 11
+    /// octets before it sends the rest of its own greeting (RFC 37: "the peer SHALL send to the
+    /// other a partial greeting sufficient to trigger version detection. This is the first 11
+    /// octets of the greeting").
+    pub fn greeting_start(&self, out: &mut BytesMut) {
+        let mut greeting = BytesMut::with_capacity(GREETING);
+        link::encode_greeting(&mut greeting);
+        let start = if self.curve.is_none() {
+            GREETING
+        } else {
+            GREETING_START
+        };
+        out.put_slice(&greeting[..start]);
+    }
+
+    /// The client's permanent key, once a CURVE handshake has admitted it.
+    pub fn client_key(&self) -> Option<CurvePublicKey> {
+        self.key
+    }
+
+    /// When the message or command begun must be whole; `None` between them.
+    pub fn deadline(&self) -> Option<Instant> {
+        let command = self.command.as_ref().map(|(_, deadline)| *deadline);
+        match (command, self.assembler.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Violation::Stalled`] if `now` is past [`PeerCodec::deadline`].
+    pub fn check(&self, now: Instant) -> Result<(), Violation> {
+        match self.command {
+            Some((_, deadline)) if now >= deadline => Err(Violation::Stalled(self.timeout)),
+            _ => self.assembler.check(now),
+        }
+    }
+
+    /// How many bytes the buffer may hold for the next step: the command being read, whole.
+    pub fn wanted(&self, buf: &[u8], buffer_size: usize) -> usize {
+        match &self.command {
+            Some((charge, _)) => charge.bytes().max(buffer_size),
+            None if self.plain > 0 => buf.len().max(buffer_size),
+            None => buffer_size,
+        }
+    }
+
+    /// What to do with `buf`, the bytes read and not yet consumed; anything to send back is
+    /// appended to `out`. The step's `consumed` bytes are to be dropped from the front of `buf`.
+    /// `buf` is mutable because MESSAGE commands are opened in place.
+    pub fn next(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        out: &mut BytesMut,
+    ) -> Result<Step, Violation> {
+        if self.plain > 0 {
+            let plain = self.plain;
+            return self.opened(now, &buf[..plain], out);
+        }
+        if buf.is_empty() {
+            // Past the deadline even with nothing new, as the assembler reports it.
+            self.check(now)?;
+            return Ok(Step::Pending);
+        }
+        match self.curve.take() {
+            None => {
+                let step = self.assembler.next(now, buf)?;
+                if let Step::Ready { .. } = step {
+                    link::encode_ready(out, b"ROUTER", None);
+                }
+                if let Step::Ping { context, .. } = &step {
+                    link::encode_pong(out, context);
+                }
+                Ok(step)
+            }
+            Some(Curve::Greeting(security)) => self.greeting(now, security, buf, out),
+            Some(Curve::Handshake(server, security)) => {
+                self.handshake(now, server, security, buf, out)
+            }
+            Some(Curve::Open(session)) => self.message(now, session, buf, out),
+        }
+    }
+
+    /// Appends a message for the peer.
+    pub fn encode_message(&mut self, out: &mut BytesMut, frames: &[Bytes]) {
+        match &mut self.curve {
+            Some(Curve::Open(session)) => {
+                for (i, frame) in frames.iter().enumerate() {
+                    let flags = if i + 1 < frames.len() {
+                        MESSAGE_MORE
+                    } else {
+                        0
+                    };
+                    session.seal(flags, frame, out);
+                }
+            }
+            _ => link::encode_message(out, frames),
+        }
+    }
+
+    /// Bytes [`PeerCodec::encode_message`] appends for `frames`.
+    pub fn encoded_len(&self, frames: &[Bytes]) -> usize {
+        match &self.curve {
+            Some(Curve::Open(_)) => frames.iter().map(|f| Session::sealed_len(f.len())).sum(),
+            _ => link::encoded_len(frames),
+        }
+    }
+
+    /// Hands the assembler the opened frame at the front of `plain`.
+    fn opened(
+        &mut self,
+        now: Instant,
+        plain: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Step, Violation> {
+        let step = self.assembler.next(now, plain)?;
+        self.plain -= consumed(&step);
+        if self.plain == 0 {
+            self.plain_charge = None;
+        }
+        if let Step::Ping { context, .. } = &step {
+            // A PING inside a box is answered inside a box.
+            self.seal_pong(context, out);
+        }
+        Ok(step)
+    }
+
+    fn greeting(
+        &mut self,
+        now: Instant,
+        security: Arc<CurveSecurity>,
+        buf: &mut [u8],
+        out: &mut BytesMut,
+    ) -> Result<Step, Violation> {
+        if buf.len() < GREETING {
+            if buf[0] != 0xff {
+                return Err(Violation::Signature);
+            }
+            self.curve = Some(Curve::Greeting(security));
+            return Ok(Step::Pending);
+        }
+        if buf[0] != 0xff || buf[9] != 0x7f {
+            return Err(Violation::Signature);
+        }
+        if buf[10] < 3 {
+            return Err(Violation::Version(buf[10]));
+        }
+        let mechanism = &buf[MECHANISM..MECHANISM + MECHANISM_LEN];
+        if mechanism == NULL_MECHANISM && security.allow_null {
+            // A NULL peer on an endpoint that serves both: the assembler reads it all,
+            // greeting included.
+            let mut greeting = BytesMut::with_capacity(GREETING);
+            link::encode_greeting(&mut greeting);
+            out.put_slice(&greeting[GREETING_START..]);
+            return self.next(now, buf, out);
+        }
+        if mechanism != CURVE_MECHANISM {
+            let name = String::from_utf8_lossy(mechanism);
+            return Err(Violation::Mechanism(
+                name.trim_end_matches('\0').to_string(),
+            ));
+        }
+        // RFC 25: the client's greeting has as-server 0.
+        if buf[32] != 0 {
+            return Err(Violation::Greeting);
+        }
+        let mut greeting = BytesMut::with_capacity(GREETING);
+        crate::curve::encode_greeting(&mut greeting, true);
+        out.put_slice(&greeting[GREETING_START..]);
+        self.curve = Some(Curve::Handshake(
+            CurveServer::new(security.keys.clone()),
+            security,
+        ));
+        Ok(Step::Consumed(GREETING))
+    }
+
+    /// The command at the front of `buf` once whole: its header length and size; or the step to
+    /// take until it is (pending, or blocked on the budget). Charges its bytes to the budget
+    /// before they are read, and starts its deadline.
+    fn whole_command(
+        &mut self,
+        now: Instant,
+        buf: &[u8],
+        max: usize,
+        handshake: bool,
+    ) -> Result<Result<(usize, usize), Step>, Violation> {
+        let flags = buf[0];
+        // The handshake's commands carry the COMMAND flag; libzmq sends MESSAGE in a data frame
+        // (its MORE and COMMAND flags are inside the box). MORE outside a box means nothing.
+        if flags & !(FLAG_LONG | FLAG_COMMAND) != 0 || (handshake && flags & FLAG_COMMAND == 0) {
+            return Err(Violation::Flags(flags));
+        }
+        let Some((header, size)) = frame_header(buf) else {
+            return Ok(Err(Step::Pending));
+        };
+        if size > max as u64 {
+            return Err(Violation::FrameTooLarge {
+                size,
+                max: max as u64,
+            });
+        }
+        let total = header + size as usize;
+        if self.command.is_none() {
+            self.command = Some((self.budget.charge(), now + self.timeout));
+        }
+        let Some((charge, _)) = self.command.as_mut() else {
+            return Ok(Err(Step::Pending));
+        };
+        if charge.bytes() < total && !charge.try_grow(total - charge.bytes()) {
+            return Ok(Err(Step::Blocked));
+        }
+        if buf.len() < total {
+            return Ok(Err(Step::Pending));
+        }
+        Ok(Ok((header, size as usize)))
+    }
+
+    fn handshake(
+        &mut self,
+        now: Instant,
+        mut server: CurveServer,
+        security: Arc<CurveSecurity>,
+        buf: &mut [u8],
+        out: &mut BytesMut,
+    ) -> Result<Step, Violation> {
+        let (header, size) = match self.whole_command(now, buf, MAX_COMMAND, true)? {
+            Ok(whole) => whole,
+            Err(step) => {
+                self.curve = Some(Curve::Handshake(server, security));
+                return Ok(step);
+            }
+        };
+        let body = &buf[header..header + size];
+        let consumed = header + size;
+        self.command = None;
+        let curve = Violation::Curve;
+        if server.awaits_hello() {
+            server.hello(&mut OsRng, body, out).map_err(curve)?;
+            self.curve = Some(Curve::Handshake(server, security));
+            return Ok(Step::Consumed(consumed));
+        }
+        let initiated = server.initiate(body).map_err(curve)?;
+        if !security.clients.admits(&initiated.client_key) {
+            // RFC 26: "A server SHALL indicate an authentication failure by sending an ERROR
+            // command back to the client."
+            encode_error(out, "client key not allowed");
+            return Err(Violation::Unauthorized(initiated.client_key.prefix()));
+        }
+        // The client's metadata goes to the assembler as a NULL READY would, so that its socket
+        // type and identity are checked as any peer's are.
+        let mut plain =
+            BytesMut::with_capacity(GREETING + LONG_HEADER + 8 + initiated.metadata.len());
+        link::encode_greeting(&mut plain);
+        let ready_len = 6 + initiated.metadata.len();
+        if ready_len > MAX_COMMAND {
+            return Err(Violation::CommandTooLarge {
+                size: ready_len as u64,
+            });
+        }
+        if ready_len > 255 {
+            plain.put_u8(FLAG_COMMAND | FLAG_LONG);
+            plain.put_u64(ready_len as u64);
+        } else {
+            plain.put_u8(FLAG_COMMAND);
+            plain.put_u8(ready_len as u8);
+        }
+        plain.put_slice(b"\x05READY");
+        plain.put_slice(&initiated.metadata);
+        let mut at = 0;
+        let ready = loop {
+            match self.assembler.next(now, &plain[at..])? {
+                Step::Consumed(n) => at += n,
+                Step::Ready { ready, .. } => break ready,
+                _ => return Err(Violation::Handshake("INITIATE metadata".into())),
+            }
+        };
+        self.key = Some(initiated.client_key);
+        self.curve = Some(Curve::Open(initiated.accept(ROUTER_METADATA, out)));
+        Ok(Step::Ready { consumed, ready })
+    }
+
+    fn message(
+        &mut self,
+        now: Instant,
+        mut session: Session,
+        buf: &mut [u8],
+        out: &mut BytesMut,
+    ) -> Result<Step, Violation> {
+        let max = usize::try_from(self.limits.max_frame)
+            .unwrap_or(usize::MAX)
+            .saturating_add(MESSAGE_OVERHEAD);
+        let (header, size) = match self.whole_command(now, buf, max, false)? {
+            Ok(whole) => whole,
+            Err(step) => {
+                self.curve = Some(Curve::Open(session));
+                return Ok(step);
+            }
+        };
+        let total = header + size;
+        let opened = session.open(&mut buf[header..total]);
+        self.curve = Some(Curve::Open(session));
+        let (flags, range) = opened.map_err(Violation::Curve)?;
+        let start = header + range.start;
+        let len = range.len();
+        // The frame as a plain ZMTP frame, in place: its header written just before its body.
+        let mut frame_flags = 0;
+        if flags & MESSAGE_MORE != 0 {
+            frame_flags |= FLAG_MORE;
+        }
+        if flags & MESSAGE_COMMAND != 0 {
+            frame_flags |= FLAG_COMMAND;
+        }
+        let frame_header = if len > 255 {
+            frame_flags |= FLAG_LONG;
+            buf[start - LONG_HEADER + 1..start].copy_from_slice(&(len as u64).to_be_bytes());
+            LONG_HEADER
+        } else {
+            buf[start - 1] = len as u8;
+            SHORT_HEADER
+        };
+        buf[start - frame_header] = frame_flags;
+        let front = start - frame_header;
+        self.plain = total - front;
+        self.plain_charge = self.command.take().map(|(charge, _)| charge);
+        if frame_flags & FLAG_COMMAND != 0 {
+            // A command is handled at once, so that a PONG is not held behind the next read.
+            let step = self.opened(now, &buf[front..total], out)?;
+            return Ok(shift(step, front));
+        }
+        Ok(Step::Consumed(front))
+    }
+
+    fn seal_pong(&mut self, context: &PingContext, out: &mut BytesMut) {
+        if let Some(Curve::Open(session)) = &mut self.curve {
+            let mut pong = Vec::with_capacity(5 + context.as_bytes().len());
+            pong.extend_from_slice(b"\x04PONG");
+            pong.extend_from_slice(context.as_bytes());
+            session.seal(MESSAGE_COMMAND, &pong, out);
+        }
+    }
+}
+
+/// The bytes a step took.
+fn consumed(step: &Step) -> usize {
+    match step {
+        Step::Pending | Step::Blocked => 0,
+        Step::Consumed(n) => *n,
+        Step::Ready { consumed, .. }
+        | Step::Ping { consumed, .. }
+        | Step::Message { consumed, .. } => *consumed,
+    }
+}
+
+/// `step` with `before` more bytes taken in front of what it took.
+fn shift(step: Step, before: usize) -> Step {
+    match step {
+        Step::Pending | Step::Blocked => Step::Consumed(before),
+        Step::Consumed(n) => Step::Consumed(before + n),
+        Step::Ready { consumed, ready } => Step::Ready {
+            consumed: before + consumed,
+            ready,
+        },
+        Step::Ping { consumed, context } => Step::Ping {
+            consumed: before + consumed,
+            context,
+        },
+        Step::Message { consumed, message } => Step::Message {
+            consumed: before + consumed,
+            message,
+        },
+    }
+}

@@ -1,0 +1,308 @@
+//! CURVE (RFC 26) through the front end, against libzmq's own implementation: pyzmq clients and
+//! workers with CURVE keys through our broker, refusals counted by rule, and the access rules
+//! keeping a worker with the wrong key from serving a service.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use integration_tests::{service_workers, test_config, PyPeer as Py, RunningBroker, PATIENCE};
+use majordomo_broker::{
+    AccessRule, AccessRules, Broker, BrokerConfig, ClientFilter, CurveKeyPair, CurveSecurity,
+    GuardConfig, GuardStatsHandle, Pattern, SharedAccess,
+};
+use majordomo_zmtp::Rule;
+
+const HEARTBEAT_MS: &str = "250";
+
+/// A broker on loopback serving CURVE only, with `server`'s keys, the client keys `allowed`
+/// (`None`: any), and `config`.
+async fn curve_broker(
+    server: &CurveKeyPair,
+    allowed: Option<HashSet<majordomo_broker::CurvePublicKey>>,
+    config: BrokerConfig,
+) -> Result<(RunningBroker, GuardStatsHandle)> {
+    let guard = GuardConfig::default().curve(CurveSecurity {
+        keys: std::sync::Arc::new(server.clone()),
+        clients: ClientFilter::new(allowed),
+        allow_null: false,
+    });
+    let broker = Broker::builder()
+        .bind("tcp://127.0.0.1:0")
+        .config(config)
+        .guard(guard)
+        .build()
+        .await?;
+    let guards = broker.guards().to_vec();
+    Ok((RunningBroker::run(broker), guards[0].clone()))
+}
+
+/// The environment that gives a Python peer CURVE: the server's key, and the peer's own pair
+/// (an ephemeral one for `None`).
+fn curve_env(server: &CurveKeyPair, own: Option<&CurveKeyPair>) -> Vec<(&'static str, String)> {
+    let mut env = vec![("MDP_CURVE_SERVER_KEY", server.public().to_z85())];
+    if let Some(own) = own {
+        env.push(("MDP_CURVE_PUBLIC", own.public().to_z85()));
+        env.push(("MDP_CURVE_SECRET", own.secret_z85()));
+    }
+    env
+}
+
+fn spawn(script: &str, args: &[&str], env: &[(&'static str, String)]) -> Result<Py> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Py::spawn_env(script, args, &env)
+}
+
+/// Polls `guard` until `rule` has been counted `at_least` times.
+async fn wait_for_refusals(guard: &GuardStatsHandle, rule: Rule, at_least: u64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while guard.stats().count(rule) < at_least {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{rule} counted {} times, not {at_least}",
+            guard.stats().count(rule)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_curve_client_and_worker_are_served_and_wrong_or_unlisted_keys_get_nothing(
+) -> Result<()> {
+    let server = CurveKeyPair::generate();
+    let (client, worker) = (CurveKeyPair::generate(), CurveKeyPair::generate());
+    let allowed = HashSet::from([client.public(), worker.public()]);
+    let (broker, guard) = curve_broker(&server, Some(allowed), test_config()).await?;
+
+    let mut py_worker = spawn(
+        "mdp_dealer_worker.py",
+        &[&broker.endpoint, "pyecho", HEARTBEAT_MS],
+        &curve_env(&server, Some(&worker)),
+    )?;
+    assert_eq!(py_worker.line().await?, "ready");
+    broker
+        .wait_until("the CURVE worker registered", |s| {
+            service_workers(s, b"pyecho") == 1
+        })
+        .await?;
+    let mut py_client = spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "pyecho", "one", "two"],
+        &curve_env(&server, Some(&client)),
+    )?;
+    assert_eq!(py_client.line().await?, "[\"py:one\"]");
+    assert_eq!(py_client.line().await?, "[\"py:two\"]");
+    assert_eq!(py_client.exit_code().await?, 0);
+
+    // The wrong server key: HELLO's box does not open.
+    let mut wrong = spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "pyecho", "x"],
+        &curve_env(&CurveKeyPair::generate(), Some(&client)),
+    )?;
+    wait_for_refusals(&guard, Rule::Curve, 1).await?;
+    wrong.kill().await?;
+    // A key that is not listed: refused with ERROR after INITIATE.
+    let mut unlisted = spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "pyecho", "x"],
+        &curve_env(&server, None),
+    )?;
+    wait_for_refusals(&guard, Rule::Unauthorized, 1).await?;
+    unlisted.kill().await?;
+    // A NULL peer on a CURVE endpoint.
+    let mut null = Py::spawn("mdp_req_client.py", &[&broker.endpoint, "pyecho", "x"])?;
+    wait_for_refusals(&guard, Rule::Greeting, 1).await?;
+    null.kill().await?;
+
+    let stats = broker.stop().await?;
+    assert_eq!(py_worker.line().await?, "disconnected");
+    assert_eq!(stats.replies, 2, "only the admitted client was answered");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_key_may_not_serve_a_service_never_receives_its_requests() -> Result<()> {
+    let server = CurveKeyPair::generate();
+    let (client, worker, rogue) = (
+        CurveKeyPair::generate(),
+        CurveKeyPair::generate(),
+        CurveKeyPair::generate(),
+    );
+    let rules = AccessRules::new(vec![
+        AccessRule {
+            keys: Some(HashSet::from([*client.public().as_bytes()])),
+            call: vec![Pattern::parse("echo")],
+            serve: vec![],
+        },
+        AccessRule {
+            keys: Some(HashSet::from([*worker.public().as_bytes()])),
+            call: vec![],
+            serve: vec![Pattern::parse("ech*")],
+        },
+        // The rogue may call, not serve.
+        AccessRule {
+            keys: Some(HashSet::from([*rogue.public().as_bytes()])),
+            call: vec![Pattern::parse("echo")],
+            serve: vec![],
+        },
+    ]);
+    let config = test_config().access(SharedAccess::new(Some(rules)));
+    let (broker, _guard) = curve_broker(&server, None, config).await?;
+
+    // The rogue registers first, so that it would be the first idle worker.
+    let mut rogue_worker = spawn(
+        "mdp_dealer_worker.py",
+        &[&broker.endpoint, "echo", HEARTBEAT_MS],
+        &curve_env(&server, Some(&rogue)),
+    )?;
+    assert_eq!(rogue_worker.line().await?, "ready");
+    assert_eq!(
+        rogue_worker.line().await?,
+        "disconnected",
+        "its READY is answered with DISCONNECT"
+    );
+    let mut good = spawn(
+        "mdp_dealer_worker.py",
+        &[&broker.endpoint, "echo", HEARTBEAT_MS],
+        &curve_env(&server, Some(&worker)),
+    )?;
+    assert_eq!(good.line().await?, "ready");
+    broker
+        .wait_until("the allowed worker registered", |s| {
+            service_workers(s, b"echo") == 1
+        })
+        .await?;
+    let bodies: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let mut args = vec![broker.endpoint.as_str(), "echo"];
+    args.extend(bodies.iter().map(String::as_str));
+    let mut py_client = spawn(
+        "mdp_req_client.py",
+        &args,
+        &curve_env(&server, Some(&client)),
+    )?;
+    for body in &bodies {
+        assert_eq!(py_client.line().await?, format!("[\"py:{body}\"]"));
+    }
+    assert_eq!(py_client.exit_code().await?, 0);
+    // The worker's key may not call: its request is dropped and counted.
+    let mut worker_calling = spawn(
+        "mdp_req_client.py",
+        &[&broker.endpoint, "echo", "x"],
+        &curve_env(&server, Some(&worker)),
+    )?;
+    let stats = broker
+        .wait_until("the worker's request refused", |s| s.unauthorized >= 2)
+        .await?;
+    worker_calling.kill().await?;
+    assert_eq!(stats.replies, 10);
+    assert_eq!(service_workers(&stats, b"echo"), 1);
+    broker.stop().await?;
+    Ok(())
+}
+
+/// The Z85 public key on the line `public-key = "..."` of a certificate.
+fn public_key_in(certificate: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(certificate)?;
+    let key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("public-key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .ok_or_else(|| anyhow::anyhow!("no public-key in {}", certificate.display()))?;
+    Ok(key.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_curve_with_keygen_certificates_and_sighup_reloads_the_client_list(
+) -> Result<()> {
+    use integration_tests::http::{free_addr, get, sample};
+    use integration_tests::{free_endpoint, majordomo_bin, Proc};
+
+    let dir = std::env::temp_dir().join(format!("majordomo-curve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for name in ["server", "client", "worker"] {
+        let out = std::process::Command::new(majordomo_bin()?)
+            .args(["keygen", "--force"])
+            .arg(dir.join(name))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "keygen: {out:?}");
+        let printed = String::from_utf8(out.stdout)?;
+        assert_eq!(printed.trim(), public_key_in(&dir.join(name))?);
+    }
+    let load = |name: &str| CurveKeyPair::load(&dir.join(format!("{name}_secret")));
+    let (server, client, worker) = (load("server")?, load("client")?, load("worker")?);
+    // At first only the worker's key is listed.
+    let clients = dir.join("clients");
+    std::fs::write(&clients, format!("# allowed\n{}\n", worker.public()))?;
+    let (ep, metrics) = (free_endpoint()?, free_addr()?);
+    let server_file = dir.join("server_secret");
+    let mut broker = Proc::spawn(&[
+        "broker",
+        "--bind",
+        &ep,
+        "--metrics-listen",
+        &metrics,
+        "--curve-secret-key-file",
+        server_file.to_str().unwrap_or_default(),
+        "--curve-clients",
+        clients.to_str().unwrap_or_default(),
+    ])?;
+    let mut py_worker = spawn(
+        "mdp_dealer_worker.py",
+        &[&ep, "pyecho", "1000"],
+        &curve_env(&server, Some(&worker)),
+    )?;
+    assert_eq!(py_worker.line().await?, "ready");
+
+    let scrape = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                if let Ok((200, page)) = get(&metrics, "/metrics").await {
+                    if let Some(value) = sample(&page, name) {
+                        return Ok::<f64, anyhow::Error>(value);
+                    }
+                }
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "no {name}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let unauthorized = "majordomo_guard_refused_total{rule=\"unauthorized\"}";
+    let mut refused = spawn(
+        "mdp_req_client.py",
+        &[&ep, "pyecho", "x"],
+        &curve_env(&server, Some(&client)),
+    )?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while scrape(unauthorized).await? < 1.0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "client not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refused.kill().await?;
+
+    // The client's key is added and the broker told; the worker's connection stays.
+    std::fs::write(
+        &clients,
+        format!("{}\n{}\n", worker.public(), client.public()),
+    )?;
+    broker.signal("HUP")?;
+    let reloaded = "majordomo_reloads_total{result=\"ok\"}";
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while scrape(reloaded).await.unwrap_or(0.0) < 1.0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no reload counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admitted = spawn(
+        "mdp_req_client.py",
+        &[&ep, "pyecho", "after HUP"],
+        &curve_env(&server, Some(&client)),
+    )?;
+    assert_eq!(admitted.line().await?, "[\"py:after HUP\"]");
+    assert_eq!(admitted.exit_code().await?, 0);
+    assert!(!broker.has_exited()?);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
