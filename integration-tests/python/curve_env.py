@@ -16,3 +16,12 @@ def apply(sock):
     sock.curve_serverkey = server.encode()
     sock.curve_publickey = public.encode()
     sock.curve_secretkey = secret.encode()
+
+
+def serve(sock):
+    """A CURVE server when MDP_CURVE_SERVER_SECRET (Z85) is set. Call before bind()."""
+    secret = os.environ.get("MDP_CURVE_SERVER_SECRET")
+    if not secret:
+        return
+    sock.curve_server = True
+    sock.curve_secretkey = secret.encode()

@@ -12,6 +12,8 @@ import time
 
 import zmq
 
+import curve_env
+
 interval = int(sys.argv[1]) / 1000.0
 C, W = b"MDPC01", b"MDPW01"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
@@ -19,6 +21,7 @@ READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x03", b"\x04
 ctx = zmq.Context()
 sock = ctx.socket(zmq.ROUTER)
 sock.setsockopt(zmq.LINGER, 0)
+curve_env.serve(sock)
 port = sock.bind_to_random_port("tcp://127.0.0.1")
 print("endpoint tcp://127.0.0.1:%d" % port, flush=True)
 

@@ -306,3 +306,157 @@ async fn the_binary_serves_curve_with_keygen_certificates_and_sighup_reloads_the
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A connector to `endpoint` with CURVE, to the server holding `server`, as `keys`.
+fn curve_connector(
+    endpoint: &str,
+    server: &CurveKeyPair,
+    keys: &CurveKeyPair,
+) -> Result<majordomo_rt::transport::DealerConnector> {
+    let limits = majordomo_zmtp::inspect::FrameLimits {
+        max_frame: 16 * 1024 * 1024,
+        max_message: 16 * 1024 * 1024,
+        max_frames: 1024,
+    };
+    Ok(majordomo_rt::transport::DealerConnector::curve(
+        endpoint,
+        server.public(),
+        std::sync::Arc::new(keys.clone()),
+        limits,
+    )?)
+}
+
+/// Our worker serving `echo` through `worker`, until the returned sender is dropped or fired.
+fn our_echo_worker(
+    worker: majordomo_rt::transport::DealerConnector,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), majordomo_worker::WorkerError>>,
+) {
+    use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(
+        worker,
+        "echo",
+        WorkerConfig::default()
+            .heartbeat(integration_tests::TEST_HEARTBEAT)
+            .concurrency(4),
+    );
+    let task = tokio::spawn(
+        worker.run(handler_fn(|body| async move { Ok(body) }), async {
+            let _ = stopped.await;
+        }),
+    );
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_mux_client_and_worker_speak_curve_to_our_broker_under_its_rules() -> Result<()>
+{
+    use bytes::Bytes;
+    use majordomo_client::{Client, ClientConfig, MuxClient};
+
+    let server = CurveKeyPair::generate();
+    let (client_keys, worker_keys) = (CurveKeyPair::generate(), CurveKeyPair::generate());
+    let rules = AccessRules::new(vec![
+        AccessRule {
+            keys: Some(HashSet::from([*client_keys.public().as_bytes()])),
+            call: vec![Pattern::parse("echo"), Pattern::parse("mmi.*")],
+            serve: vec![],
+        },
+        AccessRule {
+            keys: Some(HashSet::from([*worker_keys.public().as_bytes()])),
+            call: vec![],
+            serve: vec![Pattern::parse("echo")],
+        },
+    ]);
+    let config = test_config().access(SharedAccess::new(Some(rules)));
+    let allowed = HashSet::from([client_keys.public(), worker_keys.public()]);
+    let (broker, guard) = curve_broker(&server, Some(allowed), config).await?;
+    let (stop, task) = our_echo_worker(curve_connector(&broker.endpoint, &server, &worker_keys)?);
+    broker
+        .wait_until("our CURVE worker registered", |s| {
+            service_workers(s, b"echo") == 4
+        })
+        .await?;
+    let connector = curve_connector(&broker.endpoint, &server, &client_keys)?;
+    let client = Client::with_connector(connector.clone(), ClientConfig::default());
+    for i in 0..20 {
+        let body = Bytes::from(format!("sealed {i}"));
+        assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);
+    }
+    // Large frames both ways, through the boxes.
+    let big = Bytes::from(vec![0x5a; 3 * 1024 * 1024]);
+    assert_eq!(client.request("echo", vec![big.clone()]).await?, [big]);
+    // Many requests in flight on one CURVE connection.
+    let mux = MuxClient::with_connector(connector, ClientConfig::default());
+    let calls = (0..500).map(|i| {
+        let mux = mux.clone();
+        async move {
+            let body = Bytes::from(format!("mux {i}"));
+            let reply = mux.request("echo", vec![body.clone()]).await?;
+            anyhow::ensure!(reply == [body], "reply {i} mismatched");
+            Ok::<(), anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result?;
+    }
+    let stats = broker.stats().await?;
+    assert_eq!(stats.unauthorized, 0);
+    assert_eq!(guard.stats().count(Rule::Curve), 0);
+    let _ = stop.send(());
+    task.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_and_worker_speak_curve_to_a_libzmq_broker() -> Result<()> {
+    use bytes::Bytes;
+    use majordomo_client::{Client, ClientConfig};
+
+    let server = CurveKeyPair::generate();
+    let env = [("MDP_CURVE_SERVER_SECRET", server.secret_z85())];
+    let mut py_broker = spawn(
+        "mdp_broker.py",
+        &[&integration_tests::TEST_HEARTBEAT
+            .interval
+            .as_millis()
+            .to_string()],
+        &env,
+    )?;
+    let endpoint = py_broker.endpoint().await?;
+    let (stop, task) = our_echo_worker(curve_connector(
+        &endpoint,
+        &server,
+        &CurveKeyPair::generate(),
+    )?);
+    let client = Client::with_connector(
+        curve_connector(&endpoint, &server, &CurveKeyPair::generate())?,
+        ClientConfig::default(),
+    );
+    // The libzmq broker answers mmi.service: wait until our worker is registered there.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = client
+            .request("mmi.service", vec![Bytes::from_static(b"echo")])
+            .await?;
+        if reply == [Bytes::from_static(b"200")] {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "echo never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        let body = Bytes::from(format!("through libzmq CURVE {i}"));
+        assert_eq!(client.request("echo", vec![body.clone()]).await?, [body]);
+    }
+    let _ = stop.send(());
+    task.await??;
+    py_broker.kill().await?;
+    Ok(())
+}

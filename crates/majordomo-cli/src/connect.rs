@@ -1,7 +1,13 @@
 //! What the commands that connect to a broker share: its endpoint and the MDP they speak.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::Args;
+use majordomo_broker::{CurveKeyPair, CurvePublicKey, Limits};
 use majordomo_client::{Dialect, Version};
+use majordomo_rt::transport::DealerConnector;
 
 /// The broker's endpoint when none is given.
 pub(crate) const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5555";
@@ -14,6 +20,75 @@ pub(crate) struct ConnectArgs {
     // Global, so that `worker echo --connect EP` works as `worker --connect EP echo` does.
     #[arg(long, default_value = DEFAULT_ENDPOINT, global = true, action = clap::ArgAction::Append)]
     pub(crate) connect: Vec<String>,
+    #[command(flatten)]
+    pub(crate) curve: CurveArgs,
+}
+
+/// CURVE towards the brokers.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "CURVE security")]
+pub(crate) struct CurveArgs {
+    /// Connect with CURVE to brokers with this public key (Z85, 40 characters; `majordomo
+    /// keygen` prints it and writes it to NAME). Every --connect endpoint must be tcp://.
+    #[arg(long, global = true)]
+    pub(crate) curve_server_key: Option<String>,
+    /// This client's or worker's own key pair: a czmq certificate with both keys (the
+    /// NAME_secret that `majordomo keygen NAME` writes). Default: a pair made for this run,
+    /// which a broker that lists client keys refuses.
+    #[arg(long, global = true)]
+    pub(crate) curve_key_file: Option<PathBuf>,
+}
+
+impl CurveArgs {
+    /// The server key and our own pair, when CURVE is asked for.
+    fn keys(&self) -> Result<Option<(CurvePublicKey, Arc<CurveKeyPair>)>> {
+        let Some(server) = &self.curve_server_key else {
+            anyhow::ensure!(
+                self.curve_key_file.is_none(),
+                "--curve-key-file needs --curve-server-key"
+            );
+            return Ok(None);
+        };
+        let server = CurvePublicKey::from_z85(server).context("--curve-server-key")?;
+        let keys = match &self.curve_key_file {
+            Some(path) => CurveKeyPair::load(path)?,
+            None => CurveKeyPair::generate(),
+        };
+        Ok(Some((server, Arc::new(keys))))
+    }
+}
+
+impl ConnectArgs {
+    /// One connector per --connect endpoint, with CURVE if asked for.
+    pub(crate) fn connectors(&self) -> Result<Vec<DealerConnector>> {
+        self.curve.connectors(&self.connect)
+    }
+}
+
+impl CurveArgs {
+    /// A connector for each of `endpoints`, with CURVE if asked for.
+    pub(crate) fn connectors(&self, endpoints: &[String]) -> Result<Vec<DealerConnector>> {
+        let Some((server, keys)) = self.keys()? else {
+            return Ok(endpoints.iter().map(DealerConnector::from).collect());
+        };
+        let limits = Limits::default();
+        let frames = majordomo_zmtp::inspect::FrameLimits {
+            max_frame: limits.max_message_size as u64,
+            max_message: limits.max_message_size as u64,
+            max_frames: limits.max_frames as u32,
+        };
+        endpoints
+            .iter()
+            .map(|ep| {
+                Ok(DealerConnector::curve(
+                    ep.clone(),
+                    server,
+                    keys.clone(),
+                    frames,
+                )?)
+            })
+            .collect()
+    }
 }
 
 /// The MDP a client or worker speaks.

@@ -233,8 +233,8 @@ struct Inner<C: Connector> {
 
 impl Client {
     /// A client for the broker at `endpoint`. Nothing connects until the first request.
-    pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
-        Self::with_connector(DealerConnector::new(endpoint), config)
+    pub fn new(endpoint: impl Into<DealerConnector>, config: ClientConfig) -> Self {
+        Self::with_connector(endpoint.into(), config)
     }
 }
 
@@ -250,12 +250,12 @@ impl Client<RoundRobin<DealerConnector>> {
     /// # Panics
     ///
     /// If `endpoints` is empty.
-    pub fn with_endpoints<E: Into<String>>(
+    pub fn with_endpoints<E: Into<DealerConnector>>(
         endpoints: impl IntoIterator<Item = E>,
         config: ClientConfig,
     ) -> Self {
         Self::with_connector(
-            RoundRobin::new(endpoints.into_iter().map(DealerConnector::new)),
+            RoundRobin::new(endpoints.into_iter().map(Into::into)),
             config,
         )
     }

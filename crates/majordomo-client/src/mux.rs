@@ -124,8 +124,8 @@ impl<C: Connector + Clone> std::fmt::Debug for MuxClient<C> {
 
 impl MuxClient {
     /// A client for the broker at `endpoint`. Nothing connects until the first request.
-    pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
-        Self::with_connector(DealerConnector::new(endpoint), config)
+    pub fn new(endpoint: impl Into<DealerConnector>, config: ClientConfig) -> Self {
+        Self::with_connector(endpoint.into(), config)
     }
 
     /// A client for the brokers at `endpoints`, each serving the same services. Nothing
@@ -134,11 +134,11 @@ impl MuxClient {
     /// # Panics
     ///
     /// If `endpoints` is empty.
-    pub fn with_endpoints<E: Into<String>>(
+    pub fn with_endpoints<E: Into<DealerConnector>>(
         endpoints: impl IntoIterator<Item = E>,
         config: ClientConfig,
     ) -> Self {
-        Self::with_connectors(endpoints.into_iter().map(DealerConnector::new), config)
+        Self::with_connectors(endpoints.into_iter().map(Into::into), config)
     }
 }
 

@@ -101,8 +101,8 @@ impl<C: Connector> std::fmt::Debug for LazyPirate<C> {
 
 impl LazyPirate {
     /// A client for the server at `endpoint`; nothing connects before the first request.
-    pub fn new(endpoint: impl Into<String>, config: LazyPirateConfig) -> Self {
-        Self::with_connector(DealerConnector::new(endpoint), config)
+    pub fn new(endpoint: impl Into<DealerConnector>, config: LazyPirateConfig) -> Self {
+        Self::with_connector(endpoint.into(), config)
     }
 }
 

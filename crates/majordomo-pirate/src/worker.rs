@@ -90,8 +90,8 @@ pub struct PppWorker<C = DealerConnector> {
 
 impl PppWorker {
     /// A worker for the queue backend at `endpoint`.
-    pub fn new(endpoint: impl Into<String>, config: PppWorkerConfig) -> Self {
-        Self::with_connector(DealerConnector::new(endpoint), config)
+    pub fn new(endpoint: impl Into<DealerConnector>, config: PppWorkerConfig) -> Self {
+        Self::with_connector(endpoint.into(), config)
     }
 }
 

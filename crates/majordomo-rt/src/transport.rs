@@ -7,14 +7,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey};
 use majordomo_zmtp::guard::{GuardError, GuardStatsHandle};
+use majordomo_zmtp::inspect::FrameLimits;
 use majordomo_zmtp::mux::link::{CONNECTED, DISCONNECTED};
+use majordomo_zmtp::outbound::CurveOutbound;
 use majordomo_zmtp::{Guard, GuardConfig};
 use zeromq::{
     DealerSocket, Endpoint, Host, RouterSocket, Socket, SocketEvent, SocketOptions, SocketRecv,
@@ -37,6 +41,9 @@ pub enum TransportError {
     /// Connecting did not finish within the allowed time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// An endpoint this connection cannot use (CURVE needs `tcp://host:port`).
+    #[error("{0}: not a tcp://host:port endpoint, which CURVE needs")]
+    Endpoint(String),
 }
 
 /// A message socket. On a ROUTER-like transport the first frame of every message, in both
@@ -488,10 +495,13 @@ pub trait Connector: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Connects zmq.rs DEALER sockets to one endpoint.
+/// Connects zmq.rs DEALER sockets to one endpoint, with NULL security or, for a
+/// [`DealerConnector::curve`] connector, CURVE: zmq.rs speaks only NULL, so its connections go
+/// through a local bridge that seals them ([`majordomo_zmtp::outbound`]).
 #[derive(Debug, Clone)]
 pub struct DealerConnector {
     endpoint: String,
+    curve: Option<Arc<CurveOutbound>>,
 }
 
 impl DealerConnector {
@@ -499,7 +509,47 @@ impl DealerConnector {
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            curve: None,
         }
+    }
+
+    /// A connector for the CURVE server at `endpoint` (`tcp://host:port`) whose public key is
+    /// `server`, as the holder of `keys` (a client's own pair, or one made for the process:
+    /// [`CurveKeyPair::generate`]). Frames from the server are held to `limits`.
+    pub fn curve(
+        endpoint: impl Into<String>,
+        server: CurvePublicKey,
+        keys: Arc<CurveKeyPair>,
+        limits: FrameLimits,
+    ) -> Result<Self, TransportError> {
+        let endpoint = endpoint.into();
+        let remote = match endpoint.parse::<Endpoint>() {
+            Ok(Endpoint::Tcp(host, port)) => format!("{host}:{port}"),
+            _ => return Err(TransportError::Endpoint(endpoint)),
+        };
+        let curve = CurveOutbound::new(remote, server, keys, limits);
+        Ok(Self {
+            endpoint,
+            curve: Some(Arc::new(curve)),
+        })
+    }
+}
+
+impl From<String> for DealerConnector {
+    fn from(endpoint: String) -> Self {
+        Self::new(endpoint)
+    }
+}
+
+impl From<&str> for DealerConnector {
+    fn from(endpoint: &str) -> Self {
+        Self::new(endpoint)
+    }
+}
+
+impl From<&String> for DealerConnector {
+    fn from(endpoint: &String) -> Self {
+        Self::new(endpoint.clone())
     }
 }
 
@@ -510,11 +560,27 @@ impl Connector for DealerConnector {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Result<DealerSocket, TransportError>> + Send {
-        connect_dealer(&self.endpoint, timeout)
+        let curve = self.curve.clone();
+        let endpoint = self.endpoint.clone();
+        async move {
+            match curve {
+                None => connect_dealer(&endpoint, timeout).await,
+                Some(curve) => {
+                    let local = curve
+                        .local_endpoint()
+                        .await
+                        .map_err(zeromq::ZmqError::from)?;
+                    connect_dealer(&local, timeout).await
+                }
+            }
+        }
     }
 
     fn describe(&self) -> String {
-        self.endpoint.clone()
+        match self.curve {
+            None => self.endpoint.clone(),
+            Some(_) => format!("{} (CURVE)", self.endpoint),
+        }
     }
 }
 

@@ -65,7 +65,7 @@ fn status(frames: Vec<Bytes>) -> Result<(Status, Vec<Bytes>), TitanicClientError
 
 impl TitanicClient {
     /// A client of the broker at `endpoint`; `config` sets each call's timeout and attempts.
-    pub fn new(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+    pub fn new(endpoint: impl Into<DealerConnector>, config: ClientConfig) -> Self {
         Self {
             client: Client::new(endpoint, config),
         }
@@ -80,7 +80,7 @@ impl TitanicClient<RoundRobin<DealerConnector>> {
     /// # Panics
     ///
     /// If `endpoints` is empty.
-    pub fn with_endpoints<E: Into<String>>(
+    pub fn with_endpoints<E: Into<DealerConnector>>(
         endpoints: impl IntoIterator<Item = E>,
         config: ClientConfig,
     ) -> Self {

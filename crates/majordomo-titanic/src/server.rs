@@ -277,10 +277,10 @@ impl<S, C: Connector> std::fmt::Debug for Titanic<S, C> {
 impl<S: Store> Titanic<S> {
     /// A server of the broker at `endpoint` keeping its requests in `store`, dispatching them
     /// with a 7/MDP client of the same broker ([`TitanicConfig::client`]).
-    pub fn new(endpoint: impl Into<String>, store: S, config: TitanicConfig) -> Self {
+    pub fn new(endpoint: impl Into<DealerConnector>, store: S, config: TitanicConfig) -> Self {
         let endpoint = endpoint.into();
         let client = Client::new(endpoint.clone(), config.client);
-        Self::with_connector(DealerConnector::new(endpoint), store, client, config)
+        Self::with_connector(endpoint.into(), store, client, config)
     }
 
     /// A server of several brokers that serve the same services: its three services register
@@ -291,13 +291,12 @@ impl<S: Store> Titanic<S> {
     /// # Panics
     ///
     /// If `endpoints` is empty.
-    pub fn with_endpoints<E: Into<String>>(
+    pub fn with_endpoints<E: Into<DealerConnector>>(
         endpoints: impl IntoIterator<Item = E>,
         store: S,
         config: TitanicConfig,
     ) -> Self {
-        let connectors: Vec<DealerConnector> =
-            endpoints.into_iter().map(DealerConnector::new).collect();
+        let connectors: Vec<DealerConnector> = endpoints.into_iter().map(Into::into).collect();
         let client = Client::with_connector(RoundRobin::new(connectors.clone()), config.client);
         Self::with_connectors(connectors, store, client, config)
     }

@@ -287,25 +287,21 @@ pub struct Worker<C = DealerConnector> {
 impl Worker {
     /// A worker serving `service` at the broker `endpoint`.
     pub fn new(
-        endpoint: impl Into<String>,
+        endpoint: impl Into<DealerConnector>,
         service: impl Into<Bytes>,
         config: WorkerConfig,
     ) -> Self {
-        Self::with_connector(DealerConnector::new(endpoint), service, config)
+        Self::with_connector(endpoint.into(), service, config)
     }
 
     /// A worker serving `service` at every broker of `endpoints` (see [`Worker`]). An empty
     /// list is a configuration error when the worker runs.
-    pub fn with_endpoints<E: Into<String>>(
+    pub fn with_endpoints<E: Into<DealerConnector>>(
         endpoints: impl IntoIterator<Item = E>,
         service: impl Into<Bytes>,
         config: WorkerConfig,
     ) -> Self {
-        Self::with_connectors(
-            endpoints.into_iter().map(DealerConnector::new),
-            service,
-            config,
-        )
+        Self::with_connectors(endpoints.into_iter().map(Into::into), service, config)
     }
 }
 

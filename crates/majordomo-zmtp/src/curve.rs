@@ -170,7 +170,8 @@ fn append_box(
 /// An established CurveZMQ connection: seals outgoing frames into MESSAGE commands and opens
 /// incoming ones, each with the next short nonce.
 pub struct Session {
-    cipher: SalsaBox,
+    /// Shared by the halves of a split session.
+    cipher: std::sync::Arc<SalsaBox>,
     sent: u64,
     received: u64,
     outgoing: &'static [u8; 16],
@@ -188,6 +189,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn new(cipher: SalsaBox, sent: u64, received: u64, server: bool) -> Self {
+        let cipher = std::sync::Arc::new(cipher);
         let (outgoing, incoming) = if server {
             (MESSAGE_FROM_SERVER, MESSAGE_FROM_CLIENT)
         } else {
@@ -226,7 +228,7 @@ impl Session {
         out.put_slice(MESSAGE_NAME);
         out.put_u64(self.sent);
         let nonce = short_nonce(self.outgoing, self.sent);
-        append_box(&self.cipher, &nonce, &[&[flags], frame], out);
+        append_box(&*self.cipher, &nonce, &[&[flags], frame], out);
     }
 
     /// Opens a MESSAGE command's body (from its name on) in place. Returns the flags and where
@@ -243,13 +245,47 @@ impl Session {
             });
         }
         let full = short_nonce(self.incoming, nonce);
-        open_in_place(&self.cipher, &full, &mut body[16..], "MESSAGE")?;
+        open_in_place(&*self.cipher, &full, &mut body[16..], "MESSAGE")?;
         self.received = nonce;
         let flags = body[16 + TAG];
         if flags & !(MESSAGE_MORE | MESSAGE_COMMAND) != 0 {
             return Err(CurveError::Flags(flags));
         }
         Ok((flags, 16 + TAG + 1..body.len()))
+    }
+}
+
+impl Session {
+    /// Splits the session into its sending and its receiving half, for two tasks: each uses the
+    /// one shared key with its own nonce.
+    pub fn split(self) -> (Sealer, Opener) {
+        let sealer = Session {
+            cipher: self.cipher.clone(),
+            ..self
+        };
+        (Sealer(sealer), Opener(self))
+    }
+}
+
+/// The sending half of a [`Session`] ([`Session::split`]).
+#[derive(Debug)]
+pub struct Sealer(Session);
+
+impl Sealer {
+    /// As [`Session::seal`].
+    pub fn seal(&mut self, flags: u8, frame: &[u8], out: &mut BytesMut) {
+        self.0.seal(flags, frame, out);
+    }
+}
+
+/// The receiving half of a [`Session`] ([`Session::split`]).
+#[derive(Debug)]
+pub struct Opener(Session);
+
+impl Opener {
+    /// As [`Session::open`].
+    pub fn open(&mut self, body: &mut [u8]) -> Result<(u8, std::ops::Range<usize>), CurveError> {
+        self.0.open(body)
     }
 }
 

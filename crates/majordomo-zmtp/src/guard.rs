@@ -174,13 +174,13 @@ mod front;
 /// what it holds when dropped. (`tempfile` would do, but pulls `linux-raw-sys`, whose name the
 /// pure-Rust check refuses.)
 #[derive(Debug)]
-struct PrivateDir(PathBuf);
+pub(crate) struct PrivateDir(pub(crate) PathBuf);
 
 /// The start of every private directory's name; the process id follows.
 const PRIVATE_PREFIX: &str = "majordomo-zmtp-";
 
 impl PrivateDir {
-    fn create() -> io::Result<Self> {
+    pub(crate) fn create() -> io::Result<Self> {
         Self::create_in(&std::env::temp_dir())
     }
 

@@ -35,6 +35,7 @@ pub mod curve;
 pub mod guard;
 pub mod inspect;
 pub mod mux;
+pub mod outbound;
 
 pub use config::{GuardConfig, GuardConfigError};
 pub use guard::{Guard, GuardStats};

@@ -58,7 +58,7 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
         return run_titanic(args).await;
     }
     let client = Client::with_endpoints(
-        args.connect.connect,
+        args.connect.connectors()?,
         ClientConfig::default()
             .timeout(args.timeout)
             .attempts(args.attempts)
@@ -100,7 +100,7 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
 async fn run_titanic(args: CallArgs) -> Result<ExitCode> {
     use majordomo_titanic::{TitanicClient, TitanicClientError};
     let client = TitanicClient::with_endpoints(
-        args.connect.connect,
+        args.connect.connectors()?,
         ClientConfig::default()
             .timeout(args.timeout)
             .attempts(args.attempts),

@@ -20,6 +20,8 @@ pub(crate) struct StatusArgs {
     /// Broker endpoint.
     #[arg(long, default_value = crate::connect::DEFAULT_ENDPOINT)]
     connect: String,
+    #[command(flatten)]
+    curve: crate::connect::CurveArgs,
     /// How long to wait for the broker's answer.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -56,8 +58,12 @@ impl StatusArgs {
 /// Asks the broker for its stats and prints them. Exit status 0: the broker answered; 2: no
 /// answer within the timeout; 1: anything else (an answer that is not stats, a bad endpoint).
 pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
+    let connector = args
+        .curve
+        .connectors(std::slice::from_ref(&args.connect))?
+        .remove(0);
     let client = Client::new(
-        args.connect.clone(),
+        connector,
         ClientConfig::default().timeout(args.timeout).attempts(1),
     );
     let reply = match client.request("mmi.stats", vec![args.query()]).await {

@@ -103,13 +103,13 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
             "titanic keeps its requests in memory only (--in-memory): a restart loses them"
         );
         let store = majordomo_titanic::store::MemoryStore::default();
-        Titanic::with_endpoints(args.connect.connect, store, config)
+        Titanic::with_endpoints(args.connect.connectors()?, store, config)
             .run(shutdown_signal())
             .await?;
     } else {
         let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
         tracing::info!(store = %args.store.display(), brokers = %args.connect.connect.join(","), "titanic starting");
-        Titanic::with_endpoints(args.connect.connect, store, config)
+        Titanic::with_endpoints(args.connect.connectors()?, store, config)
             .run(shutdown_signal())
             .await?;
     }

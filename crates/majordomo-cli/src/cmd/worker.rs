@@ -89,7 +89,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         .concurrency(args.concurrency)
         .busy_poll(args.busy_poll)
         .version(args.mdp.into());
-    let endpoints = args.connect.connect;
+    let endpoints = args.connect.connectors()?;
     match args.kind {
         WorkerKind::Echo { service, parts: 0 } => {
             Worker::with_endpoints(endpoints, service, config)

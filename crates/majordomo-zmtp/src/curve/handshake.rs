@@ -109,7 +109,7 @@ impl Initiated {
         out.put_slice(READY);
         out.put_u64(session.sent);
         let nonce = short_nonce(b"CurveZMQREADY---", session.sent);
-        append_box(&session.cipher, &nonce, &[metadata], out);
+        append_box(&*session.cipher, &nonce, &[metadata], out);
         self.session
     }
 }
@@ -143,6 +143,11 @@ impl CurveServer {
         }
         if body[6..8] != [1, 0] {
             return Err(CurveError::Version(body[6], body[7]));
+        }
+        // RFC 26: "An anti-amplification padding field ... all zero"; "The server SHALL
+        // validate all fields".
+        if body[8..8 + HELLO_PADDING].iter().any(|&b| b != 0) {
+            return Err(CurveError::Malformed("HELLO"));
         }
         let at = 8 + HELLO_PADDING;
         let transient = key_at(body, at);

@@ -524,3 +524,277 @@ fn shift(step: Step, before: usize) -> Step {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Buf;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::curve::CurveClient;
+    use crate::inspect::LONG_HEADER;
+    use crate::Rule;
+
+    const LIMITS: FrameLimits = FrameLimits {
+        max_frame: 4096,
+        max_message: 16384,
+        max_frames: 16,
+    };
+    const DEALER: &[u8] = b"\x0bSocket-Type\x00\x00\x00\x06DEALER";
+
+    fn security(allow_null: bool) -> Arc<CurveSecurity> {
+        Arc::new(CurveSecurity {
+            keys: Arc::new(CurveKeyPair::generate()),
+            clients: ClientFilter::default(),
+            allow_null,
+        })
+    }
+
+    /// What a run saw: the steps that matter, and how it ended.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Seen {
+        steps: Vec<String>,
+        verdict: Option<Rule>,
+    }
+
+    /// The body of the command at the front of `buf`, once whole.
+    fn take(buf: &mut BytesMut) -> Option<BytesMut> {
+        let (header, size) = frame_header(buf)?;
+        if buf.len() < header + size as usize {
+            return None;
+        }
+        buf.advance(header);
+        Some(buf.split_to(size as usize))
+    }
+
+    /// A CURVE client sending `messages` to a codec, its stream cut into reads of `cuts` (one
+    /// read per step when empty), with the byte at `corrupt.0` of its stream flipped by
+    /// `corrupt.1`.
+    fn run(messages: &[Vec<u8>], corrupt: Option<(usize, u8)>, cuts: &[usize]) -> Seen {
+        let security = security(false);
+        let budget = Budget::new(1024 * 1024);
+        let mut codec = PeerCodec::new(
+            LIMITS,
+            budget.clone(),
+            Duration::from_secs(60),
+            Some(security.clone()),
+        );
+        let mut client = CurveClient::new(
+            &mut OsRng,
+            security.keys.public(),
+            Arc::new(CurveKeyPair::generate()),
+        );
+        let now = Instant::now();
+        let mut stream = BytesMut::new();
+        crate::curve::encode_greeting(&mut stream, false);
+        client.hello(&mut stream);
+        let mut sent = 0; // bytes of `stream` given to the codec
+        let mut buf = BytesMut::new();
+        let mut replies = BytesMut::new();
+        codec.greeting_start(&mut replies);
+        let mut greeted = false;
+        let mut corrupted = false;
+        let mut session = None;
+        let mut cut = cuts.iter().cycle();
+        let mut seen = Seen {
+            steps: Vec::new(),
+            verdict: None,
+        };
+        for _ in 0..10_000 {
+            // The client answers what the codec sent.
+            if !greeted && replies.len() >= GREETING {
+                replies.advance(GREETING);
+                greeted = true;
+            }
+            if greeted {
+                while let Some(command) = take(&mut replies) {
+                    let mut out = BytesMut::new();
+                    if session.is_none() && command.starts_with(b"\x07WELCOME") {
+                        client
+                            .welcome(&mut OsRng, &command, DEALER, &mut out)
+                            .unwrap();
+                    } else if session.is_none() && command.starts_with(b"\x05READY") {
+                        let (_, mut s) = client.ready(&command).unwrap();
+                        for m in messages {
+                            s.seal(0, m, &mut out);
+                        }
+                        s.seal(MESSAGE_COMMAND, b"\x04PING\x00\x01ab", &mut out);
+                        session = Some(s);
+                    }
+                    stream.extend_from_slice(&out);
+                }
+            }
+            if let Some((at, flip)) = corrupt {
+                if at < stream.len() && !corrupted {
+                    stream[at] ^= flip;
+                    corrupted = true;
+                }
+            }
+            if sent < stream.len() {
+                let n = cut
+                    .next()
+                    .map_or(stream.len() - sent, |&c| c.min(stream.len() - sent));
+                buf.extend_from_slice(&stream[sent..sent + n]);
+                sent += n;
+            }
+            let mut progress = false;
+            loop {
+                let mut out = BytesMut::new();
+                let step = codec.next(now, &mut buf, &mut out);
+                replies.extend_from_slice(&out);
+                assert!(budget.used() <= budget.limit());
+                let consumed = match step {
+                    Err(violation) => {
+                        seen.verdict = Some(violation.rule());
+                        return seen;
+                    }
+                    Ok(Step::Pending) => break,
+                    Ok(Step::Blocked) => panic!("blocked with room in the budget"),
+                    Ok(Step::Consumed(n)) => n,
+                    Ok(Step::Ready { consumed, ready }) => {
+                        seen.steps.push(format!("ready {:?}", ready.socket_type));
+                        consumed
+                    }
+                    Ok(Step::Ping { consumed, context }) => {
+                        seen.steps.push(format!("ping {context:?}"));
+                        consumed
+                    }
+                    Ok(Step::Message { consumed, message }) => {
+                        seen.steps.push(format!("message {:?}", message.frames));
+                        consumed
+                    }
+                };
+                progress = true;
+                let _ = buf.split_to(consumed);
+            }
+            if !progress && sent == stream.len() && replies.is_empty() {
+                break;
+            }
+        }
+        seen
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_curve_stream_cut_anywhere_gives_the_same_steps_and_verdict(
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 1..4),
+            corrupt in proptest::option::of((0usize..3000, 1u8..=255)),
+            cuts in proptest::collection::vec(1usize..300, 1..16),
+        ) {
+            let whole = run(&messages, corrupt, &[]);
+            let cut = run(&messages, corrupt, &cuts);
+            prop_assert_eq!(&whole, &cut);
+            if corrupt.is_none() {
+                prop_assert_eq!(whole.verdict, None);
+                prop_assert_eq!(whole.steps.len(), 2 + messages.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_null_peer_is_served_only_where_allowed() {
+        for allow_null in [false, true] {
+            let mut codec = PeerCodec::new(
+                LIMITS,
+                Budget::new(1024 * 1024),
+                Duration::from_secs(60),
+                Some(security(allow_null)),
+            );
+            let mut out = BytesMut::new();
+            codec.greeting_start(&mut out);
+            assert_eq!(out.len(), 11, "signature and major version first");
+            let mut buf = BytesMut::new();
+            link::encode_greeting(&mut buf);
+            link::encode_ready(&mut buf, b"DEALER", None);
+            let step = codec.next(Instant::now(), &mut buf, &mut out);
+            if allow_null {
+                assert!(matches!(step, Ok(Step::Consumed(GREETING))), "{step:?}");
+                assert_eq!(&out[12..16], b"NULL");
+            } else {
+                assert_eq!(step.unwrap_err().rule(), Rule::Greeting);
+            }
+        }
+    }
+
+    #[test]
+    fn a_sealed_frame_waits_for_budget_and_a_stalled_one_passes_its_deadline() {
+        let security = security(false);
+        let budget = Budget::new(16 * 1024);
+        let timeout = Duration::from_secs(5);
+        let mut codec = PeerCodec::new(LIMITS, budget.clone(), timeout, Some(security.clone()));
+        let mut codec_out = BytesMut::new();
+        let mut client = CurveClient::new(
+            &mut OsRng,
+            security.keys.public(),
+            Arc::new(CurveKeyPair::generate()),
+        );
+        let now = Instant::now();
+        let mut buf = BytesMut::new();
+        crate::curve::encode_greeting(&mut buf, false);
+        client.hello(&mut buf);
+        // Greeting and HELLO.
+        for _ in 0..2 {
+            let step = codec.next(now, &mut buf, &mut codec_out).unwrap();
+            let Step::Consumed(n) = step else {
+                panic!("{step:?}")
+            };
+            let _ = buf.split_to(n);
+        }
+        codec_out.advance(GREETING - 11);
+        let welcome = take(&mut codec_out).unwrap();
+        client
+            .welcome(&mut OsRng, &welcome, DEALER, &mut buf)
+            .unwrap();
+        let step = codec.next(now, &mut buf, &mut codec_out).unwrap();
+        let Step::Ready { consumed, .. } = step else {
+            panic!("{step:?}")
+        };
+        let _ = buf.split_to(consumed);
+        // Someone else holds most of the budget: a 4 KiB frame's command waits for it.
+        let mut held = budget.charge();
+        assert!(held.try_grow(14 * 1024));
+        let mut session = client.ready(&take(&mut codec_out).unwrap()).unwrap().1;
+        let mut sealed = BytesMut::new();
+        session.seal(0, &[5; 4000], &mut sealed);
+        buf.extend_from_slice(&sealed[..LONG_HEADER + 10]);
+        assert!(matches!(
+            codec.next(now, &mut buf, &mut codec_out),
+            Ok(Step::Blocked)
+        ));
+        drop(held);
+        assert!(matches!(
+            codec.next(now, &mut buf, &mut codec_out),
+            Ok(Step::Pending)
+        ));
+        assert!(
+            codec.wanted(&buf, 512) >= sealed.len(),
+            "room for the whole command"
+        );
+        // Half of it, then nothing: past the deadline the peer is closed.
+        let deadline = codec.deadline().expect("a command begun");
+        assert_eq!(deadline, now + timeout);
+        assert_eq!(
+            codec.check(deadline).unwrap_err().rule(),
+            Rule::MessageTimeout
+        );
+        buf.extend_from_slice(&sealed[LONG_HEADER + 10..]);
+        let mut frames = None;
+        for _ in 0..4 {
+            match codec.next(now, &mut buf, &mut codec_out).unwrap() {
+                Step::Consumed(n) => {
+                    let _ = buf.split_to(n);
+                }
+                Step::Message { consumed, message } => {
+                    let _ = buf.split_to(consumed);
+                    frames = Some(message.frames);
+                    break;
+                }
+                step => panic!("{step:?}"),
+            }
+        }
+        assert_eq!(frames.unwrap(), [Bytes::from(vec![5; 4000])]);
+        assert_eq!(codec.deadline(), None);
+    }
+}
