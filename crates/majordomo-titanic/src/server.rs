@@ -280,7 +280,7 @@ impl<S: Store> Titanic<S> {
     pub fn new(endpoint: impl Into<DealerConnector>, store: S, config: TitanicConfig) -> Self {
         let endpoint = endpoint.into();
         let client = Client::new(endpoint.clone(), config.client);
-        Self::with_connector(endpoint.into(), store, client, config)
+        Self::with_connector(endpoint, store, client, config)
     }
 
     /// A server of several brokers that serve the same services: its three services register
