@@ -106,6 +106,9 @@ fn hex_decode(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// What one side sent (its bytes) and the frames it opened (flags and body).
+type Replayed = (Vec<u8>, Vec<(u8, Vec<u8>)>);
+
 /// Takes a greeting, then a frame: its flags and body.
 fn take_frame(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
     let flags = *buf.first()?;
@@ -124,7 +127,7 @@ fn take_frame(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
 
 /// Our server's half of a connection, fed the bytes `peer` has sent so far: what it sends in
 /// answer and the frames it opens. Fed more, it sends the same and more.
-fn serve(peer: &[u8]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+fn serve(peer: &[u8]) -> Replayed {
     let keys = Arc::new(CurveKeyPair::from_secret_z85(SERVER_SECRET).unwrap());
     let mut rng = Seeded(SEED);
     let mut server = CurveServer::new(keys);
@@ -163,7 +166,7 @@ fn serve(peer: &[u8]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
 
 /// Our client's half of a connection, fed the bytes `peer` has sent so far: what it sends and
 /// the frames it opens. Fed more, it sends the same and more.
-fn call(peer: &[u8]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+fn call(peer: &[u8]) -> Replayed {
     let server = CurveKeyPair::from_secret_z85(SERVER_SECRET)
         .unwrap()
         .public();
@@ -251,7 +254,7 @@ fn python() -> PathBuf {
 async fn record(
     script: &str,
     we_listen: bool,
-    side: fn(&[u8]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>),
+    side: fn(&[u8]) -> Replayed,
 ) -> Transcript {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = CurveKeyPair::from_secret_z85(SERVER_SECRET).unwrap();
