@@ -318,7 +318,7 @@ fn curve_connector(
         max_message: 16 * 1024 * 1024,
         max_frames: 1024,
     };
-    Ok(majordomo_rt::transport::DealerConnector::curve(
+    Ok(majordomo_rt::transport::DealerConnector::curve_with_limits(
         endpoint,
         server.public(),
         std::sync::Arc::new(keys.clone()),

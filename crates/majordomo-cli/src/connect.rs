@@ -80,7 +80,7 @@ impl CurveArgs {
         endpoints
             .iter()
             .map(|ep| {
-                Ok(DealerConnector::curve(
+                Ok(DealerConnector::curve_with_limits(
                     ep.clone(),
                     server,
                     keys.clone(),

@@ -25,6 +25,25 @@
 //! any transport: [`Client::with_connector`] and [`AsyncClient::with_connector`] take the
 //! in-memory sockets of `majordomo_rt::memory` as well as zmq.rs's.
 //!
+//! # CURVE
+//! A client (any of them) connects to a CURVE server through a [`DealerConnector::curve`],
+//! given where an endpoint would be: the server's public key, and the client's own pair (from a
+//! czmq certificate, or made for the process).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use majordomo_client::{Client, ClientConfig, CurveKeyPair, CurvePublicKey, DealerConnector};
+//!
+//! let server = CurvePublicKey::from_z85("Ynvy(MIjwyZVESLBB4-[O^@mkUeBzilw&dzdN=49")?;
+//! let keys = Arc::new(CurveKeyPair::load("billing-app_secret".as_ref())?);
+//! let broker = DealerConnector::curve("tcp://broker.example:5555", server, keys)?;
+//! let client = Client::new(broker, ClientConfig::default());
+//! let reply = client.request("billing.invoice", vec!["42".into()]).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
@@ -53,7 +72,11 @@ use majordomo_proto::{DecodeError, Hex, Limits};
 use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
 pub use majordomo_rt::round_robin::RoundRobin;
-use majordomo_rt::transport::{Connector, DealerConnector, Transport, TransportError};
+/// Where a client connects: an endpoint, or a CURVE server ([`DealerConnector::curve`]).
+pub use majordomo_rt::transport::DealerConnector;
+use majordomo_rt::transport::{Connector, Transport, TransportError};
+/// CURVE keys, for [`DealerConnector::curve`].
+pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey, KeyError};
 use tracing::{debug, info_span, Instrument};
 use zeromq::DealerSocket;
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey};
+pub use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey, KeyError};
 use majordomo_zmtp::guard::{GuardError, GuardStatsHandle};
-use majordomo_zmtp::inspect::FrameLimits;
+pub use majordomo_zmtp::inspect::FrameLimits;
 use majordomo_zmtp::mux::link::{CONNECTED, DISCONNECTED};
 use majordomo_zmtp::outbound::CurveOutbound;
 use majordomo_zmtp::{Guard, GuardConfig};
@@ -515,8 +515,25 @@ impl DealerConnector {
 
     /// A connector for the CURVE server at `endpoint` (`tcp://host:port`) whose public key is
     /// `server`, as the holder of `keys` (a client's own pair, or one made for the process:
-    /// [`CurveKeyPair::generate`]). Frames from the server are held to `limits`.
+    /// [`CurveKeyPair::generate`]). Frames from the server are held to the broker's default
+    /// limits (16 MiB, 1,024 frames); [`DealerConnector::curve_with_limits`] sets others.
     pub fn curve(
+        endpoint: impl Into<String>,
+        server: CurvePublicKey,
+        keys: Arc<CurveKeyPair>,
+    ) -> Result<Self, TransportError> {
+        let limits = majordomo_proto::Limits::default();
+        let frames = FrameLimits {
+            max_frame: limits.max_message_size as u64,
+            max_message: limits.max_message_size as u64,
+            max_frames: u32::try_from(limits.max_frames).unwrap_or(u32::MAX),
+        };
+        Self::curve_with_limits(endpoint, server, keys, frames)
+    }
+
+    /// As [`DealerConnector::curve`], holding frames from the server to `limits`: one past
+    /// `max_frame` closes the connection before anything is reserved for it.
+    pub fn curve_with_limits(
         endpoint: impl Into<String>,
         server: CurvePublicKey,
         keys: Arc<CurveKeyPair>,

@@ -47,7 +47,7 @@ pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::worker::WorkerSession;
 use majordomo_proto::{Hex, Limits};
 use majordomo_rt::peer::{self, PeerOptions};
-use majordomo_rt::transport::{Connector, DealerConnector};
+use majordomo_rt::transport::Connector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -56,6 +56,10 @@ use tracing::Instrument;
 pub use majordomo_rt::peer::BoxError;
 /// What a [`StreamHandler`] sends parts with, and why a part could not be sent.
 pub use majordomo_rt::peer::{RequestOver, Responder};
+/// Where a worker connects: an endpoint, or a CURVE server ([`DealerConnector::curve`]).
+pub use majordomo_rt::transport::DealerConnector;
+/// CURVE keys, for [`DealerConnector::curve`].
+pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey, KeyError};
 
 /// Serves requests: takes the request body frames, returns the reply body frames.
 #[async_trait]

@@ -19,10 +19,15 @@
 //!   whole messages to the server over one link: message assembly, the link codec, and the byte
 //!   budgets (inbound for the process, outbound per peer) with the message deadline.
 //!
+//! - [`curve`]: CurveZMQ (RFC 26), sans-IO: keys and certificates, both sides of the handshake,
+//!   the MESSAGE boxes. The front end terminates it for a server
+//!   ([`mux::secure`], [`GuardConfig::curve`]); [`outbound`] bridges the connections a process
+//!   makes to a CURVE server.
+//!
 //! # What it does not cover
-//! Connections the process makes itself (clients and workers connecting out) are not guarded:
-//! the guard only stands on listening sockets. It does not authenticate (NULL is the only
-//! mechanism zmq.rs speaks), in relay mode it does not stop a peer from choosing the routing
+//! Connections the process makes itself (clients and workers connecting out) are not guarded,
+//! except through the [`outbound`] bridge: the guard only stands on listening sockets. Without
+//! CURVE it does not authenticate, in relay mode it does not stop a peer from choosing the routing
 //! identity of another peer that chose its own (zmq.rs gives the newer connection that
 //! identity; in front-end mode every identity is the guard's), and a peer within every limit can
 //! still send as fast as the server reads.

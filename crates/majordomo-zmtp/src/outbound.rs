@@ -167,22 +167,33 @@ async fn read_frame<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<(u8, BytesMut), BridgeError> {
     loop {
+        if let Some(frame) = take_whole(buf, max)? {
+            return Ok(frame);
+        }
         if let Some((header, size)) = frame_header(buf) {
-            if size > max as u64 {
-                return Err(BridgeError::Protocol("a frame over the limit"));
-            }
-            let total = header + size as usize;
-            if buf.len() >= total {
-                let flags = buf[0];
-                buf.advance(header);
-                return Ok((flags, buf.split_to(size as usize)));
-            }
-            buf.reserve(total - buf.len());
+            buf.reserve((header + size as usize).saturating_sub(buf.len()));
         }
         if read.read_buf(buf).await? == 0 {
             return Err(BridgeError::Protocol("the connection closed"));
         }
     }
+}
+
+/// The frame at the front of `buf` if it is whole (at most `max` bytes of body): its flags and
+/// body.
+fn take_whole(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, BridgeError> {
+    let Some((header, size)) = frame_header(buf) else {
+        return Ok(None);
+    };
+    if size > max as u64 {
+        return Err(BridgeError::Protocol("a frame over the limit"));
+    }
+    if buf.len() < header + size as usize {
+        return Ok(None);
+    }
+    let flags = buf[0];
+    buf.advance(header);
+    Ok(Some((flags, buf.split_to(size as usize))))
 }
 
 /// Reads a 64-octet greeting.
@@ -310,33 +321,37 @@ impl Bridge {
             }
         };
         let down = async {
-            // The server to zmq.rs: every frame opened; PINGs answered in a box.
+            // The server to zmq.rs: every frame opened, as many per write as have arrived;
+            // PINGs answered in a box.
+            let limit = max.saturating_add(MESSAGE_OVERHEAD);
             let mut out = BytesMut::new();
             loop {
-                let (flags, mut frame) = read_frame(
-                    &mut remote_read,
-                    &mut remote_buf,
-                    max.saturating_add(MESSAGE_OVERHEAD),
-                )
-                .await?;
-                if flags & !(FLAG_LONG | FLAG_COMMAND) != 0 {
-                    return Err(BridgeError::Protocol(
-                        "reserved frame flags from the server",
-                    ));
-                }
-                let (inner, range) = opener.open(&mut frame)?;
-                let body = &frame[range];
-                if inner & MESSAGE_COMMAND != 0 {
-                    if let Some(context) = ping_context(body) {
-                        let mut pong = b"\x04PONG".to_vec();
-                        pong.extend_from_slice(context);
-                        let _ = pongs.try_send(pong);
-                    }
-                    continue;
-                }
+                // At least one whole frame, then whatever else is whole already.
+                let first = read_frame(&mut remote_read, &mut remote_buf, limit).await?;
+                let mut next = Some(first);
                 out.clear();
-                link::encode_frame(&mut out, body, inner & MESSAGE_MORE != 0);
-                local_write.write_all(&out).await?;
+                while let Some((flags, mut frame)) = next.take() {
+                    if flags & !(FLAG_LONG | FLAG_COMMAND) != 0 {
+                        return Err(BridgeError::Protocol(
+                            "reserved frame flags from the server",
+                        ));
+                    }
+                    let (inner, range) = opener.open(&mut frame)?;
+                    let body = &frame[range];
+                    if inner & MESSAGE_COMMAND != 0 {
+                        if let Some(context) = ping_context(body) {
+                            let mut pong = b"\x04PONG".to_vec();
+                            pong.extend_from_slice(context);
+                            let _ = pongs.try_send(pong);
+                        }
+                    } else {
+                        link::encode_frame(&mut out, body, inner & MESSAGE_MORE != 0);
+                    }
+                    next = take_whole(&mut remote_buf, limit)?;
+                }
+                if !out.is_empty() {
+                    local_write.write_all(&out).await?;
+                }
             }
         };
         tokio::select! {

@@ -251,11 +251,7 @@ fn python() -> PathBuf {
 /// `{client_secret}`, `{server_secret}` and `{endpoint}` filled in) against `side` on a TCP
 /// connection, and records both directions. `side` is replayed on the peer's bytes as they
 /// arrive; what it adds is sent.
-async fn record(
-    script: &str,
-    we_listen: bool,
-    side: fn(&[u8]) -> Replayed,
-) -> Transcript {
+async fn record(script: &str, we_listen: bool, side: fn(&[u8]) -> Replayed) -> Transcript {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = CurveKeyPair::from_secret_z85(SERVER_SECRET).unwrap();
     let client = CurveKeyPair::from_secret_z85(CLIENT_SECRET).unwrap();

@@ -11,6 +11,7 @@
 //! generator does.
 
 mod clients;
+mod curve;
 pub mod fixture;
 mod load;
 mod report;
@@ -147,6 +148,14 @@ pub(crate) enum RunKind {
     /// Our broker with `--guard-front-end`: the guard as the front end, every peer's messages
     /// on one link, whichever mode is the default.
     BrokerFrontEnd,
+    /// Our broker with CURVE (`--curve-secret-key-file`, so the front end): clients and
+    /// workers connect through this process's and the workers' outbound CURVE bridges. Set
+    /// against `broker` and `broker-front-end` (NULL): what encryption costs.
+    Curve,
+    /// New CURVE connections to our broker, handshake only (greeting, HELLO, WELCOME,
+    /// INITIATE, READY) then closed, from `clients` tasks: handshakes per second, and the
+    /// broker's CPU per 100,000 of them.
+    CurveHandshakes,
     /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
     /// cost.
     Metrics,
@@ -257,6 +266,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 GuardMode::FrontEnd,
                 false,
             ),
+            (RunKind::Curve, Duration::ZERO, GuardMode::Curve, false),
             (RunKind::Metrics, Duration::ZERO, GuardMode::Default, true),
             (RunKind::Stream, Duration::ZERO, GuardMode::Default, false),
             (RunKind::Busypoll, args.busy_poll, GuardMode::Default, false),
@@ -272,6 +282,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);
             }
+        }
+        // The handshake does not depend on the body size: measured once.
+        if wanted(RunKind::CurveHandshakes) && size == args.sizes[0] {
+            let handshakes = || curve::handshakes(&args, &threads);
+            runs.push(median_of(args.repeat, handshakes).await?);
         }
         for kind in [RunKind::ClientPool, RunKind::ClientMux] {
             if wanted(kind) {

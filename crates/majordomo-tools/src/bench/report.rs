@@ -78,9 +78,14 @@ struct Report<'a> {
     /// `client-mux` over `client-pool`: requests per second, when both were measured.
     #[serde(skip_serializing_if = "Ratios::is_empty")]
     over_client_pool: Ratios,
-    /// `client-mux` over `client-pool`: the callers' CPU time per request.
+    /// `curve` over `broker-front-end` (NULL through the same front end): what encryption
+    /// costs in requests per second.
     #[serde(skip_serializing_if = "Ratios::is_empty")]
-    client_cpu_mux_over_pool: Ratios,
+    over_broker_front_end: Ratios,
+    /// CPU time per request, keyed `RUN/BASE/SIZE`: `client-mux` over `client-pool` (the
+    /// callers'), `curve` over `broker-front-end` (the broker's).
+    #[serde(skip_serializing_if = "Ratios::is_empty")]
+    cpu_over: Ratios,
     /// The `titanic-guide` run at each size, when it was made.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     titanic_guide: &'a [Comparison],
@@ -153,7 +158,8 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             RunKind::Busypoll,
         ],
         RunKind::CopyRelay => &[RunKind::Broker],
-        RunKind::Broker => &[RunKind::Metrics, RunKind::Stream],
+        RunKind::Broker => &[RunKind::Metrics, RunKind::Stream, RunKind::Curve],
+        RunKind::BrokerFrontEnd => &[RunKind::Curve],
         RunKind::ClientPool => &[RunKind::ClientMux],
         _ => &[
             RunKind::Relay,
@@ -181,9 +187,10 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
     ratios
 }
 
-/// `client-mux`'s CPU time per request over `client-pool`'s, per size, where both were
-/// measured: what multiplexing saves the callers.
-fn client_cpu_ratios(args: &BenchArgs, runs: &[Run]) -> Vec<(usize, f64)> {
+/// `kind`'s CPU time per request over `base`'s, per size, where both were measured: what
+/// multiplexing saves the callers (`client-mux` over `client-pool`), what encryption costs the
+/// broker (`curve` over `broker-front-end`).
+fn cpu_ratios(args: &BenchArgs, runs: &[Run], kind: RunKind, base: RunKind) -> Vec<(usize, f64)> {
     let cpu = |kind: RunKind, size: usize| {
         runs.iter()
             .find(|r| r.kind == kind && r.size == size)
@@ -191,17 +198,18 @@ fn client_cpu_ratios(args: &BenchArgs, runs: &[Run]) -> Vec<(usize, f64)> {
     };
     args.sizes
         .iter()
-        .filter_map(|&size| {
-            match (
-                cpu(RunKind::ClientMux, size),
-                cpu(RunKind::ClientPool, size),
-            ) {
-                (Some(mux), Some(pool)) if pool > 0.0 => Some((size, mux / pool)),
-                _ => None,
-            }
+        .filter_map(|&size| match (cpu(kind, size), cpu(base, size)) {
+            (Some(k), Some(b)) if b > 0.0 => Some((size, k / b)),
+            _ => None,
         })
         .collect()
 }
+
+/// The CPU comparisons the report makes: (run, base).
+const CPU_PAIRS: [(RunKind, RunKind); 2] = [
+    (RunKind::ClientMux, RunKind::ClientPool),
+    (RunKind::Curve, RunKind::BrokerFrontEnd),
+];
 
 /// The `--json` report: one object on one line.
 fn json(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) -> String {
@@ -228,10 +236,15 @@ fn json(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) -> String {
         over_copy_relay: over(RunKind::CopyRelay),
         over_broker: over(RunKind::Broker),
         over_client_pool: over(RunKind::ClientPool),
-        client_cpu_mux_over_pool: Ratios(
-            client_cpu_ratios(args, runs)
-                .into_iter()
-                .map(|(size, r)| (format!("{}/{size}", RunKind::ClientMux), r))
+        over_broker_front_end: over(RunKind::BrokerFrontEnd),
+        cpu_over: Ratios(
+            CPU_PAIRS
+                .iter()
+                .flat_map(|&(kind, base)| {
+                    cpu_ratios(args, runs, kind, base)
+                        .into_iter()
+                        .map(move |(size, r)| (format!("{kind}/{base}/{size}"), r))
+                })
                 .collect(),
         ),
         titanic_guide: comparisons,
@@ -258,7 +271,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers')",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers'); curve: ours with CURVE (--curve-secret-key-file, so the front end), clients through a bridge in this process and workers through their own; curve-handshakes: clients tasks each opening CURVE connections one after another, req/s being handshakes per second (bytes 0)",
         args.workers,
         args.stream_parts,
         humantime::format_duration(args.busy_poll)
@@ -309,18 +322,17 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         RunKind::NoGuard,
         RunKind::CopyRelay,
         RunKind::Broker,
+        RunKind::BrokerFrontEnd,
         RunKind::ClientPool,
     ] {
         for (mode, size, r) in ratios(args, runs, base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
         }
     }
-    for (size, r) in client_cpu_ratios(args, runs) {
-        println!(
-            "{}/{} callers' cpu per request at {size} bytes: {r:.2}",
-            RunKind::ClientMux,
-            RunKind::ClientPool
-        );
+    for (kind, base) in CPU_PAIRS {
+        for (size, r) in cpu_ratios(args, runs, kind, base) {
+            println!("{kind}/{base} cpu per request at {size} bytes: {r:.2}");
+        }
     }
 }
 
@@ -431,9 +443,12 @@ mod tests {
             ratios(&args, &runs, RunKind::ClientPool),
             vec![(RunKind::ClientMux, 64, 1.5)]
         );
-        assert_eq!(client_cpu_ratios(&args, &runs), vec![(64, 0.25)]);
+        assert_eq!(
+            cpu_ratios(&args, &runs, RunKind::ClientMux, RunKind::ClientPool),
+            vec![(64, 0.25)]
+        );
         assert!(json(&args, &runs, &[]).ends_with(
-            "\"over_client_pool\":{\"client-mux/64\":1.5},\"client_cpu_mux_over_pool\":{\"client-mux/64\":0.25}}"
+            "\"over_client_pool\":{\"client-mux/64\":1.5},\"cpu_over\":{\"client-mux/client-pool/64\":0.25}}"
         ));
     }
 

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use majordomo_broker::HeartbeatConfig;
+use majordomo_rt::transport::DealerConnector;
 use majordomo_worker::{Dialect, Version, Worker, WorkerConfig};
 
+use super::curve::CurveSetup;
 use super::fixture::{relay_peer, RelayPeerArgs};
 use super::load::{measure, Load, Mode};
 use super::report::Run;
@@ -64,6 +66,35 @@ pub(super) enum GuardMode {
     Relay,
     /// `--guard-front-end`.
     FrontEnd,
+    /// `--curve-secret-key-file` (which puts the front end on).
+    Curve,
+}
+
+/// Starts our broker on `endpoint` with `threads` runtime threads, the guard as `guard` (with
+/// the keys of `curve` for [`GuardMode::Curve`]), and `extra` options.
+pub(super) fn spawn_broker(
+    endpoint: &str,
+    threads: &str,
+    guard: GuardMode,
+    curve: Option<&CurveSetup>,
+    extra: &[&str],
+) -> Result<Child> {
+    let mut command = vec!["broker", "--bind", endpoint, "--threads", threads];
+    command.extend_from_slice(extra);
+    let secret;
+    match guard {
+        GuardMode::Default => {}
+        GuardMode::Off => command.push("--no-guard"),
+        GuardMode::Relay => command.push("--guard-relay"),
+        GuardMode::FrontEnd => command.push("--guard-front-end"),
+        GuardMode::Curve => {
+            secret = curve
+                .ok_or_else(|| anyhow::anyhow!("a CURVE run without keys"))?
+                .secret_file();
+            command.extend(["--curve-secret-key-file", &secret]);
+        }
+    }
+    spawn_majordomo(&command, "warn")
 }
 
 /// The broker a run measures.
@@ -102,6 +133,8 @@ pub(super) async fn broker_run(
     };
     // The copy relay's process, when there is one, lives until the run ends.
     let mut _proxy = None;
+    // The keys of a CURVE run, and the bridge its clients connect through.
+    let mut curve: Option<CurveSetup> = None;
     let (broker_ep, broker_pid, _broker) = match target {
         Target::Ours {
             threads,
@@ -112,25 +145,14 @@ pub(super) async fn broker_run(
         } => {
             let endpoint = free_endpoint(args.transport)?;
             let busy_poll = humantime::format_duration(busy_poll).to_string();
-            let mut command = vec![
-                "broker",
-                "--bind",
-                &endpoint,
-                "--threads",
-                threads,
-                "--busy-poll",
-                &busy_poll,
-            ];
-            match guard {
-                GuardMode::Default => {}
-                GuardMode::Off => command.push("--no-guard"),
-                GuardMode::Relay => command.push("--guard-relay"),
-                GuardMode::FrontEnd => command.push("--guard-front-end"),
-            }
+            let mut extra = vec!["--busy-poll", busy_poll.as_str()];
             if metrics {
-                command.extend(["--metrics-listen", "127.0.0.1:0"]);
+                extra.extend(["--metrics-listen", "127.0.0.1:0"]);
             }
-            let broker = spawn_majordomo(&command, "warn")?;
+            if guard == GuardMode::Curve {
+                curve = Some(CurveSetup::new()?);
+            }
+            let broker = spawn_broker(&endpoint, threads, guard, curve.as_ref(), &extra)?;
             (endpoint, broker.pid(), Some(broker))
         }
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
@@ -192,8 +214,8 @@ pub(super) async fn broker_run(
                     }
                 }));
             }
-            (false, false) => worker_processes.push(spawn_majordomo(
-                &[
+            (false, false) => {
+                let mut command = vec![
                     "worker",
                     "--connect",
                     &broker_ep,
@@ -203,19 +225,25 @@ pub(super) async fn broker_run(
                     &worker_threads,
                     "--mdp",
                     if parts.is_some() { "0.2" } else { "0.1" },
-                    "echo",
-                    "--parts",
-                    &parts_arg,
-                ],
-                "warn",
-            )?),
+                ];
+                let server_key = curve.as_ref().map(CurveSetup::public_z85);
+                if let Some(key) = &server_key {
+                    command.extend(["--curve-server-key", key]);
+                }
+                command.extend(["echo", "--parts", &parts_arg]);
+                worker_processes.push(spawn_majordomo(&command, "warn")?)
+            }
             (false, true) => {
                 let version = match parts {
                     Some(_) => Version::V02(Dialect::Rfc18),
                     None => Version::V01,
                 };
+                let connector = match &curve {
+                    Some(setup) => setup.outbound_connector(&broker_ep)?,
+                    None => DealerConnector::new(broker_ep.clone()),
+                };
                 let worker = Worker::new(
-                    broker_ep.clone(),
+                    connector,
                     "echo",
                     WorkerConfig::default()
                         .heartbeat(HeartbeatConfig::default())
@@ -229,6 +257,15 @@ pub(super) async fn broker_run(
             }
         }
     }
+    // A CURVE run's clients connect through a bridge in this process.
+    let bridge = match &curve {
+        Some(setup) => Some(setup.outbound(&broker_ep)?),
+        None => None,
+    };
+    let client_ep = match &bridge {
+        Some(bridge) => bridge.local_endpoint().await?,
+        None => broker_ep.clone(),
+    };
     let load = Load {
         kind,
         mode: match (relay, parts, kind) {
@@ -238,7 +275,7 @@ pub(super) async fn broker_run(
             (false, None, _) => Mode::Broker,
             (false, Some(_), _) => Mode::Stream,
         },
-        endpoint: &broker_ep,
+        endpoint: &client_ep,
         // The client runs measure the callers' side: this process.
         server_pid: match kind {
             RunKind::ClientPool | RunKind::ClientMux => std::process::id(),
