@@ -460,3 +460,75 @@ async fn our_client_and_worker_speak_curve_to_a_libzmq_broker() -> Result<()> {
     py_broker.kill().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paranoid_pirate_queue_serves_curve_on_both_ends() -> Result<()> {
+    use majordomo_pirate::{
+        LazyPirate, LazyPirateConfig, PppWorker, PppWorkerConfig, Queue, QueueConfig,
+    };
+
+    let server = CurveKeyPair::generate();
+    let (client_keys, worker_keys) = (CurveKeyPair::generate(), CurveKeyPair::generate());
+    let guard = GuardConfig::default().curve(CurveSecurity {
+        keys: std::sync::Arc::new(server.clone()),
+        clients: ClientFilter::new(Some(HashSet::from([
+            client_keys.public(),
+            worker_keys.public(),
+        ]))),
+        allow_null: false,
+    });
+    let queue = Queue::builder()
+        .frontend("tcp://127.0.0.1:0")
+        .backend("tcp://127.0.0.1:0")
+        .config(QueueConfig::paranoid().heartbeat(Some(integration_tests::TEST_HEARTBEAT)))
+        .guard(guard)
+        .build()
+        .await?;
+    let (frontend, backend) = (queue.frontend().to_owned(), queue.backend().to_owned());
+    let guards = queue.guards().to_vec();
+    let (stop_queue, queue_stopped) = tokio::sync::oneshot::channel::<()>();
+    let queue_task = tokio::spawn(queue.run(async {
+        let _ = queue_stopped.await;
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = PppWorker::new(
+        curve_connector(&backend, &server, &worker_keys)?,
+        PppWorkerConfig::default().heartbeat(integration_tests::TEST_HEARTBEAT),
+    );
+    let worker_task = tokio::spawn(worker.run(
+        majordomo_worker::handler_fn(|body| async move { Ok(body) }),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = LazyPirate::new(
+        curve_connector(&frontend, &server, &client_keys)?,
+        LazyPirateConfig::default(),
+    );
+    for i in 0..10 {
+        let body = vec![bytes::Bytes::from(format!("pirate {i}"))];
+        assert_eq!(client.request(body.clone()).await?, body);
+    }
+    // A client whose key is not listed is refused on the frontend.
+    let mut stranger = LazyPirate::new(
+        curve_connector(&frontend, &server, &CurveKeyPair::generate())?,
+        LazyPirateConfig::default()
+            .timeout(Duration::from_millis(200))
+            .attempts(1),
+    );
+    assert!(stranger
+        .request(vec![bytes::Bytes::from_static(b"x")])
+        .await
+        .is_err());
+    let frontend_guard = guards
+        .iter()
+        .find(|g| g.stats().count(Rule::Unauthorized) > 0)
+        .or(guards.first())
+        .expect("two guards");
+    wait_for_refusals(frontend_guard, Rule::Unauthorized, 1).await?;
+    let _ = stop.send(());
+    worker_task.await??;
+    let _ = stop_queue.send(());
+    queue_task.await??;
+    Ok(())
+}
