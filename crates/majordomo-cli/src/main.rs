@@ -64,6 +64,9 @@ enum Command {
     Ppqueue(cmd::queue::QueueArgs),
     /// Run a Simple Pirate queue: REQ workers that announce READY, no heartbeats.
     Spqueue(cmd::queue::QueueArgs),
+    /// Run a Freelance server (10/FLP): clients call it directly, no broker
+    /// (`call --freelance`).
+    Flserver(cmd::flserver::FlserverArgs),
     /// Make a CURVE key pair: NAME (public) and NAME_secret, czmq certificate files; prints the
     /// public key.
     Keygen(cmd::keygen::KeygenArgs),
@@ -84,6 +87,7 @@ impl Command {
             Command::Ppqueue(args) | Command::Spqueue(args) => args.threads,
             Command::Worker(args) => args.threads,
             Command::Titanic(args) => args.threads,
+            Command::Flserver(args) => args.threads,
             Command::Bench(args) => args.threads(),
             _ => 0,
         }
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions(args) => cmd::docs::completions(args),
         Command::Man => cmd::docs::man(),
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Flserver(args) => cmd::flserver::run(args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

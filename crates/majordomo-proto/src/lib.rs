@@ -37,6 +37,7 @@ pub mod drops;
 mod error;
 pub mod event;
 pub mod flow;
+pub mod freelance;
 pub mod heartbeat;
 mod limits;
 pub mod mdp;

@@ -184,7 +184,19 @@ impl Default for ZmqRouter {
 impl ZmqRouter {
     /// A new, unbound ROUTER socket.
     pub fn new() -> Self {
-        let mut socket = RouterSocket::new();
+        Self::with_socket(RouterSocket::new())
+    }
+
+    /// A new, unbound ROUTER socket that announces `identity` as its routing identity to the
+    /// peers that connect (a Freelance server's public endpoint, RFC 10). Behind a guard in
+    /// relay mode (the default) the announcement passes through; the front end announces none.
+    pub fn with_identity(identity: Bytes) -> Result<Self, TransportError> {
+        let mut options = SocketOptions::default();
+        options.peer_identity(identity.try_into()?);
+        Ok(Self::with_socket(RouterSocket::with_options(options)))
+    }
+
+    fn with_socket(mut socket: RouterSocket) -> Self {
         let events = socket.monitor();
         Self {
             socket,
@@ -472,6 +484,22 @@ pub async fn connect_dealer(
     let mut options = SocketOptions::default();
     options.connect_timeout(timeout);
     let mut socket = DealerSocket::with_options(options);
+    match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
+        Ok(Ok(())) => Ok(socket),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(TransportError::ConnectTimeout(timeout)),
+    }
+}
+
+/// A zmq.rs ROUTER socket connected to `endpoint` within `timeout`: a Freelance client's socket
+/// for one server (RFC 10: "Both clients and servers MUST use ROUTER").
+pub async fn connect_router(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<RouterSocket, TransportError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(timeout);
+    let mut socket = RouterSocket::with_options(options);
     match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
         Ok(Ok(())) => Ok(socket),
         Ok(Err(error)) => Err(error.into()),

@@ -40,6 +40,12 @@ pub(crate) struct CallArgs {
     /// With --titanic: how long to wait for the reply before giving up (it stays stored).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     titanic_patience: Duration,
+    /// Call Freelance servers (10/FLP, no broker) instead: every --connect endpoint is a
+    /// server (`majordomo flserver`, or any server written from RFC 10), and the arguments are
+    /// the request's frames, with no service name. Each attempt goes to the next live server
+    /// and waits --timeout; the reply's frames are printed.
+    #[arg(long, conflicts_with_all = ["titanic", "mdp"])]
+    freelance: bool,
     /// The MDP to speak. With 0.2 each part of the reply is printed as it arrives (one line per
     /// frame, a blank line between parts); after a part has arrived, a timeout is not retried.
     #[arg(long, value_enum, default_value = "0.1")]
@@ -47,7 +53,7 @@ pub(crate) struct CallArgs {
     /// Service name.
     service: String,
     /// Request body frames.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "freelance")]
     body: Vec<String>,
 }
 
@@ -56,6 +62,9 @@ pub(crate) struct CallArgs {
 pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
     if args.titanic {
         return run_titanic(args).await;
+    }
+    if args.freelance {
+        return run_freelance(args).await;
     }
     let client = Client::with_endpoints(
         args.connect.connectors()?,
@@ -92,6 +101,37 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
             Err(error) => return Err(error.into()),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `call --freelance`: the frames to the Freelance servers, the reply printed one frame per
+/// line.
+async fn run_freelance(args: CallArgs) -> Result<ExitCode> {
+    use majordomo_freelance::{FreelanceClient, FreelanceClientError, FreelanceConfig};
+    anyhow::ensure!(
+        args.connect.curve.curve_server_key.is_none(),
+        "--freelance does not speak CURVE yet"
+    );
+    let config = FreelanceConfig::default()
+        .attempt_timeout(args.timeout)
+        .timeout(args.timeout * args.attempts.max(1));
+    let client = FreelanceClient::new(args.connect.connect.clone(), config)?;
+    let mut frames = vec![Bytes::from(args.service)];
+    frames.extend(args.body.into_iter().map(Bytes::from));
+    let reply = match client.request(frames).await {
+        Ok(reply) => reply,
+        Err(error @ FreelanceClientError::Request(_)) => {
+            eprintln!("majordomo call: {error}");
+            return Ok(ExitCode::from(NO_REPLY));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut out = tokio::io::stdout();
+    for frame in reply {
+        out.write_all(&frame).await?;
+        out.write_all(b"\n").await?;
+    }
+    out.flush().await?;
     Ok(ExitCode::SUCCESS)
 }
 

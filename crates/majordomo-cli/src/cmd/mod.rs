@@ -4,6 +4,7 @@ pub(crate) mod broker;
 pub(crate) mod call;
 pub(crate) mod demo;
 pub(crate) mod docs;
+pub(crate) mod flserver;
 pub(crate) mod keygen;
 pub(crate) mod queue;
 pub(crate) mod status;

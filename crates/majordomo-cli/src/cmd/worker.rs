@@ -206,7 +206,7 @@ async fn exec_streamed(
 
 /// Runs `command` with the request body (frames concatenated) on stdin; its stdout is the reply.
 /// A program that exits non-zero is a handler error.
-async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+pub(super) async fn exec(command: &[String], body: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
     let (child, writer) = spawn_child(command, body)?;
     let output = child.wait_with_output().await?;
     writer.await??;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use majordomo_client::{Client, ClientConfig, ClientError, MuxClient};
+use majordomo_client::{Client, ClientConfig, MuxClient};
+use majordomo_freelance::{FreelanceClient, FreelanceConfig};
 
 use super::load::{ClientResult, DRAIN, MEASURE};
 
@@ -19,6 +20,8 @@ pub(super) enum Library {
     Pool(Client),
     /// One connection, tagged requests.
     Mux(MuxClient),
+    /// Freelance (10/FLP): no broker, straight to the servers.
+    Freelance(FreelanceClient),
 }
 
 impl Library {
@@ -32,10 +35,25 @@ impl Library {
         }
     }
 
-    async fn request(&self, body: Bytes) -> Result<Vec<Bytes>, ClientError> {
+    /// A Freelance client of the servers at `endpoints`, with the Freelance defaults.
+    pub(super) fn freelance(endpoints: &[String]) -> anyhow::Result<Self> {
+        Ok(Self::Freelance(FreelanceClient::new(
+            endpoints.to_vec(),
+            FreelanceConfig::default(),
+        )?))
+    }
+
+    async fn request(&self, body: Bytes) -> Result<Vec<Bytes>, String> {
         match self {
-            Self::Pool(client) => client.request("echo", vec![body]).await,
-            Self::Mux(client) => client.request("echo", vec![body]).await,
+            Self::Pool(client) => client
+                .request("echo", vec![body])
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Mux(client) => client
+                .request("echo", vec![body])
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Freelance(client) => client.request(vec![body]).await.map_err(|e| e.to_string()),
         }
     }
 }

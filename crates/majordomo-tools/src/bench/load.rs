@@ -50,6 +50,9 @@ pub(super) enum Mode {
     /// The same callers sharing one [`MuxClient`](majordomo_client::MuxClient) (one
     /// connection, tagged requests).
     Mux,
+    /// `clients` Freelance clients (10/FLP), each shared by `in_flight` callers, straight to
+    /// the servers: the load's endpoint lists them, comma-separated.
+    Freelance,
 }
 
 /// What one client (or caller) saw.
@@ -92,7 +95,7 @@ async fn client(
         body.extend_from_slice(&filler);
         let frames = match mode {
             Mode::Raw => vec![Bytes::new(), body.freeze()],
-            Mode::Broker | Mode::Pool | Mode::Mux => vec![
+            Mode::Broker | Mode::Pool | Mode::Mux | Mode::Freelance => vec![
                 Bytes::new(),
                 Bytes::from_static(b"MDPC01"),
                 Bytes::from_static(b"echo"),
@@ -109,7 +112,7 @@ async fn client(
     };
     let header = match mode {
         Mode::Raw => 1,
-        Mode::Broker | Mode::Stream | Mode::Pool | Mode::Mux => 3,
+        Mode::Broker | Mode::Stream | Mode::Pool | Mode::Mux | Mode::Freelance => 3,
     };
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(in_flight);
     let mut next_seq = 0u64;
@@ -141,7 +144,7 @@ async fn client(
         let ok_header = frames.len() == header + 1
             && match mode {
                 Mode::Raw => frames[0].is_empty(),
-                Mode::Broker | Mode::Pool | Mode::Mux => {
+                Mode::Broker | Mode::Pool | Mode::Mux | Mode::Freelance => {
                     frames[0].is_empty()
                         && frames[1].as_ref() == b"MDPC01"
                         && frames[2].as_ref() == b"echo"
@@ -229,6 +232,22 @@ pub(super) async fn measure(args: &BenchArgs, load: Load<'_>) -> Result<Run> {
         (0..clients * in_flight)
             .map(|id| tokio::spawn(caller(library.clone(), id as u64, size, phase.clone())))
             .collect()
+    } else if mode == Mode::Freelance {
+        let servers: Vec<String> = endpoint.split(',').map(str::to_owned).collect();
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let library = Library::freelance(&servers)?;
+            for slot in 0..in_flight {
+                let id = (client * in_flight + slot) as u64;
+                tasks.push(tokio::spawn(caller(
+                    library.clone(),
+                    id,
+                    size,
+                    phase.clone(),
+                )));
+            }
+        }
+        tasks
     } else {
         (0..clients)
             .map(|id| {

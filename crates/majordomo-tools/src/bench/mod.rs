@@ -13,6 +13,7 @@
 mod clients;
 mod curve;
 pub mod fixture;
+mod freelance;
 mod load;
 mod report;
 mod targets;
@@ -156,6 +157,14 @@ pub(crate) enum RunKind {
     /// INITIATE, READY) then closed, from `clients` tasks: handshakes per second, and the
     /// broker's CPU per 100,000 of them.
     CurveHandshakes,
+    /// No broker: `--workers` Freelance echo servers (`majordomo flserver`, 10/FLP) called by
+    /// `--clients` Freelance clients of this process, each shared by `--in-flight` callers. Set
+    /// against `broker` and `client-mux`. CPU and memory are the first server's.
+    Freelance,
+    /// Three Freelance servers and one client calling without pause; the server in use is
+    /// killed (SIGKILL) five times, restarted after each: the time from each kill to the next
+    /// reply, printed after the table.
+    FreelanceFailover,
     /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
     /// cost.
     Metrics,
@@ -282,6 +291,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 let ours = || broker_run(&args, kind, size, target());
                 runs.push(median_of(args.repeat, ours).await?);
             }
+        }
+        if wanted(RunKind::Freelance) {
+            let run = || freelance::run(&args, &threads, size);
+            runs.push(median_of(args.repeat, run).await?);
+        }
+        if wanted(RunKind::FreelanceFailover) && size == args.sizes[0] {
+            let mut gaps = freelance::failover(&threads).await?;
+            gaps.sort();
+            let ms = |d: &std::time::Duration| d.as_secs_f64() * 1000.0;
+            eprintln!(
+                "freelance-failover: from a kill of the server in use to the next reply, over {} kills: p50 {:.1} ms, max {:.1} ms ({:?})",
+                gaps.len(),
+                ms(&gaps[gaps.len() / 2]),
+                ms(&gaps[gaps.len() - 1]),
+                gaps.iter().map(|g| format!("{:.1}", ms(g))).collect::<Vec<_>>()
+            );
         }
         // The handshake does not depend on the body size: measured once.
         if wanted(RunKind::CurveHandshakes) && size == args.sizes[0] {

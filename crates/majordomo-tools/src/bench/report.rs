@@ -158,9 +158,15 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             RunKind::Busypoll,
         ],
         RunKind::CopyRelay => &[RunKind::Broker],
-        RunKind::Broker => &[RunKind::Metrics, RunKind::Stream, RunKind::Curve],
+        RunKind::Broker => &[
+            RunKind::Metrics,
+            RunKind::Stream,
+            RunKind::Curve,
+            RunKind::Freelance,
+        ],
         RunKind::BrokerFrontEnd => &[RunKind::Curve],
         RunKind::ClientPool => &[RunKind::ClientMux],
+        RunKind::ClientMux => &[RunKind::Freelance],
         _ => &[
             RunKind::Relay,
             RunKind::RelayAll,
@@ -271,7 +277,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers'); curve: ours with CURVE (--curve-secret-key-file, so the front end), clients through a bridge in this process and workers through their own; curve-handshakes: clients tasks each opening CURVE connections one after another, req/s being handshakes per second (bytes 0)",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers'); curve: ours with CURVE (--curve-secret-key-file, so the front end), clients through a bridge in this process and workers through their own; curve-handshakes: clients tasks each opening CURVE connections one after another, req/s being handshakes per second (bytes 0); freelance: no broker, the workers as Freelance echo servers (flserver) and clients x in-flight callers on clients Freelance clients, cpu and rss the first server's",
         args.workers,
         args.stream_parts,
         humantime::format_duration(args.busy_poll)
@@ -324,6 +330,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         RunKind::Broker,
         RunKind::BrokerFrontEnd,
         RunKind::ClientPool,
+        RunKind::ClientMux,
     ] {
         for (mode, size, r) in ratios(args, runs, base) {
             println!("{mode}/{base} at {size} bytes: {r:.2}");
