@@ -219,3 +219,58 @@ async fn the_binary_serves_and_calls_freelance_and_fails_cleanly_when_all_are_do
     assert!(String::from_utf8_lossy(&out.stderr).contains("no server answered"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freelance_with_curve_serves_its_keys_and_refuses_a_wrong_server_key() -> Result<()> {
+    use majordomo_freelance::{CurveKeyPair, FreelanceCurve};
+    use majordomo_zmtp::mux::secure::{ClientFilter, CurveSecurity};
+
+    let keys = std::sync::Arc::new(CurveKeyPair::generate());
+    let guard = GuardConfig::default().curve(CurveSecurity {
+        keys: keys.clone(),
+        clients: ClientFilter::default(),
+        allow_null: false,
+    });
+    let endpoints: Vec<String> = (0..2).map(|_| free_endpoint()).collect::<Result<_>>()?;
+    let mut servers = Vec::new();
+    for endpoint in &endpoints {
+        // Behind the front end, which announces the server's identity itself.
+        let server = FreelanceServer::bind(endpoint, Some(guard.clone())).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            server.run(handler_fn(|body| async move { Ok(body) }), async {
+                let _ = stopped.await;
+            }),
+        );
+        servers.push(Running { stop, task });
+    }
+    let curve = FreelanceCurve {
+        server: keys.public(),
+        keys: std::sync::Arc::new(CurveKeyPair::generate()),
+    };
+    let client = FreelanceClient::with_curve(endpoints.clone(), quick(), curve)?;
+    for i in 0..10 {
+        let body = vec![Bytes::from(format!("sealed {i}")), Bytes::from_static(b"x")];
+        assert_eq!(client.request(body.clone()).await?, body);
+    }
+    let wrong = FreelanceCurve {
+        server: CurveKeyPair::generate().public(),
+        keys: std::sync::Arc::new(CurveKeyPair::generate()),
+    };
+    let stranger = FreelanceClient::with_curve(endpoints.clone(), quick(), wrong)?;
+    let refused = stranger.request(vec![Bytes::from_static(b"x")]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FreelanceClientError::Request(FreelanceError::NoReply {
+                alive: 0,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    for server in servers {
+        server.kill().await?;
+    }
+    Ok(())
+}

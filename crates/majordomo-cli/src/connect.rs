@@ -41,7 +41,7 @@ pub(crate) struct CurveArgs {
 
 impl CurveArgs {
     /// The server key and our own pair, when CURVE is asked for.
-    fn keys(&self) -> Result<Option<(CurvePublicKey, Arc<CurveKeyPair>)>> {
+    pub(crate) fn keys(&self) -> Result<Option<(CurvePublicKey, Arc<CurveKeyPair>)>> {
         let Some(server) = &self.curve_server_key else {
             anyhow::ensure!(
                 self.curve_key_file.is_none(),

@@ -1,6 +1,7 @@
 //! [`FreelanceClient`]: one task owns a ROUTER socket per server and the Freelance core; the
 //! handles send it requests and wait for their replies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,10 @@ use majordomo_proto::freelance::{
     FreelanceConfig, FreelanceCore, FreelanceError, FreelanceEvent, FreelanceStats,
 };
 use majordomo_rt::clock;
-use majordomo_rt::transport::{connect_router, Transport, TransportError};
+use majordomo_rt::transport::{
+    connect_router, CurveKeyPair, CurvePublicKey, FrameLimits, Transport, TransportError,
+};
+use majordomo_zmtp::outbound::CurveOutbound;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, info, Instrument};
@@ -36,6 +40,19 @@ pub enum FreelanceClientError {
     /// No server was given.
     #[error("a Freelance client needs at least one server")]
     NoServers,
+    /// CURVE needs `tcp://host:port` endpoints.
+    #[error("{0}: CURVE needs a tcp://host:port endpoint")]
+    NotTcp(String),
+}
+
+/// CURVE towards the servers: their public key (equivalent servers share one pair) and the
+/// client's own pair.
+#[derive(Debug, Clone)]
+pub struct FreelanceCurve {
+    /// The servers' public key.
+    pub server: CurvePublicKey,
+    /// The client's key pair ([`CurveKeyPair::generate`] for one of its own).
+    pub keys: Arc<CurveKeyPair>,
 }
 
 enum Command {
@@ -61,14 +78,49 @@ impl FreelanceClient {
         endpoints: impl IntoIterator<Item = E>,
         config: FreelanceConfig,
     ) -> Result<Self, FreelanceClientError> {
+        Self::start(endpoints, config, None)
+    }
+
+    /// As [`FreelanceClient::new`], every connection with CURVE (RFC 26): each goes through a
+    /// local bridge that seals it (`majordomo_zmtp::outbound`), as the broker clients' do.
+    pub fn with_curve<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: FreelanceConfig,
+        curve: FreelanceCurve,
+    ) -> Result<Self, FreelanceClientError> {
+        Self::start(endpoints, config, Some(curve))
+    }
+
+    fn start<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: FreelanceConfig,
+        curve: Option<FreelanceCurve>,
+    ) -> Result<Self, FreelanceClientError> {
         config.validate()?;
         let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
         if endpoints.is_empty() {
             return Err(FreelanceClientError::NoServers);
         }
+        let mut bridges = Vec::with_capacity(endpoints.len());
+        for endpoint in &endpoints {
+            bridges.push(match &curve {
+                None => None,
+                Some(curve) => {
+                    let remote = endpoint
+                        .strip_prefix("tcp://")
+                        .ok_or_else(|| FreelanceClientError::NotTcp(endpoint.clone()))?;
+                    Some(Arc::new(CurveOutbound::new(
+                        remote,
+                        curve.server,
+                        curve.keys.clone(),
+                        frame_limits(),
+                    )))
+                }
+            });
+        }
         let (commands, queue) = mpsc::channel(1024);
         let span = tracing::info_span!("freelance", servers = endpoints.len());
-        tokio::spawn(run(endpoints, config, queue).instrument(span));
+        tokio::spawn(run(endpoints, bridges, config, queue).instrument(span));
         Ok(Self { commands })
     }
 
@@ -101,6 +153,8 @@ impl FreelanceClient {
 /// socket is then made anew).
 struct Slot {
     endpoint: String,
+    /// With CURVE, the bridge the socket connects through.
+    bridge: Option<Arc<CurveOutbound>>,
     identity: Bytes,
     socket: Option<(RouterSocket, Monitor)>,
     connecting: bool,
@@ -108,14 +162,37 @@ struct Slot {
 
 type Monitor = futures::channel::mpsc::Receiver<SocketEvent>;
 
-/// Connects to `endpoint`, again and again every `retry` while the server is down.
-async fn connect(index: usize, endpoint: String, retry: Duration) -> (usize, RouterSocket) {
+/// Connects to `endpoint` (through `bridge` with CURVE), again and again every `retry` while
+/// the server is down.
+async fn connect(
+    index: usize,
+    endpoint: String,
+    bridge: Option<Arc<CurveOutbound>>,
+    retry: Duration,
+) -> (usize, RouterSocket) {
     loop {
-        match connect_router(&endpoint, CONNECT_TIMEOUT).await {
-            Ok(socket) => return (index, socket),
-            Err(error) => debug!(%endpoint, %error, "server not reachable; trying again"),
+        let target = match &bridge {
+            None => Ok(endpoint.clone()),
+            Some(bridge) => bridge.local_endpoint().await,
+        };
+        match target {
+            Ok(target) => match connect_router(&target, CONNECT_TIMEOUT).await {
+                Ok(socket) => return (index, socket),
+                Err(error) => debug!(%endpoint, %error, "server not reachable; trying again"),
+            },
+            Err(error) => debug!(%endpoint, %error, "CURVE bridge cannot listen; trying again"),
         }
         tokio::time::sleep(retry).await;
+    }
+}
+
+/// Frames the client accepts from a server through a CURVE bridge: the broker's limits.
+fn frame_limits() -> FrameLimits {
+    let limits = majordomo_proto::Limits::default();
+    FrameLimits {
+        max_frame: limits.max_message_size as u64,
+        max_message: limits.max_message_size as u64,
+        max_frames: u32::try_from(limits.max_frames).unwrap_or(u32::MAX),
     }
 }
 
@@ -161,6 +238,7 @@ fn next_any(slots: &mut [Slot]) -> Option<BoxFuture<'_, (usize, SlotEvent)>> {
 
 async fn run(
     endpoints: Vec<String>,
+    bridges: Vec<Option<Arc<CurveOutbound>>>,
     config: FreelanceConfig,
     mut commands: mpsc::Receiver<Command>,
 ) {
@@ -170,8 +248,10 @@ async fn run(
     let mut slots: Vec<Slot> = endpoints
         .into_iter()
         .zip(identities)
-        .map(|(endpoint, identity)| Slot {
+        .zip(bridges)
+        .map(|((endpoint, identity), bridge)| Slot {
             endpoint,
+            bridge,
             identity,
             socket: None,
             connecting: false,
@@ -183,7 +263,12 @@ async fn run(
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.socket.is_none() && !slot.connecting {
                 slot.connecting = true;
-                connects.spawn(connect(i, slot.endpoint.clone(), config.ping_interval));
+                connects.spawn(connect(
+                    i,
+                    slot.endpoint.clone(),
+                    slot.bridge.clone(),
+                    config.ping_interval,
+                ));
             }
         }
         let now = clock::now();

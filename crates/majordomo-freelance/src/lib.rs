@@ -34,8 +34,9 @@
 mod client;
 mod server;
 
-pub use client::{FreelanceClient, FreelanceClientError};
+pub use client::{FreelanceClient, FreelanceClientError, FreelanceCurve};
 pub use majordomo_proto::freelance::{FreelanceConfig, FreelanceError, FreelanceStats};
+pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey};
 pub use majordomo_worker::{handler_fn, BoxError, Handler};
 pub use majordomo_zmtp::GuardConfig;
 pub use server::{FreelanceServer, FreelanceServerError, ServerStats};

@@ -67,7 +67,8 @@ impl std::fmt::Debug for FreelanceServer {
 
 impl FreelanceServer {
     /// Binds `endpoint`, which is also the identity clients address it by; behind the ZMTP
-    /// guard with `guard`'s limits (relay mode: the front end would hide the identity).
+    /// guard with `guard`'s limits (relaying, or as the front end with CURVE, which then
+    /// announces the identity).
     pub async fn bind(
         endpoint: &str,
         guard: Option<GuardConfig>,
@@ -83,10 +84,16 @@ impl FreelanceServer {
         identity: &str,
         guard: Option<GuardConfig>,
     ) -> Result<Self, FreelanceServerError> {
-        let mut socket = ZmqRouter::with_identity(Bytes::copy_from_slice(identity.as_bytes()))?;
-        let guard = guard.map(|g| g.front_end(false));
+        let identity = Bytes::copy_from_slice(identity.as_bytes());
+        let mut socket = ZmqRouter::with_identity(identity.clone())?;
+        // Relayed, the socket's own READY carries the identity; the front end (which CURVE
+        // needs) announces it itself.
+        let guard = guard.map(|g| match g.curve {
+            Some(_) => g.identity(identity.clone()),
+            None => g.front_end(false),
+        });
         let endpoint = socket.bind_guarded(endpoint, guard.as_ref()).await?;
-        info!(%endpoint, %identity, "freelance server bound");
+        info!(%endpoint, identity = %String::from_utf8_lossy(&identity), "freelance server bound");
         Ok(Self {
             socket,
             endpoint,

@@ -73,6 +73,10 @@ pub struct GuardConfig {
     /// peers see a CURVE server, the server behind sees them as NULL peers. See
     /// [`crate::mux::secure`].
     pub curve: Option<std::sync::Arc<crate::mux::secure::CurveSecurity>>,
+    /// Front-end mode: the routing identity the front end announces to every peer in its READY,
+    /// as the server's (a Freelance server's public endpoint, RFC 10). Default none. In relay
+    /// mode the server's own READY passes through with whatever identity it sets.
+    pub identity: Option<bytes::Bytes>,
 }
 
 impl Default for GuardConfig {
@@ -92,6 +96,7 @@ impl Default for GuardConfig {
             outbound_budget: 32 * 1024 * 1024,
             front_end: false,
             curve: None,
+            identity: None,
         }
     }
 }
@@ -178,6 +183,12 @@ impl GuardConfig {
     pub fn curve(mut self, security: crate::mux::secure::CurveSecurity) -> Self {
         self.curve = Some(std::sync::Arc::new(security));
         self.front_end = true;
+        self
+    }
+
+    /// Sets `identity`; the field says what it means and its default.
+    pub fn identity(mut self, identity: bytes::Bytes) -> Self {
+        self.identity = Some(identity);
         self
     }
 

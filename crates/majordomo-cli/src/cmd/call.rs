@@ -107,15 +107,19 @@ pub(crate) async fn run(args: CallArgs) -> Result<ExitCode> {
 /// `call --freelance`: the frames to the Freelance servers, the reply printed one frame per
 /// line.
 async fn run_freelance(args: CallArgs) -> Result<ExitCode> {
-    use majordomo_freelance::{FreelanceClient, FreelanceClientError, FreelanceConfig};
-    anyhow::ensure!(
-        args.connect.curve.curve_server_key.is_none(),
-        "--freelance does not speak CURVE yet"
-    );
+    use majordomo_freelance::{
+        FreelanceClient, FreelanceClientError, FreelanceConfig, FreelanceCurve,
+    };
     let config = FreelanceConfig::default()
         .attempt_timeout(args.timeout)
         .timeout(args.timeout * args.attempts.max(1));
-    let client = FreelanceClient::new(args.connect.connect.clone(), config)?;
+    let endpoints = args.connect.connect.clone();
+    let client = match args.connect.curve.keys()? {
+        None => FreelanceClient::new(endpoints, config)?,
+        Some((server, keys)) => {
+            FreelanceClient::with_curve(endpoints, config, FreelanceCurve { server, keys })?
+        }
+    };
     let mut frames = vec![Bytes::from(args.service)];
     frames.extend(args.body.into_iter().map(Bytes::from));
     let reply = match client.request(frames).await {

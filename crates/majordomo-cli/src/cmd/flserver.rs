@@ -48,10 +48,6 @@ enum FlserverKind {
 pub(crate) async fn run(args: FlserverArgs) -> Result<()> {
     let identity = args.identity.clone().unwrap_or_else(|| args.bind.clone());
     let guard = args.guard.config(16 * 1024 * 1024)?;
-    anyhow::ensure!(
-        guard.as_ref().is_none_or(|g| g.curve.is_none()),
-        "flserver does not serve CURVE yet"
-    );
     let server = FreelanceServer::bind_as(&args.bind, &identity, guard)
         .await
         .context("flserver cannot start")?

@@ -263,7 +263,8 @@ async fn peer(
         shared.inbound.clone(),
         config.message_timeout,
         config.curve.clone(),
-    );
+    )
+    .announce_identity(config.identity.clone());
     let (replies, mut queue) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicU64::new(0));
     let mut entry = Some(Entry {

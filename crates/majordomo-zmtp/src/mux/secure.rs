@@ -118,6 +118,8 @@ pub struct PeerCodec {
     plain: usize,
     plain_charge: Option<Charge>,
     key: Option<CurvePublicKey>,
+    /// The routing identity announced in the server's READY, if any.
+    identity: Option<Bytes>,
 }
 
 impl std::fmt::Debug for PeerCodec {
@@ -147,7 +149,27 @@ impl PeerCodec {
             plain: 0,
             plain_charge: None,
             key: None,
+            identity: None,
         }
+    }
+
+    /// Announces `identity` as the server's routing identity in its READY (a Freelance
+    /// server's public endpoint, RFC 10); by default none.
+    pub fn announce_identity(mut self, identity: Option<Bytes>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The server's READY metadata: its socket type, and its identity if it announces one.
+    fn ready_metadata(&self) -> Vec<u8> {
+        let mut metadata = ROUTER_METADATA.to_vec();
+        if let Some(identity) = &self.identity {
+            metadata.push(8);
+            metadata.extend_from_slice(b"Identity");
+            metadata.extend_from_slice(&(identity.len() as u32).to_be_bytes());
+            metadata.extend_from_slice(identity);
+        }
+        metadata
     }
 
     /// Appends what the server sends as soon as the connection is accepted: the whole NULL
@@ -220,7 +242,7 @@ impl PeerCodec {
             None => {
                 let step = self.assembler.next(now, buf)?;
                 if let Step::Ready { .. } = step {
-                    link::encode_ready(out, b"ROUTER", None);
+                    link::encode_ready(out, b"ROUTER", self.identity.as_deref());
                 }
                 if let Step::Ping { context, .. } = &step {
                     link::encode_pong(out, context);
@@ -429,7 +451,8 @@ impl PeerCodec {
             }
         };
         self.key = Some(initiated.client_key);
-        self.curve = Some(Curve::Open(initiated.accept(ROUTER_METADATA, out)));
+        let metadata = self.ready_metadata();
+        self.curve = Some(Curve::Open(initiated.accept(&metadata, out)));
         Ok(Step::Ready { consumed, ready })
     }
 
