@@ -164,6 +164,10 @@ struct Server {
     /// Alive until then; `None` until it is first heard from.
     expires: Option<Instant>,
     next_ping: Instant,
+    /// An attempt timed out on it and it has not been heard from since: new requests go to
+    /// other live servers first (a frozen server stays alive for its TTL, and without this
+    /// every new request would wait an attempt timeout on it).
+    suspect: bool,
 }
 
 #[derive(Debug)]
@@ -202,6 +206,7 @@ impl FreelanceCore {
                 identity,
                 expires: None,
                 next_ping: now,
+                suspect: false,
             })
             .collect();
         let mut core = Self {
@@ -268,6 +273,7 @@ impl FreelanceCore {
         // nothing arrives within a multiple of the ping interval).
         let was_dead = !self.is_alive(index, now);
         self.servers[index].expires = Some(now + self.config.server_ttl);
+        self.servers[index].suspect = false;
         if was_dead {
             // Requests waiting for a live server go now.
             let waiting: Vec<u64> = self
@@ -348,6 +354,10 @@ impl FreelanceCore {
             .map(|(&id, _)| id)
             .collect();
         for id in due {
+            // The server it waited on did not answer in time: suspect until heard from.
+            if let Some(server) = self.pending.get(&id).and_then(|p| p.server) {
+                self.servers[server].suspect = true;
+            }
             self.attempt(now, id);
         }
     }
@@ -435,12 +445,13 @@ impl FreelanceCore {
             return;
         }
         let count = self.servers.len();
-        // The first live server after the last one tried, round the list; a first attempt
-        // starts from the first server given.
+        // The first live server after the last one tried, round the list (a first attempt
+        // starts from the first server given), one not suspect if there is one.
         let start = pending.server.map_or(0, |s| s + 1);
-        let next = (0..count)
-            .map(|k| (start + k) % count)
-            .find(|&i| self.is_alive(i, now));
+        let order = || (0..count).map(|k| (start + k) % count);
+        let next = order()
+            .find(|&i| self.is_alive(i, now) && !self.servers[i].suspect)
+            .or_else(|| order().find(|&i| self.is_alive(i, now)));
         let deadline = pending.deadline;
         let previous = pending.server;
         let Some(pending) = self.pending.get_mut(&id) else {

@@ -277,3 +277,28 @@ fn a_server_connected_again_is_pinged_at_once() {
         s.now - config.ping_interval / 4 + config.ping_interval
     );
 }
+
+#[test]
+fn a_frozen_server_costs_one_attempt_timeout_not_one_per_request() {
+    let config = FreelanceConfig::default().server_ttl(Duration::from_secs(6));
+    let mut s = Sim::new(config, &[A, B]);
+    s.sent();
+    s.pong(A);
+    s.pong(B);
+    let first = s.core.request(s.now, vec![b("1")]);
+    assert_eq!(s.requests(), [(A.into(), first.to_string())]);
+    // A freezes (alive for its TTL still); the request moves to B after one attempt timeout.
+    let moved = s.advance(config.attempt_timeout, &[B]);
+    assert_eq!(moved, [(B.into(), first.to_string())]);
+    s.reply(B, &first.to_string(), "1");
+    // The next requests go straight to B while A is suspect...
+    for i in 2..5 {
+        let id = s.core.request(s.now, vec![b(&i.to_string())]);
+        assert_eq!(s.requests(), [(B.into(), id.to_string())]);
+        s.reply(B, &id.to_string(), "r");
+    }
+    // ...and back to A, the first given, once A is heard from again.
+    s.pong(A);
+    let id = s.core.request(s.now, vec![b("5")]);
+    assert_eq!(s.requests(), [(A.into(), id.to_string())]);
+}

@@ -70,10 +70,20 @@ pub(super) async fn run(args: &BenchArgs, threads: &str, size: usize) -> Result<
     run
 }
 
+/// How a server in use is made to fail.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Failure {
+    /// SIGKILL: its connections close at once.
+    Kill,
+    /// SIGSTOP: it stops answering while its connections stay open.
+    Freeze,
+}
+
 /// The `freelance-failover` run: three echo servers, one client making one request after
-/// another; the server in use (the first) is killed with SIGKILL five times, restarted after
-/// each. Returns, for each kill, how long from the kill to the first reply after it.
-pub(super) async fn failover(threads: &str) -> Result<Vec<Duration>> {
+/// another; the server in use (the first) fails (`failure`) five times, killed and restarted
+/// after each. Returns, for each, how long from the failure to the reply to the first request
+/// sent after it (the request in flight at the failure is answered first, by whichever server).
+pub(super) async fn failover(threads: &str, failure: Failure) -> Result<Vec<Duration>> {
     let endpoints: Vec<String> = (0..3)
         .map(|_| free_endpoint(Transport::Tcp))
         .collect::<Result<_>>()?;
@@ -82,17 +92,22 @@ pub(super) async fn failover(threads: &str) -> Result<Vec<Duration>> {
         servers.push(Some(flserver(endpoint, threads).await?));
     }
     let client = FreelanceClient::new(endpoints.clone(), FreelanceConfig::default())?;
-    let replies: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    // (sent, replied) of every request.
+    let calls: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let caller = {
-        let (client, replies) = (client.clone(), replies.clone());
+        let (client, calls) = (client.clone(), calls.clone());
         tokio::spawn(async move {
             let mut i = 0u64;
             while !*stopped.borrow() {
                 let body = vec![Bytes::from(i.to_string())];
+                let sent = Instant::now();
                 let reply = client.request(body.clone()).await?;
                 ensure!(reply == body, "reply {reply:?} is not request {i}'s");
-                replies.lock().expect("not poisoned").push(Instant::now());
+                calls
+                    .lock()
+                    .expect("not poisoned")
+                    .push((sent, Instant::now()));
                 i += 1;
             }
             Ok(())
@@ -100,28 +115,35 @@ pub(super) async fn failover(threads: &str) -> Result<Vec<Duration>> {
     };
     let mut gaps = Vec::new();
     for _ in 0..KILLS {
-        // Steady replies from the first server, then it dies.
+        // Steady replies from the first server, then it fails.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(victim) = servers[0].take() else {
             bail!("the first server is not running");
         };
-        victim.signal("KILL")?;
-        let killed = Instant::now();
-        let deadline = killed + Duration::from_secs(10);
+        victim.signal(match failure {
+            Failure::Kill => "KILL",
+            Failure::Freeze => "STOP",
+        })?;
+        let failed = Instant::now();
+        let deadline = failed + Duration::from_secs(10);
         let gap = loop {
-            let after = replies
+            let after = calls
                 .lock()
                 .expect("not poisoned")
                 .iter()
-                .find(|&&at| at > killed)
-                .copied();
+                .find(|(sent, _)| *sent >= failed)
+                .map(|(_, replied)| *replied);
             if let Some(at) = after {
-                break at - killed;
+                break at - failed;
             }
-            ensure!(Instant::now() < deadline, "no reply within 10 s of a kill");
+            ensure!(
+                Instant::now() < deadline,
+                "no reply within 10 s of a failure"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         gaps.push(gap);
+        victim.signal("KILL")?;
         drop(victim);
         servers[0] = Some(flserver(&endpoints[0], threads).await?);
         // Back in use once the client has heard from it again.

@@ -162,8 +162,8 @@ pub(crate) enum RunKind {
     /// against `broker` and `client-mux`. CPU and memory are the first server's.
     Freelance,
     /// Three Freelance servers and one client calling without pause; the server in use is
-    /// killed (SIGKILL) five times, restarted after each: the time from each kill to the next
-    /// reply, printed after the table.
+    /// killed (SIGKILL) five times, then frozen (SIGSTOP) five times, restarted after each: the
+    /// time from each failure to the reply to the next request, printed before the table.
     FreelanceFailover,
     /// Our broker with `--metrics-listen` (the Prometheus recorder installed): what metrics
     /// cost.
@@ -297,16 +297,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             runs.push(median_of(args.repeat, run).await?);
         }
         if wanted(RunKind::FreelanceFailover) && size == args.sizes[0] {
-            let mut gaps = freelance::failover(&threads).await?;
-            gaps.sort();
-            let ms = |d: &std::time::Duration| d.as_secs_f64() * 1000.0;
-            eprintln!(
-                "freelance-failover: from a kill of the server in use to the next reply, over {} kills: p50 {:.1} ms, max {:.1} ms ({:?})",
-                gaps.len(),
-                ms(&gaps[gaps.len() / 2]),
-                ms(&gaps[gaps.len() - 1]),
-                gaps.iter().map(|g| format!("{:.1}", ms(g))).collect::<Vec<_>>()
-            );
+            for failure in [freelance::Failure::Kill, freelance::Failure::Freeze] {
+                let mut gaps = freelance::failover(&threads, failure).await?;
+                gaps.sort();
+                let ms = |d: &std::time::Duration| d.as_secs_f64() * 1000.0;
+                eprintln!(
+                    "freelance-failover ({failure:?}): from the failure of the server in use to the reply to the next request, over {} failures: p50 {:.1} ms, max {:.1} ms ({:?})",
+                    gaps.len(),
+                    ms(&gaps[gaps.len() / 2]),
+                    ms(&gaps[gaps.len() - 1]),
+                    gaps.iter().map(|g| format!("{:.1}", ms(g))).collect::<Vec<_>>()
+                );
+            }
         }
         // The handshake does not depend on the body size: measured once.
         if wanted(RunKind::CurveHandshakes) && size == args.sizes[0] {
