@@ -532,3 +532,123 @@ async fn the_paranoid_pirate_queue_serves_curve_on_both_ends() -> Result<()> {
     queue_task.await??;
     Ok(())
 }
+
+/// A raw CURVE peer on `endpoint` (a DEALER by its metadata), handshake done: the stream.
+async fn curve_raw_peer(endpoint: &str, server: &CurveKeyPair) -> Result<tokio::net::TcpStream> {
+    use bytes::{Buf, BytesMut};
+    use majordomo_zmtp::curve::{encode_greeting, CurveClient};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let addr = endpoint.trim_start_matches("tcp://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut rng = crypto_box::aead::OsRng;
+    let keys = std::sync::Arc::new(CurveKeyPair::generate());
+    let mut client = CurveClient::new(&mut rng, server.public(), keys);
+    let mut out = BytesMut::new();
+    encode_greeting(&mut out, false);
+    client.hello(&mut out);
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::new();
+    let command = async |buf: &mut BytesMut, stream: &mut tokio::net::TcpStream| loop {
+        if buf.len() >= 2 && buf[0] & 0x02 == 0 && buf.len() >= 2 + usize::from(buf[1]) {
+            let size = usize::from(buf[1]);
+            buf.advance(2);
+            return Ok::<_, anyhow::Error>(buf.split_to(size));
+        }
+        anyhow::ensure!(stream.read_buf(buf).await? > 0, "closed in the handshake");
+    };
+    while buf.len() < 64 {
+        anyhow::ensure!(
+            stream.read_buf(&mut buf).await? > 0,
+            "closed in the greeting"
+        );
+    }
+    buf.advance(64);
+    let welcome = command(&mut buf, &mut stream).await?;
+    out.clear();
+    let dealer = b"\x0bSocket-Type\x00\x00\x00\x06DEALER";
+    client.welcome(&mut rng, &welcome, dealer, &mut out)?;
+    stream.write_all(&out).await?;
+    let ready = command(&mut buf, &mut stream).await?;
+    client.ready(&ready)?;
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_frames_half_sent_by_many_peers_hold_no_more_than_the_inbound_budget() -> Result<()>
+{
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1024 * 1024;
+    let server = CurveKeyPair::generate();
+    let guard = GuardConfig::default()
+        .max_frame_size(2 * MIB as u64)
+        .max_message_size(2 * MIB as u64)
+        .inbound_budget(8 * MIB)
+        .message_timeout(Duration::from_secs(1))
+        .curve(CurveSecurity {
+            keys: std::sync::Arc::new(server.clone()),
+            clients: ClientFilter::default(),
+            allow_null: false,
+        });
+    let broker = Broker::builder()
+        .bind("tcp://127.0.0.1:0")
+        .config(test_config())
+        .guard(guard)
+        .build()
+        .await?;
+    let stats = broker.guards()[0].clone();
+    let broker = RunningBroker::run(broker);
+    // Twelve peers each announce a sealed 2 MiB frame and send 1 MiB of it: 12 MiB offered.
+    let mut senders = Vec::new();
+    for _ in 0..12 {
+        let mut peer = curve_raw_peer(&broker.endpoint, &server).await?;
+        senders.push(tokio::spawn(async move {
+            let mut header = vec![0x02];
+            header.extend(((2 * MIB + 33) as u64).to_be_bytes());
+            let _ = peer.write_all(&header).await;
+            // Held back by the budget, this write waits; a closed peer ends it.
+            let _ = peer.write_all(&vec![0u8; MIB]).await;
+            integration_tests::closed_within(&mut peer, PATIENCE).await
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut most = 0;
+    while stats.stats().count(Rule::MessageTimeout) < 12 {
+        most = most.max(stats.stats().inbound_held);
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "stalled peers not closed: {:?}",
+            stats.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most > 0, "the sealed frames were charged");
+    assert!(most <= 8 * MIB as u64, "held {most} bytes");
+    for sender in senders {
+        assert!(sender.await?, "each stalled peer was closed");
+    }
+    // Every byte back, and a CURVE client served.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stats.stats().inbound_held > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "budget not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (stop, task) = our_echo_worker(curve_connector(
+        &broker.endpoint,
+        &server,
+        &CurveKeyPair::generate(),
+    )?);
+    let client = majordomo_client::Client::with_connector(
+        curve_connector(&broker.endpoint, &server, &CurveKeyPair::generate())?,
+        majordomo_client::ClientConfig::default().timeout(PATIENCE),
+    );
+    let hello = vec![bytes::Bytes::from_static(b"hello")];
+    assert_eq!(client.request("echo", hello.clone()).await?, hello);
+    let _ = stop.send(());
+    task.await??;
+    broker.stop().await?;
+    Ok(())
+}
