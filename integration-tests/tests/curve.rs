@@ -402,6 +402,28 @@ async fn our_client_mux_client_and_worker_speak_curve_to_our_broker_under_its_ru
     for result in futures::future::join_all(calls).await {
         result?;
     }
+    // The asynchronous client, pipelining on one CURVE connection.
+    let mut pipelined = majordomo_client::AsyncClient::with_connector(
+        &curve_connector(&broker.endpoint, &server, &client_keys)?,
+        ClientConfig::default(),
+    )
+    .await?;
+    for i in 0..50 {
+        pipelined
+            .send("echo", vec![Bytes::from(format!("pipelined {i}"))])
+            .await?;
+    }
+    // Four workers answer: replies come in the order they are done.
+    let mut replies = Vec::new();
+    for _ in 0..50 {
+        replies.extend(pipelined.recv().await?.body);
+    }
+    replies.sort();
+    let mut sent: Vec<Bytes> = (0..50)
+        .map(|i| Bytes::from(format!("pipelined {i}")))
+        .collect();
+    sent.sort();
+    assert_eq!(replies, sent);
     let stats = broker.stats().await?;
     assert_eq!(stats.unauthorized, 0);
     assert_eq!(guard.stats().count(Rule::Curve), 0);

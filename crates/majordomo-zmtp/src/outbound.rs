@@ -57,7 +57,8 @@ pub enum BridgeError {
 }
 
 /// Carries zmq.rs connections to one CURVE server; see the module documentation. The listener
-/// starts on the first [`CurveOutbound::local_endpoint`] and stops when this is dropped.
+/// starts on the first [`CurveOutbound::local_endpoint`] and stops when this is dropped; the
+/// connections it carries go on until either side closes them.
 #[derive(Debug)]
 pub struct CurveOutbound {
     remote: String,
@@ -144,16 +145,12 @@ async fn accept(listener: UnixListener, bridge: Arc<Bridge>, cancel: Cancellatio
             },
             _ = cancel.cancelled() => return,
         };
+        // A connection outlives the [`CurveOutbound`] that accepted it: it ends when zmq.rs's
+        // socket or the server closes it (a client may drop its connector and keep its socket).
         let bridge = bridge.clone();
-        let cancel = cancel.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                end = bridge.carry(local) => {
-                    if let Err(error) = end {
-                        debug!(%error, "CURVE connection ended");
-                    }
-                }
-                _ = cancel.cancelled() => {}
+            if let Err(error) = bridge.carry(local).await {
+                debug!(%error, "CURVE connection ended");
             }
         });
     }
