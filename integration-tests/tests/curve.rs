@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use integration_tests::{service_workers, test_config, PyPeer as Py, RunningBroker, PATIENCE};
 use majordomo_broker::{
     AccessRule, AccessRules, Broker, BrokerConfig, ClientFilter, CurveKeyPair, CurveSecurity,
@@ -669,6 +669,69 @@ async fn sealed_frames_half_sent_by_many_peers_hold_no_more_than_the_inbound_bud
     );
     let hello = vec![bytes::Bytes::from_static(b"hello")];
     assert_eq!(client.request("echo", hello.clone()).await?, hello);
+    let _ = stop.send(());
+    task.await??;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_worker_and_client_reconnect_through_curve_to_a_restarted_broker() -> Result<()> {
+    use bytes::Bytes;
+    use majordomo_client::{Client, ClientConfig};
+
+    let server = CurveKeyPair::generate();
+    let (broker, _guard) = curve_broker(&server, None, test_config()).await?;
+    let endpoint = broker.endpoint.clone();
+    let (stop, task) = our_echo_worker(curve_connector(
+        &endpoint,
+        &server,
+        &CurveKeyPair::generate(),
+    )?);
+    let client = Client::with_connector(
+        curve_connector(&endpoint, &server, &CurveKeyPair::generate())?,
+        ClientConfig::default()
+            .timeout(Duration::from_millis(500))
+            .attempts(2),
+    );
+    let before = vec![Bytes::from_static(b"before")];
+    assert_eq!(client.request("echo", before.clone()).await?, before);
+    broker.stop().await?;
+    // The same keys on the same endpoint, a new broker process would do the same.
+    let guard = GuardConfig::default().curve(CurveSecurity {
+        keys: std::sync::Arc::new(server.clone()),
+        clients: ClientFilter::default(),
+        allow_null: false,
+    });
+    let mut restarted = None;
+    for _ in 0..100 {
+        let built = Broker::builder()
+            .bind(&endpoint)
+            .config(test_config())
+            .guard(guard.clone())
+            .build()
+            .await;
+        if let Ok(broker) = built {
+            restarted = Some(RunningBroker::run(broker));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let broker = restarted.context("the endpoint could be bound again")?;
+    let after = vec![Bytes::from_static(b"after")];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match client.request("echo", after.clone()).await {
+            Ok(reply) => {
+                assert_eq!(reply, after);
+                break;
+            }
+            Err(error) => anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "not served again: {error}"
+            ),
+        }
+    }
     let _ = stop.send(());
     task.await??;
     broker.stop().await?;
