@@ -142,6 +142,41 @@ async fn broker_that_cannot_bind_exits_with_a_clear_message() -> Result<()> {
         stderr.contains("cannot bind") && stderr.contains(&ep),
         "{stderr}"
     );
+    // The cause once, not repeated by each error that carries it.
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    let mut unguarded = Proc::spawn(&["broker", "--no-guard", "--bind", &ep])?;
+    unguarded.wait_exit().await?;
+    let stderr = unguarded.log();
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_malformed_endpoint_is_an_error_at_once_not_a_timeout() -> Result<()> {
+    for command in [&["call"][..], &["call", "--freelance"][..]] {
+        let out = Command::new(majordomo_bin()?)
+            .args(command)
+            .args([
+                "--connect",
+                "not an endpoint",
+                "--timeout",
+                "30s",
+                "echo",
+                "x",
+            ])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("is not an endpoint"), "{stderr}");
+    }
     Ok(())
 }
 

@@ -43,6 +43,32 @@ async fn metrics_count_real_traffic_and_a_purged_worker() -> Result<()> {
     wait_for_service(&ep, "echo").await?;
     let (status, before) = get_when_up(&metrics, "/metrics").await?;
     assert_eq!(status, 200);
+    // Every family on the page has its help and type, the build is named, and the counters
+    // are there from zero.
+    let families: Vec<&str> = before
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 20, "{before}");
+    for family in &families {
+        assert!(
+            before.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{before}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &before,
+            &format!(
+                "majordomo_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "majordomo_unauthorized_total"), Some(0.0));
     let requests = sample(&before, "majordomo_requests_total").context("requests counter")?;
     let replies = sample(&before, "majordomo_replies_total").context("replies counter")?;
     assert_eq!(sample(&before, "majordomo_workers"), Some(1.0), "{before}");

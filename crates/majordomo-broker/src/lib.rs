@@ -69,7 +69,7 @@ pub use majordomo_proto::Limits;
 pub enum BrokerError {
     /// Binding an endpoint failed: the address is in use, malformed, or of an unsupported
     /// transport.
-    #[error("cannot bind {endpoint}: {source}")]
+    #[error("cannot bind {endpoint}")]
     Bind {
         /// The endpoint as given.
         endpoint: String,

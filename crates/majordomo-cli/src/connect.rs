@@ -68,6 +68,9 @@ impl ConnectArgs {
 impl CurveArgs {
     /// A connector for each of `endpoints`, with CURVE if asked for.
     pub(crate) fn connectors(&self, endpoints: &[String]) -> Result<Vec<DealerConnector>> {
+        for endpoint in endpoints {
+            majordomo_rt::transport::check_endpoint(endpoint)?;
+        }
         let Some((server, keys)) = self.keys()? else {
             return Ok(endpoints.iter().map(DealerConnector::from).collect());
         };

@@ -113,6 +113,8 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
         )
         .install_recorder()
         .context("installing the metrics recorder")?;
+    describe();
+    gauge!("majordomo_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("process_start_time_seconds").set(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -195,6 +197,176 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// Every metric's help text, so that each family on the page has its `# HELP` line.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    let counters = [
+        (
+            "majordomo_requests_total",
+            "Requests received from clients, mmi.* included.",
+        ),
+        ("majordomo_replies_total", "Replies passed back to clients."),
+        (
+            "majordomo_expired_total",
+            "Requests dropped because their expiry or maximum wait passed.",
+        ),
+        (
+            "majordomo_rejected_total",
+            "Requests refused on arrival (a bound, draining, the access rules).",
+        ),
+        (
+            "majordomo_requeued_total",
+            "Requests put back in their queue after their worker was lost.",
+        ),
+        (
+            "majordomo_abandoned_total",
+            "Requests dropped after --max-deliveries workers were lost holding them.",
+        ),
+        (
+            "majordomo_purged_workers_total",
+            "Workers purged for silence.",
+        ),
+        (
+            "majordomo_disconnected_workers_total",
+            "Workers removed because their connection closed.",
+        ),
+        (
+            "majordomo_rejoined_workers_total",
+            "Workers that registered again (queues).",
+        ),
+        (
+            "majordomo_undeliverable_total",
+            "Messages that could not be sent to their peer.",
+        ),
+        (
+            "majordomo_lost_replies_total",
+            "Replies whose client was gone (queues).",
+        ),
+        (
+            "majordomo_stale_replies_total",
+            "Replies to requests no longer held (queues).",
+        ),
+        (
+            "majordomo_queue_protocol_errors_total",
+            "Malformed messages a queue dropped.",
+        ),
+        (
+            "majordomo_unauthorized_total",
+            "Requests and READYs refused by the access rules.",
+        ),
+        (
+            "majordomo_dropped_requests_total",
+            "Requests dropped unanswered, by reason.",
+        ),
+        (
+            "majordomo_protocol_errors_total",
+            "Malformed or unexpected messages, by kind.",
+        ),
+        (
+            "majordomo_guard_connections_total",
+            "Connections the ZMTP guard accepted.",
+        ),
+        (
+            "majordomo_guard_pongs_total",
+            "ZMTP PINGs the guard answered.",
+        ),
+        (
+            "majordomo_guard_dropped_total",
+            "Replies the guard dropped for a peer that was gone or did not read.",
+        ),
+        (
+            "majordomo_guard_refused_total",
+            "Connections the guard closed, by the rule broken.",
+        ),
+        (
+            "majordomo_reloads_total",
+            "SIGHUP reloads (CURVE client keys, access rules), by result.",
+        ),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+    }
+    let gauges = [
+        (
+            "majordomo_build_info",
+            "Always 1; the version in its label.",
+        ),
+        ("majordomo_workers", "Workers registered."),
+        ("majordomo_idle_workers", "Workers waiting for a request."),
+        ("majordomo_services", "Services known."),
+        ("majordomo_queued", "Requests queued."),
+        ("majordomo_in_flight", "Requests held by a worker."),
+        (
+            "majordomo_draining",
+            "1 while draining after a stop signal.",
+        ),
+        ("majordomo_service_queued", "Requests queued, by service."),
+        (
+            "majordomo_service_idle_workers",
+            "Idle workers, by service.",
+        ),
+        (
+            "majordomo_service_busy_workers",
+            "Busy workers, by service.",
+        ),
+        (
+            "majordomo_guard_open_connections",
+            "Connections open through the guard.",
+        ),
+        (
+            "majordomo_bstar_state",
+            "The Binary Star state (1 primary, 2 backup, 3 active, 4 passive).",
+        ),
+        (
+            "majordomo_bstar_active",
+            "1 while this broker is the active one of its pair.",
+        ),
+        (
+            "majordomo_bstar_peer_state",
+            "The Binary Star state the peer last published.",
+        ),
+        ("process_open_fds", "Open file descriptors."),
+    ];
+    for (name, help) in gauges {
+        describe_gauge!(name, help);
+    }
+    describe_gauge!(
+        "majordomo_queued_bytes",
+        Unit::Bytes,
+        "Bytes queued, as the bounds count them."
+    );
+    describe_gauge!(
+        "majordomo_service_queued_bytes",
+        Unit::Bytes,
+        "Bytes queued, by service."
+    );
+    describe_gauge!(
+        "majordomo_service_oldest_queued_seconds",
+        Unit::Seconds,
+        "Age of the oldest queued request, by service."
+    );
+    describe_gauge!(
+        "process_cpu_seconds_total",
+        Unit::Seconds,
+        "CPU time used, user and system."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory."
+    );
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "When the process started, Unix time."
+    );
+    describe_histogram!(
+        "majordomo_request_duration_seconds",
+        Unit::Seconds,
+        "From a request's arrival to its reply, by service (the busiest by name, the rest as other)."
+    );
+}
+
 fn record_broker(stats: &BrokerStats) {
     counter!("majordomo_requests_total").absolute(stats.requests);
     counter!("majordomo_replies_total").absolute(stats.replies);
@@ -205,6 +377,7 @@ fn record_broker(stats: &BrokerStats) {
     counter!("majordomo_purged_workers_total").absolute(stats.purged);
     counter!("majordomo_disconnected_workers_total").absolute(stats.disconnected);
     counter!("majordomo_undeliverable_total").absolute(stats.undeliverable);
+    counter!("majordomo_unauthorized_total").absolute(stats.unauthorized);
     gauge!("majordomo_workers").set(stats.workers as f64);
     gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
     gauge!("majordomo_services").set(stats.services as f64);

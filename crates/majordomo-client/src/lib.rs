@@ -188,7 +188,7 @@ pub enum ClientError {
         body: Vec<Bytes>,
     },
     /// The broker answered with something that is not a 7/MDP client REPLY.
-    #[error("malformed reply: {0}")]
+    #[error("malformed reply")]
     Malformed(#[from] DecodeError),
     /// The reply names another service than the request was sent to.
     #[error("reply for service {got:?} to a request for {expected:?}")]
@@ -215,7 +215,7 @@ pub enum ClientError {
     #[error("no reply within the timeout")]
     Timeout,
     /// The transport failed in a way a retry cannot fix.
-    #[error("transport error: {0}")]
+    #[error("transport error")]
     Transport(#[from] TransportError),
 }
 

@@ -35,7 +35,7 @@ pub enum FreelanceClientError {
     #[error("the Freelance client has stopped")]
     Stopped,
     /// The configuration cannot work.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] majordomo_proto::ConfigError),
     /// No server was given.
     #[error("a Freelance client needs at least one server")]

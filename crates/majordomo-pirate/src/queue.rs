@@ -19,7 +19,7 @@ use tracing::{info, Instrument};
 #[non_exhaustive]
 pub enum QueueError {
     /// Binding an endpoint failed.
-    #[error("cannot bind {endpoint}: {source}")]
+    #[error("cannot bind {endpoint}")]
     Bind {
         /// The endpoint as given.
         endpoint: String,

@@ -41,6 +41,9 @@ pub enum TransportError {
     /// Connecting did not finish within the allowed time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// Not an endpoint at all.
+    #[error("{0:?} is not an endpoint (tcp://host:port or ipc:///path)")]
+    InvalidEndpoint(String),
     /// An endpoint this connection cannot use (CURVE needs `tcp://host:port`).
     #[error("{0}: not a tcp://host:port endpoint, which CURVE needs")]
     Endpoint(String),
@@ -131,9 +134,12 @@ impl<L: Transport, R: Transport> Transport for Either<L, R> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindError {
-    /// zmq.rs refused the endpoint (malformed, unsupported transport, address in use).
+    /// zmq.rs refused the endpoint (malformed, unsupported transport).
     #[error(transparent)]
-    Zmq(#[from] zeromq::ZmqError),
+    Zmq(zeromq::ZmqError),
+    /// The operating system refused the socket (the address in use, a path not writable).
+    #[error(transparent)]
+    Io(std::io::Error),
     /// The ZMTP guard could not bind the port or create its private socket.
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -251,6 +257,16 @@ impl ZmqRouter {
     /// Stats handles of the guards in front of this socket, one per guarded endpoint.
     pub fn guards(&self) -> Vec<GuardStatsHandle> {
         self.guards.iter().map(Guard::stats_handle).collect()
+    }
+}
+
+impl From<zeromq::ZmqError> for BindError {
+    /// An operating system error zmq.rs wraps is kept as it is: its message names it once.
+    fn from(error: zeromq::ZmqError) -> Self {
+        match error {
+            zeromq::ZmqError::Network(io) => BindError::Io(io),
+            other => BindError::Zmq(other),
+        }
     }
 }
 
@@ -489,6 +505,15 @@ pub async fn connect_dealer(
         Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(TransportError::ConnectTimeout(timeout)),
     }
+}
+
+/// Checks that `endpoint` is one (`tcp://host:port`, `ipc:///path`), so that a typo is an
+/// error at once rather than attempts that time out.
+pub fn check_endpoint(endpoint: &str) -> Result<(), TransportError> {
+    endpoint
+        .parse::<Endpoint>()
+        .map(|_| ())
+        .map_err(|_| TransportError::InvalidEndpoint(endpoint.to_owned()))
 }
 
 /// A zmq.rs ROUTER socket connected to `endpoint` within `timeout`: a Freelance client's socket

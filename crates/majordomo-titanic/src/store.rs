@@ -62,7 +62,7 @@ pub enum Op {
 #[non_exhaustive]
 pub enum StoreError {
     /// The database could not be opened (not a redb file, another version, locked, ...).
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}")]
     Open {
         /// Its path.
         path: String,
@@ -102,7 +102,7 @@ pub enum StoreError {
         what: String,
     },
     /// The file could not be read.
-    #[error("cannot read the store {path}: {source}")]
+    #[error("cannot read the store {path}")]
     File {
         /// Its path.
         path: String,

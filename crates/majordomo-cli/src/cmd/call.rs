@@ -114,6 +114,9 @@ async fn run_freelance(args: CallArgs) -> Result<ExitCode> {
         .attempt_timeout(args.timeout)
         .timeout(args.timeout * args.attempts.max(1));
     let endpoints = args.connect.connect.clone();
+    for endpoint in &endpoints {
+        majordomo_rt::transport::check_endpoint(endpoint)?;
+    }
     let client = match args.connect.curve.keys()? {
         None => FreelanceClient::new(endpoints, config)?,
         Some((server, keys)) => {

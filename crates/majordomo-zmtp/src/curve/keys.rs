@@ -29,7 +29,7 @@ pub enum KeyError {
     #[error("not a Z85 CURVE key (40 characters of RFC 32's alphabet): {0:?}")]
     Z85(String),
     /// A certificate file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io {
         /// The file.
         path: PathBuf,
