@@ -12,7 +12,7 @@ use majordomo_proto::freelance::{
 };
 use majordomo_rt::clock;
 use majordomo_rt::transport::{
-    connect_router, CurveKeyPair, CurvePublicKey, FrameLimits, Transport, TransportError,
+    connect_router, Connector, CurveKeyPair, CurvePublicKey, FrameLimits, Transport, TransportError,
 };
 use majordomo_zmtp::outbound::CurveOutbound;
 use tokio::sync::{mpsc, oneshot};
@@ -96,14 +96,10 @@ impl FreelanceClient {
         config: FreelanceConfig,
         curve: Option<FreelanceCurve>,
     ) -> Result<Self, FreelanceClientError> {
-        config.validate()?;
-        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
-        if endpoints.is_empty() {
-            return Err(FreelanceClientError::NoServers);
-        }
-        let mut bridges = Vec::with_capacity(endpoints.len());
-        for endpoint in &endpoints {
-            bridges.push(match &curve {
+        let mut servers = Vec::new();
+        for endpoint in endpoints {
+            let endpoint: String = endpoint.into();
+            let bridge = match &curve {
                 None => None,
                 Some(curve) => {
                     let remote = endpoint
@@ -116,11 +112,34 @@ impl FreelanceClient {
                         frame_limits(),
                     )))
                 }
-            });
+            };
+            let identity = Bytes::from(endpoint.clone());
+            servers.push((identity, FreelanceConnector { endpoint, bridge }));
+        }
+        Self::with_connectors(servers, config)
+    }
+
+    /// A client of the servers reached through `servers`: each server's identity (the one
+    /// the core addresses it by) and how to connect to it, in order of preference. A
+    /// connection's messages are the frames after the server's identity; one that fails is
+    /// made anew. [`FreelanceConnector`] is the one for zmq.rs; the in-memory sockets of
+    /// `majordomo_rt::memory` serve tests.
+    pub fn with_connectors<C>(
+        servers: impl IntoIterator<Item = (Bytes, C)>,
+        config: FreelanceConfig,
+    ) -> Result<Self, FreelanceClientError>
+    where
+        C: Connector + 'static,
+        C::Conn: 'static,
+    {
+        config.validate()?;
+        let servers: Vec<(Bytes, C)> = servers.into_iter().collect();
+        if servers.is_empty() {
+            return Err(FreelanceClientError::NoServers);
         }
         let (commands, queue) = mpsc::channel(1024);
-        let span = tracing::info_span!("freelance", servers = endpoints.len());
-        tokio::spawn(run(endpoints, bridges, config, queue).instrument(span));
+        let span = tracing::info_span!("freelance", servers = servers.len());
+        tokio::spawn(run(servers, config, queue).instrument(span));
         Ok(Self { commands })
     }
 
@@ -148,39 +167,123 @@ impl FreelanceClient {
     }
 }
 
-/// One server: its endpoint (and identity), and its socket once connected, with the socket's
-/// monitor, which tells at once when the connection closes (zmq.rs does not reconnect: the
-/// socket is then made anew).
-struct Slot {
-    endpoint: String,
-    /// With CURVE, the bridge the socket connects through.
-    bridge: Option<Arc<CurveOutbound>>,
+/// One server: its identity, how to reach it, and its connection once made.
+struct Slot<C: Connector> {
     identity: Bytes,
-    socket: Option<(RouterSocket, Monitor)>,
+    connector: Arc<C>,
+    conn: Option<C::Conn>,
     connecting: bool,
 }
 
-type Monitor = futures::channel::mpsc::Receiver<SocketEvent>;
+/// A connection to one Freelance server over zmq.rs: a ROUTER connected to that server alone
+/// (RFC 10: "Both clients and servers MUST use ROUTER"), addressing it by its identity. Its
+/// messages are the frames after the identity. Its connection closing (zmq.rs's monitor) ends
+/// it: `recv` then fails with [`TransportError::Closed`], and a new one is made.
+pub struct ServerSocket {
+    socket: RouterSocket,
+    monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    identity: Bytes,
+}
 
-/// Connects to `endpoint` (through `bridge` with CURVE), again and again every `retry` while
-/// the server is down.
-async fn connect(
-    index: usize,
+impl std::fmt::Debug for ServerSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSocket")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for ServerSocket {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        let Self {
+            socket,
+            monitor,
+            identity,
+        } = self;
+        loop {
+            let closed = async {
+                loop {
+                    match monitor.next().await {
+                        Some(SocketEvent::Disconnected(_)) | None => return,
+                        Some(_) => {}
+                    }
+                }
+            };
+            // Both are cancel-safe: zmq.rs's recv, and a channel's next.
+            let mut frames = tokio::select! {
+                message = Transport::recv(socket) => message?,
+                () = closed => return Err(TransportError::Closed),
+            };
+            // Only the server is connected; anything else is not for this connection.
+            if frames.len() >= 2 && frames[0] == *identity {
+                frames.remove(0);
+                return Ok(frames);
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        let mut message = Vec::with_capacity(frames.len() + 1);
+        message.push(self.identity.clone());
+        message.extend(frames);
+        Transport::send(&mut self.socket, message).await
+    }
+}
+
+/// Connects to one Freelance server over zmq.rs, through a CURVE bridge if it has one.
+#[derive(Debug)]
+pub struct FreelanceConnector {
     endpoint: String,
     bridge: Option<Arc<CurveOutbound>>,
-    retry: Duration,
-) -> (usize, RouterSocket) {
-    loop {
-        let target = match &bridge {
-            None => Ok(endpoint.clone()),
-            Some(bridge) => bridge.local_endpoint().await,
+}
+
+impl FreelanceConnector {
+    /// A connector to the server at `endpoint`, which is also its identity.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            bridge: None,
+        }
+    }
+}
+
+impl Connector for FreelanceConnector {
+    type Conn = ServerSocket;
+
+    async fn connect(&self, timeout: Duration) -> Result<ServerSocket, TransportError> {
+        let target = match &self.bridge {
+            None => self.endpoint.clone(),
+            Some(bridge) => bridge
+                .local_endpoint()
+                .await
+                .map_err(zeromq::ZmqError::from)?,
         };
-        match target {
-            Ok(target) => match connect_router(&target, CONNECT_TIMEOUT).await {
-                Ok(socket) => return (index, socket),
-                Err(error) => debug!(%endpoint, %error, "server not reachable; trying again"),
-            },
-            Err(error) => debug!(%endpoint, %error, "CURVE bridge cannot listen; trying again"),
+        let mut socket = connect_router(&target, timeout).await?;
+        let monitor = socket.monitor();
+        Ok(ServerSocket {
+            socket,
+            monitor,
+            identity: Bytes::from(self.endpoint.clone()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.endpoint.clone()
+    }
+}
+
+/// Connects through `connector`, again and again every `retry` while the server is down.
+async fn connect<C: Connector>(
+    index: usize,
+    connector: Arc<C>,
+    retry: Duration,
+) -> (usize, C::Conn) {
+    loop {
+        match connector.connect(CONNECT_TIMEOUT).await {
+            Ok(conn) => return (index, conn),
+            Err(error) => {
+                debug!(server = %connector.describe(), %error, "server not reachable; trying again")
+            }
         }
         tokio::time::sleep(retry).await;
     }
@@ -196,64 +299,43 @@ fn frame_limits() -> FrameLimits {
     }
 }
 
-/// What one server's socket gave.
-enum SlotEvent {
-    /// A message, or the socket's failure.
-    Message(Result<Vec<Bytes>, TransportError>),
-    /// The monitor saw the connection close.
-    Closed,
-}
-
-/// The next message on any connected server's socket, or the first connection closed, with
-/// the server's index; `None` with no socket connected.
-fn next_any(slots: &mut [Slot]) -> Option<BoxFuture<'_, (usize, SlotEvent)>> {
-    let watching: Vec<_> = slots
+/// The next message on any connected server's connection, with the server's index; `None`
+/// with nothing connected.
+#[allow(clippy::type_complexity)]
+fn next_any<C: Connector>(
+    slots: &mut [Slot<C>],
+) -> Option<BoxFuture<'_, (usize, Result<Vec<Bytes>, TransportError>)>>
+where
+    C::Conn: 'static,
+{
+    let receiving: Vec<_> = slots
         .iter_mut()
         .enumerate()
-        .filter_map(|(i, slot)| slot.socket.as_mut().map(|(s, m)| (i, s, m)))
-        .map(|(i, socket, monitor)| {
-            async move {
-                let closed = async {
-                    loop {
-                        match monitor.next().await {
-                            Some(SocketEvent::Disconnected(_)) | None => return,
-                            Some(_) => {}
-                        }
-                    }
-                };
-                // Both are cancel-safe: zmq.rs's recv, and a channel's next.
-                tokio::select! {
-                    message = Transport::recv(socket) => (i, SlotEvent::Message(message)),
-                    () = closed => (i, SlotEvent::Closed),
-                }
-            }
-            .boxed()
-        })
+        .filter_map(|(i, slot)| slot.conn.as_mut().map(|c| (i, c)))
+        .map(|(i, conn)| async move { (i, Transport::recv(conn).await) }.boxed())
         .collect();
-    if watching.is_empty() {
+    if receiving.is_empty() {
         return None;
     }
-    Some(select_all(watching).map(|(out, _, _)| out).boxed())
+    Some(select_all(receiving).map(|(out, _, _)| out).boxed())
 }
 
-async fn run(
-    endpoints: Vec<String>,
-    bridges: Vec<Option<Arc<CurveOutbound>>>,
+async fn run<C: Connector + 'static>(
+    servers: Vec<(Bytes, C)>,
     config: FreelanceConfig,
     mut commands: mpsc::Receiver<Command>,
-) {
+) where
+    C::Conn: 'static,
+{
     let now = clock::now();
-    let identities: Vec<Bytes> = endpoints.iter().map(|e| Bytes::from(e.clone())).collect();
-    let mut core = FreelanceCore::new(now, config, identities.clone());
-    let mut slots: Vec<Slot> = endpoints
+    let identities: Vec<Bytes> = servers.iter().map(|(id, _)| id.clone()).collect();
+    let mut core = FreelanceCore::new(now, config, identities);
+    let mut slots: Vec<Slot<C>> = servers
         .into_iter()
-        .zip(identities)
-        .zip(bridges)
-        .map(|((endpoint, identity), bridge)| Slot {
-            endpoint,
-            bridge,
+        .map(|(identity, connector)| Slot {
             identity,
-            socket: None,
+            connector: Arc::new(connector),
+            conn: None,
             connecting: false,
         })
         .collect();
@@ -261,14 +343,9 @@ async fn run(
     let mut waiters = std::collections::HashMap::new();
     loop {
         for (i, slot) in slots.iter_mut().enumerate() {
-            if slot.socket.is_none() && !slot.connecting {
+            if slot.conn.is_none() && !slot.connecting {
                 slot.connecting = true;
-                connects.spawn(connect(
-                    i,
-                    slot.endpoint.clone(),
-                    slot.bridge.clone(),
-                    config.ping_interval,
-                ));
+                connects.spawn(connect(i, slot.connector.clone(), config.ping_interval));
             }
         }
         let now = clock::now();
@@ -276,18 +353,15 @@ async fn run(
             let Some(slot) = slots.iter_mut().find(|s| s.identity == to) else {
                 continue;
             };
-            let Some((socket, _)) = slot.socket.as_mut() else {
+            let Some(conn) = slot.conn.as_mut() else {
                 // Not connected: the core moves the request on when the attempt times out.
                 continue;
             };
-            let mut message = Vec::with_capacity(frames.len() + 1);
-            message.push(to.clone());
-            message.extend(frames);
-            if let Err(error) = Transport::send(socket, message).await {
+            if let Err(error) = conn.send(frames).await {
                 // zmq.rs's ROUTER refuses a send to a peer it no longer has: the server is
-                // gone, and the socket is remade (zmq.rs does not reconnect).
-                info!(server = %slot.endpoint, %error, "server connection lost");
-                slot.socket = None;
+                // gone, and the connection is made anew (zmq.rs does not reconnect).
+                info!(server = %slot.connector.describe(), %error, "server connection lost");
+                slot.conn = None;
                 core.handle_server_lost(now, &to);
             }
         }
@@ -306,18 +380,18 @@ async fn run(
             }
         };
         tokio::select! {
-            // recv is cancel-safe (zmq.rs's recv is): a message not taken stays queued.
-            (index, event) = received, if has_receive => {
+            // Cancel-safe: every connection's recv is (zmq.rs's, a channel's).
+            (index, message) = received, if has_receive => {
                 let now = clock::now();
-                match event {
-                    SlotEvent::Message(Ok(mut frames)) if frames.len() >= 2 => {
-                        let identity = frames.remove(0);
+                match message {
+                    Ok(frames) if !frames.is_empty() => {
+                        let identity = slots[index].identity.clone();
                         core.handle_message(now, &identity, frames);
                     }
-                    SlotEvent::Message(Ok(_)) => {}
-                    SlotEvent::Message(Err(_)) | SlotEvent::Closed => {
-                        info!(server = %slots[index].endpoint, "server connection closed");
-                        slots[index].socket = None;
+                    Ok(_) => {}
+                    Err(error) => {
+                        info!(server = %slots[index].connector.describe(), %error, "server connection closed");
+                        slots[index].conn = None;
                         let identity = slots[index].identity.clone();
                         core.handle_server_lost(now, &identity);
                     }
@@ -334,10 +408,9 @@ async fn run(
                 None => return,
             },
             // join_next is cancel-safe: a finished connect stays in the set.
-            Some(Ok((index, mut socket))) = connects.join_next(), if !connects.is_empty() => {
-                debug!(server = %slots[index].endpoint, "connected");
-                let monitor = socket.monitor();
-                slots[index].socket = Some((socket, monitor));
+            Some(Ok((index, conn))) = connects.join_next(), if !connects.is_empty() => {
+                debug!(server = %slots[index].connector.describe(), "connected");
+                slots[index].conn = Some(conn);
                 slots[index].connecting = false;
                 let identity = slots[index].identity.clone();
                 core.handle_server_connected(clock::now(), &identity);

@@ -34,7 +34,9 @@
 mod client;
 mod server;
 
-pub use client::{FreelanceClient, FreelanceClientError, FreelanceCurve};
+pub use client::{
+    FreelanceClient, FreelanceClientError, FreelanceConnector, FreelanceCurve, ServerSocket,
+};
 pub use majordomo_proto::freelance::{FreelanceConfig, FreelanceError, FreelanceStats};
 pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey};
 pub use majordomo_worker::{handler_fn, BoxError, Handler};

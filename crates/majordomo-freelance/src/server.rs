@@ -49,15 +49,17 @@ struct Counters {
     malformed: AtomicU64,
 }
 
-/// A Freelance server; see the crate documentation.
-pub struct FreelanceServer {
-    socket: ZmqRouter,
+/// A Freelance server; see the crate documentation. Over zmq.rs by default
+/// ([`FreelanceServer::bind`]); over any ROUTER-like transport with
+/// [`FreelanceServer::with_transport`].
+pub struct FreelanceServer<T: Transport = ZmqRouter> {
+    socket: T,
     endpoint: String,
     concurrency: usize,
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for FreelanceServer {
+impl<T: Transport> std::fmt::Debug for FreelanceServer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreelanceServer")
             .field("endpoint", &self.endpoint)
@@ -100,6 +102,19 @@ impl FreelanceServer {
             concurrency: CONCURRENCY,
             counters: Arc::default(),
         })
+    }
+}
+
+impl<T: Transport> FreelanceServer<T> {
+    /// A server on `socket`, a ROUTER-like transport whose messages start with the client's
+    /// identity (`majordomo_rt::memory`'s router, in tests); `label` names it in logs.
+    pub fn with_transport(socket: T, label: impl Into<String>) -> Self {
+        Self {
+            socket,
+            endpoint: label.into(),
+            concurrency: CONCURRENCY,
+            counters: Arc::default(),
+        }
     }
 
     /// Handles at most `n` requests at once (default 64); more wait in the socket.
