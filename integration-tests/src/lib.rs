@@ -792,3 +792,8 @@ pub mod http {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }
+
+/// The README's Rust examples, compiled (and the first one run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
