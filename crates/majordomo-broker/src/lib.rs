@@ -808,6 +808,7 @@ mod tests {
                 r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
                 r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
                 r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"unauthorized":0,"#,
+                r#""heartbeat_mismatch":0,"#,
                 r#""per_service":["#,
                 r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
                 r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,

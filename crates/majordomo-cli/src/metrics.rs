@@ -255,6 +255,10 @@ fn describe() {
             "Requests and READYs refused by the access rules.",
         ),
         (
+            "majordomo_heartbeat_mismatch_total",
+            "Workers purged for silence that then sent HEARTBEAT: heartbeat settings differ.",
+        ),
+        (
             "majordomo_dropped_requests_total",
             "Requests dropped unanswered, by reason.",
         ),
@@ -378,6 +382,7 @@ fn record_broker(stats: &BrokerStats) {
     counter!("majordomo_disconnected_workers_total").absolute(stats.disconnected);
     counter!("majordomo_undeliverable_total").absolute(stats.undeliverable);
     counter!("majordomo_unauthorized_total").absolute(stats.unauthorized);
+    counter!("majordomo_heartbeat_mismatch_total").absolute(stats.heartbeat_mismatch);
     gauge!("majordomo_workers").set(stats.workers as f64);
     gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
     gauge!("majordomo_services").set(stats.services as f64);

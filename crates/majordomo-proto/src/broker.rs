@@ -368,6 +368,9 @@ pub struct BrokerStats {
     pub dropped_at_shutdown: u64,
     /// Requests and READYs refused by the access rules ([`BrokerConfig::access`]).
     pub unauthorized: u64,
+    /// Workers purged for silence that then sent a HEARTBEAT: their heartbeat interval is
+    /// longer than this broker's expiry (heartbeat x liveness). Each is logged with both.
+    pub heartbeat_mismatch: u64,
     /// Known services, sorted by name: the [`STATS_TOP_SERVICES`] busiest, or one page of
     /// [`BrokerCore::stats_page`]; `services_omitted` says how many more there are.
     pub per_service: Vec<ServiceStats>,
@@ -846,7 +849,16 @@ pub struct BrokerCore {
     /// The CURVE key of each peer that has one, from the front end
     /// ([`BrokerCore::handle_peer_key`]); forgotten when the peer disconnects.
     peer_keys: HashMap<Bytes, [u8; 32]>,
+    /// Workers recently purged for silence, with when they were last heard from: a HEARTBEAT
+    /// from one then means mismatched heartbeat settings. At most [`PURGED_REMEMBERED`],
+    /// each for [`PURGED_FOR`].
+    purged: VecDeque<(Instant, Bytes, Instant)>,
 }
+
+/// Purged workers remembered, to explain a HEARTBEAT that comes after the purge.
+const PURGED_REMEMBERED: usize = 1024;
+/// How long a purged worker is remembered.
+const PURGED_FOR: Duration = Duration::from_secs(60);
 
 impl BrokerCore {
     /// A broker with no peers, starting its heartbeat clock at `now`.
@@ -872,6 +884,7 @@ impl BrokerCore {
             now,
             draining: false,
             peer_keys: HashMap::new(),
+            purged: VecDeque::new(),
         }
     }
 
@@ -1348,9 +1361,10 @@ impl BrokerCore {
                 FromWorker::Reply { .. } => {
                     self.protocol_violation(now, identity, "reply before READY", form)
                 }
-                FromWorker::Heartbeat => {
-                    self.protocol_violation(now, identity, "HEARTBEAT before READY", form)
-                }
+                FromWorker::Heartbeat => match self.purged_silent(now, identity) {
+                    Some(last_heard) => self.heartbeat_mismatch(now, identity, last_heard, form),
+                    None => self.protocol_violation(now, identity, "HEARTBEAT before READY", form),
+                },
             }
             return;
         };
@@ -1861,6 +1875,12 @@ impl BrokerCore {
             .collect();
         for (identity, busy, silent) in dead {
             self.stats.purged += 1;
+            if !busy {
+                if self.purged.len() >= PURGED_REMEMBERED {
+                    self.purged.pop_front();
+                }
+                self.purged.push_back((now, identity.clone(), now - silent));
+            }
             let silent_s = silent.as_secs_f64();
             if busy {
                 warn!(worker = %Peer(&identity), silent_s, "worker silent while busy, purging; its request goes to another worker");
@@ -1869,6 +1889,49 @@ impl BrokerCore {
             }
             self.disconnect_worker(now, &identity, false);
         }
+    }
+
+    /// When the worker `identity` was last heard from, if it was purged for silence lately.
+    fn purged_silent(&mut self, now: Instant, identity: &Bytes) -> Option<Instant> {
+        while self
+            .purged
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > PURGED_FOR)
+        {
+            self.purged.pop_front();
+        }
+        let index = self.purged.iter().position(|(_, id, _)| id == identity)?;
+        self.purged
+            .remove(index)
+            .map(|(_, _, last_heard)| last_heard)
+    }
+
+    /// A worker purged for silence sent a HEARTBEAT: its interval is longer than this broker
+    /// allows. Told DISCONNECT (it registers again), counted, and logged with both figures.
+    fn heartbeat_mismatch(
+        &mut self,
+        now: Instant,
+        identity: &Bytes,
+        last_heard: Instant,
+        form: Version,
+    ) {
+        self.stats.heartbeat_mismatch += 1;
+        let heartbeat = self.config.heartbeat;
+        let gap = now.saturating_duration_since(last_heard);
+        self.errors.record(
+            now,
+            identity,
+            "heartbeat_mismatch",
+            "a worker purged for silence sent HEARTBEAT: heartbeat settings differ",
+            &format_args!(
+                "its HEARTBEAT came {} ms after its last message, and this broker purges after {} ms ({} ms x liveness {}): give workers and broker the same heartbeat",
+                gap.as_millis(),
+                heartbeat.expiry().as_millis(),
+                heartbeat.interval.as_millis(),
+                heartbeat.liveness
+            ),
+        );
+        self.push_worker(identity, ToWorker::Disconnect, form);
     }
 
     fn heartbeat_workers(&mut self, now: Instant) {

@@ -1082,3 +1082,33 @@ fn access_rules_keep_keys_from_calling_or_serving_what_they_may_not() {
     s.client("c1", "echo", "again");
     assert_eq!(s.core.stats().unauthorized, 5);
 }
+
+#[test]
+fn a_worker_heartbeating_slower_than_the_broker_allows_is_explained_and_counted() {
+    // The broker: 100 ms x 3. The worker heartbeats every 500 ms: purged at 300 ms of
+    // silence, then its HEARTBEAT arrives from a worker the broker no longer knows.
+    let mut s = Sim::new();
+    s.ready("w1", "echo");
+    s.advance(Duration::from_millis(450));
+    assert_eq!(s.core.stats().purged, 1);
+    while s.core.poll_event().is_some() {}
+    s.worker("w1", WorkerMessage::Heartbeat);
+    let out = s.drain();
+    assert!(matches!(
+        &out[..],
+        [t] if to_worker(t) == ("w1".into(), BrokerMessage::Disconnect)
+    ));
+    let stats = s.core.stats();
+    assert_eq!((stats.heartbeat_mismatch, stats.protocol_errors), (1, 0));
+    let kinds: Vec<Event> = std::iter::from_fn(|| s.core.poll_event()).collect();
+    assert!(
+        kinds.contains(&Event::ProtocolError {
+            kind: "heartbeat_mismatch"
+        }),
+        "{kinds:?}"
+    );
+    // A HEARTBEAT from a worker never seen is the plain protocol error it always was.
+    s.worker("stranger", WorkerMessage::Heartbeat);
+    assert_eq!(s.core.stats().protocol_errors, 1);
+    assert_eq!(s.core.stats().heartbeat_mismatch, 1);
+}

@@ -169,7 +169,7 @@ pub(crate) fn table(stats: &BrokerStats) -> String {
     );
     let _ = writeln!(
         out,
-        "requests {}, replies {}, expired {}, rejected {}, requeued {}, abandoned {}, purged {}, disconnected {}, protocol errors {}, undeliverable {}",
+        "requests {}, replies {}, expired {}, rejected {}, requeued {}, abandoned {}, purged {}, disconnected {}, protocol errors {}, undeliverable {}, unauthorized {}, heartbeat mismatches {}",
         stats.requests,
         stats.replies,
         stats.expired,
@@ -179,7 +179,9 @@ pub(crate) fn table(stats: &BrokerStats) -> String {
         stats.purged,
         stats.disconnected,
         stats.protocol_errors,
-        stats.undeliverable
+        stats.undeliverable,
+        stats.unauthorized,
+        stats.heartbeat_mismatch
     );
     out
 }
