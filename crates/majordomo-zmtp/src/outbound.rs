@@ -35,6 +35,9 @@ use crate::inspect::{
 };
 use crate::mux::link;
 
+/// How often a bridge tries the server again while it does not accept connections.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a bridge has to connect to the server and complete both handshakes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -231,8 +234,17 @@ impl Bridge {
                 .strip_prefix(b"\x05READY")
                 .ok_or(BridgeError::Protocol("zmq.rs sent no READY"))?
                 .to_vec();
-            // CURVE towards the server.
-            let remote = TcpStream::connect(&self.remote).await?;
+            // CURVE towards the server, which may not listen yet: tried again, as zmq.rs does,
+            // within the handshake's time (zmq.rs's own connect waits for the READY meanwhile).
+            let remote = loop {
+                match TcpStream::connect(&self.remote).await {
+                    Ok(remote) => break remote,
+                    Err(error) => {
+                        debug!(%error, "server not reachable yet");
+                        tokio::time::sleep(CONNECT_RETRY).await;
+                    }
+                }
+            };
             let _ = remote.set_nodelay(true);
             let (mut remote_read, mut remote_write) = remote.into_split();
             let mut client = CurveClient::new(&mut OsRng, self.server, self.keys.clone());
