@@ -55,6 +55,7 @@ fn options(sub: &Command) -> impl Iterator<Item = &clap::Arg> {
 /// Parses the process's arguments with the environment and any `--config` file, and handles
 /// `--print-config`. Errors in the command line exit as clap does.
 pub(crate) fn parse() -> Result<Cli> {
+    check_environment(&command(), std::env::vars_os().map(|(name, _)| name))?;
     let argv: Vec<OsString> = std::env::args_os().collect();
     let mut matches = command().get_matches_from(&argv);
     if let Some((server, sub)) = matches.subcommand() {
@@ -75,6 +76,39 @@ pub(crate) fn parse() -> Result<Cli> {
         }
     }
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Refuses a `MAJORDOMO_*` variable among `names` that no option reads: misspelt, it would
+/// otherwise be ignored without a word. The closest known name is suggested.
+fn check_environment(cli: &Command, names: impl Iterator<Item = OsString>) -> Result<()> {
+    let known: Vec<String> = cli
+        .get_arguments()
+        .chain(cli.get_subcommands().flat_map(|sub| sub.get_arguments()))
+        .filter_map(|arg| arg.get_env())
+        .filter_map(|name| name.to_str().map(str::to_owned))
+        .collect();
+    for name in names {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !name.starts_with("MAJORDOMO_") || known.iter().any(|k| k == name) {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (strsim::levenshtein(k, name), k))
+            .min()
+            .filter(|(distance, _)| *distance <= 3);
+        match closest {
+            Some((_, suggestion)) => {
+                bail!("unknown environment variable {name}: did you mean {suggestion}?")
+            }
+            None => bail!(
+                "unknown environment variable {name}: no option reads it (`majordomo help <command>` names each option's variable)"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// The arguments the `[server]` table of the file at `path` adds: one per key whose option was
@@ -207,4 +241,40 @@ fn effective(server: &str, sub: &ArgMatches) -> String {
     let mut file = toml::Table::new();
     file.insert(server.to_owned(), toml::Value::Table(table));
     toml::to_string(&file).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names<'a>(names: &'a [&'a str]) -> impl Iterator<Item = OsString> + 'a {
+        names.iter().map(OsString::from)
+    }
+
+    #[test]
+    fn a_misspelt_environment_variable_is_an_error_naming_the_right_one() {
+        let cli = command();
+        assert!(check_environment(
+            &cli,
+            names(&[
+                "PATH",
+                "MAJORDOMO_BROKER_HEARTBEAT",
+                "MAJORDOMO_CONFIG",
+                "MAJORDOMO_LOG_FORMAT"
+            ])
+        )
+        .is_ok());
+        let error = check_environment(&cli, names(&["MAJORDOMO_BROKER_HEARTBAET"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("MAJORDOMO_BROKER_HEARTBAET")
+                && error.contains("did you mean MAJORDOMO_BROKER_HEARTBEAT"),
+            "{error}"
+        );
+        let error = check_environment(&cli, names(&["MAJORDOMO_SOMETHING_ELSE_ENTIRELY"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no option reads it"), "{error}");
+    }
 }
