@@ -612,6 +612,21 @@ fn the_service_idle_grace_is_set_like_every_broker_option() -> Result<()> {
 }
 
 #[test]
+fn the_log_format_is_read_from_the_configuration_file_too() -> Result<()> {
+    assert_eq!(
+        line(&print_config(&[], &[])?, "log-format"),
+        "log-format = \"text\""
+    );
+    let file = config_file("log-format", "[broker]\nlog-format = \"json\"\n")?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    let from_file = print_config(&["--config", file], &[])?;
+    assert_eq!(line(&from_file, "log-format"), "log-format = \"json\"");
+    let from_flag = print_config(&["--config", file, "--log-format", "text"], &[])?;
+    assert_eq!(line(&from_flag, "log-format"), "log-format = \"text\"");
+    Ok(())
+}
+
+#[test]
 fn configuration_errors_name_the_key() -> Result<()> {
     for (name, text, expected) in [
         (

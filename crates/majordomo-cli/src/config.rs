@@ -140,10 +140,18 @@ fn from_file(path: &Path, server: &str, given: &ArgMatches) -> Result<Vec<OsStri
         .cloned()
         .context("a server command")?;
     let mut extra = Vec::new();
+    let cli = command();
+    let log_format = cli
+        .get_arguments()
+        .find(|a| a.get_id() == "log_format")
+        .context("the --log-format option")?;
     for (key, value) in table {
         let long = key.replace('_', "-");
-        let Some(arg) = options(&sub).find(|a| a.get_long() == Some(long.as_str())) else {
-            bail!("{}: unknown key {server}.{key}", path.display());
+        // `log-format` is every command's, and may be set in a server's table too.
+        let arg = match options(&sub).find(|a| a.get_long() == Some(long.as_str())) {
+            Some(arg) => arg,
+            None if log_format.get_long() == Some(long.as_str()) => log_format,
+            None => bail!("{}: unknown key {server}.{key}", path.display()),
         };
         let id = arg.get_id().as_str();
         if matches!(
@@ -237,6 +245,10 @@ fn effective(server: &str, sub: &ArgMatches) -> String {
             }
         };
         table.insert(long.to_owned(), value);
+    }
+    if let Some(format) = sub.get_raw("log_format").and_then(|mut v| v.next()) {
+        let format = format.to_string_lossy().into_owned();
+        table.insert("log-format".to_owned(), toml::Value::String(format));
     }
     let mut file = toml::Table::new();
     file.insert(server.to_owned(), toml::Value::Table(table));
