@@ -612,6 +612,20 @@ fn the_service_idle_grace_is_set_like_every_broker_option() -> Result<()> {
 }
 
 #[test]
+fn a_repeatable_option_takes_a_list_from_its_environment_variable() -> Result<()> {
+    let env = [(
+        "MAJORDOMO_BROKER_BIND",
+        "tcp://127.0.0.1:5601,tcp://127.0.0.1:5602",
+    )];
+    let config = print_config(&[], &env)?;
+    assert_eq!(
+        line(&config, "bind"),
+        "bind = [\"tcp://127.0.0.1:5601\", \"tcp://127.0.0.1:5602\"]"
+    );
+    Ok(())
+}
+
+#[test]
 fn the_log_format_is_read_from_the_configuration_file_too() -> Result<()> {
     assert_eq!(
         line(&print_config(&[], &[])?, "log-format"),

@@ -35,6 +35,14 @@ pub(crate) fn command() -> Command {
                     let name = format!("MAJORDOMO_{server}_{long}")
                         .to_uppercase()
                         .replace('-', "_");
+                    // A repeatable option takes a comma-separated list from its variable
+                    // (`MAJORDOMO_BROKER_BIND=tcp://a:5555,tcp://b:5555`; no endpoint has a
+                    // comma).
+                    let a = if matches!(a.get_action(), ArgAction::Append) {
+                        a.value_delimiter(',')
+                    } else {
+                        a
+                    };
                     // clap takes environment variable names as static strings; a few dozen are
                     // made once per run.
                     a.env(&*Box::leak(name.into_boxed_str()))
