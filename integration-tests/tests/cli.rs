@@ -612,6 +612,36 @@ fn the_service_idle_grace_is_set_like_every_broker_option() -> Result<()> {
 }
 
 #[test]
+fn a_bad_environment_value_is_blamed_on_its_variable() -> Result<()> {
+    for (name, value, expected) in [
+        (
+            "MAJORDOMO_BROKER_HEARTBEAT",
+            "soon",
+            "MAJORDOMO_BROKER_HEARTBEAT: invalid value 'soon'",
+        ),
+        (
+            "MAJORDOMO_BROKER_NO_GUARD",
+            "perhaps",
+            "MAJORDOMO_BROKER_NO_GUARD=perhaps: expected true or false",
+        ),
+        (
+            "MAJORDOMO_BROKER_HEARTBAET",
+            "1s",
+            "did you mean MAJORDOMO_BROKER_HEARTBEAT",
+        ),
+    ] {
+        let out = Command::new(majordomo_bin()?)
+            .args(["broker", "--print-config"])
+            .env(name, value)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value} accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_repeatable_option_takes_a_list_from_its_environment_variable() -> Result<()> {
     let env = [(
         "MAJORDOMO_BROKER_BIND",

@@ -64,6 +64,7 @@ fn options(sub: &Command) -> impl Iterator<Item = &clap::Arg> {
 /// `--print-config`. Errors in the command line exit as clap does.
 pub(crate) fn parse() -> Result<Cli> {
     check_environment(&command(), std::env::vars_os().map(|(name, _)| name))?;
+    check_environment_values()?;
     let argv: Vec<OsString> = std::env::args_os().collect();
     let mut matches = command().get_matches_from(&argv);
     if let Some((server, sub)) = matches.subcommand() {
@@ -114,6 +115,54 @@ fn check_environment(cli: &Command, names: impl Iterator<Item = OsString>) -> Re
             None => bail!(
                 "unknown environment variable {name}: no option reads it (`majordomo help <command>` names each option's variable)"
             ),
+        }
+    }
+    Ok(())
+}
+
+/// Checks each server option's variable that is set with the option's own parser, alone, so
+/// that a bad value is blamed on the variable (clap would name the flag).
+fn check_environment_values() -> Result<()> {
+    let cli = command();
+    for server in SERVERS {
+        let Some(sub) = cli.find_subcommand(server) else {
+            continue;
+        };
+        for arg in options(sub) {
+            let (Some(name), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let Some(value) = std::env::var_os(name) else {
+                continue;
+            };
+            let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+            let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
+            if flag {
+                // clap reads a flag's variable as a boolean: only that is checked.
+                let text = value.to_string_lossy().to_lowercase();
+                let booleans = [
+                    "true", "false", "t", "f", "1", "0", "yes", "no", "y", "n", "on", "off", "",
+                ];
+                if !booleans.contains(&text.as_str()) {
+                    bail!(
+                        "{}={}: expected true or false",
+                        name.to_string_lossy(),
+                        value.to_string_lossy()
+                    );
+                }
+                continue;
+            }
+            alone.push(format!("--{long}").into());
+            alone.push(value.clone());
+            if let Err(error) = command().try_get_matches_from(&alone) {
+                let why = error.render().to_string();
+                let why = why
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                bail!("{}: {why}", name.to_string_lossy());
+            }
         }
     }
     Ok(())
