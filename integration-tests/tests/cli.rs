@@ -423,6 +423,25 @@ async fn json_logs_are_one_object_per_line_with_the_event_fields() -> Result<()>
         "{ready}"
     );
     assert_eq!(ready["span"]["name"], "broker", "{ready}");
+
+    // A fatal error is a JSON line too, its cause once.
+    let mut holder = Proc::spawn(&["broker", "--bind", &ep])?;
+    holder.wait_until_serving(&ep).await?;
+    let mut second = Proc::spawn(&["broker", "--bind", &ep, "--log-format", "json"])?;
+    let status = second.wait_exit().await?;
+    let log = second.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap_or_default())
+        .with_context(|| format!("the last line is JSON: {log}"))?;
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot start"),
+        "{last}"
+    );
+    assert_eq!(log.matches("Address already in use").count(), 1, "{log}");
     Ok(())
 }
 

@@ -117,6 +117,20 @@ fn main() -> Result<ExitCode> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     logs::init(cli.command.log_level(), cli.log_format);
+    let format = cli.log_format;
+    let done = run_command(cli).await;
+    match done {
+        // With JSON logs, a fatal error is a log line too, so that a log collector parses it.
+        Err(error) if format == logs::LogFormat::Json => {
+            let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+            tracing::error!(error = %error, causes = ?causes, "stopped by an error");
+            Ok(ExitCode::FAILURE)
+        }
+        done => done,
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<ExitCode> {
     let done = match cli.command {
         Command::Call(args) => return cmd::call::run(args).await,
         Command::Status(args) => return cmd::status::run(args).await,
