@@ -592,3 +592,33 @@ async fn mux_client_sends_10000_concurrent_requests_on_one_tcp_connection() -> R
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_run_future_is_dropped_says_disconnect() -> Result<()> {
+    let broker = integration_tests::RunningBroker::start(integration_tests::test_config()).await?;
+    let worker = Worker::new(
+        broker.endpoint.clone(),
+        "echo",
+        WorkerConfig::default()
+            .heartbeat(integration_tests::TEST_HEARTBEAT)
+            .concurrency(2),
+    );
+    let running = tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok::<_, BoxError>(body) }),
+        std::future::pending(),
+    ));
+    broker
+        .wait_until("both workers registered", |s| s.workers == 2)
+        .await?;
+    // Dropped, not shut down: the workers still say DISCONNECT, and are not left running.
+    running.abort();
+    let stats = broker
+        .wait_until("both workers gone", |s| s.workers == 0)
+        .await?;
+    assert_eq!(
+        stats.purged, 0,
+        "removed on their DISCONNECT, not purged for silence"
+    );
+    broker.stop().await?;
+    Ok(())
+}

@@ -43,9 +43,15 @@ use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::event::Event;
 use majordomo_proto::mdp;
 use majordomo_proto::mdp2::Sender;
+/// Why a configuration cannot work.
+pub use majordomo_proto::ConfigError;
 use majordomo_rt::pair::StateLink;
-use majordomo_rt::server::{Machine, Server, ServerHandle, ServerOptions};
-use majordomo_rt::transport::{BindError, Either, Transport, ZmqRouter};
+/// What [`BrokerHandle`] is: its methods (`stats`, `drain`, `drained`, `shutdown`) are there.
+pub use majordomo_rt::server::ServerHandle;
+use majordomo_rt::server::{Machine, Server, ServerOptions};
+/// Why binding an endpoint failed, inside [`BrokerError::Bind`].
+pub use majordomo_rt::transport::BindError;
+use majordomo_rt::transport::{Either, Transport, ZmqRouter};
 pub use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey, KeyError};
 pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
 pub use majordomo_zmtp::mux::secure::{ClientFilter, CurveSecurity};
@@ -116,8 +122,9 @@ pub struct BoundEndpoint {
     pub endpoint: String,
 }
 
-/// A handle on a running broker: read its stats, drain it and wait until it has drained, stop it.
-/// Cheap to clone.
+/// A handle on a running broker: read its stats ([`ServerHandle::stats`]), drain it
+/// ([`ServerHandle::drain`]) and wait until it has drained ([`ServerHandle::drained`]), stop it
+/// ([`ServerHandle::shutdown`]). Cheap to clone.
 pub type BrokerHandle = ServerHandle<BrokerStats>;
 
 /// The sockets of a broker built with [`BrokerBuilder::build`]: its ROUTER sockets and, in a

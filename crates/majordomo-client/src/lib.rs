@@ -68,13 +68,19 @@ use futures::Stream;
 use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::codec;
 pub use majordomo_proto::mdp2::{Dialect, Version};
-use majordomo_proto::{DecodeError, Hex, Limits};
+/// Why a configuration cannot work.
+pub use majordomo_proto::ConfigError;
+/// Why a reply did not decode, inside [`ClientError::Malformed`].
+pub use majordomo_proto::DecodeError;
+use majordomo_proto::{Hex, Limits};
 use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
 pub use majordomo_rt::round_robin::RoundRobin;
 /// Where a client connects: an endpoint, or a CURVE server ([`DealerConnector::curve`]).
 pub use majordomo_rt::transport::DealerConnector;
-use majordomo_rt::transport::{Connector, Transport, TransportError};
+/// Why a connection failed, inside [`ClientError::Transport`].
+pub use majordomo_rt::transport::TransportError;
+use majordomo_rt::transport::{Connector, Transport};
 /// CURVE keys, for [`DealerConnector::curve`].
 pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey, KeyError};
 use tracing::{debug, info_span, Instrument};
@@ -306,6 +312,10 @@ impl<C: Connector> Client<C> {
     /// Sends `body` to `service` and waits for the reply body, retrying on fresh connections per
     /// [`ClientConfig`]. A reply for another service or a malformed reply is an error, never
     /// taken for the answer.
+    ///
+    /// Cancel-safe: dropping the future (a `select!` or a `timeout` around it) closes the
+    /// request's connection, so its reply, if one comes, reaches no later request; the request
+    /// may still have run.
     pub async fn request(
         &self,
         service: impl Into<Bytes>,
@@ -540,7 +550,8 @@ impl<T: Transport> AsyncClient<T> {
         Ok(Self { socket, config })
     }
 
-    /// Sends a request without waiting for its reply.
+    /// Sends a request without waiting for its reply. Not cancel-safe once begun: a future
+    /// dropped while zmq.rs's queue is full may leave the request sent or not.
     pub async fn send(
         &mut self,
         service: impl Into<Bytes>,
@@ -556,7 +567,8 @@ impl<T: Transport> AsyncClient<T> {
         Ok(())
     }
 
-    /// Waits up to [`ClientConfig::timeout`] for the next reply.
+    /// Waits up to [`ClientConfig::timeout`] for the next reply. Cancel-safe: a reply not taken
+    /// stays queued for the next call.
     pub async fn recv(&mut self) -> Result<Reply, ClientError> {
         let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
             .await

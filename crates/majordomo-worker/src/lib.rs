@@ -42,12 +42,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use majordomo_proto::heartbeat::HeartbeatConfig;
+/// The heartbeat interval and liveness ([`WorkerConfig::heartbeat`]).
+pub use majordomo_proto::heartbeat::HeartbeatConfig;
 pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::worker::WorkerSession;
+/// Why a configuration cannot work.
+pub use majordomo_proto::ConfigError;
 use majordomo_proto::{Hex, Limits};
 use majordomo_rt::peer::{self, PeerOptions};
 use majordomo_rt::transport::Connector;
+/// Why a connection failed.
+pub use majordomo_rt::transport::TransportError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -334,6 +339,9 @@ impl<C: Connector + 'static> Worker<C> {
     /// sends DISCONNECT to the broker, after the reply of a handler that has finished (one still
     /// running is dropped). Connection failures are retried forever with backoff; only a bad
     /// configuration is an error.
+    ///
+    /// Cancel-safe: dropping the future stops the workers as `shutdown` does (each says
+    /// DISCONNECT, in the background), rather than leaving them running.
     pub async fn run<H: Handler>(
         self,
         handler: H,
@@ -375,6 +383,8 @@ impl<C: Connector + 'static> Worker<C> {
         };
         let handler = Arc::new(handler);
         let token = CancellationToken::new();
+        // Dropping this future stops the workers as `shutdown` does: they say DISCONNECT.
+        let _stop_when_dropped = token.clone().drop_guard();
         let tasks = TaskTracker::new();
         // With several brokers, `concurrency` handlers at once over all of them.
         let permits = (self.connectors.len() > 1)
