@@ -321,6 +321,11 @@ async fn status_shows_services_and_totals_and_exits_2_when_nobody_answers() -> R
         "{table}"
     );
 
+    // The probe: 0 and nothing printed while the broker answers.
+    let out = status(&["--probe"])?;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+
     let nobody = free_endpoint()?;
     let out = Command::new(majordomo_bin()?)
         .args(["status", "--connect", &nobody, "--timeout", "300ms"])
@@ -331,6 +336,18 @@ async fn status_shows_services_and_totals_and_exits_2_when_nobody_answers() -> R
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The probe exits 1, as container health checks expect.
+    let out = Command::new(majordomo_bin()?)
+        .args([
+            "status",
+            "--probe",
+            "--connect",
+            &nobody,
+            "--timeout",
+            "300ms",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
     Ok(())
 }
 

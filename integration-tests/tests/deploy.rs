@@ -456,6 +456,18 @@ fn dockerfile_final_stage_is_from_scratch() -> Result<()> {
     assert!(!matches!(group, "0" | "root"), "USER {user}");
 
     assert_eq!(last(stage, "STOPSIGNAL")?, "SIGTERM");
+    // The health check: `status --probe` against the broker's own port, in exec form.
+    let health = last(stage, "HEALTHCHECK")?;
+    let probe = health
+        .split_once("CMD")
+        .map(|(_, c)| c.trim())
+        .context("HEALTHCHECK CMD")?;
+    let probe: Vec<String> = serde_json::from_str(probe).context("HEALTHCHECK CMD in exec form")?;
+    assert_eq!(probe[..3], ["/majordomo", "status", "--probe"], "{probe:?}");
+    assert!(
+        probe.iter().any(|a| a == "tcp://127.0.0.1:5555"),
+        "{probe:?}"
+    );
     assert!(
         stage.iter().any(|instruction| instruction.name == "EXPOSE"
             && instruction

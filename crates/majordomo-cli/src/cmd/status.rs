@@ -38,6 +38,11 @@ pub(crate) struct StatusArgs {
     /// Most services to list in a page (the broker lists up to 1,000; default 100).
     #[arg(long)]
     limit: Option<usize>,
+    /// Only check that the broker answers (one small `mmi.service` request): exit 0 if it does,
+    /// 1 if not, printing nothing but why not. The exit codes container health checks read
+    /// (Docker's HEALTHCHECK, Kubernetes' exec probes).
+    #[arg(long, conflicts_with_all = ["json", "prefix", "offset", "limit"])]
+    probe: bool,
 }
 
 impl StatusArgs {
@@ -66,6 +71,18 @@ pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
         connector,
         ClientConfig::default().timeout(args.timeout).attempts(1),
     );
+    if args.probe {
+        let asked = client
+            .request("mmi.service", vec![Bytes::from_static(b"mmi.stats")])
+            .await;
+        return Ok(match asked {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("majordomo status: {} did not answer: {error}", args.connect);
+                ExitCode::FAILURE
+            }
+        });
+    }
     let reply = match client.request("mmi.stats", vec![args.query()]).await {
         Ok(reply) => reply,
         Err(error @ ClientError::NoReply { .. }) => {
