@@ -36,7 +36,7 @@ use crypto_box::SalsaBox;
 pub use handshake::{CurveClient, CurveServer, Initiated};
 pub use keys::{CurveKeyPair, CurvePublicKey, KeyError};
 
-use crate::inspect::{FLAG_COMMAND, FLAG_LONG};
+use crate::inspect::FLAG_COMMAND;
 
 /// The mechanism name in a CURVE greeting, padded with zeros.
 pub const CURVE_MECHANISM: &[u8; 20] = b"CURVE\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
@@ -112,13 +112,7 @@ fn long_nonce(prefix: &[u8; 8], nonce: &[u8; 16]) -> crypto_box::Nonce {
 
 /// Appends the header of a ZMTP command of `len` bytes.
 fn command_header(out: &mut BytesMut, len: usize) {
-    if len <= usize::from(u8::MAX) {
-        out.put_u8(FLAG_COMMAND);
-        out.put_u8(len as u8);
-    } else {
-        out.put_u8(FLAG_COMMAND | FLAG_LONG);
-        out.put_u64(len as u64);
-    }
+    crate::mux::link::encode_header(out, FLAG_COMMAND, len);
 }
 
 /// Opens `sealed` (tag, then ciphertext) in place; the plaintext is `sealed[TAG..]` after.
@@ -217,14 +211,7 @@ impl Session {
         out.reserve(Self::sealed_len(frame.len()));
         // libzmq sends MESSAGE in a data frame (no COMMAND flag, no MORE: those are inside the
         // box), and reads it from either.
-        let len = frame.len() + MESSAGE_OVERHEAD;
-        if len <= usize::from(u8::MAX) {
-            out.put_u8(0);
-            out.put_u8(len as u8);
-        } else {
-            out.put_u8(FLAG_LONG);
-            out.put_u64(len as u64);
-        }
+        crate::mux::link::encode_header(out, 0, frame.len() + MESSAGE_OVERHEAD);
         out.put_slice(MESSAGE_NAME);
         out.put_u64(self.sent);
         let nonce = short_nonce(self.outgoing, self.sent);
@@ -301,12 +288,5 @@ pub fn encode_error(out: &mut BytesMut, reason: &str) {
 
 /// Appends a ZMTP 3.1 greeting offering CURVE, as a server or as a client.
 pub fn encode_greeting(out: &mut BytesMut, as_server: bool) {
-    out.put_u8(0xff);
-    out.put_bytes(0, 8);
-    out.put_u8(0x7f);
-    out.put_u8(3);
-    out.put_u8(1);
-    out.put_slice(CURVE_MECHANISM);
-    out.put_u8(u8::from(as_server));
-    out.put_bytes(0, 31);
+    crate::mux::link::encode_greeting_with(out, CURVE_MECHANISM, as_server);
 }

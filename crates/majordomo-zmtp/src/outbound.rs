@@ -16,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use crypto_box::aead::OsRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -265,16 +265,7 @@ impl Bridge {
             let (server_metadata, session) = client.ready(&ready)?;
             // Now zmq.rs's connection is ready: with the server's metadata.
             out.clear();
-            let len = 6 + server_metadata.len();
-            if len > usize::from(u8::MAX) {
-                out.put_u8(FLAG_COMMAND | FLAG_LONG);
-                out.put_u64(len as u64);
-            } else {
-                out.put_u8(FLAG_COMMAND);
-                out.put_u8(len as u8);
-            }
-            out.put_slice(b"\x05READY");
-            out.put_slice(&server_metadata);
+            link::encode_ready_with(&mut out, &server_metadata);
             local_write.write_all(&out).await?;
             Ok::<_, BridgeError>((remote_read, remote_write, session))
         };

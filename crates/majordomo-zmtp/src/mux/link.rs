@@ -331,32 +331,52 @@ fn control(mut frames: impl Iterator<Item = Bytes>) -> Result<Control, LinkError
 /// Appends a ZMTP 3.1 greeting with the NULL mechanism, as-server 0 (RFC 37: "When a peer uses
 /// the NULL security mechanism, the as-server field MUST be zero").
 pub fn encode_greeting(out: &mut BytesMut) {
+    encode_greeting_with(out, NULL_MECHANISM, false);
+}
+
+/// Appends a ZMTP 3.1 greeting offering `mechanism` (padded with zeros), as a server or not.
+pub(crate) fn encode_greeting_with(
+    out: &mut BytesMut,
+    mechanism: &[u8; MECHANISM_LEN],
+    as_server: bool,
+) {
     let mut greeting = [0u8; GREETING];
     greeting[0] = 0xff;
     greeting[9] = 0x7f;
     greeting[10] = 3;
     greeting[11] = 1;
-    greeting[MECHANISM..MECHANISM + MECHANISM_LEN].copy_from_slice(NULL_MECHANISM);
+    greeting[MECHANISM..MECHANISM + MECHANISM_LEN].copy_from_slice(mechanism);
+    greeting[MECHANISM + MECHANISM_LEN] = u8::from(as_server);
     out.put_slice(&greeting);
 }
 
-/// Appends a READY command announcing `socket_type` and, if given, a routing `identity`.
-pub fn encode_ready(out: &mut BytesMut, socket_type: &[u8], identity: Option<&[u8]>) {
-    let mut body = BytesMut::with_capacity(64);
-    body.put_u8(5);
-    body.put_slice(b"READY");
+/// READY's metadata announcing `socket_type` and, if given, a routing `identity` (RFC 37:
+/// `property = name value`).
+pub(crate) fn ready_metadata(socket_type: &[u8], identity: Option<&[u8]>) -> Vec<u8> {
+    let mut metadata = Vec::with_capacity(64);
     let mut property = |name: &[u8], value: &[u8]| {
-        body.put_u8(name.len() as u8);
-        body.put_slice(name);
-        body.put_u32(value.len() as u32);
-        body.put_slice(value);
+        metadata.push(name.len() as u8);
+        metadata.extend_from_slice(name);
+        metadata.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        metadata.extend_from_slice(value);
     };
     property(b"Socket-Type", socket_type);
     if let Some(identity) = identity {
         property(b"Identity", identity);
     }
-    encode_header(out, FLAG_COMMAND, body.len());
-    out.put_slice(&body);
+    metadata
+}
+
+/// Appends a READY command announcing `socket_type` and, if given, a routing `identity`.
+pub fn encode_ready(out: &mut BytesMut, socket_type: &[u8], identity: Option<&[u8]>) {
+    encode_ready_with(out, &ready_metadata(socket_type, identity));
+}
+
+/// Appends a READY command carrying `metadata` as it is.
+pub(crate) fn encode_ready_with(out: &mut BytesMut, metadata: &[u8]) {
+    encode_header(out, FLAG_COMMAND, 6 + metadata.len());
+    out.put_slice(b"\x05READY");
+    out.put_slice(metadata);
 }
 
 /// Appends a PONG echoing `context` (RFC 37: a peer receiving a PING "SHALL respond with a PONG
@@ -418,7 +438,8 @@ fn header_len(body: usize) -> usize {
     }
 }
 
-fn encode_header(out: &mut BytesMut, flags: u8, size: usize) {
+/// Appends a frame header: `flags`, with the LONG flag and an eight-octet size past 255.
+pub(crate) fn encode_header(out: &mut BytesMut, flags: u8, size: usize) {
     if size > 255 {
         out.put_u8(flags | FLAG_LONG);
         out.put_u64(size as u64);

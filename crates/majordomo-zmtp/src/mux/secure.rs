@@ -90,9 +90,6 @@ impl Eq for CurveSecurity {}
 /// The greeting's signature and major version, the same for every mechanism.
 const GREETING_START: usize = 11;
 
-/// The socket-type property of the server's READY.
-const ROUTER_METADATA: &[u8] = b"\x0bSocket-Type\x00\x00\x00\x06ROUTER";
-
 /// Where a CURVE peer's connection stands.
 enum Curve {
     /// Waiting for the peer's greeting (the server's is sent once the peer's mechanism is known).
@@ -158,18 +155,6 @@ impl PeerCodec {
     pub fn announce_identity(mut self, identity: Option<Bytes>) -> Self {
         self.identity = identity;
         self
-    }
-
-    /// The server's READY metadata: its socket type, and its identity if it announces one.
-    fn ready_metadata(&self) -> Vec<u8> {
-        let mut metadata = ROUTER_METADATA.to_vec();
-        if let Some(identity) = &self.identity {
-            metadata.push(8);
-            metadata.extend_from_slice(b"Identity");
-            metadata.extend_from_slice(&(identity.len() as u32).to_be_bytes());
-            metadata.extend_from_slice(identity);
-        }
-        metadata
     }
 
     /// Appends what the server sends as soon as the connection is accepted: the whole NULL
@@ -433,15 +418,7 @@ impl PeerCodec {
                 size: ready_len as u64,
             });
         }
-        if ready_len > 255 {
-            plain.put_u8(FLAG_COMMAND | FLAG_LONG);
-            plain.put_u64(ready_len as u64);
-        } else {
-            plain.put_u8(FLAG_COMMAND);
-            plain.put_u8(ready_len as u8);
-        }
-        plain.put_slice(b"\x05READY");
-        plain.put_slice(&initiated.metadata);
+        link::encode_ready_with(&mut plain, &initiated.metadata);
         let mut at = 0;
         let ready = loop {
             match self.assembler.next(now, &plain[at..])? {
@@ -451,7 +428,7 @@ impl PeerCodec {
             }
         };
         self.key = Some(initiated.client_key);
-        let metadata = self.ready_metadata();
+        let metadata = link::ready_metadata(b"ROUTER", self.identity.as_deref());
         self.curve = Some(Curve::Open(initiated.accept(&metadata, out)));
         Ok(Step::Ready { consumed, ready })
     }
