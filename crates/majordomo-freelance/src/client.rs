@@ -291,12 +291,7 @@ async fn connect<C: Connector>(
 
 /// Frames the client accepts from a server through a CURVE bridge: the broker's limits.
 fn frame_limits() -> FrameLimits {
-    let limits = majordomo_proto::Limits::default();
-    FrameLimits {
-        max_frame: limits.max_message_size as u64,
-        max_message: limits.max_message_size as u64,
-        max_frames: u32::try_from(limits.max_frames).unwrap_or(u32::MAX),
-    }
+    FrameLimits::from(&majordomo_proto::Limits::default())
 }
 
 /// The next message on any connected server's connection, with the server's index; `None`
@@ -415,15 +410,19 @@ async fn run<C: Connector + 'static>(
                 let identity = slots[index].identity.clone();
                 core.handle_server_connected(clock::now(), &identity);
             }
-            () = tokio::time::sleep_until(deadline) => core.handle_timeout(clock::now()),
-        }
-        // Callers that went away: their requests are forgotten, a late reply then is stale.
-        waiters.retain(|&id, waiter: &mut oneshot::Sender<_>| {
-            let open = !waiter.is_closed();
-            if !open {
-                core.cancel(id);
+            () = tokio::time::sleep_until(deadline) => {
+                // Callers that went away: their requests are forgotten before any is sent again
+                // (a late reply then is stale). Looked for at deadlines only, where requests
+                // move on, not at every message.
+                waiters.retain(|&id, waiter: &mut oneshot::Sender<_>| {
+                    let open = !waiter.is_closed();
+                    if !open {
+                        core.cancel(id);
+                    }
+                    open
+                });
+                core.handle_timeout(clock::now());
             }
-            open
-        });
+        }
     }
 }
