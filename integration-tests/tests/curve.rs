@@ -313,16 +313,10 @@ fn curve_connector(
     server: &CurveKeyPair,
     keys: &CurveKeyPair,
 ) -> Result<majordomo_rt::transport::DealerConnector> {
-    let limits = majordomo_zmtp::inspect::FrameLimits {
-        max_frame: 16 * 1024 * 1024,
-        max_message: 16 * 1024 * 1024,
-        max_frames: 1024,
-    };
-    Ok(majordomo_rt::transport::DealerConnector::curve_with_limits(
+    Ok(majordomo_rt::transport::DealerConnector::curve(
         endpoint,
         server.public(),
         std::sync::Arc::new(keys.clone()),
-        limits,
     )?)
 }
 

@@ -135,9 +135,7 @@ fn check_environment_values() -> Result<()> {
             let Some(value) = std::env::var_os(name) else {
                 continue;
             };
-            let flag = matches!(arg.get_action(), ArgAction::SetTrue);
-            let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
-            if flag {
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
                 // clap reads a flag's variable as a boolean: only that is checked.
                 let text = value.to_string_lossy().to_lowercase();
                 let booleans = [
@@ -152,20 +150,31 @@ fn check_environment_values() -> Result<()> {
                 }
                 continue;
             }
-            alone.push(format!("--{long}").into());
-            alone.push(value.clone());
-            if let Err(error) = command().try_get_matches_from(&alone) {
-                let why = error.render().to_string();
-                let why = why
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
+            let args = [OsString::from(format!("--{long}")), value];
+            if let Err(why) = check_alone(server, &args) {
                 bail!("{}: {why}", name.to_string_lossy());
             }
         }
     }
     Ok(())
+}
+
+/// Parses `args` given to `server` alone, so that the option's own parser judges its value and
+/// the error is about that option only: clap's first line of it.
+fn check_alone(server: &str, args: &[OsString]) -> Result<(), String> {
+    let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
+    alone.extend(args.iter().cloned());
+    command()
+        .try_get_matches_from(&alone)
+        .map(|_| ())
+        .map_err(|error| {
+            let why = error.render().to_string();
+            why.lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned()
+        })
 }
 
 /// The arguments the `[server]` table of the file at `path` adds: one per key whose option was
@@ -220,16 +229,7 @@ fn from_file(path: &Path, server: &str, given: &ArgMatches) -> Result<Vec<OsStri
         let flag = matches!(arg.get_action(), ArgAction::SetTrue);
         let args = as_args(&long, value, flag)
             .map_err(|error| anyhow::anyhow!("{}: {server}.{key}: {error}", path.display()))?;
-        // The option's own parser judges the value, alone, so the error is about this key.
-        let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
-        alone.extend(args.iter().cloned());
-        if let Err(error) = command().try_get_matches_from(&alone) {
-            let why = error.render().to_string();
-            let why = why
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
+        if let Err(why) = check_alone(server, &args) {
             bail!("{}: {server}.{key}: {why}", path.display());
         }
         extra.extend(args);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use majordomo_broker::{CurveKeyPair, CurvePublicKey, Limits};
+use majordomo_broker::{CurveKeyPair, CurvePublicKey};
 use majordomo_client::{Dialect, Version};
 use majordomo_rt::transport::DealerConnector;
 
@@ -59,6 +59,14 @@ impl CurveArgs {
 }
 
 impl ConnectArgs {
+    /// The --connect endpoints, each checked to be one.
+    pub(crate) fn endpoints(&self) -> Result<Vec<String>> {
+        for endpoint in &self.connect {
+            majordomo_rt::transport::check_endpoint(endpoint)?;
+        }
+        Ok(self.connect.clone())
+    }
+
     /// One connector per --connect endpoint, with CURVE if asked for.
     pub(crate) fn connectors(&self) -> Result<Vec<DealerConnector>> {
         self.curve.connectors(&self.connect)
@@ -74,22 +82,9 @@ impl CurveArgs {
         let Some((server, keys)) = self.keys()? else {
             return Ok(endpoints.iter().map(DealerConnector::from).collect());
         };
-        let limits = Limits::default();
-        let frames = majordomo_zmtp::inspect::FrameLimits {
-            max_frame: limits.max_message_size as u64,
-            max_message: limits.max_message_size as u64,
-            max_frames: limits.max_frames as u32,
-        };
         endpoints
             .iter()
-            .map(|ep| {
-                Ok(DealerConnector::curve_with_limits(
-                    ep.clone(),
-                    server,
-                    keys.clone(),
-                    frames,
-                )?)
-            })
+            .map(|ep| Ok(DealerConnector::curve(ep.clone(), server, keys.clone())?))
             .collect()
     }
 }

@@ -575,12 +575,7 @@ impl DealerConnector {
         server: CurvePublicKey,
         keys: Arc<CurveKeyPair>,
     ) -> Result<Self, TransportError> {
-        let limits = majordomo_proto::Limits::default();
-        let frames = FrameLimits {
-            max_frame: limits.max_message_size as u64,
-            max_message: limits.max_message_size as u64,
-            max_frames: u32::try_from(limits.max_frames).unwrap_or(u32::MAX),
-        };
+        let frames = FrameLimits::from(&majordomo_proto::Limits::default());
         Self::curve_with_limits(endpoint, server, keys, frames)
     }
 

@@ -59,6 +59,17 @@ pub struct FrameLimits {
     pub max_frames: u32,
 }
 
+impl From<&majordomo_proto::Limits> for FrameLimits {
+    /// The bounds a peer of a server with `limits` holds to: a frame as large as a message.
+    fn from(limits: &majordomo_proto::Limits) -> Self {
+        Self {
+            max_frame: limits.max_message_size as u64,
+            max_message: limits.max_message_size as u64,
+            max_frames: u32::try_from(limits.max_frames).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// A rule a peer broke. The connection is closed and nothing after the offending bytes is passed
 /// on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

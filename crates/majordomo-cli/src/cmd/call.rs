@@ -113,10 +113,7 @@ async fn run_freelance(args: CallArgs) -> Result<ExitCode> {
     let config = FreelanceConfig::default()
         .attempt_timeout(args.timeout)
         .timeout(args.timeout * args.attempts.max(1));
-    let endpoints = args.connect.connect.clone();
-    for endpoint in &endpoints {
-        majordomo_rt::transport::check_endpoint(endpoint)?;
-    }
+    let endpoints = args.connect.endpoints()?;
     let client = match args.connect.curve.keys()? {
         None => FreelanceClient::new(endpoints, config)?,
         Some((server, keys)) => {
@@ -133,13 +130,18 @@ async fn run_freelance(args: CallArgs) -> Result<ExitCode> {
         }
         Err(error) => return Err(error.into()),
     };
+    print_frames(reply).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `frames` to stdout, one per line.
+async fn print_frames(frames: Vec<Bytes>) -> std::io::Result<()> {
     let mut out = tokio::io::stdout();
-    for frame in reply {
+    for frame in frames {
         out.write_all(&frame).await?;
         out.write_all(b"\n").await?;
     }
-    out.flush().await?;
-    Ok(ExitCode::SUCCESS)
+    out.flush().await
 }
 
 /// `call --titanic`: submits, waits for the reply, prints it, closes it (or, with
@@ -170,12 +172,7 @@ async fn run_titanic(args: CallArgs) -> Result<ExitCode> {
         }
         Err(error) => return Err(error.into()),
     };
-    let mut out = tokio::io::stdout();
-    for frame in reply {
-        out.write_all(&frame).await?;
-        out.write_all(b"\n").await?;
-    }
-    out.flush().await?;
+    print_frames(reply).await?;
     if args.no_close {
         eprintln!("{uuid}");
     } else {

@@ -20,13 +20,6 @@ use super::targets::{spawn_broker, GuardMode};
 use super::{BenchArgs, RunKind};
 use crate::endpoint::{free_endpoint, Transport};
 
-/// Frames the bench's bridges accept from the broker: its own defaults.
-const LIMITS: FrameLimits = FrameLimits {
-    max_frame: 16 * 1024 * 1024,
-    max_message: 16 * 1024 * 1024,
-    max_frames: 1024,
-};
-
 /// A broker key pair for one run, its certificate in a scratch directory removed at the end.
 pub(super) struct CurveSetup {
     dir: PathBuf,
@@ -61,11 +54,10 @@ impl CurveSetup {
     /// A connector to the broker at `endpoint` through a bridge of its own, for an in-process
     /// worker.
     pub(super) fn outbound_connector(&self, endpoint: &str) -> Result<DealerConnector> {
-        Ok(DealerConnector::curve_with_limits(
+        Ok(DealerConnector::curve(
             endpoint,
             self.keys.public(),
             Arc::new(CurveKeyPair::generate()),
-            LIMITS,
         )?)
     }
 
@@ -78,7 +70,7 @@ impl CurveSetup {
             remote,
             self.keys.public(),
             Arc::new(CurveKeyPair::generate()),
-            LIMITS,
+            FrameLimits::from(&majordomo_broker::Limits::default()),
         ))
     }
 }
