@@ -22,19 +22,27 @@ async fn curve_broker(
     allowed: Option<HashSet<majordomo_broker::CurvePublicKey>>,
     config: BrokerConfig,
 ) -> Result<(RunningBroker, GuardStatsHandle)> {
-    let guard = GuardConfig::default().curve(CurveSecurity {
-        keys: std::sync::Arc::new(server.clone()),
-        clients: ClientFilter::new(allowed),
-        allow_null: false,
-    });
     let broker = Broker::builder()
         .bind("tcp://127.0.0.1:0")
         .config(config)
-        .guard(guard)
+        .guard(curve_guard(GuardConfig::default(), server, allowed))
         .build()
         .await?;
     let guards = broker.guards().to_vec();
     Ok((RunningBroker::run(broker), guards[0].clone()))
+}
+
+/// `guard` serving CURVE only, with `server`'s keys and the client keys `allowed` (`None`: any).
+fn curve_guard(
+    guard: GuardConfig,
+    server: &CurveKeyPair,
+    allowed: Option<HashSet<majordomo_broker::CurvePublicKey>>,
+) -> GuardConfig {
+    guard.curve(CurveSecurity {
+        keys: std::sync::Arc::new(server.clone()),
+        clients: ClientFilter::new(allowed),
+        allow_null: false,
+    })
 }
 
 /// The environment that gives a Python peer CURVE: the server's key, and the peer's own pair
@@ -485,14 +493,8 @@ async fn the_paranoid_pirate_queue_serves_curve_on_both_ends() -> Result<()> {
 
     let server = CurveKeyPair::generate();
     let (client_keys, worker_keys) = (CurveKeyPair::generate(), CurveKeyPair::generate());
-    let guard = GuardConfig::default().curve(CurveSecurity {
-        keys: std::sync::Arc::new(server.clone()),
-        clients: ClientFilter::new(Some(HashSet::from([
-            client_keys.public(),
-            worker_keys.public(),
-        ]))),
-        allow_null: false,
-    });
+    let allowed = HashSet::from([client_keys.public(), worker_keys.public()]);
+    let guard = curve_guard(GuardConfig::default(), &server, Some(allowed));
     let queue = Queue::builder()
         .frontend("tcp://127.0.0.1:0")
         .backend("tcp://127.0.0.1:0")
@@ -600,12 +602,8 @@ async fn sealed_frames_half_sent_by_many_peers_hold_no_more_than_the_inbound_bud
         .max_frame_size(2 * MIB as u64)
         .max_message_size(2 * MIB as u64)
         .inbound_budget(8 * MIB)
-        .message_timeout(Duration::from_secs(1))
-        .curve(CurveSecurity {
-            keys: std::sync::Arc::new(server.clone()),
-            clients: ClientFilter::default(),
-            allow_null: false,
-        });
+        .message_timeout(Duration::from_secs(1));
+    let guard = curve_guard(guard, &server, None);
     let broker = Broker::builder()
         .bind("tcp://127.0.0.1:0")
         .config(test_config())
@@ -692,11 +690,7 @@ async fn our_worker_and_client_reconnect_through_curve_to_a_restarted_broker() -
     assert_eq!(client.request("echo", before.clone()).await?, before);
     broker.stop().await?;
     // The same keys on the same endpoint, a new broker process would do the same.
-    let guard = GuardConfig::default().curve(CurveSecurity {
-        keys: std::sync::Arc::new(server.clone()),
-        clients: ClientFilter::default(),
-        allow_null: false,
-    });
+    let guard = curve_guard(GuardConfig::default(), &server, None);
     let mut restarted = None;
     for _ in 0..100 {
         let built = Broker::builder()
