@@ -53,18 +53,28 @@
 //! - [`Client::with_endpoints`], [`MuxClient::with_endpoints`], [`RoundRobin`]: several brokers
 //!   serving the same services; a request is delivered at least once and answered at most once.
 //! - [`ClientError`]: what a call can fail with.
+//! - With the feature `tower`: `Client` is a `tower_service::Service`, and
+//!   `Client::service(name)` a `ServiceClient` for one service, so tower's layers (timeout,
+//!   concurrency limit, retry, load shedding) apply.
 #![warn(missing_docs)]
 
 mod mux;
 mod split;
+#[cfg(feature = "tower")]
+mod tower;
 pub use mux::{MuxClient, MuxStats};
 pub use split::{MuxReplies, MuxSender, Tagged};
+#[cfg(feature = "tower")]
+pub use tower::{Request, ResponseFuture, ServiceClient};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::Stream;
+/// The frames of requests and replies.
+pub use bytes::Bytes;
+/// What [`Client::request_stream`] returns is a [`Stream`]; [`StreamExt`] reads it
+/// (`.next().await`).
+pub use futures::{Stream, StreamExt};
 use majordomo_proto::client::{Call, CallError, CallEvent};
 use majordomo_proto::codec;
 pub use majordomo_proto::mdp2::{Dialect, Version};

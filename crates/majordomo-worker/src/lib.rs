@@ -40,8 +40,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+/// The frames of requests and replies.
+pub use bytes::Bytes;
 /// The heartbeat interval and liveness ([`WorkerConfig::heartbeat`]).
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
 pub use majordomo_proto::mdp2::{Dialect, Version};
@@ -67,10 +67,32 @@ pub use majordomo_rt::transport::DealerConnector;
 pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey, KeyError};
 
 /// Serves requests: takes the request body frames, returns the reply body frames.
-#[async_trait]
+///
+/// [`handler_fn`] makes one from an async closure. A type implements it with a plain `async fn`
+/// (no macro needed); the future it returns must be `Send`, as the worker runs on tokio's
+/// multi-threaded runtime:
+///
+/// ```
+/// use majordomo_worker::{BoxError, Bytes, Handler};
+///
+/// /// Answers each request with its frames in reverse order.
+/// struct Reverse;
+///
+/// impl Handler for Reverse {
+///     async fn handle(&self, mut request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+///         request.reverse();
+///         Ok(request)
+///     }
+/// }
+/// # fn served(_: impl Handler) {}
+/// # served(Reverse);
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request. An `Err` (or a panic) sends no reply; see the crate docs.
-    async fn handle(&self, request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError>;
+    fn handle(
+        &self,
+        request: Vec<Bytes>,
+    ) -> impl Future<Output = Result<Vec<Bytes>, BoxError>> + Send;
 }
 
 /// A [`Handler`] made from an async closure; see [`handler_fn`].
@@ -92,28 +114,29 @@ where
     HandlerFn(f)
 }
 
-#[async_trait]
 impl<F, Fut> Handler for HandlerFn<F>
 where
     F: Fn(Vec<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
 {
-    async fn handle(&self, request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
-        (self.0)(request).await
+    fn handle(
+        &self,
+        request: Vec<Bytes>,
+    ) -> impl Future<Output = Result<Vec<Bytes>, BoxError>> + Send {
+        (self.0)(request)
     }
 }
 
 /// Serves requests in parts: sends parts of the answer through the [`Responder`], then returns
-/// the last part.
-#[async_trait]
+/// the last part. Implemented with a plain `async fn`, as [`Handler`] is.
 pub trait StreamHandler: Send + Sync + 'static {
     /// Handles one request; see [`Handler::handle`] for what an `Err` does. Parts sent before
     /// an `Err` have gone out.
-    async fn handle(
+    fn handle(
         &self,
         request: Vec<Bytes>,
         responder: Responder,
-    ) -> Result<Vec<Bytes>, BoxError>;
+    ) -> impl Future<Output = Result<Vec<Bytes>, BoxError>> + Send;
 }
 
 /// A [`StreamHandler`] made from an async closure; see [`stream_handler_fn`].
@@ -136,35 +159,29 @@ where
     StreamHandlerFn(f)
 }
 
-#[async_trait]
 impl<F, Fut> StreamHandler for StreamHandlerFn<F>
 where
     F: Fn(Vec<Bytes>, Responder) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'static,
 {
-    async fn handle(
+    fn handle(
         &self,
         request: Vec<Bytes>,
         responder: Responder,
-    ) -> Result<Vec<Bytes>, BoxError> {
-        (self.0)(request, responder).await
+    ) -> impl Future<Output = Result<Vec<Bytes>, BoxError>> + Send {
+        (self.0)(request, responder)
     }
 }
 
-/// A [`Handler`] served as a [`StreamHandler`] that sends no parts. Written out rather than with
-/// `async_trait`, so the handler's boxed future is the only allocation of a request.
+/// A [`Handler`] served as a [`StreamHandler`] that sends no parts.
 struct Whole<H>(H);
 
 impl<H: Handler> StreamHandler for Whole<H> {
-    fn handle<'life0, 'async_trait>(
-        &'life0 self,
+    fn handle(
+        &self,
         request: Vec<Bytes>,
         _responder: Responder,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Bytes>, BoxError>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    ) -> impl Future<Output = Result<Vec<Bytes>, BoxError>> + Send {
         self.0.handle(request)
     }
 }
@@ -410,7 +427,7 @@ impl<C: Connector + 'static> Worker<C> {
                                 )
                             },
                             |body, responder| {
-                                // The handler's future is the one boxed future of a request.
+                                // The handler's future, held here without a box.
                                 let handled = handler.handle(body, responder);
                                 let permits = permits.clone();
                                 async move {
