@@ -821,3 +821,83 @@ async fn call_prints_each_part_as_it_arrives_from_a_streaming_exec_worker() -> R
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// `majordomo <command> --print-config <rest...>` with `env` set: stdout. The flag goes right
+/// after the command's name, before any program `exec` runs.
+fn print_config_of(command: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let out = Command::new(majordomo_bin()?)
+        .args(&command[..1])
+        .arg("--print-config")
+        .args(&command[1..])
+        .envs(env.iter().copied())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn worker_and_titanic_read_their_table_and_variables_as_the_servers_do() -> Result<()> {
+    let file = config_file(
+        "worker-titanic",
+        "[worker]\nheartbeat = \"1s\"\nconcurrency = 4\n[titanic]\nmax-stored = 5\nretention = \"1h\"\n",
+    )?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    // The worker's options come before or after what it serves; `exec`'s program keeps its own
+    // arguments, however the file is given.
+    for command in [
+        vec!["worker", "--config", file, "echo"],
+        vec!["worker", "echo", "--config", file],
+        vec!["worker", "exec", "--config", file, "svc", "--", "cat", "-u"],
+    ] {
+        let config = print_config_of(&command, &[])?;
+        assert_eq!(
+            line(&config, "heartbeat"),
+            "heartbeat = \"1s\"",
+            "{command:?}"
+        );
+        assert_eq!(
+            line(&config, "concurrency"),
+            "concurrency = 4",
+            "{command:?}"
+        );
+    }
+    let env = [("MAJORDOMO_WORKER_HEARTBEAT", "2s")];
+    let config = print_config_of(&["worker", "--config", file, "echo"], &env)?;
+    assert_eq!(line(&config, "heartbeat"), "heartbeat = \"2s\"");
+    let config = print_config_of(
+        &["worker", "--config", file, "echo", "--heartbeat", "3s"],
+        &env,
+    )?;
+    assert_eq!(line(&config, "heartbeat"), "heartbeat = \"3s\"");
+
+    let env = [("MAJORDOMO_TITANIC_MAX_STORED", "7")];
+    let config = print_config_of(&["titanic", "--config", file], &env)?;
+    assert_eq!(line(&config, "max-stored"), "max-stored = 7");
+    assert_eq!(line(&config, "retention"), "retention = \"1h\"");
+
+    for (name, value, expected) in [
+        (
+            "MAJORDOMO_WORKER_CONCURRENCY",
+            "many",
+            "MAJORDOMO_WORKER_CONCURRENCY: invalid value 'many'",
+        ),
+        (
+            "MAJORDOMO_TITANIC_RETENSION",
+            "1h",
+            "did you mean MAJORDOMO_TITANIC_RETENTION",
+        ),
+    ] {
+        let out = Command::new(majordomo_bin()?)
+            .args(["titanic", "--print-config"])
+            .env(name, value)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value} accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    Ok(())
+}

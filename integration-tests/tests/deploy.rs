@@ -1,4 +1,5 @@
 //! The deployment files in `deploy/`: the systemd unit and the container image's Dockerfile.
+//! (The Prometheus rules, the dashboard and the sample configuration: `ops_kit.rs`.)
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const UNIT_KEYS: &[Section] = &[
             "Type",
             "ExecStart",
             "Environment",
+            "EnvironmentFile",
             "Restart",
             "RestartSec",
             "KillSignal",
@@ -311,6 +313,11 @@ fn systemd_unit_is_valid_and_hardened() -> Result<()> {
             .iter()
             .any(|env| env.starts_with("RUST_LOG=")),
         "Environment=RUST_LOG"
+    );
+    // deploy/majordomo.env, optional ('-'): the unit starts without it.
+    assert_eq!(
+        value(&unit, "Service", "EnvironmentFile")?,
+        "-/etc/majordomo/majordomo.env"
     );
     assert_eq!(value(&unit, "Install", "WantedBy")?, "multi-user.target");
 

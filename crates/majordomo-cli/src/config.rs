@@ -17,8 +17,8 @@ use clap::{ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
 
 use crate::Cli;
 
-/// The commands that take `--config`.
-pub(crate) const SERVERS: [&str; 3] = ["broker", "ppqueue", "spqueue"];
+/// The commands that take `--config` and read `MAJORDOMO_<COMMAND>_<OPTION>` variables.
+pub(crate) const SERVERS: [&str; 5] = ["broker", "ppqueue", "spqueue", "worker", "titanic"];
 
 /// Arguments that are about the configuration rather than part of it.
 const META: [&str; 4] = ["help", "version", "config", "print_config"];
@@ -74,7 +74,13 @@ pub(crate) fn parse() -> Result<Cli> {
             if let Some(path) = sub.get_one::<std::path::PathBuf>("config") {
                 let extra = from_file(path, &server, &sub)?;
                 let mut argv = argv.clone();
-                argv.extend(extra);
+                // Right after the command's name: after it, `worker exec` takes the program's
+                // own arguments.
+                let at = argv
+                    .iter()
+                    .position(|a| a.to_str() == Some(server.as_str()))
+                    .map_or(argv.len(), |i| i + 1);
+                argv.splice(at..at, extra);
                 matches = command().get_matches_from(&argv);
             }
             let (_, sub) = matches.subcommand().context("the server command")?;
@@ -164,8 +170,16 @@ fn check_environment_values() -> Result<()> {
 fn check_alone(server: &str, args: &[OsString]) -> Result<(), String> {
     let mut alone: Vec<OsString> = vec!["majordomo".into(), server.into()];
     alone.extend(args.iter().cloned());
-    command()
-        .try_get_matches_from(&alone)
+    let cli = command();
+    // A command that needs a subcommand (`worker echo`) gets its first, which takes no
+    // arguments of its own.
+    if let Some(first) = cli
+        .find_subcommand(server)
+        .and_then(|sub| sub.get_subcommands().next())
+    {
+        alone.push(first.get_name().into());
+    }
+    cli.try_get_matches_from(&alone)
         .map(|_| ())
         .map_err(|error| {
             let why = error.render().to_string();

@@ -62,7 +62,6 @@ pub(crate) struct BrokerSource {
 impl Source for BrokerSource {
     async fn refresh(&self) -> Health {
         record_guards(&self.guards);
-        record_process();
         match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
             Ok(Some(stats)) => {
                 record_broker(&stats);
@@ -86,10 +85,37 @@ pub(crate) struct QueueSource {
 impl Source for QueueSource {
     async fn refresh(&self) -> Health {
         record_guards(&self.guards);
-        record_process();
         match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
             Ok(Some(stats)) => {
                 record_queue(&stats);
+                Health::Serving
+            }
+            _ => Health::Unresponsive,
+        }
+    }
+}
+
+/// A worker process: its handlers record their requests as they finish
+/// ([`crate::cmd::worker`]); there is no loop of its own to ask, so it is healthy while the
+/// process answers.
+pub(crate) struct WorkerSource;
+
+impl Source for WorkerSource {
+    async fn refresh(&self) -> Health {
+        Health::Serving
+    }
+}
+
+/// A Titanic server's handle.
+pub(crate) struct TitanicSource {
+    pub(crate) handle: majordomo_titanic::TitanicHandle,
+}
+
+impl Source for TitanicSource {
+    async fn refresh(&self) -> Health {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
+            Ok(Some(stats)) => {
+                record_titanic(&stats);
                 Health::Serving
             }
             _ => Health::Unresponsive,
@@ -105,6 +131,10 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
             Matcher::Full("majordomo_request_duration_seconds".to_owned()),
             LATENCY_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full("majordomo_worker_request_duration_seconds".to_owned()),
+            LATENCY_BUCKETS,
+        )?
         // A service gone for five minutes leaves the page, its gauges and its latency (the
         // broker looks its latency series up again each minute, so a live one comes back).
         .idle_timeout(
@@ -115,11 +145,6 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
         .context("installing the metrics recorder")?;
     describe();
     gauge!("majordomo_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    gauge!("process_start_time_seconds").set(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
@@ -134,7 +159,10 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
             upkeep.run_upkeep();
         }
     });
-    let state = Arc::new((source, prometheus));
+    let started = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let state = Arc::new((source, prometheus, started));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -146,7 +174,9 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
             let service = hyper::service::service_fn(move |request| {
                 let state = state.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(answer(&state.0, &state.1, request).await)
+                    Ok::<_, std::convert::Infallible>(
+                        answer(&state.0, &state.1, state.2, request).await,
+                    )
                 }
             });
             tokio::spawn(async move {
@@ -164,6 +194,7 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
 async fn answer<B>(
     source: &impl Source,
     prometheus: &PrometheusHandle,
+    started: f64,
     request: Request<B>,
 ) -> Response<Full<Bytes>> {
     if request.method() != hyper::Method::GET {
@@ -173,7 +204,9 @@ async fn answer<B>(
         "/metrics" => {
             source.refresh().await;
             prometheus.run_upkeep();
-            let mut response = text(StatusCode::OK, prometheus.render());
+            let mut page = prometheus.render();
+            page.push_str(&process_metrics(started));
+            let mut response = text(StatusCode::OK, page);
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -286,6 +319,39 @@ fn describe() {
             "majordomo_reloads_total",
             "SIGHUP reloads (CURVE client keys, access rules), by result.",
         ),
+        (
+            "majordomo_worker_requests_total",
+            "Requests a worker's handler finished, by service and outcome (ok, or failed: no reply sent).",
+        ),
+        (
+            "majordomo_titanic_accepted_total",
+            "Requests Titanic stored and acknowledged.",
+        ),
+        (
+            "majordomo_titanic_refused_total",
+            "titanic.request calls answered 500 (malformed, store full, write failed).",
+        ),
+        ("majordomo_titanic_replied_total", "Replies Titanic stored."),
+        (
+            "majordomo_titanic_dispatched_total",
+            "Requests Titanic sent to their service, each attempt.",
+        ),
+        (
+            "majordomo_titanic_failed_dispatches_total",
+            "Dispatches that ended without a stored reply.",
+        ),
+        (
+            "majordomo_titanic_closed_total",
+            "titanic.close calls answered 200.",
+        ),
+        (
+            "majordomo_titanic_commits_total",
+            "Transactions committed to the store.",
+        ),
+        (
+            "majordomo_titanic_writes_total",
+            "Writes in those transactions.",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(name, help);
@@ -329,7 +395,22 @@ fn describe() {
             "majordomo_bstar_peer_state",
             "The Binary Star state the peer last published.",
         ),
-        ("process_open_fds", "Open file descriptors."),
+        (
+            "majordomo_titanic_stored",
+            "Requests and replies Titanic holds.",
+        ),
+        (
+            "majordomo_titanic_queued",
+            "Requests waiting for their turn to be dispatched.",
+        ),
+        (
+            "majordomo_titanic_in_flight",
+            "Requests Titanic has with the broker.",
+        ),
+        (
+            "majordomo_titanic_held_questions",
+            "titanic.reply questions held until their reply is stored.",
+        ),
     ];
     for (name, help) in gauges {
         describe_gauge!(name, help);
@@ -350,19 +431,24 @@ fn describe() {
         "Age of the oldest queued request, by service."
     );
     describe_gauge!(
-        "process_cpu_seconds_total",
-        Unit::Seconds,
-        "CPU time used, user and system."
-    );
-    describe_gauge!(
-        "process_resident_memory_bytes",
+        "majordomo_titanic_stored_bytes",
         Unit::Bytes,
-        "Resident memory."
+        "What the stored requests and replies cost in the store."
     );
     describe_gauge!(
-        "process_start_time_seconds",
+        "majordomo_titanic_body_bytes",
+        Unit::Bytes,
+        "Bodies held in memory, kept or being read from the store."
+    );
+    describe_gauge!(
+        "majordomo_titanic_latency_seconds",
         Unit::Seconds,
-        "When the process started, Unix time."
+        "Latency of each step of a request's round trip since the start, by step and stat (p50, p99, max)."
+    );
+    describe_histogram!(
+        "majordomo_worker_request_duration_seconds",
+        Unit::Seconds,
+        "How long a worker's handler took, by service."
     );
     describe_histogram!(
         "majordomo_request_duration_seconds",
@@ -404,6 +490,41 @@ fn record_broker(stats: &BrokerStats) {
     }
 }
 
+fn record_titanic(stats: &majordomo_titanic::TitanicStats) {
+    counter!("majordomo_titanic_accepted_total").absolute(stats.accepted);
+    counter!("majordomo_titanic_refused_total").absolute(stats.refused);
+    counter!("majordomo_titanic_replied_total").absolute(stats.replied);
+    counter!("majordomo_titanic_dispatched_total").absolute(stats.dispatched);
+    counter!("majordomo_titanic_failed_dispatches_total").absolute(stats.failed);
+    counter!("majordomo_titanic_closed_total").absolute(stats.closed);
+    counter!("majordomo_titanic_commits_total").absolute(stats.commits);
+    counter!("majordomo_titanic_writes_total").absolute(stats.writes);
+    gauge!("majordomo_titanic_stored").set(stats.stored as f64);
+    gauge!("majordomo_titanic_stored_bytes").set(stats.stored_bytes as f64);
+    gauge!("majordomo_titanic_queued").set(stats.queued as f64);
+    gauge!("majordomo_titanic_in_flight").set(stats.in_flight as f64);
+    gauge!("majordomo_titanic_held_questions").set(stats.held as f64);
+    gauge!("majordomo_titanic_body_bytes").set((stats.body_bytes + stats.reading_bytes) as f64);
+    let steps = [
+        ("submit", stats.submit),
+        ("queue_wait", stats.queue_wait),
+        ("dispatch", stats.dispatch),
+        ("reply", stats.reply),
+        ("close", stats.close),
+    ];
+    for (step, latency) in steps {
+        let figures = [
+            ("p50", latency.p50),
+            ("p99", latency.p99),
+            ("max", latency.max),
+        ];
+        for (figure, value) in figures {
+            gauge!("majordomo_titanic_latency_seconds", "step" => step, "stat" => figure)
+                .set(value.as_secs_f64());
+        }
+    }
+}
+
 fn record_queue(stats: &QueueStats) {
     counter!("majordomo_requests_total").absolute(stats.requests);
     counter!("majordomo_replies_total").absolute(stats.replies);
@@ -436,15 +557,29 @@ fn record_guards(guards: &[GuardStatsHandle]) {
     }
 }
 
-/// Resident memory, CPU time and open descriptors, from /proc (Linux).
-fn record_process() {
+/// The process's resident memory, CPU time, open descriptors and start time, from /proc
+/// (Linux), in the Prometheus text format under the names its client libraries use. Written
+/// here rather than through the recorder: CPU time is a counter of fractional seconds, and the
+/// facade's counters count whole numbers.
+fn process_metrics(started: f64) -> String {
+    let mut page = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+        page.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
+        ));
+    };
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         let rss_kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
         if let Some(kib) = rss_kib {
-            gauge!("process_resident_memory_bytes").set(kib * 1024.0);
+            family(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                kib * 1024.0,
+            );
         }
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
@@ -457,11 +592,27 @@ fn record_process() {
             Some(utime + stime)
         });
         if let Some(ticks) = ticks {
-            // A gauge: the facade's counters are whole numbers, CPU time is not.
-            gauge!("process_cpu_seconds_total").set(ticks / 100.0);
+            family(
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                ticks / 100.0,
+            );
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        gauge!("process_open_fds").set(fds.count() as f64);
+        family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds.count() as f64,
+        );
     }
+    family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        started,
+    );
+    page
 }

@@ -1,6 +1,6 @@
 //! What every server command (broker, ppqueue, spqueue) takes besides its own options: the
 //! metrics listener, the ZMTP guard, and where the configuration comes from (see
-//! [`crate::config`]).
+//! [`crate::config`]; `worker` and `titanic` take that too).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,15 +30,17 @@ pub(crate) struct ServerArgs {
 
 /// Where a server command's configuration comes from.
 #[derive(Args, Clone)]
-struct ConfigArgs {
-    /// Read options from the `[broker]`, `[ppqueue]` or `[spqueue]` table of this TOML file (keys
-    /// are the long option names: `heartbeat = "1s"`, `bind = ["tcp://0.0.0.0:5555"]`). A flag
-    /// beats an environment variable (`MAJORDOMO_<COMMAND>_<OPTION>`, e.g.
-    /// `MAJORDOMO_BROKER_HEARTBEAT=1s`), which beats the file, which beats the default.
-    #[arg(long, env = "MAJORDOMO_CONFIG")]
+pub(crate) struct ConfigArgs {
+    /// Read options from this TOML file's table of the command: `[broker]`, `[ppqueue]`,
+    /// `[spqueue]`, `[worker]` or `[titanic]` (keys are the long option names: `heartbeat =
+    /// "1s"`, `bind = ["tcp://0.0.0.0:5555"]`). A flag beats an environment variable
+    /// (`MAJORDOMO_<COMMAND>_<OPTION>`, e.g. `MAJORDOMO_BROKER_HEARTBEAT=1s`), which beats the
+    /// file, which beats the default. deploy/majordomo.toml is a sample.
+    // Global, so that `worker echo --config F` works as `worker --config F echo` does.
+    #[arg(long, env = "MAJORDOMO_CONFIG", global = true)]
     config: Option<std::path::PathBuf>,
     /// Print the configuration in force, as TOML, and exit.
-    #[arg(long)]
+    #[arg(long, global = true)]
     print_config: bool,
 }
 

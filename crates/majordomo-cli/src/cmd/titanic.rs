@@ -1,5 +1,6 @@
 //! `majordomo titanic`: a Titanic server (9/TSP) in front of a 7/MDP broker.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -8,6 +9,7 @@ use majordomo_broker::HeartbeatConfig;
 
 use super::byte_count;
 use crate::connect::ConnectArgs;
+use crate::server::ConfigArgs;
 use crate::signals::shutdown_signal;
 
 /// Options of `titanic`.
@@ -68,6 +70,13 @@ pub(crate) struct TitanicArgs {
     /// (measured slower for submits). The store's commits run on the runtime's blocking pool.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (requests stored, dispatched, replied
+    /// and closed; what the store holds; each step's latency) and a probe at /healthz (200
+    /// while the server's loop answers), e.g. 127.0.0.1:9466. Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Serves the three TSP services until a stop signal.
@@ -103,15 +112,26 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
             "titanic keeps its requests in memory only (--in-memory): a restart loses them"
         );
         let store = majordomo_titanic::store::MemoryStore::default();
-        Titanic::with_endpoints(args.connect.connectors()?, store, config)
-            .run(shutdown_signal())
-            .await?;
+        let titanic = Titanic::with_endpoints(args.connect.connectors()?, store, config);
+        serve_metrics(args.metrics_listen, titanic.handle()).await?;
+        titanic.run(shutdown_signal()).await?;
     } else {
         let store = RedbStore::open_with_cache(&args.store, byte_count(args.store_cache)?)?;
         tracing::info!(store = %args.store.display(), brokers = %args.connect.connect.join(","), "titanic starting");
-        Titanic::with_endpoints(args.connect.connectors()?, store, config)
-            .run(shutdown_signal())
-            .await?;
+        let titanic = Titanic::with_endpoints(args.connect.connectors()?, store, config);
+        serve_metrics(args.metrics_listen, titanic.handle()).await?;
+        titanic.run(shutdown_signal()).await?;
+    }
+    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` for the server behind `handle`, with --metrics-listen.
+async fn serve_metrics(
+    addr: Option<SocketAddr>,
+    handle: majordomo_titanic::TitanicHandle,
+) -> Result<()> {
+    if let Some(addr) = addr {
+        crate::metrics::serve(addr, crate::metrics::TitanicSource { handle }).await?;
     }
     Ok(())
 }

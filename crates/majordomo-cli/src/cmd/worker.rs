@@ -1,19 +1,24 @@
 //! `majordomo worker`: serve the built-in echo service, or any program (`exec`: the request on
 //! its stdin, its stdout the reply).
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use majordomo_broker::HeartbeatConfig;
 use majordomo_tools::echo::echo_in_parts;
-use majordomo_worker::{handler_fn, stream_handler_fn, BoxError, Responder, Worker, WorkerConfig};
+use majordomo_worker::{
+    handler_fn, stream_handler_fn, BoxError, Handler, Responder, StreamHandler, Worker,
+    WorkerConfig,
+};
 use tokio::io::AsyncWriteExt;
 
 use crate::connect::{ConnectArgs, Mdp};
+use crate::server::ConfigArgs;
 use crate::signals::shutdown_signal;
 
 /// Options of `worker`.
@@ -48,6 +53,13 @@ pub(crate) struct WorkerArgs {
     /// The MDP to speak.
     #[arg(long, value_enum, default_value = "0.1", global = true)]
     mdp: Mdp,
+    /// Serve Prometheus metrics at http://ADDR/metrics (requests handled, failures and handler
+    /// time, by service; the process's memory and CPU) and a probe at /healthz, e.g.
+    /// 127.0.0.1:9465. Off by default.
+    #[arg(long, global = true)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(subcommand)]
     kind: WorkerKind,
 }
@@ -90,18 +102,20 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
         .busy_poll(args.busy_poll)
         .version(args.mdp.into());
     let endpoints = args.connect.connectors()?;
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics::serve(addr, crate::metrics::WorkerSource).await?;
+    }
     match args.kind {
         WorkerKind::Echo { service, parts: 0 } => {
+            let handler = Measured::new(&service, handler_fn(|body| async move { Ok(body) }));
             Worker::with_endpoints(endpoints, service, config)
-                .run(
-                    handler_fn(|body| async move { Ok(body) }),
-                    shutdown_signal(),
-                )
+                .run(handler, shutdown_signal())
                 .await?
         }
         WorkerKind::Echo { service, parts } => {
+            let handler = Measured::new(&service, echo_in_parts(parts));
             Worker::with_endpoints(endpoints, service, config)
-                .run_streaming(echo_in_parts(parts), shutdown_signal())
+                .run_streaming(handler, shutdown_signal())
                 .await?
         }
         WorkerKind::Exec {
@@ -114,6 +128,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 let command = command.clone();
                 async move { exec_streamed(&command, body, responder).await }
             });
+            let handler = Measured::new(&service, handler);
             Worker::with_endpoints(endpoints, service, config)
                 .run_streaming(handler, shutdown_signal())
                 .await?
@@ -128,12 +143,61 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
                 let command = command.clone();
                 async move { exec(&command, body).await }
             });
+            let handler = Measured::new(&service, handler);
             Worker::with_endpoints(endpoints, service, config)
                 .run(handler, shutdown_signal())
                 .await?
         }
     }
     Ok(())
+}
+
+/// A handler whose requests are counted and timed, for `--metrics-listen` (without it the
+/// metrics facade has no recorder and records nothing).
+struct Measured<H> {
+    inner: H,
+    service: String,
+}
+
+impl<H> Measured<H> {
+    fn new(service: &str, inner: H) -> Self {
+        Self {
+            inner,
+            service: service.to_owned(),
+        }
+    }
+
+    /// Records one request that took since `started` and ended with `outcome`.
+    fn record<T>(&self, started: Instant, outcome: &Result<T, BoxError>) {
+        let service = self.service.clone();
+        let outcome = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("majordomo_worker_requests_total", "service" => service.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("majordomo_worker_request_duration_seconds", "service" => service)
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+impl<H: Handler> Handler for Measured<H> {
+    async fn handle(&self, request: Vec<Bytes>) -> Result<Vec<Bytes>, BoxError> {
+        let started = Instant::now();
+        let outcome = self.inner.handle(request).await;
+        self.record(started, &outcome);
+        outcome
+    }
+}
+
+impl<H: StreamHandler> StreamHandler for Measured<H> {
+    async fn handle(
+        &self,
+        request: Vec<Bytes>,
+        responder: Responder,
+    ) -> Result<Vec<Bytes>, BoxError> {
+        let started = Instant::now();
+        let outcome = self.inner.handle(request, responder).await;
+        self.record(started, &outcome);
+        outcome
+    }
 }
 
 /// Starts `command` with the request body (frames concatenated) written to its stdin by a task
