@@ -142,8 +142,8 @@ pub(crate) struct Model {
     interval: Duration,
     previous: Option<Snapshot>,
     latest: Option<Snapshot>,
-    /// Why the last question got no answer, and since when the broker has not answered.
-    failing: Option<(String, Instant)>,
+    /// Why the last question got no answer, while the broker is not answering.
+    failing: Option<String>,
     sort: Column,
     reverse: bool,
 }
@@ -169,10 +169,9 @@ impl Model {
         self.failing = None;
     }
 
-    /// The broker did not answer (or not with stats) at `at`: the last data stays, stale.
-    pub(crate) fn failed(&mut self, at: Instant, why: String) {
-        let since = self.failing.as_ref().map_or(at, |(_, since)| *since);
-        self.failing = Some((why, since));
+    /// The broker did not answer (or not with stats): the last data stays, stale.
+    pub(crate) fn failed(&mut self, why: String) {
+        self.failing = Some(why);
     }
 
     /// Whether what is shown is older than the broker's last silence.
@@ -365,7 +364,7 @@ pub(crate) fn render(frame: &mut Frame<'_>, model: &Model, now: Instant) {
     frame.render_widget(Table::new(rows, widths).header(header), table);
 
     let line = match (&model.failing, &model.latest) {
-        (Some((why, since)), latest) => {
+        (Some(why), latest) => {
             let shown = match latest {
                 Some(latest) => format!(
                     "showing data {} old",
@@ -374,10 +373,7 @@ pub(crate) fn render(frame: &mut Frame<'_>, model: &Model, now: Instant) {
                 None => "no data yet".to_owned(),
             };
             Line::styled(
-                format!(
-                    "no answer for {}: {why}; {shown}  (q quit)",
-                    age(millis(now.saturating_duration_since(*since)))
-                ),
+                format!("no answer: {why}; {shown}  (q quit)"),
                 Style::new().fg(Color::Red),
             )
         }
@@ -535,7 +531,7 @@ pub(crate) async fn run(args: TopArgs) -> Result<ExitCode> {
             },
             Some((at, outcome)) = answers.recv() => match outcome {
                 Ok(stats) => model.answered(at, stats),
-                Err(why) => model.failed(at, why),
+                Err(why) => model.failed(why),
             },
             _ = clock.tick() => {}
             _ = terminate.recv() => break,
@@ -718,21 +714,13 @@ mod tests {
     #[test]
     fn a_silent_broker_leaves_the_last_data_on_screen_marked_stale() {
         let (mut model, t1) = model();
-        model.failed(
-            t1 + Duration::from_secs(3),
-            "no reply after 1 attempt".into(),
-        );
-        model.failed(
-            t1 + Duration::from_secs(5),
-            "no reply after 1 attempt".into(),
-        );
+        model.failed("no reply after 1 attempt".into());
         let screen = draw(&model, t1 + Duration::from_secs(6));
         assert!(screen[0].contains("STALE"), "{screen:#?}");
         // The data stays: echo still there with its rate.
         assert_eq!(table(&screen)[1][0..5], ["echo", "0", "1", "1", "30.0"]);
         assert!(
-            screen[11]
-                .starts_with("no answer for 3.0s: no reply after 1 attempt; showing data 6.0s old"),
+            screen[11].starts_with("no answer: no reply after 1 attempt; showing data 6.0s old"),
             "{screen:#?}"
         );
         // The next answer clears the mark; rates are over the time between the answers.
