@@ -21,8 +21,6 @@ pub(crate) struct StatusArgs {
     /// Broker endpoint.
     #[arg(long, default_value = crate::connect::DEFAULT_ENDPOINT)]
     connect: String,
-    #[command(flatten)]
-    curve: crate::connect::CurveArgs,
     /// How long to wait for the broker's answer.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -54,6 +52,9 @@ pub(crate) struct StatusArgs {
     /// (Docker's HEALTHCHECK, Kubernetes' exec probes).
     #[arg(long, conflicts_with_all = ["json", "prefix", "offset", "limit", "workers"])]
     probe: bool,
+    // Last: clap lists the options after a flattened group under its heading.
+    #[command(flatten)]
+    curve: crate::connect::CurveArgs,
 }
 
 impl StatusArgs {

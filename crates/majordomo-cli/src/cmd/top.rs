@@ -33,8 +33,6 @@ pub(crate) struct TopArgs {
     /// Broker endpoint.
     #[arg(long, default_value = crate::connect::DEFAULT_ENDPOINT)]
     connect: String,
-    #[command(flatten)]
-    curve: crate::connect::CurveArgs,
     /// How often to ask the broker for its stats (`mmi.stats`) and refresh the screen; the
     /// rates are per second over the last interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -47,6 +45,9 @@ pub(crate) struct TopArgs {
     /// the 100 busiest.
     #[arg(long)]
     prefix: Option<String>,
+    // Last: clap lists the options after a flattened group under its heading.
+    #[command(flatten)]
+    curve: crate::connect::CurveArgs,
 }
 
 /// A column of the services table, and a sort order.
