@@ -351,6 +351,98 @@ async fn status_shows_services_and_totals_and_exits_2_when_nobody_answers() -> R
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_workers_lists_each_worker_idle_or_busy_and_probes_are_counted_apart() -> Result<()>
+{
+    let ep = free_endpoint()?;
+    let (_broker, _slow) = broker_with_slow_worker(&ep, &[], "60").await?;
+    let _echo = Proc::spawn(&["worker", "echo", "--connect", &ep, "--concurrency", "2"])?;
+    wait_for_service(&ep, "echo").await?;
+    // The slow worker takes this request and holds it while the test looks.
+    let client = Client::new(ep.clone(), ClientConfig::default().attempts(1));
+    let held = tokio::spawn(async move { client.request("slow", vec![Bytes::from("x")]).await });
+    let status = |extra: &[&str]| -> Result<Output> {
+        Ok(Command::new(majordomo_bin()?)
+            .args(["status", "--workers", "--connect", &ep])
+            .args(extra)
+            .output()?)
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let page = loop {
+        let out = status(&["--json"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let busy_slow = page["per_worker"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["service"] == "slow" && w["state"] == "busy")
+        });
+        if (page["workers"] == 3 && busy_slow) || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let workers = page["per_worker"].as_array().context("per_worker")?;
+    let listed: Vec<(&str, &str)> = workers
+        .iter()
+        .map(|w| {
+            (
+                w["service"].as_str().unwrap_or(""),
+                w["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("echo", "idle"), ("echo", "idle"), ("slow", "busy")],
+        "{page}"
+    );
+    for worker in workers {
+        let identity = worker["identity"].as_str().unwrap_or("");
+        assert!(
+            !identity.is_empty() && identity.chars().all(|c| c.is_ascii_hexdigit()),
+            "{page}"
+        );
+        assert!(worker["registered_ms"].as_u64() >= worker["state_ms"].as_u64());
+    }
+
+    // The table: a line per worker, then the count.
+    let out = status(&[])?;
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("SERVICE"), "{table}");
+    let slow: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!((slow[0], slow[2]), ("slow", "busy"), "{table}");
+    assert!(
+        lines[4].starts_with("workers 3 (3 listed, 0 not"),
+        "{table}"
+    );
+
+    // A page: one worker of the echo service.
+    let out = status(&["--json", "--prefix", "echo", "--limit", "1"])?;
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        page["per_worker"].as_array().map(Vec::len),
+        Some(1),
+        "{page}"
+    );
+    assert_eq!(page["workers_omitted"], 2, "{page}");
+
+    // Every status above was an mmi.* request: none of them is client traffic.
+    let out = Command::new(majordomo_bin()?)
+        .args(["status", "--json", "--connect", &ep])
+        .output()?;
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(stats["requests"], 1, "{stats}");
+    assert!(stats["mmi_requests"].as_u64() >= Some(4), "{stats}");
+    held.abort();
+    Ok(())
+}
+
 #[test]
 fn completions_and_man_page_are_generated_from_the_command() -> Result<()> {
     for (shell, marker) in [

@@ -61,7 +61,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 pub use majordomo_proto::access::{Access, AccessRule, AccessRules, Pattern, SharedAccess};
-pub use majordomo_proto::broker::{BrokerConfig, BrokerStats, ServiceStats};
+pub use majordomo_proto::broker::{
+    Activity, BrokerConfig, BrokerStats, ServiceStats, WorkerStats, WorkersPage, MAX_STATS_PAGE,
+    MAX_WORKERS_PAGE,
+};
 pub use majordomo_proto::bstar::{
     BinaryStarConfig, Fatal as PairFatal, Role as PairRole, State as PairState,
 };
@@ -376,7 +379,9 @@ impl BrokerBuilder {
         let find = |wanted: EndpointRole| roles.iter().position(|r| *r == wanted);
         let shared = find(EndpointRole::Shared);
         let machine = BrokerMachine {
-            core: BrokerCore::new(now, self.config).with_stats_encoder(encode_stats),
+            core: BrokerCore::new(now, self.config)
+                .with_stats_encoder(encode_stats)
+                .with_workers_encoder(encode_workers),
             pair,
             pending: VecDeque::new(),
             latency: HashMap::new(),
@@ -402,6 +407,12 @@ impl BrokerBuilder {
 fn encode_stats(stats: &BrokerStats) -> Bytes {
     // Serializing plain counters, strings and vectors to memory cannot fail.
     Bytes::from(serde_json::to_vec(stats).unwrap_or_default())
+}
+
+/// The `mmi.workers` reply body: the page of workers as JSON.
+fn encode_workers(page: &WorkersPage) -> Bytes {
+    // As for the stats: plain numbers, strings and vectors to memory.
+    Bytes::from(serde_json::to_vec(page).unwrap_or_default())
 }
 
 /// Most services with a latency series of their own
@@ -815,12 +826,14 @@ mod tests {
                 r#""in_flight":0,"draining":false,"requests":2,"replies":0,"expired":0,"#,
                 r#""rejected":0,"requeued":0,"abandoned":0,"purged":0,"disconnected":0,"#,
                 r#""protocol_errors":0,"undeliverable":0,"dropped_at_shutdown":0,"unauthorized":0,"#,
-                r#""heartbeat_mismatch":0,"#,
+                r#""heartbeat_mismatch":0,"mmi_requests":0,"#,
                 r#""per_service":["#,
                 r#"{"name":"echo","queued":0,"queued_bytes":0,"idle_workers":1,"#,
-                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0},"#,
+                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0,"#,
+                r#""requests":0,"replies":0,"dropped":0,"rejected":0},"#,
                 r#"{"name":"n�obody","queued":1,"queued_bytes":0,"idle_workers":0,"#,
-                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0}]}"#
+                r#""busy_workers":0,"oldest_queued_ms":0,"busy_heartbeating":0,"#,
+                r#""requests":0,"replies":0,"dropped":0,"rejected":0}]}"#
             )
         );
         // It reads back, the name as its lossy text.
@@ -830,5 +843,43 @@ mod tests {
             "n\u{fffd}obody".as_bytes()
         );
         assert_eq!((back.workers, back.requests, back.queued), (1, 2, 1));
+        // Stats of a broker before the per-service counters and `mmi_requests` read as zero.
+        let old: BrokerStats = serde_json::from_str(
+            r#"{"requests":3,"per_service":[{"name":"echo","queued":1,"busy_heartbeating":0}]}"#,
+        )
+        .expect("old JSON");
+        assert_eq!((old.requests, old.mmi_requests), (3, 0));
+        assert_eq!(
+            (old.per_service[0].queued, old.per_service[0].replies),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn mmi_workers_json_has_identities_as_hex_and_reads_back() {
+        let page = WorkersPage {
+            workers: 2,
+            workers_omitted: 1,
+            per_worker: vec![WorkerStats {
+                service: Bytes::from_static(b"echo"),
+                identity: Bytes::from_static(b"\x00\x80\xffw"),
+                state: Activity::Busy,
+                state_ms: 5,
+                registered_ms: 40,
+            }],
+        };
+        let json = encode_workers(&page);
+        assert_eq!(
+            std::str::from_utf8(&json).expect("UTF-8"),
+            concat!(
+                r#"{"workers":2,"workers_omitted":1,"per_worker":[{"service":"echo","#,
+                r#""identity":"0080ff77","state":"busy","state_ms":5,"registered_ms":40}]}"#
+            )
+        );
+        let back: WorkersPage = serde_json::from_slice(&json).expect("JSON");
+        assert_eq!(back, page);
+        assert!(
+            serde_json::from_str::<WorkersPage>(r#"{"per_worker":[{"identity":"0g"}]}"#).is_err()
+        );
     }
 }

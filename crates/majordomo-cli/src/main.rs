@@ -50,6 +50,10 @@ enum Command {
     /// Show a broker's services (queued requests, idle and busy workers, oldest request's age)
     /// and totals; exit status 2 if it does not answer, so it can serve as a health probe.
     Status(cmd::status::StatusArgs),
+    /// A live view of a broker, refreshed every second: totals and a line per service (queued,
+    /// idle and busy workers, requests per second, oldest request, drops). Keys: q quit, s or
+    /// 1-7 sort, r reverse.
+    Top(cmd::top::TopArgs),
     /// Serve a service as a Majordomo worker.
     Worker(cmd::worker::WorkerArgs),
     /// Run a Titanic server (9/TSP): durable requests and replies through a 7/MDP broker.
@@ -101,6 +105,8 @@ impl Command {
             Command::Demo(_) | Command::Bench(_) => "warn",
             // Retries are the point of a soak run; its summary counts them.
             Command::Soak(_) => "error",
+            // Lines on stderr would tear the full-screen view; its status line says what fails.
+            Command::Top(_) => "off",
             _ => "info",
         }
     }
@@ -134,6 +140,7 @@ async fn run_command(cli: Cli) -> Result<ExitCode> {
     let done = match cli.command {
         Command::Call(args) => return cmd::call::run(args).await,
         Command::Status(args) => return cmd::status::run(args).await,
+        Command::Top(args) => return cmd::top::run(args).await,
         Command::Broker(args) => cmd::broker::run(*args).await,
         Command::Worker(args) => cmd::worker::run(args).await,
         Command::Titanic(args) => cmd::titanic::run(args).await,

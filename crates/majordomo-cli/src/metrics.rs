@@ -236,9 +236,16 @@ fn describe() {
     let counters = [
         (
             "majordomo_requests_total",
-            "Requests received from clients, mmi.* included.",
+            "Requests received from clients for services (mmi.* counted apart).",
         ),
-        ("majordomo_replies_total", "Replies passed back to clients."),
+        (
+            "majordomo_replies_total",
+            "Replies passed back to clients (answers to mmi.* not included).",
+        ),
+        (
+            "majordomo_mmi_requests_total",
+            "mmi.* requests the broker answered itself (status probes, majordomo top) or refused.",
+        ),
         (
             "majordomo_expired_total",
             "Requests dropped because their expiry or maximum wait passed.",
@@ -469,6 +476,7 @@ fn record_broker(stats: &BrokerStats) {
     counter!("majordomo_undeliverable_total").absolute(stats.undeliverable);
     counter!("majordomo_unauthorized_total").absolute(stats.unauthorized);
     counter!("majordomo_heartbeat_mismatch_total").absolute(stats.heartbeat_mismatch);
+    counter!("majordomo_mmi_requests_total").absolute(stats.mmi_requests);
     gauge!("majordomo_workers").set(stats.workers as f64);
     gauge!("majordomo_idle_workers").set(stats.idle_workers as f64);
     gauge!("majordomo_services").set(stats.services as f64);

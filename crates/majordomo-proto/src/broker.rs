@@ -78,6 +78,11 @@ pub const STATS_TOP_SERVICES: usize = 100;
 /// Most services one page of [`BrokerCore::stats_page`] lists.
 pub const MAX_STATS_PAGE: usize = 1000;
 
+/// Most workers one page of [`BrokerCore::workers_page`] lists. A worker's entry is at most
+/// about 2.3 KB of JSON (an identity of 255 octets as hex, a service name of 255 octets
+/// escaped), so a full page stays near 2.3 MB, under the default 16 MiB message limit.
+pub const MAX_WORKERS_PAGE: usize = 1000;
+
 /// Bytes each frame of a held message is counted for beyond its payload: its handle in the
 /// message's list of frames and what the allocator adds to its bytes. Measured
 /// (`scripts/measure-bounds.py frames`): requests of 50 frames grew a broker by 38 bytes per
@@ -315,7 +320,10 @@ impl Transmit {
 ///
 /// Every request is accounted for: `requests == replies + queued + in_flight + expired + rejected
 /// + abandoned + dropped_at_shutdown` holds between calls, and after [`BrokerCore::shutdown`]
-/// (which moves what was queued or in flight to `dropped_at_shutdown`).
+/// (which moves what was queued or in flight to `dropped_at_shutdown`). `mmi.*` requests, which
+/// the broker answers itself, are counted apart in `mmi_requests` (so that watching a broker
+/// with `majordomo status` or `majordomo top` does not show as client traffic); their replies
+/// are not among `replies`, nor those refused by the access rules among `rejected`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -341,9 +349,10 @@ pub struct BrokerStats {
     pub in_flight: usize,
     /// Draining: taking no new requests (see [`BrokerCore::drain`]).
     pub draining: bool,
-    /// Requests accepted from clients (MMI included).
+    /// Requests received from clients for services (`mmi.*` not included: see
+    /// `mmi_requests`).
     pub requests: u64,
-    /// Replies sent to clients (MMI included).
+    /// Replies sent to clients for services (answers to `mmi.*` not included).
     pub replies: u64,
     /// Requests dropped because no worker registered for their service within the expiry, or
     /// (with [`BrokerConfig::max_wait`]) because they waited longer than that.
@@ -371,12 +380,20 @@ pub struct BrokerStats {
     /// Workers purged for silence that then sent a HEARTBEAT: their heartbeat interval is
     /// longer than this broker's expiry (heartbeat x liveness). Each is logged with both.
     pub heartbeat_mismatch: u64,
+    /// `mmi.*` requests (answered by the broker itself, or refused by the access rules and
+    /// counted in `unauthorized` too), apart from `requests`. Brokers before this counter
+    /// counted them among `requests` and their answers among `replies`; their stats read it as
+    /// 0.
+    pub mmi_requests: u64,
     /// Known services, sorted by name: the [`STATS_TOP_SERVICES`] busiest, or one page of
     /// [`BrokerCore::stats_page`]; `services_omitted` says how many more there are.
     pub per_service: Vec<ServiceStats>,
 }
 
-/// Gauges of one service.
+/// Gauges and counters of one service. The counters (`requests`, `replies`, `dropped`,
+/// `rejected`) count from when the broker came to know the service: a service forgotten after
+/// its idle grace ([`BrokerConfig::service_idle_grace`]) and known again starts from zero, so a
+/// viewer computing rates from two snapshots takes a smaller value as a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -400,6 +417,104 @@ pub struct ServiceStats {
     /// Of those, the ones seen heartbeating while busy, held to liveness (the others get the
     /// busy timeout).
     pub busy_heartbeating: usize,
+    /// Requests accepted for it (queued: past the bounds and the access rules).
+    pub requests: u64,
+    /// Replies delivered to its clients.
+    pub replies: u64,
+    /// Accepted requests dropped unanswered: expired without a worker, waited past
+    /// [`BrokerConfig::max_wait`], or abandoned after [`BrokerConfig::max_deliveries`] lost
+    /// workers (or a lost worker that had streamed part of the reply).
+    pub dropped: u64,
+    /// Requests refused on arrival while it was known: at a queue bound or while draining.
+    pub rejected: u64,
+}
+
+/// Whether a worker holds a request, in [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Activity {
+    /// Waiting for a request.
+    #[default]
+    Idle,
+    /// Holding one.
+    Busy,
+}
+
+impl Activity {
+    /// `idle` or `busy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Idle => "idle",
+            Activity::Busy => "busy",
+        }
+    }
+}
+
+/// One registered worker, as `mmi.workers` lists it ([`BrokerCore::workers_page`]). The
+/// broker knows workers by their ROUTER identity only: not the address they connect from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+pub struct WorkerStats {
+    /// The service it serves (in JSON as text, bytes that are not UTF-8 replaced).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "lossy_text", deserialize_with = "text_bytes")
+    )]
+    pub service: Bytes,
+    /// Its ROUTER identity (in JSON as lower-case hex).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "hex_text", deserialize_with = "hex_bytes")
+    )]
+    pub identity: Bytes,
+    /// Idle or busy.
+    pub state: Activity,
+    /// How long it has been in that state, in milliseconds: since it registered or answered
+    /// its last request (idle), or since it was handed the request it holds (busy).
+    pub state_ms: u64,
+    /// How long since it registered (its READY), in milliseconds.
+    pub registered_ms: u64,
+}
+
+/// A page of the registered workers, the body of the `mmi.workers` reply
+/// ([`BrokerCore::workers_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+pub struct WorkersPage {
+    /// Registered workers, on the page or not.
+    pub workers: usize,
+    /// Registered workers not on the page (other services, or other pages).
+    pub workers_omitted: usize,
+    /// The page: workers of the services asked for, by service name then identity.
+    pub per_worker: Vec<WorkerStats>,
+}
+
+#[cfg(feature = "serde")]
+fn hex_text<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes.iter() {
+        let _ = write!(text, "{byte:02x}");
+    }
+    serializer.serialize_str(&text)
+}
+
+#[cfg(feature = "serde")]
+fn hex_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    let digit = |c: u8| (c as char).to_digit(16);
+    let pairs = text.as_bytes().chunks(2);
+    pairs
+        .map(|pair| match pair {
+            [high, low] => Some((digit(*high)? * 16 + digit(*low)?) as u8),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+        .ok_or_else(|| serde::de::Error::custom("identity: not hex"))
 }
 
 #[cfg(feature = "serde")]
@@ -624,7 +739,10 @@ impl ReplyState {
 #[derive(Debug)]
 enum WorkerState {
     /// Waiting for a request (in its service's idle list).
-    Idle,
+    Idle {
+        /// Since when: it registered, or answered its last request.
+        since: Instant,
+    },
     /// Holding one.
     Busy {
         held: InFlight,
@@ -640,7 +758,7 @@ impl WorkerState {
     /// Hands `request` to an idle worker; a busy one refuses it, handing it back.
     fn assign(&mut self, now: Instant, request: Request) -> Result<(), (StateError, Box<Request>)> {
         match self {
-            Self::Idle => {
+            Self::Idle { .. } => {
                 *self = Self::Busy {
                     held: InFlight {
                         request,
@@ -671,32 +789,40 @@ impl WorkerState {
     /// The request it holds for `client`.
     fn in_flight_mut(&mut self, client: &Bytes) -> Result<&mut InFlight, StateError> {
         match self {
-            Self::Idle => Err(StateError::Idle),
+            Self::Idle { .. } => Err(StateError::Idle),
             Self::Busy { held, .. } if held.request.client == *client => Ok(held),
             Self::Busy { .. } => Err(StateError::OtherClient),
         }
     }
 
-    /// The worker answered `client` finally: idle again, with the request it held. Refused
-    /// (nothing changes) when it holds no request of `client`.
-    fn finish(&mut self, client: &Bytes) -> Result<InFlight, StateError> {
+    /// The worker answered `client` finally at `now`: idle again, with the request it held.
+    /// Refused (nothing changes) when it holds no request of `client`.
+    fn finish(&mut self, now: Instant, client: &Bytes) -> Result<InFlight, StateError> {
         self.in_flight_mut(client)?;
-        match std::mem::replace(self, Self::Idle) {
+        match std::mem::replace(self, Self::Idle { since: now }) {
             Self::Busy { held, .. } => Ok(held),
-            Self::Idle => Err(StateError::Idle),
+            Self::Idle { .. } => Err(StateError::Idle),
         }
     }
 
     /// What it holds, as it goes away.
     fn into_held(self) -> Option<InFlight> {
         match self {
-            Self::Idle => None,
+            Self::Idle { .. } => None,
             Self::Busy { held, .. } => Some(held),
         }
     }
 
     fn is_busy(&self) -> bool {
         matches!(self, Self::Busy { .. })
+    }
+
+    /// Idle or busy, and since when.
+    fn activity(&self) -> (Activity, Instant) {
+        match self {
+            Self::Idle { since } => (Activity::Idle, *since),
+            Self::Busy { since, .. } => (Activity::Busy, *since),
+        }
     }
 
     /// Busy and seen to heartbeat while busy.
@@ -714,6 +840,8 @@ impl WorkerState {
 #[derive(Debug)]
 struct Worker {
     service: Bytes,
+    /// When it registered (its READY).
+    registered: Instant,
     heartbeat: Heartbeat,
     state: WorkerState,
     /// The MDP version and dialect it registered in: the form of every command to it and from
@@ -738,6 +866,17 @@ struct Service {
     /// When it is forgotten: set while it has neither workers nor queued requests (its entry in
     /// [`BrokerCore`]'s idle set), `None` while it is in use.
     forget_at: Option<Instant>,
+    /// Its counters, as [`ServiceStats`] reports them.
+    counts: ServiceCounts,
+}
+
+/// What happened to one service's requests since it became known (see [`ServiceStats`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct ServiceCounts {
+    requests: u64,
+    replies: u64,
+    dropped: u64,
+    rejected: u64,
 }
 
 impl Service {
@@ -809,6 +948,9 @@ impl Service {
 /// nothing itself.
 pub type StatsEncoder = fn(&BrokerStats) -> Bytes;
 
+/// Encodes the body of the `mmi.workers` reply (JSON, in the broker driver).
+pub type WorkersEncoder = fn(&WorkersPage) -> Bytes;
+
 /// The broker's whole state: services, workers, queued requests, and what to send next.
 #[derive(Debug)]
 pub struct BrokerCore {
@@ -841,6 +983,8 @@ pub struct BrokerCore {
     events: Events,
     /// Encodes the `mmi.stats` reply; without one, `mmi.stats` is not implemented (501).
     stats_encoder: Option<StatsEncoder>,
+    /// Encodes the `mmi.workers` reply; without one, `mmi.workers` is not implemented (501).
+    workers_encoder: Option<WorkersEncoder>,
     stats: BrokerStats,
     /// The latest `now` any call carried: what [`BrokerCore::stats`] measures ages against.
     now: Instant,
@@ -880,6 +1024,7 @@ impl BrokerCore {
             transmits: VecDeque::new(),
             events: Events::default(),
             stats_encoder: None,
+            workers_encoder: None,
             stats: BrokerStats::default(),
             now,
             draining: false,
@@ -925,6 +1070,14 @@ impl BrokerCore {
     /// any unimplemented `mmi.*` service: `501`.
     pub fn with_stats_encoder(mut self, encode: StatsEncoder) -> Self {
         self.stats_encoder = Some(encode);
+        self
+    }
+
+    /// Answers `mmi.workers` with `200` and what `encode` makes of a page of the registered
+    /// workers ([`BrokerCore::workers_page`]; the broker driver encodes it as JSON). Without an
+    /// encoder, `mmi.workers` is answered `501`.
+    pub fn with_workers_encoder(mut self, encode: WorkersEncoder) -> Self {
+        self.workers_encoder = Some(encode);
         self
     }
 
@@ -1003,6 +1156,42 @@ impl BrokerCore {
         }
     }
 
+    /// The registered workers of the services whose name starts with `prefix`, by service name
+    /// then identity: skipping `offset`, at most `limit` (up to [`MAX_WORKERS_PAGE`]); ages as
+    /// of the latest call's `now`. Sorts the matching workers: `O(w log w)` in their number.
+    pub fn workers_page(&self, prefix: &[u8], offset: usize, limit: usize) -> WorkersPage {
+        let mut matching: Vec<(&Bytes, &Worker)> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.service.starts_with(prefix))
+            .collect();
+        matching.sort_unstable_by(|a, b| (&a.1.service, a.0).cmp(&(&b.1.service, b.0)));
+        let millis = |at: Instant| {
+            let age = self.now.saturating_duration_since(at);
+            u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+        };
+        let per_worker: Vec<WorkerStats> = matching
+            .into_iter()
+            .skip(offset)
+            .take(limit.min(MAX_WORKERS_PAGE))
+            .map(|(identity, worker)| {
+                let (state, since) = worker.state.activity();
+                WorkerStats {
+                    service: worker.service.clone(),
+                    identity: identity.clone(),
+                    state,
+                    state_ms: millis(since),
+                    registered_ms: millis(worker.registered),
+                }
+            })
+            .collect();
+        WorkersPage {
+            workers: self.workers.len(),
+            workers_omitted: self.workers.len() - per_worker.len(),
+            per_worker,
+        }
+    }
+
     /// Gauges of every known service, sorted by name; ages as of the latest call's `now`.
     pub fn service_stats(&self) -> Vec<ServiceStats> {
         let mut listing = self.stats_listing(self.services.iter().collect());
@@ -1026,6 +1215,10 @@ impl BrokerCore {
             idle_workers: s.idle.len(),
             busy_workers: s.workers - s.idle.len(),
             busy_heartbeating: heartbeating.unwrap_or(0),
+            requests: s.counts.requests,
+            replies: s.counts.replies,
+            dropped: s.counts.dropped,
+            rejected: s.counts.rejected,
         }
     }
 
@@ -1207,22 +1400,30 @@ impl BrokerCore {
         form: Version,
     ) {
         self.tick(now);
-        self.stats.requests += 1;
+        // Probes of the broker itself are no client traffic: counted apart.
+        let mmi = mmi::is_mmi(&request.service);
+        if mmi {
+            self.stats.mmi_requests += 1;
+        } else {
+            self.stats.requests += 1;
+        }
         if !self.allowed(now, identity, Access::Call, &request.service) {
             // No reply, as for any dropped request: the client's retries are refused too.
-            self.stats.rejected += 1;
+            if !mmi {
+                self.reject(&request.service);
+            }
             self.drops
                 .record(now, &request.service, DropReason::Unauthorized);
             return;
         }
-        if mmi::is_mmi(&request.service) {
+        if mmi {
             self.handle_mmi(now, identity, &route, request, form);
             return;
         }
         if self.draining {
             debug!(client = %Peer(identity), service = %Hex(&request.service), "request dropped: draining");
             // No reply: the client's retry goes to another broker, or to this one restarted.
-            self.stats.rejected += 1;
+            self.reject(&request.service);
             self.drops
                 .record(now, &request.service, DropReason::Draining);
             return;
@@ -1240,7 +1441,7 @@ impl BrokerCore {
             bound = self.bound(&request.service, size);
         }
         if let Some(reason) = bound {
-            self.stats.rejected += 1;
+            self.reject(&request.service);
             debug!(client = %Peer(identity), service = %Hex(&request.service), %reason, "request dropped");
             self.drops.record(now, &request.service, reason);
             return;
@@ -1261,6 +1462,9 @@ impl BrokerCore {
             },
             false,
         );
+        if let Some(svc) = self.services.get_mut(&service) {
+            svc.counts.requests += 1;
+        }
         self.dispatch(now, &service);
     }
 
@@ -1317,6 +1521,17 @@ impl BrokerCore {
                 };
                 vec![Bytes::from_static(mmi::OK), encode(&stats)]
             }
+            (mmi::WORKERS, _) => match self.workers_encoder {
+                Some(encode) => {
+                    let page = mmi::StatsQuery::parse(&request.body).unwrap_or(mmi::StatsQuery {
+                        limit: mmi::DEFAULT_PAGE,
+                        ..mmi::StatsQuery::default()
+                    });
+                    let workers = self.workers_page(&page.prefix, page.offset, page.limit);
+                    vec![Bytes::from_static(mmi::OK), encode(&workers)]
+                }
+                None => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
+            },
             (mmi::ENVELOPE, _) => vec![Bytes::from_static(mmi::OK)],
             _ => vec![Bytes::from_static(mmi::NOT_IMPLEMENTED)],
         };
@@ -1469,7 +1684,7 @@ impl BrokerCore {
     /// worker is idle again.
     fn handle_final(&mut self, now: Instant, identity: &Bytes, client: Bytes, body: Vec<Bytes>) {
         let worker = self.workers.get_mut(identity).expect("registered");
-        let InFlight { request, reply } = match worker.state.finish(&client) {
+        let InFlight { request, reply } = match worker.state.finish(now, &client) {
             Ok(held) => held,
             Err(error) => {
                 // A reply the worker was not asked for (idle, or another client's address): the
@@ -1491,6 +1706,10 @@ impl BrokerCore {
         let received = request.received;
         match reply.into_body(body, &self.config.limits) {
             Ok(body) => {
+                self.stats.replies += 1;
+                if let Some(svc) = self.services.get_mut(&request.service) {
+                    svc.counts.replies += 1;
+                }
                 self.send_reply(&client, &request.route, request.service, body, request.form);
             }
             Err(_) => {
@@ -1498,6 +1717,7 @@ impl BrokerCore {
                 // limits of an inbound message): the client gets none and retries; the worker
                 // goes on.
                 self.stats.abandoned += 1;
+                self.count_dropped(&request.service);
                 debug!(worker = %Peer(identity), client = %Peer(&client), "reply in parts past the limits for a v0.1 client, dropped");
                 self.drops
                     .record(now, &request.service, DropReason::Abandoned);
@@ -1604,6 +1824,7 @@ impl BrokerCore {
             return;
         };
         self.stats.expired += 1;
+        self.count_dropped(&request.service);
         self.queued_bytes -= request.size;
         debug!(client = %Peer(&request.client), service = %Hex(&request.service), %reason, "request dropped");
         self.drops.record(now, &request.service, reason);
@@ -1677,8 +1898,9 @@ impl BrokerCore {
             identity.clone(),
             Worker {
                 service: service.clone(),
+                registered: now,
                 heartbeat: Heartbeat::new(now, self.config.heartbeat),
-                state: WorkerState::Idle,
+                state: WorkerState::Idle { since: now },
                 form,
             },
         );
@@ -1741,6 +1963,7 @@ impl BrokerCore {
                 // Its client already holds PARTIALs: replaying the request to another worker
                 // would send it parts twice. It gets no FINAL, and retries.
                 self.stats.abandoned += 1;
+                self.count_dropped(&request.service);
                 warn!(client = %Peer(&request.client), service = %Hex(&request.service), %error, "worker lost after streaming part of a reply: request abandoned, not replayed");
                 self.drops
                     .record(now, &request.service, DropReason::Abandoned);
@@ -1750,6 +1973,7 @@ impl BrokerCore {
                 == Redelivery::Abandon
             {
                 self.stats.abandoned += 1;
+                self.count_dropped(&request.service);
                 debug!(
                     client = %Peer(&request.client),
                     service = %Hex(&request.service),
@@ -1958,12 +2182,27 @@ impl BrokerCore {
         body: Vec<Bytes>,
         form: Version,
     ) {
-        self.stats.replies += 1;
         let frames = codec::final_frames(Some(client), form, &service, &body);
         self.transmits.push_back(Transmit {
             role: Role::Client,
             frames: routed(frames, route),
         });
+    }
+
+    /// Counts a request for `service` refused on arrival (in its service's counters too, if the
+    /// service is known).
+    fn reject(&mut self, service: &Bytes) {
+        self.stats.rejected += 1;
+        if let Some(svc) = self.services.get_mut(service) {
+            svc.counts.rejected += 1;
+        }
+    }
+
+    /// Counts an accepted request for `service` dropped unanswered in its service's counters.
+    fn count_dropped(&mut self, service: &Bytes) {
+        if let Some(svc) = self.services.get_mut(service) {
+            svc.counts.dropped += 1;
+        }
     }
 
     /// HEARTBEAT or DISCONNECT to a worker, in the form it speaks.
@@ -1999,6 +2238,7 @@ impl BrokerCore {
         let at = now + grace;
         *svc = Service {
             forget_at: Some(at),
+            counts: svc.counts,
             ..Service::default()
         };
         self.idle_services.insert((at, service.clone()));
@@ -2099,8 +2339,8 @@ mod tests {
     fn a_worker_is_idle_busy_then_idle_and_refuses_what_it_was_not_asked() {
         let t0 = Instant::now();
         let client = Bytes::from_static(b"c");
-        let mut state = WorkerState::Idle;
-        assert_eq!(state.finish(&client).err(), Some(StateError::Idle));
+        let mut state = WorkerState::Idle { since: t0 };
+        assert_eq!(state.finish(t0, &client).err(), Some(StateError::Idle));
         assert_eq!(state.in_flight_mut(&client).err(), Some(StateError::Idle));
         state.assign(t0, request(b"c", Version::V01)).unwrap();
         assert!(state.is_busy());
@@ -2111,9 +2351,12 @@ mod tests {
         assert_eq!((error, back.client.as_ref()), (StateError::Busy, &b"d"[..]));
         // A reply for another client changes nothing.
         let other = Bytes::from_static(b"x");
-        assert_eq!(state.finish(&other).err(), Some(StateError::OtherClient));
+        assert_eq!(
+            state.finish(t0, &other).err(),
+            Some(StateError::OtherClient)
+        );
         assert!(state.is_busy());
-        let held = state.finish(&client).unwrap();
+        let held = state.finish(t0, &client).unwrap();
         assert_eq!(held.request.client, client);
         assert!(!state.is_busy());
         assert!(state.into_held().is_none());
@@ -2123,7 +2366,7 @@ mod tests {
     fn only_a_heartbeat_well_after_the_hand_out_shows_a_worker_heartbeats_when_busy() {
         let t0 = Instant::now();
         let margin = Duration::from_millis(50);
-        let mut state = WorkerState::Idle;
+        let mut state = WorkerState::Idle { since: t0 };
         state.on_heartbeat(t0 + margin * 4, margin);
         assert!(!state.heartbeats_when_busy());
         state.assign(t0, request(b"c", Version::V01)).unwrap();
@@ -2132,7 +2375,7 @@ mod tests {
         state.on_heartbeat(t0 + margin, margin);
         assert!(state.heartbeats_when_busy());
         // Idle again, then busy with a new request: not yet seen to heartbeat.
-        state.finish(&Bytes::from_static(b"c")).unwrap();
+        state.finish(t0, &Bytes::from_static(b"c")).unwrap();
         state
             .assign(t0 + margin * 2, request(b"c", Version::V01))
             .unwrap();

@@ -20,8 +20,24 @@ pub const NOT_FOUND: &[u8] = b"404";
 /// yet among `replies`), encoded by the driver (JSON in `majordomo-broker`; see
 /// `broker::BrokerCore::with_stats_encoder`). With an empty body (as stock clients send) it
 /// lists the busiest services, counting the rest in `services_omitted`; a body naming a page
-/// ([`StatsQuery`]) lists that page instead.
+/// ([`StatsQuery`]) lists that page instead. `mmi.*` requests, this one included, are counted in
+/// `mmi_requests`, apart from the client traffic in `requests` and `replies`.
 pub const STATS: &[u8] = b"mmi.stats";
+/// `mmi.workers`, an extension of this implementation for the same reason as `mmi.stats` (8/MMI
+/// defines only `mmi.service`, and an operator asking which workers serve what, and which of
+/// them are stuck busy, has no other way to see it): the reply is `200` and one frame with a
+/// page of the registered workers (see `broker::WorkersPage`), by service name then identity:
+/// each worker's service, ROUTER identity (hex in JSON), whether it is idle or busy, and how
+/// long it has been so and since it registered, as of the request. The broker does not know a
+/// worker's network address (the ZMTP front end and the socket library hand it identities, not
+/// addresses), so none is listed. The body is a [`StatsQuery`] whose `prefix` selects services
+/// and whose `offset` and `limit` count workers; an empty body asks for the first
+/// [`DEFAULT_PAGE`] workers. At most `broker::MAX_WORKERS_PAGE` are listed, so the reply stays
+/// well under the message limit; `workers_omitted` counts the rest. Encoded by the driver (JSON
+/// in `majordomo-broker`; see `broker::BrokerCore::with_workers_encoder`); without an encoder,
+/// `501`. Like every `mmi.*` service it is subject to the access rules (`access`: calling it
+/// needs a rule allowing `mmi.workers` or `mmi.*`).
+pub const WORKERS: &[u8] = b"mmi.workers";
 /// `mmi.envelope`, an extension of this implementation: `200` means that the broker routes
 /// extended reply envelopes (a client's frames before the empty delimiter come back before
 /// every reply to it; see `broker::split_route`), so that a client may tag requests on one

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use majordomo_proto::broker::{BrokerConfig, BrokerCore, BrokerStats, Role, Transmit};
+use majordomo_proto::broker::{
+    BrokerConfig, BrokerCore, BrokerStats, Role, Transmit, WorkersPage, MAX_WORKERS_PAGE,
+};
 use majordomo_proto::drops::DropReason;
 use majordomo_proto::event::Event;
 use majordomo_proto::heartbeat::HeartbeatConfig;
@@ -503,11 +505,12 @@ fn mmi_stats_answers_200_and_the_stats_as_the_driver_encodes_them() {
     let (_, r) = to_client(out.last().expect("a reply"));
     assert_eq!(r.service.as_ref(), b"mmi.stats");
     assert_eq!(r.body[0].as_ref(), b"200");
-    // As of the request: counted among the requests, its own reply not yet among the replies.
+    // As of the request, which is counted apart from the client requests.
     assert_eq!(
         r.body[1].as_ref(),
-        b"requests=2 replies=0 workers=1 queued=1 services=echo:1:0,nobody:0:1"
+        b"requests=1 replies=0 workers=1 queued=1 services=echo:1:0,nobody:0:1"
     );
+    assert_eq!(s.core.stats().mmi_requests, 1);
 }
 
 #[test]
@@ -540,7 +543,10 @@ fn mmi_service_with_an_empty_body_is_not_found() {
     let (_, r) = to_client(&s.drain()[0]);
     assert_eq!(r.body, [b("200")]);
     let stats = s.core.stats();
-    assert_eq!((stats.requests, stats.replies), (2, 2));
+    assert_eq!(
+        (stats.requests, stats.replies, stats.mmi_requests),
+        (0, 0, 2)
+    );
 }
 
 #[test]
@@ -1081,6 +1087,12 @@ fn access_rules_keep_keys_from_calling_or_serving_what_they_may_not() {
     s.core.handle_disconnected(s.now, &b("c1"));
     s.client("c1", "echo", "again");
     assert_eq!(s.core.stats().unauthorized, 5);
+    // mmi.workers is refused by the same rules: dropped unanswered, counted apart.
+    s.client("rogue", "mmi.workers", "");
+    assert_eq!(s.drain(), []);
+    let stats = s.core.stats();
+    assert_eq!(stats.unauthorized, 6);
+    assert_eq!(stats.mmi_requests, 2);
 }
 
 #[test]
@@ -1111,4 +1123,168 @@ fn a_worker_heartbeating_slower_than_the_broker_allows_is_explained_and_counted(
     s.worker("stranger", WorkerMessage::Heartbeat);
     assert_eq!(s.core.stats().protocol_errors, 1);
     assert_eq!(s.core.stats().heartbeat_mismatch, 1);
+}
+
+/// A stand-in for the driver's JSON: each worker as `service/identity/state/state_ms/registered_ms`.
+fn workers_text(page: &WorkersPage) -> Bytes {
+    let listed: Vec<String> = page
+        .per_worker
+        .iter()
+        .map(|w| {
+            format!(
+                "{}/{}/{}/{}/{}",
+                String::from_utf8_lossy(&w.service),
+                String::from_utf8_lossy(&w.identity),
+                w.state.as_str(),
+                w.state_ms,
+                w.registered_ms
+            )
+        })
+        .collect();
+    Bytes::from(format!(
+        "workers={} omitted={} {}",
+        page.workers,
+        page.workers_omitted,
+        listed.join(",")
+    ))
+}
+
+fn mmi_workers(s: &mut Sim, body: &str) -> String {
+    s.client("ops", "mmi.workers", body);
+    let out = s.drain();
+    let (id, r) = to_client(out.last().expect("a reply"));
+    assert_eq!(
+        (id.as_str(), r.service.as_ref()),
+        ("ops", &b"mmi.workers"[..])
+    );
+    assert_eq!(r.body[0].as_ref(), b"200");
+    String::from_utf8_lossy(&r.body[1]).into_owned()
+}
+
+#[test]
+fn mmi_workers_lists_each_worker_idle_or_busy_and_since_when() {
+    let mut s = Sim::new();
+    s.core = BrokerCore::new(
+        s.now,
+        BrokerConfig::default().heartbeat(HeartbeatConfig::new(HB, 3)),
+    )
+    .with_workers_encoder(workers_text);
+    s.ready("w2", "echo");
+    s.now += Duration::from_millis(10);
+    s.ready("w1", "echo");
+    s.ready("w3", "billing");
+    s.now += Duration::from_millis(20);
+    // w2, the least recently used, takes the request.
+    s.client("c", "echo", "job");
+    assert_eq!(requests(&s.drain()), [("w2".into(), "job".into())]);
+    s.now += Duration::from_millis(5);
+    assert_eq!(
+        mmi_workers(&mut s, ""),
+        "workers=3 omitted=0 billing/w3/idle/25/25,echo/w1/idle/25/25,echo/w2/busy/5/35"
+    );
+    // Its reply makes it idle again, from then on.
+    s.reply("w2", "c", "done");
+    s.drain();
+    s.now += Duration::from_millis(1);
+    assert_eq!(
+        mmi_workers(&mut s, "prefix=echo"),
+        "workers=3 omitted=1 echo/w1/idle/26/26,echo/w2/idle/1/36"
+    );
+    // Pages count workers, in the same order.
+    assert_eq!(
+        mmi_workers(&mut s, "offset=1 limit=1"),
+        "workers=3 omitted=2 echo/w1/idle/26/26"
+    );
+    assert_eq!(
+        mmi_workers(&mut s, "offset=3 limit=5"),
+        "workers=3 omitted=3 "
+    );
+    // A page is never larger than the cap.
+    assert!(s.core.workers_page(b"", 0, usize::MAX).per_worker.len() <= MAX_WORKERS_PAGE);
+    // A worker gone is gone from the list.
+    s.core.handle_disconnected(s.now, &b("w1"));
+    assert_eq!(
+        mmi_workers(&mut s, "prefix=echo"),
+        "workers=2 omitted=1 echo/w2/idle/1/36"
+    );
+    // Counted apart from the client requests and replies.
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.requests, stats.replies, stats.mmi_requests),
+        (1, 1, 5)
+    );
+}
+
+#[test]
+fn mmi_workers_without_an_encoder_is_not_implemented() {
+    let mut s = Sim::new();
+    s.client("c", "mmi.workers", "");
+    let (_, r) = to_client(&s.drain()[0]);
+    assert_eq!(r.body, [b("501")]);
+}
+
+#[test]
+fn each_service_counts_its_requests_replies_drops_and_rejections() {
+    let mut s = Sim::with(
+        BrokerConfig::default()
+            .heartbeat(HeartbeatConfig::new(HB, 3))
+            .request_expiry(Duration::from_secs(1))
+            .max_queued_per_service(1),
+    );
+    s.ready("w", "echo");
+    s.client("c", "echo", "1");
+    s.drain();
+    s.reply("w", "c", "1");
+    s.client("c", "echo", "2");
+    // The worker holds 2; 3 is queued; 4 finds the queue full.
+    s.client("c", "echo", "3");
+    s.client("c", "echo", "4");
+    // No worker for "nobody": its request expires.
+    s.client("c", "nobody", "x");
+    s.client("c", "mmi.service", "echo");
+    s.drain();
+    s.advance(Duration::from_millis(1100));
+    let per: Vec<(String, u64, u64, u64, u64)> = s
+        .core
+        .service_stats()
+        .into_iter()
+        .map(|st| {
+            (
+                String::from_utf8_lossy(&st.name).into_owned(),
+                st.requests,
+                st.replies,
+                st.dropped,
+                st.rejected,
+            )
+        })
+        .collect();
+    let echo = per.iter().find(|p| p.0 == "echo").expect("echo");
+    assert_eq!(echo, &("echo".into(), 3, 1, 0, 1));
+    let nobody = per
+        .iter()
+        .find(|p| p.0 == "nobody")
+        .expect("nobody, in its grace");
+    assert_eq!(nobody, &("nobody".into(), 1, 0, 1, 0));
+    let stats = s.core.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.replies,
+            stats.expired,
+            stats.rejected,
+            stats.mmi_requests
+        ),
+        (5, 1, 1, 1, 1)
+    );
+    // The accounting identity holds without the mmi.* request.
+    assert_eq!(
+        stats.requests,
+        stats.replies
+            + stats.queued as u64
+            + stats.in_flight as u64
+            + stats.expired
+            + stats.rejected
+            + stats.abandoned
+            + stats.dropped_at_shutdown
+    );
 }

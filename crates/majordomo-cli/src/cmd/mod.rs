@@ -9,6 +9,7 @@ pub(crate) mod keygen;
 pub(crate) mod queue;
 pub(crate) mod status;
 pub(crate) mod titanic;
+pub(crate) mod top;
 pub(crate) mod worker;
 
 use anyhow::{Context, Result};
