@@ -251,6 +251,8 @@ fn systemd_unit_is_valid_and_hardened() -> Result<()> {
     assert!(exec.contains("--bind tcp://"), "ExecStart={exec}");
 
     for (key, expected) in [
+        // Readiness from the broker itself, once its endpoints are bound (NOTIFY_SOCKET).
+        ("Type", "notify"),
         ("DynamicUser", "yes"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
@@ -483,5 +485,60 @@ fn dockerfile_final_stage_is_from_scratch() -> Result<()> {
                 .any(|port| port == "5555")),
         "EXPOSE 5555"
     );
+    Ok(())
+}
+
+/// The unit's `Type=notify` holds: started with `NOTIFY_SOCKET`, as systemd starts it, the
+/// broker sends `READY=1` once it serves (a request answered straight after it proves it), then
+/// `STOPPING=1` on SIGTERM, and exits 0 after its drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_tells_systemd_when_it_is_ready_and_when_it_stops() -> Result<()> {
+    use integration_tests::{free_endpoint, PATIENCE};
+    let dir = std::env::temp_dir().join(format!("majordomo-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("notify");
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixDatagram::bind(&path)?;
+    let endpoint = free_endpoint()?;
+    let mut broker = tokio::process::Command::new(majordomo_bin()?)
+        .args(["broker", "--bind", &endpoint, "--drain-timeout", "1s"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut datagram = [0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, socket.recv(&mut datagram))
+        .await
+        .context("no notification from the broker")??;
+    assert_eq!(&datagram[..n], b"READY=1\n");
+
+    // Ready means serving: one attempt, answered.
+    let client = majordomo_client::Client::new(
+        endpoint.as_str(),
+        majordomo_client::ClientConfig::default()
+            .timeout(PATIENCE)
+            .attempts(1),
+    );
+    let answer = client
+        .request("mmi.service", vec![bytes::Bytes::from_static(b"echo")])
+        .await?;
+    assert_eq!(answer, [bytes::Bytes::from_static(b"404")]);
+
+    let pid = broker.id().context("the broker's pid")?;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -TERM {pid}");
+    let n = tokio::time::timeout(PATIENCE, socket.recv(&mut datagram))
+        .await
+        .context("no STOPPING=1 after SIGTERM")??;
+    assert_eq!(&datagram[..n], b"STOPPING=1\n");
+    let status = tokio::time::timeout(PATIENCE, broker.wait())
+        .await
+        .context("the broker did not exit")??;
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

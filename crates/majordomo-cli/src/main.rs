@@ -76,8 +76,9 @@ enum Command {
     Keygen(cmd::keygen::KeygenArgs),
     /// Print a shell completion script for this command (bash, zsh, fish, elvish, powershell).
     Completions(cmd::docs::CompletionsArgs),
-    /// Print the manual page (roff), e.g. `majordomo man > majordomo.1`.
-    Man,
+    /// Print a manual page (roff): `majordomo man > majordomo.1`, `majordomo man broker`, or
+    /// every page with `majordomo man --dir /usr/local/share/man/man1`.
+    Man(cmd::docs::ManArgs),
 }
 
 impl Command {
@@ -150,7 +151,7 @@ async fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Ppqueue(args) => cmd::queue::run(args, true).await,
         Command::Spqueue(args) => cmd::queue::run(args, false).await,
         Command::Completions(args) => cmd::docs::completions(args),
-        Command::Man => cmd::docs::man(),
+        Command::Man(args) => cmd::docs::man(args),
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Flserver(args) => cmd::flserver::run(args).await,
     };

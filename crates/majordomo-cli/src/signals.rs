@@ -1,5 +1,7 @@
 //! Stop signals: Ctrl-C and SIGTERM stop a command; SIGHUP reloads what registered with
-//! [`on_reload`] (the CURVE client keys), and is otherwise logged and ignored.
+//! [`on_reload`] (the CURVE client keys), and is otherwise logged and ignored. And systemd's
+//! readiness protocol (`Type=notify`): [`ready`] once the endpoints are bound, `STOPPING=1` when
+//! a stop signal arrives.
 
 use std::sync::Mutex;
 
@@ -29,11 +31,12 @@ impl StopSignals {
     pub(crate) async fn next(&mut self) {
         loop {
             tokio::select! {
-                _ = self.interrupt.recv() => return,
-                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => break,
                 _ = self.hangup.recv() => reload(),
             }
         }
+        notify(sd_notify::NotifyState::Stopping);
     }
 }
 
@@ -79,5 +82,19 @@ fn reload() {
             }
         };
         metrics::counter!("majordomo_reloads_total", "result" => result).increment(1);
+    }
+}
+
+/// Tells systemd that the service is ready: every endpoint is bound (a unit of `Type=notify`
+/// starts the units that depend on it only then). Nothing happens unless systemd started the
+/// process with `NOTIFY_SOCKET` set.
+pub(crate) fn ready() {
+    notify(sd_notify::NotifyState::Ready);
+}
+
+/// Sends `state` to systemd's notification socket, if there is one.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "cannot notify systemd (NOTIFY_SOCKET)");
     }
 }

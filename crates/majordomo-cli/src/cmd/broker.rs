@@ -189,6 +189,7 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
         metrics::serve(addr, source).await?;
     }
     let mut signals = StopSignals::new()?;
+    crate::signals::ready();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut run = tokio::spawn(broker.run(async {
         let _ = stopped.await;

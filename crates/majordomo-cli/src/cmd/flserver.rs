@@ -52,6 +52,7 @@ pub(crate) async fn run(args: FlserverArgs) -> Result<()> {
         .await
         .context("flserver cannot start")?
         .concurrency(args.concurrency);
+    crate::signals::ready();
     let stats = match args.kind {
         FlserverKind::Echo => {
             server

@@ -83,6 +83,7 @@ pub(crate) async fn run(args: QueueArgs, paranoid: bool) -> Result<()> {
         };
         metrics::serve(addr, source).await?;
     }
+    crate::signals::ready();
     let stats = queue.run(shutdown_signal()).await?;
     tracing::info!(?stats, "queue stopped");
     log_guards(&guards);

@@ -125,7 +125,8 @@ pub(crate) async fn run(args: TitanicArgs) -> Result<()> {
     Ok(())
 }
 
-/// Serves `/metrics` and `/healthz` for the server behind `handle`, with --metrics-listen.
+/// Serves `/metrics` and `/healthz` for the server behind `handle`, with --metrics-listen, then
+/// tells systemd the server is ready.
 async fn serve_metrics(
     addr: Option<SocketAddr>,
     handle: majordomo_titanic::TitanicHandle,
@@ -133,5 +134,7 @@ async fn serve_metrics(
     if let Some(addr) = addr {
         crate::metrics::serve(addr, crate::metrics::TitanicSource { handle }).await?;
     }
+    // The store is open: ready, and registering with the brokers as they answer.
+    crate::signals::ready();
     Ok(())
 }

@@ -105,6 +105,8 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<()> {
     if let Some(addr) = args.metrics_listen {
         crate::metrics::serve(addr, crate::metrics::WorkerSource).await?;
     }
+    // A worker binds nothing: it is ready once it runs, and registers as its brokers answer.
+    crate::signals::ready();
     match args.kind {
         WorkerKind::Echo { service, parts: 0 } => {
             let handler = Measured::new(&service, handler_fn(|body| async move { Ok(body) }));
