@@ -3,8 +3,10 @@
 //! a pair of our broker with a pyzmq server written from the Guide's description, and the pair's
 //! options on the command line, in the environment and in a file.
 //!
-//! Clients use a test-local failover loop in the shape of the Guide's `bstarcli`: one request at
-//! a time, and on a timeout the same request to the other server.
+//! Clients are the library's own: `Client::with_endpoints` over both servers, one request at a
+//! time, an attempt that times out (the passive server drops requests while its peer lives)
+//! retried on the other server. Each server's worker marks its replies, so a test knows which
+//! server answered.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use integration_tests::http::{free_addr, get_when_up, sample};
 use integration_tests::{free_endpoint, Proc, PyPeer, PATIENCE};
-use majordomo_client::{Client, ClientConfig};
+use majordomo_client::{Client, ClientConfig, DealerConnector, RoundRobin};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
@@ -28,7 +30,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Most attempts of one request before a failover client counts it lost: far more than a
 /// failover takes.
-const MAX_ATTEMPTS: usize = 60;
+const MAX_ATTEMPTS: u32 = 60;
 
 /// Endpoints of one server of a pair: where clients and workers connect, where it publishes its
 /// state.
@@ -69,8 +71,11 @@ fn pair_broker(role: &str, me: &Server, peer_state: &str, extra: &[&str]) -> Res
     Proc::spawn(&args)
 }
 
-/// An echo worker registered with the broker at `endpoint`, reconnecting quickly.
-fn echo_worker(endpoint: &str) -> Result<Proc> {
+/// An echo worker registered with the broker at `endpoint`, reconnecting quickly; its replies
+/// are the request preceded by `server` and a colon (`0:...`), so that a client knows which
+/// server answered.
+fn echo_worker(endpoint: &str, server: usize) -> Result<Proc> {
+    let mark = format!("printf {server}:; exec cat");
     Proc::spawn(&[
         "worker",
         "--connect",
@@ -81,7 +86,12 @@ fn echo_worker(endpoint: &str) -> Result<Proc> {
         "100ms",
         "--reconnect-max",
         "500ms",
+        "exec",
         "echo",
+        "--",
+        "sh",
+        "-c",
+        &mark,
     ])
 }
 
@@ -170,49 +180,30 @@ async fn wait_for_worker(endpoint: &str, service: &str) -> Result<()> {
     bail!("no {service} worker at {endpoint}")
 }
 
-/// The Guide's `bstarcli` loop: requests one at a time to one server; on a timeout the same
-/// request goes to the other (the passive server drops requests while its peer lives, so the
-/// client need not wait between servers).
-struct FailoverClient {
-    clients: [Client; 2],
-    current: usize,
+/// A client of both servers of a pair, as an application would make it: each attempt on the
+/// next server in turn, [`CLIENT_TIMEOUT`] each, [`MAX_ATTEMPTS`] in all.
+fn failover_client(endpoints: [&str; 2]) -> Client<RoundRobin<DealerConnector>> {
+    Client::with_endpoints(
+        endpoints,
+        ClientConfig::default()
+            .timeout(CLIENT_TIMEOUT)
+            .attempts(MAX_ATTEMPTS),
+    )
 }
 
-impl FailoverClient {
-    fn new(endpoints: [&str; 2], timeout: Duration) -> Self {
-        let client = |endpoint: &str| {
-            Client::new(
-                endpoint,
-                ClientConfig::default().timeout(timeout).attempts(1),
-            )
-        };
-        Self {
-            clients: [client(endpoints[0]), client(endpoints[1])],
-            current: 0,
-        }
-    }
-
-    /// Sends `body` to `service` until a server answers; returns which one and the reply.
-    async fn request(&mut self, service: &'static str, body: Bytes) -> Result<(usize, Vec<Bytes>)> {
-        for _ in 0..MAX_ATTEMPTS {
-            let started = tokio::time::Instant::now();
-            match self.clients[self.current]
-                .request(service, vec![body.clone()])
-                .await
-            {
-                Ok(reply) => return Ok((self.current, reply)),
-                Err(_) => {
-                    // A refused connection fails at once: do not spin between two dead servers.
-                    let spent = started.elapsed();
-                    if spent < CLIENT_TIMEOUT / 10 {
-                        tokio::time::sleep(CLIENT_TIMEOUT / 10 - spent).await;
-                    }
-                    self.current = 1 - self.current;
-                }
-            }
-        }
-        bail!("no reply after {MAX_ATTEMPTS} attempts")
-    }
+/// Which server answered `body` with `reply` (see [`echo_worker`]), or `None` for a reply that
+/// is not the request's echo.
+fn answered_by(reply: &[Bytes], body: &[u8]) -> Option<usize> {
+    let [reply] = reply else {
+        return None;
+    };
+    let (server, echo) = reply.split_first()?;
+    let server = match server {
+        b'0' => 0,
+        b'1' => 1,
+        _ => return None,
+    };
+    (echo.strip_prefix(b":")? == body).then_some(server)
 }
 
 /// What the clients of a load saw.
@@ -248,18 +239,19 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|c| {
-                let mut client = FailoverClient::new(endpoints, CLIENT_TIMEOUT);
+                let client = failover_client(endpoints);
                 let (tally, stop) = (tally.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let body = Bytes::from(format!("client {c} request {n}"));
-                        match client.request("echo", body.clone()).await {
-                            Ok((server, reply)) => {
-                                if reply != [body] {
+                        match client.request("echo", vec![body.clone()]).await {
+                            Ok(reply) => {
+                                let Some(server) = answered_by(&reply, &body) else {
                                     tally.wrong.fetch_add(1, Ordering::Relaxed);
-                                }
+                                    continue;
+                                };
                                 let at = tokio::time::Instant::now();
                                 if let Ok(mut times) = tally.times.lock() {
                                     times.last[server] = Some(at);
@@ -370,7 +362,7 @@ async fn killing_the_active_broker_loses_no_request_and_it_comes_back_passive() 
     let (a, b) = (Server::new()?, Server::new()?);
     let mut primary = pair_broker("primary", &a, &b.state, &[])?;
     let mut backup = pair_broker("backup", &b, &a.state, &[])?;
-    let _workers = [echo_worker(&a.frontend)?, echo_worker(&b.frontend)?];
+    let _workers = [echo_worker(&a.frontend, 0)?, echo_worker(&b.frontend, 1)?];
     wait_for_pair(&mut primary, &a.frontend, "active", Some("passive")).await?;
     wait_for_pair(&mut backup, &b.frontend, "passive", Some("active")).await?;
     wait_for_worker(&a.frontend, "echo").await?;
@@ -475,7 +467,7 @@ async fn a_cut_state_link_with_clients_on_one_side_leaves_one_active() -> Result
     let to_b = Relay::start(&b.state).await?;
     let mut primary = pair_broker("primary", &a, &to_b.endpoint, &[])?;
     let mut backup = pair_broker("backup", &b, &to_a.endpoint, &[])?;
-    let _workers = [echo_worker(&a.frontend)?, echo_worker(&b.frontend)?];
+    let _workers = [echo_worker(&a.frontend, 0)?, echo_worker(&b.frontend, 1)?];
     wait_for_pair(&mut primary, &a.frontend, "active", Some("passive")).await?;
     wait_for_pair(&mut backup, &b.frontend, "passive", Some("active")).await?;
     wait_for_worker(&a.frontend, "echo").await?;
@@ -507,9 +499,11 @@ async fn a_cut_state_link_with_clients_on_one_side_leaves_one_active() -> Result
     to_a.cut();
     to_b.cut();
     wait_for_pair(&mut backup, &b.frontend, "passive", None).await?;
-    let mut voter = FailoverClient::new([&b.frontend, &b.frontend], CLIENT_TIMEOUT);
-    let (_, reply) = voter.request("echo", Bytes::from_static(b"vote")).await?;
-    assert_eq!(reply, [Bytes::from_static(b"vote")]);
+    let voter = failover_client([&b.frontend, &b.frontend]);
+    let reply = voter
+        .request("echo", vec![Bytes::from_static(b"vote")])
+        .await?;
+    assert_eq!(answered_by(&reply, b"vote"), Some(1), "{reply:?}");
     wait_for_pair(&mut backup, &b.frontend, "active", None).await?;
     to_a.restore();
     to_b.restore();
@@ -676,8 +670,8 @@ async fn failover_time() -> Result<()> {
     };
     let mut brokers = [start(0)?, start(1)?];
     let _workers = [
-        echo_worker(&servers[0].frontend)?,
-        echo_worker(&servers[1].frontend)?,
+        echo_worker(&servers[0].frontend, 0)?,
+        echo_worker(&servers[1].frontend, 1)?,
     ];
     wait_for_pair(
         &mut brokers[0],
