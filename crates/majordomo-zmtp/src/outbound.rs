@@ -116,6 +116,7 @@ impl CurveOutbound {
                     server: self.server,
                     keys: self.keys.clone(),
                     limits: self.limits,
+                    refusals: std::sync::Mutex::default(),
                 };
                 let cancel = self.cancel.clone();
                 let span = tracing::info_span!("curve", remote = %self.remote);
@@ -134,7 +135,47 @@ struct Bridge {
     server: CurvePublicKey,
     keys: Arc<CurveKeyPair>,
     limits: FrameLimits,
+    /// When a refusal was last logged, and how many went unlogged since.
+    refusals: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
+
+impl Bridge {
+    /// Logs why a connection ended. A refusal by the server (its ERROR, a broken handshake, no
+    /// CURVE at all, no session in time) is what a user must see to fix a key: a warning, at
+    /// most one a second per server, with the count of those left out. A connection that
+    /// closes is routine.
+    fn ended(&self, error: &BridgeError) {
+        if !is_refusal(error) {
+            debug!(%error, "CURVE connection ended");
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, suppressed) = &mut *refusals;
+        if last.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1)) {
+            *suppressed += 1;
+            return;
+        }
+        *last = Some(now);
+        let more = std::mem::take(suppressed);
+        tracing::warn!(%error, remote = %self.remote, more, "the CURVE server refused this connection");
+    }
+}
+
+/// Whether the server refused the connection, rather than one side closing it.
+fn is_refusal(error: &BridgeError) -> bool {
+    match error {
+        BridgeError::Curve(_) | BridgeError::Timeout => true,
+        BridgeError::Protocol(what) => *what == NO_CURVE,
+        BridgeError::Io(_) => false,
+    }
+}
+
+/// Why a server that answers without CURVE is left.
+const NO_CURVE: &str = "the server does not offer CURVE";
 
 async fn accept(listener: UnixListener, bridge: Arc<Bridge>, cancel: CancellationToken) {
     loop {
@@ -153,7 +194,7 @@ async fn accept(listener: UnixListener, bridge: Arc<Bridge>, cancel: Cancellatio
         let bridge = bridge.clone();
         tokio::spawn(async move {
             if let Err(error) = bridge.carry(local).await {
-                debug!(%error, "CURVE connection ended");
+                bridge.ended(&error);
             }
         });
     }
@@ -255,7 +296,7 @@ impl Bridge {
             let greeting = read_greeting(&mut remote_read, &mut remote_buf).await?;
             // The mechanism only: libzmq leaves as-server 0 whatever its role.
             if greeting[12..32] != curve::CURVE_MECHANISM[..] {
-                return Err(BridgeError::Protocol("the server does not offer CURVE"));
+                return Err(BridgeError::Protocol(NO_CURVE));
             }
             let (_, welcome) = read_frame(&mut remote_read, &mut remote_buf, MAX_COMMAND).await?;
             out.clear();
@@ -365,4 +406,20 @@ impl Bridge {
 fn ping_context(body: &[u8]) -> Option<&[u8]> {
     let context = body.strip_prefix(b"\x04PING")?.get(2..)?;
     (context.len() <= MAX_PING_CONTEXT).then_some(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_from_connections_that_close() {
+        assert!(is_refusal(&BridgeError::Curve(CurveError::Box("WELCOME"))));
+        assert!(is_refusal(&BridgeError::Timeout));
+        assert!(is_refusal(&BridgeError::Protocol(NO_CURVE)));
+        assert!(!is_refusal(&BridgeError::Protocol("the connection closed")));
+        assert!(!is_refusal(&BridgeError::Io(io::Error::from(
+            io::ErrorKind::ConnectionReset
+        ))));
+    }
 }
