@@ -417,6 +417,80 @@ async fn async_client_pipelines_many_requests() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_client_of_two_brokers_sends_to_each_in_turn_and_goes_on_without_a_dead_one(
+) -> Result<()> {
+    let brokers = [
+        RunningBroker::start(test_config()).await?,
+        RunningBroker::start(test_config()).await?,
+    ];
+    let mut workers = Vec::new();
+    for broker in &brokers {
+        workers.push(spawn_worker(
+            &broker.endpoint,
+            "echo",
+            worker_config(),
+            echo(),
+        ));
+        call_until_ok(&quick_client(&broker.endpoint, 3), "echo", "warm-up").await?;
+    }
+    let endpoints = [brokers[0].endpoint.clone(), brokers[1].endpoint.clone()];
+    let config = ClientConfig::default().timeout(Duration::from_secs(1));
+    let mut client = AsyncClient::with_endpoints(endpoints, config).await?;
+    assert_eq!(client.brokers(), 2);
+    for i in 0..100 {
+        client
+            .send("echo", vec![Bytes::from(format!("{i}"))])
+            .await?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let reply = client.recv().await?;
+        seen.insert(String::from_utf8(reply.body[0].to_vec())?.parse::<u32>()?);
+    }
+    assert_eq!(seen.len(), 100);
+    // Half each, beside the warm-up call.
+    for broker in &brokers {
+        assert_eq!(broker.stats().await?.replies, 51);
+    }
+
+    // The first broker stops: the client leaves it out once it notices (a failed send, or the
+    // connection closing while it waits for replies), and the second serves all from then on.
+    let [first, second] = brokers;
+    let (stop, worker) = workers.remove(0);
+    let _ = stop.send(true);
+    worker.await??;
+    first.stop().await?;
+    let deadline = tokio::time::Instant::now() + 3 * PATIENCE;
+    let mut answered = 0;
+    while answered < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second broker never served every request"
+        );
+        client
+            .send("echo", vec![Bytes::from_static(b"after")])
+            .await?;
+        match client.recv().await {
+            Ok(reply) => {
+                assert_eq!(reply.body, [Bytes::from_static(b"after")]);
+                answered += 1;
+            }
+            // A request sent to the stopped broker before it was noticed: lost, as with a
+            // DEALER connected to both.
+            Err(ClientError::Timeout) => answered = 0,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    assert_eq!(client.brokers(), 1);
+    for (stop, worker) in workers {
+        let _ = stop.send(true);
+        worker.await??;
+    }
+    second.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_polling_worker_serves_heartbeats_and_stops() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let config = worker_config()

@@ -44,13 +44,20 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Shutting down
+//! A client has nothing to stop: a request is abandoned by dropping its future (each
+//! request method says what that does), a [`Client`]'s connections close when its last clone
+//! is dropped, and a [`MuxClient`]'s task ends once its last handle (and every [`MuxSender`])
+//! is dropped.
+//!
 //! # Layout
 //! - [`Client`], [`ClientConfig`]: synchronous-style calls with retries.
 //! - [`AsyncClient`]: pipelined requests on one socket.
 //! - [`MuxClient`], [`MuxStats`]: many requests on one connection (to each broker).
 //! - [`MuxSender`], [`MuxReplies`] ([`MuxClient::split`]): the asynchronous client on tags, a
 //!   shareable sender and a stream of replies matched to their requests' ids.
-//! - [`Client::with_endpoints`], [`MuxClient::with_endpoints`], [`RoundRobin`]: several brokers
+//! - [`Client::with_endpoints`], [`MuxClient::with_endpoints`], [`AsyncClient::with_endpoints`],
+//!   [`RoundRobin`]: several brokers
 //!   serving the same services; a request is delivered at least once and answered at most once.
 //! - [`ClientError`]: what a call can fail with.
 //! - With the feature `tower`: `Client` is a `tower_service::Service`, and
@@ -82,15 +89,21 @@ pub use majordomo_proto::mdp2::{Dialect, Version};
 pub use majordomo_proto::ConfigError;
 /// Why a reply did not decode, inside [`ClientError::Malformed`].
 pub use majordomo_proto::DecodeError;
-use majordomo_proto::{Hex, Limits};
+use majordomo_proto::Hex;
+/// Size limits on what a client sends and accepts ([`ClientConfig::limits`]).
+pub use majordomo_proto::Limits;
 use majordomo_rt::call::CallLink;
 use majordomo_rt::clock;
 pub use majordomo_rt::round_robin::RoundRobin;
 /// Where a client connects: an endpoint, or a CURVE server ([`DealerConnector::curve`]).
 pub use majordomo_rt::transport::DealerConnector;
+/// Size bounds on frames from a CURVE server ([`DealerConnector::curve_with_limits`]).
+pub use majordomo_rt::transport::FrameLimits;
 /// Why a connection failed, inside [`ClientError::Transport`].
 pub use majordomo_rt::transport::TransportError;
-use majordomo_rt::transport::{Connector, Transport};
+/// How a client opens its connections ([`Client::with_connector`]), and what a connection
+/// is ([`AsyncClient`]'s socket).
+pub use majordomo_rt::transport::{Connector, Transport};
 /// CURVE keys, for [`DealerConnector::curve`].
 pub use majordomo_rt::transport::{CurveKeyPair, CurvePublicKey, KeyError};
 use tracing::{debug, info_span, Instrument};
@@ -347,6 +360,9 @@ impl<C: Connector> Client<C> {
     /// a part has arrived it is not: a new attempt would run the request again and yield its
     /// parts twice, so the stream ends with [`ClientError::Interrupted`] instead, and the caller
     /// decides whether to ask again.
+    ///
+    /// Dropping the stream before its end closes the request's connection, as dropping
+    /// [`Client::request`]'s future does.
     pub fn request_stream(
         &self,
         service: impl Into<Bytes>,
@@ -522,46 +538,122 @@ pub struct Reply {
     pub last: bool,
 }
 
-/// The asynchronous Majordomo client (the Guide's mdcliapi2): one DEALER socket, many requests in
-/// flight, replies in the order the broker sends them.
+/// The asynchronous Majordomo client (the Guide's mdcliapi2): one DEALER socket per broker, many
+/// requests in flight, replies in the order the brokers send them.
 ///
 /// There are no retries here: 7/MDP replies carry no request id, so the caller correlates replies
 /// (for example by putting its own id in the body) and decides what to resend. It speaks the
 /// [`ClientConfig::version`] configured; in 18/MDP every PARTIAL and FINAL is a [`Reply`] of its
 /// own ([`Reply::last`] tells them apart).
+///
+/// With several brokers ([`AsyncClient::with_endpoints`]) requests go to each in turn, as a
+/// DEALER connected to several endpoints sends them, and replies come from any. A broker whose
+/// connection fails is left out from then on (sends go to the others); when none is left, calls
+/// fail. [`MuxClient::split`] is the asynchronous client that matches each reply to its request,
+/// retries, and reconnects.
 pub struct AsyncClient<T = DealerSocket> {
-    socket: T,
+    /// One connection per broker still in use, at least one.
+    sockets: Vec<T>,
+    /// The socket the next request goes to.
+    next: usize,
+    /// The socket asked first for the next reply, in turn, so that no broker's replies wait
+    /// behind another's.
+    first: usize,
     config: ClientConfig,
 }
 
 impl<T> std::fmt::Debug for AsyncClient<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
+            .field("brokers", &self.sockets.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl AsyncClient {
-    /// Connects to the broker at `endpoint`, waiting at most `config.timeout`.
+    /// Connects to the broker at `endpoint`, waiting at most `config.timeout`. Cancel-safe:
+    /// dropping the future abandons the connection it was opening; nothing was sent.
     pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Self, ClientError> {
         Self::with_connector(&DealerConnector::new(endpoint), config).await
+    }
+
+    /// Connects to every broker in `endpoints` at once, waiting at most `config.timeout`; the
+    /// brokers that do not answer in time are left out (logged), and only when none answers is
+    /// it an error (the first broker's). Cancel-safe: dropping the future abandons the
+    /// connections being opened; nothing was sent.
+    pub async fn with_endpoints<E: Into<DealerConnector>>(
+        endpoints: impl IntoIterator<Item = E>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let connectors: Vec<DealerConnector> = endpoints.into_iter().map(Into::into).collect();
+        Self::with_connectors(&connectors, config).await
     }
 }
 
 impl<T: Transport> AsyncClient<T> {
     /// Connects through `connector` (for example to the in-memory sockets of
-    /// `majordomo_rt::memory`), waiting at most `config.timeout`.
+    /// `majordomo_rt::memory`), waiting at most `config.timeout`. Cancel-safe as
+    /// [`AsyncClient::connect`] is.
     pub async fn with_connector<C>(connector: &C, config: ClientConfig) -> Result<Self, ClientError>
     where
         C: Connector<Conn = T>,
     {
         let socket = connector.connect(config.timeout).await?;
-        Ok(Self { socket, config })
+        Ok(Self {
+            sockets: vec![socket],
+            next: 0,
+            first: 0,
+            config,
+        })
     }
 
-    /// Sends a request without waiting for its reply. Not cancel-safe once begun: a future
-    /// dropped while zmq.rs's queue is full may leave the request sent or not.
+    /// Connects through each of `connectors` at once, as [`AsyncClient::with_endpoints`] does
+    /// (cancel-safe as it is).
+    ///
+    /// # Panics
+    ///
+    /// If `connectors` is empty.
+    pub async fn with_connectors<C>(
+        connectors: &[C],
+        config: ClientConfig,
+    ) -> Result<Self, ClientError>
+    where
+        C: Connector<Conn = T>,
+    {
+        assert!(!connectors.is_empty(), "an AsyncClient needs a broker");
+        let connected =
+            futures::future::join_all(connectors.iter().map(|c| c.connect(config.timeout))).await;
+        let mut sockets = Vec::with_capacity(connected.len());
+        let mut first_error = None;
+        for (connector, result) in connectors.iter().zip(connected) {
+            match result {
+                Ok(socket) => sockets.push(socket),
+                Err(error) => {
+                    tracing::warn!(broker = %connector.describe(), %error, "broker left out: cannot connect");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if sockets.is_empty() {
+            return Err(first_error.map_or(ClientError::Timeout, ClientError::Transport));
+        }
+        Ok(Self {
+            sockets,
+            next: 0,
+            first: 0,
+            config,
+        })
+    }
+
+    /// How many brokers the client still sends to.
+    pub fn brokers(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Sends a request without waiting for its reply: to the next broker in turn, or, when
+    /// sending to it fails, to the one after (the failed one is left out). Not cancel-safe once
+    /// begun: a future dropped while zmq.rs's queue is full may leave the request sent or not.
     pub async fn send(
         &mut self,
         service: impl Into<Bytes>,
@@ -573,14 +665,34 @@ impl<T: Transport> AsyncClient<T> {
             .check_service(&service)
             .map_err(ClientError::InvalidService)?;
         let request = codec::Request { service, body }.encode(self.config.version);
-        self.socket.send(request).await?;
-        Ok(())
+        let mut request = request;
+        loop {
+            let at = self.next % self.sockets.len();
+            // Kept for the next broker only while there is one.
+            let frames = if self.sockets.len() > 1 {
+                request.clone()
+            } else {
+                std::mem::take(&mut request)
+            };
+            match self.sockets[at].send(frames).await {
+                Ok(()) => {
+                    self.next = at + 1;
+                    return Ok(());
+                }
+                Err(error) if self.sockets.len() > 1 => {
+                    tracing::warn!(%error, "broker left out: sending failed");
+                    self.sockets.remove(at);
+                    self.next = at;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
-    /// Waits up to [`ClientConfig::timeout`] for the next reply. Cancel-safe: a reply not taken
-    /// stays queued for the next call.
+    /// Waits up to [`ClientConfig::timeout`] for the next reply, from any broker. Cancel-safe: a
+    /// reply not taken stays queued for the next call.
     pub async fn recv(&mut self) -> Result<Reply, ClientError> {
-        let frames = tokio::time::timeout(self.config.timeout, self.socket.recv())
+        let frames = tokio::time::timeout(self.config.timeout, self.next_message())
             .await
             .map_err(|_| ClientError::Timeout)??;
         let reply = codec::Reply::decode(&frames, self.config.version, &self.config.limits)?;
@@ -589,6 +701,34 @@ impl<T: Transport> AsyncClient<T> {
             body: reply.body,
             last: reply.part == codec::Part::Final,
         })
+    }
+
+    /// The next message of any socket. A socket that fails, of several, is left out.
+    async fn next_message(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        loop {
+            if self.sockets.len() == 1 {
+                return self.sockets[0].recv().await;
+            }
+            // Each `recv` is cancel-safe: the ones not chosen lose nothing.
+            let first = self.first % self.sockets.len();
+            let (outcome, at) = {
+                let (front, back) = self.sockets.split_at_mut(first);
+                let waits = back
+                    .iter_mut()
+                    .chain(front.iter_mut())
+                    .map(|socket| Box::pin(socket.recv()));
+                let (outcome, turn, _) = futures::future::select_all(waits).await;
+                (outcome, (first + turn) % self.sockets.len())
+            };
+            self.first = at + 1;
+            match outcome {
+                Ok(frames) => return Ok(frames),
+                Err(error) => {
+                    tracing::warn!(%error, "broker left out: receiving failed");
+                    self.sockets.remove(at);
+                }
+            }
+        }
     }
 }
 
@@ -845,5 +985,62 @@ mod tests {
             assert_eq!((reply.body, reply.last), (vec![bytes(body)], true));
         }
         assert!(matches!(client.recv().await, Err(ClientError::Timeout)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_async_client_sends_to_each_broker_in_turn_and_leaves_a_dead_one_out() {
+        let (mut first, one) = memory::router();
+        let (mut second, two) = memory::router();
+        let config = ClientConfig::default().timeout(TIMEOUT);
+        let mut client = AsyncClient::with_connectors(&[one, two], config)
+            .await
+            .unwrap();
+        assert_eq!(client.brokers(), 2);
+        for body in ["a", "b", "c", "d"] {
+            client.send("echo", vec![bytes(body)]).await.unwrap();
+        }
+        // In turn: a and c to the first broker, b and d to the second.
+        for (router, bodies) in [(&mut first, ["a", "c"]), (&mut second, ["b", "d"])] {
+            for body in bodies {
+                let (identity, request) = next_request(router).await;
+                assert_eq!(request.body, [bytes(body)]);
+                answer(router, &identity, "echo", request.body)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut replies = Vec::new();
+        for _ in 0..4 {
+            replies.extend(client.recv().await.unwrap().body);
+        }
+        replies.sort();
+        assert_eq!(replies, ["a", "b", "c", "d"].map(bytes));
+
+        // The first broker goes away: the client notices while it waits for replies, and
+        // every request from then on goes to the second.
+        drop(first);
+        assert!(matches!(client.recv().await, Err(ClientError::Timeout)));
+        assert_eq!(client.brokers(), 1);
+        for body in ["e", "f"] {
+            client.send("echo", vec![bytes(body)]).await.unwrap();
+            let (identity, request) = next_request(&mut second).await;
+            assert_eq!(request.body, [bytes(body)]);
+            answer(&mut second, &identity, "echo", request.body)
+                .await
+                .unwrap();
+            assert_eq!(client.recv().await.unwrap().body, [bytes(body)]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_async_client_of_brokers_that_all_refuse_is_an_error() {
+        let (first, one) = memory::router();
+        drop(first);
+        let config = ClientConfig::default().timeout(TIMEOUT);
+        let refused = AsyncClient::with_connectors(&[one], config).await;
+        assert!(
+            matches!(refused, Err(ClientError::Transport(_))),
+            "{refused:?}"
+        );
     }
 }
