@@ -155,7 +155,8 @@ pub struct TitanicHandle {
 impl TitanicHandle {
     /// The server's counters, gauges and latencies now, read by the task that owns its state
     /// (asked before [`Titanic::run`], it answers once the server runs); `None` once the server
-    /// has stopped, or if it was dropped without running.
+    /// has stopped, or if it was dropped without running. Cancel-safe: a dropped question is
+    /// answered to no one.
     pub async fn stats(&self) -> Option<TitanicStats> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Stats(tx)).await.ok()?;
@@ -352,6 +353,12 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
     /// answered 300, the calls under way finish (for a moment at most), the workers say
     /// DISCONNECT, and requests in flight are left for the next start (they are sent again
     /// then). Returns the final stats.
+    ///
+    /// Dropping the future stops the server too, less gently than `shutdown`: the three
+    /// services' workers say DISCONNECT in the background without waiting for held questions
+    /// or calls under way, and the task that owns the state stops (what it has acknowledged is
+    /// already in the store). Stop it through `shutdown` or [`TitanicHandle::shutdown`] and
+    /// await the future to have its last questions answered and its stats.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
@@ -388,6 +395,9 @@ impl<S: Store, C: Connector + Clone + 'static> Titanic<S, C> {
                 .run(owner_stop.clone())
                 .instrument(tracing::info_span!("titanic")),
         );
+        // Dropping this future stops the owner as well as the workers (whose `JoinSet` aborts
+        // them, and each says DISCONNECT as it goes).
+        let _stop_owner_when_dropped = owner_stop.clone().drop_guard();
         let services = Arc::new(Services {
             commands: handle.commands.clone(),
             store,

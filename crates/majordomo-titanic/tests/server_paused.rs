@@ -521,3 +521,16 @@ async fn bodies_past_the_memory_bound_are_read_from_the_store() {
     );
     setup.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_run_future_stops_the_server() {
+    let setup = Setup::start(config(), echo()).await;
+    setup.titanic.abort();
+    let _ = setup.titanic.await;
+    let deadline = Instant::now() + PATIENCE;
+    while !setup.handle.is_stopped() {
+        assert!(Instant::now() < deadline, "the owner still runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(setup.handle.stats().await, None);
+}
