@@ -22,6 +22,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Shutdown
+//! [`Broker::run`] returns when its shutdown future completes or a handle calls
+//! [`ServerHandle::shutdown`]; either way the broker first sends DISCONNECT to every worker.
+//! To finish the work in hand first, call [`ServerHandle::drain`], await
+//! [`ServerHandle::drained`], then shut down.
+//!
 //! # Layout
 //! - [`Broker`] and [`BrokerBuilder`]: bind endpoints, then run until shutdown.
 //! - [`BrokerHandle`]: stats, drain (and the wait until drained) and shutdown of a running
@@ -43,19 +49,43 @@ use majordomo_proto::broker::{BrokerCore, Role, Transmit};
 use majordomo_proto::event::Event;
 use majordomo_proto::mdp;
 use majordomo_proto::mdp2::Sender;
+/// A protocol version (7/MDP or 18/MDP, in a dialect), as a [`DecodeError`] names it.
+pub use majordomo_proto::mdp2::{Dialect, Version};
 /// Why a configuration cannot work.
 pub use majordomo_proto::ConfigError;
-use majordomo_rt::pair::StateLink;
-/// What [`BrokerHandle`] is: its methods (`stats`, `drain`, `drained`, `shutdown`) are there.
+/// Why frames did not decode, from [`Limits::check`].
+pub use majordomo_proto::DecodeError;
+/// The Binary Star state link of a [`BrokerSocket`], for [`BrokerBuilder::build_pair_on`].
+pub use majordomo_rt::pair::StateLink;
+/// What [`BrokerHandle`] is: its methods (`stats`, `drain`, `drained`, `shutdown`,
+/// `is_stopped`) are there.
 pub use majordomo_rt::server::ServerHandle;
 use majordomo_rt::server::{Machine, Server, ServerOptions};
 /// Why binding an endpoint failed, inside [`BrokerError::Bind`].
 pub use majordomo_rt::transport::BindError;
-use majordomo_rt::transport::{Either, Transport, ZmqRouter};
+/// Size bounds on frames, from [`GuardConfig::frame_limits`].
+pub use majordomo_rt::transport::FrameLimits;
+/// Why a socket operation failed ([`Transport`]).
+pub use majordomo_rt::transport::TransportError;
+/// The sockets a broker runs on: [`BrokerBuilder::build_on`] takes any [`Transport`];
+/// [`BrokerSocket`] is a [`ZmqRouter`] or a [`StateLink`], one [`Either`] of the two.
+pub use majordomo_rt::transport::{Either, Transport, ZmqRouter};
+/// CURVE keys, for [`CurveSecurity`].
 pub use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey, KeyError};
+/// Why a guard could not start, inside [`BindError`].
+pub use majordomo_zmtp::guard::GuardError;
+/// What the ZMTP guards have counted ([`Broker::guards`]).
 pub use majordomo_zmtp::guard::{GuardStats, GuardStatsHandle};
+/// Size bounds on a guard's link, from [`GuardConfig::link_limits`].
+pub use majordomo_zmtp::mux::link::LinkLimits;
+/// CURVE on the guarded endpoints ([`GuardConfig::curve`]).
 pub use majordomo_zmtp::mux::secure::{ClientFilter, CurveSecurity};
+/// The limits of the ZMTP guard ([`BrokerBuilder::guard`]).
 pub use majordomo_zmtp::GuardConfig;
+/// Why a guard's limits cannot work, from [`GuardConfig::validate`].
+pub use majordomo_zmtp::GuardConfigError;
+/// The rules a guard enforces, as [`GuardStats::count`] counts them.
+pub use majordomo_zmtp::Rule;
 use pair::{Admit, PairDriver, PairOptions, PairStatus};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
@@ -65,6 +95,8 @@ pub use majordomo_proto::broker::{
     Activity, BrokerConfig, BrokerStats, ServiceStats, WorkerStats, WorkersPage, MAX_STATS_PAGE,
     MAX_WORKERS_PAGE,
 };
+/// Why a Binary Star state message did not decode.
+pub use majordomo_proto::bstar::StateDecodeError;
 pub use majordomo_proto::bstar::{
     BinaryStarConfig, Fatal as PairFatal, Role as PairRole, State as PairState,
 };
@@ -127,7 +159,9 @@ pub struct BoundEndpoint {
 
 /// A handle on a running broker: read its stats ([`ServerHandle::stats`]), drain it
 /// ([`ServerHandle::drain`]) and wait until it has drained ([`ServerHandle::drained`]), stop it
-/// ([`ServerHandle::shutdown`]). Cheap to clone.
+/// ([`ServerHandle::shutdown`]), ask whether it has stopped ([`ServerHandle::is_stopped`]).
+/// Cheap to clone. The methods are documented on [`ServerHandle`], which this names with the
+/// broker's [`BrokerStats`].
 pub type BrokerHandle = ServerHandle<BrokerStats>;
 
 /// The sockets of a broker built with [`BrokerBuilder::build`]: its ROUTER sockets and, in a
@@ -259,6 +293,9 @@ impl BrokerBuilder {
 
     /// Binds every endpoint (and the Binary Star state link) and returns the broker, ready to
     /// [`Broker::run`].
+    ///
+    /// Dropping the future before it completes drops the sockets bound so far; nothing has
+    /// been served.
     pub async fn build(self) -> Result<Broker, BrokerError> {
         if self.endpoints.is_empty() {
             return Err(BrokerError::NoEndpoint);
@@ -750,6 +787,10 @@ impl<T: Transport> Broker<T> {
     /// Serves until `shutdown` completes or a handle calls [`BrokerHandle::shutdown`], then sends
     /// DISCONNECT to every worker and returns the final counters. In a Binary Star pair, it
     /// also stops when the pair reaches a fatal state, and returns [`BrokerError::Pair`].
+    ///
+    /// Not a way to stop it: dropping the future drops the broker at once, its sockets and
+    /// what it holds, without the DISCONNECT to workers or the linger. Complete `shutdown` (or
+    /// call [`ServerHandle::shutdown`]) and await the future instead.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<BrokerStats, BrokerError> {
         for b in &self.bound {
             let guarded = b.endpoint.starts_with("tcp://") && !self.guards.is_empty();

@@ -236,7 +236,7 @@ impl<C: Connector + Clone> MuxClient<C> {
         }
     }
 
-    /// What the task has seen so far.
+    /// What the task has seen so far. Cancel-safe: a dropped question is answered to no one.
     pub async fn stats(&self) -> MuxStats {
         let (answer, answered) = oneshot::channel();
         if self.commands.send(Command::Stats(answer)).await.is_err() {

@@ -107,7 +107,7 @@ where
         id
     }
 
-    /// What the client's task has seen so far ([`MuxClient::stats`]).
+    /// What the client's task has seen so far ([`MuxClient::stats`]); cancel-safe as that is.
     pub async fn stats(&self) -> crate::MuxStats {
         self.client.stats().await
     }

@@ -36,7 +36,7 @@ use majordomo_rt::transport::Connector;
 
 use crate::{Client, ClientError};
 
-/// One request to a [`Client`] used as a [`tower_service::Service`]: the service to call and
+/// One request to a [`Client`] used as a `tower_service::Service`: the service to call and
 /// the request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -56,7 +56,7 @@ impl Request {
     }
 }
 
-/// The future of a call through [`tower_service::Service`]: the reply body, or why none came.
+/// The future of a call through `tower_service::Service`: the reply body, or why none came.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Vec<Bytes>, ClientError>> + Send + 'static>>;
 
@@ -75,7 +75,7 @@ impl<C: Connector + 'static> tower_service::Service<Request> for Client<C> {
     }
 }
 
-/// A [`Client`] bound to one service: a [`tower_service::Service`] whose requests are bodies.
+/// A [`Client`] bound to one service: a `tower_service::Service` whose requests are bodies.
 /// Made by [`Client::service`]; clones share the client's connections.
 pub struct ServiceClient<C: Connector = crate::DealerConnector> {
     client: Client<C>,
@@ -101,7 +101,7 @@ impl<C: Connector> std::fmt::Debug for ServiceClient<C> {
 }
 
 impl<C: Connector> Client<C> {
-    /// This client bound to `service`, as a [`tower_service::Service`] of request bodies
+    /// This client bound to `service`, as a `tower_service::Service` of request bodies
     /// (feature `tower`).
     pub fn service(&self, service: impl Into<Bytes>) -> ServiceClient<C> {
         ServiceClient {

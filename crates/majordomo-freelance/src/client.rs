@@ -156,7 +156,8 @@ impl FreelanceClient {
         Ok(replied.await.map_err(|_| FreelanceClientError::Stopped)??)
     }
 
-    /// What the client has seen: replies, failovers, stale replies, servers alive.
+    /// What the client has seen: replies, failovers, stale replies, servers alive. Cancel-safe:
+    /// a dropped question is answered to no one.
     pub async fn stats(&self) -> Result<FreelanceStats, FreelanceClientError> {
         let (reply, replied) = oneshot::channel();
         self.commands

@@ -71,6 +71,8 @@ impl FreelanceServer {
     /// Binds `endpoint`, which is also the identity clients address it by; behind the ZMTP
     /// guard with `guard`'s limits (relaying, or as the front end with CURVE, which then
     /// announces the identity).
+    ///
+    /// Dropping the future before it completes drops the socket; nothing has been served.
     pub async fn bind(
         endpoint: &str,
         guard: Option<GuardConfig>,
@@ -81,6 +83,8 @@ impl FreelanceServer {
     /// Binds `endpoint` and announces `identity`, the public endpoint clients connect to (RFC
     /// 10: "Server identities are their public endpoints"), when the two differ (a server
     /// bound to `tcp://*:5555` known as `tcp://host.example:5555`).
+    ///
+    /// Dropping the future before it completes drops the socket; nothing has been served.
     pub async fn bind_as(
         endpoint: &str,
         identity: &str,
@@ -139,7 +143,11 @@ impl<T: Transport> FreelanceServer<T> {
         }
     }
 
-    /// Serves with `handler` until `shutdown` completes; returns the final counters.
+    /// Serves with `handler` until `shutdown` completes; returns the final counters. Handlers
+    /// still running then finish in their own tasks, and their replies are dropped.
+    ///
+    /// Dropping the future stops the server as `shutdown` does, except that the socket is not
+    /// closed first (an `ipc://` socket file is left behind): prefer `shutdown`.
     pub async fn run(
         mut self,
         handler: impl Handler,

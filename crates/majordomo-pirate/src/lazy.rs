@@ -126,6 +126,8 @@ impl<C: Connector> LazyPirate<C> {
     }
 
     /// Sends `request` and returns the first reply.
+    ///
+    /// Cancel-safe as [`LazyPirate::request_with`] is.
     pub async fn request(&mut self, request: Vec<Bytes>) -> Result<Vec<Bytes>, LazyPirateError> {
         self.request_with(request, |_| true).await
     }
@@ -135,6 +137,9 @@ impl<C: Connector> LazyPirate<C> {
     ///
     /// The attempts and timeouts are those of [`majordomo_proto::client::Call::lazy_pirate`],
     /// driven by `majordomo_rt::call`.
+    ///
+    /// Cancel-safe: dropping the future closes the request's connection, so its reply, if one
+    /// comes, reaches no later request; the request may still have run.
     pub async fn request_with(
         &mut self,
         request: Vec<Bytes>,

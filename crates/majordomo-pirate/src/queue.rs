@@ -32,7 +32,10 @@ pub enum QueueError {
     Config(#[from] majordomo_proto::ConfigError),
 }
 
-/// A handle on a running queue: read its stats, stop it. Cheap to clone.
+/// A handle on a running queue: read its stats ([`ServerHandle::stats`]), drain it
+/// ([`ServerHandle::drain`], [`ServerHandle::drained`]), stop it ([`ServerHandle::shutdown`]),
+/// ask whether it has stopped ([`ServerHandle::is_stopped`]). Cheap to clone. The methods are
+/// documented on [`ServerHandle`], which this names with the queue's [`QueueStats`].
 pub type QueueHandle = ServerHandle<QueueStats>;
 
 /// Socket numbers in the server loop.
@@ -112,7 +115,8 @@ impl QueueBuilder {
         self
     }
 
-    /// Binds both endpoints.
+    /// Binds both endpoints. Dropping the future before it completes drops the sockets bound
+    /// so far; nothing has been served.
     pub async fn build(self) -> Result<Queue, QueueError> {
         self.config.validate()?;
         let (frontend, front_ep) = bind(&self.frontend, self.guard.as_ref()).await?;
@@ -255,7 +259,8 @@ impl Queue {
     }
 
     /// Binds the client-facing `frontend` and the worker-facing `backend` endpoints with
-    /// `config`; the same as the builder with those three set.
+    /// `config`; the same as the builder with those three set, and as
+    /// [`QueueBuilder::build`] if the future is dropped.
     pub async fn bind(
         frontend: &str,
         backend: &str,
@@ -292,6 +297,10 @@ impl<T: Transport> Queue<T> {
     }
 
     /// Serves until `shutdown` completes or a handle stops it; returns the final counters.
+    ///
+    /// Not a way to stop it: dropping the future drops the queue at once, with its sockets and
+    /// the requests it holds, without the shutdown of its loop. Complete `shutdown` (or call
+    /// [`ServerHandle::shutdown`]) and await the future instead.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<QueueStats, QueueError> {
         info!(frontend = %self.endpoints.0, backend = %self.endpoints.1, "queue bound");
         let machine = self

@@ -103,6 +103,10 @@ impl<C: Connector> PppWorker<C> {
     }
 
     /// Serves until `shutdown` completes. Connection failures are retried forever with backoff.
+    ///
+    /// Cancel-safe: dropping the future stops the worker as `shutdown` does, at once: its
+    /// connection and the request it is handling are dropped (6/PPP has no goodbye; the queue
+    /// expires the worker when its heartbeats stop).
     pub async fn run<H: Handler>(
         self,
         handler: H,

@@ -2,7 +2,7 @@
 //!
 //! Frames are shown here as a DEALER socket sees them, starting with the empty frame 0. A ROUTER
 //! socket adds the peer identity in front; [`split_identity`] takes it off, and
-//! [`BrokerInbound::decode`] reads what follows. Bodies are [`Bytes`]: decoding and encoding clone
+//! [`BrokerInbound::decode`] reads what follows. Bodies are `Bytes`: decoding and encoding clone
 //! reference-counted handles, never the body bytes. The frames of every version are written by
 //! [`crate::codec`]; these types are its v0.1 view.
 

@@ -43,6 +43,9 @@ impl StateLink {
     /// Binds the publisher on `bind` and starts subscribing to `peer`. `expiry` is how long the
     /// peer may be silent before the subscriber's socket is replaced (the pair's peer expiry,
     /// two heartbeats), and bounds each connect attempt.
+    ///
+    /// The only wait is the publisher's bind: a future dropped before it completes drops the
+    /// publisher, and nothing has started subscribing.
     pub async fn bind(bind: &str, peer: &str, expiry: Duration) -> Result<Self, BindError> {
         let mut publisher = PubSocket::new();
         let endpoint = publisher.bind(bind).await?.to_string();

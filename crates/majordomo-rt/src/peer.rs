@@ -97,7 +97,8 @@ pub struct RequestOver;
 
 impl Responder {
     /// Sends `body` as the next part, in order. Waits while the connection is behind (at most
-    /// a few parts are held); fails once the request is over.
+    /// a few parts are held); fails once the request is over. Cancel-safe: dropped before it
+    /// completes, the part was not sent.
     pub async fn send(&mut self, body: Vec<Bytes>) -> Result<(), RequestOver> {
         if !self.is_current() {
             return Err(RequestOver);

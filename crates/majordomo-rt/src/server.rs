@@ -145,7 +145,7 @@ impl<S> std::fmt::Debug for Command<S> {
 
 impl<S: Send + 'static> ServerHandle<S> {
     /// The server's counters and gauges now, read by its own loop between two turns; `None` once
-    /// the server has stopped.
+    /// the server has stopped. Cancel-safe: a dropped question is answered to no one.
     pub async fn stats(&self) -> Option<S> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Stats(tx)).ok()?;
@@ -161,7 +161,8 @@ impl<S: Send + 'static> ServerHandle<S> {
 
     /// Completes once the server has drained (after [`ServerHandle::drain`], it holds no work:
     /// the broker has nothing queued or in flight) or has stopped, whichever comes first. The
-    /// loop says so at the end of the turn that finished the drain; nothing polls.
+    /// loop says so at the end of the turn that finished the drain; nothing polls. Cancel-safe:
+    /// it only watches; dropping it leaves the drain under way.
     pub async fn drained(&self) {
         let mut drained = self.drained.clone();
         // An error means the loop has ended, and with it any work the server held.
@@ -256,6 +257,9 @@ impl<M: Machine, T: Transport> Server<M, T> {
 
     /// Serves until `shutdown` completes or a handle asks it to stop; then lets the machine say
     /// goodbye, sends that, lingers, and returns the machine.
+    ///
+    /// Dropping the future drops the server at once, without the goodbye or the linger: stop
+    /// it through `shutdown` or [`ServerHandle::shutdown`] instead.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> M {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut timer = DeadlineTimer::new(self.machine.poll_timeout());

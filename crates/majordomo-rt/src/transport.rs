@@ -217,7 +217,8 @@ impl ZmqRouter {
         }
     }
 
-    /// Binds `endpoint` with no guard, returning it with an ephemeral port resolved.
+    /// Binds `endpoint` with no guard, returning it with an ephemeral port resolved. As
+    /// [`ZmqRouter::bind_guarded`], not meant to be cancelled.
     pub async fn bind(&mut self, endpoint: &str) -> Result<String, BindError> {
         self.bind_guarded(endpoint, None).await
     }
@@ -227,6 +228,9 @@ impl ZmqRouter {
     /// socket over a private Unix socket; `ipc://` endpoints are local and bound directly either
     /// way, their socket file readable and writable by this user only (mode 0600, whatever the
     /// umask), so only this user (and root) can connect.
+    ///
+    /// Not meant to be cancelled: a future dropped before it completes may leave `endpoint`
+    /// bound or not; drop the socket to start again.
     pub async fn bind_guarded(
         &mut self,
         endpoint: &str,

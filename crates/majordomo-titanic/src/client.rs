@@ -100,6 +100,10 @@ impl<C: Connector> TitanicClient<C> {
     }
 
     /// Stores `body` for `service` with Titanic; its UUID once it is durable.
+    ///
+    /// Cancel-safe as [`Client::request`] is, with one consequence: a submit whose future is
+    /// dropped may still have stored the request, whose UUID the caller then never learns (it
+    /// runs, and its reply stays until the retention time).
     pub async fn submit(
         &self,
         service: impl Into<Bytes>,
@@ -119,6 +123,7 @@ impl<C: Connector> TitanicClient<C> {
     }
 
     /// Asks once for the reply of `uuid`: `Some(body)` when it is there, `None` while pending.
+    /// Cancel-safe: it only reads; dropping the future loses nothing.
     pub async fn reply(&self, uuid: Uuid) -> Result<Option<Vec<Bytes>>, TitanicClientError> {
         let answer = self
             .client
@@ -132,6 +137,7 @@ impl<C: Connector> TitanicClient<C> {
     }
 
     /// Polls for the reply of `uuid` every `every` until it is there, for at most `patience`.
+    /// Cancel-safe, as [`TitanicClient::reply`] is.
     pub async fn wait(
         &self,
         uuid: Uuid,
@@ -151,6 +157,8 @@ impl<C: Connector> TitanicClient<C> {
     }
 
     /// Tells Titanic the reply of `uuid` is no longer needed (fine for an unknown UUID).
+    /// Cancel-safe in effect: a close whose future is dropped may or may not have happened,
+    /// and closing again is harmless.
     pub async fn close(&self, uuid: Uuid) -> Result<(), TitanicClientError> {
         let answer = self
             .client

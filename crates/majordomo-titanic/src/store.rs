@@ -465,7 +465,7 @@ impl Store for RedbStore {
         self.write(ops, redb::Durability::Immediate)
     }
 
-    /// A transaction with redb's [`redb::Durability::None`]: no fsync; the next durable commit
+    /// A transaction with redb's `redb::Durability::None`: no fsync; the next durable commit
     /// makes it durable with itself.
     fn commit_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
         self.write(ops, redb::Durability::None)

@@ -13,6 +13,23 @@
 //! says "When the worker receives DISCONNECT ... it MUST close its socket, and reconnect to the
 //! broker on a new socket."
 //!
+//! ```no_run
+//! # async fn run() -> Result<(), majordomo_worker::WorkerError> {
+//! use majordomo_worker::{handler_fn, Worker, WorkerConfig};
+//!
+//! // An echo service at the broker on port 5555, until Ctrl-C.
+//! let worker = Worker::new("tcp://127.0.0.1:5555", "echo", WorkerConfig::default());
+//! let echo = handler_fn(|request| async move { Ok(request) });
+//! worker.run(echo, async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Shutdown
+//! [`Worker::run`] serves until its shutdown future completes; each logical worker then sends
+//! DISCONNECT to its broker (after the reply of a handler that has finished; one still running
+//! is dropped) and `run` returns. Dropping the `run` future stops them the same way, in the
+//! background.
+//!
 //! # When a handler fails
 //! A handler that returns `Err` or panics does not stop the worker. 7/MDP has no error reply, so
 //! the worker does not invent one: it sends DISCONNECT, drops the request and registers again on a
@@ -48,16 +65,23 @@ pub use majordomo_proto::mdp2::{Dialect, Version};
 use majordomo_proto::worker::WorkerSession;
 /// Why a configuration cannot work.
 pub use majordomo_proto::ConfigError;
-use majordomo_proto::{Hex, Limits};
+/// Why frames did not decode, from [`Limits::check`].
+pub use majordomo_proto::DecodeError;
+use majordomo_proto::Hex;
+/// Size limits applied to requests ([`WorkerConfig::limits`]).
+pub use majordomo_proto::Limits;
 use majordomo_rt::peer::{self, PeerOptions};
-use majordomo_rt::transport::Connector;
+/// Size bounds on frames from a CURVE server ([`DealerConnector::curve_with_limits`]).
+pub use majordomo_rt::transport::FrameLimits;
 /// Why a connection failed.
 pub use majordomo_rt::transport::TransportError;
+/// How a worker opens its connections ([`Worker::with_connector`]), and what a connection is.
+pub use majordomo_rt::transport::{Connector, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// The error type handlers return.
+/// What a [`Handler`] or [`StreamHandler`] fails with: any error, boxed.
 pub use majordomo_rt::peer::BoxError;
 /// What a [`StreamHandler`] sends parts with, and why a part could not be sent.
 pub use majordomo_rt::peer::{RequestOver, Responder};
@@ -367,7 +391,7 @@ impl<C: Connector + 'static> Worker<C> {
         self.run_streaming(Whole(handler), shutdown).await
     }
 
-    /// As [`Worker::run`], with a handler that may answer in parts.
+    /// As [`Worker::run`], with a handler that may answer in parts; cancel-safe as that is.
     pub async fn run_streaming<H: StreamHandler>(
         self,
         handler: H,

@@ -1,7 +1,7 @@
 //! A peer's stream read into whole messages: sans-IO, `now` an input.
 //!
 //! An [`Assembler`] follows the stream of one accepted peer through an [`Inspector`] (every rule
-//! and limit of the guard) and collects each message's frames into [`Bytes`], taking the memory
+//! and limit of the guard) and collects each message's frames into `Bytes`, taking the memory
 //! it holds from the process's inbound [`Budget`] *before* it holds it. Call
 //! [`Assembler::next`] with the bytes read and not yet consumed, act on the [`Step`], drop the
 //! consumed bytes, and call again.
