@@ -639,8 +639,8 @@ async fn our_broker_pairs_with_a_pyzmq_server_written_from_the_guide() -> Result
 /// after 2 s): the time from the last reply of the active broker to the first reply of the other
 /// after the active one is killed with SIGKILL, over `BSTAR_KILLS` kills (default 20),
 /// alternating which broker dies; each killed broker is restarted, comes back passive, and is
-/// killed in its turn. Four failover clients call all along (a 500 ms timeout, then the other
-/// server). Prints every time, p50, p99 and the requests lost. A long measurement, not a check:
+/// killed in its turn. Four clients of both brokers call all along (a 500 ms timeout, then
+/// the other server). Prints every time, p50, p99 and the requests lost. A long measurement, not a check:
 /// `scripts/bstar-failover.sh` runs it on release binaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement of about two minutes: scripts/bstar-failover.sh"]
