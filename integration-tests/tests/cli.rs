@@ -993,3 +993,38 @@ fn worker_and_titanic_read_their_table_and_variables_as_the_servers_do() -> Resu
     }
     Ok(())
 }
+
+#[test]
+fn the_networks_allowed_take_cidr_or_an_address_and_refuse_anything_else() -> Result<()> {
+    let config = print_config(
+        &[
+            "--guard-allow-from",
+            "10.0.0.0/8",
+            "--guard-allow-from",
+            "192.168.1.7",
+        ],
+        &[],
+    )?;
+    assert_eq!(
+        line(&config, "guard-allow-from"),
+        "guard-allow-from = [\"10.0.0.0/8\", \"192.168.1.7\"]"
+    );
+    let env = [("MAJORDOMO_BROKER_GUARD_ALLOW_FROM", "10.0.0.0/8,::1")];
+    let config = print_config(&[], &env)?;
+    assert_eq!(
+        line(&config, "guard-allow-from"),
+        "guard-allow-from = [\"10.0.0.0/8\", \"::1\"]"
+    );
+    let out = Command::new(majordomo_bin()?)
+        .args([
+            "broker",
+            "--print-config",
+            "--guard-allow-from",
+            "10.0.0.0/33",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a /33 accepted");
+    assert!(stderr.contains("is not a network"), "{stderr}");
+    Ok(())
+}

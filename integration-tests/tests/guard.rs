@@ -188,6 +188,35 @@ async fn oversized_messages_of_small_frames_and_too_many_frames_are_cut_off() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_outside_the_allowed_networks_is_closed_at_once_and_counted() -> Result<()> {
+    let allowed = ["127.0.0.1/32".parse()?];
+    let guard = GuardConfig::default().allow_from(allowed);
+    let (broker, stats, _worker) = guarded_broker(guard).await?;
+    // From 127.0.0.2: closed before its greeting is read, whatever it sends.
+    let mut outsiders = Vec::new();
+    for _ in 0..3 {
+        let mut stream = RawZmtp::tcp_from(&broker.endpoint, loopback(2)).await?;
+        let _ = stream.write_all(&RawZmtp::greeting()).await;
+        outsiders.push(stream);
+    }
+    for stream in &mut outsiders {
+        assert!(closed_within(stream, PATIENCE).await, "an outsider kept");
+    }
+    wait_for_guard(&stats, "3 refused by network", |s| {
+        s.count(Rule::Network) == 3
+    })
+    .await?;
+    // From 127.0.0.1, the allowed network: served.
+    let c = client(&broker.endpoint);
+    let body = vec![Bytes::from_static(b"inside")];
+    assert_eq!(c.request("echo", body.clone()).await?, body);
+    let now = stats.stats();
+    assert_eq!(now.count(Rule::Network), 3, "{now:?}");
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_from_one_address_stops_at_its_limit_while_others_are_served(
 ) -> Result<()> {
     let guard = GuardConfig::default().max_connections_per_address(50);

@@ -74,6 +74,11 @@ pub(crate) struct GuardArgs {
     /// New connections accepted per second from one IP address (bursts of twice as many).
     #[arg(long, default_value_t = 1000)]
     guard_connection_rate: u32,
+    /// Accept connections only from this network (CIDR, e.g. 10.0.0.0/8 or 192.168.1.7/32, or
+    /// one address); repeat it for several. Others are closed at once, counted under the
+    /// guard rule `network`. Default: any address.
+    #[arg(long, value_parser = parse_network, action = clap::ArgAction::Append)]
+    guard_allow_from: Vec<ipnet::IpNet>,
     /// Connections the kernel queues before the guard accepts them (the listen backlog; the
     /// kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 1024)]
@@ -142,7 +147,8 @@ impl GuardArgs {
             .front_end(self.guard_front_end && !self.guard_relay)
             .inbound_budget(bytes(self.guard_inbound_budget))
             .outbound_budget(bytes(self.guard_outbound_budget))
-            .message_timeout(self.guard_message_timeout);
+            .message_timeout(self.guard_message_timeout)
+            .allow_from(self.guard_allow_from.iter().copied());
         let Some(path) = &self.curve_secret_key_file else {
             if self.curve_clients.is_some() || self.curve_allow_null {
                 bail!("--curve-clients and --curve-allow-null need --curve-secret-key-file");
@@ -198,6 +204,13 @@ fn load_client_keys(path: &Path) -> Result<HashSet<CurvePublicKey>> {
         keys.insert(key);
     }
     Ok(keys)
+}
+
+/// A network in CIDR notation, or one address (a network of that address alone).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a network (10.0.0.0/8) or an address"))
 }
 
 /// `size` in bytes, saturated to what the platform can count.

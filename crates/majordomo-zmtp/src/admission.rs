@@ -25,6 +25,8 @@ pub struct Admission {
     burst: f64,
     open: usize,
     sources: HashMap<IpAddr, Source>,
+    /// Networks peers may come from; empty for any.
+    allow_from: Vec<ipnet::IpNet>,
 }
 
 impl Admission {
@@ -37,12 +39,19 @@ impl Admission {
             burst: 2.0 * f64::from(config.connection_rate),
             open: 0,
             sources: HashMap::new(),
+            allow_from: config.allow_from.clone(),
         }
     }
 
     /// Takes a connection from `ip` arriving at `now`, or names the rule that refuses it. A
     /// connection taken must be given back with [`Admission::release`].
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Rule> {
+        if !self.allow_from.is_empty() {
+            let ip = ip.to_canonical();
+            if !self.allow_from.iter().any(|network| network.contains(&ip)) {
+                return Err(Rule::Network);
+            }
+        }
         if self.open >= self.max_open {
             return Err(Rule::MaxConnections);
         }
@@ -102,6 +111,33 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn only_the_allowed_networks_are_admitted_and_a_refusal_takes_no_room() {
+        let networks = ["127.0.0.0/31", "10.0.0.0/8", "fd00::/8"].map(|n| n.parse().unwrap());
+        let config = GuardConfig::default()
+            .max_connections(2)
+            .allow_from(networks);
+        let mut admission = Admission::new(&config);
+        let now = Instant::now();
+        assert_eq!(admission.admit(ip(1), now), Ok(()));
+        assert_eq!(admission.admit(ip(2), now), Err(Rule::Network));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            admission.admit(mapped, now),
+            Ok(()),
+            "IPv4 through an IPv6 socket"
+        );
+        let outside: IpAddr = "::ffff:192.168.0.1".parse().unwrap();
+        assert_eq!(admission.admit(outside, now), Err(Rule::Network));
+        assert_eq!(admission.open(), 2);
+        admission.release(ip(1));
+        let v6: IpAddr = "fd12::1".parse().unwrap();
+        assert_eq!(admission.admit(v6, now), Ok(()));
+        // With no networks given, any address.
+        let mut open = Admission::new(&GuardConfig::default());
+        assert_eq!(open.admit(ip(2), now), Ok(()));
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct GuardConfig {
     /// as the server's (a Freelance server's public endpoint, RFC 10). Default none. In relay
     /// mode the server's own READY passes through with whatever identity it sets.
     pub identity: Option<bytes::Bytes>,
+    /// The networks peers may connect from (`10.0.0.0/8`, `192.168.1.7/32`, `::1/128`); a
+    /// connection from any other address is closed as soon as it is accepted, before a byte is
+    /// read ([`crate::Rule::Network`]). Default empty: any address. IPv4 peers reaching an IPv6
+    /// socket (`::ffff:10.1.2.3`) are matched as IPv4.
+    pub allow_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for GuardConfig {
@@ -97,6 +102,7 @@ impl Default for GuardConfig {
             front_end: false,
             curve: None,
             identity: None,
+            allow_from: Vec::new(),
         }
     }
 }
@@ -107,6 +113,12 @@ impl Default for GuardConfig {
 pub struct GuardConfigError(pub String);
 
 impl GuardConfig {
+    /// Sets `allow_from`; the field says what it means and its default.
+    pub fn allow_from(mut self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.allow_from = networks.into_iter().collect();
+        self
+    }
+
     /// Sets `max_frame_size`; the field says what it means and its default.
     pub fn max_frame_size(mut self, bytes: u64) -> Self {
         self.max_frame_size = bytes;

@@ -84,11 +84,13 @@ pub enum Rule {
     Curve,
     /// A CURVE client's key is not allowed on the endpoint.
     Unauthorized,
+    /// The peer's address is in none of [`GuardConfig::allow_from`]'s networks.
+    Network,
 }
 
 impl Rule {
     /// Every rule, in a fixed order.
-    pub const ALL: [Rule; 16] = [
+    pub const ALL: [Rule; 17] = [
         Rule::Greeting,
         Rule::Handshake,
         Rule::HandshakeTimeout,
@@ -105,6 +107,7 @@ impl Rule {
         Rule::Outbound,
         Rule::Curve,
         Rule::Unauthorized,
+        Rule::Network,
     ];
 
     /// The rule's name in logs and counters.
@@ -126,6 +129,7 @@ impl Rule {
             Rule::Outbound => "outbound",
             Rule::Curve => "curve",
             Rule::Unauthorized => "unauthorized",
+            Rule::Network => "network",
         }
     }
 
