@@ -1165,3 +1165,31 @@ async fn a_client_sends_a_large_request_on_a_connection_of_its_own() -> Result<(
     assert_ne!(connection(), pooled);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_refuses_a_service_name_it_cannot_serve_and_says_why() -> Result<()> {
+    let (_router, endpoint) = memory::router();
+    let run = |service: &'static str| {
+        let worker = Worker::with_connector(endpoint.clone(), service, WorkerConfig::default());
+        worker.run(
+            handler_fn(|body| async move { Ok(body) }),
+            std::future::pending(),
+        )
+    };
+    let reserved = run("mmi.echo").await.expect_err("mmi. is the broker's");
+    assert!(
+        matches!(reserved, majordomo_worker::WorkerError::ReservedService(_)),
+        "{reserved:?}"
+    );
+    let text = reserved.to_string();
+    assert!(
+        text.contains("\"mmi.echo\"") && text.contains("mmi. namespace"),
+        "{text}"
+    );
+    let empty = run("").await.expect_err("an empty name");
+    assert!(
+        matches!(empty, majordomo_worker::WorkerError::InvalidService(_)),
+        "{empty:?}"
+    );
+    Ok(())
+}

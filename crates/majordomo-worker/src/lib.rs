@@ -315,9 +315,14 @@ pub enum WorkerError {
     /// The configuration is unusable (the message says which setting).
     #[error(transparent)]
     Config(#[from] majordomo_proto::ConfigError),
-    /// The service name is empty, too long, or in the broker's reserved `mmi.` namespace.
-    #[error("invalid service name {0:?}")]
+    /// The service name is empty or longer than [`Limits::max_service_name`].
+    #[error("invalid service name {:?}: empty, or longer than the limits allow", String::from_utf8_lossy(.0))]
     InvalidService(Bytes),
+    /// The service name is in the `mmi.` namespace, which 8/MMI reserves for the broker: "An
+    /// MMI broker implementation MUST handle all services that start with "mmi." internally",
+    /// so no worker can serve one.
+    #[error("service name {:?} is in the mmi. namespace, which the broker answers itself (8/MMI): choose another", String::from_utf8_lossy(.0))]
+    ReservedService(Bytes),
 }
 
 /// A Majordomo worker for one service, at one broker or at several.
@@ -409,9 +414,10 @@ impl<C: Connector + 'static> Worker<C> {
                 "a worker needs at least one broker",
             )));
         }
-        if config.limits.check_service(&self.service).is_err()
-            || majordomo_proto::mmi::is_mmi(&self.service)
-        {
+        if majordomo_proto::mmi::is_mmi(&self.service) {
+            return Err(WorkerError::ReservedService(self.service));
+        }
+        if config.limits.check_service(&self.service).is_err() {
             return Err(WorkerError::InvalidService(self.service));
         }
         let options = PeerOptions {
