@@ -69,6 +69,19 @@ async fn metrics_count_real_traffic_and_a_purged_worker() -> Result<()> {
         "{before}"
     );
     assert_eq!(sample(&before, "majordomo_unauthorized_total"), Some(0.0));
+    // The labelled counters too: every drop reason and protocol error kind, before any.
+    for series in [
+        "majordomo_dropped_requests_total{reason=\"no_worker\"}",
+        "majordomo_dropped_requests_total{reason=\"unauthorized\"}",
+        "majordomo_protocol_errors_total{kind=\"unknown_header\"}",
+        "majordomo_protocol_errors_total{kind=\"heartbeat_mismatch\"}",
+    ] {
+        assert_eq!(sample(&before, series), Some(0.0), "{series}:\n{before}");
+    }
+    assert!(
+        !before.contains("reason=\"not_active\""),
+        "a broker not in a pair drops nothing as passive"
+    );
     let requests = sample(&before, "majordomo_requests_total").context("requests counter")?;
     let replies = sample(&before, "majordomo_replies_total").context("replies counter")?;
     assert_eq!(sample(&before, "majordomo_workers"), Some(1.0), "{before}");

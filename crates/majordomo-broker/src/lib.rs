@@ -91,6 +91,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 pub use majordomo_proto::access::{Access, AccessRule, AccessRules, Pattern, SharedAccess};
+/// The kinds of protocol error the broker counts besides [`DecodeError::kind`]'s.
+pub use majordomo_proto::broker::error_kinds;
 pub use majordomo_proto::broker::{
     Activity, BrokerConfig, BrokerStats, ServiceStats, WorkerStats, WorkersPage, MAX_STATS_PAGE,
     MAX_WORKERS_PAGE,
@@ -100,6 +102,8 @@ pub use majordomo_proto::bstar::StateDecodeError;
 pub use majordomo_proto::bstar::{
     BinaryStarConfig, Fatal as PairFatal, Role as PairRole, State as PairState,
 };
+/// Why a request was dropped: the `reason` of `majordomo_dropped_requests_total`.
+pub use majordomo_proto::drops::DropReason;
 pub use majordomo_proto::heartbeat::HeartbeatConfig;
 pub use majordomo_proto::mmi::{StatsQuery, DEFAULT_PAGE};
 pub use majordomo_proto::Limits;

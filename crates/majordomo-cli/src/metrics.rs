@@ -16,7 +16,9 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use majordomo_broker::{BrokerHandle, BrokerStats, GuardStatsHandle};
+use majordomo_broker::{
+    error_kinds, BrokerHandle, BrokerStats, DecodeError, DropReason, GuardStatsHandle,
+};
 use majordomo_pirate::{QueueHandle, QueueStats};
 use majordomo_zmtp::Rule;
 use metrics::{counter, gauge};
@@ -51,15 +53,35 @@ pub(crate) enum Health {
 pub(crate) trait Source: Send + Sync + 'static {
     /// Reads the stats through the server's handle, records them, and says how it is.
     fn refresh(&self) -> impl Future<Output = Health> + Send;
+
+    /// Registers the labelled counters the server records as things happen, each at zero, so
+    /// that every one is on the page from the start (a rate over a series that appears only at
+    /// its first event misses that event). None by default.
+    fn zero(&self) {}
 }
 
 /// The broker's handle and guards.
 pub(crate) struct BrokerSource {
     pub(crate) handle: BrokerHandle,
     pub(crate) guards: Vec<GuardStatsHandle>,
+    /// Whether the broker is one of a Binary Star pair, which drops requests while passive.
+    pub(crate) pair: bool,
 }
 
 impl Source for BrokerSource {
+    fn zero(&self) {
+        let mut reasons: Vec<&'static str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        if self.pair {
+            reasons.push("not_active");
+        }
+        for reason in reasons {
+            counter!("majordomo_dropped_requests_total", "reason" => reason).increment(0);
+        }
+        for kind in DecodeError::KINDS.iter().chain(&error_kinds::ALL) {
+            counter!("majordomo_protocol_errors_total", "kind" => *kind).increment(0);
+        }
+    }
+
     async fn refresh(&self) -> Health {
         record_guards(&self.guards);
         match tokio::time::timeout(PROBE_TIMEOUT, self.handle.stats()).await {
@@ -144,6 +166,7 @@ pub(crate) async fn serve(addr: SocketAddr, source: impl Source) -> Result<Socke
         .install_recorder()
         .context("installing the metrics recorder")?;
     describe();
+    source.zero();
     gauge!("majordomo_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -71,6 +71,32 @@ pub const REQUEST_OVERHEAD: usize = 352;
 /// 1,375 counted for the service and its request.
 pub const SERVICE_OVERHEAD: usize = 1024;
 
+/// The kinds of protocol error the broker records besides [`crate::DecodeError::kind`]'s
+/// (`kind` label of `majordomo_protocol_errors_total`).
+pub mod error_kinds {
+    /// A request or READY the access rules refuse.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// A worker's second READY.
+    pub const SECOND_READY: &str = "second_ready";
+    /// A PARTIAL from a worker holding no request.
+    pub const PARTIAL_WITHOUT_REQUEST: &str = "partial_without_request";
+    /// A REPLY or FINAL from a worker holding no request.
+    pub const REPLY_WITHOUT_REQUEST: &str = "reply_without_request";
+    /// A valid command out of place.
+    pub const UNEXPECTED_COMMAND: &str = "unexpected_command";
+    /// A HEARTBEAT from a worker purged for silence: the heartbeat settings differ.
+    pub const HEARTBEAT_MISMATCH: &str = "heartbeat_mismatch";
+    /// Every kind above.
+    pub const ALL: [&str; 6] = [
+        UNAUTHORIZED,
+        SECOND_READY,
+        PARTIAL_WITHOUT_REQUEST,
+        REPLY_WITHOUT_REQUEST,
+        UNEXPECTED_COMMAND,
+        HEARTBEAT_MISMATCH,
+    ];
+}
+
 /// Most services [`BrokerCore::stats`] lists in [`BrokerStats::per_service`]: the busiest (most
 /// requests queued plus workers), the rest counted in [`BrokerStats::services_omitted`].
 pub const STATS_TOP_SERVICES: usize = 100;
@@ -1058,7 +1084,7 @@ impl BrokerCore {
         self.errors.record(
             now,
             identity,
-            "unauthorized",
+            error_kinds::UNAUTHORIZED,
             "refused by the access rules",
             &format_args!("{who} may not {what} {}", Hex(service)),
         );
@@ -1607,7 +1633,7 @@ impl BrokerCore {
                 self.errors.record(
                     now,
                     identity,
-                    "second_ready",
+                    error_kinds::SECOND_READY,
                     "worker disconnected",
                     &"a second READY",
                 );
@@ -1643,7 +1669,7 @@ impl BrokerCore {
                 self.errors.record(
                     now,
                     identity,
-                    "partial_without_request",
+                    error_kinds::PARTIAL_WITHOUT_REQUEST,
                     "PARTIAL for no request in flight: worker disconnected",
                     &error,
                 );
@@ -1693,7 +1719,7 @@ impl BrokerCore {
                 self.errors.record(
                     now,
                     identity,
-                    "reply_without_request",
+                    error_kinds::REPLY_WITHOUT_REQUEST,
                     "reply for no request in flight: worker disconnected",
                     &error,
                 );
@@ -1925,7 +1951,7 @@ impl BrokerCore {
         self.errors.record(
             now,
             identity,
-            "unexpected_command",
+            error_kinds::UNEXPECTED_COMMAND,
             "unexpected command: DISCONNECT sent",
             &what,
         );
@@ -2145,7 +2171,7 @@ impl BrokerCore {
         self.errors.record(
             now,
             identity,
-            "heartbeat_mismatch",
+            error_kinds::HEARTBEAT_MISMATCH,
             "a worker purged for silence sent HEARTBEAT: heartbeat settings differ",
             &format_args!(
                 "its HEARTBEAT came {} ms after its last message, and this broker purges after {} ms ({} ms x liveness {}): give workers and broker the same heartbeat",

@@ -56,6 +56,21 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, so that a counter per reason can be exported from zero.
+    pub const ALL: [DropReason; 11] = [
+        DropReason::ServiceBytes,
+        DropReason::TotalBytes,
+        DropReason::Services,
+        DropReason::ServiceCount,
+        DropReason::TotalCount,
+        DropReason::NoWorker,
+        DropReason::WaitedTooLong,
+        DropReason::Abandoned,
+        DropReason::Draining,
+        DropReason::Drain,
+        DropReason::Unauthorized,
+    ];
+
     /// A short, stable name, for counters (`reason` label of
     /// `majordomo_dropped_requests_total`).
     pub fn label(self) -> &'static str {

@@ -101,8 +101,29 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`DecodeError::kind`], so that a counter per kind can be exported from zero.
+    pub const KINDS: [&'static str; 17] = [
+        "empty",
+        "missing_identity",
+        "missing_empty_frame",
+        "unknown_header",
+        "unexpected_header",
+        "missing_command",
+        "bad_command_frame",
+        "unknown_command",
+        "wrong_frame_count",
+        "missing_client_address",
+        "missing_delimiter",
+        "empty_service_name",
+        "service_name_too_long",
+        "message_too_large",
+        "too_many_frames",
+        "missing_body",
+        "version_switch",
+    ];
+
     /// A short, stable name for the kind of error, for counters (`kind` label of
-    /// `majordomo_protocol_errors_total`).
+    /// `majordomo_protocol_errors_total`); one of [`DecodeError::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Empty => "empty",
@@ -139,3 +160,44 @@ pub enum EncodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let v = Version::V01;
+        let every = [
+            DecodeError::Empty,
+            DecodeError::MissingIdentity,
+            DecodeError::MissingEmptyFrame(0),
+            DecodeError::UnknownHeader(Bytes::new()),
+            DecodeError::UnexpectedHeader {
+                expected: "",
+                got: Bytes::new(),
+            },
+            DecodeError::MissingCommand,
+            DecodeError::BadCommandFrame(0),
+            DecodeError::UnknownCommand(0),
+            DecodeError::WrongFrameCount {
+                command: "",
+                expected: "",
+                got: 0,
+            },
+            DecodeError::MissingClientAddress,
+            DecodeError::MissingDelimiter,
+            DecodeError::EmptyServiceName,
+            DecodeError::ServiceNameTooLong { len: 0, max: 0 },
+            DecodeError::MessageTooLarge { size: 0, max: 0 },
+            DecodeError::TooManyFrames { count: 0, max: 0 },
+            DecodeError::MissingBody,
+            DecodeError::VersionSwitch {
+                registered: v,
+                got: v,
+            },
+        ];
+        let kinds: Vec<&str> = every.iter().map(DecodeError::kind).collect();
+        assert_eq!(kinds, DecodeError::KINDS);
+    }
+}

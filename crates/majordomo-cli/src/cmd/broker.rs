@@ -185,6 +185,7 @@ pub(crate) async fn run(args: BrokerArgs) -> Result<()> {
         let source = metrics::BrokerSource {
             handle: handle.clone(),
             guards: guards.clone(),
+            pair: args.bstar.is_some(),
         };
         metrics::serve(addr, source).await?;
     }
