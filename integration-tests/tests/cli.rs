@@ -407,6 +407,9 @@ async fn status_workers_lists_each_worker_idle_or_busy_and_probes_are_counted_ap
             "{page}"
         );
         assert!(worker["registered_ms"].as_u64() >= worker["state_ms"].as_u64());
+        // The guard named each worker, so its address is known.
+        let address = worker["address"].as_str().unwrap_or("");
+        assert!(address.starts_with("127.0.0.1:"), "{page}");
     }
 
     // The table: a line per worker, then the count.
@@ -416,7 +419,8 @@ async fn status_workers_lists_each_worker_idle_or_busy_and_probes_are_counted_ap
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("SERVICE"), "{table}");
     let slow: Vec<&str> = lines[3].split_whitespace().collect();
-    assert_eq!((slow[0], slow[2]), ("slow", "busy"), "{table}");
+    assert_eq!((slow[0], slow[3]), ("slow", "busy"), "{table}");
+    assert!(slow[2].starts_with("127.0.0.1:"), "{table}");
     assert!(
         lines[4].starts_with("workers 3 (3 listed, 0 not"),
         "{table}"

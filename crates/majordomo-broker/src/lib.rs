@@ -911,6 +911,7 @@ mod tests {
                 state: Activity::Busy,
                 state_ms: 5,
                 registered_ms: 40,
+                address: None,
             }],
         };
         let json = encode_workers(&page);

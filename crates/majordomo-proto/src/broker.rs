@@ -478,7 +478,9 @@ impl Activity {
 }
 
 /// One registered worker, as `mmi.workers` lists it ([`BrokerCore::workers_page`]). The
-/// broker knows workers by their ROUTER identity only: not the address they connect from.
+/// broker knows workers by their ROUTER identity; the address they connect from is known when
+/// the ZMTP guard gave that identity (it names the address: [`crate::peer::parse_assigned`]),
+/// not when the worker chose its own or the endpoint has no guard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -502,6 +504,10 @@ pub struct WorkerStats {
     pub state_ms: u64,
     /// How long since it registered (its READY), in milliseconds.
     pub registered_ms: u64,
+    /// The address it connects from (`203.0.113.7:40122`), when its identity tells (see
+    /// above); in JSON only then.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub address: Option<String>,
 }
 
 /// A page of the registered workers, the body of the `mmi.workers` reply
@@ -1208,6 +1214,8 @@ impl BrokerCore {
                     state,
                     state_ms: millis(since),
                     registered_ms: millis(worker.registered),
+                    address: crate::peer::parse_assigned(identity)
+                        .map(|(address, _)| address.to_string()),
                 }
             })
             .collect();

@@ -28,9 +28,9 @@ pub const STATS: &[u8] = b"mmi.stats";
 /// them are stuck busy, has no other way to see it): the reply is `200` and one frame with a
 /// page of the registered workers (see `broker::WorkersPage`), by service name then identity:
 /// each worker's service, ROUTER identity (hex in JSON), whether it is idle or busy, and how
-/// long it has been so and since it registered, as of the request. The broker does not know a
-/// worker's network address (the ZMTP front end and the socket library hand it identities, not
-/// addresses), so none is listed. The body is a [`StatsQuery`] whose `prefix` selects services
+/// long it has been so and since it registered, as of the request, and the address it connects
+/// from when its identity names it (the ZMTP guard's identities do; a worker that chose its own
+/// has none listed). The body is a [`StatsQuery`] whose `prefix` selects services
 /// and whose `offset` and `limit` count workers; an empty body asks for the first
 /// [`DEFAULT_PAGE`] workers. At most `broker::MAX_WORKERS_PAGE` are listed, so the reply stays
 /// well under the message limit; `workers_omitted` counts the rest. Encoded by the driver (JSON

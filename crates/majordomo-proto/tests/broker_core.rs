@@ -1288,3 +1288,28 @@ fn each_service_counts_its_requests_replies_drops_and_rejections() {
             + stats.dropped_at_shutdown
     );
 }
+
+#[test]
+fn a_worker_named_by_the_guard_is_listed_with_its_address() {
+    let mut s = Sim::new();
+    let address: std::net::SocketAddr = "203.0.113.7:40122".parse().unwrap();
+    let named = Bytes::from(majordomo_proto::peer::assigned_identity(15, address));
+    let ready = WorkerMessage::Ready { service: b("echo") };
+    s.core
+        .handle_message(s.now, &named, &ready.encode())
+        .unwrap();
+    s.ready("chose-its-own", "echo");
+    let page = s.core.workers_page(b"", 0, 10);
+    let addresses: Vec<(Bytes, Option<String>)> = page
+        .per_worker
+        .iter()
+        .map(|w| (w.identity.clone(), w.address.clone()))
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            (named, Some("203.0.113.7:40122".to_owned())),
+            (b("chose-its-own"), None),
+        ]
+    );
+}

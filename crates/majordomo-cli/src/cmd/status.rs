@@ -29,10 +29,11 @@ pub(crate) struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// List the registered workers instead of the services (through the broker's
-    /// `mmi.workers`): per service, each worker's identity (hex), whether it is idle or busy,
-    /// for how long, and since when it is registered. The broker knows no worker's network
-    /// address, so none is shown. `--prefix` selects services; `--offset` and `--limit` page
-    /// through workers (the first 100 by default).
+    /// `mmi.workers`): per service, each worker's identity (hex), the address it connects from
+    /// (known when the ZMTP guard named it; `-` for a worker that chose its own identity, or
+    /// with --no-guard), whether it is idle or busy, for how long, and since when it is
+    /// registered. `--prefix` selects services; `--offset` and `--limit` page through workers
+    /// (the first 100 by default).
     #[arg(long)]
     workers: bool,
     /// List the services whose name starts with this, a page at a time (with `--offset` and
@@ -186,20 +187,21 @@ pub(crate) fn age(ms: u64) -> String {
 /// The workers as a table, by service, then a line of totals.
 pub(crate) fn workers_table(page: &WorkersPage) -> String {
     let mut out = String::new();
-    let rows: Vec<[String; 5]> = page
+    let rows: Vec<[String; 6]> = page
         .per_worker
         .iter()
         .map(|w| {
             [
                 String::from_utf8_lossy(&w.service).into_owned(),
                 w.identity.iter().map(|b| format!("{b:02x}")).collect(),
+                w.address.clone().unwrap_or_else(|| "-".to_owned()),
                 w.state.as_str().to_owned(),
                 age(w.state_ms),
                 age(w.registered_ms),
             ]
         })
         .collect();
-    let headers = ["SERVICE", "WORKER", "STATE", "FOR", "REGISTERED"];
+    let headers = ["SERVICE", "WORKER", "ADDRESS", "STATE", "FOR", "REGISTERED"];
     let width = |column: usize| {
         rows.iter()
             .map(|row| row[column].chars().count())
@@ -207,23 +209,22 @@ pub(crate) fn workers_table(page: &WorkersPage) -> String {
             .unwrap_or(0)
             .max(headers[column].len())
     };
-    let (service, worker) = (width(0), width(1));
+    let (service, worker, address) = (width(0), width(1), width(2));
     let _ = writeln!(
         out,
-        "{:<service$}  {:<worker$}  {:<5}  {:>8}  {:>10}",
-        headers[0], headers[1], headers[2], headers[3], headers[4]
+        "{:<service$}  {:<worker$}  {:<address$}  {:<5}  {:>8}  {:>10}",
+        headers[0], headers[1], headers[2], headers[3], headers[4], headers[5]
     );
     for row in &rows {
         let _ = writeln!(
             out,
-            "{:<service$}  {:<worker$}  {:<5}  {:>8}  {:>10}",
-            row[0], row[1], row[2], row[3], row[4]
+            "{:<service$}  {:<worker$}  {:<address$}  {:<5}  {:>8}  {:>10}",
+            row[0], row[1], row[2], row[3], row[4], row[5]
         );
     }
     let _ = writeln!(
         out,
-        "workers {} ({} listed, {} not: page through them with --prefix, --offset, --limit); \
-         addresses unknown to the broker",
+        "workers {} ({} listed, {} not: page through them with --prefix, --offset, --limit)",
         page.workers,
         page.per_worker.len(),
         page.workers_omitted
@@ -380,6 +381,7 @@ mod tests {
                     state: Activity::Busy,
                     state_ms: 1234,
                     registered_ms: 125_000,
+                    address: Some("203.0.113.7:40122".to_owned()),
                 },
                 WorkerStats {
                     service: Bytes::from_static(b"echo"),
@@ -387,14 +389,24 @@ mod tests {
                     state: Activity::Idle,
                     state_ms: 40,
                     registered_ms: 2 * 3_600_000 + 5 * 60_000,
+                    address: None,
                 },
             ],
         };
         let table = workers_table(&page);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "SERVICE  WORKER      STATE       FOR  REGISTERED");
-        assert_eq!(lines[1], "echo     006b8b4567  busy       1.2s       2m05s");
-        assert_eq!(lines[2], "echo     77          idle       40ms       2h05m");
+        assert_eq!(
+            lines[0],
+            "SERVICE  WORKER      ADDRESS            STATE       FOR  REGISTERED"
+        );
+        assert_eq!(
+            lines[1],
+            "echo     006b8b4567  203.0.113.7:40122  busy       1.2s       2m05s"
+        );
+        assert_eq!(
+            lines[2],
+            "echo     77          -                  idle       40ms       2h05m"
+        );
         assert!(lines[3].starts_with("workers 3 (2 listed, 1 not"));
         assert_eq!(lines.len(), 4);
     }
