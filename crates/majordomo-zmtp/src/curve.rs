@@ -25,13 +25,13 @@
 
 pub mod handshake;
 pub mod keys;
+mod message;
 #[cfg(test)]
 mod tests;
 
 use bytes::{BufMut, BytesMut};
 use crypto_box::aead::generic_array::GenericArray;
 use crypto_box::aead::AeadInPlace;
-use crypto_box::SalsaBox;
 
 pub use handshake::{CurveClient, CurveServer, Initiated};
 pub use keys::{CurveKeyPair, CurvePublicKey, KeyError};
@@ -164,8 +164,10 @@ fn append_box(
 /// An established CurveZMQ connection: seals outgoing frames into MESSAGE commands and opens
 /// incoming ones, each with the next short nonce.
 pub struct Session {
-    /// Shared by the halves of a split session.
-    cipher: std::sync::Arc<SalsaBox>,
+    /// The MESSAGE boxes this side seals and opens (see [`message`]); each half of a split
+    /// session uses one.
+    send: std::sync::Arc<message::DirectionBox>,
+    receive: std::sync::Arc<message::DirectionBox>,
     sent: u64,
     received: u64,
     outgoing: &'static [u8; 16],
@@ -182,15 +184,18 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn new(cipher: SalsaBox, sent: u64, received: u64, server: bool) -> Self {
-        let cipher = std::sync::Arc::new(cipher);
+    /// The session under `box_key` (of the two transient keys: [`message::box_key`]), `sent`
+    /// and `received` commands into it.
+    fn new(box_key: &crypto_secretbox::Key, sent: u64, received: u64, server: bool) -> Self {
         let (outgoing, incoming) = if server {
             (MESSAGE_FROM_SERVER, MESSAGE_FROM_CLIENT)
         } else {
             (MESSAGE_FROM_CLIENT, MESSAGE_FROM_SERVER)
         };
+        let direction = |prefix| std::sync::Arc::new(message::direction_box(box_key, prefix));
         Self {
-            cipher,
+            send: direction(outgoing),
+            receive: direction(incoming),
             sent,
             received,
             outgoing,
@@ -215,7 +220,7 @@ impl Session {
         out.put_slice(MESSAGE_NAME);
         out.put_u64(self.sent);
         let nonce = short_nonce(self.outgoing, self.sent);
-        append_box(&*self.cipher, &nonce, &[&[flags], frame], out);
+        append_box(&*self.send, &nonce, &[&[flags], frame], out);
     }
 
     /// Opens a MESSAGE command's body (from its name on) in place. Returns the flags and where
@@ -232,7 +237,7 @@ impl Session {
             });
         }
         let full = short_nonce(self.incoming, nonce);
-        open_in_place(&*self.cipher, &full, &mut body[16..], "MESSAGE")?;
+        open_in_place(&*self.receive, &full, &mut body[16..], "MESSAGE")?;
         self.received = nonce;
         let flags = body[16 + TAG];
         if flags & !(MESSAGE_MORE | MESSAGE_COMMAND) != 0 {
@@ -247,7 +252,8 @@ impl Session {
     /// one shared key with its own nonce.
     pub fn split(self) -> (Sealer, Opener) {
         let sealer = Session {
-            cipher: self.cipher.clone(),
+            send: self.send.clone(),
+            receive: self.receive.clone(),
             ..self
         };
         (Sealer(sealer), Opener(self))

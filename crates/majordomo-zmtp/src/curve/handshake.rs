@@ -10,6 +10,7 @@ use crypto_box::aead::KeyInit;
 use crypto_box::SalsaBox;
 use crypto_secretbox::XSalsa20Poly1305;
 
+use super::message;
 use super::{
     append_box, command_header, long_nonce, open_in_place, short_nonce, CurveError, CurveKeyPair,
     CurvePublicKey, Session, KEY, TAG,
@@ -89,6 +90,8 @@ pub struct Initiated {
     pub client_key: CurvePublicKey,
     /// The metadata the client sent (RFC 37's `metadata`: Socket-Type, Identity, ...).
     pub metadata: Bytes,
+    /// The box of the handshake's last command, READY, under the transient keys.
+    cipher: XSalsa20Poly1305,
     session: Session,
 }
 
@@ -109,7 +112,7 @@ impl Initiated {
         out.put_slice(READY);
         out.put_u64(session.sent);
         let nonce = short_nonce(b"CurveZMQREADY---", session.sent);
-        append_box(&*session.cipher, &nonce, &[metadata], out);
+        append_box(&self.cipher, &nonce, &[metadata], out);
         self.session
     }
 }
@@ -233,7 +236,9 @@ impl CurveServer {
             });
         }
         let transient_key = CurvePublicKey::from_bytes(transient).to_box_key();
-        let cipher = SalsaBox::new(&transient_key, &server_secret);
+        // The transient keys' box key, once, for INITIATE, READY and the session.
+        let key = message::box_key(&transient_key, &server_secret);
+        let cipher = XSalsa20Poly1305::new(&key);
         let mut sealed = body[at + 8..].to_vec();
         open_in_place(
             &cipher,
@@ -263,7 +268,8 @@ impl CurveServer {
         Ok(Initiated {
             client_key,
             metadata: Bytes::copy_from_slice(&opened[KEY + VOUCH..]),
-            session: Session::new(cipher, 0, nonce, true),
+            session: Session::new(&key, 0, nonce, true),
+            cipher,
         })
     }
 }
@@ -271,7 +277,10 @@ impl CurveServer {
 /// Where a client's handshake stands.
 enum ClientState {
     Welcome,
-    Ready { cipher: SalsaBox },
+    Ready {
+        cipher: XSalsa20Poly1305,
+        key: zeroize::Zeroizing<crypto_secretbox::Key>,
+    },
     Done,
 }
 
@@ -362,7 +371,9 @@ impl CurveClient {
             &[self.transient.public().as_bytes(), self.server.as_bytes()],
             &mut vouch,
         );
-        let session = SalsaBox::new(&server_transient, self.transient.secret());
+        // The transient keys' box key, once, for INITIATE, READY and the session.
+        let key = message::box_key(&server_transient, self.transient.secret());
+        let session = XSalsa20Poly1305::new(&key);
         self.sent += 1;
         command_header(
             out,
@@ -377,14 +388,18 @@ impl CurveClient {
             &[self.keys.public().as_bytes(), &vouch, metadata],
             out,
         );
-        self.state = ClientState::Ready { cipher: session };
+        self.state = ClientState::Ready {
+            cipher: session,
+            key,
+        };
         Ok(())
     }
 
     /// Takes READY (or ERROR): returns the server's metadata and the session.
     pub fn ready(&mut self, body: &[u8]) -> Result<(Bytes, Session), CurveError> {
         refused(body)?;
-        let ClientState::Ready { cipher } = std::mem::replace(&mut self.state, ClientState::Done)
+        let ClientState::Ready { cipher, key } =
+            std::mem::replace(&mut self.state, ClientState::Done)
         else {
             return Err(CurveError::Malformed("READY"));
         };
@@ -400,7 +415,7 @@ impl CurveClient {
             "READY",
         )?;
         let metadata = Bytes::copy_from_slice(&sealed[TAG..]);
-        Ok((metadata, Session::new(cipher, self.sent, nonce, false)))
+        Ok((metadata, Session::new(&key, self.sent, nonce, false)))
     }
 }
 
