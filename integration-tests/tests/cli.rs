@@ -642,20 +642,24 @@ async fn a_second_signal_stops_a_draining_broker_at_once() -> Result<()> {
     Ok(())
 }
 
-/// `majordomo broker --print-config` with `args`, `env` set, in `dir`: stdout.
+/// `majordomo broker --print-config` with `args` and `env` set: stdout.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let mut command = vec!["broker"];
+    command.extend_from_slice(args);
+    print_config_of(&command, env)
+}
+
+/// Checks that `majordomo <command> --print-config` with the variable `name` set to `value`
+/// fails, saying `expected`.
+fn refused_variable(command: &str, name: &str, value: &str, expected: &str) -> Result<()> {
     let out = Command::new(majordomo_bin()?)
-        .arg("broker")
-        .args(args)
-        .arg("--print-config")
-        .envs(env.iter().copied())
+        .args([command, "--print-config"])
+        .env(name, value)
         .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{name}={value} accepted");
+    assert!(stderr.contains(expected), "{name}: {stderr}");
+    Ok(())
 }
 
 /// The value line of `key` in a printed configuration.
@@ -762,13 +766,7 @@ fn a_bad_environment_value_is_blamed_on_its_variable() -> Result<()> {
             "did you mean MAJORDOMO_BROKER_HEARTBEAT",
         ),
     ] {
-        let out = Command::new(majordomo_bin()?)
-            .args(["broker", "--print-config"])
-            .env(name, value)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}={value} accepted");
-        assert!(stderr.contains(expected), "{name}: {stderr}");
+        refused_variable("broker", name, value, expected)?;
     }
     Ok(())
 }
@@ -987,13 +985,7 @@ fn worker_and_titanic_read_their_table_and_variables_as_the_servers_do() -> Resu
             "did you mean MAJORDOMO_TITANIC_RETENTION",
         ),
     ] {
-        let out = Command::new(majordomo_bin()?)
-            .args(["titanic", "--print-config"])
-            .env(name, value)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}={value} accepted");
-        assert!(stderr.contains(expected), "{name}: {stderr}");
+        refused_variable("titanic", name, value, expected)?;
     }
     Ok(())
 }

@@ -758,7 +758,7 @@ mod tests {
     }
 
     /// The next request at the scripted broker: the client's identity, and the request.
-    async fn next_request(router: &mut MemoryRouter) -> (Bytes, ClientRequest) {
+    pub(crate) async fn next_request(router: &mut MemoryRouter) -> (Bytes, ClientRequest) {
         let mut frames = tokio::time::timeout(PATIENCE, router.recv())
             .await
             .expect("a request in time")

@@ -141,26 +141,13 @@ mod tests {
     use std::time::Duration;
 
     use majordomo_proto::mdp::{ClientReply, ClientRequest};
-    use majordomo_proto::Limits;
     use majordomo_rt::memory::{self, MemoryRouter};
     use majordomo_rt::transport::Transport;
     use tower::{Service, ServiceBuilder, ServiceExt};
 
     use super::*;
+    use crate::tests::next_request;
     use crate::ClientConfig;
-
-    /// Virtual time a test may wait for anything; never an expected duration.
-    const PATIENCE: Duration = Duration::from_secs(600);
-
-    async fn next_request(router: &mut MemoryRouter) -> (Bytes, ClientRequest) {
-        let mut frames = tokio::time::timeout(PATIENCE, router.recv())
-            .await
-            .expect("a request in time")
-            .expect("router open");
-        let identity = frames.remove(0);
-        let request = ClientRequest::decode(&frames, &Limits::default()).expect("a 7/MDP request");
-        (identity, request)
-    }
 
     async fn echo_back(router: &mut MemoryRouter, identity: &Bytes, request: ClientRequest) {
         let reply = ClientReply {

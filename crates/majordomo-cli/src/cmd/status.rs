@@ -73,17 +73,24 @@ impl StatusArgs {
     }
 }
 
+/// A client that asks the broker at `endpoint` once, waiting `timeout`: what `status` and
+/// `top` ask the broker's `mmi.*` services with.
+pub(crate) fn probe_client(
+    endpoint: &str,
+    curve: &crate::connect::CurveArgs,
+    timeout: Duration,
+) -> Result<Client> {
+    let connector = curve.connectors(&[endpoint.to_owned()])?.remove(0);
+    Ok(Client::new(
+        connector,
+        ClientConfig::default().timeout(timeout).attempts(1),
+    ))
+}
+
 /// Asks the broker for its stats and prints them. Exit status 0: the broker answered; 2: no
 /// answer within the timeout; 1: anything else (an answer that is not stats, a bad endpoint).
 pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
-    let connector = args
-        .curve
-        .connectors(std::slice::from_ref(&args.connect))?
-        .remove(0);
-    let client = Client::new(
-        connector,
-        ClientConfig::default().timeout(args.timeout).attempts(1),
-    );
+    let client = probe_client(&args.connect, &args.curve, args.timeout)?;
     if args.probe {
         let asked = client
             .request("mmi.service", vec![Bytes::from_static(b"mmi.stats")])

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use majordomo_broker::{BrokerStats, ServiceStats, StatsQuery, MAX_STATS_PAGE};
-use majordomo_client::{Client, ClientConfig};
+use majordomo_client::Client;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -479,14 +479,7 @@ fn read_keys(inputs: mpsc::Sender<Input>) {
 
 /// Shows the broker's stats until `q`, Esc, Ctrl-C, SIGINT or SIGTERM; exit status 0.
 pub(crate) async fn run(args: TopArgs) -> Result<ExitCode> {
-    let connector = args
-        .curve
-        .connectors(std::slice::from_ref(&args.connect))?
-        .remove(0);
-    let client = Client::new(
-        connector,
-        ClientConfig::default().timeout(args.timeout).attempts(1),
-    );
+    let client = super::status::probe_client(&args.connect, &args.curve, args.timeout)?;
     let query = match &args.prefix {
         Some(prefix) => StatsQuery {
             prefix: Bytes::from(prefix.clone()),
