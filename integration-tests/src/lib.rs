@@ -553,8 +553,13 @@ impl Proc {
 /// A hand-made ZMTP 3.0 peer on a plain TCP stream: it can announce frames it never sends and
 /// never read what it is sent, which no well-behaved socket library does.
 pub struct RawZmtp {
-    stream: tokio::net::TcpStream,
+    stream: Box<dyn RawStream>,
 }
+
+/// A byte stream [`RawZmtp`] speaks over: TCP or Unix.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for S {}
 
 impl RawZmtp {
     /// The 64-byte ZMTP 3.0 greeting with the NULL mechanism.
@@ -583,11 +588,15 @@ impl RawZmtp {
         Ok(socket.connect(addr).await?)
     }
 
-    /// Connects to `tcp://host:port` and performs the NULL-mechanism handshake as a DEALER.
+    /// Connects to `tcp://host:port` or `ipc://path` and performs the NULL-mechanism handshake
+    /// as a DEALER.
     pub async fn connect(endpoint: &str) -> Result<Self> {
+        if let Some(path) = endpoint.strip_prefix("ipc://") {
+            return Self::handshake(tokio::net::UnixStream::connect(path).await?).await;
+        }
         let addr = endpoint
             .strip_prefix("tcp://")
-            .context("tcp endpoints only")?;
+            .context("tcp or ipc endpoints only")?;
         Self::handshake(tokio::net::TcpStream::connect(addr).await?).await
     }
 
@@ -596,7 +605,7 @@ impl RawZmtp {
         Self::handshake(Self::tcp_from(endpoint, source).await?).await
     }
 
-    async fn handshake(mut stream: tokio::net::TcpStream) -> Result<Self> {
+    async fn handshake(mut stream: impl RawStream + 'static) -> Result<Self> {
         use tokio::io::AsyncWriteExt;
         stream.write_all(&Self::greeting()).await?;
         let mut body = vec![5];
@@ -608,7 +617,9 @@ impl RawZmtp {
         let mut command = vec![0x04, body.len() as u8];
         command.extend(body);
         stream.write_all(&command).await?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream: Box::new(stream),
+        })
     }
 
     /// Sends one multipart message.
@@ -666,6 +677,17 @@ impl RawZmtp {
         Ok(())
     }
 
+    /// Writes the header of a final frame announcing `size` bytes and the first `sent` bytes of
+    /// its body, and no more.
+    pub async fn send_partial_frame(&mut self, size: u64, sent: usize) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = vec![0x02];
+        out.extend(size.to_be_bytes());
+        out.resize(out.len() + sent, 0x5a);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
     /// Waits up to `patience` for the other end to close the connection, discarding what it
     /// sends meanwhile; whether it closed.
     pub async fn closed_within(&mut self, patience: Duration) -> Result<bool> {
@@ -675,7 +697,10 @@ impl RawZmtp {
 
 /// Waits up to `patience` for the other end of `stream` to close it (end of stream or reset),
 /// discarding what it sends meanwhile; whether it closed.
-pub async fn closed_within(stream: &mut tokio::net::TcpStream, patience: Duration) -> bool {
+pub async fn closed_within<S>(stream: &mut S, patience: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
     use tokio::io::AsyncReadExt;
     let mut sink = [0u8; 4096];
     let read_to_end = async {

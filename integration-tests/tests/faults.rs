@@ -271,7 +271,7 @@ async fn malformed_floods_lose_no_legitimate_request() -> Result<()> {
 /// queue so far ahead of the workers' heartbeats that they are purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_floods_through_the_front_end_lose_no_legitimate_request() -> Result<()> {
-    malformed_floods(&["--guard-front-end"]).await
+    malformed_floods(&[]).await
 }
 
 async fn malformed_floods(guard: &[&str]) -> Result<()> {
@@ -461,25 +461,25 @@ async fn overload_past_queue_bounds_stays_responsive_and_bounded() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_does_not_stall_the_broker() -> Result<()> {
-    never_reading_peer(&[]).await
+    never_reading_peer(&["--guard-relay"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_does_not_stall_a_busy_polling_broker() -> Result<()> {
-    never_reading_peer(&["--busy-poll", "200us"]).await
+    never_reading_peer(&["--guard-relay", "--busy-poll", "200us"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_is_closed_by_the_front_end() -> Result<()> {
-    never_reading_peer_at_the_front_end(&["--guard-front-end"]).await
+    never_reading_peer_at_the_front_end(&[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_never_reads_is_closed_by_the_front_end_of_a_busy_polling_broker() -> Result<()> {
-    never_reading_peer_at_the_front_end(&["--guard-front-end", "--busy-poll", "200us"]).await
+    never_reading_peer_at_the_front_end(&["--busy-poll", "200us"]).await
 }
 
-/// With the relay (the default): the flooder has its own zmq.rs connection, whose queue
+/// With the relay (`--guard-relay`): the flooder has its own zmq.rs connection, whose queue
 /// fills until the broker counts its replies as undeliverable.
 async fn never_reading_peer(broker_args: &[&str]) -> Result<()> {
     let ep = free_endpoint()?;
@@ -539,7 +539,7 @@ async fn scrape(addr: &str) -> Result<String> {
     Ok(page)
 }
 
-/// With the front end (`--guard-front-end`): the flooder's replies are queued on it by the guard, which
+/// With the front end (the default): the flooder's replies are queued on it by the guard, which
 /// closes it when they pass its outbound budget and counts them as dropped; the broker never
 /// blocks on it, and other clients are served throughout.
 async fn never_reading_peer_at_the_front_end(broker_args: &[&str]) -> Result<()> {

@@ -264,3 +264,57 @@ async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -
     }
     Ok(())
 }
+
+/// An `ipc://` endpoint has the same front end as a `tcp://` one: a local peer announcing a
+/// 1 TiB frame is closed (zmq.rs would have reserved it and aborted), others on the socket file
+/// and on TCP are served, and the endpoints of one broker draw on one inbound budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipc_endpoint_is_guarded_as_tcp_is_and_shares_the_inbound_budget() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mdp-fe-ipc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ipc = format!("ipc://{}/broker.sock", dir.display());
+    let broker = Broker::builder()
+        .bind("tcp://127.0.0.1:0")
+        .bind(ipc.clone())
+        .config(test_config())
+        .guard(GuardConfig::default().message_timeout(Duration::from_secs(1)))
+        .build()
+        .await?;
+    let [tcp_guard, ipc_guard] = broker.guards() else {
+        anyhow::bail!("two guarded endpoints expected: {:?}", broker.guards());
+    };
+    let (tcp_guard, ipc_guard) = (tcp_guard.clone(), ipc_guard.clone());
+    let broker = RunningBroker::run(broker);
+    let worker = Worker::new(ipc.clone(), "echo", WorkerConfig::default());
+    let _worker = tokio::spawn(async move {
+        let echo = handler_fn(|body: Vec<Bytes>| async move { Ok::<_, BoxError>(body) });
+        let _ = worker.run(echo, std::future::pending()).await;
+    });
+    wait_for_service(&broker.endpoint, "echo").await?;
+
+    let mut huge = RawZmtp::connect(&ipc).await?;
+    huge.announce_frame(1 << 40).await?;
+    assert!(huge.closed_within(PATIENCE).await?, "closed at the header");
+    wait_for_guard(&ipc_guard, "the frame limit counted on ipc", |s| {
+        s.count(Rule::FrameSize) == 1
+    })
+    .await?;
+
+    // A message begun on the socket file holds budget that the TCP endpoint sees held too.
+    let mut begun = RawZmtp::connect(&ipc).await?;
+    begun.send_partial_frame(100_000, 60_000).await?;
+    wait_for_guard(&tcp_guard, "the ipc peer's bytes held in the shared budget", |s| {
+        s.inbound_held >= 60_000
+    })
+    .await?;
+    for c in [ipc.clone(), broker.endpoint.clone()] {
+        let c = Client::new(c, ClientConfig::default().timeout(PATIENCE));
+        let body = vec![Bytes::from_static(b"still served")];
+        assert_eq!(c.request("echo", body.clone()).await?, body);
+    }
+    assert!(begun.closed_within(PATIENCE).await?, "closed at its deadline");
+    wait_for_guard(&tcp_guard, "the budget given back", |s| s.inbound_held == 0).await?;
+    broker.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

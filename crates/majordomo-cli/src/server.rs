@@ -83,13 +83,9 @@ pub(crate) struct GuardArgs {
     /// kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 1024)]
     listen_backlog: u32,
-    /// Multiplex every peer's whole messages onto one link to the server, within the budgets
-    /// below (the front end), instead of relaying each peer to its own zmq.rs connection (the
-    /// default for now: the front end is not yet as fast).
-    #[arg(long)]
-    guard_front_end: bool,
-    /// Relay each peer to its own zmq.rs connection (the default for now); beats
-    /// --guard-front-end wherever that is set.
+    /// Relay each peer to its own zmq.rs connection instead of the front end: the guard still
+    /// checks greetings, frames and limits, but the budgets below do not apply, and zmq.rs holds
+    /// up to 100,000 queued messages per peer, whatever their size. For comparison only.
     #[arg(long)]
     guard_relay: bool,
     /// Bytes of messages read from peers and not yet passed to the server, all peers of an
@@ -144,11 +140,13 @@ impl GuardArgs {
             .max_connections_per_address(self.guard_max_connections_per_address)
             .connection_rate(self.guard_connection_rate)
             .listen_backlog(self.listen_backlog)
-            .front_end(self.guard_front_end && !self.guard_relay)
+            .front_end(!self.guard_relay)
             .inbound_budget(bytes(self.guard_inbound_budget))
             .outbound_budget(bytes(self.guard_outbound_budget))
             .message_timeout(self.guard_message_timeout)
-            .allow_from(self.guard_allow_from.iter().copied());
+            .allow_from(self.guard_allow_from.iter().copied())
+            // One inbound budget for every endpoint (and both sockets of a queue).
+            .shared_inbound_budget();
         let Some(path) = &self.curve_secret_key_file else {
             if self.curve_clients.is_some() || self.curve_allow_null {
                 bail!("--curve-clients and --curve-allow-null need --curve-secret-key-file");

@@ -92,12 +92,9 @@ impl FreelanceServer {
     ) -> Result<Self, FreelanceServerError> {
         let identity = Bytes::copy_from_slice(identity.as_bytes());
         let mut socket = ZmqRouter::with_identity(identity.clone())?;
-        // Relayed, the socket's own READY carries the identity; the front end (which CURVE
-        // needs) announces it itself.
-        let guard = guard.map(|g| match g.curve {
-            Some(_) => g.identity(identity.clone()),
-            None => g.front_end(false),
-        });
+        // The front end announces the identity itself; relayed, the socket's own READY
+        // carries it.
+        let guard = guard.map(|g| g.identity(identity.clone()));
         let endpoint = socket.bind_guarded(endpoint, guard.as_ref()).await?;
         info!(%endpoint, identity = %String::from_utf8_lossy(&identity), "freelance server bound");
         Ok(Self {

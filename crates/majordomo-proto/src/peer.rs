@@ -7,7 +7,10 @@
 //!
 //! ```text
 //! 0x00  family (4 or 6)  connection number (u32, big-endian)  IP address (4 or 16)  port (u16)
+//! 0x00  0x01 (local)     connection number (u32, big-endian)
 //! ```
+//!
+//! The second form names a peer on a Unix socket (`ipc://`), which has no address.
 //!
 //! [`Peer`] displays such an identity as `203.0.113.7:40122#15` in every log line that names the
 //! peer, so the broker's logs carry addresses although zmq.rs never reports one. Other
@@ -41,6 +44,25 @@ pub fn assigned_identity(connection: u32, addr: SocketAddr) -> Vec<u8> {
     id
 }
 
+/// The family byte of an identity the guard assigns to a peer on a Unix socket.
+const LOCAL: u8 = 1;
+
+/// The identity the guard assigns to connection number `connection` on a Unix socket.
+pub fn assigned_local_identity(connection: u32) -> Vec<u8> {
+    let mut id = Vec::with_capacity(6);
+    id.extend_from_slice(&[ASSIGNED, LOCAL]);
+    id.extend_from_slice(&connection.to_be_bytes());
+    id
+}
+
+/// The connection number in an identity made by [`assigned_local_identity`], if it is one.
+pub fn parse_assigned_local(identity: &[u8]) -> Option<u32> {
+    match identity {
+        [ASSIGNED, LOCAL, a, b, c, d] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// The address and connection number in an identity made by [`assigned_identity`], if it is one.
 pub fn parse_assigned(identity: &[u8]) -> Option<(SocketAddr, u32)> {
     let (&[ASSIGNED, family], rest) = identity.split_first_chunk::<2>()? else {
@@ -58,14 +80,17 @@ pub fn parse_assigned(identity: &[u8]) -> Option<(SocketAddr, u32)> {
 }
 
 /// Displays a peer's routing identity for logs: `address:port#connection` for an identity the
-/// guard assigned, otherwise as [`Hex`].
+/// guard assigned (`local#connection` on a Unix socket), otherwise as [`Hex`].
 #[derive(Clone, Copy)]
 pub struct Peer<'a>(pub &'a [u8]);
 
 impl fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match parse_assigned(self.0) {
-            Some((addr, connection)) => write!(f, "{addr}#{connection}"),
+        if let Some((addr, connection)) = parse_assigned(self.0) {
+            return write!(f, "{addr}#{connection}");
+        }
+        match parse_assigned_local(self.0) {
+            Some(connection) => write!(f, "local#{connection}"),
             None => fmt::Display::fmt(&Hex(self.0), f),
         }
     }
@@ -94,6 +119,12 @@ mod tests {
         assert_eq!(id.len(), 24);
         assert_eq!(parse_assigned(&id), Some((v6, u32::MAX)));
         assert_eq!(Peer(&id).to_string(), "[2001:db8::1]:5555#4294967295");
+
+        let local = assigned_local_identity(9);
+        assert_eq!(parse_assigned_local(&local), Some(9));
+        assert_eq!(parse_assigned(&local), None);
+        assert_eq!(Peer(&local).to_string(), "local#9");
+        assert_eq!(parse_assigned_local(&id), None);
     }
 
     #[test]

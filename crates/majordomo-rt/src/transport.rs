@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 pub use majordomo_zmtp::curve::{CurveKeyPair, CurvePublicKey, KeyError};
-use majordomo_zmtp::guard::{GuardError, GuardStatsHandle};
+use majordomo_zmtp::guard::{bind_private_unix, GuardError, GuardStatsHandle};
 pub use majordomo_zmtp::inspect::FrameLimits;
 use majordomo_zmtp::mux::link::{CONNECTED, DISCONNECTED};
 use majordomo_zmtp::outbound::CurveOutbound;
@@ -173,6 +173,8 @@ pub struct ZmqRouter {
     keys: VecDeque<(Bytes, [u8; 32])>,
     /// Socket files of the `ipc://` endpoints bound here, removed at close.
     ipc_files: Vec<std::path::PathBuf>,
+    /// The inbound budget this socket's guards share when their configuration names none.
+    inbound: Option<majordomo_zmtp::mux::budget::Budget>,
 }
 
 impl std::fmt::Debug for ZmqRouter {
@@ -195,7 +197,8 @@ impl ZmqRouter {
 
     /// A new, unbound ROUTER socket that announces `identity` as its routing identity to the
     /// peers that connect (a Freelance server's public endpoint, RFC 10). Behind a guard in
-    /// relay mode (the default) the announcement passes through; the front end announces none.
+    /// relay mode the announcement passes through; a front end announces its own
+    /// (`GuardConfig::identity`).
     pub fn with_identity(identity: Bytes) -> Result<Self, TransportError> {
         let mut options = SocketOptions::default();
         options.peer_identity(identity.try_into()?);
@@ -214,6 +217,7 @@ impl ZmqRouter {
             gone_waker: None,
             keys: VecDeque::new(),
             ipc_files: Vec::new(),
+            inbound: None,
         }
     }
 
@@ -224,10 +228,12 @@ impl ZmqRouter {
     }
 
     /// Binds `endpoint`, returning it with an ephemeral port resolved. With `guard`, a `tcp://`
-    /// endpoint is bound by a [`Guard`] with those limits, which relays every connection to the
-    /// socket over a private Unix socket; `ipc://` endpoints are local and bound directly either
-    /// way, their socket file readable and writable by this user only (mode 0600, whatever the
-    /// umask), so only this user (and root) can connect.
+    /// or `ipc://` endpoint is bound by a [`Guard`] with those limits, which serves every
+    /// connection to the socket over a private Unix socket; the guards of one socket share one
+    /// inbound budget unless the configuration brings its own
+    /// ([`GuardConfig::shared_inbound_budget`]). An `ipc://` socket file is readable and
+    /// writable by this user only (mode 0600, whatever the umask), so only this user (and root)
+    /// can connect, guarded or not.
     ///
     /// Not meant to be cancelled: a future dropped before it completes may leave `endpoint`
     /// bound or not; drop the socket to start again.
@@ -237,19 +243,39 @@ impl ZmqRouter {
         guard: Option<&GuardConfig>,
     ) -> Result<String, BindError> {
         let parsed: Endpoint = endpoint.parse().map_err(zeromq::ZmqError::from)?;
-        if let Endpoint::Ipc(Some(path)) = &parsed {
-            let listener = bind_private_ipc(path).map_err(zeromq::ZmqError::from)?;
-            self.socket.bind_listener(listener).await?;
-            self.ipc_files.push(path.clone());
-            return Ok(parsed.to_string());
-        }
-        let (Some(config), Endpoint::Tcp(host, port)) = (guard, &parsed) else {
-            return Ok(self.socket.bind(endpoint).await?.to_string());
+        let config = guard.map(|config| {
+            let mut config = config.clone();
+            if config.inbound_pool.is_none() {
+                let budget = config.inbound_budget;
+                config.inbound_pool = Some(
+                    self.inbound
+                        .get_or_insert_with(|| majordomo_zmtp::mux::budget::Budget::new(budget))
+                        .clone(),
+                );
+            }
+            config
+        });
+        let (guard, listener, resolved) = match (&parsed, config) {
+            (Endpoint::Ipc(Some(path)), None) => {
+                let listener = bind_private_unix(path).map_err(zeromq::ZmqError::from)?;
+                self.socket.bind_listener(listener).await?;
+                self.ipc_files.push(path.clone());
+                return Ok(parsed.to_string());
+            }
+            (Endpoint::Ipc(Some(path)), Some(config)) => {
+                let (guard, listener) = Guard::bind_unix(path, config).await?;
+                self.ipc_files.push(path.clone());
+                (guard, listener, parsed.to_string())
+            }
+            (Endpoint::Tcp(host, port), Some(config)) => {
+                let addr = resolve(host, *port).await?;
+                let (guard, listener) = Guard::bind(addr, config).await?;
+                let port = guard.local_addr().map_or(*port, |addr| addr.port());
+                (guard, listener, Endpoint::Tcp(host.clone(), port).to_string())
+            }
+            _ => return Ok(self.socket.bind(endpoint).await?.to_string()),
         };
-        let addr = resolve(host, *port).await?;
-        let (guard, listener) = Guard::bind(addr, config.clone()).await?;
         self.socket.bind_listener(listener).await?;
-        let resolved = Endpoint::Tcp(host.clone(), guard.local_addr().port()).to_string();
         tracing::debug!(endpoint = %resolved, "ZMTP guard in front");
         if let Some(link) = guard.link_identity() {
             self.links.insert(link.clone(), HashSet::new());
@@ -274,33 +300,6 @@ impl From<zeromq::ZmqError> for BindError {
     }
 }
 
-/// A Unix listener at `path` that only this user may connect to: bound in a new directory of
-/// mode 0700 beside `path`, its file set to 0600, then renamed into place, so that at no moment
-/// can another user connect. A file already at `path` is replaced, as libzmq's ipc bind does.
-fn bind_private_ipc(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let dir = parent.join(format!(
-        ".majordomo-bind-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let staged = dir.join("s");
-    let bound = std::os::unix::net::UnixListener::bind(&staged).and_then(|listener| {
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&staged, path)?;
-        Ok(listener)
-    });
-    // Empty once the file has moved; on a failure it still holds it.
-    let _ = std::fs::remove_dir_all(&dir);
-    bound
-}
 
 /// The address a `tcp://` host names: `*` is every IPv4 interface, as in libzmq.
 async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, BindError> {

@@ -77,6 +77,22 @@ impl Admission {
         Ok(())
     }
 
+    /// Takes a connection on a Unix socket, which has no address: only the limit on connections
+    /// open at once applies (who may connect at all is the socket file's permissions). Given
+    /// back with [`Admission::release_local`].
+    pub fn admit_local(&mut self) -> Result<(), Rule> {
+        if self.open >= self.max_open {
+            return Err(Rule::MaxConnections);
+        }
+        self.open += 1;
+        Ok(())
+    }
+
+    /// Gives back a connection taken with [`Admission::admit_local`].
+    pub fn release_local(&mut self) {
+        self.open = self.open.saturating_sub(1);
+    }
+
     /// Gives back a connection taken from `ip`.
     pub fn release(&mut self, ip: IpAddr) {
         if let Some(source) = self.sources.get_mut(&ip) {
@@ -160,6 +176,22 @@ mod tests {
         // Releasing what was never taken changes nothing.
         admission.release(ip(9));
         assert_eq!(admission.open(), 4);
+    }
+
+    #[test]
+    fn local_connections_count_only_against_the_total() {
+        let config = GuardConfig::default()
+            .max_connections(3)
+            .max_connections_per_address(1)
+            .connection_rate(1);
+        let mut admission = Admission::new(&config);
+        assert_eq!(admission.admit_local(), Ok(()));
+        assert_eq!(admission.admit_local(), Ok(()));
+        assert_eq!(admission.admit(ip(1), Instant::now()), Ok(()));
+        assert_eq!(admission.admit_local(), Err(Rule::MaxConnections));
+        admission.release_local();
+        assert_eq!(admission.open(), 2);
+        assert_eq!(admission.admit_local(), Ok(()));
     }
 
     #[test]

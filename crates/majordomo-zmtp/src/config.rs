@@ -54,6 +54,12 @@ pub struct GuardConfig {
     /// its overhead. At the limit peers are not read until some is released (their sends
     /// wait); nothing is closed for it. See [`crate::mux`].
     pub inbound_budget: usize,
+    /// Front-end mode: an inbound budget shared with every other guard made from a clone of
+    /// this configuration (all endpoints of a server, both sockets of a queue), in place of
+    /// one of `inbound_budget` bytes per guard. Default none; set by
+    /// [`GuardConfig::shared_inbound_budget`]. Servers built on `majordomo-rt` share one among a
+    /// socket's endpoints when none is set.
+    pub inbound_pool: Option<crate::mux::budget::Budget>,
     /// Front-end mode: how long a message may take to arrive whole once its first frame header
     /// is read. Default 30 s. A peer past it is closed ([`crate::Rule::MessageTimeout`]). The
     /// same time bounds a write of replies to a peer: one that does not read them within it is
@@ -65,8 +71,9 @@ pub struct GuardConfig {
     pub outbound_budget: usize,
     /// Front-end mode: the guard owns every peer and forwards whole messages to the server over
     /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
-    /// know the link ([`crate::Guard::link_identity`]). Default off (`--guard-front-end` turns it on); off, each peer is relayed
-    /// to its own zmq.rs connection. If the link fails the guard stops, closing every peer.
+    /// know the link ([`crate::Guard::link_identity`]). Default on; off (`--guard-relay`), each peer
+    /// is relayed to its own zmq.rs connection, which bounds no bytes a peer makes that
+    /// connection hold. If the link fails the guard stops, closing every peer.
     pub front_end: bool,
     /// CURVE (RFC 26) on this endpoint: the server's keys and the client keys it lets in.
     /// Default none (NULL). Terminated by the front end, so setting it turns front-end mode on;
@@ -97,9 +104,10 @@ impl Default for GuardConfig {
             listen_backlog: 1024,
             buffer_size: 16 * 1024,
             inbound_budget: 256 * 1024 * 1024,
+            inbound_pool: None,
             message_timeout: Duration::from_secs(30),
             outbound_budget: 32 * 1024 * 1024,
-            front_end: false,
+            front_end: true,
             curve: None,
             identity: None,
             allow_from: Vec::new(),
@@ -204,6 +212,15 @@ impl GuardConfig {
         self
     }
 
+    /// Makes one inbound budget of `inbound_budget` bytes that this configuration and all its
+    /// clones share: every guard bound with them draws on it, so the bytes held for peers that
+    /// are still sending are bounded for the process, however many endpoints it binds. Call it
+    /// after setting `inbound_budget`.
+    pub fn shared_inbound_budget(mut self) -> Self {
+        self.inbound_pool = Some(crate::mux::budget::Budget::new(self.inbound_budget));
+        self
+    }
+
     /// Sets `front_end`; the field says what it means and its default.
     pub fn front_end(mut self, on: bool) -> Self {
         self.front_end = on;
@@ -259,18 +276,22 @@ impl GuardConfig {
             return Err(GuardConfigError("message_timeout must be positive".into()));
         }
         let largest = self.largest_message_cost();
+        let inbound = self
+            .inbound_pool
+            .as_ref()
+            .map_or(self.inbound_budget, crate::mux::budget::Budget::limit);
         // A CURVE frame is held sealed until whole, and opened into the message being read.
         let sealed = usize::try_from(self.max_frame_size)
             .unwrap_or(usize::MAX)
             .saturating_add(crate::curve::MESSAGE_OVERHEAD + LONG_HEADER);
-        if self.curve.is_some() && self.inbound_budget < largest.saturating_add(sealed) {
+        if self.curve.is_some() && inbound < largest.saturating_add(sealed) {
             return Err(GuardConfigError(format!(
                 "inbound_budget must hold the largest message and one sealed CURVE frame: at least {} bytes",
                 largest.saturating_add(sealed)
             )));
         }
         for (name, budget) in [
-            ("inbound_budget", self.inbound_budget),
+            ("inbound_budget", inbound),
             ("outbound_budget", self.outbound_budget),
         ] {
             if budget < largest {

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use majordomo_proto::peer::assigned_identity;
+use majordomo_proto::peer::{assigned_identity, assigned_local_identity};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,7 +50,8 @@ pub struct GuardStats {
     /// PINGs answered with a PONG.
     pub pongs: u64,
     /// Front-end mode: bytes of the inbound budget held now (messages being read and not yet
-    /// written to the link); never more than [`GuardConfig::inbound_budget`].
+    /// written to the link); never more than [`GuardConfig::inbound_budget`]. A budget shared
+    /// with other guards ([`GuardConfig::shared_inbound_budget`]) is reported whole by each.
     pub inbound_held: u64,
     /// Front-end mode: replies dropped because their peer did not read them (it was closed
     /// when they passed its outbound budget), or because it was already gone.
@@ -70,11 +71,11 @@ impl GuardStats {
     }
 }
 
-/// A guard on one TCP port. It runs until dropped; dropping it stops accepting, closes every
-/// connection it relays and removes its private directory.
+/// A guard on one TCP port or Unix socket. It runs until dropped; dropping it stops accepting,
+/// closes every connection it serves and removes its private directory.
 #[derive(Debug)]
 pub struct Guard {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     link_identity: Option<bytes::Bytes>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -97,11 +98,7 @@ impl Guard {
         addr: SocketAddr,
         config: GuardConfig,
     ) -> Result<(Guard, StdUnixListener), GuardError> {
-        if config.front_end {
-            config.validate_front_end()?;
-        } else {
-            config.validate()?;
-        }
+        Self::check(&config)?;
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -111,12 +108,54 @@ impl Guard {
         socket.bind(addr)?;
         let listener = socket.listen(config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
+        let span = info_span!("guard", listen = %local_addr);
+        Self::start(Listener::Tcp(listener), Some(local_addr), config, span)
+    }
+
+    /// Binds a Unix socket at `path` (an `ipc://` endpoint) and starts guarding it, as
+    /// [`Guard::bind`] does a TCP port: the same limits, budgets and front end, so that a local
+    /// peer cannot make the server hold more than a remote one. The socket file is made with
+    /// mode 0600 whatever the umask (see [`bind_private_unix`]); a file already at `path` is
+    /// replaced, as libzmq's ipc bind does. The caller removes it when done. Peers on it have
+    /// no address: only [`GuardConfig::max_connections`] limits how many connect, and their
+    /// identities name them `local#N`.
+    ///
+    /// Must be called within a tokio runtime: the accept loop is spawned on it.
+    pub async fn bind_unix(
+        path: &std::path::Path,
+        config: GuardConfig,
+    ) -> Result<(Guard, StdUnixListener), GuardError> {
+        Self::check(&config)?;
+        let listener = bind_private_unix(path)?;
+        listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(listener)?;
+        let span = info_span!("guard", listen = %path.display());
+        Self::start(Listener::Unix(listener), None, config, span)
+    }
+
+    fn check(config: &GuardConfig) -> Result<(), GuardConfigError> {
+        if config.front_end {
+            config.validate_front_end()
+        } else {
+            config.validate()
+        }
+    }
+
+    fn start(
+        listener: Listener,
+        local_addr: Option<SocketAddr>,
+        config: GuardConfig,
+        span: tracing::Span,
+    ) -> Result<(Guard, StdUnixListener), GuardError> {
         let dir = PrivateDir::create()?;
         let socket_path = dir.0.join("s");
         let upstream = StdUnixListener::bind(&socket_path)?;
         let shared = Arc::new(Shared {
             limits: config.frame_limits(),
-            inbound: Budget::new(config.inbound_budget),
+            inbound: config
+                .inbound_pool
+                .clone()
+                .unwrap_or_else(|| Budget::new(config.inbound_budget)),
             admission: Mutex::new(Admission::new(&config)),
             config,
             socket_path,
@@ -130,10 +169,7 @@ impl Guard {
             .front_end
             .then(|| front::Link::start(shared.clone(), cancel.clone()));
         let link_identity = link.as_ref().map(|link| link.identity.clone());
-        tokio::spawn(
-            accept_loop(listener, shared.clone(), link, cancel.clone())
-                .instrument(info_span!("guard", listen = %local_addr)),
-        );
+        tokio::spawn(accept_loop(listener, shared.clone(), link, cancel.clone()).instrument(span));
         Ok((
             Guard {
                 local_addr,
@@ -146,8 +182,9 @@ impl Guard {
         ))
     }
 
-    /// The TCP address it listens on, with an ephemeral port resolved.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP address it listens on, with an ephemeral port resolved; `None` on a Unix
+    /// socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -169,6 +206,95 @@ impl Guard {
 }
 
 mod front;
+
+/// A Unix listener at `path` that only this user may connect to: bound in a new directory of
+/// mode 0700 beside `path`, its file set to 0600, then renamed into place, so that at no moment
+/// can another user connect, whatever the umask. A file already at `path` is replaced, as
+/// libzmq's ipc bind does.
+pub fn bind_private_unix(path: &std::path::Path) -> io::Result<StdUnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let dir = parent.join(format!(
+        ".majordomo-bind-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let staged = dir.join("s");
+    let bound = StdUnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    // Empty once the file has moved; on a failure it still holds it.
+    let _ = std::fs::remove_dir_all(&dir);
+    bound
+}
+
+/// Where a guard listens.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Where a peer connected from, for admission, identities and logs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PeerAddr {
+    /// A TCP peer's address and port.
+    Tcp(SocketAddr),
+    /// A peer on a Unix socket.
+    Local,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp(addr) => addr.fmt(f),
+            PeerAddr::Local => f.write_str("local"),
+        }
+    }
+}
+
+impl PeerAddr {
+    /// The identity the guard gives connection number `connection` from here.
+    fn identity(self, connection: u32) -> Vec<u8> {
+        match self {
+            PeerAddr::Tcp(addr) => assigned_identity(connection, addr),
+            PeerAddr::Local => assigned_local_identity(connection),
+        }
+    }
+}
+
+/// A connection the guard serves, TCP or Unix: split into halves that two directions own.
+pub(crate) trait PeerStream: Send + 'static {
+    /// The half read from.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The half written to.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// The two halves, with Nagle off on TCP (every write is a whole batch).
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+impl PeerStream for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        let _ = self.set_nodelay(true);
+        self.into_split()
+    }
+}
+
+impl PeerStream for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
 
 /// A directory only this user can open, under the system's temporary directory, removed with
 /// what it holds when dropped. (`tempfile` would do, but pulls `linux-raw-sys`, whose name the
@@ -296,7 +422,7 @@ impl Shared {
     }
 
     /// Counts `rule` against the peer at `addr` and logs it, at most once a second per rule.
-    fn broken(&self, rule: Rule, addr: SocketAddr, detail: &dyn std::fmt::Display) {
+    fn broken(&self, rule: Rule, addr: PeerAddr, detail: &dyn std::fmt::Display) {
         self.counters.refused[rule.index()].fetch_add(1, Ordering::Relaxed);
         let suppressed = lock(&self.log).admit(rule, Instant::now());
         if let Some(suppressed) = suppressed {
@@ -339,17 +465,41 @@ impl LogLimiter {
 /// A connection's place in the admission table, given back when the connection ends.
 struct Permit {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    /// The source address the connection counts against; `None` on a Unix socket.
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        lock(&self.shared.admission).release(self.ip);
+        let mut admission = lock(&self.shared.admission);
+        match self.ip {
+            Some(ip) => admission.release(ip),
+            None => admission.release_local(),
+        }
+    }
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The next connection; cancel-safe, as both listeners' `accept` are.
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                Ok(Accepted::Tcp(stream, addr))
+            }
+            Listener::Unix(listener) => Ok(Accepted::Unix(listener.accept().await?.0)),
+        }
     }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     shared: Arc<Shared>,
     link: Option<Arc<front::Link>>,
     cancel: CancellationToken,
@@ -361,7 +511,7 @@ async fn accept_loop(
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, addr) = match accepted {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors (EMFILE) or memory: the kernel keeps the connection queued;
@@ -376,38 +526,72 @@ async fn accept_loop(
                 continue;
             }
         };
-        let admitted = lock(&shared.admission).admit(addr.ip(), Instant::now());
+        let (addr, ip) = match &accepted {
+            Accepted::Tcp(_, addr) => (PeerAddr::Tcp(*addr), Some(addr.ip())),
+            Accepted::Unix(_) => (PeerAddr::Local, None),
+        };
+        let admitted = {
+            let mut admission = lock(&shared.admission);
+            match ip {
+                Some(ip) => admission.admit(ip, Instant::now()),
+                None => admission.admit_local(),
+            }
+        };
         if let Err(rule) = admitted {
-            drop(stream);
+            drop(accepted);
             shared.broken(rule, addr, &"connection refused");
             continue;
         }
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let permit = Permit {
             shared: shared.clone(),
-            ip: addr.ip(),
+            ip,
         };
         let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("zmtp", peer = %addr, connection);
-        match &link {
-            Some(link) => tracker.spawn(
-                front::serve_peer(
-                    stream,
-                    addr,
-                    connection,
-                    permit,
-                    link.clone(),
-                    cancel.clone(),
-                )
-                .instrument(span),
-            ),
-            None => tracker
-                .spawn(relay(stream, addr, connection, permit, cancel.clone()).instrument(span)),
+        let serve = Serve {
+            addr,
+            connection,
+            permit,
+            link: link.clone(),
+            cancel: cancel.clone(),
         };
+        match accepted {
+            Accepted::Tcp(stream, _) => serve.spawn(&tracker, stream),
+            Accepted::Unix(stream) => serve.spawn(&tracker, stream),
+        }
     }
     // Dropping the guard cancelled every relay too; wait for them so that none outlives it.
     tracker.close();
     tracker.wait().await;
+}
+
+/// What serving one accepted connection needs, whatever its stream.
+struct Serve {
+    addr: PeerAddr,
+    connection: u32,
+    permit: Permit,
+    link: Option<Arc<front::Link>>,
+    cancel: CancellationToken,
+}
+
+impl Serve {
+    fn spawn<S: PeerStream>(self, tracker: &TaskTracker, stream: S) {
+        let Serve {
+            addr,
+            connection,
+            permit,
+            link,
+            cancel,
+        } = self;
+        let span = info_span!("zmtp", peer = %addr, connection);
+        match link {
+            Some(link) => tracker.spawn(
+                front::serve_peer(stream, addr, connection, permit, link, cancel).instrument(span),
+            ),
+            None => tracker
+                .spawn(relay(stream, addr, connection, permit, cancel).instrument(span)),
+        };
+    }
 }
 
 /// How a relayed connection ended.
@@ -426,9 +610,9 @@ impl From<Violation> for End {
     }
 }
 
-async fn relay(
-    peer: TcpStream,
-    addr: SocketAddr,
+async fn relay<S: PeerStream>(
+    peer: S,
+    addr: PeerAddr,
     connection: u32,
     permit: Permit,
     cancel: CancellationToken,
@@ -447,22 +631,21 @@ async fn relay(
     drop(permit);
 }
 
-async fn relay_inner(
-    mut peer: TcpStream,
-    addr: SocketAddr,
+async fn relay_inner<S: PeerStream>(
+    peer: S,
+    addr: PeerAddr,
     connection: u32,
     shared: &Shared,
     deadline: tokio::time::Instant,
 ) -> End {
-    let _ = peer.set_nodelay(true);
     let mut server = match connect_upstream(shared, deadline).await {
         Ok(server) => server,
         Err(end) => return end,
     };
-    let (mut peer_read, mut peer_write) = peer.split();
+    let (mut peer_read, mut peer_write) = peer.halves();
     let (mut server_read, mut server_write) = server.split();
     let pong = PongSlot::default();
-    let identity = assigned_identity(connection, addr);
+    let identity = addr.identity(connection);
     let inbound = inbound(
         &mut peer_read,
         &mut server_write,

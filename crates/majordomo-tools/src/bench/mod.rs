@@ -154,14 +154,11 @@ pub(crate) enum RunKind {
     /// Our broker with `--no-guard`: what the guard costs.
     NoGuard,
     /// Our broker with `--guard-relay`: the guard relaying each peer to its own zmq.rs
-    /// connection, whichever mode is the default.
+    /// connection instead of the front end.
     BrokerRelay,
-    /// Our broker with `--guard-front-end`: the guard as the front end, every peer's messages
-    /// on one link, whichever mode is the default.
-    BrokerFrontEnd,
-    /// Our broker with CURVE (`--curve-secret-key-file`, so the front end): clients and
-    /// workers connect through this process's and the workers' outbound CURVE bridges. Set
-    /// against `broker` and `broker-front-end` (NULL): what encryption costs.
+    /// Our broker with CURVE (`--curve-secret-key-file`): clients and workers connect through
+    /// this process's and the workers' outbound CURVE bridges. Set against `broker` (NULL
+    /// through the same front end): what encryption costs.
     Curve,
     /// New CURVE connections to our broker, handshake only (greeting, HELLO, WELCOME,
     /// INITIATE, READY) then closed, from `clients` tasks: handshakes per second, and the
@@ -277,12 +274,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 RunKind::BrokerRelay,
                 Duration::ZERO,
                 GuardMode::Relay,
-                false,
-            ),
-            (
-                RunKind::BrokerFrontEnd,
-                Duration::ZERO,
-                GuardMode::FrontEnd,
                 false,
             ),
             (RunKind::Curve, Duration::ZERO, GuardMode::Curve, false),

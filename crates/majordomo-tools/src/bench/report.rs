@@ -78,12 +78,8 @@ struct Report<'a> {
     /// `client-mux` over `client-pool`: requests per second, when both were measured.
     #[serde(skip_serializing_if = "Ratios::is_empty")]
     over_client_pool: Ratios,
-    /// `curve` over `broker-front-end` (NULL through the same front end): what encryption
-    /// costs in requests per second.
-    #[serde(skip_serializing_if = "Ratios::is_empty")]
-    over_broker_front_end: Ratios,
     /// CPU time per request, keyed `RUN/BASE/SIZE`: `client-mux` over `client-pool` (the
-    /// callers'), `curve` over `broker-front-end` (the broker's).
+    /// callers'), `curve` over `broker` (the broker's).
     #[serde(skip_serializing_if = "Ratios::is_empty")]
     cpu_over: Ratios,
     /// The `titanic-guide` run at each size, when it was made.
@@ -153,7 +149,6 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
         RunKind::NoGuard => &[
             RunKind::Broker,
             RunKind::BrokerRelay,
-            RunKind::BrokerFrontEnd,
             RunKind::CopyRelay,
             RunKind::Busypoll,
         ],
@@ -164,7 +159,6 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             RunKind::Curve,
             RunKind::Freelance,
         ],
-        RunKind::BrokerFrontEnd => &[RunKind::Curve],
         RunKind::ClientPool => &[RunKind::ClientMux],
         RunKind::ClientMux => &[RunKind::Freelance],
         _ => &[
@@ -173,7 +167,6 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
             RunKind::Broker,
             RunKind::NoGuard,
             RunKind::BrokerRelay,
-            RunKind::BrokerFrontEnd,
             RunKind::Metrics,
             RunKind::CopyRelay,
             RunKind::Busypoll,
@@ -195,7 +188,7 @@ fn ratios(args: &BenchArgs, runs: &[Run], base: RunKind) -> Vec<(RunKind, usize,
 
 /// `kind`'s CPU time per request over `base`'s, per size, where both were measured: what
 /// multiplexing saves the callers (`client-mux` over `client-pool`), what encryption costs the
-/// broker (`curve` over `broker-front-end`).
+/// broker (`curve` over `broker`).
 fn cpu_ratios(args: &BenchArgs, runs: &[Run], kind: RunKind, base: RunKind) -> Vec<(usize, f64)> {
     let cpu = |kind: RunKind, size: usize| {
         runs.iter()
@@ -214,7 +207,7 @@ fn cpu_ratios(args: &BenchArgs, runs: &[Run], kind: RunKind, base: RunKind) -> V
 /// The CPU comparisons the report makes: (run, base).
 const CPU_PAIRS: [(RunKind, RunKind); 2] = [
     (RunKind::ClientMux, RunKind::ClientPool),
-    (RunKind::Curve, RunKind::BrokerFrontEnd),
+    (RunKind::Curve, RunKind::Broker),
 ];
 
 /// The `--json` report: one object on one line.
@@ -242,7 +235,6 @@ fn json(args: &BenchArgs, runs: &[Run], comparisons: &[Comparison]) -> String {
         over_copy_relay: over(RunKind::CopyRelay),
         over_broker: over(RunKind::Broker),
         over_client_pool: over(RunKind::ClientPool),
-        over_broker_front_end: over(RunKind::BrokerFrontEnd),
         cpu_over: Ratios(
             CPU_PAIRS
                 .iter()
@@ -277,7 +269,7 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         args.server_threads
     );
     println!(
-        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default); no-guard: ours with --no-guard; broker-relay, broker-front-end: ours with --guard-relay, --guard-front-end; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers'); curve: ours with CURVE (--curve-secret-key-file, so the front end), clients through a bridge in this process and workers through their own; curve-handshakes: clients tasks each opening CURVE connections one after another, req/s being handshakes per second (bytes 0); freelance: no broker, the workers as Freelance echo servers (flserver) and clients x in-flight callers on clients Freelance clients, cpu and rss the first server's",
+        "ceiling: raw DEALER-ROUTER echo, same load; serial: the same echo with {} connections x 1 in flight (7/MDP's worker hop); relay: a forwarder with no protocol, one request per echo peer at a time (7/MDP's rule); relay-all: the same with no limit per peer; broker: ours, guarded (the default: the guard as the front end); no-guard: ours with --no-guard; broker-relay: ours with --guard-relay; metrics: ours with --metrics-listen; copy-relay: ours unguarded on a Unix socket behind a proxy that copies bytes from TCP (the relay hop alone); stream: ours with 18/MDP clients and workers that answer each request with {} PARTIALs then a FINAL of the body, req/s counting every part; busypoll: broker --busy-poll {}; client-pool and client-mux: ours, guarded, called by clients x in-flight tasks sharing one Client (a connection per request in flight) or one MuxClient (one connection), their cpu and rss being this process's (the callers'); curve: ours with CURVE (--curve-secret-key-file), clients through a bridge in this process and workers through their own; curve-handshakes: clients tasks each opening CURVE connections one after another, req/s being handshakes per second (bytes 0); freelance: no broker, the workers as Freelance echo servers (flserver) and clients x in-flight callers on clients Freelance clients, cpu and rss the first server's",
         args.workers,
         args.stream_parts,
         humantime::format_duration(args.busy_poll)
@@ -328,7 +320,6 @@ fn table(args: &BenchArgs, runs: &[Run]) {
         RunKind::NoGuard,
         RunKind::CopyRelay,
         RunKind::Broker,
-        RunKind::BrokerFrontEnd,
         RunKind::ClientPool,
         RunKind::ClientMux,
     ] {

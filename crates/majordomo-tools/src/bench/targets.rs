@@ -64,9 +64,7 @@ pub(super) enum GuardMode {
     Off,
     /// `--guard-relay`.
     Relay,
-    /// `--guard-front-end`.
-    FrontEnd,
-    /// `--curve-secret-key-file` (which puts the front end on).
+    /// `--curve-secret-key-file`.
     Curve,
 }
 
@@ -86,7 +84,6 @@ pub(super) fn spawn_broker(
         GuardMode::Default => {}
         GuardMode::Off => command.push("--no-guard"),
         GuardMode::Relay => command.push("--guard-relay"),
-        GuardMode::FrontEnd => command.push("--guard-front-end"),
         GuardMode::Curve => {
             secret = curve
                 .ok_or_else(|| anyhow::anyhow!("a CURVE run without keys"))?

@@ -14,21 +14,18 @@
 //! and removes its entry, the link reader looks entries up.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use bytes::{Bytes, BytesMut};
-use majordomo_proto::peer::assigned_identity;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{unix, TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{unix, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{lock, End, Permit, Shared};
+use super::{lock, End, PeerAddr, PeerStream, Permit, Shared};
 use crate::inspect::PingContext;
 use crate::mux::assemble::{Message, Step};
 use crate::mux::budget::{Allowance, Budget, Charge, Queued};
@@ -220,16 +217,16 @@ fn route(link: &Link, shared: &Shared, peer: Bytes, frames: Vec<Bytes>) {
 }
 
 /// Serves one accepted peer until it leaves, breaks a rule, or the guard stops.
-pub(super) async fn serve_peer(
-    stream: TcpStream,
-    addr: SocketAddr,
+pub(super) async fn serve_peer<S: PeerStream>(
+    stream: S,
+    addr: PeerAddr,
     connection: u32,
     permit: Permit,
     link: Arc<Link>,
     cancel: CancellationToken,
 ) {
     let shared = permit.shared.clone();
-    let identity = Bytes::from(assigned_identity(connection, addr));
+    let identity = Bytes::from(addr.identity(connection));
     let close = CancellationToken::new();
     let end = tokio::select! {
         end = peer(stream, &shared, &link, &identity, &close) => end,
@@ -247,15 +244,14 @@ pub(super) async fn serve_peer(
     drop(permit);
 }
 
-async fn peer(
-    stream: TcpStream,
+async fn peer<S: PeerStream>(
+    stream: S,
     shared: &Shared,
     link: &Link,
     identity: &Bytes,
     close: &CancellationToken,
 ) -> End {
-    let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, mut write) = stream.halves();
     let config = &shared.config;
     let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let mut codec = PeerCodec::new(
@@ -406,8 +402,8 @@ fn link_cost(identity: &Bytes, frames: &[Bytes]) -> usize {
 }
 
 /// Writes `first` and whatever else is queued, in one write per batch.
-async fn write_replies(
-    write: &mut OwnedWriteHalf,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    write: &mut W,
     codec: &mut PeerCodec,
     first: (Vec<Bytes>, Charge),
     queue: &mut mpsc::UnboundedReceiver<(Vec<Bytes>, Charge)>,
@@ -434,6 +430,7 @@ mod tests {
     use bytes::Buf;
 
     use super::*;
+    use tokio::net::TcpStream;
     use crate::inspect::{frame_header, FLAG_COMMAND, FLAG_MORE, GREETING};
     use crate::mux::link::encode_message;
     use crate::{Guard, GuardConfig};
@@ -519,7 +516,7 @@ mod tests {
         let mut server = Server::accept(listener).await;
 
         // One peer sends 32 MiB as fast as the guard takes it.
-        let mut flooder = TcpStream::connect(guard.local_addr()).await.unwrap();
+        let mut flooder = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
         let mut flood = hello();
         encode_message(&mut flood, &[Bytes::from(vec![7u8; FLOOD_MESSAGE])]);
         let flooding = tokio::spawn(async move {
@@ -530,7 +527,7 @@ mod tests {
             }
             std::io::Result::Ok(flooder)
         });
-        let mut other = TcpStream::connect(guard.local_addr()).await.unwrap();
+        let mut other = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
         other.write_all(&hello()).await.unwrap();
 
         // The server reads slowly (a message a millisecond, far slower than the flood comes: a
@@ -622,7 +619,7 @@ mod tests {
             server: &CurveKeyPair,
             keys: CurveKeyPair,
         ) -> (Peer, Result<Session, crate::curve::CurveError>) {
-            let stream = TcpStream::connect(guard.local_addr()).await.unwrap();
+            let stream = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
             let mut peer = Peer {
                 stream,
                 buf: BytesMut::new(),
@@ -728,7 +725,7 @@ mod tests {
         #[tokio::test]
         async fn a_null_peer_or_a_replayed_message_is_closed_and_counted() {
             let (guard, _server, keys) = curve_guard(None).await;
-            let mut null = TcpStream::connect(guard.local_addr()).await.unwrap();
+            let mut null = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
             null.write_all(&hello()).await.unwrap();
             let mut rest = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(10), null.read_to_end(&mut rest))

@@ -24,6 +24,15 @@ struct Inner {
     released: tokio::sync::Notify,
 }
 
+/// Two handles are equal when they are the same budget (clones of one another).
+impl PartialEq for Budget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Budget {}
+
 impl Budget {
     /// A budget of `limit` bytes, none of them taken.
     pub fn new(limit: usize) -> Self {
