@@ -849,3 +849,33 @@ async fn killing_one_of_two_brokers_under_load_loses_no_request() -> Result<()> 
     assert_eq!(stats.brokers_up, 1, "{stats:?}");
     Ok(())
 }
+
+/// A tokio program's 1,000 concurrent `Client::request`s at the defaults are all answered: the
+/// client keeps at most `max_in_flight` (256) under way, each on a connection of its own, so
+/// it stays under the broker's 512 connections per address instead of being refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_at_the_defaults_are_all_answered() -> Result<()> {
+    let ep = free_endpoint()?;
+    let metrics = free_addr()?;
+    let _broker = broker(&ep, &["--metrics-listen", &metrics])?;
+    let _workers = [echo_worker(&ep)?, echo_worker(&ep)?];
+    wait_for_service(&ep, "echo").await?;
+    let c = Client::new(ep.as_str(), ClientConfig::default());
+    let calls: Vec<_> = (0..1000u32)
+        .map(|n| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(n.to_string())];
+                (n, c.request("echo", body).await)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (n, reply) = call.await?;
+        assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
+    }
+    let page = scrape(&metrics).await?;
+    let refused = sample(&page, r#"majordomo_guard_refused_total{rule="per_address"}"#);
+    assert_eq!(refused, Some(0.0), "no connection refused at the door");
+    Ok(())
+}

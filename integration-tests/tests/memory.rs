@@ -662,6 +662,60 @@ async fn a_reply_after_the_clients_timeout_is_dropped_and_the_retry_answered() -
     Ok(())
 }
 
+/// Past `max_in_flight` a request waits for its turn, holding no connection, and its timeout
+/// starts only then: three requests one at a time, each served in most of a timeout, are each
+/// answered at their first attempt.
+#[tokio::test(start_paused = true)]
+async fn requests_past_max_in_flight_wait_their_turn_outside_their_timeout() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let timeout = Duration::from_secs(1);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (count, peak) = (served.clone(), most.clone());
+    let worker = Worker::with_connector(
+        endpoint.clone(),
+        "echo",
+        WorkerConfig::default().concurrency(4),
+    );
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    tokio::spawn(worker.run(
+        handler_fn(move |body: Vec<Bytes>| {
+            use std::sync::atomic::Ordering::SeqCst;
+            count.fetch_add(1, SeqCst);
+            let busy = busy.clone();
+            peak.fetch_max(busy.fetch_add(1, SeqCst) + 1, SeqCst);
+            async move {
+                tokio::time::sleep(timeout * 4 / 5).await;
+                busy.fetch_sub(1, SeqCst);
+                Ok(body)
+            }
+        }),
+        std::future::pending(),
+    ));
+    let client = Client::with_connector(
+        endpoint.clone(),
+        ClientConfig::default().timeout(timeout).max_in_flight(1),
+    );
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = vec![Bytes::from(format!("request {i}"))];
+                (client.request("echo", body.clone()).await, body)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (reply, body) = call.await?;
+        assert_eq!(reply?, body);
+    }
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(served.load(SeqCst), 3, "no request was sent twice");
+    assert_eq!(most.load(SeqCst), 1, "one request under way at a time");
+    assert_eq!(stats(&handle).await.replies, 3);
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_gives_up_after_its_attempts_when_no_worker_serves() -> Result<()> {
     let (endpoint, _handle, _task) = shared_broker(BrokerConfig::default())?;

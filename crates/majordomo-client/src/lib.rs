@@ -127,6 +127,14 @@ pub struct ClientConfig {
     /// the pool unless the pool is full, in which case it is closed. So the pool grows to the
     /// most requests ever in flight at once, bounded by this.
     pub max_idle_connections: usize,
+    /// Most requests a [`Client`] and its clones have under way at once (default 256), each on
+    /// a connection of its own; a request past it waits until one is answered, and that wait
+    /// is not counted in its timeout (put a `tokio::time::timeout` around the call to bound
+    /// it). With the idle connections this bounds what a client opens: 256 + 64 at the
+    /// defaults, under the 512 connections per address a `majordomo broker` allows, so 1,000
+    /// concurrent calls are all served rather than refused at the broker's door. Zero is
+    /// treated as one. [`MuxClient`] carries any number of requests on one connection.
+    pub max_in_flight: usize,
     /// The MDP the requests are in (default [`Version::V01`], 7/MDP). With
     /// `Version::V02(dialect)` they are 18/MDP in RFC 18's or majortomo's dialect, and
     /// [`Client::request`] returns the reply's parts gathered: every PARTIAL's frames, then the
@@ -174,6 +182,12 @@ impl ClientConfig {
         self
     }
 
+    /// Sets `max_in_flight`; the field says what it means and its default.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
     /// Sets `fresh_connection_above`; the field says what it means and its default.
     pub fn fresh_connection_above(mut self, bytes: Option<usize>) -> Self {
         self.fresh_connection_above = bytes;
@@ -194,6 +208,7 @@ impl Default for ClientConfig {
             attempts: 3,
             limits: Limits::default(),
             max_idle_connections: 64,
+            max_in_flight: 256,
             version: Version::V01,
             fresh_connection_above: None,
         }
@@ -281,6 +296,8 @@ struct Inner<C: Connector> {
     config: ClientConfig,
     /// Links with an idle connection, each with no request outstanding.
     pool: Mutex<Vec<CallLink<C::Conn>>>,
+    /// One permit per request under way ([`ClientConfig::max_in_flight`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
@@ -321,6 +338,7 @@ impl<C: Connector> Client<C> {
             inner: Arc::new(Inner {
                 broker: connector.describe(),
                 connector,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
                 config,
                 pool: Mutex::new(Vec::new()),
             }),
@@ -405,56 +423,81 @@ impl<C: Connector> Client<C> {
         }
     }
 
-    /// A call under way, on an idle connection from the pool if there is one.
+    /// A call about to start: it takes a connection (an idle one from the pool if it may) once
+    /// it has its turn among [`ClientConfig::max_in_flight`].
     fn exchange(
         &self,
         service: Bytes,
         body: Vec<Bytes>,
         streamed: bool,
     ) -> Result<Exchange<C::Conn>, ClientError> {
-        let config = &self.inner.config;
-        let now = clock::now();
-        let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
-        let version = config.version;
-        let call = Call::with_version(
-            now,
-            service.clone(),
-            body,
-            timeout,
-            attempts,
-            limits,
-            version,
-        )
-        // Streaming changes only 18/MDP calls.
-        .map(|call| if streamed { call.streamed() } else { call })
-        .map_err(ClientError::InvalidService)?;
+        let call = self
+            .new_call(clock::now(), service.clone(), body, streamed)
+            .map_err(ClientError::InvalidService)?;
         let carried: usize = call.request().iter().map(Bytes::len).sum();
-        // A large request goes on a connection of its own, closed after its reply.
-        let link = if config.is_large(carried) {
-            CallLink::default()
-        } else {
-            self.inner
-                .pool
-                .lock()
-                .expect("pool lock")
-                .pop()
-                .unwrap_or_default()
-        };
         Ok(Exchange {
             call,
             service,
-            link,
+            link: CallLink::default(),
             carried,
+            streamed,
+            turn: None,
         })
+    }
+
+    /// A call of `service` with `body` starting at `now`, per the configuration.
+    fn new_call(
+        &self,
+        now: std::time::Instant,
+        service: Bytes,
+        body: Vec<Bytes>,
+        streamed: bool,
+    ) -> Result<Call, DecodeError> {
+        let config = &self.inner.config;
+        let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
+        Call::with_version(now, service, body, timeout, attempts, limits, config.version)
+            // Streaming changes only 18/MDP calls.
+            .map(|call| if streamed { call.streamed() } else { call })
+    }
+
+    /// Waits for `exchange`'s turn among the requests under way, then gives it an idle
+    /// connection from the pool if there is one and its request is not large (a large request
+    /// goes on a connection of its own, closed after its reply).
+    async fn start(&self, exchange: &mut Exchange<C::Conn>) {
+        if exchange.turn.is_some() {
+            return;
+        }
+        let slots = self.inner.in_flight.clone();
+        let turn = match slots.clone().try_acquire_owned() {
+            Ok(turn) => turn,
+            Err(_) => {
+                let turn = slots.acquire_owned().await.expect("the semaphore is never closed");
+                // The wait is not the request's: its timeout starts now.
+                let body = exchange.call.body().to_vec();
+                let service = exchange.service.clone();
+                exchange.call = self
+                    .new_call(clock::now(), service, body, exchange.streamed)
+                    .expect("the same request was valid when the exchange was made");
+                turn
+            }
+        };
+        exchange.turn = Some(turn);
+        if !self.inner.config.is_large(exchange.carried) {
+            if let Some(idle) = self.inner.pool.lock().expect("pool lock").pop() {
+                exchange.link = idle;
+            }
+        }
     }
 
     /// Drives `exchange` to its next part or its end.
     async fn step(&self, exchange: &mut Exchange<C::Conn>) -> Step {
+        self.start(exchange).await;
         let Exchange {
             call,
             service,
             link,
             carried,
+            ..
         } = exchange;
         loop {
             return match link.drive(&self.inner.connector, call, |_| true).await {
@@ -509,6 +552,10 @@ struct Exchange<T> {
     link: CallLink<T>,
     /// Payload bytes of the request (with its header frames) and of the reply so far.
     carried: usize,
+    /// Whether its reply is yielded part by part ([`Client::request_stream`]).
+    streamed: bool,
+    /// Its place among the requests under way, once it has one; given back when it is dropped.
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Where [`Client::step`] stopped.
