@@ -265,6 +265,57 @@ async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -
     Ok(())
 }
 
+/// Peers that begin large messages, fill the inbound budget and stop cannot keep everyone else
+/// unread until their message timeout (a minute here, past the test's patience): while others
+/// wait for the budget, a holder that sends nothing for `stall_timeout` is closed, and the echo
+/// worker's heartbeats and a client's calls get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_stop_mid_message_while_others_wait_are_closed_and_others_served() -> Result<()>
+{
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1024 * 1024;
+    let guard = GuardConfig::default()
+        .max_frame_size(2 * MIB as u64)
+        .max_message_size(2 * MIB as u64)
+        .inbound_budget(4 * MIB)
+        .message_timeout(Duration::from_secs(60))
+        .stall_timeout(Duration::from_millis(200));
+    let (broker, stats, _worker) = front_ended_broker(guard).await?;
+    // Twelve peers each announce a 2 MiB frame and send 1 MiB of it: three times the budget.
+    let mut senders = Vec::new();
+    for _ in 0..12 {
+        let mut peer = raw_dealer(&broker.endpoint, b"").await?;
+        senders.push(tokio::spawn(async move {
+            let mut header = vec![0x02];
+            header.extend((2 * MIB as u64).to_be_bytes());
+            let _ = peer.write_all(&header).await;
+            let _ = peer.write_all(&vec![0u8; MIB]).await;
+            integration_tests::closed_within(&mut peer, PATIENCE).await
+        }));
+    }
+    wait_for_guard(&stats, "the budget in use", |s| {
+        s.inbound_held >= 3 * MIB as u64
+    })
+    .await?;
+    let c = Client::new(
+        broker.endpoint.clone(),
+        ClientConfig::default().timeout(PATIENCE),
+    );
+    for n in 0..20 {
+        let body = vec![Bytes::from(format!("served {n}"))];
+        assert_eq!(c.request("echo", body.clone()).await?, body);
+    }
+    // Those that held the budget while the calls waited were closed; the rest, read once room
+    // was made and pressed by nobody since, are held to their message timeout only.
+    let closed = stats.stats().count(Rule::MessageTimeout);
+    assert!(closed >= 1, "a stalled peer was closed to make room");
+    assert!(stats.stats().inbound_held <= 4 * MIB as u64);
+    for sender in senders {
+        sender.abort();
+    }
+    Ok(())
+}
+
 /// An `ipc://` endpoint has the same front end as a `tcp://` one: a local peer announcing a
 /// 1 TiB frame is closed (zmq.rs would have reserved it and aborted), others on the socket file
 /// and on TCP are served, and the endpoints of one broker draw on one inbound budget.

@@ -99,6 +99,10 @@ pub(crate) struct GuardArgs {
     /// How long a message may take to arrive whole once it has begun; past it the peer is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     guard_message_timeout: Duration,
+    /// How long a peer may send nothing in the middle of a message while other peers wait for
+    /// the inbound budget; past it the peer is closed and its bytes go to them.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    guard_stall_timeout: Duration,
     /// Serve CURVE (RFC 26) with the key pair in this czmq certificate (`majordomo keygen NAME`
     /// writes one: give NAME_secret). Peers must then connect with CURVE and this server's
     /// public key; traffic is encrypted and each client's key is known. Turns the front end on.
@@ -144,6 +148,7 @@ impl GuardArgs {
             .inbound_budget(bytes(self.guard_inbound_budget))
             .outbound_budget(bytes(self.guard_outbound_budget))
             .message_timeout(self.guard_message_timeout)
+            .stall_timeout(self.guard_stall_timeout)
             .allow_from(self.guard_allow_from.iter().copied())
             // One inbound budget for every endpoint (and both sockets of a queue).
             .shared_inbound_budget();

@@ -65,6 +65,12 @@ pub struct GuardConfig {
     /// same time bounds a write of replies to a peer: one that does not read them within it is
     /// closed ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
     pub message_timeout: Duration,
+    /// Front-end mode: how long a peer may send nothing in the middle of a message while other
+    /// peers wait for the inbound budget. Default 500 ms. Past it the peer is closed
+    /// ([`crate::Rule::MessageTimeout`]) and what it held goes to those waiting, so peers that
+    /// begin large messages and stop cannot keep everyone else unread until their message
+    /// timeout. A peer that keeps sending, however slowly, is held to `message_timeout` only.
+    pub stall_timeout: Duration,
     /// Front-end mode: bytes of replies queued for one peer and not yet written to it. Default
     /// 32 MiB; at least one largest message with its overhead. A peer past it is closed
     /// ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
@@ -106,6 +112,7 @@ impl Default for GuardConfig {
             inbound_budget: 256 * 1024 * 1024,
             inbound_pool: None,
             message_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_millis(500),
             outbound_budget: 32 * 1024 * 1024,
             front_end: true,
             curve: None,
@@ -193,6 +200,12 @@ impl GuardConfig {
         self
     }
 
+    /// Sets `stall_timeout`; the field says what it means and its default.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     /// Sets `outbound_budget`; the field says what it means and its default.
     pub fn outbound_budget(mut self, bytes: usize) -> Self {
         self.outbound_budget = bytes;
@@ -274,6 +287,9 @@ impl GuardConfig {
         self.validate()?;
         if self.message_timeout.is_zero() {
             return Err(GuardConfigError("message_timeout must be positive".into()));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err(GuardConfigError("stall_timeout must be positive".into()));
         }
         let largest = self.largest_message_cost();
         let inbound = self

@@ -276,6 +276,8 @@ async fn peer<S: PeerStream>(
     }
     let mut buf = BytesMut::with_capacity(512);
     let allowance = Allowance::new(LINK_ALLOWANCE);
+    // When bytes last came from the peer.
+    let mut last_read = tokio::time::Instant::now();
     loop {
         // Enabled before the budget and the allowance are tried, so that no release in between
         // is missed.
@@ -285,6 +287,10 @@ async fn peer<S: PeerStream>(
         let written = allowance.written();
         tokio::pin!(written);
         written.as_mut().enable();
+        // Enabled before the waiters are counted, for the same reason.
+        let pressure = shared.inbound.pressure();
+        tokio::pin!(pressure);
+        pressure.as_mut().enable();
         let mut blocked = false;
         let mut link_full = false;
         // One read of the clock per wake-up.
@@ -357,13 +363,30 @@ async fn peer<S: PeerStream>(
         if buf.capacity() == buf.len() && room > 0 {
             buf.reserve(buf.capacity().max(512).min(room));
         }
+        // Counted as waiting for the inbound budget while blocked on it: peers that hold some
+        // and have stopped sending are then closed after `stall_timeout`.
+        let _waiting = blocked.then(|| shared.inbound.wait_for_room());
+        // This peer holds budget for a message begun, and is not held back by the guard.
+        let holding = entry.is_none() && codec.deadline().is_some() && !blocked && !link_full;
+        let squeezed = holding && shared.inbound.waiting() > 0;
         tokio::select! {
             // read_buf is cancel-safe: nothing is consumed unless it completes.
             read = read.read_buf(&mut buf), if !blocked && !link_full && room > 0 => match read {
                 Ok(0) => return End::PeerClosed,
-                Ok(_) => {}
+                Ok(_) => last_read = tokio::time::Instant::now(),
                 Err(error) => return End::Io(error),
             },
+            // Others wait for the budget this peer holds: it must keep sending.
+            _ = tokio::time::sleep_until(last_read + config.stall_timeout), if squeezed => {
+                if shared.inbound.waiting() > 0 {
+                    return End::Broken(
+                        Rule::MessageTimeout,
+                        "stopped mid-message while others waited for the inbound budget".into(),
+                    );
+                }
+            }
+            // Someone began waiting for the budget: look again.
+            _ = &mut pressure, if holding && !squeezed => {}
             // Some inbound budget came back: try again.
             _ = &mut released, if blocked => {}
             // Some of this peer's messages were written to the link: go on.

@@ -22,6 +22,11 @@ struct Inner {
     used: AtomicUsize,
     /// Woken on every release, for those waiting for room (no I/O: a plain wait list).
     released: tokio::sync::Notify,
+    /// Holders waiting for room now ([`Budget::waiting`]).
+    waiting: AtomicUsize,
+    /// Woken whenever a holder starts waiting, for those who hold bytes and may have to give
+    /// them up.
+    pressure: tokio::sync::Notify,
 }
 
 /// Two handles are equal when they are the same budget (clones of one another).
@@ -40,7 +45,28 @@ impl Budget {
             limit,
             used: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
+            pressure: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Counts its caller as waiting for room until the returned guard is dropped, and wakes
+    /// [`Budget::pressure`]'s waiters.
+    pub fn wait_for_room(&self) -> Waiting {
+        self.0.waiting.fetch_add(1, Ordering::AcqRel);
+        self.0.pressure.notify_waiters();
+        Waiting(self.clone())
+    }
+
+    /// Holders waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.0.waiting.load(Ordering::Acquire)
+    }
+
+    /// Completes when a holder next starts waiting for room. To miss none, `enable` it before
+    /// reading [`Budget::waiting`].
+    pub fn pressure(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.pressure.notified()
     }
 
     /// The limit.
@@ -111,6 +137,17 @@ impl Budget {
             self.0.used.fetch_sub(bytes, Ordering::AcqRel);
             self.0.released.notify_waiters();
         }
+    }
+}
+
+/// A holder counted as waiting for room in a [`Budget`] ([`Budget::wait_for_room`]) until
+/// dropped.
+#[derive(Debug)]
+pub struct Waiting(Budget);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0 .0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -264,6 +301,25 @@ mod tests {
         assert_eq!(budget.used(), 100);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_counted_while_their_guard_lives_and_wake_the_pressure_waiters() {
+        let budget = Budget::new(10);
+        let pressure = budget.pressure();
+        tokio::pin!(pressure);
+        pressure.as_mut().enable();
+        assert_eq!(budget.waiting(), 0);
+        let first = budget.wait_for_room();
+        let second = budget.clone().wait_for_room();
+        assert_eq!(budget.waiting(), 2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), pressure)
+            .await
+            .expect("woken by the first waiter");
+        drop(first);
+        assert_eq!(budget.waiting(), 1);
+        drop(second);
+        assert_eq!(budget.waiting(), 0);
     }
 
     #[test]
