@@ -226,16 +226,17 @@ async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -
         .inbound_budget(4 * MIB)
         .message_timeout(Duration::from_secs(1));
     let (broker, stats, _worker) = front_ended_broker(guard).await?;
-    // Twelve peers each announce a 2 MiB frame and send 1 MiB of it: 12 MiB offered.
+    // Twelve peers each announce a 1 MiB frame and send half of it: each frame is charged
+    // whole, three times the budget in all.
     let mut senders = Vec::new();
     for _ in 0..12 {
         let mut peer = raw_dealer(&broker.endpoint, b"").await?;
         senders.push(tokio::spawn(async move {
             let mut header = vec![0x02];
-            header.extend((2 * MIB as u64).to_be_bytes());
+            header.extend((MIB as u64).to_be_bytes());
             let _ = peer.write_all(&header).await;
             // Held back by the budget, this write waits; a closed peer ends it.
-            let _ = peer.write_all(&vec![0u8; MIB]).await;
+            let _ = peer.write_all(&vec![0u8; MIB / 2]).await;
             // Stay connected without finishing the message.
             integration_tests::closed_within(&mut peer, PATIENCE).await
         }));
@@ -281,20 +282,21 @@ async fn peers_that_stop_mid_message_while_others_wait_are_closed_and_others_ser
         .message_timeout(Duration::from_secs(60))
         .stall_timeout(Duration::from_millis(200));
     let (broker, stats, _worker) = front_ended_broker(guard).await?;
-    // Twelve peers each announce a 2 MiB frame and send 1 MiB of it: three times the budget.
+    // Twelve peers each announce a frame of 1 MiB less 256 bytes and send half of it: each is
+    // charged whole, and four of them leave too little of the budget for any other message.
     let mut senders = Vec::new();
     for _ in 0..12 {
         let mut peer = raw_dealer(&broker.endpoint, b"").await?;
         senders.push(tokio::spawn(async move {
             let mut header = vec![0x02];
-            header.extend((2 * MIB as u64).to_be_bytes());
+            header.extend((MIB as u64 - 256).to_be_bytes());
             let _ = peer.write_all(&header).await;
-            let _ = peer.write_all(&vec![0u8; MIB]).await;
+            let _ = peer.write_all(&vec![0u8; MIB / 2]).await;
             integration_tests::closed_within(&mut peer, PATIENCE).await
         }));
     }
     wait_for_guard(&stats, "the budget in use", |s| {
-        s.inbound_held >= 3 * MIB as u64
+        s.inbound_held >= 4 * (MIB as u64 - 256)
     })
     .await?;
     let c = Client::new(

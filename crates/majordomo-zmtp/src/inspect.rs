@@ -400,6 +400,21 @@ impl Inspector {
         let Some((header, size)) = frame_header(buf) else {
             return Ok(None);
         };
+        self.check_frame_header(flags, size)?;
+        self.frames += 1;
+        self.message_bytes = self.message_bytes.saturating_add(size);
+        self.last_frame = flags & FLAG_MORE == 0;
+        Ok(Some(self.start_body(buf, header, size)))
+    }
+
+    /// Whether a message frame with `flags` announcing `size` bytes may come next from a peer:
+    /// the checks [`Inspector::next`] makes of its header, without taking it.
+    pub fn check_frame_header(&self, flags: u8, size: u64) -> Result<(), Violation> {
+        if flags & !(FLAG_MORE | FLAG_LONG | FLAG_COMMAND) != 0
+            || flags & (FLAG_COMMAND | FLAG_MORE) == FLAG_COMMAND | FLAG_MORE
+        {
+            return Err(Violation::Flags(flags));
+        }
         if size > self.limits.max_frame {
             return Err(Violation::FrameTooLarge {
                 size,
@@ -418,10 +433,7 @@ impl Inspector {
                 max: self.limits.max_message,
             });
         }
-        self.frames += 1;
-        self.message_bytes = total;
-        self.last_frame = flags & FLAG_MORE == 0;
-        Ok(Some(self.start_body(buf, header, size)))
+        Ok(())
     }
 
     /// Enters a frame body of `size` bytes after a `header`-byte header at the front of `buf`,

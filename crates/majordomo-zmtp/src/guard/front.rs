@@ -39,6 +39,8 @@ use crate::Rule;
 
 /// How much the link writer gathers before one write.
 const BATCH: usize = 256 * 1024;
+/// The link reader's buffer, grown while a larger reply arrives.
+const LINK_READ: usize = 64 * 1024;
 
 /// What peers hand the link writer.
 enum Outgoing {
@@ -152,6 +154,10 @@ async fn write_link(
         write.write_all(&out).await?;
         out.clear();
         held.clear();
+        // A large message grew the buffer: let it go rather than keep its size for good.
+        if out.capacity() > 2 * BATCH {
+            out = BytesMut::with_capacity(BATCH);
+        }
     }
     Ok(())
 }
@@ -162,11 +168,15 @@ async fn read_link(
     shared: &Shared,
 ) -> std::io::Result<()> {
     let mut decoder = LinkDecoder::new(shared.config.link_limits());
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(LINK_READ);
     loop {
         let event = match decoder.decode(&mut buf) {
             Ok(Some(event)) => event,
             Ok(None) => {
+                // A large reply grew the buffer: once it is consumed, let it go.
+                if buf.is_empty() && buf.capacity() > LINK_READ * 4 {
+                    buf = BytesMut::with_capacity(LINK_READ);
+                }
                 if read.read_buf(&mut buf).await? == 0 {
                     return Ok(());
                 }

@@ -22,9 +22,6 @@ pub const MESSAGE_OVERHEAD: usize = 128;
 /// Bytes charged for each frame on top of its body: its handle in the frame list, which grows
 /// by doubling (`Bytes` is 32 bytes; twice that covers the spare room).
 pub const FRAME_OVERHEAD: usize = 64;
-/// The least a frame body's buffer grows by, so that a frame arriving in small reads is not
-/// copied at each one.
-const MIN_GROWTH: usize = 4 * 1024;
 
 /// The socket types a ROUTER talks to. RFC 37: "ROUTER: REQ, DEALER, ROUTER"; "The peer SHOULD
 /// enforce that the other peer is using a valid socket type".
@@ -193,20 +190,25 @@ impl Assembler {
             return Ok(Step::Pending);
         }
         let starting = self.partial.is_none();
+        // The limits first, so that an oversized frame is refused rather than waited for.
+        let (_, announced) = frame_header(buf).unwrap_or((header, 0));
+        self.inspector.check_frame_header(buf[0], announced)?;
+        // The inspector's checks bound the size by the frame limit, which fits in memory.
+        let size = usize::try_from(announced).unwrap_or(usize::MAX);
+        // The whole body is charged before any of it is read: a frame begun can always be
+        // finished, so peers that each hold part of a frame can never wait on one another for
+        // the rest, however many there are.
         let mut charge = self.budget.charge();
         let overhead = FRAME_OVERHEAD + if starting { MESSAGE_OVERHEAD } else { 0 };
-        if !charge.try_grow(overhead) {
+        if !charge.try_grow(overhead.saturating_add(size)) {
             return Ok(Step::Blocked);
         }
-        // Only the header goes to the inspector: the body is taken as the budget allows.
+        // Only the header goes to the inspector: the body follows as it arrives.
         if self.inspector.next(&buf[..header])? != Some(Action::Forward(header)) {
             // A whole message frame header is always passed whole.
             debug_assert!(false, "frame header not passed");
             return Err(Violation::Malformed("frame"));
         }
-        let (_, size) = frame_header(buf).unwrap_or((header, 0));
-        // The inspector has checked the size against the frame limit, which fits in memory.
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
         let partial = self.partial.get_or_insert_with(|| Partial {
             frames: Vec::new(),
             body: None,
@@ -215,7 +217,9 @@ impl Assembler {
         });
         partial.charge.absorb(charge);
         partial.body = Some(Body {
-            data: Vec::new(),
+            // Allocated whole, as it is charged: no copy as it grows, and no more memory than
+            // the charge (pages not yet written are not resident).
+            data: Vec::with_capacity(size),
             size,
             more: buf[0] & FLAG_MORE != 0,
         });
@@ -232,31 +236,7 @@ impl Assembler {
         let Some(body) = partial.body.as_mut() else {
             return Ok(Step::Pending);
         };
-        let missing = body.size - body.data.len();
-        let arrived = missing.min(buf.len());
-        let room = body.data.capacity() - body.data.len();
-        if room < arrived {
-            // Grow by doubling, within the frame's size, as far as the budget allows; at least
-            // enough for what is here, or as much of it as the budget has left.
-            let capacity = body.data.capacity();
-            let target = (capacity * 2)
-                .max(capacity + MIN_GROWTH)
-                .max(body.data.len() + arrived)
-                .min(body.size);
-            let granted = if partial.charge.try_grow(target - capacity) {
-                target - capacity
-            } else {
-                partial.charge.grow_up_to(arrived - room)
-            };
-            if granted > 0 {
-                body.data
-                    .reserve_exact(capacity + granted - body.data.len());
-            }
-        }
-        let take = arrived.min(body.data.capacity() - body.data.len());
-        if take == 0 {
-            return Ok(Step::Blocked);
-        }
+        let take = (body.size - body.data.len()).min(buf.len());
         if self.inspector.next(&buf[..take])? != Some(Action::Forward(take)) {
             // Inside a body the inspector passes whatever it is given, up to the body's end.
             debug_assert!(false, "frame body not passed");
@@ -277,7 +257,7 @@ impl Assembler {
         let Some(body) = partial.body.take() else {
             return Step::Consumed(consumed);
         };
-        // The buffer grew to the frame's size at most, so it is exactly full: no copy here.
+        // The buffer was allocated at the frame's size, so it is exactly full: no copy here.
         partial.frames.push(Bytes::from(body.data));
         if body.more {
             return Step::Consumed(consumed);

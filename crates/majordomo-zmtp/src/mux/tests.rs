@@ -189,8 +189,8 @@ fn the_guard_limits_still_close_the_peer() {
 }
 
 #[test]
-fn announcing_a_large_frame_costs_only_overhead_until_its_bytes_arrive() {
-    let budget = Budget::new(1 << 20);
+fn a_frame_header_charges_its_whole_body_before_any_of_it_arrives() {
+    let budget = Budget::new(150_000);
     let mut peer = assembler(&budget);
     let mut stream = handshake(b"DEALER", None).to_vec();
     stream.extend_from_slice(&[0x02]);
@@ -199,12 +199,18 @@ fn announcing_a_large_frame_costs_only_overhead_until_its_bytes_arrive() {
     let (seen, verdict) = run(&mut peer, &stream, &[]);
     assert_eq!((seen.len(), verdict), (1, None));
     let overhead = MESSAGE_OVERHEAD + FRAME_OVERHEAD;
-    assert!(
-        peer.held() > overhead && peer.held() <= overhead + 8 * 1024,
-        "{}",
-        peer.held()
-    );
+    assert_eq!(peer.held(), overhead + 90_000);
     assert_eq!(budget.used(), peer.held());
+    // A second peer's frame that the rest of the budget cannot hold whole waits at its header:
+    // no peer ever holds part of a frame it cannot finish.
+    let mut other = assembler(&budget);
+    let mut big = handshake(b"DEALER", None).to_vec();
+    big.extend_from_slice(&[0x02]);
+    big.extend_from_slice(&90_000u64.to_be_bytes());
+    big.extend_from_slice(&[2; 100]);
+    let (seen, verdict) = run(&mut other, &big, &[]);
+    assert_eq!((seen.len(), verdict), (1, None));
+    assert_eq!(other.held(), 0);
     drop(peer);
     assert_eq!(budget.used(), 0);
 }
@@ -267,7 +273,8 @@ fn at_the_inbound_budget_a_peer_is_held_back_until_another_releases() {
     }
     let held = held.unwrap();
     assert_eq!(held.charge.bytes(), overhead + 1000);
-    // B gets as far as the budget allows, then is held back without losing bytes.
+    // B is held back at its frame's header, whose whole body the budget cannot take yet,
+    // without losing bytes or holding any of the budget for that frame.
     let mut at = 0;
     let blocked_at = loop {
         match b.next(now, &stream[at..]).unwrap() {
@@ -277,7 +284,7 @@ fn at_the_inbound_budget_a_peer_is_held_back_until_another_releases() {
         }
         assert!(budget.used() <= budget.limit());
     };
-    assert_eq!(budget.used(), budget.limit());
+    assert_eq!(budget.used(), overhead + 1000);
     assert!(blocked_at < stream.len());
     assert!(matches!(b.next(now, &stream[at..]), Ok(Step::Blocked)));
     // A's message is written to the link: B goes on and gets the same message.
