@@ -875,7 +875,10 @@ async fn a_thousand_concurrent_requests_at_the_defaults_are_all_answered() -> Re
         assert_eq!(reply?, [Bytes::from(n.to_string())], "request {n}");
     }
     let page = scrape(&metrics).await?;
-    let refused = sample(&page, r#"majordomo_guard_refused_total{rule="per_address"}"#);
+    let refused = sample(
+        &page,
+        r#"majordomo_guard_refused_total{rule="per_address"}"#,
+    );
     assert_eq!(refused, Some(0.0), "no connection refused at the door");
     Ok(())
 }

@@ -356,16 +356,21 @@ async fn an_ipc_endpoint_is_guarded_as_tcp_is_and_shares_the_inbound_budget() ->
     // A message begun on the socket file holds budget that the TCP endpoint sees held too.
     let mut begun = RawZmtp::connect(&ipc).await?;
     begun.send_partial_frame(100_000, 60_000).await?;
-    wait_for_guard(&tcp_guard, "the ipc peer's bytes held in the shared budget", |s| {
-        s.inbound_held >= 60_000
-    })
+    wait_for_guard(
+        &tcp_guard,
+        "the ipc peer's bytes held in the shared budget",
+        |s| s.inbound_held >= 60_000,
+    )
     .await?;
     for c in [ipc.clone(), broker.endpoint.clone()] {
         let c = Client::new(c, ClientConfig::default().timeout(PATIENCE));
         let body = vec![Bytes::from_static(b"still served")];
         assert_eq!(c.request("echo", body.clone()).await?, body);
     }
-    assert!(begun.closed_within(PATIENCE).await?, "closed at its deadline");
+    assert!(
+        begun.closed_within(PATIENCE).await?,
+        "closed at its deadline"
+    );
     wait_for_guard(&tcp_guard, "the budget given back", |s| s.inbound_held == 0).await?;
     broker.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -455,9 +455,17 @@ impl<C: Connector> Client<C> {
     ) -> Result<Call, DecodeError> {
         let config = &self.inner.config;
         let (timeout, attempts, limits) = (config.timeout, config.attempts, config.limits);
-        Call::with_version(now, service, body, timeout, attempts, limits, config.version)
-            // Streaming changes only 18/MDP calls.
-            .map(|call| if streamed { call.streamed() } else { call })
+        Call::with_version(
+            now,
+            service,
+            body,
+            timeout,
+            attempts,
+            limits,
+            config.version,
+        )
+        // Streaming changes only 18/MDP calls.
+        .map(|call| if streamed { call.streamed() } else { call })
     }
 
     /// Waits for `exchange`'s turn among the requests under way, then gives it an idle
@@ -471,7 +479,10 @@ impl<C: Connector> Client<C> {
         let turn = match slots.clone().try_acquire_owned() {
             Ok(turn) => turn,
             Err(_) => {
-                let turn = slots.acquire_owned().await.expect("the semaphore is never closed");
+                let turn = slots
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 // The wait is not the request's: its timeout starts now.
                 let body = exchange.call.body().to_vec();
                 let service = exchange.service.clone();

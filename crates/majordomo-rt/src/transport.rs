@@ -271,14 +271,18 @@ impl ZmqRouter {
                 let addr = resolve(host, *port).await?;
                 let (guard, listener) = Guard::bind(addr, config).await?;
                 let port = guard.local_addr().map_or(*port, |addr| addr.port());
-                (guard, listener, Endpoint::Tcp(host.clone(), port).to_string())
+                (
+                    guard,
+                    listener,
+                    Endpoint::Tcp(host.clone(), port).to_string(),
+                )
             }
             _ => return Ok(self.socket.bind(endpoint).await?.to_string()),
         };
         self.socket.bind_listener(listener).await?;
         tracing::debug!(endpoint = %resolved, "ZMTP guard in front");
         if let Some(link) = guard.link_identity() {
-            self.links.insert(link.clone(), HashSet::new());
+            self.links.insert(link, HashSet::new());
         }
         self.guards.push(guard);
         Ok(resolved)
@@ -300,7 +304,6 @@ impl From<zeromq::ZmqError> for BindError {
     }
 }
 
-
 /// The address a `tcp://` host names: `*` is every IPv4 interface, as in libzmq.
 async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, BindError> {
     match host {
@@ -321,7 +324,11 @@ impl ZmqRouter {
     fn unwrap_link(&mut self, mut frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
         let link = frames.first()?;
         if !self.links.contains_key(link) {
-            return Some(frames);
+            // A guard's link made again after one failed comes under a new identity.
+            if !self.guards.iter().any(|guard| guard.is_link(link)) {
+                return Some(frames);
+            }
+            self.links.insert(link.clone(), HashSet::new());
         }
         let link = frames.remove(0);
         if !frames.first().is_some_and(Bytes::is_empty) {
@@ -413,7 +420,7 @@ impl Transport for ZmqRouter {
             match futures::Stream::poll_next(std::pin::Pin::new(&mut self.events), cx) {
                 Poll::Ready(Some(SocketEvent::Disconnected(peer))) => {
                     let peer = Bytes::from(peer);
-                    let Some(peers) = self.links.get_mut(&peer).map(std::mem::take) else {
+                    let Some(peers) = self.links.remove(&peer) else {
                         return Poll::Ready(peer);
                     };
                     // A link is gone, and every peer it carried with it.

@@ -79,7 +79,8 @@ pub struct GuardConfig {
     /// one link, each with the peer's identity in front (see [`crate::mux`]); the server must
     /// know the link ([`crate::Guard::link_identity`]). Default on; off (`--guard-relay`), each peer
     /// is relayed to its own zmq.rs connection, which bounds no bytes a peer makes that
-    /// connection hold. If the link fails the guard stops, closing every peer.
+    /// connection hold. If the link fails, the peers it carried are closed and it is made again
+    /// under a new identity ([`crate::Guard::is_link`]).
     pub front_end: bool,
     /// CURVE (RFC 26) on this endpoint: the server's keys and the client keys it lets in.
     /// Default none (NULL). Terminated by the front end, so setting it turns front-end mode on;

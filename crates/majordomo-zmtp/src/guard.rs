@@ -76,7 +76,7 @@ impl GuardStats {
 #[derive(Debug)]
 pub struct Guard {
     local_addr: Option<SocketAddr>,
-    link_identity: Option<bytes::Bytes>,
+    link_prefix: Option<bytes::Bytes>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     _dir: PrivateDir,
@@ -168,12 +168,12 @@ impl Guard {
             .config
             .front_end
             .then(|| front::Link::start(shared.clone(), cancel.clone()));
-        let link_identity = link.as_ref().map(|link| link.identity.clone());
+        let link_prefix = link.as_ref().map(|link| link.prefix.clone());
         tokio::spawn(accept_loop(listener, shared.clone(), link, cancel.clone()).instrument(span));
         Ok((
             Guard {
                 local_addr,
-                link_identity,
+                link_prefix,
                 shared,
                 cancel,
                 _dir: dir,
@@ -193,10 +193,22 @@ impl Guard {
         self.shared.stats()
     }
 
-    /// Front-end mode: the routing identity of the guard's link to the server. Messages from
-    /// this zmq.rs peer are `[peer-id, frames...]` or control messages (see [`crate::mux`]).
-    pub fn link_identity(&self) -> Option<&bytes::Bytes> {
-        self.link_identity.as_ref()
+    /// Front-end mode: the routing identity of the guard's first link to the server. Messages
+    /// from this zmq.rs peer are `[peer-id, frames...]` or control messages (see
+    /// [`crate::mux`]).
+    pub fn link_identity(&self) -> Option<bytes::Bytes> {
+        self.link_prefix
+            .as_ref()
+            .map(|prefix| front::link_identity(prefix, 0))
+    }
+
+    /// Front-end mode: whether `identity` is one of this guard's links to the server: the
+    /// first ([`Guard::link_identity`]) or one made after a link failed, each under a new
+    /// identity.
+    pub fn is_link(&self, identity: &[u8]) -> bool {
+        self.link_prefix.as_ref().is_some_and(|prefix| {
+            identity.len() == prefix.len() + 4 && identity.starts_with(prefix)
+        })
     }
 
     /// A cheap handle for reading the stats from elsewhere.
@@ -588,8 +600,7 @@ impl Serve {
             Some(link) => tracker.spawn(
                 front::serve_peer(stream, addr, connection, permit, link, cancel).instrument(span),
             ),
-            None => tracker
-                .spawn(relay(stream, addr, connection, permit, cancel).instrument(span)),
+            None => tracker.spawn(relay(stream, addr, connection, permit, cancel).instrument(span)),
         };
     }
 }

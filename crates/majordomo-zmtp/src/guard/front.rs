@@ -60,31 +60,55 @@ struct Entry {
 
 /// The link to the server, as the peers' tasks see it.
 pub(super) struct Link {
-    /// The link's routing identity on the server's ROUTER.
-    pub(super) identity: Bytes,
+    /// What every routing identity of this guard's links begins with; a connection number
+    /// follows ([`link_identity`]).
+    pub(super) prefix: Bytes,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     peers: Mutex<HashMap<Bytes, Entry>>,
 }
 
+/// The pause before a failed link is made again: from the first to the last, doubling.
+const RELINK_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+const RELINK_MOST: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Link {
     /// Connects to the server's private socket in the background and starts both link tasks.
-    /// When the link ends, `cancel` ends the guard: no peer can be served without it.
+    /// A link that fails closes the peers it carried (their requests and replies were on it;
+    /// they connect again, as after a server restart) and is made again, under a new routing
+    /// identity, after a pause; peers are served again as soon as it is up. `cancel` ends it.
     pub(super) fn start(shared: Arc<Shared>, cancel: CancellationToken) -> Arc<Link> {
-        let (outgoing, queue) = mpsc::unbounded_channel();
+        let (outgoing, mut queue) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
-            identity: link_identity(),
+            prefix: link_prefix(),
             outgoing,
             peers: Mutex::new(HashMap::new()),
         });
         let task = link.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                end = run_link(&task, &shared, queue) => {
-                    warn!(?end, "link to the server ended; the guard stops");
+            let mut pause = RELINK_FIRST;
+            for connection in 0u32.. {
+                let identity = link_identity(&task.prefix, connection);
+                let started = tokio::time::Instant::now();
+                tokio::select! {
+                    end = run_link(&task, &shared, &identity, &mut queue) => {
+                        warn!(?end, connection, "link to the server failed; its peers are closed and it is made again");
+                    }
+                    _ = cancel.cancelled() => break,
                 }
-                _ = cancel.cancelled() => {}
+                // Whatever was queued for the old link went with it.
+                while queue.try_recv().is_ok() {}
+                for entry in lock(&task.peers).values() {
+                    entry.close.cancel();
+                }
+                if started.elapsed() > RELINK_MOST {
+                    pause = RELINK_FIRST;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                pause = (pause * 2).min(RELINK_MOST);
             }
-            cancel.cancel();
             for entry in lock(&task.peers).values() {
                 entry.close.cancel();
             }
@@ -98,9 +122,10 @@ impl Link {
     }
 }
 
-/// An identity no peer can announce (a zero first octet is refused from peers and reserved by
-/// RFC 37 for implementations), unguessable for those that bypass the guard.
-fn link_identity() -> Bytes {
+/// The start of a guard's link identities: one no peer can announce (a zero first octet is
+/// refused from peers and reserved by RFC 37 for implementations), unguessable for those that
+/// bypass the guard.
+fn link_prefix() -> Bytes {
     use std::hash::{BuildHasher, Hasher};
     let mut id = vec![0, b'L'];
     for round in 0..2u8 {
@@ -112,16 +137,25 @@ fn link_identity() -> Bytes {
     Bytes::from(id)
 }
 
+/// The routing identity of link number `connection`: a fresh one for each, so that the server
+/// never takes a new link for one it has not yet seen close.
+pub(super) fn link_identity(prefix: &[u8], connection: u32) -> Bytes {
+    let mut id = prefix.to_vec();
+    id.extend_from_slice(&connection.to_be_bytes());
+    Bytes::from(id)
+}
+
 async fn run_link(
     link: &Link,
     shared: &Shared,
-    queue: mpsc::UnboundedReceiver<Outgoing>,
+    identity: &Bytes,
+    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
 ) -> std::io::Result<()> {
     let stream = UnixStream::connect(&shared.socket_path).await?;
     let (read, mut write) = stream.into_split();
     let mut out = BytesMut::new();
     encode_greeting(&mut out);
-    encode_ready(&mut out, b"DEALER", Some(&link.identity));
+    encode_ready(&mut out, b"DEALER", Some(identity));
     write.write_all(&out).await?;
     tokio::select! {
         end = write_link(write, queue) => end,
@@ -131,7 +165,7 @@ async fn run_link(
 
 async fn write_link(
     mut write: unix::OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(BATCH);
     let mut held = Vec::new();
@@ -463,10 +497,10 @@ mod tests {
     use bytes::Buf;
 
     use super::*;
-    use tokio::net::TcpStream;
     use crate::inspect::{frame_header, FLAG_COMMAND, FLAG_MORE, GREETING};
     use crate::mux::link::encode_message;
     use crate::{Guard, GuardConfig};
+    use tokio::net::TcpStream;
 
     /// The server's end of a link, reading what the front end writes.
     struct Server {
@@ -479,6 +513,11 @@ mod tests {
         async fn accept(listener: std::os::unix::net::UnixListener) -> Server {
             listener.set_nonblocking(true).unwrap();
             let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            Server::accept_on(&listener).await
+        }
+
+        /// As [`Server::accept`], on a listener kept for another link.
+        async fn accept_on(listener: &tokio::net::UnixListener) -> Server {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut hello = BytesMut::new();
             encode_greeting(&mut hello);
@@ -536,6 +575,54 @@ mod tests {
         out
     }
 
+    /// Connects a peer to `guard` that says `body` once its handshake is done.
+    async fn peer_saying(guard: &Guard, body: &'static [u8]) -> TcpStream {
+        let mut peer = TcpStream::connect(guard.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut out = hello();
+        encode_message(&mut out, &[Bytes::from_static(body)]);
+        peer.write_all(&out).await.unwrap();
+        peer
+    }
+
+    /// Reads the server's messages until one ends with `body`.
+    async fn until_said(server: &mut Server, body: &[u8]) {
+        let wait = async { while server.message().await.last().map(|f| &f[..]) != Some(body) {} };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the message arrives");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_link_closes_its_peers_and_is_made_again_under_a_new_identity() {
+        let config = GuardConfig::default().front_end(true);
+        let (guard, listener) = Guard::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+        let mut server = Server::accept_on(&listener).await;
+        let mut before = peer_saying(&guard, b"before").await;
+        until_said(&mut server, b"before").await;
+        // The server's end of the link goes away: the peer it carried is closed.
+        drop(server);
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), before.read_to_end(&mut sink));
+        assert!(closed.await.is_ok(), "the link's peer is closed");
+        // The guard links again and serves new peers.
+        let mut server =
+            tokio::time::timeout(Duration::from_secs(10), Server::accept_on(&listener))
+                .await
+                .expect("the link is made again");
+        let _after = peer_saying(&guard, b"after").await;
+        until_said(&mut server, b"after").await;
+        let first = guard.link_identity().unwrap();
+        assert!(guard.is_link(&first));
+        assert!(guard.is_link(&link_identity(&first[..first.len() - 4], 1)));
+        assert!(!guard.is_link(b"\0Lsomething else"));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flooding_peer_queues_little_ahead_of_another_peers_message() {
         const FLOOD_MESSAGE: usize = 64 * 1024;
@@ -549,7 +636,9 @@ mod tests {
         let mut server = Server::accept(listener).await;
 
         // One peer sends 32 MiB as fast as the guard takes it.
-        let mut flooder = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
+        let mut flooder = TcpStream::connect(guard.local_addr().unwrap())
+            .await
+            .unwrap();
         let mut flood = hello();
         encode_message(&mut flood, &[Bytes::from(vec![7u8; FLOOD_MESSAGE])]);
         let flooding = tokio::spawn(async move {
@@ -560,7 +649,9 @@ mod tests {
             }
             std::io::Result::Ok(flooder)
         });
-        let mut other = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
+        let mut other = TcpStream::connect(guard.local_addr().unwrap())
+            .await
+            .unwrap();
         other.write_all(&hello()).await.unwrap();
 
         // The server reads slowly (a message a millisecond, far slower than the flood comes: a
@@ -652,7 +743,9 @@ mod tests {
             server: &CurveKeyPair,
             keys: CurveKeyPair,
         ) -> (Peer, Result<Session, crate::curve::CurveError>) {
-            let stream = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
+            let stream = TcpStream::connect(guard.local_addr().unwrap())
+                .await
+                .unwrap();
             let mut peer = Peer {
                 stream,
                 buf: BytesMut::new(),
@@ -758,7 +851,9 @@ mod tests {
         #[tokio::test]
         async fn a_null_peer_or_a_replayed_message_is_closed_and_counted() {
             let (guard, _server, keys) = curve_guard(None).await;
-            let mut null = TcpStream::connect(guard.local_addr().unwrap()).await.unwrap();
+            let mut null = TcpStream::connect(guard.local_addr().unwrap())
+                .await
+                .unwrap();
             null.write_all(&hello()).await.unwrap();
             let mut rest = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(10), null.read_to_end(&mut rest))
