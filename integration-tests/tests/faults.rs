@@ -882,3 +882,59 @@ async fn a_thousand_concurrent_requests_at_the_defaults_are_all_answered() -> Re
     assert_eq!(refused, Some(0.0), "no connection refused at the door");
     Ok(())
 }
+
+/// 40 connections each announce a 2 MiB frame and send 1.5 MiB of it, then nothing: 60 MiB
+/// offered against a 16 MiB inbound budget. The broker's RSS stays within its baseline plus
+/// the budget, and a legitimate client is served throughout: the stalled peers that hold the
+/// budget are closed once it waits (`--guard-stall-timeout`), long before their message
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_large_frames_hold_no_more_than_the_inbound_budget() -> Result<()> {
+    const MIB: usize = 1024 * 1024;
+    let ep = free_endpoint()?;
+    let broker = broker(
+        &ep,
+        &[
+            "--max-message-size",
+            "4194304",
+            "--guard-inbound-budget",
+            "16MiB",
+            "--guard-message-timeout",
+            "120s",
+        ],
+    )?;
+    let _w = echo_worker(&ep)?;
+    wait_for_service(&ep, "echo").await?;
+    let c = Client::new(
+        ep.as_str(),
+        ClientConfig::default().timeout(PATIENCE).attempts(1),
+    );
+    let hello = vec![Bytes::from_static(b"hello")];
+    assert_eq!(c.request("echo", hello.clone()).await?, hello);
+    let baseline = broker.rss_kib()?;
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut peer = RawZmtp::connect(&ep).await?;
+        stalled.push(tokio::spawn(async move {
+            // Waits while the guard does not read; a closed peer ends it.
+            let _ = peer.send_partial_frame(2 * MIB as u64, 3 * MIB / 2).await;
+            peer.closed_within(PATIENCE * 6).await
+        }));
+    }
+    let mut most = baseline;
+    for i in 0..40 {
+        let body = vec![Bytes::from(format!("served {i}"))];
+        assert_eq!(c.request("echo", body.clone()).await?, body);
+        most = most.max(broker.rss_kib()?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("broker RSS {baseline} KiB before, at most {most} KiB with 40 stalled frames");
+    assert!(
+        most < baseline + 16 * 1024 + 8 * 1024,
+        "RSS grew from {baseline} to {most} KiB"
+    );
+    for peer in stalled {
+        peer.abort();
+    }
+    Ok(())
+}

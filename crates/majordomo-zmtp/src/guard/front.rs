@@ -55,7 +55,10 @@ struct Entry {
     replies: mpsc::UnboundedSender<(Vec<Bytes>, Charge)>,
     budget: Budget,
     queued: Arc<AtomicU64>,
+    /// Cancelled when the peer is to be closed for not reading its replies.
     close: CancellationToken,
+    /// Cancelled when the server asks for the peer to be closed, or its link failed.
+    ended: CancellationToken,
 }
 
 /// The link to the server, as the peers' tasks see it.
@@ -98,7 +101,7 @@ impl Link {
                 // Whatever was queued for the old link went with it.
                 while queue.try_recv().is_ok() {}
                 for entry in lock(&task.peers).values() {
-                    entry.close.cancel();
+                    entry.ended.cancel();
                 }
                 if started.elapsed() > RELINK_MOST {
                     pause = RELINK_FIRST;
@@ -110,7 +113,7 @@ impl Link {
                 pause = (pause * 2).min(RELINK_MOST);
             }
             for entry in lock(&task.peers).values() {
-                entry.close.cancel();
+                entry.ended.cancel();
             }
         });
         link
@@ -222,7 +225,7 @@ async fn read_link(
             LinkEvent::Routed { peer, frames } => route(link, shared, peer, frames),
             LinkEvent::Control(Control::Disconnected(peer)) => {
                 if let Some(entry) = lock(&link.peers).get(&peer) {
-                    entry.close.cancel();
+                    entry.ended.cancel();
                 }
             }
             LinkEvent::Ping(context) => link.send(Outgoing::Pong(context)),
@@ -271,10 +274,12 @@ pub(super) async fn serve_peer<S: PeerStream>(
 ) {
     let shared = permit.shared.clone();
     let identity = Bytes::from(addr.identity(connection));
-    let close = CancellationToken::new();
+    let (close, ended) = (CancellationToken::new(), CancellationToken::new());
     let end = tokio::select! {
-        end = peer(stream, &shared, &link, &identity, &close) => end,
+        end = peer(stream, &shared, &link, &identity, &close, &ended) => end,
         _ = close.cancelled() => End::Broken(Rule::Outbound, "replies not read".into()),
+        // The server asked, or the link the peer was on failed: no rule broken.
+        _ = ended.cancelled() => End::ServerClosed,
         _ = cancel.cancelled() => End::Shutdown,
     };
     if lock(&link.peers).remove(&identity).is_some() {
@@ -294,6 +299,7 @@ async fn peer<S: PeerStream>(
     link: &Link,
     identity: &Bytes,
     close: &CancellationToken,
+    ended: &CancellationToken,
 ) -> End {
     let (mut read, mut write) = stream.halves();
     let config = &shared.config;
@@ -312,6 +318,7 @@ async fn peer<S: PeerStream>(
         budget: Budget::new(config.outbound_budget),
         queued: queued.clone(),
         close: close.clone(),
+        ended: ended.clone(),
     });
     let mut out = BytesMut::new();
     codec.greeting_start(&mut out);
