@@ -158,9 +158,10 @@ pub enum BindError {
 /// server sees each front-end peer as a peer of its own, and learns of its disconnect from the
 /// control message instead of the monitor.
 pub struct ZmqRouter {
+    /// Before the socket, so that a dropped router stops its guards before their links close.
+    guards: Vec<Guard>,
     socket: RouterSocket,
     events: futures::channel::mpsc::Receiver<SocketEvent>,
-    guards: Vec<Guard>,
     /// Front-end links by identity, with the peers each carries now.
     links: HashMap<Bytes, HashSet<Bytes>>,
     /// The link of each front-end peer.

@@ -93,10 +93,17 @@ impl Link {
                 let identity = link_identity(&task.prefix, connection);
                 let started = tokio::time::Instant::now();
                 tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
                     end = run_link(&task, &shared, &identity, &mut queue) => {
+                        // A server closing its socket ends the link before it drops the guard:
+                        // give that a moment to arrive before calling it a failure.
+                        let stopping = tokio::time::timeout(RELINK_FIRST, cancel.cancelled());
+                        if stopping.await.is_ok() {
+                            break;
+                        }
                         warn!(?end, connection, "link to the server failed; its peers are closed and it is made again");
                     }
-                    _ = cancel.cancelled() => break,
                 }
                 // Whatever was queued for the old link went with it.
                 while queue.try_recv().is_ok() {}
