@@ -345,10 +345,6 @@ async fn peer<S: PeerStream>(
         let written = allowance.written();
         tokio::pin!(written);
         written.as_mut().enable();
-        // Enabled before the waiters are counted, for the same reason.
-        let pressure = shared.inbound.pressure();
-        tokio::pin!(pressure);
-        pressure.as_mut().enable();
         let mut blocked = false;
         let mut link_full = false;
         // One read of the clock per wake-up.
@@ -426,6 +422,13 @@ async fn peer<S: PeerStream>(
         let _waiting = blocked.then(|| shared.inbound.wait_for_room());
         // This peer holds budget for a message begun, and is not held back by the guard.
         let holding = entry.is_none() && codec.deadline().is_some() && !blocked && !link_full;
+        // Only a holder listens for waiters: enabled before they are counted, so that none who
+        // starts waiting in between is missed.
+        let pressure = shared.inbound.pressure();
+        tokio::pin!(pressure);
+        if holding {
+            pressure.as_mut().enable();
+        }
         let squeezed = holding && shared.inbound.waiting() > 0;
         tokio::select! {
             // read_buf is cancel-safe: nothing is consumed unless it completes.

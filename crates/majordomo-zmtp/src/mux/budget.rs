@@ -93,26 +93,6 @@ impl Budget {
         }
     }
 
-    /// Takes up to `want` bytes, as many as are left; returns how many were taken.
-    fn acquire_up_to(&self, want: usize) -> usize {
-        let mut used = self.0.used.load(Ordering::Acquire);
-        loop {
-            let grant = want.min(self.0.limit.saturating_sub(used));
-            if grant == 0 {
-                return 0;
-            }
-            match self.0.used.compare_exchange_weak(
-                used,
-                used + grant,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return grant,
-                Err(now) => used = now,
-            }
-        }
-    }
-
     /// Takes exactly `want` bytes, or nothing when fewer are left.
     fn acquire(&self, want: usize) -> bool {
         let mut used = self.0.used.load(Ordering::Acquire);
@@ -170,13 +150,6 @@ impl Charge {
         if granted {
             self.bytes += bytes;
         }
-        granted
-    }
-
-    /// Takes up to `bytes` more, as many as the budget has left; returns how many.
-    pub fn grow_up_to(&mut self, bytes: usize) -> usize {
-        let granted = self.budget.acquire_up_to(bytes);
-        self.bytes += granted;
         granted
     }
 
@@ -288,9 +261,9 @@ mod tests {
         assert!(a.try_grow(60));
         assert!(!b.try_grow(41), "all or nothing: 40 are left");
         assert_eq!(b.bytes(), 0);
-        assert_eq!(b.grow_up_to(50), 40);
+        assert!(b.try_grow(40), "exactly what is left");
         assert_eq!(budget.used(), 100);
-        assert_eq!(a.grow_up_to(1), 0);
+        assert!(!a.try_grow(1), "nothing is left");
         assert!(a.try_grow(0), "nothing is always there");
         drop(a);
         assert_eq!(budget.used(), 40);
@@ -331,7 +304,7 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..2000 {
                         let mut charge = budget.charge();
-                        charge.grow_up_to(round % 300);
+                        let _ = charge.try_grow(round % 300);
                         assert!(budget.used() <= budget.limit());
                     }
                 });
