@@ -216,9 +216,33 @@ async fn a_peer_that_does_not_read_its_replies_is_closed_at_its_outbound_budget(
     Ok(())
 }
 
+/// `count` peers that each announce a final frame of `frame` bytes, send `sent` of them and
+/// then nothing; each task ends with whether its peer was closed within [`PATIENCE`].
+async fn stalled_senders(
+    endpoint: &str,
+    count: usize,
+    frame: u64,
+    sent: usize,
+) -> Result<Vec<JoinHandle<bool>>> {
+    use tokio::io::AsyncWriteExt;
+    let mut senders = Vec::new();
+    for _ in 0..count {
+        let mut peer = raw_dealer(endpoint, b"").await?;
+        senders.push(tokio::spawn(async move {
+            let mut header = vec![0x02];
+            header.extend(frame.to_be_bytes());
+            let _ = peer.write_all(&header).await;
+            // Held back by the budget, this write waits; a closed peer ends it.
+            let _ = peer.write_all(&vec![0u8; sent]).await;
+            // Stay connected without finishing the message.
+            integration_tests::closed_within(&mut peer, PATIENCE).await
+        }));
+    }
+    Ok(senders)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -> Result<()> {
-    use tokio::io::AsyncWriteExt;
     const MIB: usize = 1024 * 1024;
     let guard = GuardConfig::default()
         .max_frame_size(2 * MIB as u64)
@@ -228,19 +252,7 @@ async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -
     let (broker, stats, _worker) = front_ended_broker(guard).await?;
     // Twelve peers each announce a 1 MiB frame and send half of it: each frame is charged
     // whole, three times the budget in all.
-    let mut senders = Vec::new();
-    for _ in 0..12 {
-        let mut peer = raw_dealer(&broker.endpoint, b"").await?;
-        senders.push(tokio::spawn(async move {
-            let mut header = vec![0x02];
-            header.extend((MIB as u64).to_be_bytes());
-            let _ = peer.write_all(&header).await;
-            // Held back by the budget, this write waits; a closed peer ends it.
-            let _ = peer.write_all(&vec![0u8; MIB / 2]).await;
-            // Stay connected without finishing the message.
-            integration_tests::closed_within(&mut peer, PATIENCE).await
-        }));
-    }
+    let senders = stalled_senders(&broker.endpoint, 12, MIB as u64, MIB / 2).await?;
     let mut most = 0;
     wait_for_guard(&stats, "the budget in use", |s| {
         most = most.max(s.inbound_held);
@@ -273,7 +285,6 @@ async fn partial_messages_of_many_peers_hold_no_more_than_the_inbound_budget() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_stop_mid_message_while_others_wait_are_closed_and_others_served() -> Result<()>
 {
-    use tokio::io::AsyncWriteExt;
     const MIB: usize = 1024 * 1024;
     let guard = GuardConfig::default()
         .max_frame_size(2 * MIB as u64)
@@ -284,17 +295,7 @@ async fn peers_that_stop_mid_message_while_others_wait_are_closed_and_others_ser
     let (broker, stats, _worker) = front_ended_broker(guard).await?;
     // Twelve peers each announce a frame of 1 MiB less 256 bytes and send half of it: each is
     // charged whole, and four of them leave too little of the budget for any other message.
-    let mut senders = Vec::new();
-    for _ in 0..12 {
-        let mut peer = raw_dealer(&broker.endpoint, b"").await?;
-        senders.push(tokio::spawn(async move {
-            let mut header = vec![0x02];
-            header.extend((MIB as u64 - 256).to_be_bytes());
-            let _ = peer.write_all(&header).await;
-            let _ = peer.write_all(&vec![0u8; MIB / 2]).await;
-            integration_tests::closed_within(&mut peer, PATIENCE).await
-        }));
-    }
+    let senders = stalled_senders(&broker.endpoint, 12, MIB as u64 - 256, MIB / 2).await?;
     wait_for_guard(&stats, "the budget in use", |s| {
         s.inbound_held >= 4 * (MIB as u64 - 256)
     })

@@ -601,16 +601,10 @@ fn memory_client(endpoint: &MemoryEndpoint, timeout: Duration) -> Client<MemoryE
     Client::with_connector(endpoint.clone(), ClientConfig::default().timeout(timeout))
 }
 
-#[tokio::test(start_paused = true)]
-async fn clients_are_answered_through_the_broker_by_a_worker() -> Result<()> {
-    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
-    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
-    tokio::spawn(worker.run(
-        handler_fn(|body| async move { Ok(body) }),
-        std::future::pending(),
-    ));
-    let client = memory_client(&endpoint, Duration::from_millis(2500));
-    let calls: Vec<_> = (0..10)
+/// `count` requests ("request 0", ...) to `echo` from `client` at once, each answered with its
+/// own body.
+async fn all_echoed(client: &Client<MemoryEndpoint>, count: usize) -> Result<()> {
+    let calls: Vec<_> = (0..count)
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
@@ -623,6 +617,19 @@ async fn clients_are_answered_through_the_broker_by_a_worker() -> Result<()> {
         let (reply, body) = call.await?;
         assert_eq!(reply?, body);
     }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_are_answered_through_the_broker_by_a_worker() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+    tokio::spawn(worker.run(
+        handler_fn(|body| async move { Ok(body) }),
+        std::future::pending(),
+    ));
+    let client = memory_client(&endpoint, Duration::from_millis(2500));
+    all_echoed(&client, 10).await?;
     let s = stats(&handle).await;
     assert_eq!((s.replies, s.expired), (10, 0));
     Ok(())
@@ -696,19 +703,7 @@ async fn requests_past_max_in_flight_wait_their_turn_outside_their_timeout() -> 
         endpoint.clone(),
         ClientConfig::default().timeout(timeout).max_in_flight(1),
     );
-    let calls: Vec<_> = (0..3)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let body = vec![Bytes::from(format!("request {i}"))];
-                (client.request("echo", body.clone()).await, body)
-            })
-        })
-        .collect();
-    for call in calls {
-        let (reply, body) = call.await?;
-        assert_eq!(reply?, body);
-    }
+    all_echoed(&client, 3).await?;
     use std::sync::atomic::Ordering::SeqCst;
     assert_eq!(served.load(SeqCst), 3, "no request was sent twice");
     assert_eq!(most.load(SeqCst), 1, "one request under way at a time");
