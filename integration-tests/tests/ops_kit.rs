@@ -103,11 +103,19 @@ impl Drop for TempFile {
     }
 }
 
-/// Scrapes until `done` holds for the page, or fails after [`PATIENCE`] with the last page.
+/// Scrapes until `done` holds for the page, or fails after [`PATIENCE`] with the last page; a
+/// listener not yet up (its process still starting) is tried again until then.
 async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> Result<String> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let (status, page) = get(addr, "/metrics").await?;
+        let (status, page) = match get(addr, "/metrics").await {
+            Ok(answer) => answer,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(error) => return Err(error.context(format!("{what}: {addr} never answered"))),
+        };
         ensure!(status == 200, "/metrics answered {status}");
         if done(&page) {
             return Ok(page);
