@@ -6,10 +6,11 @@
 //! [`cmd`] that owns its options and its `run`. What several share lives beside it: the options
 //! of every server ([`server`]) and where they come from ([`config`]), the broker connection of
 //! the client commands ([`connect`]), `--metrics-listen` ([`metrics`]), stop signals
-//! ([`signals`]) and logging ([`logs`]). `bench` and `soak` are tooling, in the
-//! `majordomo-tools` crate.
+//! ([`signals`]), logging ([`logs`]) and the C library's allocator ([`allocator`]). `bench`
+//! and `soak` are tooling, in the `majordomo-tools` crate.
 
 mod access;
+mod allocator;
 mod cmd;
 mod config;
 mod connect;

@@ -68,7 +68,7 @@ pub struct CoreConfig {
     pub backoff_initial: Duration,
     /// Longest such wait; it doubles up to it (default 30 s).
     pub backoff_max: Duration,
-    /// Most bytes of request and reply bodies kept in memory (default 64 MiB), counted with
+    /// Most bytes of request and reply bodies kept in memory (default 32 MiB), counted with
     /// [`body_cost`]; past it a body is kept in the store only, and read from it when needed.
     /// Zero keeps none. The bodies of the dispatches under way have a bound of the same size
     /// (but for one dispatch, which may always go).
@@ -86,7 +86,7 @@ impl Default for CoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
-            max_body_bytes: 64 << 20,
+            max_body_bytes: 32 << 20,
             // Room for the default `max_stored` of requests of about a kilobyte (3 KB each
             // in the file), and a bound any server's disk has; 60 requests of 15 MiB fit.
             max_stored_bytes: 4 << 30,

@@ -337,9 +337,9 @@ impl RedbStore {
         Self::open_with_cache(path, Self::DEFAULT_CACHE)
     }
 
-    /// The default cache: 64 MiB (redb's own default is 1 GiB, which lets a process's memory
+    /// The default cache: 32 MiB (redb's own default is 1 GiB, which lets a process's memory
     /// grow with its file).
-    pub const DEFAULT_CACHE: usize = 64 << 20;
+    pub const DEFAULT_CACHE: usize = 32 << 20;
 
     /// As [`RedbStore::open`], with a cache of `cache_bytes` (what the process holds of the
     /// file in memory, at most).
