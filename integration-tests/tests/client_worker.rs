@@ -696,3 +696,52 @@ async fn a_worker_whose_run_future_is_dropped_says_disconnect() -> Result<()> {
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_leaving_after_large_replies_lose_no_request_under_load() -> Result<()> {
+    // Each worker connection says DISCONNECT after every request (all pass the threshold),
+    // while clients keep the queue full: the broker hands a departing connection the next
+    // request before its DISCONNECT arrives. With one delivery allowed, a request counted as
+    // lost there would be abandoned.
+    let broker = RunningBroker::start(test_config().max_deliveries(1)).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |body: Vec<Bytes>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(body) }
+        })
+    };
+    let config = worker_config()
+        .concurrency(4)
+        .fresh_connection_above(Some(64 * 1024));
+    let (stop, worker) = spawn_worker(&broker.endpoint, "echo", config, handler);
+    wait_for_service(&broker.endpoint, "echo").await?;
+    const CLIENTS: usize = 8;
+    const EACH: usize = 20;
+    let mut callers = Vec::new();
+    for c in 0..CLIENTS {
+        let client = Client::new(&broker.endpoint, ClientConfig::default().attempts(1));
+        callers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let body = Bytes::from(vec![(c * EACH + i) as u8; 128 * 1024]);
+                let reply = client.request("echo", vec![body.clone()]).await?;
+                anyhow::ensure!(reply == [body], "client {c}, request {i}: another reply");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for caller in callers {
+        caller.await??;
+    }
+    let _ = stop.send(true);
+    worker.await??;
+    let stats = broker.stop().await?;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        CLIENTS * EACH,
+        "each ran once"
+    );
+    assert_eq!(stats.abandoned, 0, "{stats:?}");
+    Ok(())
+}

@@ -17,6 +17,10 @@
 //!   worker of the same service, at most [`BrokerConfig::max_deliveries`] times in all. A request
 //!   is held by exactly one worker at a time and its reply is only accepted from that worker, so a
 //!   client never gets two replies to one request.
+//! - A worker may say DISCONNECT right after its reply, and be handed the next request before
+//!   that DISCONNECT arrives. A DISCONNECT before anything else since a worker got its request
+//!   gives the request back: it is re-queued at the front, and that hand-out does not count
+//!   against `max_deliveries` (see [`crate::redelivery`]).
 //! - Clients are served round-robin within a service, so one client with many requests in flight
 //!   cannot starve the others.
 //! - A busy worker that has been seen to heartbeat while busy (more than half an interval after
@@ -195,6 +199,8 @@ pub struct BrokerConfig {
     pub max_queued_total: usize,
     /// How many times one request may be handed to a worker (default 3). A request whose workers
     /// keep dying is dropped after that, so a request that crashes workers cannot cycle forever.
+    /// A hand-out to a worker that says DISCONNECT before anything else since does not count: it
+    /// gives the request back (at most [`crate::redelivery::MAX_RETURNS`] times).
     pub max_deliveries: u32,
     /// Size limits for decoding; oversized messages are dropped.
     pub limits: Limits,
@@ -767,6 +773,18 @@ impl ReplyState {
     }
 }
 
+/// How a worker holding a request left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// It died, its connection closed, it broke the protocol, or it said DISCONNECT after
+    /// sending something since it got the request: the hand-out counts against
+    /// [`BrokerConfig::max_deliveries`].
+    Lost,
+    /// It said DISCONNECT before anything else since it got the request: it gives it back, and
+    /// the hand-out does not count.
+    Returned,
+}
+
 /// Whether a worker holds a request.
 #[derive(Debug)]
 enum WorkerState {
@@ -783,6 +801,9 @@ enum WorkerState {
         /// Whether it has sent a HEARTBEAT well after that: then it is held to liveness while
         /// busy too.
         heartbeats: bool,
+        /// Whether anything came from it since (a DISCONNECT before anything else gives the
+        /// request back: see [`crate::redelivery`]).
+        heard: bool,
     },
 }
 
@@ -798,6 +819,7 @@ impl WorkerState {
                     },
                     since: now,
                     heartbeats: false,
+                    heard: false,
                 };
                 Ok(())
             }
@@ -835,6 +857,18 @@ impl WorkerState {
             Self::Busy { held, .. } => Ok(held),
             Self::Idle { .. } => Err(StateError::Idle),
         }
+    }
+
+    /// Something other than DISCONNECT came from it.
+    fn heard(&mut self) {
+        if let Self::Busy { heard, .. } = self {
+            *heard = true;
+        }
+    }
+
+    /// Busy, and nothing came from it since it was handed its request.
+    fn unstarted(&self) -> bool {
+        matches!(self, Self::Busy { heard: false, .. })
     }
 
     /// What it holds, as it goes away.
@@ -1627,6 +1661,9 @@ impl BrokerCore {
         }
         // "Any received command except DISCONNECT acts as a heartbeat."
         worker.heartbeat.on_recv(now);
+        if !matches!(message, FromWorker::Disconnect) {
+            worker.state.heard();
+        }
         match message {
             FromWorker::Heartbeat => {
                 // Only a heartbeat sent well after the request reached the worker shows that it
@@ -1649,9 +1686,17 @@ impl BrokerCore {
             }
             FromWorker::Disconnect => {
                 debug!(worker = %Peer(identity), "worker disconnected");
+                // A DISCONNECT before anything else since the worker was handed a request: it
+                // was leaving as the request reached it (it says DISCONNECT right after its last
+                // reply), and gives it back.
+                let departure = if worker.state.unstarted() {
+                    Departure::Returned
+                } else {
+                    Departure::Lost
+                };
                 // "When the broker receives DISCONNECT from a worker it MUST send no further
                 // commands to that worker."
-                self.disconnect_worker(now, identity, false);
+                self.remove_worker(now, identity, false, departure);
             }
             FromWorker::Reply {
                 part: Part::Partial,
@@ -1970,6 +2015,12 @@ impl BrokerCore {
 
     /// Removes a worker, optionally telling it DISCONNECT, and re-queues what it held.
     fn disconnect_worker(&mut self, now: Instant, identity: &Bytes, send: bool) {
+        self.remove_worker(now, identity, send, Departure::Lost);
+    }
+
+    /// Removes a worker that left as `departure` says, optionally telling it DISCONNECT, and
+    /// re-queues what it held.
+    fn remove_worker(&mut self, now: Instant, identity: &Bytes, send: bool, departure: Departure) {
         let Some(worker) = self.workers.remove(identity) else {
             return;
         };
@@ -1992,7 +2043,17 @@ impl BrokerCore {
                 }
             }
         }
-        if let Some(InFlight { request, mut reply }) = worker.state.into_held() {
+        if let Some(InFlight {
+            mut request,
+            mut reply,
+        }) = worker.state.into_held()
+        {
+            let verdict = match departure {
+                Departure::Lost => request
+                    .deliveries
+                    .on_worker_lost(self.config.max_deliveries),
+                Departure::Returned => request.deliveries.on_returned(),
+            };
             if let Err(error) = reply.restart() {
                 // Its client already holds PARTIALs: replaying the request to another worker
                 // would send it parts twice. It gets no FINAL, and retries.
@@ -2001,11 +2062,7 @@ impl BrokerCore {
                 warn!(client = %Peer(&request.client), service = %Hex(&request.service), %error, "worker lost after streaming part of a reply: request abandoned, not replayed");
                 self.drops
                     .record(now, &request.service, DropReason::Abandoned);
-            } else if request
-                .deliveries
-                .on_worker_lost(self.config.max_deliveries)
-                == Redelivery::Abandon
-            {
+            } else if verdict == Redelivery::Abandon {
                 self.stats.abandoned += 1;
                 self.count_dropped(&request.service);
                 debug!(
@@ -2018,7 +2075,7 @@ impl BrokerCore {
                     .record(now, &request.service, DropReason::Abandoned);
             } else {
                 self.stats.requeued += 1;
-                debug!(client = %Peer(&request.client), service = %Hex(&request.service), "re-queueing request of lost worker");
+                debug!(client = %Peer(&request.client), service = %Hex(&request.service), ?departure, "re-queueing request of a departed worker");
                 self.enqueue(now, request, true);
                 self.dispatch(now, &worker.service);
             }

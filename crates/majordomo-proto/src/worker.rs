@@ -191,11 +191,16 @@ impl Session for WorkerSession {
 
     /// The request is dropped, DISCONNECT is queued, and the session ends so the driver registers
     /// again on a new socket. 7/MDP has no error reply; a broker that re-queues requests of
-    /// departed workers gives the request to another worker.
-    fn handle_failure(&mut self, _now: Instant) -> Option<WorkerEvent> {
+    /// departed workers gives the request to another worker. A HEARTBEAT goes first: to a broker
+    /// that takes a DISCONNECT before anything else as a request given back unstarted (this
+    /// crate's does), the request was taken, and its failure counts against the broker's bound
+    /// on deliveries.
+    fn handle_failure(&mut self, now: Instant) -> Option<WorkerEvent> {
         if !self.is_busy() {
             return None;
         }
+        self.queue(FromWorker::Heartbeat);
+        self.heartbeat.on_send(now);
         self.queue(FromWorker::Disconnect);
         self.end(SessionEnd::HandlerFailed)
     }

@@ -10,6 +10,7 @@ use majordomo_proto::drops::DropReason;
 use majordomo_proto::event::Event;
 use majordomo_proto::heartbeat::HeartbeatConfig;
 use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
+use majordomo_proto::redelivery::MAX_RETURNS;
 use majordomo_proto::{DecodeError, Limits};
 
 const HB: Duration = Duration::from_millis(100);
@@ -341,10 +342,50 @@ fn request_is_abandoned_after_max_deliveries() {
         let w = format!("w{i}");
         s.ready(&w, "svc");
         assert_eq!(requests(&s.drain()).len(), 1);
+        // It took the request (a heartbeat since), then left: as this crate's worker does when
+        // its handler fails.
+        s.worker(&w, WorkerMessage::Heartbeat);
         s.worker(&w, WorkerMessage::Disconnect);
     }
     let stats = s.core.stats();
     assert_eq!((stats.abandoned, stats.queued, stats.requeued), (1, 0, 2));
+}
+
+#[test]
+fn a_worker_leaving_after_its_reply_gives_back_the_request_it_was_handed_meanwhile() {
+    // With one delivery allowed, a counted hand-out would abandon the request.
+    let mut s = Sim::with(BrokerConfig::default().max_deliveries(1));
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "one");
+    s.client("c1", "svc", "two");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    // w1 answers and says DISCONNECT at once; the broker hands it "two" in between.
+    s.reply("w1", "c1", "one!");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "two".into())]);
+    s.worker("w1", WorkerMessage::Disconnect);
+    s.ready("w2", "svc");
+    assert_eq!(requests(&s.drain()), [("w2".into(), "two".into())]);
+    s.reply("w2", "c1", "two!");
+    assert_eq!(replies(&s.drain()), [("c1".into(), "two!".into())]);
+    let stats = s.core.stats();
+    assert_eq!((stats.abandoned, stats.requeued, stats.replies), (0, 1, 2));
+}
+
+#[test]
+fn a_request_given_back_unstarted_too_often_is_abandoned() {
+    let mut s = Sim::new();
+    s.client("c1", "svc", "bounced");
+    for i in 0..=MAX_RETURNS {
+        let w = format!("w{i}");
+        s.ready(&w, "svc");
+        assert_eq!(requests(&s.drain()).len(), 1, "{w}");
+        s.worker(&w, WorkerMessage::Disconnect);
+    }
+    let stats = s.core.stats();
+    assert_eq!(
+        (stats.abandoned, stats.queued, stats.requeued),
+        (1, 0, u64::from(MAX_RETURNS))
+    );
 }
 
 #[test]

@@ -116,7 +116,11 @@ fn disconnect_failure_and_shutdown_end_the_session() {
         s.handle_failure(t0),
         Some(WorkerEvent::Ended(SessionEnd::HandlerFailed))
     );
-    assert_eq!(sent(&mut s), [WorkerMessage::Disconnect]);
+    // A heartbeat first: the request was taken, and its failure counts as a delivery.
+    assert_eq!(
+        sent(&mut s),
+        [WorkerMessage::Heartbeat, WorkerMessage::Disconnect]
+    );
 
     let mut s = session(t0);
     sent(&mut s);
