@@ -5,7 +5,8 @@ Run with the interop environment's Python (pyzmq), after a release build:
 
     cargo build --release --locked -p majordomo-cli
     ./scripts/setup-interop.sh            # once: .venv/ with pyzmq
-    .venv/bin/python scripts/measure-bounds.py [services|ppqueue|spqueue|titanic|frames|all]
+    .venv/bin/python scripts/measure-bounds.py \
+        [services|idle-services|ppqueue|spqueue|titanic|frames|all]
     .venv/bin/python scripts/measure-bounds.py \
         [stalled-frames|unread-replies|unread-partials|connect-cycles|guard] \
         [--broker-args=--guard-relay]
@@ -17,6 +18,8 @@ under floods"); the options make them smaller for a quick look.
 
 - services: one DEALER sends one request to each of N distinct services nobody serves; then
   `majordomo status` (time), /metrics (size, time) and the broker's log lines are measured.
+- idle-services: the same flood at the broker's defaults (requests expire after 10 s): RSS
+  while the services sit in their idle grace (60 s), and after they are forgotten.
 - ppqueue, spqueue: N requests of SIZE bytes with no worker.
 - titanic: N requests of SIZE bytes through `titanic.request` for S services nobody serves,
   with Titanic's defaults; its peak RSS while it dispatches them.
@@ -175,30 +178,48 @@ def row(table, scenario, values):
     print(f"{scenario}: " + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
 
 
-def services(args, ctx, scratch, table):
+def flood_services(args, ctx, endpoint):
+    """One request to each of args.services distinct services nobody serves, from one DEALER;
+    returns the DEALER (to close) and the broker's stats once it has read them all."""
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    for i in range(args.services):
+        dealer.send_multipart([b"", b"MDPC01", b"svc%07d" % i, b"x"])
+    stats = wait_until(
+        "every request",
+        lambda: (s := mmi_stats(ctx, endpoint)) and s["requests"] >= args.services and s,
+        patience=600,
+    )
+    return dealer, stats
+
+
+def services_broker(args, ctx, scratch, name, options):
+    """A broker with `options` and a metrics listener, serving; returns it, its endpoint and
+    its metrics address."""
     port, metrics = free_port(), f"127.0.0.1:{free_port()}"
     endpoint = f"tcp://127.0.0.1:{port}"
     broker = Server(
-        args.binary,
-        ["broker", "--bind", endpoint, "--metrics-listen", metrics, "--request-expiry", "300s"],
-        scratch,
-        "broker-services",
+        args.binary, ["broker", "--bind", endpoint, "--metrics-listen", metrics] + options,
+        scratch, name,
     )
     try:
         wait_serving(ctx, endpoint)
         metrics_page(metrics)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker, endpoint, metrics
+
+
+def services(args, ctx, scratch, table):
+    broker, endpoint, metrics = services_broker(
+        args, ctx, scratch, "broker-services", ["--request-expiry", "300s"]
+    )
+    try:
         baseline, lines_before = rss_mib(broker.pid), broker.log_lines()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(endpoint)
         started = time.monotonic()
-        for i in range(args.services):
-            dealer.send_multipart([b"", b"MDPC01", b"svc%07d" % i, b"x"])
-        stats = wait_until(
-            "every request",
-            lambda: (s := mmi_stats(ctx, endpoint)) and s["requests"] >= args.services and s,
-            patience=600,
-        )
+        dealer, stats = flood_services(args, ctx, endpoint)
         flood_s = time.monotonic() - started
         grown = rss_mib(broker.pid)
         started = time.monotonic()
@@ -223,6 +244,53 @@ def services(args, ctx, scratch, table):
                 "flood s": f"{flood_s:.1f}",
                 "status": f"exit {status.returncode} in {status_s * 1000:.0f} ms",
                 "/metrics": f"{len(page)} B in {metrics_s * 1000:.0f} ms",
+                "log lines": broker.log_lines() - lines_before,
+            },
+        )
+        dealer.close()
+    finally:
+        broker.stop()
+
+
+def idle_services(args, ctx, scratch, table):
+    """Services whose requests expired, sitting in their idle grace, at the broker's defaults."""
+    broker, endpoint, metrics = services_broker(args, ctx, scratch, "broker-idle-services", [])
+    try:
+        baseline, lines_before = rss_mib(broker.pid), broker.log_lines()
+        started = time.monotonic()
+        dealer, flood = flood_services(args, ctx, endpoint)
+        flooded = rss_mib(broker.pid)
+        # Every request expires, then every service sits in its grace; then it is forgotten.
+        idle = wait_until(
+            "every request expired",
+            lambda: (s := mmi_stats(ctx, endpoint)) and s["queued"] == 0 and s,
+            patience=600,
+        )
+        idle_at, in_grace = time.monotonic() - started, rss_mib(broker.pid)
+        in_grace_status = time.monotonic()
+        status = subprocess.run(
+            [args.binary, "status", "--connect", endpoint], capture_output=True, timeout=60
+        )
+        status_s = time.monotonic() - in_grace_status
+        forgotten = wait_until(
+            "every idle service forgotten",
+            lambda: (s := mmi_stats(ctx, endpoint)) and s["services"] <= 1 and s,
+            patience=600,
+        )
+        forgotten_at = time.monotonic() - started
+        row(
+            table,
+            f"broker, {args.services} services idle in their grace",
+            {
+                "RSS MiB": f"{baseline:.1f} -> {flooded:.1f} flooded -> {in_grace:.1f} "
+                f"in the grace -> {rss_mib(broker.pid):.1f} forgotten",
+                "peak MiB": f"{peak_mib(broker.pid):.1f}",
+                "known": f"{flood['services']} flooded, {idle['services']} idle, "
+                f"{forgotten['services']} after",
+                "idle at s": f"{idle_at:.0f}",
+                "forgotten at s": f"{forgotten_at:.0f}",
+                "status in the grace": f"exit {status.returncode} in {status_s * 1000:.0f} ms",
+                "/metrics after": f"{len(metrics_page(metrics))} B",
                 "log lines": broker.log_lines() - lines_before,
             },
         )
@@ -977,7 +1045,7 @@ def main():
         "scenarios",
         nargs="*",
         default=["all"],
-        choices=["services", "ppqueue", "spqueue", "titanic", "frames", "all"]
+        choices=["services", "idle-services", "ppqueue", "spqueue", "titanic", "frames", "all"]
         + GUARD
         + ["guard"],
     )
@@ -1034,6 +1102,8 @@ def main():
     try:
         if "services" in wanted:
             services(args, ctx, scratch, table)
+        if "idle-services" in wanted:
+            idle_services(args, ctx, scratch, table)
         if "ppqueue" in wanted:
             queue(args, ctx, scratch, table, "ppqueue")
         if "spqueue" in wanted:
