@@ -1045,6 +1045,9 @@ pub struct BrokerCore {
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
+    /// Services whose worker answered, to dispatch before the next transmit is taken (see
+    /// [`BrokerCore::poll_transmit`]), with the time of the answer.
+    pending_dispatch: VecDeque<(Instant, Bytes)>,
     /// What happened, for the driver's metrics.
     events: Events,
     /// Encodes the `mmi.stats` reply; without one, `mmi.stats` is not implemented (501).
@@ -1088,6 +1091,7 @@ impl BrokerCore {
             errors: ErrorLog::default(),
             next_id: 0,
             transmits: VecDeque::new(),
+            pending_dispatch: VecDeque::new(),
             events: Events::default(),
             stats_encoder: None,
             workers_encoder: None,
@@ -1319,8 +1323,23 @@ impl BrokerCore {
     }
 
     /// The next message to send, if any.
+    ///
+    /// A worker that answered is handed its next request here rather than as its answer is
+    /// handled: a driver that handles what it has received before it sends then sees a
+    /// DISCONNECT that came right after the answer first, and hands that worker nothing.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.pending_dispatch.is_empty() {
+            self.dispatch_pending();
+        }
         self.transmits.pop_front()
+    }
+
+    /// Dispatches the services whose workers answered since the last call.
+    fn dispatch_pending(&mut self) {
+        // `dispatch` adds nothing to the list.
+        while let Some((at, service)) = self.pending_dispatch.pop_front() {
+            self.dispatch(at, &service);
+        }
     }
 
     /// When [`BrokerCore::handle_timeout`] must be called next.
@@ -1809,7 +1828,8 @@ impl BrokerCore {
                 latency: now.saturating_duration_since(received),
             });
         }
-        self.dispatch(now, &service);
+        // Dispatched when the transmits are next taken (see `poll_transmit`).
+        self.pending_dispatch.push_back((now, service));
     }
 
     /// Reports that a message to `identity` could not be sent (the peer is gone, or its queue is
@@ -1832,6 +1852,7 @@ impl BrokerCore {
 
     /// Expires requests and, at each heartbeat interval, heartbeats workers and purges dead ones.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.dispatch_pending();
         self.tick(now);
         while let Some((at, id)) = self.expiries.front().copied() {
             if at > now {
@@ -1939,6 +1960,8 @@ impl BrokerCore {
     /// queued or in flight is counted in [`BrokerStats::dropped_at_shutdown`], reported as one
     /// [`Event::DroppedMany`] ([`DropReason::Drain`]) and logged in one line.
     pub fn shutdown(&mut self) {
+        // Nothing more is handed out: what is queued is dropped below.
+        self.pending_dispatch.clear();
         let queued = self.requests.len();
         let in_flight = self.workers.values().filter(|w| w.state.is_busy()).count();
         let dropped = (queued + in_flight) as u64;

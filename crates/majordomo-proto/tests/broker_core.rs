@@ -372,6 +372,22 @@ fn a_worker_leaving_after_its_reply_gives_back_the_request_it_was_handed_meanwhi
 }
 
 #[test]
+fn a_disconnect_handled_with_the_reply_before_transmits_are_taken_gets_no_request() {
+    let mut s = Sim::new();
+    s.ready("w1", "svc");
+    s.client("c1", "svc", "one");
+    s.client("c1", "svc", "two");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    // The answer and the DISCONNECT after it come in one batch: "two" waits for a worker.
+    s.reply("w1", "c1", "one!");
+    s.worker("w1", WorkerMessage::Disconnect);
+    assert_eq!(replies(&s.drain()), [("c1".into(), "one!".into())]);
+    s.ready("w2", "svc");
+    assert_eq!(requests(&s.drain()), [("w2".into(), "two".into())]);
+    assert_eq!(s.core.stats().requeued, 0);
+}
+
+#[test]
 fn a_request_given_back_unstarted_too_often_is_abandoned() {
     let mut s = Sim::new();
     s.client("c1", "svc", "bounced");
