@@ -381,10 +381,12 @@ async fn queue_holds_no_more_than_its_byte_bound(kind: &str) -> Result<()> {
     let grown = queue.rss_kib()?.saturating_sub(baseline);
     println!("{kind}: {queued} requests ({queued_bytes} bytes) queued, RSS grew {grown} KiB");
     // Each 1 MiB frame counts the 64 KiB zmq.rs reserves after it, so what the queue holds
-    // stays under its bound; the transport's buffers of the messages being read (the guard's
-    // and zmq.rs's, a few MiB whatever the bound) come on top.
+    // stays under its bound; the transport's buffers of the messages being read come on top,
+    // whatever the bound: about four copies of a message (the guard's frame, its write to
+    // zmq.rs, zmq.rs's read buffer and what it reserves past it) for the message being read
+    // and the one before it. Measured with both cores busy: 1.6 to 5.5 MiB over the queued.
     assert!(
-        grown < (BOUND_MIB + 4) * 1024,
+        grown < (BOUND_MIB + 8) * 1024,
         "RSS grew {grown} KiB with a {BOUND_MIB} MiB bound"
     );
     Ok(())
