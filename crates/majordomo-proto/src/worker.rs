@@ -194,7 +194,9 @@ impl Session for WorkerSession {
     /// departed workers gives the request to another worker. A HEARTBEAT goes first: to a broker
     /// that takes a DISCONNECT before anything else as a request given back unstarted (this
     /// crate's does), the request was taken, and its failure counts against the broker's bound
-    /// on deliveries.
+    /// on deliveries. "HEARTBEAT commands are valid at any time, after a READY command." (7/MDP;
+    /// its "SHOULD NOT send HEARTBEAT commands while also sending other commands" is about
+    /// heartbeats that say nothing more, and this one says the request was taken.)
     fn handle_failure(&mut self, now: Instant) -> Option<WorkerEvent> {
         if !self.is_busy() {
             return None;
