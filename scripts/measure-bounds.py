@@ -6,7 +6,7 @@ Run with the interop environment's Python (pyzmq), after a release build:
     cargo build --release --locked -p majordomo-cli
     ./scripts/setup-interop.sh            # once: .venv/ with pyzmq
     .venv/bin/python scripts/measure-bounds.py \
-        [services|idle-services|ppqueue|spqueue|titanic|frames|all]
+        [services|idle-services|ppqueue|spqueue|titanic|frames|gathered-partials|all]
     .venv/bin/python scripts/measure-bounds.py \
         [stalled-frames|unread-replies|unread-partials|connect-cycles|guard] \
         [--broker-args=--guard-relay]
@@ -20,6 +20,9 @@ under floods"); the options make them smaller for a quick look.
   `majordomo status` (time), /metrics (size, time) and the broker's log lines are measured.
 - idle-services: the same flood at the broker's defaults (requests expire after 10 s): RSS
   while the services sit in their idle grace (60 s), and after they are forgotten.
+- gathered-partials: an 18/MDP worker answers a 7/MDP client with N PARTIALs of F empty
+  frames each, which the broker gathers for that client up to an inbound message's limits;
+  meanwhile `echo` is called back to back (every --probe-interval) and its latency kept.
 - ppqueue, spqueue: N requests of SIZE bytes with no worker.
 - titanic: N requests of SIZE bytes through `titanic.request` for S services nobody serves,
   with Titanic's defaults; its peak RSS while it dispatches them.
@@ -983,6 +986,76 @@ def unread_partials(args, ctx, scratch, table):
         broker.stop()
 
 
+def gathered_partials(args, ctx, scratch, table):
+    """A v0.2 worker answers a v0.1 client with PARTIALs of many empty frames, which the broker
+    gathers for it, while `echo` is called back to back on its own service."""
+    broker, endpoint, metrics = services_broker(args, ctx, scratch, "broker-gathered", [])
+    echo = flood = client = probe = None
+    try:
+        echo = start_worker(args, ctx, endpoint, scratch, "worker-echo", ["echo"])
+        flood = ctx.socket(zmq.DEALER)
+        flood.setsockopt(zmq.LINGER, 0)
+        flood.setsockopt(zmq.SNDHWM, 0)
+        flood.connect(endpoint)
+        # 18/MDP worker, as RFC 18 writes it: READY [MDPW02, 0x01, service]; REQUEST [MDPW02,
+        # 0x02, client, empty, body...]; PARTIAL [MDPW02, 0x03, client, empty, body...].
+        flood.send_multipart([b"MDPW02", b"\x01", b"flood"])
+        wait_until(
+            "the flood worker",
+            lambda: mdp_request(ctx, endpoint, b"mmi.service", [b"flood"]) == [b"200"],
+        )
+        baseline = rss_mib(broker.pid)
+        probe = EchoProbe(ctx, endpoint, interval=args.probe_interval)
+        probe.start()
+        client = ctx.socket(zmq.DEALER)
+        client.setsockopt(zmq.LINGER, 0)
+        client.connect(endpoint)
+        client.send_multipart([b"", b"MDPC01", b"flood", b"go"])
+        request = flood.recv_multipart()
+        reply_to = request[2]
+        body = [b""] * args.partial_frames
+        started = time.monotonic()
+        for _ in range(args.gathered_partials):
+            flood.send_multipart([b"MDPW02", b"\x03", reply_to, b""] + body)
+        flood.send_multipart([b"MDPW02", b"\x04", reply_to, b"", b"end"])
+        stats = wait_until(
+            "the flood answered",
+            lambda: (s := mmi_stats(ctx, endpoint)) and s["idle_workers"] >= 2 and s,
+            patience=600,
+        )
+        took = time.monotonic() - started
+        unanswered = probe.stop()
+        lat = sorted(probe.latencies)
+        got = client.poll(0)
+        row(
+            table,
+            f"{args.gathered_partials} PARTIALs of {args.partial_frames} empty frames for a "
+            "v0.1 client",
+            {
+                "RSS MiB": f"{baseline:.1f} -> peak {peak_mib(broker.pid):.1f} -> "
+                f"{rss_mib(broker.pid):.1f}",
+                "abandoned": stats["abandoned"],
+                "client got a reply": bool(got),
+                "streamed s": f"{took:.1f}",
+                "echo calls": len(lat),
+                "echo p50/p99/max ms": f"{lat[len(lat) // 2] * 1000:.1f}/"
+                f"{lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000:.1f}/{lat[-1] * 1000:.1f}"
+                if lat
+                else "none",
+                "unanswered": "none" if unanswered is None else f"{unanswered:.1f} s",
+            },
+        )
+    finally:
+        if probe and probe.is_alive():
+            probe.stop()
+        for sock in (client, flood):
+            if sock is not None:
+                sock.close()
+        if echo:
+            echo.stop()
+        broker.stop()
+
+
 def connect_cycles(args, ctx, scratch, table):
     broker, port, endpoint, metrics = guard_broker(args, scratch, "broker-cycles")
     try:
@@ -1045,7 +1118,8 @@ def main():
         "scenarios",
         nargs="*",
         default=["all"],
-        choices=["services", "idle-services", "ppqueue", "spqueue", "titanic", "frames", "all"]
+        choices=["services", "idle-services", "ppqueue", "spqueue", "titanic", "frames",
+                 "gathered-partials", "all"]
         + GUARD
         + ["guard"],
     )
@@ -1062,6 +1136,12 @@ def main():
     parser.add_argument("--mmap-threshold", type=int, default=0,
                         help="MALLOC_MMAP_THRESHOLD_ for Titanic (0: glibc's default)")
     parser.add_argument("--frame-requests", type=int, default=20_000)
+    parser.add_argument("--gathered-partials", type=int, default=10_000,
+                        help="gathered-partials PARTIALs")
+    parser.add_argument("--partial-frames", type=int, default=1000,
+                        help="empty frames in each of them")
+    parser.add_argument("--probe-interval", type=float, default=0.01,
+                        help="gathered-partials: seconds between echo calls")
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--large", type=int, default=256 * 1024)
     parser.add_argument("--large-requests", type=int, default=1000)
@@ -1116,6 +1196,8 @@ def main():
             titanic(t, ctx, scratch, table)
         if "frames" in wanted:
             frames(args, ctx, scratch, table)
+        if "gathered-partials" in wanted:
+            gathered_partials(args, ctx, scratch, table)
         if "stalled-frames" in wanted:
             stalled_frames(args, ctx, scratch, table)
         if "unread-replies" in wanted:
