@@ -5,8 +5,8 @@ Run with the interop environment's Python (pyzmq), after a release build:
 
     cargo build --release --locked -p majordomo-cli
     ./scripts/setup-interop.sh            # once: .venv/ with pyzmq
-    .venv/bin/python scripts/measure-bounds.py \
-        [services|idle-services|ppqueue|spqueue|titanic|frames|gathered-partials|all]
+    .venv/bin/python scripts/measure-bounds.py [services|ppqueue|spqueue|titanic|frames|all]
+    .venv/bin/python scripts/measure-bounds.py [idle-services|gathered-partials]
     .venv/bin/python scripts/measure-bounds.py \
         [stalled-frames|unread-replies|unread-partials|connect-cycles|guard] \
         [--broker-args=--guard-relay]
@@ -1011,7 +1011,10 @@ def gathered_partials(args, ctx, scratch, table):
         client.setsockopt(zmq.LINGER, 0)
         client.connect(endpoint)
         client.send_multipart([b"", b"MDPC01", b"flood", b"go"])
+        # The broker may heartbeat the worker first: [MDPW02, 0x05].
         request = flood.recv_multipart()
+        while request[1] != b"\x02":
+            request = flood.recv_multipart()
         reply_to = request[2]
         body = [b""] * args.partial_frames
         started = time.monotonic()
@@ -1134,7 +1137,7 @@ def main():
     parser.add_argument("--titanic-services", type=int, default=30)
     parser.add_argument("--dispatch-seconds", type=float, default=20.0)
     parser.add_argument("--mmap-threshold", type=int, default=0,
-                        help="MALLOC_MMAP_THRESHOLD_ for Titanic (0: glibc's default)")
+                        help="MALLOC_MMAP_THRESHOLD_ for Titanic (0: Titanic's own, 4 MiB)")
     parser.add_argument("--frame-requests", type=int, default=20_000)
     parser.add_argument("--gathered-partials", type=int, default=10_000,
                         help="gathered-partials PARTIALs")

@@ -505,16 +505,31 @@ fn fresh(
 }
 
 impl BrokerMachine {
-    /// Adds the pair's status to the `mmi.stats` reply the core has just queued: the core's
-    /// messages move to `pending`, the reply (the last, as the core answers MMI at once) with
-    /// its JSON body extended.
+    /// Adds the pair's status to the `mmi.stats` reply the core has just queued: the messages
+    /// the core had queued move to `pending`, the reply (the last of them, as the core answers
+    /// MMI at once; requests for workers that answered meanwhile come after them) with its JSON
+    /// body extended.
     fn add_pair_status(&mut self, now: Instant) {
         let Some(pair) = &self.pair else {
             return;
         };
         let status = pair.status(now);
-        while let Some(message) = self.poll_core_transmit() {
-            self.pending.push_back(message);
+        // Whether the last of them went to `pending` (not dropped for want of an endpoint).
+        let mut last_kept = false;
+        for _ in 0..self.core.queued_transmits() {
+            let Some(transmit) = self.core.poll_transmit() else {
+                break;
+            };
+            last_kept = match self.route(transmit) {
+                Some(message) => {
+                    self.pending.push_back(message);
+                    true
+                }
+                None => false,
+            };
+        }
+        if !last_kept {
+            return;
         }
         let Some((socket, frames)) = self.pending.back_mut() else {
             return;
@@ -532,18 +547,25 @@ impl BrokerMachine {
     /// The core's next message and its socket.
     fn poll_core_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
         loop {
-            let Transmit { role, frames } = self.core.poll_transmit()?;
-            let socket = match role {
-                Role::Client => self.client_socket,
-                Role::Worker => self.worker_socket,
-            };
-            match socket {
-                Some(socket) => return Some((socket, frames)),
-                // No endpoint serves that role (only possible with a client-only or worker-only
-                // broker, whose other peers cannot reach it anyway).
-                None => debug!(?role, "no endpoint for this role, message dropped"),
+            let transmit = self.core.poll_transmit()?;
+            if let Some(message) = self.route(transmit) {
+                return Some(message);
             }
         }
+    }
+
+    /// The socket a message of the core goes out on, with it; `None` (the message dropped)
+    /// when no endpoint serves its role (only possible with a client-only or worker-only
+    /// broker, whose other peers cannot reach it anyway).
+    fn route(&self, Transmit { role, frames }: Transmit) -> Option<(usize, Vec<Bytes>)> {
+        let socket = match role {
+            Role::Client => self.client_socket,
+            Role::Worker => self.worker_socket,
+        };
+        if socket.is_none() {
+            debug!(?role, "no endpoint for this role, message dropped");
+        }
+        Some((socket?, frames))
     }
 
     /// Records what the core reports happened as metrics; called after every call into it.

@@ -20,6 +20,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MmapThreshold {
     /// Set to this many bytes.
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     Fixed(usize),
     /// Left as the operator set it through glibc's environment.
     Operator,
@@ -27,6 +28,7 @@ pub(crate) enum MmapThreshold {
     #[cfg_attr(all(target_os = "linux", target_env = "gnu"), allow(dead_code))]
     Unsupported,
     /// glibc refused the value.
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     Refused(usize),
 }
 
@@ -67,8 +69,9 @@ fn set(bytes: usize) -> MmapThreshold {
     let Ok(value) = libc::c_int::try_from(bytes) else {
         return MmapThreshold::Refused(bytes);
     };
-    // SAFETY: mallopt only changes a setting of the allocator, under the allocator's own lock;
-    // it may be called at any time from any thread, and returns 0 for a value it refuses.
+    // SAFETY: mallopt changes a setting of the allocator and returns 0 for a value it refuses.
+    // glibc's manual marks it MT-Unsafe (other threads read the setting without its lock): it
+    // is called once, as the server starts, before the server has started any task of its own.
     #[allow(unsafe_code)]
     let done = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, value) };
     if done == 1 {

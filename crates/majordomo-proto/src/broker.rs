@@ -927,6 +927,9 @@ struct Service {
     queued_bytes: usize,
     /// Idle workers, least recently used first.
     idle: VecDeque<Bytes>,
+    /// Workers that answered since the transmits were last taken: idle, but handed nothing
+    /// until then, when they join `idle` (see [`BrokerCore::poll_transmit`]).
+    resting: Vec<Bytes>,
     /// Registered workers, idle or busy.
     workers: usize,
     /// When it is forgotten: set while it has neither workers nor queued requests (its entry in
@@ -946,6 +949,11 @@ struct ServiceCounts {
 }
 
 impl Service {
+    /// Workers not holding a request: idle, and resting until the transmits are next taken.
+    fn idle_workers(&self) -> usize {
+        self.idle.len() + self.resting.len()
+    }
+
     fn push(&mut self, client: &Bytes, id: u64, size: usize, front: bool) {
         self.queued_bytes += size;
         let queue = self.queues.entry(client.clone()).or_insert_with(|| {
@@ -1213,7 +1221,7 @@ impl BrokerCore {
         per_service.sort_by(|a, b| a.name.cmp(&b.name));
         BrokerStats {
             workers: self.workers.len(),
-            idle_workers: self.services.values().map(|s| s.idle.len()).sum(),
+            idle_workers: self.services.values().map(Service::idle_workers).sum(),
             services: self.services.len(),
             service_bytes: self.service_bytes,
             services_omitted: self.services.len() - per_service.len(),
@@ -1284,8 +1292,8 @@ impl BrokerCore {
             }),
             queued: s.queued,
             queued_bytes: s.queued_bytes,
-            idle_workers: s.idle.len(),
-            busy_workers: s.workers - s.idle.len(),
+            idle_workers: s.idle_workers(),
+            busy_workers: s.workers - s.idle_workers(),
             busy_heartbeating: heartbeating.unwrap_or(0),
             requests: s.counts.requests,
             replies: s.counts.replies,
@@ -1324,20 +1332,30 @@ impl BrokerCore {
 
     /// The next message to send, if any.
     ///
-    /// A worker that answered is handed its next request here rather than as its answer is
-    /// handled: a driver that handles what it has received before it sends then sees a
-    /// DISCONNECT that came right after the answer first, and hands that worker nothing.
+    /// A worker that answered is handed its next request here, once what was queued before is
+    /// taken, rather than as its answer is handled: a driver that handles what it has received
+    /// before it sends then sees a DISCONNECT that came right after the answer first, and hands
+    /// that worker nothing.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if !self.pending_dispatch.is_empty() {
+        if self.transmits.is_empty() && !self.pending_dispatch.is_empty() {
             self.dispatch_pending();
         }
         self.transmits.pop_front()
     }
 
-    /// Dispatches the services whose workers answered since the last call.
+    /// How many messages are queued to send; [`BrokerCore::poll_transmit`] returns these first,
+    /// before any request for a worker that answered meanwhile.
+    pub fn queued_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Makes the workers that answered since the last call idle, and dispatches their services.
     fn dispatch_pending(&mut self) {
         // `dispatch` adds nothing to the list.
         while let Some((at, service)) = self.pending_dispatch.pop_front() {
+            if let Some(svc) = self.services.get_mut(&service) {
+                svc.idle.extend(svc.resting.drain(..));
+            }
             self.dispatch(at, &service);
         }
     }
@@ -1822,13 +1840,13 @@ impl BrokerCore {
             }
         }
         if let Some(svc) = self.services.get_mut(&service) {
-            svc.idle.push_back(identity.clone());
+            // Handed its next request when the transmits are next taken (see `poll_transmit`).
+            svc.resting.push(identity.clone());
             self.events.push(Event::Replied {
                 service: service.clone(),
                 latency: now.saturating_duration_since(received),
             });
         }
-        // Dispatched when the transmits are next taken (see `poll_transmit`).
         self.pending_dispatch.push_back((now, service));
     }
 
@@ -2053,6 +2071,7 @@ impl BrokerCore {
         if let Some(svc) = self.services.get_mut(&worker.service) {
             svc.workers -= 1;
             svc.idle.retain(|w| w != identity);
+            svc.resting.retain(|w| w != identity);
             if svc.workers == 0 {
                 // No worker left: what waits for one now expires after `request_expiry`.
                 let at = now + self.config.request_expiry;

@@ -378,8 +378,10 @@ fn a_disconnect_handled_with_the_reply_before_transmits_are_taken_gets_no_reques
     s.client("c1", "svc", "one");
     s.client("c1", "svc", "two");
     assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
-    // The answer and the DISCONNECT after it come in one batch: "two" waits for a worker.
+    // The answer and the DISCONNECT after it come in one batch, with a request between them:
+    // neither "two" nor "three" goes to w1.
     s.reply("w1", "c1", "one!");
+    s.client("c2", "svc", "three");
     s.worker("w1", WorkerMessage::Disconnect);
     assert_eq!(replies(&s.drain()), [("c1".into(), "one!".into())]);
     s.ready("w2", "svc");
@@ -1292,6 +1294,8 @@ fn each_service_counts_its_requests_replies_drops_and_rejections() {
     s.client("c", "echo", "1");
     s.drain();
     s.reply("w", "c", "1");
+    // The answer sent, the worker is handed the next request.
+    s.drain();
     s.client("c", "echo", "2");
     // The worker holds 2; 3 is queued; 4 finds the queue full.
     s.client("c", "echo", "3");

@@ -84,7 +84,8 @@ pub(crate) struct TitanicArgs {
 /// is freed (see [`crate::allocator`]): what Titanic holds of large bodies is then what its
 /// bounds count, not what its threads' heaps once needed. Measured with 60 requests of 15 MiB
 /// for services nobody serves (`scripts/measure-bounds.py titanic`): a peak of 199 MiB, against
-/// 340 MiB unset; the price, a fifth fewer submits of 1 MiB per second (round trips unchanged).
+/// 340 MiB with the same bounds and the threshold unset (460 MiB with the earlier 64 MiB ones);
+/// the price, a fifth fewer submits of 1 MiB per second (round trips unchanged).
 const MMAP_THRESHOLD: usize = 4 << 20;
 
 /// Serves the three TSP services until a stop signal.
