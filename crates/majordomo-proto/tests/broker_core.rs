@@ -41,6 +41,17 @@ impl Sim {
         }
     }
 
+    /// A core whose `mmi.stats` answers with [`stats_text`].
+    fn with_stats() -> Self {
+        let mut s = Self::new();
+        s.core = BrokerCore::new(
+            s.now,
+            BrokerConfig::default().heartbeat(HeartbeatConfig::new(HB, 3)),
+        )
+        .with_stats_encoder(stats_text);
+        s
+    }
+
     fn client(&mut self, id: &str, service: &str, body: &str) {
         let frames = ClientRequest::new(b(service), vec![b(body)]).encode();
         self.core.handle_message(self.now, &b(id), &frames).unwrap();
@@ -551,12 +562,7 @@ fn stats_text(stats: &BrokerStats) -> Bytes {
 
 #[test]
 fn mmi_stats_answers_200_and_the_stats_as_the_driver_encodes_them() {
-    let mut s = Sim::new();
-    s.core = BrokerCore::new(
-        s.now,
-        BrokerConfig::default().heartbeat(HeartbeatConfig::new(HB, 3)),
-    )
-    .with_stats_encoder(stats_text);
+    let mut s = Sim::with_stats();
     s.ready("w1", "echo");
     s.client("c", "nobody", "queued");
     s.client("c", "mmi.stats", "");
@@ -570,6 +576,27 @@ fn mmi_stats_answers_200_and_the_stats_as_the_driver_encodes_them() {
         b"requests=1 replies=0 workers=1 queued=1 services=echo:1:0,nobody:0:1"
     );
     assert_eq!(s.core.stats().mmi_requests, 1);
+}
+
+#[test]
+fn what_is_queued_goes_before_the_next_request_of_a_worker_that_answered_meanwhile() {
+    // A driver that adds to the `mmi.stats` reply (a Binary Star pair's status) takes the
+    // `queued_transmits` first messages, the reply the last of them.
+    let mut s = Sim::with_stats();
+    s.ready("w1", "echo");
+    s.client("c", "echo", "one");
+    s.client("c", "echo", "two");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    s.reply("w1", "c", "one!");
+    s.client("c", "mmi.stats", "");
+    let queued = s.core.queued_transmits();
+    assert_eq!(queued, 2, "the answer and the stats");
+    let first: Vec<Transmit> = (0..queued)
+        .map(|_| s.core.poll_transmit().expect("queued"))
+        .collect();
+    let (_, r) = to_client(first.last().expect("the stats"));
+    assert_eq!(r.service.as_ref(), b"mmi.stats");
+    assert_eq!(requests(&s.drain()), [("w1".into(), "two".into())]);
 }
 
 #[test]
