@@ -1053,8 +1053,8 @@ pub struct BrokerCore {
     next_id: u64,
     next_tick: Instant,
     transmits: VecDeque<Transmit>,
-    /// Services whose worker answered, to dispatch before the next transmit is taken (see
-    /// [`BrokerCore::poll_transmit`]), with the time of the answer.
+    /// Services with resting workers, to dispatch before the next transmit is taken (see
+    /// [`BrokerCore::poll_transmit`]), with the time of the first answer.
     pending_dispatch: VecDeque<(Instant, Bytes)>,
     /// What happened, for the driver's metrics.
     events: Events,
@@ -1840,14 +1840,17 @@ impl BrokerCore {
             }
         }
         if let Some(svc) = self.services.get_mut(&service) {
-            // Handed its next request when the transmits are next taken (see `poll_transmit`).
+            // Handed its next request when the transmits are next taken (see `poll_transmit`);
+            // the service is listed once for all its workers that rest.
+            if svc.resting.is_empty() {
+                self.pending_dispatch.push_back((now, service.clone()));
+            }
             svc.resting.push(identity.clone());
             self.events.push(Event::Replied {
                 service: service.clone(),
                 latency: now.saturating_duration_since(received),
             });
         }
-        self.pending_dispatch.push_back((now, service));
     }
 
     /// Reports that a message to `identity` could not be sent (the peer is gone, or its queue is
