@@ -52,6 +52,14 @@ impl Sim {
         s
     }
 
+    /// Worker `w1` of `service` holds request "one" of `client`, whose "two" waits behind it.
+    fn w1_holds_one_with_two_queued(&mut self, client: &str, service: &str) {
+        self.ready("w1", service);
+        self.client(client, service, "one");
+        self.client(client, service, "two");
+        assert_eq!(requests(&self.drain()), [("w1".into(), "one".into())]);
+    }
+
     fn client(&mut self, id: &str, service: &str, body: &str) {
         let frames = ClientRequest::new(b(service), vec![b(body)]).encode();
         self.core.handle_message(self.now, &b(id), &frames).unwrap();
@@ -366,10 +374,7 @@ fn request_is_abandoned_after_max_deliveries() {
 fn a_worker_leaving_after_its_reply_gives_back_the_request_it_was_handed_meanwhile() {
     // With one delivery allowed, a counted hand-out would abandon the request.
     let mut s = Sim::with(BrokerConfig::default().max_deliveries(1));
-    s.ready("w1", "svc");
-    s.client("c1", "svc", "one");
-    s.client("c1", "svc", "two");
-    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    s.w1_holds_one_with_two_queued("c1", "svc");
     // w1 answers and says DISCONNECT at once; the broker hands it "two" in between.
     s.reply("w1", "c1", "one!");
     assert_eq!(requests(&s.drain()), [("w1".into(), "two".into())]);
@@ -385,10 +390,7 @@ fn a_worker_leaving_after_its_reply_gives_back_the_request_it_was_handed_meanwhi
 #[test]
 fn a_disconnect_handled_with_the_reply_before_transmits_are_taken_gets_no_request() {
     let mut s = Sim::new();
-    s.ready("w1", "svc");
-    s.client("c1", "svc", "one");
-    s.client("c1", "svc", "two");
-    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    s.w1_holds_one_with_two_queued("c1", "svc");
     // The answer and the DISCONNECT after it come in one batch, with a request between them:
     // neither "two" nor "three" goes to w1.
     s.reply("w1", "c1", "one!");
@@ -583,10 +585,7 @@ fn what_is_queued_goes_before_the_next_request_of_a_worker_that_answered_meanwhi
     // A driver that adds to the `mmi.stats` reply (a Binary Star pair's status) takes the
     // `queued_transmits` first messages, the reply the last of them.
     let mut s = Sim::with_stats();
-    s.ready("w1", "echo");
-    s.client("c", "echo", "one");
-    s.client("c", "echo", "two");
-    assert_eq!(requests(&s.drain()), [("w1".into(), "one".into())]);
+    s.w1_holds_one_with_two_queued("c", "echo");
     s.reply("w1", "c", "one!");
     s.client("c", "mmi.stats", "");
     let queued = s.core.queued_transmits();
