@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use majordomo_broker::{Broker, BrokerConfig, BrokerHandle, BrokerStats, EndpointRole};
-use majordomo_client::{Client, ClientConfig, ClientError, MuxClient};
+use majordomo_client::{Client, ClientConfig, ClientError, MuxClient, MuxStats};
 use majordomo_pirate::{
     LazyPirate, LazyPirateConfig, PppWorker, PppWorkerConfig, Queue, QueueConfig, QueueHandle,
 };
@@ -791,24 +791,8 @@ async fn mux_client_serves_10000_concurrent_requests_on_one_connection() -> Resu
 async fn mux_client_retries_under_a_new_tag_and_drops_the_late_reply() -> Result<()> {
     let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
     let timeout = Duration::from_secs(1);
-    // Two workers; the first request a worker gets takes one and a half timeouts, the rest
-    // none.
-    for _ in 0..2 {
-        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
-        tokio::spawn(worker.run(
-            handler_fn(move |body| {
-                let slow = first.swap(false, std::sync::atomic::Ordering::Relaxed);
-                async move {
-                    if slow {
-                        tokio::time::sleep(timeout * 3 / 2).await;
-                    }
-                    Ok(body)
-                }
-            }),
-            std::future::pending(),
-        ));
-    }
+    // Two workers; the first two requests take one and a half timeouts, the rest none.
+    spawn_echoes_slow_at_first(&endpoint, b"once", timeout * 3 / 2);
     until(&handle, |s| s.workers == 2).await;
     let config = ClientConfig::default().timeout(timeout).attempts(3);
     let client = MuxClient::with_connector(endpoint.clone(), config);
@@ -818,17 +802,47 @@ async fn mux_client_retries_under_a_new_tag_and_drops_the_late_reply() -> Result
         .request("echo", vec![Bytes::from_static(b"once")])
         .await?;
     assert_eq!(reply, [Bytes::from_static(b"once")]);
-    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
-    let stats = loop {
-        let stats = client.stats().await;
-        if stats.stale == 2 || tokio::time::Instant::now() > deadline {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stats = stats_once_stale(&client, 2).await;
     assert_eq!(
         (stats.sent, stats.replies, stats.stale, stats.connections),
         (3, 1, 2, 1),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+/// A request a caller sends on a connection that is already up, while the client waits for no
+/// other, is still timed out and retried: the client's task learns of it without a hand-over.
+#[tokio::test(start_paused = true)]
+async fn mux_client_times_out_a_request_sent_on_an_idle_connection() -> Result<()> {
+    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
+    let timeout = Duration::from_secs(1);
+    // The first two `slow` requests, over both workers, take one and a half timeouts.
+    spawn_echoes_slow_at_first(&endpoint, b"slow", timeout * 3 / 2);
+    until(&handle, |s| s.workers == 2).await;
+    let config = ClientConfig::default().timeout(timeout).attempts(3);
+    let client = MuxClient::with_connector(endpoint.clone(), config);
+    // The connection comes up with the first request; once it is answered, nothing is under way.
+    let first = client.request("echo", vec![Bytes::from_static(b"fast")]);
+    assert_eq!(
+        tokio::time::timeout(VIRTUAL_PATIENCE, first).await??,
+        [Bytes::from_static(b"fast")]
+    );
+    assert_eq!(client.stats().await.in_flight, 0);
+    // On virtual time: past the first request's deadline, so that the task has no timer left.
+    tokio::time::sleep(timeout * 2).await;
+    let second = client.request("echo", vec![Bytes::from_static(b"slow")]);
+    let reply = tokio::time::timeout(VIRTUAL_PATIENCE, second)
+        .await
+        .context("a request sent on the idle connection was never timed out")??;
+    assert_eq!(reply, [Bytes::from_static(b"slow")]);
+    let stats = stats_once_stale(&client, 1).await;
+    // Three attempts of the slow request. Nothing had come from the broker for a whole timeout
+    // when the first attempt timed out, so its connection was taken as dead and made again:
+    // the first attempt's reply went with it, the second's came late to a tag nobody holds.
+    assert_eq!(
+        (stats.sent, stats.replies, stats.stale, stats.connections),
+        (4, 2, 1, 2),
         "{stats:?}"
     );
     Ok(())
@@ -877,6 +891,47 @@ async fn mux_client_never_tags_a_request_to_a_broker_that_does_not_route_envelop
     drop(client);
     assert_eq!(broker.await??, 3);
     Ok(())
+}
+
+/// Two `echo` workers on `endpoint` that answer at once, except the first two requests (over
+/// both) whose body is `slow`: those take `delay`.
+fn spawn_echoes_slow_at_first(endpoint: &MemoryEndpoint, slow: &'static [u8], delay: Duration) {
+    let slow_left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    for _ in 0..2 {
+        let slow_left = slow_left.clone();
+        let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
+        tokio::spawn(worker.run(
+            handler_fn(move |body: Vec<Bytes>| {
+                let is_slow = body.first().is_some_and(|b| b.as_ref() == slow)
+                    && slow_left
+                        .fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok();
+                async move {
+                    if is_slow {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok(body)
+                }
+            }),
+            std::future::pending(),
+        ));
+    }
+}
+
+/// The client's stats once `stale` replies have been dropped, or after the virtual patience.
+async fn stats_once_stale(client: &MuxClient<MemoryEndpoint>, stale: u64) -> MuxStats {
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    loop {
+        let stats = client.stats().await;
+        if stats.stale == stale || tokio::time::Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A request's number and what came back for it.

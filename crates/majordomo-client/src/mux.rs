@@ -7,8 +7,11 @@
 //! reply...]`: one connection carries any number of requests, and each reply finds its request
 //! by its tag, in any order.
 //!
-//! One task owns every request under way; [`MuxClient`] handles (cheap clones) send it requests
-//! over a channel and wait for their answers. Each connection has a task of its own that opens
+//! Callers send their tagged requests themselves, on the sending half of a broker's connection,
+//! and leave each request with the one task that reads every connection, matches each reply to
+//! its request and answers it, and times requests out: a request costs its caller no hand-over
+//! to that task. A request made while no broker's connection is up goes to the task over a
+//! channel, and waits there for one. Each connection has a task of its own that opens
 //! it and asks `mmi.envelope` first, untagged, because a broker that does not route extended
 //! envelopes must never be sent one (the Guide's Python broker asserts on it): a broker that
 //! answers anything but `200`, or nothing within the timeout, is not sent tagged requests for
@@ -37,7 +40,10 @@
 //! configured for 18/MDP is served by the pool.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,8 +52,10 @@ use majordomo_proto::mdp::{ClientReply, ClientRequest};
 use majordomo_proto::mmi;
 use majordomo_rt::clock;
 use majordomo_rt::timer::DeadlineTimer;
-use majordomo_rt::transport::{Connector, DealerConnector, Transport, TransportError};
-use tokio::sync::{mpsc, oneshot};
+use majordomo_rt::transport::{
+    Connector, DealerConnector, RecvHalf, SendHalf, Split, Transport, TransportError,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
 
 use crate::{Client, ClientConfig, ClientError, Version};
@@ -101,6 +109,7 @@ enum Command {
 /// that owns the requests, which ends when the last clone is dropped.
 pub struct MuxClient<C: Connector + Clone = DealerConnector> {
     commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
     /// One pool per broker, for brokers that do not multiplex.
     pools: Arc<[Client<C>]>,
 }
@@ -109,9 +118,147 @@ impl<C: Connector + Clone> Clone for MuxClient<C> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
+            shared: self.shared.clone(),
             pools: self.pools.clone(),
         }
     }
+}
+
+/// A connection's sending half, whatever its transport.
+trait SendFrames: Send + Sync {
+    fn send_frames(
+        &self,
+        frames: Vec<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send + '_>>;
+}
+
+impl<S: SendHalf> SendFrames for S {
+    fn send_frames(
+        &self,
+        frames: Vec<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send + '_>> {
+        Box::pin(SendHalf::send(self, frames))
+    }
+}
+
+/// What the callers and the task share: where a request may go, and the requests sent that the
+/// task has not taken in yet.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the task: a request was sent while it had no deadline to wait for, or a send failed.
+    wake: Notify,
+    next_tag: AtomicU64,
+    /// Only 7/MDP requests are tagged; other versions go through the pools.
+    v01: bool,
+    timeout: Duration,
+    attempts: u32,
+}
+
+struct State {
+    /// One per broker, in the order of the connectors.
+    routes: Vec<Route>,
+    /// Requests callers sent, with their tags, that the task has not taken in yet.
+    arrived: Vec<(u64, Pending)>,
+    /// Whether the task waits for a deadline, and so takes `arrived` in without being woken: the
+    /// deadlines of new requests are never earlier than the ones it knows.
+    watching: bool,
+    /// Brokers whose send failed, each with the generation of its connection then.
+    failed: Vec<(usize, u64)>,
+    sent: u64,
+    failovers: u64,
+}
+
+/// A broker as the callers see it.
+struct Route {
+    /// The connection's sending half, while it carries tagged requests.
+    sender: Option<Arc<dyn SendFrames>>,
+    /// The generation of the connection `sender` belongs to.
+    generation: u64,
+    /// Requests whose last attempt went here.
+    in_flight: usize,
+    /// A request sent here went unanswered for a whole timeout, and nothing has arrived from
+    /// it since: it is sent requests only while no other broker is up. The passive server of a
+    /// Binary Star pair, which drops client requests, is one.
+    suspect: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned one is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Routes a caller's new request under `tag` and leaves it for the task to take in, waking
+    /// the task if it waits for no deadline; gives it back when no broker's connection is up.
+    fn leave(
+        &self,
+        tag: u64,
+        service: Bytes,
+        body: Vec<Bytes>,
+        answer: oneshot::Sender<Answer>,
+    ) -> Result<Routed, Unrouted> {
+        let now = clock::now();
+        let mut state = self.state();
+        let Some((index, generation, sender)) = state.route(None) else {
+            return Err((service, body, answer));
+        };
+        state.arrived.push((
+            tag,
+            Pending {
+                service,
+                body,
+                answer,
+                left: self.attempts.saturating_sub(1),
+                deadline: now + self.timeout,
+                sent_at: now,
+                broker: Some(index),
+            },
+        ));
+        let wake = !std::mem::replace(&mut state.watching, true);
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok((index, generation, sender))
+    }
+}
+
+impl State {
+    /// The broker up with the fewest requests under way, one that is not suspect and is not
+    /// `previous` (the request's last attempt) first; the attempt is counted there.
+    fn route(&mut self, previous: Option<usize>) -> Option<Routed> {
+        let (index, route) = self
+            .routes
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, r)| r.sender.is_some())
+            .min_by_key(|(i, r)| (r.suspect, Some(*i) == previous, r.in_flight))?;
+        let sender = route.sender.clone()?;
+        route.in_flight += 1;
+        self.sent += 1;
+        if previous.is_some_and(|p| p != index) {
+            self.failovers += 1;
+        }
+        Some((index, route.generation, sender))
+    }
+}
+
+/// Where an attempt went: the broker, its connection's generation, and that connection's
+/// sending half.
+type Routed = (usize, u64, Arc<dyn SendFrames>);
+
+/// A new request that no broker's connection can take: its service, body and answer.
+type Unrouted = (Bytes, Vec<Bytes>, oneshot::Sender<Answer>);
+
+/// A request's frames under `tag`: `[tag, empty, MDPC01, service, body...]`.
+fn tagged(tag: u64, service: &Bytes, body: &[Bytes]) -> Vec<Bytes> {
+    let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
+    frames.extend(ClientRequest::new(service.clone(), body.to_vec()).encode());
+    frames
 }
 
 impl<C: Connector + Clone> std::fmt::Debug for MuxClient<C> {
@@ -149,7 +296,10 @@ where
 {
     /// A client whose connection (and pool, if the broker does not multiplex) opens through
     /// `connector`.
-    pub fn with_connector(connector: C, config: ClientConfig) -> Self {
+    pub fn with_connector(connector: C, config: ClientConfig) -> Self
+    where
+        C::Conn: Split,
+    {
         Self::with_connectors([connector], config)
     }
 
@@ -158,7 +308,10 @@ where
     /// # Panics
     ///
     /// If `connectors` is empty.
-    pub fn with_connectors(connectors: impl IntoIterator<Item = C>, config: ClientConfig) -> Self {
+    pub fn with_connectors(connectors: impl IntoIterator<Item = C>, config: ClientConfig) -> Self
+    where
+        C::Conn: Split,
+    {
         let connectors: Vec<C> = connectors.into_iter().collect();
         assert!(
             !connectors.is_empty(),
@@ -172,7 +325,31 @@ where
             .collect();
         // Reconnects start at a tenth of the timeout and double up to the timeout.
         let backoff = || Backoff::new(config.timeout / 10, config.timeout);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                routes: connectors
+                    .iter()
+                    .map(|_| Route {
+                        sender: None,
+                        generation: 0,
+                        in_flight: 0,
+                        suspect: false,
+                    })
+                    .collect(),
+                arrived: Vec::new(),
+                watching: false,
+                failed: Vec::new(),
+                sent: 0,
+                failovers: 0,
+            }),
+            wake: Notify::new(),
+            next_tag: AtomicU64::new(0),
+            v01: config.version == Version::V01,
+            timeout: config.timeout,
+            attempts: config.attempts,
+        });
         let task = Task {
+            shared: shared.clone(),
             brokers: connectors
                 .into_iter()
                 .map(|connector| Broker {
@@ -180,8 +357,6 @@ where
                     link: Link::Idle,
                     retry_at: None,
                     backoff: backoff(),
-                    in_flight: 0,
-                    suspect: false,
                     generation: 0,
                 })
                 .collect(),
@@ -189,8 +364,6 @@ where
             commands: receiver,
             events,
             events_in,
-            v01: config.version == Version::V01,
-            next_tag: 0,
             next_pool: 0,
             pending: HashMap::new(),
             unsent: BTreeSet::new(),
@@ -202,7 +375,11 @@ where
             },
         };
         tokio::spawn(task.run());
-        Self { commands, pools }
+        Self {
+            commands,
+            shared,
+            pools,
+        }
     }
 }
 
@@ -219,13 +396,16 @@ impl<C: Connector + Clone> MuxClient<C> {
     ) -> Result<Vec<Bytes>, ClientError> {
         let service = service.into();
         let (answer, answered) = oneshot::channel();
-        let command = Command::Request {
-            service: service.clone(),
-            body,
-            answer,
-        };
-        if self.commands.send(command).await.is_err() {
-            return Err(ClientError::Transport(TransportError::Closed));
+        if let Some((service, body, answer)) = self.send_tagged(service, body, answer).await {
+            // No broker's connection is up (or requests are not tagged): the task keeps it.
+            let command = Command::Request {
+                service,
+                body,
+                answer,
+            };
+            if self.commands.send(command).await.is_err() {
+                return Err(ClientError::Transport(TransportError::Closed));
+            }
         }
         match answered.await {
             Ok(Answer::Reply(result)) => result,
@@ -234,6 +414,33 @@ impl<C: Connector + Clone> MuxClient<C> {
             }
             Err(_) => Err(ClientError::Transport(TransportError::Closed)),
         }
+    }
+
+    /// Sends a new request, tagged, on the connection of the broker up with the fewest
+    /// requests under way, and leaves it with the task; gives it back when no broker's
+    /// connection is up or requests are not tagged.
+    async fn send_tagged(
+        &self,
+        service: Bytes,
+        body: Vec<Bytes>,
+        answer: oneshot::Sender<Answer>,
+    ) -> Option<Unrouted> {
+        let shared = &*self.shared;
+        if !shared.v01 {
+            return Some((service, body, answer));
+        }
+        let tag = shared.tag();
+        let frames = tagged(tag, &service, &body);
+        let (index, generation, sender) = match shared.leave(tag, service, body, answer) {
+            Ok(routed) => routed,
+            Err(back) => return Some(back),
+        };
+        // A send that failed is retried at once, like a lost one at its deadline.
+        if sender.send_frames(frames).await.is_err() {
+            shared.state().failed.push((index, generation));
+            shared.wake.notify_one();
+        }
+        None
     }
 
     /// What the task has seen so far. Cancel-safe: a dropped question is answered to no one.
@@ -276,18 +483,16 @@ enum Link<T> {
     Plain,
 }
 
-struct Broker<C: Connector> {
+struct Broker<C: Connector>
+where
+    C::Conn: Split,
+{
     connector: C,
-    link: Link<C::Conn>,
+    /// Its receiving half while up; the sending half is the route's.
+    link: Link<<C::Conn as Split>::Receiver>,
     /// No new connection before this, after one failed.
     retry_at: Option<Instant>,
     backoff: Backoff,
-    /// Requests whose last attempt went here.
-    in_flight: usize,
-    /// A request sent here went unanswered for a whole timeout, and nothing has arrived from
-    /// it since: it is sent requests only while no other broker is up. The passive server of a
-    /// Binary Star pair, which drops client requests, is one.
-    suspect: bool,
     /// Counts this broker's connections, so that a closed one's late reports are told apart.
     generation: u64,
 }
@@ -309,7 +514,11 @@ struct Report<T> {
     event: Event<T>,
 }
 
-struct Task<C: Connector> {
+struct Task<C: Connector>
+where
+    C::Conn: Split,
+{
+    shared: Arc<Shared>,
     brokers: Vec<Broker<C>>,
     config: ClientConfig,
     commands: mpsc::Receiver<Command>,
@@ -319,9 +528,6 @@ struct Task<C: Connector> {
     /// The broker whose connection is read first at the next wake-up, in turn, so that one
     /// that keeps sending does not starve the others.
     first_read: usize,
-    /// Only 7/MDP requests are tagged; other versions go through the pools.
-    v01: bool,
-    next_tag: u64,
     /// The pool the next untagged request goes through, round robin.
     next_pool: usize,
     pending: HashMap<u64, Pending>,
@@ -382,14 +588,17 @@ async fn connect<C: Connector>(
 async fn recv_any<C: Connector>(
     brokers: &mut [Broker<C>],
     first: usize,
-) -> (usize, Result<Vec<Bytes>, TransportError>) {
+) -> (usize, Result<Vec<Bytes>, TransportError>)
+where
+    C::Conn: Split,
+{
     std::future::poll_fn(|cx| {
         let count = brokers.len();
         for i in 0..count {
             let index = (first + i) % count;
             if let Link::Up { socket, .. } = &mut brokers[index].link {
                 // Made afresh at each poll and dropped if not ready: `recv` is cancel-safe (the
-                // Transport contract) and registers the waker each time.
+                // RecvHalf contract) and registers the waker each time.
                 let received = std::pin::pin!(socket.recv());
                 if let std::task::Poll::Ready(result) = std::future::Future::poll(received, cx) {
                     return std::task::Poll::Ready((index, result));
@@ -404,7 +613,7 @@ async fn recv_any<C: Connector>(
 impl<C> Task<C>
 where
     C: Connector + Clone + 'static,
-    C::Conn: 'static,
+    C::Conn: Split + 'static,
 {
     async fn run(mut self) {
         // Armed at the earliest deadline, and moved only when one comes earlier: a timer that
@@ -413,6 +622,7 @@ where
         let mut timer = DeadlineTimer::new(clock::now());
         let mut armed: Option<Instant> = None;
         loop {
+            self.take_in();
             if let Some(at) = self.next_wakeup() {
                 if armed.is_none_or(|armed| at < armed) {
                     timer.set(at);
@@ -437,12 +647,10 @@ where
                     self.first_read = (index + 1) % self.brokers.len();
                     match received {
                         Ok(frames) => {
-                            let broker = &mut self.brokers[index];
-                            broker.suspect = false;
-                            if let Link::Up { heard, .. } = &mut broker.link {
+                            if let Link::Up { heard, .. } = &mut self.brokers[index].link {
                                 *heard = clock::now();
                             }
-                            self.on_frames(frames);
+                            self.on_frames(index, frames);
                         }
                         Err(error) => {
                             debug!(%error, broker = %self.brokers[index].connector.describe(), "connection to the broker failed");
@@ -454,7 +662,31 @@ where
                     armed = None;
                     self.on_timeout(clock::now()).await;
                 }
+                // What woke it is taken in at the top of the loop.
+                () = self.shared.wake.notified() => {}
             }
+        }
+    }
+
+    /// Takes in the requests callers sent and the sends that failed. With no deadline to wait
+    /// for afterwards, it asks to be woken by the next request.
+    fn take_in(&mut self) {
+        let mut state = self.shared.state();
+        let arrived = std::mem::take(&mut state.arrived);
+        let failed = std::mem::take(&mut state.failed);
+        if arrived.is_empty() && failed.is_empty() {
+            state.watching = !self.deadlines.is_empty();
+            return;
+        }
+        state.watching = true;
+        drop(state);
+        for (tag, pending) in arrived {
+            self.deadlines.insert((pending.deadline, tag));
+            self.pending.insert(tag, pending);
+        }
+        let now = clock::now();
+        for (index, generation) in failed {
+            self.send_failed(index, generation, now);
         }
     }
 
@@ -480,7 +712,13 @@ where
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Stats(answer) => {
+                self.take_in();
                 let mut stats = self.stats;
+                {
+                    let state = self.shared.state();
+                    stats.sent = state.sent;
+                    stats.failovers = state.failovers;
+                }
                 stats.in_flight = self.pending.len();
                 stats.brokers_up = self
                     .brokers
@@ -508,7 +746,7 @@ where
                     sent_at: now,
                     broker: None,
                 };
-                let tag = self.tag();
+                let tag = self.shared.tag();
                 self.send(now, tag, pending).await;
             }
         }
@@ -517,18 +755,12 @@ where
     /// When no request can be tagged (another MDP version, or no broker multiplexes), the
     /// broker whose pool serves them.
     fn plain_broker(&mut self) -> Option<usize> {
-        if self.v01 && !self.brokers.iter().all(|b| matches!(b.link, Link::Plain)) {
+        if self.shared.v01 && !self.brokers.iter().all(|b| matches!(b.link, Link::Plain)) {
             return None;
         }
         let index = self.next_pool % self.brokers.len();
         self.next_pool = self.next_pool.wrapping_add(1);
         Some(index)
-    }
-
-    fn tag(&mut self) -> u64 {
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        tag
     }
 
     /// Sends `pending` under `tag` to the broker up with the fewest requests under way (another
@@ -537,36 +769,29 @@ where
         self.connect_idle(now);
         pending.deadline = now + self.config.timeout;
         pending.sent_at = now;
-        let previous = pending.broker;
-        pending.broker = self
-            .brokers
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| matches!(b.link, Link::Up { .. }))
-            .min_by_key(|(i, b)| (b.suspect, Some(*i) == previous, b.in_flight))
-            .map(|(i, _)| i);
+        let routed = self.shared.state().route(pending.broker);
+        pending.broker = routed.as_ref().map(|(index, ..)| *index);
         self.deadlines.insert((pending.deadline, tag));
-        let Some(index) = pending.broker else {
+        let Some((index, generation, sender)) = routed else {
             self.unsent.insert(tag);
             self.pending.insert(tag, pending);
             return;
         };
-        let mut frames = vec![Bytes::copy_from_slice(&tag.to_be_bytes())];
-        frames.extend(ClientRequest::new(pending.service.clone(), pending.body.clone()).encode());
+        let frames = tagged(tag, &pending.service, &pending.body);
         self.pending.insert(tag, pending);
-        self.stats.sent += 1;
-        if previous.is_some_and(|p| p != index) {
-            self.stats.failovers += 1;
-        }
-        let broker = &mut self.brokers[index];
-        broker.in_flight += 1;
-        let Link::Up { socket, .. } = &mut broker.link else {
-            unreachable!("chosen among those up")
-        };
         // A send that failed is retried at once, like a lost one at its deadline.
-        if socket.send(frames).await.is_err() {
+        if sender.send_frames(frames).await.is_err() {
+            self.send_failed(index, generation, clock::now());
+        }
+    }
+
+    /// A send to broker `index` on its connection of `generation` failed: that connection, if
+    /// still up, is let go.
+    fn send_failed(&mut self, index: usize, generation: u64, now: Instant) {
+        let broker = &self.brokers[index];
+        if generation == broker.generation && matches!(broker.link, Link::Up { .. }) {
             debug!(broker = %broker.connector.describe(), "send to the broker failed");
-            self.down(index, clock::now());
+            self.down(index, now);
         }
     }
 
@@ -604,7 +829,17 @@ where
         }
         match event {
             Event::Up(socket) => {
-                broker.link = Link::Up { socket, heard: now };
+                let (sender, receiver) = socket.split();
+                broker.link = Link::Up {
+                    socket: receiver,
+                    heard: now,
+                };
+                {
+                    let mut state = self.shared.state();
+                    let route = &mut state.routes[index];
+                    route.sender = Some(Arc::new(sender));
+                    route.generation = generation;
+                }
                 broker.backoff.reset();
                 broker.retry_at = None;
                 self.stats.multiplexed = Some(true);
@@ -647,6 +882,17 @@ where
         }
         broker.link = Link::Idle;
         broker.retry_at = Some(now + broker.backoff.next_delay());
+        // No caller sends here from now on; what they sent before is taken in, so that it is
+        // retried with the rest.
+        let arrived = {
+            let mut state = self.shared.state();
+            state.routes[index].sender = None;
+            std::mem::take(&mut state.arrived)
+        };
+        for (tag, pending) in arrived {
+            self.deadlines.insert((pending.deadline, tag));
+            self.pending.insert(tag, pending);
+        }
         let stranded: Vec<(Instant, u64)> = self
             .pending
             .iter()
@@ -662,20 +908,30 @@ where
         }
     }
 
-    fn on_frames(&mut self, frames: Vec<Bytes>) {
+    /// A message from broker `from`.
+    fn on_frames(&mut self, from: usize, frames: Vec<Bytes>) {
         let tag = frames
             .first()
             .and_then(|f| <[u8; 8]>::try_from(f.as_ref()).ok())
             .map(u64::from_be_bytes);
-        let Some((tag, pending)) = tag.and_then(|tag| Some((tag, self.pending.remove(&tag)?)))
-        else {
+        let mut pending = tag.and_then(|tag| self.pending.remove(&tag));
+        if pending.is_none() && tag.is_some() {
+            // A caller's request, answered before the task took it in.
+            self.take_in();
+            pending = tag.and_then(|tag| self.pending.remove(&tag));
+        }
+        let mut state = self.shared.state();
+        state.routes[from].suspect = false;
+        let (Some(tag), Some(pending)) = (tag, pending) else {
+            drop(state);
             self.stats.stale += 1;
             return;
         };
-        self.deadlines.remove(&(pending.deadline, tag));
         if let Some(index) = pending.broker {
-            self.brokers[index].in_flight -= 1;
+            state.routes[index].in_flight -= 1;
         }
+        drop(state);
+        self.deadlines.remove(&(pending.deadline, tag));
         let result = match ClientReply::decode(&frames[1..], &self.config.limits) {
             Ok(reply) if reply.service == pending.service => Ok(reply.body),
             Ok(reply) => Err(ClientError::WrongService {
@@ -691,6 +947,7 @@ where
     /// Requests past their deadline: sent again under a new tag, or failed; and brokers whose
     /// backoff has passed connected again while requests wait.
     async fn on_timeout(&mut self, now: Instant) {
+        self.take_in();
         while let Some(&(at, tag)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -701,8 +958,11 @@ where
             };
             self.unsent.remove(&tag);
             if let Some(index) = pending.broker {
-                self.brokers[index].in_flight -= 1;
-                self.brokers[index].suspect = true;
+                {
+                    let mut state = self.shared.state();
+                    state.routes[index].in_flight -= 1;
+                    state.routes[index].suspect = true;
+                }
                 // Nothing heard since this request went: the connection is taken as dead.
                 if let Link::Up { heard, .. } = self.brokers[index].link {
                     if heard < pending.sent_at {
@@ -724,7 +984,7 @@ where
                 continue;
             }
             pending.left -= 1;
-            let tag = self.tag();
+            let tag = self.shared.tag();
             self.send(now, tag, pending).await;
         }
         if !self.unsent.is_empty() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::transport::{Connector, Transport, TransportError};
+use crate::transport::{Connector, RecvHalf, SendHalf, Split, Transport, TransportError};
 
 /// Messages a router queues for one dealer before sends to it wait.
 pub const DEALER_QUEUE: usize = 1024;
@@ -58,9 +58,34 @@ pub struct MemoryEndpoint {
 /// A DEALER-like in-memory socket connected to one [`MemoryRouter`].
 #[derive(Debug)]
 pub struct MemoryDealer {
+    sender: MemorySender,
+    receiver: MemoryReceiver,
+}
+
+/// A dealer's connection to its router: the router learns it closed once this is dropped, as a
+/// zmq.rs ROUTER's monitor reports a closed connection.
+#[derive(Debug)]
+struct Connection {
     identity: Bytes,
     inbound: mpsc::UnboundedSender<Inbound>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.inbound.send(Inbound::Gone(self.identity.clone()));
+    }
+}
+
+/// The sending half of a split [`MemoryDealer`].
+#[derive(Debug)]
+pub struct MemorySender(Arc<Connection>);
+
+/// The receiving half of a split [`MemoryDealer`].
+#[derive(Debug)]
+pub struct MemoryReceiver {
     outbound: mpsc::Receiver<Vec<Bytes>>,
+    /// The connection stays open while either half lives.
+    _connection: Arc<Connection>,
 }
 
 /// A router and the endpoint its dealers connect to.
@@ -90,10 +115,16 @@ impl MemoryEndpoint {
         self.inbound
             .send(Inbound::Connect(identity.clone(), tx))
             .map_err(|_| TransportError::Closed)?;
-        Ok(MemoryDealer {
+        let connection = Arc::new(Connection {
             identity,
             inbound: self.inbound.clone(),
-            outbound: rx,
+        });
+        Ok(MemoryDealer {
+            sender: MemorySender(connection.clone()),
+            receiver: MemoryReceiver {
+                outbound: rx,
+                _connection: connection,
+            },
         })
     }
 }
@@ -110,17 +141,10 @@ impl Connector for MemoryEndpoint {
     }
 }
 
-impl Drop for MemoryDealer {
-    fn drop(&mut self) {
-        // The router learns the connection closed, as a zmq.rs ROUTER's monitor reports it.
-        let _ = self.inbound.send(Inbound::Gone(self.identity.clone()));
-    }
-}
-
 impl MemoryDealer {
     /// The identity the router sees in front of this dealer's messages.
     pub fn identity(&self) -> &Bytes {
-        &self.identity
+        &self.sender.0.identity
     }
 }
 
@@ -169,16 +193,39 @@ impl Transport for MemoryRouter {
 
 impl Transport for MemoryDealer {
     async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
-        self.outbound.recv().await.ok_or(TransportError::Closed)
+        self.receiver.recv().await
     }
 
     async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        self.sender.send(frames).await
+    }
+}
+
+impl SendHalf for MemorySender {
+    async fn send(&self, frames: Vec<Bytes>) -> Result<(), TransportError> {
         let mut routed = Vec::with_capacity(frames.len() + 1);
-        routed.push(self.identity.clone());
+        routed.push(self.0.identity.clone());
         routed.extend(frames);
-        self.inbound
+        self.0
+            .inbound
             .send(Inbound::Message(routed))
             .map_err(|_| TransportError::Closed)
+    }
+}
+
+impl RecvHalf for MemoryReceiver {
+    /// Cancel-safe: an mpsc receive.
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        self.outbound.recv().await.ok_or(TransportError::Closed)
+    }
+}
+
+impl Split for MemoryDealer {
+    type Sender = MemorySender;
+    type Receiver = MemoryReceiver;
+
+    fn split(self) -> (MemorySender, MemoryReceiver) {
+        (self.sender, self.receiver)
     }
 }
 

@@ -465,6 +465,77 @@ impl Transport for DealerSocket {
     }
 }
 
+/// A connection that splits into a sending half, which any number of tasks share, and a
+/// receiving half, which one task reads: a multiplexing client's callers then send their own
+/// requests, with no hand-over to the task that reads the replies.
+pub trait Split: Transport + Sized {
+    /// The sending half.
+    type Sender: SendHalf;
+    /// The receiving half.
+    type Receiver: RecvHalf;
+
+    /// Splits the connection; it closes once both halves are dropped.
+    fn split(self) -> (Self::Sender, Self::Receiver);
+}
+
+/// The sending half of a [`Split`] connection, shared by reference.
+pub trait SendHalf: Send + Sync + 'static {
+    /// Sends one message; it may wait while the peer's queue is full.
+    fn send(&self, frames: Vec<Bytes>) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// The receiving half of a [`Split`] connection.
+pub trait RecvHalf: Send + 'static {
+    /// Waits for the next message. Cancel-safe, as [`Transport::recv`] must be.
+    fn recv(&mut self) -> impl Future<Output = Result<Vec<Bytes>, TransportError>> + Send;
+}
+
+/// The sending half of a split zmq.rs DEALER socket. zmq.rs's send only queues the message for
+/// the connection's writer, so the lock is held for no longer than that, unless the queue is
+/// full.
+pub struct DealerSender(tokio::sync::Mutex<zeromq::DealerSendHalf>);
+
+impl std::fmt::Debug for DealerSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DealerSender").finish_non_exhaustive()
+    }
+}
+
+impl SendHalf for DealerSender {
+    async fn send(&self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        let msg = ZmqMessage::try_from(frames).map_err(|_| TransportError::Unroutable)?;
+        Ok(SocketSend::send(&mut *self.0.lock().await, msg).await?)
+    }
+}
+
+/// The receiving half of a split zmq.rs DEALER socket.
+pub struct DealerReceiver(zeromq::DealerRecvHalf);
+
+impl std::fmt::Debug for DealerReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DealerReceiver").finish_non_exhaustive()
+    }
+}
+
+impl RecvHalf for DealerReceiver {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        Ok(SocketRecv::recv(&mut self.0).await?.into_vec())
+    }
+}
+
+impl Split for DealerSocket {
+    type Sender = DealerSender;
+    type Receiver = DealerReceiver;
+
+    fn split(self) -> (DealerSender, DealerReceiver) {
+        let (send, recv) = DealerSocket::split(self);
+        (
+            DealerSender(tokio::sync::Mutex::new(send)),
+            DealerReceiver(recv),
+        )
+    }
+}
+
 /// How a [`send_bounded`] ended.
 #[derive(Debug)]
 pub enum SendOutcome {
