@@ -6,7 +6,8 @@
 //! dealer is bounded, so a dealer that stops reading makes sends to it wait, as a full zmq.rs
 //! queue does. Dropping the router closes every dealer's connection; dropping a dealer makes
 //! sends to it fail and is reported by the router's `poll_disconnected`, as a closed connection
-//! is by zmq.rs's monitor. [`link`] makes the two ends of a Binary Star state link. Everything runs
+//! is by zmq.rs's monitor. A dealer splits ([`Split`]) into a sending and a receiving half; its
+//! connection closes once both are dropped. [`link`] makes the two ends of a Binary Star state link. Everything runs
 //! on tokio's channels, so it works under paused test time.
 
 use std::collections::HashMap;
@@ -339,5 +340,39 @@ mod tests {
         drop(router);
         assert!(matches!(b.recv().await, Err(TransportError::Closed)));
         assert!(endpoint.connect().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_split_dealer_sends_and_receives_as_one_and_closes_with_its_last_half() {
+        let (mut router, endpoint) = router();
+        let dealer = endpoint.connect().unwrap();
+        let identity = dealer.identity().clone();
+        let (sender, mut receiver) = dealer.split();
+        sender.send(vec![Bytes::from_static(b"up")]).await.unwrap();
+        assert_eq!(
+            router.recv().await.unwrap(),
+            [identity.clone(), Bytes::from_static(b"up")]
+        );
+        router
+            .send(vec![identity.clone(), Bytes::from_static(b"down")])
+            .await
+            .unwrap();
+        assert_eq!(
+            receiver.recv().await.unwrap(),
+            [Bytes::from_static(b"down")]
+        );
+        // The receiving half alone keeps the connection open.
+        drop(sender);
+        router
+            .send(vec![identity.clone(), Bytes::from_static(b"still")])
+            .await
+            .unwrap();
+        assert_eq!(
+            receiver.recv().await.unwrap(),
+            [Bytes::from_static(b"still")]
+        );
+        drop(receiver);
+        let closed = router.send(vec![identity, Bytes::from_static(b"x")]).await;
+        assert!(matches!(closed, Err(TransportError::Closed)));
     }
 }

@@ -4,6 +4,8 @@
 //! sockets of [`crate::memory`], so every driver runs unchanged over TCP, IPC or memory.
 //! [`send_bounded`] is the one way drivers send: it polls the send once and arms a timer only
 //! when the send has to wait. [`Connector`] opens the connections of peers that reconnect.
+//! [`Split`] divides a connection into a sending half that many tasks share and a receiving
+//! half that one task reads (zmq.rs's DEALER and the in-memory dealer do).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
