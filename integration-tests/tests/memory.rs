@@ -4,6 +4,8 @@
 //! or a 7.5 s liveness takes milliseconds, and no test depends on the machine's speed. The
 //! clients (Majordomo's and the Lazy Pirate) run on the same transport.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,9 +18,11 @@ use majordomo_pirate::{
 use majordomo_proto::mdp::{BrokerMessage, ClientReply, ClientRequest, WorkerMessage};
 use majordomo_proto::ppp::PppMessage;
 use majordomo_proto::Limits;
-use majordomo_rt::memory::{self, MemoryDealer, MemoryEndpoint, MemoryRouter};
+use majordomo_rt::memory::{
+    self, MemoryDealer, MemoryEndpoint, MemoryReceiver, MemoryRouter, MemorySender,
+};
 use majordomo_rt::server::ServerHandle;
-use majordomo_rt::transport::Transport;
+use majordomo_rt::transport::{Connector, SendHalf, Split, Transport, TransportError};
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use tokio::task::JoinHandle;
 
@@ -843,6 +847,158 @@ async fn mux_client_times_out_a_request_sent_on_an_idle_connection() -> Result<(
     assert_eq!(
         (stats.sent, stats.replies, stats.stale, stats.connections),
         (4, 2, 1, 2),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+/// An in-memory dealer whose sending half, once split, sends nothing while its gate is shut:
+/// its sends wait, as on a connection whose queue is full.
+struct GatedDealer(MemoryDealer, Arc<AtomicBool>);
+
+struct GatedSender(MemorySender, Arc<AtomicBool>);
+
+impl Transport for GatedDealer {
+    async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
+        self.0.recv().await
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        self.0.send(frames).await
+    }
+}
+
+impl SendHalf for GatedSender {
+    async fn send(&self, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        if !self.1.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        self.0.send(frames).await
+    }
+}
+
+impl Split for GatedDealer {
+    type Sender = GatedSender;
+    type Receiver = MemoryReceiver;
+
+    fn split(self) -> (GatedSender, MemoryReceiver) {
+        let (sender, receiver) = self.0.split();
+        (GatedSender(sender, self.1), receiver)
+    }
+}
+
+/// Connects [`GatedDealer`]s to one broker, all behind one gate (open: `true`).
+#[derive(Clone)]
+struct Gated(MemoryEndpoint, Arc<AtomicBool>);
+
+impl Connector for Gated {
+    type Conn = GatedDealer;
+
+    async fn connect(&self, _timeout: Duration) -> Result<GatedDealer, TransportError> {
+        Ok(GatedDealer(self.0.connect()?, self.1.clone()))
+    }
+
+    fn describe(&self) -> String {
+        "gated memory".to_owned()
+    }
+}
+
+/// A broker on memory with two `echo` workers, reached through a gate; open at first.
+async fn gated_echo_broker() -> Result<(Gated, BrokerTask)> {
+    let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
+    spawn_echoes_slow_at_first(&endpoint, b"", Duration::ZERO);
+    until(&handle, |s| s.workers == 2).await;
+    Ok((Gated(endpoint, Arc::new(AtomicBool::new(true))), task))
+}
+
+/// The client's stats once `check` holds, or after the virtual patience.
+async fn mux_stats_once<C: Connector + Clone>(
+    client: &MuxClient<C>,
+    check: impl Fn(&MuxStats) -> bool,
+) -> MuxStats {
+    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
+    loop {
+        let stats = client.stats().await;
+        if check(&stats) || tokio::time::Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A caller whose send waits on one broker's connection gets the answer the task found on the
+/// other broker meanwhile; the broker let go is connected again while the other serves alone.
+#[tokio::test(start_paused = true)]
+async fn mux_client_answers_a_caller_stuck_in_its_send_and_reconnects_the_broker_let_go(
+) -> Result<()> {
+    let (a, _a_task) = gated_echo_broker().await?;
+    let (b, _b_task) = gated_echo_broker().await?;
+    let config = ClientConfig::default()
+        .timeout(Duration::from_secs(1))
+        .attempts(3);
+    let client = MuxClient::with_connectors([a.clone(), b], config);
+    let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
+    tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
+    let stats = mux_stats_once(&client, |s| s.brokers_up == 2).await;
+    assert_eq!(stats.brokers_up, 2, "{stats:?}");
+    // Both brokers have nothing under way: the next request goes to the first, whose sends now
+    // wait. At its deadline it is sent to the other, and that reply is the caller's. (Sent a
+    // moment after anything came from the first broker, on virtual time.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.1.store(false, Ordering::Relaxed);
+    let stuck = client.request("echo", vec![Bytes::from_static(b"stuck")]);
+    let reply = tokio::time::timeout(VIRTUAL_PATIENCE, stuck)
+        .await
+        .context("the caller stayed in its send")??;
+    assert_eq!(reply, [Bytes::from_static(b"stuck")]);
+    // Nothing came from the first broker for a whole timeout: its connection was let go. The
+    // requests that follow all go to the second, and the first is connected again meanwhile.
+    a.1.store(true, Ordering::Relaxed);
+    let connections = client.stats().await.connections;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let call = client.request("echo", vec![Bytes::from_static(b"more")]);
+        tokio::time::timeout(VIRTUAL_PATIENCE, call).await??;
+    }
+    let stats = mux_stats_once(&client, |s| s.brokers_up == 2).await;
+    assert_eq!(
+        (stats.brokers_up, stats.connections),
+        (2, connections + 1),
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+/// A caller that stops waiting while its send waits withdraws the request: it was never sent,
+/// so it is not timed out, and the connection is not taken as dead for it.
+#[tokio::test(start_paused = true)]
+async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() -> Result<()> {
+    let (a, _task) = gated_echo_broker().await?;
+    let timeout = Duration::from_secs(1);
+    let client = MuxClient::with_connector(a.clone(), ClientConfig::default().timeout(timeout));
+    let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
+    tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
+    a.1.store(false, Ordering::Relaxed);
+    let dropped = client.request("echo", vec![Bytes::from_static(b"never sent")]);
+    assert!(tokio::time::timeout(timeout / 2, dropped).await.is_err());
+    assert_eq!(client.stats().await.in_flight, 0);
+    // Past the dropped request's deadline: nothing was timed out, nothing reconnected.
+    tokio::time::sleep(timeout * 2).await;
+    a.1.store(true, Ordering::Relaxed);
+    let after = client.request("echo", vec![Bytes::from_static(b"after")]);
+    assert_eq!(
+        tokio::time::timeout(VIRTUAL_PATIENCE, after).await??,
+        [Bytes::from_static(b"after")]
+    );
+    let stats = client.stats().await;
+    assert_eq!(
+        (
+            stats.sent,
+            stats.replies,
+            stats.connections,
+            stats.in_flight
+        ),
+        (3, 2, 1, 0),
         "{stats:?}"
     );
     Ok(())

@@ -164,6 +164,8 @@ struct State {
     watching: bool,
     /// Brokers whose send failed, each with the generation of its connection then.
     failed: Vec<(usize, u64)>,
+    /// Tags of callers' requests never handed to their connection: the caller stopped waiting.
+    withdrawn: Vec<u64>,
     sent: u64,
     failovers: u64,
 }
@@ -224,6 +226,41 @@ impl Shared {
             self.wake.notify_one();
         }
         Ok((index, generation, sender))
+    }
+}
+
+impl Shared {
+    /// Sends a caller's request under `tag` on the connection it was routed to. A send that
+    /// fails is reported to the task, which lets the connection go and retries the request at
+    /// once; a send dropped before it completes withdraws the request, which was never sent.
+    async fn send(&self, tag: u64, routed: Routed, frames: Vec<Bytes>) {
+        let (index, generation, sender) = routed;
+        let mut unsent = Withdraw {
+            shared: self,
+            tag: Some(tag),
+        };
+        let sent = sender.send_frames(frames).await;
+        unsent.tag = None;
+        if sent.is_err() {
+            self.state().failed.push((index, generation));
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Withdraws its request from the task when dropped with a tag: the caller stopped waiting
+/// before the request was handed to the connection.
+struct Withdraw<'a> {
+    shared: &'a Shared,
+    tag: Option<u64>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(tag) = self.tag {
+            // Taken in before the request's deadline is looked at; no need to wake the task.
+            self.shared.state().withdrawn.push(tag);
+        }
     }
 }
 
@@ -339,6 +376,7 @@ where
                 arrived: Vec::new(),
                 watching: false,
                 failed: Vec::new(),
+                withdrawn: Vec::new(),
                 sent: 0,
                 failovers: 0,
             }),
@@ -387,16 +425,38 @@ impl<C: Connector + Clone> MuxClient<C> {
     /// Sends `body` to `service` and waits for the reply body, retried per [`ClientConfig`]
     /// with a new tag each time; through a pool if no broker multiplexes.
     ///
-    /// Cancel-safe: a request whose future is dropped is forgotten at its next deadline, and
-    /// its reply, if one comes, is dropped as stale.
+    /// Cancel-safe: a request whose future is dropped before it was handed to its connection
+    /// is withdrawn; one dropped after that is forgotten at its next deadline, and its reply,
+    /// if one comes, is dropped as stale.
     pub async fn request(
         &self,
         service: impl Into<Bytes>,
         body: Vec<Bytes>,
     ) -> Result<Vec<Bytes>, ClientError> {
         let service = service.into();
-        let (answer, answered) = oneshot::channel();
-        if let Some((service, body, answer)) = self.send_tagged(service, body, answer).await {
+        let (answer, mut answered) = oneshot::channel();
+        let shared = &*self.shared;
+        let unrouted = if shared.v01 {
+            let tag = shared.tag();
+            let frames = tagged(tag, &service, &body);
+            match shared.leave(tag, service, body, answer) {
+                Ok(routed) => {
+                    let send = shared.send(tag, routed, frames);
+                    tokio::pin!(send);
+                    tokio::select! {
+                        biased;
+                        () = &mut send => None,
+                        // The send still waits and the task has given the request up or
+                        // answered it from another broker: the answer is what counts.
+                        answer = &mut answered => return self.answered(answer).await,
+                    }
+                }
+                Err(unrouted) => Some(unrouted),
+            }
+        } else {
+            Some((service, body, answer))
+        };
+        if let Some((service, body, answer)) = unrouted {
             // No broker's connection is up (or requests are not tagged): the task keeps it.
             let command = Command::Request {
                 service,
@@ -407,40 +467,21 @@ impl<C: Connector + Clone> MuxClient<C> {
                 return Err(ClientError::Transport(TransportError::Closed));
             }
         }
-        match answered.await {
+        self.answered(answered.await).await
+    }
+
+    /// What the task answered.
+    async fn answered(
+        &self,
+        answer: Result<Answer, oneshot::error::RecvError>,
+    ) -> Result<Vec<Bytes>, ClientError> {
+        match answer {
             Ok(Answer::Reply(result)) => result,
             Ok(Answer::Unsupported(broker, service, body)) => {
                 self.pools[broker].request(service, body).await
             }
             Err(_) => Err(ClientError::Transport(TransportError::Closed)),
         }
-    }
-
-    /// Sends a new request, tagged, on the connection of the broker up with the fewest
-    /// requests under way, and leaves it with the task; gives it back when no broker's
-    /// connection is up or requests are not tagged.
-    async fn send_tagged(
-        &self,
-        service: Bytes,
-        body: Vec<Bytes>,
-        answer: oneshot::Sender<Answer>,
-    ) -> Option<Unrouted> {
-        let shared = &*self.shared;
-        if !shared.v01 {
-            return Some((service, body, answer));
-        }
-        let tag = shared.tag();
-        let frames = tagged(tag, &service, &body);
-        let (index, generation, sender) = match shared.leave(tag, service, body, answer) {
-            Ok(routed) => routed,
-            Err(back) => return Some(back),
-        };
-        // A send that failed is retried at once, like a lost one at its deadline.
-        if sender.send_frames(frames).await.is_err() {
-            shared.state().failed.push((index, generation));
-            shared.wake.notify_one();
-        }
-        None
     }
 
     /// What the task has seen so far. Cancel-safe: a dropped question is answered to no one.
@@ -674,17 +715,34 @@ where
         let mut state = self.shared.state();
         let arrived = std::mem::take(&mut state.arrived);
         let failed = std::mem::take(&mut state.failed);
-        if arrived.is_empty() && failed.is_empty() {
-            state.watching = !self.deadlines.is_empty();
+        let withdrawn = std::mem::take(&mut state.withdrawn);
+        // A request taken in now has a deadline; failures and withdrawals add none.
+        state.watching = !arrived.is_empty() || !self.deadlines.is_empty();
+        if arrived.is_empty() && failed.is_empty() && withdrawn.is_empty() {
             return;
         }
-        state.watching = true;
         drop(state);
+        let now = clock::now();
+        if !arrived.is_empty() {
+            // Requests sent on the connections that are up: brokers whose connection was let go
+            // are connected again once their backoff has passed, as a request through the task
+            // would.
+            self.connect_idle(now);
+        }
         for (tag, pending) in arrived {
             self.deadlines.insert((pending.deadline, tag));
             self.pending.insert(tag, pending);
         }
-        let now = clock::now();
+        for tag in withdrawn {
+            // Still here unless the task has answered it meanwhile.
+            let Some(pending) = self.pending.remove(&tag) else {
+                continue;
+            };
+            self.deadlines.remove(&(pending.deadline, tag));
+            if let Some(index) = pending.broker {
+                self.shared.state().routes[index].in_flight -= 1;
+            }
+        }
         for (index, generation) in failed {
             self.send_failed(index, generation, now);
         }
