@@ -106,7 +106,8 @@ enum Command {
 
 /// A 7/MDP client that multiplexes its requests on one connection to each broker (see the
 /// module docs); clones share the connections. Made inside a tokio runtime: it spawns the task
-/// that owns the requests, which ends when the last clone is dropped.
+/// that reads the replies and times the requests out, which ends when the last clone is
+/// dropped.
 pub struct MuxClient<C: Connector + Clone = DealerConnector> {
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
