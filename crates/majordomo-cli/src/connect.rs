@@ -30,7 +30,8 @@ pub(crate) struct ConnectArgs {
 pub(crate) struct CurveArgs {
     /// Connect with CURVE to brokers with this public key (Z85, 40 characters; `majordomo
     /// keygen` prints it and writes it to NAME). Every --connect endpoint must be tcp://.
-    #[arg(long, global = true)]
+    // Z85's alphabet has `-`: a key may begin with it and is still this option's value.
+    #[arg(long, global = true, allow_hyphen_values = true)]
     pub(crate) curve_server_key: Option<String>,
     /// This client's or worker's own key pair: a czmq certificate with both keys (the
     /// NAME_secret that `majordomo keygen NAME` writes). Default: a pair made for this run,

@@ -158,3 +158,22 @@ async fn run_command(cli: Cli) -> Result<ExitCode> {
     };
     done.map(|()| ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Z85 key may begin with `-`, one of its characters: it is still taken as the key.
+    #[test]
+    fn a_server_key_beginning_with_a_hyphen_is_taken_as_the_key() {
+        let key = format!("-C{}", "0".repeat(38));
+        for args in [
+            vec!["worker", "--curve-server-key", &key, "echo"],
+            vec!["call", "--curve-server-key", &key, "echo", "hello"],
+            vec!["status", "--curve-server-key", &key],
+        ] {
+            let parsed = Cli::try_parse_from(std::iter::once("majordomo").chain(args.clone()));
+            assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());
+        }
+    }
+}
