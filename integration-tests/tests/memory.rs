@@ -793,20 +793,15 @@ async fn mux_client_serves_10000_concurrent_requests_on_one_connection() -> Resu
 
 #[tokio::test(start_paused = true)]
 async fn mux_client_retries_under_a_new_tag_and_drops_the_late_reply() -> Result<()> {
-    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
-    let timeout = Duration::from_secs(1);
     // Two workers; the first two requests take one and a half timeouts, the rest none.
-    spawn_echoes_slow_at_first(&endpoint, b"once", timeout * 3 / 2);
-    until(&handle, |s| s.workers == 2).await;
-    let config = ClientConfig::default().timeout(timeout).attempts(3);
-    let client = MuxClient::with_connector(endpoint.clone(), config);
+    let (client, _task) = mux_client_of_slow_echoes(b"once").await?;
     // The first attempt waits on one slow worker, the second on the other, the third is
     // answered; both late replies come back to tags nobody holds.
     let reply = client
         .request("echo", vec![Bytes::from_static(b"once")])
         .await?;
     assert_eq!(reply, [Bytes::from_static(b"once")]);
-    let stats = stats_once_stale(&client, 2).await;
+    let stats = mux_stats_once(&client, |s| s.stale == 2).await;
     assert_eq!(
         (stats.sent, stats.replies, stats.stale, stats.connections),
         (3, 1, 2, 1),
@@ -819,13 +814,8 @@ async fn mux_client_retries_under_a_new_tag_and_drops_the_late_reply() -> Result
 /// other, is still timed out and retried: the client's task learns of it without a hand-over.
 #[tokio::test(start_paused = true)]
 async fn mux_client_times_out_a_request_sent_on_an_idle_connection() -> Result<()> {
-    let (endpoint, handle, _task) = shared_broker(BrokerConfig::default())?;
-    let timeout = Duration::from_secs(1);
     // The first two `slow` requests, over both workers, take one and a half timeouts.
-    spawn_echoes_slow_at_first(&endpoint, b"slow", timeout * 3 / 2);
-    until(&handle, |s| s.workers == 2).await;
-    let config = ClientConfig::default().timeout(timeout).attempts(3);
-    let client = MuxClient::with_connector(endpoint.clone(), config);
+    let (client, _task) = mux_client_of_slow_echoes(b"slow").await?;
     // The connection comes up with the first request; once it is answered, nothing is under way.
     let first = client.request("echo", vec![Bytes::from_static(b"fast")]);
     assert_eq!(
@@ -834,13 +824,13 @@ async fn mux_client_times_out_a_request_sent_on_an_idle_connection() -> Result<(
     );
     assert_eq!(client.stats().await.in_flight, 0);
     // On virtual time: past the first request's deadline, so that the task has no timer left.
-    tokio::time::sleep(timeout * 2).await;
+    tokio::time::sleep(SLOW_ECHO_TIMEOUT * 2).await;
     let second = client.request("echo", vec![Bytes::from_static(b"slow")]);
     let reply = tokio::time::timeout(VIRTUAL_PATIENCE, second)
         .await
         .context("a request sent on the idle connection was never timed out")??;
     assert_eq!(reply, [Bytes::from_static(b"slow")]);
-    let stats = stats_once_stale(&client, 1).await;
+    let stats = mux_stats_once(&client, |s| s.stale == 1).await;
     // Three attempts of the slow request. Nothing had come from the broker for a whole timeout
     // when the first attempt timed out, so its connection was taken as dead and made again:
     // the first attempt's reply went with it, the second's came late to a tag nobody holds.
@@ -906,7 +896,7 @@ impl Connector for Gated {
 /// A broker on memory with two `echo` workers, reached through a gate; open at first.
 async fn gated_echo_broker() -> Result<(Gated, BrokerTask)> {
     let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
-    spawn_echoes_slow_at_first(&endpoint, b"", Duration::ZERO);
+    spawn_echoes(&endpoint, None);
     until(&handle, |s| s.workers == 2).await;
     Ok((Gated(endpoint, Arc::new(AtomicBool::new(true))), task))
 }
@@ -1049,16 +1039,18 @@ async fn mux_client_never_tags_a_request_to_a_broker_that_does_not_route_envelop
     Ok(())
 }
 
-/// Two `echo` workers on `endpoint` that answer at once, except the first two requests (over
-/// both) whose body is `slow`: those take `delay`.
-fn spawn_echoes_slow_at_first(endpoint: &MemoryEndpoint, slow: &'static [u8], delay: Duration) {
+/// Two `echo` workers on `endpoint` that answer at once, except, with `slow` set to a body and
+/// a delay, the first two requests (over both) with that body: those take the delay.
+fn spawn_echoes(endpoint: &MemoryEndpoint, slow: Option<(&'static [u8], Duration)>) {
+    let (slow, delay) = slow.unwrap_or_default();
     let slow_left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
     for _ in 0..2 {
         let slow_left = slow_left.clone();
         let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
         tokio::spawn(worker.run(
             handler_fn(move |body: Vec<Bytes>| {
-                let is_slow = body.first().is_some_and(|b| b.as_ref() == slow)
+                let is_slow = !slow.is_empty()
+                    && body.first().is_some_and(|b| b.as_ref() == slow)
                     && slow_left
                         .fetch_update(
                             std::sync::atomic::Ordering::Relaxed,
@@ -1078,16 +1070,21 @@ fn spawn_echoes_slow_at_first(endpoint: &MemoryEndpoint, slow: &'static [u8], de
     }
 }
 
-/// The client's stats once `stale` replies have been dropped, or after the virtual patience.
-async fn stats_once_stale(client: &MuxClient<MemoryEndpoint>, stale: u64) -> MuxStats {
-    let deadline = tokio::time::Instant::now() + VIRTUAL_PATIENCE;
-    loop {
-        let stats = client.stats().await;
-        if stats.stale == stale || tokio::time::Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The timeout of [`mux_client_of_slow_echoes`]'s client.
+const SLOW_ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A `MuxClient` (timeout [`SLOW_ECHO_TIMEOUT`], three attempts) of a broker with two `echo`
+/// workers, whose first two requests with body `slow` take one and a half timeouts.
+async fn mux_client_of_slow_echoes(
+    slow: &'static [u8],
+) -> Result<(MuxClient<MemoryEndpoint>, BrokerTask)> {
+    let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
+    spawn_echoes(&endpoint, Some((slow, SLOW_ECHO_TIMEOUT * 3 / 2)));
+    until(&handle, |s| s.workers == 2).await;
+    let config = ClientConfig::default()
+        .timeout(SLOW_ECHO_TIMEOUT)
+        .attempts(3);
+    Ok((MuxClient::with_connector(endpoint, config), task))
 }
 
 /// A request's number and what came back for it.

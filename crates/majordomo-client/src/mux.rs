@@ -228,9 +228,7 @@ impl Shared {
         }
         Ok((index, generation, sender))
     }
-}
 
-impl Shared {
     /// Sends a caller's request under `tag` on the connection it was routed to. A send that
     /// fails is reported to the task, which lets the connection go and retries the request at
     /// once; a send dropped before it completes withdraws the request, which was never sent.
@@ -730,10 +728,7 @@ where
             // would.
             self.connect_idle(now);
         }
-        for (tag, pending) in arrived {
-            self.deadlines.insert((pending.deadline, tag));
-            self.pending.insert(tag, pending);
-        }
+        self.admit(arrived);
         for tag in withdrawn {
             // Still here unless the task has answered it meanwhile.
             let Some(pending) = self.pending.remove(&tag) else {
@@ -746,6 +741,14 @@ where
         }
         for (index, generation) in failed {
             self.send_failed(index, generation, now);
+        }
+    }
+
+    /// Holds callers' requests, taken from [`State::arrived`], to their deadlines.
+    fn admit(&mut self, arrived: Vec<(u64, Pending)>) {
+        for (tag, pending) in arrived {
+            self.deadlines.insert((pending.deadline, tag));
+            self.pending.insert(tag, pending);
         }
     }
 
@@ -948,10 +951,7 @@ where
             state.routes[index].sender = None;
             std::mem::take(&mut state.arrived)
         };
-        for (tag, pending) in arrived {
-            self.deadlines.insert((pending.deadline, tag));
-            self.pending.insert(tag, pending);
-        }
+        self.admit(arrived);
         let stranded: Vec<(Instant, u64)> = self
             .pending
             .iter()
