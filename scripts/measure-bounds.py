@@ -723,9 +723,11 @@ class EchoProbe(threading.Thread):
             text = "no call answered"
         else:
             slow = [x for x in lat if x > 1.0]
+            p99 = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
             text = (
-                f"{len(lat)} calls, median {lat[len(lat) // 2] * 1000:.0f} ms, "
-                f"max {lat[-1] * 1000:.0f} ms, {len(slow)} over 1 s ({sum(slow):.1f} s)"
+                f"{len(lat)} calls, median {lat[len(lat) // 2] * 1000:.1f} ms, "
+                f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms, "
+                f"{len(slow)} over 1 s ({sum(slow):.1f} s)"
             )
         if unanswered is not None:
             text += f", one unanswered after {unanswered:.1f} s"
@@ -1028,7 +1030,6 @@ def gathered_partials(args, ctx, scratch, table):
         )
         took = time.monotonic() - started
         unanswered = probe.stop()
-        lat = sorted(probe.latencies)
         got = client.poll(0)
         row(
             table,
@@ -1040,12 +1041,7 @@ def gathered_partials(args, ctx, scratch, table):
                 "abandoned": stats["abandoned"],
                 "client got a reply": bool(got),
                 "streamed s": f"{took:.1f}",
-                "echo calls": len(lat),
-                "echo p50/p99/max ms": f"{lat[len(lat) // 2] * 1000:.1f}/"
-                f"{lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000:.1f}/{lat[-1] * 1000:.1f}"
-                if lat
-                else "none",
-                "unanswered": "none" if unanswered is None else f"{unanswered:.1f} s",
+                "echo": probe.summary(unanswered),
             },
         )
     finally:
