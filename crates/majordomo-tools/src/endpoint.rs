@@ -1,6 +1,7 @@
 //! Free endpoints on this machine, for servers started on the fly.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
@@ -54,6 +55,27 @@ pub fn free_endpoint(transport: Transport) -> Result<String> {
     }
 }
 
+/// The socket file of an `ipc://` endpoint, removed when dropped: a server stopped by SIGKILL
+/// (as [`crate::child::Child`] stops its process) leaves it behind. Declared before the server's
+/// process, it is dropped after it. Holds nothing for other transports.
+#[must_use = "the file is removed when this is dropped"]
+pub struct SocketFile(Option<PathBuf>);
+
+impl SocketFile {
+    /// The socket file of `endpoint`, if it has one.
+    pub fn of(endpoint: &str) -> Self {
+        Self(endpoint.strip_prefix("ipc://").map(PathBuf::from))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +98,21 @@ mod tests {
         assert!(first.starts_with("ipc://"), "{first}");
         assert_ne!(first, second);
         assert!(!std::path::Path::new(first.trim_start_matches("ipc://")).exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_socket_file_goes_with_its_guard_and_tcp_has_none() -> Result<()> {
+        let endpoint = free_endpoint(Transport::Ipc)?;
+        let path = std::path::PathBuf::from(endpoint.trim_start_matches("ipc://"));
+        let file = SocketFile::of(&endpoint);
+        // What a server killed by a signal leaves.
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        drop(listener);
+        assert!(path.exists());
+        drop(file);
+        assert!(!path.exists());
+        assert!(SocketFile::of(&free_endpoint(Transport::Tcp)?).0.is_none());
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use super::{BenchArgs, RunKind};
 use crate::bins::{spawn_fixture, spawn_majordomo};
 use crate::child::Child;
 use crate::echo::echo_in_parts;
-use crate::endpoint::{free_endpoint, Transport};
+use crate::endpoint::{free_endpoint, SocketFile, Transport};
 
 /// How long a worker process gets to stop after SIGTERM before it is killed.
 const WORKER_STOP: Duration = Duration::from_secs(2);
@@ -130,6 +130,8 @@ pub(super) async fn broker_run(
     };
     // The copy relay's process, when there is one, lives until the run ends.
     let mut _proxy = None;
+    // Removed once the server is gone.
+    let mut _socket_file = None;
     // The keys of a CURVE run, and the bridge its clients connect through.
     let mut curve: Option<CurveSetup> = None;
     let (broker_ep, broker_pid, _broker) = match target {
@@ -141,6 +143,7 @@ pub(super) async fn broker_run(
             parts: _,
         } => {
             let endpoint = free_endpoint(args.transport)?;
+            _socket_file = Some(SocketFile::of(&endpoint));
             let busy_poll = humantime::format_duration(busy_poll).to_string();
             let mut extra = vec!["--busy-poll", busy_poll.as_str()];
             if metrics {
@@ -155,6 +158,7 @@ pub(super) async fn broker_run(
         Target::External { endpoint, pid } => (endpoint.to_owned(), pid, None),
         Target::CopyRelay { threads } => {
             let socket = free_endpoint(Transport::Ipc)?;
+            _socket_file = Some(SocketFile::of(&socket));
             let broker =
                 spawn_majordomo(&["broker", "--bind", &socket, "--threads", threads], "warn")?;
             let tcp = free_endpoint(Transport::Tcp)?;
@@ -170,6 +174,7 @@ pub(super) async fn broker_run(
         }
         Target::Relay { threads, window } => {
             let endpoint = free_endpoint(args.transport)?;
+            _socket_file = Some(SocketFile::of(&endpoint));
             let relay = spawn_fixture(
                 &[
                     "relay",

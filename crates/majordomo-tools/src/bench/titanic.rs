@@ -18,7 +18,7 @@ use super::load::{Window, DRAIN, MEASURE, WARMUP};
 use super::report::Run;
 use super::{BenchArgs, RunKind};
 use crate::bins::spawn_majordomo;
-use crate::endpoint::free_endpoint;
+use crate::endpoint::{free_endpoint, SocketFile};
 
 /// What one task measured.
 #[derive(Default)]
@@ -157,6 +157,8 @@ async fn phase(
 /// are the Titanic process's. Returns the runs and the store file's size at the end of each.
 pub(super) async fn titanic(args: &BenchArgs, kind: RunKind, size: usize) -> Result<(Run, u64)> {
     let endpoint = free_endpoint(args.transport)?;
+    // Removed once the broker is gone.
+    let _socket_file = SocketFile::of(&endpoint);
     let threads = args.server_threads.to_string();
     let broker = spawn_majordomo(
         &["broker", "--bind", &endpoint, "--threads", &threads],

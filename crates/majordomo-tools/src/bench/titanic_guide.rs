@@ -25,7 +25,7 @@ use super::report::Run;
 use super::{BenchArgs, RunKind};
 use crate::bins::spawn_majordomo;
 use crate::child::{Child, Stderr};
-use crate::endpoint::free_endpoint;
+use crate::endpoint::{free_endpoint, SocketFile};
 
 /// The Guide-shaped server's script, from the project's directory.
 const SCRIPT: &str = "integration-tests/python/guide_titanic.py";
@@ -373,6 +373,8 @@ async fn client(
 async fn side(args: &BenchArgs, size: usize, server: Server<'_>) -> Result<Side> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let endpoint = free_endpoint(args.transport)?;
+    // Removed once the broker is gone.
+    let _socket_file = SocketFile::of(&endpoint);
     let threads = args.server_threads.to_string();
     let broker = spawn_majordomo(
         &["broker", "--bind", &endpoint, "--threads", &threads],
