@@ -205,6 +205,14 @@ pub fn free_endpoint() -> Result<String> {
     endpoint::free_endpoint(endpoint::Transport::Tcp)
 }
 
+/// A fresh, empty directory named after `name` under the system's temporary directory,
+/// removed with what it holds when dropped, whether the test passed or not.
+pub fn scratch_dir(name: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("majordomo-{name}-"))
+        .tempdir()?)
+}
+
 /// Asks `mmi.service` until `service` has a live worker, within a bounded number of tries.
 pub async fn wait_for_service(endpoint: &str, service: &str) -> Result<()> {
     let client = majordomo_client::Client::new(

@@ -746,9 +746,8 @@ async fn the_pair_options_go_together_and_come_from_a_file_too() -> Result<()> {
         !status.success(),
         "--bstar without its endpoints: {status:?}"
     );
-    let dir = std::env::temp_dir().join(format!("majordomo-bstar-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("majordomo.toml");
+    let scratch = integration_tests::scratch_dir("bstar")?;
+    let file = scratch.path().join("majordomo.toml");
     std::fs::write(
         &file,
         "[broker]\nbstar = \"backup\"\nbstar-bind = \"tcp://127.0.0.1:5003\"\n\
@@ -759,7 +758,6 @@ async fn the_pair_options_go_together_and_come_from_a_file_too() -> Result<()> {
         .arg(&file)
         .env("MAJORDOMO_BROKER_BSTAR_HEARTBEAT", "2s")
         .output()?;
-    let _ = std::fs::remove_dir_all(&dir);
     ensure!(output.status.success(), "{output:?}");
     let printed = String::from_utf8(output.stdout)?;
     for line in [

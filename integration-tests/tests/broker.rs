@@ -516,8 +516,8 @@ async fn separate_client_and_worker_endpoints() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_tcp_and_ipc_at_once() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mdp-ipc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let scratch = integration_tests::scratch_dir("ipc")?;
+    let dir = scratch.path();
     let ipc = format!("ipc://{}/broker.sock", dir.display());
     let broker = majordomo_broker::Broker::builder()
         .bind("tcp://127.0.0.1:0")
@@ -532,7 +532,7 @@ async fn binds_tcp_and_ipc_at_once() -> Result<()> {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-    let names: Vec<_> = std::fs::read_dir(&dir)?
+    let names: Vec<_> = std::fs::read_dir(dir)?
         .map(|entry| entry.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()?;
     assert_eq!(names, ["broker.sock"]);
@@ -548,7 +548,6 @@ async fn binds_tcp_and_ipc_at_once() -> Result<()> {
         !dir.join("broker.sock").exists(),
         "the socket file is removed at stop"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

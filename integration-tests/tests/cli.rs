@@ -670,25 +670,23 @@ fn line<'a>(config: &'a str, key: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// A configuration file in a fresh directory.
-fn config_file(name: &str, text: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "majordomo-config-test-{}-{name}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("majordomo.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+/// A configuration file holding `text`, removed when the returned handle is dropped.
+fn config_file(name: &str, text: &str) -> Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("majordomo-{name}-"))
+        .suffix(".toml")
+        .tempfile()?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    Ok(file)
 }
 
 #[test]
 fn configuration_precedence_is_flag_then_environment_then_file_then_default() -> Result<()> {
-    let file = config_file(
+    let config = config_file(
         "precedence",
         "[broker]\nheartbeat = \"1s\"\nliveness = 4\nmax-deliveries = 5\nno_guard = true\n",
     )?;
-    let file = file.to_str().context("a UTF-8 path")?;
+    let file = config.path().to_str().context("a UTF-8 path")?;
     // Defaults alone.
     let defaults = print_config(&[], &[])?;
     assert_eq!(line(&defaults, "heartbeat"), "heartbeat = \"2500ms\"");
@@ -735,8 +733,8 @@ fn the_service_idle_grace_is_set_like_every_broker_option() -> Result<()> {
         line(&print_config(&[], &[])?, key),
         "service-idle-grace = \"60s\""
     );
-    let file = config_file("grace", "[broker]\nservice_idle_grace = \"5s\"\n")?;
-    let file = file.to_str().context("a UTF-8 path")?;
+    let config = config_file("grace", "[broker]\nservice_idle_grace = \"5s\"\n")?;
+    let file = config.path().to_str().context("a UTF-8 path")?;
     let from_file = print_config(&["--config", file], &[])?;
     assert_eq!(line(&from_file, key), "service-idle-grace = \"5s\"");
     let env = [("MAJORDOMO_BROKER_SERVICE_IDLE_GRACE", "10s")];
@@ -791,8 +789,8 @@ fn the_log_format_is_read_from_the_configuration_file_too() -> Result<()> {
         line(&print_config(&[], &[])?, "log-format"),
         "log-format = \"text\""
     );
-    let file = config_file("log-format", "[broker]\nlog-format = \"json\"\n")?;
-    let file = file.to_str().context("a UTF-8 path")?;
+    let config = config_file("log-format", "[broker]\nlog-format = \"json\"\n")?;
+    let file = config.path().to_str().context("a UTF-8 path")?;
     let from_file = print_config(&["--config", file], &[])?;
     assert_eq!(line(&from_file, "log-format"), "log-format = \"json\"");
     let from_flag = print_config(&["--config", file, "--log-format", "text"], &[])?;
@@ -824,10 +822,10 @@ fn configuration_errors_name_the_key() -> Result<()> {
             "unknown table [brokr]",
         ),
     ] {
-        let file = config_file(name, text)?;
+        let config = config_file(name, text)?;
         let out = Command::new(majordomo_bin()?)
             .args(["broker", "--config"])
-            .arg(&file)
+            .arg(config.path())
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: accepted");
@@ -839,11 +837,11 @@ fn configuration_errors_name_the_key() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_runs_from_its_configuration_file() -> Result<()> {
     let ep = free_endpoint()?;
-    let file = config_file(
+    let config = config_file(
         "runs",
         &format!("[broker]\nbind = [\"{ep}\"]\nheartbeat = \"100ms\"\n"),
     )?;
-    let file = file.to_str().context("a UTF-8 path")?;
+    let file = config.path().to_str().context("a UTF-8 path")?;
     let mut broker = Proc::spawn(&["broker", "--config", file])?;
     broker.wait_until_serving(&ep).await?;
     let _worker = Proc::spawn(&["worker", "--connect", &ep, "--heartbeat", "100ms", "echo"])?;
@@ -859,10 +857,8 @@ async fn a_broker_runs_from_its_configuration_file() -> Result<()> {
 async fn call_prints_each_part_as_it_arrives_from_a_streaming_exec_worker() -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let ep = free_endpoint()?;
-    let dir = std::env::temp_dir().join(format!("majordomo-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let flag = dir.join("go");
-    let _ = std::fs::remove_file(&flag);
+    let scratch = integration_tests::scratch_dir("stream")?;
+    let flag = scratch.path().join("go");
     // One line, then (once the test has seen it) another and an unterminated rest.
     let script = format!(
         "echo one; n=0; while [ ! -e {} ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done; \
@@ -912,7 +908,6 @@ async fn call_prints_each_part_as_it_arrives_from_a_streaming_exec_worker() -> R
     assert_eq!(rest, "\ntwo\n\nthree\n", "a blank line between parts");
     let status = tokio::time::timeout(PATIENCE, call.wait()).await??;
     assert!(status.success(), "{status}");
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -935,11 +930,11 @@ fn print_config_of(command: &[&str], env: &[(&str, &str)]) -> Result<String> {
 
 #[test]
 fn worker_and_titanic_read_their_table_and_variables_as_the_servers_do() -> Result<()> {
-    let file = config_file(
+    let config = config_file(
         "worker-titanic",
         "[worker]\nheartbeat = \"1s\"\nconcurrency = 4\n[titanic]\nmax-stored = 5\nretention = \"1h\"\n",
     )?;
-    let file = file.to_str().context("a UTF-8 path")?;
+    let file = config.path().to_str().context("a UTF-8 path")?;
     // The worker's options come before or after what it serves; `exec`'s program keeps its own
     // arguments, however the file is given.
     for command in [

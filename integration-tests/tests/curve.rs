@@ -227,8 +227,8 @@ async fn the_binary_serves_curve_with_keygen_certificates_and_sighup_reloads_the
     use integration_tests::http::{free_addr, get, sample};
     use integration_tests::{free_endpoint, majordomo_bin, Proc};
 
-    let dir = std::env::temp_dir().join(format!("majordomo-curve-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let scratch = integration_tests::scratch_dir("curve-cli")?;
+    let dir = scratch.path();
     for name in ["server", "client", "worker"] {
         let out = std::process::Command::new(majordomo_bin()?)
             .args(["keygen", "--force"])
@@ -311,7 +311,6 @@ async fn the_binary_serves_curve_with_keygen_certificates_and_sighup_reloads_the
     assert_eq!(admitted.line().await?, "[\"py:after HUP\"]");
     assert_eq!(admitted.exit_code().await?, 0);
     assert!(!broker.has_exited()?);
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

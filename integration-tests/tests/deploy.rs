@@ -1,7 +1,6 @@
 //! The deployment files in `deploy/`: the systemd unit and the container image's Dockerfile.
 //! (The Prometheus rules, the dashboard and the sample configuration: `ops_kit.rs`.)
 
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -178,36 +177,6 @@ fn have_systemd_analyze() -> bool {
         .is_ok()
 }
 
-/// A new, empty directory under the system's temporary directory, removed with its contents when
-/// dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let base = std::env::temp_dir();
-        for attempt in 0..1000 {
-            let path = base.join(format!(
-                "majordomo-deploy-{tag}-{}-{attempt}",
-                std::process::id()
-            ));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self(path)),
-                Err(error) if error.kind() == ErrorKind::AlreadyExists => continue,
-                Err(error) => {
-                    return Err(error).with_context(|| format!("creating {}", path.display()))
-                }
-            }
-        }
-        bail!("no free directory name under {}", base.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The unit's text with its `ExecStart=` running `bin` instead of the installed binary.
 fn unit_running(text: &str, bin: &Path) -> Result<String> {
     let bin = bin.display().to_string();
@@ -330,8 +299,8 @@ fn systemd_unit_is_valid_and_hardened() -> Result<()> {
         eprintln!("systemd-analyze is not installed: verify skipped");
         return Ok(());
     }
-    let dir = TempDir::new("unit")?;
-    let copy = dir.0.join(UNIT);
+    let dir = integration_tests::scratch_dir("deploy-unit")?;
+    let copy = dir.path().join(UNIT);
     std::fs::write(&copy, unit_running(&text, &majordomo_bin()?)?)?;
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -494,10 +463,8 @@ fn dockerfile_final_stage_is_from_scratch() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_tells_systemd_when_it_is_ready_and_when_it_stops() -> Result<()> {
     use integration_tests::{free_endpoint, PATIENCE};
-    let dir = std::env::temp_dir().join(format!("majordomo-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("notify");
-    let _ = std::fs::remove_file(&path);
+    let scratch = integration_tests::scratch_dir("notify")?;
+    let path = scratch.path().join("notify");
     let socket = tokio::net::UnixDatagram::bind(&path)?;
     let endpoint = free_endpoint()?;
     let mut broker = tokio::process::Command::new(majordomo_bin()?)
@@ -539,6 +506,5 @@ async fn the_broker_tells_systemd_when_it_is_ready_and_when_it_stops() -> Result
         .await
         .context("the broker did not exit")??;
     assert!(status.success(), "{status}");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,15 +1,15 @@
 //! Fault scenarios against the real `majordomo` binary running as separate processes on
 //! 127.0.0.1: workers and brokers killed, frozen and flooded while clients keep calling.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::http::{free_addr, get_when_up, sample};
 use integration_tests::{
-    frames, free_endpoint, mmi_stats, service_stats, wait_for_mmi_stats, wait_for_service, Proc,
-    PyPeer, RawPeer, RawZmtp, PATIENCE,
+    frames, free_endpoint, mmi_stats, scratch_dir, service_stats, wait_for_mmi_stats,
+    wait_for_service, Proc, PyPeer, RawPeer, RawZmtp, PATIENCE,
 };
 use majordomo_client::{Client, ClientConfig};
 
@@ -56,13 +56,6 @@ fn client(endpoint: &str) -> Client {
     )
 }
 
-fn scratch_dir(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("majordomo-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 /// Waits until a handler has left a file in `dir`.
 async fn wait_for_marker(dir: &Path) -> Result<()> {
     for _ in 0..500 {
@@ -93,7 +86,8 @@ async fn request_exactly_one_reply(
 async fn worker_killed_mid_request_client_gets_exactly_one_reply() -> Result<()> {
     let ep = free_endpoint()?;
     let _broker = broker(&ep, &[])?;
-    let dir = scratch_dir("kill")?;
+    let scratch = scratch_dir("faults-kill")?;
+    let dir = scratch.path();
     let script = format!("touch {}/started.$$; sleep 0.5; cat", dir.display());
     let doomed = exec_worker(&ep, "slow", &script)?;
     wait_for_service(&ep, "slow").await?;
@@ -101,7 +95,7 @@ async fn worker_killed_mid_request_client_gets_exactly_one_reply() -> Result<()>
     let mut c = RawPeer::connect(&ep).await?;
     c.send(frames(&[b"", b"MDPC01", b"slow", b"payload"]))
         .await?;
-    wait_for_marker(&dir).await?;
+    wait_for_marker(dir).await?;
     let _rescuer = exec_worker(&ep, "slow", &script)?;
     doomed.signal("KILL")?;
 
@@ -114,7 +108,6 @@ async fn worker_killed_mid_request_client_gets_exactly_one_reply() -> Result<()>
         None,
         "exactly one reply"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -158,7 +151,8 @@ async fn broker_killed_and_restarted_workers_return_and_clients_succeed() -> Res
 async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Result<()> {
     let ep = free_endpoint()?;
     let _broker = broker(&ep, &[])?;
-    let dir = scratch_dir("stop")?;
+    let scratch = scratch_dir("faults-stop")?;
+    let dir = scratch.path();
     // The reply names the worker process that served it ($PPID of the shell).
     let script = format!(
         "touch {}/started.$$; sleep 1; printf '%s:' $PPID; cat",
@@ -169,7 +163,7 @@ async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Resu
 
     let mut c = RawPeer::connect(&ep).await?;
     c.send(frames(&[b"", b"MDPC01", b"job", b"x"])).await?;
-    wait_for_marker(&dir).await?;
+    wait_for_marker(dir).await?;
     // Our worker heartbeats while busy; once the broker has seen it do so, it holds the worker
     // to liveness, busy or not, and a frozen one is expired within liveness.
     wait_for_mmi_stats(&ep, "the busy worker seen heartbeating", |s| {
@@ -209,7 +203,6 @@ async fn frozen_worker_is_expired_served_elsewhere_and_rejoins_cleanly() -> Resu
         served_by.contains(&frozen.pid().to_string()),
         "frozen worker never came back: {served_by:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

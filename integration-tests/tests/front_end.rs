@@ -324,8 +324,8 @@ async fn peers_that_stop_mid_message_while_others_wait_are_closed_and_others_ser
 /// and on TCP are served, and the endpoints of one broker draw on one inbound budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipc_endpoint_is_guarded_as_tcp_is_and_shares_the_inbound_budget() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mdp-fe-ipc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let scratch = integration_tests::scratch_dir("fe-ipc")?;
+    let dir = scratch.path();
     let ipc = format!("ipc://{}/broker.sock", dir.display());
     let broker = Broker::builder()
         .bind("tcp://127.0.0.1:0")
@@ -374,6 +374,5 @@ async fn an_ipc_endpoint_is_guarded_as_tcp_is_and_shares_the_inbound_budget() ->
     );
     wait_for_guard(&tcp_guard, "the budget given back", |s| s.inbound_held == 0).await?;
     broker.stop().await?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use integration_tests::{
-    free_endpoint, majordomo_bin, service_stats, spawn_until_stopped, test_config,
+    free_endpoint, majordomo_bin, scratch_dir, service_stats, spawn_until_stopped, test_config,
     wait_for_service, wait_for_stats, Proc, RunningBroker, PATIENCE, TEST_HEARTBEAT,
 };
 use majordomo_client::{Client, ClientConfig};
@@ -16,12 +16,12 @@ use majordomo_titanic::{Titanic, TitanicClient, TitanicClientError, TitanicConfi
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
 use tokio::sync::oneshot;
 
-fn store_path(name: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("majordomo-titanic-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}.redb"));
-    let _ = std::fs::remove_file(&path);
-    Ok(path)
+/// A store file named after `name` in a fresh directory, which goes (with the file) when the
+/// returned guard is dropped.
+fn store_path(name: &str) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = scratch_dir("titanic")?;
+    let path = dir.path().join(format!("{name}.redb"));
+    Ok((dir, path))
 }
 
 /// Questions about pending requests are held briefly, so that a test asking for a request with
@@ -80,6 +80,8 @@ struct Setup {
     broker: RunningBroker,
     ep: String,
     path: std::path::PathBuf,
+    /// Holds the store's directory.
+    _dir: tempfile::TempDir,
     stop: oneshot::Sender<()>,
     titanic: tokio::task::JoinHandle<TitanicStats>,
     client: TitanicClient,
@@ -89,7 +91,7 @@ impl Setup {
     async fn start(store: &str, config: TitanicConfig) -> Result<Self> {
         let broker = RunningBroker::start(test_config()).await?;
         let ep = broker.endpoint.clone();
-        let path = store_path(store)?;
+        let (dir, path) = store_path(store)?;
         let (stop, titanic) = spawn_titanic_with(&ep, &path, config)?;
         ready(&ep).await?;
         let client = client(&ep);
@@ -97,6 +99,7 @@ impl Setup {
             broker,
             ep,
             path,
+            _dir: dir,
             stop,
             titanic,
             client,
@@ -122,6 +125,7 @@ fn f(s: &str) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_status_path_pending_done_unknown_and_malformed() -> Result<()> {
     let Setup {
+        _dir: _store,
         broker: _broker,
         ep,
         stop,
@@ -171,6 +175,7 @@ async fn every_status_path_pending_done_unknown_and_malformed() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_stored_before_a_restart_are_served_after_it() -> Result<()> {
     let Setup {
+        _dir: _store,
         broker: _broker,
         ep,
         path,
@@ -200,7 +205,7 @@ async fn requests_stored_before_a_restart_are_served_after_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_store_file_is_a_clear_error() -> Result<()> {
-    let path = store_path("foreign")?;
+    let (_dir, path) = store_path("foreign")?;
     std::fs::write(&path, b"this is not a database ".repeat(100))?;
     let error = RedbStore::open(&path).expect_err("not a redb file");
     assert!(
@@ -221,7 +226,7 @@ async fn a_foreign_store_file_is_a_clear_error() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_titanic_submits_waits_prints_and_closes() -> Result<()> {
     let ep = free_endpoint()?;
-    let path = store_path("cli")?;
+    let (_dir, path) = store_path("cli")?;
     let _broker = Proc::spawn(&["broker", "--bind", &ep])?;
     let store = path.to_str().context("utf-8 path")?;
     // No body kept in memory: the request and its reply are read back from the file.
@@ -281,7 +286,7 @@ async fn kill(mut proc: Proc) -> Result<()> {
 async fn kill_9_of_titanic_broker_and_workers_loses_no_acknowledged_request() -> Result<()> {
     use std::sync::{Arc, Mutex};
     let ep = free_endpoint()?;
-    let path = store_path("crash")?;
+    let (_dir, path) = store_path("crash")?;
     let store = path.to_str().context("utf-8 path")?.to_owned();
     let hb = ["--heartbeat", "100ms"];
     let broker_args = ["broker", "--bind", &ep, hb[0], hb[1]];
@@ -388,7 +393,8 @@ async fn kill_9_of_titanic_broker_and_workers_loses_no_acknowledged_request() ->
 async fn the_guides_ticlient_against_our_titanic_through_our_broker() -> Result<()> {
     let broker = RunningBroker::start(test_config()).await?;
     let ep = broker.endpoint.clone();
-    let (stop, titanic) = spawn_titanic(&ep, &store_path("ticlient")?)?;
+    let (_dir, path) = store_path("ticlient")?;
+    let (stop, titanic) = spawn_titanic(&ep, &path)?;
     let _worker = spawn_echo(&ep, "echo");
     ready(&ep).await?;
     let mut client = integration_tests::PyPeer::spawn("ticlient.py", &[&ep, "echo", "Hello"])?;
@@ -405,7 +411,8 @@ async fn our_titanic_through_a_libzmq_broker_that_is_not_ours() -> Result<()> {
     let heartbeat = TEST_HEARTBEAT.interval.as_millis().to_string();
     let mut broker = integration_tests::PyPeer::spawn("mdp_broker.py", &[&heartbeat])?;
     let ep = broker.endpoint().await?;
-    let (stop, titanic) = spawn_titanic(&ep, &store_path("libzmq")?)?;
+    let (_dir, path) = store_path("libzmq")?;
+    let (stop, titanic) = spawn_titanic(&ep, &path)?;
     let _worker = spawn_echo(&ep, "echo");
     ready(&ep).await?;
     wait_for_service(&ep, "echo").await?;
@@ -427,6 +434,7 @@ async fn our_titanic_through_a_libzmq_broker_that_is_not_ours() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_are_all_durable_and_counted_in_the_commits() -> Result<()> {
     let Setup {
+        _dir: _store,
         broker: _broker,
         stop,
         titanic,
@@ -480,6 +488,7 @@ struct HeldQuestion {
 impl HeldQuestion {
     async fn start(store: &str, service: &str) -> Result<Self> {
         let Setup {
+            _dir: _store,
             broker,
             stop,
             titanic,
@@ -540,6 +549,7 @@ async fn past_the_held_limit_questions_are_answered_at_once() -> Result<()> {
         .worker(defaults.worker.concurrency(8))
         .reply_wait(HOLD);
     let Setup {
+        _dir: _store,
         broker,
         stop,
         titanic,
@@ -572,7 +582,7 @@ async fn past_the_held_limit_questions_are_answered_at_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn titanic_and_its_callers_on_two_brokers_survive_losing_one() -> Result<()> {
     let (a, b) = (free_endpoint()?, free_endpoint()?);
-    let path = store_path("two-brokers")?;
+    let (_dir, path) = store_path("two-brokers")?;
     let store = path.to_str().context("utf-8 path")?;
     let doomed = Proc::spawn(&["broker", "--bind", &a])?;
     let _survivor = Proc::spawn(&["broker", "--bind", &b])?;

@@ -12,42 +12,19 @@ use majordomo_client::{Client, ClientConfig};
 
 /// Our broker with one echo worker, and the Guide-shaped Titanic on a fresh directory, every
 /// service registered. The directory is removed when the guard drops.
-async fn setup(name: &str) -> Result<(String, Vec<Proc>, PyPeer, TempDir)> {
+async fn setup(name: &str) -> Result<(String, Vec<Proc>, PyPeer, tempfile::TempDir)> {
     let ep = free_endpoint()?;
     let broker = Proc::spawn(&["broker", "--bind", &ep])?;
     let worker = Proc::spawn(&["worker", "--connect", &ep, "echo"])?;
-    let dir = TempDir::new(name)?;
-    let mut titanic = PyPeer::spawn("guide_titanic.py", &[&ep, &dir.path()])?;
+    let dir = integration_tests::scratch_dir(&format!("guide-titanic-{name}"))?;
+    let messages = dir.path().join("messages");
+    let messages = messages.to_str().context("a UTF-8 path")?;
+    let mut titanic = PyPeer::spawn("guide_titanic.py", &[&ep, messages])?;
     assert_eq!(titanic.line().await?, "ready");
     for service in ["titanic.request", "titanic.reply", "titanic.close", "echo"] {
         wait_for_service(&ep, service).await?;
     }
     Ok((ep, vec![broker, worker], titanic, dir))
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "majordomo-test-guide-titanic-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> String {
-        self.0.join("messages").to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn f(s: &str) -> Bytes {

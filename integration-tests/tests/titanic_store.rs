@@ -2,7 +2,7 @@
 //! panic; the store's bytes are bounded (`--max-stored-bytes`), and so is the memory of a
 //! server holding many large requests for services nobody serves.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -14,25 +14,9 @@ use majordomo_titanic::core::CoreConfig;
 use majordomo_titanic::store::{Entry, Op, RedbStore, Store};
 use majordomo_titanic::tsp::Uuid;
 
-/// A scratch directory of this test process, removed with what it holds when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn join(&self, name: impl AsRef<Path>) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir() -> Result<Scratch> {
-    let dir = std::env::temp_dir().join(format!("majordomo-titanic-store-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(Scratch(dir))
+/// A fresh directory for this test's stores, removed with what it holds when dropped.
+fn dir() -> Result<tempfile::TempDir> {
+    integration_tests::scratch_dir("titanic-store")
 }
 
 /// A store at `path` holding acknowledged requests of a few sizes, closed.
@@ -87,7 +71,7 @@ async fn titanic_on(store: &Path) -> Result<(Option<i32>, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kinds_of_damaged_store_are_five_clear_errors_and_no_panic() -> Result<()> {
     let dir = dir()?;
-    let good = dir.join("good.redb");
+    let good = dir.path().join("good.redb");
     good_store(&good)?;
     let bytes = std::fs::read(&good)?;
     let len = bytes.len();
@@ -113,7 +97,7 @@ async fn five_kinds_of_damaged_store_are_five_clear_errors_and_no_panic() -> Res
         ("random", noise(3, len), "is not a redb database"),
     ];
     for (name, content, problem) in cases {
-        let path = dir.join(format!("{name}.redb"));
+        let path = dir.path().join(format!("{name}.redb"));
         std::fs::write(&path, &content)?;
         let (code, stderr) = titanic_on(&path).await?;
         assert_eq!(code, Some(1), "{name}: {stderr}");
@@ -159,7 +143,7 @@ async fn broker_and_titanic(store: &str, titanic_args: &[&str]) -> Result<(Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_stored_bytes_titanic_request_answers_500_store_full() -> Result<()> {
     let scratch = dir()?;
-    let path = scratch.join("bytes.redb");
+    let path = scratch.path().join("bytes.redb");
     let _ = std::fs::remove_file(&path);
     let store = path.to_str().context("utf-8 path")?;
     // Each 30,000-byte request costs 41 KB in the file: two fit in 100 KiB, not three.
@@ -232,7 +216,7 @@ async fn many_large_requests_for_unserved_services_keep_titanic_memory_bounded()
         .try_into()
         .map_err(|_| anyhow!("TITANIC_MEMORY is COUNTxMIBxSERVICES"))?;
     let scratch = dir()?;
-    let path = scratch.join("memory.redb");
+    let path = scratch.path().join("memory.redb");
     let _ = std::fs::remove_file(&path);
     let store = path.to_str().context("utf-8 path")?;
     // One attempt of 300 ms: each request for a service nobody serves stays in flight as long

@@ -309,8 +309,9 @@ impl PeerStream for UnixStream {
 }
 
 /// A directory only this user can open, under the system's temporary directory, removed with
-/// what it holds when dropped. (`tempfile` would do, but pulls `linux-raw-sys`, whose name the
-/// pure-Rust check refuses.)
+/// what it holds when dropped; named for the process, so that the next one removes it if this
+/// one is killed first (`sweep_stale`), which a `tempfile` directory's random name would not
+/// allow.
 #[derive(Debug)]
 pub(crate) struct PrivateDir(pub(crate) PathBuf);
 
