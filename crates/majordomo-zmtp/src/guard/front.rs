@@ -181,8 +181,8 @@ async fn write_link(
     let mut held = Vec::new();
     while let Some(first) = queue.recv().await {
         // Alone in the queue: the peers whose reads are ready run first and add theirs, so that
-        // one write (and the server's one read) carries them all. Measured: 10 to 20% more
-        // requests per second through the front end, at less CPU per request.
+        // one write (and the server's one read) carries them all: about a tenth more requests
+        // per second through the front end at the bench's default load (docs/PERFORMANCE.md).
         if queue.is_empty() {
             tokio::task::yield_now().await;
         }
