@@ -901,6 +901,14 @@ async fn gated_echo_broker() -> Result<(Gated, BrokerTask)> {
     Ok((Gated(endpoint, Arc::new(AtomicBool::new(true))), task))
 }
 
+/// A client of `broker` with `config`, its connection made and tried with one echo.
+async fn warm_mux_client(broker: &Gated, config: ClientConfig) -> Result<MuxClient<Gated>> {
+    let client = MuxClient::with_connector(broker.clone(), config);
+    let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
+    tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
+    Ok(client)
+}
+
 /// The client's stats once `check` holds, or after the virtual patience.
 async fn mux_stats_once<C: Connector + Clone>(
     client: &MuxClient<C>,
@@ -965,9 +973,7 @@ async fn mux_client_answers_a_caller_stuck_in_its_send_and_reconnects_the_broker
 async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() -> Result<()> {
     let (a, _task) = gated_echo_broker().await?;
     let timeout = Duration::from_secs(1);
-    let client = MuxClient::with_connector(a.clone(), ClientConfig::default().timeout(timeout));
-    let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
-    tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
+    let client = warm_mux_client(&a, ClientConfig::default().timeout(timeout)).await?;
     a.1.store(false, Ordering::Relaxed);
     let dropped = client.request("echo", vec![Bytes::from_static(b"never sent")]);
     assert!(tokio::time::timeout(timeout / 2, dropped).await.is_err());
@@ -991,6 +997,73 @@ async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() 
         (3, 2, 1, 0),
         "{stats:?}"
     );
+    Ok(())
+}
+
+/// A request left after the task took in, at once, another that its caller had already
+/// dropped is still timed out: the withdrawal removed the task's last deadline, and it must
+/// then wait to be woken by the next request.
+#[tokio::test(start_paused = true)]
+async fn mux_client_times_out_a_request_left_after_one_taken_in_and_withdrawn_at_once() -> Result<()>
+{
+    let (a, _task) = gated_echo_broker().await?;
+    let timeout = Duration::from_secs(1);
+    let config = ClientConfig::default().timeout(timeout).attempts(1);
+    let client = warm_mux_client(&a, config).await?;
+    // Idle past the warm-up's deadline: no timer is armed.
+    tokio::time::sleep(timeout * 2).await;
+    a.1.store(false, Ordering::Relaxed);
+    // Left and dropped in one poll, before the task runs: it takes the request in and its
+    // withdrawal together.
+    let dropped = client.request("echo", vec![Bytes::from_static(b"dropped")]);
+    assert!(tokio::time::timeout(Duration::ZERO, dropped).await.is_err());
+    a.1.store(true, Ordering::Relaxed);
+    // The task runs, and waits again (asking for its stats would wake it once more).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Sent, and never answered: no worker serves it.
+    let unanswered = client.request("nobody", vec![Bytes::from_static(b"lost")]);
+    let result = tokio::time::timeout(VIRTUAL_PATIENCE, unanswered).await?;
+    assert!(
+        matches!(result, Err(ClientError::NoReply { attempts: 1, .. })),
+        "{result:?}"
+    );
+    Ok(())
+}
+
+/// The task's own sends (a retry, a request that waited for a connection) never hold it up: with
+/// the only connection's sends waiting, it still times a request out, answers its caller and
+/// reports its stats.
+#[tokio::test(start_paused = true)]
+async fn mux_client_is_not_held_up_by_its_own_retry_waiting_on_a_stalled_connection() -> Result<()>
+{
+    let (a, _task) = gated_echo_broker().await?;
+    let timeout = Duration::from_secs(1);
+    let config = ClientConfig::default().timeout(timeout).attempts(2);
+    let client = warm_mux_client(&a, config).await?;
+    let lost = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .request("nobody", vec![Bytes::from_static(b"lost")])
+                .await
+        }
+    });
+    assert_eq!(
+        mux_stats_once(&client, |s| s.in_flight == 1)
+            .await
+            .in_flight,
+        1
+    );
+    // From now on every send waits: the retry at the deadline goes to the connection made
+    // again, and its send never completes.
+    a.1.store(false, Ordering::Relaxed);
+    let result = tokio::time::timeout(VIRTUAL_PATIENCE, lost).await??;
+    assert!(
+        matches!(result, Err(ClientError::NoReply { attempts: 2, .. })),
+        "{result:?}"
+    );
+    let stats = tokio::time::timeout(VIRTUAL_PATIENCE, client.stats()).await?;
+    assert_eq!((stats.sent, stats.in_flight), (3, 0), "{stats:?}");
     Ok(())
 }
 

@@ -204,8 +204,10 @@ impl Shared {
         body: Vec<Bytes>,
         answer: oneshot::Sender<Answer>,
     ) -> Result<Routed, Unrouted> {
-        let now = clock::now();
         let mut state = self.state();
+        // Read under the lock: a caller held up before it would otherwise leave a deadline
+        // earlier than the one the task's timer is armed for.
+        let now = clock::now();
         let Some((index, generation, sender)) = state.route(None) else {
             return Err((service, body, answer));
         };
@@ -241,9 +243,15 @@ impl Shared {
         let sent = sender.send_frames(frames).await;
         unsent.tag = None;
         if sent.is_err() {
-            self.state().failed.push((index, generation));
-            self.wake.notify_one();
+            self.failed(index, generation);
         }
+    }
+
+    /// Reports a send that failed on broker `index`'s connection of `generation`: the task lets
+    /// that connection go and retries what was sent on it.
+    fn failed(&self, index: usize, generation: u64) {
+        self.state().failed.push((index, generation));
+        self.wake.notify_one();
     }
 }
 
@@ -669,18 +677,30 @@ where
                     armed = Some(at);
                 }
             }
+            {
+                let mut state = self.shared.state();
+                if !state.arrived.is_empty() || !state.failed.is_empty() {
+                    // Left meanwhile: taken in before the task waits.
+                    continue;
+                }
+                // With a timer armed the task wakes by itself before any new request's deadline
+                // (never earlier than the one it is armed for) and takes the request in then;
+                // without one, the next request wakes it. Decided here, where it goes to wait:
+                // what it took in since may have removed its last deadline.
+                state.watching = armed.is_some();
+            }
             let first = self.first_read;
             tokio::select! {
                 // mpsc's recv is cancel-safe; so is `recv_any`.
                 command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => self.on_command(command),
                     // Every handle is gone, and with it every caller.
                     None => return,
                 },
                 report = self.events.recv() => {
                     // The task holds a sender itself, so the channel never closes.
                     if let Some(report) = report {
-                        self.on_report(report).await;
+                        self.on_report(report);
                     }
                 }
                 (index, received) = recv_any(&mut self.brokers, first) => {
@@ -700,7 +720,7 @@ where
                 }
                 () = timer.wait(), if armed.is_some() => {
                     armed = None;
-                    self.on_timeout(clock::now()).await;
+                    self.on_timeout(clock::now());
                 }
                 // What woke it is taken in at the top of the loop.
                 () = self.shared.wake.notified() => {}
@@ -708,15 +728,12 @@ where
         }
     }
 
-    /// Takes in the requests callers sent and the sends that failed. With no deadline to wait
-    /// for afterwards, it asks to be woken by the next request.
+    /// Takes in the requests callers sent, the ones they withdrew and the sends that failed.
     fn take_in(&mut self) {
         let mut state = self.shared.state();
         let arrived = std::mem::take(&mut state.arrived);
         let failed = std::mem::take(&mut state.failed);
         let withdrawn = std::mem::take(&mut state.withdrawn);
-        // A request taken in now has a deadline; failures and withdrawals add none.
-        state.watching = !arrived.is_empty() || !self.deadlines.is_empty();
         if arrived.is_empty() && failed.is_empty() && withdrawn.is_empty() {
             return;
         }
@@ -771,7 +788,7 @@ where
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Stats(answer) => {
                 self.take_in();
@@ -809,7 +826,7 @@ where
                     broker: None,
                 };
                 let tag = self.shared.tag();
-                self.send(now, tag, pending).await;
+                self.send(now, tag, pending);
             }
         }
     }
@@ -827,7 +844,7 @@ where
 
     /// Sends `pending` under `tag` to the broker up with the fewest requests under way (another
     /// than its last attempt's if there is one), or keeps it until a broker comes up.
-    async fn send(&mut self, now: Instant, tag: u64, mut pending: Pending) {
+    fn send(&mut self, now: Instant, tag: u64, mut pending: Pending) {
         self.connect_idle(now);
         pending.deadline = now + self.config.timeout;
         pending.sent_at = now;
@@ -841,10 +858,18 @@ where
         };
         let frames = tagged(tag, &pending.service, &pending.body);
         self.pending.insert(tag, pending);
-        // A send that failed is retried at once, like a lost one at its deadline.
-        if sender.send_frames(frames).await.is_err() {
-            self.send_failed(index, generation, clock::now());
-        }
+        // In a task of its own: a connection whose sends wait (its queue full) must not hold up
+        // this one, which reads every connection and keeps the deadlines. A send that fails, or
+        // still waits after a whole timeout, lets the connection go (through `failed`), and the
+        // request is retried at once, like a lost one at its deadline.
+        let shared = self.shared.clone();
+        let timeout = self.config.timeout;
+        tokio::spawn(async move {
+            let sent = tokio::time::timeout(timeout, sender.send_frames(frames)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                shared.failed(index, generation);
+            }
+        });
     }
 
     /// A send to broker `index` on its connection of `generation` failed: that connection, if
@@ -877,7 +902,7 @@ where
         }
     }
 
-    async fn on_report(&mut self, report: Report<C::Conn>) {
+    fn on_report(&mut self, report: Report<C::Conn>) {
         let Report {
             broker: index,
             generation,
@@ -909,7 +934,7 @@ where
                 for tag in std::mem::take(&mut self.unsent) {
                     if let Some(pending) = self.pending.remove(&tag) {
                         self.deadlines.remove(&(pending.deadline, tag));
-                        self.send(now, tag, pending).await;
+                        self.send(now, tag, pending);
                     }
                 }
             }
@@ -1005,7 +1030,7 @@ where
 
     /// Requests past their deadline: sent again under a new tag, or failed; and brokers whose
     /// backoff has passed connected again while requests wait.
-    async fn on_timeout(&mut self, now: Instant) {
+    fn on_timeout(&mut self, now: Instant) {
         self.take_in();
         while let Some(&(at, tag)) = self.deadlines.first() {
             if at > now {
@@ -1044,7 +1069,7 @@ where
             }
             pending.left -= 1;
             let tag = self.shared.tag();
-            self.send(now, tag, pending).await;
+            self.send(now, tag, pending);
         }
         if !self.unsent.is_empty() {
             self.connect_idle(now);
