@@ -901,12 +901,20 @@ async fn gated_echo_broker() -> Result<(Gated, BrokerTask)> {
     Ok((Gated(endpoint, Arc::new(AtomicBool::new(true))), task))
 }
 
-/// A client of `broker` with `config`, its connection made and tried with one echo.
-async fn warm_mux_client(broker: &Gated, config: ClientConfig) -> Result<MuxClient<Gated>> {
+/// The timeout of the clients of [`gated_mux_client`].
+const GATED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A [`gated_echo_broker`] and a client of it making `attempts` with [`GATED_TIMEOUT`], its
+/// connection made and tried with one echo.
+async fn gated_mux_client(attempts: u32) -> Result<(Gated, BrokerTask, MuxClient<Gated>)> {
+    let (broker, task) = gated_echo_broker().await?;
+    let config = ClientConfig::default()
+        .timeout(GATED_TIMEOUT)
+        .attempts(attempts);
     let client = MuxClient::with_connector(broker.clone(), config);
     let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
     tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
-    Ok(client)
+    Ok((broker, task, client))
 }
 
 /// The client's stats once `check` holds, or after the virtual patience.
@@ -971,9 +979,8 @@ async fn mux_client_answers_a_caller_stuck_in_its_send_and_reconnects_the_broker
 /// so it is not timed out, and the connection is not taken as dead for it.
 #[tokio::test(start_paused = true)]
 async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() -> Result<()> {
-    let (a, _task) = gated_echo_broker().await?;
-    let timeout = Duration::from_secs(1);
-    let client = warm_mux_client(&a, ClientConfig::default().timeout(timeout)).await?;
+    let (a, _task, client) = gated_mux_client(ClientConfig::default().attempts).await?;
+    let timeout = GATED_TIMEOUT;
     a.1.store(false, Ordering::Relaxed);
     let dropped = client.request("echo", vec![Bytes::from_static(b"never sent")]);
     assert!(tokio::time::timeout(timeout / 2, dropped).await.is_err());
@@ -1006,10 +1013,8 @@ async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() 
 #[tokio::test(start_paused = true)]
 async fn mux_client_times_out_a_request_left_after_one_taken_in_and_withdrawn_at_once() -> Result<()>
 {
-    let (a, _task) = gated_echo_broker().await?;
-    let timeout = Duration::from_secs(1);
-    let config = ClientConfig::default().timeout(timeout).attempts(1);
-    let client = warm_mux_client(&a, config).await?;
+    let (a, _task, client) = gated_mux_client(1).await?;
+    let timeout = GATED_TIMEOUT;
     // Idle past the warm-up's deadline: no timer is armed.
     tokio::time::sleep(timeout * 2).await;
     a.1.store(false, Ordering::Relaxed);
@@ -1036,10 +1041,7 @@ async fn mux_client_times_out_a_request_left_after_one_taken_in_and_withdrawn_at
 #[tokio::test(start_paused = true)]
 async fn mux_client_is_not_held_up_by_its_own_retry_waiting_on_a_stalled_connection() -> Result<()>
 {
-    let (a, _task) = gated_echo_broker().await?;
-    let timeout = Duration::from_secs(1);
-    let config = ClientConfig::default().timeout(timeout).attempts(2);
-    let client = warm_mux_client(&a, config).await?;
+    let (a, _task, client) = gated_mux_client(2).await?;
     let lost = tokio::spawn({
         let client = client.clone();
         async move {
