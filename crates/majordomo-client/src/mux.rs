@@ -160,8 +160,8 @@ struct State {
     routes: Vec<Route>,
     /// Requests callers sent, with their tags, that the task has not taken in yet.
     arrived: Vec<(u64, Pending)>,
-    /// Whether the task waits for a deadline, and so takes `arrived` in without being woken: the
-    /// deadlines of new requests are never earlier than the ones it knows.
+    /// Whether the task waits with a timer armed, and so takes `arrived` in without being woken:
+    /// a new request's deadline is never earlier than the one the timer is armed for.
     watching: bool,
     /// Brokers whose send failed, each with the generation of its connection then.
     failed: Vec<(usize, u64)>,
@@ -670,24 +670,17 @@ where
         let mut timer = DeadlineTimer::new(clock::now());
         let mut armed: Option<Instant> = None;
         loop {
-            self.take_in();
             if let Some(at) = self.next_wakeup() {
                 if armed.is_none_or(|armed| at < armed) {
                     timer.set(at);
                     armed = Some(at);
                 }
             }
-            {
-                let mut state = self.shared.state();
-                if !state.arrived.is_empty() || !state.failed.is_empty() {
-                    // Left meanwhile: taken in before the task waits.
-                    continue;
-                }
-                // With a timer armed the task wakes by itself before any new request's deadline
-                // (never earlier than the one it is armed for) and takes the request in then;
-                // without one, the next request wakes it. Decided here, where it goes to wait:
-                // what it took in since may have removed its last deadline.
-                state.watching = armed.is_some();
+            // Whether the next request must wake it is decided here, where the task goes to
+            // wait: what it took in since it last waited may have removed its last deadline.
+            if self.take_in_or_wait(Some(armed.is_some())) {
+                // Its deadlines changed: the timer is looked at again.
+                continue;
             }
             let first = self.first_read;
             tokio::select! {
@@ -730,12 +723,22 @@ where
 
     /// Takes in the requests callers sent, the ones they withdrew and the sends that failed.
     fn take_in(&mut self) {
+        self.take_in_or_wait(None);
+    }
+
+    /// As [`Task::take_in`]; for a task about to wait (`waiting`: whether its timer is armed),
+    /// with nothing to take in, the callers are told whether it wakes by itself or must be
+    /// woken by the next request. Returns whether it took anything in.
+    fn take_in_or_wait(&mut self, waiting: Option<bool>) -> bool {
         let mut state = self.shared.state();
         let arrived = std::mem::take(&mut state.arrived);
         let failed = std::mem::take(&mut state.failed);
         let withdrawn = std::mem::take(&mut state.withdrawn);
         if arrived.is_empty() && failed.is_empty() && withdrawn.is_empty() {
-            return;
+            if let Some(timer_armed) = waiting {
+                state.watching = timer_armed;
+            }
+            return false;
         }
         drop(state);
         let now = clock::now();
@@ -759,6 +762,7 @@ where
         for (index, generation) in failed {
             self.send_failed(index, generation, now);
         }
+        true
     }
 
     /// Holds callers' requests, taken from [`State::arrived`], to their deadlines.
