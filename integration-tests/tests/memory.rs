@@ -824,7 +824,7 @@ async fn mux_client_times_out_a_request_sent_on_an_idle_connection() -> Result<(
     );
     assert_eq!(client.stats().await.in_flight, 0);
     // On virtual time: past the first request's deadline, so that the task has no timer left.
-    tokio::time::sleep(SLOW_ECHO_TIMEOUT * 2).await;
+    tokio::time::sleep(MUX_TIMEOUT * 2).await;
     let second = client.request("echo", vec![Bytes::from_static(b"slow")]);
     let reply = tokio::time::timeout(VIRTUAL_PATIENCE, second)
         .await
@@ -901,15 +901,12 @@ async fn gated_echo_broker() -> Result<(Gated, BrokerTask)> {
     Ok((Gated(endpoint, Arc::new(AtomicBool::new(true))), task))
 }
 
-/// The timeout of the clients of [`gated_mux_client`].
-const GATED_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A [`gated_echo_broker`] and a client of it making `attempts` with [`GATED_TIMEOUT`], its
+/// A [`gated_echo_broker`] and a client of it making `attempts` with [`MUX_TIMEOUT`], its
 /// connection made and tried with one echo.
 async fn gated_mux_client(attempts: u32) -> Result<(Gated, BrokerTask, MuxClient<Gated>)> {
     let (broker, task) = gated_echo_broker().await?;
     let config = ClientConfig::default()
-        .timeout(GATED_TIMEOUT)
+        .timeout(MUX_TIMEOUT)
         .attempts(attempts);
     let client = MuxClient::with_connector(broker.clone(), config);
     let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
@@ -939,9 +936,7 @@ async fn mux_client_answers_a_caller_stuck_in_its_send_and_reconnects_the_broker
 ) -> Result<()> {
     let (a, _a_task) = gated_echo_broker().await?;
     let (b, _b_task) = gated_echo_broker().await?;
-    let config = ClientConfig::default()
-        .timeout(Duration::from_secs(1))
-        .attempts(3);
+    let config = ClientConfig::default().timeout(MUX_TIMEOUT).attempts(3);
     let client = MuxClient::with_connectors([a.clone(), b], config);
     let warm_up = client.request("echo", vec![Bytes::from_static(b"up")]);
     tokio::time::timeout(VIRTUAL_PATIENCE, warm_up).await??;
@@ -980,13 +975,14 @@ async fn mux_client_answers_a_caller_stuck_in_its_send_and_reconnects_the_broker
 #[tokio::test(start_paused = true)]
 async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() -> Result<()> {
     let (a, _task, client) = gated_mux_client(ClientConfig::default().attempts).await?;
-    let timeout = GATED_TIMEOUT;
     a.1.store(false, Ordering::Relaxed);
     let dropped = client.request("echo", vec![Bytes::from_static(b"never sent")]);
-    assert!(tokio::time::timeout(timeout / 2, dropped).await.is_err());
+    assert!(tokio::time::timeout(MUX_TIMEOUT / 2, dropped)
+        .await
+        .is_err());
     assert_eq!(client.stats().await.in_flight, 0);
     // Past the dropped request's deadline: nothing was timed out, nothing reconnected.
-    tokio::time::sleep(timeout * 2).await;
+    tokio::time::sleep(MUX_TIMEOUT * 2).await;
     a.1.store(true, Ordering::Relaxed);
     let after = client.request("echo", vec![Bytes::from_static(b"after")]);
     assert_eq!(
@@ -1014,9 +1010,8 @@ async fn mux_client_withdraws_a_request_its_caller_dropped_before_it_was_sent() 
 async fn mux_client_times_out_a_request_left_after_one_taken_in_and_withdrawn_at_once() -> Result<()>
 {
     let (a, _task, client) = gated_mux_client(1).await?;
-    let timeout = GATED_TIMEOUT;
     // Idle past the warm-up's deadline: no timer is armed.
-    tokio::time::sleep(timeout * 2).await;
+    tokio::time::sleep(MUX_TIMEOUT * 2).await;
     a.1.store(false, Ordering::Relaxed);
     // Left and dropped in one poll, before the task runs: it takes the request in and its
     // withdrawal together.
@@ -1145,20 +1140,18 @@ fn spawn_echoes(endpoint: &MemoryEndpoint, slow: Option<(&'static [u8], Duration
     }
 }
 
-/// The timeout of [`mux_client_of_slow_echoes`]'s client.
-const SLOW_ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+/// The timeout of the `MuxClient`s of these tests, on virtual time.
+const MUX_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A `MuxClient` (timeout [`SLOW_ECHO_TIMEOUT`], three attempts) of a broker with two `echo`
+/// A `MuxClient` (timeout [`MUX_TIMEOUT`], three attempts) of a broker with two `echo`
 /// workers, whose first two requests with body `slow` take one and a half timeouts.
 async fn mux_client_of_slow_echoes(
     slow: &'static [u8],
 ) -> Result<(MuxClient<MemoryEndpoint>, BrokerTask)> {
     let (endpoint, handle, task) = shared_broker(BrokerConfig::default())?;
-    spawn_echoes(&endpoint, Some((slow, SLOW_ECHO_TIMEOUT * 3 / 2)));
+    spawn_echoes(&endpoint, Some((slow, MUX_TIMEOUT * 3 / 2)));
     until(&handle, |s| s.workers == 2).await;
-    let config = ClientConfig::default()
-        .timeout(SLOW_ECHO_TIMEOUT)
-        .attempts(3);
+    let config = ClientConfig::default().timeout(MUX_TIMEOUT).attempts(3);
     Ok((MuxClient::with_connector(endpoint, config), task))
 }
 
