@@ -798,8 +798,15 @@ mod tests {
         async fn curve_guard(
             allowed: Option<HashSet<crate::curve::CurvePublicKey>>,
         ) -> (Guard, Server, Arc<CurveKeyPair>) {
+            curve_guard_with(allowed, GuardConfig::default()).await
+        }
+
+        async fn curve_guard_with(
+            allowed: Option<HashSet<crate::curve::CurvePublicKey>>,
+            config: GuardConfig,
+        ) -> (Guard, Server, Arc<CurveKeyPair>) {
             let keys = Arc::new(CurveKeyPair::generate());
-            let config = GuardConfig::default().curve(CurveSecurity {
+            let config = config.curve(CurveSecurity {
                 keys: keys.clone(),
                 clients: ClientFilter::new(allowed),
                 allow_null: false,
@@ -854,6 +861,59 @@ mod tests {
             }
             assert_eq!(frames, [(MESSAGE_MORE, vec![]), (0, b"world".to_vec())]);
             assert_eq!(guard.stats().count(Rule::Curve), 0);
+        }
+
+        #[tokio::test]
+        async fn curve_peers_each_holding_a_sealed_frame_of_the_budget_are_all_served() {
+            // The smallest inbound budget a CURVE front end takes: the largest message and one
+            // sealed frame. Two peers each hold a sealed frame of about half of it.
+            const SIZE: usize = 100_000;
+            let config = GuardConfig::default()
+                .max_frame_size(SIZE as u64)
+                .max_message_size(SIZE as u64);
+            let budget = config.largest_message_cost()
+                + SIZE
+                + crate::curve::MESSAGE_OVERHEAD
+                + crate::inspect::LONG_HEADER;
+            let config = config.inbound_budget(budget);
+            let (guard, mut server, keys) = curve_guard_with(None, config).await;
+            let mut peers = Vec::new();
+            for byte in [1u8, 2] {
+                let (mut peer, session) = connect(&guard, &keys, CurveKeyPair::generate()).await;
+                let mut out = BytesMut::new();
+                session
+                    .expect("admitted")
+                    .seal(0, &vec![byte; SIZE - 1_000], &mut out);
+                // All but the last byte: the frame is charged, sealed, and cannot be opened yet.
+                let last = out.split_off(out.len() - 1);
+                peer.stream.write_all(&out).await.unwrap();
+                peers.push((peer, last));
+            }
+            let both = async {
+                while guard.stats().inbound_held < 2 * (SIZE as u64 - 1_000) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), both)
+                .await
+                .expect("both sealed frames are charged");
+            for (peer, last) in &mut peers {
+                peer.stream.write_all(last).await.unwrap();
+            }
+            let mut bodies = Vec::new();
+            let read = async {
+                while bodies.len() < 2 {
+                    let message = server.message().await;
+                    if let Some(body) = message.last().filter(|body| body.len() == SIZE - 1_000) {
+                        bodies.push(body[0]);
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("both messages reach the server");
+            bodies.sort_unstable();
+            assert_eq!(bodies, [1, 2]);
         }
 
         #[tokio::test]

@@ -104,6 +104,8 @@ pub struct Assembler {
     budget: Budget,
     timeout: Duration,
     partial: Option<Partial>,
+    /// Budget already held for the next frame's header to take ([`Assembler::prepay`]).
+    paid: Option<Charge>,
 }
 
 impl Assembler {
@@ -115,7 +117,21 @@ impl Assembler {
             budget,
             timeout,
             partial: None,
+            paid: None,
         }
+    }
+
+    /// Hands over `charge` for the next frame header to take before it charges the budget: a
+    /// CURVE frame, charged while it was read sealed, is then not charged a second time once
+    /// opened (peers that each hold a sealed frame could otherwise wait for one another's
+    /// budget for good).
+    pub fn prepay(&mut self, charge: Charge) {
+        self.paid = Some(charge);
+    }
+
+    /// Gives back what [`Assembler::prepay`] handed over and no frame took.
+    pub fn refund(&mut self) {
+        self.paid = None;
     }
 
     /// When the message begun must be whole; `None` between messages. Past it,
@@ -198,11 +214,15 @@ impl Assembler {
         // The whole body is charged before any of it is read: a frame begun can always be
         // finished, so peers that each hold part of a frame can never wait on one another for
         // the rest, however many there are.
-        let mut charge = self.budget.charge();
         let overhead = FRAME_OVERHEAD + if starting { MESSAGE_OVERHEAD } else { 0 };
-        if !charge.try_grow(overhead.saturating_add(size)) {
+        let need = overhead.saturating_add(size);
+        let mut charge = self.paid.take().unwrap_or_else(|| self.budget.charge());
+        let short = need.saturating_sub(charge.bytes());
+        if short > 0 && !charge.try_grow(short) {
+            self.paid = (charge.bytes() > 0).then_some(charge);
             return Ok(Step::Blocked);
         }
+        charge.release_beyond(need);
         // Only the header goes to the inspector: the body follows as it arrives.
         if self.inspector.next(&buf[..header])? != Some(Action::Forward(header)) {
             // A whole message frame header is always passed whole.

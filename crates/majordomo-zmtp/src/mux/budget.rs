@@ -153,6 +153,14 @@ impl Charge {
         granted
     }
 
+    /// Gives back whatever this charge holds beyond `bytes`.
+    pub fn release_beyond(&mut self, bytes: usize) {
+        if self.bytes > bytes {
+            self.budget.release(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
     /// Adds what `other` holds to this charge (same budget), leaving it empty.
     pub fn absorb(&mut self, mut other: Charge) {
         debug_assert!(Arc::ptr_eq(&self.budget.0, &other.budget.0));

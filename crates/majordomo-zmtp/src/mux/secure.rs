@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use crypto_box::aead::OsRng;
 
-use super::assemble::{Assembler, Step};
+use super::assemble::{Assembler, Step, FRAME_OVERHEAD};
 use super::budget::{Budget, Charge};
 use super::link;
 use crate::curve::{
@@ -29,6 +29,10 @@ use crate::inspect::{
     frame_header, FrameLimits, PingContext, Violation, FLAG_COMMAND, FLAG_LONG, FLAG_MORE,
     GREETING, LONG_HEADER, MAX_COMMAND, MECHANISM, MECHANISM_LEN, NULL_MECHANISM, SHORT_HEADER,
 };
+
+/// What an opened frame is charged beyond its sealed bytes, at most: its own overhead and its
+/// message's, as the assembler charges them.
+const OPENED_OVERHEAD: usize = FRAME_OVERHEAD + super::assemble::MESSAGE_OVERHEAD;
 
 /// The client keys a CURVE endpoint lets in: any key, or those of a list. Cheap to clone; every
 /// clone sees [`ClientFilter::set`], so a reload applies to the next handshake without touching
@@ -110,10 +114,9 @@ pub struct PeerCodec {
     timeout: Duration,
     /// The command being read: its charge and when its deadline passes.
     command: Option<(Charge, Instant)>,
-    /// Bytes at the front of the buffer that are an opened frame for the assembler, and what
-    /// they hold of the budget.
+    /// Bytes at the front of the buffer that are an opened frame for the assembler (which holds
+    /// the budget charged for it, [`Assembler::prepay`]).
     plain: usize,
-    plain_charge: Option<Charge>,
     key: Option<CurvePublicKey>,
     /// The routing identity announced in the server's READY, if any.
     identity: Option<Bytes>,
@@ -144,7 +147,6 @@ impl PeerCodec {
             timeout,
             command: None,
             plain: 0,
-            plain_charge: None,
             key: None,
             identity: None,
         }
@@ -277,7 +279,7 @@ impl PeerCodec {
         let step = self.assembler.next(now, plain)?;
         self.plain -= consumed(&step);
         if self.plain == 0 {
-            self.plain_charge = None;
+            self.assembler.refund();
         }
         if let Step::Ping { context, .. } = &step {
             // A PING inside a box is answered inside a box.
@@ -361,13 +363,20 @@ impl PeerCodec {
             });
         }
         let total = header + size as usize;
+        // A MESSAGE's charge passes to the frame it opens into: enough for that frame's place
+        // in its message too, so that opening it never waits for the budget.
+        let charged = if handshake {
+            total
+        } else {
+            total + OPENED_OVERHEAD
+        };
         if self.command.is_none() {
             self.command = Some((self.budget.charge(), now + self.timeout));
         }
         let Some((charge, _)) = self.command.as_mut() else {
             return Ok(Err(Step::Pending));
         };
-        if charge.bytes() < total && !charge.try_grow(total - charge.bytes()) {
+        if charge.bytes() < charged && !charge.try_grow(charged - charge.bytes()) {
             return Ok(Err(Step::Blocked));
         }
         if buf.len() < total {
@@ -475,7 +484,9 @@ impl PeerCodec {
         buf[start - frame_header] = frame_flags;
         let front = start - frame_header;
         self.plain = total - front;
-        self.plain_charge = self.command.take().map(|(charge, _)| charge);
+        if let Some((charge, _)) = self.command.take() {
+            self.assembler.prepay(charge);
+        }
         if frame_flags & FLAG_COMMAND != 0 {
             // A command is handled at once, so that a PONG is not held behind the next read.
             let step = self.opened(now, &buf[front..total], out)?;
