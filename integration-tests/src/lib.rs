@@ -482,9 +482,15 @@ pub struct Proc(child::Child);
 impl Proc {
     /// Starts `majordomo` with `args`.
     pub fn spawn(args: &[&str]) -> Result<Self> {
-        Ok(Self(child::Child::spawn(
+        Self::spawn_env(args, &[])
+    }
+
+    /// Starts `majordomo` with `args` and the variables `env` added to its environment.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Ok(Self(child::Child::spawn_env(
             majordomo_bin()?,
             args,
+            env,
             "info",
             child::Stderr::Capture,
         )?))

@@ -38,10 +38,22 @@ impl Child {
         log_level: &str,
         stderr: Stderr,
     ) -> Result<Self> {
+        Self::spawn_env(program, args, &[], log_level, stderr)
+    }
+
+    /// As [`Child::spawn`], with the variables `env` added to its environment.
+    pub fn spawn_env(
+        program: impl AsRef<OsStr>,
+        args: &[impl AsRef<OsStr>],
+        env: &[(&str, &str)],
+        log_level: &str,
+        stderr: Stderr,
+    ) -> Result<Self> {
         let program = program.as_ref();
         let mut command = std::process::Command::new(program);
         command
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null());

@@ -339,6 +339,8 @@ async fn peer<S: PeerStream>(
         return End::Io(error);
     }
     let mut buf = BytesMut::with_capacity(512);
+    // The most the buffer has held room for since it was last made.
+    let mut grown = 0;
     let allowance = Allowance::new(LINK_ALLOWANCE);
     // When bytes last came from the peer.
     let mut last_read = tokio::time::Instant::now();
@@ -417,11 +419,18 @@ async fn peer<S: PeerStream>(
         // The read buffer starts small and doubles while reads fill it, up to `buffer_size` (or
         // a whole CURVE command, charged to the inbound budget): an idle or stalled peer holds
         // well under a kilobyte.
+        // A whole CURVE command grew the buffer past `buffer_size`: once it is read, its memory
+        // goes (kept, a connection that sent one large message would hold it while idle).
+        if buf.is_empty() && grown > config.buffer_size {
+            buf = BytesMut::with_capacity(512);
+            grown = 0;
+        }
         let room = codec
             .wanted(&buf, config.buffer_size)
             .saturating_sub(buf.len());
         if buf.capacity() == buf.len() && room > 0 {
             buf.reserve(buf.capacity().max(512).min(room));
+            grown = grown.max(buf.capacity());
         }
         // Counted as waiting for the inbound budget while blocked on it: peers that hold some
         // and have stopped sending are then closed after `stall_timeout`.
