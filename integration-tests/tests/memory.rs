@@ -47,6 +47,21 @@ fn shared_broker(config: BrokerConfig) -> Result<(MemoryEndpoint, BrokerHandle, 
     Ok((endpoint, handle, task))
 }
 
+/// A broker with the default configuration, clients and workers each on an endpoint of their
+/// own: its handle, its task, and the clients' and the workers' endpoints.
+fn split_broker() -> Result<(BrokerHandle, BrokerTask, MemoryEndpoint, MemoryEndpoint)> {
+    let (clients, client_ep) = memory::router();
+    let (workers, worker_ep) = memory::router();
+    let (handle, task) = spawn_broker(
+        vec![
+            (EndpointRole::Clients, clients),
+            (EndpointRole::Workers, workers),
+        ],
+        BrokerConfig::default(),
+    )?;
+    Ok((handle, task, client_ep, worker_ep))
+}
+
 async fn stats(handle: &BrokerHandle) -> BrokerStats {
     handle.stats().await.expect("broker running")
 }
@@ -197,15 +212,7 @@ async fn client_flood_on_its_endpoint_does_not_starve_the_worker_endpoint() -> R
     // messages; a loop that always polled the clients first would register the worker only once
     // the whole flood had been read.
     const FLOOD: u64 = 100_000;
-    let (clients, client_ep) = memory::router();
-    let (workers, worker_ep) = memory::router();
-    let (handle, _task) = spawn_broker(
-        vec![
-            (EndpointRole::Clients, clients),
-            (EndpointRole::Workers, workers),
-        ],
-        BrokerConfig::default(),
-    )?;
+    let (handle, _task, client_ep, worker_ep) = split_broker()?;
     let mut flooder = client_ep.connect()?;
     for i in 0..FLOOD {
         flooder
@@ -237,6 +244,31 @@ async fn client_flood_on_its_endpoint_does_not_starve_the_worker_endpoint() -> R
         recv_command(&mut worker).await?,
         BrokerMessage::Request { .. }
     ));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_request_behind_a_route_on_the_worker_endpoint_is_refused_as_any_other(
+) -> Result<()> {
+    let (handle, _task, client_ep, worker_ep) = split_broker()?;
+    let mut worker = worker_ep.connect()?;
+    worker.send(ready(b"echo")).await?;
+    until(&handle, |s| s.workers == 1).await;
+    // A client's request, tagged as a multiplexing client tags it, where only workers belong.
+    let mut intruder = worker_ep.connect()?;
+    let mut routed = vec![Bytes::from_static(b"tag")];
+    routed.extend(request(b"echo", b"from the worker endpoint"));
+    intruder.send(routed).await?;
+    until(&handle, |s| s.protocol_errors == 1).await;
+    // The worker's first request is the one sent where clients belong.
+    let mut client = client_ep.connect()?;
+    client.send(request(b"echo", b"from a client")).await?;
+    match recv_command(&mut worker).await? {
+        BrokerMessage::Request { body, .. } => {
+            assert_eq!(body, [Bytes::from_static(b"from a client")]);
+        }
+        other => panic!("expected a request, got {other:?}"),
+    }
     Ok(())
 }
 

@@ -1449,11 +1449,17 @@ impl BrokerCore {
         frames: &[Bytes],
         expected: Sender,
     ) -> Result<(), DecodeError> {
-        match mdp2::classify(frames) {
-            Some((version, sender)) if sender != expected => {
+        // A client's request behind a route of its own is a client's request too.
+        let classified = match mdp2::classify(frames) {
+            Some(kind) => Some((kind, frames)),
+            None => split_route(frames)
+                .and_then(|(_, rest)| mdp2::classify(rest).map(|kind| (kind, rest))),
+        };
+        match classified {
+            Some(((version, sender), message)) if sender != expected => {
                 let header = match version {
-                    Version::V02(Dialect::Majortomo) | Version::V01 => frames[1].clone(),
-                    Version::V02(Dialect::Rfc18) => frames[0].clone(),
+                    Version::V02(Dialect::Majortomo) | Version::V01 => message[1].clone(),
+                    Version::V02(Dialect::Rfc18) => message[0].clone(),
                 };
                 let error = DecodeError::UnexpectedHeader {
                     expected: match expected {
