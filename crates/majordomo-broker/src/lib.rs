@@ -686,6 +686,13 @@ impl Machine for BrokerMachine {
         }
     }
 
+    /// The state link: what the peer said is known before anything is served or published in
+    /// the same turn (after a pause longer than the peer's expiry, the peer's "active" is read
+    /// before this broker, active too, serves or says so).
+    fn first_socket(&self) -> Option<usize> {
+        self.pair.as_ref().map(|pair| pair.socket)
+    }
+
     fn poll_transmit(&mut self) -> Option<(usize, Vec<Bytes>)> {
         if let Some(pair) = &mut self.pair {
             if let Some(message) = pair.poll_publish() {

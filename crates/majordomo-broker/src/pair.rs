@@ -207,6 +207,9 @@ impl PairDriver {
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if self.is_fatal() {
+            return;
+        }
         self.fsm.handle_timeout(now);
         if self.peer_alive && self.fsm.peer_expired(now) {
             warn!(
@@ -220,7 +223,12 @@ impl PairDriver {
     }
 
     /// The state message to publish now, if one is due (every heartbeat and after a change).
+    /// Nothing once a fatal state is found: a broker that found itself active beside an active
+    /// peer says no more, so that the peer, still active, does not find the same and stop too.
     pub(crate) fn poll_publish(&mut self) -> Option<Vec<Bytes>> {
+        if self.is_fatal() {
+            return None;
+        }
         let state = self.fsm.poll_publish()?;
         self.record(self.now);
         Some(vec![Bytes::new(), state.encode()])
@@ -281,6 +289,8 @@ pub(crate) fn with_pair_status(json: &[u8], status: &PairStatus) -> Option<Bytes
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
@@ -311,6 +321,32 @@ mod tests {
         ] {
             assert_eq!(client_service(&not_client), None, "{not_client:?}");
         }
+    }
+
+    #[test]
+    fn a_broker_that_finds_itself_active_beside_an_active_peer_publishes_no_more() {
+        let options = PairOptions {
+            role: Role::Primary,
+            bind: String::new(),
+            peer: String::new(),
+            config: BinaryStarConfig::default(),
+        };
+        let t0 = Instant::now();
+        let (mut primary, status) = PairDriver::new(t0, &options, 0);
+        primary.handle_peer_message(t0, &frames(&[b"", b"2"]));
+        while primary.poll_publish().is_some() {}
+        assert_eq!(status.borrow().state, State::Active);
+        // Frozen past the peer's expiry: the backup took over and says so. In the same turn
+        // the heartbeat is due.
+        let later = t0 + Duration::from_secs(3);
+        primary.handle_peer_message(later, &frames(&[b"", b"3"]));
+        assert!(primary.is_fatal());
+        primary.handle_timeout(later);
+        assert_eq!(
+            primary.poll_publish(),
+            None,
+            "an active state published now would stop the peer too"
+        );
     }
 
     #[test]

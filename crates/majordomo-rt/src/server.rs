@@ -70,6 +70,12 @@ pub trait Machine: Send {
     /// The server is stopping: queue whatever the protocol says on the way out.
     fn shutdown(&mut self);
 
+    /// A socket read before the others at every turn, if any; by default none, and the sockets
+    /// are read in turn.
+    fn first_socket(&self) -> Option<usize> {
+        None
+    }
+
     /// Stop taking new work but finish what was taken (see [`ServerHandle::drain`]); by default
     /// nothing changes.
     fn drain(&mut self) {}
@@ -266,6 +272,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
         loop {
             timer.set(self.machine.poll_timeout());
             let start = self.next_socket;
+            let first = self.machine.first_socket();
             let wait = async {
                 tokio::select! {
                     biased;
@@ -274,7 +281,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
                     // mpsc's recv is cancel-safe; with every handle dropped the branch is off.
                     Some(command) = self.commands.recv() => Wake::Command(command),
                     // Every socket's recv is cancel-safe (see `Transport::recv`).
-                    (socket, inbound) = recv_any(&mut self.sockets, &self.closed, start) => match inbound {
+                    (socket, inbound) = recv_any(&mut self.sockets, &self.closed, start, first) => match inbound {
                         Inbound::Message(msg) => Wake::Message(socket, msg),
                         Inbound::Disconnected(identity) => Wake::Disconnected(socket, identity),
                     },
@@ -397,17 +404,20 @@ impl<M: Machine, T: Transport> Server<M, T> {
     }
 }
 
-/// Takes from the first socket that has a message or a closed connection, polling them in turn
-/// from `start`.
+/// Takes from the first socket that has a message or a closed connection, polling `first` (if
+/// any) and then the others in turn from `start`.
 fn recv_any<'a, T: Transport>(
     sockets: &'a mut [T],
     closed: &'a [bool],
     start: usize,
+    first: Option<usize>,
 ) -> impl Future<Output = (usize, Inbound)> + 'a {
     std::future::poll_fn(move |cx| {
         let n = sockets.len();
-        for k in 0..n {
-            let i = (start + k) % n;
+        let others = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| Some(i) != first);
+        for i in first.into_iter().chain(others) {
             if closed[i] {
                 continue;
             }
