@@ -376,3 +376,36 @@ async fn an_ipc_endpoint_is_guarded_as_tcp_is_and_shares_the_inbound_budget() ->
     broker.stop().await?;
     Ok(())
 }
+
+/// Peers on two `ipc://` endpoints of one broker each have an identity of their own: the first
+/// connection on each (a worker on one, a client on the other) are told apart, and the client's
+/// request reaches the worker and its reply the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_peers_of_two_ipc_endpoints_are_told_apart() -> Result<()> {
+    let scratch = integration_tests::scratch_dir("fe-two-ipc")?;
+    let dir = scratch.path();
+    let (one, two) = (
+        format!("ipc://{}/one.sock", dir.display()),
+        format!("ipc://{}/two.sock", dir.display()),
+    );
+    let broker = Broker::builder()
+        .bind(one.clone())
+        .bind(two.clone())
+        .config(test_config())
+        .build()
+        .await?;
+    let broker = RunningBroker::run(broker);
+    let worker = Worker::new(one.clone(), "echo", WorkerConfig::default());
+    let _worker = tokio::spawn(async move {
+        let echo = handler_fn(|body: Vec<Bytes>| async move { Ok::<_, BoxError>(body) });
+        let _ = worker.run(echo, std::future::pending()).await;
+    });
+    // Asked on the other endpoint, whose first connections have the numbers the worker's has on
+    // its own.
+    wait_for_service(&two, "echo").await?;
+    let client = Client::new(two, ClientConfig::default().timeout(PATIENCE).attempts(1));
+    let body = vec![Bytes::from_static(b"across endpoints")];
+    assert_eq!(client.request("echo", body.clone()).await?, body);
+    broker.stop().await?;
+    Ok(())
+}

@@ -161,7 +161,6 @@ impl Guard {
             socket_path,
             counters: Counters::default(),
             log: Mutex::new(LogLimiter::default()),
-            next_connection: AtomicU32::new(1),
         });
         let cancel = CancellationToken::new();
         let link = shared
@@ -407,8 +406,13 @@ struct Shared {
     admission: Mutex<Admission>,
     counters: Counters,
     log: Mutex<LogLimiter>,
-    next_connection: AtomicU32,
 }
+
+/// The number of the next connection any guard of this process accepts. One count for all of
+/// them: the identities they give peers (made from it) are then unique across the endpoints of a
+/// server, whose links all reach one socket (the first peer on each of two `ipc://` endpoints
+/// would otherwise have the same).
+static NEXT_CONNECTION: AtomicU32 = AtomicU32::new(1);
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -560,7 +564,7 @@ async fn accept_loop(
             shared: shared.clone(),
             ip,
         };
-        let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         let serve = Serve {
             addr,
             connection,
