@@ -99,8 +99,9 @@ pub(crate) struct GuardArgs {
     /// How long a message may take to arrive whole once it has begun; past it the peer is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     guard_message_timeout: Duration,
-    /// How long a peer may send nothing in the middle of a message while other peers wait for
-    /// the inbound budget; past it the peer is closed and its bytes go to them.
+    /// How long a peer in the middle of a message may go without sending 64 KiB more of it, or
+    /// its end, while other peers wait for the inbound budget; past it the peer is closed and its
+    /// bytes go to them.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     guard_stall_timeout: Duration,
     /// Serve CURVE (RFC 26) with the key pair in this czmq certificate (`majordomo keygen NAME`

@@ -65,11 +65,13 @@ pub struct GuardConfig {
     /// same time bounds a write of replies to a peer: one that does not read them within it is
     /// closed ([`crate::Rule::Outbound`]) and what was queued for it counted as dropped.
     pub message_timeout: Duration,
-    /// Front-end mode: how long a peer may send nothing in the middle of a message while other
-    /// peers wait for the inbound budget. Default 500 ms. Past it the peer is closed
+    /// Front-end mode: how long a peer in the middle of a message may go without progress while
+    /// other peers wait for the inbound budget. Default 500 ms. Progress is 64 KiB more of the
+    /// message, or its end (128 KiB/s at the default). Past it the peer is closed
     /// ([`crate::Rule::MessageTimeout`]) and what it held goes to those waiting, so peers that
-    /// begin large messages and stop cannot keep everyone else unread until their message
-    /// timeout. A peer that keeps sending, however slowly, is held to `message_timeout` only.
+    /// begin large messages and stop, or trickle them a byte at a time, cannot keep everyone
+    /// else unread until their message timeout. With no one waiting, a peer is held to
+    /// `message_timeout` only.
     pub stall_timeout: Duration,
     /// Front-end mode: bytes of replies queued for one peer and not yet written to it. Default
     /// 32 MiB; at least one largest message with its overhead. A peer past it is closed

@@ -41,6 +41,16 @@ use crate::Rule;
 const BATCH: usize = 256 * 1024;
 /// The link reader's buffer, grown while a larger reply arrives.
 const LINK_READ: usize = 64 * 1024;
+/// Most bytes of its own answers (PONGs) the guard queues for a peer that does not read them:
+/// past this, the peer is not read until they are written.
+const OWN_OUTPUT: usize = 64 * 1024;
+/// What a peer holding inbound budget for a message begun must send, or finish its message, every
+/// `stall_timeout` while others wait for the budget: 128 KiB/s at the default 500 ms. A peer
+/// trickling a byte now and then would otherwise keep its whole frame's charge (up to the frame
+/// limit, charged at its header) until its message timeout, and a few such peers the budget.
+const STALL_PROGRESS: usize = 64 * 1024;
+/// How long the guard waits to write its last words (an ERROR) to a peer it closes.
+const PARTING_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What peers hand the link writer.
 enum Outgoing {
@@ -105,11 +115,12 @@ impl Link {
                         warn!(?end, connection, "link to the server failed; its peers are closed and it is made again");
                     }
                 }
-                // Whatever was queued for the old link went with it.
-                while queue.try_recv().is_ok() {}
+                // The old link's peers end first, then whatever was queued for it goes with it:
+                // nothing a peer of the old link sends reaches the next one.
                 for entry in lock(&task.peers).values() {
                     entry.ended.cancel();
                 }
+                while queue.try_recv().is_ok() {}
                 if started.elapsed() > RELINK_MOST {
                     pause = RELINK_FIRST;
                 }
@@ -235,7 +246,10 @@ async fn read_link(
             Err(error) => return Err(std::io::Error::other(error)),
         };
         match event {
-            LinkEvent::Routed { peer, frames } => route(link, shared, peer, frames),
+            LinkEvent::Routed { peer, frames } => {
+                let frames = detach(frames, &mut buf);
+                route(link, shared, peer, frames);
+            }
             LinkEvent::Control(Control::Disconnected(peer)) => {
                 if let Some(entry) = lock(&link.peers).get(&peer) {
                     entry.ended.cancel();
@@ -245,6 +259,30 @@ async fn read_link(
             _ => {}
         }
     }
+}
+
+/// A reply's frames, made to hold no memory but their own: they are read as slices of the
+/// link's read buffer, and one small reply queued for a peer that does not read would otherwise
+/// keep the whole buffer (64 KiB, or a large reply's) for the price of its own bytes. A small
+/// reply is copied into one allocation; after a large one, what `buf` holds beyond it moves to a
+/// fresh buffer, so that no later reply shares the large one's.
+fn detach(frames: Vec<Bytes>, buf: &mut BytesMut) -> Vec<Bytes> {
+    let total: usize = frames.iter().map(Bytes::len).sum();
+    if total > LINK_READ {
+        let mut fresh = BytesMut::with_capacity(LINK_READ.max(buf.len()));
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+        return frames;
+    }
+    let mut one = BytesMut::with_capacity(total);
+    for frame in &frames {
+        one.extend_from_slice(frame);
+    }
+    let mut one = one.freeze();
+    frames
+        .iter()
+        .map(|frame| one.split_to(frame.len()))
+        .collect()
 }
 
 /// Queues a reply on its peer, or closes the peer when it does not fit its outbound budget.
@@ -289,11 +327,13 @@ pub(super) async fn serve_peer<S: PeerStream>(
     let identity = Bytes::from(addr.identity(connection));
     let (close, ended) = (CancellationToken::new(), CancellationToken::new());
     let end = tokio::select! {
-        end = peer(stream, &shared, &link, &identity, &close, &ended) => end,
+        // The ends first: a peer ended is not read again, even once.
+        biased;
         _ = close.cancelled() => End::Broken(Rule::Outbound, "replies not read".into()),
         // The server asked, or the link the peer was on failed: no rule broken.
         _ = ended.cancelled() => End::ServerClosed,
         _ = cancel.cancelled() => End::Shutdown,
+        end = peer(stream, &shared, &link, &identity, &close, &ended) => end,
     };
     if lock(&link.peers).remove(&identity).is_some() {
         link.send(Outgoing::Control(Control::Disconnected(identity)));
@@ -333,17 +373,28 @@ async fn peer<S: PeerStream>(
         close: close.clone(),
         ended: ended.clone(),
     });
-    let mut out = BytesMut::new();
-    codec.greeting_start(&mut out);
-    if let Err(error) = write.write_all(&out).await {
-        return End::Io(error);
-    }
+    // What is to be written to the peer, in whole commands and messages: what the codec answers
+    // (greeting, handshake, PONGs, an ERROR) and the replies taken from the queue. It is written
+    // in the same select as everything else, so that a peer that does not read never holds this
+    // task in a write: its deadlines and the budget's stall rule still apply.
+    let mut pending = BytesMut::new();
+    codec.greeting_start(&mut pending);
+    // The outbound charges of the replies in `pending`, given back once it is all written, and
+    // when that must be done by.
+    let mut held: Vec<Charge> = Vec::new();
+    let mut replies_due: Option<tokio::time::Instant> = None;
+    // Bytes the codec added to `pending` since it was last empty: past OWN_OUTPUT, the peer is
+    // read no more until they are written (a peer sending PINGs it does not read the PONGs of).
+    let mut own = 0usize;
     let mut buf = BytesMut::with_capacity(512);
     // The most the buffer has held room for since it was last made.
     let mut grown = 0;
     let allowance = Allowance::new(LINK_ALLOWANCE);
-    // When bytes last came from the peer.
-    let mut last_read = tokio::time::Instant::now();
+    // When the peer last made progress with the message it holds budget for, and what it has
+    // read since: see STALL_PROGRESS.
+    let mut last_progress = tokio::time::Instant::now();
+    let mut read_since = 0usize;
+    let (mut was_holding, mut progress_for) = (false, None);
     loop {
         // Enabled before the budget and the allowance are tried, so that no release in between
         // is missed.
@@ -363,17 +414,20 @@ async fn peer<S: PeerStream>(
                 link_full = true;
                 break;
             }
-            out.clear();
-            let step = codec.next(now, &mut buf, &mut out);
-            // What the codec wrote goes out first: an ERROR before the connection closes.
-            if !out.is_empty() {
-                if let Err(error) = write.write_all(&out).await {
-                    return End::Io(error);
-                }
+            if own > OWN_OUTPUT {
+                break;
             }
+            let before = pending.len();
+            let step = codec.next(now, &mut buf, &mut pending);
+            own += pending.len() - before;
             let step = match step {
                 Ok(step) => step,
-                Err(violation) => return violation.into(),
+                Err(violation) => {
+                    // What the codec wrote goes out first: an ERROR before the connection closes.
+                    let parting = write.write_all(&pending);
+                    let _ = tokio::time::timeout(PARTING_WRITE, parting).await;
+                    return violation.into();
+                }
             };
             match step {
                 Step::Pending => break,
@@ -411,20 +465,29 @@ async fn peer<S: PeerStream>(
                 }
             }
         }
+        if !pending.is_empty() {
+            if let Err(error) = write_now(&mut write, &mut pending) {
+                return End::Io(error);
+            }
+            if pending.is_empty() {
+                drained(&mut pending, &mut held, &mut own, &mut replies_due);
+            }
+        }
+        let write_full = own > OWN_OUTPUT;
         let deadline = if entry.is_some() {
             Some(handshake_deadline)
         } else {
             codec.deadline().map(tokio::time::Instant::from_std)
         };
-        // The read buffer starts small and doubles while reads fill it, up to `buffer_size` (or
-        // a whole CURVE command, charged to the inbound budget): an idle or stalled peer holds
-        // well under a kilobyte.
         // A whole CURVE command grew the buffer past `buffer_size`: once it is read, its memory
         // goes (kept, a connection that sent one large message would hold it while idle).
         if buf.is_empty() && grown > config.buffer_size {
             buf = BytesMut::with_capacity(512);
             grown = 0;
         }
+        // The read buffer starts small and doubles while reads fill it, up to `buffer_size` (or
+        // a whole CURVE command, charged to the inbound budget): an idle or stalled peer holds
+        // well under a kilobyte.
         let room = codec
             .wanted(&buf, config.buffer_size)
             .saturating_sub(buf.len());
@@ -435,7 +498,8 @@ async fn peer<S: PeerStream>(
         // Counted as waiting for the inbound budget while blocked on it: peers that hold some
         // and have stopped sending are then closed after `stall_timeout`.
         let _waiting = blocked.then(|| shared.inbound.wait_for_room());
-        // This peer holds budget for a message begun, and is not held back by the guard.
+        // This peer holds budget for a message begun, and is not held back by the guard (a peer
+        // that does not read what the codec answers holds itself back).
         let holding = entry.is_none() && codec.deadline().is_some() && !blocked && !link_full;
         // Only a holder listens for waiters: enabled before they are counted, so that none who
         // starts waiting in between is missed.
@@ -444,16 +508,41 @@ async fn peer<S: PeerStream>(
         if holding {
             pressure.as_mut().enable();
         }
+        // A message begun or finished, or a peer held back until now: its progress counts from
+        // here.
+        let message = codec.deadline();
+        if holding && (!was_holding || message != progress_for) {
+            last_progress = tokio::time::Instant::from_std(now);
+            read_since = 0;
+        }
+        (was_holding, progress_for) = (holding, message);
         let squeezed = holding && shared.inbound.waiting() > 0;
         tokio::select! {
             // read_buf is cancel-safe: nothing is consumed unless it completes.
-            read = read.read_buf(&mut buf), if !blocked && !link_full && room > 0 => match read {
+            read = read.read_buf(&mut buf), if !blocked && !link_full && !write_full && room > 0 => match read {
                 Ok(0) => return End::PeerClosed,
-                Ok(_) => last_read = tokio::time::Instant::now(),
+                Ok(n) => {
+                    read_since += n;
+                    if read_since >= STALL_PROGRESS {
+                        last_progress = tokio::time::Instant::now();
+                        read_since = 0;
+                    }
+                }
                 Err(error) => return End::Io(error),
             },
-            // Others wait for the budget this peer holds: it must keep sending.
-            _ = tokio::time::sleep_until(last_read + config.stall_timeout), if squeezed => {
+            // write_buf is cancel-safe: nothing is written unless it completes.
+            wrote = write.write_buf(&mut pending), if !pending.is_empty() => match wrote {
+                Ok(0) => return End::Io(std::io::ErrorKind::WriteZero.into()),
+                Ok(_) => {
+                    if pending.is_empty() {
+                        drained(&mut pending, &mut held, &mut own, &mut replies_due);
+                    }
+                }
+                Err(error) => return End::Io(error),
+            },
+            // Others wait for the budget this peer holds: it must keep sending, STALL_PROGRESS
+            // or the rest of its message every `stall_timeout`.
+            _ = tokio::time::sleep_until(last_progress + config.stall_timeout), if squeezed => {
                 if shared.inbound.waiting() > 0 {
                     return End::Broken(
                         Rule::MessageTimeout,
@@ -467,20 +556,18 @@ async fn peer<S: PeerStream>(
             _ = &mut released, if blocked => {}
             // Some of this peer's messages were written to the link: go on.
             _ = &mut written, if link_full => {}
-            // recv is cancel-safe: a reply stays queued unless taken.
-            Some(reply) = queue.recv() => {
-                // A peer that does not read cannot hold the guard's write forever: past the
-                // message timeout its replies are dropped and it is closed, as at its budget.
-                let writing = write_replies(&mut write, &mut codec, reply, &mut queue, &queued);
-                match tokio::time::timeout(config.message_timeout, writing).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return End::Io(error),
-                    Err(_) => {
-                        let dropped = queued.load(Ordering::Relaxed) + 1;
-                        shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-                        return End::Broken(Rule::Outbound, "replies not read in time".into());
-                    }
-                }
+            // recv is cancel-safe: a reply stays queued unless taken. One batch of replies is
+            // written at a time.
+            Some(reply) = queue.recv(), if replies_due.is_none() => {
+                take_replies(&mut pending, &mut held, &mut codec, reply, &mut queue, &queued);
+                replies_due = Some(tokio::time::Instant::now() + config.message_timeout);
+            }
+            // A peer that does not read cannot hold its replies forever: past the message
+            // timeout they are dropped and it is closed, as at its outbound budget.
+            _ = tokio::time::sleep_until(replies_due.unwrap_or(handshake_deadline)), if replies_due.is_some() => {
+                let dropped = queued.load(Ordering::Relaxed) + held.len() as u64;
+                shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+                return End::Broken(Rule::Outbound, "replies not read in time".into());
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(handshake_deadline)), if deadline.is_some() => {
                 if entry.is_some() {
@@ -500,26 +587,53 @@ fn link_cost(identity: &Bytes, frames: &[Bytes]) -> usize {
         + crate::mux::link::encoded_len(frames)
 }
 
-/// Writes `first` and whatever else is queued, in one write per batch.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    write: &mut W,
+/// Encodes `first` and whatever else is queued, up to a batch, onto `pending`; their outbound
+/// charges go to `held`.
+fn take_replies(
+    pending: &mut BytesMut,
+    held: &mut Vec<Charge>,
     codec: &mut PeerCodec,
     first: (Vec<Bytes>, Charge),
     queue: &mut mpsc::UnboundedReceiver<(Vec<Bytes>, Charge)>,
     queued: &AtomicU64,
-) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    let mut held = Vec::new();
+) {
     let mut next = Some(first);
     while let Some((frames, charge)) = next.take() {
-        codec.encode_message(&mut out, &frames);
+        codec.encode_message(pending, &frames);
         held.push(charge);
         queued.fetch_sub(1, Ordering::Relaxed);
-        if out.len() < BATCH {
+        if pending.len() < BATCH {
             next = queue.try_recv().ok();
         }
     }
-    write.write_all(&out).await
+}
+
+/// Everything for the peer is written: the replies' charges go back, and the buffer's memory
+/// goes too (kept, a connection sent one large reply would hold it while idle).
+fn drained(
+    pending: &mut BytesMut,
+    held: &mut Vec<Charge>,
+    own: &mut usize,
+    replies_due: &mut Option<tokio::time::Instant>,
+) {
+    *pending = BytesMut::new();
+    held.clear();
+    *own = 0;
+    *replies_due = None;
+}
+
+/// Writes as much of `pending` as the socket takes at once, without waiting for it.
+fn write_now<W: AsyncWrite + Unpin>(write: &mut W, pending: &mut BytesMut) -> std::io::Result<()> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(write).poll_write(&mut cx, pending) {
+        std::task::Poll::Ready(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
+        std::task::Poll::Ready(Ok(n)) => {
+            let _ = pending.split_to(n);
+            Ok(())
+        }
+        std::task::Poll::Ready(Err(error)) => Err(error),
+        std::task::Poll::Pending => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -653,6 +767,126 @@ mod tests {
         assert!(guard.is_link(&first));
         assert!(guard.is_link(&link_identity(&first[..first.len() - 4], 1)));
         assert!(!guard.is_link(b"\0Lsomething else"));
+    }
+
+    /// Whether `frame` lies in the memory `within` was read into.
+    fn inside(frame: &Bytes, within: std::ops::Range<usize>) -> bool {
+        within.contains(&(frame.as_ptr() as usize))
+    }
+
+    #[test]
+    fn a_reply_read_from_the_link_holds_none_of_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(LINK_READ);
+        buf.extend_from_slice(&[1u8; 3 * LINK_READ / 4]);
+        let start = buf.as_ptr() as usize;
+        let allocation = start..start + buf.capacity();
+        let small = buf.split_to(100).freeze();
+        let frames = vec![small.slice(..10), small.slice(10..)];
+        let detached = detach(frames, &mut buf);
+        assert_eq!(detached[0], small.slice(..10));
+        assert_eq!(detached[1], small.slice(10..));
+        assert!(detached
+            .iter()
+            .all(|frame| !inside(frame, allocation.clone())));
+
+        // A large reply keeps its slices; what follows it moves out of its buffer.
+        let mut buf = BytesMut::with_capacity(4 * LINK_READ);
+        buf.extend_from_slice(&[2u8; 2 * LINK_READ]);
+        buf.extend_from_slice(b"next reply");
+        let start = buf.as_ptr() as usize;
+        let allocation = start..start + buf.capacity();
+        let large = buf.split_to(2 * LINK_READ).freeze();
+        let detached = detach(vec![large.clone()], &mut buf);
+        assert!(inside(&detached[0], allocation.clone()), "not copied");
+        assert_eq!(&buf[..], b"next reply");
+        assert!(!allocation.contains(&(buf.as_ptr() as usize)));
+    }
+
+    /// A guard with a 2 MiB inbound budget and a peer, with a small receive window, that `hold`
+    /// makes hold 1.25 MiB of it: another peer's 1 MiB message must still arrive, the holder
+    /// closed by the stall rule (the message timeout is far off).
+    async fn the_stall_rule_closes<F>(hold: impl FnOnce(TcpStream) -> F)
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        const MIB: usize = 1024 * 1024;
+        let config = GuardConfig::default()
+            .front_end(true)
+            .max_frame_size(3 * MIB as u64 / 2)
+            .max_message_size(3 * MIB as u64 / 2)
+            .inbound_budget(2 * MIB)
+            .message_timeout(Duration::from_secs(600));
+        let (guard, listener) = Guard::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let mut server = Server::accept(listener).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let holder = socket.connect(guard.local_addr().unwrap()).await.unwrap();
+        let holding = tokio::spawn(hold(holder));
+        let held = async {
+            while guard.stats().inbound_held < 5 * MIB as u64 / 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("the holder's frame is charged");
+
+        // Another peer's message needs more than is left: it waits, and the holder must go.
+        let mut other = TcpStream::connect(guard.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut out = hello();
+        encode_message(&mut out, &[Bytes::from(vec![2u8; MIB])]);
+        let sending = tokio::spawn(async move {
+            other.write_all(&out).await.unwrap();
+            other
+        });
+        let wait = async { while server.message().await.last().map(Bytes::len) != Some(MIB) {} };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the other peer's message arrives");
+        assert_eq!(guard.stats().count(Rule::MessageTimeout), 1);
+        let _other = sending.await.unwrap();
+        holding.abort();
+    }
+
+    /// The first frame of a 1.25 MiB message, its first `sent` bytes, after the handshake.
+    fn begun(more: bool, sent: usize) -> BytesMut {
+        let mut out = hello();
+        let flags = if more { FLAG_MORE } else { 0 };
+        crate::mux::link::encode_header(&mut out, flags, 5 * 1024 * 1024 / 4);
+        out.extend_from_slice(&vec![1u8; sent]);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_sending_pings_it_does_not_read_is_closed_when_others_wait() {
+        the_stall_rule_closes(|mut holder| async move {
+            // A whole first frame, more to come, then PINGs whose PONGs it never reads.
+            holder.write_all(&begun(true, 5 * 1024 * 1024 / 4)).await?;
+            let mut ping = vec![FLAG_COMMAND, 23, 4];
+            ping.extend_from_slice(b"PING\x00\x00");
+            ping.extend_from_slice(&[7u8; 16]);
+            // Waits once the guard stops reading; ends when the holder is closed.
+            holder.write_all(&ping.repeat(400_000)).await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_trickling_its_frame_is_closed_when_others_wait() {
+        the_stall_rule_closes(|mut holder| async move {
+            holder.write_all(&begun(false, 100_000)).await?;
+            // A byte every 50 ms: never quiet for the stall timeout, never near its message.
+            for _ in 0..12_000 {
+                holder.write_all(&[1]).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
