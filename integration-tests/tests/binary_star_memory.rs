@@ -125,6 +125,24 @@ async fn the_passive_broker_answers_mmi_drops_requests_and_takes_over_on_a_vote(
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_active_broker_draining_hands_over_to_the_passive_one_at_once() -> Result<()> {
+    let (mut primary, mut backup, _switch) = pair().await?;
+    let echo = || vec![Bytes::from_static(b"hi")];
+    primary.handle.drain();
+    // No client asks the backup anything: the primary's word is enough, and neither stops.
+    backup.until(|s| s.state == PairState::Active).await?;
+    assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
+    // The draining primary takes no new request.
+    assert!(primary.client(1).request("echo", echo()).await.is_err());
+    primary.handle.drained().await;
+    for member in [&mut primary, &mut backup] {
+        assert_eq!(member.status.borrow().fatal, None);
+        assert!(!member.task.is_finished());
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_vote_a_silent_peer_changes_nothing() -> Result<()> {
     let (mut primary, mut backup, switch) = pair().await?;
     switch.cut();

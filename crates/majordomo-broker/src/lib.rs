@@ -741,6 +741,9 @@ impl Machine for BrokerMachine {
     }
 
     fn drain(&mut self) {
+        if let Some(pair) = &mut self.pair {
+            pair.leave();
+        }
         if !self.core.is_draining() {
             let stats = self.core.stats();
             info!(

@@ -76,6 +76,10 @@ pub(crate) struct PairDriver {
     peer_alive: bool,
     /// The `now` of the latest call, for the gauges set when a state goes out.
     now: Instant,
+    /// Draining before it stops: see [`PairDriver::leave`].
+    leaving: bool,
+    /// A state to publish at once, not at the next heartbeat.
+    announce: bool,
 }
 
 /// What the broker does with a client request.
@@ -107,6 +111,8 @@ impl PairDriver {
             dropped: 0,
             peer_alive: false,
             now,
+            leaving: false,
+            announce: false,
         };
         driver.record(now);
         (driver, rx)
@@ -116,10 +122,28 @@ impl PairDriver {
         self.status.borrow().fatal.is_some()
     }
 
+    /// The broker drains before it stops (SIGTERM): it hands over to its peer at once rather
+    /// than keep saying it is active until it is gone. From now on it publishes its role's
+    /// starting state, as a broker restarting does, which a passive peer takes as its cue to
+    /// become active (the Guide: "primary (passive) is restarting, ready active"); it admits no
+    /// client request, and what the peer says no longer matters to it (the peer, active, is
+    /// not a dual active for a broker on its way out).
+    pub(crate) fn leave(&mut self) {
+        if !self.leaving && !self.is_fatal() {
+            info!(
+                role = self.fsm.role().label(),
+                state = %self.fsm.state(),
+                "binary star: draining; handing over to the peer"
+            );
+            self.leaving = true;
+            self.announce = true;
+        }
+    }
+
     /// A message on the state link: the peer's state.
     pub(crate) fn handle_peer_message(&mut self, now: Instant, frames: &[Bytes]) {
         self.now = now;
-        if self.is_fatal() {
+        if self.is_fatal() || self.leaving {
             return;
         }
         let Some(message) = frames.last() else {
@@ -155,6 +179,13 @@ impl PairDriver {
         }
         if service.starts_with(mmi::PREFIX) {
             return Admit::Serve;
+        }
+        if self.leaving {
+            self.dropped += 1;
+            metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
+                .increment(1);
+            self.status.send_modify(|s| s.dropped = self.dropped);
+            return Admit::Drop;
         }
         let before = self.fsm.state();
         // A client request is never fatal.
@@ -228,6 +259,17 @@ impl PairDriver {
     pub(crate) fn poll_publish(&mut self) -> Option<Vec<Bytes>> {
         if self.is_fatal() {
             return None;
+        }
+        if self.leaving {
+            let due = self.fsm.poll_publish().is_some();
+            if !std::mem::take(&mut self.announce) && !due {
+                return None;
+            }
+            let restarting = match self.fsm.role() {
+                Role::Primary => State::Primary,
+                Role::Backup => State::Backup,
+            };
+            return Some(vec![Bytes::new(), restarting.encode()]);
         }
         let state = self.fsm.poll_publish()?;
         self.record(self.now);
