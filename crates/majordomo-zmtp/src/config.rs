@@ -299,10 +299,13 @@ impl GuardConfig {
             .inbound_pool
             .as_ref()
             .map_or(self.inbound_budget, crate::mux::budget::Budget::limit);
-        // A CURVE frame is held sealed until whole, and opened into the message being read.
+        // A CURVE frame is held sealed until whole, charged for its place in the message it
+        // opens into, and opened into the message being read.
         let sealed = usize::try_from(self.max_frame_size)
             .unwrap_or(usize::MAX)
-            .saturating_add(crate::curve::MESSAGE_OVERHEAD + LONG_HEADER);
+            .saturating_add(
+                crate::curve::MESSAGE_OVERHEAD + LONG_HEADER + crate::mux::secure::OPENED_OVERHEAD,
+            );
         if self.curve.is_some() && inbound < largest.saturating_add(sealed) {
             return Err(GuardConfigError(format!(
                 "inbound_budget must hold the largest message and one sealed CURVE frame: at least {} bytes",

@@ -54,8 +54,9 @@ const PARTING_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What peers hand the link writer.
 enum Outgoing {
-    /// A peer's message, with its share of the peer's link allowance until written.
-    Message(Bytes, Message, Queued),
+    /// A peer's message, with its share of the peer's link allowance until written, and the
+    /// link generation its peer was announced on.
+    Message(Bytes, Message, Queued, u32),
     Control(Control),
     Pong(PingContext),
 }
@@ -64,6 +65,7 @@ enum Outgoing {
 struct Entry {
     replies: mpsc::UnboundedSender<(Vec<Bytes>, Charge)>,
     budget: Budget,
+    /// Replies queued for the peer or taken to be written, and not written yet.
     queued: Arc<AtomicU64>,
     /// Cancelled when the peer is to be closed for not reading its replies.
     close: CancellationToken,
@@ -78,6 +80,9 @@ pub(super) struct Link {
     pub(super) prefix: Bytes,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     peers: Mutex<HashMap<Bytes, Entry>>,
+    /// How many times the link has failed: a peer's messages go only on the link its peer was
+    /// announced on (changed under the `peers` lock).
+    generation: std::sync::atomic::AtomicU32,
 }
 
 /// The pause before a failed link is made again: from the first to the last, doubling.
@@ -95,6 +100,7 @@ impl Link {
             prefix: link_prefix(),
             outgoing,
             peers: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU32::new(0),
         });
         let task = link.clone();
         tokio::spawn(async move {
@@ -115,10 +121,15 @@ impl Link {
                         warn!(?end, connection, "link to the server failed; its peers are closed and it is made again");
                     }
                 }
-                // The old link's peers end first, then whatever was queued for it goes with it:
-                // nothing a peer of the old link sends reaches the next one.
-                for entry in lock(&task.peers).values() {
-                    entry.ended.cancel();
+                // The old link's peers end, and whatever was queued for it goes with it. A peer
+                // of the old link still running elsewhere may queue more: the next link's writer
+                // drops it by its generation.
+                {
+                    let peers = lock(&task.peers);
+                    task.generation.fetch_add(1, Ordering::Relaxed);
+                    for entry in peers.values() {
+                        entry.ended.cancel();
+                    }
                 }
                 while queue.try_recv().is_ok() {}
                 if started.elapsed() > RELINK_MOST {
@@ -178,8 +189,9 @@ async fn run_link(
     encode_greeting(&mut out);
     encode_ready(&mut out, b"DEALER", Some(identity));
     write.write_all(&out).await?;
+    let generation = link.generation.load(Ordering::Relaxed);
     tokio::select! {
-        end = write_link(write, queue) => end,
+        end = write_link(write, queue, generation) => end,
         end = read_link(read, link, shared) => end,
     }
 }
@@ -187,6 +199,7 @@ async fn run_link(
 async fn write_link(
     mut write: unix::OwnedWriteHalf,
     queue: &mut mpsc::UnboundedReceiver<Outgoing>,
+    generation: u32,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(BATCH);
     let mut held = Vec::new();
@@ -200,7 +213,9 @@ async fn write_link(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Message(peer, message, queued) => {
+                // From a peer of a link that failed: the server never heard of it here.
+                Outgoing::Message(.., announced) if announced != generation => {}
+                Outgoing::Message(peer, message, queued, _) => {
                     encode_routed(&mut out, &peer, &message.frames);
                     // Its inbound budget and its peer's allowance go back once it is written.
                     held.push((message.charge, queued));
@@ -304,7 +319,7 @@ fn route(link: &Link, shared: &Shared, peer: Bytes, frames: Vec<Bytes>) {
         }
         None => {
             // What is queued goes with the peer's task; this one and those are dropped.
-            let dropped = entry.queued.load(Ordering::Relaxed) + 1;
+            let dropped = entry.queued.swap(0, Ordering::Relaxed) + 1;
             shared
                 .counters
                 .dropped
@@ -393,7 +408,9 @@ async fn peer<S: PeerStream>(
     // When the peer last made progress with the message it holds budget for, and what it has
     // read since: see STALL_PROGRESS.
     let mut last_progress = tokio::time::Instant::now();
-    let mut read_since = 0usize;
+    let mut progress_mark = 0u64;
+    // The link generation this peer was announced on, once it is.
+    let mut generation = 0;
     let (mut was_holding, mut progress_for) = (false, None);
     loop {
         // Enabled before the budget and the allowance are tried, so that no release in between
@@ -406,6 +423,8 @@ async fn peer<S: PeerStream>(
         written.as_mut().enable();
         let mut blocked = false;
         let mut link_full = false;
+        // The codec's answers, unwritten, stopped the reading of what `buf` holds.
+        let mut stopped_for_output = false;
         // One read of the clock per wake-up.
         let now = StdInstant::now();
         loop {
@@ -415,6 +434,7 @@ async fn peer<S: PeerStream>(
                 break;
             }
             if own > OWN_OUTPUT {
+                stopped_for_output = true;
                 break;
             }
             let before = pending.len();
@@ -423,7 +443,9 @@ async fn peer<S: PeerStream>(
             let step = match step {
                 Ok(step) => step,
                 Err(violation) => {
-                    // What the codec wrote goes out first: an ERROR before the connection closes.
+                    // What the codec holds of the inbound budget goes back at once; then what it
+                    // wrote goes out: an ERROR before the connection closes.
+                    drop(codec);
                     let parting = write.write_all(&pending);
                     let _ = tokio::time::timeout(PARTING_WRITE, parting).await;
                     return violation.into();
@@ -443,7 +465,10 @@ async fn peer<S: PeerStream>(
                     let key = codec.client_key();
                     debug!(socket_type = ?ready.socket_type, announced = ?ready.identity, key = ?key, "peer ready");
                     if let Some(entry) = entry.take() {
-                        lock(&link.peers).insert(identity.clone(), entry);
+                        let mut peers = lock(&link.peers);
+                        peers.insert(identity.clone(), entry);
+                        generation = link.generation.load(Ordering::Relaxed);
+                        drop(peers);
                         let connected = match key {
                             Some(key) => Control::Authenticated {
                                 peer: identity.clone(),
@@ -461,7 +486,12 @@ async fn peer<S: PeerStream>(
                 Step::Message { consumed, message } => {
                     let _ = buf.split_to(consumed);
                     let queued = allowance.queue(link_cost(identity, &message.frames));
-                    link.send(Outgoing::Message(identity.clone(), message, queued));
+                    link.send(Outgoing::Message(
+                        identity.clone(),
+                        message,
+                        queued,
+                        generation,
+                    ));
                 }
             }
         }
@@ -470,7 +500,11 @@ async fn peer<S: PeerStream>(
                 return End::Io(error);
             }
             if pending.is_empty() {
-                drained(&mut pending, &mut held, &mut own, &mut replies_due);
+                drained(&mut pending, &mut held, &queued, &mut own, &mut replies_due);
+                if stopped_for_output {
+                    // All written at once: read on what is already buffered.
+                    continue;
+                }
             }
         }
         let write_full = own > OWN_OUTPUT;
@@ -511,9 +545,14 @@ async fn peer<S: PeerStream>(
         // A message begun or finished, or a peer held back until now: its progress counts from
         // here.
         let message = codec.deadline();
-        if holding && (!was_holding || message != progress_for) {
+        let progress = codec.progress(&buf);
+        if holding
+            && (!was_holding
+                || message != progress_for
+                || progress >= progress_mark + STALL_PROGRESS as u64)
+        {
             last_progress = tokio::time::Instant::from_std(now);
-            read_since = 0;
+            progress_mark = progress;
         }
         (was_holding, progress_for) = (holding, message);
         let squeezed = holding && shared.inbound.waiting() > 0;
@@ -521,13 +560,7 @@ async fn peer<S: PeerStream>(
             // read_buf is cancel-safe: nothing is consumed unless it completes.
             read = read.read_buf(&mut buf), if !blocked && !link_full && !write_full && room > 0 => match read {
                 Ok(0) => return End::PeerClosed,
-                Ok(n) => {
-                    read_since += n;
-                    if read_since >= STALL_PROGRESS {
-                        last_progress = tokio::time::Instant::now();
-                        read_since = 0;
-                    }
-                }
+                Ok(_) => {}
                 Err(error) => return End::Io(error),
             },
             // write_buf is cancel-safe: nothing is written unless it completes.
@@ -535,7 +568,7 @@ async fn peer<S: PeerStream>(
                 Ok(0) => return End::Io(std::io::ErrorKind::WriteZero.into()),
                 Ok(_) => {
                     if pending.is_empty() {
-                        drained(&mut pending, &mut held, &mut own, &mut replies_due);
+                        drained(&mut pending, &mut held, &queued, &mut own, &mut replies_due);
                     }
                 }
                 Err(error) => return End::Io(error),
@@ -559,13 +592,15 @@ async fn peer<S: PeerStream>(
             // recv is cancel-safe: a reply stays queued unless taken. One batch of replies is
             // written at a time.
             Some(reply) = queue.recv(), if replies_due.is_none() => {
-                take_replies(&mut pending, &mut held, &mut codec, reply, &mut queue, &queued);
+                take_replies(&mut pending, &mut held, &mut codec, reply, &mut queue);
                 replies_due = Some(tokio::time::Instant::now() + config.message_timeout);
             }
             // A peer that does not read cannot hold its replies forever: past the message
             // timeout they are dropped and it is closed, as at its outbound budget.
             _ = tokio::time::sleep_until(replies_due.unwrap_or(handshake_deadline)), if replies_due.is_some() => {
-                let dropped = queued.load(Ordering::Relaxed) + held.len() as u64;
+                // Those queued and those taken but not written: counted once, by whoever comes
+                // first (the link reader, finding the peer over its budget, counts them too).
+                let dropped = queued.swap(0, Ordering::Relaxed);
                 shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
                 return End::Broken(Rule::Outbound, "replies not read in time".into());
             }
@@ -595,13 +630,11 @@ fn take_replies(
     codec: &mut PeerCodec,
     first: (Vec<Bytes>, Charge),
     queue: &mut mpsc::UnboundedReceiver<(Vec<Bytes>, Charge)>,
-    queued: &AtomicU64,
 ) {
     let mut next = Some(first);
     while let Some((frames, charge)) = next.take() {
         codec.encode_message(pending, &frames);
         held.push(charge);
-        queued.fetch_sub(1, Ordering::Relaxed);
         if pending.len() < BATCH {
             next = queue.try_recv().ok();
         }
@@ -613,10 +646,17 @@ fn take_replies(
 fn drained(
     pending: &mut BytesMut,
     held: &mut Vec<Charge>,
+    queued: &AtomicU64,
     own: &mut usize,
     replies_due: &mut Option<tokio::time::Instant>,
 ) {
     *pending = BytesMut::new();
+    // Counted out once written (saturating: a peer closed at its budget has had its count
+    // taken, to 0, as its replies were dropped).
+    let written = held.len() as u64;
+    let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_sub(written))
+    });
     held.clear();
     *own = 0;
     *replies_due = None;
@@ -890,6 +930,72 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_sending_pongs_nobody_asked_for_is_closed_when_others_wait() {
+        the_stall_rule_closes(|mut holder| async move {
+            holder.write_all(&begun(true, 5 * 1024 * 1024 / 4)).await?;
+            // 400 KB/s of commands the guard drops: bytes, but none of its message.
+            let mut pong = vec![FLAG_COMMAND, 21, 4];
+            pong.extend_from_slice(b"PONG");
+            pong.extend_from_slice(&[7u8; 16]);
+            let pongs = pong.repeat(160);
+            for _ in 0..6_000 {
+                holder.write_all(&pongs).await?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_buffered_behind_many_pings_is_read_once_their_pongs_are_written() {
+        let config = GuardConfig::default()
+            .front_end(true)
+            .buffer_size(256 * 1024);
+        // On a Unix socket, whose buffer takes the guard's PONGs in one write.
+        let path = std::env::temp_dir().join(format!("guard-pings-{}.sock", std::process::id()));
+        let (_guard, listener) = Guard::bind_unix(&path, config).await.unwrap();
+        let mut server = Server::accept(listener).await;
+        let peer = UnixStream::connect(&path).await.unwrap();
+        let _ = std::fs::remove_file(&path);
+        let (mut read, mut write) = peer.into_split();
+        // Everything it is sent is read: its PONGs are written as fast as they come.
+        let received = Arc::new(AtomicU64::new(0));
+        let count = received.clone();
+        let reading = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = read.read(&mut sink).await {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        let mut ping = vec![FLAG_COMMAND, 23, 4];
+        ping.extend_from_slice(b"PING\x00\x00");
+        ping.extend_from_slice(&[7u8; 16]);
+        // First PINGs enough for the guard's read buffer to grow, all answered.
+        const FIRST: usize = 6_000;
+        let mut out = hello();
+        out.extend_from_slice(&ping.repeat(FIRST));
+        write.write_all(&out).await.unwrap();
+        let answered = async {
+            // The greeting, the READY and a 23-byte PONG for each.
+            while received.load(Ordering::Relaxed) < (GREETING + 28 + 23 * FIRST) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("the first PINGs answered");
+        // Then in one write PINGs whose PONGs pass what the guard queues of its own answers,
+        // and a message, and nothing after: the message waits in the guard's buffer while the
+        // PONGs are written.
+        let mut out = BytesMut::from(&ping.repeat(8_000)[..]);
+        encode_message(&mut out, &[Bytes::from_static(b"after the pings")]);
+        write.write_all(&out).await.unwrap();
+        until_said(&mut server, b"after the pings").await;
+        reading.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flooding_peer_queues_little_ahead_of_another_peers_message() {
         const FLOOD_MESSAGE: usize = 64 * 1024;
         const FLOOD: usize = 512;
@@ -1117,7 +1223,8 @@ mod tests {
             let budget = config.largest_message_cost()
                 + SIZE
                 + crate::curve::MESSAGE_OVERHEAD
-                + crate::inspect::LONG_HEADER;
+                + crate::inspect::LONG_HEADER
+                + crate::mux::secure::OPENED_OVERHEAD;
             let config = config.inbound_budget(budget);
             let (guard, mut server, keys) = curve_guard_with(None, config).await;
             let mut peers = Vec::new();
@@ -1157,6 +1264,51 @@ mod tests {
                 .expect("both messages reach the server");
             bodies.sort_unstable();
             assert_eq!(bodies, [1, 2]);
+        }
+
+        #[tokio::test]
+        async fn the_largest_message_in_the_smallest_frames_passes_the_smallest_curve_budget() {
+            const FRAME: usize = 100;
+            const FRAMES: usize = 10;
+            let config = GuardConfig::default()
+                .max_frame_size(FRAME as u64)
+                .max_message_size((FRAME * FRAMES) as u64)
+                .max_frames(FRAMES as u32);
+            // The smallest budget the configuration takes.
+            let mut budget = config.largest_message_cost();
+            while config
+                .clone()
+                .inbound_budget(budget)
+                .curve(CurveSecurity {
+                    keys: Arc::new(CurveKeyPair::generate()),
+                    clients: ClientFilter::new(None),
+                    allow_null: false,
+                })
+                .validate_front_end()
+                .is_err()
+            {
+                budget += 1;
+            }
+            let config = config.inbound_budget(budget);
+            let (guard, mut server, keys) = curve_guard_with(None, config).await;
+            let (mut peer, session) = connect(&guard, &keys, CurveKeyPair::generate()).await;
+            let mut session = session.expect("admitted");
+            let mut out = BytesMut::new();
+            for i in 0..FRAMES {
+                let flags = if i + 1 < FRAMES { MESSAGE_MORE } else { 0 };
+                session.seal(flags, &[i as u8; FRAME], &mut out);
+            }
+            peer.stream.write_all(&out).await.unwrap();
+            let message = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let message = server.message().await;
+                    if message.len() == FRAMES + 1 {
+                        return message;
+                    }
+                }
+            });
+            let message = message.await.expect("the message reaches the server");
+            assert_eq!(&message[FRAMES][..], &[(FRAMES - 1) as u8; FRAME]);
         }
 
         #[tokio::test]

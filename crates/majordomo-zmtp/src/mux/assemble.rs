@@ -106,6 +106,8 @@ pub struct Assembler {
     partial: Option<Partial>,
     /// Budget already held for the next frame's header to take ([`Assembler::prepay`]).
     paid: Option<Charge>,
+    /// Bytes of message frames taken in so far, headers and bodies; not commands.
+    taken: u64,
 }
 
 impl Assembler {
@@ -118,6 +120,7 @@ impl Assembler {
             timeout,
             partial: None,
             paid: None,
+            taken: 0,
         }
     }
 
@@ -138,6 +141,12 @@ impl Assembler {
     /// [`Assembler::next`] and [`Assembler::check`] report [`Violation::Stalled`].
     pub fn deadline(&self) -> Option<Instant> {
         self.partial.as_ref().map(|partial| partial.deadline)
+    }
+
+    /// Bytes of message frames taken in so far, headers and bodies: commands (PINGs, PONGs)
+    /// are not counted.
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Bytes of the inbound budget held by the message begun (0 between messages).
@@ -243,6 +252,7 @@ impl Assembler {
             size,
             more: buf[0] & FLAG_MORE != 0,
         });
+        self.taken += header as u64;
         if size == 0 {
             return Ok(self.frame_done(header));
         }
@@ -263,6 +273,7 @@ impl Assembler {
             return Err(Violation::Malformed("frame"));
         }
         body.data.extend_from_slice(&buf[..take]);
+        self.taken += take as u64;
         if body.data.len() < body.size {
             return Ok(Step::Consumed(take));
         }

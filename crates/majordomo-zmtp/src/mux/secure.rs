@@ -32,7 +32,7 @@ use crate::inspect::{
 
 /// What an opened frame is charged beyond its sealed bytes, at most: its own overhead and its
 /// message's, as the assembler charges them.
-const OPENED_OVERHEAD: usize = FRAME_OVERHEAD + super::assemble::MESSAGE_OVERHEAD;
+pub(crate) const OPENED_OVERHEAD: usize = FRAME_OVERHEAD + super::assemble::MESSAGE_OVERHEAD;
 
 /// The client keys a CURVE endpoint lets in: any key, or those of a list. Cheap to clone; every
 /// clone sees [`ClientFilter::set`], so a reload applies to the next handshake without touching
@@ -179,6 +179,18 @@ impl PeerCodec {
     /// The client's permanent key, once a CURVE handshake has admitted it.
     pub fn client_key(&self) -> Option<CurvePublicKey> {
         self.key
+    }
+
+    /// How far the peer has got with its messages, in bytes, to tell progress from stalling:
+    /// message frames taken in (not commands), and for CURVE the sealed MESSAGE being read so
+    /// far (of `buf`, what has arrived). It can fall back when a MESSAGE turns out to carry a
+    /// command, so only a new high counts as progress.
+    pub fn progress(&self, buf: &[u8]) -> u64 {
+        let sealed = match (&self.command, &self.curve) {
+            (Some((charge, _)), Some(Curve::Open(_))) => buf.len().min(charge.bytes()) as u64,
+            _ => 0,
+        };
+        self.assembler.taken() + sealed
     }
 
     /// When the message or command begun must be whole; `None` between them.
