@@ -2,6 +2,8 @@
 //! tokio time: the pair's heartbeats, the peer's expiry and the client vote play out in virtual
 //! seconds, deterministically, with the brokers' state read through `Broker::pair_status`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +16,7 @@ use majordomo_client::{Client, ClientConfig};
 use majordomo_rt::memory::{self, MemoryEndpoint, MemoryLink, MemoryRouter};
 use majordomo_rt::transport::Either;
 use majordomo_worker::{handler_fn, Worker, WorkerConfig};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Virtual time a test may wait for anything; never an expected duration.
@@ -31,8 +33,36 @@ struct Member {
     task: BrokerTask,
 }
 
+/// Stops a future from being polled while set: a process frozen (SIGSTOP, a paused VM) as the
+/// rest of the world's time goes on.
+#[derive(Clone, Default)]
+struct Freeze(Arc<(AtomicBool, Notify)>);
+
+impl Freeze {
+    fn set(&self, frozen: bool) {
+        self.0 .0.store(frozen, Ordering::SeqCst);
+        self.0 .1.notify_waiters();
+    }
+
+    async fn run<F: std::future::Future>(self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        loop {
+            let thawed = self.0 .1.notified();
+            tokio::select! {
+                out = &mut future, if !self.0 .0.load(Ordering::SeqCst) => return out,
+                () = thawed => {}
+            }
+        }
+    }
+}
+
 impl Member {
     fn start(role: PairRole, link: MemoryLink) -> Result<Self> {
+        Self::start_with(role, link, Freeze::default())
+    }
+
+    /// As [`Member::start`], the broker frozen whenever `freeze` says so.
+    fn start_with(role: PairRole, link: MemoryLink, freeze: Freeze) -> Result<Self> {
         let (router, endpoint) = memory::router();
         let broker: Broker<Socket> = Broker::builder()
             .binary_star(role, "unused", "unused")
@@ -42,7 +72,7 @@ impl Member {
             )?;
         let status = broker.pair_status().context("a pair member")?;
         let handle = broker.handle();
-        let task = tokio::spawn(broker.run(std::future::pending()));
+        let task = tokio::spawn(freeze.run(broker.run(std::future::pending())));
         // An echo worker registers with every member, whatever its state.
         let worker = Worker::with_connector(endpoint.clone(), "echo", WorkerConfig::default());
         tokio::spawn(worker.run(
@@ -87,8 +117,13 @@ impl Member {
 
 /// A primary and a backup linked to each other, the primary active and the backup passive.
 async fn pair() -> Result<(Member, Member, memory::LinkSwitch)> {
+    pair_with(Freeze::default()).await
+}
+
+/// As [`pair`], the primary frozen whenever `freeze` says so.
+async fn pair_with(freeze: Freeze) -> Result<(Member, Member, memory::LinkSwitch)> {
     let (a, b, switch) = memory::link();
-    let mut primary = Member::start(PairRole::Primary, a)?;
+    let mut primary = Member::start_with(PairRole::Primary, a, freeze)?;
     let mut backup = Member::start(PairRole::Backup, b)?;
     primary.until(|s| s.state == PairState::Active).await?;
     backup
@@ -156,6 +191,34 @@ async fn without_a_vote_a_silent_peer_changes_nothing() -> Result<()> {
         .until(|s| s.state == PairState::Passive && s.peer_state == Some(PairState::Active))
         .await?;
     assert_eq!(primary.status.borrow().state, PairState::Active);
+    Ok(())
+}
+
+/// The active broker frozen past its peer's expiry while a client's vote makes the backup
+/// active: back, the old active broker stops on hearing the new one, which goes on serving.
+/// Had the old one said "active" first, both would have stopped.
+#[tokio::test(start_paused = true)]
+async fn an_active_broker_frozen_while_its_peer_took_over_stops_alone() -> Result<()> {
+    let freeze = Freeze::default();
+    let (mut primary, mut backup, _switch) = pair_with(freeze.clone()).await?;
+    freeze.set(true);
+    backup.until(|s| s.peer_state.is_none()).await?;
+    let echo = || vec![Bytes::from_static(b"vote")];
+    assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
+    backup.until(|s| s.state == PairState::Active).await?;
+    freeze.set(false);
+    let stopped = tokio::time::timeout(VIRTUAL_PATIENCE, &mut primary.task)
+        .await
+        .context("the old active broker never stopped")??;
+    assert!(
+        matches!(stopped, Err(BrokerError::Pair(PairFatal::DualActive))),
+        "{stopped:?}"
+    );
+    // A few heartbeats on, the new active broker is still serving.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!backup.task.is_finished());
+    assert_eq!(backup.status.borrow().fatal, None);
+    assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
     Ok(())
 }
 

@@ -80,6 +80,9 @@ pub(crate) struct PairDriver {
     leaving: bool,
     /// A state to publish at once, not at the next heartbeat.
     announce: bool,
+    /// Until then, an active broker that did not run for the peer's expiry (frozen: a paused
+    /// VM, SIGSTOP) serves and publishes nothing: see [`PairDriver::arrive`].
+    quiet_until: Option<Instant>,
 }
 
 /// What the broker does with a client request.
@@ -113,6 +116,7 @@ impl PairDriver {
             now,
             leaving: false,
             announce: false,
+            quiet_until: None,
         };
         driver.record(now);
         (driver, rx)
@@ -140,9 +144,36 @@ impl PairDriver {
         }
     }
 
+    /// Time moves to `now`. An active broker that finds it has not run for the peer's expiry
+    /// was frozen, and its peer may have taken over meanwhile: for one heartbeat it serves no
+    /// client and says nothing, and listens. If the peer is active, its next heartbeat makes
+    /// this one stop (both active) while the peer, having heard nothing, goes on; otherwise it
+    /// resumes. Without the pause, its own "active" could reach the peer first and stop both.
+    fn arrive(&mut self, now: Instant) {
+        let heartbeat = self.fsm.config().heartbeat;
+        let gap = now.saturating_duration_since(self.now);
+        if self.fsm.is_active() && !self.leaving && gap >= 2 * heartbeat {
+            warn!(
+                gap_ms = gap.as_millis() as u64,
+                "binary star: active and not run for two heartbeats; serving nothing for a heartbeat while the peer is heard"
+            );
+            self.quiet_until = Some(now + heartbeat);
+        }
+        if self.quiet_until.is_some_and(|until| now >= until) {
+            info!("binary star: no other active broker heard; serving again");
+            self.quiet_until = None;
+        }
+        self.now = now;
+    }
+
+    /// Whether this broker is listening after a freeze ([`PairDriver::arrive`]).
+    fn quiet(&self) -> bool {
+        self.quiet_until.is_some()
+    }
+
     /// A message on the state link: the peer's state.
     pub(crate) fn handle_peer_message(&mut self, now: Instant, frames: &[Bytes]) {
-        self.now = now;
+        self.arrive(now);
         if self.is_fatal() || self.leaving {
             return;
         }
@@ -173,14 +204,14 @@ impl PairDriver {
 
     /// What to do with a client request for `service` (`mmi.*` is always served and no vote).
     pub(crate) fn admit(&mut self, now: Instant, service: &[u8]) -> Admit {
-        self.now = now;
+        self.arrive(now);
         if self.is_fatal() {
             return Admit::Drop;
         }
         if service.starts_with(mmi::PREFIX) {
             return Admit::Serve;
         }
-        if self.leaving {
+        if self.leaving || self.quiet() {
             self.dropped += 1;
             metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
                 .increment(1);
@@ -233,11 +264,12 @@ impl PairDriver {
     }
 
     pub(crate) fn poll_timeout(&self) -> Instant {
-        self.fsm.poll_timeout()
+        let next = self.fsm.poll_timeout();
+        self.quiet_until.map_or(next, |until| next.min(until))
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
+        self.arrive(now);
         if self.is_fatal() {
             return;
         }
@@ -257,7 +289,7 @@ impl PairDriver {
     /// Nothing once a fatal state is found: a broker that found itself active beside an active
     /// peer says no more, so that the peer, still active, does not find the same and stop too.
     pub(crate) fn poll_publish(&mut self) -> Option<Vec<Bytes>> {
-        if self.is_fatal() {
+        if self.is_fatal() || self.quiet() {
             return None;
         }
         if self.leaving {
@@ -367,6 +399,22 @@ mod tests {
 
     #[test]
     fn a_broker_that_finds_itself_active_beside_an_active_peer_publishes_no_more() {
+        let (mut primary, _status, t0) = active_primary();
+        // The backup says it is active (a state link cut while clients voted at it). In the
+        // same turn the heartbeat is due.
+        let later = t0 + Duration::from_secs(1);
+        primary.handle_peer_message(later, &frames(&[b"", b"3"]));
+        assert!(primary.is_fatal());
+        primary.handle_timeout(later);
+        assert_eq!(
+            primary.poll_publish(),
+            None,
+            "an active state published now would stop the peer too"
+        );
+    }
+
+    /// A primary made active by its backup at `t0`, what it had to say published.
+    fn active_primary() -> (PairDriver, watch::Receiver<PairStatus>, Instant) {
         let options = PairOptions {
             role: Role::Primary,
             bind: String::new(),
@@ -378,17 +426,35 @@ mod tests {
         primary.handle_peer_message(t0, &frames(&[b"", b"2"]));
         while primary.poll_publish().is_some() {}
         assert_eq!(status.borrow().state, State::Active);
-        // Frozen past the peer's expiry: the backup took over and says so. In the same turn
-        // the heartbeat is due.
-        let later = t0 + Duration::from_secs(3);
-        primary.handle_peer_message(later, &frames(&[b"", b"3"]));
+        (primary, status, t0)
+    }
+
+    #[test]
+    fn an_active_broker_back_from_a_freeze_listens_a_heartbeat_before_it_serves_or_speaks() {
+        // The backup took over during the freeze: its "active" stops this one, which has
+        // said nothing that would stop the backup too.
+        let (mut primary, _status, t0) = active_primary();
+        let woke = t0 + Duration::from_secs(3);
+        primary.handle_timeout(woke);
+        assert_eq!(primary.poll_publish(), None);
+        assert!(matches!(primary.admit(woke, b"echo"), Admit::Drop));
+        assert!(matches!(primary.admit(woke, b"mmi.service"), Admit::Serve));
+        primary.handle_peer_message(woke + Duration::from_millis(200), &frames(&[b"", b"3"]));
         assert!(primary.is_fatal());
+        assert_eq!(primary.poll_publish(), None);
+
+        // The backup stayed passive: after the heartbeat this one serves and speaks again.
+        let (mut primary, status, t0) = active_primary();
+        let woke = t0 + Duration::from_secs(3);
+        primary.handle_timeout(woke);
+        assert_eq!(primary.poll_publish(), None);
+        primary.handle_peer_message(woke + Duration::from_millis(200), &frames(&[b"", b"4"]));
+        let later = primary.poll_timeout();
+        assert!(later <= woke + Duration::from_secs(1));
         primary.handle_timeout(later);
-        assert_eq!(
-            primary.poll_publish(),
-            None,
-            "an active state published now would stop the peer too"
-        );
+        assert!(matches!(primary.admit(later, b"echo"), Admit::Serve));
+        assert_eq!(primary.poll_publish(), Some(frames(&[b"", b"3"])));
+        assert_eq!(status.borrow().fatal, None);
     }
 
     #[test]
