@@ -167,13 +167,40 @@ async fn the_active_broker_draining_hands_over_to_the_passive_one_at_once() -> R
     // No client asks the backup anything: the primary's word is enough, and neither stops.
     backup.until(|s| s.state == PairState::Active).await?;
     assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
-    // The draining primary takes no new request.
+    // The draining primary takes no new request, and shows it is no longer active.
     assert!(primary.client(1).request("echo", echo()).await.is_err());
     primary.handle.drained().await;
+    assert_eq!(primary.status.borrow().state, PairState::Primary);
     for member in [&mut primary, &mut backup] {
         assert_eq!(member.status.borrow().fatal, None);
         assert!(!member.task.is_finished());
     }
+    Ok(())
+}
+
+/// The active primary drains while the backup, just started, has not yet heard it: it is first
+/// told the primary is active, becomes passive, and is then handed over to. Told "primary"
+/// while still a backup, it would have stayed a backup, which never serves.
+#[tokio::test(start_paused = true)]
+async fn a_draining_broker_hands_over_to_a_backup_that_was_not_yet_passive() -> Result<()> {
+    let (a, b, switch) = memory::link();
+    let mut primary = Member::start(PairRole::Primary, a)?;
+    // Alone, the primary becomes active on a vote once it has heard no peer for its expiry.
+    switch.cut();
+    let mut backup = Member::start(PairRole::Backup, b)?;
+    primary.with_worker().await?;
+    let echo = || vec![Bytes::from_static(b"hi")];
+    assert_eq!(primary.client(20).request("echo", echo()).await?, echo());
+    primary.until(|s| s.state == PairState::Active).await?;
+    assert_eq!(backup.status.borrow().state, PairState::Backup);
+    primary.handle.drain();
+    switch.restore();
+    backup.until(|s| s.state == PairState::Active).await?;
+    primary
+        .until(|s| s.state == PairState::Primary && s.fatal.is_none())
+        .await?;
+    backup.with_worker().await?;
+    assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
     Ok(())
 }
 
@@ -200,13 +227,17 @@ async fn without_a_vote_a_silent_peer_changes_nothing() -> Result<()> {
 #[tokio::test(start_paused = true)]
 async fn an_active_broker_frozen_while_its_peer_took_over_stops_alone() -> Result<()> {
     let freeze = Freeze::default();
-    let (mut primary, mut backup, _switch) = pair_with(freeze.clone()).await?;
+    let (mut primary, mut backup, switch) = pair_with(freeze.clone()).await?;
     freeze.set(true);
+    // The link down too while frozen: back, the primary finds no word of the takeover
+    // waiting, and hears it only at the backup's next heartbeat.
+    switch.cut();
     backup.until(|s| s.peer_state.is_none()).await?;
     let echo = || vec![Bytes::from_static(b"vote")];
     assert_eq!(backup.client(1).request("echo", echo()).await?, echo());
     backup.until(|s| s.state == PairState::Active).await?;
     freeze.set(false);
+    switch.restore();
     let stopped = tokio::time::timeout(VIRTUAL_PATIENCE, &mut primary.task)
         .await
         .context("the old active broker never stopped")??;

@@ -755,8 +755,10 @@ impl Machine for BrokerMachine {
         self.core.drain();
     }
 
+    /// Drained, and on a pair settled: an active broker waits to hand over to its peer (see
+    /// `PairDriver::leave`).
     fn is_drained(&self) -> bool {
-        self.core.is_drained()
+        self.core.is_drained() && self.pair.as_ref().is_none_or(PairDriver::settled)
     }
 }
 

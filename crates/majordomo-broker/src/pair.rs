@@ -78,6 +78,8 @@ pub(crate) struct PairDriver {
     now: Instant,
     /// Draining before it stops: see [`PairDriver::leave`].
     leaving: bool,
+    /// Leaving, it has told its passive peer to take over: it is no longer active.
+    handed_over: bool,
     /// A state to publish at once, not at the next heartbeat.
     announce: bool,
     /// Until then, an active broker that did not run for the peer's expiry (frozen: a paused
@@ -115,6 +117,7 @@ impl PairDriver {
             peer_alive: false,
             now,
             leaving: false,
+            handed_over: false,
             announce: false,
             quiet_until: None,
         };
@@ -126,38 +129,81 @@ impl PairDriver {
         self.status.borrow().fatal.is_some()
     }
 
-    /// The broker drains before it stops (SIGTERM): it hands over to its peer at once rather
-    /// than keep saying it is active until it is gone. From now on it publishes its role's
-    /// starting state, as a broker restarting does, which a passive peer takes as its cue to
-    /// become active (the Guide: "primary (passive) is restarting, ready active"); it admits no
-    /// client request, and what the peer says no longer matters to it (the peer, active, is
-    /// not a dual active for a broker on its way out).
+    /// The broker drains before it stops (SIGTERM). Active, it hands over to its peer as soon
+    /// as the peer is passive (at once if it is), rather than keep saying it is active until it
+    /// is gone: from then on it publishes its role's starting state, as a broker restarting
+    /// does, which a passive peer takes as its cue to become active (the Guide: "primary
+    /// (passive) is restarting, ready active"); it admits no client request, and what the peer
+    /// says no longer matters to it (the peer, active, is not a dual active for a broker on its
+    /// way out). A peer not yet passive (just started, still a backup) is first told this
+    /// broker is active, as usual, so that it becomes passive and can take over: told "primary"
+    /// while a backup, it would stay a backup, and a backup never serves.
     pub(crate) fn leave(&mut self) {
         if !self.leaving && !self.is_fatal() {
+            self.leaving = true;
             info!(
                 role = self.fsm.role().label(),
                 state = %self.fsm.state(),
-                "binary star: draining; handing over to the peer"
+                "binary star: draining; an active broker hands over once its peer is passive"
             );
-            self.leaving = true;
+            self.hand_over();
+        }
+    }
+
+    /// Leaving and active with a passive peer: hands over.
+    fn hand_over(&mut self) {
+        let peer = self.fsm.peer_state(self.now);
+        if self.leaving && !self.handed_over && self.fsm.is_active() && peer == Some(State::Passive)
+        {
+            info!(
+                role = self.fsm.role().label(),
+                "binary star: handing over to the passive peer"
+            );
+            self.handed_over = true;
             self.announce = true;
+            self.quiet_until = None;
+            let state = self.reported_state();
+            self.status.send_modify(|s| s.state = state);
+            self.record(self.now);
+        }
+    }
+
+    /// Whether the pair no longer needs this broker to stay: it is not leaving, not active, has
+    /// handed over, or its peer is silent (nobody to hand over to). A draining broker waits for
+    /// this too (within its drain timeout) before it stops.
+    pub(crate) fn settled(&self) -> bool {
+        !self.leaving
+            || self.handed_over
+            || !self.fsm.is_active()
+            || self.fsm.peer_state(self.now).is_none()
+            || self.is_fatal()
+    }
+
+    /// The state this broker shows: its role's starting state once it has handed over.
+    fn reported_state(&self) -> State {
+        match (self.handed_over, self.fsm.role()) {
+            (false, _) => self.fsm.state(),
+            (true, Role::Primary) => State::Primary,
+            (true, Role::Backup) => State::Backup,
         }
     }
 
     /// Time moves to `now`. An active broker that finds it has not run for the peer's expiry
-    /// was frozen, and its peer may have taken over meanwhile: for one heartbeat it serves no
-    /// client and says nothing, and listens. If the peer is active, its next heartbeat makes
-    /// this one stop (both active) while the peer, having heard nothing, goes on; otherwise it
-    /// resumes. Without the pause, its own "active" could reach the peer first and stop both.
+    /// was frozen, and its peer may have taken over meanwhile: for a heartbeat and a half (long
+    /// enough to hear one of the peer's) it serves no client and says nothing, and listens. If
+    /// the peer is active, its next heartbeat makes this one stop (both active) while the peer,
+    /// having heard nothing, goes on; otherwise it resumes. Without the pause, its own "active"
+    /// could reach the peer first and stop both. Clients that vote at the peer meanwhile make
+    /// it active: a failover, where the pause was a chance to stay; one broker stays either way.
     fn arrive(&mut self, now: Instant) {
         let heartbeat = self.fsm.config().heartbeat;
         let gap = now.saturating_duration_since(self.now);
-        if self.fsm.is_active() && !self.leaving && gap >= 2 * heartbeat {
+        if self.fsm.is_active() && !self.handed_over && gap >= heartbeat.saturating_mul(2) {
             warn!(
                 gap_ms = gap.as_millis() as u64,
-                "binary star: active and not run for two heartbeats; serving nothing for a heartbeat while the peer is heard"
+                "binary star: active and not run for two heartbeats; serving nothing while the peer is heard"
             );
-            self.quiet_until = Some(now + heartbeat);
+            self.quiet_until = Some(now + heartbeat + heartbeat / 2);
         }
         if self.quiet_until.is_some_and(|until| now >= until) {
             info!("binary star: no other active broker heard; serving again");
@@ -174,7 +220,7 @@ impl PairDriver {
     /// A message on the state link: the peer's state.
     pub(crate) fn handle_peer_message(&mut self, now: Instant, frames: &[Bytes]) {
         self.arrive(now);
-        if self.is_fatal() || self.leaving {
+        if self.is_fatal() || self.handed_over {
             return;
         }
         let Some(message) = frames.last() else {
@@ -198,6 +244,7 @@ impl PairDriver {
                     self.peer_alive = true;
                 }
                 self.changed(now, before);
+                self.hand_over();
             }
         }
     }
@@ -211,7 +258,7 @@ impl PairDriver {
         if service.starts_with(mmi::PREFIX) {
             return Admit::Serve;
         }
-        if self.leaving || self.quiet() {
+        if self.handed_over || self.quiet() {
             self.dropped += 1;
             metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
                 .increment(1);
@@ -274,7 +321,7 @@ impl PairDriver {
             return;
         }
         self.fsm.handle_timeout(now);
-        if self.peer_alive && self.fsm.peer_expired(now) {
+        if self.peer_alive && !self.handed_over && self.fsm.peer_expired(now) {
             warn!(
                 state = %self.fsm.state(),
                 "binary star: peer silent for two heartbeats"
@@ -289,19 +336,19 @@ impl PairDriver {
     /// Nothing once a fatal state is found: a broker that found itself active beside an active
     /// peer says no more, so that the peer, still active, does not find the same and stop too.
     pub(crate) fn poll_publish(&mut self) -> Option<Vec<Bytes>> {
-        if self.is_fatal() || self.quiet() {
+        if self.is_fatal() {
             return None;
         }
-        if self.leaving {
+        if self.handed_over {
             let due = self.fsm.poll_publish().is_some();
             if !std::mem::take(&mut self.announce) && !due {
                 return None;
             }
-            let restarting = match self.fsm.role() {
-                Role::Primary => State::Primary,
-                Role::Backup => State::Backup,
-            };
-            return Some(vec![Bytes::new(), restarting.encode()]);
+            self.record(self.now);
+            return Some(vec![Bytes::new(), self.reported_state().encode()]);
+        }
+        if self.quiet() {
+            return None;
         }
         let state = self.fsm.poll_publish()?;
         self.record(self.now);
@@ -311,9 +358,9 @@ impl PairDriver {
     /// Sets the pair's gauges; done every heartbeat, so the series stay fresh.
     fn record(&self, now: Instant) {
         let role = self.fsm.role().label();
-        metrics::gauge!("majordomo_bstar_state", "role" => role)
-            .set(f64::from(self.fsm.state().number()));
-        metrics::gauge!("majordomo_bstar_active", "role" => role).set(if self.fsm.is_active() {
+        let state = self.reported_state();
+        metrics::gauge!("majordomo_bstar_state", "role" => role).set(f64::from(state.number()));
+        metrics::gauge!("majordomo_bstar_active", "role" => role).set(if state == State::Active {
             1.0
         } else {
             0.0
@@ -329,7 +376,7 @@ impl PairDriver {
     /// the next heartbeat).
     pub(crate) fn status(&self, now: Instant) -> PairStatus {
         PairStatus {
-            state: self.fsm.state(),
+            state: self.reported_state(),
             peer_state: self.fsm.peer_state(now),
             ..self.status.borrow().clone()
         }
@@ -449,8 +496,9 @@ mod tests {
         primary.handle_timeout(woke);
         assert_eq!(primary.poll_publish(), None);
         primary.handle_peer_message(woke + Duration::from_millis(200), &frames(&[b"", b"4"]));
-        let later = primary.poll_timeout();
-        assert!(later <= woke + Duration::from_secs(1));
+        let later = primary
+            .poll_timeout()
+            .max(woke + Duration::from_millis(1_500));
         primary.handle_timeout(later);
         assert!(matches!(primary.admit(later, b"echo"), Admit::Serve));
         assert_eq!(primary.poll_publish(), Some(frames(&[b"", b"3"])));

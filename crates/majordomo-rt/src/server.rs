@@ -70,8 +70,8 @@ pub trait Machine: Send {
     /// The server is stopping: queue whatever the protocol says on the way out.
     fn shutdown(&mut self);
 
-    /// A socket read before the others at every turn, if any; by default none, and the sockets
-    /// are read in turn.
+    /// A socket read before the others at every turn that did not read it last, if any; by
+    /// default none, and the sockets are read in turn.
     fn first_socket(&self) -> Option<usize> {
         None
     }
@@ -197,6 +197,9 @@ pub struct Server<M: Machine, T> {
     commands: mpsc::UnboundedReceiver<Command<M::Stats>>,
     /// Where the next turn starts polling sockets.
     next_socket: usize,
+    /// The socket the last message came from: the machine's first socket goes first only when
+    /// it was not, so that a flood on it cannot keep the others unread.
+    last_socket: Option<usize>,
     /// Whether a handle asked the machine to drain, and the drain has not finished yet.
     draining: bool,
     /// Tells the handles when the drain has finished.
@@ -246,6 +249,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 options,
                 commands: rx,
                 next_socket: 0,
+                last_socket: None,
                 draining: false,
                 drained,
             },
@@ -272,7 +276,10 @@ impl<M: Machine, T: Transport> Server<M, T> {
         loop {
             timer.set(self.machine.poll_timeout());
             let start = self.next_socket;
-            let first = self.machine.first_socket();
+            let first = self
+                .machine
+                .first_socket()
+                .filter(|&first| self.last_socket != Some(first));
             let wait = async {
                 tokio::select! {
                     biased;
@@ -305,6 +312,7 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 }
                 Wake::Message(socket, msg) => {
                     self.next_socket = (socket + 1) % self.sockets.len();
+                    self.last_socket = Some(socket);
                     self.on_batch(now, socket, msg)
                 }
                 Wake::Disconnected(socket, identity) => {
