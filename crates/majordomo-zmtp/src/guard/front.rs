@@ -2,7 +2,8 @@
 //!
 //! A peer's task speaks ZMTP to it (greeting, READY as a ROUTER, PONGs), reads its stream
 //! through an [`Assembler`] and hands each whole message to the link writer; replies come to it
-//! on its own queue, charged to its outbound budget, and it writes them. The link writer takes
+//! on its own queue, charged to its outbound budget, and it writes them, as it writes its own
+//! answers, in the same select as it reads: no write holds the task. The link writer takes
 //! whatever the peers have handed it, encodes it into one buffer and writes it at once (many
 //! peers' messages per write); the link reader decodes the server's replies and queues each on
 //! its peer's task. The link is one queue for every peer: a peer's task stops reading its peer
@@ -10,8 +11,9 @@
 //! cannot queue far ahead of everyone else's. Reading and writing the link are separate tasks: the server writes replies
 //! while it waits for room to read, and one task doing both could wait on itself.
 //!
-//! The peer table (identity to queue) is the only state two tasks share: the peer's task adds
-//! and removes its entry, the link reader looks entries up.
+//! The peer table (identity to queue) is the only state two tasks share, with the link's
+//! generation, changed under the table's lock: the peer's task adds and removes its entry, the
+//! link reader looks entries up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -405,8 +407,8 @@ async fn peer<S: PeerStream>(
     // The most the buffer has held room for since it was last made.
     let mut grown = 0;
     let allowance = Allowance::new(LINK_ALLOWANCE);
-    // When the peer last made progress with the message it holds budget for, and what it has
-    // read since: see STALL_PROGRESS.
+    // When the peer last made progress with the message it holds budget for, and how far it had
+    // got then (PeerCodec::progress): see STALL_PROGRESS.
     let mut last_progress = tokio::time::Instant::now();
     let mut progress_mark = 0u64;
     // The link generation this peer was announced on, once it is.
