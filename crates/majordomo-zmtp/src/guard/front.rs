@@ -894,6 +894,14 @@ mod tests {
         holding.abort();
     }
 
+    /// A PING command with a 16-byte context (23 bytes of body: its PONG is as long).
+    fn ping() -> Vec<u8> {
+        let mut ping = vec![FLAG_COMMAND, 23, 4];
+        ping.extend_from_slice(b"PING\x00\x00");
+        ping.extend_from_slice(&[7u8; 16]);
+        ping
+    }
+
     /// The first frame of a 1.25 MiB message, its first `sent` bytes, after the handshake.
     fn begun(more: bool, sent: usize) -> BytesMut {
         let mut out = hello();
@@ -908,11 +916,8 @@ mod tests {
         the_stall_rule_closes(|mut holder| async move {
             // A whole first frame, more to come, then PINGs whose PONGs it never reads.
             holder.write_all(&begun(true, 5 * 1024 * 1024 / 4)).await?;
-            let mut ping = vec![FLAG_COMMAND, 23, 4];
-            ping.extend_from_slice(b"PING\x00\x00");
-            ping.extend_from_slice(&[7u8; 16]);
             // Waits once the guard stops reading; ends when the holder is closed.
-            holder.write_all(&ping.repeat(400_000)).await
+            holder.write_all(&ping().repeat(400_000)).await
         })
         .await;
     }
@@ -936,9 +941,8 @@ mod tests {
         the_stall_rule_closes(|mut holder| async move {
             holder.write_all(&begun(true, 5 * 1024 * 1024 / 4)).await?;
             // 400 KB/s of commands the guard drops: bytes, but none of its message.
-            let mut pong = vec![FLAG_COMMAND, 21, 4];
-            pong.extend_from_slice(b"PONG");
-            pong.extend_from_slice(&[7u8; 16]);
+            let mut pong = BytesMut::new();
+            encode_pong(&mut pong, &PingContext::new(&[7u8; 16]));
             let pongs = pong.repeat(160);
             for _ in 0..6_000 {
                 holder.write_all(&pongs).await?;
@@ -970,9 +974,7 @@ mod tests {
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
         });
-        let mut ping = vec![FLAG_COMMAND, 23, 4];
-        ping.extend_from_slice(b"PING\x00\x00");
-        ping.extend_from_slice(&[7u8; 16]);
+        let ping = ping();
         // First PINGs enough for the guard's read buffer to grow, all answered.
         const FIRST: usize = 6_000;
         let mut out = hello();
