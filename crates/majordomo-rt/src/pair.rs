@@ -151,16 +151,20 @@ impl Transport for StateLink {
 mod tests {
     use super::*;
 
-    async fn free_endpoint() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        format!("tcp://127.0.0.1:{port}")
+    /// A fresh `ipc://` endpoint. A TCP port picked free would be in the kernel's ephemeral
+    /// range, where another connection may take it before it is bound, or a link connecting to
+    /// it before its peer binds may be given it as its own port and connect to itself.
+    fn free_endpoint(name: &str) -> String {
+        let path =
+            std::env::temp_dir().join(format!("majordomo-pair-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        format!("ipc://{}", path.display())
     }
 
     #[tokio::test]
     async fn two_links_hear_each_other_and_a_restarted_peer_is_heard_again() {
         let expiry = Duration::from_millis(400);
-        let (a_ep, b_ep) = (free_endpoint().await, free_endpoint().await);
+        let (a_ep, b_ep) = (free_endpoint("a"), free_endpoint("b"));
         let mut a = StateLink::bind(&a_ep, &b_ep, expiry).await.expect("bind a");
         let mut b = StateLink::bind(&b_ep, &a_ep, expiry).await.expect("bind b");
         // Publish until heard: PUB drops what goes out before the subscription arrives.
@@ -190,5 +194,8 @@ mod tests {
             .expect("rebind b");
         heard(&mut b, &mut a, b"3").await;
         heard(&mut a, &mut b, b"4").await;
+        for endpoint in [a_ep, b_ep] {
+            let _ = std::fs::remove_file(endpoint.trim_start_matches("ipc://"));
+        }
     }
 }
