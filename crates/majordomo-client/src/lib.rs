@@ -879,6 +879,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_retry_goes_to_the_other_broker_even_when_another_call_took_its_turn() {
+        let (mut silent, silent_endpoint) = memory::router();
+        let (mut live, live_endpoint) = memory::router();
+        let config = ClientConfig::default().timeout(TIMEOUT).attempts(2);
+        let client =
+            Client::with_connector(RoundRobin::new([silent_endpoint, live_endpoint]), config);
+        // One broker takes requests and never answers; the other answers every one.
+        let taken = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ignore = tokio::spawn({
+            let taken = taken.clone();
+            async move {
+                while silent.recv().await.is_ok() {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let answer_all = tokio::spawn(async move {
+            loop {
+                let (identity, request) = next_request(&mut live).await;
+                let _ = answer(&mut live, &identity, "echo", request.body).await;
+            }
+        });
+        // Two calls at once: one starts on each broker, and the one on the silent broker is
+        // retried on the other, though the other call took the turn after it.
+        let (first, second) = tokio::join!(
+            client.request("echo", vec![bytes("first")]),
+            client.request("echo", vec![bytes("second")]),
+        );
+        answer_all.abort();
+        ignore.abort();
+        assert_eq!(first.expect("first answered"), [bytes("first")]);
+        assert_eq!(second.expect("second answered"), [bytes("second")]);
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one attempt went to the silent broker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_attempt_after_a_timeout_gets_the_reply() {
         let (mut router, endpoint) = memory::router();
         let client = client(&endpoint, 3);

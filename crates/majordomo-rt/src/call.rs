@@ -40,6 +40,9 @@ enum Conn<T> {
 /// next call, as a pooled client does; drop the link of a call that failed.
 pub struct CallLink<T> {
     conn: Conn<T>,
+    /// The server, among a connector's several, of the link's last connection
+    /// ([`Connector::connect_after`]): a new attempt's connection goes to another.
+    server: Option<usize>,
 }
 
 impl<T> std::fmt::Debug for CallLink<T> {
@@ -71,7 +74,10 @@ enum Wait {
 impl<T> CallLink<T> {
     /// A link with no connection: the first attempt opens one.
     pub fn new() -> Self {
-        Self { conn: Conn::Closed }
+        Self {
+            conn: Conn::Closed,
+            server: None,
+        }
     }
 
     /// Whether the link holds an open connection with no request outstanding: the last call on
@@ -186,7 +192,9 @@ impl<T: Transport> CallLink<T> {
                         let connected = tokio::select! {
                             biased;
                             // Dropping an unfinished connect drops what it opened.
-                            result = connector.connect(left) => Some(result),
+                            result = connector.connect_after(left, &mut self.server) => {
+                                Some(result)
+                            }
                             // Timers are cancel-safe.
                             () = timer.as_mut() => None,
                         };

@@ -3,8 +3,10 @@
 //! Each connection opens through the next connector in turn, so the clients that open a
 //! connection per attempt ([`call`](crate::call) and the clients on it) spread their requests
 //! over the brokers, and an attempt that timed out on one broker is retried on the next: the
-//! Lazy Pirate's retry becomes a failover. A broker that cannot be reached costs only its share
-//! of the connect timeout before the next one is tried.
+//! Lazy Pirate's retry becomes a failover. A call's next attempt starts after the broker of its
+//! last ([`Connector::connect_after`]), not at the shared turn, which other calls move. A broker
+//! that cannot be reached costs only its share of the connect timeout before the next one is
+//! tried.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,14 +56,16 @@ impl<C: Connector> RoundRobin<C> {
     }
 }
 
-impl<C: Connector> Connector for RoundRobin<C> {
-    type Conn = C::Conn;
-
-    /// Tries the next connector, then the ones after it, until one connects; each gets an equal
-    /// share of what is left of `timeout`.
-    async fn connect(&self, timeout: Duration) -> Result<C::Conn, TransportError> {
+impl<C: Connector> RoundRobin<C> {
+    /// Tries the connector at `start` (modulo their number), then the ones after it, until one
+    /// connects; each gets an equal share of what is left of `timeout`. The connection, and
+    /// the place of the connector that opened it.
+    async fn connect_from(
+        &self,
+        timeout: Duration,
+        start: usize,
+    ) -> Result<(C::Conn, usize), TransportError> {
         let count = self.connectors.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
         let mut failure = TransportError::ConnectTimeout(timeout);
         for i in 0..count {
@@ -70,16 +74,45 @@ impl<C: Connector> Connector for RoundRobin<C> {
                 break;
             }
             let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
-            match self.connectors[(start + i) % count].connect(share).await {
+            let at = (start + i) % count;
+            match self.connectors[at].connect(share).await {
                 Ok(conn) => {
                     // The next connection starts after the one that answered.
-                    self.next.store(start + i + 1, Ordering::Relaxed);
-                    return Ok(conn);
+                    self.next.store(at + 1, Ordering::Relaxed);
+                    return Ok((conn, at));
                 }
                 Err(error) => failure = error,
             }
         }
         Err(failure)
+    }
+}
+
+impl<C: Connector> Connector for RoundRobin<C> {
+    type Conn = C::Conn;
+
+    /// Tries the next connector in turn, then the ones after it, until one connects; each gets
+    /// an equal share of what is left of `timeout`.
+    async fn connect(&self, timeout: Duration) -> Result<C::Conn, TransportError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        Ok(self.connect_from(timeout, start).await?.0)
+    }
+
+    /// As [`RoundRobin::connect`], but after a call's `last` connector: the one after it first,
+    /// so that the call's next attempt goes to another broker even when other calls took turns
+    /// meanwhile (with one connector, the same again).
+    async fn connect_after(
+        &self,
+        timeout: Duration,
+        last: &mut Option<usize>,
+    ) -> Result<C::Conn, TransportError> {
+        let start = match *last {
+            Some(at) => at + 1,
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        let (conn, at) = self.connect_from(timeout, start).await?;
+        *last = Some(at);
+        Ok(conn)
     }
 
     fn describe(&self) -> String {
@@ -91,7 +124,7 @@ impl<C: Connector> Connector for RoundRobin<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::memory::{self, MemoryRouter};
     use crate::transport::Transport;
 
     #[tokio::test(start_paused = true)]
@@ -130,5 +163,50 @@ mod tests {
             connector.connect(Duration::from_secs(1)).await,
             Err(TransportError::Closed)
         ));
+    }
+
+    /// Which router got the next message, and its first byte.
+    async fn which(routers: [&mut MemoryRouter; 3]) -> (char, u8) {
+        let [a, b, c] = routers;
+        let (name, frames) = tokio::select! {
+            frames = a.recv() => ('a', frames),
+            frames = b.recv() => ('b', frames),
+            frames = c.recv() => ('c', frames),
+        };
+        (name, frames.expect("router open")[1][0])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_calls_next_connection_goes_after_its_last_whatever_others_took() {
+        let (mut a, a_endpoint) = memory::router();
+        let (mut b, b_endpoint) = memory::router();
+        let (mut c, c_endpoint) = memory::router();
+        let connector = RoundRobin::new([a_endpoint, b_endpoint, c_endpoint]);
+        let mut last = None;
+        let mut seen = Vec::new();
+        for n in 0..3u8 {
+            let mut conn = connector
+                .connect_after(Duration::from_secs(1), &mut last)
+                .await
+                .expect("a live broker");
+            // Another call takes the next turn meanwhile.
+            let mut other = connector
+                .connect(Duration::from_secs(1))
+                .await
+                .expect("a live broker");
+            other
+                .send(vec![bytes::Bytes::from(vec![100 + n])])
+                .await
+                .expect("sent");
+            assert_eq!(which([&mut a, &mut b, &mut c]).await.1, 100 + n);
+            conn.send(vec![bytes::Bytes::from(vec![n])])
+                .await
+                .expect("sent");
+            let (name, byte) = which([&mut a, &mut b, &mut c]).await;
+            assert_eq!(byte, n);
+            seen.push(name);
+        }
+        assert_eq!(seen, ['a', 'b', 'c']);
+        assert_eq!(last, Some(2));
     }
 }

@@ -628,6 +628,22 @@ pub trait Connector: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
 
+    /// Opens one connection within `timeout` for a call whose last connection went to the
+    /// server `last` names (`None` before its first), and sets `last` to where this one goes.
+    /// A connector over several servers ([`RoundRobin`](crate::round_robin::RoundRobin))
+    /// starts with the server after the last, so that an attempt that got no reply is retried
+    /// on another whatever other calls connected meanwhile. The default is
+    /// [`Connector::connect`], which leaves `last` as it is. Cancel-safe as `connect` is: a
+    /// future dropped before it completes leaves `last` as it was.
+    fn connect_after<'a>(
+        &'a self,
+        timeout: Duration,
+        last: &'a mut Option<usize>,
+    ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send + 'a {
+        let _ = last;
+        self.connect(timeout)
+    }
+
     /// Where it connects, for logs.
     fn describe(&self) -> String;
 }
