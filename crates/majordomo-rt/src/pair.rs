@@ -8,13 +8,14 @@
 //! frame of what it is given. The subscriber lives in a task of its own, which recreates its
 //! socket whenever the peer has been silent for the expiry: zmq.rs's SUB reconnects by itself,
 //! but with a backoff growing to 30 s, so a peer restarted after a long absence would be heard
-//! too late; and connecting to a peer that is down waits up to the connect timeout.
+//! too late; and connecting to a peer that is down waits up to the connect timeout. Should the
+//! task ever end while the link lives, the link logs it and starts another.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, Instrument};
+use tracing::{debug, error, Instrument};
 use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use crate::transport::{BindError, Transport, TransportError};
@@ -29,6 +30,9 @@ pub struct StateLink {
     inbound: mpsc::Receiver<Bytes>,
     subscriber: tokio::task::JoinHandle<()>,
     endpoint: String,
+    /// The peer's publisher, and how long it may be silent: what a new subscriber needs.
+    peer: String,
+    expiry: Duration,
 }
 
 impl std::fmt::Debug for StateLink {
@@ -49,16 +53,16 @@ impl StateLink {
     pub async fn bind(bind: &str, peer: &str, expiry: Duration) -> Result<Self, BindError> {
         let mut publisher = PubSocket::new();
         let endpoint = publisher.bind(bind).await?.to_string();
-        let peer_endpoint: zeromq::Endpoint = peer.parse().map_err(zeromq::ZmqError::from)?;
-        let (tx, inbound) = mpsc::channel(INBOUND);
-        let span = tracing::debug_span!("bstar_subscriber", peer = %peer_endpoint);
-        let subscriber =
-            tokio::spawn(subscribe(peer_endpoint.to_string(), expiry, tx).instrument(span));
+        let peer: zeromq::Endpoint = peer.parse().map_err(zeromq::ZmqError::from)?;
+        let peer = peer.to_string();
+        let (subscriber, inbound) = start_subscriber(&peer, expiry);
         Ok(Self {
             publisher,
             inbound,
             subscriber,
             endpoint,
+            peer,
+            expiry,
         })
     }
 
@@ -72,6 +76,17 @@ impl Drop for StateLink {
     fn drop(&mut self) {
         self.subscriber.abort();
     }
+}
+
+/// Starts a task subscribing to `peer`'s states: the task, and where it hands them.
+fn start_subscriber(
+    peer: &str,
+    expiry: Duration,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<Bytes>) {
+    let (tx, inbound) = mpsc::channel(INBOUND);
+    let span = tracing::debug_span!("bstar_subscriber", peer = %peer);
+    let task = tokio::spawn(subscribe(peer.to_owned(), expiry, tx).instrument(span));
+    (task, inbound)
 }
 
 /// Subscribes to the peer's states until the link is dropped, replacing the socket after each
@@ -124,11 +139,19 @@ async fn subscribe(peer: String, expiry: Duration, tx: mpsc::Sender<Bytes>) {
 }
 
 impl Transport for StateLink {
-    /// The peer's next state message, as `[empty, message]`. Cancel-safe (an mpsc receive).
+    /// The peer's next state message, as `[empty, message]`. Cancel-safe (an mpsc receive,
+    /// and a restart that completes before the next wait).
+    ///
+    /// The link never closes: a subscriber task that ended while the link lives (it ends only
+    /// by a panic) is logged and started again, for a pair that stopped hearing its peer would
+    /// take it for dead and could go active beside it.
     async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
-        match self.inbound.recv().await {
-            Some(message) => Ok(vec![Bytes::new(), message]),
-            None => Err(TransportError::Closed),
+        loop {
+            if let Some(message) = self.inbound.recv().await {
+                return Ok(vec![Bytes::new(), message]);
+            }
+            error!(peer = %self.peer, "the state link's subscriber ended; starting it again");
+            (self.subscriber, self.inbound) = start_subscriber(&self.peer, self.expiry);
         }
     }
 
@@ -194,6 +217,9 @@ mod tests {
             .expect("rebind b");
         heard(&mut b, &mut a, b"3").await;
         heard(&mut a, &mut b, b"4").await;
+        // A subscriber that ends while its link lives is started again.
+        a.subscriber.abort();
+        heard(&mut b, &mut a, b"5").await;
         for endpoint in [a_ep, b_ep] {
             let _ = std::fs::remove_file(endpoint.trim_start_matches("ipc://"));
         }
