@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -60,28 +61,31 @@ const FEWEST_PORTS: u16 = 1_000;
 /// How many taken ports [`free_tcp_port`] skips before it gives up.
 const TRIES: u16 = 256;
 
+/// How long [`free_tcp_port`] waits for the counter's lock before the kernel picks.
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A loopback port that was free a moment ago, for a server that binds it later.
 ///
 /// The port lies below the kernel's ephemeral range (`ip_local_port_range`), where the kernel
 /// never picks a connection's local port. A port from that range could be taken, between the
 /// pick and the bind, by any process's outgoing connection, and a connection to it while it is
-/// unbound could be given it as its own local port and connect to itself. Processes take ports
-/// in turn, through a counter in a locked file in the temporary directory, so that two tests
-/// running at once do not pick the same one; a port is handed out again only after every other
-/// port of the gap. Where the gap is too small or the counter cannot be used, the kernel picks.
+/// unbound could be given it as its own local port and connect to itself. A user's processes
+/// take ports in turn, through a counter in a locked file in a directory of the user's own in
+/// the temporary directory, so that two tests running at once do not pick the same one; a port
+/// comes round again after all the others of the gap.
+///
+/// The kernel picks instead where the range is not known (`/proc` says it on Linux), where the
+/// gap below it is under [`FEWEST_PORTS`], where the directory is not the user's alone, and
+/// where the lock is not had within a second.
 pub fn free_tcp_port() -> Result<u16> {
-    let Some(highest) = ephemeral_start()
-        .and_then(|start| start.checked_sub(1))
-        .filter(|highest| *highest >= LOWEST_PORT + FEWEST_PORTS)
-    else {
+    let Some(span) = gap() else {
         return kernel_port();
     };
-    let span = u32::from(highest - LOWEST_PORT) + 1;
     for _ in 0..TRIES {
-        let Some(turn) = next_turn() else {
+        let Some(offset) = next_turn(span) else {
             return kernel_port();
         };
-        let port = LOWEST_PORT + (turn % span) as u16;
+        let port = LOWEST_PORT + offset;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -96,41 +100,86 @@ fn kernel_port() -> Result<u16> {
         .port())
 }
 
-/// The first port of the kernel's ephemeral range, where it says.
-fn ephemeral_start() -> Option<u16> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+/// How many ports lie from [`LOWEST_PORT`] up to the kernel's ephemeral range, if enough.
+fn gap() -> Option<u16> {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
-        .ok()
+        .ok()?;
+    start
+        .checked_sub(LOWEST_PORT)
+        .filter(|span| *span >= FEWEST_PORTS)
 }
 
-/// The next turn of the counter every process shares, or `None` where the file cannot be used.
-/// The file starts at a number taken from the clock, so that runs on a machine whose temporary
-/// directory is fresh do not all begin with the same ports.
-fn next_turn() -> Option<u32> {
+/// Width of the counter in its file: every write is the same five digits, in one call.
+const COUNTER_WIDTH: usize = 5;
+
+/// The next turn, below `span`, of the counter the user's processes share, or `None` where it
+/// cannot be used. A counter not yet written starts at a number taken from the clock, so that
+/// runs on a machine whose temporary directory is fresh do not all begin with the same ports.
+fn next_turn(span: u16) -> Option<u16> {
     use std::io::{Read, Seek, Write};
-    let path = std::env::temp_dir().join("majordomo-free-tcp-port");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
+        .open(counter_dir()?.join("next-port"))
         .ok()?;
-    file.lock().ok()?;
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
-    let turn = text.trim().parse::<u32>().unwrap_or_else(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.subsec_nanos())
-    });
+    let turn = text
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|turn| *turn < span)
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.subsec_nanos());
+            (nanos % u32::from(span)) as u16
+        });
+    let next = format!("{:0width$}", (turn + 1) % span, width = COUNTER_WIDTH);
     file.rewind().ok()?;
-    file.set_len(0).ok()?;
-    write!(file, "{}", turn.wrapping_add(1)).ok()?;
+    file.write_all(next.as_bytes()).ok()?;
+    file.set_len(COUNTER_WIDTH as u64).ok()?;
     Some(turn)
+}
+
+/// The user's own directory for the port counter, made if missing: a directory of another
+/// user, or one others may write to (where they could plant a link in place of the file), is
+/// not used.
+#[cfg(unix)]
+fn counter_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = std::env::temp_dir().join(format!("majordomo-ports-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    private.then_some(dir)
+}
+
+/// No counter where the directory cannot be checked as the user's own.
+#[cfg(not(unix))]
+fn counter_dir() -> Option<PathBuf> {
+    None
 }
 
 /// The socket file of an `ipc://` endpoint, removed when dropped: a server stopped by SIGKILL
@@ -170,18 +219,31 @@ mod tests {
     }
 
     #[test]
-    fn tcp_ports_lie_below_the_ephemeral_range_and_follow_each_other() -> Result<()> {
-        let Some(start) = ephemeral_start() else {
+    fn tcp_ports_from_threads_at_once_lie_below_the_ephemeral_range_and_differ() -> Result<()> {
+        let Some(span) = gap() else {
+            // Not Linux, or no room below the range: the kernel picks.
             return Ok(());
         };
-        if start < LOWEST_PORT + FEWEST_PORTS + 1 {
-            return Ok(());
+        assert!(
+            next_turn(span).is_some(),
+            "the counter cannot be used: {:?}",
+            counter_dir()
+        );
+        // Each thread opens the counter's file itself, so that their locks contend.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| (0..16).map(|_| free_tcp_port()).collect::<Result<Vec<_>>>())
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for thread in threads {
+            ports.extend(thread.join().expect("no panic")?);
         }
-        let ports = (0..8)
-            .map(|_| free_tcp_port())
-            .collect::<Result<Vec<_>>>()?;
         for port in &ports {
-            assert!((LOWEST_PORT..start).contains(port), "{port} of {ports:?}");
+            assert!(
+                (LOWEST_PORT..LOWEST_PORT + span).contains(port),
+                "{port} of {ports:?}"
+            );
         }
         let mut distinct = ports.clone();
         distinct.sort_unstable();

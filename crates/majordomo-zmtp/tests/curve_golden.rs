@@ -273,27 +273,27 @@ async fn record(script: &str, we_listen: bool, side: fn(&[u8]) -> Replayed) -> T
             .unwrap();
         listener.accept().await.unwrap().0
     } else {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let endpoint = format!("tcp://127.0.0.1:{port}");
+        // The server binds a port of its choosing and prints it (`{endpoint}` is the wildcard):
+        // a port picked here and connected to before the server binds it could be given to
+        // the connection as its own, which would then reach itself.
+        use tokio::io::AsyncBufReadExt;
         child = tokio::process::Command::new(python())
-            .args(["-c", &fill(script, &endpoint)])
+            .args(["-c", &fill(script, "tcp://127.0.0.1:*")])
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut tries = 0;
-        loop {
-            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(stream) => break stream,
-                Err(_) if tries < 200 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-                }
-                Err(error) => panic!("pyzmq server: {error}"),
-            }
-        }
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the pyzmq server printed its endpoint in time")
+            .unwrap()
+            .expect("the pyzmq server printed its endpoint");
+        let address = line
+            .strip_prefix("tcp://")
+            .expect("a tcp endpoint")
+            .to_owned();
+        tokio::net::TcpStream::connect(address).await.unwrap()
     };
     // Our side's answers depend only on the peer's bytes: replay them as they grow, and send
     // whatever the replay adds.
@@ -354,6 +354,7 @@ s.linger = 0
 s.curve_server = True
 s.curve_secretkey = b"{server_secret}"
 s.bind("{endpoint}")
+print(s.last_endpoint.decode(), flush=True)
 assert s.poll(10000), "no message"
 msg = s.recv_multipart()
 s.send_multipart(msg)
