@@ -76,15 +76,20 @@ impl<C: Connector> RoundRobin<C> {
             let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
             let at = (start + i) % count;
             match self.connectors[at].connect(share).await {
-                Ok(conn) => {
-                    // The next connection starts after the one that answered.
-                    self.next.store(at + 1, Ordering::Relaxed);
-                    return Ok((conn, at));
-                }
+                Ok(conn) => return Ok((conn, at)),
                 Err(error) => failure = error,
             }
         }
         Err(failure)
+    }
+
+    /// Connects from the shared turn, which then passes to the connector after the one that
+    /// answered.
+    async fn connect_in_turn(&self, timeout: Duration) -> Result<(C::Conn, usize), TransportError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (conn, at) = self.connect_from(timeout, start).await?;
+        self.next.store(at + 1, Ordering::Relaxed);
+        Ok((conn, at))
     }
 }
 
@@ -94,23 +99,22 @@ impl<C: Connector> Connector for RoundRobin<C> {
     /// Tries the next connector in turn, then the ones after it, until one connects; each gets
     /// an equal share of what is left of `timeout`.
     async fn connect(&self, timeout: Duration) -> Result<C::Conn, TransportError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        Ok(self.connect_from(timeout, start).await?.0)
+        Ok(self.connect_in_turn(timeout).await?.0)
     }
 
     /// As [`RoundRobin::connect`], but after a call's `last` connector: the one after it first,
     /// so that the call's next attempt goes to another broker even when other calls took turns
-    /// meanwhile (with one connector, the same again).
+    /// meanwhile (with one connector, the same again). The shared turn moves only for a call's
+    /// first connection.
     async fn connect_after(
         &self,
         timeout: Duration,
         last: &mut Option<usize>,
     ) -> Result<C::Conn, TransportError> {
-        let start = match *last {
-            Some(at) => at + 1,
-            None => self.next.fetch_add(1, Ordering::Relaxed),
+        let (conn, at) = match *last {
+            Some(previous) => self.connect_from(timeout, previous + 1).await?,
+            None => self.connect_in_turn(timeout).await?,
         };
-        let (conn, at) = self.connect_from(timeout, start).await?;
         *last = Some(at);
         Ok(conn)
     }
