@@ -33,6 +33,11 @@ pub struct StateLink {
     /// The peer's publisher, and how long it may be silent: what a new subscriber needs.
     peer: String,
     expiry: Duration,
+    /// When the subscriber task started: one that ends sooner than the expiry after is
+    /// started again only after the expiry.
+    started: tokio::time::Instant,
+    /// Set by [`Transport::close`]: the subscriber is not started again.
+    closed: bool,
 }
 
 impl std::fmt::Debug for StateLink {
@@ -55,7 +60,7 @@ impl StateLink {
         let endpoint = publisher.bind(bind).await?.to_string();
         let peer: zeromq::Endpoint = peer.parse().map_err(zeromq::ZmqError::from)?;
         let peer = peer.to_string();
-        let (subscriber, inbound) = start_subscriber(&peer, expiry);
+        let (subscriber, inbound) = start_subscriber(&peer, expiry, Duration::ZERO);
         Ok(Self {
             publisher,
             inbound,
@@ -63,6 +68,8 @@ impl StateLink {
             endpoint,
             peer,
             expiry,
+            started: tokio::time::Instant::now(),
+            closed: false,
         })
     }
 
@@ -78,14 +85,23 @@ impl Drop for StateLink {
     }
 }
 
-/// Starts a task subscribing to `peer`'s states: the task, and where it hands them.
+/// Starts a task subscribing to `peer`'s states after `delay`: the task, and where it hands
+/// them.
 fn start_subscriber(
     peer: &str,
     expiry: Duration,
+    delay: Duration,
 ) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<Bytes>) {
     let (tx, inbound) = mpsc::channel(INBOUND);
     let span = tracing::debug_span!("bstar_subscriber", peer = %peer);
-    let task = tokio::spawn(subscribe(peer.to_owned(), expiry, tx).instrument(span));
+    let peer = peer.to_owned();
+    let task = tokio::spawn(
+        async move {
+            tokio::time::sleep(delay).await;
+            subscribe(peer, expiry, tx).await;
+        }
+        .instrument(span),
+    );
     (task, inbound)
 }
 
@@ -142,16 +158,36 @@ impl Transport for StateLink {
     /// The peer's next state message, as `[empty, message]`. Cancel-safe (an mpsc receive,
     /// and a restart that completes before the next wait).
     ///
-    /// The link never closes: a subscriber task that ended while the link lives (it ends only
-    /// by a panic) is logged and started again, for a pair that stopped hearing its peer would
-    /// take it for dead and could go active beside it.
+    /// The link closes only when [`Transport::close`]d: a subscriber task that ended while the
+    /// link lives (it ends only by a panic) is logged and started again, for a pair that
+    /// stopped hearing its peer would take it for dead and could go active beside it. One that
+    /// ended within the expiry of its start is started again after the expiry, so that a
+    /// repeated failure logs once an expiry.
     async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
         loop {
+            if self.closed {
+                return Err(TransportError::Closed);
+            }
             if let Some(message) = self.inbound.recv().await {
                 return Ok(vec![Bytes::new(), message]);
             }
-            error!(peer = %self.peer, "the state link's subscriber ended; starting it again");
-            (self.subscriber, self.inbound) = start_subscriber(&self.peer, self.expiry);
+            // Why it ended, where the task has finished already.
+            let cause = futures::FutureExt::now_or_never(&mut self.subscriber)
+                .and_then(Result::err)
+                .map(|error| error.to_string());
+            error!(
+                peer = %self.peer,
+                cause = cause.as_deref().unwrap_or("unknown"),
+                "the state link's subscriber ended; starting it again"
+            );
+            let now = tokio::time::Instant::now();
+            let delay = if now < self.started + self.expiry {
+                self.expiry
+            } else {
+                Duration::ZERO
+            };
+            (self.subscriber, self.inbound) = start_subscriber(&self.peer, self.expiry, delay);
+            self.started = now + delay;
         }
     }
 
@@ -166,6 +202,7 @@ impl Transport for StateLink {
     }
 
     async fn close(&mut self) {
+        self.closed = true;
         self.subscriber.abort();
     }
 }
@@ -212,6 +249,13 @@ mod tests {
         // The peer goes away and a new one binds the same endpoint.
         drop(b);
         tokio::time::sleep(expiry).await;
+        // zmq.rs removes the socket file from its accept task, after the socket is gone.
+        let file = std::path::PathBuf::from(b_ep.trim_start_matches("ipc://"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while file.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "{file:?} stays");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut b = StateLink::bind(&b_ep, &a_ep, expiry)
             .await
             .expect("rebind b");
@@ -220,6 +264,9 @@ mod tests {
         // A subscriber that ends while its link lives is started again.
         a.subscriber.abort();
         heard(&mut b, &mut a, b"5").await;
+        // A closed link stays closed.
+        a.close().await;
+        assert!(matches!(a.recv().await, Err(TransportError::Closed)));
         for endpoint in [a_ep, b_ep] {
             let _ = std::fs::remove_file(endpoint.trim_start_matches("ipc://"));
         }
