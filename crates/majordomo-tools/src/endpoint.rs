@@ -66,17 +66,18 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// A loopback port that was free a moment ago, for a server that binds it later.
 ///
-/// The port lies below the kernel's ephemeral range (`ip_local_port_range`), where the kernel
-/// never picks a connection's local port. A port from that range could be taken, between the
-/// pick and the bind, by any process's outgoing connection, and a connection to it while it is
-/// unbound could be given it as its own local port and connect to itself. A user's processes
-/// take ports in turn, through a counter in a locked file in a directory of the user's own in
-/// the temporary directory, so that two tests running at once do not pick the same one; a port
-/// comes round again after all the others of the gap.
+/// The port lies from 10000 to just below the kernel's ephemeral range
+/// (`ip_local_port_range`), outside which the kernel never picks a connection's local port. A
+/// port from the range could be taken, between the pick and the bind, by any process's
+/// outgoing connection, and a connection to it while it is unbound could be given it as its
+/// own local port and connect to itself. A user's processes take ports in turn, through a
+/// counter in a locked file in a directory of the user's own in the temporary directory, so
+/// that two tests running at once do not pick the same one; a port comes round again after all
+/// the others of the gap.
 ///
 /// The kernel picks instead where the range is not known (`/proc` says it on Linux), where the
-/// gap below it is under [`FEWEST_PORTS`], where the directory is not the user's alone, and
-/// where the lock is not had within a second.
+/// gap is under 1,000 ports, where the directory is not the user's alone, and where the lock is
+/// not had within a second.
 pub fn free_tcp_port() -> Result<u16> {
     let Some(span) = gap() else {
         return kernel_port();
@@ -121,6 +122,12 @@ const COUNTER_WIDTH: usize = 5;
 /// runs on a machine whose temporary directory is fresh do not all begin with the same ports.
 fn next_turn(span: u16) -> Option<u16> {
     use std::io::{Read, Seek, Write};
+    // Threads of one process take turns here as well: where the file system emulates `flock`
+    // with record locks (NFS), those do not exclude threads of one process.
+    static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -138,12 +145,12 @@ fn next_turn(span: u16) -> Option<u16> {
             Err(_) => return None,
         }
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    let turn = text
-        .trim()
-        .parse::<u16>()
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).ok()?;
+    // Anything else than a turn of this gap starts the counter again.
+    let turn = std::str::from_utf8(&text)
         .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
         .filter(|turn| *turn < span)
         .unwrap_or_else(|| {
             let nanos = std::time::SystemTime::now()

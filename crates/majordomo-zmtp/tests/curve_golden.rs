@@ -264,6 +264,8 @@ async fn record(script: &str, we_listen: bool, side: fn(&[u8]) -> Replayed) -> T
             .replace("{endpoint}", endpoint)
     };
     let mut child;
+    // The server's output, open until it has exited: it may print more.
+    let mut _output = None;
     let mut stream = if we_listen {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
@@ -293,6 +295,7 @@ async fn record(script: &str, we_listen: bool, side: fn(&[u8]) -> Replayed) -> T
             .strip_prefix("tcp://")
             .expect("a tcp endpoint")
             .to_owned();
+        _output = Some(lines);
         tokio::net::TcpStream::connect(address).await.unwrap()
     };
     // Our side's answers depend only on the peer's bytes: replay them as they grow, and send
