@@ -84,11 +84,16 @@ impl<C: Connector> RoundRobin<C> {
     }
 
     /// Connects from the shared turn, which then passes to the connector after the one that
-    /// answered.
+    /// answered, unless another connection has moved it meanwhile.
     async fn connect_in_turn(&self, timeout: Duration) -> Result<(C::Conn, usize), TransportError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let (conn, at) = self.connect_from(timeout, start).await?;
-        self.next.store(at + 1, Ordering::Relaxed);
+        let _ = self.next.compare_exchange(
+            start.wrapping_add(1),
+            at + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         Ok((conn, at))
     }
 }
@@ -180,12 +185,19 @@ mod tests {
         (name, frames.expect("router open")[1][0])
     }
 
+    /// Three in-memory brokers, and a connector over them in their order.
+    fn three_brokers() -> ([MemoryRouter; 3], RoundRobin<memory::MemoryEndpoint>) {
+        let [(a, a_endpoint), (b, b_endpoint), (c, c_endpoint)] =
+            [memory::router(), memory::router(), memory::router()];
+        (
+            [a, b, c],
+            RoundRobin::new([a_endpoint, b_endpoint, c_endpoint]),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_calls_next_connection_goes_after_its_last_whatever_others_took() {
-        let (mut a, a_endpoint) = memory::router();
-        let (mut b, b_endpoint) = memory::router();
-        let (mut c, c_endpoint) = memory::router();
-        let connector = RoundRobin::new([a_endpoint, b_endpoint, c_endpoint]);
+        let ([mut a, mut b, mut c], connector) = three_brokers();
         let mut last = None;
         let mut seen = Vec::new();
         for n in 0..3u8 {
@@ -212,5 +224,35 @@ mod tests {
         }
         assert_eq!(seen, ['a', 'b', 'c']);
         assert_eq!(last, Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_leaves_the_shared_turn_where_it_was() {
+        let ([mut a, mut b, mut c], connector) = three_brokers();
+        let mut last = None;
+        let mut first = connector
+            .connect_after(Duration::from_secs(1), &mut last)
+            .await
+            .expect("a live broker");
+        let mut retry = connector
+            .connect_after(Duration::from_secs(1), &mut last)
+            .await
+            .expect("a live broker");
+        // The first connection passed the turn to b; the retry, on b too, leaves it there.
+        let mut next = connector
+            .connect(Duration::from_secs(1))
+            .await
+            .expect("a live broker");
+        for (n, conn) in [&mut first, &mut retry, &mut next].into_iter().enumerate() {
+            conn.send(vec![bytes::Bytes::from(vec![n as u8])])
+                .await
+                .expect("sent");
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(which([&mut a, &mut b, &mut c]).await);
+        }
+        seen.sort_by_key(|(_, n)| *n);
+        assert_eq!(seen, [('a', 0), ('b', 1), ('b', 2)]);
     }
 }

@@ -634,8 +634,9 @@ pub trait Connector: Send + Sync {
     /// starts with the server after the last, so that an attempt that got no reply is retried
     /// on another whatever other calls connected meanwhile. The default is
     /// [`Connector::connect`], which leaves `last` as it is: a connector that wraps one over
-    /// several servers forwards this method too, or its calls lose the failover. Cancel-safe
-    /// as `connect` is: a future dropped before it completes leaves `last` as it was.
+    /// several servers forwards this method too, or a call's retry may land on the server that
+    /// did not answer when other calls connect meanwhile. Cancel-safe as `connect` is: a future
+    /// dropped before it completes leaves `last` as it was.
     fn connect_after<'a>(
         &'a self,
         timeout: Duration,
