@@ -33,8 +33,7 @@ pub struct StateLink {
     /// The peer's publisher, and how long it may be silent: what a new subscriber needs.
     peer: String,
     expiry: Duration,
-    /// When the subscriber task started: one that ends sooner than the expiry after is
-    /// started again only after the expiry.
+    /// When the subscriber task started: the next starts no sooner than an expiry after.
     started: tokio::time::Instant,
     /// Set by [`Transport::close`]: the subscriber is not started again.
     closed: bool,
@@ -160,9 +159,9 @@ impl Transport for StateLink {
     ///
     /// The link closes only when [`Transport::close`]d: a subscriber task that ended while the
     /// link lives (it ends only by a panic) is logged and started again, for a pair that
-    /// stopped hearing its peer would take it for dead and could go active beside it. One that
-    /// ended within the expiry of its start is started again after the expiry, so that a
-    /// repeated failure logs once an expiry.
+    /// stopped hearing its peer would take it for dead and could go active beside it. A new
+    /// one starts no sooner than an expiry after the last, so that a repeated failure logs
+    /// once an expiry.
     async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
         loop {
             if self.closed {
@@ -171,22 +170,21 @@ impl Transport for StateLink {
             if let Some(message) = self.inbound.recv().await {
                 return Ok(vec![Bytes::new(), message]);
             }
-            // Why it ended, where the task has finished already.
-            let cause = futures::FutureExt::now_or_never(&mut self.subscriber)
-                .and_then(Result::err)
-                .map(|error| error.to_string());
-            error!(
-                peer = %self.peer,
-                cause = cause.as_deref().unwrap_or("unknown"),
-                "the state link's subscriber ended; starting it again"
-            );
             let now = tokio::time::Instant::now();
-            let delay = if now < self.started + self.expiry {
-                self.expiry
-            } else {
-                Duration::ZERO
-            };
-            (self.subscriber, self.inbound) = start_subscriber(&self.peer, self.expiry, delay);
+            // At most one start an expiry: a subscriber that keeps failing does not spin.
+            let delay = (self.started + self.expiry).saturating_duration_since(now);
+            let (subscriber, inbound) = start_subscriber(&self.peer, self.expiry, delay);
+            self.inbound = inbound;
+            let ended = std::mem::replace(&mut self.subscriber, subscriber);
+            // Why it ended is known once its task has finished unwinding: logged from there.
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let cause = match ended.await {
+                    Ok(()) => "returned".to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                error!(%peer, %cause, "the state link's subscriber ended; started it again");
+            });
             self.started = now + delay;
         }
     }
