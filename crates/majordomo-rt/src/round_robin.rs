@@ -185,6 +185,19 @@ mod tests {
         (name, frames.expect("router open")[1][0])
     }
 
+    /// A connection through `connector`: at its turn, or after `last` where given.
+    async fn open(
+        connector: &RoundRobin<memory::MemoryEndpoint>,
+        last: Option<&mut Option<usize>>,
+    ) -> memory::MemoryDealer {
+        let timeout = Duration::from_secs(1);
+        match last {
+            Some(last) => connector.connect_after(timeout, last).await,
+            None => connector.connect(timeout).await,
+        }
+        .expect("a live broker")
+    }
+
     /// Three in-memory brokers, and a connector over them in their order.
     fn three_brokers() -> ([MemoryRouter; 3], RoundRobin<memory::MemoryEndpoint>) {
         let [(a, a_endpoint), (b, b_endpoint), (c, c_endpoint)] =
@@ -201,15 +214,9 @@ mod tests {
         let mut last = None;
         let mut seen = Vec::new();
         for n in 0..3u8 {
-            let mut conn = connector
-                .connect_after(Duration::from_secs(1), &mut last)
-                .await
-                .expect("a live broker");
+            let mut conn = open(&connector, Some(&mut last)).await;
             // Another call takes the next turn meanwhile.
-            let mut other = connector
-                .connect(Duration::from_secs(1))
-                .await
-                .expect("a live broker");
+            let mut other = open(&connector, None).await;
             other
                 .send(vec![bytes::Bytes::from(vec![100 + n])])
                 .await
@@ -230,19 +237,10 @@ mod tests {
     async fn a_retry_leaves_the_shared_turn_where_it_was() {
         let ([mut a, mut b, mut c], connector) = three_brokers();
         let mut last = None;
-        let mut first = connector
-            .connect_after(Duration::from_secs(1), &mut last)
-            .await
-            .expect("a live broker");
-        let mut retry = connector
-            .connect_after(Duration::from_secs(1), &mut last)
-            .await
-            .expect("a live broker");
+        let mut first = open(&connector, Some(&mut last)).await;
+        let mut retry = open(&connector, Some(&mut last)).await;
         // The first connection passed the turn to b; the retry, on b too, leaves it there.
-        let mut next = connector
-            .connect(Duration::from_secs(1))
-            .await
-            .expect("a live broker");
+        let mut next = open(&connector, None).await;
         for (n, conn) in [&mut first, &mut retry, &mut next].into_iter().enumerate() {
             conn.send(vec![bytes::Bytes::from(vec![n as u8])])
                 .await

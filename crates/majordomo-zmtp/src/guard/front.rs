@@ -763,14 +763,26 @@ mod tests {
         out
     }
 
+    /// A peer's greeting and READY as a DEALER, then a message of `body`.
+    fn hello_saying(body: Bytes) -> BytesMut {
+        let mut out = hello();
+        encode_message(&mut out, &[body]);
+        out
+    }
+
+    /// A TCP connection to `guard`.
+    async fn connect_to(guard: &Guard) -> TcpStream {
+        TcpStream::connect(guard.local_addr().unwrap())
+            .await
+            .unwrap()
+    }
+
     /// Connects a peer to `guard` that says `body` once its handshake is done.
     async fn peer_saying(guard: &Guard, body: &'static [u8]) -> TcpStream {
-        let mut peer = TcpStream::connect(guard.local_addr().unwrap())
+        let mut peer = connect_to(guard).await;
+        peer.write_all(&hello_saying(Bytes::from_static(body)))
             .await
             .unwrap();
-        let mut out = hello();
-        encode_message(&mut out, &[Bytes::from_static(body)]);
-        peer.write_all(&out).await.unwrap();
         peer
     }
 
@@ -876,11 +888,8 @@ mod tests {
             .expect("the holder's frame is charged");
 
         // Another peer's message needs more than is left: it waits, and the holder must go.
-        let mut other = TcpStream::connect(guard.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut out = hello();
-        encode_message(&mut out, &[Bytes::from(vec![2u8; MIB])]);
+        let mut other = connect_to(&guard).await;
+        let out = hello_saying(Bytes::from(vec![2u8; MIB]));
         let sending = tokio::spawn(async move {
             other.write_all(&out).await.unwrap();
             other
@@ -1012,11 +1021,8 @@ mod tests {
         let mut server = Server::accept(listener).await;
 
         // One peer sends 32 MiB as fast as the guard takes it.
-        let mut flooder = TcpStream::connect(guard.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut flood = hello();
-        encode_message(&mut flood, &[Bytes::from(vec![7u8; FLOOD_MESSAGE])]);
+        let mut flooder = connect_to(&guard).await;
+        let mut flood = hello_saying(Bytes::from(vec![7u8; FLOOD_MESSAGE]));
         let flooding = tokio::spawn(async move {
             flooder.write_all(&flood).await?;
             let message = flood.split_off(flood.len() - FLOOD_MESSAGE - 9);
@@ -1025,9 +1031,7 @@ mod tests {
             }
             std::io::Result::Ok(flooder)
         });
-        let mut other = TcpStream::connect(guard.local_addr().unwrap())
-            .await
-            .unwrap();
+        let mut other = connect_to(&guard).await;
         other.write_all(&hello()).await.unwrap();
 
         // The server reads slowly (a message a millisecond, far slower than the flood comes: a
@@ -1333,9 +1337,7 @@ mod tests {
         #[tokio::test]
         async fn a_null_peer_or_a_replayed_message_is_closed_and_counted() {
             let (guard, _server, keys) = curve_guard(None).await;
-            let mut null = TcpStream::connect(guard.local_addr().unwrap())
-                .await
-                .unwrap();
+            let mut null = connect_to(&guard).await;
             null.write_all(&hello()).await.unwrap();
             let mut rest = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(10), null.read_to_end(&mut rest))
