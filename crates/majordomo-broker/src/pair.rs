@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use majordomo_proto::broker::split_route;
+use majordomo_proto::broker::unrouted;
 use majordomo_proto::bstar::{BinaryStar, BinaryStarConfig, Event, Fatal, Outcome, Role, State};
 use majordomo_proto::mdp2::{self, Dialect, Sender, Version};
 use majordomo_proto::mmi;
@@ -162,9 +162,9 @@ impl PairDriver {
             self.handed_over = true;
             self.announce = true;
             self.quiet_until = None;
+            // Its gauges are set when the announcement goes out (`poll_publish`).
             let state = self.reported_state();
             self.status.send_modify(|s| s.state = state);
-            self.record(self.now);
         }
     }
 
@@ -181,10 +181,10 @@ impl PairDriver {
 
     /// The state this broker shows: its role's starting state once it has handed over.
     fn reported_state(&self) -> State {
-        match (self.handed_over, self.fsm.role()) {
-            (false, _) => self.fsm.state(),
-            (true, Role::Primary) => State::Primary,
-            (true, Role::Backup) => State::Backup,
+        if self.handed_over {
+            self.fsm.role().initial_state()
+        } else {
+            self.fsm.state()
         }
     }
 
@@ -198,7 +198,7 @@ impl PairDriver {
     fn arrive(&mut self, now: Instant) {
         let heartbeat = self.fsm.config().heartbeat;
         let gap = now.saturating_duration_since(self.now);
-        if self.fsm.is_active() && !self.handed_over && gap >= heartbeat.saturating_mul(2) {
+        if self.fsm.is_active() && !self.handed_over && gap >= self.fsm.config().peer_expiry() {
             warn!(
                 gap_ms = gap.as_millis() as u64,
                 "binary star: active and not run for two heartbeats; serving nothing while the peer is heard"
@@ -259,11 +259,7 @@ impl PairDriver {
             return Admit::Serve;
         }
         if self.handed_over || self.quiet() {
-            self.dropped += 1;
-            metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
-                .increment(1);
-            self.status.send_modify(|s| s.dropped = self.dropped);
-            return Admit::Drop;
+            return self.drop_request();
         }
         let before = self.fsm.state();
         // A client request is never fatal.
@@ -279,14 +275,19 @@ impl PairDriver {
                 Admit::Serve
             }
             _ => {
-                self.dropped += 1;
-                metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
-                    .increment(1);
                 debug!(state = %before, "binary star: not active, client request dropped");
-                self.status.send_modify(|s| s.dropped = self.dropped);
-                Admit::Drop
+                self.drop_request()
             }
         }
+    }
+
+    /// Counts a client request dropped because this broker does not serve now.
+    fn drop_request(&mut self) -> Admit {
+        self.dropped += 1;
+        metrics::counter!("majordomo_dropped_requests_total", "reason" => "not_active")
+            .increment(1);
+        self.status.send_modify(|s| s.dropped = self.dropped);
+        Admit::Drop
     }
 
     /// Logs and publishes a change of state from `before`.
@@ -386,10 +387,7 @@ impl PairDriver {
 /// The service a client request names, or `None` for anything that is not a client request
 /// with a service frame (worker commands, malformed messages: the core handles those).
 pub(crate) fn client_service(frames: &[Bytes]) -> Option<&Bytes> {
-    let rest = match mdp2::classify(frames) {
-        Some(_) => frames,
-        None => split_route(frames)?.1,
-    };
+    let rest = unrouted(frames);
     match mdp2::classify(rest)? {
         // [empty, MDPC01, service, ...] and [MDPC02, REQUEST, service, ...]
         (Version::V01 | Version::V02(Dialect::Rfc18), Sender::Client) => rest.get(2),

@@ -596,6 +596,15 @@ pub fn split_route(frames: &[Bytes]) -> Option<(&[Bytes], &[Bytes])> {
     (at > 0 && client && route.iter().all(|f| f.len() <= MAX_ROUTE_FRAME)).then_some((route, rest))
 }
 
+/// The MDP frames of a message that arrived after its sender's identity: `frames` themselves,
+/// or what follows a client's route ([`split_route`]) if it has one.
+pub fn unrouted(frames: &[Bytes]) -> &[Bytes] {
+    match mdp2::classify(frames) {
+        Some(_) => frames,
+        None => split_route(frames).map_or(frames, |(_, rest)| rest),
+    }
+}
+
 /// `frames` (the destination's identity first) with `route` after the identity.
 fn routed(mut frames: Vec<Bytes>, route: &[Bytes]) -> Vec<Bytes> {
     if !route.is_empty() {
@@ -1450,13 +1459,9 @@ impl BrokerCore {
         expected: Sender,
     ) -> Result<(), DecodeError> {
         // A client's request behind a route of its own is a client's request too.
-        let classified = match mdp2::classify(frames) {
-            Some(kind) => Some((kind, frames)),
-            None => split_route(frames)
-                .and_then(|(_, rest)| mdp2::classify(rest).map(|kind| (kind, rest))),
-        };
-        match classified {
-            Some(((version, sender), message)) if sender != expected => {
+        let message = unrouted(frames);
+        match mdp2::classify(message) {
+            Some((version, sender)) if sender != expected => {
                 let header = match version {
                     Version::V02(Dialect::Majortomo) | Version::V01 => message[1].clone(),
                     Version::V02(Dialect::Rfc18) => message[0].clone(),
