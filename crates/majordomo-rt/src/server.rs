@@ -197,9 +197,6 @@ pub struct Server<M: Machine, T> {
     commands: mpsc::UnboundedReceiver<Command<M::Stats>>,
     /// Where the next turn starts polling sockets.
     next_socket: usize,
-    /// The socket the last message came from: the machine's first socket goes first only when
-    /// it was not, so that a flood on it cannot keep the others unread.
-    last_socket: Option<usize>,
     /// Whether a handle asked the machine to drain, and the drain has not finished yet.
     draining: bool,
     /// Tells the handles when the drain has finished.
@@ -249,7 +246,6 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 options,
                 commands: rx,
                 next_socket: 0,
-                last_socket: None,
                 draining: false,
                 drained,
             },
@@ -276,10 +272,13 @@ impl<M: Machine, T: Transport> Server<M, T> {
         loop {
             timer.set(self.machine.poll_timeout());
             let start = self.next_socket;
+            // The machine's first socket goes first only at a turn that did not read it last
+            // (the last message's socket is the one before `next_socket`), so that a flood on it
+            // cannot keep the others unread.
             let first = self
                 .machine
                 .first_socket()
-                .filter(|&first| self.last_socket != Some(first));
+                .filter(|&first| (first + 1) % self.sockets.len() != start);
             let wait = async {
                 tokio::select! {
                     biased;
@@ -312,7 +311,6 @@ impl<M: Machine, T: Transport> Server<M, T> {
                 }
                 Wake::Message(socket, msg) => {
                     self.next_socket = (socket + 1) % self.sockets.len();
-                    self.last_socket = Some(socket);
                     self.on_batch(now, socket, msg)
                 }
                 Wake::Disconnected(socket, identity) => {
