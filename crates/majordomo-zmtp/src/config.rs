@@ -252,6 +252,18 @@ impl GuardConfig {
             .saturating_add((self.max_frames as usize).saturating_mul(FRAME_OVERHEAD))
     }
 
+    /// The smallest inbound budget a CURVE front end takes: the largest message and one sealed
+    /// frame. A CURVE frame is held sealed until whole, charged for its place in the message it
+    /// opens into, and opened into the message being read.
+    pub fn smallest_curve_inbound_budget(&self) -> usize {
+        let sealed = usize::try_from(self.max_frame_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(
+                crate::curve::MESSAGE_OVERHEAD + LONG_HEADER + crate::mux::secure::OPENED_OVERHEAD,
+            );
+        self.largest_message_cost().saturating_add(sealed)
+    }
+
     /// Checks that every limit can be met.
     pub fn validate(&self) -> Result<(), GuardConfigError> {
         let positive = [
@@ -299,17 +311,10 @@ impl GuardConfig {
             .inbound_pool
             .as_ref()
             .map_or(self.inbound_budget, crate::mux::budget::Budget::limit);
-        // A CURVE frame is held sealed until whole, charged for its place in the message it
-        // opens into, and opened into the message being read.
-        let sealed = usize::try_from(self.max_frame_size)
-            .unwrap_or(usize::MAX)
-            .saturating_add(
-                crate::curve::MESSAGE_OVERHEAD + LONG_HEADER + crate::mux::secure::OPENED_OVERHEAD,
-            );
-        if self.curve.is_some() && inbound < largest.saturating_add(sealed) {
+        let smallest = self.smallest_curve_inbound_budget();
+        if self.curve.is_some() && inbound < smallest {
             return Err(GuardConfigError(format!(
-                "inbound_budget must hold the largest message and one sealed CURVE frame: at least {} bytes",
-                largest.saturating_add(sealed)
+                "inbound_budget must hold the largest message and one sealed CURVE frame: at least {smallest} bytes"
             )));
         }
         for (name, budget) in [

@@ -75,4 +75,4 @@ pub fn charge_reply(budget: &Budget, frames: &[Bytes]) -> Option<Charge> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

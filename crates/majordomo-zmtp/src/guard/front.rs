@@ -408,7 +408,8 @@ async fn peer<S: PeerStream>(
     let mut grown = 0;
     let allowance = Allowance::new(LINK_ALLOWANCE);
     // When the peer last made progress with the message it holds budget for, and how far it had
-    // got then (PeerCodec::progress): see STALL_PROGRESS.
+    // got then (PeerCodec::progress): see STALL_PROGRESS. Set when it starts holding, before
+    // it is read.
     let mut last_progress = tokio::time::Instant::now();
     let mut progress_mark = 0u64;
     // The link generation this peer was announced on, once it is.
@@ -510,10 +511,12 @@ async fn peer<S: PeerStream>(
             }
         }
         let write_full = own > OWN_OUTPUT;
+        // The deadline of the message begun, if any.
+        let message = codec.deadline();
         let deadline = if entry.is_some() {
             Some(handshake_deadline)
         } else {
-            codec.deadline().map(tokio::time::Instant::from_std)
+            message.map(tokio::time::Instant::from_std)
         };
         // A whole CURVE command grew the buffer past `buffer_size`: once it is read, its memory
         // goes (kept, a connection that sent one large message would hold it while idle).
@@ -536,7 +539,7 @@ async fn peer<S: PeerStream>(
         let _waiting = blocked.then(|| shared.inbound.wait_for_room());
         // This peer holds budget for a message begun, and is not held back by the guard (a peer
         // that does not read what the codec answers holds itself back).
-        let holding = entry.is_none() && codec.deadline().is_some() && !blocked && !link_full;
+        let holding = entry.is_none() && message.is_some() && !blocked && !link_full;
         // Only a holder listens for waiters: enabled before they are counted, so that none who
         // starts waiting in between is missed.
         let pressure = shared.inbound.pressure();
@@ -546,15 +549,15 @@ async fn peer<S: PeerStream>(
         }
         // A message begun or finished, or a peer held back until now: its progress counts from
         // here.
-        let message = codec.deadline();
-        let progress = codec.progress(&buf);
-        if holding
-            && (!was_holding
+        if holding {
+            let progress = codec.progress(&buf);
+            if !was_holding
                 || message != progress_for
-                || progress >= progress_mark + STALL_PROGRESS as u64)
-        {
-            last_progress = tokio::time::Instant::from_std(now);
-            progress_mark = progress;
+                || progress >= progress_mark + STALL_PROGRESS as u64
+            {
+                last_progress = tokio::time::Instant::from_std(now);
+                progress_mark = progress;
+            }
         }
         (was_holding, progress_for) = (holding, message);
         let squeezed = holding && shared.inbound.waiting() > 0;
@@ -687,6 +690,7 @@ mod tests {
     use super::*;
     use crate::inspect::{frame_header, FLAG_COMMAND, FLAG_MORE, GREETING};
     use crate::mux::link::encode_message;
+    use crate::mux::tests::ping;
     use crate::{Guard, GuardConfig};
     use tokio::net::TcpStream;
 
@@ -903,14 +907,6 @@ mod tests {
         holding.abort();
     }
 
-    /// A PING command with a 16-byte context (23 bytes of body: its PONG is as long).
-    fn ping() -> Vec<u8> {
-        let mut ping = vec![FLAG_COMMAND, 23, 4];
-        ping.extend_from_slice(b"PING\x00\x00");
-        ping.extend_from_slice(&[7u8; 16]);
-        ping
-    }
-
     /// The first frame of a 1.25 MiB message, its first `sent` bytes, after the handshake.
     fn begun(more: bool, sent: usize) -> BytesMut {
         let mut out = hello();
@@ -926,7 +922,7 @@ mod tests {
             // A whole first frame, more to come, then PINGs whose PONGs it never reads.
             holder.write_all(&begun(true, 5 * 1024 * 1024 / 4)).await?;
             // Waits once the guard stops reading; ends when the holder is closed.
-            holder.write_all(&ping().repeat(400_000)).await
+            holder.write_all(&ping(&[7; 16]).repeat(400_000)).await
         })
         .await;
     }
@@ -983,7 +979,7 @@ mod tests {
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
         });
-        let ping = ping();
+        let ping = ping(&[7; 16]);
         // First PINGs enough for the guard's read buffer to grow, all answered.
         const FIRST: usize = 6_000;
         let mut out = hello();
@@ -1228,11 +1224,7 @@ mod tests {
             let config = GuardConfig::default()
                 .max_frame_size(SIZE as u64)
                 .max_message_size(SIZE as u64);
-            let budget = config.largest_message_cost()
-                + SIZE
-                + crate::curve::MESSAGE_OVERHEAD
-                + crate::inspect::LONG_HEADER
-                + crate::mux::secure::OPENED_OVERHEAD;
+            let budget = config.smallest_curve_inbound_budget();
             let config = config.inbound_budget(budget);
             let (guard, mut server, keys) = curve_guard_with(None, config).await;
             let mut peers = Vec::new();
@@ -1283,20 +1275,20 @@ mod tests {
                 .max_message_size((FRAME * FRAMES) as u64)
                 .max_frames(FRAMES as u32);
             // The smallest budget the configuration takes.
-            let mut budget = config.largest_message_cost();
-            while config
-                .clone()
-                .inbound_budget(budget)
-                .curve(CurveSecurity {
-                    keys: Arc::new(CurveKeyPair::generate()),
-                    clients: ClientFilter::new(None),
-                    allow_null: false,
-                })
-                .validate_front_end()
-                .is_err()
-            {
-                budget += 1;
-            }
+            let budget = config.smallest_curve_inbound_budget();
+            let takes = |budget| {
+                config
+                    .clone()
+                    .inbound_budget(budget)
+                    .curve(CurveSecurity {
+                        keys: Arc::new(CurveKeyPair::generate()),
+                        clients: ClientFilter::new(None),
+                        allow_null: false,
+                    })
+                    .validate_front_end()
+                    .is_ok()
+            };
+            assert!(takes(budget) && !takes(budget - 1));
             let config = config.inbound_budget(budget);
             let (guard, mut server, keys) = curve_guard_with(None, config).await;
             let (mut peer, session) = connect(&guard, &keys, CurveKeyPair::generate()).await;

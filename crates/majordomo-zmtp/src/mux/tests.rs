@@ -33,7 +33,8 @@ fn handshake(socket_type: &[u8], identity: Option<&[u8]>) -> BytesMut {
     out
 }
 
-fn ping(context: &[u8]) -> Vec<u8> {
+/// A PING command with `context` (TTL 1 s).
+pub(crate) fn ping(context: &[u8]) -> Vec<u8> {
     let mut out = vec![0x04, (7 + context.len()) as u8, 4];
     out.extend_from_slice(b"PING");
     out.extend_from_slice(&[0, 10]);
