@@ -781,14 +781,14 @@ pub mod http {
     use anyhow::{Context, Result};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use crate::{free_endpoint, PATIENCE};
+    use crate::PATIENCE;
 
     /// A free `127.0.0.1:PORT` for the metrics listener.
     pub fn free_addr() -> Result<String> {
-        Ok(free_endpoint()?
-            .strip_prefix("tcp://")
-            .context("a tcp endpoint")?
-            .to_owned())
+        Ok(format!(
+            "127.0.0.1:{}",
+            majordomo_tools::endpoint::free_tcp_port()?
+        ))
     }
 
     /// `GET path` over HTTP/1.0: the status code and the body.
